@@ -1,0 +1,194 @@
+//! Signaling v1 frames. Every frame is one WebSocket text message holding one JSON object whose `type` field
+//! names the frame. Unknown types, unknown fields, duplicate fields and trailing data are refused.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error_code::ErrorCode;
+use crate::identity::{MemberId, PublicKey, Signature};
+use crate::limits::Limits;
+use crate::opaque::{Nonce, Opaque};
+
+/// One session of a member (a tab or a device), numbered by the server, unique per server run.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SessionId(pub u64);
+
+impl fmt::Debug for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SessionId({})", self.0)
+    }
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// Frames a client sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientFrame {
+    /// Answer to `challenge`: proves possession of the identity key.
+    Auth {
+        /// The member's identity public key.
+        public_key: PublicKey,
+        /// The nonce from `challenge`, echoed.
+        nonce: Nonce,
+        /// Signature for [`crate::Purpose::SignalAuth`] over [`auth_message`].
+        signature: Signature,
+    },
+    /// Relay an envelope to a member (every session of it, or one).
+    Send {
+        /// Client-chosen id echoed in `ack` or `error`.
+        id: u64,
+        /// Recipient member.
+        to: MemberId,
+        /// Only this session of the recipient; absent means all of its sessions.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to_session: Option<SessionId>,
+        /// Optional; if present it must be the authenticated member, else `spoofed_sender`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        from: Option<MemberId>,
+        /// End-to-end-encrypted bytes.
+        body: Opaque,
+    },
+    /// Keep-alive; answered by `pong`.
+    Ping {
+        /// Echoed in `pong`.
+        id: u64,
+    },
+}
+
+/// Frames the server sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ServerFrame {
+    /// First frame on every connection.
+    Challenge {
+        /// Protocol version spoken ([`crate::PROTOCOL_VERSION`]).
+        protocol: u16,
+        /// The bubble this server serves; part of the signed message.
+        bubble: String,
+        /// Fresh random nonce for this connection.
+        nonce: Nonce,
+        /// The nonce must be answered within this time.
+        expires_in_ms: u64,
+    },
+    /// Authentication succeeded.
+    Welcome {
+        /// The authenticated member.
+        member: MemberId,
+        /// This session's id.
+        session: SessionId,
+        /// The member's own display name.
+        display_name: String,
+        /// Members this member may see (not including itself).
+        directory: Vec<DirectoryEntry>,
+        /// Visible members that are online now.
+        online: Vec<MemberId>,
+        /// ICE servers for WebRTC (empty until the bubble runs TURN).
+        ice_servers: Vec<IceServer>,
+        /// The limits this session must respect.
+        limits: Limits,
+    },
+    /// The visible directory changed; replaces the previous one entirely.
+    Directory {
+        /// Members this member may now see.
+        directory: Vec<DirectoryEntry>,
+        /// Visible members that are online now.
+        online: Vec<MemberId>,
+    },
+    /// A visible member came online or went offline.
+    Presence {
+        /// The member.
+        member: MemberId,
+        /// Whether it now has at least one session.
+        online: bool,
+    },
+    /// An envelope from another member.
+    Deliver {
+        /// Sender, as authenticated by the server.
+        from: MemberId,
+        /// Sender's session, to reply to one tab or device.
+        from_session: SessionId,
+        /// The end-to-end-encrypted bytes, untouched.
+        body: Opaque,
+    },
+    /// A `send` was accepted and queued to this many sessions.
+    Ack {
+        /// The `send` id.
+        id: u64,
+        /// Number of recipient sessions it was queued to.
+        sessions: u32,
+    },
+    /// Answer to `ping`.
+    Pong {
+        /// The `ping` id.
+        id: u64,
+    },
+    /// Something was refused. If the code is fatal the server closes the connection next.
+    Error {
+        /// Machine-readable reason.
+        code: ErrorCode,
+        /// Human-readable explanation (English), never containing envelope bodies.
+        message: String,
+        /// The id of the `send` or `ping` refused, when there was one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        /// When to retry, for `rate_limited`, `recipient_congested` and `server_shutdown`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
+    },
+}
+
+/// A member as another member sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectoryEntry {
+    /// The member id (derived from `public_key`; clients check it).
+    pub member: MemberId,
+    /// The member's identity key in this bubble.
+    pub public_key: PublicKey,
+    /// Display name.
+    pub display_name: String,
+    /// The member's categories that the viewer is also allowed to know about.
+    pub categories: Vec<String>,
+}
+
+/// A STUN/TURN server for RTCPeerConnection, in the browser's `RTCIceServer` shape.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IceServer {
+    /// `stun:` / `turn:` / `turns:` URLs.
+    pub urls: Vec<String>,
+    /// TURN username (`expiry:member`), absent for STUN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// TURN credential (HMAC), absent for STUN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+}
+
+impl fmt::Debug for IceServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IceServer")
+            .field("urls", &self.urls)
+            .field("username", &self.username)
+            .field("credential", &self.credential.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// The bytes a client signs (with [`crate::Purpose::SignalAuth`]) to answer a challenge: bound to the bubble,
+/// the nonce and the key itself, so that an answer is good for one connection to one bubble only.
+pub fn auth_message(bubble: &str, nonce: &Nonce, public_key: &PublicKey) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + bubble.len() + 32 + 32);
+    out.extend_from_slice(&(bubble.len() as u32).to_be_bytes());
+    out.extend_from_slice(bubble.as_bytes());
+    out.extend_from_slice(nonce.as_bytes());
+    out.extend_from_slice(public_key.as_bytes());
+    out
+}

@@ -1,0 +1,67 @@
+//! Size limits of the signaling protocol. A frame or field over its limit is refused before it is parsed
+//! further (DESIGN.md invariant 6). Servers announce their effective limits in `welcome`; these are the
+//! protocol's ceilings, which no server may raise.
+
+use serde::{Deserialize, Serialize};
+
+/// Largest WebSocket message (one frame) either side may send, in bytes.
+pub const MAX_FRAME_BYTES: usize = 64 * 1024;
+/// Largest decoded envelope body, in bytes. Base64url makes it ~43.7 KiB on the wire, inside a frame.
+pub const MAX_BODY_BYTES: usize = 32 * 1024;
+/// Longest display name, in bytes of UTF-8.
+pub const MAX_DISPLAY_NAME_BYTES: usize = 64;
+/// Longest category or bubble id, in bytes (ASCII `[a-z0-9-]`).
+pub const MAX_ID_BYTES: usize = 64;
+/// Length of a challenge nonce, in bytes.
+pub const NONCE_BYTES: usize = 32;
+
+/// The limits a server enforces on a session, sent to the client in `welcome` so that it can stay inside them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Largest frame the server accepts, in bytes.
+    pub max_frame_bytes: u32,
+    /// Largest decoded envelope body, in bytes.
+    pub max_body_bytes: u32,
+    /// Sustained frames per second allowed on one connection.
+    pub frames_per_second: u32,
+    /// Frames a connection may send in a burst above the sustained rate.
+    pub frame_burst: u32,
+    /// Sustained frames per second allowed for one member across all its sessions.
+    pub member_frames_per_second: u32,
+    /// Simultaneous sessions (tabs, devices) one member may hold.
+    pub max_sessions_per_member: u32,
+    /// A session that sends nothing for this long is closed; clients ping at about a third of it.
+    pub idle_timeout_ms: u64,
+}
+
+/// Is `id` a valid bubble or category id: 1..=64 bytes of `[a-z0-9-]`, not starting with `-`?
+pub fn is_valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_ID_BYTES
+        && !id.starts_with('-')
+        && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// Is `name` a valid display name: 1..=64 bytes of UTF-8 without control characters?
+pub fn is_valid_display_name(name: &str) -> bool {
+    !name.trim().is_empty() && name.len() <= MAX_DISPLAY_NAME_BYTES && !name.chars().any(char::is_control)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_and_names() {
+        assert!(is_valid_id("crisis-cell-1"));
+        assert!(!is_valid_id(""));
+        assert!(!is_valid_id("-x"));
+        assert!(!is_valid_id("Upper"));
+        assert!(!is_valid_id(&"a".repeat(65)));
+        assert!(is_valid_display_name("Émilie Durand"));
+        assert!(!is_valid_display_name("  "));
+        assert!(!is_valid_display_name("a\u{0}b"));
+        assert!(!is_valid_display_name(&"é".repeat(33)));
+    }
+}
