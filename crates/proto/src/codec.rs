@@ -62,10 +62,10 @@ pub fn decode_client_frame(bytes: &[u8], limit: usize) -> Result<ClientFrame, Co
 pub fn decode_server_frame(bytes: &[u8]) -> Result<ServerFrame, CodecError> {
     let frame: ServerFrame = decode(bytes, MAX_FRAME_BYTES)?;
     let names_ok = match &frame {
-        ServerFrame::Welcome { display_name, directory, .. } => {
-            is_valid_display_name(display_name) && directory.iter().all(|e| is_valid_display_name(&e.display_name))
+        ServerFrame::Welcome { display_name, .. } => is_valid_display_name(display_name),
+        ServerFrame::Directory { entries, part, parts } => {
+            part < parts && entries.iter().all(|e| is_valid_display_name(&e.display_name))
         }
-        ServerFrame::Directory { directory, .. } => directory.iter().all(|e| is_valid_display_name(&e.display_name)),
         _ => true,
     };
     if !names_ok {

@@ -77,7 +77,7 @@ pub enum ServerFrame {
         /// The nonce must be answered within this time.
         expires_in_ms: u64,
     },
-    /// Authentication succeeded.
+    /// Authentication succeeded. One or more `directory` frames follow at once.
     Welcome {
         /// The authenticated member.
         member: MemberId,
@@ -85,21 +85,21 @@ pub enum ServerFrame {
         session: SessionId,
         /// The member's own display name.
         display_name: String,
-        /// Members this member may see (not including itself).
-        directory: Vec<DirectoryEntry>,
-        /// Visible members that are online now.
-        online: Vec<MemberId>,
         /// ICE servers for WebRTC (empty until the bubble runs TURN).
         ice_servers: Vec<IceServer>,
         /// The limits this session must respect.
         limits: Limits,
     },
-    /// The visible directory changed; replaces the previous one entirely.
+    /// The member's visible directory, in `parts` consecutive frames numbered `part` = 0..parts. Once all
+    /// parts have arrived they replace the previous directory entirely. Sent after `welcome` and whenever the
+    /// slice changes.
     Directory {
-        /// Members this member may now see.
-        directory: Vec<DirectoryEntry>,
-        /// Visible members that are online now.
-        online: Vec<MemberId>,
+        /// This frame's index, from 0.
+        part: u32,
+        /// How many frames make up this directory.
+        parts: u32,
+        /// Members this member may see (never itself).
+        entries: Vec<DirectoryEntry>,
     },
     /// A visible member came online or went offline.
     Presence {
@@ -156,6 +156,8 @@ pub struct DirectoryEntry {
     pub display_name: String,
     /// The member's categories that the viewer is also allowed to know about.
     pub categories: Vec<String>,
+    /// Whether the member had a session when this entry was sent (then follow `presence`).
+    pub online: bool,
 }
 
 /// A STUN/TURN server for RTCPeerConnection, in the browser's `RTCIceServer` shape.

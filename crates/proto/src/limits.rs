@@ -12,6 +12,8 @@ pub const MAX_BODY_BYTES: usize = 32 * 1024;
 pub const MAX_DISPLAY_NAME_BYTES: usize = 64;
 /// Longest category or bubble id, in bytes (ASCII `[a-z0-9-]`).
 pub const MAX_ID_BYTES: usize = 64;
+/// Most categories one member may belong to.
+pub const MAX_CATEGORIES_PER_MEMBER: usize = 32;
 /// Length of a challenge nonce, in bytes.
 pub const NONCE_BYTES: usize = 32;
 

@@ -1,0 +1,261 @@
+//! Bubble-server configuration: one typed struct, from flags, environment (`PEERBUBBLE_*`) and an optional
+//! YAML file, in that order of precedence. Every default is here and works on a laptop.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use peerbubble_proto::Limits;
+use peerbubble_proto::limits::MAX_FRAME_BYTES;
+use serde::Deserialize;
+
+/// Errors reading or checking the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The YAML file could not be read.
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The IO error.
+        source: std::io::Error,
+    },
+    /// The YAML file is not valid (unknown keys are refused).
+    #[error("invalid configuration file {path}: {reason}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said.
+        reason: String,
+    },
+    /// A value is out of its allowed range.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Command-line flags and environment variables. Unset values fall back to the YAML file, then to defaults.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct SignalArgs {
+    /// YAML configuration file (keys as in `Config`, snake_case).
+    #[arg(long = "config", env = "PEERBUBBLE_CONFIG")]
+    pub config_file: Option<PathBuf>,
+    /// Address to listen on for signaling, health and metrics.
+    #[arg(long, env = "PEERBUBBLE_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// The bubble file (YAML: bubble, categories, members), reloaded when it changes.
+    #[arg(long, env = "PEERBUBBLE_BUBBLE_FILE")]
+    pub bubble_file: Option<PathBuf>,
+    /// Largest frame accepted, in bytes (at most 65536).
+    #[arg(long, env = "PEERBUBBLE_MAX_FRAME_BYTES")]
+    pub max_frame_bytes: Option<u32>,
+    /// Sustained frames per second per connection.
+    #[arg(long, env = "PEERBUBBLE_FRAMES_PER_SECOND")]
+    pub frames_per_second: Option<u32>,
+    /// Burst of frames per connection above the sustained rate.
+    #[arg(long, env = "PEERBUBBLE_FRAME_BURST")]
+    pub frame_burst: Option<u32>,
+    /// Sustained frames per second per member, across its sessions.
+    #[arg(long, env = "PEERBUBBLE_MEMBER_FRAMES_PER_SECOND")]
+    pub member_frames_per_second: Option<u32>,
+    /// Simultaneous sessions per member.
+    #[arg(long, env = "PEERBUBBLE_MAX_SESSIONS_PER_MEMBER")]
+    pub max_sessions_per_member: Option<u32>,
+    /// Seconds without any frame from a client before its session is closed.
+    #[arg(long, env = "PEERBUBBLE_IDLE_TIMEOUT_SECS")]
+    pub idle_timeout_secs: Option<u64>,
+    /// Seconds a client has to answer the challenge.
+    #[arg(long, env = "PEERBUBBLE_CHALLENGE_TTL_SECS")]
+    pub challenge_ttl_secs: Option<u64>,
+    /// Bytes that may wait to be written to one session before it counts as a slow reader.
+    #[arg(long, env = "PEERBUBBLE_SEND_QUEUE_BYTES")]
+    pub send_queue_bytes: Option<usize>,
+    /// Most WebSocket connections open at once (authenticated or not).
+    #[arg(long, env = "PEERBUBBLE_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// How often the bubble file is checked for changes, in milliseconds.
+    #[arg(long, env = "PEERBUBBLE_RELOAD_INTERVAL_MS")]
+    pub reload_interval_ms: Option<u64>,
+}
+
+/// The YAML file form: the same keys as [`Config`], all optional, unknown keys refused.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    bubble_file: Option<PathBuf>,
+    max_frame_bytes: Option<u32>,
+    frames_per_second: Option<u32>,
+    frame_burst: Option<u32>,
+    member_frames_per_second: Option<u32>,
+    max_sessions_per_member: Option<u32>,
+    idle_timeout_secs: Option<u64>,
+    challenge_ttl_secs: Option<u64>,
+    send_queue_bytes: Option<usize>,
+    max_connections: Option<usize>,
+    reload_interval_ms: Option<u64>,
+}
+
+/// The bubble-server's resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Listen address (default `127.0.0.1:8480`).
+    pub listen: SocketAddr,
+    /// The bubble file (default `bubble.yaml`).
+    pub bubble_file: PathBuf,
+    /// Largest frame accepted (default 65536).
+    pub max_frame_bytes: u32,
+    /// Per-connection sustained rate (default 50/s).
+    pub frames_per_second: u32,
+    /// Per-connection burst (default 100).
+    pub frame_burst: u32,
+    /// Per-member sustained rate across sessions (default 100/s, burst twice that).
+    pub member_frames_per_second: u32,
+    /// Sessions per member (default 4).
+    pub max_sessions_per_member: u32,
+    /// Idle timeout (default 60 s).
+    pub idle_timeout: Duration,
+    /// Challenge lifetime (default 10 s).
+    pub challenge_ttl: Duration,
+    /// Per-session outbound byte budget (default 1 MiB).
+    pub send_queue_bytes: usize,
+    /// Connection cap (default 20 000, below the machine's file limit is the operator's job).
+    pub max_connections: usize,
+    /// Bubble-file check interval (default 500 ms).
+    pub reload_interval: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8480)),
+            bubble_file: PathBuf::from("bubble.yaml"),
+            max_frame_bytes: MAX_FRAME_BYTES as u32,
+            frames_per_second: 50,
+            frame_burst: 100,
+            member_frames_per_second: 100,
+            max_sessions_per_member: 4,
+            idle_timeout: Duration::from_secs(60),
+            challenge_ttl: Duration::from_secs(10),
+            send_queue_bytes: 1 << 20,
+            max_connections: 20_000,
+            reload_interval: Duration::from_millis(500),
+        }
+    }
+}
+
+impl Config {
+    /// Resolves flags and environment over the optional YAML file over the defaults, then checks ranges.
+    pub fn resolve(args: &SignalArgs) -> Result<Self, ConfigError> {
+        let file = match &args.config_file {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let d = Config::default();
+        let config = Config {
+            listen: args.listen.or(file.listen).unwrap_or(d.listen),
+            bubble_file: args.bubble_file.clone().or(file.bubble_file).unwrap_or(d.bubble_file),
+            max_frame_bytes: args.max_frame_bytes.or(file.max_frame_bytes).unwrap_or(d.max_frame_bytes),
+            frames_per_second: args.frames_per_second.or(file.frames_per_second).unwrap_or(d.frames_per_second),
+            frame_burst: args.frame_burst.or(file.frame_burst).unwrap_or(d.frame_burst),
+            member_frames_per_second: args
+                .member_frames_per_second
+                .or(file.member_frames_per_second)
+                .unwrap_or(d.member_frames_per_second),
+            max_sessions_per_member: args
+                .max_sessions_per_member
+                .or(file.max_sessions_per_member)
+                .unwrap_or(d.max_sessions_per_member),
+            idle_timeout: args
+                .idle_timeout_secs
+                .or(file.idle_timeout_secs)
+                .map(Duration::from_secs)
+                .unwrap_or(d.idle_timeout),
+            challenge_ttl: args
+                .challenge_ttl_secs
+                .or(file.challenge_ttl_secs)
+                .map(Duration::from_secs)
+                .unwrap_or(d.challenge_ttl),
+            send_queue_bytes: args.send_queue_bytes.or(file.send_queue_bytes).unwrap_or(d.send_queue_bytes),
+            max_connections: args.max_connections.or(file.max_connections).unwrap_or(d.max_connections),
+            reload_interval: args
+                .reload_interval_ms
+                .or(file.reload_interval_ms)
+                .map(Duration::from_millis)
+                .unwrap_or(d.reload_interval),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks that every value is usable.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |what: &str| Err(ConfigError::Invalid(what.to_owned()));
+        if self.max_frame_bytes < 1024 || self.max_frame_bytes as usize > MAX_FRAME_BYTES {
+            return bad("max_frame_bytes must be between 1024 and 65536");
+        }
+        if self.frames_per_second == 0 || self.frame_burst == 0 || self.member_frames_per_second == 0 {
+            return bad("rates and bursts must be at least 1");
+        }
+        if self.max_sessions_per_member == 0 {
+            return bad("max_sessions_per_member must be at least 1");
+        }
+        if self.idle_timeout < Duration::from_secs(1) || self.challenge_ttl < Duration::from_secs(1) {
+            return bad("idle_timeout_secs and challenge_ttl_secs must be at least 1");
+        }
+        if self.send_queue_bytes < 2 * self.max_frame_bytes as usize {
+            return bad("send_queue_bytes must hold at least two maximal frames");
+        }
+        if self.max_connections == 0 || self.reload_interval.is_zero() {
+            return bad("max_connections and reload_interval_ms must be positive");
+        }
+        Ok(())
+    }
+
+    /// The limits announced to clients in `welcome`.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_frame_bytes: self.max_frame_bytes,
+            max_body_bytes: peerbubble_proto::limits::MAX_BODY_BYTES as u32,
+            frames_per_second: self.frames_per_second,
+            frame_burst: self.frame_burst,
+            member_frames_per_second: self.member_frames_per_second,
+            max_sessions_per_member: self.max_sessions_per_member,
+            idle_timeout_ms: self.idle_timeout.as_millis() as u64,
+        }
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+    serde_saphyr::from_str(&text).map_err(|err| ConfigError::Parse { path: path.into(), reason: err.to_string() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_file_override_defaults() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("c.yaml");
+        std::fs::write(&path, "frames_per_second: 7\nframe_burst: 9\n")?;
+        let args = SignalArgs { config_file: Some(path), frame_burst: Some(11), ..Default::default() };
+        let config = Config::resolve(&args)?;
+        assert_eq!(config.frames_per_second, 7);
+        assert_eq!(config.frame_burst, 11);
+        assert_eq!(config.max_sessions_per_member, Config::default().max_sessions_per_member);
+        Ok(())
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_ranges_are_refused() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("c.yaml");
+        std::fs::write(&path, "frames_per_secnd: 7\n")?;
+        let err = Config::resolve(&SignalArgs { config_file: Some(path), ..Default::default() });
+        assert!(matches!(err, Err(ConfigError::Parse { .. })), "{err:?}");
+        let err = Config::resolve(&SignalArgs { max_frame_bytes: Some(1 << 20), ..Default::default() });
+        assert!(matches!(err, Err(ConfigError::Invalid(_))), "{err:?}");
+        Ok(())
+    }
+}

@@ -1,0 +1,307 @@
+//! Who is online, and the routes between them: sessions per member, presence fan-out scoped by the directory,
+//! and envelope delivery with per-session byte budgets (a slow reader never grows server memory unboundedly).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::Utf8Bytes;
+use peerbubble_proto::{DirectoryEntry, ErrorCode, MemberId, Opaque, ServerFrame, SessionId, encode_frame};
+use tokio::sync::mpsc;
+
+use crate::directory::Directory;
+use crate::metrics::Metrics;
+use crate::session::TokenBucket;
+
+/// What a connection's writer task sends.
+#[derive(Debug)]
+pub(crate) enum Outbound {
+    /// A frame; its length was counted in the session's queued bytes.
+    Text(Utf8Bytes),
+    /// A last `error` frame, then a close frame with this code.
+    Close { frame: Utf8Bytes, code: u16, reason: &'static str },
+}
+
+/// A request to close a session from outside its connection task.
+#[derive(Debug)]
+pub(crate) struct Kill {
+    pub code: ErrorCode,
+    pub message: &'static str,
+}
+
+/// The sending side of one session, held by the hub.
+#[derive(Debug, Clone)]
+pub(crate) struct SessionHandle {
+    pub id: SessionId,
+    out: mpsc::UnboundedSender<Outbound>,
+    queued: Arc<AtomicUsize>,
+    budget: usize,
+    kill: mpsc::Sender<Kill>,
+}
+
+/// The budgeted send failed: the reader is too slow.
+#[derive(Debug)]
+pub(crate) struct Congested;
+
+impl SessionHandle {
+    pub fn new(
+        out: mpsc::UnboundedSender<Outbound>,
+        queued: Arc<AtomicUsize>,
+        budget: usize,
+        kill: mpsc::Sender<Kill>,
+    ) -> Self {
+        Self { id: SessionId(0), out, queued, budget, kill }
+    }
+
+    /// Queues `text` if it fits the session's byte budget.
+    pub fn try_send(&self, text: &Utf8Bytes) -> Result<(), Congested> {
+        let n = text.len();
+        let before = self.queued.fetch_add(n, Ordering::AcqRel);
+        if before + n > self.budget {
+            self.queued.fetch_sub(n, Ordering::AcqRel);
+            return Err(Congested);
+        }
+        self.out.send(Outbound::Text(text.clone())).map_err(|_| Congested)
+    }
+
+    /// Queues `text` regardless of the budget (handshake frames the session cannot work without).
+    pub fn force_send(&self, text: Utf8Bytes) {
+        self.queued.fetch_add(text.len(), Ordering::AcqRel);
+        let _ = self.out.send(Outbound::Text(text));
+    }
+
+    /// Sends a frame that must arrive for the session to stay consistent; a reader that is too slow for it
+    /// is closed (it reconnects and gets a fresh state) rather than silently missing it.
+    pub fn send_or_kill(&self, text: &Utf8Bytes) {
+        if self.try_send(text).is_err() {
+            self.kill(ErrorCode::SlowConsumer, "this session fell behind; reconnect");
+        }
+    }
+
+    pub fn kill(&self, code: ErrorCode, message: &'static str) {
+        let _ = self.kill.try_send(Kill { code, message });
+    }
+}
+
+#[derive(Debug)]
+struct MemberEntry {
+    sessions: Vec<SessionHandle>,
+    bucket: Mutex<TokenBucket>,
+}
+
+/// The online state of one bubble-server.
+#[derive(Debug)]
+pub(crate) struct Hub {
+    members: RwLock<HashMap<MemberId, MemberEntry>>,
+    next_session: AtomicU64,
+    max_sessions: usize,
+    member_rate: u32,
+    max_frame_bytes: usize,
+    metrics: Metrics,
+}
+
+impl Hub {
+    pub fn new(max_sessions: u32, member_rate: u32, max_frame_bytes: usize, metrics: Metrics) -> Self {
+        Self {
+            members: RwLock::new(HashMap::new()),
+            next_session: AtomicU64::new(1),
+            max_sessions: max_sessions as usize,
+            member_rate,
+            max_frame_bytes,
+            metrics,
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<MemberId, MemberEntry>> {
+        self.members.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<MemberId, MemberEntry>> {
+        self.members.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Registers a session: queues `welcome` and the directory slice to it and tells visible members that
+    /// the member came online, all under one lock so that no presence change can slip between them.
+    pub fn register(
+        &self,
+        member: MemberId,
+        mut handle: SessionHandle,
+        directory: &Directory,
+        welcome: impl FnOnce(SessionId) -> ServerFrame,
+    ) -> Result<SessionId, ErrorCode> {
+        let mut map = self.write();
+        let count = map.get(&member).map_or(0, |e| e.sessions.len());
+        if count >= self.max_sessions {
+            return Err(ErrorCode::TooManySessions);
+        }
+        let id = SessionId(self.next_session.fetch_add(1, Ordering::Relaxed));
+        handle.id = id;
+        handle.force_send(Utf8Bytes::from(encode_frame(&welcome(id))));
+        for frame in directory_frames(directory.slice(&member, |m| map.contains_key(m)), self.max_frame_bytes) {
+            handle.force_send(frame);
+        }
+        let now = Instant::now();
+        map.entry(member)
+            .or_insert_with(|| MemberEntry {
+                sessions: Vec::new(),
+                bucket: Mutex::new(TokenBucket::new(self.member_rate, self.member_rate.saturating_mul(2), now)),
+            })
+            .sessions
+            .push(handle);
+        if count == 0 {
+            fan_out_presence(&map, directory, member, true);
+        }
+        self.metrics.sessions().inc();
+        Ok(id)
+    }
+
+    /// Removes a session; the last one takes the member offline for those who see it.
+    pub fn unregister(&self, member: MemberId, session: SessionId, directory: &Directory) {
+        let mut map = self.write();
+        let Some(entry) = map.get_mut(&member) else { return };
+        let before = entry.sessions.len();
+        entry.sessions.retain(|s| s.id != session);
+        if entry.sessions.len() == before {
+            return;
+        }
+        self.metrics.sessions().dec();
+        if entry.sessions.is_empty() {
+            map.remove(&member);
+            fan_out_presence(&map, directory, member, false);
+        }
+    }
+
+    /// The member's directory slice as frames, with current presence.
+    pub fn slice_frames(&self, member: MemberId, directory: &Directory) -> Vec<Utf8Bytes> {
+        let map = self.read();
+        directory_frames(directory.slice(&member, |m| map.contains_key(m)), self.max_frame_bytes)
+    }
+
+    /// Charges one frame to the member's rate across all its sessions.
+    pub fn member_allow(&self, member: MemberId, now: Instant) -> Result<(), Duration> {
+        let map = self.read();
+        match map.get(&member) {
+            Some(entry) => entry.bucket.lock().unwrap_or_else(|p| p.into_inner()).take(now),
+            None => Ok(()),
+        }
+    }
+
+    /// Queues an envelope to `to` (all sessions, or `to_session`), never back to the sending session.
+    /// Visibility was checked by the session core.
+    pub fn route(
+        &self,
+        from: MemberId,
+        from_session: SessionId,
+        to: MemberId,
+        to_session: Option<SessionId>,
+        body: Opaque,
+    ) -> Result<u32, ErrorCode> {
+        let map = self.read();
+        let Some(entry) = map.get(&to) else { return Err(ErrorCode::RecipientOffline) };
+        let text = Utf8Bytes::from(encode_frame(&ServerFrame::Deliver { from, from_session, body }));
+        let (mut delivered, mut congested) = (0u32, false);
+        for session in &entry.sessions {
+            if (to == from && session.id == from_session) || to_session.is_some_and(|s| s != session.id) {
+                continue;
+            }
+            match session.try_send(&text) {
+                Ok(()) => delivered += 1,
+                Err(Congested) => congested = true,
+            }
+        }
+        match (delivered, congested) {
+            (0, true) => Err(ErrorCode::RecipientCongested),
+            (0, false) => Err(ErrorCode::RecipientOffline),
+            (n, _) => {
+                self.metrics.relayed(u64::from(n));
+                Ok(n)
+            }
+        }
+    }
+}
+
+/// Presence goes only to members who see `member` (the relation is symmetric). Iterates whichever is
+/// smaller: the members `member` may see, or the members online.
+fn fan_out_presence(map: &HashMap<MemberId, MemberEntry>, directory: &Directory, member: MemberId, online: bool) {
+    let text = Utf8Bytes::from(encode_frame(&ServerFrame::Presence { member, online }));
+    let notify = |entry: &MemberEntry| entry.sessions.iter().for_each(|s| s.send_or_kill(&text));
+    if directory.visible_upper_bound(&member) < map.len() {
+        for other in directory.visible(&member) {
+            if let Some(entry) = map.get(&other) {
+                notify(entry);
+            }
+        }
+    } else {
+        for (other, entry) in map {
+            if *other != member && directory.sees(&member, other) {
+                notify(entry);
+            }
+        }
+    }
+}
+
+/// Splits a slice into `directory` frames that each fit `max_frame_bytes`.
+pub(crate) fn directory_frames(entries: Vec<DirectoryEntry>, max_frame_bytes: usize) -> Vec<Utf8Bytes> {
+    // Room for the frame's own fields around the entries.
+    const OVERHEAD: usize = 96;
+    let budget = max_frame_bytes.saturating_sub(OVERHEAD);
+    let mut parts: Vec<Vec<DirectoryEntry>> = vec![Vec::new()];
+    let mut size = 0;
+    for entry in entries {
+        let len = encode_frame(&entry).len() + 1;
+        if size + len > budget && !parts.last().is_none_or(Vec::is_empty) {
+            parts.push(Vec::new());
+            size = 0;
+        }
+        size += len;
+        if let Some(last) = parts.last_mut() {
+            last.push(entry);
+        }
+    }
+    let count = parts.len() as u32;
+    parts
+        .into_iter()
+        .enumerate()
+        .map(|(i, entries)| Utf8Bytes::from(encode_frame(&ServerFrame::Directory { part: i as u32, parts: count, entries })))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use peerbubble_proto::IdentityKey;
+
+    #[test]
+    fn directory_frames_fit_the_frame_limit() {
+        let entries: Vec<DirectoryEntry> = (0..500u32)
+            .map(|i| {
+                let mut seed = [0u8; 32];
+                seed[..4].copy_from_slice(&i.to_be_bytes());
+                let key = IdentityKey::from_seed(&seed).public_key();
+                DirectoryEntry {
+                    member: key.member_id(),
+                    public_key: key,
+                    display_name: format!("Member number {i} with a long name"),
+                    categories: vec!["a-category".into(), "another-category".into()],
+                    online: i % 2 == 0,
+                }
+            })
+            .collect();
+        let frames = directory_frames(entries, 8192);
+        assert!(frames.len() > 10);
+        let mut seen = 0;
+        for (i, frame) in frames.iter().enumerate() {
+            assert!(frame.len() <= 8192, "part {i} has {} bytes", frame.len());
+            match peerbubble_proto::decode_server_frame(frame.as_bytes()) {
+                Ok(ServerFrame::Directory { part, parts, entries }) => {
+                    assert_eq!((part as usize, parts as usize), (i, frames.len()));
+                    seen += entries.len();
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(seen, 500);
+        assert_eq!(directory_frames(Vec::new(), 8192).len(), 1, "an empty directory is still sent");
+    }
+}

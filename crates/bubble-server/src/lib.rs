@@ -1,0 +1,22 @@
+//! The bubble-server: one bubble's authenticated, need-to-know WebSocket signaling.
+//!
+//! It authenticates members by challenge–response on their identity key, tells each member only its visible
+//! slice of the directory and the presence of visible members, and relays opaque envelopes between members who
+//! may see each other. It never sees plaintext or keys: envelope bodies are end-to-end encrypted bytes it
+//! neither parses nor logs. TURN joins it in a later change.
+//!
+//! Shape: [`session`] is the sans-IO protocol core of one connection; [`hub`] holds who is online and routes;
+//! `server` is the IO edge (axum).
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod directory;
+mod hub;
+pub mod metrics;
+mod server;
+pub mod session;
+
+pub use config::{Config, ConfigError, SignalArgs};
+pub use directory::{Directory, DirectoryError, DirectorySource, FileSource};
+pub use server::{Server, ServerError};

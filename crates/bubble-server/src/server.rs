@@ -1,0 +1,503 @@
+//! The IO edge: axum routes, the WebSocket connection task around the sans-IO [`Session`], health, metrics
+//! and graceful shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::State;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures_util::{SinkExt as _, StreamExt as _};
+use peerbubble_proto::{ErrorCode, Nonce, ServerFrame, SessionId, encode_frame};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::directory::{Directory, DirectorySource, follow};
+use crate::hub::{Hub, Kill, Outbound, SessionHandle};
+use crate::metrics::Metrics;
+use crate::session::{Event, NonceLedger, Session, SessionConfig};
+
+/// A write that takes longer than this marks the reader as stuck.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long shutdown waits for connections to say goodbye.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Errors starting the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The HTTP server failed.
+    #[error("server failed: {0}")]
+    Serve(#[from] std::io::Error),
+}
+
+struct AppState {
+    config: Config,
+    session_config: SessionConfig,
+    hub: Hub,
+    nonces: NonceLedger,
+    metrics: Metrics,
+    directory: watch::Receiver<Option<Arc<Directory>>>,
+    shutdown: watch::Receiver<bool>,
+    shutting_down: AtomicBool,
+    open: AtomicUsize,
+}
+
+/// A running bubble-server.
+#[derive(Debug)]
+pub struct Server {
+    addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    state: Arc<AppStateHandle>,
+    serve: JoinHandle<Result<(), std::io::Error>>,
+    follower: JoinHandle<()>,
+}
+
+/// Keeps `AppState` private while letting [`Server`] derive `Debug`.
+struct AppStateHandle(Arc<AppState>);
+
+impl std::fmt::Debug for AppStateHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AppState")
+    }
+}
+
+impl Server {
+    /// Binds `config.listen`, starts following the directory source and serves.
+    pub async fn start<S: DirectorySource>(config: Config, source: S) -> Result<Self, ServerError> {
+        let listener =
+            TcpListener::bind(config.listen).await.map_err(|source| ServerError::Bind { addr: config.listen, source })?;
+        Self::start_on(config, source, listener).await
+    }
+
+    /// Serves on an already bound listener.
+    pub async fn start_on<S: DirectorySource>(config: Config, source: S, listener: TcpListener) -> Result<Self, ServerError> {
+        let addr = listener.local_addr()?;
+        let metrics = Metrics::new();
+        let (dir_tx, dir_rx) = watch::channel(None);
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let follower = tokio::spawn(follow(source, dir_tx, metrics.clone()));
+        let session_config = SessionConfig {
+            max_frame_bytes: config.max_frame_bytes as usize,
+            frames_per_second: config.frames_per_second,
+            frame_burst: config.frame_burst,
+            idle_timeout: config.idle_timeout,
+            challenge_ttl: config.challenge_ttl,
+        };
+        let state = Arc::new(AppState {
+            hub: Hub::new(
+                config.max_sessions_per_member,
+                config.member_frames_per_second,
+                config.max_frame_bytes as usize,
+                metrics.clone(),
+            ),
+            nonces: NonceLedger::new(config.challenge_ttl),
+            session_config,
+            config,
+            metrics,
+            directory: dir_rx,
+            shutdown: shutdown_rx.clone(),
+            shutting_down: AtomicBool::new(false),
+            open: AtomicUsize::new(0),
+        });
+        let app = Router::new()
+            .route("/v1/signal", get(signal))
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/readyz", get(readyz))
+            .route("/metrics", get(metrics_text))
+            .with_state(state.clone());
+        let mut stop = shutdown_rx;
+        let serve = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+        });
+        tracing::info!(%addr, "bubble-server listening");
+        Ok(Self { addr, shutdown: shutdown_tx, state: Arc::new(AppStateHandle(state)), serve, follower })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Waits until a directory has been loaded (readiness).
+    pub async fn ready(&self) {
+        let mut rx = self.state.0.directory.clone();
+        let _ = rx.wait_for(Option::is_some).await;
+    }
+
+    /// The metrics, in text exposition format.
+    pub fn metrics_text(&self) -> String {
+        self.state.0.metrics.encode()
+    }
+
+    /// Graceful shutdown: becomes unready, tells every client to reconnect later (`server_shutdown` and close
+    /// code 1012), waits for connections to close, then stops.
+    pub async fn shutdown(self) -> Result<(), ServerError> {
+        let state = &self.state.0;
+        state.shutting_down.store(true, Ordering::SeqCst);
+        let _ = self.shutdown.send(true);
+        let deadline = Instant::now() + SHUTDOWN_GRACE;
+        while state.open.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.follower.abort();
+        match tokio::time::timeout(SHUTDOWN_GRACE, self.serve).await {
+            Ok(Ok(result)) => result.map_err(ServerError::Serve),
+            _ => Ok(()),
+        }
+    }
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    let ready = state.directory.borrow().is_some() && !state.shutting_down.load(Ordering::SeqCst);
+    if ready { (StatusCode::OK, "ready").into_response() } else { (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response() }
+}
+
+async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], state.metrics.encode())
+        .into_response()
+}
+
+async fn signal(State(state): State<Arc<AppState>>, ws: WebSocketUpgrade) -> Response {
+    if state.shutting_down.load(Ordering::SeqCst) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down; retry shortly").into_response();
+    }
+    if state.open.fetch_add(1, Ordering::SeqCst) >= state.config.max_connections {
+        state.open.fetch_sub(1, Ordering::SeqCst);
+        state.metrics.disconnect("max_connections");
+        return (StatusCode::SERVICE_UNAVAILABLE, "too many connections; retry later").into_response();
+    }
+    // Let oversized messages through the WebSocket layer (up to twice the limit) so that the session core
+    // can answer them with a clear `frame_too_large` instead of a bare protocol error.
+    let ceiling = state.config.max_frame_bytes as usize * 2;
+    ws.max_message_size(ceiling).max_frame_size(ceiling).on_upgrade(move |socket| async move {
+        state.metrics.connections().inc();
+        connection(socket, &state).await;
+        state.metrics.connections().dec();
+        state.open.fetch_sub(1, Ordering::SeqCst);
+    })
+}
+
+/// A security-relevant refusal, logged and counted (never with content).
+fn security_event(code: ErrorCode) -> Option<&'static str> {
+    match code {
+        ErrorCode::NotAuthenticated
+        | ErrorCode::UnknownMember
+        | ErrorCode::BadSignature
+        | ErrorCode::ChallengeExpired
+        | ErrorCode::ChallengeMismatch
+        | ErrorCode::ChallengeReplayed
+        | ErrorCode::RecipientNotVisible
+        | ErrorCode::SpoofedSender
+        | ErrorCode::TooManySessions
+        | ErrorCode::FrameTooLarge
+        | ErrorCode::RateLimited => Some(code.as_str()),
+        _ => None,
+    }
+}
+
+fn error_frame(code: ErrorCode, message: &str, id: Option<u64>, retry_after: Option<Duration>) -> Utf8Bytes {
+    Utf8Bytes::from(encode_frame(&ServerFrame::Error {
+        code,
+        message: message.to_owned(),
+        id,
+        retry_after_ms: retry_after.map(|d| d.as_millis() as u64),
+    }))
+}
+
+async fn writer(
+    mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
+    mut rx: mpsc::UnboundedReceiver<Outbound>,
+    queued: Arc<AtomicUsize>,
+    metrics: Metrics,
+    kill: mpsc::Sender<Kill>,
+) {
+    while let Some(out) = rx.recv().await {
+        match out {
+            Outbound::Text(text) => {
+                let n = text.len();
+                let sent = tokio::time::timeout(WRITE_TIMEOUT, sink.send(Message::Text(text))).await;
+                queued.fetch_sub(n, Ordering::AcqRel);
+                match sent {
+                    Ok(Ok(())) => metrics.bytes("out", n),
+                    Ok(Err(_)) => return,
+                    Err(_) => {
+                        let _ = kill.try_send(Kill { code: ErrorCode::SlowConsumer, message: "writes to this session stalled" });
+                        return;
+                    }
+                }
+            }
+            Outbound::Close { frame, code, reason } => {
+                let send = async {
+                    sink.send(Message::Text(frame)).await?;
+                    sink.send(Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from_static(reason) }))).await
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(1), send).await;
+                return;
+            }
+        }
+    }
+    let _ = sink.close().await;
+}
+
+/// Where the connection loop is going next.
+enum Flow {
+    Continue,
+    Close,
+}
+
+struct Connection<'a> {
+    state: &'a AppState,
+    session: Session,
+    handle: SessionHandle,
+    out: mpsc::UnboundedSender<Outbound>,
+    directory: Arc<Directory>,
+    /// Hash of the slice last sent (presence excluded), to send directory updates only on real change.
+    sent_slice: u64,
+}
+
+impl Connection<'_> {
+    fn close(&mut self, code: ErrorCode, message: &str, retry_after: Option<Duration>) -> Flow {
+        let reason = code.as_str();
+        self.state.metrics.disconnect(reason);
+        if let Some(event) = security_event(code) {
+            self.state.metrics.security_event(event);
+            let member = self.session.identity().map(|(m, _)| m.to_string());
+            tracing::warn!(target: "peerbubble::security", event, member = member.as_deref(), "connection closed");
+        }
+        self.session.close();
+        let _ = self.out.send(Outbound::Close {
+            frame: error_frame(code, message, None, retry_after),
+            code: code.close_code(),
+            reason,
+        });
+        Flow::Close
+    }
+
+    fn handle(&mut self, events: Vec<Event>) -> Flow {
+        for event in events {
+            let flow = match event {
+                Event::Reply(frame) => {
+                    self.handle.send_or_kill(&Utf8Bytes::from(encode_frame(&frame)));
+                    Flow::Continue
+                }
+                Event::Authenticated { member } => self.authenticated(member),
+                Event::Relay { id, to, to_session, body } => self.relay(id, to, to_session, body),
+                Event::Refuse { code, message, id, retry_after, fatal } => {
+                    if fatal {
+                        if let Some(kind) = frame_error(code) {
+                            self.state.metrics.frame_error(kind);
+                        }
+                        if is_auth_failure(code) {
+                            self.state.metrics.auth_failure(code.as_str());
+                        }
+                        return self.close(code, &message, retry_after);
+                    }
+                    self.refuse(code, &message, id, retry_after);
+                    Flow::Continue
+                }
+            };
+            if matches!(flow, Flow::Close) {
+                return flow;
+            }
+        }
+        Flow::Continue
+    }
+
+    fn refuse(&mut self, code: ErrorCode, message: &str, id: Option<u64>, retry_after: Option<Duration>) {
+        if let Some(kind) = frame_error(code) {
+            self.state.metrics.frame_error(kind);
+        }
+        if let Some(event) = security_event(code) {
+            self.state.metrics.security_event(event);
+            let (member, session) = self.session.identity().map_or((None, None), |(m, s)| (Some(m.to_string()), Some(s.0)));
+            tracing::warn!(target: "peerbubble::security", event, member = member.as_deref(), session, "refused");
+        }
+        self.handle.send_or_kill(&error_frame(code, message, id, retry_after));
+    }
+
+    fn authenticated(&mut self, member: peerbubble_proto::MemberId) -> Flow {
+        let Some(entry) = self.directory.member(&member) else {
+            return self.close(ErrorCode::UnknownMember, "this key is not a member of the bubble", None);
+        };
+        let display_name = entry.display_name.clone();
+        let limits = self.state.config.limits();
+        let welcome = |session| ServerFrame::Welcome { member, session, display_name, ice_servers: Vec::new(), limits };
+        match self.state.hub.register(member, self.handle.clone(), &self.directory, welcome) {
+            Ok(session) => {
+                self.handle.id = session;
+                self.session.bind(session);
+                self.sent_slice = slice_hash(&self.directory, member);
+                tracing::info!(%member, session = session.0, "session opened");
+                Flow::Continue
+            }
+            Err(code) => {
+                self.state.metrics.auth_failure(code.as_str());
+                self.close(code, "this member already has the most sessions allowed; close one", None)
+            }
+        }
+    }
+
+    fn relay(&mut self, id: u64, to: peerbubble_proto::MemberId, to_session: Option<SessionId>, body: peerbubble_proto::Opaque) -> Flow {
+        let Some((member, session)) = self.session.identity() else { return Flow::Continue };
+        if let Err(retry) = self.state.hub.member_allow(member, Instant::now()) {
+            self.state.metrics.refused("rate_limited");
+            self.refuse(ErrorCode::RateLimited, "this member sends too many frames", Some(id), Some(retry));
+            return Flow::Continue;
+        }
+        match self.state.hub.route(member, session, to, to_session, body) {
+            Ok(sessions) => {
+                self.handle.send_or_kill(&Utf8Bytes::from(encode_frame(&ServerFrame::Ack { id, sessions })));
+            }
+            Err(code) => {
+                self.state.metrics.refused(code.as_str());
+                let (message, retry) = match code {
+                    ErrorCode::RecipientCongested => ("the recipient is not reading fast enough", Some(Duration::from_millis(250))),
+                    _ => ("the recipient has no session", None),
+                };
+                self.refuse(code, message, Some(id), retry);
+            }
+        }
+        Flow::Continue
+    }
+
+    fn directory_changed(&mut self, directory: Arc<Directory>) -> Flow {
+        self.directory = directory;
+        let Some((member, _)) = self.session.identity() else { return Flow::Continue };
+        if self.directory.member(&member).is_none() {
+            tracing::info!(%member, "member removed from the bubble; closing its session");
+            return self.close(ErrorCode::MemberRemoved, "you were removed from this bubble", None);
+        }
+        let hash = slice_hash(&self.directory, member);
+        if hash != self.sent_slice {
+            self.sent_slice = hash;
+            for frame in self.state.hub.slice_frames(member, &self.directory) {
+                self.handle.send_or_kill(&frame);
+            }
+        }
+        Flow::Continue
+    }
+}
+
+fn slice_hash(directory: &Directory, member: peerbubble_proto::MemberId) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for entry in directory.slice(&member, |_| false) {
+        encode_frame(&entry).hash(&mut hasher);
+    }
+    hasher.finish()
+}
+
+fn frame_error(code: ErrorCode) -> Option<&'static str> {
+    matches!(code, ErrorCode::MalformedFrame | ErrorCode::FrameTooLarge | ErrorCode::InvalidField | ErrorCode::BinaryFrame)
+        .then(|| code.as_str())
+}
+
+fn is_auth_failure(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::NotAuthenticated
+            | ErrorCode::UnknownMember
+            | ErrorCode::BadSignature
+            | ErrorCode::ChallengeExpired
+            | ErrorCode::ChallengeMismatch
+            | ErrorCode::ChallengeReplayed
+    )
+}
+
+async fn connection(socket: WebSocket, state: &AppState) {
+    let (sink, mut stream) = socket.split();
+    let (out_tx, out_rx) = mpsc::unbounded_channel();
+    let (kill_tx, mut kill_rx) = mpsc::channel(1);
+    let queued = Arc::new(AtomicUsize::new(0));
+    let writer = tokio::spawn(writer(sink, out_rx, queued.clone(), state.metrics.clone(), kill_tx.clone()));
+    let handle = SessionHandle::new(out_tx.clone(), queued, state.config.send_queue_bytes, kill_tx);
+
+    let directory = state.directory.borrow().clone();
+    let (Some(directory), Ok(nonce)) = (directory, Nonce::random()) else {
+        let _ = out_tx.send(Outbound::Close {
+            frame: error_frame(ErrorCode::Internal, "the server has no directory yet; retry shortly", None, Some(Duration::from_secs(1))),
+            code: 1013,
+            reason: "not ready",
+        });
+        drop(out_tx);
+        let _ = writer.await;
+        return;
+    };
+    let (session, challenge) = Session::new(state.session_config, directory.bubble(), nonce, Instant::now());
+    handle.force_send(Utf8Bytes::from(encode_frame(&challenge)));
+    let mut conn = Connection { state, session, handle, out: out_tx, directory, sent_slice: 0 };
+    let mut dir_rx = state.directory.clone();
+    dir_rx.mark_unchanged();
+    let mut shutdown = state.shutdown.clone();
+
+    loop {
+        let deadline = tokio::time::Instant::from_std(conn.session.poll_timeout());
+        let flow = tokio::select! {
+            message = stream.next() => match message {
+                Some(Ok(Message::Text(text))) => {
+                    state.metrics.bytes("in", text.len());
+                    let events = conn.session.handle_text(text.as_bytes(), Instant::now(), &conn.directory, &state.nonces);
+                    conn.handle(events)
+                }
+                Some(Ok(Message::Binary(bytes))) => {
+                    state.metrics.bytes("in", bytes.len());
+                    let events = conn.session.handle_binary(bytes.len(), Instant::now());
+                    conn.handle(events)
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => Flow::Continue,
+                Some(Ok(Message::Close(_))) | None => break,
+                Some(Err(err)) => {
+                    // tungstenite refuses messages over twice the limit before we see them.
+                    if err.to_string().contains("too long") || err.to_string().contains("Space limit") {
+                        state.metrics.frame_error("frame_too_large");
+                        conn.close(ErrorCode::FrameTooLarge, "frame exceeds max_frame_bytes", None)
+                    } else {
+                        break;
+                    }
+                }
+            },
+            () = tokio::time::sleep_until(deadline) => match conn.session.handle_timeout(Instant::now()) {
+                Some(event) => conn.handle(vec![event]),
+                None => Flow::Continue,
+            },
+            Some(kill) = kill_rx.recv() => conn.close(kill.code, kill.message, None),
+            changed = dir_rx.changed() => match (changed, dir_rx.borrow_and_update().clone()) {
+                (Ok(()), Some(directory)) => conn.directory_changed(directory),
+                _ => Flow::Continue,
+            },
+            _ = shutdown.wait_for(|s| *s) => {
+                // Spread reconnections so that a restart is not a thundering herd.
+                let jitter = 500 + (conn.handle.id.0 * 7919) % 2500;
+                conn.close(ErrorCode::ServerShutdown, "the server is restarting; reconnect", Some(Duration::from_millis(jitter)))
+            }
+        };
+        if matches!(flow, Flow::Close) {
+            break;
+        }
+    }
+    if let Some((member, session)) = conn.session.identity() {
+        state.hub.unregister(member, session, &conn.directory);
+        tracing::info!(%member, session = session.0, "session closed");
+    }
+    drop(conn);
+    let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+}
