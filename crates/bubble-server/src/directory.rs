@@ -123,7 +123,10 @@ impl Directory {
             }
         }
         let lookup = |id: &str, whose: &str| {
-            index.get(id).copied().ok_or_else(|| DirectoryError::Invalid(format!("{whose} names unknown category {id:?}")))
+            index
+                .get(id)
+                .copied()
+                .ok_or_else(|| DirectoryError::Invalid(format!("{whose} names unknown category {id:?}")))
         };
         // reach_of[c] = {c} ∪ c.sees ∪ {d | d.sees ∋ c}: symmetric by construction.
         let mut reach_of: Vec<BTreeSet<u32>> = (0..file.categories.len() as u32).map(|c| BTreeSet::from([c])).collect();
@@ -137,11 +140,14 @@ impl Directory {
         let mut members = HashMap::with_capacity(file.members.len());
         let mut by_category = vec![Vec::new(); file.categories.len()];
         for member in file.members {
-            let public_key: PublicKey = member.public_key.parse().map_err(|err| {
-                DirectoryError::Invalid(format!("member {:?}: {err}", member.display_name))
-            })?;
+            let public_key: PublicKey = member
+                .public_key
+                .parse()
+                .map_err(|err| DirectoryError::Invalid(format!("member {:?}: {err}", member.display_name)))?;
             if !is_valid_display_name(&member.display_name) {
-                return invalid(format!("member {public_key}: display name must be 1-64 bytes without control characters"));
+                return invalid(format!(
+                    "member {public_key}: display name must be 1-64 bytes without control characters"
+                ));
             }
             if member.categories.len() > MAX_CATEGORIES_PER_MEMBER {
                 return invalid(format!("member {public_key}: at most {MAX_CATEGORIES_PER_MEMBER} categories"));
@@ -157,12 +163,23 @@ impl Directory {
             for c in &categories {
                 by_category[*c as usize].push(id);
             }
-            let entry = Member { public_key, display_name: member.display_name, categories, reach: reach.into_iter().collect() };
+            let entry = Member {
+                public_key,
+                display_name: member.display_name,
+                categories,
+                reach: reach.into_iter().collect(),
+            };
             if members.insert(id, entry).is_some() {
                 return invalid(format!("public key {public_key} is listed twice"));
             }
         }
-        Ok(Self { bubble: file.bubble, version, category_ids: file.categories.into_iter().map(|c| c.id).collect(), members, by_category })
+        Ok(Self {
+            bubble: file.bubble,
+            version,
+            category_ids: file.categories.into_iter().map(|c| c.id).collect(),
+            members,
+            by_category,
+        })
     }
 
     /// Parses and compiles YAML bytes; the version is their SHA-256.
@@ -212,7 +229,8 @@ impl Directory {
     /// Members `a` sees, excluding itself, without duplicates.
     pub fn visible(&self, a: &MemberId) -> HashSet<MemberId> {
         let Some(member) = self.members.get(a) else { return HashSet::new() };
-        let mut out: HashSet<MemberId> = member.reach.iter().flat_map(|c| self.by_category[*c as usize].iter().copied()).collect();
+        let mut out: HashSet<MemberId> =
+            member.reach.iter().flat_map(|c| self.by_category[*c as usize].iter().copied()).collect();
         out.remove(a);
         out
     }
@@ -362,7 +380,11 @@ mod tests {
              \x20 - {{public_key: {}, display_name: Cat, categories: [logistics]}}\n\
              \x20 - {{public_key: {}, display_name: Dan, categories: [command]}}\n\
              \x20 - {{public_key: {}, display_name: Eve, categories: [press]}}\n",
-            pk(1), pk(2), pk(3), pk(4), pk(5)
+            pk(1),
+            pk(2),
+            pk(3),
+            pk(4),
+            pk(5)
         ))
     }
 
@@ -397,10 +419,18 @@ mod tests {
     fn inconsistent_files_are_refused() {
         let key = pk(1);
         for (yaml, needle) in [
-            (format!("bubble: b\nmembers:\n  - {{public_key: {key}, display_name: A, categories: [nope]}}\n"), "unknown category"),
+            (
+                format!("bubble: b\nmembers:\n  - {{public_key: {key}, display_name: A, categories: [nope]}}\n"),
+                "unknown category",
+            ),
             ("bubble: b\ncategories: [{id: x}, {id: x}]\n".to_owned(), "twice"),
             ("bubble: b\ncategories: [{id: x, sees: [y]}]\n".to_owned(), "unknown category"),
-            (format!("bubble: b\nmembers:\n  - {{public_key: {key}, display_name: A}}\n  - {{public_key: {key}, display_name: B}}\n"), "twice"),
+            (
+                format!(
+                    "bubble: b\nmembers:\n  - {{public_key: {key}, display_name: A}}\n  - {{public_key: {key}, display_name: B}}\n"
+                ),
+                "twice",
+            ),
             ("bubble: b\nmembers:\n  - {public_key: abc, display_name: A}\n".to_owned(), "public key"),
             ("bubble: B!\n".to_owned(), "bubble id"),
             ("bubble: b\nsecret_key: x\n".to_owned(), "unknown field"),

@@ -263,7 +263,9 @@ pub(crate) fn directory_frames(entries: Vec<DirectoryEntry>, max_frame_bytes: us
     parts
         .into_iter()
         .enumerate()
-        .map(|(i, entries)| Utf8Bytes::from(encode_frame(&ServerFrame::Directory { part: i as u32, parts: count, entries })))
+        .map(|(i, entries)| {
+            Utf8Bytes::from(encode_frame(&ServerFrame::Directory { part: i as u32, parts: count, entries }))
+        })
         .collect()
 }
 

@@ -79,13 +79,18 @@ impl std::fmt::Debug for AppStateHandle {
 impl Server {
     /// Binds `config.listen`, starts following the directory source and serves.
     pub async fn start<S: DirectorySource>(config: Config, source: S) -> Result<Self, ServerError> {
-        let listener =
-            TcpListener::bind(config.listen).await.map_err(|source| ServerError::Bind { addr: config.listen, source })?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| ServerError::Bind { addr: config.listen, source })?;
         Self::start_on(config, source, listener).await
     }
 
     /// Serves on an already bound listener.
-    pub async fn start_on<S: DirectorySource>(config: Config, source: S, listener: TcpListener) -> Result<Self, ServerError> {
+    pub async fn start_on<S: DirectorySource>(
+        config: Config,
+        source: S,
+        listener: TcpListener,
+    ) -> Result<Self, ServerError> {
         let addr = listener.local_addr()?;
         let metrics = Metrics::new();
         let (dir_tx, dir_rx) = watch::channel(None);
@@ -168,7 +173,11 @@ impl Server {
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let ready = state.directory.borrow().is_some() && !state.shutting_down.load(Ordering::SeqCst);
-    if ready { (StatusCode::OK, "ready").into_response() } else { (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response() }
+    if ready {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
+    }
 }
 
 async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
@@ -240,7 +249,10 @@ async fn writer(
                     Ok(Ok(())) => metrics.bytes("out", n),
                     Ok(Err(_)) => return,
                     Err(_) => {
-                        let _ = kill.try_send(Kill { code: ErrorCode::SlowConsumer, message: "writes to this session stalled" });
+                        let _ = kill.try_send(Kill {
+                            code: ErrorCode::SlowConsumer,
+                            message: "writes to this session stalled",
+                        });
                         return;
                     }
                 }
@@ -328,7 +340,8 @@ impl Connection<'_> {
         }
         if let Some(event) = security_event(code) {
             self.state.metrics.security_event(event);
-            let (member, session) = self.session.identity().map_or((None, None), |(m, s)| (Some(m.to_string()), Some(s.0)));
+            let (member, session) =
+                self.session.identity().map_or((None, None), |(m, s)| (Some(m.to_string()), Some(s.0)));
             tracing::warn!(target: "peerbubble::security", event, member = member.as_deref(), session, "refused");
         }
         self.handle.send_or_kill(&error_frame(code, message, id, retry_after));
@@ -356,7 +369,13 @@ impl Connection<'_> {
         }
     }
 
-    fn relay(&mut self, id: u64, to: peerbubble_proto::MemberId, to_session: Option<SessionId>, body: peerbubble_proto::Opaque) -> Flow {
+    fn relay(
+        &mut self,
+        id: u64,
+        to: peerbubble_proto::MemberId,
+        to_session: Option<SessionId>,
+        body: peerbubble_proto::Opaque,
+    ) -> Flow {
         let Some((member, session)) = self.session.identity() else { return Flow::Continue };
         if let Err(retry) = self.state.hub.member_allow(member, Instant::now()) {
             self.state.metrics.refused("rate_limited");
@@ -370,7 +389,9 @@ impl Connection<'_> {
             Err(code) => {
                 self.state.metrics.refused(code.as_str());
                 let (message, retry) = match code {
-                    ErrorCode::RecipientCongested => ("the recipient is not reading fast enough", Some(Duration::from_millis(250))),
+                    ErrorCode::RecipientCongested => {
+                        ("the recipient is not reading fast enough", Some(Duration::from_millis(250)))
+                    }
                     _ => ("the recipient has no session", None),
                 };
                 self.refuse(code, message, Some(id), retry);
@@ -407,8 +428,11 @@ fn slice_hash(directory: &Directory, member: peerbubble_proto::MemberId) -> u64 
 }
 
 fn frame_error(code: ErrorCode) -> Option<&'static str> {
-    matches!(code, ErrorCode::MalformedFrame | ErrorCode::FrameTooLarge | ErrorCode::InvalidField | ErrorCode::BinaryFrame)
-        .then(|| code.as_str())
+    matches!(
+        code,
+        ErrorCode::MalformedFrame | ErrorCode::FrameTooLarge | ErrorCode::InvalidField | ErrorCode::BinaryFrame
+    )
+    .then(|| code.as_str())
 }
 
 fn is_auth_failure(code: ErrorCode) -> bool {
@@ -434,7 +458,12 @@ async fn connection(socket: WebSocket, state: &AppState) {
     let directory = state.directory.borrow().clone();
     let (Some(directory), Ok(nonce)) = (directory, Nonce::random()) else {
         let _ = out_tx.send(Outbound::Close {
-            frame: error_frame(ErrorCode::Internal, "the server has no directory yet; retry shortly", None, Some(Duration::from_secs(1))),
+            frame: error_frame(
+                ErrorCode::Internal,
+                "the server has no directory yet; retry shortly",
+                None,
+                Some(Duration::from_secs(1)),
+            ),
             code: 1013,
             reason: "not ready",
         });

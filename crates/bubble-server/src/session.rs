@@ -202,11 +202,19 @@ impl Session {
         }
         if let State::Challenged { issued, .. } = self.state {
             if now >= issued + self.config.challenge_ttl {
-                return Some(Event::refuse(ErrorCode::ChallengeExpired, "the challenge was not answered in time", None));
+                return Some(Event::refuse(
+                    ErrorCode::ChallengeExpired,
+                    "the challenge was not answered in time",
+                    None,
+                ));
             }
         }
         if now >= self.last_seen + self.config.idle_timeout {
-            return Some(Event::refuse(ErrorCode::IdleTimeout, "nothing received within the idle timeout; send ping", None));
+            return Some(Event::refuse(
+                ErrorCode::IdleTimeout,
+                "nothing received within the idle timeout; send ping",
+                None,
+            ));
         }
         None
     }
@@ -224,7 +232,13 @@ impl Session {
     }
 
     /// A text WebSocket message arrived.
-    pub fn handle_text(&mut self, bytes: &[u8], now: Instant, directory: &Directory, nonces: &NonceLedger) -> Vec<Event> {
+    pub fn handle_text(
+        &mut self,
+        bytes: &[u8],
+        now: Instant,
+        directory: &Directory,
+        nonces: &NonceLedger,
+    ) -> Vec<Event> {
         if matches!(self.state, State::Closed) {
             return Vec::new();
         }
@@ -260,11 +274,19 @@ impl Session {
                     return vec![Event::refuse(code, "answer the nonce of this connection's challenge", None)];
                 }
                 if !nonces.consume(&nonce, now) {
-                    return vec![Event::refuse(ErrorCode::ChallengeReplayed, "this challenge was already answered", None)];
+                    return vec![Event::refuse(
+                        ErrorCode::ChallengeReplayed,
+                        "this challenge was already answered",
+                        None,
+                    )];
                 }
                 let member = public_key.member_id();
                 if directory.member(&member).is_none_or(|m| m.public_key != public_key) {
-                    return vec![Event::refuse(ErrorCode::UnknownMember, "this key is not a member of the bubble", None)];
+                    return vec![Event::refuse(
+                        ErrorCode::UnknownMember,
+                        "this key is not a member of the bubble",
+                        None,
+                    )];
                 }
                 let message = auth_message(directory.bubble(), &nonce, &public_key);
                 if public_key.verify(Purpose::SignalAuth, &message, &signature).is_err() {
@@ -287,7 +309,11 @@ impl Session {
                     return vec![Event::refuse(ErrorCode::SpoofedSender, "from must be your own member id", Some(id))];
                 }
                 if !directory.sees(member, &to) {
-                    return vec![Event::refuse(ErrorCode::RecipientNotVisible, "no such member in your directory", Some(id))];
+                    return vec![Event::refuse(
+                        ErrorCode::RecipientNotVisible,
+                        "no such member in your directory",
+                        Some(id),
+                    )];
                 }
                 vec![Event::Relay { id, to, to_session, body }]
             }
@@ -388,28 +414,34 @@ mod tests {
         let b = key(2).public_key().member_id();
         assert!(matches!(s.handle_text(&send(b, None), now, &d, &ledger).as_slice(), [Event::Relay { id: 7, .. }]));
         let c = key(3).public_key().member_id();
-        assert_eq!(code(&s.handle_text(&send(c, None), now, &d, &ledger)), Some((ErrorCode::RecipientNotVisible, false)));
+        assert_eq!(
+            code(&s.handle_text(&send(c, None), now, &d, &ledger)),
+            Some((ErrorCode::RecipientNotVisible, false))
+        );
         assert_eq!(code(&s.handle_text(&send(b, Some(b)), now, &d, &ledger)), Some((ErrorCode::SpoofedSender, false)));
     }
 
     #[test]
     fn auth_failures_have_their_codes() {
-        let (now, d, ledger) = (Instant::now(), directory(), NonceLedger::new(CONFIG.challenge_ttl));
+        let (now, d) = (Instant::now(), directory());
         let nonce = Nonce::from_bytes([1; 32]);
-        let fresh = || Session::new(CONFIG, "b", nonce.clone(), now).0;
-        // Unknown key.
-        assert_eq!(code(&fresh().handle_text(&auth(&key(4), "b", &nonce), now, &d, &ledger)), Some((ErrorCode::UnknownMember, true)));
-        // Signed for another bubble.
-        assert_eq!(code(&fresh().handle_text(&auth(&key(1), "x", &nonce), now, &d, &ledger)), Some((ErrorCode::BadSignature, true)));
-        // Another connection's nonce.
+        // Each attempt on a fresh connection with a fresh ledger: an answered nonce is burnt.
+        let attempt = |answer: Vec<u8>, at: Instant| {
+            let ledger = NonceLedger::new(CONFIG.challenge_ttl);
+            code(&Session::new(CONFIG, "b", nonce.clone(), now).0.handle_text(&answer, at, &d, &ledger))
+        };
+        assert_eq!(attempt(auth(&key(4), "b", &nonce), now), Some((ErrorCode::UnknownMember, true)));
+        assert_eq!(
+            attempt(auth(&key(1), "x", &nonce), now),
+            Some((ErrorCode::BadSignature, true)),
+            "signed for another bubble"
+        );
         let other = Nonce::from_bytes([2; 32]);
-        assert_eq!(code(&fresh().handle_text(&auth(&key(1), "b", &other), now, &d, &ledger)), Some((ErrorCode::ChallengeMismatch, true)));
-        // Too late.
+        assert_eq!(attempt(auth(&key(1), "b", &other), now), Some((ErrorCode::ChallengeMismatch, true)));
         let late = now + CONFIG.challenge_ttl;
-        assert_eq!(code(&fresh().handle_text(&auth(&key(1), "b", &nonce), late, &d, &ledger)), Some((ErrorCode::ChallengeExpired, true)));
-        // Frame before auth.
-        let ping = br#"{"type":"ping","id":1}"#;
-        assert_eq!(code(&fresh().handle_text(ping, now, &d, &ledger)), Some((ErrorCode::NotAuthenticated, true)));
+        assert_eq!(attempt(auth(&key(1), "b", &nonce), late), Some((ErrorCode::ChallengeExpired, true)));
+        assert_eq!(attempt(br#"{"type":"ping","id":1}"#.to_vec(), now), Some((ErrorCode::NotAuthenticated, true)));
+        assert_eq!(attempt(auth(&key(1), "b", &nonce), now), None, "the good answer passes");
     }
 
     #[test]
