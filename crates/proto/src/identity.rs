@@ -12,7 +12,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ed25519_dalek::{Signer as _, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256, Sha512};
-use zeroize::Zeroizing;
+pub use zeroize::Zeroizing;
 
 /// Prefix of every signed message; the version lets a future scheme never collide with this one.
 const SIGNING_PREFIX: &[u8] = b"PeerBubble-v1-signature\0";
