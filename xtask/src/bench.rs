@@ -1,0 +1,218 @@
+//! `cargo xtask bench <name>`: benchmarks that report ratios against a baseline measured in the same run.
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+
+use crate::{cargo, sh};
+
+pub(crate) fn bench(root: &Path, name: Option<&str>, rest: &[String]) -> anyhow::Result<()> {
+    match name {
+        Some("signaling") => signaling(root, rest),
+        _ => bail!("usage: cargo xtask bench signaling [--pairs N] [--window W] [--seconds S] [--rounds R] [--idle N]"),
+    }
+}
+
+struct Settings {
+    pairs: u32,
+    window: u32,
+    seconds: u64,
+    rounds: u32,
+    idle: u32,
+}
+
+fn settings(rest: &[String]) -> anyhow::Result<Settings> {
+    let mut s = Settings { pairs: 50, window: 16, seconds: 10, rounds: 2, idle: 10_000 };
+    let mut it = rest.iter();
+    while let Some(flag) = it.next() {
+        let value: u64 = it.next().with_context(|| format!("{flag} needs a value"))?.parse()?;
+        match flag.as_str() {
+            "--pairs" => s.pairs = value as u32,
+            "--window" => s.window = value as u32,
+            "--seconds" => s.seconds = value,
+            "--rounds" => s.rounds = value as u32,
+            "--idle" => s.idle = value as u32,
+            _ => bail!("unknown flag {flag}"),
+        }
+    }
+    Ok(s)
+}
+
+fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"))
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Kills the child when dropped, so that a failed benchmark leaves nothing running.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS")?;
+    Ok(line.split_whitespace().nth(1).context("no VmRSS value")?.parse()?)
+}
+
+fn wait_http_ok(addr: SocketAddr, path: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(mut stream) = TcpStream::connect(addr) {
+            let _ = write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            let mut line = String::new();
+            if BufReader::new(stream).read_line(&mut line).is_ok() && line.contains(" 200 ") {
+                return Ok(());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("{addr}{path} did not become ready")
+}
+
+fn wait_line(child: &mut Child, prefix: &str) -> anyhow::Result<String> {
+    let stdout = child.stdout.as_mut().context("no stdout")?;
+    let mut reader = BufReader::new(stdout);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            bail!("process ended before printing {prefix:?}");
+        }
+        if line.starts_with(prefix) {
+            return Ok(line.trim().to_owned());
+        }
+    }
+}
+
+fn json_number(line: &str, key: &str) -> anyhow::Result<f64> {
+    let at = line.find(&format!("\"{key}\":")).with_context(|| format!("{key} missing in {line}"))?;
+    let rest = &line[at + key.len() + 3..];
+    let end = rest.find([',', '}']).unwrap_or(rest.len());
+    Ok(rest[..end].parse()?)
+}
+
+struct Relay {
+    per_s: f64,
+    p50: f64,
+    p99: f64,
+}
+
+fn relay(loadgen: &Path, target: &str, url: &str, s: &Settings) -> anyhow::Result<Relay> {
+    let output = Command::new(loadgen)
+        .args(["relay", "--target", target, "--url", url])
+        .args(["--pairs", &s.pairs.to_string(), "--window", &s.window.to_string(), "--seconds", &s.seconds.to_string()])
+        .output()?;
+    if !output.status.success() {
+        bail!("loadgen relay {target} failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    let line = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    println!("  {line}");
+    Ok(Relay { per_s: json_number(&line, "envelopes_per_s")?, p50: json_number(&line, "p50_ms")?, p99: json_number(&line, "p99_ms")? })
+}
+
+/// Bytes of server RSS per idle connection, `count` connections held by one loadgen process.
+fn idle_memory(loadgen: &Path, target: &str, url: &str, server_pid: u32, count: u32) -> anyhow::Result<f64> {
+    let before = rss_kib(server_pid)?;
+    let mut child = Command::new(loadgen)
+        .args(["idle", "--target", target, "--url", url, "--count", &count.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let ready = wait_line(&mut child, "ready");
+    // Let the server settle (buffers of the handshake released) before reading its RSS.
+    std::thread::sleep(Duration::from_secs(2));
+    let after = rss_kib(server_pid)?;
+    drop(child.stdin.take());
+    let _ = child.wait();
+    ready?;
+    let per_conn = (after.saturating_sub(before) * 1024) as f64 / f64::from(count);
+    println!("  {target}: RSS {before} KiB -> {after} KiB with {count} idle connections = {per_conn:.0} B/connection");
+    Ok(per_conn)
+}
+
+fn signaling(root: &Path, rest: &[String]) -> anyhow::Result<()> {
+    let s = settings(rest)?;
+    sh(cargo().args(["build", "--release", "--package", "peerbubble", "--package", "peerbubble-peer"]))?;
+    let release = target_dir(root).join("release");
+    let (server_bin, loadgen) = (release.join("peerbubble"), release.join("peerbubble-loadgen"));
+
+    let peerjs_dir = root.join("bench/peerjs");
+    if !peerjs_dir.join("node_modules/peer").exists() {
+        sh(Command::new("npm").args(["ci", "--no-audit", "--no-fund"]).current_dir(&peerjs_dir))?;
+    }
+
+    let work = std::env::temp_dir().join(format!("peerbubble-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let bubble = work.join("bubble.yaml");
+    let members = s.pairs.max(s.idle.div_ceil(2));
+    sh(Command::new(&loadgen).args(["bubble", "--pairs", &members.to_string(), "--out"]).arg(&bubble))?;
+
+    let ours_port = free_port()?;
+    let ours = Guard(
+        Command::new(&server_bin)
+            .args(["bubble-server", "--listen", &format!("127.0.0.1:{ours_port}"), "--bubble-file"])
+            .arg(&bubble)
+            // Limits opened up: the baseline has none, and this measures the relay path, not the limiter.
+            .args(["--frames-per-second", "10000000", "--frame-burst", "10000000"])
+            .args(["--member-frames-per-second", "10000000", "--idle-timeout-secs", "600", "--max-connections", "19000"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()?,
+    );
+    wait_http_ok(SocketAddr::from(([127, 0, 0, 1], ours_port)), "/readyz")?;
+    let peerjs_port = free_port()?;
+    let mut peerjs = Guard(
+        Command::new("node")
+            .arg(peerjs_dir.join("server.cjs"))
+            .arg(peerjs_port.to_string())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("cannot start node: install Node.js 20+")?,
+    );
+    wait_line(&mut peerjs.0, "ready")?;
+    let ours_url = format!("ws://127.0.0.1:{ours_port}/v1/signal");
+    let peerjs_url = format!("ws://127.0.0.1:{peerjs_port}/peerjs");
+
+    println!(
+        "\nrelay: {} pairs, window {}, 1 KiB envelopes echoed, {} s per run, {} rounds alternating",
+        s.pairs, s.window, s.seconds, s.rounds
+    );
+    let (mut ours_runs, mut peerjs_runs) = (Vec::new(), Vec::new());
+    for _ in 0..s.rounds {
+        ours_runs.push(relay(&loadgen, "ours", &ours_url, &s)?);
+        peerjs_runs.push(relay(&loadgen, "peerjs", &peerjs_url, &s)?);
+    }
+    let mean = |runs: &[Relay], f: fn(&Relay) -> f64| runs.iter().map(f).sum::<f64>() / runs.len() as f64;
+    let (ours_rate, peerjs_rate) = (mean(&ours_runs, |r| r.per_s), mean(&peerjs_runs, |r| r.per_s));
+    let (ours_p50, peerjs_p50) = (mean(&ours_runs, |r| r.p50), mean(&peerjs_runs, |r| r.p50));
+    let (ours_p99, peerjs_p99) = (mean(&ours_runs, |r| r.p99), mean(&peerjs_runs, |r| r.p99));
+
+    println!("\nidle connections: {}", s.idle);
+    let ours_idle = idle_memory(&loadgen, "ours", &ours_url, ours.0.id(), s.idle)?;
+    let peerjs_idle = idle_memory(&loadgen, "peerjs", &peerjs_url, peerjs.0.id(), s.idle)?;
+    drop((ours, peerjs));
+    let _ = std::fs::remove_dir_all(&work);
+
+    println!("\n| | PeerBubble | PeerJS |\n|---|---|---|");
+    println!("| envelopes/s | {ours_rate:.0} | {peerjs_rate:.0} |");
+    println!("| round trip p50 (ms) | {ours_p50:.2} | {peerjs_p50:.2} |");
+    println!("| round trip p99 (ms) | {ours_p99:.2} | {peerjs_p99:.2} |");
+    println!("| RSS per idle connection (bytes) | {ours_idle:.0} | {peerjs_idle:.0} |\n");
+    println!(
+        "bench signaling: ours={ours_rate:.0} peerjs={peerjs_rate:.0} ratio={:.2} p99_ours_ms={ours_p99:.2} p99_peerjs_ms={peerjs_p99:.2}",
+        ours_rate / peerjs_rate
+    );
+    Ok(())
+}

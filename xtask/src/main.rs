@@ -1,0 +1,155 @@
+//! `cargo xtask <command>`: the project's commands. Everything CI checks is `cargo xtask test`; everything a
+//! newcomer needs to see the product is `cargo xtask run`. Tools the commands need are installed here, so a
+//! fresh machine needs nothing but Rust (and, for benchmarks, Node.js).
+
+#![allow(clippy::print_stdout)]
+
+use std::env;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context as _, bail};
+
+mod bench;
+
+const USAGE: &str = "\
+usage: cargo xtask <command>
+
+  run [-- args]          build and start `peerbubble up`, the all-in-one micro-node (state in ./.peerbubble)
+  test                   everything CI checks: fmt, clippy, tests, wasm32 build, cargo-deny, docs, fuzz smoke
+  bench signaling        signaling throughput and latency vs the PeerJS server, memory per idle connection
+  fuzz [seconds]         run every fuzz target (default 60 s each)
+";
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = env::args().skip(1).collect();
+    let root = project_root();
+    env::set_current_dir(&root)?;
+    match args.first().map(String::as_str) {
+        Some("run") => run(&args[1..]),
+        Some("test") => test(),
+        Some("bench") => bench::bench(&root, args.get(1).map(String::as_str), &args[2.min(args.len())..]),
+        Some("fuzz") => fuzz(args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(60)),
+        _ => {
+            print!("{USAGE}");
+            Ok(())
+        }
+    }
+}
+
+pub(crate) fn project_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
+}
+
+pub(crate) fn cargo() -> Command {
+    Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+/// Runs a command, echoing it, failing with its status.
+pub(crate) fn sh(cmd: &mut Command) -> anyhow::Result<()> {
+    println!("$ {}", describe(cmd));
+    let status = cmd.status().with_context(|| format!("cannot start {}", describe(cmd)))?;
+    if !status.success() {
+        bail!("{} failed with {status}", describe(cmd));
+    }
+    Ok(())
+}
+
+fn describe(cmd: &Command) -> String {
+    let mut text = cmd.get_program().to_string_lossy().into_owned();
+    for arg in cmd.get_args() {
+        text.push(' ');
+        text.push_str(&arg.to_string_lossy());
+    }
+    text
+}
+
+pub(crate) fn have(program: &str, arg: &str) -> bool {
+    Command::new(program).arg(arg).output().is_ok_and(|o| o.status.success())
+}
+
+fn run(extra: &[String]) -> anyhow::Result<()> {
+    let mut cmd = cargo();
+    cmd.args(["run", "--package", "peerbubble", "--", "up"]);
+    cmd.args(extra.iter().filter(|a| *a != "--"));
+    sh(&mut cmd)
+}
+
+/// Installs what `test` needs on a fresh machine: rustup components and targets, cargo tools.
+fn ensure_tools() -> anyhow::Result<()> {
+    if !have("cargo-fmt", "--version") || !have("cargo-clippy", "--version") {
+        sh(Command::new("rustup").args(["component", "add", "rustfmt", "clippy"]))?;
+    }
+    let targets = Command::new("rustup").args(["target", "list", "--installed"]).output()?;
+    if !String::from_utf8_lossy(&targets.stdout).contains("wasm32-unknown-unknown") {
+        sh(Command::new("rustup").args(["target", "add", "wasm32-unknown-unknown"]))?;
+    }
+    cargo_install("cargo-deny", "0.20.2")?;
+    cargo_install("cargo-fuzz", "0.13.2")?;
+    Ok(())
+}
+
+fn cargo_install(tool: &str, version: &str) -> anyhow::Result<()> {
+    let installed = Command::new(tool).arg("--version").output().ok().filter(|o| o.status.success());
+    if installed.is_some_and(|o| String::from_utf8_lossy(&o.stdout).contains(version)) {
+        return Ok(());
+    }
+    // Built in its own target dir so that it never invalidates the project's.
+    let target = env::temp_dir().join("peerbubble-tools");
+    sh(cargo().args(["install", "--locked", tool, "--version", version, "--target-dir"]).arg(&target))
+}
+
+fn step(name: &str, f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {
+    let started = Instant::now();
+    println!("\n=== {name}");
+    let result = f();
+    println!("=== {name}: {} in {:.0?}", if result.is_ok() { "ok" } else { "FAILED" }, started.elapsed());
+    result
+}
+
+fn test() -> anyhow::Result<()> {
+    let started = Instant::now();
+    step("tools", ensure_tools)?;
+    step("fmt", || sh(cargo().args(["fmt", "--all", "--check"])))?;
+    step("clippy", || sh(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])))?;
+    step("tests", || sh(cargo().args(["test", "--workspace"])))?;
+    step("wasm32 build of the shared protocol", || {
+        sh(cargo().args(["build", "--package", "peerbubble-proto", "--target", "wasm32-unknown-unknown"]))
+    })?;
+    step("cargo-deny (licences, bans, sources; advisories need GitHub, skipped offline)", || {
+        sh(cargo().args(["deny", "--offline", "check", "licenses", "bans", "sources"]))
+    })?;
+    step("fuzz smoke", || fuzz(20))?;
+    println!("\nall checks passed in {:.0?}", started.elapsed());
+    Ok(())
+}
+
+/// The fuzz targets: (name, what it reads).
+const FUZZ_TARGETS: [&str; 2] = ["client_frame", "server_frame"];
+
+fn fuzz(seconds: u64) -> anyhow::Result<()> {
+    if !have("cargo-fuzz", "--version") {
+        cargo_install("cargo-fuzz", "0.13.2")?;
+    }
+    let target_dir = env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| project_root().join("target"))
+        .join("fuzz");
+    for target in FUZZ_TARGETS {
+        let corpus = project_root().join("fuzz/corpus").join(target);
+        std::fs::create_dir_all(&corpus)?;
+        let seeds = project_root().join("fuzz/seeds").join(target);
+        // libFuzzer needs nightly flags; the stable toolchain accepts them for this build only.
+        sh(cargo()
+            .env("RUSTC_BOOTSTRAP", "1")
+            .current_dir(project_root().join("fuzz"))
+            .args(["fuzz", "run", "--sanitizer", "none", "--target-dir"])
+            .arg(&target_dir)
+            .arg(target)
+            .arg(&corpus)
+            .arg(&seeds)
+            .args(["--", &format!("-max_total_time={seconds}"), "-max_len=70000"]))?;
+    }
+    Ok(())
+}
