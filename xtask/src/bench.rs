@@ -119,7 +119,11 @@ fn relay(loadgen: &Path, target: &str, url: &str, s: &Settings) -> anyhow::Resul
     }
     let line = String::from_utf8_lossy(&output.stdout).trim().to_owned();
     println!("  {line}");
-    Ok(Relay { per_s: json_number(&line, "envelopes_per_s")?, p50: json_number(&line, "p50_ms")?, p99: json_number(&line, "p99_ms")? })
+    Ok(Relay {
+        per_s: json_number(&line, "envelopes_per_s")?,
+        p50: json_number(&line, "p50_ms")?,
+        p99: json_number(&line, "p99_ms")?,
+    })
 }
 
 /// Bytes of server RSS per idle connection, `count` connections held by one loadgen process.
@@ -166,7 +170,14 @@ fn signaling(root: &Path, rest: &[String]) -> anyhow::Result<()> {
             .arg(&bubble)
             // Limits opened up: the baseline has none, and this measures the relay path, not the limiter.
             .args(["--frames-per-second", "10000000", "--frame-burst", "10000000"])
-            .args(["--member-frames-per-second", "10000000", "--idle-timeout-secs", "600", "--max-connections", "19000"])
+            .args([
+                "--member-frames-per-second",
+                "10000000",
+                "--idle-timeout-secs",
+                "600",
+                "--max-connections",
+                "19000",
+            ])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()?,

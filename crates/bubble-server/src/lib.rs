@@ -20,7 +20,8 @@ pub mod session;
 /// Log directives every PeerBubble process applies after the user's own (`RUST_LOG`): the WebSocket and HTTP
 /// libraries print whole frames at debug and trace level, and frames carry envelopes and routing metadata
 /// that must never reach logs (DESIGN.md invariants 1-2, CONVENTIONS.md). `tests/logs.rs` proves it at trace.
-pub const LOG_REDACTIONS: &[&str] = &["tungstenite=info", "tokio_tungstenite=info", "hyper=info", "h2=info", "axum::extract::ws=info"];
+pub const LOG_REDACTIONS: &[&str] =
+    &["tungstenite=info", "tokio_tungstenite=info", "hyper=info", "h2=info", "axum::extract::ws=info"];
 
 pub use config::{Config, ConfigError, SignalArgs};
 pub use directory::{Directory, DirectoryError, DirectorySource, FileSource};

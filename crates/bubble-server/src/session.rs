@@ -200,14 +200,10 @@ impl Session {
         if matches!(self.state, State::Closed) {
             return None;
         }
-        if let State::Challenged { issued, .. } = self.state {
-            if now >= issued + self.config.challenge_ttl {
-                return Some(Event::refuse(
-                    ErrorCode::ChallengeExpired,
-                    "the challenge was not answered in time",
-                    None,
-                ));
-            }
+        if let State::Challenged { issued, .. } = self.state
+            && now >= issued + self.config.challenge_ttl
+        {
+            return Some(Event::refuse(ErrorCode::ChallengeExpired, "the challenge was not answered in time", None));
         }
         if now >= self.last_seen + self.config.idle_timeout {
             return Some(Event::refuse(

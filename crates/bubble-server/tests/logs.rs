@@ -33,11 +33,7 @@ async fn envelope_bodies_never_reach_logs_or_metrics() {
     for directive in peerbubble_bubble_server::LOG_REDACTIONS {
         filter = filter.add_directive(directive.parse().unwrap());
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .init();
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(move || writer.clone()).with_ansi(false).init();
 
     let yaml = format!(
         "bubble: canary\ncategories: [{{id: a}}, {{id: b}}]\nmembers:\n{}{}{}",
@@ -75,7 +71,9 @@ async fn envelope_bodies_never_reach_logs_or_metrics() {
     assert!(logs.contains("session opened"), "logging was captured: {logs}");
     assert!(logs.contains("peerbubble::security"), "security events were logged: {logs}");
     for needle in [std::str::from_utf8(canary).unwrap(), wire.as_str(), "CANARY"] {
-        if let Some(line) = logs.lines().find(|l| l.contains(needle)) { panic!("{needle} leaked into logs: {}", &line[..line.len().min(300)]); }
+        if let Some(line) = logs.lines().find(|l| l.contains(needle)) {
+            panic!("{needle} leaked into logs: {}", &line[..line.len().min(300)]);
+        }
         assert!(!metrics.contains(needle), "{needle} leaked into metrics");
     }
 }

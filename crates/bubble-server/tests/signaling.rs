@@ -344,7 +344,7 @@ async fn malformed_and_oversized_frames() {
         (r#"{"type":"ping","id":1,"extra":true}"#.to_owned(), ErrorCode::MalformedFrame),
         (r#"{"type":"ping","id":1} trailing"#.to_owned(), ErrorCode::MalformedFrame),
         (format!(r#"{{"type":"send","id":1,"to":"{}","body":"AA=="}}"#, id(BOB)), ErrorCode::InvalidField),
-        (format!(r#"{{"type":"send","id":1,"to":"ZZ","body":"AA"}}"#), ErrorCode::InvalidField),
+        (r#"{"type":"send","id":1,"to":"ZZ","body":"AA"}"#.to_owned(), ErrorCode::InvalidField),
     ] {
         ann.send_text(text.clone()).await.unwrap();
         assert_eq!(expect_error(&mut ann).await, code, "{text}");

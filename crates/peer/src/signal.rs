@@ -94,10 +94,10 @@ impl SignalClient {
         // The directory follows at once; wait until it is complete.
         loop {
             let frame = client.next_timeout(HANDSHAKE_TIMEOUT).await?;
-            if let ServerFrame::Directory { part, parts, .. } = frame {
-                if part + 1 == parts {
-                    return Ok(client);
-                }
+            if let ServerFrame::Directory { part, parts, .. } = frame
+                && part + 1 == parts
+            {
+                return Ok(client);
             }
         }
     }

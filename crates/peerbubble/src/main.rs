@@ -115,14 +115,17 @@ fn write_secret(path: &Path, key: &IdentityKey) -> anyhow::Result<()> {
         use std::os::unix::fs::OpenOptionsExt as _;
         options.mode(0o600);
     }
-    let mut file = options.open(path).with_context(|| format!("cannot create key file {} (it must not exist)", path.display()))?;
+    let mut file =
+        options.open(path).with_context(|| format!("cannot create key file {} (it must not exist)", path.display()))?;
     file.write_all(key.to_seed_base64().as_bytes())?;
     file.write_all(b"\n")?;
     Ok(())
 }
 
 fn read_key(path: &Path) -> anyhow::Result<IdentityKey> {
-    let text = zeroize_string(std::fs::read_to_string(path).with_context(|| format!("cannot read key file {}", path.display()))?);
+    let text = zeroize_string(
+        std::fs::read_to_string(path).with_context(|| format!("cannot read key file {}", path.display()))?,
+    );
     IdentityKey::from_seed_base64(&text).with_context(|| format!("{} is not a PeerBubble key file", path.display()))
 }
 
@@ -130,8 +133,11 @@ fn zeroize_string(text: String) -> peerbubble_proto::identity::Zeroizing<String>
     peerbubble_proto::identity::Zeroizing::new(text)
 }
 
-const DEMO_MEMBERS: [(&str, &str, &str); 3] =
-    [("alice", "Alice (field team)", "field-team"), ("bob", "Bob (field team)", "field-team"), ("carol", "Carol (command)", "command")];
+const DEMO_MEMBERS: [(&str, &str, &str); 3] = [
+    ("alice", "Alice (field team)", "field-team"),
+    ("bob", "Bob (field team)", "field-team"),
+    ("carol", "Carol (command)", "command"),
+];
 
 /// First start of a micro-node: a demo bubble whose members' key files sit in `demo-keys/` — those files stand
 /// for the members' own devices; the server never reads them.
@@ -146,14 +152,18 @@ fn init_demo(data_dir: &Path, bubble_file: &Path) -> anyhow::Result<()> {
     for (name, display, category) in DEMO_MEMBERS {
         let key = IdentityKey::generate()?;
         write_secret(&keys_dir.join(format!("{name}.key")), &key)?;
-        yaml += &format!("  - public_key: {}\n    display_name: {display}\n    categories: [{category}]\n", key.public_key());
+        yaml += &format!(
+            "  - public_key: {}\n    display_name: {display}\n    categories: [{category}]\n",
+            key.public_key()
+        );
     }
     std::fs::write(bubble_file, yaml)?;
     Ok(())
 }
 
 async fn up(data_dir: &Path, listen: SocketAddr) -> anyhow::Result<()> {
-    std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
     let bubble_file = data_dir.join("bubble.yaml");
     if !bubble_file.exists() {
         init_demo(data_dir, &bubble_file)?;

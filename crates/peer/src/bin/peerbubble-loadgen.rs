@@ -95,7 +95,8 @@ fn write_bubble(args: &Args) -> Result<(), String> {
     }
     yaml += "members:\n";
     for i in 0..args.pairs * 2 {
-        yaml += &format!("  - {{public_key: {}, display_name: m{i}, categories: [pair-{}]}}\n", key(i).public_key(), i / 2);
+        yaml +=
+            &format!("  - {{public_key: {}, display_name: m{i}, categories: [pair-{}]}}\n", key(i).public_key(), i / 2);
     }
     std::fs::write(&args.out, yaml).map_err(|e| e.to_string())
 }
@@ -103,7 +104,7 @@ fn write_bubble(args: &Args) -> Result<(), String> {
 /// One side of a pair, for either server.
 enum Side {
     Ours(Box<SignalClient>, MemberId),
-    PeerJs(tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>, String),
+    PeerJs(Box<tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>>, String),
 }
 
 impl Side {
@@ -122,7 +123,7 @@ impl Side {
                     other => return Err(format!("peerjs handshake: {other:?}")),
                 }
             }
-            Ok(Side::PeerJs(ws, format!("m{peer}")))
+            Ok(Side::PeerJs(Box::new(ws), format!("m{peer}")))
         }
     }
 
