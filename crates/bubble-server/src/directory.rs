@@ -186,8 +186,7 @@ impl Directory {
     pub fn from_yaml(bytes: &[u8]) -> Result<Self, DirectoryError> {
         let text = std::str::from_utf8(bytes).map_err(|_| DirectoryError::Parse("not UTF-8".into()))?;
         let file: BubbleFile = serde_saphyr::from_str(text).map_err(|err| DirectoryError::Parse(err.to_string()))?;
-        let version = Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect();
-        Self::compile(file, version)
+        Self::compile(file, content_version(bytes))
     }
 
     /// The bubble id.
@@ -266,6 +265,11 @@ impl Directory {
     }
 }
 
+/// The version of a bubble file: the SHA-256 of its bytes, in hex.
+fn content_version(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn intersects(sorted_a: &[u32], sorted_b: &[u32]) -> bool {
     let (mut i, mut j) = (0, 0);
     while i < sorted_a.len() && j < sorted_b.len() {
@@ -281,8 +285,9 @@ fn intersects(sorted_a: &[u32], sorted_b: &[u32]) -> bool {
 /// Where a bubble-server gets its directory. The file source exists now; the admin API (which serves each
 /// bubble its own slice, authenticated per bubble) implements this trait later.
 pub trait DirectorySource: Send + Sync + 'static {
-    /// Loads the current directory.
-    fn load(&self) -> impl Future<Output = Result<Directory, DirectoryError>> + Send;
+    /// Loads the directory if its version differs from `current` (`None` before the first load); `Ok(None)`
+    /// means unchanged, so that following a large bubble costs nothing between changes.
+    fn load(&self, current: Option<&str>) -> impl Future<Output = Result<Option<Directory>, DirectoryError>> + Send;
     /// Resolves when the directory may have changed (a poll interval, a notification, a long poll).
     fn changed(&self) -> impl Future<Output = ()> + Send;
     /// Where it comes from, for logs.
@@ -305,14 +310,17 @@ impl FileSource {
 }
 
 impl DirectorySource for FileSource {
-    async fn load(&self) -> Result<Directory, DirectoryError> {
+    async fn load(&self, current: Option<&str>) -> Result<Option<Directory>, DirectoryError> {
         let read_err = |reason: String| DirectoryError::Read { path: self.path.clone(), reason };
         let meta = tokio::fs::metadata(&self.path).await.map_err(|e| read_err(e.to_string()))?;
         if meta.len() > MAX_BUBBLE_FILE_BYTES as u64 {
             return Err(read_err(format!("larger than {MAX_BUBBLE_FILE_BYTES} bytes")));
         }
         let bytes = tokio::fs::read(&self.path).await.map_err(|e| read_err(e.to_string()))?;
-        Directory::from_yaml(&bytes)
+        if current == Some(content_version(&bytes).as_str()) {
+            return Ok(None);
+        }
+        Directory::from_yaml(&bytes).map(Some)
     }
 
     async fn changed(&self) {
@@ -332,11 +340,12 @@ pub(crate) async fn follow<S: DirectorySource>(
 ) {
     let mut last_error: Option<String> = None;
     loop {
-        match source.load().await {
-            Ok(directory) => {
+        let current = tx.borrow().as_ref().map(|d| d.version().to_owned());
+        match source.load(current.as_deref()).await {
+            Ok(None) => last_error = None,
+            Ok(Some(directory)) => {
                 last_error = None;
-                let changed = tx.borrow().as_ref().is_none_or(|d| d.version() != directory.version());
-                if changed {
+                if current.as_deref() != Some(directory.version()) {
                     tracing::info!(source = %source.describe(), bubble = directory.bubble(), members = directory.len(), "directory loaded");
                     metrics.directory_reload("ok");
                     tx.send_replace(Some(Arc::new(directory)));

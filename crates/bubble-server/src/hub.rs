@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::Utf8Bytes;
-use peerbubble_proto::{DirectoryEntry, ErrorCode, MemberId, Opaque, ServerFrame, SessionId, encode_frame};
+use peerbubble_proto::{DirectoryEntry, ErrorCode, MemberId, Opaque, ServerFrame, SessionId, encode_deliver, encode_frame};
 use tokio::sync::mpsc;
 
 use crate::directory::Directory;
@@ -199,7 +199,7 @@ impl Hub {
     ) -> Result<u32, ErrorCode> {
         let map = self.read();
         let Some(entry) = map.get(&to) else { return Err(ErrorCode::RecipientOffline) };
-        let text = Utf8Bytes::from(encode_frame(&ServerFrame::Deliver { from, from_session, body }));
+        let text = Utf8Bytes::from(encode_deliver(&from, from_session, &body));
         let (mut delivered, mut congested) = (0u32, false);
         for session in &entry.sessions {
             if (to == from && session.id == from_session) || to_session.is_some_and(|s| s != session.id) {

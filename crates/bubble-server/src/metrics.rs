@@ -25,7 +25,8 @@ struct Inner {
     auth_failures: Labeled,
     envelopes_relayed: Counter,
     envelopes_refused: Labeled,
-    bytes: Labeled,
+    bytes_in: Counter,
+    bytes_out: Counter,
     frame_errors: Labeled,
     security_events: Labeled,
     directory_reloads: Labeled,
@@ -48,6 +49,9 @@ impl Metrics {
         let envelopes_relayed = Counter::default();
         let envelopes_refused = Labeled::default();
         let bytes = Labeled::default();
+        // The hot path increments these two without a label lookup.
+        let bytes_in = bytes.get_or_create(&vec![("direction", "in")]).clone();
+        let bytes_out = bytes.get_or_create(&vec![("direction", "out")]).clone();
         let frame_errors = Labeled::default();
         let security_events = Labeled::default();
         let directory_reloads = Labeled::default();
@@ -70,7 +74,8 @@ impl Metrics {
                 auth_failures,
                 envelopes_relayed,
                 envelopes_refused,
-                bytes,
+                bytes_in,
+                bytes_out,
                 frame_errors,
                 security_events,
                 directory_reloads,
@@ -102,8 +107,11 @@ impl Metrics {
     pub(crate) fn refused(&self, reason: &'static str) {
         self.inner.envelopes_refused.get_or_create(&vec![("reason", reason)]).inc();
     }
-    pub(crate) fn bytes(&self, direction: &'static str, n: usize) {
-        self.inner.bytes.get_or_create(&vec![("direction", direction)]).inc_by(n as u64);
+    pub(crate) fn bytes_in(&self, n: usize) {
+        self.inner.bytes_in.inc_by(n as u64);
+    }
+    pub(crate) fn bytes_out(&self, n: usize) {
+        self.inner.bytes_out.inc_by(n as u64);
     }
     pub(crate) fn frame_error(&self, reason: &'static str) {
         self.inner.frame_errors.get_or_create(&vec![("reason", reason)]).inc();

@@ -12,6 +12,7 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgr
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::ListenerExt as _;
 use futures_util::{SinkExt as _, StreamExt as _};
 use peerbubble_proto::{ErrorCode, Nonce, ServerFrame, SessionId, encode_frame};
 use tokio::net::TcpListener;
@@ -26,6 +27,10 @@ use crate::session::{Event, NonceLedger, Session, SessionConfig};
 
 /// A write that takes longer than this marks the reader as stuck.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Initial WebSocket read buffer per connection (grows for large frames).
+const READ_BUFFER_BYTES: usize = 4096;
+/// Bytes tungstenite gathers before writing to the socket; the writer task flushes after each batch anyway.
+const WRITE_BUFFER_BYTES: usize = 32 * 1024;
 /// How long shutdown waits for connections to say goodbye.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -126,6 +131,12 @@ impl Server {
             .route("/metrics", get(metrics_text))
             .with_state(state.clone());
         let mut stop = shutdown_rx;
+        // Signaling frames are small and latency-bound: never hold them back for Nagle's algorithm.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(err) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %err, "cannot set TCP_NODELAY");
+            }
+        });
         let serve = tokio::spawn(async move {
             axum::serve(listener, app)
                 .with_graceful_shutdown(async move {
@@ -197,7 +208,12 @@ async fn signal(State(state): State<Arc<AppState>>, ws: WebSocketUpgrade) -> Res
     // Let oversized messages through the WebSocket layer (up to twice the limit) so that the session core
     // can answer them with a clear `frame_too_large` instead of a bare protocol error.
     let ceiling = state.config.max_frame_bytes as usize * 2;
-    ws.max_message_size(ceiling).max_frame_size(ceiling).on_upgrade(move |socket| async move {
+    // Small read buffers keep idle connections cheap; writes are batched by the writer task.
+    ws.max_message_size(ceiling)
+        .max_frame_size(ceiling)
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(WRITE_BUFFER_BYTES)
+        .on_upgrade(move |socket| async move {
         state.metrics.connections().inc();
         connection(socket, &state).await;
         state.metrics.connections().dec();
@@ -232,6 +248,8 @@ fn error_frame(code: ErrorCode, message: &str, id: Option<u64>, retry_after: Opt
     }))
 }
 
+/// Writes queued frames: everything already queued is fed in one batch and flushed once, so that a busy
+/// session costs one write per batch rather than one per frame.
 async fn writer(
     mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
     mut rx: mpsc::UnboundedReceiver<Outbound>,
@@ -239,32 +257,48 @@ async fn writer(
     metrics: Metrics,
     kill: mpsc::Sender<Kill>,
 ) {
-    while let Some(out) = rx.recv().await {
-        match out {
-            Outbound::Text(text) => {
-                let n = text.len();
-                let sent = tokio::time::timeout(WRITE_TIMEOUT, sink.send(Message::Text(text))).await;
-                queued.fetch_sub(n, Ordering::AcqRel);
-                match sent {
-                    Ok(Ok(())) => metrics.bytes("out", n),
-                    Ok(Err(_)) => return,
-                    Err(_) => {
-                        let _ = kill.try_send(Kill {
-                            code: ErrorCode::SlowConsumer,
-                            message: "writes to this session stalled",
-                        });
-                        return;
+    const BATCH_BYTES: usize = 64 * 1024;
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        let mut batch = 0;
+        let mut closing = None;
+        let fed = tokio::time::timeout(WRITE_TIMEOUT, async {
+            while let Some(out) = next.take() {
+                match out {
+                    Outbound::Text(text) => {
+                        let n = text.len();
+                        let result = sink.feed(Message::Text(text)).await;
+                        queued.fetch_sub(n, Ordering::AcqRel);
+                        result?;
+                        batch += n;
+                    }
+                    Outbound::Close { frame, code, reason } => {
+                        closing = Some((frame, code, reason));
+                        break;
                     }
                 }
+                if batch < BATCH_BYTES {
+                    next = rx.try_recv().ok();
+                }
             }
-            Outbound::Close { frame, code, reason } => {
-                let send = async {
-                    sink.send(Message::Text(frame)).await?;
-                    sink.send(Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from_static(reason) }))).await
-                };
-                let _ = tokio::time::timeout(Duration::from_secs(1), send).await;
+            sink.flush().await
+        })
+        .await;
+        match fed {
+            Ok(Ok(())) => metrics.bytes_out(batch),
+            Ok(Err(_)) => return,
+            Err(_) => {
+                let _ = kill.try_send(Kill { code: ErrorCode::SlowConsumer, message: "writes to this session stalled" });
                 return;
             }
+        }
+        if let Some((frame, code, reason)) = closing {
+            let send = async {
+                sink.send(Message::Text(frame)).await?;
+                sink.send(Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from_static(reason) }))).await
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(1), send).await;
+            return;
         }
     }
     let _ = sink.close().await;
@@ -477,18 +511,21 @@ async fn connection(socket: WebSocket, state: &AppState) {
     let mut dir_rx = state.directory.clone();
     dir_rx.mark_unchanged();
     let mut shutdown = state.shutdown.clone();
+    // One timer per connection, re-armed only when it fires: the session core says whether anything expired
+    // and when to look next, so a busy connection does not touch the timer wheel for every frame.
+    let timer = tokio::time::sleep_until(tokio::time::Instant::from_std(conn.session.poll_timeout()));
+    tokio::pin!(timer);
 
     loop {
-        let deadline = tokio::time::Instant::from_std(conn.session.poll_timeout());
         let flow = tokio::select! {
             message = stream.next() => match message {
                 Some(Ok(Message::Text(text))) => {
-                    state.metrics.bytes("in", text.len());
+                    state.metrics.bytes_in(text.len());
                     let events = conn.session.handle_text(text.as_bytes(), Instant::now(), &conn.directory, &state.nonces);
                     conn.handle(events)
                 }
                 Some(Ok(Message::Binary(bytes))) => {
-                    state.metrics.bytes("in", bytes.len());
+                    state.metrics.bytes_in(bytes.len());
                     let events = conn.session.handle_binary(bytes.len(), Instant::now());
                     conn.handle(events)
                 }
@@ -504,10 +541,14 @@ async fn connection(socket: WebSocket, state: &AppState) {
                     }
                 }
             },
-            () = tokio::time::sleep_until(deadline) => match conn.session.handle_timeout(Instant::now()) {
-                Some(event) => conn.handle(vec![event]),
-                None => Flow::Continue,
-            },
+            () = &mut timer => {
+                let flow = match conn.session.handle_timeout(Instant::now()) {
+                    Some(event) => conn.handle(vec![event]),
+                    None => Flow::Continue,
+                };
+                timer.as_mut().reset(tokio::time::Instant::from_std(conn.session.poll_timeout()));
+                flow
+            }
             Some(kill) = kill_rx.recv() => conn.close(kill.code, kill.message, None),
             changed = dir_rx.changed() => match (changed, dir_rx.borrow_and_update().clone()) {
                 (Ok(()), Some(directory)) => conn.directory_changed(directory),

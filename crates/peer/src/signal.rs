@@ -63,7 +63,7 @@ impl SignalClient {
     /// Connects to `url` (e.g. `ws://127.0.0.1:8480/v1/signal`), answers the challenge with `key` and waits
     /// for `welcome` and the complete directory.
     pub async fn connect(url: &str, key: &IdentityKey) -> Result<Self, ClientError> {
-        let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
+        let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true).await?;
         let (bubble, nonce) = match next_frame(&mut ws, HANDSHAKE_TIMEOUT).await? {
             ServerFrame::Challenge { protocol: peerbubble_proto::PROTOCOL_VERSION, bubble, nonce, .. } => {
                 (bubble, nonce)
@@ -104,7 +104,7 @@ impl SignalClient {
 
     /// Opens a raw WebSocket (for tests of malformed or hostile input).
     pub async fn raw(url: &str) -> Result<RawSocket, ClientError> {
-        let (ws, _) = tokio_tungstenite::connect_async(url).await?;
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true).await?;
         Ok(RawSocket { ws })
     }
 
@@ -194,6 +194,46 @@ impl SignalClient {
         };
         self.apply(&frame)?;
         Ok(frame)
+    }
+
+    /// The next text message, undecoded and not applied to the directory: for load generators that must not
+    /// spend their CPU on parsing. Everything else should use [`SignalClient::next`].
+    pub async fn next_raw(&mut self) -> Result<String, ClientError> {
+        loop {
+            match self.ws.next().await {
+                Some(Ok(Message::Text(text))) => return Ok(text.as_str().to_owned()),
+                Some(Ok(Message::Close(frame))) => return Err(ClientError::Closed(frame.map(|f| u16::from(f.code)))),
+                Some(Ok(_)) => continue,
+                Some(Err(err)) => return Err(err.into()),
+                None => return Err(ClientError::Closed(None)),
+            }
+        }
+    }
+
+    /// Every text message that has already arrived, without waiting (for load generators, like
+    /// [`SignalClient::next_raw`]).
+    pub fn ready_raw(&mut self) -> Result<Vec<String>, ClientError> {
+        use futures_util::FutureExt as _;
+        let mut out = Vec::new();
+        while let Some(message) = self.ws.next().now_or_never() {
+            match message {
+                Some(Ok(Message::Text(text))) => out.push(text.as_str().to_owned()),
+                Some(Ok(Message::Close(frame))) => return Err(ClientError::Closed(frame.map(|f| u16::from(f.code)))),
+                Some(Ok(_)) => {}
+                Some(Err(err)) => return Err(err.into()),
+                None => return Err(ClientError::Closed(None)),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Sends several raw texts with one flush (load generators).
+    pub async fn send_texts(&mut self, texts: Vec<String>) -> Result<(), ClientError> {
+        for text in texts {
+            self.ws.feed(Message::text(text)).await?;
+        }
+        self.ws.flush().await?;
+        Ok(())
     }
 
     /// [`SignalClient::next`] with a timeout.

@@ -102,6 +102,9 @@ mod tests {
             format!(r#"{{"type":"send","id":1,"to":"{to}","body":"AAEC"}} {{}}"#),
             format!(r#"{{"type":"send","id":1,"id":2,"to":"{to}","body":"AAEC"}}"#),
             format!(r#"{{"type":"teleport","id":1,"to":"{to}","body":"AAEC"}}"#),
+            format!(r#"{{"type":"ping","id":1,"to":"{to}"}}"#),
+            format!(r#"{{"type":"send","id":1,"to":"{to}"}}"#),
+            r#"{"type":"send","type":"send","id":1}"#.to_owned(),
             format!(r#"{{"id":1,"to":"{to}","body":"AAEC"}}"#),
             r#"{"type":"ping"}"#.to_owned(),
             "[1,2]".to_owned(),
@@ -185,6 +188,15 @@ mod tests {
                                          retry in proptest::option::of(any::<u64>()), message in "[ -~]{0,80}") {
             let frame = ServerFrame::Error { code: ErrorCode::ALL[idx], message, id, retry_after_ms: retry };
             prop_assert_eq!(decode_server_frame(encode_frame(&frame).as_bytes()), Ok(frame));
+        }
+
+        #[test]
+        fn fast_deliver_encoding_matches_serde(from in any::<u8>(), session in any::<u64>(),
+                                               body in proptest::collection::vec(any::<u8>(), 1..512)) {
+            let body = Opaque::from_bytes(&body).unwrap_or_else(|_| unreachable!());
+            let from = member(from);
+            let fast = crate::encode_deliver(&from, SessionId(session), &body);
+            prop_assert_eq!(&fast, &encode_frame(&ServerFrame::Deliver { from, from_session: SessionId(session), body }));
         }
 
         #[test]

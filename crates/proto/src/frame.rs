@@ -30,8 +30,10 @@ impl fmt::Display for SessionId {
 /// Frames a client sends.
 // Frames are short-lived values, one per message; boxing the key would cost an allocation per `auth`.
 #[allow(clippy::large_enum_variant)]
+// Decoded through `WireClientFrame`: serde's internally tagged enums buffer every field (the whole envelope body
+// included) before choosing the variant; the flat form parses each field once, into its final type.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields, try_from = "WireClientFrame")]
 pub enum ClientFrame {
     /// Answer to `challenge`: proves possession of the identity key.
     Auth {
@@ -62,6 +64,112 @@ pub enum ClientFrame {
         /// Echoed in `pong`.
         id: u64,
     },
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum ClientKind {
+    Auth,
+    Send,
+    Ping,
+}
+
+/// Every field any client frame may have; [`ClientFrame`]'s `TryFrom` checks which ones the type allows.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WireClientFrame {
+    #[serde(rename = "type")]
+    kind: ClientKind,
+    id: Option<u64>,
+    to: Option<MemberId>,
+    to_session: Option<SessionId>,
+    from: Option<MemberId>,
+    body: Option<Opaque>,
+    public_key: Option<PublicKey>,
+    nonce: Option<Nonce>,
+    signature: Option<Signature>,
+}
+
+/// A field missing from, or not allowed in, a client frame of a given type. The wording matches serde's own
+/// structural errors, which the codec reports as `malformed_frame`.
+#[derive(Debug)]
+pub struct WireError(String);
+
+impl fmt::Display for WireError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn required<T>(value: Option<T>, field: &str, kind: &str) -> Result<T, WireError> {
+    value.ok_or_else(|| WireError(format!("missing field `{field}` in {kind}")))
+}
+
+fn absent<T>(value: &Option<T>, field: &str, kind: &str) -> Result<(), WireError> {
+    match value {
+        Some(_) => Err(WireError(format!("unknown field `{field}` in {kind}"))),
+        None => Ok(()),
+    }
+}
+
+impl TryFrom<WireClientFrame> for ClientFrame {
+    type Error = WireError;
+    fn try_from(w: WireClientFrame) -> Result<Self, Self::Error> {
+        match w.kind {
+            ClientKind::Auth => {
+                let k = "auth";
+                absent(&w.id, "id", k)?;
+                absent(&w.to, "to", k)?;
+                absent(&w.to_session, "to_session", k)?;
+                absent(&w.from, "from", k)?;
+                absent(&w.body, "body", k)?;
+                Ok(ClientFrame::Auth {
+                    public_key: required(w.public_key, "public_key", k)?,
+                    nonce: required(w.nonce, "nonce", k)?,
+                    signature: required(w.signature, "signature", k)?,
+                })
+            }
+            ClientKind::Send => {
+                let k = "send";
+                absent(&w.public_key, "public_key", k)?;
+                absent(&w.nonce, "nonce", k)?;
+                absent(&w.signature, "signature", k)?;
+                Ok(ClientFrame::Send {
+                    id: required(w.id, "id", k)?,
+                    to: required(w.to, "to", k)?,
+                    to_session: w.to_session,
+                    from: w.from,
+                    body: required(w.body, "body", k)?,
+                })
+            }
+            ClientKind::Ping => {
+                let k = "ping";
+                absent(&w.to, "to", k)?;
+                absent(&w.to_session, "to_session", k)?;
+                absent(&w.from, "from", k)?;
+                absent(&w.body, "body", k)?;
+                absent(&w.public_key, "public_key", k)?;
+                absent(&w.nonce, "nonce", k)?;
+                absent(&w.signature, "signature", k)?;
+                Ok(ClientFrame::Ping { id: required(w.id, "id", k)? })
+            }
+        }
+    }
+}
+
+/// Encodes `deliver` without serde: every field is already in a form that needs no escaping (hex id, number,
+/// base64url body), and this runs once per relayed envelope. Identical to [`crate::encode_frame`] of
+/// [`ServerFrame::Deliver`] (a property test holds them equal).
+pub fn encode_deliver(from: &MemberId, from_session: SessionId, body: &Opaque) -> String {
+    let mut out = String::with_capacity(80 + body.wire_len());
+    out.push_str(r#"{"type":"deliver","from":""#);
+    out.push_str(std::str::from_utf8(&from.to_hex()).unwrap_or_default());
+    out.push_str(r#"","from_session":"#);
+    out.push_str(&from_session.0.to_string());
+    out.push_str(r#","body":""#);
+    out.push_str(body.as_wire());
+    out.push_str(r#""}"#);
+    out
 }
 
 /// Frames the server sends.

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt as _, StreamExt as _};
 use peerbubble_peer::SignalClient;
-use peerbubble_proto::{IdentityKey, MemberId, ServerFrame};
+use peerbubble_proto::IdentityKey;
 use tokio::io::AsyncReadExt as _;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -101,9 +101,11 @@ fn write_bubble(args: &Args) -> Result<(), String> {
     std::fs::write(&args.out, yaml).map_err(|e| e.to_string())
 }
 
-/// One side of a pair, for either server.
+/// One side of a pair, for either server. The hot path handles frames as text (a body is echoed in its wire
+/// form, only the 9-byte stamp is decoded) so that the generator spends as little CPU as possible, identically
+/// for both servers.
 enum Side {
-    Ours(Box<SignalClient>, MemberId),
+    Ours(Box<SignalClient>, String, u64),
     PeerJs(Box<tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>>, String),
 }
 
@@ -111,10 +113,11 @@ impl Side {
     async fn connect(args: &Args, me: u32, peer: u32) -> Result<Self, String> {
         if args.target == "ours" {
             let client = SignalClient::connect(&args.url, &key(me)).await.map_err(|e| e.to_string())?;
-            Ok(Side::Ours(Box::new(client), key(peer).public_key().member_id()))
+            Ok(Side::Ours(Box::new(client), key(peer).public_key().member_id().to_string(), 0))
         } else {
             let url = format!("{}?key=peerjs&id=m{me}&token=t{me}", args.url);
-            let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.map_err(|e| e.to_string())?;
+            let (mut ws, _) =
+                tokio_tungstenite::connect_async_with_config(&url, None, true).await.map_err(|e| e.to_string())?;
             // The server says OPEN once the id is registered.
             loop {
                 match ws.next().await {
@@ -127,39 +130,63 @@ impl Side {
         }
     }
 
-    async fn send(&mut self, body: &[u8]) -> Result<(), String> {
+    /// Sends bodies given in unpadded base64url, with one flush.
+    async fn send(&mut self, bodies: Vec<String>) -> Result<(), String> {
         match self {
-            Side::Ours(client, to) => client.send(*to, body).await.map(drop).map_err(|e| e.to_string()),
+            Side::Ours(client, to, id) => {
+                let texts = bodies
+                    .into_iter()
+                    .map(|body| {
+                        *id += 1;
+                        format!(r#"{{"type":"send","id":{id},"to":"{to}","body":"{body}"}}"#)
+                    })
+                    .collect();
+                client.send_texts(texts).await.map_err(|e| e.to_string())
+            }
             Side::PeerJs(ws, to) => {
-                let payload = base64_url(body);
-                let text = format!(r#"{{"type":"OFFER","dst":"{to}","payload":{{"b":"{payload}"}}}}"#);
-                ws.send(Message::text(text)).await.map_err(|e| e.to_string())
+                for body in bodies {
+                    let text = format!(r#"{{"type":"OFFER","dst":"{to}","payload":{{"b":"{body}"}}}}"#);
+                    ws.feed(Message::text(text)).await.map_err(|e| e.to_string())?;
+                }
+                ws.flush().await.map_err(|e| e.to_string())
             }
         }
     }
 
-    /// The next envelope body addressed to us.
-    async fn recv(&mut self) -> Result<Vec<u8>, String> {
-        loop {
-            match self {
-                Side::Ours(client, _) => match client.next().await.map_err(|e| e.to_string())? {
-                    ServerFrame::Deliver { body, .. } => return Ok(body.to_bytes()),
-                    ServerFrame::Error { code, .. } => return Err(format!("server error {}", code.as_str())),
-                    _ => {}
-                },
-                Side::PeerJs(ws, _) => match ws.next().await {
-                    Some(Ok(Message::Text(t))) => {
-                        if let Some(start) = t.find("\"b\":\"") {
-                            let rest = &t[start + 5..];
-                            let end = rest.find('"').ok_or("bad payload")?;
-                            return unbase64_url(&rest[..end]);
-                        }
+    /// The envelope bodies addressed to us (base64url): waits for one, then takes all that already arrived.
+    async fn recv(&mut self) -> Result<Vec<String>, String> {
+        use futures_util::FutureExt as _;
+        let mut texts = Vec::new();
+        match self {
+            Side::Ours(client, _, _) => {
+                texts.push(client.next_raw().await.map_err(|e| e.to_string())?);
+                texts.extend(client.ready_raw().map_err(|e| e.to_string())?);
+            }
+            Side::PeerJs(ws, _) => {
+                let mut next = Some(ws.next().await);
+                while let Some(message) = next {
+                    match message {
+                        Some(Ok(Message::Text(t))) => texts.push(t.as_str().to_owned()),
+                        Some(Ok(_)) => {}
+                        other => return Err(format!("peerjs: {other:?}")),
                     }
-                    Some(Ok(_)) => {}
-                    other => return Err(format!("peerjs: {other:?}")),
-                },
+                    next = ws.next().now_or_never();
+                }
             }
         }
+        let marker = if matches!(self, Side::Ours(..)) { "\"body\":\"" } else { "\"b\":\"" };
+        let mut bodies = Vec::with_capacity(texts.len());
+        for text in texts {
+            if text.starts_with(r#"{"type":"error""#) {
+                return Err(format!("server error: {text}"));
+            }
+            if let Some(start) = text.find(marker) {
+                let rest = &text[start + marker.len()..];
+                let end = rest.find('"').ok_or("bad body")?;
+                bodies.push(rest[..end].to_owned());
+            }
+        }
+        Ok(bodies)
     }
 }
 
@@ -167,57 +194,76 @@ fn base64_url(bytes: &[u8]) -> String {
     peerbubble_proto::Opaque::from_bytes(bytes).map(String::from).unwrap_or_default()
 }
 
-fn unbase64_url(text: &str) -> Result<Vec<u8>, String> {
-    peerbubble_proto::Opaque::try_from(text.to_owned()).map(|o| o.to_bytes()).map_err(|e| e.to_string())
+/// The first 9 bytes (12 base64url characters) of a body: a marker byte and the send time.
+fn stamp_of(body: &str) -> Result<(u8, u64), String> {
+    let head = peerbubble_proto::Opaque::try_from(body.get(..12).ok_or("short body")?.to_owned())
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    let sent = u64::from_be_bytes(head.get(1..9).and_then(|s| s.try_into().ok()).ok_or("short stamp")?);
+    Ok((head[0], sent))
 }
 
 async fn relay(args: &Args) -> Result<(), String> {
+    // Connect everything first: a failed connection ends the run with an error instead of leaving the others
+    // waiting for a start that never comes.
+    let mut connecting = Vec::new();
+    for p in 0..args.pairs {
+        let (a, b) = (2 * p, 2 * p + 1);
+        let (args_a, args_b) = (args.clone(), args.clone());
+        connecting.push(tokio::spawn(async move { Side::connect(&args_a, a, b).await }));
+        connecting.push(tokio::spawn(async move { Side::connect(&args_b, b, a).await }));
+    }
+    let mut sides = Vec::with_capacity(connecting.len());
+    for task in connecting {
+        sides.push(task.await.map_err(|e| e.to_string())??);
+    }
+    let mut sides = sides.into_iter();
     let start_gate = Arc::new(tokio::sync::Barrier::new(args.pairs as usize * 2 + 1));
     let epoch = Instant::now();
     let mut initiators = Vec::new();
     let mut echoers = Vec::new();
-    for p in 0..args.pairs {
-        let (a, b) = (2 * p, 2 * p + 1);
-        let (args_a, args_b, gate_a, gate_b) = (args.clone(), args.clone(), start_gate.clone(), start_gate.clone());
+    for _ in 0..args.pairs {
+        let (Some(mut side_a), Some(mut side_b)) = (sides.next(), sides.next()) else { break };
+        let (args_a, gate_a, gate_b) = (args.clone(), start_gate.clone(), start_gate.clone());
         echoers.push(tokio::spawn(async move {
-            let mut side = Side::connect(&args_b, b, a).await?;
+            let side = &mut side_b;
             gate_b.wait().await;
             loop {
-                let body = side.recv().await?;
-                if body.first() == Some(&0xFF) {
+                let bodies = side.recv().await?;
+                // 0xFF encodes as "_w..": the initiator is done.
+                let stop = bodies.iter().any(|b| b.starts_with("_w"));
+                side.send(bodies.into_iter().filter(|b| !b.starts_with("_w")).collect()).await?;
+                if stop {
                     return Ok::<(), String>(());
                 }
-                side.send(&body).await?;
             }
         }));
         initiators.push(tokio::spawn(async move {
-            let mut side = Side::connect(&args_a, a, b).await?;
+            let side = &mut side_a;
             gate_a.wait().await;
             let deadline = Instant::now() + Duration::from_secs(args_a.seconds);
             let mut body = vec![0x5Au8; args_a.body];
             let mut rtts = Vec::new();
-            let stamp = |body: &mut Vec<u8>| {
-                body[0] = 0;
+            let mut stamped = |marker: u8| {
+                body[0] = marker;
                 body[1..9].copy_from_slice(&(epoch.elapsed().as_nanos() as u64).to_be_bytes());
+                base64_url(&body)
             };
-            for _ in 0..args_a.window {
-                stamp(&mut body);
-                side.send(&body).await?;
-            }
-            let mut in_flight = args_a.window;
+            side.send((0..args_a.window).map(|_| stamped(0)).collect()).await?;
+            let mut in_flight = args_a.window as usize;
             while in_flight > 0 {
-                let echo = side.recv().await?;
-                in_flight -= 1;
-                let sent = u64::from_be_bytes(echo.get(1..9).and_then(|s| s.try_into().ok()).ok_or("short echo")?);
-                rtts.push(epoch.elapsed().as_nanos() as u64 - sent);
+                let echoes = side.recv().await?;
+                in_flight -= echoes.len();
+                let now = epoch.elapsed().as_nanos() as u64;
+                for echo in &echoes {
+                    rtts.push(now - stamp_of(echo)?.1);
+                }
                 if Instant::now() < deadline {
-                    stamp(&mut body);
-                    side.send(&body).await?;
-                    in_flight += 1;
+                    in_flight += echoes.len();
+                    side.send(echoes.iter().map(|_| stamped(0)).collect()).await?;
                 }
             }
-            body[0] = 0xFF;
-            side.send(&body).await?;
+            side.send(vec![stamped(0xFF)]).await?;
             Ok::<Vec<u64>, String>(rtts)
         }));
     }
