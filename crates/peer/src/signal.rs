@@ -15,6 +15,9 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
+/// A text message as received, shared rather than copied (see [`SignalClient::next_raw`]).
+pub type RawText = tokio_tungstenite::tungstenite::Utf8Bytes;
+
 /// Errors of the signaling client.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -198,10 +201,10 @@ impl SignalClient {
 
     /// The next text message, undecoded and not applied to the directory: for load generators that must not
     /// spend their CPU on parsing. Everything else should use [`SignalClient::next`].
-    pub async fn next_raw(&mut self) -> Result<String, ClientError> {
+    pub async fn next_raw(&mut self) -> Result<RawText, ClientError> {
         loop {
             match self.ws.next().await {
-                Some(Ok(Message::Text(text))) => return Ok(text.as_str().to_owned()),
+                Some(Ok(Message::Text(text))) => return Ok(text),
                 Some(Ok(Message::Close(frame))) => return Err(ClientError::Closed(frame.map(|f| u16::from(f.code)))),
                 Some(Ok(_)) => continue,
                 Some(Err(err)) => return Err(err.into()),
@@ -212,12 +215,12 @@ impl SignalClient {
 
     /// Every text message that has already arrived, without waiting (for load generators, like
     /// [`SignalClient::next_raw`]).
-    pub fn ready_raw(&mut self) -> Result<Vec<String>, ClientError> {
+    pub fn ready_raw(&mut self) -> Result<Vec<RawText>, ClientError> {
         use futures_util::FutureExt as _;
         let mut out = Vec::new();
         while let Some(message) = self.ws.next().now_or_never() {
             match message {
-                Some(Ok(Message::Text(text))) => out.push(text.as_str().to_owned()),
+                Some(Ok(Message::Text(text))) => out.push(text),
                 Some(Ok(Message::Close(frame))) => return Err(ClientError::Closed(frame.map(|f| u16::from(f.code)))),
                 Some(Ok(_)) => {}
                 Some(Err(err)) => return Err(err.into()),
