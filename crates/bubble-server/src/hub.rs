@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::Utf8Bytes;
-use peerbubble_proto::{DirectoryEntry, ErrorCode, MemberId, Opaque, ServerFrame, SessionId, encode_deliver, encode_frame};
+use peerbubble_proto::{
+    DirectoryEntry, ErrorCode, MemberId, Opaque, ServerFrame, SessionId, encode_deliver, encode_frame,
+};
 use tokio::sync::mpsc;
 
 use crate::directory::Directory;

@@ -214,11 +214,11 @@ async fn signal(State(state): State<Arc<AppState>>, ws: WebSocketUpgrade) -> Res
         .read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(WRITE_BUFFER_BYTES)
         .on_upgrade(move |socket| async move {
-        state.metrics.connections().inc();
-        connection(socket, &state).await;
-        state.metrics.connections().dec();
-        state.open.fetch_sub(1, Ordering::SeqCst);
-    })
+            state.metrics.connections().inc();
+            connection(socket, &state).await;
+            state.metrics.connections().dec();
+            state.open.fetch_sub(1, Ordering::SeqCst);
+        })
 }
 
 /// A security-relevant refusal, logged and counted (never with content).
@@ -288,7 +288,8 @@ async fn writer(
             Ok(Ok(())) => metrics.bytes_out(batch),
             Ok(Err(_)) => return,
             Err(_) => {
-                let _ = kill.try_send(Kill { code: ErrorCode::SlowConsumer, message: "writes to this session stalled" });
+                let _ =
+                    kill.try_send(Kill { code: ErrorCode::SlowConsumer, message: "writes to this session stalled" });
                 return;
             }
         }
