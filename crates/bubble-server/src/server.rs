@@ -221,24 +221,6 @@ async fn signal(State(state): State<Arc<AppState>>, ws: WebSocketUpgrade) -> Res
         })
 }
 
-/// A security-relevant refusal, logged and counted (never with content).
-fn security_event(code: ErrorCode) -> Option<&'static str> {
-    match code {
-        ErrorCode::NotAuthenticated
-        | ErrorCode::UnknownMember
-        | ErrorCode::BadSignature
-        | ErrorCode::ChallengeExpired
-        | ErrorCode::ChallengeMismatch
-        | ErrorCode::ChallengeReplayed
-        | ErrorCode::RecipientNotVisible
-        | ErrorCode::SpoofedSender
-        | ErrorCode::TooManySessions
-        | ErrorCode::FrameTooLarge
-        | ErrorCode::RateLimited => Some(code.as_str()),
-        _ => None,
-    }
-}
-
 fn error_frame(code: ErrorCode, message: &str, id: Option<u64>, retry_after: Option<Duration>) -> Utf8Bytes {
     Utf8Bytes::from(encode_frame(&ServerFrame::Error {
         code,
@@ -325,7 +307,8 @@ impl Connection<'_> {
     fn close(&mut self, code: ErrorCode, message: &str, retry_after: Option<Duration>) -> Flow {
         let reason = code.as_str();
         self.state.metrics.disconnect(reason);
-        if let Some(event) = security_event(code) {
+        if code.is_security_event() {
+            let event = code.as_str();
             self.state.metrics.security_event(event);
             let member = self.session.identity().map(|(m, _)| m.to_string());
             tracing::warn!(target: "peerbubble::security", event, member = member.as_deref(), "connection closed");
@@ -350,10 +333,10 @@ impl Connection<'_> {
                 Event::Relay { id, to, to_session, body } => self.relay(id, to, to_session, body),
                 Event::Refuse { code, message, id, retry_after, fatal } => {
                     if fatal {
-                        if let Some(kind) = frame_error(code) {
-                            self.state.metrics.frame_error(kind);
+                        if code.is_frame_error() {
+                            self.state.metrics.frame_error(code.as_str());
                         }
-                        if is_auth_failure(code) {
+                        if code.is_auth_failure() {
                             self.state.metrics.auth_failure(code.as_str());
                         }
                         return self.close(code, &message, retry_after);
@@ -370,10 +353,11 @@ impl Connection<'_> {
     }
 
     fn refuse(&mut self, code: ErrorCode, message: &str, id: Option<u64>, retry_after: Option<Duration>) {
-        if let Some(kind) = frame_error(code) {
-            self.state.metrics.frame_error(kind);
+        if code.is_frame_error() {
+            self.state.metrics.frame_error(code.as_str());
         }
-        if let Some(event) = security_event(code) {
+        if code.is_security_event() {
+            let event = code.as_str();
             self.state.metrics.security_event(event);
             let (member, session) =
                 self.session.identity().map_or((None, None), |(m, s)| (Some(m.to_string()), Some(s.0)));
@@ -460,26 +444,6 @@ fn slice_hash(directory: &Directory, member: peerbubble_proto::MemberId) -> u64 
         encode_frame(&entry).hash(&mut hasher);
     }
     hasher.finish()
-}
-
-fn frame_error(code: ErrorCode) -> Option<&'static str> {
-    matches!(
-        code,
-        ErrorCode::MalformedFrame | ErrorCode::FrameTooLarge | ErrorCode::InvalidField | ErrorCode::BinaryFrame
-    )
-    .then(|| code.as_str())
-}
-
-fn is_auth_failure(code: ErrorCode) -> bool {
-    matches!(
-        code,
-        ErrorCode::NotAuthenticated
-            | ErrorCode::UnknownMember
-            | ErrorCode::BadSignature
-            | ErrorCode::ChallengeExpired
-            | ErrorCode::ChallengeMismatch
-            | ErrorCode::ChallengeReplayed
-    )
 }
 
 async fn connection(socket: WebSocket, state: &AppState) {

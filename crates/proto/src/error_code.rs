@@ -127,6 +127,40 @@ impl ErrorCode {
         )
     }
 
+    /// Did authentication fail (counted by reason, refused before a session exists)?
+    pub fn is_auth_failure(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::NotAuthenticated
+                | ErrorCode::UnknownMember
+                | ErrorCode::BadSignature
+                | ErrorCode::ChallengeExpired
+                | ErrorCode::ChallengeMismatch
+                | ErrorCode::ChallengeReplayed
+        )
+    }
+
+    /// Is the refusal security-relevant (logged as a security event, never with content)?
+    pub fn is_security_event(self) -> bool {
+        self.is_auth_failure()
+            || matches!(
+                self,
+                ErrorCode::RecipientNotVisible
+                    | ErrorCode::SpoofedSender
+                    | ErrorCode::TooManySessions
+                    | ErrorCode::FrameTooLarge
+                    | ErrorCode::RateLimited
+            )
+    }
+
+    /// Was the frame itself refused by the codec or a size limit?
+    pub fn is_frame_error(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::MalformedFrame | ErrorCode::FrameTooLarge | ErrorCode::InvalidField | ErrorCode::BinaryFrame
+        )
+    }
+
     /// The WebSocket close code the server uses after a fatal error.
     pub fn close_code(self) -> u16 {
         match self {
