@@ -10,7 +10,7 @@ use axum::extract::ws::Utf8Bytes;
 use peerbubble_proto::{
     DirectoryEntry, ErrorCode, MemberId, Opaque, ServerFrame, SessionId, encode_deliver, encode_frame,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::directory::Directory;
 use crate::metrics::Metrics;
@@ -101,11 +101,21 @@ pub(crate) struct Hub {
     member_rate: u32,
     max_frame_bytes: usize,
     metrics: Metrics,
+    /// The newest directory. Presence and slices always use it, never a connection's older snapshot: during
+    /// a reload, a member who just became visible must also be told when it leaves.
+    directory: watch::Receiver<Option<Arc<Directory>>>,
 }
 
 impl Hub {
-    pub fn new(max_sessions: u32, member_rate: u32, max_frame_bytes: usize, metrics: Metrics) -> Self {
+    pub fn new(
+        max_sessions: u32,
+        member_rate: u32,
+        max_frame_bytes: usize,
+        metrics: Metrics,
+        directory: watch::Receiver<Option<Arc<Directory>>>,
+    ) -> Self {
         Self {
+            directory,
             members: RwLock::new(HashMap::new()),
             next_session: AtomicU64::new(1),
             max_sessions: max_sessions as usize,
@@ -113,6 +123,10 @@ impl Hub {
             max_frame_bytes,
             metrics,
         }
+    }
+
+    fn latest(&self) -> Option<Arc<Directory>> {
+        self.directory.borrow().clone()
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<MemberId, MemberEntry>> {
@@ -129,9 +143,12 @@ impl Hub {
         &self,
         member: MemberId,
         mut handle: SessionHandle,
-        directory: &Directory,
         welcome: impl FnOnce(SessionId) -> ServerFrame,
     ) -> Result<SessionId, ErrorCode> {
+        let Some(directory) = self.latest() else { return Err(ErrorCode::Internal) };
+        if directory.member(&member).is_none() {
+            return Err(ErrorCode::MemberRemoved);
+        }
         let mut map = self.write();
         let count = map.get(&member).map_or(0, |e| e.sessions.len());
         if count >= self.max_sessions {
@@ -152,14 +169,15 @@ impl Hub {
             .sessions
             .push(handle);
         if count == 0 {
-            fan_out_presence(&map, directory, member, true);
+            fan_out_presence(&map, &directory, member, true);
         }
         self.metrics.sessions().inc();
         Ok(id)
     }
 
     /// Removes a session; the last one takes the member offline for those who see it.
-    pub fn unregister(&self, member: MemberId, session: SessionId, directory: &Directory) {
+    pub fn unregister(&self, member: MemberId, session: SessionId) {
+        let directory = self.latest();
         let mut map = self.write();
         let Some(entry) = map.get_mut(&member) else { return };
         let before = entry.sessions.len();
@@ -170,14 +188,19 @@ impl Hub {
         self.metrics.sessions().dec();
         if entry.sessions.is_empty() {
             map.remove(&member);
-            fan_out_presence(&map, directory, member, false);
+            if let Some(directory) = directory {
+                fan_out_presence(&map, &directory, member, false);
+            }
         }
     }
 
-    /// The member's directory slice as frames, with current presence.
-    pub fn slice_frames(&self, member: MemberId, directory: &Directory) -> Vec<Utf8Bytes> {
+    /// Queues the member's current directory slice, with current presence, to `handle`. Under the lock, so
+    /// that no presence change is queued between the state it reflects and the frames themselves.
+    pub fn send_slice(&self, member: MemberId, directory: &Directory, handle: &SessionHandle) {
         let map = self.read();
-        directory_frames(directory.slice(&member, |m| map.contains_key(m)), self.max_frame_bytes)
+        for frame in directory_frames(directory.slice(&member, |m| map.contains_key(m)), self.max_frame_bytes) {
+            handle.send_or_kill(&frame);
+        }
     }
 
     /// Charges one frame to the member's rate across all its sessions.

@@ -114,6 +114,7 @@ impl Server {
                 config.member_frames_per_second,
                 config.max_frame_bytes as usize,
                 metrics.clone(),
+                dir_rx.clone(),
             ),
             nonces: NonceLedger::new(config.challenge_ttl),
             session_config,
@@ -373,7 +374,7 @@ impl Connection<'_> {
         let display_name = entry.display_name.clone();
         let limits = self.state.config.limits();
         let welcome = |session| ServerFrame::Welcome { member, session, display_name, ice_servers: Vec::new(), limits };
-        match self.state.hub.register(member, self.handle.clone(), &self.directory, welcome) {
+        match self.state.hub.register(member, self.handle.clone(), welcome) {
             Ok(session) => {
                 self.handle.id = session;
                 self.session.bind(session);
@@ -381,10 +382,15 @@ impl Connection<'_> {
                 tracing::info!(%member, session = session.0, "session opened");
                 Flow::Continue
             }
-            Err(code) => {
-                self.state.metrics.auth_failure(code.as_str());
-                self.close(code, "this member already has the most sessions allowed; close one", None)
+            Err(ErrorCode::TooManySessions) => {
+                self.state.metrics.auth_failure(ErrorCode::TooManySessions.as_str());
+                self.close(
+                    ErrorCode::TooManySessions,
+                    "this member already has the most sessions allowed; close one",
+                    None,
+                )
             }
+            Err(code) => self.close(code, "you are not a member of this bubble any more", None),
         }
     }
 
@@ -429,9 +435,7 @@ impl Connection<'_> {
         let hash = slice_hash(&self.directory, member);
         if hash != self.sent_slice {
             self.sent_slice = hash;
-            for frame in self.state.hub.slice_frames(member, &self.directory) {
-                self.handle.send_or_kill(&frame);
-            }
+            self.state.hub.send_slice(member, &self.directory, &self.handle);
         }
         Flow::Continue
     }
@@ -530,7 +534,7 @@ async fn connection(socket: WebSocket, state: &AppState) {
         }
     }
     if let Some((member, session)) = conn.session.identity() {
-        state.hub.unregister(member, session, &conn.directory);
+        state.hub.unregister(member, session);
         tracing::info!(%member, session = session.0, "session closed");
     }
     drop(conn);

@@ -303,6 +303,11 @@ async fn bubble_file_reload_applies_to_connected_members() {
     assert_eq!(names(&cat), ["Ann", "Bob", "Dan"]);
     ann.send(id(CAT), b"now allowed").await.unwrap();
     expect(&mut cat, "deliver", |f| matches!(f, ServerFrame::Deliver { .. }).then_some(())).await;
+    // Cat, visible to Ann only since the reload, leaves and comes back: Ann is told both.
+    cat.close().await.unwrap();
+    assert_eq!(expect_presence(&mut ann).await, (id(CAT), false));
+    let mut cat = b.connect(CAT).await;
+    assert_eq!(expect_presence(&mut ann).await, (id(CAT), true));
 
     // A broken file keeps the previous directory.
     b.write("bubble: test-bubble\nmembers: [{public_key: nope, display_name: X}]\n");
