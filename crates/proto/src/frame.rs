@@ -304,3 +304,16 @@ pub fn auth_message(bubble: &str, nonce: &Nonce, public_key: &PublicKey) -> Vec<
     out.extend_from_slice(public_key.as_bytes());
     out
 }
+
+/// The bytes a new member signs (with [`crate::Purpose::EnrollInvite`]) to redeem an invite: bound to the bubble,
+/// the invite (by the SHA-256 of its token) and the key being enrolled. Proves possession of the private key, so
+/// nothing but a public key can ever be registered.
+pub fn enroll_message(bubble: &str, invite_token: &str, public_key: &PublicKey) -> Vec<u8> {
+    use sha2::{Digest as _, Sha256};
+    let mut out = Vec::with_capacity(4 + bubble.len() + 32 + 32);
+    out.extend_from_slice(&(bubble.len() as u32).to_be_bytes());
+    out.extend_from_slice(bubble.as_bytes());
+    out.extend_from_slice(&Sha256::digest(invite_token.as_bytes()));
+    out.extend_from_slice(public_key.as_bytes());
+    out
+}

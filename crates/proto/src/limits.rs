@@ -2,6 +2,8 @@
 //! further (DESIGN.md invariant 6). Servers announce their effective limits in `welcome`; these are the
 //! protocol's ceilings, which no server may raise.
 
+use std::time::{Duration, Instant};
+
 use serde::{Deserialize, Serialize};
 
 /// Largest WebSocket message (one frame) either side may send, in bytes.
@@ -48,6 +50,35 @@ pub fn is_valid_id(id: &str) -> bool {
 /// Is `name` a valid display name: 1..=64 bytes of UTF-8 without control characters?
 pub fn is_valid_display_name(name: &str) -> bool {
     !name.trim().is_empty() && name.len() <= MAX_DISPLAY_NAME_BYTES && !name.chars().any(char::is_control)
+}
+
+/// A token bucket: `rate` tokens per second, at most `burst` stored.
+#[derive(Debug, Clone)]
+pub struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    /// A full bucket.
+    pub fn new(rate: u32, burst: u32, now: Instant) -> Self {
+        Self { rate: f64::from(rate), burst: f64::from(burst), tokens: f64::from(burst), last: now }
+    }
+
+    /// Takes one token, or says how long until one is available.
+    pub fn take(&mut self, now: Instant) -> Result<(), Duration> {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - self.tokens) / self.rate))
+        }
+    }
 }
 
 #[cfg(test)]
