@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use peerbubble_proto::limits::{MAX_CATEGORIES_PER_MEMBER, is_valid_display_name, is_valid_id};
 use peerbubble_proto::{DirectoryEntry, MemberId, PublicKey};
-use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
@@ -38,49 +37,7 @@ pub enum DirectoryError {
     Invalid(String),
 }
 
-/// The bubble file, as written by an operator (or, later, rendered by the operator from Category resources).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BubbleFile {
-    /// Bubble id (`[a-z0-9-]`, part of what members sign).
-    pub bubble: String,
-    /// Human name of the bubble.
-    #[serde(default)]
-    pub display_name: Option<String>,
-    /// Categories.
-    #[serde(default)]
-    pub categories: Vec<CategoryFile>,
-    /// Members.
-    #[serde(default)]
-    pub members: Vec<MemberFile>,
-}
-
-/// A category in the bubble file.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CategoryFile {
-    /// Category id.
-    pub id: String,
-    /// Human name.
-    #[serde(default)]
-    pub display_name: Option<String>,
-    /// Other categories whose members this category's members may see (and be seen by).
-    #[serde(default)]
-    pub sees: Vec<String>,
-}
-
-/// A member in the bubble file: public key only, never a secret.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MemberFile {
-    /// Ed25519 identity public key (unpadded base64url).
-    pub public_key: String,
-    /// Display name.
-    pub display_name: String,
-    /// Categories the member belongs to.
-    #[serde(default)]
-    pub categories: Vec<String>,
-}
+pub use peerbubble_proto::directory::{BubbleFile, CategoryFile, MemberFile};
 
 /// A member as the server knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod codec;
+pub mod directory;
 pub mod error_code;
 pub mod frame;
 pub mod identity;
