@@ -47,4 +47,3 @@ pub struct MemberFile {
     #[serde(default)]
     pub categories: Vec<String>,
 }
-

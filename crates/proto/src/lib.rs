@@ -20,7 +20,9 @@ pub mod opaque;
 
 pub use codec::{CodecError, decode_client_frame, decode_server_frame, encode_frame};
 pub use error_code::ErrorCode;
-pub use frame::{ClientFrame, DirectoryEntry, IceServer, ServerFrame, SessionId, auth_message, encode_deliver, enroll_message};
+pub use frame::{
+    ClientFrame, DirectoryEntry, IceServer, ServerFrame, SessionId, auth_message, encode_deliver, enroll_message,
+};
 pub use identity::{IdentityError, IdentityKey, MemberId, PublicKey, Purpose, Signature, safety_number};
 pub use limits::Limits;
 pub use opaque::{Nonce, Opaque, OpaqueError};

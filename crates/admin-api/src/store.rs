@@ -1,0 +1,483 @@
+//! Storage: one set of portable SQL migrations and queries on sqlx's `Any` driver, SQLite by default (a file in
+//! the data dir) and PostgreSQL when `DATABASE_URL` says so. Tests run the same suite on both.
+
+use peerbubble_proto::directory::{BubbleFile, CategoryFile, MemberFile};
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::{AnyPool, Row as _};
+
+/// Storage errors. Messages never contain keys or tokens.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be reached or refused the operation.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Migrations failed.
+    #[error("database migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The row already exists.
+    #[error("{0} already exists")]
+    Conflict(&'static str),
+    /// A referenced row does not exist.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// The invite cannot be redeemed.
+    #[error("invite {0}")]
+    Invite(InviteRefusal),
+}
+
+/// Why an invite was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InviteRefusal {
+    /// No invite has this token.
+    Unknown,
+    /// The invite expired.
+    Expired,
+    /// The invite was already used.
+    Used,
+    /// The key is already a member of the bubble.
+    KeyTaken,
+}
+
+impl std::fmt::Display for InviteRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            InviteRefusal::Unknown => "is unknown",
+            InviteRefusal::Expired => "has expired",
+            InviteRefusal::Used => "was already used",
+            InviteRefusal::KeyTaken => "cannot enroll a key that is already a member",
+        })
+    }
+}
+
+fn classify(err: sqlx::Error, what: &'static str) -> StoreError {
+    if let sqlx::Error::Database(db) = &err {
+        if db.is_unique_violation() {
+            return StoreError::Conflict(what);
+        }
+        if db.is_foreign_key_violation() {
+            return StoreError::NotFound("referenced bubble or category");
+        }
+    }
+    StoreError::Database(err)
+}
+
+/// A bubble as listed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct BubbleRow {
+    /// Id.
+    pub id: String,
+    /// Display name.
+    pub display_name: String,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+/// A category as listed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CategoryRow {
+    /// Id.
+    pub id: String,
+    /// Display name.
+    pub display_name: String,
+    /// Categories its members see.
+    pub sees: Vec<String>,
+}
+
+/// A member as listed (public key only).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct MemberRow {
+    /// Member id.
+    pub member: String,
+    /// Public key.
+    pub public_key: String,
+    /// Display name.
+    pub display_name: String,
+    /// `active` or `revoked`.
+    pub status: String,
+    /// Categories.
+    pub categories: Vec<String>,
+    /// Unix seconds.
+    pub enrolled_at: i64,
+}
+
+/// A new invite.
+#[derive(Debug, Clone)]
+pub struct NewInvite<'a> {
+    /// SHA-256 hex of the token.
+    pub token_hash: &'a str,
+    /// Bubble.
+    pub bubble: &'a str,
+    /// Name of the person invited.
+    pub display_name: &'a str,
+    /// Categories granted.
+    pub categories: &'a [String],
+    /// Unix seconds.
+    pub now: i64,
+    /// Unix seconds.
+    pub expires_at: i64,
+}
+
+/// An audit event.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AuditEvent {
+    /// Unix seconds.
+    pub at: i64,
+    /// Bubble concerned, if any.
+    pub bubble: Option<String>,
+    /// Who: `admin:<name>`, `member:<id>`, `system`.
+    pub actor: String,
+    /// What, e.g. `invite.created`.
+    pub action: String,
+    /// Details (ids and names, never keys, tokens or content).
+    pub detail: String,
+}
+
+/// The admin API's database.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: AnyPool,
+}
+
+impl Store {
+    /// Connects (creating a SQLite file if needed) and runs the migrations.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        install_default_drivers();
+        let url = if url.starts_with("sqlite:") && !url.contains("mode=") {
+            format!("{url}{}mode=rwc", if url.contains('?') { "&" } else { "?" })
+        } else {
+            url.to_owned()
+        };
+        // SQLite serialises writers: one connection avoids "database is locked" under concurrent requests.
+        let max = if url.starts_with("sqlite:") { 1 } else { 8 };
+        let pool = AnyPoolOptions::new().max_connections(max).connect(&url).await?;
+        if url.starts_with("sqlite:") {
+            sqlx::query("PRAGMA foreign_keys = ON").execute(&pool).await?;
+        }
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    /// The pool (tests inspect the schema through it).
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// Is the database answering?
+    pub async fn ping(&self) -> bool {
+        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+    }
+
+    /// Creates a bubble.
+    pub async fn create_bubble(
+        &self,
+        id: &str,
+        display_name: &str,
+        credential_hash: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO bubbles (id, display_name, credential_hash, created_at) VALUES ($1, $2, $3, $4)")
+            .bind(id)
+            .bind(display_name)
+            .bind(credential_hash)
+            .bind(now)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| classify(e, "bubble"))?;
+        Ok(())
+    }
+
+    /// All bubbles, by id.
+    pub async fn list_bubbles(&self) -> Result<Vec<BubbleRow>, StoreError> {
+        let rows =
+            sqlx::query("SELECT id, display_name, created_at FROM bubbles ORDER BY id").fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| Ok(BubbleRow { id: r.try_get(0)?, display_name: r.try_get(1)?, created_at: r.try_get(2)? }))
+            .collect()
+    }
+
+    /// The bubble's credential hash, if the bubble exists.
+    pub async fn bubble_credential_hash(&self, bubble: &str) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("SELECT credential_hash FROM bubbles WHERE id = $1")
+            .bind(bubble)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?)
+    }
+
+    /// Creates a category and what it sees, atomically.
+    pub async fn create_category(
+        &self,
+        bubble: &str,
+        id: &str,
+        display_name: &str,
+        sees: &[String],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("INSERT INTO categories (bubble_id, id, display_name) VALUES ($1, $2, $3)")
+            .bind(bubble)
+            .bind(id)
+            .bind(display_name)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| classify(e, "category"))?;
+        for seen in sees {
+            sqlx::query("INSERT INTO category_sees (bubble_id, category_id, sees_id) VALUES ($1, $2, $3)")
+                .bind(bubble)
+                .bind(id)
+                .bind(seen)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| classify(e, "category relation"))?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The bubble's categories, by id.
+    pub async fn list_categories(&self, bubble: &str) -> Result<Vec<CategoryRow>, StoreError> {
+        let rows = sqlx::query("SELECT id, display_name FROM categories WHERE bubble_id = $1 ORDER BY id")
+            .bind(bubble)
+            .fetch_all(&self.pool)
+            .await?;
+        let sees = sqlx::query("SELECT category_id, sees_id FROM category_sees WHERE bubble_id = $1 ORDER BY sees_id")
+            .bind(bubble)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let id: String = r.try_get(0)?;
+            let mut seen = Vec::new();
+            for s in &sees {
+                if s.try_get::<String, _>(0)? == id {
+                    seen.push(s.try_get(1)?);
+                }
+            }
+            out.push(CategoryRow { display_name: r.try_get(1)?, id, sees: seen });
+        }
+        Ok(out)
+    }
+
+    /// Stores an invite (its token's hash only).
+    pub async fn create_invite(&self, invite: &NewInvite<'_>) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO invites (token_hash, bubble_id, display_name, categories, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(invite.token_hash)
+        .bind(invite.bubble)
+        .bind(invite.display_name)
+        .bind(invite.categories.join(","))
+        .bind(invite.now)
+        .bind(invite.expires_at)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| classify(e, "invite"))?;
+        Ok(())
+    }
+
+    /// The bubble an invite is for, to check a signature before redeeming it.
+    pub async fn invite_bubble(&self, token_hash: &str) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("SELECT bubble_id FROM invites WHERE token_hash = $1")
+            .bind(token_hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?)
+    }
+
+    /// Redeems an invite for a (signature-checked) public key, atomically and at most once even when two
+    /// requests race. Returns the bubble and the member's display name.
+    pub async fn redeem_invite(
+        &self,
+        token_hash: &str,
+        member_id: &str,
+        public_key: &str,
+        now: i64,
+    ) -> Result<(String, String), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(
+            "SELECT bubble_id, display_name, categories, expires_at, used_at FROM invites WHERE token_hash = $1",
+        )
+        .bind(token_hash)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(StoreError::Invite(InviteRefusal::Unknown))?;
+        let (bubble, name, categories, expires_at, used_at): (String, String, String, i64, Option<i64>) =
+            (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?, row.try_get(3)?, row.try_get(4)?);
+        if used_at.is_some() {
+            return Err(StoreError::Invite(InviteRefusal::Used));
+        }
+        if now >= expires_at {
+            return Err(StoreError::Invite(InviteRefusal::Expired));
+        }
+        let claimed =
+            sqlx::query("UPDATE invites SET used_at = $1, used_by = $2 WHERE token_hash = $3 AND used_at IS NULL")
+                .bind(now)
+                .bind(member_id)
+                .bind(token_hash)
+                .execute(&mut *tx)
+                .await?;
+        if claimed.rows_affected() != 1 {
+            return Err(StoreError::Invite(InviteRefusal::Used));
+        }
+        sqlx::query(
+            "INSERT INTO members (bubble_id, member_id, public_key, display_name, status, enrolled_at) \
+             VALUES ($1, $2, $3, $4, 'active', $5)",
+        )
+        .bind(&bubble)
+        .bind(member_id)
+        .bind(public_key)
+        .bind(&name)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| match classify(e, "member") {
+            StoreError::Conflict(_) => StoreError::Invite(InviteRefusal::KeyTaken),
+            other => other,
+        })?;
+        for category in categories.split(',').filter(|c| !c.is_empty()) {
+            sqlx::query("INSERT INTO member_categories (bubble_id, member_id, category_id) VALUES ($1, $2, $3)")
+                .bind(&bubble)
+                .bind(member_id)
+                .bind(category)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| classify(e, "member category"))?;
+        }
+        tx.commit().await?;
+        Ok((bubble, name))
+    }
+
+    /// The bubble's members (public keys only), by display name.
+    pub async fn list_members(&self, bubble: &str) -> Result<Vec<MemberRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT member_id, public_key, display_name, status, enrolled_at FROM members WHERE bubble_id = $1 \
+             ORDER BY display_name, member_id",
+        )
+        .bind(bubble)
+        .fetch_all(&self.pool)
+        .await?;
+        let cats = sqlx::query(
+            "SELECT member_id, category_id FROM member_categories WHERE bubble_id = $1 ORDER BY category_id",
+        )
+        .bind(bubble)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let member: String = r.try_get(0)?;
+            let mut categories = Vec::new();
+            for c in &cats {
+                if c.try_get::<String, _>(0)? == member {
+                    categories.push(c.try_get(1)?);
+                }
+            }
+            out.push(MemberRow {
+                public_key: r.try_get(1)?,
+                display_name: r.try_get(2)?,
+                status: r.try_get(3)?,
+                enrolled_at: r.try_get(4)?,
+                member,
+                categories,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Revokes a member; false if there was no active member with that id.
+    pub async fn revoke_member(&self, bubble: &str, member: &str, now: i64) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE members SET status = 'revoked', revoked_at = $1 WHERE bubble_id = $2 AND member_id = $3 AND status = 'active'",
+        )
+        .bind(now)
+        .bind(bubble)
+        .bind(member)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// The directory document the bubble's servers follow: categories and active members.
+    pub async fn directory(&self, bubble: &str) -> Result<Option<BubbleFile>, StoreError> {
+        let Some(row) = sqlx::query("SELECT display_name FROM bubbles WHERE id = $1")
+            .bind(bubble)
+            .fetch_optional(&self.pool)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let categories = self
+            .list_categories(bubble)
+            .await?
+            .into_iter()
+            .map(|c| CategoryFile { id: c.id, display_name: Some(c.display_name), sees: c.sees })
+            .collect();
+        let members = self
+            .list_members(bubble)
+            .await?
+            .into_iter()
+            .filter(|m| m.status == "active")
+            .map(|m| MemberFile { public_key: m.public_key, display_name: m.display_name, categories: m.categories })
+            .collect();
+        Ok(Some(BubbleFile { bubble: bubble.to_owned(), display_name: Some(row.try_get(0)?), categories, members }))
+    }
+
+    /// Records an audit event.
+    pub async fn audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
+        let mut id = [0u8; 16];
+        getrandom::fill(&mut id).map_err(|e| StoreError::Database(sqlx::Error::Protocol(e.to_string())))?;
+        let id: String = id.iter().map(|b| format!("{b:02x}")).collect();
+        sqlx::query(
+            "INSERT INTO audit_events (id, at, bubble_id, actor, action, detail) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(id)
+        .bind(event.at)
+        .bind(event.bubble.as_deref())
+        .bind(&event.actor)
+        .bind(&event.action)
+        .bind(&event.detail)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Audit events, newest first, optionally for one bubble.
+    pub async fn list_audit(&self, bubble: Option<&str>, limit: i64) -> Result<Vec<AuditEvent>, StoreError> {
+        let rows = match bubble {
+            Some(b) => {
+                sqlx::query(
+                    "SELECT at, bubble_id, actor, action, detail FROM audit_events WHERE bubble_id = $1 ORDER BY at DESC, id LIMIT $2",
+                )
+                .bind(b)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
+            }
+            None => {
+                sqlx::query("SELECT at, bubble_id, actor, action, detail FROM audit_events ORDER BY at DESC, id LIMIT $1")
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        };
+        rows.iter()
+            .map(|r| {
+                Ok(AuditEvent {
+                    at: r.try_get(0)?,
+                    bubble: r.try_get(1)?,
+                    actor: r.try_get(2)?,
+                    action: r.try_get(3)?,
+                    detail: r.try_get(4)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Deletes audit events older than `before` (retention); returns how many.
+    pub async fn prune_audit(&self, before: i64) -> Result<u64, StoreError> {
+        Ok(sqlx::query("DELETE FROM audit_events WHERE at < $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await?
+            .rows_affected())
+    }
+}

@@ -1,0 +1,359 @@
+//! The admin API over real HTTP on loopback, on SQLite and on PostgreSQL (127.0.0.1:5432; skipped with a
+//! message where no PostgreSQL answers).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::print_stderr)]
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use peerbubble_admin_api::{ApiState, Store, router, token};
+use peerbubble_proto::limits::TokenBucket;
+use peerbubble_proto::{IdentityKey, Purpose, enroll_message};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+const ADMIN: &str = "test-admin-token";
+
+struct Api {
+    base: String,
+    http: reqwest::Client,
+    now: Arc<AtomicI64>,
+    store: Store,
+    _dir: Option<tempfile::TempDir>,
+    /// The PostgreSQL server and the database made for this test, dropped by `finish`.
+    pg: Option<(sqlx::AnyPool, String)>,
+}
+
+impl Api {
+    /// Stops using the database and drops it if this test created one.
+    async fn finish(self) {
+        self.store.pool().close().await;
+        if let Some((admin, name)) = self.pg {
+            sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
+                .execute(&admin)
+                .await
+                .unwrap();
+        }
+    }
+
+    async fn post(&self, path: &str, token: Option<&str>, body: Value) -> (StatusCode, Value) {
+        let mut req = self.http.post(format!("{}{path}", self.base)).json(&body);
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        let res = req.send().await.unwrap();
+        let status = res.status();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+    async fn get(&self, path: &str, token: Option<&str>) -> (StatusCode, Value) {
+        let mut req = self.http.get(format!("{}{path}", self.base));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        let res = req.send().await.unwrap();
+        let status = res.status();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+}
+
+async fn serve(store: Store, dir: Option<tempfile::TempDir>, enroll_burst: u32) -> Api {
+    let now = Arc::new(AtomicI64::new(1_800_000_000));
+    let clock_now = now.clone();
+    let state = Arc::new(ApiState {
+        store: store.clone(),
+        admin_token_hash: token::hash_token(ADMIN),
+        public_url: "http://bubble.example".into(),
+        clock: Arc::new(move || clock_now.load(Ordering::SeqCst)),
+        enroll_limiter: Mutex::new(TokenBucket::new(1, enroll_burst, Instant::now())),
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router(state)).await });
+    Api { base, http: reqwest::Client::new(), now, store, _dir: dir, pg: None }
+}
+
+async fn sqlite(enroll_burst: u32) -> Api {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("admin.db").display());
+    serve(Store::connect(&url).await.unwrap(), Some(dir), enroll_burst).await
+}
+
+/// A fresh database on the local PostgreSQL, or None (test reported as skipped) when none answers.
+async fn postgres(enroll_burst: u32) -> Option<Api> {
+    let admin_url = std::env::var("PEERBUBBLE_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    sqlx::any::install_default_drivers();
+    let Ok(admin) = sqlx::AnyPool::connect(&admin_url).await else {
+        eprintln!("SKIPPED: no PostgreSQL at {admin_url} (set PEERBUBBLE_TEST_POSTGRES)");
+        return None;
+    };
+    let name =
+        format!("pb_test_{}", token::random_token().unwrap().to_lowercase().replace(['-', '_'], "")[..16].to_owned());
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&admin).await.unwrap();
+    let url = admin_url.rsplit_once('/').map(|(base, _)| format!("{base}/{name}")).unwrap();
+    let mut api = serve(Store::connect(&url).await.unwrap(), None, enroll_burst).await;
+    api.pg = Some((admin, name));
+    Some(api)
+}
+
+async fn backends(enroll_burst: u32) -> Vec<(&'static str, Api)> {
+    let mut out = vec![("sqlite", sqlite(enroll_burst).await)];
+    if let Some(pg) = postgres(enroll_burst).await {
+        out.push(("postgres", pg));
+    }
+    out
+}
+
+/// A bubble `ops` with categories medics, logistics and command (sees medics); returns its credential.
+async fn setup(api: &Api) -> String {
+    let (status, bubble) =
+        api.post("/api/v1/bubbles", Some(ADMIN), json!({"id": "ops", "display_name": "Operations"})).await;
+    assert_eq!(status, StatusCode::CREATED, "{bubble}");
+    for (id, sees) in [("medics", json!([])), ("logistics", json!([])), ("command", json!(["medics"]))] {
+        let (status, body) = api
+            .post("/api/v1/bubbles/ops/categories", Some(ADMIN), json!({"id": id, "display_name": id, "sees": sees}))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    bubble["credential"].as_str().unwrap().to_owned()
+}
+
+async fn invite(api: &Api, name: &str, categories: Value) -> String {
+    let (status, body) = api
+        .post("/api/v1/bubbles/ops/invites", Some(ADMIN), json!({"display_name": name, "categories": categories}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let link = body["link"].as_str().unwrap();
+    let token = body["token"].as_str().unwrap().to_owned();
+    assert_eq!(link, format!("http://bubble.example/enroll#{token}"));
+    token
+}
+
+fn enroll_body(key: &IdentityKey, bubble: &str, token: &str) -> Value {
+    let pk = key.public_key();
+    let signature = key.sign(Purpose::EnrollInvite, &enroll_message(bubble, token, &pk));
+    json!({"invite": token, "public_key": pk.to_string(), "signature": signature.to_string()})
+}
+
+#[tokio::test]
+async fn invite_enroll_directory_revoke() {
+    for (backend, api) in backends(100).await {
+        let credential = setup(&api).await;
+        let token = invite(&api, "Ann", json!(["medics"])).await;
+        let ann = IdentityKey::generate().unwrap();
+        let (status, body) = api.post("/api/v1/enroll", None, enroll_body(&ann, "ops", &token)).await;
+        assert_eq!(status, StatusCode::CREATED, "{backend}: {body}");
+        assert_eq!(body["member"], ann.public_key().member_id().to_string());
+        // Single use.
+        let (status, body) =
+            api.post("/api/v1/enroll", None, enroll_body(&IdentityKey::generate().unwrap(), "ops", &token)).await;
+        assert_eq!((status, body["error"].as_str()), (StatusCode::CONFLICT, Some("invite_used")), "{backend}");
+
+        // The bubble-server's view, with its own credential only.
+        let (status, doc) = api.get("/api/v1/bubbles/ops/directory", Some(&credential)).await;
+        assert_eq!(status, StatusCode::OK, "{backend}");
+        assert_eq!(doc["members"][0]["public_key"], ann.public_key().to_string());
+        assert_eq!(doc["members"][0]["categories"], json!(["medics"]));
+        assert_eq!(doc["categories"][0], json!({"id": "command", "display_name": "command", "sees": ["medics"]}));
+        for wrong in [ADMIN, "nope", ""] {
+            assert_eq!(
+                api.get("/api/v1/bubbles/ops/directory", Some(wrong)).await.0,
+                StatusCode::UNAUTHORIZED,
+                "{backend}"
+            );
+        }
+        let (_, other) =
+            api.post("/api/v1/bubbles", Some(ADMIN), json!({"id": "other", "display_name": "Other"})).await;
+        let other_credential = other["credential"].as_str().unwrap();
+        assert_eq!(api.get("/api/v1/bubbles/ops/directory", Some(other_credential)).await.0, StatusCode::UNAUTHORIZED);
+        assert_eq!(api.get("/api/v1/bubbles/other/directory", Some(other_credential)).await.1["members"], json!([]));
+
+        // Revocation removes the member from the directory.
+        let member = ann.public_key().member_id().to_string();
+        let res = api
+            .http
+            .post(format!("{}/api/v1/bubbles/ops/members/{member}/revoke", api.base))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::NO_CONTENT, "{backend}");
+        assert_eq!(api.get("/api/v1/bubbles/ops/directory", Some(&credential)).await.1["members"], json!([]));
+        let (_, members) = api.get("/api/v1/bubbles/ops/members", Some(ADMIN)).await;
+        assert_eq!(members[0]["status"], "revoked");
+
+        // Audit trail of admin actions and enrollment (no tokens, no keys in it).
+        let (_, events) = api.get("/api/v1/audit?bubble=ops", Some(ADMIN)).await;
+        let actions: Vec<&str> = events.as_array().unwrap().iter().filter_map(|e| e["action"].as_str()).collect();
+        for action in ["bubble.created", "category.created", "invite.created", "member.enrolled", "member.revoked"] {
+            assert!(actions.contains(&action), "{backend}: {action} missing from {actions:?}");
+        }
+        assert!(!events.to_string().contains(&token), "{backend}: invite token in audit");
+        api.finish().await;
+    }
+}
+
+#[tokio::test]
+async fn invites_refuse_expired_wrong_signature_and_wrong_keys() {
+    for (backend, api) in backends(100).await {
+        setup(&api).await;
+        let token = invite(&api, "Bob", json!(["logistics"])).await;
+        let bob = IdentityKey::generate().unwrap();
+        // Signed by another key than the one enrolled.
+        let mut body = enroll_body(&bob, "ops", &token);
+        body["public_key"] = json!(IdentityKey::generate().unwrap().public_key().to_string());
+        let (status, res) = api.post("/api/v1/enroll", None, body).await;
+        assert_eq!((status, res["error"].as_str()), (StatusCode::UNAUTHORIZED, Some("bad_signature")), "{backend}");
+        // Signed for another bubble.
+        let (status, _) = api.post("/api/v1/enroll", None, enroll_body(&bob, "other", &token)).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{backend}");
+        // Signed for another purpose (a signaling challenge answer).
+        let mut body = enroll_body(&bob, "ops", &token);
+        body["signature"] =
+            json!(bob.sign(Purpose::SignalAuth, &enroll_message("ops", &token, &bob.public_key())).to_string());
+        assert_eq!(api.post("/api/v1/enroll", None, body).await.0, StatusCode::UNAUTHORIZED, "{backend}");
+        // Not an Ed25519 public key.
+        let mut body = enroll_body(&bob, "ops", &token);
+        body["public_key"] = json!("AAAA");
+        let (status, res) = api.post("/api/v1/enroll", None, body).await;
+        assert_eq!((status, res["error"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_public_key")));
+        // None of that burnt the invite.
+        let (status, _) = api.post("/api/v1/enroll", None, enroll_body(&bob, "ops", &token)).await;
+        assert_eq!(status, StatusCode::CREATED, "{backend}");
+
+        // Expiry (the clock moves past it).
+        let late = invite(&api, "Cat", json!([])).await;
+        api.now.fetch_add(7 * 24 * 3600, Ordering::SeqCst);
+        let (status, res) =
+            api.post("/api/v1/enroll", None, enroll_body(&IdentityKey::generate().unwrap(), "ops", &late)).await;
+        assert_eq!((status, res["error"].as_str()), (StatusCode::GONE, Some("invite_expired")), "{backend}");
+        // Unknown invite.
+        let (status, _) = api.post("/api/v1/enroll", None, enroll_body(&bob, "ops", "no-such-invite")).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        // An invite for a category the bubble does not have.
+        let (status, _) = api
+            .post("/api/v1/bubbles/ops/invites", Some(ADMIN), json!({"display_name": "X", "categories": ["ghosts"]}))
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        api.finish().await;
+    }
+}
+
+#[tokio::test]
+async fn admin_authentication_and_bad_input() {
+    for (backend, api) in backends(100).await {
+        for token in [None, Some("wrong"), Some("")] {
+            let (status, body) = api.post("/api/v1/bubbles", token, json!({"id": "x", "display_name": "X"})).await;
+            assert_eq!((status, body["error"].as_str()), (StatusCode::UNAUTHORIZED, Some("unauthorized")), "{backend}");
+            assert_eq!(api.get("/api/v1/bubbles", token).await.0, StatusCode::UNAUTHORIZED);
+        }
+        setup(&api).await;
+        // Unknown fields, wrong types, invalid ids: JSON errors, nothing stored.
+        for body in [
+            json!({"id": "y", "display_name": "Y", "extra": 1}),
+            json!({"id": 5, "display_name": "Y"}),
+            json!({"id": "Robert'); DROP TABLE members;--", "display_name": "Y"}),
+            json!({"id": "y", "display_name": "a\u{0}b"}),
+        ] {
+            let (status, res) = api.post("/api/v1/bubbles", Some(ADMIN), body.clone()).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{backend}: {body}");
+            assert!(res["message"].as_str().is_some_and(|m| !m.is_empty()), "{res}");
+        }
+        // Injection-looking text where text is allowed is just text.
+        let name = "Robert'); DROP TABLE members;--";
+        let token = invite(&api, name, json!([])).await;
+        let key = IdentityKey::generate().unwrap();
+        assert_eq!(api.post("/api/v1/enroll", None, enroll_body(&key, "ops", &token)).await.0, StatusCode::CREATED);
+        let (_, members) = api.get("/api/v1/bubbles/ops/members", Some(ADMIN)).await;
+        assert_eq!(members[0]["display_name"], name, "{backend}");
+        // Oversized body.
+        let big = json!({"id": "z", "display_name": "x".repeat(100_000)});
+        let (status, res) = api.post("/api/v1/bubbles", Some(ADMIN), big).await;
+        assert_eq!((status, res["error"].as_str()), (StatusCode::PAYLOAD_TOO_LARGE, Some("too_large")), "{backend}");
+        // Duplicate.
+        let (status, _) = api.post("/api/v1/bubbles", Some(ADMIN), json!({"id": "ops", "display_name": "Again"})).await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        let bubbles = api.get("/api/v1/bubbles", Some(ADMIN)).await.1;
+        assert_eq!(bubbles.as_array().map(Vec::len), Some(1), "{backend}: {bubbles}");
+        api.finish().await;
+    }
+}
+
+#[tokio::test]
+async fn enrollment_is_rate_limited() {
+    for (backend, api) in backends(3).await {
+        let mut statuses = Vec::new();
+        for _ in 0..6 {
+            statuses.push(
+                api.post("/api/v1/enroll", None, json!({"invite": "x", "public_key": "x", "signature": "x"})).await.0,
+            );
+        }
+        assert_eq!(statuses[..3], [StatusCode::BAD_REQUEST; 3], "{backend}");
+        assert!(statuses[3..].contains(&StatusCode::TOO_MANY_REQUESTS), "{backend}: {statuses:?}");
+        api.finish().await;
+    }
+}
+
+#[tokio::test]
+async fn restart_keeps_everything_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("admin.db").display());
+    let api = serve(Store::connect(&url).await.unwrap(), None, 100).await;
+    setup(&api).await;
+    let token = invite(&api, "Ann", json!(["medics"])).await;
+    let key = IdentityKey::generate().unwrap();
+    assert_eq!(api.post("/api/v1/enroll", None, enroll_body(&key, "ops", &token)).await.0, StatusCode::CREATED);
+    drop(api);
+    let again = serve(Store::connect(&url).await.unwrap(), None, 100).await;
+    let (_, members) = again.get("/api/v1/bubbles/ops/members", Some(ADMIN)).await;
+    assert_eq!(members[0]["public_key"], key.public_key().to_string());
+    assert_eq!(again.get("/api/v1/bubbles/ops/categories", Some(ADMIN)).await.1.as_array().map(Vec::len), Some(3));
+}
+
+#[tokio::test]
+async fn no_table_can_hold_private_key_material() {
+    for (backend, api) in backends(100).await {
+        let columns: Vec<String> = if backend == "sqlite" {
+            let tables: Vec<String> =
+                sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE '\\_%' ESCAPE '\\' AND name NOT LIKE 'sqlite%'")
+                    .fetch_all(api.store.pool())
+                    .await
+                    .unwrap();
+            let mut cols = Vec::new();
+            for table in tables {
+                let names: Vec<String> =
+                    sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT name FROM pragma_table_info('{table}')")))
+                        .fetch_all(api.store.pool())
+                        .await
+                        .unwrap();
+                cols.extend(names.into_iter().map(|c| format!("{table}.{c}")));
+            }
+            cols
+        } else {
+            sqlx::query_scalar("SELECT table_name || '.' || column_name FROM information_schema.columns WHERE table_schema = 'public' AND table_name NOT LIKE '\\_%'")
+                .fetch_all(api.store.pool())
+                .await
+                .unwrap()
+        };
+        assert!(columns.iter().any(|c| c == "members.public_key"), "{backend}: {columns:?}");
+        for column in &columns {
+            for forbidden in ["private", "secret", "seed", "plaintext", "content", "message_key", "token"] {
+                // Only hashes of tokens are stored, in columns named *_hash.
+                if column.contains(forbidden) && !column.ends_with("_hash") {
+                    panic!("{backend}: column {column} looks like it could hold {forbidden} material");
+                }
+            }
+        }
+        // No endpoint accepts a private key: an enrollment carrying one is refused and stores nothing.
+        setup(&api).await;
+        let token = invite(&api, "Eve", json!([])).await;
+        let key = IdentityKey::generate().unwrap();
+        let mut body = enroll_body(&key, "ops", &token);
+        body["private_key"] = json!(key.to_seed_base64().as_str());
+        let (status, res) = api.post("/api/v1/enroll", None, body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{backend}: {res}");
+        assert!(!res.to_string().contains(key.to_seed_base64().as_str()), "the error echoes the secret");
+        assert_eq!(api.get("/api/v1/bubbles/ops/members", Some(ADMIN)).await.1, json!([]));
+        api.finish().await;
+    }
+}
