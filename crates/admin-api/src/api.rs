@@ -286,7 +286,8 @@ fn default_invite_secs() -> i64 {
 struct CreatedInvite {
     /// The secret; only its hash is stored. Shown once.
     token: String,
-    /// The link to hand to the member (the token travels in the fragment, never in a request line).
+    /// The link to hand to the member: `<public_url>/enroll#<bubble>.<token>`. The fragment never travels in a
+    /// request line, so the token stays out of proxies' and servers' logs.
     link: String,
     expires_at: i64,
 }
@@ -339,7 +340,7 @@ async fn create_invite(
         format!("for={} categories={}", req.display_name, req.categories.join(",")),
     )
     .await?;
-    let link = format!("{}/enroll#{token}", state.public_url.trim_end_matches('/'));
+    let link = format!("{}/enroll#{bubble}.{token}", state.public_url.trim_end_matches('/'));
     Ok((StatusCode::CREATED, Json(CreatedInvite { token, link, expires_at })))
 }
 

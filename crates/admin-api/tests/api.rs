@@ -125,7 +125,7 @@ async fn invite(api: &Api, name: &str, categories: Value) -> String {
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let link = body["link"].as_str().unwrap();
     let token = body["token"].as_str().unwrap().to_owned();
-    assert_eq!(link, format!("http://bubble.example/enroll#{token}"));
+    assert_eq!(link, format!("http://bubble.example/enroll#ops.{token}"));
     token
 }
 
@@ -354,6 +354,24 @@ async fn no_table_can_hold_private_key_material() {
         assert_eq!(status, StatusCode::BAD_REQUEST, "{backend}: {res}");
         assert!(!res.to_string().contains(key.to_seed_base64().as_str()), "the error echoes the secret");
         assert_eq!(api.get("/api/v1/bubbles/ops/members", Some(ADMIN)).await.1, json!([]));
+        api.finish().await;
+    }
+}
+
+#[tokio::test]
+async fn audit_retention_deletes_old_events_only() {
+    for (backend, api) in backends(100).await {
+        setup(&api).await;
+        let before = api.get("/api/v1/audit", Some(ADMIN)).await.1.as_array().map_or(0, Vec::len);
+        assert!(before >= 4, "{backend}");
+        // 31 days later an invite is made; retention 30 days keeps only it.
+        api.now.fetch_add(31 * 24 * 3600, Ordering::SeqCst);
+        invite(&api, "Late", json!([])).await;
+        let deleted =
+            peerbubble_admin_api::retention::enforce(&api.store, api.now.load(Ordering::SeqCst), 30).await.unwrap();
+        assert_eq!(deleted as usize, before, "{backend}");
+        let (_, events) = api.get("/api/v1/audit", Some(ADMIN)).await;
+        assert_eq!(events.as_array().map(|e| e.iter().map(|e| e["action"].clone()).collect::<Vec<_>>()), Some(vec![json!("invite.created")]));
         api.finish().await;
     }
 }

@@ -75,6 +75,15 @@ pub struct SignalArgs {
     /// How often the bubble file is checked for changes, in milliseconds.
     #[arg(long, env = "PEERBUBBLE_RELOAD_INTERVAL_MS")]
     pub reload_interval_ms: Option<u64>,
+    /// Follow the directory from this admin API (e.g. `http://admin-api:8481`) instead of a bubble file.
+    #[arg(long, env = "PEERBUBBLE_ADMIN_API_URL", requires_all = ["bubble", "bubble_credential_file"])]
+    pub admin_api_url: Option<String>,
+    /// The bubble this server serves (with `--admin-api-url`).
+    #[arg(long, env = "PEERBUBBLE_BUBBLE")]
+    pub bubble: Option<String>,
+    /// File holding the bubble's admin-API credential (a mounted Secret in Kubernetes).
+    #[arg(long, env = "PEERBUBBLE_BUBBLE_CREDENTIAL_FILE")]
+    pub bubble_credential_file: Option<PathBuf>,
 }
 
 /// The YAML file form: the same keys as [`Config`], all optional, unknown keys refused.

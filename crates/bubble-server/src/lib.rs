@@ -10,6 +10,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin_source;
 pub mod config;
 pub mod directory;
 mod hub;
@@ -23,6 +24,7 @@ pub mod session;
 pub const LOG_REDACTIONS: &[&str] =
     &["tungstenite=info", "tokio_tungstenite=info", "hyper=info", "h2=info", "axum::extract::ws=info"];
 
+pub use admin_source::{AdminApiSource, BubbleCredential};
 pub use config::{Config, ConfigError, SignalArgs};
 pub use directory::{Directory, DirectoryError, DirectorySource, FileSource};
 pub use server::{Server, ServerError};
