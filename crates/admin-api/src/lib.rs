@@ -19,7 +19,8 @@ pub use store::{Store, StoreError};
 pub fn parse_invite(link: &str) -> Option<(&str, &str)> {
     let fragment = link.rsplit_once('#').map_or(link, |(_, f)| f);
     let (bubble, token) = fragment.split_once('.')?;
-    (peerbubble_proto::limits::is_valid_id(bubble) && !token.is_empty() && token.len() <= 128).then_some((bubble, token))
+    (peerbubble_proto::limits::is_valid_id(bubble) && !token.is_empty() && token.len() <= 128)
+        .then_some((bubble, token))
 }
 
 #[cfg(test)]

@@ -371,7 +371,10 @@ async fn audit_retention_deletes_old_events_only() {
             peerbubble_admin_api::retention::enforce(&api.store, api.now.load(Ordering::SeqCst), 30).await.unwrap();
         assert_eq!(deleted as usize, before, "{backend}");
         let (_, events) = api.get("/api/v1/audit", Some(ADMIN)).await;
-        assert_eq!(events.as_array().map(|e| e.iter().map(|e| e["action"].clone()).collect::<Vec<_>>()), Some(vec![json!("invite.created")]));
+        assert_eq!(
+            events.as_array().map(|e| e.iter().map(|e| e["action"].clone()).collect::<Vec<_>>()),
+            Some(vec![json!("invite.created")])
+        );
         api.finish().await;
     }
 }

@@ -40,7 +40,12 @@ pub struct AdminApiSource {
 
 impl AdminApiSource {
     /// Follows `bubble`'s directory on the admin API at `base` (e.g. `http://127.0.0.1:8481`).
-    pub fn new(base: &str, bubble: &str, credential: BubbleCredential, interval: Duration) -> Result<Self, DirectoryError> {
+    pub fn new(
+        base: &str,
+        bubble: &str,
+        credential: BubbleCredential,
+        interval: Duration,
+    ) -> Result<Self, DirectoryError> {
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .build()

@@ -1,18 +1,23 @@
-//! `peerbubble`: the one binary. `peerbubble up` runs the all-in-one micro-node; other subcommands run one
-//! service or help a member try a bubble. It never handles a member's secrets except the key file a member
-//! asks it to create or use on their own machine.
+//! `peerbubble`: the one binary. `peerbubble up` runs the all-in-one micro-node (admin API + bubble-server on an
+//! embedded SQLite database); other subcommands run one service, or do what a member or an administrator does
+//! from a terminal. Member secrets exist only in key files a member creates on their own machine.
 
 #![forbid(unsafe_code)]
+
+mod admin;
+mod member;
+mod store_source;
 
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
-use peerbubble_bubble_server::{Config, FileSource, Server, SignalArgs};
-use peerbubble_peer::SignalClient;
-use peerbubble_proto::{IdentityKey, ServerFrame};
+use peerbubble_bubble_server::{AdminApiSource, BubbleCredential, Config, FileSource, Server, SignalArgs};
+use peerbubble_proto::IdentityKey;
+use serde_json::json;
 
 /// mimalloc: fewer cycles per allocation on the relay path than glibc's allocator (BENCHMARKS.md), and it
 /// returns memory to the system more readily on a long-running micro-node.
@@ -37,29 +42,69 @@ enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// All-in-one micro-node: everything on this machine, state in one data directory.
+    /// All-in-one micro-node: admin API and bubble-server on an embedded database, state in one directory.
     Up {
-        /// Where state lives (the bubble file; later the embedded database).
+        /// Where state lives (the SQLite database).
         #[arg(long, env = "PEERBUBBLE_DATA_DIR", default_value = ".peerbubble")]
         data_dir: PathBuf,
         /// Address for signaling, health and metrics.
         #[arg(long, env = "PEERBUBBLE_LISTEN", default_value = "127.0.0.1:8480")]
         listen: SocketAddr,
+        #[command(flatten)]
+        admin: admin::AdminArgs,
     },
     /// The bubble-server alone (signaling), as run per bubble in Kubernetes.
     BubbleServer {
         #[command(flatten)]
         args: SignalArgs,
     },
-    /// Makes a member identity key (kept on the member's device) and prints its public key for the bubble file.
+    /// The admin API alone.
+    AdminApi {
+        /// Where the default SQLite database lives.
+        #[arg(long, env = "PEERBUBBLE_DATA_DIR", default_value = ".peerbubble")]
+        data_dir: PathBuf,
+        #[command(flatten)]
+        admin: admin::AdminArgs,
+    },
+    /// Administrator: makes a one-time invite and prints its link.
+    Invite {
+        /// Admin API address.
+        #[arg(long, default_value = "http://127.0.0.1:8481")]
+        api: String,
+        /// Admin token (printed by `peerbubble up` or `peerbubble admin-api`).
+        #[arg(long, env = "PEERBUBBLE_ADMIN_TOKEN")]
+        token: String,
+        /// Bubble.
+        #[arg(long, default_value = "demo")]
+        bubble: String,
+        /// Name of the person invited.
+        #[arg(long)]
+        name: String,
+        /// Categories granted (repeat the flag).
+        #[arg(long = "category")]
+        categories: Vec<String>,
+    },
+    /// Member: makes an identity key on this machine and enrolls it with an invite link.
+    Enroll {
+        /// Admin API address.
+        #[arg(long, default_value = "http://127.0.0.1:8481")]
+        api: String,
+        /// The invite link (`…/enroll#<bubble>.<token>`).
+        #[arg(long)]
+        invite: String,
+        /// Where to keep the new secret key (created with owner-only permissions).
+        #[arg(long)]
+        key_out: PathBuf,
+    },
+    /// Makes a member identity key and prints its public key (for a hand-written bubble file).
     Keygen {
         /// Where to write the secret key (created with owner-only permissions; never overwritten).
         #[arg(long)]
         out: PathBuf,
     },
-    /// Connects to a bubble as a member and prints what the member may see: directory and presence.
+    /// Member: connects to a bubble and prints what the member may see: directory and presence.
     Connect {
-        /// The member's key file (from `keygen`).
+        /// The member's key file.
         #[arg(long)]
         key: PathBuf,
         /// Signaling URL.
@@ -73,20 +118,32 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logs(cli.log_format);
     match cli.command {
-        Command::Up { data_dir, listen } => up(&data_dir, listen).await,
-        Command::BubbleServer { args } => {
-            let config = Config::resolve(&args)?;
-            let source = FileSource::new(config.bubble_file.clone(), config.reload_interval);
-            run_until_signal(Server::start(config, source).await?).await
+        Command::Up { data_dir, listen, admin } => up(&data_dir, listen, &admin).await,
+        Command::BubbleServer { args } => bubble_server(&args).await,
+        Command::AdminApi { data_dir, admin } => {
+            std::fs::create_dir_all(&data_dir)?;
+            let running = admin::start(&admin, sqlite_url(&data_dir), format!("http://{}", admin.admin_listen)).await?;
+            say(&format!(
+                "admin API on http://{}\nadmin token (valid until restart): {}\n",
+                running.addr, running.bootstrap_token
+            ));
+            wait_for_signal().await;
+            Ok(())
         }
+        Command::Invite { api, token, bubble, name, categories } => {
+            let link = make_invite(&api, &token, &bubble, &name, &categories).await?;
+            say(&format!("{link}\n"));
+            Ok(())
+        }
+        Command::Enroll { api, invite, key_out } => member::enroll(&api, &invite, &key_out).await,
         Command::Keygen { out } => {
             let key = IdentityKey::generate()?;
-            write_secret(&out, &key)?;
+            member::write_secret(&out, &key)?;
             let public = key.public_key();
             say(&format!("public_key: {public}\nmember_id: {}\n", public.member_id()));
             Ok(())
         }
-        Command::Connect { key, url } => connect(&key, &url).await,
+        Command::Connect { key, url } => member::connect(&key, &url).await,
     }
 }
 
@@ -106,94 +163,133 @@ fn init_logs(format: LogFormat) {
 }
 
 /// Writes to standard output (the binary's user-facing channel; logs go to standard error).
-fn say(text: &str) {
+pub(crate) fn say(text: &str) {
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(text.as_bytes());
     let _ = out.flush();
 }
 
-fn write_secret(path: &Path, key: &IdentityKey) -> anyhow::Result<()> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        options.mode(0o600);
+fn sqlite_url(data_dir: &Path) -> String {
+    format!("sqlite://{}", data_dir.join("admin.db").display())
+}
+
+async fn bubble_server(args: &SignalArgs) -> anyhow::Result<()> {
+    let config = Config::resolve(args)?;
+    let server = match (&args.admin_api_url, &args.bubble, &args.bubble_credential_file) {
+        (Some(url), Some(bubble), Some(file)) => {
+            let secret = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+            let source = AdminApiSource::new(
+                url,
+                bubble,
+                BubbleCredential::new(secret.trim().to_owned()),
+                Duration::from_secs(1),
+            )?;
+            Server::start(config, source).await?
+        }
+        _ => {
+            let source = FileSource::new(config.bubble_file.clone(), config.reload_interval);
+            Server::start(config, source).await?
+        }
+    };
+    run_until_signal(server).await
+}
+
+async fn make_invite(
+    api: &str,
+    token: &str,
+    bubble: &str,
+    name: &str,
+    categories: &[String],
+) -> anyhow::Result<String> {
+    let response = reqwest::Client::new()
+        .post(format!("{}/api/v1/bubbles/{bubble}/invites", api.trim_end_matches('/')))
+        .bearer_auth(token)
+        .json(&json!({"display_name": name, "categories": categories}))
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the admin API at {api}"))?;
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    if !status.is_success() {
+        bail!("invite refused ({status}): {}", body["message"].as_str().unwrap_or("no reason given"));
     }
-    let mut file =
-        options.open(path).with_context(|| format!("cannot create key file {} (it must not exist)", path.display()))?;
-    file.write_all(key.to_seed_base64().as_bytes())?;
-    file.write_all(b"\n")?;
+    body["link"].as_str().map(str::to_owned).context("the admin API returned no link")
+}
+
+async fn admin_post(api: &str, token: &str, path: &str, body: serde_json::Value) -> anyhow::Result<()> {
+    let response = reqwest::Client::new().post(format!("{api}{path}")).bearer_auth(token).json(&body).send().await?;
+    if !response.status().is_success() {
+        bail!("{path}: {}", response.text().await.unwrap_or_default());
+    }
     Ok(())
 }
 
-fn read_key(path: &Path) -> anyhow::Result<IdentityKey> {
-    let text = zeroize_string(
-        std::fs::read_to_string(path).with_context(|| format!("cannot read key file {}", path.display()))?,
-    );
-    IdentityKey::from_seed_base64(&text).with_context(|| format!("{} is not a PeerBubble key file", path.display()))
-}
-
-fn zeroize_string(text: String) -> peerbubble_proto::identity::Zeroizing<String> {
-    peerbubble_proto::identity::Zeroizing::new(text)
-}
-
+const DEMO_BUBBLE: &str = "demo";
 const DEMO_MEMBERS: [(&str, &str, &str); 3] = [
     ("alice", "Alice (field team)", "field-team"),
     ("bob", "Bob (field team)", "field-team"),
     ("carol", "Carol (command)", "command"),
 ];
 
-/// First start of a micro-node: a demo bubble whose members' key files sit in `demo-keys/` — those files stand
-/// for the members' own devices; the server never reads them.
-fn init_demo(data_dir: &Path, bubble_file: &Path) -> anyhow::Result<()> {
-    let keys_dir = data_dir.join("demo-keys");
-    std::fs::create_dir_all(&keys_dir)?;
-    let mut yaml = String::from(
-        "# Demo bubble made by `peerbubble up`. Edit freely: the server reloads this file when it changes.\n\
-         bubble: demo\ndisplay_name: Demo bubble\ncategories:\n  - id: field-team\n    display_name: Field team\n\
-         \x20 - id: command\n    display_name: Command\n    sees: [field-team]\nmembers:\n",
-    );
-    for (name, display, category) in DEMO_MEMBERS {
-        let key = IdentityKey::generate()?;
-        write_secret(&keys_dir.join(format!("{name}.key")), &key)?;
-        yaml += &format!(
-            "  - public_key: {}\n    display_name: {display}\n    categories: [{category}]\n",
-            key.public_key()
-        );
-    }
-    std::fs::write(bubble_file, yaml)?;
-    Ok(())
-}
-
-async fn up(data_dir: &Path, listen: SocketAddr) -> anyhow::Result<()> {
+async fn up(data_dir: &Path, listen: SocketAddr, admin_args: &admin::AdminArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
-    let bubble_file = data_dir.join("bubble.yaml");
-    if !bubble_file.exists() {
-        init_demo(data_dir, &bubble_file)?;
+    let admin = admin::start(admin_args, sqlite_url(data_dir), format!("http://{listen}")).await?;
+    let api = format!("http://{}", admin.addr);
+    // First start: a demo bubble made through the admin API itself, with one invite per demo member.
+    let mut invites = Vec::new();
+    if !admin.store.list_bubbles().await?.iter().any(|b| b.id == DEMO_BUBBLE) {
+        let token = &admin.bootstrap_token;
+        admin_post(&api, token, "/api/v1/bubbles", json!({"id": DEMO_BUBBLE, "display_name": "Demo bubble"})).await?;
+        admin_post(
+            &api,
+            token,
+            "/api/v1/bubbles/demo/categories",
+            json!({"id": "field-team", "display_name": "Field team"}),
+        )
+        .await?;
+        admin_post(
+            &api,
+            token,
+            "/api/v1/bubbles/demo/categories",
+            json!({"id": "command", "display_name": "Command", "sees": ["field-team"]}),
+        )
+        .await?;
+        for (file, name, category) in DEMO_MEMBERS {
+            invites.push((file, make_invite(&api, token, DEMO_BUBBLE, name, &[category.to_owned()]).await?));
+        }
     }
-    let config = Config { listen, bubble_file: bubble_file.clone(), ..Config::default() };
-    let server = Server::start(config.clone(), FileSource::new(bubble_file.clone(), config.reload_interval)).await?;
+    let config = Config { listen, ..Config::default() };
+    let source = store_source::StoreSource::new(admin.store.clone(), DEMO_BUBBLE.into(), Duration::from_secs(1));
+    let server = Server::start(config, source).await?;
     let addr = server.local_addr();
     let exe = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "peerbubble".into());
-    let keys = data_dir.join("demo-keys");
-    say(&format!(
+    let mut text = format!(
         "\nPeerBubble micro-node is up (data in {data}).\n\n\
          \x20 signaling   ws://{addr}/v1/signal\n\
+         \x20 admin API   {api}\n\
+         \x20 admin token {token}   (valid until restart)\n\
          \x20 health      http://{addr}/healthz   http://{addr}/readyz\n\
-         \x20 metrics     http://{addr}/metrics\n\
-         \x20 bubble file {file} (edit it: members and categories reload live)\n\n\
-         Try it: in other terminals, connect demo members and watch need-to-know at work\n\
-         (Alice and Bob share the field team; Carol's command category sees the field team):\n\n\
-         \x20 {exe} connect --key {keys}/alice.key --url ws://{addr}/v1/signal\n\
-         \x20 {exe} connect --key {keys}/carol.key --url ws://{addr}/v1/signal\n\n\
-         The admin console, invites, the web client and TURN are not built yet (see README).\n\
-         Stop with Ctrl-C.\n",
+         \x20 metrics     http://{addr}/metrics\n\n",
         data = data_dir.display(),
-        file = bubble_file.display(),
-        keys = keys.display(),
-    ));
+        token = admin.bootstrap_token,
+    );
+    if invites.is_empty() {
+        text += &format!(
+            "Invite someone to the demo bubble:\n  {exe} invite --api {api} --token {token} --name \"Dan\" --category field-team\n\n",
+            token = admin.bootstrap_token
+        );
+    } else {
+        text += "Try it: enroll the demo members (keys are made on your machine), then connect them in other\n\
+                 terminals and watch need-to-know at work (Alice and Bob share the field team; Command sees it):\n\n";
+        for (file, link) in &invites {
+            text += &format!("  {exe} enroll --api {api} --invite '{link}' --key-out {file}.key\n");
+        }
+        text += &format!("\n  {exe} connect --key alice.key --url ws://{addr}/v1/signal\n");
+        text += "\nThe invites are single-use; make more with `peerbubble invite`.\n";
+    }
+    text += "The web console, OpenID Connect sign-in, the web client and TURN are not built yet (see README).\nStop with Ctrl-C.\n";
+    say(&text);
     run_until_signal(server).await
 }
 
@@ -217,75 +313,4 @@ async fn wait_for_signal() {
         }
     }
     let _ = tokio::signal::ctrl_c().await;
-}
-
-async fn connect(key: &Path, url: &str) -> anyhow::Result<()> {
-    let key = read_key(key)?;
-    let mut client = SignalClient::connect(url, &key).await?;
-    say(&format!("connected to bubble {:?} as {} (session {})\n", client.bubble(), client.member(), client.session()));
-    let show = |client: &SignalClient| {
-        let mut text = format!("directory ({} visible):\n", client.directory().len());
-        for entry in client.directory().values() {
-            let state = if entry.online { "online " } else { "offline" };
-            text += &format!("  {state} {} [{}] {}\n", entry.display_name, entry.categories.join(", "), entry.member);
-        }
-        say(&text);
-    };
-    show(&client);
-    let ping_every = std::time::Duration::from_millis(client.limits().idle_timeout_ms / 3);
-    let mut ticker = tokio::time::interval(ping_every);
-    ticker.tick().await;
-    loop {
-        tokio::select! {
-            frame = client.next() => match frame? {
-                ServerFrame::Presence { member, online } => {
-                    let name = client.directory().get(&member).map_or_else(|| member.to_string(), |e| e.display_name.clone());
-                    say(&format!("{name} is {}\n", if online { "online" } else { "offline" }));
-                }
-                ServerFrame::Directory { part, parts, .. } if part + 1 == parts => show(&client),
-                ServerFrame::Error { code, message, .. } => say(&format!("server: {}: {message}\n", code.as_str())),
-                _ => {}
-            },
-            _ = ticker.tick() => { client.ping().await?; }
-            _ = tokio::signal::ctrl_c() => { client.close().await?; return Ok(()); }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn key_files_are_private_and_never_overwritten() -> anyhow::Result<()> {
-        let dir = tempfile::tempdir()?;
-        let path = dir.path().join("me.key");
-        let key = IdentityKey::generate()?;
-        write_secret(&path, &key)?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt as _;
-            assert_eq!(std::fs::metadata(&path)?.permissions().mode() & 0o777, 0o600);
-        }
-        assert!(write_secret(&path, &IdentityKey::generate()?).is_err());
-        assert_eq!(read_key(&path)?.public_key(), key.public_key());
-        Ok(())
-    }
-
-    #[test]
-    fn demo_bubble_holds_public_keys_only() -> anyhow::Result<()> {
-        let dir = tempfile::tempdir()?;
-        let file = dir.path().join("bubble.yaml");
-        init_demo(dir.path(), &file)?;
-        let yaml = std::fs::read_to_string(&file)?;
-        let directory = peerbubble_bubble_server::Directory::from_yaml(yaml.as_bytes())?;
-        assert_eq!(directory.len(), 3);
-        for (name, _, _) in DEMO_MEMBERS {
-            let key = read_key(&dir.path().join("demo-keys").join(format!("{name}.key")))?;
-            assert!(yaml.contains(&key.public_key().to_string()));
-            // The secret seed never appears in the server's file.
-            assert!(!yaml.contains(key.to_seed_base64().as_str()));
-        }
-        Ok(())
-    }
 }

@@ -1,5 +1,6 @@
-//! `peerbubble up` as a newcomer runs it (through `cargo xtask run`): starts with no configuration, prints how to
-//! connect, serves the demo bubble, and stops cleanly on SIGTERM.
+//! `peerbubble up` as a newcomer runs it (through `cargo xtask run`): starts with no configuration on SQLite,
+//! prints the admin API, its token and demo invites; members enroll with keys made on their side, connect,
+//! see what they may see; a revoked member is dropped within seconds; SIGTERM stops everything cleanly.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{BufRead as _, BufReader};
@@ -7,47 +8,131 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use peerbubble_peer::SignalClient;
-use peerbubble_proto::IdentityKey;
+use peerbubble_proto::{ErrorCode, IdentityKey, ServerFrame};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn field(line: &str, label: &str) -> Option<String> {
+    line.trim().strip_prefix(label).map(|rest| rest.split_whitespace().next().unwrap_or_default().to_owned())
+}
+
+fn enroll(api: &str, link: &str, key: &std::path::Path) {
+    let out = Command::new(env!("CARGO_BIN_EXE_peerbubble"))
+        .args(["enroll", "--api", api, "--invite", link, "--key-out"])
+        .arg(key)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn names(client: &SignalClient) -> Vec<String> {
+    let mut names: Vec<_> = client.directory().values().map(|e| e.display_name.clone()).collect();
+    names.sort();
+    names
+}
 
 #[tokio::test]
-async fn up_serves_the_demo_bubble_and_stops_on_sigterm() {
+async fn up_enrolls_serves_revokes_and_stops() {
     let data = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_peerbubble"))
-        .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args(["up", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--data-dir"])
         .arg(data.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    // The banner names the signaling URL (with the port actually bound).
     let stdout = child.stdout.take().unwrap();
-    let url = tokio::task::spawn_blocking(move || {
-        let mut lines = BufReader::new(stdout).lines();
+    let banner = tokio::task::spawn_blocking(move || {
+        let mut lines = Vec::new();
+        for line in BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            let done = line.starts_with("Stop with Ctrl-C");
+            lines.push(line);
+            if done {
+                break;
+            }
+        }
         lines
-            .find_map(|l| l.ok().and_then(|l| l.trim().strip_prefix("signaling").map(|u| u.trim().to_owned())))
-            .expect("no signaling URL printed")
     })
     .await
     .unwrap();
-    assert!(url.starts_with("ws://127.0.0.1:") && url.ends_with("/v1/signal"), "{url}");
+    let find =
+        |label: &str| banner.iter().find_map(|l| field(l, label)).unwrap_or_else(|| panic!("no {label} in {banner:?}"));
+    let (url, api, token) = (find("signaling"), find("admin API"), find("admin token"));
+    let links: Vec<String> = banner
+        .iter()
+        .filter_map(|l| l.split('\'').nth(1))
+        .filter(|l| l.contains("/enroll#demo."))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(links.len(), 3, "{banner:?}");
 
-    let alice = std::fs::read_to_string(data.path().join("demo-keys/alice.key")).unwrap();
-    let alice = IdentityKey::from_seed_base64(&alice).unwrap();
-    let client =
-        tokio::time::timeout(Duration::from_secs(10), SignalClient::connect(&url, &alice)).await.unwrap().unwrap();
-    let mut names: Vec<_> = client.directory().values().map(|e| e.display_name.clone()).collect();
-    names.sort();
-    assert_eq!(names, ["Bob (field team)", "Carol (command)"]);
+    let keys = tempfile::tempdir().unwrap();
+    let key_file = |name: &str| keys.path().join(format!("{name}.key"));
+    enroll(&api, &links[0], &key_file("alice"));
+    enroll(&api, &links[2], &key_file("carol"));
+    // An invite is single-use.
+    let again = Command::new(env!("CARGO_BIN_EXE_peerbubble"))
+        .args(["enroll", "--api", &api, "--invite", &links[0], "--key-out"])
+        .arg(key_file("mallory"))
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("already used"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert!(!key_file("mallory").exists(), "a refused enrollment keeps no key");
 
-    // SIGTERM: the server tells clients to reconnect and exits successfully.
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-    assert!(status.success());
-    let mut client = client;
-    let notice = client.next_timeout(Duration::from_secs(10)).await.unwrap();
-    assert!(matches!(
-        notice,
-        peerbubble_proto::ServerFrame::Error { code: peerbubble_proto::ErrorCode::ServerShutdown, .. }
-    ));
+    let read = |name: &str| IdentityKey::from_seed_base64(&std::fs::read_to_string(key_file(name)).unwrap()).unwrap();
+    let alice = read("alice");
+    // The embedded bubble-server picks enrollments up from the store within its interval.
+    let mut client = loop {
+        match SignalClient::connect(&url, &alice).await {
+            Ok(client) => break client,
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    assert_eq!(names(&client), ["Carol (command)"]);
+    enroll(&api, &links[1], &key_file("bob"));
+    loop {
+        if let ServerFrame::Directory { .. } = client.next_timeout(WAIT).await.unwrap()
+            && names(&client) == ["Bob (field team)", "Carol (command)"]
+        {
+            break;
+        }
+    }
+
+    // Revocation: the admin revokes Alice; her session is closed within seconds.
+    let member = alice.public_key().member_id();
+    let status = reqwest::Client::new()
+        .post(format!("{api}/api/v1/bubbles/demo/members/{member}/revoke"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status.as_u16(), 204);
+    let code = loop {
+        match client.next_timeout(WAIT).await {
+            Ok(ServerFrame::Error { code, .. }) => break code,
+            Ok(_) => {}
+            Err(err) => panic!("{err}"),
+        }
+    };
+    assert_eq!(code, ErrorCode::MemberRemoved);
+
+    // SIGTERM: clients are told to reconnect, the process exits successfully.
+    let carol = SignalClient::connect(&url, &read("carol")).await.unwrap();
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    let mut carol = carol;
+    let notice = loop {
+        if let ServerFrame::Error { code, .. } = carol.next_timeout(WAIT).await.unwrap() {
+            break code;
+        }
+    };
+    assert_eq!(notice, ErrorCode::ServerShutdown);
     let exit = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
     assert!(exit.success(), "{exit}");
 }

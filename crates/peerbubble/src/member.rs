@@ -1,0 +1,122 @@
+//! What a member does from the command line: make a key, enroll with an invite, connect to a bubble. The secret
+//! key is made and kept here, on the member's machine; only the public key and a signature leave it.
+
+use std::io::Write as _;
+use std::path::Path;
+
+use anyhow::{Context as _, bail};
+use peerbubble_peer::SignalClient;
+use peerbubble_proto::{IdentityKey, Purpose, ServerFrame, enroll_message};
+
+use crate::say;
+
+pub fn write_secret(path: &Path, key: &IdentityKey) -> anyhow::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    let mut file =
+        options.open(path).with_context(|| format!("cannot create key file {} (it must not exist)", path.display()))?;
+    file.write_all(key.to_seed_base64().as_bytes())?;
+    file.write_all(b"\n")?;
+    Ok(())
+}
+
+pub fn read_key(path: &Path) -> anyhow::Result<IdentityKey> {
+    let text = peerbubble_proto::identity::Zeroizing::new(
+        std::fs::read_to_string(path).with_context(|| format!("cannot read key file {}", path.display()))?,
+    );
+    IdentityKey::from_seed_base64(&text).with_context(|| format!("{} is not a PeerBubble key file", path.display()))
+}
+
+/// Makes a key, proves possession to redeem the invite, and keeps the key in `key_out`.
+pub async fn enroll(api: &str, invite: &str, key_out: &Path) -> anyhow::Result<()> {
+    let Some((bubble, token)) = peerbubble_admin_api::parse_invite(invite) else {
+        bail!("not an invite link: expected …/enroll#<bubble>.<token>");
+    };
+    if key_out.exists() {
+        bail!("{} exists already; choose another file (one key per member per bubble)", key_out.display());
+    }
+    let key = IdentityKey::generate()?;
+    let public_key = key.public_key();
+    let signature = key.sign(Purpose::EnrollInvite, &enroll_message(bubble, token, &public_key));
+    let body =
+        serde_json::json!({"invite": token, "public_key": public_key.to_string(), "signature": signature.to_string()});
+    let response = reqwest::Client::new()
+        .post(format!("{}/api/v1/enroll", api.trim_end_matches('/')))
+        .json(&body)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the admin API at {api}"))?;
+    let status = response.status();
+    let answer: serde_json::Value = response.json().await.unwrap_or_default();
+    if !status.is_success() {
+        bail!("enrollment refused ({status}): {}", answer["message"].as_str().unwrap_or("no reason given"));
+    }
+    write_secret(key_out, &key)?;
+    say(&format!(
+        "enrolled in bubble {bubble} as {} (member {})\nkey kept in {} — it never left this machine\n",
+        answer["display_name"].as_str().unwrap_or("?"),
+        public_key.member_id(),
+        key_out.display()
+    ));
+    Ok(())
+}
+
+/// Connects and prints the directory slice and presence until Ctrl-C.
+pub async fn connect(key: &Path, url: &str) -> anyhow::Result<()> {
+    let key = read_key(key)?;
+    let mut client = SignalClient::connect(url, &key).await?;
+    say(&format!("connected to bubble {:?} as {} (session {})\n", client.bubble(), client.member(), client.session()));
+    let show = |client: &SignalClient| {
+        let mut text = format!("directory ({} visible):\n", client.directory().len());
+        for entry in client.directory().values() {
+            let state = if entry.online { "online " } else { "offline" };
+            text += &format!("  {state} {} [{}] {}\n", entry.display_name, entry.categories.join(", "), entry.member);
+        }
+        say(&text);
+    };
+    show(&client);
+    let ping_every = std::time::Duration::from_millis(client.limits().idle_timeout_ms / 3);
+    let mut ticker = tokio::time::interval(ping_every);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            frame = client.next() => match frame? {
+                ServerFrame::Presence { member, online } => {
+                    let name = client.directory().get(&member).map_or_else(|| member.to_string(), |e| e.display_name.clone());
+                    say(&format!("{name} is {}\n", if online { "online" } else { "offline" }));
+                }
+                ServerFrame::Directory { part, parts, .. } if part + 1 == parts => show(&client),
+                ServerFrame::Error { code, message, .. } => say(&format!("server: {}: {message}\n", code.as_str())),
+                _ => {}
+            },
+            _ = ticker.tick() => { client.ping().await?; }
+            _ = tokio::signal::ctrl_c() => { client.close().await?; return Ok(()); }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_files_are_private_and_never_overwritten() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("me.key");
+        let key = IdentityKey::generate()?;
+        write_secret(&path, &key)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            assert_eq!(std::fs::metadata(&path)?.permissions().mode() & 0o777, 0o600);
+        }
+        assert!(write_secret(&path, &IdentityKey::generate()?).is_err());
+        assert_eq!(read_key(&path)?.public_key(), key.public_key());
+        Ok(())
+    }
+}

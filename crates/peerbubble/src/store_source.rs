@@ -1,0 +1,44 @@
+//! The micro-node's directory source: the embedded bubble-server reads its bubble's directory straight from
+//! the admin API's store in the same process (no credential, no HTTP), checking for changes every interval.
+
+use std::time::Duration;
+
+use peerbubble_admin_api::Store;
+use peerbubble_bubble_server::{Directory, DirectoryError, DirectorySource};
+use sha2::{Digest as _, Sha256};
+
+/// Follows one bubble in the store.
+#[derive(Debug)]
+pub struct StoreSource {
+    store: Store,
+    bubble: String,
+    interval: Duration,
+}
+
+impl StoreSource {
+    pub fn new(store: Store, bubble: String, interval: Duration) -> Self {
+        Self { store, bubble, interval }
+    }
+}
+
+impl DirectorySource for StoreSource {
+    async fn load(&self, current: Option<&str>) -> Result<Option<Directory>, DirectoryError> {
+        let read_err = |reason: String| DirectoryError::Read { path: format!("store:{}", self.bubble).into(), reason };
+        let document = self.store.directory(&self.bubble).await.map_err(|e| read_err(e.to_string()))?;
+        let document = document.ok_or_else(|| read_err("no such bubble".into()))?;
+        let bytes = serde_json::to_vec(&document).map_err(|e| read_err(e.to_string()))?;
+        let version: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+        if current == Some(version.as_str()) {
+            return Ok(None);
+        }
+        Directory::compile(document, version).map(Some)
+    }
+
+    async fn changed(&self) {
+        tokio::time::sleep(self.interval).await;
+    }
+
+    fn describe(&self) -> String {
+        format!("embedded directory of bubble {}", self.bubble)
+    }
+}

@@ -1,0 +1,105 @@
+//! A bubble-server following its directory from the admin API with its bubble credential (the Kubernetes
+//! shape): members enrolled through the API can connect; the server keeps serving its last directory while the
+//! admin API is down; a wrong credential gets no directory at all.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use peerbubble_admin_api::{ApiState, Store, router, system_clock, token};
+use peerbubble_bubble_server::{AdminApiSource, BubbleCredential, Config, Server};
+use peerbubble_peer::SignalClient;
+use peerbubble_proto::limits::TokenBucket;
+use peerbubble_proto::{IdentityKey, Purpose, enroll_message};
+use serde_json::{Value, json};
+
+async fn post(http: &reqwest::Client, url: String, token: Option<&str>, body: Value) -> Value {
+    let mut req = http.post(url).json(&body);
+    if let Some(token) = token {
+        req = req.bearer_auth(token);
+    }
+    let res = req.send().await.unwrap();
+    assert!(res.status().is_success(), "{}", res.status());
+    res.json().await.unwrap_or(Value::Null)
+}
+
+#[tokio::test]
+async fn bubble_server_follows_the_admin_api_and_survives_its_outage() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::connect(&format!("sqlite://{}", dir.path().join("a.db").display())).await.unwrap();
+    let state = Arc::new(ApiState {
+        store,
+        admin_token_hash: token::hash_token("admin"),
+        public_url: "http://x".into(),
+        clock: system_clock(),
+        enroll_limiter: Mutex::new(TokenBucket::new(100, 100, Instant::now())),
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = format!("http://{}", listener.local_addr().unwrap());
+    let api_task = tokio::spawn(async move { axum::serve(listener, router(state)).await });
+
+    let http = reqwest::Client::new();
+    let bubble =
+        post(&http, format!("{api}/api/v1/bubbles"), Some("admin"), json!({"id": "ops", "display_name": "Ops"})).await;
+    let credential = bubble["credential"].as_str().unwrap().to_owned();
+    post(
+        &http,
+        format!("{api}/api/v1/bubbles/ops/categories"),
+        Some("admin"),
+        json!({"id": "team", "display_name": "Team"}),
+    )
+    .await;
+    let mut keys = Vec::new();
+    for name in ["Ann", "Bob"] {
+        let invite = post(
+            &http,
+            format!("{api}/api/v1/bubbles/ops/invites"),
+            Some("admin"),
+            json!({"display_name": name, "categories": ["team"]}),
+        )
+        .await;
+        let token = invite["token"].as_str().unwrap();
+        let key = IdentityKey::generate().unwrap();
+        let signature = key.sign(Purpose::EnrollInvite, &enroll_message("ops", token, &key.public_key()));
+        post(
+            &http,
+            format!("{api}/api/v1/enroll"),
+            None,
+            json!({"invite": token, "public_key": key.public_key().to_string(), "signature": signature.to_string()}),
+        )
+        .await;
+        keys.push(key);
+    }
+
+    let config = Config { listen: SocketAddr::from(([127, 0, 0, 1], 0)), ..Config::default() };
+    // A wrong credential: the server never gets a directory and stays unready.
+    let wrong =
+        AdminApiSource::new(&api, "ops", BubbleCredential::new("wrong".into()), Duration::from_millis(100)).unwrap();
+    let unready = Server::start(config.clone(), wrong).await.unwrap();
+    assert!(tokio::time::timeout(Duration::from_millis(500), unready.ready()).await.is_err());
+    assert!(unready.metrics_text().contains("peerbubble_signal_directory_reloads_total{result=\"error\"} 1"));
+    unready.shutdown().await.unwrap();
+
+    let source =
+        AdminApiSource::new(&api, "ops", BubbleCredential::new(credential.clone()), Duration::from_millis(100))
+            .unwrap();
+    assert!(!format!("{source:?}").contains(&credential), "the credential is redacted");
+    let server = Server::start(config, source).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), server.ready()).await.unwrap();
+    let url = format!("ws://{}/v1/signal", server.local_addr());
+    let ann = SignalClient::connect(&url, &keys[0]).await.unwrap();
+    assert_eq!(ann.directory().values().map(|e| e.display_name.as_str()).collect::<Vec<_>>(), ["Bob"]);
+
+    // The admin API goes away: the bubble keeps working on its last directory.
+    api_task.abort();
+    let _ = api_task.await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !server.metrics_text().contains("peerbubble_signal_directory_reloads_total{result=\"error\"} 1") {
+        assert!(Instant::now() < deadline, "the outage was not noticed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let bob = SignalClient::connect(&url, &keys[1]).await.unwrap();
+    assert_eq!(bob.directory().values().map(|e| e.display_name.as_str()).collect::<Vec<_>>(), ["Ann"]);
+    server.shutdown().await.unwrap();
+}
