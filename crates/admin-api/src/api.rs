@@ -11,6 +11,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use peerbubble_proto::health::{HealthReport, MAX_EVENTS_PER_REPORT, SessionEventKind};
 use peerbubble_proto::limits::{TokenBucket, is_valid_display_name, is_valid_id};
 use peerbubble_proto::{PublicKey, Purpose, Signature, enroll_message};
 use serde::de::DeserializeOwned;
@@ -162,6 +163,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/bubbles/{bubble}/members", get(list_members))
         .route("/api/v1/bubbles/{bubble}/members/{member}/revoke", post(revoke_member))
         .route("/api/v1/bubbles/{bubble}/directory", get(directory))
+        .route("/api/v1/bubbles/{bubble}/health", post(report_health).get(list_health))
         .route("/api/v1/audit", get(list_audit))
         .route("/api/v1/enroll", post(enroll))
         .route("/healthz", get(|| async { "ok" }))
@@ -445,6 +447,82 @@ async fn list_audit(
     require_admin(&state, &headers)?;
     let limit = query.limit.unwrap_or(100).clamp(1, 1000);
     Ok(Json(state.store.list_audit(query.bubble.as_deref(), limit).await?).into_response())
+}
+
+/// How long health samples are kept.
+pub const HEALTH_KEEP_SECS: i64 = 7 * 24 * 3600;
+
+async fn require_bubble(state: &ApiState, headers: &HeaderMap, bubble: &str) -> Result<(), ApiError> {
+    let Some(expected) = state.store.bubble_credential_hash(bubble).await? else {
+        return Err(ApiError::unauthorized());
+    };
+    match bearer(headers) {
+        Some(token) if crate::token::hashes_equal(&hash_token(token), &expected) => Ok(()),
+        _ => Err(ApiError::unauthorized()),
+    }
+}
+
+/// Stores a health report: counts into the bounded time series, session events into the audit trail.
+pub async fn record_health(store: &Store, bubble: &str, now: i64, report: &HealthReport) -> Result<(), StoreError> {
+    store.add_health(bubble, now, report, now - HEALTH_KEEP_SECS).await?;
+    for event in &report.events {
+        let action = match event.kind {
+            SessionEventKind::Opened => "session.opened",
+            SessionEventKind::Closed => "session.closed",
+        };
+        let audit_event = AuditEvent {
+            at: event.at,
+            bubble: Some(bubble.to_owned()),
+            actor: "bubble-server".into(),
+            action: action.into(),
+            detail: format!("member={}", event.member),
+        };
+        store.audit(&audit_event).await?;
+    }
+    if report.events_dropped > 0 {
+        let dropped = AuditEvent {
+            at: now,
+            bubble: Some(bubble.to_owned()),
+            actor: "bubble-server".into(),
+            action: "session.events_dropped".into(),
+            detail: format!("count={}", report.events_dropped),
+        };
+        store.audit(&dropped).await?;
+    }
+    Ok(())
+}
+
+/// A bubble-server reports its health and session events (its own bubble only, with its credential). Events
+/// become audit events; counts become a bounded time series.
+async fn report_health(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(bubble): Path<String>,
+    Body(report): Body<HealthReport>,
+) -> Result<StatusCode, ApiError> {
+    require_bubble(&state, &headers, &bubble).await?;
+    if report.events.len() > MAX_EVENTS_PER_REPORT {
+        return Err(ApiError::bad_request(format!("at most {MAX_EVENTS_PER_REPORT} events per report")));
+    }
+    record_health(&state.store, &bubble, (state.clock)(), &report).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HealthQuery {
+    since: Option<i64>,
+}
+
+async fn list_health(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(bubble): Path<String>,
+    Query(query): Query<HealthQuery>,
+) -> Result<Response, ApiError> {
+    require_admin(&state, &headers)?;
+    let since = query.since.unwrap_or_else(|| (state.clock)() - 24 * 3600);
+    Ok(Json(state.store.list_health(&bubble, since).await?).into_response())
 }
 
 /// A bubble-server follows its own bubble's directory, and only its own, with its bubble credential.

@@ -12,7 +12,7 @@ pub mod retention;
 pub mod store;
 pub mod token;
 
-pub use api::{ApiState, Clock, router, system_clock};
+pub use api::{ApiState, Clock, record_health, router, system_clock};
 pub use store::{Store, StoreError};
 
 /// Splits an invite link (`…/enroll#<bubble>.<token>`) or its fragment into bubble and token.

@@ -2,6 +2,7 @@
 //! the data dir) and PostgreSQL when `DATABASE_URL` says so. Tests run the same suite on both.
 
 use peerbubble_proto::directory::{BubbleFile, CategoryFile, MemberFile};
+use peerbubble_proto::health::HealthReport;
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Row as _};
 
@@ -130,6 +131,31 @@ pub struct AuditEvent {
     pub action: String,
     /// Details (ids and names, never keys, tokens or content).
     pub detail: String,
+}
+
+/// One health sample of a bubble.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct HealthSample {
+    /// Unix seconds.
+    pub at: i64,
+    /// Members online.
+    pub online_members: i64,
+    /// Sessions.
+    pub sessions: i64,
+    /// Connections.
+    pub connections: i64,
+    /// Envelopes relayed since the server started.
+    pub envelopes_relayed: i64,
+    /// Envelopes refused since the server started.
+    pub envelopes_refused: i64,
+    /// Refused authentications since the server started.
+    pub auth_failures: i64,
+    /// TURN allocations.
+    pub turn_allocations: i64,
+}
+
+fn clamp(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 /// The admin API's database.
@@ -467,6 +493,66 @@ impl Store {
                     actor: r.try_get(2)?,
                     action: r.try_get(3)?,
                     detail: r.try_get(4)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Stores a health sample and drops the bubble's samples older than `keep_since`.
+    pub async fn add_health(
+        &self,
+        bubble: &str,
+        at: i64,
+        report: &HealthReport,
+        keep_since: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO health_samples (bubble_id, at, online_members, sessions, connections, envelopes_relayed, \
+             envelopes_refused, auth_failures, turn_allocations) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(bubble)
+        .bind(at)
+        .bind(i64::from(report.online_members))
+        .bind(i64::from(report.sessions))
+        .bind(i64::from(report.connections))
+        .bind(clamp(report.envelopes_relayed))
+        .bind(clamp(report.envelopes_refused))
+        .bind(clamp(report.auth_failures))
+        .bind(i64::from(report.turn_allocations))
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| classify(e, "health sample"))?;
+        sqlx::query("DELETE FROM health_samples WHERE bubble_id = $1 AND at < $2")
+            .bind(bubble)
+            .bind(keep_since)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The bubble's health samples since `since`, oldest first.
+    pub async fn list_health(&self, bubble: &str, since: i64) -> Result<Vec<HealthSample>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT at, online_members, sessions, connections, envelopes_relayed, envelopes_refused, auth_failures, \
+             turn_allocations FROM health_samples WHERE bubble_id = $1 AND at >= $2 ORDER BY at",
+        )
+        .bind(bubble)
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(HealthSample {
+                    at: r.try_get(0)?,
+                    online_members: r.try_get(1)?,
+                    sessions: r.try_get(2)?,
+                    connections: r.try_get(3)?,
+                    envelopes_relayed: r.try_get(4)?,
+                    envelopes_refused: r.try_get(5)?,
+                    auth_failures: r.try_get(6)?,
+                    turn_allocations: r.try_get(7)?,
                 })
             })
             .collect()

@@ -378,3 +378,54 @@ async fn audit_retention_deletes_old_events_only() {
         api.finish().await;
     }
 }
+
+#[tokio::test]
+async fn bubble_servers_report_health_and_session_events() {
+    for (backend, api) in backends(100).await {
+        let credential = setup(&api).await;
+        let member = IdentityKey::generate().unwrap().public_key().member_id();
+        let report = |online: u32, events: usize| {
+            json!({
+                "online_members": online, "sessions": online, "connections": online, "envelopes_relayed": 10,
+                "envelopes_refused": 1, "auth_failures": 2, "turn_allocations": 0,
+                "events": (0..events).map(|i| json!({"at": 1_800_000_000 + i as i64, "member": member.to_string(), "kind": if i % 2 == 0 { "opened" } else { "closed" }})).collect::<Vec<_>>(),
+                "events_dropped": 0
+            })
+        };
+        // Only with this bubble's credential.
+        for token in [None, Some(ADMIN)] {
+            assert_eq!(api.post("/api/v1/bubbles/ops/health", token, report(1, 0)).await.0, StatusCode::UNAUTHORIZED);
+        }
+        assert_eq!(
+            api.post("/api/v1/bubbles/ops/health", Some(&credential), report(3, 2)).await.0,
+            StatusCode::NO_CONTENT,
+            "{backend}"
+        );
+        let (_, samples) = api.get("/api/v1/bubbles/ops/health", Some(ADMIN)).await;
+        assert_eq!(samples[0]["online_members"], 3, "{backend}: {samples}");
+        assert_eq!(samples[0]["envelopes_relayed"], 10);
+        let (_, events) = api.get("/api/v1/audit?bubble=ops", Some(ADMIN)).await;
+        let sessions: Vec<&str> = events
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| e["action"].as_str())
+            .filter(|a| a.starts_with("session."))
+            .collect();
+        assert_eq!(sessions.len(), 2, "{backend}: {events}");
+        // Unknown fields and oversized reports are refused.
+        let mut bad = report(1, 0);
+        bad["plaintext"] = json!("x");
+        assert_eq!(api.post("/api/v1/bubbles/ops/health", Some(&credential), bad).await.0, StatusCode::BAD_REQUEST);
+        // A week later, the old sample is gone when a new one arrives (bounded series).
+        api.now.fetch_add(8 * 24 * 3600, Ordering::SeqCst);
+        assert_eq!(
+            api.post("/api/v1/bubbles/ops/health", Some(&credential), report(5, 0)).await.0,
+            StatusCode::NO_CONTENT
+        );
+        let (_, samples) = api.get("/api/v1/bubbles/ops/health?since=0", Some(ADMIN)).await;
+        assert_eq!(samples.as_array().map(Vec::len), Some(1), "{backend}: {samples}");
+        assert_eq!(samples[0]["online_members"], 5);
+        api.finish().await;
+    }
+}

@@ -20,6 +20,10 @@ impl BubbleCredential {
     pub fn new(secret: String) -> Self {
         Self(secret)
     }
+
+    pub(crate) fn secret(&self) -> &str {
+        &self.0
+    }
 }
 
 impl std::fmt::Debug for BubbleCredential {
@@ -61,7 +65,7 @@ impl AdminApiSource {
 
 impl DirectorySource for AdminApiSource {
     async fn load(&self, current: Option<&str>) -> Result<Option<Directory>, DirectoryError> {
-        let mut request = self.client.get(&self.url).bearer_auth(&self.credential.0);
+        let mut request = self.client.get(&self.url).bearer_auth(self.credential.secret());
         let known = self.etag.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if let (Some(etag), Some(_)) = (&known, current) {
             request = request.header(IF_NONE_MATCH, etag);

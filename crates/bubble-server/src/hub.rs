@@ -1,12 +1,13 @@
 //! Who is online, and the routes between them: sessions per member, presence fan-out scoped by the directory,
 //! and envelope delivery with per-session byte budgets (a slow reader never grows server memory unboundedly).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::Utf8Bytes;
+use peerbubble_proto::health::{MAX_EVENTS_PER_REPORT, SessionEvent, SessionEventKind};
 use peerbubble_proto::{
     DirectoryEntry, ErrorCode, MemberId, Opaque, ServerFrame, SessionId, encode_deliver, encode_frame,
 };
@@ -15,6 +16,9 @@ use tokio::sync::{mpsc, watch};
 use crate::directory::Directory;
 use crate::metrics::Metrics;
 use crate::session::TokenBucket;
+
+/// Session events kept for health reports while the admin API cannot take them.
+const EVENT_BUFFER: usize = 10_000;
 
 /// What a connection's writer task sends.
 #[derive(Debug)]
@@ -101,6 +105,8 @@ pub(crate) struct Hub {
     member_rate: u32,
     max_frame_bytes: usize,
     metrics: Metrics,
+    /// Session events since the last health report (bounded).
+    events: Mutex<(VecDeque<SessionEvent>, u64)>,
     /// The newest directory. Presence and slices always use it, never a connection's older snapshot: during
     /// a reload, a member who just became visible must also be told when it leaves.
     directory: watch::Receiver<Option<Arc<Directory>>>,
@@ -115,6 +121,7 @@ impl Hub {
         directory: watch::Receiver<Option<Arc<Directory>>>,
     ) -> Self {
         Self {
+            events: Mutex::new((VecDeque::new(), 0)),
             directory,
             members: RwLock::new(HashMap::new()),
             next_session: AtomicU64::new(1),
@@ -123,6 +130,39 @@ impl Hub {
             max_frame_bytes,
             metrics,
         }
+    }
+
+    fn record(&self, member: MemberId, kind: SessionEventKind) {
+        let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+        let mut events = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        if events.0.len() >= EVENT_BUFFER {
+            events.0.pop_front();
+            events.1 += 1;
+        }
+        events.0.push_back(SessionEvent { at, member, kind });
+    }
+
+    /// Takes the oldest session events (at most one report's worth), and how many were dropped.
+    pub fn take_events(&self) -> (Vec<SessionEvent>, u64) {
+        let mut events = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        let dropped = std::mem::take(&mut events.1);
+        let n = events.0.len().min(MAX_EVENTS_PER_REPORT);
+        (events.0.drain(..n).collect(), dropped)
+    }
+
+    /// Puts back events a report could not deliver (oldest first, within the bound).
+    pub fn restore_events(&self, mut back: Vec<SessionEvent>, dropped: u64) {
+        let mut events = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        back.extend(events.0.drain(..));
+        let excess = back.len().saturating_sub(EVENT_BUFFER);
+        events.1 += dropped + excess as u64;
+        events.0 = back.into_iter().skip(excess).collect();
+    }
+
+    /// (members online, sessions).
+    pub fn counts(&self) -> (u32, u32) {
+        let map = self.read();
+        (map.len() as u32, map.values().map(|e| e.sessions.len() as u32).sum())
     }
 
     fn latest(&self) -> Option<Arc<Directory>> {
@@ -172,6 +212,8 @@ impl Hub {
             fan_out_presence(&map, &directory, member, true);
         }
         self.metrics.sessions().inc();
+        drop(map);
+        self.record(member, SessionEventKind::Opened);
         Ok(id)
     }
 
@@ -192,6 +234,8 @@ impl Hub {
                 fan_out_presence(&map, &directory, member, false);
             }
         }
+        drop(map);
+        self.record(member, SessionEventKind::Closed);
     }
 
     /// Queues the member's current directory slice, with current presence, to `handle`. Under the lock, so
@@ -330,5 +374,34 @@ mod tests {
         }
         assert_eq!(seen, 500);
         assert_eq!(directory_frames(Vec::new(), 8192).len(), 1, "an empty directory is still sent");
+    }
+}
+
+#[cfg(test)]
+mod event_tests {
+    use super::*;
+    use peerbubble_proto::IdentityKey;
+
+    #[test]
+    fn session_events_are_bounded_and_reported_in_chunks() {
+        let (_tx, rx) = watch::channel(None);
+        let hub = Hub::new(4, 10, 4096, Metrics::new(), rx);
+        let member = IdentityKey::from_seed(&[1; 32]).public_key().member_id();
+        for _ in 0..EVENT_BUFFER + 5 {
+            hub.record(member, SessionEventKind::Opened);
+        }
+        let (first, dropped) = hub.take_events();
+        assert_eq!((first.len(), dropped), (MAX_EVENTS_PER_REPORT, 5));
+        // Undelivered: put back, still within the bound, nothing lost but the overflow.
+        hub.restore_events(first, 0);
+        let mut total = 0;
+        loop {
+            let (chunk, _) = hub.take_events();
+            if chunk.is_empty() {
+                break;
+            }
+            total += chunk.len();
+        }
+        assert_eq!(total, EVENT_BUFFER);
     }
 }

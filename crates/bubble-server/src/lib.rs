@@ -15,6 +15,7 @@ pub mod config;
 pub mod directory;
 mod hub;
 pub mod metrics;
+pub mod reporter;
 mod server;
 pub mod session;
 
@@ -27,4 +28,5 @@ pub const LOG_REDACTIONS: &[&str] =
 pub use admin_source::{AdminApiSource, BubbleCredential};
 pub use config::{Config, ConfigError, SignalArgs};
 pub use directory::{Directory, DirectoryError, DirectorySource, FileSource};
-pub use server::{Server, ServerError};
+pub use reporter::{AdminApiReporter, HealthSink, spawn_reporter};
+pub use server::{HealthHandle, Server, ServerError};

@@ -25,6 +25,8 @@ struct Inner {
     auth_failures: Labeled,
     envelopes_relayed: Counter,
     envelopes_refused: Labeled,
+    refused_total: Counter,
+    auth_failures_total: Counter,
     bytes_in: Counter,
     bytes_out: Counter,
     frame_errors: Labeled,
@@ -48,6 +50,7 @@ impl Metrics {
         let auth_failures = Labeled::default();
         let envelopes_relayed = Counter::default();
         let envelopes_refused = Labeled::default();
+        let (refused_total, auth_failures_total) = (Counter::default(), Counter::default());
         let bytes = Labeled::default();
         // The hot path increments these two without a label lookup.
         let bytes_in = bytes.get_or_create(&vec![("direction", "in")]).clone();
@@ -74,6 +77,8 @@ impl Metrics {
                 auth_failures,
                 envelopes_relayed,
                 envelopes_refused,
+                refused_total,
+                auth_failures_total,
                 bytes_in,
                 bytes_out,
                 frame_errors,
@@ -100,12 +105,24 @@ impl Metrics {
     }
     pub(crate) fn auth_failure(&self, reason: &'static str) {
         self.inner.auth_failures.get_or_create(&vec![("reason", reason)]).inc();
+        self.inner.auth_failures_total.inc();
     }
     pub(crate) fn relayed(&self, sessions: u64) {
         self.inner.envelopes_relayed.inc_by(sessions);
     }
     pub(crate) fn refused(&self, reason: &'static str) {
         self.inner.envelopes_refused.get_or_create(&vec![("reason", reason)]).inc();
+        self.inner.refused_total.inc();
+    }
+
+    /// (connections, envelopes relayed, envelopes refused, auth failures) for health reports.
+    pub(crate) fn counts(&self) -> (u32, u64, u64, u64) {
+        (
+            self.inner.connections.get().max(0) as u32,
+            self.inner.envelopes_relayed.get(),
+            self.inner.refused_total.get(),
+            self.inner.auth_failures_total.get(),
+        )
     }
     pub(crate) fn bytes_in(&self, n: usize) {
         self.inner.bytes_in.inc_by(n as u64);

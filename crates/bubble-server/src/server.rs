@@ -160,6 +160,11 @@ impl Server {
         let _ = rx.wait_for(Option::is_some).await;
     }
 
+    /// A handle for health reports (counts and session events), usable after the server moves.
+    pub fn health(&self) -> HealthHandle {
+        HealthHandle(self.state.0.clone())
+    }
+
     /// The metrics, in text exposition format.
     pub fn metrics_text(&self) -> String {
         self.state.0.metrics.encode()
@@ -180,6 +185,42 @@ impl Server {
             Ok(Ok(result)) => result.map_err(ServerError::Serve),
             _ => Ok(()),
         }
+    }
+}
+
+/// Reads the server's health for reports.
+#[derive(Clone)]
+pub struct HealthHandle(Arc<AppState>);
+
+impl std::fmt::Debug for HealthHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HealthHandle")
+    }
+}
+
+impl HealthHandle {
+    /// Current counts, and the session events since the last report.
+    pub fn report(&self) -> peerbubble_proto::health::HealthReport {
+        let state = &self.0;
+        let (online_members, sessions) = state.hub.counts();
+        let (connections, envelopes_relayed, envelopes_refused, auth_failures) = state.metrics.counts();
+        let (events, events_dropped) = state.hub.take_events();
+        peerbubble_proto::health::HealthReport {
+            online_members,
+            sessions,
+            connections,
+            envelopes_relayed,
+            envelopes_refused,
+            auth_failures,
+            turn_allocations: 0,
+            events,
+            events_dropped,
+        }
+    }
+
+    /// Gives back the events of a report that could not be delivered.
+    pub fn restore(&self, report: peerbubble_proto::health::HealthReport) {
+        self.0.hub.restore_events(report.events, report.events_dropped);
     }
 }
 

@@ -225,6 +225,8 @@ async fn admin_post(api: &str, token: &str, path: &str, body: serde_json::Value)
 }
 
 const DEMO_BUBBLE: &str = "demo";
+/// How often bubble-servers report health and session events.
+const REPORT_INTERVAL: Duration = Duration::from_secs(10);
 const DEMO_MEMBERS: [(&str, &str, &str); 3] = [
     ("alice", "Alice (field team)", "field-team"),
     ("bob", "Bob (field team)", "field-team"),
@@ -262,6 +264,11 @@ async fn up(data_dir: &Path, listen: SocketAddr, admin_args: &admin::AdminArgs) 
     let config = Config { listen, ..Config::default() };
     let source = store_source::StoreSource::new(admin.store.clone(), DEMO_BUBBLE.into(), Duration::from_secs(1));
     let server = Server::start(config, source).await?;
+    peerbubble_bubble_server::spawn_reporter(
+        server.health(),
+        store_source::StoreSink::new(admin.store.clone(), DEMO_BUBBLE.into()),
+        REPORT_INTERVAL,
+    );
     let addr = server.local_addr();
     let exe = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "peerbubble".into());
     let mut text = format!(

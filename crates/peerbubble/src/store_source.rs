@@ -42,3 +42,23 @@ impl DirectorySource for StoreSource {
         format!("embedded directory of bubble {}", self.bubble)
     }
 }
+
+/// The micro-node's health sink: reports go straight into the store.
+#[derive(Debug)]
+pub struct StoreSink {
+    store: Store,
+    bubble: String,
+}
+
+impl StoreSink {
+    pub fn new(store: Store, bubble: String) -> Self {
+        Self { store, bubble }
+    }
+}
+
+impl peerbubble_bubble_server::HealthSink for StoreSink {
+    async fn send(&self, report: &peerbubble_proto::health::HealthReport) -> Result<(), String> {
+        let now = (peerbubble_admin_api::system_clock())();
+        peerbubble_admin_api::record_health(&self.store, &self.bubble, now, report).await.map_err(|e| e.to_string())
+    }
+}

@@ -91,6 +91,42 @@ async fn bubble_server_follows_the_admin_api_and_survives_its_outage() {
     let ann = SignalClient::connect(&url, &keys[0]).await.unwrap();
     assert_eq!(ann.directory().values().map(|e| e.display_name.as_str()).collect::<Vec<_>>(), ["Bob"]);
 
+    // Health and session events reach the admin API.
+    let _reporter = peerbubble_bubble_server::spawn_reporter(
+        server.health(),
+        peerbubble_bubble_server::AdminApiReporter::new(&api, "ops", BubbleCredential::new(credential.clone())),
+        Duration::from_millis(100),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let samples: Value = http
+            .get(format!("{api}/api/v1/bubbles/ops/health"))
+            .bearer_auth("admin")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let events: Value = http
+            .get(format!("{api}/api/v1/audit?bubble=ops"))
+            .bearer_auth("admin")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let opened = events.as_array().unwrap().iter().any(|e| {
+            e["action"] == "session.opened" && e["detail"] == format!("member={}", keys[0].public_key().member_id())
+        });
+        if samples.as_array().is_some_and(|s| s.iter().any(|s| s["online_members"] == 1)) && opened {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no health report arrived: {samples} {events}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
     // The admin API goes away: the bubble keeps working on its last directory.
     api_task.abort();
     let _ = api_task.await;

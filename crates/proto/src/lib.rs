@@ -14,6 +14,7 @@ pub mod codec;
 pub mod directory;
 pub mod error_code;
 pub mod frame;
+pub mod health;
 pub mod identity;
 pub mod limits;
 pub mod opaque;
