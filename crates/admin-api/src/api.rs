@@ -17,6 +17,7 @@ use peerbubble_proto::{PublicKey, Purpose, Signature, enroll_message};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::auth::{Role, Scope, principal};
 use crate::store::{AuditEvent, InviteRefusal, NewInvite, Store, StoreError};
 use crate::token::{hash_token, random_token};
 
@@ -62,13 +63,13 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self { status, code, message: message.into() }
     }
     fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
     }
-    fn unauthorized() -> Self {
+    pub(crate) fn unauthorized() -> Self {
         Self::new(StatusCode::UNAUTHORIZED, "unauthorized", "send `Authorization: Bearer <token>` with a valid token")
     }
 }
@@ -126,15 +127,8 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
     }
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ")
-}
-
-fn require_admin(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
-    match bearer(headers) {
-        Some(token) if crate::token::hashes_equal(&hash_token(token), &state.admin_token_hash) => Ok(()),
-        _ => Err(ApiError::unauthorized()),
-    }
 }
 
 async fn audit(
@@ -165,6 +159,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/bubbles/{bubble}/directory", get(directory))
         .route("/api/v1/bubbles/{bubble}/health", post(report_health).get(list_health))
         .route("/api/v1/audit", get(list_audit))
+        .route("/api/v1/tokens", post(create_token))
         .route("/api/v1/enroll", post(enroll))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -216,19 +211,21 @@ async fn create_bubble(
     headers: HeaderMap,
     Body(req): Body<CreateBubble>,
 ) -> Result<(StatusCode, Json<CreatedBubble>), ApiError> {
-    require_admin(&state, &headers)?;
+    let who = principal(&state, &headers).await?;
+    who.organisation_admin()?;
     check_id(&req.id, "id")?;
     check_name(&req.display_name)?;
     let credential =
         random_token().map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "no randomness"))?;
     state.store.create_bubble(&req.id, &req.display_name, &hash_token(&credential), (state.clock)()).await?;
-    audit(&state, Some(&req.id), "admin", "bubble.created", format!("display_name={}", req.display_name)).await?;
+    audit(&state, Some(&req.id), &who.actor(), "bubble.created", format!("display_name={}", req.display_name)).await?;
     Ok((StatusCode::CREATED, Json(CreatedBubble { id: req.id, display_name: req.display_name, credential })))
 }
 
 async fn list_bubbles(State(state): State<Arc<ApiState>>, headers: HeaderMap) -> Result<Response, ApiError> {
-    require_admin(&state, &headers)?;
-    Ok(Json(state.store.list_bubbles().await?).into_response())
+    let who = principal(&state, &headers).await?;
+    let visible: Vec<_> = state.store.list_bubbles().await?.into_iter().filter(|b| who.covers(&b.id)).collect();
+    Ok(Json(visible).into_response())
 }
 
 #[derive(Deserialize)]
@@ -246,7 +243,8 @@ async fn create_category(
     Path(bubble): Path<String>,
     Body(req): Body<CreateCategory>,
 ) -> Result<StatusCode, ApiError> {
-    require_admin(&state, &headers)?;
+    let who = principal(&state, &headers).await?;
+    who.write(&bubble)?;
     check_id(&req.id, "id")?;
     check_name(&req.display_name)?;
     for seen in &req.sees {
@@ -256,8 +254,14 @@ async fn create_category(
         return Err(ApiError::bad_request("a category may see at most 64 others"));
     }
     state.store.create_category(&bubble, &req.id, &req.display_name, &req.sees).await?;
-    audit(&state, Some(&bubble), "admin", "category.created", format!("id={} sees={}", req.id, req.sees.join(",")))
-        .await?;
+    audit(
+        &state,
+        Some(&bubble),
+        &who.actor(),
+        "category.created",
+        format!("id={} sees={}", req.id, req.sees.join(",")),
+    )
+    .await?;
     Ok(StatusCode::CREATED)
 }
 
@@ -266,7 +270,7 @@ async fn list_categories(
     headers: HeaderMap,
     Path(bubble): Path<String>,
 ) -> Result<Response, ApiError> {
-    require_admin(&state, &headers)?;
+    principal(&state, &headers).await?.read(&bubble)?;
     Ok(Json(state.store.list_categories(&bubble).await?).into_response())
 }
 
@@ -300,7 +304,8 @@ async fn create_invite(
     Path(bubble): Path<String>,
     Body(req): Body<CreateInvite>,
 ) -> Result<(StatusCode, Json<CreatedInvite>), ApiError> {
-    require_admin(&state, &headers)?;
+    let who = principal(&state, &headers).await?;
+    who.write(&bubble)?;
     check_name(&req.display_name)?;
     if !(1..=MAX_INVITE_SECS).contains(&req.expires_in_secs) {
         return Err(ApiError::bad_request(format!("expires_in_secs must be between 1 and {MAX_INVITE_SECS}")));
@@ -337,7 +342,7 @@ async fn create_invite(
     audit(
         &state,
         Some(&bubble),
-        "admin",
+        &who.actor(),
         "invite.created",
         format!("for={} categories={}", req.display_name, req.categories.join(",")),
     )
@@ -415,7 +420,7 @@ async fn list_members(
     headers: HeaderMap,
     Path(bubble): Path<String>,
 ) -> Result<Response, ApiError> {
-    require_admin(&state, &headers)?;
+    principal(&state, &headers).await?.read(&bubble)?;
     Ok(Json(state.store.list_members(&bubble).await?).into_response())
 }
 
@@ -424,11 +429,12 @@ async fn revoke_member(
     headers: HeaderMap,
     Path((bubble, member)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    require_admin(&state, &headers)?;
+    let who = principal(&state, &headers).await?;
+    who.write(&bubble)?;
     if !state.store.revoke_member(&bubble, &member, (state.clock)()).await? {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", "no active member with this id in this bubble"));
     }
-    audit(&state, Some(&bubble), "admin", "member.revoked", format!("member={member}")).await?;
+    audit(&state, Some(&bubble), &who.actor(), "member.revoked", format!("member={member}")).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -444,7 +450,14 @@ async fn list_audit(
     headers: HeaderMap,
     Query(query): Query<AuditQuery>,
 ) -> Result<Response, ApiError> {
-    require_admin(&state, &headers)?;
+    let who = principal(&state, &headers).await?;
+    match query.bubble.as_deref() {
+        Some(bubble) => who.read(bubble)?,
+        None if who.scope == Scope::All => {}
+        None => {
+            return Err(ApiError::bad_request("name a bubble (?bubble=...): your scope is limited to some bubbles"));
+        }
+    }
     let limit = query.limit.unwrap_or(100).clamp(1, 1000);
     Ok(Json(state.store.list_audit(query.bubble.as_deref(), limit).await?).into_response())
 }
@@ -520,7 +533,7 @@ async fn list_health(
     Path(bubble): Path<String>,
     Query(query): Query<HealthQuery>,
 ) -> Result<Response, ApiError> {
-    require_admin(&state, &headers)?;
+    principal(&state, &headers).await?.read(&bubble)?;
     let since = query.since.unwrap_or_else(|| (state.clock)() - 24 * 3600);
     Ok(Json(state.store.list_health(&bubble, since).await?).into_response())
 }
@@ -553,4 +566,58 @@ async fn directory(
 fn hash_token_bytes(bytes: &[u8]) -> String {
     use sha2::{Digest as _, Sha256};
     Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateToken {
+    name: String,
+    role: String,
+    /// `["*"]` for every bubble, else bubble ids.
+    bubbles: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct CreatedToken {
+    /// Shown once; only its hash is stored.
+    token: String,
+}
+
+/// Issues a scoped token for an administrator of some bubbles, or an auditor.
+async fn create_token(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Body(req): Body<CreateToken>,
+) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
+    let who = principal(&state, &headers).await?;
+    who.organisation_admin()?;
+    check_name(&req.name)?;
+    let role = match req.role.as_str() {
+        "admin" => Role::Admin,
+        "auditor" => Role::Auditor,
+        _ => return Err(ApiError::bad_request("role must be admin or auditor")),
+    };
+    let bubbles = if req.bubbles == ["*"] {
+        "*".to_owned()
+    } else {
+        if req.bubbles.is_empty() || req.bubbles.len() > 256 {
+            return Err(ApiError::bad_request("bubbles must be [\"*\"] or 1-256 bubble ids"));
+        }
+        for bubble in &req.bubbles {
+            check_id(bubble, "bubbles")?;
+        }
+        req.bubbles.join(",")
+    };
+    let token =
+        random_token().map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "no randomness"))?;
+    state.store.create_api_token(&hash_token(&token), &req.name, role.as_str(), &bubbles, (state.clock)()).await?;
+    audit(
+        &state,
+        None,
+        &who.actor(),
+        "token.created",
+        format!("name={} role={} bubbles={bubbles}", req.name, role.as_str()),
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(CreatedToken { token })))
 }

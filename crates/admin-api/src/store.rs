@@ -558,6 +558,36 @@ impl Store {
             .collect()
     }
 
+    /// Stores a scoped API token (its hash).
+    pub async fn create_api_token(
+        &self,
+        token_hash: &str,
+        name: &str,
+        role: &str,
+        bubbles: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO api_tokens (token_hash, name, role, bubbles, created_at) VALUES ($1, $2, $3, $4, $5)")
+            .bind(token_hash)
+            .bind(name)
+            .bind(role)
+            .bind(bubbles)
+            .bind(now)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| classify(e, "token"))?;
+        Ok(())
+    }
+
+    /// (name, role, bubbles) of the API token with this hash.
+    pub async fn api_token(&self, token_hash: &str) -> Result<Option<(String, String, String)>, StoreError> {
+        let row = sqlx::query("SELECT name, role, bubbles FROM api_tokens WHERE token_hash = $1")
+            .bind(token_hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| Ok::<_, sqlx::Error>((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?))).transpose()?)
+    }
+
     /// Deletes audit events older than `before` (retention); returns how many.
     pub async fn prune_audit(&self, before: i64) -> Result<u64, StoreError> {
         Ok(sqlx::query("DELETE FROM audit_events WHERE at < $1")
