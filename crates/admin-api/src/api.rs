@@ -190,6 +190,12 @@ struct CreatedBubble {
     credential: String,
 }
 
+/// A new secret for a caller, or 503 if the system has no randomness to give.
+fn fresh_token() -> Result<String, ApiError> {
+    random_token()
+        .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "no secure randomness; retry"))
+}
+
 fn check_id(id: &str, what: &str) -> Result<(), ApiError> {
     if is_valid_id(id) {
         Ok(())
@@ -215,8 +221,7 @@ async fn create_bubble(
     who.organisation_admin()?;
     check_id(&req.id, "id")?;
     check_name(&req.display_name)?;
-    let credential =
-        random_token().map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "no randomness"))?;
+    let credential = fresh_token()?;
     state.store.create_bubble(&req.id, &req.display_name, &hash_token(&credential), (state.clock)()).await?;
     audit(&state, Some(&req.id), &who.actor(), "bubble.created", format!("display_name={}", req.display_name)).await?;
     Ok((StatusCode::CREATED, Json(CreatedBubble { id: req.id, display_name: req.display_name, credential })))
@@ -324,8 +329,7 @@ async fn create_invite(
             format!("category {unknown:?} not found in this bubble"),
         ));
     }
-    let token =
-        random_token().map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "no randomness"))?;
+    let token = fresh_token()?;
     let now = (state.clock)();
     let expires_at = now + req.expires_in_secs;
     state
@@ -555,17 +559,12 @@ async fn directory(
     let document = state.store.directory(&bubble).await?.ok_or_else(ApiError::unauthorized)?;
     let body = serde_json::to_vec(&document)
         .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "encoding failed"))?;
-    let etag = format!("\"{}\"", hash_token_bytes(&body));
+    let etag = format!("\"{}\"", crate::token::sha256_hex(&body));
     if headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) == Some(etag.as_str()) {
         return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
     }
     Ok((StatusCode::OK, [(header::ETAG, etag), (header::CONTENT_TYPE, "application/json".to_owned())], body)
         .into_response())
-}
-
-fn hash_token_bytes(bytes: &[u8]) -> String {
-    use sha2::{Digest as _, Sha256};
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[derive(Deserialize)]
@@ -608,8 +607,7 @@ async fn create_token(
         }
         req.bubbles.join(",")
     };
-    let token =
-        random_token().map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "no randomness"))?;
+    let token = fresh_token()?;
     state.store.create_api_token(&hash_token(&token), &req.name, role.as_str(), &bubbles, (state.clock)()).await?;
     audit(
         &state,

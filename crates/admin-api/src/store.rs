@@ -1,6 +1,8 @@
 //! Storage: one set of portable SQL migrations and queries on sqlx's `Any` driver, SQLite by default (a file in
 //! the data dir) and PostgreSQL when `DATABASE_URL` says so. Tests run the same suite on both.
 
+use std::collections::HashMap;
+
 use peerbubble_proto::directory::{BubbleFile, CategoryFile, MemberFile};
 use peerbubble_proto::health::HealthReport;
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
@@ -269,18 +271,16 @@ impl Store {
             .bind(bubble)
             .fetch_all(&self.pool)
             .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in rows {
-            let id: String = r.try_get(0)?;
-            let mut seen = Vec::new();
-            for s in &sees {
-                if s.try_get::<String, _>(0)? == id {
-                    seen.push(s.try_get(1)?);
-                }
-            }
-            out.push(CategoryRow { display_name: r.try_get(1)?, id, sees: seen });
+        let mut seen_by: HashMap<String, Vec<String>> = HashMap::new();
+        for s in &sees {
+            seen_by.entry(s.try_get(0)?).or_default().push(s.try_get(1)?);
         }
-        Ok(out)
+        rows.iter()
+            .map(|r| {
+                let id: String = r.try_get(0)?;
+                Ok(CategoryRow { display_name: r.try_get(1)?, sees: seen_by.remove(&id).unwrap_or_default(), id })
+            })
+            .collect()
     }
 
     /// Stores an invite (its token's hash only).
@@ -388,25 +388,23 @@ impl Store {
         .bind(bubble)
         .fetch_all(&self.pool)
         .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in rows {
-            let member: String = r.try_get(0)?;
-            let mut categories = Vec::new();
-            for c in &cats {
-                if c.try_get::<String, _>(0)? == member {
-                    categories.push(c.try_get(1)?);
-                }
-            }
-            out.push(MemberRow {
-                public_key: r.try_get(1)?,
-                display_name: r.try_get(2)?,
-                status: r.try_get(3)?,
-                enrolled_at: r.try_get(4)?,
-                member,
-                categories,
-            });
+        let mut categories_of: HashMap<String, Vec<String>> = HashMap::new();
+        for c in &cats {
+            categories_of.entry(c.try_get(0)?).or_default().push(c.try_get(1)?);
         }
-        Ok(out)
+        rows.iter()
+            .map(|r| {
+                let member: String = r.try_get(0)?;
+                Ok(MemberRow {
+                    public_key: r.try_get(1)?,
+                    display_name: r.try_get(2)?,
+                    status: r.try_get(3)?,
+                    enrolled_at: r.try_get(4)?,
+                    categories: categories_of.remove(&member).unwrap_or_default(),
+                    member,
+                })
+            })
+            .collect()
     }
 
     /// Revokes a member; false if there was no active member with that id.
@@ -451,7 +449,7 @@ impl Store {
     pub async fn audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
         let mut id = [0u8; 16];
         getrandom::fill(&mut id).map_err(|e| StoreError::Database(sqlx::Error::Protocol(e.to_string())))?;
-        let id: String = id.iter().map(|b| format!("{b:02x}")).collect();
+        let id = crate::token::hex(&id);
         sqlx::query(
             "INSERT INTO audit_events (id, at, bubble_id, actor, action, detail) VALUES ($1, $2, $3, $4, $5, $6)",
         )

@@ -12,9 +12,23 @@ pub fn random_token() -> Result<String, getrandom::Error> {
     Ok(URL_SAFE_NO_PAD.encode(bytes))
 }
 
+/// Lowercase hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    bytes
+        .iter()
+        .flat_map(|b| [char::from(DIGITS[usize::from(b >> 4)]), char::from(DIGITS[usize::from(b & 0x0f)])])
+        .collect()
+}
+
+/// SHA-256 of `bytes`, hex (content versions, ETags).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
 /// SHA-256 of a token, hex: what is stored and compared.
 pub fn hash_token(token: &str) -> String {
-    Sha256::digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    sha256_hex(token.as_bytes())
 }
 
 /// Compares two hashes without an early exit.
@@ -33,6 +47,7 @@ mod tests {
         assert_eq!(a.len(), 43);
         assert!(hashes_equal(&hash_token(&a), &hash_token(&a)));
         assert!(!hashes_equal(&hash_token(&a), &hash_token(&b)));
+        assert_eq!(hash_token("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
         Ok(())
     }
 }

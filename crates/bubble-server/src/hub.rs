@@ -184,7 +184,7 @@ impl Hub {
         member: MemberId,
         mut handle: SessionHandle,
         welcome: impl FnOnce(SessionId) -> ServerFrame,
-    ) -> Result<SessionId, ErrorCode> {
+    ) -> Result<(SessionId, SliceHash), ErrorCode> {
         let Some(directory) = self.latest() else { return Err(ErrorCode::Internal) };
         if directory.member(&member).is_none() {
             return Err(ErrorCode::MemberRemoved);
@@ -197,7 +197,9 @@ impl Hub {
         let id = SessionId(self.next_session.fetch_add(1, Ordering::Relaxed));
         handle.id = id;
         handle.force_send(Utf8Bytes::from(encode_frame(&welcome(id))));
-        for frame in directory_frames(directory.slice(&member, |m| map.contains_key(m)), self.max_frame_bytes) {
+        let slice = directory.slice(&member, |m| map.contains_key(m));
+        let sent = slice_hash(&slice);
+        for frame in directory_frames(slice, self.max_frame_bytes) {
             handle.force_send(frame);
         }
         let now = Instant::now();
@@ -214,7 +216,7 @@ impl Hub {
         self.metrics.sessions().inc();
         drop(map);
         self.record(member, SessionEventKind::Opened);
-        Ok(id)
+        Ok((id, sent))
     }
 
     /// Removes a session; the last one takes the member offline for those who see it.
@@ -238,13 +240,25 @@ impl Hub {
         self.record(member, SessionEventKind::Closed);
     }
 
-    /// Queues the member's current directory slice, with current presence, to `handle`. Under the lock, so
-    /// that no presence change is queued between the state it reflects and the frames themselves.
-    pub fn send_slice(&self, member: MemberId, directory: &Directory, handle: &SessionHandle) {
+    /// Queues the member's current directory slice, with current presence, to `handle` if it differs from the
+    /// one last sent (`previous`); returns what is now sent. Under the lock, so that no presence change is
+    /// queued between the state it reflects and the frames themselves.
+    pub fn send_slice(
+        &self,
+        member: MemberId,
+        directory: &Directory,
+        handle: &SessionHandle,
+        previous: SliceHash,
+    ) -> SliceHash {
         let map = self.read();
-        for frame in directory_frames(directory.slice(&member, |m| map.contains_key(m)), self.max_frame_bytes) {
-            handle.send_or_kill(&frame);
+        let slice = directory.slice(&member, |m| map.contains_key(m));
+        let hash = slice_hash(&slice);
+        if hash != previous {
+            for frame in directory_frames(slice, self.max_frame_bytes) {
+                handle.send_or_kill(&frame);
+            }
         }
+        hash
     }
 
     /// Charges one frame to the member's rate across all its sessions.
@@ -308,6 +322,18 @@ fn fan_out_presence(map: &HashMap<MemberId, MemberEntry>, directory: &Directory,
             }
         }
     }
+}
+
+/// Identifies a directory slice's content, presence excluded (presence travels as `presence` frames).
+pub(crate) type SliceHash = u64;
+
+fn slice_hash(entries: &[DirectoryEntry]) -> SliceHash {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for entry in entries {
+        (entry.member, entry.public_key.as_bytes(), &entry.display_name, &entry.categories).hash(&mut hasher);
+    }
+    hasher.finish()
 }
 
 /// Splits a slice into `directory` frames that each fit `max_frame_bytes`.

@@ -341,8 +341,8 @@ struct Connection<'a> {
     handle: SessionHandle,
     out: mpsc::UnboundedSender<Outbound>,
     directory: Arc<Directory>,
-    /// Hash of the slice last sent (presence excluded), to send directory updates only on real change.
-    sent_slice: u64,
+    /// The slice last sent, to send directory updates only on real change.
+    sent_slice: crate::hub::SliceHash,
 }
 
 impl Connection<'_> {
@@ -416,10 +416,10 @@ impl Connection<'_> {
         let limits = self.state.config.limits();
         let welcome = |session| ServerFrame::Welcome { member, session, display_name, ice_servers: Vec::new(), limits };
         match self.state.hub.register(member, self.handle.clone(), welcome) {
-            Ok(session) => {
+            Ok((session, sent_slice)) => {
                 self.handle.id = session;
                 self.session.bind(session);
-                self.sent_slice = slice_hash(&self.directory, member);
+                self.sent_slice = sent_slice;
                 tracing::info!(%member, session = session.0, "session opened");
                 Flow::Continue
             }
@@ -473,22 +473,9 @@ impl Connection<'_> {
             tracing::info!(%member, "member removed from the bubble; closing its session");
             return self.close(ErrorCode::MemberRemoved, "you were removed from this bubble", None);
         }
-        let hash = slice_hash(&self.directory, member);
-        if hash != self.sent_slice {
-            self.sent_slice = hash;
-            self.state.hub.send_slice(member, &self.directory, &self.handle);
-        }
+        self.sent_slice = self.state.hub.send_slice(member, &self.directory, &self.handle, self.sent_slice);
         Flow::Continue
     }
-}
-
-fn slice_hash(directory: &Directory, member: peerbubble_proto::MemberId) -> u64 {
-    use std::hash::{Hash as _, Hasher as _};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    for entry in directory.slice(&member, |_| false) {
-        encode_frame(&entry).hash(&mut hasher);
-    }
-    hasher.finish()
 }
 
 async fn connection(socket: WebSocket, state: &AppState) {

@@ -194,6 +194,27 @@ async fn bubble_server(args: &SignalArgs) -> anyhow::Result<()> {
     run_until_signal(server).await
 }
 
+/// POSTs JSON to the admin API at `api`; a refusal becomes an error carrying the API's own explanation.
+pub(crate) async fn api_post(
+    api: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &serde_json::Value,
+    what: &str,
+) -> anyhow::Result<serde_json::Value> {
+    let mut request = reqwest::Client::new().post(format!("{}{path}", api.trim_end_matches('/'))).json(body);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.with_context(|| format!("cannot reach the admin API at {api}"))?;
+    let status = response.status();
+    let answer: serde_json::Value = response.json().await.unwrap_or_default();
+    if !status.is_success() {
+        bail!("{what} refused ({status}): {}", answer["message"].as_str().unwrap_or("no reason given"));
+    }
+    Ok(answer)
+}
+
 async fn make_invite(
     api: &str,
     token: &str,
@@ -201,27 +222,9 @@ async fn make_invite(
     name: &str,
     categories: &[String],
 ) -> anyhow::Result<String> {
-    let response = reqwest::Client::new()
-        .post(format!("{}/api/v1/bubbles/{bubble}/invites", api.trim_end_matches('/')))
-        .bearer_auth(token)
-        .json(&json!({"display_name": name, "categories": categories}))
-        .send()
-        .await
-        .with_context(|| format!("cannot reach the admin API at {api}"))?;
-    let status = response.status();
-    let body: serde_json::Value = response.json().await.unwrap_or_default();
-    if !status.is_success() {
-        bail!("invite refused ({status}): {}", body["message"].as_str().unwrap_or("no reason given"));
-    }
-    body["link"].as_str().map(str::to_owned).context("the admin API returned no link")
-}
-
-async fn admin_post(api: &str, token: &str, path: &str, body: serde_json::Value) -> anyhow::Result<()> {
-    let response = reqwest::Client::new().post(format!("{api}{path}")).bearer_auth(token).json(&body).send().await?;
-    if !response.status().is_success() {
-        bail!("{path}: {}", response.text().await.unwrap_or_default());
-    }
-    Ok(())
+    let body = json!({"display_name": name, "categories": categories});
+    let answer = api_post(api, &format!("/api/v1/bubbles/{bubble}/invites"), Some(token), &body, "invite").await?;
+    answer["link"].as_str().map(str::to_owned).context("the admin API returned no link")
 }
 
 const DEMO_BUBBLE: &str = "demo";
@@ -242,19 +245,28 @@ async fn up(data_dir: &Path, listen: SocketAddr, admin_args: &admin::AdminArgs) 
     let mut invites = Vec::new();
     if !admin.store.list_bubbles().await?.iter().any(|b| b.id == DEMO_BUBBLE) {
         let token = &admin.bootstrap_token;
-        admin_post(&api, token, "/api/v1/bubbles", json!({"id": DEMO_BUBBLE, "display_name": "Demo bubble"})).await?;
-        admin_post(
+        api_post(
             &api,
-            token,
-            "/api/v1/bubbles/demo/categories",
-            json!({"id": "field-team", "display_name": "Field team"}),
+            "/api/v1/bubbles",
+            Some(token),
+            &json!({"id": DEMO_BUBBLE, "display_name": "Demo bubble"}),
+            "demo setup",
         )
         .await?;
-        admin_post(
+        api_post(
             &api,
-            token,
             "/api/v1/bubbles/demo/categories",
-            json!({"id": "command", "display_name": "Command", "sees": ["field-team"]}),
+            Some(token),
+            &json!({"id": "field-team", "display_name": "Field team"}),
+            "demo setup",
+        )
+        .await?;
+        api_post(
+            &api,
+            "/api/v1/bubbles/demo/categories",
+            Some(token),
+            &json!({"id": "command", "display_name": "Command", "sees": ["field-team"]}),
+            "demo setup",
         )
         .await?;
         for (file, name, category) in DEMO_MEMBERS {

@@ -45,17 +45,7 @@ pub async fn enroll(api: &str, invite: &str, key_out: &Path) -> anyhow::Result<(
     let signature = key.sign(Purpose::EnrollInvite, &enroll_message(bubble, token, &public_key));
     let body =
         serde_json::json!({"invite": token, "public_key": public_key.to_string(), "signature": signature.to_string()});
-    let response = reqwest::Client::new()
-        .post(format!("{}/api/v1/enroll", api.trim_end_matches('/')))
-        .json(&body)
-        .send()
-        .await
-        .with_context(|| format!("cannot reach the admin API at {api}"))?;
-    let status = response.status();
-    let answer: serde_json::Value = response.json().await.unwrap_or_default();
-    if !status.is_success() {
-        bail!("enrollment refused ({status}): {}", answer["message"].as_str().unwrap_or("no reason given"));
-    }
+    let answer = crate::api_post(api, "/api/v1/enroll", None, &body, "enrollment").await?;
     write_secret(key_out, &key)?;
     say(&format!(
         "enrolled in bubble {bubble} as {} (member {})\nkey kept in {} — it never left this machine\n",

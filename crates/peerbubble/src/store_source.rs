@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use peerbubble_admin_api::Store;
 use peerbubble_bubble_server::{Directory, DirectoryError, DirectorySource};
-use sha2::{Digest as _, Sha256};
 
 /// Follows one bubble in the store.
 #[derive(Debug)]
@@ -27,7 +26,7 @@ impl DirectorySource for StoreSource {
         let document = self.store.directory(&self.bubble).await.map_err(|e| read_err(e.to_string()))?;
         let document = document.ok_or_else(|| read_err("no such bubble".into()))?;
         let bytes = serde_json::to_vec(&document).map_err(|e| read_err(e.to_string()))?;
-        let version: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+        let version = peerbubble_admin_api::token::sha256_hex(&bytes);
         if current == Some(version.as_str()) {
             return Ok(None);
         }
