@@ -8,8 +8,8 @@ use std::time::Instant;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
 use axum::{Json, Router};
 use peerbubble_proto::health::{HealthReport, MAX_EVENTS_PER_REPORT, SessionEventKind};
 use peerbubble_proto::limits::{TokenBucket, is_valid_display_name, is_valid_id};
@@ -17,8 +17,16 @@ use peerbubble_proto::{PublicKey, Purpose, Signature, enroll_message};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::auth::{Role, Scope, principal};
-use crate::store::{AuditEvent, InviteRefusal, NewInvite, Store, StoreError};
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::auth::{Caller, Role, Scope};
+use crate::control::{BubbleSpec, CategorySpec, ControlPlane};
+use crate::oidc::Oidc;
+use crate::store::{
+    AuditEvent, BubbleRow, CategoryRow, HealthSample, InviteRefusal, MemberRow, NewInvite, Store, StoreError,
+};
 use crate::token::{hash_token, random_token};
 
 /// Largest request body accepted.
@@ -38,14 +46,42 @@ pub fn system_clock() -> Clock {
 pub struct ApiState {
     /// The database.
     pub store: Store,
-    /// SHA-256 hex of the bootstrap admin token.
-    pub admin_token_hash: String,
+    /// SHA-256 hex of the bootstrap admin token; none when administrators sign in with OpenID Connect.
+    pub admin_token_hash: Option<String>,
     /// Where members open invite links (the web client's origin).
     pub public_url: String,
     /// Time.
     pub clock: Clock,
     /// Enrollment attempts across all callers.
     pub enroll_limiter: Mutex<TokenBucket>,
+    /// Administrator sign-in, when configured.
+    pub oidc: Option<Arc<Oidc>>,
+    /// What else happens when bubbles and categories are created (local, or Kubernetes resources).
+    pub control: Arc<dyn ControlPlane>,
+}
+
+impl ApiState {
+    /// State with the all-in-one defaults: no OpenID Connect, local control plane, 5 enrollments/s (burst 20).
+    pub fn new(store: Store, admin_token_hash: Option<String>, public_url: String, clock: Clock) -> Self {
+        Self {
+            store,
+            admin_token_hash,
+            public_url,
+            clock,
+            enroll_limiter: Mutex::new(TokenBucket::new(5, 20, Instant::now())),
+            oidc: None,
+            control: Arc::new(crate::control::Local),
+        }
+    }
+}
+
+fn control_failed(err: &crate::control::ControlError) -> ApiError {
+    tracing::warn!(error = %err, "control plane refused a change");
+    ApiError::new(
+        StatusCode::BAD_GATEWAY,
+        "control_plane_failed",
+        format!("stored in the directory, but the platform did not accept it ({err}); retry or check the operator"),
+    )
 }
 
 impl std::fmt::Debug for ApiState {
@@ -70,19 +106,26 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
     }
     pub(crate) fn unauthorized() -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", "send `Authorization: Bearer <token>` with a valid token")
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "sign in at /auth/login, or send `Authorization: Bearer <token>` with a valid token",
+        )
     }
 }
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    error: &'a str,
-    message: &'a str,
+/// Every error: a stable code and a sentence saying what was wrong and what to do.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// Stable, machine-readable code (`invalid_request`, `forbidden`, `csrf_required`, `invite_used`, ...).
+    pub error: String,
+    /// For people.
+    pub message: String,
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(ErrorBody { error: self.code, message: &self.message })).into_response()
+        (self.status, Json(ErrorBody { error: self.code.to_owned(), message: self.message })).into_response()
     }
 }
 
@@ -131,7 +174,7 @@ pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ")
 }
 
-async fn audit(
+pub(crate) async fn audit_event(
     state: &ApiState,
     bubble: Option<&str>,
     actor: &str,
@@ -148,19 +191,102 @@ async fn audit(
     state.store.audit(&event).await.map_err(ApiError::from)
 }
 
+/// The OpenAPI document's frame; paths and schemas are collected from the handlers.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "PeerBubble admin API",
+        description = "The organisation's directory (public keys only), invites and enrollment, categories, audit \
+events and health. Administrators authenticate with a bearer token or an OpenID Connect session cookie (plus \
+`X-CSRF-Token` on changes); bubble-servers with their bubble credential; enrollment is public and rate-limited.",
+        license(name = "Apache-2.0")
+    ),
+    modifiers(&SecuritySchemes),
+    tags(
+        (name = "bubbles", description = "Bubbles and their categories"),
+        (name = "members", description = "Invites, enrollment, members and revocation"),
+        (name = "bubble-servers", description = "What bubble-servers fetch and report, with their bubble credential"),
+        (name = "audit", description = "Audit trail and health"),
+        (name = "sign-in", description = "Administrator sign-in with OpenID Connect"),
+        (name = "tokens", description = "Scoped API tokens"),
+    )
+)]
+struct ApiDoc;
+
+struct SecuritySchemes;
+
+impl utoipa::Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        components.add_security_scheme(
+            "session",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
+                crate::auth::SESSION_COOKIE,
+                "Administrator session from /auth/callback; changes also need the X-CSRF-Token header",
+            ))),
+        );
+        components.add_security_scheme(
+            "bubble",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("The bubble credential returned when the bubble was created"))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The OpenAPI document and the routes it describes, built together so they cannot drift apart.
+fn documented() -> (Router<Arc<ApiState>>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(create_bubble, list_bubbles))
+        .routes(routes!(create_category, list_categories))
+        .routes(routes!(create_invite))
+        .routes(routes!(list_members))
+        .routes(routes!(revoke_member))
+        .routes(routes!(directory))
+        .routes(routes!(report_health, list_health))
+        .routes(routes!(list_audit))
+        .routes(routes!(create_token))
+        .routes(routes!(enroll))
+        .routes(routes!(crate::oidc::login))
+        .routes(routes!(crate::oidc::callback))
+        .routes(routes!(crate::oidc::session))
+        .routes(routes!(crate::oidc::logout))
+        .split_for_parts()
+}
+
+/// The OpenAPI document (for `openapi.json`, the reference page and tests).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    documented().1
+}
+
 /// The router.
 pub fn router(state: Arc<ApiState>) -> Router {
-    Router::new()
-        .route("/api/v1/bubbles", post(create_bubble).get(list_bubbles))
-        .route("/api/v1/bubbles/{bubble}/categories", post(create_category).get(list_categories))
-        .route("/api/v1/bubbles/{bubble}/invites", post(create_invite))
-        .route("/api/v1/bubbles/{bubble}/members", get(list_members))
-        .route("/api/v1/bubbles/{bubble}/members/{member}/revoke", post(revoke_member))
-        .route("/api/v1/bubbles/{bubble}/directory", get(directory))
-        .route("/api/v1/bubbles/{bubble}/health", post(report_health).get(list_health))
-        .route("/api/v1/audit", get(list_audit))
-        .route("/api/v1/tokens", post(create_token))
-        .route("/api/v1/enroll", post(enroll))
+    let (router, doc) = documented();
+    let json = doc.to_pretty_json().unwrap_or_default();
+    let html = crate::reference::render(&doc);
+    router
+        .route(
+            "/api/v1/openapi.json",
+            get(move || {
+                let json = json.clone();
+                async move { ([(header::CONTENT_TYPE, "application/json")], json) }
+            }),
+        )
+        .route(
+            "/api/v1/reference",
+            get(move || {
+                let html = html.clone();
+                async move { Html(html) }
+            }),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -175,14 +301,14 @@ async fn readyz(State(state): State<Arc<ApiState>>) -> Response {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateBubble {
     id: String,
     display_name: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct CreatedBubble {
     id: String,
     display_name: String,
@@ -212,28 +338,38 @@ fn check_name(name: &str) -> Result<(), ApiError> {
     }
 }
 
+#[utoipa::path(post, path = "/api/v1/bubbles", tag = "bubbles", request_body = CreateBubble,
+    security(("bearer" = []), ("session" = [])),
+    responses((status = 201, description = "Created; the credential is shown once", body = CreatedBubble),
+        (status = 400, description = "Invalid id or name", body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, description = "Not an organisation-wide admin", body = ErrorBody),
+        (status = 409, description = "The id is taken", body = ErrorBody)))]
 async fn create_bubble(
     State(state): State<Arc<ApiState>>,
-    headers: HeaderMap,
+    Caller(who): Caller,
     Body(req): Body<CreateBubble>,
 ) -> Result<(StatusCode, Json<CreatedBubble>), ApiError> {
-    let who = principal(&state, &headers).await?;
     who.organisation_admin()?;
     check_id(&req.id, "id")?;
     check_name(&req.display_name)?;
     let credential = fresh_token()?;
     state.store.create_bubble(&req.id, &req.display_name, &hash_token(&credential), (state.clock)()).await?;
-    audit(&state, Some(&req.id), &who.actor(), "bubble.created", format!("display_name={}", req.display_name)).await?;
+    let spec = BubbleSpec { id: req.id.clone(), display_name: req.display_name.clone() };
+    let applied = state.control.bubble_created(&spec).await;
+    audit_event(&state, Some(&req.id), &who.actor(), "bubble.created", format!("display_name={}", req.display_name))
+        .await?;
+    applied.map_err(|e| control_failed(&e))?;
     Ok((StatusCode::CREATED, Json(CreatedBubble { id: req.id, display_name: req.display_name, credential })))
 }
 
-async fn list_bubbles(State(state): State<Arc<ApiState>>, headers: HeaderMap) -> Result<Response, ApiError> {
-    let who = principal(&state, &headers).await?;
+#[utoipa::path(get, path = "/api/v1/bubbles", tag = "bubbles", security(("bearer" = []), ("session" = [])),
+    responses((status = 200, description = "The bubbles in the caller's scope", body = [BubbleRow]), (status = 401, body = ErrorBody)))]
+async fn list_bubbles(State(state): State<Arc<ApiState>>, Caller(who): Caller) -> Result<Response, ApiError> {
     let visible: Vec<_> = state.store.list_bubbles().await?.into_iter().filter(|b| who.covers(&b.id)).collect();
     Ok(Json(visible).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateCategory {
     id: String,
@@ -242,13 +378,16 @@ struct CreateCategory {
     sees: Vec<String>,
 }
 
+#[utoipa::path(post, path = "/api/v1/bubbles/{bubble}/categories", tag = "bubbles", params(("bubble" = String, Path, description = "Bubble id")),
+    request_body = CreateCategory, security(("bearer" = []), ("session" = [])),
+    responses((status = 201, description = "Created"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, description = "No such bubble", body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn create_category(
     State(state): State<Arc<ApiState>>,
-    headers: HeaderMap,
+    Caller(who): Caller,
     Path(bubble): Path<String>,
     Body(req): Body<CreateCategory>,
 ) -> Result<StatusCode, ApiError> {
-    let who = principal(&state, &headers).await?;
     who.write(&bubble)?;
     check_id(&req.id, "id")?;
     check_name(&req.display_name)?;
@@ -259,7 +398,14 @@ async fn create_category(
         return Err(ApiError::bad_request("a category may see at most 64 others"));
     }
     state.store.create_category(&bubble, &req.id, &req.display_name, &req.sees).await?;
-    audit(
+    let spec = CategorySpec {
+        bubble: bubble.clone(),
+        id: req.id.clone(),
+        display_name: req.display_name.clone(),
+        sees: req.sees.clone(),
+    };
+    let applied = state.control.category_changed(&spec).await;
+    audit_event(
         &state,
         Some(&bubble),
         &who.actor(),
@@ -267,19 +413,23 @@ async fn create_category(
         format!("id={} sees={}", req.id, req.sees.join(",")),
     )
     .await?;
+    applied.map_err(|e| control_failed(&e))?;
     Ok(StatusCode::CREATED)
 }
 
+#[utoipa::path(get, path = "/api/v1/bubbles/{bubble}/categories", tag = "bubbles", params(("bubble" = String, Path, description = "Bubble id")),
+    security(("bearer" = []), ("session" = [])),
+    responses((status = 200, body = [CategoryRow]), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 async fn list_categories(
     State(state): State<Arc<ApiState>>,
-    headers: HeaderMap,
+    Caller(who): Caller,
     Path(bubble): Path<String>,
 ) -> Result<Response, ApiError> {
-    principal(&state, &headers).await?.read(&bubble)?;
+    who.read(&bubble)?;
     Ok(Json(state.store.list_categories(&bubble).await?).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateInvite {
     display_name: String,
@@ -293,23 +443,36 @@ fn default_invite_secs() -> i64 {
     7 * 24 * 3600
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct CreatedInvite {
     /// The secret; only its hash is stored. Shown once.
     token: String,
     /// The link to hand to the member: `<public_url>/enroll#<bubble>.<token>`. The fragment never travels in a
     /// request line, so the token stays out of proxies' and servers' logs.
     link: String,
+    /// The link as a QR code (SVG), to show on a screen or print for someone enrolling from a phone.
+    qr_svg: String,
     expires_at: i64,
 }
 
+/// The link as an SVG QR code (error correction M: survives a crease or a glare on a printed sheet).
+fn qr_svg(link: &str) -> Result<String, ApiError> {
+    let code = qrcode::QrCode::with_error_correction_level(link.as_bytes(), qrcode::EcLevel::M)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("QR code: {e}")))?;
+    Ok(code.render::<qrcode::render::svg::Color<'_>>().min_dimensions(256, 256).quiet_zone(true).build())
+}
+
+#[utoipa::path(post, path = "/api/v1/bubbles/{bubble}/invites", tag = "members", params(("bubble" = String, Path, description = "Bubble id")),
+    request_body = CreateInvite, security(("bearer" = []), ("session" = [])),
+    responses((status = 201, description = "The link (and its QR code) is shown once", body = CreatedInvite),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, description = "No such bubble or category", body = ErrorBody)))]
 async fn create_invite(
     State(state): State<Arc<ApiState>>,
-    headers: HeaderMap,
+    Caller(who): Caller,
     Path(bubble): Path<String>,
     Body(req): Body<CreateInvite>,
 ) -> Result<(StatusCode, Json<CreatedInvite>), ApiError> {
-    let who = principal(&state, &headers).await?;
     who.write(&bubble)?;
     check_name(&req.display_name)?;
     if !(1..=MAX_INVITE_SECS).contains(&req.expires_in_secs) {
@@ -343,7 +506,7 @@ async fn create_invite(
             expires_at,
         })
         .await?;
-    audit(
+    audit_event(
         &state,
         Some(&bubble),
         &who.actor(),
@@ -352,10 +515,11 @@ async fn create_invite(
     )
     .await?;
     let link = format!("{}/enroll#{bubble}.{token}", state.public_url.trim_end_matches('/'));
-    Ok((StatusCode::CREATED, Json(CreatedInvite { token, link, expires_at })))
+    let qr_svg = qr_svg(&link)?;
+    Ok((StatusCode::CREATED, Json(CreatedInvite { token, link, qr_svg, expires_at })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Enroll {
     invite: String,
@@ -363,13 +527,20 @@ struct Enroll {
     signature: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct Enrolled {
     bubble: String,
     member: String,
     display_name: String,
 }
 
+#[utoipa::path(post, path = "/api/v1/enroll", tag = "members", request_body = Enroll,
+    responses((status = 201, description = "Enrolled", body = Enrolled),
+        (status = 400, description = "Malformed key or signature", body = ErrorBody),
+        (status = 401, description = "The signature does not prove possession of the key", body = ErrorBody),
+        (status = 404, description = "Unknown invite", body = ErrorBody),
+        (status = 409, description = "Invite already used, or key already enrolled", body = ErrorBody),
+        (status = 410, description = "Invite expired", body = ErrorBody), (status = 429, description = "Rate-limited", body = ErrorBody)))]
 async fn enroll(
     State(state): State<Arc<ApiState>>,
     Body(req): Body<Enroll>,
@@ -408,7 +579,7 @@ async fn enroll(
     let member = public_key.member_id().to_string();
     let (bubble, display_name) =
         state.store.redeem_invite(&token_hash, &member, &public_key.to_string(), (state.clock)()).await?;
-    audit(
+    audit_event(
         &state,
         Some(&bubble),
         &format!("member:{member}"),
@@ -419,42 +590,51 @@ async fn enroll(
     Ok((StatusCode::CREATED, Json(Enrolled { bubble, member, display_name })))
 }
 
+#[utoipa::path(get, path = "/api/v1/bubbles/{bubble}/members", tag = "members", params(("bubble" = String, Path, description = "Bubble id")),
+    security(("bearer" = []), ("session" = [])),
+    responses((status = 200, body = [MemberRow]), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 async fn list_members(
     State(state): State<Arc<ApiState>>,
-    headers: HeaderMap,
+    Caller(who): Caller,
     Path(bubble): Path<String>,
 ) -> Result<Response, ApiError> {
-    principal(&state, &headers).await?.read(&bubble)?;
+    who.read(&bubble)?;
     Ok(Json(state.store.list_members(&bubble).await?).into_response())
 }
 
+#[utoipa::path(post, path = "/api/v1/bubbles/{bubble}/members/{member}/revoke", tag = "members",
+    params(("bubble" = String, Path, description = "Bubble id"), ("member" = String, Path, description = "Member id")), security(("bearer" = []), ("session" = [])),
+    responses((status = 204, description = "Revoked; bubble-servers drop the member within seconds"),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn revoke_member(
     State(state): State<Arc<ApiState>>,
-    headers: HeaderMap,
+    Caller(who): Caller,
     Path((bubble, member)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    let who = principal(&state, &headers).await?;
     who.write(&bubble)?;
     if !state.store.revoke_member(&bubble, &member, (state.clock)()).await? {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", "no active member with this id in this bubble"));
     }
-    audit(&state, Some(&bubble), &who.actor(), "member.revoked", format!("member={member}")).await?;
+    audit_event(&state, Some(&bubble), &who.actor(), "member.revoked", format!("member={member}")).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct AuditQuery {
     bubble: Option<String>,
     limit: Option<i64>,
 }
 
+#[utoipa::path(get, path = "/api/v1/audit", tag = "audit", params(AuditQuery), security(("bearer" = []), ("session" = [])),
+    responses((status = 200, description = "Newest first", body = [AuditEvent]), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 async fn list_audit(
     State(state): State<Arc<ApiState>>,
-    headers: HeaderMap,
+    Caller(who): Caller,
     Query(query): Query<AuditQuery>,
 ) -> Result<Response, ApiError> {
-    let who = principal(&state, &headers).await?;
     match query.bubble.as_deref() {
         Some(bubble) => who.read(bubble)?,
         None if who.scope == Scope::All => {}
@@ -511,6 +691,9 @@ pub async fn record_health(store: &Store, bubble: &str, now: i64, report: &Healt
 
 /// A bubble-server reports its health and session events (its own bubble only, with its credential). Events
 /// become audit events; counts become a bounded time series.
+#[utoipa::path(post, path = "/api/v1/bubbles/{bubble}/health", tag = "bubble-servers", params(("bubble" = String, Path, description = "Bubble id")),
+    request_body = HealthReport, security(("bubble" = [])),
+    responses((status = 204, description = "Stored"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn report_health(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
@@ -525,25 +708,34 @@ async fn report_health(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct HealthQuery {
     since: Option<i64>,
 }
 
+#[utoipa::path(get, path = "/api/v1/bubbles/{bubble}/health", tag = "audit", params(("bubble" = String, Path, description = "Bubble id"), HealthQuery),
+    security(("bearer" = []), ("session" = [])),
+    responses((status = 200, description = "Oldest first", body = [HealthSample]), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 async fn list_health(
     State(state): State<Arc<ApiState>>,
-    headers: HeaderMap,
+    Caller(who): Caller,
     Path(bubble): Path<String>,
     Query(query): Query<HealthQuery>,
 ) -> Result<Response, ApiError> {
-    principal(&state, &headers).await?.read(&bubble)?;
+    who.read(&bubble)?;
     let since = query.since.unwrap_or_else(|| (state.clock)() - 24 * 3600);
     Ok(Json(state.store.list_health(&bubble, since).await?).into_response())
 }
 
 /// A bubble-server follows its own bubble's directory, and only its own, with its bubble credential.
 /// Conditional requests (`If-None-Match`) cost no body when nothing changed.
+#[utoipa::path(get, path = "/api/v1/bubbles/{bubble}/directory", tag = "bubble-servers", params(("bubble" = String, Path, description = "Bubble id")),
+    security(("bubble" = [])),
+    responses((status = 200, description = "The bubble's directory (public keys only); ETag set",
+        body = peerbubble_proto::directory::BubbleFile), (status = 304, description = "Unchanged (If-None-Match)"),
+        (status = 401, body = ErrorBody)))]
 async fn directory(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
@@ -567,7 +759,7 @@ async fn directory(
         .into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateToken {
     name: String,
@@ -576,19 +768,22 @@ struct CreateToken {
     bubbles: Vec<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct CreatedToken {
     /// Shown once; only its hash is stored.
     token: String,
 }
 
 /// Issues a scoped token for an administrator of some bubbles, or an auditor.
+#[utoipa::path(post, path = "/api/v1/tokens", tag = "tokens", request_body = CreateToken,
+    security(("bearer" = []), ("session" = [])),
+    responses((status = 201, description = "The token is shown once", body = CreatedToken), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 async fn create_token(
     State(state): State<Arc<ApiState>>,
-    headers: HeaderMap,
+    Caller(who): Caller,
     Body(req): Body<CreateToken>,
 ) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
-    let who = principal(&state, &headers).await?;
     who.organisation_admin()?;
     check_name(&req.name)?;
     let role = match req.role.as_str() {
@@ -609,7 +804,7 @@ async fn create_token(
     };
     let token = fresh_token()?;
     state.store.create_api_token(&hash_token(&token), &req.name, role.as_str(), &bubbles, (state.clock)()).await?;
-    audit(
+    audit_event(
         &state,
         None,
         &who.actor(),

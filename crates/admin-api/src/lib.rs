@@ -2,13 +2,16 @@
 //! enrollment, audit events. It must be safe to lose to an attacker: it never holds a private key, a message
 //! key or message content, and it accepts a public key only with a signature proving possession.
 //!
-//! Not built yet (see the issue notes): OpenID Connect sign-in for administrators (a bootstrap bearer token
-//! stands in), roles, the OpenAPI document, health time series, the web console.
+//! Administrators sign in with OpenID Connect ([`oidc`]) or a bearer token ([`auth`]); the OpenAPI document is
+//! built from the handlers themselves and served with an offline reference page ([`reference`]).
 
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod auth;
+pub mod control;
+pub mod oidc;
+pub mod reference;
 pub mod retention;
 pub mod store;
 pub mod token;

@@ -65,7 +65,7 @@ fn classify(err: sqlx::Error, what: &'static str) -> StoreError {
 }
 
 /// A bubble as listed.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct BubbleRow {
     /// Id.
     pub id: String,
@@ -76,7 +76,7 @@ pub struct BubbleRow {
 }
 
 /// A category as listed.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct CategoryRow {
     /// Id.
     pub id: String,
@@ -87,7 +87,7 @@ pub struct CategoryRow {
 }
 
 /// A member as listed (public key only).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct MemberRow {
     /// Member id.
     pub member: String,
@@ -121,7 +121,7 @@ pub struct NewInvite<'a> {
 }
 
 /// An audit event.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct AuditEvent {
     /// Unix seconds.
     pub at: i64,
@@ -136,7 +136,7 @@ pub struct AuditEvent {
 }
 
 /// One health sample of a bubble.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct HealthSample {
     /// Unix seconds.
     pub at: i64,
@@ -594,4 +594,110 @@ impl Store {
             .await?
             .rows_affected())
     }
+
+    /// Records a login in progress (see migration 0004: no secret is stored).
+    pub async fn begin_login(
+        &self,
+        state_hash: &str,
+        pkce_challenge: &str,
+        nonce: &str,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM oidc_logins WHERE expires_at < $1").bind(now).execute(&self.pool).await?;
+        sqlx::query("INSERT INTO oidc_logins (state_hash, pkce_challenge, nonce, expires_at) VALUES ($1, $2, $3, $4)")
+            .bind(state_hash)
+            .bind(pkce_challenge)
+            .bind(nonce)
+            .bind(expires_at)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| classify(e, "login"))?;
+        Ok(())
+    }
+
+    /// Takes a login in progress: (pkce_challenge, nonce) if it exists and has not expired. A state is usable
+    /// once: the row is deleted by the same statement that reads it, so two callbacks cannot both succeed.
+    pub async fn take_login(&self, state_hash: &str, now: i64) -> Result<Option<(String, String)>, StoreError> {
+        let row =
+            sqlx::query("DELETE FROM oidc_logins WHERE state_hash = $1 RETURNING pkce_challenge, nonce, expires_at")
+                .bind(state_hash)
+                .fetch_optional(&self.pool)
+                .await?;
+        let Some(row) = row else { return Ok(None) };
+        let expires_at: i64 = row.try_get(2)?;
+        if expires_at < now {
+            return Ok(None);
+        }
+        Ok(Some((row.try_get(0)?, row.try_get(1)?)))
+    }
+
+    /// Opens an administrator session.
+    pub async fn create_session(&self, session: &AdminSession, session_hash: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM admin_sessions WHERE expires_at < $1")
+            .bind(session.created_at)
+            .execute(&self.pool)
+            .await?;
+        sqlx::query(
+            "INSERT INTO admin_sessions (session_hash, name, role, bubbles, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(session_hash)
+        .bind(&session.name)
+        .bind(&session.role)
+        .bind(&session.bubbles)
+        .bind(session.created_at)
+        .bind(session.expires_at)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| classify(e, "session"))?;
+        Ok(())
+    }
+
+    /// The unexpired session with this hash.
+    pub async fn session(&self, session_hash: &str, now: i64) -> Result<Option<AdminSession>, StoreError> {
+        let row = sqlx::query(
+            "SELECT name, role, bubbles, created_at, expires_at FROM admin_sessions \
+             WHERE session_hash = $1 AND expires_at >= $2",
+        )
+        .bind(session_hash)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row
+            .map(|r| {
+                Ok::<_, sqlx::Error>(AdminSession {
+                    name: r.try_get(0)?,
+                    role: r.try_get(1)?,
+                    bubbles: r.try_get(2)?,
+                    created_at: r.try_get(3)?,
+                    expires_at: r.try_get(4)?,
+                })
+            })
+            .transpose()?)
+    }
+
+    /// Ends a session (sign-out).
+    pub async fn delete_session(&self, session_hash: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM admin_sessions WHERE session_hash = $1")
+            .bind(session_hash)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
+
+/// A signed-in administrator's session as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminSession {
+    /// Who (the ID token's name or subject), for the audit trail.
+    pub name: String,
+    /// `admin` or `auditor`.
+    pub role: String,
+    /// `*` or comma-separated bubble ids.
+    pub bubbles: String,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds.
+    pub expires_at: i64,
 }

@@ -2,107 +2,15 @@
 //! message where no PostgreSQL answers).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::print_stderr)]
 
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::atomic::Ordering;
 
-use peerbubble_admin_api::{ApiState, Store, router, token};
-use peerbubble_proto::limits::TokenBucket;
 use peerbubble_proto::{IdentityKey, Purpose, enroll_message};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-const ADMIN: &str = "test-admin-token";
+mod support;
 
-struct Api {
-    base: String,
-    http: reqwest::Client,
-    now: Arc<AtomicI64>,
-    store: Store,
-    _dir: Option<tempfile::TempDir>,
-    /// The PostgreSQL server and the database made for this test, dropped by `finish`.
-    pg: Option<(sqlx::AnyPool, String)>,
-}
-
-impl Api {
-    /// Stops using the database and drops it if this test created one.
-    async fn finish(self) {
-        self.store.pool().close().await;
-        if let Some((admin, name)) = self.pg {
-            sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
-                .execute(&admin)
-                .await
-                .unwrap();
-        }
-    }
-
-    async fn post(&self, path: &str, token: Option<&str>, body: Value) -> (StatusCode, Value) {
-        let mut req = self.http.post(format!("{}{path}", self.base)).json(&body);
-        if let Some(token) = token {
-            req = req.bearer_auth(token);
-        }
-        let res = req.send().await.unwrap();
-        let status = res.status();
-        (status, res.json().await.unwrap_or(Value::Null))
-    }
-    async fn get(&self, path: &str, token: Option<&str>) -> (StatusCode, Value) {
-        let mut req = self.http.get(format!("{}{path}", self.base));
-        if let Some(token) = token {
-            req = req.bearer_auth(token);
-        }
-        let res = req.send().await.unwrap();
-        let status = res.status();
-        (status, res.json().await.unwrap_or(Value::Null))
-    }
-}
-
-async fn serve(store: Store, dir: Option<tempfile::TempDir>, enroll_burst: u32) -> Api {
-    let now = Arc::new(AtomicI64::new(1_800_000_000));
-    let clock_now = now.clone();
-    let state = Arc::new(ApiState {
-        store: store.clone(),
-        admin_token_hash: token::hash_token(ADMIN),
-        public_url: "http://bubble.example".into(),
-        clock: Arc::new(move || clock_now.load(Ordering::SeqCst)),
-        enroll_limiter: Mutex::new(TokenBucket::new(1, enroll_burst, Instant::now())),
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, router(state)).await });
-    Api { base, http: reqwest::Client::new(), now, store, _dir: dir, pg: None }
-}
-
-async fn sqlite(enroll_burst: u32) -> Api {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("admin.db").display());
-    serve(Store::connect(&url).await.unwrap(), Some(dir), enroll_burst).await
-}
-
-/// A fresh database on the local PostgreSQL, or None (test reported as skipped) when none answers.
-async fn postgres(enroll_burst: u32) -> Option<Api> {
-    let admin_url = std::env::var("PEERBUBBLE_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    sqlx::any::install_default_drivers();
-    let Ok(admin) = sqlx::AnyPool::connect(&admin_url).await else {
-        eprintln!("SKIPPED: no PostgreSQL at {admin_url} (set PEERBUBBLE_TEST_POSTGRES)");
-        return None;
-    };
-    let name =
-        format!("pb_test_{}", token::random_token().unwrap().to_lowercase().replace(['-', '_'], "")[..16].to_owned());
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&admin).await.unwrap();
-    let url = admin_url.rsplit_once('/').map(|(base, _)| format!("{base}/{name}")).unwrap();
-    let mut api = serve(Store::connect(&url).await.unwrap(), None, enroll_burst).await;
-    api.pg = Some((admin, name));
-    Some(api)
-}
-
-async fn backends(enroll_burst: u32) -> Vec<(&'static str, Api)> {
-    let mut out = vec![("sqlite", sqlite(enroll_burst).await)];
-    if let Some(pg) = postgres(enroll_burst).await {
-        out.push(("postgres", pg));
-    }
-    out
-}
+use support::{ADMIN, Api, backends};
 
 /// A bubble `ops` with categories medics, logistics and command (sees medics); returns its credential.
 async fn setup(api: &Api) -> String {
@@ -296,18 +204,27 @@ async fn enrollment_is_rate_limited() {
 
 #[tokio::test]
 async fn restart_keeps_everything_acknowledged() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("admin.db").display());
-    let api = serve(Store::connect(&url).await.unwrap(), None, 100).await;
-    setup(&api).await;
-    let token = invite(&api, "Ann", json!(["medics"])).await;
-    let key = IdentityKey::generate().unwrap();
-    assert_eq!(api.post("/api/v1/enroll", None, enroll_body(&key, "ops", &token)).await.0, StatusCode::CREATED);
-    drop(api);
-    let again = serve(Store::connect(&url).await.unwrap(), None, 100).await;
-    let (_, members) = again.get("/api/v1/bubbles/ops/members", Some(ADMIN)).await;
-    assert_eq!(members[0]["public_key"], key.public_key().to_string());
-    assert_eq!(again.get("/api/v1/bubbles/ops/categories", Some(ADMIN)).await.1.as_array().map(Vec::len), Some(3));
+    for (backend, api) in backends(100).await {
+        setup(&api).await;
+        let token = invite(&api, "Ann", json!(["medics"])).await;
+        let key = IdentityKey::generate().unwrap();
+        assert_eq!(api.post("/api/v1/enroll", None, enroll_body(&key, "ops", &token)).await.0, StatusCode::CREATED);
+        api.store.pool().close().await;
+        let again = api.reopen().await;
+        let (_, members) = again.get("/api/v1/bubbles/ops/members", Some(ADMIN)).await;
+        assert_eq!(members[0]["public_key"], key.public_key().to_string(), "{backend}");
+        assert_eq!(
+            again.get("/api/v1/bubbles/ops/categories", Some(ADMIN)).await.1.as_array().map(Vec::len),
+            Some(3),
+            "{backend}"
+        );
+        // The used invite stays used across the restart.
+        let other = IdentityKey::generate().unwrap();
+        let (status, body) = again.post("/api/v1/enroll", None, enroll_body(&other, "ops", &token)).await;
+        assert_eq!((status, body["error"].as_str()), (StatusCode::CONFLICT, Some("invite_used")), "{backend}");
+        again.finish().await;
+        api.finish().await;
+    }
 }
 
 #[tokio::test]

@@ -1,12 +1,11 @@
 //! Running the admin API service (alone, or inside `peerbubble up`).
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::Arc;
 
 use anyhow::Context as _;
+use peerbubble_admin_api::oidc::{ClientSecretValue, Oidc, OidcConfig};
 use peerbubble_admin_api::{ApiState, Store, router, system_clock, token};
-use peerbubble_proto::limits::TokenBucket;
 
 /// Admin API settings.
 #[derive(Debug, Clone, clap::Args)]
@@ -23,35 +22,96 @@ pub struct AdminArgs {
     /// Days audit events are kept.
     #[arg(long, env = "PEERBUBBLE_AUDIT_RETENTION_DAYS", default_value_t = 90)]
     pub audit_retention_days: u32,
+    /// OpenID Connect issuer for administrator sign-in. Without it, a bootstrap admin token is printed at start.
+    #[arg(long, env = "PEERBUBBLE_OIDC_ISSUER")]
+    pub oidc_issuer: Option<String>,
+    /// Client id of the admin API at the provider.
+    #[arg(long, env = "PEERBUBBLE_OIDC_CLIENT_ID", default_value = "peerbubble-admin")]
+    pub oidc_client_id: String,
+    /// Client secret (prefer --oidc-client-secret-file).
+    #[arg(long, env = "PEERBUBBLE_OIDC_CLIENT_SECRET", hide_env_values = true)]
+    pub oidc_client_secret: Option<String>,
+    /// File holding the client secret (a mounted Kubernetes Secret).
+    #[arg(long, env = "PEERBUBBLE_OIDC_CLIENT_SECRET_FILE")]
+    pub oidc_client_secret_file: Option<std::path::PathBuf>,
+    /// Full URL of /auth/callback as registered at the provider (default: http://<admin address>/auth/callback).
+    #[arg(long, env = "PEERBUBBLE_OIDC_REDIRECT_URL")]
+    pub oidc_redirect_url: Option<String>,
+    /// Claim holding the roles (dotted path, e.g. realm_access.roles).
+    #[arg(long, env = "PEERBUBBLE_OIDC_ROLES_CLAIM", default_value = "peerbubble_roles")]
+    pub oidc_roles_claim: String,
+    /// Scopes requested besides openid (comma-separated).
+    #[arg(long, env = "PEERBUBBLE_OIDC_SCOPES", default_value = "profile", value_delimiter = ',')]
+    pub oidc_scopes: Vec<String>,
+    /// Hours an administrator session lasts.
+    #[arg(long, env = "PEERBUBBLE_ADMIN_SESSION_HOURS", default_value_t = 8)]
+    pub admin_session_hours: u32,
+}
+
+impl AdminArgs {
+    /// The OpenID Connect settings, if an issuer is configured.
+    fn oidc(&self, admin_addr: SocketAddr) -> anyhow::Result<Option<OidcConfig>> {
+        let Some(issuer) = self.oidc_issuer.clone() else { return Ok(None) };
+        let secret = match (&self.oidc_client_secret_file, &self.oidc_client_secret) {
+            (Some(path), _) => Some(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read the OIDC client secret from {}", path.display()))?
+                    .trim()
+                    .to_owned(),
+            ),
+            (None, secret) => secret.clone(),
+        };
+        Ok(Some(OidcConfig {
+            issuer,
+            client_id: self.oidc_client_id.clone(),
+            client_secret: secret.map(ClientSecretValue::new),
+            redirect_url: self
+                .oidc_redirect_url
+                .clone()
+                .unwrap_or_else(|| format!("http://{admin_addr}/auth/callback")),
+            roles_claim: self.oidc_roles_claim.clone(),
+            scopes: self.oidc_scopes.clone(),
+            session_secs: i64::from(self.admin_session_hours.max(1)) * 3600,
+            after_login: "/".into(),
+        }))
+    }
 }
 
 /// A running admin API.
 pub struct RunningAdmin {
     pub addr: SocketAddr,
-    /// Printed once; valid until the process stops.
-    pub bootstrap_token: String,
+    /// Printed once; valid until the process stops. None when administrators sign in with OpenID Connect.
+    pub bootstrap_token: Option<String>,
     pub store: Store,
 }
 
-/// Connects the store, starts retention and serves the API. Without an OpenID provider (not built yet) the
-/// administrator signs in with a bootstrap token made at each start and printed once.
+/// Connects the store, starts retention and serves the API. Without an OpenID provider the administrator signs
+/// in with a bootstrap token made at each start and printed once; with one, there is no bootstrap token.
 pub async fn start(args: &AdminArgs, default_db: String, public_url: String) -> anyhow::Result<RunningAdmin> {
     let url = args.database_url.clone().unwrap_or(default_db);
     let store = Store::connect(&url).await.context("cannot open the admin database")?;
-    let bootstrap_token = token::random_token().map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
-    let clock = system_clock();
-    peerbubble_admin_api::retention::spawn(store.clone(), clock.clone(), args.audit_retention_days);
-    let state = Arc::new(ApiState {
-        store: store.clone(),
-        admin_token_hash: token::hash_token(&bootstrap_token),
-        public_url: args.public_url.clone().unwrap_or(public_url),
-        clock,
-        enroll_limiter: Mutex::new(TokenBucket::new(5, 20, Instant::now())),
-    });
     let listener = tokio::net::TcpListener::bind(args.admin_listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.admin_listen))?;
     let addr = listener.local_addr()?;
+    let oidc = args.oidc(addr)?;
+    let bootstrap_token = match oidc {
+        Some(_) => None,
+        None => Some(token::random_token().map_err(|e| anyhow::anyhow!("no randomness: {e}"))?),
+    };
+    let clock = system_clock();
+    peerbubble_admin_api::retention::spawn(store.clone(), clock.clone(), args.audit_retention_days);
+    let mut state = ApiState::new(
+        store.clone(),
+        bootstrap_token.as_deref().map(token::hash_token),
+        args.public_url.clone().unwrap_or(public_url),
+        clock,
+    );
+    if let Some(config) = oidc {
+        tracing::info!(issuer = %config.issuer, "administrators sign in with OpenID Connect");
+        state.oidc = Some(Arc::new(Oidc::new(config)?));
+    }
+    let state = Arc::new(state);
     tokio::spawn(async move {
         if let Err(err) = axum::serve(listener, router(state)).await {
             tracing::error!(error = %err, "admin API stopped");

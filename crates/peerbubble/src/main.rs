@@ -83,6 +83,9 @@ enum Command {
         /// Categories granted (repeat the flag).
         #[arg(long = "category")]
         categories: Vec<String>,
+        /// Also print the link as a QR code, to scan from a phone.
+        #[arg(long)]
+        qr: bool,
     },
     /// Member: makes an identity key on this machine and enrolls it with an invite link.
     Enroll {
@@ -123,15 +126,15 @@ async fn main() -> anyhow::Result<()> {
         Command::AdminApi { data_dir, admin } => {
             std::fs::create_dir_all(&data_dir)?;
             let running = admin::start(&admin, sqlite_url(&data_dir), format!("http://{}", admin.admin_listen)).await?;
-            say(&format!(
-                "admin API on http://{}\nadmin token (valid until restart): {}\n",
-                running.addr, running.bootstrap_token
-            ));
+            say(&format!("admin API on http://{}\n{}\n", running.addr, sign_in_hint(&running)));
             wait_for_signal().await;
             Ok(())
         }
-        Command::Invite { api, token, bubble, name, categories } => {
+        Command::Invite { api, token, bubble, name, categories, qr } => {
             let link = make_invite(&api, &token, &bubble, &name, &categories).await?;
+            if qr {
+                say(&terminal_qr(&link)?);
+            }
             say(&format!("{link}\n"));
             Ok(())
         }
@@ -243,8 +246,9 @@ async fn up(data_dir: &Path, listen: SocketAddr, admin_args: &admin::AdminArgs) 
     let api = format!("http://{}", admin.addr);
     // First start: a demo bubble made through the admin API itself, with one invite per demo member.
     let mut invites = Vec::new();
-    if !admin.store.list_bubbles().await?.iter().any(|b| b.id == DEMO_BUBBLE) {
-        let token = &admin.bootstrap_token;
+    if let Some(token) = admin.bootstrap_token.as_ref()
+        && !admin.store.list_bubbles().await?.iter().any(|b| b.id == DEMO_BUBBLE)
+    {
         api_post(
             &api,
             "/api/v1/bubbles",
@@ -286,17 +290,17 @@ async fn up(data_dir: &Path, listen: SocketAddr, admin_args: &admin::AdminArgs) 
     let mut text = format!(
         "\nPeerBubble micro-node is up (data in {data}).\n\n\
          \x20 signaling   ws://{addr}/v1/signal\n\
-         \x20 admin API   {api}\n\
-         \x20 admin token {token}   (valid until restart)\n\
+         \x20 admin API   {api}   (reference: {api}/api/v1/reference)\n\
+         \x20 {sign_in}\n\
          \x20 health      http://{addr}/healthz   http://{addr}/readyz\n\
          \x20 metrics     http://{addr}/metrics\n\n",
         data = data_dir.display(),
-        token = admin.bootstrap_token,
+        sign_in = sign_in_hint(&admin),
     );
     if invites.is_empty() {
+        let token = admin.bootstrap_token.as_deref().unwrap_or("<an API token>");
         text += &format!(
             "Invite someone to the demo bubble:\n  {exe} invite --api {api} --token {token} --name \"Dan\" --category field-team\n\n",
-            token = admin.bootstrap_token
         );
     } else {
         text += "Try it: enroll the demo members (keys are made on your machine), then connect them in other\n\
@@ -307,9 +311,28 @@ async fn up(data_dir: &Path, listen: SocketAddr, admin_args: &admin::AdminArgs) 
         text += &format!("\n  {exe} connect --key alice.key --url ws://{addr}/v1/signal\n");
         text += "\nThe invites are single-use; make more with `peerbubble invite`.\n";
     }
-    text += "The web console, OpenID Connect sign-in, the web client and TURN are not built yet (see README).\nStop with Ctrl-C.\n";
+    text += "The web console, the web client and TURN are not built yet (see README).\nStop with Ctrl-C.\n";
     say(&text);
     run_until_signal(server).await
+}
+
+/// The link as a QR code drawn with half-block characters (dark on light, with its quiet zone).
+fn terminal_qr(link: &str) -> anyhow::Result<String> {
+    let code = qrcode::QrCode::with_error_correction_level(link.as_bytes(), qrcode::EcLevel::M)?;
+    let mut art = code
+        .render::<qrcode::render::unicode::Dense1x2>()
+        .dark_color(qrcode::render::unicode::Dense1x2::Light)
+        .light_color(qrcode::render::unicode::Dense1x2::Dark)
+        .build();
+    art.push('\n');
+    Ok(art)
+}
+
+fn sign_in_hint(admin: &admin::RunningAdmin) -> String {
+    match &admin.bootstrap_token {
+        Some(token) => format!("admin token {token}   (valid until restart)"),
+        None => format!("admin sign-in http://{}/auth/login   (OpenID Connect)", admin.addr),
+    }
 }
 
 async fn run_until_signal(server: Server) -> anyhow::Result<()> {

@@ -28,13 +28,9 @@ async fn post(http: &reqwest::Client, url: String, token: Option<&str>, body: Va
 async fn bubble_server_follows_the_admin_api_and_survives_its_outage() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::connect(&format!("sqlite://{}", dir.path().join("a.db").display())).await.unwrap();
-    let state = Arc::new(ApiState {
-        store,
-        admin_token_hash: token::hash_token("admin"),
-        public_url: "http://x".into(),
-        clock: system_clock(),
-        enroll_limiter: Mutex::new(TokenBucket::new(100, 100, Instant::now())),
-    });
+    let mut state = ApiState::new(store, Some(token::hash_token("admin")), "http://x".into(), system_clock());
+    state.enroll_limiter = Mutex::new(TokenBucket::new(100, 100, Instant::now()));
+    let state = Arc::new(state);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let api = format!("http://{}", listener.local_addr().unwrap());
     let api_task = tokio::spawn(async move { axum::serve(listener, router(state)).await });

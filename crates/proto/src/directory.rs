@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 /// The bubble file, as written by an operator (or, later, rendered by the operator from Category resources).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct BubbleFile {
     /// Bubble id (`[a-z0-9-]`, part of what members sign).
@@ -23,6 +24,7 @@ pub struct BubbleFile {
 
 /// A category in the bubble file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CategoryFile {
     /// Category id.
@@ -37,6 +39,7 @@ pub struct CategoryFile {
 
 /// A member in the bubble file: public key only, never a secret.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct MemberFile {
     /// Ed25519 identity public key (unpadded base64url).

@@ -11,6 +11,7 @@ pub const MAX_EVENTS_PER_REPORT: usize = 400;
 
 /// A periodic report.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct HealthReport {
     /// Members with at least one session now.
@@ -35,11 +36,13 @@ pub struct HealthReport {
 
 /// A session opened or closed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SessionEvent {
     /// Unix seconds.
     pub at: i64,
     /// The member.
+    #[cfg_attr(feature = "openapi", schema(value_type = String, example = "3f6c0a9e5b2d4c1e8a7f6b5c4d3e2f1a"))]
     pub member: MemberId,
     /// `opened` or `closed`.
     pub kind: SessionEventKind,
@@ -47,6 +50,7 @@ pub struct SessionEvent {
 
 /// The kind of a session event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum SessionEventKind {
     /// A session was authenticated.

@@ -1,0 +1,64 @@
+//! The control plane: what else must happen when an administrator creates a bubble or a category. All-in-one
+//! (`peerbubble up`), bubbles are local: the in-process bubble-server follows the database, nothing more to do.
+//! In a cluster, the Kubernetes implementation creates the `Bubble` and `Category` resources that the operator
+//! reconciles into per-bubble deployments; it lives with the operator (crates/crd), not here, so that the admin
+//! API does not depend on Kubernetes client code.
+
+use std::future::Future;
+use std::pin::Pin;
+
+/// A bubble as the control plane sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BubbleSpec {
+    /// Id.
+    pub id: String,
+    /// Display name.
+    pub display_name: String,
+}
+
+/// A category as the control plane sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CategorySpec {
+    /// Bubble id.
+    pub bubble: String,
+    /// Category id.
+    pub id: String,
+    /// Display name.
+    pub display_name: String,
+    /// Categories its members may see.
+    pub sees: Vec<String>,
+}
+
+/// The control plane refused or could not be reached.
+#[derive(Debug, thiserror::Error)]
+#[error("control plane: {0}")]
+pub struct ControlError(pub String);
+
+/// A boxed future (the trait is used as `dyn`).
+pub type ControlFuture<'a> = Pin<Box<dyn Future<Output = Result<(), ControlError>> + Send + 'a>>;
+
+/// What the admin API asks of the platform after it stored a change.
+pub trait ControlPlane: Send + Sync + std::fmt::Debug {
+    /// A short name for logs (`local`, `kubernetes`).
+    fn name(&self) -> &'static str;
+    /// A bubble was created.
+    fn bubble_created<'a>(&'a self, bubble: &'a BubbleSpec) -> ControlFuture<'a>;
+    /// A category was created or changed.
+    fn category_changed<'a>(&'a self, category: &'a CategorySpec) -> ControlFuture<'a>;
+}
+
+/// All-in-one: bubbles are served by this process from the database.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Local;
+
+impl ControlPlane for Local {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+    fn bubble_created<'a>(&'a self, _bubble: &'a BubbleSpec) -> ControlFuture<'a> {
+        Box::pin(async { Ok(()) })
+    }
+    fn category_changed<'a>(&'a self, _category: &'a CategorySpec) -> ControlFuture<'a> {
+        Box::pin(async { Ok(()) })
+    }
+}
