@@ -153,9 +153,7 @@ fn signaling(root: &Path, rest: &[String]) -> anyhow::Result<()> {
     let (server_bin, loadgen) = (release.join("peerbubble"), release.join("peerbubble-loadgen"));
 
     let peerjs_dir = root.join("bench/peerjs");
-    if !peerjs_dir.join("node_modules/peer").exists() {
-        sh(Command::new("npm").args(["ci", "--no-audit", "--no-fund"]).current_dir(&peerjs_dir))?;
-    }
+    crate::npm_ci(&peerjs_dir, "peer")?;
 
     let work = std::env::temp_dir().join(format!("peerbubble-bench-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;

@@ -97,7 +97,17 @@ fn ensure_tools() -> anyhow::Result<()> {
     }
     cargo_install("cargo-deny", "0.20.2")?;
     cargo_install("cargo-fuzz", "0.13.2")?;
+    // The real OpenID Connect provider the admin API's sign-in tests run against (locked npm packages).
+    npm_ci(&project_root().join("crates/admin-api/tests/oidc"), "oidc-provider")?;
     Ok(())
+}
+
+/// `npm ci` in `dir` unless `package` is already installed there.
+pub(crate) fn npm_ci(dir: &std::path::Path, package: &str) -> anyhow::Result<()> {
+    if dir.join("node_modules").join(package).join("package.json").exists() {
+        return Ok(());
+    }
+    sh(Command::new("npm").args(["ci", "--no-audit", "--no-fund", "--loglevel=error"]).current_dir(dir))
 }
 
 fn cargo_install(tool: &str, version: &str) -> anyhow::Result<()> {

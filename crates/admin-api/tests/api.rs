@@ -419,3 +419,83 @@ async fn roles_and_scopes_are_enforced() {
         api.finish().await;
     }
 }
+
+#[tokio::test]
+async fn the_openapi_document_and_reference_describe_every_route() {
+    let api = support::sqlite(100).await;
+    let (status, doc) = api.get("/api/v1/openapi.json", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."), "{doc}");
+    let expected = [
+        ("/api/v1/bubbles", "post"),
+        ("/api/v1/bubbles", "get"),
+        ("/api/v1/bubbles/{bubble}/categories", "post"),
+        ("/api/v1/bubbles/{bubble}/categories", "get"),
+        ("/api/v1/bubbles/{bubble}/invites", "post"),
+        ("/api/v1/bubbles/{bubble}/members", "get"),
+        ("/api/v1/bubbles/{bubble}/members/{member}/revoke", "post"),
+        ("/api/v1/bubbles/{bubble}/directory", "get"),
+        ("/api/v1/bubbles/{bubble}/health", "post"),
+        ("/api/v1/bubbles/{bubble}/health", "get"),
+        ("/api/v1/audit", "get"),
+        ("/api/v1/tokens", "post"),
+        ("/api/v1/enroll", "post"),
+        ("/auth/login", "get"),
+        ("/auth/callback", "get"),
+        ("/auth/session", "get"),
+        ("/auth/logout", "post"),
+    ];
+    let paths = doc["paths"].as_object().unwrap();
+    let documented: usize = paths.values().map(|item| item.as_object().unwrap().len()).sum();
+    assert_eq!(documented, expected.len(), "{:?}", paths.keys().collect::<Vec<_>>());
+    for (path, method) in expected {
+        let op = &doc["paths"][path][method];
+        assert!(op.is_object(), "{method} {path} is not documented");
+        assert!(op["responses"].as_object().is_some_and(|r| !r.is_empty()), "{method} {path} has no responses");
+        // Every documented route answers (not 404/405 from the router) without credentials.
+        let url = format!("{}{}", api.base, path.replace("{bubble}", "ops").replace("{member}", "m"));
+        let res = match method {
+            "get" => api.http.get(&url).send().await.unwrap(),
+            _ => api.http.post(&url).json(&json!({})).send().await.unwrap(),
+        };
+        assert_ne!(res.status(), StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+        if path != "/auth/login" && path != "/auth/callback" && path != "/api/v1/enroll" {
+            assert!(res.status().is_client_error(), "{method} {path}: {}", res.status());
+        }
+    }
+    for schema in ["CreateInvite", "CreatedInvite", "ErrorBody", "HealthReport", "BubbleFile", "SessionInfo"] {
+        assert!(doc["components"]["schemas"][schema].is_object(), "schema {schema} missing");
+    }
+    assert!(doc["components"]["securitySchemes"]["session"].is_object());
+
+    // The rendered reference: every route, and nothing fetched from elsewhere (air-gapped networks).
+    let res = api.http.get(format!("{}/api/v1/reference", api.base)).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(res.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    let html = res.text().await.unwrap();
+    for (path, _) in expected {
+        assert!(html.contains(&format!("<code>{path}</code>")), "{path} missing from the reference");
+    }
+    assert!(!html.contains("<script"), "the reference must work without scripts");
+    for external in ["src=\"http", "href=\"http", "@import", "url("] {
+        assert!(!html.contains(external), "the reference loads something from elsewhere: {external}");
+    }
+    api.finish().await;
+}
+
+#[tokio::test]
+async fn invites_come_with_a_qr_code_of_their_link() {
+    let api = support::sqlite(100).await;
+    setup(&api).await;
+    let (status, body) = api
+        .post("/api/v1/bubbles/ops/invites", Some(ADMIN), json!({"display_name": "Zoe", "categories": ["medics"]}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let svg = body["qr_svg"].as_str().unwrap();
+    assert!(svg.contains("<svg") && svg.contains("</svg>"), "{svg}");
+    // A QR code of the link: a different link gives a different code.
+    let (_, other) =
+        api.post("/api/v1/bubbles/ops/invites", Some(ADMIN), json!({"display_name": "Yan", "categories": []})).await;
+    assert_ne!(other["qr_svg"], body["qr_svg"]);
+    api.finish().await;
+}
