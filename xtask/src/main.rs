@@ -103,7 +103,7 @@ fn ensure_tools() -> anyhow::Result<()> {
 }
 
 /// `npm ci` in `dir` unless `package` is already installed there.
-pub(crate) fn npm_ci(dir: &std::path::Path, package: &str) -> anyhow::Result<()> {
+pub(crate) fn npm_ci(dir: &Path, package: &str) -> anyhow::Result<()> {
     if dir.join("node_modules").join(package).join("package.json").exists() {
         return Ok(());
     }
