@@ -22,7 +22,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::auth::{Caller, Role, Scope};
-use crate::control::{BubbleSpec, CategorySpec, ControlPlane};
+use crate::control::{BubbleAuthenticator, BubbleSpec, CategorySpec, ControlPlane};
 use crate::oidc::Oidc;
 use crate::store::{
     AuditEvent, BubbleRow, CategoryRow, HealthSample, InviteRefusal, MemberRow, NewInvite, Store, StoreError,
@@ -58,6 +58,8 @@ pub struct ApiState {
     pub oidc: Option<Arc<Oidc>>,
     /// What else happens when bubbles and categories are created (local, or Kubernetes resources).
     pub control: Arc<dyn ControlPlane>,
+    /// How bubble-servers prove which bubble they serve.
+    pub bubble_auth: Arc<dyn BubbleAuthenticator>,
 }
 
 impl ApiState {
@@ -71,6 +73,7 @@ impl ApiState {
             enroll_limiter: Mutex::new(TokenBucket::new(5, 20, Instant::now())),
             oidc: None,
             control: Arc::new(crate::control::Local),
+            bubble_auth: Arc::new(crate::control::BubbleCredential),
         }
     }
 }
@@ -650,12 +653,11 @@ async fn list_audit(
 pub const HEALTH_KEEP_SECS: i64 = 7 * 24 * 3600;
 
 async fn require_bubble(state: &ApiState, headers: &HeaderMap, bubble: &str) -> Result<(), ApiError> {
-    let Some(expected) = state.store.bubble_credential_hash(bubble).await? else {
-        return Err(ApiError::unauthorized());
-    };
-    match bearer(headers) {
-        Some(token) if crate::token::hashes_equal(&hash_token(token), &expected) => Ok(()),
-        _ => Err(ApiError::unauthorized()),
+    let presented = bearer(headers).ok_or_else(ApiError::unauthorized)?;
+    if state.bubble_auth.authenticate(&state.store, bubble, presented).await? {
+        Ok(())
+    } else {
+        Err(ApiError::unauthorized())
     }
 }
 
@@ -741,13 +743,7 @@ async fn directory(
     headers: HeaderMap,
     Path(bubble): Path<String>,
 ) -> Result<Response, ApiError> {
-    let Some(expected) = state.store.bubble_credential_hash(&bubble).await? else {
-        return Err(ApiError::unauthorized());
-    };
-    match bearer(&headers) {
-        Some(token) if crate::token::hashes_equal(&hash_token(token), &expected) => {}
-        _ => return Err(ApiError::unauthorized()),
-    }
+    require_bubble(&state, &headers, &bubble).await?;
     let document = state.store.directory(&bubble).await?.ok_or_else(ApiError::unauthorized)?;
     let body = serde_json::to_vec(&document)
         .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "encoding failed"))?;

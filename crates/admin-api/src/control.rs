@@ -3,9 +3,16 @@
 //! In a cluster, the Kubernetes implementation creates the `Bubble` and `Category` resources that the operator
 //! reconciles into per-bubble deployments; it lives with the operator (crates/crd), not here, so that the admin
 //! API does not depend on Kubernetes client code.
+//!
+//! Likewise for how a bubble-server proves which bubble it serves ([`BubbleAuthenticator`]): the bubble
+//! credential made when the bubble was created, or, in a cluster, the pod's projected service-account token
+//! checked with a TokenReview (with the operator).
 
 use std::future::Future;
 use std::pin::Pin;
+
+use crate::store::{Store, StoreError};
+use crate::token::{hash_token, hashes_equal};
 
 /// A bubble as the control plane sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,5 +67,27 @@ impl ControlPlane for Local {
     }
     fn category_changed<'a>(&'a self, _category: &'a CategorySpec) -> ControlFuture<'a> {
         Box::pin(async { Ok(()) })
+    }
+}
+
+/// A boxed answer of an authenticator.
+pub type AuthFuture<'a> = Pin<Box<dyn Future<Output = Result<bool, StoreError>> + Send + 'a>>;
+
+/// Decides whether `presented` (the bearer token of a request) proves that its sender serves `bubble`.
+pub trait BubbleAuthenticator: Send + Sync + std::fmt::Debug {
+    /// True when it does; an unknown bubble is simply false.
+    fn authenticate<'a>(&'a self, store: &'a Store, bubble: &'a str, presented: &'a str) -> AuthFuture<'a>;
+}
+
+/// The bubble credential returned once when the bubble was created; only its SHA-256 is stored.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BubbleCredential;
+
+impl BubbleAuthenticator for BubbleCredential {
+    fn authenticate<'a>(&'a self, store: &'a Store, bubble: &'a str, presented: &'a str) -> AuthFuture<'a> {
+        Box::pin(async move {
+            let expected = store.bubble_credential_hash(bubble).await?;
+            Ok(expected.is_some_and(|expected| hashes_equal(&hash_token(presented), &expected)))
+        })
     }
 }
