@@ -1,0 +1,74 @@
+//! The CRD files in crds/ are exactly what the Rust types generate, and the schema refuses bad resources (CEL
+//! rules evaluated locally with kube's CEL engine, the same rules the API server runs).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use kube::CustomResourceExt as _;
+use peerbubble_crd::{Bubble, BubbleSpec, Category, CategorySpec, crd_files};
+use serde_json::json;
+
+#[test]
+fn crd_files_match_the_rust_types() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../crds");
+    for (name, yaml) in crd_files().unwrap() {
+        let on_disk = std::fs::read_to_string(root.join(name)).unwrap_or_default();
+        assert!(
+            on_disk == yaml,
+            "crds/{name} drifted from crates/crd: run `cargo run -p peerbubble-crd --bin crdgen` and commit"
+        );
+    }
+}
+
+#[test]
+fn crds_name_group_version_scope_and_short_names() {
+    let crd = Bubble::crd();
+    assert_eq!(crd.metadata.name.as_deref(), Some("bubbles.peerbubble.io"));
+    assert_eq!(crd.spec.scope, "Namespaced");
+    assert_eq!(crd.spec.names.short_names, Some(vec!["bub".to_owned()]));
+    assert_eq!(crd.spec.versions[0].name, "v1alpha1");
+    assert!(crd.spec.versions[0].subresources.as_ref().unwrap().status.is_some());
+    let columns: Vec<_> =
+        crd.spec.versions[0].additional_printer_columns.as_ref().unwrap().iter().map(|c| c.name.clone()).collect();
+    assert!(columns.contains(&"Ready".to_owned()), "{columns:?}");
+    assert_eq!(Category::crd().metadata.name.as_deref(), Some("categories.peerbubble.io"));
+}
+
+#[test]
+fn defaults_fill_a_minimal_bubble() {
+    let spec: BubbleSpec = serde_json::from_value(json!({"displayName": "Flood response"})).unwrap();
+    assert_eq!(spec.replicas, 2);
+    assert_eq!((spec.turn.udp_port, spec.turn.tls_port), (3478, 443));
+    assert_eq!(spec.network_policy.mode, peerbubble_crd::NetworkPolicyMode::Enforce);
+}
+
+#[test]
+fn the_schema_carries_the_validation() {
+    let schema = serde_json::to_value(&Bubble::crd().spec.versions[0].schema).unwrap();
+    let spec = &schema["openAPIV3Schema"]["properties"]["spec"]["properties"];
+    assert_eq!(spec["replicas"]["minimum"].as_f64(), Some(1.0));
+    assert_eq!(spec["replicas"]["maximum"].as_f64(), Some(16.0));
+    assert_eq!(spec["displayName"]["maxLength"], 64);
+    assert_eq!(spec["turn"]["properties"]["serviceType"]["enum"], json!(["LoadBalancer", "NodePort", "ClusterIP"]));
+    assert!(spec["turn"]["x-kubernetes-validations"].is_array(), "{}", spec["turn"]);
+    let category = serde_json::to_value(&Category::crd().spec.versions[0].schema).unwrap();
+    let bubble = &category["openAPIV3Schema"]["properties"]["spec"]["properties"]["bubble"];
+    assert_eq!(bubble["x-kubernetes-validations"][0]["rule"], "self == oldSelf");
+    // Repeats in `sees` are refused by the API server itself (a set-typed list).
+    let sees = &category["openAPIV3Schema"]["properties"]["spec"]["properties"]["sees"];
+    assert_eq!(sees["x-kubernetes-list-type"], "set");
+    assert_eq!(sees["items"]["pattern"], "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$");
+}
+
+#[test]
+fn cel_rules_refuse_what_they_should() {
+    // The same rule texts the API server evaluates, run locally.
+    let turn = json!({"serviceType": "LoadBalancer", "udpPort": 3478, "tlsPort": 3478});
+    assert!(peerbubble_crd::TurnSpec::validate_cel(&turn, None).is_err());
+    let turn_ok = json!({"serviceType": "LoadBalancer", "udpPort": 3478, "tlsPort": 443});
+    assert!(peerbubble_crd::TurnSpec::validate_cel(&turn_ok, None).is_ok());
+
+    let old = json!({"bubble": "flood", "displayName": "Medics", "sees": []});
+    let moved = json!({"bubble": "fire", "displayName": "Medics", "sees": []});
+    assert!(CategorySpec::validate_cel(&moved, Some(&old)).is_err());
+    let renamed = json!({"bubble": "flood", "displayName": "Medics team", "sees": ["command"]});
+    assert!(CategorySpec::validate_cel(&renamed, Some(&old)).is_ok());
+}

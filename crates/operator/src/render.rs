@@ -1,0 +1,475 @@
+//! What the operator makes for a Bubble: pure functions from the Bubble, its Categories and the operator's
+//! settings to Kubernetes objects, so that everything it renders is covered by golden tests without a cluster.
+//!
+//! For a Bubble `b` in namespace `ns`: ServiceAccount `b-bubble`, Secret `b-turn` (TURN HMAC secret, generated
+//! once and kept), ConfigMap `b-policy` (the category policy assembled from the Categories), Deployment `b`
+//! (bubble-server: signaling + TURN), Services `b-signal` (ClusterIP), `b-turn-udp` and `b-turn-tls`,
+//! NetworkPolicy `b` (unless disabled) and a PodDisruptionBudget `b` when there is more than one replica.
+//! Every object carries the same labels and an owner reference to the Bubble.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, HTTPGetAction,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, Secret,
+    SecretVolumeSource, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
+};
+use k8s_openapi::api::networking::v1::{
+    IPBlock, NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+    NetworkPolicySpec,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::Resource as _;
+use peerbubble_crd::{Bubble, Category, NetworkPolicyMode, TurnServiceType};
+use serde::Serialize;
+
+/// The signaling port inside the pod.
+pub const SIGNAL_PORT: i32 = 8480;
+/// The field manager of every server-side apply.
+pub const FIELD_MANAGER: &str = "peerbubble-operator";
+/// The label naming the bubble on everything made for it.
+pub const BUBBLE_LABEL: &str = "peerbubble.io/bubble";
+/// Key of the TURN secret in its Secret.
+pub const TURN_SECRET_KEY: &str = "turn-secret";
+
+/// The operator's settings that shape what it renders.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// The bubble-server image.
+    pub image: String,
+    /// The admin API URL bubbles follow by default.
+    pub admin_api_url: String,
+    /// Labels of the admin API's pods and its namespace, for the egress policy.
+    pub admin_api_namespace: String,
+}
+
+/// Why a Bubble cannot be rendered.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RenderError {
+    /// The Bubble has no name, namespace or uid (not from the API server).
+    #[error("the Bubble lacks {0}")]
+    Incomplete(&'static str),
+    /// A Category of this bubble sees a category that does not exist.
+    #[error("category {category} sees {missing}, which is not a Category of this bubble")]
+    UnknownCategory {
+        /// The category.
+        category: String,
+        /// What it names.
+        missing: String,
+    },
+}
+
+/// Everything rendered for one Bubble.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Rendered {
+    /// ServiceAccount.
+    pub service_account: ServiceAccount,
+    /// TURN secret.
+    pub turn_secret: Secret,
+    /// Category policy.
+    pub policy: ConfigMap,
+    /// bubble-server.
+    pub deployment: Deployment,
+    /// Services: signaling, TURN UDP, TURN TCP/TLS.
+    pub services: Vec<Service>,
+    /// Network isolation (None when disabled).
+    pub network_policy: Option<NetworkPolicy>,
+    /// Kept replicas during drains (None with one replica).
+    pub pdb: Option<PodDisruptionBudget>,
+}
+
+/// The labels on everything made for `bubble`.
+pub fn labels(bubble: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_owned(), "peerbubble-bubble".to_owned()),
+        ("app.kubernetes.io/instance".to_owned(), bubble.to_owned()),
+        ("app.kubernetes.io/component".to_owned(), "bubble-server".to_owned()),
+        ("app.kubernetes.io/managed-by".to_owned(), FIELD_MANAGER.to_owned()),
+        (BUBBLE_LABEL.to_owned(), bubble.to_owned()),
+    ])
+}
+
+fn selector(bubble: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_owned(), "peerbubble-bubble".to_owned()),
+        (BUBBLE_LABEL.to_owned(), bubble.to_owned()),
+    ])
+}
+
+struct Ctx<'a> {
+    name: &'a str,
+    namespace: &'a str,
+    owner: OwnerReference,
+}
+
+impl Ctx<'_> {
+    fn meta(&self, name: String) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name),
+            namespace: Some(self.namespace.to_owned()),
+            labels: Some(labels(self.name)),
+            owner_references: Some(vec![self.owner.clone()]),
+            ..ObjectMeta::default()
+        }
+    }
+}
+
+/// The category policy as the bubble-server reads it: categories of this bubble, sorted, with what each sees.
+pub fn policy_yaml(bubble: &str, categories: &[Category]) -> Result<String, RenderError> {
+    let mut mine: Vec<&Category> = categories.iter().filter(|c| c.spec.bubble == bubble).collect();
+    mine.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    let names: Vec<&str> = mine.iter().filter_map(|c| c.metadata.name.as_deref()).collect();
+    let mut out = format!("bubble: {bubble}\ncategories:\n");
+    if mine.is_empty() {
+        out = format!("bubble: {bubble}\ncategories: []\n");
+    }
+    for category in &mine {
+        let id = category.metadata.name.as_deref().unwrap_or_default();
+        for seen in &category.spec.sees {
+            if !names.contains(&seen.as_str()) {
+                return Err(RenderError::UnknownCategory { category: id.to_owned(), missing: seen.clone() });
+            }
+        }
+        let mut sees = category.spec.sees.clone();
+        sees.sort();
+        // Ids are DNS labels (schema-validated); display names are quoted as JSON strings, which YAML reads.
+        let display = serde_json::to_string(&category.spec.display_name).unwrap_or_default();
+        out += &format!("  - id: {id}\n    display_name: {display}\n    sees: [{}]\n", sees.join(", "));
+    }
+    Ok(out)
+}
+
+fn default_resources() -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_owned(), Quantity("100m".to_owned())),
+            ("memory".to_owned(), Quantity("64Mi".to_owned())),
+        ])),
+        limits: Some(BTreeMap::from([("memory".to_owned(), Quantity("256Mi".to_owned()))])),
+        ..ResourceRequirements::default()
+    }
+}
+
+fn env(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar { name: name.to_owned(), value: Some(value.into()), ..EnvVar::default() }
+}
+
+fn probe(path: &str, period: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_owned()),
+            port: IntOrString::String("signal".to_owned()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        ..Probe::default()
+    }
+}
+
+fn deployment(ctx: &Ctx<'_>, bubble: &Bubble, settings: &Settings, policy_hash: &str) -> Deployment {
+    let spec = &bubble.spec;
+    let admin_api = spec.directory.admin_api_url.clone().unwrap_or_else(|| settings.admin_api_url.clone());
+    let mut pod_labels = labels(ctx.name);
+    pod_labels.retain(|k, _| k != "app.kubernetes.io/managed-by");
+    let container = Container {
+        name: "bubble-server".to_owned(),
+        image: Some(settings.image.clone()),
+        args: Some(vec!["bubble-server".to_owned()]),
+        env: Some(vec![
+            env("PEERBUBBLE_LISTEN", format!("0.0.0.0:{SIGNAL_PORT}")),
+            env("PEERBUBBLE_ADMIN_API_URL", admin_api),
+            env("PEERBUBBLE_BUBBLE", ctx.name),
+            env("PEERBUBBLE_BUBBLE_CREDENTIAL_FILE", "/var/run/peerbubble/credential/credential"),
+            env("PEERBUBBLE_POLICY_FILE", "/etc/peerbubble/policy/policy.yaml"),
+            env("PEERBUBBLE_TURN_SECRET_FILE", format!("/var/run/peerbubble/turn/{TURN_SECRET_KEY}")),
+            env("PEERBUBBLE_TURN_UDP_PORT", spec.turn.udp_port.to_string()),
+            env("PEERBUBBLE_TURN_TLS_PORT", spec.turn.tls_port.to_string()),
+            env("PEERBUBBLE_CLUSTER_CIDRS", spec.network_policy.cluster_cidrs.join(",")),
+            env("PEERBUBBLE_LOG_FORMAT", "json"),
+        ]),
+        ports: Some(vec![
+            ContainerPort { name: Some("signal".into()), container_port: SIGNAL_PORT, ..ContainerPort::default() },
+            ContainerPort {
+                name: Some("turn-udp".into()),
+                container_port: spec.turn.udp_port,
+                protocol: Some("UDP".into()),
+                ..ContainerPort::default()
+            },
+            ContainerPort {
+                name: Some("turn-tls".into()),
+                container_port: spec.turn.tls_port,
+                protocol: Some("TCP".into()),
+                ..ContainerPort::default()
+            },
+        ]),
+        readiness_probe: Some(probe("/readyz", 5)),
+        liveness_probe: Some(probe("/healthz", 10)),
+        resources: Some(spec.resources.clone().unwrap_or_else(default_resources)),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Capabilities::default() }),
+            seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..SeccompProfile::default() }),
+            ..SecurityContext::default()
+        }),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: "credential".into(),
+                mount_path: "/var/run/peerbubble/credential".into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            },
+            VolumeMount {
+                name: "turn".into(),
+                mount_path: "/var/run/peerbubble/turn".into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            },
+            VolumeMount {
+                name: "policy".into(),
+                mount_path: "/etc/peerbubble/policy".into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            },
+        ]),
+        ..Container::default()
+    };
+    let secret_volume = |name: &str, secret: String| Volume {
+        name: name.to_owned(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret),
+            default_mode: Some(0o440),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    };
+    Deployment {
+        metadata: ctx.meta(ctx.name.to_owned()),
+        spec: Some(DeploymentSpec {
+            replicas: Some(spec.replicas),
+            selector: LabelSelector { match_labels: Some(selector(ctx.name)), ..LabelSelector::default() },
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_unavailable: Some(IntOrString::Int(0)),
+                    max_surge: Some(IntOrString::Int(1)),
+                }),
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    // A policy change rolls the pods (the ConfigMap is also re-read live).
+                    annotations: Some(BTreeMap::from([(
+                        "peerbubble.io/policy-sha256".to_owned(),
+                        policy_hash.to_owned(),
+                    )])),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    service_account_name: Some(format!("{}-bubble", ctx.name)),
+                    automount_service_account_token: Some(false),
+                    enable_service_links: Some(false),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(65532),
+                        run_as_group: Some(65532),
+                        fs_group: Some(65532),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".into(),
+                            ..SeccompProfile::default()
+                        }),
+                        ..PodSecurityContext::default()
+                    }),
+                    containers: vec![container],
+                    volumes: Some(vec![
+                        secret_volume("credential", format!("{}-credential", ctx.name)),
+                        secret_volume("turn", format!("{}-turn", ctx.name)),
+                        Volume {
+                            name: "policy".into(),
+                            config_map: Some(ConfigMapVolumeSource {
+                                name: format!("{}-policy", ctx.name),
+                                ..ConfigMapVolumeSource::default()
+                            }),
+                            ..Volume::default()
+                        },
+                    ]),
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        }),
+        ..Deployment::default()
+    }
+}
+
+fn services(ctx: &Ctx<'_>, bubble: &Bubble) -> Vec<Service> {
+    let turn = &bubble.spec.turn;
+    let service_type = match turn.service_type {
+        TurnServiceType::LoadBalancer => "LoadBalancer",
+        TurnServiceType::NodePort => "NodePort",
+        TurnServiceType::ClusterIP => "ClusterIP",
+    };
+    let external = turn.service_type != TurnServiceType::ClusterIP;
+    let service = |suffix: &str, kind: &str, port: i32, protocol: &str, target: &str| Service {
+        metadata: ctx.meta(format!("{}-{suffix}", ctx.name)),
+        spec: Some(ServiceSpec {
+            type_: Some(kind.to_owned()),
+            selector: Some(selector(ctx.name)),
+            ports: Some(vec![ServicePort {
+                name: Some(target.to_owned()),
+                port,
+                protocol: Some(protocol.to_owned()),
+                target_port: Some(IntOrString::String(target.to_owned())),
+                ..ServicePort::default()
+            }]),
+            // TURN relays must see clients' real addresses (permissions, quotas).
+            external_traffic_policy: (external && kind != "ClusterIP").then(|| "Local".to_owned()),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    };
+    vec![
+        service("signal", "ClusterIP", SIGNAL_PORT, "TCP", "signal"),
+        service("turn-udp", service_type, turn.udp_port, "UDP", "turn-udp"),
+        service("turn-tls", service_type, turn.tls_port, "TCP", "turn-tls"),
+    ]
+}
+
+fn network_policy(ctx: &Ctx<'_>, bubble: &Bubble, settings: &Settings) -> Option<NetworkPolicy> {
+    if bubble.spec.network_policy.mode == NetworkPolicyMode::Disabled {
+        return None;
+    }
+    let port = |protocol: &str, port: i32| NetworkPolicyPort {
+        protocol: Some(protocol.to_owned()),
+        port: Some(IntOrString::Int(port)),
+        ..NetworkPolicyPort::default()
+    };
+    let turn = &bubble.spec.turn;
+    let namespace = |name: &str| LabelSelector {
+        match_labels: Some(BTreeMap::from([("kubernetes.io/metadata.name".to_owned(), name.to_owned())])),
+        ..LabelSelector::default()
+    };
+    // Outside the cluster: everything but private ranges and the cluster's own CIDRs (relayed media and peers).
+    let mut except: Vec<String> = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16"]
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    except.extend(bubble.spec.network_policy.cluster_cidrs.iter().cloned());
+    Some(NetworkPolicy {
+        metadata: ctx.meta(ctx.name.to_owned()),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector { match_labels: Some(selector(ctx.name)), ..LabelSelector::default() }),
+            policy_types: Some(vec!["Ingress".into(), "Egress".into()]),
+            // Only the bubble's own ports, from anywhere; nothing else (no traffic from other bubbles' pods
+            // to other ports).
+            ingress: Some(vec![NetworkPolicyIngressRule {
+                ports: Some(vec![port("TCP", SIGNAL_PORT), port("UDP", turn.udp_port), port("TCP", turn.tls_port)]),
+                ..NetworkPolicyIngressRule::default()
+            }]),
+            egress: Some(vec![
+                // DNS.
+                NetworkPolicyEgressRule {
+                    to: Some(vec![NetworkPolicyPeer {
+                        namespace_selector: Some(namespace("kube-system")),
+                        pod_selector: Some(LabelSelector {
+                            match_labels: Some(BTreeMap::from([("k8s-app".to_owned(), "kube-dns".to_owned())])),
+                            ..LabelSelector::default()
+                        }),
+                        ..NetworkPolicyPeer::default()
+                    }]),
+                    ports: Some(vec![port("UDP", 53), port("TCP", 53)]),
+                },
+                // The admin API.
+                NetworkPolicyEgressRule {
+                    to: Some(vec![NetworkPolicyPeer {
+                        namespace_selector: Some(namespace(&settings.admin_api_namespace)),
+                        pod_selector: Some(LabelSelector {
+                            match_labels: Some(BTreeMap::from([(
+                                "app.kubernetes.io/name".to_owned(),
+                                "peerbubble-admin-api".to_owned(),
+                            )])),
+                            ..LabelSelector::default()
+                        }),
+                        ..NetworkPolicyPeer::default()
+                    }]),
+                    ports: None,
+                },
+                // Outside the cluster.
+                NetworkPolicyEgressRule {
+                    to: Some(vec![NetworkPolicyPeer {
+                        ip_block: Some(IPBlock { cidr: "0.0.0.0/0".into(), except: Some(except) }),
+                        ..NetworkPolicyPeer::default()
+                    }]),
+                    ports: None,
+                },
+                // Other pods of the same bubble (relay-to-relay between replicas).
+                NetworkPolicyEgressRule {
+                    to: Some(vec![NetworkPolicyPeer {
+                        pod_selector: Some(LabelSelector {
+                            match_labels: Some(selector(ctx.name)),
+                            ..LabelSelector::default()
+                        }),
+                        ..NetworkPolicyPeer::default()
+                    }]),
+                    ports: None,
+                },
+            ]),
+        }),
+    })
+}
+
+/// Renders everything for `bubble`. `turn_secret` is the existing secret value if the Secret exists (kept
+/// across reconciles), else a fresh one the caller generated.
+pub fn render(
+    bubble: &Bubble,
+    categories: &[Category],
+    settings: &Settings,
+    turn_secret: &[u8],
+) -> Result<Rendered, RenderError> {
+    let name = bubble.metadata.name.as_deref().ok_or(RenderError::Incomplete("a name"))?;
+    let namespace = bubble.metadata.namespace.as_deref().ok_or(RenderError::Incomplete("a namespace"))?;
+    let owner = bubble.controller_owner_ref(&()).ok_or(RenderError::Incomplete("a uid"))?;
+    let ctx = Ctx { name, namespace, owner };
+    let policy = policy_yaml(name, categories)?;
+    let policy_hash = {
+        use sha2::Digest as _;
+        sha2::Sha256::digest(policy.as_bytes()).iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
+    let pdb = (bubble.spec.replicas > 1).then(|| PodDisruptionBudget {
+        metadata: ctx.meta(name.to_owned()),
+        spec: Some(PodDisruptionBudgetSpec {
+            min_available: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector { match_labels: Some(selector(name)), ..LabelSelector::default() }),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        ..PodDisruptionBudget::default()
+    });
+    Ok(Rendered {
+        service_account: ServiceAccount {
+            metadata: ctx.meta(format!("{name}-bubble")),
+            automount_service_account_token: Some(false),
+            ..ServiceAccount::default()
+        },
+        turn_secret: Secret {
+            metadata: ctx.meta(format!("{name}-turn")),
+            type_: Some("Opaque".into()),
+            data: Some(BTreeMap::from([(TURN_SECRET_KEY.to_owned(), ByteString(turn_secret.to_vec()))])),
+            ..Secret::default()
+        },
+        policy: ConfigMap {
+            metadata: ctx.meta(format!("{name}-policy")),
+            data: Some(BTreeMap::from([("policy.yaml".to_owned(), policy)])),
+            ..ConfigMap::default()
+        },
+        deployment: deployment(&ctx, bubble, settings, &policy_hash),
+        services: services(&ctx, bubble),
+        network_policy: network_policy(&ctx, bubble, settings),
+        pdb,
+    })
+}

@@ -1,0 +1,119 @@
+//! Golden tests of everything the operator renders for a few Bubble specs. `UPDATE_GOLDEN=1 cargo test -p
+//! peerbubble-operator --test golden` rewrites the files after a deliberate change; review the diff.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use peerbubble_crd::{Bubble, BubbleSpec, Category, CategorySpec};
+use peerbubble_operator::render::{BUBBLE_LABEL, RenderError, Settings, render};
+use serde_json::json;
+
+fn settings() -> Settings {
+    Settings {
+        image: "registry.example/peerbubble:0.1.0".into(),
+        admin_api_url: "http://peerbubble-admin-api.peerbubble-system:8481".into(),
+        admin_api_namespace: "peerbubble-system".into(),
+    }
+}
+
+fn bubble(name: &str, spec: serde_json::Value) -> Bubble {
+    let spec: BubbleSpec = serde_json::from_value(spec).unwrap();
+    let mut bubble = Bubble::new(name, spec);
+    bubble.metadata.namespace = Some("missions".into());
+    bubble.metadata.uid = Some(format!("uid-{name}"));
+    bubble
+}
+
+fn category(name: &str, bubble: &str, sees: &[&str]) -> Category {
+    Category {
+        metadata: ObjectMeta { name: Some(name.into()), namespace: Some("missions".into()), ..ObjectMeta::default() },
+        spec: CategorySpec {
+            bubble: bubble.into(),
+            display_name: format!("{name} \"team\""),
+            sees: sees.iter().map(|s| (*s).to_owned()).collect(),
+        },
+        status: None,
+    }
+}
+
+fn check_golden(case: &str, rendered: &impl serde::Serialize) {
+    let yaml = serde_saphyr::to_string(rendered).unwrap();
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(format!("{case}.yaml"));
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, &yaml).unwrap();
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(expected == yaml, "{case}: rendering changed; if deliberate, run with UPDATE_GOLDEN=1 and review:\n{yaml}");
+}
+
+#[test]
+fn default_bubble() {
+    let b = bubble("flood", json!({"displayName": "Flood response"}));
+    let categories =
+        [category("medics", "flood", &[]), category("command", "flood", &["medics"]), category("x", "other", &[])];
+    let rendered = render(&b, &categories, &settings(), b"0123456789abcdef0123456789abcdef").unwrap();
+    check_golden("default", &rendered);
+    // Only this bubble's categories are in its policy.
+    let policy = &rendered.policy.data.as_ref().unwrap()["policy.yaml"];
+    assert!(
+        policy.contains("id: command") && policy.contains("sees: [medics]") && !policy.contains("id: x"),
+        "{policy}"
+    );
+    assert!(rendered.pdb.is_some() && rendered.network_policy.is_some());
+}
+
+#[test]
+fn small_bubble_without_network_policy_on_node_ports() {
+    let b = bubble(
+        "drill",
+        json!({
+            "displayName": "Drill", "replicas": 1,
+            "turn": {"serviceType": "NodePort", "udpPort": 3478, "tlsPort": 5349, "externalAddress": "203.0.113.7"},
+            "networkPolicy": {"mode": "Disabled"},
+            "signaling": {"host": "drill.example.org", "tls": {"secretName": "drill-tls"}},
+            "resources": {"limits": {"memory": "128Mi"}},
+            "directory": {"adminApiUrl": "https://admin.example.org"}
+        }),
+    );
+    let rendered = render(&b, &[], &settings(), b"secret").unwrap();
+    check_golden("small", &rendered);
+    assert!(rendered.pdb.is_none() && rendered.network_policy.is_none());
+}
+
+#[test]
+fn every_object_is_labelled_and_owned() {
+    let b = bubble("flood", json!({"displayName": "Flood", "networkPolicy": {"clusterCidrs": ["10.96.0.0/12"]}}));
+    let rendered = render(&b, &[], &settings(), b"s").unwrap();
+    let value = serde_json::to_value(&rendered).unwrap();
+    let mut metas = vec![];
+    for (key, object) in value.as_object().unwrap() {
+        match object {
+            serde_json::Value::Array(items) => metas.extend(items.iter().map(|o| (key.clone(), o["metadata"].clone()))),
+            serde_json::Value::Null => {}
+            object => metas.push((key.clone(), object["metadata"].clone())),
+        }
+    }
+    assert_eq!(metas.len(), 9);
+    for (key, meta) in metas {
+        assert_eq!(meta["labels"][BUBBLE_LABEL], "flood", "{key}");
+        assert_eq!(meta["namespace"], "missions", "{key}");
+        let owner = &meta["ownerReferences"][0];
+        assert_eq!(
+            (owner["kind"].as_str(), owner["uid"].as_str(), owner["controller"].as_bool()),
+            (Some("Bubble"), Some("uid-flood"), Some(true)),
+            "{key}"
+        );
+    }
+    // The egress policy keeps the cluster's own ranges out of "outside the cluster".
+    let np = serde_json::to_string(&rendered.network_policy).unwrap();
+    assert!(np.contains("10.96.0.0/12"), "{np}");
+}
+
+#[test]
+fn a_category_seeing_a_missing_category_is_an_error() {
+    let b = bubble("flood", json!({"displayName": "Flood"}));
+    let err = render(&b, &[category("medics", "flood", &["ghosts"])], &settings(), b"s").unwrap_err();
+    assert_eq!(err, RenderError::UnknownCategory { category: "medics".into(), missing: "ghosts".into() });
+    let mut incomplete = b.clone();
+    incomplete.metadata.uid = None;
+    assert_eq!(render(&incomplete, &[], &settings(), b"s").unwrap_err(), RenderError::Incomplete("a uid"));
+}
