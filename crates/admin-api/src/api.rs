@@ -265,11 +265,6 @@ fn documented() -> (Router<Arc<ApiState>>, utoipa::openapi::OpenApi) {
         .split_for_parts()
 }
 
-/// The OpenAPI document (for `openapi.json`, the reference page and tests).
-pub fn openapi() -> utoipa::openapi::OpenApi {
-    documented().1
-}
-
 /// The router.
 pub fn router(state: Arc<ApiState>) -> Router {
     let (router, doc) = documented();
@@ -320,7 +315,7 @@ struct CreatedBubble {
 }
 
 /// A new secret for a caller, or 503 if the system has no randomness to give.
-fn fresh_token() -> Result<String, ApiError> {
+pub(crate) fn fresh_token() -> Result<String, ApiError> {
     random_token()
         .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "no secure randomness; retry"))
 }
@@ -782,11 +777,7 @@ async fn create_token(
 ) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
     who.organisation_admin()?;
     check_name(&req.name)?;
-    let role = match req.role.as_str() {
-        "admin" => Role::Admin,
-        "auditor" => Role::Auditor,
-        _ => return Err(ApiError::bad_request("role must be admin or auditor")),
-    };
+    let role = Role::parse(&req.role).ok_or_else(|| ApiError::bad_request("role must be admin or auditor"))?;
     let bubbles = if req.bubbles == ["*"] {
         "*".to_owned()
     } else {

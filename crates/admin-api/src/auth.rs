@@ -10,6 +10,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, StatusCode, header};
 
 use crate::api::{ApiError, ApiState};
+use crate::store::AdminSession;
 use crate::token::{hash_token, hashes_equal, sha256_hex};
 
 /// The administrator session cookie (HttpOnly, SameSite=Strict, Secure under TLS).
@@ -27,6 +28,15 @@ pub enum Role {
 }
 
 impl Role {
+    /// From its stored and wire name.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "admin" => Some(Role::Admin),
+            "auditor" => Some(Role::Auditor),
+            _ => None,
+        }
+    }
+
     /// The stored and wire name.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -97,11 +107,7 @@ impl Principal {
 
 /// A principal from its stored form (role name, `*` or comma-separated bubbles).
 pub fn stored_principal(name: String, role: &str, bubbles: &str) -> Option<Principal> {
-    let role = match role {
-        "admin" => Role::Admin,
-        "auditor" => Role::Auditor,
-        _ => return None,
-    };
+    let role = Role::parse(role)?;
     let scope = if bubbles == "*" {
         Scope::All
     } else {
@@ -135,6 +141,17 @@ pub fn csrf_token(session_token: &str) -> String {
     sha256_hex(format!("PeerBubble-v1-csrf\0{session_token}").as_bytes())
 }
 
+/// The unexpired session behind a session cookie, or `session_expired`.
+pub(crate) async fn live_session(state: &ApiState, session_token: &str) -> Result<AdminSession, ApiError> {
+    state.store.session(&hash_token(session_token), (state.clock)()).await?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "session_expired",
+            "your session has expired or was ended; sign in again at /auth/login",
+        )
+    })
+}
+
 /// Authenticates a request: bearer token first, else the session cookie (with CSRF check unless `method` is
 /// safe).
 pub async fn principal(state: &ApiState, headers: &HeaderMap, method: &Method) -> Result<Principal, ApiError> {
@@ -149,13 +166,7 @@ pub async fn principal(state: &ApiState, headers: &HeaderMap, method: &Method) -
         return stored_principal(name, &role, &bubbles).ok_or_else(ApiError::unauthorized);
     }
     let Some(session) = cookie(headers, SESSION_COOKIE) else { return Err(ApiError::unauthorized()) };
-    let Some(row) = state.store.session(&hash_token(session), (state.clock)()).await? else {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "session_expired",
-            "your session has expired or was ended; sign in again at /auth/login",
-        ));
-    };
+    let row = live_session(state, session).await?;
     if !method.is_safe() {
         let sent = headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok());
         if !sent.is_some_and(|sent| hashes_equal(sent, &csrf_token(session))) {

@@ -25,10 +25,12 @@ use openidconnect::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
-use crate::api::{ApiError, ApiState, audit_event};
-use crate::auth::{Caller, Principal, Role, SESSION_COOKIE, Scope, cookie, csrf_token, stored_principal, stored_scope};
+use crate::api::{ApiError, ApiState, audit_event, fresh_token};
+use crate::auth::{
+    Caller, Principal, Role, SESSION_COOKIE, Scope, cookie, csrf_token, live_session, stored_principal, stored_scope,
+};
 use crate::store::AdminSession;
-use crate::token::{hash_token, random_token};
+use crate::token::hash_token;
 
 /// The login-in-progress cookie: the PKCE verifier (SameSite=Lax, since the provider's redirect back is a
 /// cross-site navigation).
@@ -177,10 +179,10 @@ pub fn principal_from_claims(payload: &serde_json::Value, roles_claim: &str, nam
     let mut grants: [(bool, Vec<String>); 2] = [(false, Vec::new()), (false, Vec::new())];
     for value in values {
         let (role, bubble) = value.split_once(':').map_or((value, None), |(r, b)| (r, Some(b)));
-        let slot = match role {
-            "admin" => 0,
-            "auditor" => 1,
-            _ => continue,
+        let slot = match Role::parse(role) {
+            Some(Role::Admin) => 0,
+            Some(Role::Auditor) => 1,
+            None => continue,
         };
         match bubble {
             None => grants[slot].0 = true,
@@ -232,11 +234,6 @@ fn not_configured() -> ApiError {
     )
 }
 
-fn fresh() -> Result<String, ApiError> {
-    random_token()
-        .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "no secure randomness; retry"))
-}
-
 /// `GET /auth/login`: starts a sign-in and redirects to the provider.
 #[utoipa::path(get, path = "/auth/login", tag = "sign-in",
     responses((status = 303, description = "Redirect to the identity provider; sets the login cookie"),
@@ -245,7 +242,7 @@ fn fresh() -> Result<String, ApiError> {
 pub async fn login(State(state): State<Arc<ApiState>>) -> Result<Response, ApiError> {
     let oidc = state.oidc.as_ref().ok_or_else(not_configured)?;
     let client = oidc.client().await?;
-    let (verifier, csrf_state, nonce) = (fresh()?, fresh()?, fresh()?);
+    let (verifier, csrf_state, nonce) = (fresh_token()?, fresh_token()?, fresh_token()?);
     // Our verifier is a 43-character base64url token, the shape PKCE requires.
     let challenge = PkceCodeChallenge::from_code_verifier_sha256(&PkceCodeVerifier::new(verifier.clone()));
     let (state_for_url, nonce_for_url) = (csrf_state.clone(), nonce.clone());
@@ -360,7 +357,7 @@ pub async fn callback(
             ),
         ));
     };
-    let session = fresh()?;
+    let session = fresh_token()?;
     let row = AdminSession {
         name: principal.name.clone(),
         role: principal.role.as_str().to_owned(),
@@ -409,9 +406,7 @@ fn session_cookie(headers: &HeaderMap) -> Result<&str, ApiError> {
         (status = 401, description = "Not signed in, or the session expired", body = crate::api::ErrorBody)))]
 pub async fn session(State(state): State<Arc<ApiState>>, headers: HeaderMap) -> Result<Response, ApiError> {
     let token = session_cookie(&headers)?;
-    let row = state.store.session(&hash_token(token), (state.clock)()).await?.ok_or_else(|| {
-        ApiError::new(StatusCode::UNAUTHORIZED, "session_expired", "your session has expired; sign in again")
-    })?;
+    let row = live_session(&state, token).await?;
     let principal = stored_principal(row.name.clone(), &row.role, &row.bubbles).ok_or_else(ApiError::unauthorized)?;
     let bubbles = match principal.scope {
         Scope::All => vec!["*".to_owned()],

@@ -4,6 +4,7 @@
 
 use std::sync::atomic::Ordering;
 
+use peerbubble_admin_api::control::{BubbleSpec, CategorySpec, ControlError, ControlFuture, ControlPlane};
 use peerbubble_proto::{IdentityKey, Purpose, enroll_message};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -497,5 +498,41 @@ async fn invites_come_with_a_qr_code_of_their_link() {
     let (_, other) =
         api.post("/api/v1/bubbles/ops/invites", Some(ADMIN), json!({"display_name": "Yan", "categories": []})).await;
     assert_ne!(other["qr_svg"], body["qr_svg"]);
+    api.finish().await;
+}
+
+/// A platform that refuses every change (a Kubernetes API server saying no).
+#[derive(Debug)]
+struct RefusingPlatform;
+
+impl ControlPlane for RefusingPlatform {
+    fn name(&self) -> &'static str {
+        "refusing"
+    }
+    fn bubble_created<'a>(&'a self, _: &'a BubbleSpec) -> ControlFuture<'a> {
+        Box::pin(async { Err(ControlError("admission webhook denied the request".into())) })
+    }
+    fn category_changed<'a>(&'a self, _: &'a CategorySpec) -> ControlFuture<'a> {
+        Box::pin(async { Err(ControlError("admission webhook denied the request".into())) })
+    }
+}
+
+#[tokio::test]
+async fn a_refusing_control_plane_is_reported_and_the_change_kept() {
+    let db = support::sqlite_db().await;
+    let (mut state, now) = support::test_state(db.store.clone(), 100);
+    state.control = std::sync::Arc::new(RefusingPlatform);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = support::serve_on(listener, Some(db), state, now);
+    let (status, body) = api.post("/api/v1/bubbles", Some(ADMIN), json!({"id": "ops", "display_name": "Ops"})).await;
+    assert_eq!((status, body["error"].as_str()), (StatusCode::BAD_GATEWAY, Some("control_plane_failed")), "{body}");
+    assert!(body["message"].as_str().unwrap().contains("admission webhook denied"), "{body}");
+    // Stored and audited all the same: a retry of the platform side finds it.
+    assert_eq!(api.get("/api/v1/bubbles", Some(ADMIN)).await.1[0]["id"], "ops");
+    let (status, body) = api
+        .post("/api/v1/bubbles/ops/categories", Some(ADMIN), json!({"id": "medics", "display_name": "Medics"}))
+        .await;
+    assert_eq!((status, body["error"].as_str()), (StatusCode::BAD_GATEWAY, Some("control_plane_failed")), "{body}");
+    assert_eq!(api.get("/api/v1/bubbles/ops/categories", Some(ADMIN)).await.1.as_array().map(Vec::len), Some(1));
     api.finish().await;
 }

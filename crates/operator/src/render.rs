@@ -124,10 +124,7 @@ pub fn policy_yaml(bubble: &str, categories: &[Category]) -> Result<String, Rend
     let mut mine: Vec<&Category> = categories.iter().filter(|c| c.spec.bubble == bubble).collect();
     mine.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     let names: Vec<&str> = mine.iter().filter_map(|c| c.metadata.name.as_deref()).collect();
-    let mut out = format!("bubble: {bubble}\ncategories:\n");
-    if mine.is_empty() {
-        out = format!("bubble: {bubble}\ncategories: []\n");
-    }
+    let mut entries = String::new();
     for category in &mine {
         let id = category.metadata.name.as_deref().unwrap_or_default();
         for seen in &category.spec.sees {
@@ -139,8 +136,13 @@ pub fn policy_yaml(bubble: &str, categories: &[Category]) -> Result<String, Rend
         sees.sort();
         // Ids are DNS labels (schema-validated); display names are quoted as JSON strings, which YAML reads.
         let display = serde_json::to_string(&category.spec.display_name).unwrap_or_default();
-        out += &format!("  - id: {id}\n    display_name: {display}\n    sees: [{}]\n", sees.join(", "));
+        entries += &format!("  - id: {id}\n    display_name: {display}\n    sees: [{}]\n", sees.join(", "));
     }
+    let out = if entries.is_empty() {
+        format!("bubble: {bubble}\ncategories: []\n")
+    } else {
+        format!("bubble: {bubble}\ncategories:\n{entries}")
+    };
     Ok(out)
 }
 

@@ -257,22 +257,12 @@ async fn up(data_dir: &Path, listen: SocketAddr, admin_args: &admin::AdminArgs) 
             "demo setup",
         )
         .await?;
-        api_post(
-            &api,
-            "/api/v1/bubbles/demo/categories",
-            Some(token),
-            &json!({"id": "field-team", "display_name": "Field team"}),
-            "demo setup",
-        )
-        .await?;
-        api_post(
-            &api,
-            "/api/v1/bubbles/demo/categories",
-            Some(token),
-            &json!({"id": "command", "display_name": "Command", "sees": ["field-team"]}),
-            "demo setup",
-        )
-        .await?;
+        for category in [
+            json!({"id": "field-team", "display_name": "Field team"}),
+            json!({"id": "command", "display_name": "Command", "sees": ["field-team"]}),
+        ] {
+            api_post(&api, "/api/v1/bubbles/demo/categories", Some(token), &category, "demo setup").await?;
+        }
         for (file, name, category) in DEMO_MEMBERS {
             invites.push((file, make_invite(&api, token, DEMO_BUBBLE, name, &[category.to_owned()]).await?));
         }

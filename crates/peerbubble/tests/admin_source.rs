@@ -24,6 +24,10 @@ async fn post(http: &reqwest::Client, url: String, token: Option<&str>, body: Va
     res.json().await.unwrap_or(Value::Null)
 }
 
+async fn get(http: &reqwest::Client, url: String) -> Value {
+    http.get(url).bearer_auth("admin").send().await.unwrap().json().await.unwrap()
+}
+
 #[tokio::test]
 async fn bubble_server_follows_the_admin_api_and_survives_its_outage() {
     let dir = tempfile::tempdir().unwrap();
@@ -95,24 +99,8 @@ async fn bubble_server_follows_the_admin_api_and_survives_its_outage() {
     );
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let samples: Value = http
-            .get(format!("{api}/api/v1/bubbles/ops/health"))
-            .bearer_auth("admin")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let events: Value = http
-            .get(format!("{api}/api/v1/audit?bubble=ops"))
-            .bearer_auth("admin")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let samples = get(&http, format!("{api}/api/v1/bubbles/ops/health")).await;
+        let events = get(&http, format!("{api}/api/v1/audit?bubble=ops")).await;
         let opened = events.as_array().unwrap().iter().any(|e| {
             e["action"] == "session.opened" && e["detail"] == format!("member={}", keys[0].public_key().member_id())
         });
