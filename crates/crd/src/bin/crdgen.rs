@@ -1,4 +1,4 @@
-//! Writes the CustomResourceDefinitions to crds/ (and the Helm chart's copy when it exists), or with `--check`
+//! Writes the CustomResourceDefinitions to crds/ and the Helm chart's templates/crds/, or with `--check`
 //! fails when the files differ from the Rust types.
 
 use std::path::PathBuf;
@@ -20,7 +20,7 @@ fn run(check: bool) -> anyhow::Result<bool> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     let mut in_sync = true;
     for (name, yaml) in peerbubble_crd::crd_files()? {
-        let path = root.join("crds").join(name);
+        let path = root.join(&name);
         if check {
             if std::fs::read_to_string(&path).ok().as_deref() != Some(yaml.as_str()) {
                 eprintln!(
@@ -30,6 +30,9 @@ fn run(check: bool) -> anyhow::Result<bool> {
                 in_sync = false;
             }
         } else {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
             std::fs::write(&path, yaml)?;
             eprintln!("crdgen: wrote {}", path.display());
         }
