@@ -34,7 +34,10 @@ const CONCURRENCY: usize = 16;
 
 /// Answers like an API server that accepts everything: applies and status patches are echoed (Deployments
 /// ready, Services with a load balancer address), the credential Secret exists, the TURN Secret does not yet.
-async fn answer(request: Request<Body>, calls: Arc<AtomicU64>) -> Result<Response<Body>, Infallible> {
+/// Bubbles as stored by the fake API server, by path: a status patch is answered with the whole object.
+type Stored = Arc<std::collections::HashMap<String, Value>>;
+
+async fn answer(request: Request<Body>, calls: Arc<AtomicU64>, stored: Stored) -> Result<Response<Body>, Infallible> {
     calls.fetch_add(1, Ordering::Relaxed);
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
@@ -57,7 +60,11 @@ async fn answer(request: Request<Body>, calls: Arc<AtomicU64>) -> Result<Respons
         ),
         _ => {
             let mut body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-            if path.contains("/deployments/") {
+            if let Some(object) = path.strip_suffix("/status").and_then(|p| stored.get(p)) {
+                let status = body["status"].take();
+                body = object.clone();
+                body["status"] = status;
+            } else if path.contains("/deployments/") {
                 body["status"] = json!({"readyReplicas": body["spec"]["replicas"].clone()});
             } else if path.contains("/services/") {
                 body["status"] = json!({"loadBalancer": {"ingress": [{"ip": "192.0.2.1"}]}});
@@ -69,8 +76,8 @@ async fn answer(request: Request<Body>, calls: Arc<AtomicU64>) -> Result<Respons
     Ok(response)
 }
 
-fn client(calls: Arc<AtomicU64>) -> Client {
-    let service = tower::service_fn(move |request| answer(request, calls.clone()));
+fn client(calls: Arc<AtomicU64>, stored: Stored) -> Client {
+    let service = tower::service_fn(move |request| answer(request, calls.clone(), stored.clone()));
     Client::new(service, "default")
 }
 
@@ -134,7 +141,20 @@ async fn main() {
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = Arc::new(Metrics::register(&mut registry));
     let calls = Arc::new(AtomicU64::new(0));
-    let ctx = Arc::new(Context::new(client(calls.clone()), settings, store, metrics, None));
+    let stored: Stored = Arc::new(
+        bubbles
+            .iter()
+            .map(|b| {
+                let path = format!(
+                    "/apis/peerbubble.io/v1alpha1/namespaces/{}/bubbles/{}",
+                    b.metadata.namespace.as_deref().unwrap_or_default(),
+                    b.metadata.name.as_deref().unwrap_or_default()
+                );
+                (path, serde_json::to_value(b.as_ref()).unwrap())
+            })
+            .collect(),
+    );
+    let ctx = Arc::new(Context::new(client(calls.clone(), stored.clone()), settings, store, metrics, None));
 
     // The operator: every Bubble reconciled, CONCURRENCY at a time (the controller's setting).
     let started = Instant::now();
@@ -161,7 +181,7 @@ async fn main() {
         data: Some([("policy.yaml".to_owned(), "categories: []\n".repeat(20))].into()),
         ..ConfigMap::default()
     };
-    let baseline_client = client(Arc::new(AtomicU64::new(0)));
+    let baseline_client = client(Arc::new(AtomicU64::new(0)), stored);
     let params = PatchParams::apply("bench").force();
     let per_bubble = operator_calls / BUBBLES as u64;
     let started = Instant::now();
