@@ -217,6 +217,7 @@ async fn timed<F: Future<Output = Result<Action, Error>>>(
 
 /// Reconciles one Bubble: adds the finalizer, applies what it becomes, reports status; on deletion, removes
 /// everything it made.
+#[tracing::instrument(skip_all, fields(namespace = bubble.metadata.namespace.as_deref(), name = bubble.metadata.name.as_deref()))]
 pub async fn reconcile_bubble(bubble: Arc<Bubble>, ctx: Arc<Context>) -> Result<Action, Error> {
     let namespace = bubble.namespace().ok_or(Error::Incomplete("a namespace"))?;
     let name = bubble.name_any();
@@ -559,6 +560,7 @@ async fn cleanup_bubble(bubble: &Bubble, ctx: &Context) -> Result<Action, Error>
 }
 
 /// Reconciles one Category: its status says whether it is part of its bubble's policy, and if not, why.
+#[tracing::instrument(skip_all, fields(namespace = category.metadata.namespace.as_deref(), name = category.metadata.name.as_deref()))]
 pub async fn reconcile_category(category: Arc<Category>, ctx: Arc<Context>) -> Result<Action, Error> {
     let namespace = category.namespace().ok_or(Error::Incomplete("a namespace"))?;
     let name = category.name_any();

@@ -18,6 +18,7 @@ use kube::Client;
 use kube_lease_manager::LeaseManagerBuilder;
 use peerbubble_operator::metrics::{Metrics, encode};
 use peerbubble_operator::render::Settings;
+use peerbubble_operator::telemetry;
 use prometheus_client::registry::Registry;
 
 /// The PeerBubble operator: Bubble and Category resources into isolated bubble-server deployments.
@@ -45,6 +46,9 @@ struct Args {
     /// This replica's name (the lease holder identity and the Events' instance).
     #[arg(long, env = "POD_NAME")]
     pod_name: String,
+    /// OTLP/HTTP collector base URL for traces (e.g. http://otel-collector.observability:4318); none: no traces.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
     /// Log as JSON lines.
     #[arg(long, env = "PEERBUBBLE_LOG_JSON", default_value_t = true, action = clap::ArgAction::Set)]
     log_json: bool,
@@ -67,13 +71,18 @@ async fn readyz(State(web): State<Web>) -> StatusCode {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,kube=warn".into());
-    if args.log_json {
-        tracing_subscriber::fmt().json().with_env_filter(filter).init();
-    } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
+    let traces = args.otlp_endpoint.as_deref().map(telemetry::otlp_provider).transpose()?;
+    telemetry::init(args.log_json, traces.as_ref())?;
+    let result = operate(args).await;
+    if let Some(provider) = traces
+        && let Err(e) = provider.shutdown()
+    {
+        tracing::warn!(error = %e, "could not flush traces");
     }
+    result
+}
 
+async fn operate(args: Args) -> anyhow::Result<()> {
     let mut registry = Registry::default();
     let metrics_set = Arc::new(Metrics::register(&mut registry));
     let ready = Arc::new(AtomicBool::new(false));

@@ -258,6 +258,16 @@ fn production_values_use_postgres_oidc_and_a_service_monitor() {
     let policy = find(&docs, "NetworkPolicy", "pb-peerbubble-admin-api");
     let egress = policy["spec"]["egress"].to_string();
     assert!(egress.contains("10.20.0.15/32") && egress.contains("5432"), "{egress}");
+    let operator = find(&docs, "Deployment", "pb-peerbubble-operator");
+    let otlp = operator["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["name"] == "OTEL_EXPORTER_OTLP_ENDPOINT")
+        .count();
+    assert_eq!(otlp, 1, "one OTLP endpoint variable");
+    let egress = find(&docs, "NetworkPolicy", "pb-peerbubble-operator")["spec"]["egress"].to_string();
+    assert!(egress.contains("4318"), "the trace collector is reachable: {egress}");
     let monitor = find(&docs, "ServiceMonitor", "pb-peerbubble");
     assert_eq!(monitor["metadata"]["labels"]["release"], "prometheus");
 }
