@@ -2,6 +2,8 @@
 //! template for the default values and the files in charts/peerbubble/ci/, every rendered object read into the
 //! Kubernetes API types with unknown fields refused, the CRDs identical to crds/, bad values refused.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

@@ -2,6 +2,7 @@
 //! reaching Ready and native peers through it. It needs docker (with a running daemon) and kind; where they are
 //! missing, as on the project's CI machines, it says so and skips.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![allow(clippy::print_stderr)]
 
 use std::process::Command;

@@ -1,6 +1,8 @@
 //! Reconcile scenarios against a scripted API server (tower-test, controller-rs's ApiServerVerifier shape):
 //! create, update, spec shrink, delete with finalizer, API errors with requeue, invalid specs, Category changes.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use std::sync::Arc;
@@ -21,24 +23,13 @@ const NETPOL: &str = "/apis/networking.k8s.io/v1";
 const POLICY: &str = "/apis/policy/v1";
 
 /// What the API server knows around one apply pass.
+#[derive(Default)]
 struct World {
     existing_turn_secret: Option<Vec<u8>>,
     existing_rotation: &'static str,
     ready_replicas: i32,
     lb_ip: Option<&'static str>,
     credential_exists: bool,
-}
-
-impl Default for World {
-    fn default() -> Self {
-        Self {
-            existing_turn_secret: None,
-            existing_rotation: "",
-            ready_replicas: 0,
-            lb_ip: None,
-            credential_exists: false,
-        }
-    }
 }
 
 /// What the reconciler wrote during one apply pass.

@@ -1,6 +1,8 @@
 //! OTLP traces: a reconcile's span reaches a collector over OTLP/HTTP (a loopback listener standing in for the
 //! collector, reading the real request the exporter sends).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};

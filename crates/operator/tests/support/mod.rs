@@ -3,6 +3,7 @@
 //! A call the script does not expect fails the test; a missing call leaves the reconcile waiting, and the
 //! test's timeout fails it.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![allow(dead_code)]
 
 use std::sync::Arc;
