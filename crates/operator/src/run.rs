@@ -1,9 +1,12 @@
 //! The two controllers wired to their watches.
 //!
-//! Bubbles are reconciled when they change, when anything they own changes (Deployments, Services, Secrets,
-//! ConfigMaps, NetworkPolicies, PodDisruptionBudgets carrying the operator's label) and when one of their
+//! Bubbles are reconciled when they change, when what they own changes (Deployments, Services, ConfigMaps,
+//! NetworkPolicies, PodDisruptionBudgets carrying the operator's label) and when one of their
 //! Categories changes, so a Category edit re-renders the bubble's policy within the watch latency (about a
 //! second). Categories are reconciled when they or their Bubble change.
+//!
+//! Secrets are not watched, so that the operator needs no right to list or watch Secrets cluster-wide: a
+//! deleted TURN Secret is made again at the next periodic check (5 minutes), or at once on any other change.
 //!
 //! The Bubble controller starts only once the Category cache is complete: a policy assembled from a partial
 //! cache would drop categories and cut members off from each other.
@@ -13,7 +16,7 @@ use std::sync::Arc;
 
 use futures_util::StreamExt as _;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::reflector::ObjectRef;
@@ -80,7 +83,6 @@ pub async fn run(
     let bubble_run = Controller::new(bubbles, config.clone())
         .owns(Api::<Deployment>::all(client.clone()), owned.clone())
         .owns(Api::<Service>::all(client.clone()), owned.clone())
-        .owns(Api::<Secret>::all(client.clone()), owned.clone())
         .owns(Api::<ConfigMap>::all(client.clone()), owned.clone())
         .owns(Api::<NetworkPolicy>::all(client.clone()), owned.clone())
         .owns(Api::<PodDisruptionBudget>::all(client.clone()), owned)

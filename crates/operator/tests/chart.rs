@@ -167,6 +167,9 @@ fn least_privilege(rules: &Option<Vec<k8s_openapi::api::rbac::v1::PolicyRule>>) 
             assert!(!["pods/exec", "nodes", "clusterroles", "rolebindings"].contains(&resource.as_str()), "{rule:?}");
         }
         assert!(!rule.verbs.iter().any(|v| v == "escalate" || v == "bind" || v == "impersonate"), "{rule:?}");
+        if rule.resources.iter().flatten().any(|r| r == "secrets") {
+            assert!(!rule.verbs.iter().any(|v| v == "list" || v == "watch"), "no listing of Secrets: {rule:?}");
+        }
     }
 }
 
