@@ -1,7 +1,13 @@
 //! The directory from the admin API: this bubble's document only, fetched with this bubble's credential,
 //! followed with conditional requests. While the admin API is unreachable the server keeps its last directory
 //! (the follower keeps the previous one on any error).
+//!
+//! In Kubernetes the category policy comes from Category resources: the operator renders it into a ConfigMap
+//! mounted as a file, and [`AdminApiSource::with_policy_file`] lays it over the admin API's document (see
+//! [`overlay_policy`]). The file is re-read at every poll, so a Category change reaches the members within
+//! the kubelet's ConfigMap sync and one poll.
 
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -40,6 +46,29 @@ pub struct AdminApiSource {
     credential: BubbleCredential,
     interval: Duration,
     etag: Mutex<Option<String>>,
+    policy_file: Option<PathBuf>,
+    /// The last document from the admin API and the policy version it was compiled with.
+    last: Mutex<Option<(BubbleFile, String)>>,
+}
+
+/// Lays a category policy (a bubble file with categories only, as the operator renders it) over the admin
+/// API's document: the policy's categories replace the document's, and members keep only the categories the
+/// policy has (a member whose category is gone sees less, never more).
+pub fn overlay_policy(mut file: BubbleFile, policy: &BubbleFile) -> Result<BubbleFile, DirectoryError> {
+    if policy.bubble != file.bubble {
+        return Err(DirectoryError::Invalid(format!(
+            "the policy file is for bubble {:?}, this server serves {:?}",
+            policy.bubble, file.bubble
+        )));
+    }
+    if !policy.members.is_empty() {
+        return Err(DirectoryError::Invalid("a policy file names categories only, not members".into()));
+    }
+    file.categories.clone_from(&policy.categories);
+    for member in &mut file.members {
+        member.categories.retain(|c| policy.categories.iter().any(|p| &p.id == c));
+    }
+    Ok(file)
 }
 
 impl AdminApiSource {
@@ -55,7 +84,47 @@ impl AdminApiSource {
             .build()
             .map_err(|e| DirectoryError::Read { path: base.into(), reason: e.to_string() })?;
         let url = format!("{}/api/v1/bubbles/{bubble}/directory", base.trim_end_matches('/'));
-        Ok(Self { client, url, credential, interval, etag: Mutex::new(None) })
+        Ok(Self {
+            client,
+            url,
+            credential,
+            interval,
+            etag: Mutex::new(None),
+            policy_file: None,
+            last: Mutex::new(None),
+        })
+    }
+
+    /// Takes the category policy from `path` (re-read at every poll) instead of the admin API's categories.
+    #[must_use]
+    pub fn with_policy_file(mut self, path: PathBuf) -> Self {
+        self.policy_file = Some(path);
+        self
+    }
+
+    /// The policy file's content and a version of it ("" without a policy file).
+    async fn policy(&self) -> Result<Option<(BubbleFile, String)>, DirectoryError> {
+        let Some(path) = &self.policy_file else { return Ok(None) };
+        let bytes = tokio::fs::read(path)
+            .await
+            .map_err(|e| DirectoryError::Read { path: path.clone(), reason: e.to_string() })?;
+        if bytes.len() > crate::directory::MAX_BUBBLE_FILE_BYTES {
+            return Err(DirectoryError::Read { path: path.clone(), reason: "policy file too large".into() });
+        }
+        let text = std::str::from_utf8(&bytes).map_err(|_| DirectoryError::Parse("policy file is not UTF-8".into()))?;
+        let policy: BubbleFile =
+            serde_saphyr::from_str(text).map_err(|e| DirectoryError::Parse(format!("{}: {e}", path.display())))?;
+        use sha2::Digest as _;
+        let digest = sha2::Sha256::digest(&bytes);
+        let version = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+        Ok(Some((policy, version)))
+    }
+
+    fn compile(&self, file: BubbleFile, etag: &str, policy: Option<&(BubbleFile, String)>) -> Result<Directory, DirectoryError> {
+        match policy {
+            None => Directory::compile(file, etag.to_owned()),
+            Some((policy, version)) => Directory::compile(overlay_policy(file, policy)?, format!("{etag}+{version}")),
+        }
     }
 
     fn error(&self, reason: impl Into<String>) -> DirectoryError {
@@ -65,6 +134,8 @@ impl AdminApiSource {
 
 impl DirectorySource for AdminApiSource {
     async fn load(&self, current: Option<&str>) -> Result<Option<Directory>, DirectoryError> {
+        let policy = self.policy().await?;
+        let policy_version = policy.as_ref().map(|(_, v)| v.clone()).unwrap_or_default();
         let mut request = self.client.get(&self.url).bearer_auth(self.credential.secret());
         let known = self.etag.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if let (Some(etag), Some(_)) = (&known, current) {
@@ -72,7 +143,18 @@ impl DirectorySource for AdminApiSource {
         }
         let response = request.send().await.map_err(|e| self.error(format!("admin API unreachable: {e}")))?;
         match response.status() {
-            StatusCode::NOT_MODIFIED => return Ok(None),
+            StatusCode::NOT_MODIFIED => {
+                // The document is unchanged; the policy may not be.
+                let last = self.last.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                return match last {
+                    Some((file, version)) if version != policy_version => {
+                        let directory = self.compile(file.clone(), known.as_deref().unwrap_or_default(), policy.as_ref())?;
+                        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((file, policy_version));
+                        Ok(Some(directory))
+                    }
+                    _ => Ok(None),
+                };
+            }
             StatusCode::OK => {}
             StatusCode::UNAUTHORIZED => return Err(self.error("the admin API refused this bubble's credential")),
             other => return Err(self.error(format!("admin API answered {other}"))),
@@ -83,8 +165,8 @@ impl DirectorySource for AdminApiSource {
             return Err(self.error("directory document too large"));
         }
         let file: BubbleFile = serde_json::from_slice(&bytes).map_err(|e| DirectoryError::Parse(e.to_string()))?;
-        let version = etag.clone().unwrap_or_default();
-        let directory = Directory::compile(file, version)?;
+        let directory = self.compile(file.clone(), etag.as_deref().unwrap_or_default(), policy.as_ref())?;
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((file, policy_version));
         *self.etag.lock().unwrap_or_else(|p| p.into_inner()) = etag;
         Ok(Some(directory))
     }
@@ -94,6 +176,9 @@ impl DirectorySource for AdminApiSource {
     }
 
     fn describe(&self) -> String {
-        format!("admin API {}", self.url)
+        match &self.policy_file {
+            Some(path) => format!("admin API {} with the category policy {}", self.url, path.display()),
+            None => format!("admin API {}", self.url),
+        }
     }
 }

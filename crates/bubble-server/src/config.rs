@@ -84,6 +84,10 @@ pub struct SignalArgs {
     /// File holding the bubble's admin-API credential (a mounted Secret in Kubernetes).
     #[arg(long, env = "PEERBUBBLE_BUBBLE_CREDENTIAL_FILE")]
     pub bubble_credential_file: Option<PathBuf>,
+    /// Category policy file laid over the admin API's categories (the operator's ConfigMap in Kubernetes);
+    /// re-read at every poll.
+    #[arg(long, env = "PEERBUBBLE_POLICY_FILE", requires = "admin_api_url")]
+    pub policy_file: Option<PathBuf>,
 }
 
 /// The YAML file form: the same keys as [`Config`], all optional, unknown keys refused.

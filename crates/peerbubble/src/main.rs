@@ -187,12 +187,15 @@ async fn bubble_server(args: &SignalArgs) -> anyhow::Result<()> {
     let server = match (&args.admin_api_url, &args.bubble, &args.bubble_credential_file) {
         (Some(url), Some(bubble), Some(file)) => {
             let secret = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
-            let source = AdminApiSource::new(
+            let mut source = AdminApiSource::new(
                 url,
                 bubble,
                 BubbleCredential::new(secret.trim().to_owned()),
                 Duration::from_secs(1),
             )?;
+            if let Some(policy) = &args.policy_file {
+                source = source.with_policy_file(policy.clone());
+            }
             Server::start(config, source).await?
         }
         _ => {

@@ -28,8 +28,16 @@ async fn get(http: &reqwest::Client, url: String) -> Value {
     http.get(url).bearer_auth("admin").send().await.unwrap().json().await.unwrap()
 }
 
-#[tokio::test]
-async fn bubble_server_follows_the_admin_api_and_survives_its_outage() {
+struct Admin {
+    api: String,
+    credential: String,
+    keys: Vec<IdentityKey>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+/// An admin API on loopback with bubble `ops`, the categories (id, sees) and members (name, categories)
+/// enrolled through invites.
+async fn admin_api(categories: &[(&str, &[&str])], members: &[(&str, &[&str])]) -> (Admin, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::connect(&format!("sqlite://{}", dir.path().join("a.db").display())).await.unwrap();
     let mut state = ApiState::new(store, Some(token::hash_token("admin")), "http://x".into(), system_clock());
@@ -37,26 +45,28 @@ async fn bubble_server_follows_the_admin_api_and_survives_its_outage() {
     let state = Arc::new(state);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let api = format!("http://{}", listener.local_addr().unwrap());
-    let api_task = tokio::spawn(async move { axum::serve(listener, router(state)).await });
+    let task = tokio::spawn(async move { axum::serve(listener, router(state)).await });
 
     let http = reqwest::Client::new();
     let bubble =
         post(&http, format!("{api}/api/v1/bubbles"), Some("admin"), json!({"id": "ops", "display_name": "Ops"})).await;
     let credential = bubble["credential"].as_str().unwrap().to_owned();
-    post(
-        &http,
-        format!("{api}/api/v1/bubbles/ops/categories"),
-        Some("admin"),
-        json!({"id": "team", "display_name": "Team"}),
-    )
-    .await;
+    for (id, sees) in categories {
+        post(
+            &http,
+            format!("{api}/api/v1/bubbles/ops/categories"),
+            Some("admin"),
+            json!({"id": id, "display_name": id, "sees": sees}),
+        )
+        .await;
+    }
     let mut keys = Vec::new();
-    for name in ["Ann", "Bob"] {
+    for (name, categories) in members {
         let invite = post(
             &http,
             format!("{api}/api/v1/bubbles/ops/invites"),
             Some("admin"),
-            json!({"display_name": name, "categories": ["team"]}),
+            json!({"display_name": name, "categories": categories}),
         )
         .await;
         let token = invite["token"].as_str().unwrap();
@@ -71,6 +81,20 @@ async fn bubble_server_follows_the_admin_api_and_survives_its_outage() {
         .await;
         keys.push(key);
     }
+    (Admin { api, credential, keys, task }, dir)
+}
+
+fn names(client: &SignalClient) -> Vec<String> {
+    let mut names: Vec<String> = client.directory().values().map(|e| e.display_name.clone()).collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn bubble_server_follows_the_admin_api_and_survives_its_outage() {
+    let (admin, _dir) = admin_api(&[("team", &[])], &[("Ann", &["team"]), ("Bob", &["team"])]).await;
+    let Admin { api, credential, keys, task: api_task } = admin;
+    let http = reqwest::Client::new();
 
     let config = Config { listen: SocketAddr::from(([127, 0, 0, 1], 0)), ..Config::default() };
     // A wrong credential: the server never gets a directory and stays unready.
@@ -122,4 +146,66 @@ async fn bubble_server_follows_the_admin_api_and_survives_its_outage() {
     let bob = SignalClient::connect(&url, &keys[1]).await.unwrap();
     assert_eq!(bob.directory().values().map(|e| e.display_name.as_str()).collect::<Vec<_>>(), ["Ann"]);
     server.shutdown().await.unwrap();
+}
+
+/// In Kubernetes the categories come from Category resources: the operator's policy file is laid over the admin
+/// API's document, re-read at every poll; a category the policy drops is taken from its members.
+#[tokio::test]
+async fn a_policy_file_decides_who_sees_whom_and_its_changes_apply_live() {
+    let (admin, dir) =
+        admin_api(&[("ext", &[]), ("team", &["ext"])], &[("Ann", &["team"]), ("Bob", &["team"]), ("Cy", &["ext"])])
+            .await;
+    // The admin API lets team and ext see each other; the policy (Category resources) does not.
+    let policy = dir.path().join("policy.yaml");
+    let write = |yaml: &str| {
+        let tmp = dir.path().join("policy.tmp");
+        std::fs::write(&tmp, yaml).unwrap();
+        std::fs::rename(&tmp, &policy).unwrap();
+    };
+    write("bubble: ops\ncategories:\n  - id: ext\n    sees: []\n  - id: team\n    sees: []\n");
+    let source =
+        AdminApiSource::new(&admin.api, "ops", BubbleCredential::new(admin.credential.clone()), Duration::from_millis(50))
+            .unwrap()
+            .with_policy_file(policy.clone());
+    let config = Config { listen: SocketAddr::from(([127, 0, 0, 1], 0)), ..Config::default() };
+    let server = Server::start(config, source).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), server.ready()).await.unwrap();
+    let url = format!("ws://{}/v1/signal", server.local_addr());
+    assert_eq!(names(&SignalClient::connect(&url, &admin.keys[0]).await.unwrap()), ["Bob"]);
+
+    // A Category change: team now sees ext. No admin API change, the policy alone widens the view.
+    write("bubble: ops\ncategories:\n  - id: ext\n    sees: [team]\n  - id: team\n    sees: [ext]\n");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let seen = names(&SignalClient::connect(&url, &admin.keys[0]).await.unwrap());
+        if seen == ["Bob", "Cy"] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the policy change did not apply: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The ext Category is deleted: Cy keeps no category and sees nobody, nobody sees Cy.
+    write("bubble: ops\ncategories:\n  - id: team\n    sees: []\n");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let seen = names(&SignalClient::connect(&url, &admin.keys[0]).await.unwrap());
+        if seen == ["Bob"] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the dropped category still counts: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(names(&SignalClient::connect(&url, &admin.keys[2]).await.unwrap()).is_empty());
+
+    // A policy for another bubble is refused; the server keeps its last directory.
+    write("bubble: other\ncategories: []\n");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !server.metrics_text().contains("peerbubble_signal_directory_reloads_total{result=\"error\"}") {
+        assert!(Instant::now() < deadline, "a foreign policy was not refused");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(names(&SignalClient::connect(&url, &admin.keys[0]).await.unwrap()), ["Bob"]);
+    server.shutdown().await.unwrap();
+    admin.task.abort();
 }
