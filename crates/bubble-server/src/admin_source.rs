@@ -120,7 +120,12 @@ impl AdminApiSource {
         Ok(Some((policy, version)))
     }
 
-    fn compile(&self, file: BubbleFile, etag: &str, policy: Option<&(BubbleFile, String)>) -> Result<Directory, DirectoryError> {
+    fn compile(
+        &self,
+        file: BubbleFile,
+        etag: &str,
+        policy: Option<&(BubbleFile, String)>,
+    ) -> Result<Directory, DirectoryError> {
         match policy {
             None => Directory::compile(file, etag.to_owned()),
             Some((policy, version)) => Directory::compile(overlay_policy(file, policy)?, format!("{etag}+{version}")),
@@ -148,7 +153,8 @@ impl DirectorySource for AdminApiSource {
                 let last = self.last.lock().unwrap_or_else(|p| p.into_inner()).clone();
                 return match last {
                     Some((file, version)) if version != policy_version => {
-                        let directory = self.compile(file.clone(), known.as_deref().unwrap_or_default(), policy.as_ref())?;
+                        let directory =
+                            self.compile(file.clone(), known.as_deref().unwrap_or_default(), policy.as_ref())?;
                         *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((file, policy_version));
                         Ok(Some(directory))
                     }
@@ -180,5 +186,48 @@ impl DirectorySource for AdminApiSource {
             Some(path) => format!("admin API {} with the category policy {}", self.url, path.display()),
             None => format!("admin API {}", self.url),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use peerbubble_proto::directory::{CategoryFile, MemberFile};
+
+    use super::*;
+
+    fn category(id: &str, sees: &[&str]) -> CategoryFile {
+        CategoryFile { id: id.into(), display_name: None, sees: sees.iter().map(|s| (*s).to_owned()).collect() }
+    }
+
+    fn document() -> BubbleFile {
+        BubbleFile {
+            bubble: "ops".into(),
+            display_name: Some("Ops".into()),
+            categories: vec![category("team", &["ext"]), category("ext", &[])],
+            members: vec![MemberFile {
+                public_key: "key".into(),
+                display_name: "Cy".into(),
+                categories: vec!["ext".into(), "team".into()],
+            }],
+        }
+    }
+
+    #[test]
+    fn the_policy_replaces_categories_and_members_lose_dropped_ones() {
+        let policy = BubbleFile { categories: vec![category("team", &[])], members: vec![], ..document() };
+        let merged = overlay_policy(document(), &policy).unwrap();
+        assert_eq!(merged.categories, vec![category("team", &[])]);
+        assert_eq!(merged.members[0].categories, vec!["team".to_owned()]);
+        assert_eq!(merged.display_name.as_deref(), Some("Ops"), "the rest of the document is kept");
+    }
+
+    #[test]
+    fn a_policy_for_another_bubble_or_with_members_is_refused() {
+        let foreign = BubbleFile { bubble: "other".into(), members: vec![], ..document() };
+        let err = overlay_policy(document(), &foreign).unwrap_err().to_string();
+        assert!(err.contains("\"other\"") && err.contains("\"ops\""), "{err}");
+        let with_members = document();
+        let err = overlay_policy(document(), &with_members).unwrap_err().to_string();
+        assert!(err.contains("categories only"), "{err}");
     }
 }

@@ -163,10 +163,14 @@ async fn a_policy_file_decides_who_sees_whom_and_its_changes_apply_live() {
         std::fs::rename(&tmp, &policy).unwrap();
     };
     write("bubble: ops\ncategories:\n  - id: ext\n    sees: []\n  - id: team\n    sees: []\n");
-    let source =
-        AdminApiSource::new(&admin.api, "ops", BubbleCredential::new(admin.credential.clone()), Duration::from_millis(50))
-            .unwrap()
-            .with_policy_file(policy.clone());
+    let source = AdminApiSource::new(
+        &admin.api,
+        "ops",
+        BubbleCredential::new(admin.credential.clone()),
+        Duration::from_millis(50),
+    )
+    .unwrap()
+    .with_policy_file(policy.clone());
     let config = Config { listen: SocketAddr::from(([127, 0, 0, 1], 0)), ..Config::default() };
     let server = Server::start(config, source).await.unwrap();
     tokio::time::timeout(Duration::from_secs(10), server.ready()).await.unwrap();
