@@ -314,6 +314,17 @@ where
     }
 }
 
+/// Applies `wanted`, or deletes `name` when the spec no longer wants such an object (a spec shrink).
+async fn apply_or_delete<K>(api: &Api<K>, wanted: Option<&K>, name: &str) -> Result<(), Error>
+where
+    K: Resource + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+{
+    match wanted {
+        Some(obj) => apply_one(api, obj).await.map(drop),
+        None => delete_if_present(api, name).await.map(drop),
+    }
+}
+
 /// The TURN secret to render: the existing one, unless the Bubble asks for a rotation it has not had yet.
 async fn turn_secret(ctx: &Context, namespace: &str, bubble: &Bubble) -> Result<(Vec<u8>, bool), Error> {
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
@@ -389,24 +400,10 @@ async fn apply_bubble(bubble: &Bubble, ctx: &Context) -> Result<Action, Error> {
     for service in &rendered.services {
         services.push(apply_one(&services_api, service).await?);
     }
-    let np_api = Api::<NetworkPolicy>::namespaced(client.clone(), &namespace);
-    match &rendered.network_policy {
-        Some(policy) => {
-            apply_one(&np_api, policy).await?;
-        }
-        None => {
-            delete_if_present(&np_api, &name).await?;
-        }
-    }
-    let pdb_api = Api::<PodDisruptionBudget>::namespaced(client.clone(), &namespace);
-    match &rendered.pdb {
-        Some(pdb) => {
-            apply_one(&pdb_api, pdb).await?;
-        }
-        None => {
-            delete_if_present(&pdb_api, &name).await?;
-        }
-    }
+    let network_policies = Api::<NetworkPolicy>::namespaced(client.clone(), &namespace);
+    apply_or_delete(&network_policies, rendered.network_policy.as_ref(), &name).await?;
+    let pdbs = Api::<PodDisruptionBudget>::namespaced(client.clone(), &namespace);
+    apply_or_delete(&pdbs, rendered.pdb.as_ref(), &name).await?;
     let deployment =
         apply_one(&Api::<Deployment>::namespaced(client.clone(), &namespace), &rendered.deployment).await?;
     if fresh {
