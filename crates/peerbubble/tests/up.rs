@@ -67,6 +67,13 @@ async fn up_enrolls_serves_revokes_and_stops() {
         .collect();
     assert_eq!(links.len(), 3, "{banner:?}");
 
+    // `peerbubble probe`, the images' health check: 200 passes, anything else fails with the status.
+    let probe = |url: String| Command::new(env!("CARGO_BIN_EXE_peerbubble")).args(["probe", &url]).output().unwrap();
+    assert!(probe(format!("{api}/readyz")).status.success());
+    let missing = probe(format!("{api}/no-such-page"));
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("404"), "{missing:?}");
+
     let keys = tempfile::tempdir().unwrap();
     let key_file = |name: &str| keys.path().join(format!("{name}.key"));
     enroll(&api, &links[0], &key_file("alice"));
