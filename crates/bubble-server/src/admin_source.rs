@@ -171,8 +171,10 @@ impl DirectorySource for AdminApiSource {
             return Err(self.error("directory document too large"));
         }
         let file: BubbleFile = serde_json::from_slice(&bytes).map_err(|e| DirectoryError::Parse(e.to_string()))?;
-        let directory = self.compile(file.clone(), etag.as_deref().unwrap_or_default(), policy.as_ref())?;
-        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((file, policy_version));
+        // The document is kept only where a policy change may need it compiled again.
+        let keep = self.policy_file.is_some().then(|| file.clone());
+        let directory = self.compile(file, etag.as_deref().unwrap_or_default(), policy.as_ref())?;
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = keep.map(|file| (file, policy_version));
         *self.etag.lock().unwrap_or_else(|p| p.into_inner()) = etag;
         Ok(Some(directory))
     }

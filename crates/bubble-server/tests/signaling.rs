@@ -36,10 +36,6 @@ async fn bubble() -> Bubble {
     Bubble::start(&bubble_yaml(), |_| {}).await
 }
 
-fn names(client: &SignalClient) -> Vec<String> {
-    client.directory().values().map(|e| e.display_name.clone()).collect::<BTreeSet<_>>().into_iter().collect()
-}
-
 #[tokio::test]
 async fn directory_slices_follow_overlapping_categories() {
     let b = bubble().await;
@@ -51,7 +47,7 @@ async fn directory_slices_follow_overlapping_categories() {
         (EVE, vec![]),
     ] {
         let client = b.connect(seed).await;
-        assert_eq!(names(&client), expected, "slice of member {seed}");
+        assert_eq!(client.display_names(), expected, "slice of member {seed}");
         assert_eq!(client.member(), id(seed));
         assert_eq!(client.bubble(), "test-bubble");
     }
@@ -296,11 +292,11 @@ async fn bubble_file_reload_applies_to_connected_members() {
         .replace("display_name: Cat, categories: [logistics]", "display_name: Cat, categories: [logistics, medics]");
     b.write(&yaml);
     expect(&mut ann, "directory with Cat", |f| matches!(f, ServerFrame::Directory { .. }).then_some(())).await;
-    assert_eq!(names(&ann), ["Bob", "Cat", "Dan"]);
+    assert_eq!(ann.display_names(), ["Bob", "Cat", "Dan"]);
     assert!(ann.directory()[&id(CAT)].online);
     expect(&mut cat, "directory with Ann", |f| matches!(f, ServerFrame::Directory { .. }).then_some(())).await;
     // Cat is now a medic, and command sees medics: Dan too.
-    assert_eq!(names(&cat), ["Ann", "Bob", "Dan"]);
+    assert_eq!(cat.display_names(), ["Ann", "Bob", "Dan"]);
     ann.send(id(CAT), b"now allowed").await.unwrap();
     expect(&mut cat, "deliver", |f| matches!(f, ServerFrame::Deliver { .. }).then_some(())).await;
     // Cat, visible to Ann only since the reload, leaves and comes back: Ann is told both.

@@ -66,9 +66,6 @@ pub enum Error {
     /// The system's random source failed.
     #[error("no randomness for a TURN secret: {0}")]
     Random(getrandom::Error),
-    /// Serialising a patch failed.
-    #[error("serialising a patch: {0}")]
-    Serde(#[from] serde_json::Error),
 }
 
 impl Error {
@@ -84,7 +81,6 @@ impl Error {
             Self::Timeout(_) => "timeout",
             Self::Incomplete(_) => "incomplete",
             Self::Random(_) => "random",
-            Self::Serde(_) => "serialise",
         }
     }
 }
@@ -182,7 +178,7 @@ impl Context {
 }
 
 /// Requeue policy after a failed reconcile: exponential backoff per object (1 s, 2 s, 4 s … 5 min).
-pub fn error_policy<K: Resource>(obj: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action {
+pub fn error_policy<K: Resource<DynamicType = ()>>(obj: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action {
     let controller = controller_name::<K>();
     ctx.metrics.failed(controller, error.reason());
     let namespace = obj.meta().namespace.clone().unwrap_or_default();
@@ -192,8 +188,8 @@ pub fn error_policy<K: Resource>(obj: Arc<K>, error: &Error, ctx: Arc<Context>) 
     Action::requeue(wait)
 }
 
-fn controller_name<K: Resource>() -> &'static str {
-    if std::any::type_name::<K>().ends_with("Bubble") { "bubble" } else { "category" }
+fn controller_name<K: Resource<DynamicType = ()>>() -> &'static str {
+    if K::kind(&()) == "Bubble" { "bubble" } else { "category" }
 }
 
 async fn timed<F: Future<Output = Result<Action, Error>>>(
@@ -325,16 +321,21 @@ where
     }
 }
 
-/// The TURN secret to render: the existing one, unless the Bubble asks for a rotation it has not had yet.
-async fn turn_secret(ctx: &Context, namespace: &str, bubble: &Bubble) -> Result<(Vec<u8>, bool), Error> {
+/// The TURN secret to render: the existing one, unless the Bubble asks for a rotation (`wanted_rotation`, the
+/// value of its rotation annotation) the Secret has not had yet.
+async fn turn_secret(
+    ctx: &Context,
+    namespace: &str,
+    bubble: &Bubble,
+    wanted_rotation: &str,
+) -> Result<(Vec<u8>, bool), Error> {
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
-    let wanted_rotation = bubble.annotations().get(ROTATE_ANNOTATION).cloned().unwrap_or_default();
     if let Some(existing) = api.get_opt(&format!("{}-turn", bubble.name_any())).await? {
         let rotation = existing.annotations().get(ROTATION_ON_SECRET).cloned().unwrap_or_default();
         let value = existing.data.as_ref().and_then(|d| d.get(TURN_SECRET_KEY)).map(|v| v.0.clone());
         if let Some(value) = value
             && value.len() >= 32
-            && rotation == wanted_rotation
+            && rotation == *wanted_rotation
         {
             return Ok((value, false));
         }
@@ -374,7 +375,8 @@ async fn apply_bubble(bubble: &Bubble, ctx: &Context) -> Result<Action, Error> {
         return Ok(Action::await_change());
     }
     let categories = categories_of(ctx, &namespace, &name);
-    let (secret, fresh) = turn_secret(ctx, &namespace, bubble).await?;
+    let rotation = bubble.annotations().get(ROTATE_ANNOTATION).cloned().unwrap_or_default();
+    let (secret, fresh) = turn_secret(ctx, &namespace, bubble, &rotation).await?;
     let mut rendered = match render::render(bubble, &categories, &ctx.settings, &secret) {
         Ok(rendered) => rendered,
         Err(e @ RenderError::UnknownCategory { .. }) => {
@@ -388,7 +390,6 @@ async fn apply_bubble(bubble: &Bubble, ctx: &Context) -> Result<Action, Error> {
         }
         Err(RenderError::Incomplete(what)) => return Err(Error::Incomplete(what)),
     };
-    let rotation = bubble.annotations().get(ROTATE_ANNOTATION).cloned().unwrap_or_default();
     rendered.turn_secret.annotations_mut().insert(ROTATION_ON_SECRET.to_owned(), rotation);
 
     let client = &ctx.client;

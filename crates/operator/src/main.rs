@@ -134,7 +134,7 @@ async fn operate(args: Args) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => tracing::info!("stopping"),
         }
     };
-    peerbubble_operator::run::run(client, settings, metrics_set.clone(), Some(args.pod_name), shutdown, || {}).await;
+    peerbubble_operator::run::run(client, settings, metrics_set.clone(), Some(args.pod_name), shutdown).await;
     metrics_set.leader.set(0);
     let still_leader = *leader.borrow();
     drop(leader);

@@ -36,14 +36,13 @@ pub fn bubble_of(category: &Category) -> ObjectRef<Bubble> {
     ObjectRef::new(&category.spec.bubble).within(&category.namespace().unwrap_or_default())
 }
 
-/// Runs both controllers until `shutdown` resolves; `ready` is called once the caches are complete.
+/// Runs both controllers until `shutdown` resolves.
 pub async fn run(
     client: Client,
     settings: Settings,
     metrics: Arc<Metrics>,
     instance: Option<String>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
-    ready: impl FnOnce(),
 ) {
     let shutdown = futures_util::FutureExt::shared(Box::pin(shutdown));
     let bubbles = Api::<Bubble>::all(client.clone());
@@ -79,7 +78,6 @@ pub async fn run(
         tracing::error!("the Category cache never became ready");
         return;
     }
-    ready();
     let bubble_run = Controller::new(bubbles, config.clone())
         .owns(Api::<Deployment>::all(client.clone()), owned.clone())
         .owns(Api::<Service>::all(client.clone()), owned.clone())

@@ -136,6 +136,13 @@ impl SignalClient {
         &self.directory
     }
 
+    /// Display names of the members we may see, sorted (for people and tests).
+    pub fn display_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.directory.values().map(|e| e.display_name.clone()).collect();
+        names.sort();
+        names
+    }
+
     /// Visible members currently online.
     pub fn online(&self) -> Vec<MemberId> {
         self.directory.values().filter(|e| e.online).map(|e| e.member).collect()

@@ -84,12 +84,6 @@ async fn admin_api(categories: &[(&str, &[&str])], members: &[(&str, &[&str])]) 
     (Admin { api, credential, keys, task }, dir)
 }
 
-fn names(client: &SignalClient) -> Vec<String> {
-    let mut names: Vec<String> = client.directory().values().map(|e| e.display_name.clone()).collect();
-    names.sort();
-    names
-}
-
 #[tokio::test]
 async fn bubble_server_follows_the_admin_api_and_survives_its_outage() {
     let (admin, _dir) = admin_api(&[("team", &[])], &[("Ann", &["team"]), ("Bob", &["team"])]).await;
@@ -113,7 +107,7 @@ async fn bubble_server_follows_the_admin_api_and_survives_its_outage() {
     tokio::time::timeout(Duration::from_secs(10), server.ready()).await.unwrap();
     let url = format!("ws://{}/v1/signal", server.local_addr());
     let ann = SignalClient::connect(&url, &keys[0]).await.unwrap();
-    assert_eq!(ann.directory().values().map(|e| e.display_name.as_str()).collect::<Vec<_>>(), ["Bob"]);
+    assert_eq!(ann.display_names(), ["Bob"]);
 
     // Health and session events reach the admin API.
     let _reporter = peerbubble_bubble_server::spawn_reporter(
@@ -144,7 +138,7 @@ async fn bubble_server_follows_the_admin_api_and_survives_its_outage() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let bob = SignalClient::connect(&url, &keys[1]).await.unwrap();
-    assert_eq!(bob.directory().values().map(|e| e.display_name.as_str()).collect::<Vec<_>>(), ["Ann"]);
+    assert_eq!(bob.display_names(), ["Ann"]);
     server.shutdown().await.unwrap();
 }
 
@@ -175,13 +169,13 @@ async fn a_policy_file_decides_who_sees_whom_and_its_changes_apply_live() {
     let server = Server::start(config, source).await.unwrap();
     tokio::time::timeout(Duration::from_secs(10), server.ready()).await.unwrap();
     let url = format!("ws://{}/v1/signal", server.local_addr());
-    assert_eq!(names(&SignalClient::connect(&url, &admin.keys[0]).await.unwrap()), ["Bob"]);
+    assert_eq!(SignalClient::connect(&url, &admin.keys[0]).await.unwrap().display_names(), ["Bob"]);
 
     // A Category change: team now sees ext. No admin API change, the policy alone widens the view.
     write("bubble: ops\ncategories:\n  - id: ext\n    sees: [team]\n  - id: team\n    sees: [ext]\n");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let seen = names(&SignalClient::connect(&url, &admin.keys[0]).await.unwrap());
+        let seen = SignalClient::connect(&url, &admin.keys[0]).await.unwrap().display_names();
         if seen == ["Bob", "Cy"] {
             break;
         }
@@ -193,14 +187,14 @@ async fn a_policy_file_decides_who_sees_whom_and_its_changes_apply_live() {
     write("bubble: ops\ncategories:\n  - id: team\n    sees: []\n");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let seen = names(&SignalClient::connect(&url, &admin.keys[0]).await.unwrap());
+        let seen = SignalClient::connect(&url, &admin.keys[0]).await.unwrap().display_names();
         if seen == ["Bob"] {
             break;
         }
         assert!(Instant::now() < deadline, "the dropped category still counts: {seen:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(names(&SignalClient::connect(&url, &admin.keys[2]).await.unwrap()).is_empty());
+    assert!(SignalClient::connect(&url, &admin.keys[2]).await.unwrap().display_names().is_empty());
 
     // A policy for another bubble is refused; the server keeps its last directory.
     write("bubble: other\ncategories: []\n");
@@ -209,7 +203,7 @@ async fn a_policy_file_decides_who_sees_whom_and_its_changes_apply_live() {
         assert!(Instant::now() < deadline, "a foreign policy was not refused");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(names(&SignalClient::connect(&url, &admin.keys[0]).await.unwrap()), ["Bob"]);
+    assert_eq!(SignalClient::connect(&url, &admin.keys[0]).await.unwrap().display_names(), ["Bob"]);
     server.shutdown().await.unwrap();
     admin.task.abort();
 }

@@ -214,7 +214,7 @@ pub fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {type_} condition in {status}"))
 }
 
-/// The object reference the status patch is for, asserted to be ours.
+/// Asserts that `object` is owned (as controller) by `bubble`.
 pub fn owner_of(object: &Value, bubble: &Bubble) {
     let owner = &object["metadata"]["ownerReferences"][0];
     assert_eq!(owner["uid"], json!(bubble.meta().uid), "owner reference");
