@@ -14,9 +14,11 @@ pub(crate) fn bench(root: &Path, name: Option<&str>, rest: &[String]) -> anyhow:
     match name {
         Some("signaling") => signaling(root, rest),
         Some("operator") => operator(),
+        Some("turn") => crate::bench_turn::turn(root, rest),
         _ => bail!(
             "usage: cargo xtask bench signaling [--pairs N] [--window W] [--seconds S] [--rounds R] [--idle N]\n       \
-             cargo xtask bench operator"
+             cargo xtask bench operator\n       \
+             cargo xtask bench turn [--clients M] [--messages N] [--length L] [--rounds R] [--allocations A]"
         ),
     }
 }
@@ -51,16 +53,16 @@ fn settings(rest: &[String]) -> anyhow::Result<Settings> {
     Ok(s)
 }
 
-fn target_dir(root: &Path) -> PathBuf {
+pub(crate) fn target_dir(root: &Path) -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"))
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// Kills the child when dropped, so that a failed benchmark leaves nothing running.
-struct Guard(Child);
+pub(crate) struct Guard(pub(crate) Child);
 
 impl Drop for Guard {
     fn drop(&mut self) {
@@ -69,13 +71,13 @@ impl Drop for Guard {
     }
 }
 
-fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+pub(crate) fn rss_kib(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS")?;
     Ok(line.split_whitespace().nth(1).context("no VmRSS value")?.parse()?)
 }
 
-fn wait_http_ok(addr: SocketAddr, path: &str) -> anyhow::Result<()> {
+pub(crate) fn wait_http_ok(addr: SocketAddr, path: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         if let Ok(mut stream) = TcpStream::connect(addr) {

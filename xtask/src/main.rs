@@ -12,6 +12,7 @@ use std::time::Instant;
 use anyhow::{Context as _, bail};
 
 mod bench;
+mod bench_turn;
 
 const USAGE: &str = "\
 usage: cargo xtask <command>
@@ -20,6 +21,7 @@ usage: cargo xtask <command>
   test                   everything CI checks: fmt, clippy, tests, wasm32 build, cargo-deny, docs, fuzz smoke
   bench signaling        signaling throughput and latency vs the PeerJS server, memory per idle connection
   bench operator         1 000 Bubbles x 5 Categories against an in-process API server: total, p99, peak memory
+  bench turn             relayed messages/s and memory per allocation vs coturn, same client (turnutils_uclient)
   fuzz [seconds]         run every fuzz target (default 60 s each)
 ";
 
@@ -101,6 +103,40 @@ fn ensure_tools() -> anyhow::Result<()> {
     // The real OpenID Connect provider the admin API's sign-in tests run against (locked npm packages).
     npm_ci(&project_root().join("crates/admin-api/tests/oidc"), "oidc-provider")?;
     helm()?;
+    debian_packages()?;
+    Ok(())
+}
+
+/// Debian packages the tests drive as independent peers: coturn's TURN client and echo peer
+/// (turnutils_uclient, turnutils_peer; also the benchmark's baseline server), and iproute2/iptables for the
+/// network-namespace NAT test.
+pub(crate) fn debian_packages() -> anyhow::Result<()> {
+    let wanted = [("turnutils_uclient", "coturn"), ("ip", "iproute2"), ("iptables", "iptables")];
+    let missing: Vec<&str> = wanted
+        .iter()
+        .filter(|(program, _)| !Command::new("sh").args(["-c", &format!("command -v {program}")]).output().is_ok_and(|o| o.status.success()))
+        .map(|(_, package)| *package)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let sudo = if have("id", "-u") && String::from_utf8_lossy(&Command::new("id").arg("-u").output()?.stdout).trim() == "0" {
+        None
+    } else {
+        Some("sudo")
+    };
+    let apt = |args: &[&str]| {
+        let mut cmd = Command::new(sudo.unwrap_or("apt-get"));
+        if sudo.is_some() {
+            cmd.arg("apt-get");
+        }
+        cmd.env("DEBIAN_FRONTEND", "noninteractive").args(args);
+        sh(&mut cmd)
+    };
+    if apt(&[&["install", "-y", "--no-install-recommends"][..], &missing].concat()).is_err() {
+        apt(&["update"])?;
+        apt(&[&["install", "-y", "--no-install-recommends"][..], &missing].concat())?;
+    }
     Ok(())
 }
 
@@ -176,7 +212,7 @@ fn test() -> anyhow::Result<()> {
 }
 
 /// The fuzz targets: (name, what it reads).
-const FUZZ_TARGETS: [&str; 2] = ["client_frame", "server_frame"];
+const FUZZ_TARGETS: [&str; 3] = ["client_frame", "server_frame", "turn_message"];
 
 fn fuzz(seconds: u64) -> anyhow::Result<()> {
     if !have("cargo-fuzz", "--version") {

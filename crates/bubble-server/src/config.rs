@@ -1,13 +1,17 @@
 //! Bubble-server configuration: one typed struct, from flags, environment (`PEERBUBBLE_*`) and an optional
 //! YAML file, in that order of precedence. Every default is here and works on a laptop.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use peerbubble_proto::Limits;
 use peerbubble_proto::limits::MAX_FRAME_BYTES;
+use peerbubble_turn::credentials::TurnSecret;
+use peerbubble_turn::peer::Cidr;
 use serde::Deserialize;
+
+use crate::turn::{TlsSource, TurnConfig};
 
 /// Errors reading or checking the configuration.
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +92,130 @@ pub struct SignalArgs {
     /// re-read at every poll.
     #[arg(long, env = "PEERBUBBLE_POLICY_FILE", requires = "admin_api_url")]
     pub policy_file: Option<PathBuf>,
+    /// The embedded TURN relay.
+    #[command(flatten)]
+    pub turn: TurnArgs,
+}
+
+/// The embedded TURN relay's flags. It runs when a secret file is given.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TurnArgs {
+    /// File holding the TURN shared secret (at least 32 bytes; a mounted Secret in Kubernetes). Enables TURN.
+    #[arg(long, env = "PEERBUBBLE_TURN_SECRET_FILE")]
+    pub turn_secret_file: Option<PathBuf>,
+    /// UDP and TCP port of the TURN listeners (default 3478).
+    #[arg(long, env = "PEERBUBBLE_TURN_UDP_PORT")]
+    pub turn_udp_port: Option<u16>,
+    /// TURN-over-TLS port (default 5349; 443 in production); 0 for none.
+    #[arg(long, env = "PEERBUBBLE_TURN_TLS_PORT")]
+    pub turn_tls_port: Option<u16>,
+    /// Addresses the TURN listeners and relay sockets bind to, comma-separated, one per family (default: the
+    /// signaling listen address).
+    #[arg(long, env = "PEERBUBBLE_TURN_BIND", value_delimiter = ',')]
+    pub turn_bind: Vec<IpAddr>,
+    /// Addresses advertised for relay sockets when they differ from the bound ones (1:1 NAT), comma-separated.
+    #[arg(long, env = "PEERBUBBLE_TURN_EXTERNAL_IP", value_delimiter = ',')]
+    pub turn_external_ip: Vec<IpAddr>,
+    /// Host name in the ICE server URLs given to members (default: the host they reached signaling at).
+    #[arg(long, env = "PEERBUBBLE_TURN_PUBLIC_HOST")]
+    pub turn_public_host: Option<String>,
+    /// TLS certificate chain (PEM) for TURN over TLS; a self-signed one is made when unset.
+    #[arg(long, env = "PEERBUBBLE_TURN_TLS_CERT", requires = "turn_tls_key")]
+    pub turn_tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, env = "PEERBUBBLE_TURN_TLS_KEY", requires = "turn_tls_cert")]
+    pub turn_tls_key: Option<PathBuf>,
+    /// Relay port range, `low-high` (default 49152-65535).
+    #[arg(long, env = "PEERBUBBLE_TURN_RELAY_PORTS")]
+    pub turn_relay_ports: Option<String>,
+    /// Cluster CIDRs the relay never sends to (pods, services), comma-separated.
+    #[arg(long, env = "PEERBUBBLE_CLUSTER_CIDRS", value_delimiter = ',')]
+    pub cluster_cidrs: Vec<String>,
+    /// Ranges the relay may send to although special (loopback, private, ...), comma-separated: an operator's
+    /// explicit choice.
+    #[arg(long, env = "PEERBUBBLE_TURN_ALLOW_PEERS", value_delimiter = ',')]
+    pub turn_allow_peers: Vec<String>,
+    /// Seconds TURN credentials stay valid for new allocations (default 3600; refreshed at two thirds).
+    #[arg(long, env = "PEERBUBBLE_TURN_CREDENTIAL_TTL_SECS")]
+    pub turn_credential_ttl_secs: Option<u64>,
+    /// Allocations at once in total (default 1000).
+    #[arg(long, env = "PEERBUBBLE_TURN_MAX_ALLOCATIONS")]
+    pub turn_max_allocations: Option<usize>,
+    /// Allocations at once per member (default 10).
+    #[arg(long, env = "PEERBUBBLE_TURN_MAX_ALLOCATIONS_PER_MEMBER")]
+    pub turn_max_allocations_per_member: Option<usize>,
+    /// Bytes per second one allocation may relay (default 5000000); 0 for no limit.
+    #[arg(long, env = "PEERBUBBLE_TURN_BANDWIDTH")]
+    pub turn_bandwidth: Option<u64>,
+}
+
+impl TurnArgs {
+    /// The relay's configuration, or `None` when no secret is configured. `listen` is the signaling address,
+    /// whose IP the relay binds by default.
+    pub fn resolve(&self, listen: SocketAddr) -> Result<Option<TurnConfig>, ConfigError> {
+        let Some(secret_file) = &self.turn_secret_file else { return Ok(None) };
+        let bad = |what: String| ConfigError::Invalid(what);
+        let bytes = std::fs::read(secret_file)
+            .map_err(|source| ConfigError::Read { path: secret_file.clone(), source })?;
+        let secret = TurnSecret::new(bytes).map_err(|e| bad(format!("{}: {e}", secret_file.display())))?;
+        let binds = if self.turn_bind.is_empty() { vec![listen.ip()] } else { self.turn_bind.clone() };
+        let udp_port = self.turn_udp_port.unwrap_or(3478);
+        let tls_port = match self.turn_tls_port.unwrap_or(5349) {
+            0 => None,
+            port => Some(port),
+        };
+        if tls_port == Some(udp_port) && udp_port != 0 {
+            return Err(bad("turn_tls_port must differ from turn_udp_port (TCP listens there)".into()));
+        }
+        let ports = match &self.turn_relay_ports {
+            None => (49152, 65535),
+            Some(text) => text
+                .split_once('-')
+                .and_then(|(l, h)| Some((l.trim().parse::<u16>().ok()?, h.trim().parse::<u16>().ok()?)))
+                .filter(|(l, h)| l <= h && *l > 0)
+                .ok_or_else(|| bad(format!("turn_relay_ports {text:?} is not low-high")))?,
+        };
+        let cidrs = |list: &[String], what: &str| -> Result<Vec<Cidr>, ConfigError> {
+            list.iter()
+                .filter(|c| !c.trim().is_empty())
+                .map(|c| c.trim().parse::<Cidr>().map_err(|e| bad(format!("{what}: {e}"))))
+                .collect()
+        };
+        let tls = match (&self.turn_tls_cert, &self.turn_tls_key) {
+            (Some(cert), Some(key)) => TlsSource::Files { cert: cert.clone(), key: key.clone() },
+            _ => {
+                let mut names = vec!["localhost".to_owned()];
+                names.extend(self.turn_public_host.iter().cloned());
+                TlsSource::SelfSigned(names)
+            }
+        };
+        let d = peerbubble_turn::Config::default();
+        let core = peerbubble_turn::Config {
+            max_allocations: self.turn_max_allocations.unwrap_or(d.max_allocations),
+            max_allocations_per_member: self.turn_max_allocations_per_member.unwrap_or(d.max_allocations_per_member),
+            bandwidth: self.turn_bandwidth.unwrap_or(d.bandwidth),
+            ..d
+        };
+        let credential_ttl = Duration::from_secs(self.turn_credential_ttl_secs.unwrap_or(3600));
+        if credential_ttl < Duration::from_secs(60) {
+            return Err(bad("turn_credential_ttl_secs must be at least 60".into()));
+        }
+        Ok(Some(TurnConfig {
+            secret,
+            listen: binds.iter().map(|ip| SocketAddr::new(*ip, udp_port)).collect(),
+            tls_port,
+            tls,
+            relay_ips: binds,
+            external_ips: self.turn_external_ip.clone(),
+            ports,
+            public_host: self.turn_public_host.clone(),
+            credential_ttl,
+            cluster: cidrs(&self.cluster_cidrs, "cluster_cidrs")?,
+            allowed: cidrs(&self.turn_allow_peers, "turn_allow_peers")?,
+            core,
+            max_connections: 10_000,
+        }))
+    }
 }
 
 /// The YAML file form: the same keys as [`Config`], all optional, unknown keys refused.
@@ -135,6 +263,8 @@ pub struct Config {
     pub max_connections: usize,
     /// Bubble-file check interval (default 500 ms).
     pub reload_interval: Duration,
+    /// The embedded TURN relay, when configured.
+    pub turn: Option<TurnConfig>,
 }
 
 impl Default for Config {
@@ -152,6 +282,7 @@ impl Default for Config {
             send_queue_bytes: 1 << 20,
             max_connections: 20_000,
             reload_interval: Duration::from_millis(500),
+            turn: None,
         }
     }
 }
@@ -195,7 +326,9 @@ impl Config {
                 .or(file.reload_interval_ms)
                 .map(Duration::from_millis)
                 .unwrap_or(d.reload_interval),
+            turn: None,
         };
+        let config = Config { turn: args.turn.resolve(config.listen)?, ..config };
         config.validate()?;
         Ok(config)
     }

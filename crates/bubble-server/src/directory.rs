@@ -166,6 +166,11 @@ impl Directory {
         self.members.is_empty()
     }
 
+    /// Every member's id.
+    pub fn member_ids(&self) -> impl Iterator<Item = &MemberId> {
+        self.members.keys()
+    }
+
     /// A member by id.
     pub fn member(&self, id: &MemberId) -> Option<&Member> {
         self.members.get(id)

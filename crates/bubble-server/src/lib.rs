@@ -3,10 +3,11 @@
 //! It authenticates members by challenge–response on their identity key, tells each member only its visible
 //! slice of the directory and the presence of visible members, and relays opaque envelopes between members who
 //! may see each other. It never sees plaintext or keys: envelope bodies are end-to-end encrypted bytes it
-//! neither parses nor logs. TURN joins it in a later change.
+//! neither parses nor logs. It embeds the bubble's TURN relay ([`turn`]), which hands each member short-lived
+//! credentials over its authenticated session and relays only ciphertext, never to internal addresses.
 //!
 //! Shape: [`session`] is the sans-IO protocol core of one connection; [`hub`] holds who is online and routes;
-//! `server` is the IO edge (axum).
+//! `server` is the IO edge (axum); [`turn`] is the IO edge of the sans-IO `peerbubble_turn::Server`.
 
 #![forbid(unsafe_code)]
 
@@ -18,6 +19,7 @@ pub mod metrics;
 pub mod reporter;
 mod server;
 pub mod session;
+pub mod turn;
 
 /// Log directives every PeerBubble process applies after the user's own (`RUST_LOG`): the WebSocket and HTTP
 /// libraries print whole frames at debug and trace level, and frames carry envelopes and routing metadata
@@ -26,7 +28,7 @@ pub const LOG_REDACTIONS: &[&str] =
     &["tungstenite=info", "tokio_tungstenite=info", "hyper=info", "h2=info", "axum::extract::ws=info"];
 
 pub use admin_source::{AdminApiSource, BubbleCredential};
-pub use config::{Config, ConfigError, SignalArgs};
+pub use config::{Config, ConfigError, SignalArgs, TurnArgs};
 pub use directory::{Directory, DirectoryError, DirectorySource, FileSource};
 pub use reporter::{AdminApiReporter, HealthSink, spawn_reporter};
 pub use server::{HealthHandle, Server, ServerError};

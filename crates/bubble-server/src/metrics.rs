@@ -1,13 +1,21 @@
 //! Prometheus metrics (`peerbubble_signal_*`), via prometheus-client. Labels are fixed, small sets (reasons,
 //! directions): never member ids, never content.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+
+use crate::turn::TurnRelay;
 
 type Labeled = Family<Vec<(&'static str, &'static str)>, Counter>;
 
@@ -33,6 +41,7 @@ struct Inner {
     security_events: Labeled,
     directory_reloads: Labeled,
     disconnects: Labeled,
+    turn: OnceLock<Arc<TurnRelay>>,
 }
 
 impl Default for Metrics {
@@ -85,6 +94,7 @@ impl Metrics {
                 security_events,
                 directory_reloads,
                 disconnects,
+                turn: OnceLock::new(),
             }),
         }
     }
@@ -94,7 +104,22 @@ impl Metrics {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.inner.registry);
+        if let Some(turn) = self.inner.turn.get() {
+            let mut registry = Registry::with_prefix("peerbubble_turn");
+            registry.register_collector(Box::new(TurnCollector(turn.clone())));
+            let mut more = String::new();
+            let _ = encode(&mut more, &registry);
+            // One exposition: the signaling families, then the relay's, then a single EOF.
+            if let Some(body) = out.strip_suffix("# EOF\n") {
+                out = format!("{body}{more}");
+            }
+        }
         out
+    }
+
+    /// Exports the relay's counters (`peerbubble_turn_*`) with the signaling metrics.
+    pub fn set_turn(&self, turn: Arc<TurnRelay>) {
+        let _ = self.inner.turn.set(turn);
     }
 
     pub(crate) fn connections(&self) -> &Gauge {
@@ -141,5 +166,45 @@ impl Metrics {
     }
     pub(crate) fn disconnect(&self, reason: &'static str) {
         self.inner.disconnects.get_or_create(&vec![("reason", reason)]).inc();
+    }
+}
+
+/// Reads the relay's counters at scrape time; labels are the fixed reason sets of `peerbubble_turn`.
+#[derive(Debug)]
+struct TurnCollector(Arc<TurnRelay>);
+
+impl Collector for TurnCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let (stats, allocations) = self.0.stats();
+        let gauge = ConstGauge::new(allocations as i64);
+        gauge.encode(encoder.encode_descriptor("allocations", "TURN allocations alive", None, MetricType::Gauge)?)?;
+        let created = ConstCounter::new(stats.allocations_created);
+        created.encode(encoder.encode_descriptor(
+            "allocations_created",
+            "TURN allocations created",
+            None,
+            MetricType::Counter,
+        )?)?;
+        let mut packets = encoder.encode_descriptor("packets", "Packets relayed by direction", None, MetricType::Counter)?;
+        for (direction, (count, _)) in [("to_peer", stats.to_peer), ("to_client", stats.to_client)] {
+            ConstCounter::new(count).encode(packets.encode_family(&[("direction", direction)])?)?;
+        }
+        let mut bytes = encoder.encode_descriptor("bytes", "Payload bytes relayed by direction", None, MetricType::Counter)?;
+        for (direction, (_, count)) in [("to_peer", stats.to_peer), ("to_client", stats.to_client)] {
+            ConstCounter::new(count).encode(bytes.encode_family(&[("direction", direction)])?)?;
+        }
+        for (name, help, map) in [
+            ("auth_failures", "Requests refused for their credentials, by reason", &stats.auth_failures),
+            ("refused_peers", "Peer addresses refused by the policy, by class", &stats.refused_peers),
+            ("dropped", "Packets dropped, by reason", &stats.dropped),
+        ] {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            let mut sorted: Vec<_> = map.iter().collect();
+            sorted.sort();
+            for (reason, count) in sorted {
+                ConstCounter::new(*count).encode(family.encode_family(&[("reason", *reason)])?)?;
+            }
+        }
+        Ok(())
     }
 }

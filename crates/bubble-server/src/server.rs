@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::serve::ListenerExt as _;
@@ -24,6 +24,7 @@ use crate::directory::{Directory, DirectorySource, follow};
 use crate::hub::{Hub, Kill, Outbound, SessionHandle};
 use crate::metrics::Metrics;
 use crate::session::{Event, NonceLedger, Session, SessionConfig};
+use crate::turn::{TurnError, TurnRelay};
 
 /// A write that takes longer than this marks the reader as stuck.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -48,6 +49,9 @@ pub enum ServerError {
     /// The HTTP server failed.
     #[error("server failed: {0}")]
     Serve(#[from] std::io::Error),
+    /// The TURN relay could not start.
+    #[error(transparent)]
+    Turn(#[from] TurnError),
 }
 
 struct AppState {
@@ -60,6 +64,7 @@ struct AppState {
     shutdown: watch::Receiver<bool>,
     shutting_down: AtomicBool,
     open: AtomicUsize,
+    turn: Option<Arc<TurnRelay>>,
 }
 
 /// A running bubble-server.
@@ -70,6 +75,7 @@ pub struct Server {
     state: Arc<AppStateHandle>,
     serve: JoinHandle<Result<(), std::io::Error>>,
     follower: JoinHandle<()>,
+    turn_members: Option<JoinHandle<()>>,
 }
 
 /// Keeps `AppState` private while letting [`Server`] derive `Debug`.
@@ -101,6 +107,14 @@ impl Server {
         let (dir_tx, dir_rx) = watch::channel(None);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let follower = tokio::spawn(follow(source, dir_tx, metrics.clone()));
+        let turn = match &config.turn {
+            Some(turn) => Some(TurnRelay::start(turn.clone()).await?),
+            None => None,
+        };
+        let turn_members = turn.as_ref().map(|turn| {
+            metrics.set_turn(turn.clone());
+            tokio::spawn(follow_members(turn.clone(), dir_rx.clone()))
+        });
         let session_config = SessionConfig {
             max_frame_bytes: config.max_frame_bytes as usize,
             frames_per_second: config.frames_per_second,
@@ -124,6 +138,7 @@ impl Server {
             shutdown: shutdown_rx.clone(),
             shutting_down: AtomicBool::new(false),
             open: AtomicUsize::new(0),
+            turn,
         });
         let app = Router::new()
             .route("/v1/signal", get(signal))
@@ -146,7 +161,12 @@ impl Server {
                 .await
         });
         tracing::info!(%addr, "bubble-server listening");
-        Ok(Self { addr, shutdown: shutdown_tx, state: Arc::new(AppStateHandle(state)), serve, follower })
+        Ok(Self { addr, shutdown: shutdown_tx, state: Arc::new(AppStateHandle(state)), serve, follower, turn_members })
+    }
+
+    /// The embedded TURN relay, when configured.
+    pub fn turn(&self) -> Option<&Arc<TurnRelay>> {
+        self.state.0.turn.as_ref()
     }
 
     /// The bound address.
@@ -181,6 +201,12 @@ impl Server {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         self.follower.abort();
+        if let Some(task) = self.turn_members {
+            task.abort();
+        }
+        if let Some(turn) = &state.turn {
+            turn.shutdown().await;
+        }
         match tokio::time::timeout(SHUTDOWN_GRACE, self.serve).await {
             Ok(Ok(result)) => result.map_err(ServerError::Serve),
             _ => Ok(()),
@@ -212,7 +238,7 @@ impl HealthHandle {
             envelopes_relayed,
             envelopes_refused,
             auth_failures,
-            turn_allocations: 0,
+            turn_allocations: state.turn.as_ref().map_or(0, |t| t.stats().1 as u64),
             events,
             events_dropped,
         }
@@ -238,7 +264,21 @@ async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
-async fn signal(State(state): State<Arc<AppState>>, ws: WebSocketUpgrade) -> Response {
+/// Keeps the relay's accepted members equal to the directory's: a removed member's TURN credentials and
+/// allocations stop working with the directory update that removes it.
+async fn follow_members(turn: Arc<TurnRelay>, mut directory: watch::Receiver<Option<Arc<Directory>>>) {
+    loop {
+        let current = directory.borrow_and_update().clone();
+        if let Some(current) = current {
+            turn.set_members(current.member_ids().map(ToString::to_string));
+        }
+        if directory.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn signal(State(state): State<Arc<AppState>>, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
     if state.shutting_down.load(Ordering::SeqCst) {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down; retry shortly").into_response();
     }
@@ -257,7 +297,8 @@ async fn signal(State(state): State<Arc<AppState>>, ws: WebSocketUpgrade) -> Res
         .write_buffer_size(WRITE_BUFFER_BYTES)
         .on_upgrade(move |socket| async move {
             state.metrics.connections().inc();
-            connection(socket, &state).await;
+            let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned);
+            connection(socket, &state, host).await;
             state.metrics.connections().dec();
             state.open.fetch_sub(1, Ordering::SeqCst);
         })
@@ -343,6 +384,10 @@ struct Connection<'a> {
     directory: Arc<Directory>,
     /// The slice last sent, to send directory updates only on real change.
     sent_slice: crate::hub::SliceHash,
+    /// The Host the client connected to, for TURN URLs when no public host is configured.
+    host: Option<String>,
+    /// When to send fresh TURN credentials; taken by the connection loop to re-arm its timer.
+    ice_refresh: Option<Instant>,
 }
 
 impl Connection<'_> {
@@ -414,7 +459,12 @@ impl Connection<'_> {
         };
         let display_name = entry.display_name.clone();
         let limits = self.state.config.limits();
-        let welcome = |session| ServerFrame::Welcome { member, session, display_name, ice_servers: Vec::new(), limits };
+        let (ice_servers, ice_expires_in_ms) = match self.ice_servers(member) {
+            Some((servers, ttl)) => (servers, Some(ttl.as_millis() as u64)),
+            None => (Vec::new(), None),
+        };
+        let welcome =
+            |session| ServerFrame::Welcome { member, session, display_name, ice_servers, ice_expires_in_ms, limits };
         match self.state.hub.register(member, self.handle.clone(), welcome) {
             Ok((session, sent_slice)) => {
                 self.handle.id = session;
@@ -432,6 +482,22 @@ impl Connection<'_> {
                 )
             }
             Err(code) => self.close(code, "you are not a member of this bubble any more", None),
+        }
+    }
+
+    /// TURN credentials for `member`, and arms their refresh at two thirds of their life.
+    fn ice_servers(&mut self, member: peerbubble_proto::MemberId) -> Option<(Vec<peerbubble_proto::IceServer>, Duration)> {
+        let turn = self.state.turn.as_ref()?;
+        let (servers, ttl) = turn.ice_servers(&member.to_string(), self.host.as_deref())?;
+        self.ice_refresh = Some(Instant::now() + ttl * 2 / 3);
+        Some((servers, ttl))
+    }
+
+    fn refresh_ice(&mut self) {
+        let Some((member, _)) = self.session.identity() else { return };
+        if let Some((ice_servers, ttl)) = self.ice_servers(member) {
+            let frame = ServerFrame::IceServers { ice_servers, expires_in_ms: ttl.as_millis() as u64 };
+            self.handle.send_or_kill(&Utf8Bytes::from(encode_frame(&frame)));
         }
     }
 
@@ -478,7 +544,7 @@ impl Connection<'_> {
     }
 }
 
-async fn connection(socket: WebSocket, state: &AppState) {
+async fn connection(socket: WebSocket, state: &AppState, host: Option<String>) {
     let (sink, mut stream) = socket.split();
     let (out_tx, out_rx) = mpsc::unbounded_channel();
     let (kill_tx, mut kill_rx) = mpsc::channel(1);
@@ -504,7 +570,8 @@ async fn connection(socket: WebSocket, state: &AppState) {
     };
     let (session, challenge) = Session::new(state.session_config, directory.bubble(), nonce, Instant::now());
     handle.force_send(Utf8Bytes::from(encode_frame(&challenge)));
-    let mut conn = Connection { state, session, handle, out: out_tx, directory, sent_slice: 0 };
+    let mut conn =
+        Connection { state, session, handle, out: out_tx, directory, sent_slice: 0, host, ice_refresh: None };
     let mut dir_rx = state.directory.clone();
     dir_rx.mark_unchanged();
     let mut shutdown = state.shutdown.clone();
@@ -512,6 +579,9 @@ async fn connection(socket: WebSocket, state: &AppState) {
     // and when to look next, so a busy connection does not touch the timer wheel for every frame.
     let timer = tokio::time::sleep_until(tokio::time::Instant::from_std(conn.session.poll_timeout()));
     tokio::pin!(timer);
+    let ice_timer = tokio::time::sleep(Duration::from_secs(1 << 30));
+    tokio::pin!(ice_timer);
+    let mut ice_armed = false;
 
     loop {
         let flow = tokio::select! {
@@ -551,6 +621,11 @@ async fn connection(socket: WebSocket, state: &AppState) {
                 (Ok(()), Some(directory)) => conn.directory_changed(directory),
                 _ => Flow::Continue,
             },
+            () = &mut ice_timer, if ice_armed => {
+                ice_armed = false;
+                conn.refresh_ice();
+                Flow::Continue
+            }
             _ = shutdown.wait_for(|s| *s) => {
                 // Spread reconnections so that a restart is not a thundering herd.
                 let jitter = 500 + (conn.handle.id.0 * 7919) % 2500;
@@ -559,6 +634,10 @@ async fn connection(socket: WebSocket, state: &AppState) {
         };
         if matches!(flow, Flow::Close) {
             break;
+        }
+        if let Some(at) = conn.ice_refresh.take() {
+            ice_timer.as_mut().reset(tokio::time::Instant::from_std(at));
+            ice_armed = true;
         }
     }
     if let Some((member, session)) = conn.session.identity() {

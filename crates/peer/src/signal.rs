@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _};
 use peerbubble_proto::{
+    IceServer,
     ClientFrame, DirectoryEntry, ErrorCode, IdentityKey, Limits, MemberId, Opaque, Purpose, ServerFrame, SessionId,
     auth_message, decode_server_frame, encode_frame,
 };
@@ -57,6 +58,7 @@ pub struct SignalClient {
     pending_directory: Vec<DirectoryEntry>,
     next_id: u64,
     close_code: Option<u16>,
+    ice_servers: Vec<IceServer>,
 }
 
 /// How long to wait for each handshake step.
@@ -76,8 +78,8 @@ impl SignalClient {
         let public_key = key.public_key();
         let signature = key.sign(Purpose::SignalAuth, &auth_message(&bubble, &nonce, &public_key));
         ws.send(Message::text(encode_frame(&ClientFrame::Auth { public_key, nonce, signature }))).await?;
-        let (member, session, limits) = match next_frame(&mut ws, HANDSHAKE_TIMEOUT).await? {
-            ServerFrame::Welcome { member, session, limits, .. } => (member, session, limits),
+        let (member, session, limits, ice_servers) = match next_frame(&mut ws, HANDSHAKE_TIMEOUT).await? {
+            ServerFrame::Welcome { member, session, limits, ice_servers, .. } => (member, session, limits, ice_servers),
             other => return Err(unexpected("welcome", &other)),
         };
         if member != public_key.member_id() {
@@ -93,6 +95,7 @@ impl SignalClient {
             pending_directory: Vec::new(),
             next_id: 1,
             close_code: None,
+            ice_servers,
         };
         // The directory follows at once; wait until it is complete.
         loop {
@@ -109,6 +112,11 @@ impl SignalClient {
     pub async fn raw(url: &str) -> Result<RawSocket, ClientError> {
         let (ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true).await?;
         Ok(RawSocket { ws })
+    }
+
+    /// The STUN/TURN servers and TURN credentials the server gave us (from `welcome`, then `ice_servers`).
+    pub fn ice_servers(&self) -> &[IceServer] {
+        &self.ice_servers
     }
 
     /// Our member id.
@@ -253,6 +261,7 @@ impl SignalClient {
 
     fn apply(&mut self, frame: &ServerFrame) -> Result<(), ClientError> {
         match frame {
+            ServerFrame::IceServers { ice_servers, .. } => self.ice_servers.clone_from(ice_servers),
             ServerFrame::Directory { part, parts, entries } => {
                 if *part == 0 {
                     self.pending_directory.clear();

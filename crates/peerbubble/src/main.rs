@@ -15,7 +15,9 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
-use peerbubble_bubble_server::{AdminApiSource, BubbleCredential, Config, FileSource, Server, SignalArgs};
+use peerbubble_bubble_server::{
+    AdminApiSource, BubbleCredential, Config, FileSource, Server, SignalArgs, TurnArgs,
+};
 use peerbubble_proto::IdentityKey;
 use serde_json::json;
 
@@ -50,6 +52,12 @@ enum Command {
         /// Address for signaling, health and metrics.
         #[arg(long, env = "PEERBUBBLE_LISTEN", default_value = "127.0.0.1:8480")]
         listen: SocketAddr,
+        /// UDP and TCP port of the embedded TURN relay (0 for any free port).
+        #[arg(long, env = "PEERBUBBLE_TURN_UDP_PORT", default_value_t = 3478)]
+        turn_port: u16,
+        /// TURN-over-TLS port, with a self-signed certificate (0 for none).
+        #[arg(long, env = "PEERBUBBLE_TURN_TLS_PORT", default_value_t = 5349)]
+        turn_tls_port: u16,
         #[command(flatten)]
         admin: admin::AdminArgs,
     },
@@ -126,7 +134,9 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logs(cli.log_format);
     match cli.command {
-        Command::Up { data_dir, listen, admin } => up(&data_dir, listen, &admin).await,
+        Command::Up { data_dir, listen, turn_port, turn_tls_port, admin } => {
+            up(&data_dir, listen, (turn_port, turn_tls_port), &admin).await
+        }
         Command::BubbleServer { args } => bubble_server(&args).await,
         Command::AdminApi { data_dir, admin } => {
             std::fs::create_dir_all(&data_dir)?;
@@ -248,7 +258,28 @@ const DEMO_MEMBERS: [(&str, &str, &str); 3] = [
     ("carol", "Carol (command)", "command"),
 ];
 
-async fn up(data_dir: &Path, listen: SocketAddr, admin_args: &admin::AdminArgs) -> anyhow::Result<()> {
+/// The micro-node's TURN secret: made once, kept in the data directory, readable by its owner only.
+fn turn_secret_file(data_dir: &Path) -> anyhow::Result<PathBuf> {
+    let path = data_dir.join("turn-secret");
+    if !path.exists() {
+        let mut secret = zeroize::Zeroizing::new([0u8; 32]);
+        getrandom::fill(&mut *secret).map_err(|e| anyhow::anyhow!("no randomness for the TURN secret: {e}"))?;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(&path).with_context(|| format!("cannot create {}", path.display()))?;
+        std::io::Write::write_all(&mut file, &*secret)?;
+    }
+    Ok(path)
+}
+
+async fn up(
+    data_dir: &Path,
+    listen: SocketAddr,
+    (turn_port, turn_tls_port): (u16, u16),
+    admin_args: &admin::AdminArgs,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
     let admin = admin::start(admin_args, sqlite_url(data_dir), format!("http://{listen}")).await?;
@@ -276,7 +307,13 @@ async fn up(data_dir: &Path, listen: SocketAddr, admin_args: &admin::AdminArgs) 
             invites.push((file, make_invite(&api, token, DEMO_BUBBLE, name, &[category.to_owned()]).await?));
         }
     }
-    let config = Config { listen, ..Config::default() };
+    let turn = TurnArgs {
+        turn_secret_file: Some(turn_secret_file(data_dir)?),
+        turn_udp_port: Some(turn_port),
+        turn_tls_port: Some(turn_tls_port),
+        ..TurnArgs::default()
+    };
+    let config = Config { listen, turn: turn.resolve(listen)?, ..Config::default() };
     let source = store_source::StoreSource::new(admin.store.clone(), DEMO_BUBBLE.into(), Duration::from_secs(1));
     let server = Server::start(config, source).await?;
     peerbubble_bubble_server::spawn_reporter(
@@ -292,9 +329,11 @@ async fn up(data_dir: &Path, listen: SocketAddr, admin_args: &admin::AdminArgs) 
          \x20 admin API   {api}   (reference: {api}/api/v1/reference)\n\
          \x20 {sign_in}\n\
          \x20 health      http://{addr}/healthz   http://{addr}/readyz\n\
-         \x20 metrics     http://{addr}/metrics\n\n",
+         \x20 metrics     http://{addr}/metrics\n\
+         \x20 TURN        {turn}\n\n",
         data = data_dir.display(),
         sign_in = sign_in_hint(&admin),
+        turn = turn_banner(&server),
     );
     if invites.is_empty() {
         let token = admin.bootstrap_token.as_deref().unwrap_or("<an API token>");
@@ -310,9 +349,16 @@ async fn up(data_dir: &Path, listen: SocketAddr, admin_args: &admin::AdminArgs) 
         text += &format!("\n  {exe} connect --key alice.key --url ws://{addr}/v1/signal\n");
         text += "\nThe invites are single-use; make more with `peerbubble invite`.\n";
     }
-    text += "The web console, the web client and TURN are not built yet (see README).\nStop with Ctrl-C.\n";
+    text += "The web console and the web client are not built yet (see README).\nStop with Ctrl-C.\n";
     say(&text);
     run_until_signal(server).await
+}
+
+fn turn_banner(server: &Server) -> String {
+    let Some(turn) = server.turn() else { return "off".to_owned() };
+    let mut parts: Vec<String> = turn.udp_addrs().iter().map(|a| format!("udp+tcp {a}")).collect();
+    parts.extend(turn.tls_addrs().iter().map(|a| format!("tls {a}")));
+    parts.join("   ")
 }
 
 /// The link as a QR code drawn with half-block characters (dark on light, with its quiet zone).

@@ -195,10 +195,23 @@ pub enum ServerFrame {
         session: SessionId,
         /// The member's own display name.
         display_name: String,
-        /// ICE servers for WebRTC (empty until the bubble runs TURN).
+        /// ICE servers for WebRTC: the bubble's STUN and TURN URLs with TURN credentials for this member
+        /// (empty when the bubble runs no TURN relay).
         ice_servers: Vec<IceServer>,
+        /// When the TURN credentials in `ice_servers` expire, from now; `ice_servers` frames bring new ones
+        /// before that. Absent when there are none.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ice_expires_in_ms: Option<u64>,
         /// The limits this session must respect.
         limits: Limits,
+    },
+    /// Fresh TURN credentials, sent before the previous ones expire. They replace those of `welcome` for new
+    /// allocations; allocations made with the old ones keep working.
+    IceServers {
+        /// As in `welcome`.
+        ice_servers: Vec<IceServer>,
+        /// When these credentials expire, from now.
+        expires_in_ms: u64,
     },
     /// The member's visible directory, in `parts` consecutive frames numbered `part` = 0..parts. Once all
     /// parts have arrived they replace the previous directory entirely. Sent after `welcome` and whenever the

@@ -125,13 +125,26 @@ impl Verifier {
         now: u64,
         is_member: impl Fn(&str) -> bool,
     ) -> Result<(String, Vec<Zeroizing<String>>), CredentialError> {
+        self.passwords_with(username, now, false, is_member)
+    }
+
+    /// As [`Self::passwords`], but with `allow_expired` an expired username is still checked: a relay keeps an
+    /// existing allocation alive (Refresh, permissions, channels) for the member it was made with, while new
+    /// allocations need unexpired credentials. Revocation applies either way.
+    pub fn passwords_with(
+        &self,
+        username: &str,
+        now: u64,
+        allow_expired: bool,
+        is_member: impl Fn(&str) -> bool,
+    ) -> Result<(String, Vec<Zeroizing<String>>), CredentialError> {
         let (expiry, member) = username.split_once(':').ok_or(CredentialError::Malformed)?;
         if expiry.is_empty() || !expiry.bytes().all(|b| b.is_ascii_digit()) || member.is_empty() || member.contains(':')
         {
             return Err(CredentialError::Malformed);
         }
         let expiry: u64 = expiry.parse().map_err(|_| CredentialError::Malformed)?;
-        if expiry <= now {
+        if expiry <= now && !allow_expired {
             return Err(CredentialError::Expired(expiry));
         }
         if !is_member(member) {

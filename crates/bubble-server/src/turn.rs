@@ -1,0 +1,519 @@
+//! The IO edge of the embedded TURN relay: UDP, TCP and TLS listeners, one UDP relay socket per allocation,
+//! a timer, and the ICE server list handed to members. Every decision is made by the sans-IO
+//! [`peerbubble_turn::Server`]; this module only moves bytes and never reads them.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use peerbubble_proto::IceServer;
+use peerbubble_turn::credentials::{TurnSecret, Verifier, issue};
+use peerbubble_turn::framing::frame_len;
+use peerbubble_turn::peer::{Cidr, PeerPolicy};
+use peerbubble_turn::{
+    AllocationId, BindFailure, ClientAction, Event, FiveTuple, PeerAction, PendingAllocation, Server, Stats, Transport,
+};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls;
+
+/// Errors starting the relay.
+#[derive(Debug, thiserror::Error)]
+pub enum TurnError {
+    /// A listener could not be bound.
+    #[error("cannot listen for TURN on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: io::Error,
+    },
+    /// The TLS certificate or key could not be used.
+    #[error("TURN TLS certificate: {0}")]
+    Tls(String),
+    /// The secret file could not be read or is too short.
+    #[error("TURN secret: {0}")]
+    Secret(String),
+}
+
+/// Where the TLS certificate comes from.
+#[derive(Debug, Clone)]
+pub enum TlsSource {
+    /// PEM files (a mounted Secret in Kubernetes).
+    Files {
+        /// Certificate chain.
+        cert: PathBuf,
+        /// Private key.
+        key: PathBuf,
+    },
+    /// A self-signed certificate made at start for these names (a laptop or a Pi without a PKI).
+    SelfSigned(Vec<String>),
+}
+
+/// The relay's settings, resolved from configuration.
+#[derive(Clone)]
+pub struct TurnConfig {
+    /// The shared secret for credentials.
+    pub secret: TurnSecret,
+    /// Addresses to listen on; UDP and TCP share the port.
+    pub listen: Vec<SocketAddr>,
+    /// TLS port on the same addresses; `None` for no TLS listener.
+    pub tls_port: Option<u16>,
+    /// TLS certificate.
+    pub tls: TlsSource,
+    /// Addresses relay sockets bind to, one per family.
+    pub relay_ips: Vec<IpAddr>,
+    /// The address clients are told for relay sockets of that family when it differs (1:1 NAT, a cloud
+    /// load balancer's IP); unset to advertise the bound address.
+    pub external_ips: Vec<IpAddr>,
+    /// Relay port range.
+    pub ports: (u16, u16),
+    /// Host name or address put in the ICE server URLs; unset to use the host the member connected to.
+    pub public_host: Option<String>,
+    /// How long issued credentials are valid.
+    pub credential_ttl: Duration,
+    /// Cluster CIDRs (refused) and operator-allowed ranges (let through).
+    pub cluster: Vec<Cidr>,
+    /// Ranges an operator allows although special.
+    pub allowed: Vec<Cidr>,
+    /// The state machine's settings (quotas, lifetimes, realm).
+    pub core: peerbubble_turn::Config,
+    /// Most TCP/TLS connections at once.
+    pub max_connections: usize,
+}
+
+impl std::fmt::Debug for TurnConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TurnConfig")
+            .field("listen", &self.listen)
+            .field("tls_port", &self.tls_port)
+            .field("relay_ips", &self.relay_ips)
+            .field("ports", &self.ports)
+            .field("public_host", &self.public_host)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How to reach a client again.
+#[derive(Clone, Debug)]
+enum ClientSink {
+    Udp(Arc<UdpSocket>, SocketAddr),
+    Stream(mpsc::Sender<Vec<u8>>),
+}
+
+impl ClientSink {
+    async fn send(&self, bytes: &[u8]) {
+        match self {
+            Self::Udp(socket, to) => {
+                let _ = socket.send_to(bytes, to).await;
+            }
+            // A stream client that does not read is treated like a lossy link: excess is dropped.
+            Self::Stream(tx) => {
+                let _ = tx.try_send(bytes.to_vec());
+            }
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct RelaySocket {
+    socket: Arc<UdpSocket>,
+    closed: Arc<Notify>,
+}
+
+type Core = Server<RelaySocket, ClientSink>;
+
+struct Shared {
+    core: Mutex<Core>,
+    config: TurnConfig,
+}
+
+impl Shared {
+    fn core(&self) -> MutexGuard<'_, Core> {
+        // A panic while holding the lock would be a bug; the state is still consistent enough to go on.
+        self.core.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// The running relay.
+pub struct TurnRelay {
+    shared: Arc<Shared>,
+    udp: Vec<SocketAddr>,
+    tls: Vec<SocketAddr>,
+    tasks: Mutex<JoinSet<()>>,
+    stop: watch::Sender<bool>,
+}
+
+impl std::fmt::Debug for TurnRelay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TurnRelay").field("udp", &self.udp).field("tls", &self.tls).finish_non_exhaustive()
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+impl TurnRelay {
+    /// Binds every listener and starts relaying.
+    pub async fn start(config: TurnConfig) -> Result<Arc<Self>, TurnError> {
+        let mut nonce_key = [0u8; 32];
+        getrandom::fill(&mut nonce_key).map_err(|e| TurnError::Secret(e.to_string()))?;
+        let mut core_config = config.core.clone();
+        core_config.families =
+            (config.relay_ips.iter().any(IpAddr::is_ipv4), config.relay_ips.iter().any(IpAddr::is_ipv6));
+        let policy = PeerPolicy::new(config.cluster.clone(), config.allowed.clone());
+        let core = Server::new(
+            core_config,
+            Verifier::new(config.secret.clone()),
+            policy,
+            (Instant::now(), unix_now()),
+            nonce_key,
+        );
+        let acceptor = match config.tls_port {
+            Some(_) => Some(tls_acceptor(&config.tls)?),
+            None => None,
+        };
+        let shared = Arc::new(Shared { core: Mutex::new(core), config: config.clone() });
+        let (stop, stop_rx) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        let mut udp = Vec::new();
+        let mut tls = Vec::new();
+        let connections = Arc::new(Semaphore::new(config.max_connections));
+        for addr in &config.listen {
+            let socket = UdpSocket::bind(addr).await.map_err(|source| TurnError::Bind { addr: *addr, source })?;
+            let local = socket.local_addr().map_err(|source| TurnError::Bind { addr: *addr, source })?;
+            udp.push(local);
+            tasks.spawn(udp_listener(shared.clone(), Arc::new(socket), stop_rx.clone()));
+            let tcp = TcpListener::bind(local).await.map_err(|source| TurnError::Bind { addr: local, source })?;
+            tasks.spawn(stream_listener(shared.clone(), tcp, None, connections.clone(), stop_rx.clone()));
+            if let (Some(port), Some(acceptor)) = (config.tls_port, &acceptor) {
+                let at = SocketAddr::new(addr.ip(), port);
+                let listener = TcpListener::bind(at).await.map_err(|source| TurnError::Bind { addr: at, source })?;
+                let local = listener.local_addr().map_err(|source| TurnError::Bind { addr: at, source })?;
+                tls.push(local);
+                tasks.spawn(stream_listener(
+                    shared.clone(),
+                    listener,
+                    Some(acceptor.clone()),
+                    connections.clone(),
+                    stop_rx.clone(),
+                ));
+            }
+        }
+        tasks.spawn(timer(shared.clone(), stop_rx));
+        tracing::info!(?udp, ?tls, "TURN relay listening");
+        Ok(Arc::new(Self { shared, udp, tls, tasks: Mutex::new(tasks), stop }))
+    }
+
+    /// The UDP (and TCP) listener addresses.
+    pub fn udp_addrs(&self) -> &[SocketAddr] {
+        &self.udp
+    }
+
+    /// The TLS listener addresses.
+    pub fn tls_addrs(&self) -> &[SocketAddr] {
+        &self.tls
+    }
+
+    /// Members whose credentials are accepted; allocations of others end at once.
+    pub fn set_members(&self, members: impl IntoIterator<Item = String>) {
+        let mut core = self.shared.core();
+        core.set_members(members);
+        close_freed(&mut core);
+    }
+
+    /// Counters for metrics.
+    pub fn stats(&self) -> (Stats, usize) {
+        let core = self.shared.core();
+        (core.stats().clone(), core.allocations())
+    }
+
+    /// ICE servers with fresh credentials for `member`, for a client that reached signaling as `host`.
+    pub fn ice_servers(&self, member: &str, host: Option<&str>) -> Option<(Vec<IceServer>, Duration)> {
+        let config = &self.shared.config;
+        let ttl = config.credential_ttl;
+        let creds = issue(&config.secret, member, unix_now(), ttl.as_secs()).ok()?;
+        let host = config.public_host.as_deref().or(host).map(url_host)?;
+        let port = self.udp.first()?.port();
+        let mut urls =
+            vec![format!("turn:{host}:{port}?transport=udp"), format!("turn:{host}:{port}?transport=tcp")];
+        if let Some(tls) = self.tls.first() {
+            urls.push(format!("turns:{host}:{}?transport=tcp", tls.port()));
+        }
+        Some((
+            vec![
+                IceServer { urls: vec![format!("stun:{host}:{port}")], username: None, credential: None },
+                IceServer { urls, username: Some(creds.username), credential: Some(creds.password.to_string()) },
+            ],
+            ttl,
+        ))
+    }
+
+    /// Stops every listener and relay socket.
+    pub async fn shutdown(&self) {
+        let _ = self.stop.send(true);
+        {
+            let mut core = self.shared.core();
+            core.set_members(std::iter::empty());
+            close_freed(&mut core);
+        }
+        let mut tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+    }
+}
+
+/// `host` as it goes in a URL: an IPv6 address in brackets, a `host:port` from a Host header without the port.
+fn url_host(host: &str) -> String {
+    if let Ok(IpAddr::V6(v6)) = host.parse::<IpAddr>() {
+        return format!("[{v6}]");
+    }
+    if let Some(end) = host.strip_prefix('[').and_then(|h| h.find(']')) {
+        return host[..end + 2].to_owned();
+    }
+    host.rsplit_once(':').filter(|(_, port)| port.parse::<u16>().is_ok()).map_or(host, |(h, _)| h).to_owned()
+}
+
+fn close_freed(core: &mut Core) {
+    while let Some(Event::Freed { relay, .. }) = core.poll_event() {
+        relay.closed.notify_one();
+    }
+}
+
+fn tls_acceptor(source: &TlsSource) -> Result<TlsAcceptor, TurnError> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    let (certs, key) = match source {
+        TlsSource::Files { cert, key } => {
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+                .and_then(|it| it.collect::<Result<_, _>>())
+                .map_err(|e| TurnError::Tls(format!("{}: {e}", cert.display())))?;
+            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TurnError::Tls(format!("{}: {e}", key.display())))?;
+            (certs, key)
+        }
+        TlsSource::SelfSigned(names) => {
+            let made = rcgen::generate_simple_self_signed(names.clone()).map_err(|e| TurnError::Tls(e.to_string()))?;
+            let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(made.signing_key.serialize_der()));
+            (vec![made.cert.der().clone()], key)
+        }
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TurnError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| TurnError::Tls(e.to_string()))?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+const BUF: usize = 65_536;
+
+async fn udp_listener(shared: Arc<Shared>, socket: Arc<UdpSocket>, mut stop: watch::Receiver<bool>) {
+    let Ok(local) = socket.local_addr() else { return };
+    let mut buf = vec![0u8; BUF];
+    let mut out = Vec::with_capacity(BUF);
+    loop {
+        let (n, from) = tokio::select! {
+            received = socket.recv_from(&mut buf) => match received {
+                Ok(received) => received,
+                // ICMP port unreachable from an earlier send shows up here on some systems; keep serving.
+                Err(_) => continue,
+            },
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let tuple = FiveTuple { transport: Transport::Udp, client: from, server: local };
+        let sink = ClientSink::Udp(socket.clone(), from);
+        let input = buf.get(..n).unwrap_or_default();
+        let action = shared.core().handle_client(Instant::now(), tuple, &sink, input, &mut out);
+        act(&shared, action, input, &mut out, &sink).await;
+    }
+}
+
+async fn act(shared: &Arc<Shared>, action: ClientAction<RelaySocket, ClientSink>, input: &[u8], out: &mut Vec<u8>, sink: &ClientSink) {
+    match action {
+        ClientAction::None => {}
+        ClientAction::Reply => sink.send(out).await,
+        ClientAction::ToPeer { relay, peer, payload } => {
+            if let Some(bytes) = input.get(payload) {
+                let _ = relay.socket.send_to(bytes, peer).await;
+            }
+        }
+        ClientAction::ToClient(other) => other.send(out).await,
+        ClientAction::Allocate(pending) => {
+            allocate(shared, pending, out);
+            sink.send(out).await;
+        }
+    }
+}
+
+fn allocate(shared: &Arc<Shared>, pending: PendingAllocation<ClientSink>, out: &mut Vec<u8>) {
+    let bound = bind_relay(&shared.config, pending.ipv6());
+    let socket = bound.as_ref().ok().map(|(_, _, relay)| relay.clone());
+    let id = shared.core().complete_allocation(Instant::now(), pending, bound, out);
+    if let (Some(id), Some(relay)) = (id, socket) {
+        tokio::spawn(relay_task(shared.clone(), id, relay));
+    }
+}
+
+fn bind_relay(config: &TurnConfig, ipv6: bool) -> Result<(SocketAddr, SocketAddr, RelaySocket), BindFailure> {
+    let Some(ip) = config.relay_ips.iter().copied().find(|ip| ip.is_ipv6() == ipv6) else {
+        return Err(BindFailure::FamilyUnsupported);
+    };
+    let external = config.external_ips.iter().copied().find(|ip| ip.is_ipv6() == ipv6);
+    let (low, high) = config.ports;
+    let span = u32::from(high.saturating_sub(low)) + 1;
+    let mut seed = [0u8; 4];
+    let _ = getrandom::fill(&mut seed);
+    let start = u32::from_le_bytes(seed) % span;
+    // Random start, then linear probing: ports are not predictable, and a busy range is still searched whole
+    // (bounded, so that a full range costs a bounded number of bind calls).
+    for step in 0..span.min(512) {
+        let port = low.saturating_add(u16::try_from((start + step) % span).unwrap_or(0));
+        let Ok(std_socket) = std::net::UdpSocket::bind((ip, port)) else { continue };
+        if std_socket.set_nonblocking(true).is_err() {
+            continue;
+        }
+        let Ok(socket) = UdpSocket::from_std(std_socket) else { continue };
+        let Ok(bound) = socket.local_addr() else { continue };
+        let advertised = external.map_or(bound, |ip| SocketAddr::new(ip, bound.port()));
+        return Ok((bound, advertised, RelaySocket { socket: Arc::new(socket), closed: Arc::new(Notify::new()) }));
+    }
+    Err(BindFailure::NoPort)
+}
+
+async fn relay_task(shared: Arc<Shared>, id: AllocationId, relay: RelaySocket) {
+    let mut buf = vec![0u8; BUF];
+    let mut out = Vec::with_capacity(BUF);
+    loop {
+        let (n, from) = tokio::select! {
+            received = relay.socket.recv_from(&mut buf) => match received {
+                Ok(received) => received,
+                Err(_) => continue,
+            },
+            () = relay.closed.notified() => return,
+        };
+        let payload = buf.get(..n).unwrap_or_default();
+        let action = shared.core().handle_peer(Instant::now(), id, from, payload, &mut out);
+        match action {
+            PeerAction::ToClient(sink) => sink.send(&out).await,
+            PeerAction::Drop => {}
+            PeerAction::Gone => return,
+        }
+    }
+}
+
+async fn timer(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let mut core = shared.core();
+        core.handle_timeout(Instant::now());
+        close_freed(&mut core);
+    }
+}
+
+async fn stream_listener(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    connections: Arc<Semaphore>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let Ok(local) = listener.local_addr() else { return };
+    loop {
+        let (stream, client) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(_) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let transport = if tls.is_some() { Transport::Tls } else { Transport::Tcp };
+            let tuple = FiveTuple { transport, client, server: local };
+            match tls {
+                Some(acceptor) => {
+                    if let Ok(Ok(stream)) = tokio::time::timeout(FIRST_FRAME, acceptor.accept(stream)).await {
+                        connection(shared, tuple, stream).await;
+                    }
+                }
+                None => connection(shared, tuple, stream).await,
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// A connection must complete its TLS handshake and first frame within this time (slow-loris).
+const FIRST_FRAME: Duration = Duration::from_secs(10);
+/// A connection silent for longer than an allocation lifetime plus margin is gone.
+const IDLE: Duration = Duration::from_secs(3660);
+
+async fn connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(shared: Arc<Shared>, tuple: FiveTuple, stream: S) {
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(256);
+    let write = tokio::spawn(async move {
+        while let Some(bytes) = rx.recv().await {
+            if writer.write_all(&bytes).await.is_err() {
+                break;
+            }
+        }
+        let _ = writer.shutdown().await;
+    });
+    let sink = ClientSink::Stream(tx);
+    let mut buf: Vec<u8> = Vec::with_capacity(BUF);
+    let mut chunk = vec![0u8; BUF];
+    let mut out = Vec::with_capacity(BUF);
+    let mut deadline = FIRST_FRAME;
+    'read: loop {
+        let n = match tokio::time::timeout(deadline, reader.read(&mut chunk)).await {
+            Ok(Ok(0) | Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => n,
+        };
+        buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
+        loop {
+            let len = match frame_len(&buf) {
+                Ok(Some(len)) if buf.len() >= len => len,
+                Ok(_) => break,
+                Err(error) => {
+                    tracing::debug!(%error, "TURN stream lost its framing; closing");
+                    break 'read;
+                }
+            };
+            deadline = IDLE;
+            let frame = buf.get(..len).unwrap_or_default();
+            let action = shared.core().handle_client(Instant::now(), tuple, &sink, frame, &mut out);
+            act(&shared, action, frame, &mut out, &sink).await;
+            buf.drain(..len);
+        }
+    }
+    {
+        let mut core = shared.core();
+        core.connection_closed(tuple);
+        close_freed(&mut core);
+    }
+    drop(sink);
+    let _ = write.await;
+}

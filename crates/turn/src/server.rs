@@ -1,0 +1,1256 @@
+//! The sans-IO TURN server (RFC 8656 with the STUN Binding of RFC 8489): bytes and `now` in, what to send and
+//! where out. Sockets live in the bubble-server; this module never opens one.
+//!
+//! Shape, after firezone's relay: [`Server::handle_client`] takes what a client sent on one of the listeners,
+//! [`Server::handle_peer`] what a peer sent to a relay socket, [`Server::complete_allocation`] finishes an
+//! Allocate once the IO edge has bound the relay socket, [`Server::handle_timeout`] expires allocations,
+//! permissions and channels, and [`Server::poll_event`] tells the edge which relay sockets to close.
+//!
+//! The server is generic over two handles the edge chooses: `R`, a relay socket, and `C`, the way back to a
+//! client (a UDP listener and address, or a TCP/TLS connection). It stores them with each allocation so that
+//! relaying a packet is one lookup.
+//!
+//! What it enforces: long-term credentials in the TURN REST API form (checked by
+//! [`crate::credentials::Verifier`]) with stateless, expiring nonces; the peer-address policy of
+//! [`crate::peer`] on CreatePermission and ChannelBind (403) and on Send (dropped, as an indication has no
+//! answer); relay-to-relay between this server's own allocations, which the policy would otherwise refuse
+//! because relay addresses are internal; allocation quotas per member and in total; a bandwidth budget per
+//! allocation; the lifetimes of RFC 8656 (allocations 10 min by default, at most 1 h; permissions 5 min;
+//! channels 10 min). It relays bytes it never interprets: they are ciphertext (DTLS/SRTP).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hmac::{Hmac, Mac as _};
+use sha1::Sha1;
+use stun_types::attribute::{
+    AttributeStaticType as _, AttributeType, ErrorCode, Fingerprint, MessageIntegrity, MessageIntegritySha256,
+    Nonce, Realm, Software, UnknownAttributes, Userhash, Username,
+    XorMappedAddress,
+};
+use stun_types::message::{
+    IntegrityAlgorithm, LongTermKeyCredentials, Message, MessageClass, MessageIntegrityCredentials, MessageType,
+    MessageWrite, MessageWriteExt as _, MessageWriteVec, TransactionId, BINDING,
+};
+use turn_types::AddressFamily;
+use turn_types::attribute::{
+    AdditionalAddressFamily, ChannelNumber, Data, EvenPort, Icmp, Lifetime, RequestedAddressFamily,
+    RequestedTransport, ReservationToken, XorPeerAddress, XorRelayedAddress,
+};
+use turn_types::message::{ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION, DATA, REFRESH, SEND};
+use zeroize::Zeroizing;
+
+use crate::credentials::{CredentialError, Verifier};
+use crate::peer::{PeerPolicy, Refusal};
+
+/// Channel numbers a client may bind (RFC 8656 §12).
+pub const CHANNELS: std::ops::RangeInclusive<u16> = 0x4000..=0x4fff;
+/// How long a permission lasts (RFC 8656 §9).
+pub const PERMISSION_LIFETIME: Duration = Duration::from_secs(300);
+/// How long a channel binding lasts (RFC 8656 §12).
+pub const CHANNEL_LIFETIME: Duration = Duration::from_secs(600);
+/// A channel number or peer stays reserved this long after its binding expired (RFC 8656 §12).
+const CHANNEL_COOLDOWN: Duration = Duration::from_secs(300);
+/// IANA protocol number of UDP, the only relayed transport (RFC 8656 §14.7).
+const UDP: u8 = 17;
+/// Largest payload relayed: a Data indication around it stays below 65535 bytes.
+const MAX_RELAYED: u16 = 65_000;
+
+/// Settings of the relay. Defaults suit a small bubble.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The REALM clients put in their credentials.
+    pub realm: String,
+    /// Whether IPv4 and IPv6 relay addresses can be allocated (the edge bound relay sockets of that family).
+    pub families: (bool, bool),
+    /// Allocations at once, in total (508 Insufficient Capacity beyond).
+    pub max_allocations: usize,
+    /// Allocations at once per member (486 Allocation Quota Reached beyond).
+    pub max_allocations_per_member: usize,
+    /// Peers one allocation may hold permissions for (508 beyond).
+    pub max_permissions: usize,
+    /// Bytes per second one allocation may relay, both directions together; 0 for no limit. Excess is dropped,
+    /// as a congested link would.
+    pub bandwidth: u64,
+    /// Allocation lifetime when the client asks for less or nothing.
+    pub default_lifetime: Duration,
+    /// Longest allocation lifetime granted.
+    pub max_lifetime: Duration,
+    /// How long a NONCE stays valid (438 Stale Nonce after).
+    pub nonce_lifetime: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            realm: "peerbubble".to_owned(),
+            families: (true, true),
+            max_allocations: 1000,
+            max_allocations_per_member: 10,
+            max_permissions: 64,
+            bandwidth: 5_000_000,
+            default_lifetime: Duration::from_secs(600),
+            max_lifetime: Duration::from_secs(3600),
+            nonce_lifetime: Duration::from_secs(600),
+        }
+    }
+}
+
+/// The transport a client reached a listener over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    /// UDP.
+    Udp,
+    /// TCP.
+    Tcp,
+    /// TLS over TCP.
+    Tls,
+}
+
+impl Transport {
+    fn is_stream(self) -> bool {
+        !matches!(self, Self::Udp)
+    }
+}
+
+/// A client's 5-tuple: how an allocation is found (RFC 8656 §2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FiveTuple {
+    /// The transport.
+    pub transport: Transport,
+    /// The client's address as the server sees it.
+    pub client: SocketAddr,
+    /// The listener's address.
+    pub server: SocketAddr,
+}
+
+/// An allocation's number, given by the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AllocationId(pub u64);
+
+/// What the edge does with what a client sent.
+#[derive(Debug)]
+pub enum ClientAction<R, C> {
+    /// Nothing to send (a response, an indication that was dropped, or garbage); counted in [`Stats`].
+    None,
+    /// Send `out` back to the client on the same 5-tuple.
+    Reply,
+    /// Bind a relay socket of this family, then call [`Server::complete_allocation`].
+    Allocate(PendingAllocation<C>),
+    /// Send `input[payload]` from this relay socket to `peer`.
+    ToPeer {
+        /// The allocation's relay socket.
+        relay: R,
+        /// Where to.
+        peer: SocketAddr,
+        /// The bytes to relay, within the input.
+        payload: Range<usize>,
+    },
+    /// Relay-to-relay: the peer is another allocation of this server; send `out` to its client.
+    ToClient(C),
+}
+
+/// What the edge does with what a peer sent to a relay socket.
+#[derive(Debug)]
+pub enum PeerAction<C> {
+    /// Drop it (no permission, over budget); counted in [`Stats`].
+    Drop,
+    /// The allocation no longer exists: close the relay socket.
+    Gone,
+    /// Send `out` to this client.
+    ToClient(C),
+}
+
+/// Something the edge must act on.
+#[derive(Debug)]
+pub enum Event<R> {
+    /// An allocation ended (expired, deleted by Refresh, its member revoked, its connection closed): close
+    /// its relay socket.
+    Freed {
+        /// Which.
+        id: AllocationId,
+        /// Its relay socket.
+        relay: R,
+    },
+}
+
+/// Why the edge could not bind a relay socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BindFailure {
+    /// No address of that family.
+    FamilyUnsupported,
+    /// No free port in the relay range.
+    NoPort,
+}
+
+/// An Allocate that passed every check and waits for its relay socket.
+pub struct PendingAllocation<C> {
+    tuple: FiveTuple,
+    family: AddressFamily,
+    lifetime: Duration,
+    transaction: TransactionId,
+    auth: Authenticated,
+    fingerprint: bool,
+    client: C,
+}
+
+impl<C> PendingAllocation<C> {
+    /// The family of relay address to bind.
+    pub fn ipv6(&self) -> bool {
+        self.family == AddressFamily::IPV6
+    }
+}
+
+impl<C> fmt::Debug for PendingAllocation<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PendingAllocation")
+            .field("tuple", &self.tuple)
+            .field("family", &self.family)
+            .field("member", &self.auth.member)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Counters the bubble-server exports as metrics. Labels are fixed, small sets.
+#[derive(Debug, Clone, Default)]
+pub struct Stats {
+    /// Allocations created since start.
+    pub allocations_created: u64,
+    /// Packets and bytes relayed from clients to peers.
+    pub to_peer: (u64, u64),
+    /// Packets and bytes relayed from peers to clients.
+    pub to_client: (u64, u64),
+    /// Requests refused for their credentials, by reason.
+    pub auth_failures: HashMap<&'static str, u64>,
+    /// Peer addresses refused by the policy, by class.
+    pub refused_peers: HashMap<&'static str, u64>,
+    /// Packets dropped, by reason.
+    pub dropped: HashMap<&'static str, u64>,
+    /// Error responses sent, by code.
+    pub errors: HashMap<u16, u64>,
+}
+
+fn bump<K: Eq + std::hash::Hash>(map: &mut HashMap<K, u64>, key: K) {
+    *map.entry(key).or_default() += 1;
+}
+
+struct Authenticated {
+    member: Arc<str>,
+    username: String,
+    password: Zeroizing<String>,
+    algorithm: IntegrityAlgorithm,
+}
+
+impl Authenticated {
+    fn credentials(&self, realm: &str) -> MessageIntegrityCredentials {
+        LongTermKeyCredentials::new(self.username.clone(), self.password.to_string(), realm.to_owned()).into()
+    }
+}
+
+struct TokenBucket {
+    rate: u64,
+    tokens: u64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    fn new(rate: u64, now: Instant) -> Self {
+        Self { rate, tokens: rate, last: now }
+    }
+
+    fn take(&mut self, bytes: usize, now: Instant) -> bool {
+        if self.rate == 0 {
+            return true;
+        }
+        let elapsed = now.saturating_duration_since(self.last);
+        let refill = elapsed.as_nanos().saturating_mul(u128::from(self.rate)) / 1_000_000_000;
+        if refill > 0 {
+            self.tokens = self.rate.min(self.tokens.saturating_add(u64::try_from(refill).unwrap_or(u64::MAX)));
+            self.last = now;
+        }
+        let bytes = bytes as u64;
+        if self.tokens >= bytes {
+            self.tokens -= bytes;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+struct Channel {
+    peer: SocketAddr,
+    expires: Instant,
+}
+
+struct Allocation<R, C> {
+    tuple: FiveTuple,
+    member: Arc<str>,
+    relayed: SocketAddr,
+    bound: SocketAddr,
+    relay: R,
+    client: C,
+    expires: Instant,
+    transaction: TransactionId,
+    permissions: HashMap<IpAddr, Instant>,
+    channels: HashMap<u16, Channel>,
+    channel_of_peer: HashMap<SocketAddr, u16>,
+    bucket: TokenBucket,
+}
+
+impl<R, C> Allocation<R, C> {
+    fn permitted(&self, ip: IpAddr, now: Instant) -> bool {
+        self.permissions.get(&ip).is_some_and(|until| *until > now)
+    }
+
+    fn channel_peer(&self, number: u16, now: Instant) -> Option<SocketAddr> {
+        self.channels.get(&number).filter(|c| c.expires > now).map(|c| c.peer)
+    }
+}
+
+/// The TURN server state machine.
+pub struct Server<R, C> {
+    config: Config,
+    verifier: Verifier,
+    policy: PeerPolicy,
+    members: HashSet<String>,
+    nonce_key: Zeroizing<[u8; 32]>,
+    clock: (Instant, u64),
+    next_id: u64,
+    indication_id: u128,
+    allocations: HashMap<AllocationId, Allocation<R, C>>,
+    by_tuple: HashMap<FiveTuple, AllocationId>,
+    by_relay: HashMap<SocketAddr, AllocationId>,
+    per_member: HashMap<Arc<str>, usize>,
+    events: VecDeque<Event<R>>,
+    stats: Stats,
+}
+
+impl<R, C> fmt::Debug for Server<R, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Server")
+            .field("realm", &self.config.realm)
+            .field("allocations", &self.allocations.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a request is refused: an error code, its reason phrase, and whether the answer carries a fresh nonce.
+struct Refuse {
+    code: u16,
+    reason: &'static str,
+    challenge: bool,
+}
+
+impl Refuse {
+    const fn new(code: u16, reason: &'static str) -> Self {
+        Self { code, reason, challenge: false }
+    }
+    const fn challenge(code: u16, reason: &'static str) -> Self {
+        Self { code, reason, challenge: true }
+    }
+}
+
+/// Attributes below 0x8000 this server understands (RFC 8489 §14: others get 420 Unknown Attribute).
+const UNDERSTOOD: [u16; 22] = [
+    0x0001, 0x0006, 0x0008, 0x0009, 0x000a, 0x000c, 0x000d, 0x0012, 0x0013, 0x0014, 0x0015, 0x0016, 0x0017, 0x0018,
+    0x0019, 0x001a, 0x001c, 0x001d, 0x001e, 0x0020, 0x0022, 0x8000,
+];
+
+impl<R: Clone, C: Clone> Server<R, C> {
+    /// A server checking credentials with `verifier`, refusing peers per `policy`. `clock` pairs an [`Instant`]
+    /// with the unix time in seconds at that instant (credential expiries are unix times); `nonce_key` signs
+    /// nonces and should be random.
+    pub fn new(config: Config, verifier: Verifier, policy: PeerPolicy, clock: (Instant, u64), nonce_key: [u8; 32]) -> Self {
+        Self {
+            config,
+            verifier,
+            policy,
+            members: HashSet::new(),
+            nonce_key: Zeroizing::new(nonce_key),
+            clock,
+            next_id: 1,
+            indication_id: u128::from_be_bytes([nonce_key[0]; 16]),
+            allocations: HashMap::new(),
+            by_tuple: HashMap::new(),
+            by_relay: HashMap::new(),
+            per_member: HashMap::new(),
+            events: VecDeque::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// The members whose credentials are accepted (the bubble's directory). Allocations of members who are no
+    /// longer in it end at once.
+    pub fn set_members(&mut self, members: impl IntoIterator<Item = String>) {
+        self.members = members.into_iter().collect();
+        let revoked: Vec<AllocationId> =
+            self.allocations.iter().filter(|(_, a)| !self.members.contains(&*a.member)).map(|(id, _)| *id).collect();
+        for id in revoked {
+            self.free(id);
+        }
+    }
+
+    /// Replaces the credential verifier (after a secret rotation).
+    pub fn set_verifier(&mut self, verifier: Verifier) {
+        self.verifier = verifier;
+    }
+
+    /// Counters for metrics.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Allocations alive now.
+    pub fn allocations(&self) -> usize {
+        self.allocations.len()
+    }
+
+    /// The next event for the edge.
+    pub fn poll_event(&mut self) -> Option<Event<R>> {
+        self.events.pop_front()
+    }
+
+    /// When [`Self::handle_timeout`] has work next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.allocations.values().map(|a| a.expires).min()
+    }
+
+    /// Ends expired allocations and forgets expired permissions and channels.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let expired: Vec<AllocationId> =
+            self.allocations.iter().filter(|(_, a)| a.expires <= now).map(|(id, _)| *id).collect();
+        for id in expired {
+            self.free(id);
+        }
+        for allocation in self.allocations.values_mut() {
+            allocation.permissions.retain(|_, until| *until > now);
+            let gone: Vec<u16> = allocation
+                .channels
+                .iter()
+                .filter(|(_, c)| c.expires + CHANNEL_COOLDOWN <= now)
+                .map(|(n, _)| *n)
+                .collect();
+            for number in gone {
+                if let Some(channel) = allocation.channels.remove(&number) {
+                    allocation.channel_of_peer.remove(&channel.peer);
+                }
+            }
+        }
+    }
+
+    /// A stream connection closed: its allocations end with it (RFC 8656 §3.1).
+    pub fn connection_closed(&mut self, tuple: FiveTuple) {
+        if let Some(id) = self.by_tuple.get(&tuple).copied() {
+            self.free(id);
+        }
+    }
+
+    fn free(&mut self, id: AllocationId) {
+        let Some(allocation) = self.allocations.remove(&id) else { return };
+        self.by_tuple.remove(&allocation.tuple);
+        self.by_relay.remove(&allocation.relayed);
+        self.by_relay.remove(&allocation.bound);
+        if let Some(count) = self.per_member.get_mut(&allocation.member) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.per_member.remove(&allocation.member);
+            }
+        }
+        self.events.push_back(Event::Freed { id, relay: allocation.relay });
+    }
+
+    fn unix(&self, now: Instant) -> u64 {
+        self.clock.1 + now.saturating_duration_since(self.clock.0).as_secs()
+    }
+
+    /// Handles one datagram (UDP) or one frame (TCP/TLS, split with [`crate::framing::frame_len`]) from a
+    /// client. `client` is how to reach it again, kept if this creates an allocation. `out` receives what
+    /// [`ClientAction::Reply`] and [`ClientAction::ToClient`] send.
+    pub fn handle_client(
+        &mut self,
+        now: Instant,
+        tuple: FiveTuple,
+        client: &C,
+        input: &[u8],
+        out: &mut Vec<u8>,
+    ) -> ClientAction<R, C> {
+        out.clear();
+        match input.first().map(|b| b >> 6) {
+            Some(0b01) => self.client_channel_data(now, tuple, input, out),
+            Some(0b00) => match Message::from_bytes(input) {
+                Ok(message) => self.client_message(now, tuple, client, &message, input, out),
+                Err(_) => {
+                    bump(&mut self.stats.dropped, "malformed");
+                    ClientAction::None
+                }
+            },
+            _ => {
+                bump(&mut self.stats.dropped, "malformed");
+                ClientAction::None
+            }
+        }
+    }
+
+    fn client_channel_data(&mut self, now: Instant, tuple: FiveTuple, input: &[u8], out: &mut Vec<u8>) -> ClientAction<R, C> {
+        let Some(&[hi, lo, len_hi, len_lo]) = input.first_chunk::<4>() else {
+            bump(&mut self.stats.dropped, "malformed");
+            return ClientAction::None;
+        };
+        let number = u16::from_be_bytes([hi, lo]);
+        let len = usize::from(u16::from_be_bytes([len_hi, len_lo]));
+        if input.len() < 4 + len {
+            bump(&mut self.stats.dropped, "malformed");
+            return ClientAction::None;
+        }
+        let Some(id) = self.by_tuple.get(&tuple).copied() else {
+            bump(&mut self.stats.dropped, "no_allocation");
+            return ClientAction::None;
+        };
+        let Some(peer) = self.allocations.get(&id).and_then(|a| a.channel_peer(number, now)) else {
+            bump(&mut self.stats.dropped, "unknown_channel");
+            return ClientAction::None;
+        };
+        self.to_peer(now, id, peer, 4..4 + len, input, out)
+    }
+
+    /// Relays `input[payload]` from allocation `id` to `peer`, which holds a permission.
+    fn to_peer(
+        &mut self,
+        now: Instant,
+        id: AllocationId,
+        peer: SocketAddr,
+        payload: Range<usize>,
+        input: &[u8],
+        out: &mut Vec<u8>,
+    ) -> ClientAction<R, C> {
+        let Some(allocation) = self.allocations.get_mut(&id) else { return ClientAction::None };
+        if !allocation.bucket.take(payload.len(), now) {
+            bump(&mut self.stats.dropped, "bandwidth");
+            return ClientAction::None;
+        }
+        let from = allocation.relayed;
+        let relay = allocation.relay.clone();
+        self.stats.to_peer.0 += 1;
+        self.stats.to_peer.1 += payload.len() as u64;
+        if let Some(target) = self.by_relay.get(&peer).copied() {
+            let data = input.get(payload).unwrap_or_default();
+            return match self.deliver(now, target, from, data, out) {
+                PeerAction::ToClient(c) => ClientAction::ToClient(c),
+                PeerAction::Drop | PeerAction::Gone => ClientAction::None,
+            };
+        }
+        ClientAction::ToPeer { relay, peer, payload }
+    }
+
+    fn client_message(
+        &mut self,
+        now: Instant,
+        tuple: FiveTuple,
+        client: &C,
+        message: &Message<'_>,
+        input: &[u8],
+        out: &mut Vec<u8>,
+    ) -> ClientAction<R, C> {
+        let method = message.method();
+        match message.class() {
+            MessageClass::Indication if method == SEND => self.send_indication(now, tuple, message, input, out),
+            MessageClass::Request => {
+                if let Some(unknown) = unknown_attributes(message) {
+                    let mut reply = Message::builder_error(message, MessageWriteVec::with_capacity(64));
+                    let _ = add_error(&mut reply, 420, "Unknown Attribute");
+                    let _ = reply.add_attribute(&UnknownAttributes::new(&unknown));
+                    *out = reply.finish();
+                    bump(&mut self.stats.errors, 420);
+                    return ClientAction::Reply;
+                }
+                if method == BINDING {
+                    let mut reply = Message::builder_success(message, MessageWriteVec::with_capacity(48));
+                    let _ = reply.add_attribute(&XorMappedAddress::new(tuple.client, message.transaction_id()));
+                    if message.has_attribute(Fingerprint::TYPE) {
+                        let _ = reply.add_fingerprint();
+                    }
+                    *out = reply.finish();
+                    return ClientAction::Reply;
+                }
+                if ![ALLOCATE, REFRESH, CREATE_PERMISSION, CHANNEL_BIND].contains(&method) {
+                    return self.refuse(message, None, Refuse::new(400, "Bad Request: unsupported method"), now, out);
+                }
+                // Credentials that expired during an allocation's life still maintain it (a call outlives them);
+                // a new allocation needs fresh ones.
+                let existing = method != ALLOCATE && self.by_tuple.contains_key(&tuple);
+                let auth = match self.authenticate(message, now, existing) {
+                    Ok(auth) => auth,
+                    Err(refuse) => return self.refuse(message, None, refuse, now, out),
+                };
+                let result = match method {
+                    m if m == ALLOCATE => self.allocate(now, tuple, client, message, auth, out),
+                    m if m == REFRESH => self.refresh(now, tuple, message, &auth, out),
+                    m if m == CREATE_PERMISSION => self.create_permission(now, tuple, message, &auth, out),
+                    _ => self.channel_bind(now, tuple, message, &auth, out),
+                };
+                match result {
+                    Ok(action) => action,
+                    Err((refuse, auth)) => self.refuse(message, auth.as_ref(), refuse, now, out),
+                }
+            }
+            // Responses and other indications have no business here (RFC 8489 §6.3: discard).
+            _ => {
+                bump(&mut self.stats.dropped, "unexpected_message");
+                ClientAction::None
+            }
+        }
+    }
+
+    fn send_indication(
+        &mut self,
+        now: Instant,
+        tuple: FiveTuple,
+        message: &Message<'_>,
+        input: &[u8],
+        out: &mut Vec<u8>,
+    ) -> ClientAction<R, C> {
+        let Some(id) = self.by_tuple.get(&tuple).copied() else {
+            bump(&mut self.stats.dropped, "no_allocation");
+            return ClientAction::None;
+        };
+        let (Ok(peer), Some((offset, data))) =
+            (message.attribute::<XorPeerAddress>(), message.raw_attribute_and_offset(Data::TYPE))
+        else {
+            bump(&mut self.stats.dropped, "malformed");
+            return ClientAction::None;
+        };
+        let peer = peer.addr(message.transaction_id());
+        let start = offset + 4;
+        let payload = start..start + data.value.len();
+        let Some(allocation) = self.allocations.get(&id) else { return ClientAction::None };
+        if !allocation.permitted(peer.ip(), now) {
+            // A Send to a refused peer never had a permission: count its class, as a CreatePermission would.
+            if let Err(refusal) = self.check_peer(peer) {
+                bump(&mut self.stats.refused_peers, refusal.as_str());
+                icmp_prohibited(peer, self.next_indication_id(), out);
+                return ClientAction::Reply;
+            }
+            bump(&mut self.stats.dropped, "no_permission");
+            return ClientAction::None;
+        }
+        if input.len() < payload.end {
+            bump(&mut self.stats.dropped, "malformed");
+            return ClientAction::None;
+        }
+        self.to_peer(now, id, peer, payload, input, out)
+    }
+
+    /// Relay-to-relay traffic is allowed whatever the policy says about relay addresses.
+    fn check_peer(&self, peer: SocketAddr) -> Result<(), Refusal> {
+        if self.by_relay.contains_key(&peer) {
+            return Ok(());
+        }
+        self.policy.check(peer.ip())
+    }
+
+    fn next_indication_id(&mut self) -> [u8; 12] {
+        self.indication_id = self.indication_id.wrapping_add(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835);
+        let bytes = self.indication_id.to_be_bytes();
+        let mut id = [0; 12];
+        id.copy_from_slice(&bytes[4..]);
+        id
+    }
+
+    fn nonce(&self, now: Instant) -> String {
+        let expiry = self.unix(now) + self.config.nonce_lifetime.as_secs();
+        let mac = self.nonce_mac(expiry);
+        let mut nonce = format!("{expiry:016x}");
+        for b in &mac[..8] {
+            nonce.push_str(&format!("{b:02x}"));
+        }
+        nonce
+    }
+
+    fn nonce_mac(&self, expiry: u64) -> [u8; 20] {
+        let Ok(mut mac) = <Hmac<Sha1>>::new_from_slice(&*self.nonce_key) else { return [0; 20] };
+        mac.update(&expiry.to_be_bytes());
+        mac.finalize().into_bytes().into()
+    }
+
+    fn nonce_valid(&self, nonce: &str, now: Instant) -> bool {
+        if nonce.len() != 32 || !nonce.is_ascii() {
+            return false;
+        }
+        let (expiry, tag) = nonce.split_at(16);
+        let Ok(expiry) = u64::from_str_radix(expiry, 16) else { return false };
+        let mut given = [0u8; 8];
+        for (i, byte) in given.iter_mut().enumerate() {
+            match tag.get(2 * i..2 * i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                Some(b) => *byte = b,
+                None => return false,
+            }
+        }
+        let Ok(mut mac) = <Hmac<Sha1>>::new_from_slice(&*self.nonce_key) else { return false };
+        mac.update(&expiry.to_be_bytes());
+        mac.verify_truncated_left(&given).is_ok() && expiry > self.unix(now)
+    }
+
+    fn authenticate(&mut self, message: &Message<'_>, now: Instant, existing: bool) -> Result<Authenticated, Refuse> {
+        let has_integrity =
+            message.has_attribute(MessageIntegrity::TYPE) || message.has_attribute(MessageIntegritySha256::TYPE);
+        if !has_integrity {
+            return Err(Refuse::challenge(401, "Unauthorized"));
+        }
+        let (Ok(username), Ok(realm), Ok(nonce)) =
+            (message.attribute::<Username>(), message.attribute::<Realm>(), message.attribute::<Nonce>())
+        else {
+            if message.has_attribute(Userhash::TYPE) {
+                // USERHASH needs a directory of usernames; REST credentials are computed, not stored.
+                bump(&mut self.stats.auth_failures, "userhash");
+                return Err(Refuse::challenge(401, "Unauthorized: USERHASH is not supported"));
+            }
+            bump(&mut self.stats.auth_failures, "malformed");
+            return Err(Refuse::new(400, "Bad Request: USERNAME, REALM and NONCE are required"));
+        };
+        if !self.nonce_valid(nonce.nonce(), now) {
+            bump(&mut self.stats.auth_failures, "stale_nonce");
+            return Err(Refuse::challenge(438, "Stale Nonce"));
+        }
+        if realm.realm() != self.config.realm {
+            bump(&mut self.stats.auth_failures, "wrong_realm");
+            return Err(Refuse::challenge(401, "Unauthorized: wrong realm"));
+        }
+        let unix = self.unix(now);
+        let members = &self.members;
+        let (member, passwords) =
+            match self.verifier.passwords_with(username.username(), unix, existing, |m| members.contains(m)) {
+                Ok(found) => found,
+                Err(error) => {
+                    let label = match error {
+                        CredentialError::Expired(_) => "expired",
+                        CredentialError::Revoked => "revoked",
+                        _ => "malformed",
+                    };
+                    bump(&mut self.stats.auth_failures, label);
+                    return Err(Refuse::challenge(401, "Unauthorized"));
+                }
+            };
+        for password in passwords {
+            let credentials: MessageIntegrityCredentials = LongTermKeyCredentials::new(
+                username.username().to_owned(),
+                password.to_string(),
+                self.config.realm.clone(),
+            )
+            .into();
+            if let Ok(algorithm) = message.validate_integrity(&credentials) {
+                return Ok(Authenticated {
+                    member: Arc::from(member.as_str()),
+                    username: username.username().to_owned(),
+                    password,
+                    algorithm,
+                });
+            }
+        }
+        bump(&mut self.stats.auth_failures, "bad_integrity");
+        Err(Refuse::challenge(401, "Unauthorized"))
+    }
+
+    fn refuse(
+        &mut self,
+        message: &Message<'_>,
+        auth: Option<&Authenticated>,
+        refuse: Refuse,
+        now: Instant,
+        out: &mut Vec<u8>,
+    ) -> ClientAction<R, C> {
+        bump(&mut self.stats.errors, refuse.code);
+        let mut reply = Message::builder_error(message, MessageWriteVec::with_capacity(128));
+        let _ = add_error(&mut reply, refuse.code, refuse.reason);
+        if refuse.challenge {
+            let realm = Realm::new(&self.config.realm);
+            let nonce = Nonce::new(&self.nonce(now));
+            if let (Ok(realm), Ok(nonce)) = (realm, nonce) {
+                let _ = reply.add_attribute(&realm);
+                let _ = reply.add_attribute(&nonce);
+            }
+        }
+        add_software(&mut reply);
+        if let Some(auth) = auth {
+            let _ = reply.add_message_integrity(&auth.credentials(&self.config.realm), auth.algorithm);
+        }
+        if message.has_attribute(Fingerprint::TYPE) {
+            let _ = reply.add_fingerprint();
+        }
+        *out = reply.finish();
+        ClientAction::Reply
+    }
+
+    fn success(&self, message: &Message<'_>, auth: &Authenticated, attrs: &[&dyn stun_types::attribute::AttributeWrite]) -> Vec<u8> {
+        let reply = Message::builder_success(message, MessageWriteVec::with_capacity(128));
+        self.finish_success(reply, auth, attrs, message.has_attribute(Fingerprint::TYPE))
+    }
+
+    fn finish_success(
+        &self,
+        mut reply: MessageWriteVec,
+        auth: &Authenticated,
+        attrs: &[&dyn stun_types::attribute::AttributeWrite],
+        fingerprint: bool,
+    ) -> Vec<u8> {
+        for attr in attrs {
+            let _ = reply.add_attribute(*attr);
+        }
+        add_software(&mut reply);
+        let _ = reply.add_message_integrity(&auth.credentials(&self.config.realm), auth.algorithm);
+        if fingerprint {
+            let _ = reply.add_fingerprint();
+        }
+        reply.finish()
+    }
+
+    fn lifetime(&self, message: &Message<'_>) -> Duration {
+        let asked = message.attribute::<Lifetime>().map(|l| Duration::from_secs(u64::from(l.seconds())));
+        match asked {
+            Ok(asked) => asked.clamp(self.config.default_lifetime, self.config.max_lifetime),
+            Err(_) => self.config.default_lifetime,
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn allocate(
+        &mut self,
+        now: Instant,
+        tuple: FiveTuple,
+        client: &C,
+        message: &Message<'_>,
+        auth: Authenticated,
+        out: &mut Vec<u8>,
+    ) -> Result<ClientAction<R, C>, (Refuse, Option<Authenticated>)> {
+        if let Some(existing) = self.by_tuple.get(&tuple).and_then(|id| self.allocations.get(id)) {
+            if existing.transaction == message.transaction_id() && *existing.member == *auth.member {
+                // A retransmitted Allocate: answer it again (RFC 8656 §7.2).
+                let lifetime = existing.expires.saturating_duration_since(now);
+                *out = self.allocate_success(message, &auth, existing.relayed, tuple.client, lifetime);
+                return Ok(ClientAction::Reply);
+            }
+            return Err((Refuse::new(437, "Allocation Mismatch"), Some(auth)));
+        }
+        let Ok(transport) = message.attribute::<RequestedTransport>() else {
+            return Err((Refuse::new(400, "Bad Request: REQUESTED-TRANSPORT is required"), Some(auth)));
+        };
+        if transport.protocol() != UDP {
+            return Err((Refuse::new(442, "Unsupported Transport Protocol: only UDP is relayed"), Some(auth)));
+        }
+        if message.has_attribute(ReservationToken::TYPE)
+            || message.attribute::<EvenPort>().is_ok_and(|even| even.requested())
+        {
+            // Port pairs for RTP/RTCP are not kept: WebRTC multiplexes them on one port.
+            return Err((Refuse::new(508, "Insufficient Capacity: port reservations are not supported"), Some(auth)));
+        }
+        let family = match message.attribute::<RequestedAddressFamily>() {
+            Ok(requested) => requested.family(),
+            Err(_) => AddressFamily::IPV4,
+        };
+        if message.has_attribute(AdditionalAddressFamily::TYPE) && message.has_attribute(RequestedAddressFamily::TYPE) {
+            return Err((Refuse::new(400, "Bad Request: REQUESTED- and ADDITIONAL-ADDRESS-FAMILY together"), Some(auth)));
+        }
+        let supported = match family {
+            AddressFamily::IPV4 => self.config.families.0,
+            AddressFamily::IPV6 => self.config.families.1,
+        };
+        if !supported {
+            return Err((Refuse::new(440, "Address Family not Supported"), Some(auth)));
+        }
+        if self.allocations.len() >= self.config.max_allocations {
+            return Err((Refuse::new(508, "Insufficient Capacity"), Some(auth)));
+        }
+        if self.per_member.get(&auth.member).copied().unwrap_or(0) >= self.config.max_allocations_per_member {
+            return Err((Refuse::new(486, "Allocation Quota Reached"), Some(auth)));
+        }
+        Ok(ClientAction::Allocate(PendingAllocation {
+            tuple,
+            family,
+            lifetime: self.lifetime(message),
+            transaction: message.transaction_id(),
+            auth,
+            fingerprint: message.has_attribute(Fingerprint::TYPE),
+            client: client.clone(),
+        }))
+    }
+
+    fn allocate_success(
+        &self,
+        message: &Message<'_>,
+        auth: &Authenticated,
+        relayed: SocketAddr,
+        client: SocketAddr,
+        lifetime: Duration,
+    ) -> Vec<u8> {
+        let txid = message.transaction_id();
+        let lifetime = Lifetime::new(u32::try_from(lifetime.as_secs()).unwrap_or(u32::MAX));
+        self.success(
+            message,
+            auth,
+            &[&XorRelayedAddress::new(relayed, txid), &lifetime, &XorMappedAddress::new(client, txid)],
+        )
+    }
+
+    /// Finishes an Allocate once the edge bound (or failed to bind) the relay socket: `bound` is the socket's
+    /// address, `advertised` the address clients are told (the same, or the external address in front of it).
+    /// `out` receives the response for the client.
+    pub fn complete_allocation(
+        &mut self,
+        now: Instant,
+        pending: PendingAllocation<C>,
+        socket: Result<(SocketAddr, SocketAddr, R), BindFailure>,
+        out: &mut Vec<u8>,
+    ) -> Option<AllocationId> {
+        let PendingAllocation { tuple, family: _, lifetime, transaction, auth, fingerprint, client } = pending;
+        let mtype = MessageType::from_class_method(MessageClass::Error, ALLOCATE);
+        let (bound, advertised, relay) = match socket {
+            Ok(found) => found,
+            Err(failure) => {
+                let (code, reason) = match failure {
+                    BindFailure::FamilyUnsupported => (440, "Address Family not Supported"),
+                    BindFailure::NoPort => (508, "Insufficient Capacity: no relay port free"),
+                };
+                bump(&mut self.stats.errors, code);
+                let mut reply = Message::builder(mtype, transaction, MessageWriteVec::with_capacity(96));
+                let _ = add_error(&mut reply, code, reason);
+                add_software(&mut reply);
+                let _ = reply.add_message_integrity(&auth.credentials(&self.config.realm), auth.algorithm);
+                *out = reply.finish();
+                return None;
+            }
+        };
+        let id = AllocationId(self.next_id);
+        self.next_id += 1;
+        let mtype = MessageType::from_class_method(MessageClass::Success, ALLOCATE);
+        let reply = Message::builder(mtype, transaction, MessageWriteVec::with_capacity(128));
+        let lifetime_attr = Lifetime::new(u32::try_from(lifetime.as_secs()).unwrap_or(u32::MAX));
+        *out = self.finish_success(
+            reply,
+            &auth,
+            &[
+                &XorRelayedAddress::new(advertised, transaction),
+                &lifetime_attr,
+                &XorMappedAddress::new(tuple.client, transaction),
+            ],
+            fingerprint,
+        );
+        *self.per_member.entry(auth.member.clone()).or_default() += 1;
+        self.by_tuple.insert(tuple, id);
+        self.by_relay.insert(advertised, id);
+        self.by_relay.insert(bound, id);
+        self.allocations.insert(
+            id,
+            Allocation {
+                tuple,
+                member: auth.member,
+                relayed: advertised,
+                bound,
+                relay,
+                client,
+                expires: now + lifetime,
+                transaction,
+                permissions: HashMap::new(),
+                channels: HashMap::new(),
+                channel_of_peer: HashMap::new(),
+                bucket: TokenBucket::new(self.config.bandwidth, now),
+            },
+        );
+        self.stats.allocations_created += 1;
+        Some(id)
+    }
+
+    /// The allocation on `tuple`, if `auth` is its owner.
+    fn owned(&self, tuple: FiveTuple, auth: &Authenticated) -> Result<AllocationId, Refuse> {
+        let Some(id) = self.by_tuple.get(&tuple).copied() else {
+            return Err(Refuse::new(437, "Allocation Mismatch: no allocation on this 5-tuple"));
+        };
+        match self.allocations.get(&id) {
+            Some(allocation) if *allocation.member == *auth.member => Ok(id),
+            Some(_) => Err(Refuse::new(441, "Wrong Credentials")),
+            None => Err(Refuse::new(437, "Allocation Mismatch")),
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn refresh(
+        &mut self,
+        now: Instant,
+        tuple: FiveTuple,
+        message: &Message<'_>,
+        auth: &Authenticated,
+        out: &mut Vec<u8>,
+    ) -> Result<ClientAction<R, C>, (Refuse, Option<Authenticated>)> {
+        let id = self.owned(tuple, auth).map_err(|r| (r, None))?;
+        let asked = message.attribute::<Lifetime>().map(|l| l.seconds()).ok();
+        let family = self.allocations.get(&id).map(|a| AddressFamily::from(&a.relayed));
+        if let Ok(requested) = message.attribute::<RequestedAddressFamily>()
+            && Some(requested.family()) != family
+        {
+            return Err((Refuse::new(443, "Peer Address Family Mismatch"), None));
+        }
+        let granted = if asked == Some(0) {
+            self.free(id);
+            Duration::ZERO
+        } else {
+            let lifetime = self.lifetime(message);
+            if let Some(allocation) = self.allocations.get_mut(&id) {
+                allocation.expires = now + lifetime;
+            }
+            lifetime
+        };
+        let lifetime = Lifetime::new(u32::try_from(granted.as_secs()).unwrap_or(u32::MAX));
+        *out = self.success(message, auth, &[&lifetime]);
+        Ok(ClientAction::Reply)
+    }
+
+    /// The peers of a CreatePermission or ChannelBind, checked against the allocation's family and the policy.
+    fn checked_peers(
+        &mut self,
+        id: AllocationId,
+        message: &Message<'_>,
+    ) -> Result<Vec<SocketAddr>, Refuse> {
+        let txid = message.transaction_id();
+        let peers: Vec<SocketAddr> = (0..)
+            .map_while(|n| message.nth_attribute::<XorPeerAddress>(n).ok())
+            .map(|attr| attr.addr(txid))
+            .collect();
+        if peers.is_empty() {
+            return Err(Refuse::new(400, "Bad Request: XOR-PEER-ADDRESS is required"));
+        }
+        let family = self.allocations.get(&id).map(|a| AddressFamily::from(&a.relayed));
+        for peer in &peers {
+            if Some(AddressFamily::from(peer)) != family {
+                return Err(Refuse::new(443, "Peer Address Family Mismatch"));
+            }
+            if let Err(refusal) = self.check_peer(*peer) {
+                bump(&mut self.stats.refused_peers, refusal.as_str());
+                return Err(Refuse::new(refusal.error_code(), refusal_reason(refusal)));
+            }
+        }
+        Ok(peers)
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn create_permission(
+        &mut self,
+        now: Instant,
+        tuple: FiveTuple,
+        message: &Message<'_>,
+        auth: &Authenticated,
+        out: &mut Vec<u8>,
+    ) -> Result<ClientAction<R, C>, (Refuse, Option<Authenticated>)> {
+        let id = self.owned(tuple, auth).map_err(|r| (r, None))?;
+        let peers = self.checked_peers(id, message).map_err(|r| (r, None))?;
+        let max = self.config.max_permissions;
+        let Some(allocation) = self.allocations.get_mut(&id) else {
+            return Err((Refuse::new(437, "Allocation Mismatch"), None));
+        };
+        allocation.permissions.retain(|_, until| *until > now);
+        let new = peers.iter().filter(|p| !allocation.permissions.contains_key(&p.ip())).count();
+        if allocation.permissions.len() + new > max {
+            return Err((Refuse::new(508, "Insufficient Capacity: too many permissions"), None));
+        }
+        for peer in peers {
+            allocation.permissions.insert(peer.ip(), now + PERMISSION_LIFETIME);
+        }
+        *out = self.success(message, auth, &[]);
+        Ok(ClientAction::Reply)
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn channel_bind(
+        &mut self,
+        now: Instant,
+        tuple: FiveTuple,
+        message: &Message<'_>,
+        auth: &Authenticated,
+        out: &mut Vec<u8>,
+    ) -> Result<ClientAction<R, C>, (Refuse, Option<Authenticated>)> {
+        let id = self.owned(tuple, auth).map_err(|r| (r, None))?;
+        let Ok(number) = message.attribute::<ChannelNumber>().map(|c| c.channel()) else {
+            return Err((Refuse::new(400, "Bad Request: CHANNEL-NUMBER is required"), None));
+        };
+        if !CHANNELS.contains(&number) {
+            return Err((Refuse::new(400, "Bad Request: channel number out of range"), None));
+        }
+        let peers = self.checked_peers(id, message).map_err(|r| (r, None))?;
+        let [peer] = peers[..] else {
+            return Err((Refuse::new(400, "Bad Request: one XOR-PEER-ADDRESS per ChannelBind"), None));
+        };
+        let max = self.config.max_permissions;
+        let Some(allocation) = self.allocations.get_mut(&id) else {
+            return Err((Refuse::new(437, "Allocation Mismatch"), None));
+        };
+        let bound_peer = allocation.channels.get(&number).map(|c| c.peer);
+        let bound_number = allocation.channel_of_peer.get(&peer).copied();
+        if bound_peer.is_some_and(|p| p != peer) || bound_number.is_some_and(|n| n != number) {
+            return Err((Refuse::new(400, "Bad Request: channel or peer bound otherwise"), None));
+        }
+        if !allocation.permissions.contains_key(&peer.ip()) && allocation.permissions.len() >= max {
+            return Err((Refuse::new(508, "Insufficient Capacity: too many permissions"), None));
+        }
+        allocation.channels.insert(number, Channel { peer, expires: now + CHANNEL_LIFETIME });
+        allocation.channel_of_peer.insert(peer, number);
+        let until = allocation.permissions.entry(peer.ip()).or_insert(now);
+        *until = (*until).max(now + PERMISSION_LIFETIME);
+        *out = self.success(message, auth, &[]);
+        Ok(ClientAction::Reply)
+    }
+
+    /// Handles a datagram a peer sent to the relay socket of allocation `id`. `out` receives the ChannelData
+    /// or Data indication for the client.
+    pub fn handle_peer(
+        &mut self,
+        now: Instant,
+        id: AllocationId,
+        peer: SocketAddr,
+        payload: &[u8],
+        out: &mut Vec<u8>,
+    ) -> PeerAction<C> {
+        // A relay socket of ours sending to another one: the peer is known by its advertised address.
+        let peer = self.by_relay.get(&peer).and_then(|other| self.allocations.get(other)).map_or(peer, |a| a.relayed);
+        self.deliver(now, id, peer, payload, out)
+    }
+
+    fn deliver(&mut self, now: Instant, id: AllocationId, peer: SocketAddr, payload: &[u8], out: &mut Vec<u8>) -> PeerAction<C> {
+        out.clear();
+        let Some(allocation) = self.allocations.get_mut(&id) else { return PeerAction::Gone };
+        if allocation.expires <= now {
+            return PeerAction::Drop;
+        }
+        if !allocation.permitted(peer.ip(), now) {
+            bump(&mut self.stats.dropped, "no_permission");
+            return PeerAction::Drop;
+        }
+        if !allocation.bucket.take(payload.len(), now) {
+            bump(&mut self.stats.dropped, "bandwidth");
+            return PeerAction::Drop;
+        }
+        // The largest UDP payload still fits a Data indication with an IPv6 XOR-PEER-ADDRESS in 65535 bytes.
+        let Some(len) = u16::try_from(payload.len()).ok().filter(|len| *len <= MAX_RELAYED) else {
+            bump(&mut self.stats.dropped, "too_large");
+            return PeerAction::Drop;
+        };
+        let channel = allocation
+            .channel_of_peer
+            .get(&peer)
+            .copied()
+            .filter(|n| allocation.channels.get(n).is_some_and(|c| c.expires > now));
+        let stream = allocation.tuple.transport.is_stream();
+        let client = allocation.client.clone();
+        match channel {
+            Some(number) => {
+                out.reserve(4 + payload.len() + 3);
+                out.extend_from_slice(&number.to_be_bytes());
+                out.extend_from_slice(&len.to_be_bytes());
+                out.extend_from_slice(payload);
+                if stream {
+                    out.resize(out.len().next_multiple_of(4), 0);
+                }
+            }
+            None => {
+                let id = self.next_indication_id();
+                data_indication(peer, payload, id, out);
+            }
+        }
+        self.stats.to_client.0 += 1;
+        self.stats.to_client.1 += payload.len() as u64;
+        PeerAction::ToClient(client)
+    }
+}
+
+fn add_software<B: MessageWrite>(reply: &mut B) {
+    if let Ok(software) = Software::new(concat!("peerbubble ", env!("CARGO_PKG_VERSION"))) {
+        let _ = reply.add_attribute(&software);
+    }
+}
+
+fn add_error<B: MessageWrite>(reply: &mut B, code: u16, reason: &str) -> Result<(), stun_types::message::StunWriteError> {
+    let error = ErrorCode::builder(code).reason(reason).build()?;
+    reply.add_attribute(&error)
+}
+
+fn refusal_reason(refusal: Refusal) -> &'static str {
+    match refusal {
+        Refusal::Unspecified => "Forbidden: unspecified peer address",
+        Refusal::Loopback => "Forbidden: loopback peer address",
+        Refusal::LinkLocal => "Forbidden: link-local peer address",
+        Refusal::Private => "Forbidden: private peer address",
+        Refusal::SharedAddressSpace => "Forbidden: shared (CGNAT) peer address",
+        Refusal::Multicast => "Forbidden: multicast peer address",
+        Refusal::Broadcast => "Forbidden: broadcast peer address",
+        Refusal::Documentation => "Forbidden: documentation peer address",
+        Refusal::Reserved => "Forbidden: reserved peer address",
+        Refusal::Cluster => "Forbidden: cluster peer address",
+    }
+}
+
+fn unknown_attributes(message: &Message<'_>) -> Option<Vec<AttributeType>> {
+    let unknown: Vec<AttributeType> = message
+        .iter_attributes()
+        .map(|(_, raw)| raw.get_type())
+        .filter(|t| t.comprehension_required() && !UNDERSTOOD.contains(&t.value()))
+        .collect();
+    (!unknown.is_empty()).then_some(unknown)
+}
+
+fn xor_address(peer: SocketAddr, id: &[u8; 12], out: &mut Vec<u8>) {
+    let cookie = crate::framing::MAGIC_COOKIE;
+    let port = peer.port() ^ 0x2112;
+    match peer.ip() {
+        IpAddr::V4(v4) => {
+            out.extend_from_slice(&[0x00, 0x12, 0x00, 0x08, 0x00, 0x01]);
+            out.extend_from_slice(&port.to_be_bytes());
+            let octets = v4.octets();
+            out.extend(octets.iter().zip(cookie).map(|(a, b)| a ^ b));
+        }
+        IpAddr::V6(v6) => {
+            out.extend_from_slice(&[0x00, 0x12, 0x00, 0x14, 0x00, 0x02]);
+            out.extend_from_slice(&port.to_be_bytes());
+            let key = cookie.iter().chain(id.iter());
+            out.extend(v6.octets().iter().zip(key).map(|(a, b)| a ^ b));
+        }
+    }
+}
+
+/// A Data indication (RFC 8656 §11.4) carrying `payload` from `peer`, written without a builder: this is the
+/// relay's hot path for clients without a channel. `tests::data_indications_parse` holds it to stun-types.
+fn data_indication(peer: SocketAddr, payload: &[u8], id: [u8; 12], out: &mut Vec<u8>) {
+    let addr_len = if peer.is_ipv4() { 12 } else { 24 };
+    let padded = payload.len().next_multiple_of(4);
+    let body = addr_len + 4 + padded;
+    out.reserve(20 + body);
+    out.extend_from_slice(&[0x00, 0x17]);
+    out.extend_from_slice(&(body as u16).to_be_bytes());
+    out.extend_from_slice(&crate::framing::MAGIC_COOKIE);
+    out.extend_from_slice(&id);
+    xor_address(peer, &id, out);
+    out.extend_from_slice(&[0x00, 0x13]);
+    out.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    out.extend_from_slice(payload);
+    out.resize(20 + body, 0);
+}
+
+/// Tells a client its Send went nowhere because the peer is forbidden: a Data indication with an ICMP
+/// attribute, destination unreachable / administratively prohibited (RFC 8656 §11.5, §18.13).
+fn icmp_prohibited(peer: SocketAddr, id: [u8; 12], out: &mut Vec<u8>) {
+    let mut message = Message::builder(
+        MessageType::from_class_method(MessageClass::Indication, DATA),
+        TransactionId::from(u128::from_be_bytes({
+            let mut full = [0u8; 16];
+            full[4..].copy_from_slice(&id);
+            full
+        })),
+        MessageWriteVec::with_capacity(64),
+    );
+    let txid = message.transaction_id();
+    let _ = message.add_attribute(&XorPeerAddress::new(peer, txid));
+    let (icmp_type, code) = if peer.is_ipv4() { (3, 13) } else { (1, 1) };
+    let _ = message.add_attribute(&Icmp::new(icmp_type, code, 0));
+    *out = message.finish();
+}
+

@@ -1,0 +1,211 @@
+//! `cargo xtask bench turn`: the embedded TURN relay against coturn, both on loopback in the same run, driven
+//! alternately by the same client (coturn's turnutils_uclient) with the same clients, message count and size,
+//! relaying to coturn's turnutils_peer echo server.
+//!
+//! uclient's own timing is in whole seconds and includes fixed waits, so each server is measured twice, with
+//! a small and a large message count: messages/s = (large - small) messages / (large - small) wall seconds.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+
+use crate::bench::{Guard, free_port, rss_kib, target_dir, wait_http_ok};
+use crate::{cargo, sh};
+
+struct Settings {
+    clients: u32,
+    messages: u32,
+    length: u32,
+    rounds: u32,
+    allocations: u32,
+}
+
+fn settings(rest: &[String]) -> anyhow::Result<Settings> {
+    let mut s = Settings { clients: 10, messages: 10_000, length: 1000, rounds: 2, allocations: 200 };
+    let mut it = rest.iter();
+    while let Some(flag) = it.next() {
+        let value: u32 = it.next().with_context(|| format!("{flag} needs a value"))?.parse()?;
+        match flag.as_str() {
+            "--clients" => s.clients = value,
+            "--messages" => s.messages = value,
+            "--length" => s.length = value,
+            "--rounds" => s.rounds = value,
+            "--allocations" => s.allocations = value,
+            _ => bail!("unknown flag {flag}"),
+        }
+    }
+    Ok(s)
+}
+
+/// 40 characters: both servers take it as is (coturn as text, ours as bytes).
+const SECRET: &str = "bench-secret-0123456789abcdef0123456789";
+
+struct Run {
+    seconds: f64,
+    sent: u64,
+    received: u64,
+}
+
+fn uclient(port: u16, peer: u16, user: &str, clients: u32, messages: u32, length: u32) -> anyhow::Result<Run> {
+    let started = Instant::now();
+    let output = Command::new("turnutils_uclient")
+        .args(["-c", "-W", SECRET, "-u", user, "-e", "127.0.0.1", "-r", &peer.to_string(), "-p", &port.to_string()])
+        .args(["-m", &clients.to_string(), "-n", &messages.to_string(), "-l", &length.to_string(), "-z", "0"])
+        .arg("127.0.0.1")
+        .output()
+        .context("turnutils_uclient (Debian package coturn)")?;
+    let seconds = started.elapsed().as_secs_f64();
+    let text = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
+    let number = |needle: &str| -> u64 {
+        text.lines()
+            .rev()
+            .find_map(|line| {
+                let rest = &line[line.find(needle)? + needle.len()..];
+                rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+            })
+            .unwrap_or(0)
+    };
+    Ok(Run { seconds, sent: number("tot_send_msgs="), received: number("tot_recv_msgs=") })
+}
+
+/// Waits until a STUN Binding on `port` is answered.
+fn wait_stun(port: u16) -> anyhow::Result<()> {
+    let socket = UdpSocket::bind("127.0.0.1:0")?;
+    socket.set_read_timeout(Some(Duration::from_millis(200)))?;
+    let binding = [0, 1, 0, 0, 0x21, 0x12, 0xa4, 0x42, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12];
+    let mut buf = [0u8; 512];
+    for _ in 0..100 {
+        socket.send_to(&binding, ("127.0.0.1", port))?;
+        if socket.recv_from(&mut buf).is_ok() {
+            return Ok(());
+        }
+    }
+    bail!("no STUN answer on port {port}")
+}
+
+struct Measured {
+    rate: f64,
+    lost: u64,
+}
+
+/// One measurement: a small and a large run; the rate is the difference.
+fn measure(port: u16, peer: u16, user: &str, s: &Settings) -> anyhow::Result<Measured> {
+    let small = (s.messages / 20).max(1);
+    let a = uclient(port, peer, user, s.clients, small, s.length)?;
+    let b = uclient(port, peer, user, s.clients, s.messages, s.length)?;
+    let extra_messages = f64::from(s.clients) * f64::from(s.messages - small);
+    let rate = extra_messages / (b.seconds - a.seconds).max(1e-3);
+    let lost = (a.sent - a.received) + (b.sent - b.received);
+    if b.received == 0 {
+        bail!("nothing relayed through port {port}");
+    }
+    Ok(Measured { rate, lost })
+}
+
+/// Resident memory added by `count` allocations that stay alive after the client is gone, per allocation.
+fn memory_per_allocation(pid: u32, port: u16, peer: u16, user: &str, count: u32) -> anyhow::Result<f64> {
+    let before = rss_kib(pid)?;
+    uclient(port, peer, user, count, 5, 100)?;
+    std::thread::sleep(Duration::from_millis(500));
+    let after = rss_kib(pid)?;
+    Ok(after.saturating_sub(before) as f64 * 1024.0 / f64::from(count))
+}
+
+pub(crate) fn turn(root: &Path, rest: &[String]) -> anyhow::Result<()> {
+    let s = settings(rest)?;
+    crate::debian_packages()?;
+    sh(cargo().args(["build", "--release", "--package", "peerbubble"]))?;
+    let bin = target_dir(root).join("release/peerbubble");
+
+    let work = std::env::temp_dir().join(format!("peerbubble-bench-turn-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let keygen = Command::new(&bin).args(["keygen", "--out"]).arg(work.join("bench.key")).output()?;
+    let keygen = String::from_utf8_lossy(&keygen.stdout).into_owned();
+    let field = |name: &str| {
+        keygen.lines().find_map(|l| l.strip_prefix(name)).map(str::trim).map(str::to_owned).context("keygen output")
+    };
+    let (public_key, member) = (field("public_key:")?, field("member_id:")?);
+    let bubble = work.join("bubble.yaml");
+    std::fs::write(
+        &bubble,
+        format!(
+            "bubble: bench\ncategories:\n  - {{id: all}}\nmembers:\n  - {{public_key: {public_key}, display_name: Bench, categories: [all]}}\n"
+        ),
+    )?;
+    std::fs::write(work.join("turn-secret"), SECRET)?;
+
+    let (signal_port, ours_port, coturn_port, peer_port) = (free_port()?, free_port()?, free_port()?, free_port()?);
+    let ours = Guard(
+        Command::new(&bin)
+            .args(["bubble-server", "--listen", &format!("127.0.0.1:{signal_port}"), "--bubble-file"])
+            .arg(&bubble)
+            .arg("--turn-secret-file")
+            .arg(work.join("turn-secret"))
+            .args(["--turn-udp-port", &ours_port.to_string(), "--turn-tls-port", "0"])
+            // The same openings coturn gets: loopback peers, no bandwidth cap, no per-user quota.
+            .args(["--turn-allow-peers", "127.0.0.0/8", "--turn-bandwidth", "0"])
+            .args(["--turn-max-allocations-per-member", "100000", "--turn-max-allocations", "100000"])
+            .args(["--turn-relay-ports", "50000-59999"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()?,
+    );
+    wait_http_ok(SocketAddr::from(([127, 0, 0, 1], signal_port)), "/readyz")?;
+    wait_stun(ours_port)?;
+    let coturn = Guard(
+        Command::new("turnserver")
+            .args(["--listening-ip", "127.0.0.1", "--listening-port", &coturn_port.to_string()])
+            .args(["--relay-ip", "127.0.0.1", "--min-port", "40000", "--max-port", "49999"])
+            .args(["--use-auth-secret", &format!("--static-auth-secret={SECRET}"), "--realm=peerbubble"])
+            .args(["--allow-loopback-peers", "--no-tls", "--no-dtls", "--no-cli", "--log-file", "/dev/null"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("turnserver (Debian package coturn)")?,
+    );
+    wait_stun(coturn_port)?;
+    let _peer = Guard(
+        Command::new("turnutils_peer")
+            .args(["-L", "127.0.0.1", "-p", &peer_port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    std::thread::sleep(Duration::from_millis(300));
+
+    println!(
+        "\nrelay: {} clients x {} messages of {} bytes each way (channels, UDP), {} rounds alternating",
+        s.clients, s.messages, s.length, s.rounds
+    );
+    let (mut ours_runs, mut coturn_runs) = (Vec::new(), Vec::new());
+    for round in 0..s.rounds {
+        let o = measure(ours_port, peer_port, &member, &s)?;
+        let c = measure(coturn_port, peer_port, &member, &s)?;
+        println!("round {round}: ours {:.0} msg/s (lost {}), coturn {:.0} msg/s (lost {})", o.rate, o.lost, c.rate, c.lost);
+        ours_runs.push(o);
+        coturn_runs.push(c);
+    }
+    let mean = |runs: &[Measured]| runs.iter().map(|r| r.rate).sum::<f64>() / runs.len() as f64;
+    let (ours_rate, coturn_rate) = (mean(&ours_runs), mean(&coturn_runs));
+    let loss_ours: u64 = ours_runs.iter().map(|r| r.lost).sum();
+    let loss_coturn: u64 = coturn_runs.iter().map(|r| r.lost).sum();
+
+    println!("\nmemory: {} allocations left alive", s.allocations);
+    let ours_mem = memory_per_allocation(ours.0.id(), ours_port, peer_port, &member, s.allocations)?;
+    let coturn_mem = memory_per_allocation(coturn.0.id(), coturn_port, peer_port, &member, s.allocations)?;
+    drop((ours, coturn));
+    let _ = std::fs::remove_dir_all(&work);
+
+    println!("\n| | PeerBubble | coturn |\n|---|---|---|");
+    println!("| relayed messages/s (each way) | {ours_rate:.0} | {coturn_rate:.0} |");
+    println!("| messages lost | {loss_ours} | {loss_coturn} |");
+    println!("| RSS per allocation (bytes) | {ours_mem:.0} | {coturn_mem:.0} |\n");
+    println!(
+        "bench turn: ours={ours_rate:.0} coturn={coturn_rate:.0} ratio={:.2} loss_ours={loss_ours}",
+        ours_rate / coturn_rate
+    );
+    Ok(())
+}
