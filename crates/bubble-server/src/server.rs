@@ -238,7 +238,7 @@ impl HealthHandle {
             envelopes_relayed,
             envelopes_refused,
             auth_failures,
-            turn_allocations: state.turn.as_ref().map_or(0, |t| t.stats().1 as u64),
+            turn_allocations: state.turn.as_ref().map_or(0, |t| u32::try_from(t.stats().1).unwrap_or(u32::MAX)),
             events,
             events_dropped,
         }

@@ -16,7 +16,7 @@ use peerbubble_turn::{
     AllocationId, BindFailure, ClientAction, Event, FiveTuple, PeerAction, PendingAllocation, Server, Stats, Transport,
 };
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
@@ -315,6 +315,11 @@ fn tls_acceptor(source: &TlsSource) -> Result<TlsAcceptor, TurnError> {
 
 const BUF: usize = 65_536;
 
+/// Resolves when the relay is told to stop.
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
 async fn udp_listener(shared: Arc<Shared>, socket: Arc<UdpSocket>, mut stop: watch::Receiver<bool>) {
     let Ok(local) = socket.local_addr() else { return };
     let mut buf = vec![0u8; BUF];
@@ -326,7 +331,7 @@ async fn udp_listener(shared: Arc<Shared>, socket: Arc<UdpSocket>, mut stop: wat
                 // ICMP port unreachable from an earlier send shows up here on some systems; keep serving.
                 Err(_) => continue,
             },
-            _ = stop.wait_for(|s| *s) => return,
+            () = stopped(&mut stop) => return,
         };
         let tuple = FiveTuple { transport: Transport::Udp, client: from, server: local };
         let sink = ClientSink::Udp(socket.clone(), from);
@@ -415,7 +420,7 @@ async fn timer(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = stop.wait_for(|s| *s) => return,
+            () = stopped(&mut stop) => return,
         }
         let mut core = shared.core();
         core.handle_timeout(Instant::now());
@@ -441,7 +446,7 @@ async fn stream_listener(
                     continue;
                 }
             },
-            _ = stop.wait_for(|s| *s) => return,
+            () = stopped(&mut stop) => return,
         };
         let Ok(permit) = connections.clone().try_acquire_owned() else {
             drop(stream);

@@ -47,8 +47,9 @@ use zeroize::Zeroizing;
 use crate::credentials::{CredentialError, Verifier};
 use crate::peer::{PeerPolicy, Refusal};
 
-/// Channel numbers a client may bind (RFC 8656 §12).
-pub const CHANNELS: std::ops::RangeInclusive<u16> = 0x4000..=0x4fff;
+/// Channel numbers a client may bind: RFC 8656 §12 narrowed them to 0x4000-0x4FFF, but RFC 5766 clients
+/// (coturn's own tools among them) still use up to 0x7FFE, and ChannelData framing tells both apart the same.
+pub const CHANNELS: std::ops::RangeInclusive<u16> = 0x4000..=0x7ffe;
 /// How long a permission lasts (RFC 8656 §9).
 pub const PERMISSION_LIFETIME: Duration = Duration::from_secs(300);
 /// How long a channel binding lasts (RFC 8656 §12).
@@ -1192,7 +1193,7 @@ fn refusal_reason(refusal: Refusal) -> &'static str {
 fn unknown_attributes(message: &Message<'_>) -> Option<Vec<AttributeType>> {
     let unknown: Vec<AttributeType> = message
         .iter_attributes()
-        .map(|(_, raw)| raw.get_type())
+        .map(|(_, raw)| raw.header.get_type())
         .filter(|t| t.comprehension_required() && !UNDERSTOOD.contains(&t.value()))
         .collect();
     (!unknown.is_empty()).then_some(unknown)

@@ -281,7 +281,8 @@ fn expired_forged_revoked_and_stale_credentials_are_refused() {
 
     // A nonce older than its lifetime is stale (438) and the answer carries a fresh one.
     let mut alice = rig.client("alice", 40_005, Transport::Udp);
-    assert_eq!(code(&rig.allocate(&mut alice)), None);
+    let reply = rig.request(&mut alice, ALLOCATE, &[&RequestedTransport::new(17), &Lifetime::new(3600)]);
+    assert_eq!(code(&reply), None);
     let stale_nonce = alice.nonce.clone();
     rig.advance(Duration::from_secs(601));
     let stale = build(&alice, REFRESH, &[]);
@@ -405,7 +406,7 @@ fn relaying_both_ways_with_channels_and_indications() {
     let indication = rig.reply();
     assert_eq!((indication.class(), indication.method()), (MessageClass::Indication, DATA));
     assert_eq!(indication.attribute::<XorPeerAddress>().unwrap().addr(indication.transaction_id()), peer);
-    assert_eq!(indication.attribute::<Data>().unwrap().data(), b"hello client");
+    assert_eq!(indication.attribute::<Data<'_>>().unwrap().data(), b"hello client");
 
     // With a channel: ChannelData both ways.
     assert_eq!(code(&rig.bind_channel(&mut alice, 0x4001, peer)), None);
@@ -460,7 +461,7 @@ fn relay_to_relay_inside_the_bubble_passes_although_relay_addresses_are_private(
     }
     let indication = rig.reply();
     assert_eq!(indication.attribute::<XorPeerAddress>().unwrap().addr(indication.transaction_id()), a);
-    assert_eq!(indication.attribute::<Data>().unwrap().data(), b"to bob");
+    assert_eq!(indication.attribute::<Data<'_>>().unwrap().data(), b"to bob");
 
     // Bob answers over a channel bound to Alice's relay address.
     assert_eq!(code(&rig.bind_channel(&mut bob, 0x4000, a)), None);
@@ -624,7 +625,23 @@ mod properties {
                 let _ = rig.send(&alice, input);
             }
             prop_assert_eq!(rig.server.allocations(), 1);
-            prop_assert!(matches!(rig.send(&alice, &channel_data(0x4000, b"ok")), ClientAction::ToPeer { .. }));
+            let relayed = matches!(rig.send(&alice, &channel_data(0x4000, b"ok")), ClientAction::ToPeer { .. });
+            prop_assert!(relayed, "the allocation still relays");
         }
     }
+}
+
+#[test]
+fn credentials_that_expire_during_an_allocation_maintain_it_but_make_no_new_one() {
+    let mut rig = Rig::open();
+    let short = issue(&secret("bubble-secret"), "alice", UNIX, 60).unwrap();
+    let mut alice = rig.client("alice", 46_000, Transport::Udp);
+    (alice.username, alice.password) = (short.username.clone(), short.password.to_string());
+    assert_eq!(code(&rig.allocate(&mut alice)), None);
+    rig.advance(Duration::from_secs(120));
+    assert_eq!(code(&rig.request(&mut alice, REFRESH, &[])), None, "a call outlives its credentials");
+    let mut again = rig.client("alice", 46_001, Transport::Udp);
+    (again.username, again.password) = (short.username, short.password.to_string());
+    assert_eq!(code(&rig.allocate(&mut again)), Some(401), "a new allocation needs fresh credentials");
+    assert_eq!(rig.server.stats().auth_failures.get("expired"), Some(&1));
 }
