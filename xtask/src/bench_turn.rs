@@ -184,7 +184,10 @@ pub(crate) fn turn(root: &Path, rest: &[String]) -> anyhow::Result<()> {
     for round in 0..s.rounds {
         let o = measure(ours_port, peer_port, &member, &s)?;
         let c = measure(coturn_port, peer_port, &member, &s)?;
-        println!("round {round}: ours {:.0} msg/s (lost {}), coturn {:.0} msg/s (lost {})", o.rate, o.lost, c.rate, c.lost);
+        println!(
+            "round {round}: ours {:.0} msg/s (lost {}), coturn {:.0} msg/s (lost {})",
+            o.rate, o.lost, c.rate, c.lost
+        );
         ours_runs.push(o);
         coturn_runs.push(c);
     }

@@ -114,17 +114,23 @@ pub(crate) fn debian_packages() -> anyhow::Result<()> {
     let wanted = [("turnutils_uclient", "coturn"), ("ip", "iproute2"), ("iptables", "iptables")];
     let missing: Vec<&str> = wanted
         .iter()
-        .filter(|(program, _)| !Command::new("sh").args(["-c", &format!("command -v {program}")]).output().is_ok_and(|o| o.status.success()))
+        .filter(|(program, _)| {
+            !Command::new("sh")
+                .args(["-c", &format!("command -v {program}")])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
         .map(|(_, package)| *package)
         .collect();
     if missing.is_empty() {
         return Ok(());
     }
-    let sudo = if have("id", "-u") && String::from_utf8_lossy(&Command::new("id").arg("-u").output()?.stdout).trim() == "0" {
-        None
-    } else {
-        Some("sudo")
-    };
+    let sudo =
+        if have("id", "-u") && String::from_utf8_lossy(&Command::new("id").arg("-u").output()?.stdout).trim() == "0" {
+            None
+        } else {
+            Some("sudo")
+        };
     let apt = |args: &[&str]| {
         let mut cmd = Command::new(sudo.unwrap_or("apt-get"));
         if sudo.is_some() {

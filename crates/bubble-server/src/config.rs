@@ -155,8 +155,8 @@ impl TurnArgs {
     pub fn resolve(&self, listen: SocketAddr) -> Result<Option<TurnConfig>, ConfigError> {
         let Some(secret_file) = &self.turn_secret_file else { return Ok(None) };
         let bad = |what: String| ConfigError::Invalid(what);
-        let bytes = std::fs::read(secret_file)
-            .map_err(|source| ConfigError::Read { path: secret_file.clone(), source })?;
+        let bytes =
+            std::fs::read(secret_file).map_err(|source| ConfigError::Read { path: secret_file.clone(), source })?;
         let secret = TurnSecret::new(bytes).map_err(|e| bad(format!("{}: {e}", secret_file.display())))?;
         let binds = if self.turn_bind.is_empty() { vec![listen.ip()] } else { self.turn_bind.clone() };
         let udp_port = self.turn_udp_port.unwrap_or(3478);

@@ -5,9 +5,9 @@ use std::sync::{Arc, OnceLock};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
-use prometheus_client::metrics::MetricType;
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -185,11 +185,13 @@ impl Collector for TurnCollector {
             None,
             MetricType::Counter,
         )?)?;
-        let mut packets = encoder.encode_descriptor("packets", "Packets relayed by direction", None, MetricType::Counter)?;
+        let mut packets =
+            encoder.encode_descriptor("packets", "Packets relayed by direction", None, MetricType::Counter)?;
         for (direction, (count, _)) in [("to_peer", stats.to_peer), ("to_client", stats.to_client)] {
             ConstCounter::new(count).encode(packets.encode_family(&[("direction", direction)])?)?;
         }
-        let mut bytes = encoder.encode_descriptor("bytes", "Payload bytes relayed by direction", None, MetricType::Counter)?;
+        let mut bytes =
+            encoder.encode_descriptor("bytes", "Payload bytes relayed by direction", None, MetricType::Counter)?;
         for (direction, (_, count)) in [("to_peer", stats.to_peer), ("to_client", stats.to_client)] {
             ConstCounter::new(count).encode(bytes.encode_family(&[("direction", direction)])?)?;
         }

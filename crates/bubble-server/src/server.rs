@@ -486,7 +486,10 @@ impl Connection<'_> {
     }
 
     /// TURN credentials for `member`, and arms their refresh at two thirds of their life.
-    fn ice_servers(&mut self, member: peerbubble_proto::MemberId) -> Option<(Vec<peerbubble_proto::IceServer>, Duration)> {
+    fn ice_servers(
+        &mut self,
+        member: peerbubble_proto::MemberId,
+    ) -> Option<(Vec<peerbubble_proto::IceServer>, Duration)> {
         let turn = self.state.turn.as_ref()?;
         let (servers, ttl) = turn.ice_servers(&member.to_string(), self.host.as_deref())?;
         self.ice_refresh = Some(Instant::now() + ttl * 2 / 3);

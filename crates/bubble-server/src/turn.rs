@@ -241,8 +241,7 @@ impl TurnRelay {
         let creds = issue(&config.secret, member, unix_now(), ttl.as_secs()).ok()?;
         let host = config.public_host.as_deref().or(host).map(url_host)?;
         let port = self.udp.first()?.port();
-        let mut urls =
-            vec![format!("turn:{host}:{port}?transport=udp"), format!("turn:{host}:{port}?transport=tcp")];
+        let mut urls = vec![format!("turn:{host}:{port}?transport=udp"), format!("turn:{host}:{port}?transport=tcp")];
         if let Some(tls) = self.tls.first() {
             urls.push(format!("turns:{host}:{}?transport=tcp", tls.port()));
         }
@@ -294,7 +293,8 @@ fn tls_acceptor(source: &TlsSource) -> Result<TlsAcceptor, TurnError> {
             let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
                 .and_then(|it| it.collect::<Result<_, _>>())
                 .map_err(|e| TurnError::Tls(format!("{}: {e}", cert.display())))?;
-            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TurnError::Tls(format!("{}: {e}", key.display())))?;
+            let key =
+                PrivateKeyDer::from_pem_file(key).map_err(|e| TurnError::Tls(format!("{}: {e}", key.display())))?;
             (certs, key)
         }
         TlsSource::SelfSigned(names) => {
@@ -341,7 +341,13 @@ async fn udp_listener(shared: Arc<Shared>, socket: Arc<UdpSocket>, mut stop: wat
     }
 }
 
-async fn act(shared: &Arc<Shared>, action: ClientAction<RelaySocket, ClientSink>, input: &[u8], out: &mut Vec<u8>, sink: &ClientSink) {
+async fn act(
+    shared: &Arc<Shared>,
+    action: ClientAction<RelaySocket, ClientSink>,
+    input: &[u8],
+    out: &mut Vec<u8>,
+    sink: &ClientSink,
+) {
     match action {
         ClientAction::None => {}
         ClientAction::Reply => sink.send(out).await,
@@ -476,7 +482,11 @@ const FIRST_FRAME: Duration = Duration::from_secs(10);
 /// A connection silent for longer than an allocation lifetime plus margin is gone.
 const IDLE: Duration = Duration::from_secs(3660);
 
-async fn connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(shared: Arc<Shared>, tuple: FiveTuple, stream: S) {
+async fn connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    shared: Arc<Shared>,
+    tuple: FiveTuple,
+    stream: S,
+) {
     let (mut reader, mut writer) = tokio::io::split(stream);
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(256);
     let write = tokio::spawn(async move {

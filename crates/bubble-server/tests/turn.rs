@@ -2,6 +2,8 @@
 //! coturn, installed by `cargo xtask test`) relaying to coturn's `turnutils_peer`, over UDP, TCP and TLS, with
 //! TURN REST credentials; and the credentials a member gets in `welcome`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -152,7 +154,8 @@ async fn loopback_peers_wrong_secrets_and_strangers_are_refused() {
     let allocated = metric(&metrics, "peerbubble_turn_allocations_created_total");
 
     // A secret that is not the bubble's, and a user who is not a member.
-    let run = uclient(&["-W", "not-the-secret-not-the-secret-0000", "-u", &user, "-c", "-n", "5"], udp, peer_port).await;
+    let run =
+        uclient(&["-W", "not-the-secret-not-the-secret-0000", "-u", &user, "-c", "-n", "5"], udp, peer_port).await;
     assert_eq!(run.received, 0, "{}", run.output);
     let stranger = id(99).to_string();
     let run = uclient(&["-W", SECRET, "-u", &stranger, "-c", "-n", "5"], udp, peer_port).await;
@@ -160,7 +163,11 @@ async fn loopback_peers_wrong_secrets_and_strangers_are_refused() {
     let metrics = b.metrics();
     assert!(metrics.contains(r#"peerbubble_turn_auth_failures_total{reason="bad_integrity"}"#), "{metrics}");
     assert!(metrics.contains(r#"peerbubble_turn_auth_failures_total{reason="revoked"}"#), "{metrics}");
-    assert_eq!(metric(&metrics, "peerbubble_turn_allocations_created_total"), allocated, "no allocation without credentials");
+    assert_eq!(
+        metric(&metrics, "peerbubble_turn_allocations_created_total"),
+        allocated,
+        "no allocation without credentials"
+    );
     b.stop().await;
 }
 

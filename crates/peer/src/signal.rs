@@ -5,9 +5,8 @@ use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _};
 use peerbubble_proto::{
-    IceServer,
-    ClientFrame, DirectoryEntry, ErrorCode, IdentityKey, Limits, MemberId, Opaque, Purpose, ServerFrame, SessionId,
-    auth_message, decode_server_frame, encode_frame,
+    ClientFrame, DirectoryEntry, ErrorCode, IceServer, IdentityKey, Limits, MemberId, Opaque, Purpose, ServerFrame,
+    SessionId, auth_message, decode_server_frame, encode_frame,
 };
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;

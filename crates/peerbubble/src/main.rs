@@ -15,9 +15,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
-use peerbubble_bubble_server::{
-    AdminApiSource, BubbleCredential, Config, FileSource, Server, SignalArgs, TurnArgs,
-};
+use peerbubble_bubble_server::{AdminApiSource, BubbleCredential, Config, FileSource, Server, SignalArgs, TurnArgs};
 use peerbubble_proto::IdentityKey;
 use serde_json::json;
 
@@ -61,10 +59,10 @@ enum Command {
         #[command(flatten)]
         admin: admin::AdminArgs,
     },
-    /// The bubble-server alone (signaling), as run per bubble in Kubernetes.
+    /// The bubble-server alone (signaling and TURN), as run per bubble in Kubernetes.
     BubbleServer {
         #[command(flatten)]
-        args: SignalArgs,
+        args: Box<SignalArgs>,
     },
     /// The admin API alone.
     AdminApi {

@@ -14,7 +14,18 @@ async fn canary_never_reaches_database_or_logs() {
     let data = tempfile::tempdir().unwrap();
     let log_path = data.path().join("server.log");
     let mut child = Command::new(env!("CARGO_BIN_EXE_peerbubble"))
-        .args(["up", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--turn-port", "0", "--turn-tls-port", "0", "--data-dir"])
+        .args([
+            "up",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--turn-port",
+            "0",
+            "--turn-tls-port",
+            "0",
+            "--data-dir",
+        ])
         .arg(data.path())
         .env("RUST_LOG", "trace")
         .stdout(Stdio::piped())

@@ -29,7 +29,18 @@ fn enroll(api: &str, link: &str, key: &std::path::Path) {
 async fn up_enrolls_serves_revokes_and_stops() {
     let data = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_peerbubble"))
-        .args(["up", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--turn-port", "0", "--turn-tls-port", "0", "--data-dir"])
+        .args([
+            "up",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--turn-port",
+            "0",
+            "--turn-tls-port",
+            "0",
+            "--data-dir",
+        ])
         .arg(data.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

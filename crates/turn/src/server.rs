@@ -28,18 +28,17 @@ use std::time::{Duration, Instant};
 use hmac::{Hmac, Mac as _};
 use sha1::Sha1;
 use stun_types::attribute::{
-    AttributeStaticType as _, AttributeType, ErrorCode, Fingerprint, MessageIntegrity, MessageIntegritySha256,
-    Nonce, Realm, Software, UnknownAttributes, Userhash, Username,
-    XorMappedAddress,
+    AttributeStaticType as _, AttributeType, ErrorCode, Fingerprint, MessageIntegrity, MessageIntegritySha256, Nonce,
+    Realm, Software, UnknownAttributes, Userhash, Username, XorMappedAddress,
 };
 use stun_types::message::{
-    IntegrityAlgorithm, LongTermKeyCredentials, Message, MessageClass, MessageIntegrityCredentials, MessageType,
-    MessageWrite, MessageWriteExt as _, MessageWriteVec, TransactionId, BINDING,
+    BINDING, IntegrityAlgorithm, LongTermKeyCredentials, Message, MessageClass, MessageIntegrityCredentials,
+    MessageType, MessageWrite, MessageWriteExt as _, MessageWriteVec, TransactionId,
 };
 use turn_types::AddressFamily;
 use turn_types::attribute::{
-    AdditionalAddressFamily, ChannelNumber, Data, EvenPort, Icmp, Lifetime, RequestedAddressFamily,
-    RequestedTransport, ReservationToken, XorPeerAddress, XorRelayedAddress,
+    AdditionalAddressFamily, ChannelNumber, Data, EvenPort, Icmp, Lifetime, RequestedAddressFamily, RequestedTransport,
+    ReservationToken, XorPeerAddress, XorRelayedAddress,
 };
 use turn_types::message::{ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION, DATA, REFRESH, SEND};
 use zeroize::Zeroizing;
@@ -366,7 +365,13 @@ impl<R: Clone, C: Clone> Server<R, C> {
     /// A server checking credentials with `verifier`, refusing peers per `policy`. `clock` pairs an [`Instant`]
     /// with the unix time in seconds at that instant (credential expiries are unix times); `nonce_key` signs
     /// nonces and should be random.
-    pub fn new(config: Config, verifier: Verifier, policy: PeerPolicy, clock: (Instant, u64), nonce_key: [u8; 32]) -> Self {
+    pub fn new(
+        config: Config,
+        verifier: Verifier,
+        policy: PeerPolicy,
+        clock: (Instant, u64),
+        nonce_key: [u8; 32],
+    ) -> Self {
         Self {
             config,
             verifier,
@@ -497,7 +502,13 @@ impl<R: Clone, C: Clone> Server<R, C> {
         }
     }
 
-    fn client_channel_data(&mut self, now: Instant, tuple: FiveTuple, input: &[u8], out: &mut Vec<u8>) -> ClientAction<R, C> {
+    fn client_channel_data(
+        &mut self,
+        now: Instant,
+        tuple: FiveTuple,
+        input: &[u8],
+        out: &mut Vec<u8>,
+    ) -> ClientAction<R, C> {
         let Some(&[hi, lo, len_hi, len_lo]) = input.first_chunk::<4>() else {
             bump(&mut self.stats.dropped, "malformed");
             return ClientAction::None;
@@ -516,11 +527,11 @@ impl<R: Clone, C: Clone> Server<R, C> {
             bump(&mut self.stats.dropped, "unknown_channel");
             return ClientAction::None;
         };
-        self.to_peer(now, id, peer, 4..4 + len, input, out)
+        self.relay_to_peer(now, id, peer, 4..4 + len, input, out)
     }
 
     /// Relays `input[payload]` from allocation `id` to `peer`, which holds a permission.
-    fn to_peer(
+    fn relay_to_peer(
         &mut self,
         now: Instant,
         id: AllocationId,
@@ -643,7 +654,7 @@ impl<R: Clone, C: Clone> Server<R, C> {
             bump(&mut self.stats.dropped, "malformed");
             return ClientAction::None;
         }
-        self.to_peer(now, id, peer, payload, input, out)
+        self.relay_to_peer(now, id, peer, payload, input, out)
     }
 
     /// Relay-to-relay traffic is allowed whatever the policy says about relay addresses.
@@ -786,7 +797,12 @@ impl<R: Clone, C: Clone> Server<R, C> {
         ClientAction::Reply
     }
 
-    fn success(&self, message: &Message<'_>, auth: &Authenticated, attrs: &[&dyn stun_types::attribute::AttributeWrite]) -> Vec<u8> {
+    fn success(
+        &self,
+        message: &Message<'_>,
+        auth: &Authenticated,
+        attrs: &[&dyn stun_types::attribute::AttributeWrite],
+    ) -> Vec<u8> {
         let reply = Message::builder_success(message, MessageWriteVec::with_capacity(128));
         self.finish_success(reply, auth, attrs, message.has_attribute(Fingerprint::TYPE))
     }
@@ -853,7 +869,10 @@ impl<R: Clone, C: Clone> Server<R, C> {
             Err(_) => AddressFamily::IPV4,
         };
         if message.has_attribute(AdditionalAddressFamily::TYPE) && message.has_attribute(RequestedAddressFamily::TYPE) {
-            return Err((Refuse::new(400, "Bad Request: REQUESTED- and ADDITIONAL-ADDRESS-FAMILY together"), Some(auth)));
+            return Err((
+                Refuse::new(400, "Bad Request: REQUESTED- and ADDITIONAL-ADDRESS-FAMILY together"),
+                Some(auth),
+            ));
         }
         let supported = match family {
             AddressFamily::IPV4 => self.config.families.0,
@@ -1009,16 +1028,10 @@ impl<R: Clone, C: Clone> Server<R, C> {
     }
 
     /// The peers of a CreatePermission or ChannelBind, checked against the allocation's family and the policy.
-    fn checked_peers(
-        &mut self,
-        id: AllocationId,
-        message: &Message<'_>,
-    ) -> Result<Vec<SocketAddr>, Refuse> {
+    fn checked_peers(&mut self, id: AllocationId, message: &Message<'_>) -> Result<Vec<SocketAddr>, Refuse> {
         let txid = message.transaction_id();
-        let peers: Vec<SocketAddr> = (0..)
-            .map_while(|n| message.nth_attribute::<XorPeerAddress>(n).ok())
-            .map(|attr| attr.addr(txid))
-            .collect();
+        let peers: Vec<SocketAddr> =
+            (0..).map_while(|n| message.nth_attribute::<XorPeerAddress>(n).ok()).map(|attr| attr.addr(txid)).collect();
         if peers.is_empty() {
             return Err(Refuse::new(400, "Bad Request: XOR-PEER-ADDRESS is required"));
         }
@@ -1117,7 +1130,14 @@ impl<R: Clone, C: Clone> Server<R, C> {
         self.deliver(now, id, peer, payload, out)
     }
 
-    fn deliver(&mut self, now: Instant, id: AllocationId, peer: SocketAddr, payload: &[u8], out: &mut Vec<u8>) -> PeerAction<C> {
+    fn deliver(
+        &mut self,
+        now: Instant,
+        id: AllocationId,
+        peer: SocketAddr,
+        payload: &[u8],
+        out: &mut Vec<u8>,
+    ) -> PeerAction<C> {
         out.clear();
         let Some(allocation) = self.allocations.get_mut(&id) else { return PeerAction::Gone };
         if allocation.expires <= now {
@@ -1170,7 +1190,11 @@ fn add_software<B: MessageWrite>(reply: &mut B) {
     }
 }
 
-fn add_error<B: MessageWrite>(reply: &mut B, code: u16, reason: &str) -> Result<(), stun_types::message::StunWriteError> {
+fn add_error<B: MessageWrite>(
+    reply: &mut B,
+    code: u16,
+    reason: &str,
+) -> Result<(), stun_types::message::StunWriteError> {
     let error = ErrorCode::builder(code).reason(reason).build()?;
     reply.add_attribute(&error)
 }
@@ -1254,4 +1278,3 @@ fn icmp_prohibited(peer: SocketAddr, id: [u8; 12], out: &mut Vec<u8>) {
     let _ = message.add_attribute(&Icmp::new(icmp_type, code, 0));
     *out = message.finish();
 }
-

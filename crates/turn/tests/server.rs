@@ -16,13 +16,12 @@ use stun_types::attribute::{
     AttributeType, AttributeWrite, ErrorCode, Nonce, Realm, UnknownAttributes, Username, XorMappedAddress,
 };
 use stun_types::message::{
-    IntegrityAlgorithm, LongTermKeyCredentials, Message, MessageClass, MessageWrite, MessageWriteExt as _,
-    MessageWriteVec, BINDING,
+    BINDING, IntegrityAlgorithm, LongTermKeyCredentials, Message, MessageClass, MessageWrite, MessageWriteExt as _,
+    MessageWriteVec,
 };
 use turn_types::AddressFamily;
 use turn_types::attribute::{
-    ChannelNumber, Data, Icmp, Lifetime, RequestedAddressFamily, RequestedTransport, XorPeerAddress,
-    XorRelayedAddress,
+    ChannelNumber, Data, Icmp, Lifetime, RequestedAddressFamily, RequestedTransport, XorPeerAddress, XorRelayedAddress,
 };
 use turn_types::message::{ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION, DATA, REFRESH, SEND};
 
@@ -77,7 +76,11 @@ impl Rig {
     fn client(&self, member: &str, port: u16, transport: Transport) -> Client {
         let creds = issue(&secret("bubble-secret"), member, UNIX, 3600).unwrap();
         Client {
-            tuple: FiveTuple { transport, client: addr(&format!("203.0.113.9:{port}")), server: addr("192.0.2.1:3478") },
+            tuple: FiveTuple {
+                transport,
+                client: addr(&format!("203.0.113.9:{port}")),
+                server: addr("192.0.2.1:3478"),
+            },
             username: creds.username,
             password: creds.password.to_string(),
             nonce: None,
@@ -95,7 +98,12 @@ impl Rig {
     }
 
     /// Sends an authenticated request, learning the nonce from a 401 first if needed; returns the reply.
-    fn request(&mut self, client: &mut Client, method: stun_types::message::Method, attrs: &[&dyn AttributeWrite]) -> Vec<u8> {
+    fn request(
+        &mut self,
+        client: &mut Client,
+        method: stun_types::message::Method,
+        attrs: &[&dyn AttributeWrite],
+    ) -> Vec<u8> {
         for _ in 0..2 {
             let bytes = build(client, method, attrs);
             match self.send(client, &bytes) {
@@ -108,7 +116,8 @@ impl Rig {
                     } else {
                         addr(&format!("10.0.0.5:{}", self.next_port))
                     };
-                    let id = self.server.complete_allocation(self.now, pending, Ok((bound, bound, bound)), &mut self.out);
+                    let id =
+                        self.server.complete_allocation(self.now, pending, Ok((bound, bound, bound)), &mut self.out);
                     client.id = id;
                 }
                 other => panic!("unexpected {other:?}"),
@@ -164,7 +173,11 @@ fn build(client: &Client, method: stun_types::message::Method, attrs: &[&dyn Att
     })
 }
 
-fn build_with(client: &Client, method: stun_types::message::Method, fill: impl FnOnce(&mut MessageWriteVec)) -> Vec<u8> {
+fn build_with(
+    client: &Client,
+    method: stun_types::message::Method,
+    fill: impl FnOnce(&mut MessageWriteVec),
+) -> Vec<u8> {
     let mut msg = Message::builder_request(method, MessageWriteVec::new());
     fill(&mut msg);
     if let Some(nonce) = &client.nonce {
@@ -317,7 +330,11 @@ fn every_forbidden_class_is_refused_with_403_including_disguised_forms() {
     let mut v4 = rig.client("alice", 40_020, Transport::Udp);
     assert_eq!(code(&rig.allocate(&mut v4)), None);
     let mut v6 = rig.client("alice", 40_021, Transport::Udp);
-    let reply = rig.request(&mut v6, ALLOCATE, &[&RequestedTransport::new(17), &RequestedAddressFamily::new(AddressFamily::IPV6)]);
+    let reply = rig.request(
+        &mut v6,
+        ALLOCATE,
+        &[&RequestedTransport::new(17), &RequestedAddressFamily::new(AddressFamily::IPV6)],
+    );
     assert_eq!(code(&reply), None);
     assert!(v6.relayed.unwrap().is_ipv6());
 
@@ -414,7 +431,9 @@ fn relaying_both_ways_with_channels_and_indications() {
     assert_eq!(code(&rig.bind_channel(&mut alice, 0x3fff, peer)), Some(400), "out of range");
     let frame = channel_data(0x4001, b"via channel");
     match rig.send(&alice, &frame) {
-        ClientAction::ToPeer { peer: to, payload, .. } => assert_eq!((to, &frame[payload]), (peer, &b"via channel"[..])),
+        ClientAction::ToPeer { peer: to, payload, .. } => {
+            assert_eq!((to, &frame[payload]), (peer, &b"via channel"[..]))
+        }
         other => panic!("{other:?}"),
     }
     let _ = rig.server.handle_peer(rig.now, alice.id.unwrap(), peer, b"back", &mut rig.out);
@@ -534,7 +553,11 @@ fn lifetimes_expire_allocations_permissions_and_channels() {
     assert!(matches!(rig.send(&alice, &channel_data(0x4100, b"x")), ClientAction::None), "channels last 10 minutes");
 
     let reply = rig.request(&mut alice, REFRESH, &[&Lifetime::new(1)]);
-    assert_eq!(Message::from_bytes(&reply).unwrap().attribute::<Lifetime>().unwrap().seconds(), 600, "at least the default");
+    assert_eq!(
+        Message::from_bytes(&reply).unwrap().attribute::<Lifetime>().unwrap().seconds(),
+        600,
+        "at least the default"
+    );
     assert!(rig.server.poll_timeout().is_some());
     rig.advance(Duration::from_secs(601));
     assert_eq!(rig.server.allocations(), 0);
