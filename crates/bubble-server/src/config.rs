@@ -202,6 +202,7 @@ impl TurnArgs {
         }
         Ok(Some(TurnConfig {
             secret,
+            secret_file: Some(secret_file.clone()),
             listen: binds.iter().map(|ip| SocketAddr::new(*ip, udp_port)).collect(),
             tls_port,
             tls,

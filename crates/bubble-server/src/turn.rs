@@ -21,6 +21,7 @@ use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls;
+use zeroize::Zeroizing;
 
 /// Errors starting the relay.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +61,9 @@ pub enum TlsSource {
 pub struct TurnConfig {
     /// The shared secret for credentials.
     pub secret: TurnSecret,
+    /// The file it was read from, re-read every second: a changed secret is a rotation (the old one stays
+    /// valid for one credential lifetime).
+    pub secret_file: Option<PathBuf>,
     /// Addresses to listen on; UDP and TCP share the port.
     pub listen: Vec<SocketAddr>,
     /// TLS port on the same addresses; `None` for no TLS listener.
@@ -107,6 +111,18 @@ enum ClientSink {
 }
 
 impl ClientSink {
+    /// Sends without waiting: a full socket buffer or queue drops the datagram, as the network would.
+    fn try_send(&self, bytes: &[u8]) {
+        match self {
+            Self::Udp(socket, to) => {
+                let _ = socket.try_send_to(bytes, *to);
+            }
+            Self::Stream(tx) => {
+                let _ = tx.try_send(bytes.to_vec());
+            }
+        }
+    }
+
     async fn send(&self, bytes: &[u8]) {
         match self {
             Self::Udp(socket, to) => {
@@ -131,6 +147,8 @@ type Core = Server<RelaySocket, ClientSink>;
 struct Shared {
     core: Mutex<Core>,
     config: TurnConfig,
+    /// The secret new credentials are issued with.
+    secret: Mutex<TurnSecret>,
 }
 
 impl Shared {
@@ -179,7 +197,11 @@ impl TurnRelay {
             Some(_) => Some(tls_acceptor(&config.tls)?),
             None => None,
         };
-        let shared = Arc::new(Shared { core: Mutex::new(core), config: config.clone() });
+        let shared = Arc::new(Shared {
+            core: Mutex::new(core),
+            secret: Mutex::new(config.secret.clone()),
+            config: config.clone(),
+        });
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
         let mut udp = Vec::new();
@@ -238,7 +260,8 @@ impl TurnRelay {
     pub fn ice_servers(&self, member: &str, host: Option<&str>) -> Option<(Vec<IceServer>, Duration)> {
         let config = &self.shared.config;
         let ttl = config.credential_ttl;
-        let creds = issue(&config.secret, member, unix_now(), ttl.as_secs()).ok()?;
+        let secret = self.shared.secret.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let creds = issue(&secret, member, unix_now(), ttl.as_secs()).ok()?;
         let host = config.public_host.as_deref().or(host).map(url_host)?;
         let port = self.udp.first()?.port();
         let mut urls = vec![format!("turn:{host}:{port}?transport=udp"), format!("turn:{host}:{port}?transport=tcp")];
@@ -399,23 +422,39 @@ fn bind_relay(config: &TurnConfig, ipv6: bool) -> Result<(SocketAddr, SocketAddr
     Err(BindFailure::NoPort)
 }
 
+thread_local! {
+    /// Receive and send buffers shared by every relay socket served on this thread: an idle allocation holds
+    /// no buffer of its own, only its socket and a parked task.
+    static RELAY_BUFFERS: std::cell::RefCell<(Vec<u8>, Vec<u8>)> =
+        std::cell::RefCell::new((vec![0u8; BUF], Vec::with_capacity(BUF)));
+}
+
 async fn relay_task(shared: Arc<Shared>, id: AllocationId, relay: RelaySocket) {
-    let mut buf = vec![0u8; BUF];
-    let mut out = Vec::with_capacity(BUF);
     loop {
-        let (n, from) = tokio::select! {
-            received = relay.socket.recv_from(&mut buf) => match received {
-                Ok(received) => received,
-                Err(_) => continue,
-            },
+        tokio::select! {
+            ready = relay.socket.readable() => if ready.is_err() { return },
             () = relay.closed.notified() => return,
-        };
-        let payload = buf.get(..n).unwrap_or_default();
-        let action = shared.core().handle_peer(Instant::now(), id, from, payload, &mut out);
-        match action {
-            PeerAction::ToClient(sink) => sink.send(&out).await,
-            PeerAction::Drop => {}
-            PeerAction::Gone => return,
+        }
+        // Drain what is there without awaiting, so the thread's buffers are never held across an await.
+        let gone = RELAY_BUFFERS.with(|buffers| {
+            let mut buffers = buffers.borrow_mut();
+            let (buf, out) = &mut *buffers;
+            loop {
+                let (n, from) = match relay.socket.try_recv_from(buf) {
+                    Ok(received) => received,
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => return false,
+                    Err(_) => continue,
+                };
+                let payload = buf.get(..n).unwrap_or_default();
+                match shared.core().handle_peer(Instant::now(), id, from, payload, out) {
+                    PeerAction::ToClient(sink) => sink.try_send(out),
+                    PeerAction::Drop => {}
+                    PeerAction::Gone => return true,
+                }
+            }
+        });
+        if gone {
+            return;
         }
     }
 }
@@ -423,14 +462,40 @@ async fn relay_task(shared: Arc<Shared>, id: AllocationId, relay: RelaySocket) {
 async fn timer(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
+    let mut last_secret: Option<Zeroizing<Vec<u8>>> = None;
+    for round in 0u64.. {
         tokio::select! {
             _ = tick.tick() => {}
             () = stopped(&mut stop) => return,
         }
+        if round % 2 == 0
+            && let Some(path) = &shared.config.secret_file
+        {
+            reread_secret(&shared, path, &mut last_secret).await;
+        }
         let mut core = shared.core();
         core.handle_timeout(Instant::now());
         close_freed(&mut core);
+    }
+}
+
+/// Follows the secret file: a new content becomes the issuing secret, and the old one is still accepted for
+/// one credential lifetime. An unreadable or too short file changes nothing (and is logged).
+async fn reread_secret(shared: &Shared, path: &std::path::Path, last: &mut Option<Zeroizing<Vec<u8>>>) {
+    let Ok(bytes) = tokio::fs::read(path).await.map(Zeroizing::new) else { return };
+    match last {
+        None => *last = Some(bytes),
+        Some(previous) if *previous == bytes => {}
+        Some(_) => match TurnSecret::new(bytes.to_vec()) {
+            Ok(next) => {
+                let overlap_until = unix_now() + shared.config.credential_ttl.as_secs();
+                shared.core().rotate_secret(next.clone(), overlap_until);
+                *shared.secret.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = next;
+                *last = Some(bytes);
+                tracing::info!(overlap_until, "TURN secret rotated");
+            }
+            Err(error) => tracing::warn!(%error, "the new TURN secret is refused; keeping the current one"),
+        },
     }
 }
 

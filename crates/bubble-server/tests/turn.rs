@@ -22,6 +22,7 @@ const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 fn turn_config(allow_loopback: bool) -> TurnConfig {
     TurnConfig {
         secret: TurnSecret::new(SECRET.as_bytes().to_vec()).unwrap(),
+        secret_file: None,
         listen: vec![SocketAddr::new(LOCALHOST, 0)],
         tls_port: Some(0),
         tls: TlsSource::SelfSigned(vec!["localhost".into()]),
@@ -223,5 +224,41 @@ async fn a_removed_member_loses_its_relay_at_once() {
     assert_eq!(run.received, 0, "unexpired credentials of a removed member: {}", run.output);
     let metrics = b.metrics();
     assert!(metrics.contains(r#"peerbubble_turn_auth_failures_total{reason="revoked"}"#), "{metrics}");
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_secret_file_issues_new_credentials_and_keeps_old_ones_for_the_overlap() {
+    const NEXT: &str = "the-next-missions-secret-0123456789abcdef";
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("turn-secret");
+    std::fs::write(&file, SECRET).unwrap();
+    let watched = file.clone();
+    let mut b = start(true, move |t| t.secret_file = Some(watched)).await;
+    let (udp, _) = relay(&b);
+    let (_peer, peer_port) = echo_peer();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    std::fs::write(&file, NEXT).unwrap();
+
+    // Within a couple of seconds, a member's fresh credentials are made with the new secret.
+    let next = TurnSecret::new(NEXT.as_bytes().to_vec()).unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let ann = b.connect(1).await;
+        let turn = ann.ice_servers()[1].clone();
+        let username = turn.username.unwrap();
+        let expiry: u64 = username.split(':').next().unwrap().parse().unwrap();
+        let expected = peerbubble_turn::credentials::issue(&next, &id(1).to_string(), expiry - 600, 600).unwrap();
+        if turn.credential.as_deref() == Some(expected.password.as_str()) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the rotation was not picked up");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let user = id(1).to_string();
+    for (label, secret) in [("new secret", NEXT), ("old secret within the overlap", SECRET)] {
+        let run = uclient(&["-W", secret, "-u", &user, "-c", "-n", "20"], udp, peer_port).await;
+        assert_eq!(run.received, 20, "{label}: {}", run.output);
+    }
     b.stop().await;
 }

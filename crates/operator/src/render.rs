@@ -178,7 +178,7 @@ fn deployment(ctx: &Ctx<'_>, bubble: &Bubble, settings: &Settings, policy_hash: 
     let admin_api = spec.directory.admin_api_url.clone().unwrap_or_else(|| settings.admin_api_url.clone());
     let mut pod_labels = labels(ctx.name);
     pod_labels.retain(|k, _| k != "app.kubernetes.io/managed-by");
-    let container = Container {
+    let mut container = Container {
         name: "bubble-server".to_owned(),
         image: Some(settings.image.clone()),
         args: Some(vec!["bubble-server".to_owned()]),
@@ -242,6 +242,23 @@ fn deployment(ctx: &Ctx<'_>, bubble: &Bubble, settings: &Settings, policy_hash: 
         ]),
         ..Container::default()
     };
+    // Members are told the external address in their TURN URLs; a TLS Secret replaces the self-signed
+    // certificate of TURN over TLS.
+    if let (Some(address), Some(env_vars)) = (&spec.turn.external_address, container.env.as_mut()) {
+        env_vars.push(env("PEERBUBBLE_TURN_PUBLIC_HOST", address.clone()));
+    }
+    if let (Some(_), Some(env_vars), Some(mounts)) =
+        (&spec.turn.tls, container.env.as_mut(), container.volume_mounts.as_mut())
+    {
+        env_vars.push(env("PEERBUBBLE_TURN_TLS_CERT", "/var/run/peerbubble/turn-tls/tls.crt"));
+        env_vars.push(env("PEERBUBBLE_TURN_TLS_KEY", "/var/run/peerbubble/turn-tls/tls.key"));
+        mounts.push(VolumeMount {
+            name: "turn-tls".into(),
+            mount_path: "/var/run/peerbubble/turn-tls".into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+    }
     let secret_volume = |name: &str, secret: String| Volume {
         name: name.to_owned(),
         secret: Some(SecretVolumeSource {
@@ -251,6 +268,21 @@ fn deployment(ctx: &Ctx<'_>, bubble: &Bubble, settings: &Settings, policy_hash: 
         }),
         ..Volume::default()
     };
+    let mut volumes = vec![
+        secret_volume("credential", format!("{}-credential", ctx.name)),
+        secret_volume("turn", format!("{}-turn", ctx.name)),
+        Volume {
+            name: "policy".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: format!("{}-policy", ctx.name),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+    ];
+    if let Some(tls) = &spec.turn.tls {
+        volumes.push(secret_volume("turn-tls", tls.secret_name.clone()));
+    }
     Deployment {
         metadata: ctx.meta(ctx.name.to_owned()),
         spec: Some(DeploymentSpec {
@@ -289,18 +321,7 @@ fn deployment(ctx: &Ctx<'_>, bubble: &Bubble, settings: &Settings, policy_hash: 
                         ..PodSecurityContext::default()
                     }),
                     containers: vec![container],
-                    volumes: Some(vec![
-                        secret_volume("credential", format!("{}-credential", ctx.name)),
-                        secret_volume("turn", format!("{}-turn", ctx.name)),
-                        Volume {
-                            name: "policy".into(),
-                            config_map: Some(ConfigMapVolumeSource {
-                                name: format!("{}-policy", ctx.name),
-                                ..ConfigMapVolumeSource::default()
-                            }),
-                            ..Volume::default()
-                        },
-                    ]),
+                    volumes: Some(volumes),
                     ..PodSpec::default()
                 }),
             },

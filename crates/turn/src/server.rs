@@ -43,7 +43,7 @@ use turn_types::attribute::{
 use turn_types::message::{ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION, DATA, REFRESH, SEND};
 use zeroize::Zeroizing;
 
-use crate::credentials::{CredentialError, Verifier};
+use crate::credentials::{CredentialError, TurnSecret, Verifier};
 use crate::peer::{PeerPolicy, Refusal};
 
 /// Channel numbers a client may bind: RFC 8656 §12 narrowed them to 0x4000-0x4FFF, but RFC 5766 clients
@@ -401,9 +401,14 @@ impl<R: Clone, C: Clone> Server<R, C> {
         }
     }
 
-    /// Replaces the credential verifier (after a secret rotation).
+    /// Replaces the credential verifier.
     pub fn set_verifier(&mut self, verifier: Verifier) {
         self.verifier = verifier;
+    }
+
+    /// Rotates to a new secret; credentials of the old one stay valid until `overlap_until` (unix seconds).
+    pub fn rotate_secret(&mut self, next: TurnSecret, overlap_until: u64) {
+        self.verifier.rotate(next, overlap_until);
     }
 
     /// Counters for metrics.
