@@ -2,8 +2,10 @@
 //! alternately by the same client (coturn's turnutils_uclient) with the same clients, message count and size,
 //! relaying to coturn's turnutils_peer echo server.
 //!
-//! uclient's own timing is in whole seconds and includes fixed waits, so each server is measured twice, with
-//! a small and a large message count: messages/s = (large - small) messages / (large - small) wall seconds.
+//! uclient paces itself and waits seconds for stragglers, so wall time says more about the client than about
+//! the server. What the server spends is its CPU time: messages/s is messages echoed (each relayed twice, to the
+//! peer and back) per second of the server process's CPU (user + system, all threads, from /proc), i.e. what
+//! one core of this machine relays. Loss is what uclient counts as sent and never received back.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
@@ -24,7 +26,7 @@ struct Settings {
 }
 
 fn settings(rest: &[String]) -> anyhow::Result<Settings> {
-    let mut s = Settings { clients: 10, messages: 10_000, length: 1000, rounds: 2, allocations: 200 };
+    let mut s = Settings { clients: 10, messages: 5_000, length: 1000, rounds: 3, allocations: 200 };
     let mut it = rest.iter();
     while let Some(flag) = it.next() {
         let value: u32 = it.next().with_context(|| format!("{flag} needs a value"))?.parse()?;
@@ -89,23 +91,33 @@ fn wait_stun(port: u16) -> anyhow::Result<()> {
 struct Measured {
     rate: f64,
     lost: u64,
+    wall: f64,
 }
 
-/// One measurement: a small and a large run; the rate is the difference.
-fn measure(port: u16, peer: u16, user: &str, s: &Settings) -> anyhow::Result<Measured> {
-    let small = (s.messages / 20).max(1);
-    let a = uclient(port, peer, user, s.clients, small, s.length)?;
-    let b = uclient(port, peer, user, s.clients, s.messages, s.length)?;
-    let extra_messages = f64::from(s.clients) * f64::from(s.messages - small);
-    let rate = extra_messages / (b.seconds - a.seconds).max(1e-3);
-    let lost = (a.sent - a.received) + (b.sent - b.received);
-    if b.received == 0 {
+/// CPU seconds (user + system) the process has used.
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces) start at ")": utime and stime are 14 and 15.
+    let fields: Vec<&str> = stat.rsplit_once(')').context("no ) in stat")?.1.split_whitespace().collect();
+    let ticks: f64 =
+        fields.get(11).context("utime")?.parse::<f64>()? + fields.get(12).context("stime")?.parse::<f64>()?;
+    let hz = Command::new("getconf").arg("CLK_TCK").output()?;
+    let hz: f64 = String::from_utf8_lossy(&hz.stdout).trim().parse().unwrap_or(100.0);
+    Ok(ticks / hz)
+}
+
+fn measure(pid: u32, port: u16, peer: u16, user: &str, s: &Settings) -> anyhow::Result<Measured> {
+    let before = cpu_seconds(pid)?;
+    let run = uclient(port, peer, user, s.clients, s.messages, s.length)?;
+    let cpu = cpu_seconds(pid)? - before;
+    if run.received == 0 {
         bail!("nothing relayed through port {port}");
     }
-    Ok(Measured { rate, lost })
+    Ok(Measured { rate: run.received as f64 / cpu.max(0.01), lost: run.sent - run.received, wall: run.seconds })
 }
 
 /// Resident memory added by `count` allocations that stay alive after the client is gone, per allocation.
+/// Measured first, on fresh processes, so that memory freed by earlier runs does not hide it.
 fn memory_per_allocation(pid: u32, port: u16, peer: u16, user: &str, count: u32) -> anyhow::Result<f64> {
     let before = rss_kib(pid)?;
     uclient(port, peer, user, count, 5, 100)?;
@@ -176,17 +188,20 @@ pub(crate) fn turn(root: &Path, rest: &[String]) -> anyhow::Result<()> {
     );
     std::thread::sleep(Duration::from_millis(300));
 
+    println!("\nmemory: {} allocations left alive", s.allocations);
+    let ours_mem = memory_per_allocation(ours.0.id(), ours_port, peer_port, &member, s.allocations)?;
+    let coturn_mem = memory_per_allocation(coturn.0.id(), coturn_port, peer_port, &member, s.allocations)?;
     println!(
-        "\nrelay: {} clients x {} messages of {} bytes each way (channels, UDP), {} rounds alternating",
+        "\nrelay: {} clients x {} messages of {} bytes, echoed (channels, UDP, -z 0), {} rounds alternating",
         s.clients, s.messages, s.length, s.rounds
     );
     let (mut ours_runs, mut coturn_runs) = (Vec::new(), Vec::new());
     for round in 0..s.rounds {
-        let o = measure(ours_port, peer_port, &member, &s)?;
-        let c = measure(coturn_port, peer_port, &member, &s)?;
+        let o = measure(ours.0.id(), ours_port, peer_port, &member, &s)?;
+        let c = measure(coturn.0.id(), coturn_port, peer_port, &member, &s)?;
         println!(
-            "round {round}: ours {:.0} msg/s (lost {}), coturn {:.0} msg/s (lost {})",
-            o.rate, o.lost, c.rate, c.lost
+            "round {round}: ours {:.0} msg/s of CPU (lost {}, {:.1} s), coturn {:.0} msg/s of CPU (lost {}, {:.1} s)",
+            o.rate, o.lost, o.wall, c.rate, c.lost, c.wall
         );
         ours_runs.push(o);
         coturn_runs.push(c);
@@ -196,14 +211,11 @@ pub(crate) fn turn(root: &Path, rest: &[String]) -> anyhow::Result<()> {
     let loss_ours: u64 = ours_runs.iter().map(|r| r.lost).sum();
     let loss_coturn: u64 = coturn_runs.iter().map(|r| r.lost).sum();
 
-    println!("\nmemory: {} allocations left alive", s.allocations);
-    let ours_mem = memory_per_allocation(ours.0.id(), ours_port, peer_port, &member, s.allocations)?;
-    let coturn_mem = memory_per_allocation(coturn.0.id(), coturn_port, peer_port, &member, s.allocations)?;
     drop((ours, coturn));
     let _ = std::fs::remove_dir_all(&work);
 
     println!("\n| | PeerBubble | coturn |\n|---|---|---|");
-    println!("| relayed messages/s (each way) | {ours_rate:.0} | {coturn_rate:.0} |");
+    println!("| echoed messages per CPU-second | {ours_rate:.0} | {coturn_rate:.0} |");
     println!("| messages lost | {loss_ours} | {loss_coturn} |");
     println!("| RSS per allocation (bytes) | {ours_mem:.0} | {coturn_mem:.0} |\n");
     println!(

@@ -209,6 +209,7 @@ impl TurnRelay {
         let connections = Arc::new(Semaphore::new(config.max_connections));
         for addr in &config.listen {
             let socket = UdpSocket::bind(addr).await.map_err(|source| TurnError::Bind { addr: *addr, source })?;
+            enlarge_buffers(&socket, LISTENER_SOCKET_BUFFER);
             let local = socket.local_addr().map_err(|source| TurnError::Bind { addr: *addr, source })?;
             udp.push(local);
             tasks.spawn(udp_listener(shared.clone(), Arc::new(socket), stop_rx.clone()));
@@ -337,6 +338,17 @@ fn tls_acceptor(source: &TlsSource) -> Result<TlsAcceptor, TurnError> {
 }
 
 const BUF: usize = 65_536;
+/// Kernel buffers of the shared UDP listener: a burst from many clients must not overflow the default
+/// 208 KiB while the relay is busy (the kernel caps it at net.core.rmem_max / wmem_max).
+const LISTENER_SOCKET_BUFFER: usize = 4 << 20;
+/// Kernel buffers of one allocation's relay socket: one media flow's bursts.
+const RELAY_SOCKET_BUFFER: usize = 1 << 20;
+
+fn enlarge_buffers(socket: &UdpSocket, bytes: usize) {
+    let socket = socket2::SockRef::from(socket);
+    let _ = socket.set_recv_buffer_size(bytes);
+    let _ = socket.set_send_buffer_size(bytes);
+}
 
 /// Resolves when the relay is told to stop.
 async fn stopped(stop: &mut watch::Receiver<bool>) {
@@ -348,19 +360,48 @@ async fn udp_listener(shared: Arc<Shared>, socket: Arc<UdpSocket>, mut stop: wat
     let mut buf = vec![0u8; BUF];
     let mut out = Vec::with_capacity(BUF);
     loop {
-        let (n, from) = tokio::select! {
-            received = socket.recv_from(&mut buf) => match received {
+        tokio::select! {
+            ready = socket.readable() => if ready.is_err() { return },
+            () = stopped(&mut stop) => return,
+        }
+        // Drain the socket without awaiting: every send below is a non-blocking try (UDP may drop anyway).
+        loop {
+            let (n, from) = match socket.try_recv_from(&mut buf) {
                 Ok(received) => received,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
                 // ICMP port unreachable from an earlier send shows up here on some systems; keep serving.
                 Err(_) => continue,
-            },
-            () = stopped(&mut stop) => return,
-        };
-        let tuple = FiveTuple { transport: Transport::Udp, client: from, server: local };
-        let sink = ClientSink::Udp(socket.clone(), from);
-        let input = buf.get(..n).unwrap_or_default();
-        let action = shared.core().handle_client(Instant::now(), tuple, &sink, input, &mut out);
-        act(&shared, action, input, &mut out, &sink).await;
+            };
+            let tuple = FiveTuple { transport: Transport::Udp, client: from, server: local };
+            let sink = ClientSink::Udp(socket.clone(), from);
+            let input = buf.get(..n).unwrap_or_default();
+            let action = shared.core().handle_client(Instant::now(), tuple, &sink, input, &mut out);
+            act_now(&shared, action, input, &mut out, &sink);
+        }
+    }
+}
+
+/// Carries out a client action without waiting (the UDP path).
+fn act_now(
+    shared: &Arc<Shared>,
+    action: ClientAction<RelaySocket, ClientSink>,
+    input: &[u8],
+    out: &mut Vec<u8>,
+    sink: &ClientSink,
+) {
+    match action {
+        ClientAction::None => {}
+        ClientAction::Reply => sink.try_send(out),
+        ClientAction::ToPeer { relay, peer, payload } => {
+            if let Some(bytes) = input.get(payload) {
+                let _ = relay.socket.try_send_to(bytes, peer);
+            }
+        }
+        ClientAction::ToClient(other) => other.try_send(out),
+        ClientAction::Allocate(pending) => {
+            allocate(shared, pending, out);
+            sink.try_send(out);
+        }
     }
 }
 
@@ -415,6 +456,7 @@ fn bind_relay(config: &TurnConfig, ipv6: bool) -> Result<(SocketAddr, SocketAddr
             continue;
         }
         let Ok(socket) = UdpSocket::from_std(std_socket) else { continue };
+        enlarge_buffers(&socket, RELAY_SOCKET_BUFFER);
         let Ok(bound) = socket.local_addr() else { continue };
         let advertised = external.map_or(bound, |ip| SocketAddr::new(ip, bound.port()));
         return Ok((bound, advertised, RelaySocket { socket: Arc::new(socket), closed: Arc::new(Notify::new()) }));
