@@ -38,6 +38,15 @@ impl TurnSecret {
     }
 }
 
+/// Equal secrets (a file re-read with the same content is no rotation).
+impl PartialEq for TurnSecret {
+    fn eq(&self, other: &Self) -> bool {
+        *self.0 == *other.0
+    }
+}
+
+impl Eq for TurnSecret {}
+
 impl fmt::Debug for TurnSecret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("TurnSecret(<redacted>)")
@@ -107,6 +116,11 @@ impl Verifier {
     /// Checks against `current` only.
     pub fn new(current: TurnSecret) -> Self {
         Self { current, previous: None }
+    }
+
+    /// The secret new credentials are issued with.
+    pub fn current(&self) -> &TurnSecret {
+        &self.current
     }
 
     /// Rotates to `next`; the old secret stays valid until `overlap_until` (unix seconds), which should be at

@@ -33,7 +33,7 @@ use stun_types::attribute::{
 };
 use stun_types::message::{
     BINDING, IntegrityAlgorithm, LongTermKeyCredentials, Message, MessageClass, MessageIntegrityCredentials,
-    MessageType, MessageWrite, MessageWriteExt as _, MessageWriteVec, TransactionId,
+    MessageType, MessageWrite, MessageWriteExt as _, MessageWriteVec, Method, TransactionId,
 };
 use turn_types::AddressFamily;
 use turn_types::attribute::{
@@ -43,7 +43,7 @@ use turn_types::attribute::{
 use turn_types::message::{ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION, DATA, REFRESH, SEND};
 use zeroize::Zeroizing;
 
-use crate::credentials::{CredentialError, TurnSecret, Verifier};
+use crate::credentials::{CredentialError, Credentials, TurnSecret, Verifier, issue};
 use crate::peer::{PeerPolicy, Refusal};
 
 /// Channel numbers a client may bind: RFC 8656 §12 narrowed them to 0x4000-0x4FFF, but RFC 5766 clients
@@ -230,14 +230,13 @@ pub struct Stats {
     pub refused_peers: HashMap<&'static str, u64>,
     /// Packets dropped, by reason.
     pub dropped: HashMap<&'static str, u64>,
-    /// Error responses sent, by code.
-    pub errors: HashMap<u16, u64>,
 }
 
 fn bump<K: Eq + std::hash::Hash>(map: &mut HashMap<K, u64>, key: K) {
     *map.entry(key).or_default() += 1;
 }
 
+#[derive(Clone)]
 struct Authenticated {
     member: Arc<str>,
     username: String,
@@ -356,9 +355,9 @@ impl Refuse {
 }
 
 /// Attributes below 0x8000 this server understands (RFC 8489 §14: others get 420 Unknown Attribute).
-const UNDERSTOOD: [u16; 22] = [
+const UNDERSTOOD: [u16; 21] = [
     0x0001, 0x0006, 0x0008, 0x0009, 0x000a, 0x000c, 0x000d, 0x0012, 0x0013, 0x0014, 0x0015, 0x0016, 0x0017, 0x0018,
-    0x0019, 0x001a, 0x001c, 0x001d, 0x001e, 0x0020, 0x0022, 0x8000,
+    0x0019, 0x001a, 0x001c, 0x001d, 0x001e, 0x0020, 0x0022,
 ];
 
 impl<R: Clone, C: Clone> Server<R, C> {
@@ -406,9 +405,19 @@ impl<R: Clone, C: Clone> Server<R, C> {
         self.verifier = verifier;
     }
 
-    /// Rotates to a new secret; credentials of the old one stay valid until `overlap_until` (unix seconds).
-    pub fn rotate_secret(&mut self, next: TurnSecret, overlap_until: u64) {
+    /// Rotates to `next` unless it is the current secret; credentials of the old one stay valid until
+    /// `overlap_until` (unix seconds). Whether it rotated.
+    pub fn rotate_secret(&mut self, next: TurnSecret, overlap_until: u64) -> bool {
+        if *self.verifier.current() == next {
+            return false;
+        }
         self.verifier.rotate(next, overlap_until);
+        true
+    }
+
+    /// Credentials for `member` from the current secret, valid for `ttl_secs` from `unix`.
+    pub fn issue(&self, member: &str, unix: u64, ttl_secs: u64) -> Result<Credentials, CredentialError> {
+        issue(self.verifier.current(), member, unix, ttl_secs)
     }
 
     /// Counters for metrics.
@@ -582,7 +591,6 @@ impl<R: Clone, C: Clone> Server<R, C> {
                     let _ = add_error(&mut reply, 420, "Unknown Attribute");
                     let _ = reply.add_attribute(&UnknownAttributes::new(&unknown));
                     *out = reply.finish();
-                    bump(&mut self.stats.errors, 420);
                     return ClientAction::Reply;
                 }
                 if method == BINDING {
@@ -605,15 +613,13 @@ impl<R: Clone, C: Clone> Server<R, C> {
                     Err(refuse) => return self.refuse(message, None, refuse, now, out),
                 };
                 let result = match method {
-                    m if m == ALLOCATE => self.allocate(now, tuple, client, message, auth, out),
+                    m if m == ALLOCATE => self.allocate(now, tuple, client, message, &auth, out),
                     m if m == REFRESH => self.refresh(now, tuple, message, &auth, out),
                     m if m == CREATE_PERMISSION => self.create_permission(now, tuple, message, &auth, out),
                     _ => self.channel_bind(now, tuple, message, &auth, out),
                 };
-                match result {
-                    Ok(action) => action,
-                    Err((refuse, auth)) => self.refuse(message, auth.as_ref(), refuse, now, out),
-                }
+                // Errors after authentication are signed with the client's key (RFC 8489 §9.2.4).
+                result.unwrap_or_else(|refuse| self.refuse(message, Some(&auth), refuse, now, out))
             }
             // Responses and other indications have no business here (RFC 8489 §6.3: discard).
             _ => {
@@ -780,8 +786,22 @@ impl<R: Clone, C: Clone> Server<R, C> {
         now: Instant,
         out: &mut Vec<u8>,
     ) -> ClientAction<R, C> {
-        bump(&mut self.stats.errors, refuse.code);
-        let mut reply = Message::builder_error(message, MessageWriteVec::with_capacity(128));
+        let fingerprint = message.has_attribute(Fingerprint::TYPE);
+        *out = self.error_response(message.method(), message.transaction_id(), auth, &refuse, fingerprint, now);
+        ClientAction::Reply
+    }
+
+    fn error_response(
+        &self,
+        method: Method,
+        transaction: TransactionId,
+        auth: Option<&Authenticated>,
+        refuse: &Refuse,
+        fingerprint: bool,
+        now: Instant,
+    ) -> Vec<u8> {
+        let mtype = MessageType::from_class_method(MessageClass::Error, method);
+        let mut reply = Message::builder(mtype, transaction, MessageWriteVec::with_capacity(128));
         let _ = add_error(&mut reply, refuse.code, refuse.reason);
         if refuse.challenge {
             let realm = Realm::new(&self.config.realm);
@@ -795,11 +815,10 @@ impl<R: Clone, C: Clone> Server<R, C> {
         if let Some(auth) = auth {
             let _ = reply.add_message_integrity(&auth.credentials(&self.config.realm), auth.algorithm);
         }
-        if message.has_attribute(Fingerprint::TYPE) {
+        if fingerprint {
             let _ = reply.add_fingerprint();
         }
-        *out = reply.finish();
-        ClientAction::Reply
+        reply.finish()
     }
 
     fn success(
@@ -808,17 +827,20 @@ impl<R: Clone, C: Clone> Server<R, C> {
         auth: &Authenticated,
         attrs: &[&dyn stun_types::attribute::AttributeWrite],
     ) -> Vec<u8> {
-        let reply = Message::builder_success(message, MessageWriteVec::with_capacity(128));
-        self.finish_success(reply, auth, attrs, message.has_attribute(Fingerprint::TYPE))
+        let fingerprint = message.has_attribute(Fingerprint::TYPE);
+        self.success_for(message.method(), message.transaction_id(), auth, attrs, fingerprint)
     }
 
-    fn finish_success(
+    fn success_for(
         &self,
-        mut reply: MessageWriteVec,
+        method: Method,
+        transaction: TransactionId,
         auth: &Authenticated,
         attrs: &[&dyn stun_types::attribute::AttributeWrite],
         fingerprint: bool,
     ) -> Vec<u8> {
+        let mtype = MessageType::from_class_method(MessageClass::Success, method);
+        let mut reply = Message::builder(mtype, transaction, MessageWriteVec::with_capacity(128));
         for attr in attrs {
             let _ = reply.add_attribute(*attr);
         }
@@ -838,66 +860,63 @@ impl<R: Clone, C: Clone> Server<R, C> {
         }
     }
 
-    #[allow(clippy::type_complexity)]
     fn allocate(
         &mut self,
         now: Instant,
         tuple: FiveTuple,
         client: &C,
         message: &Message<'_>,
-        auth: Authenticated,
+        auth: &Authenticated,
         out: &mut Vec<u8>,
-    ) -> Result<ClientAction<R, C>, (Refuse, Option<Authenticated>)> {
+    ) -> Result<ClientAction<R, C>, Refuse> {
         if let Some(existing) = self.by_tuple.get(&tuple).and_then(|id| self.allocations.get(id)) {
             if existing.transaction == message.transaction_id() && *existing.member == *auth.member {
                 // A retransmitted Allocate: answer it again (RFC 8656 §7.2).
                 let lifetime = existing.expires.saturating_duration_since(now);
-                *out = self.allocate_success(message, &auth, existing.relayed, tuple.client, lifetime);
+                let (txid, fingerprint) = (message.transaction_id(), message.has_attribute(Fingerprint::TYPE));
+                *out = self.allocate_success(txid, auth, fingerprint, existing.relayed, tuple.client, lifetime);
                 return Ok(ClientAction::Reply);
             }
-            return Err((Refuse::new(437, "Allocation Mismatch"), Some(auth)));
+            return Err(Refuse::new(437, "Allocation Mismatch"));
         }
         let Ok(transport) = message.attribute::<RequestedTransport>() else {
-            return Err((Refuse::new(400, "Bad Request: REQUESTED-TRANSPORT is required"), Some(auth)));
+            return Err(Refuse::new(400, "Bad Request: REQUESTED-TRANSPORT is required"));
         };
         if transport.protocol() != UDP {
-            return Err((Refuse::new(442, "Unsupported Transport Protocol: only UDP is relayed"), Some(auth)));
+            return Err(Refuse::new(442, "Unsupported Transport Protocol: only UDP is relayed"));
         }
         if message.has_attribute(ReservationToken::TYPE)
             || message.attribute::<EvenPort>().is_ok_and(|even| even.requested())
         {
             // Port pairs for RTP/RTCP are not kept: WebRTC multiplexes them on one port.
-            return Err((Refuse::new(508, "Insufficient Capacity: port reservations are not supported"), Some(auth)));
+            return Err(Refuse::new(508, "Insufficient Capacity: port reservations are not supported"));
         }
         let family = match message.attribute::<RequestedAddressFamily>() {
             Ok(requested) => requested.family(),
             Err(_) => AddressFamily::IPV4,
         };
         if message.has_attribute(AdditionalAddressFamily::TYPE) && message.has_attribute(RequestedAddressFamily::TYPE) {
-            return Err((
-                Refuse::new(400, "Bad Request: REQUESTED- and ADDITIONAL-ADDRESS-FAMILY together"),
-                Some(auth),
-            ));
+            return Err(Refuse::new(400, "Bad Request: REQUESTED- and ADDITIONAL-ADDRESS-FAMILY together"));
         }
         let supported = match family {
             AddressFamily::IPV4 => self.config.families.0,
             AddressFamily::IPV6 => self.config.families.1,
         };
         if !supported {
-            return Err((Refuse::new(440, "Address Family not Supported"), Some(auth)));
+            return Err(Refuse::new(440, "Address Family not Supported"));
         }
         if self.allocations.len() >= self.config.max_allocations {
-            return Err((Refuse::new(508, "Insufficient Capacity"), Some(auth)));
+            return Err(Refuse::new(508, "Insufficient Capacity"));
         }
         if self.per_member.get(&auth.member).copied().unwrap_or(0) >= self.config.max_allocations_per_member {
-            return Err((Refuse::new(486, "Allocation Quota Reached"), Some(auth)));
+            return Err(Refuse::new(486, "Allocation Quota Reached"));
         }
         Ok(ClientAction::Allocate(PendingAllocation {
             tuple,
             family,
             lifetime: self.lifetime(message),
             transaction: message.transaction_id(),
-            auth,
+            auth: auth.clone(),
             fingerprint: message.has_attribute(Fingerprint::TYPE),
             client: client.clone(),
         }))
@@ -905,19 +924,17 @@ impl<R: Clone, C: Clone> Server<R, C> {
 
     fn allocate_success(
         &self,
-        message: &Message<'_>,
+        txid: TransactionId,
         auth: &Authenticated,
+        fingerprint: bool,
         relayed: SocketAddr,
         client: SocketAddr,
         lifetime: Duration,
     ) -> Vec<u8> {
-        let txid = message.transaction_id();
         let lifetime = Lifetime::new(u32::try_from(lifetime.as_secs()).unwrap_or(u32::MAX));
-        self.success(
-            message,
-            auth,
-            &[&XorRelayedAddress::new(relayed, txid), &lifetime, &XorMappedAddress::new(client, txid)],
-        )
+        let attrs: [&dyn stun_types::attribute::AttributeWrite; 3] =
+            [&XorRelayedAddress::new(relayed, txid), &lifetime, &XorMappedAddress::new(client, txid)];
+        self.success_for(ALLOCATE, txid, auth, &attrs, fingerprint)
     }
 
     /// Finishes an Allocate once the edge bound (or failed to bind) the relay socket: `bound` is the socket's
@@ -931,38 +948,20 @@ impl<R: Clone, C: Clone> Server<R, C> {
         out: &mut Vec<u8>,
     ) -> Option<AllocationId> {
         let PendingAllocation { tuple, family: _, lifetime, transaction, auth, fingerprint, client } = pending;
-        let mtype = MessageType::from_class_method(MessageClass::Error, ALLOCATE);
         let (bound, advertised, relay) = match socket {
             Ok(found) => found,
             Err(failure) => {
-                let (code, reason) = match failure {
-                    BindFailure::FamilyUnsupported => (440, "Address Family not Supported"),
-                    BindFailure::NoPort => (508, "Insufficient Capacity: no relay port free"),
+                let refuse = match failure {
+                    BindFailure::FamilyUnsupported => Refuse::new(440, "Address Family not Supported"),
+                    BindFailure::NoPort => Refuse::new(508, "Insufficient Capacity: no relay port free"),
                 };
-                bump(&mut self.stats.errors, code);
-                let mut reply = Message::builder(mtype, transaction, MessageWriteVec::with_capacity(96));
-                let _ = add_error(&mut reply, code, reason);
-                add_software(&mut reply);
-                let _ = reply.add_message_integrity(&auth.credentials(&self.config.realm), auth.algorithm);
-                *out = reply.finish();
+                *out = self.error_response(ALLOCATE, transaction, Some(&auth), &refuse, fingerprint, now);
                 return None;
             }
         };
         let id = AllocationId(self.next_id);
         self.next_id += 1;
-        let mtype = MessageType::from_class_method(MessageClass::Success, ALLOCATE);
-        let reply = Message::builder(mtype, transaction, MessageWriteVec::with_capacity(128));
-        let lifetime_attr = Lifetime::new(u32::try_from(lifetime.as_secs()).unwrap_or(u32::MAX));
-        *out = self.finish_success(
-            reply,
-            &auth,
-            &[
-                &XorRelayedAddress::new(advertised, transaction),
-                &lifetime_attr,
-                &XorMappedAddress::new(tuple.client, transaction),
-            ],
-            fingerprint,
-        );
+        *out = self.allocate_success(transaction, &auth, fingerprint, advertised, tuple.client, lifetime);
         *self.per_member.entry(auth.member.clone()).or_default() += 1;
         self.by_tuple.insert(tuple, id);
         self.by_relay.insert(advertised, id);
@@ -1000,7 +999,6 @@ impl<R: Clone, C: Clone> Server<R, C> {
         }
     }
 
-    #[allow(clippy::type_complexity)]
     fn refresh(
         &mut self,
         now: Instant,
@@ -1008,14 +1006,14 @@ impl<R: Clone, C: Clone> Server<R, C> {
         message: &Message<'_>,
         auth: &Authenticated,
         out: &mut Vec<u8>,
-    ) -> Result<ClientAction<R, C>, (Refuse, Option<Authenticated>)> {
-        let id = self.owned(tuple, auth).map_err(|r| (r, None))?;
+    ) -> Result<ClientAction<R, C>, Refuse> {
+        let id = self.owned(tuple, auth)?;
         let asked = message.attribute::<Lifetime>().map(|l| l.seconds()).ok();
         let family = self.allocations.get(&id).map(|a| AddressFamily::from(&a.relayed));
         if let Ok(requested) = message.attribute::<RequestedAddressFamily>()
             && Some(requested.family()) != family
         {
-            return Err((Refuse::new(443, "Peer Address Family Mismatch"), None));
+            return Err(Refuse::new(443, "Peer Address Family Mismatch"));
         }
         let granted = if asked == Some(0) {
             self.free(id);
@@ -1053,7 +1051,6 @@ impl<R: Clone, C: Clone> Server<R, C> {
         Ok(peers)
     }
 
-    #[allow(clippy::type_complexity)]
     fn create_permission(
         &mut self,
         now: Instant,
@@ -1061,17 +1058,17 @@ impl<R: Clone, C: Clone> Server<R, C> {
         message: &Message<'_>,
         auth: &Authenticated,
         out: &mut Vec<u8>,
-    ) -> Result<ClientAction<R, C>, (Refuse, Option<Authenticated>)> {
-        let id = self.owned(tuple, auth).map_err(|r| (r, None))?;
-        let peers = self.checked_peers(id, message).map_err(|r| (r, None))?;
+    ) -> Result<ClientAction<R, C>, Refuse> {
+        let id = self.owned(tuple, auth)?;
+        let peers = self.checked_peers(id, message)?;
         let max = self.config.max_permissions;
         let Some(allocation) = self.allocations.get_mut(&id) else {
-            return Err((Refuse::new(437, "Allocation Mismatch"), None));
+            return Err(Refuse::new(437, "Allocation Mismatch"));
         };
         allocation.permissions.retain(|_, until| *until > now);
         let new = peers.iter().filter(|p| !allocation.permissions.contains_key(&p.ip())).count();
         if allocation.permissions.len() + new > max {
-            return Err((Refuse::new(508, "Insufficient Capacity: too many permissions"), None));
+            return Err(Refuse::new(508, "Insufficient Capacity: too many permissions"));
         }
         for peer in peers {
             allocation.permissions.insert(peer.ip(), now + PERMISSION_LIFETIME);
@@ -1080,7 +1077,6 @@ impl<R: Clone, C: Clone> Server<R, C> {
         Ok(ClientAction::Reply)
     }
 
-    #[allow(clippy::type_complexity)]
     fn channel_bind(
         &mut self,
         now: Instant,
@@ -1088,29 +1084,29 @@ impl<R: Clone, C: Clone> Server<R, C> {
         message: &Message<'_>,
         auth: &Authenticated,
         out: &mut Vec<u8>,
-    ) -> Result<ClientAction<R, C>, (Refuse, Option<Authenticated>)> {
-        let id = self.owned(tuple, auth).map_err(|r| (r, None))?;
+    ) -> Result<ClientAction<R, C>, Refuse> {
+        let id = self.owned(tuple, auth)?;
         let Ok(number) = message.attribute::<ChannelNumber>().map(|c| c.channel()) else {
-            return Err((Refuse::new(400, "Bad Request: CHANNEL-NUMBER is required"), None));
+            return Err(Refuse::new(400, "Bad Request: CHANNEL-NUMBER is required"));
         };
         if !CHANNELS.contains(&number) {
-            return Err((Refuse::new(400, "Bad Request: channel number out of range"), None));
+            return Err(Refuse::new(400, "Bad Request: channel number out of range"));
         }
-        let peers = self.checked_peers(id, message).map_err(|r| (r, None))?;
+        let peers = self.checked_peers(id, message)?;
         let [peer] = peers[..] else {
-            return Err((Refuse::new(400, "Bad Request: one XOR-PEER-ADDRESS per ChannelBind"), None));
+            return Err(Refuse::new(400, "Bad Request: one XOR-PEER-ADDRESS per ChannelBind"));
         };
         let max = self.config.max_permissions;
         let Some(allocation) = self.allocations.get_mut(&id) else {
-            return Err((Refuse::new(437, "Allocation Mismatch"), None));
+            return Err(Refuse::new(437, "Allocation Mismatch"));
         };
         let bound_peer = allocation.channels.get(&number).map(|c| c.peer);
         let bound_number = allocation.channel_of_peer.get(&peer).copied();
         if bound_peer.is_some_and(|p| p != peer) || bound_number.is_some_and(|n| n != number) {
-            return Err((Refuse::new(400, "Bad Request: channel or peer bound otherwise"), None));
+            return Err(Refuse::new(400, "Bad Request: channel or peer bound otherwise"));
         }
         if !allocation.permissions.contains_key(&peer.ip()) && allocation.permissions.len() >= max {
-            return Err((Refuse::new(508, "Insufficient Capacity: too many permissions"), None));
+            return Err(Refuse::new(508, "Insufficient Capacity: too many permissions"));
         }
         allocation.channels.insert(number, Channel { peer, expires: now + CHANNEL_LIFETIME });
         allocation.channel_of_peer.insert(peer, number);

@@ -249,6 +249,14 @@ fn allocate_challenges_then_grants_a_relay_address_with_integrity() {
     // A second Allocate on the same 5-tuple is a mismatch; a retransmission of the first is answered again.
     let again = rig.allocate(&mut client);
     assert_eq!(code(&again), Some(437));
+    let creds = LongTermKeyCredentials::new(client.username.clone(), client.password.clone(), REALM.to_owned());
+    let error = Message::from_bytes(&again).unwrap();
+    error.validate_integrity(&creds.into()).expect("errors after authentication are signed too");
+    // So is an error from CreatePermission.
+    let refused = rig.permit(&mut client, addr("127.0.0.1:22"));
+    assert_eq!(code(&refused), Some(403));
+    let creds = LongTermKeyCredentials::new(client.username.clone(), client.password.clone(), REALM.to_owned());
+    Message::from_bytes(&refused).unwrap().validate_integrity(&creds.into()).expect("a signed 403");
 }
 
 fn reason_or_ok(bytes: &[u8]) -> String {
