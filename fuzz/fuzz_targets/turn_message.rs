@@ -21,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
     let server_addr: SocketAddr = ([192, 0, 2, 1], 3478).into();
     let client: SocketAddr = ([198, 51, 100, 7], 40000).into();
     let mut out = Vec::new();
-    // UDP: the whole input as one datagram, then as datagrams cut by the first byte's length prefix.
+    // UDP: the whole input as one datagram.
     let udp = FiveTuple { transport: Transport::Udp, client, server: server_addr };
     check(server.handle_client(start, udp, &0, data, &mut out), &out);
     // Stream: framed as a TCP connection would be.

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use peerbubble_proto::IceServer;
-use peerbubble_turn::credentials::{TurnSecret, Verifier, issue};
+use peerbubble_turn::credentials::{TurnSecret, Verifier};
 use peerbubble_turn::framing::frame_len;
 use peerbubble_turn::peer::{Cidr, PeerPolicy};
 use peerbubble_turn::{
@@ -122,18 +122,6 @@ impl ClientSink {
             }
         }
     }
-
-    async fn send(&self, bytes: &[u8]) {
-        match self {
-            Self::Udp(socket, to) => {
-                let _ = socket.send_to(bytes, to).await;
-            }
-            // A stream client that does not read is treated like a lossy link: excess is dropped.
-            Self::Stream(tx) => {
-                let _ = tx.try_send(bytes.to_vec());
-            }
-        }
-    }
 }
 
 #[derive(Clone, Debug)]
@@ -147,8 +135,6 @@ type Core = Server<RelaySocket, ClientSink>;
 struct Shared {
     core: Mutex<Core>,
     config: TurnConfig,
-    /// The secret new credentials are issued with.
-    secret: Mutex<TurnSecret>,
 }
 
 impl Shared {
@@ -197,11 +183,7 @@ impl TurnRelay {
             Some(_) => Some(tls_acceptor(&config.tls)?),
             None => None,
         };
-        let shared = Arc::new(Shared {
-            core: Mutex::new(core),
-            secret: Mutex::new(config.secret.clone()),
-            config: config.clone(),
-        });
+        let shared = Arc::new(Shared { core: Mutex::new(core), config: config.clone() });
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
         let mut udp = Vec::new();
@@ -261,8 +243,7 @@ impl TurnRelay {
     pub fn ice_servers(&self, member: &str, host: Option<&str>) -> Option<(Vec<IceServer>, Duration)> {
         let config = &self.shared.config;
         let ttl = config.credential_ttl;
-        let secret = self.shared.secret.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
-        let creds = issue(&secret, member, unix_now(), ttl.as_secs()).ok()?;
+        let creds = self.shared.core().issue(member, unix_now(), ttl.as_secs()).ok()?;
         let host = config.public_host.as_deref().or(host).map(url_host)?;
         let port = self.udp.first()?.port();
         let mut urls = vec![format!("turn:{host}:{port}?transport=udp"), format!("turn:{host}:{port}?transport=tcp")];
@@ -376,13 +357,13 @@ async fn udp_listener(shared: Arc<Shared>, socket: Arc<UdpSocket>, mut stop: wat
             let sink = ClientSink::Udp(socket.clone(), from);
             let input = buf.get(..n).unwrap_or_default();
             let action = shared.core().handle_client(Instant::now(), tuple, &sink, input, &mut out);
-            act_now(&shared, action, input, &mut out, &sink);
+            act(&shared, action, input, &mut out, &sink);
         }
     }
 }
 
-/// Carries out a client action without waiting (the UDP path).
-fn act_now(
+/// Carries out a client action without waiting: every send is a non-blocking try, as UDP may drop anyway.
+fn act(
     shared: &Arc<Shared>,
     action: ClientAction<RelaySocket, ClientSink>,
     input: &[u8],
@@ -401,29 +382,6 @@ fn act_now(
         ClientAction::Allocate(pending) => {
             allocate(shared, pending, out);
             sink.try_send(out);
-        }
-    }
-}
-
-async fn act(
-    shared: &Arc<Shared>,
-    action: ClientAction<RelaySocket, ClientSink>,
-    input: &[u8],
-    out: &mut Vec<u8>,
-    sink: &ClientSink,
-) {
-    match action {
-        ClientAction::None => {}
-        ClientAction::Reply => sink.send(out).await,
-        ClientAction::ToPeer { relay, peer, payload } => {
-            if let Some(bytes) = input.get(payload) {
-                let _ = relay.socket.send_to(bytes, peer).await;
-            }
-        }
-        ClientAction::ToClient(other) => other.send(out).await,
-        ClientAction::Allocate(pending) => {
-            allocate(shared, pending, out);
-            sink.send(out).await;
         }
     }
 }
@@ -521,24 +479,24 @@ async fn timer(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     }
 }
 
-/// Follows the secret file: a new content becomes the issuing secret, and the old one is still accepted for
-/// one credential lifetime. An unreadable or too short file changes nothing (and is logged).
+/// Follows the secret file: a content that differs from the current secret becomes the issuing secret, and
+/// the old one is still accepted for one credential lifetime. An unreadable or too short file changes nothing
+/// (and is logged once per content).
 async fn reread_secret(shared: &Shared, path: &std::path::Path, last: &mut Option<Zeroizing<Vec<u8>>>) {
     let Ok(bytes) = tokio::fs::read(path).await.map(Zeroizing::new) else { return };
-    match last {
-        None => *last = Some(bytes),
-        Some(previous) if *previous == bytes => {}
-        Some(_) => match TurnSecret::new(bytes.to_vec()) {
-            Ok(next) => {
-                let overlap_until = unix_now() + shared.config.credential_ttl.as_secs();
-                shared.core().rotate_secret(next.clone(), overlap_until);
-                *shared.secret.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = next;
-                *last = Some(bytes);
+    if last.as_ref() == Some(&bytes) {
+        return;
+    }
+    match TurnSecret::new(bytes.to_vec()) {
+        Ok(next) => {
+            let overlap_until = unix_now() + shared.config.credential_ttl.as_secs();
+            if shared.core().rotate_secret(next, overlap_until) {
                 tracing::info!(overlap_until, "TURN secret rotated");
             }
-            Err(error) => tracing::warn!(%error, "the new TURN secret is refused; keeping the current one"),
-        },
+        }
+        Err(error) => tracing::warn!(%error, "the new TURN secret is refused; keeping the current one"),
     }
+    *last = Some(bytes);
 }
 
 async fn stream_listener(
@@ -627,7 +585,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
             deadline = IDLE;
             let frame = buf.get(..len).unwrap_or_default();
             let action = shared.core().handle_client(Instant::now(), tuple, &sink, frame, &mut out);
-            act(&shared, action, frame, &mut out, &sink).await;
+            act(&shared, action, frame, &mut out, &sink);
             buf.drain(..len);
         }
     }
