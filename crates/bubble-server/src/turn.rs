@@ -190,12 +190,11 @@ impl TurnRelay {
         let mut tls = Vec::new();
         let connections = Arc::new(Semaphore::new(config.max_connections));
         for addr in &config.listen {
-            let socket = UdpSocket::bind(addr).await.map_err(|source| TurnError::Bind { addr: *addr, source })?;
+            let (socket, tcp) = bind_udp_and_tcp(*addr).await?;
             enlarge_buffers(&socket, LISTENER_SOCKET_BUFFER);
             let local = socket.local_addr().map_err(|source| TurnError::Bind { addr: *addr, source })?;
             udp.push(local);
             tasks.spawn(udp_listener(shared.clone(), Arc::new(socket), stop_rx.clone()));
-            let tcp = TcpListener::bind(local).await.map_err(|source| TurnError::Bind { addr: local, source })?;
             tasks.spawn(stream_listener(shared.clone(), tcp, None, connections.clone(), stop_rx.clone()));
             if let (Some(port), Some(acceptor)) = (config.tls_port, &acceptor) {
                 let at = SocketAddr::new(addr.ip(), port);
@@ -271,6 +270,24 @@ impl TurnRelay {
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
     }
+}
+
+/// A UDP socket and a TCP listener on the same port. With port 0 the kernel picks the UDP port, which TCP may
+/// already use: then another pair is tried.
+async fn bind_udp_and_tcp(addr: SocketAddr) -> Result<(UdpSocket, TcpListener), TurnError> {
+    let bind_error = |addr, source| TurnError::Bind { addr, source };
+    for _ in 0..16 {
+        let udp = UdpSocket::bind(addr).await.map_err(|source| bind_error(addr, source))?;
+        let local = udp.local_addr().map_err(|source| bind_error(addr, source))?;
+        match TcpListener::bind(local).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(source) if addr.port() != 0 || source.kind() != io::ErrorKind::AddrInUse => {
+                return Err(bind_error(local, source));
+            }
+            Err(_) => continue,
+        }
+    }
+    Err(bind_error(addr, io::Error::from(io::ErrorKind::AddrInUse)))
 }
 
 /// `host` as it goes in a URL: an IPv6 address in brackets, a `host:port` from a Host header without the port.
