@@ -265,6 +265,12 @@ impl MemberId {
     pub fn as_bytes(&self) -> &[u8; 16] {
         &self.0
     }
+
+    /// The id with these raw bytes (as carried in an MLS credential). Says nothing about whose it is: check
+    /// it against [`PublicKey::member_id`] of a directory key before trusting it.
+    pub fn from_bytes(bytes: [u8; 16]) -> Self {
+        Self(bytes)
+    }
 }
 
 impl MemberId {

@@ -1,0 +1,1559 @@
+//! The member's client as one sans-IO state machine: envelopes, commit verdicts, DataChannel state, the
+//! directory and the clock go in; envelopes to relay, commits to order, DataChannel messages and events come
+//! out. The edge (the native peer, the browser) owns sockets and RTCPeerConnections and does what it is told.
+//!
+//! Conversations are MLS groups: a 1:1 conversation is a two-member group, a group chat a group. KeyPackages
+//! are asked for and delivered live through the relay (no server stores one). Group changes go to the
+//! bubble-server as `commit` frames, which it orders per group; a commit is merged only once the server
+//! accepted it, and retried after processing the winner when it did not.
+//!
+//! Offline members: nothing is stored for them. A member that comes back and receives a message of an epoch
+//! it never reached asks the sender to add it again with a fresh KeyPackage (`rejoin`); the sender commits its
+//! removal and re-addition, and it reads everything said from then on (ADR 0014).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+
+use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
+use openmls::prelude::{
+    GroupId, KeyPackage, KeyPackageIn, LeafNodeIndex, MlsGroup, MlsMessageBodyIn, MlsMessageIn,
+    ProcessedMessageContent, ProtocolVersion, StagedWelcome,
+};
+use openmls_traits::OpenMlsProvider as _;
+use peerbubble_proto::{DirectoryEntry, IdentityKey, MemberId, PublicKey};
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::files::{
+    CHUNK_FRAME_TAG, CancelReason, ChunkRequest, FileControl, FileKey, FileOffer, IncomingTransfer, Opened,
+    OutgoingTransfer, TransferConfig, TransferId,
+};
+use crate::message::{AppMessage, CallSignal, ConversationKind, MessageId, ReceiptKind, hex, sdp_has_only_fingerprint};
+use crate::mls::{self, CIPHERSUITE, MlsSigner, Provider};
+use crate::wire::{Envelope, MAX_CHANNEL_MESSAGE};
+
+/// The largest envelope the relay takes (signaling `max_body_bytes`).
+pub const MAX_RELAY_BODY: usize = 32 * 1024;
+/// Unanswered KeyPackage requests kept at once.
+const MAX_PENDING_REQUESTS: usize = 256;
+/// The MLS exporter label of file keys (context: the transfer id).
+pub const FILE_KEY_LABEL: &str = "peerbubble file v1";
+/// Retry a refused commit after this long even if the winning commit did not reach us.
+const COMMIT_RETRY_MS: u64 = 2_000;
+
+/// A conversation: the MLS group id (16 random bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ConversationId(pub [u8; 16]);
+
+impl std::fmt::Display for ConversationId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&hex(&self.0))
+    }
+}
+
+impl TryFrom<String> for ConversationId {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        crate::message::hex16(&s).map(Self).ok_or_else(|| "conversation id must be 32 lowercase hex characters".into())
+    }
+}
+
+impl From<ConversationId> for String {
+    fn from(id: ConversationId) -> Self {
+        id.to_string()
+    }
+}
+
+/// How an envelope travelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Path {
+    /// Through the bubble-server.
+    Relay,
+    /// Over the DataChannel with that member.
+    Channel,
+}
+
+/// What the edge must send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// A signaling `send` of `body` to every session of `to`.
+    Relay {
+        /// Recipient.
+        to: MemberId,
+        /// Envelope bytes.
+        body: Vec<u8>,
+    },
+    /// A signaling `commit`; answer with [`Client::commit_accepted`] or [`Client::commit_rejected`].
+    Commit {
+        /// Echo this in the verdict.
+        token: u64,
+        /// MLS group id.
+        group: Vec<u8>,
+        /// Epoch the commit was made in.
+        epoch: u64,
+        /// Current members to tell (never ourselves).
+        to: Vec<MemberId>,
+        /// Envelope bytes.
+        body: Vec<u8>,
+    },
+    /// A DataChannel message to `to`.
+    Channel {
+        /// Recipient.
+        to: MemberId,
+        /// Message bytes.
+        bytes: Vec<u8>,
+    },
+}
+
+/// Why a conversation ended locally.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// Another member removed us.
+    Removed,
+    /// We left or removed the contact.
+    Left,
+    /// A simultaneous 1:1 conversation with the same contact won (lower id).
+    Superseded,
+    /// A commit added a key the directory does not vouch for; we refuse to stay.
+    UntrustedMember,
+}
+
+/// What happened, for the application.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The conversation can be used; `members` excludes us.
+    ConversationReady {
+        /// Which.
+        conversation: ConversationId,
+        /// Direct or group.
+        kind: ConversationKind,
+        /// The other members.
+        members: Vec<MemberId>,
+    },
+    /// Members were added or removed.
+    MembersChanged {
+        /// Which.
+        conversation: ConversationId,
+        /// The other members now.
+        members: Vec<MemberId>,
+    },
+    /// The conversation's local state and keys are destroyed.
+    ConversationClosed {
+        /// Which.
+        conversation: ConversationId,
+        /// Why.
+        reason: CloseReason,
+    },
+    /// A chat message.
+    Message {
+        /// Where.
+        conversation: ConversationId,
+        /// Author (MLS-authenticated and equal to the transport's sender).
+        from: MemberId,
+        /// Its id.
+        id: MessageId,
+        /// The text.
+        text: String,
+        /// How it came.
+        path: Path,
+    },
+    /// A message was edited by its author.
+    Edited {
+        /// Where.
+        conversation: ConversationId,
+        /// Which.
+        id: MessageId,
+        /// New text.
+        text: String,
+    },
+    /// A message was deleted by its author.
+    Deleted {
+        /// Where.
+        conversation: ConversationId,
+        /// Which.
+        id: MessageId,
+    },
+    /// A message disappeared (its timer ran out).
+    Expired {
+        /// Where.
+        conversation: ConversationId,
+        /// Which.
+        id: MessageId,
+    },
+    /// Receipts from a member.
+    Receipt {
+        /// Where.
+        conversation: ConversationId,
+        /// Who.
+        from: MemberId,
+        /// Which messages.
+        ids: Vec<MessageId>,
+        /// Delivered or read.
+        kind: ReceiptKind,
+    },
+    /// Typing indicator.
+    Typing {
+        /// Where.
+        conversation: ConversationId,
+        /// Who.
+        from: MemberId,
+        /// Started or stopped.
+        typing: bool,
+    },
+    /// The disappearing timer changed.
+    TimerChanged {
+        /// Where.
+        conversation: ConversationId,
+        /// Seconds, or none.
+        timer_secs: Option<u32>,
+    },
+    /// Call set-up from a member, MLS-authenticated; for offers and answers the SDP's `a=fingerprint` was
+    /// checked to be `fingerprint`, which is the only DTLS certificate to accept from this member.
+    Call {
+        /// Where.
+        conversation: ConversationId,
+        /// Who.
+        from: MemberId,
+        /// The signal.
+        signal: CallSignal,
+    },
+    /// A contact offers a file; answer with [`Client::accept_file`] or [`Client::decline_file`].
+    FileOffered {
+        /// Where.
+        conversation: ConversationId,
+        /// Who.
+        from: MemberId,
+        /// Name, size, hash.
+        offer: FileOffer,
+    },
+    /// The transfer may send (more) chunks: call [`Client::next_file_chunk`] until it says none.
+    FileSendable {
+        /// Which.
+        transfer: TransferId,
+        /// Bytes the receiver confirmed, of the total.
+        acked: u64,
+        /// File size.
+        total: u64,
+    },
+    /// A chunk of an incoming file, authenticated and in order: write `plaintext` at `offset`, or keep
+    /// `sealed` (decryptable later with [`Client::file_key`]) to keep the file encrypted at rest.
+    FileChunk {
+        /// Which.
+        transfer: TransferId,
+        /// Chunk index.
+        index: u32,
+        /// Byte offset.
+        offset: u64,
+        /// The bytes.
+        plaintext: Vec<u8>,
+        /// The same bytes as received, encrypted.
+        sealed: Vec<u8>,
+    },
+    /// An incoming file is whole and its SHA-256 matched the offer.
+    FileReceived {
+        /// Which.
+        transfer: TransferId,
+        /// The verified hash.
+        sha256: [u8; 32],
+    },
+    /// The receiver confirmed the whole file with the right hash.
+    FileSent {
+        /// Which.
+        transfer: TransferId,
+    },
+    /// A transfer stopped.
+    FileCancelled {
+        /// Which.
+        transfer: TransferId,
+        /// Why.
+        reason: CancelReason,
+    },
+    /// A member left a group.
+    Left {
+        /// Where.
+        conversation: ConversationId,
+        /// Who.
+        member: MemberId,
+    },
+    /// We missed commits of this conversation and asked `asked` to add us again.
+    RejoinRequested {
+        /// Where.
+        conversation: ConversationId,
+        /// Whom we asked.
+        asked: MemberId,
+    },
+    /// Input was refused and changed nothing: tampered, replayed, out of window, from an unknown member, or
+    /// not allowed.
+    Refused {
+        /// Who sent it (as the transport says).
+        from: MemberId,
+        /// Why, for logs (never content).
+        reason: String,
+    },
+}
+
+/// Errors of calls into the client.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The member is not in our directory (need-to-know: we cannot reach it).
+    #[error("member {0} is not in your directory")]
+    NotVisible(MemberId),
+    /// No such conversation (closed, or never set up).
+    #[error("no conversation {0}")]
+    NoConversation(ConversationId),
+    /// The conversation is not set up yet (waiting for a KeyPackage or for the server to order the commit).
+    #[error("conversation {0} is not ready yet; wait for ConversationReady")]
+    NotReady(ConversationId),
+    /// The message would not fit in a relayed envelope and no DataChannel is open.
+    #[error("message of {0} bytes is too large for the relay; open a DataChannel or send it as a file")]
+    TooLarge(usize),
+    /// The message breaks a limit.
+    #[error(transparent)]
+    Message(#[from] crate::message::MessageError),
+    /// The operation is not possible in this conversation (e.g. adding to a 1:1 conversation).
+    #[error("not allowed: {0}")]
+    NotAllowed(&'static str),
+    /// MLS failed (a bug or exhausted randomness); the conversation is unchanged.
+    #[error("MLS: {0}")]
+    Mls(String),
+    /// A file transfer refused the operation.
+    #[error("file transfer: {0}")]
+    File(String),
+    /// Stored state could not be read.
+    #[error("stored client state is unreadable: {0}")]
+    State(String),
+}
+
+fn file_err(e: crate::files::FileError) -> ClientError {
+    ClientError::File(e.to_string())
+}
+
+fn mls_err(e: impl std::fmt::Debug) -> ClientError {
+    ClientError::Mls(format!("{e:?}"))
+}
+
+/// A chat message as kept in the conversation's history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    /// Its id.
+    pub id: MessageId,
+    /// Author.
+    pub from: MemberId,
+    /// Text (empty once deleted).
+    pub text: String,
+    /// The author's clock.
+    pub sent_at_ms: u64,
+    /// Edited by its author.
+    pub edited: bool,
+    /// Deleted by its author.
+    pub deleted: bool,
+    /// When it disappears.
+    pub expires_at_ms: Option<u64>,
+    /// Receipts by member.
+    pub receipts: BTreeMap<MemberId, ReceiptKind>,
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Add(MemberId, Box<KeyPackage>),
+    Remove(MemberId),
+}
+
+#[derive(Debug)]
+struct PendingCommit {
+    token: u64,
+    op: Op,
+}
+
+#[derive(Debug)]
+struct Conversation {
+    group: MlsGroup,
+    kind: Option<ConversationKind>,
+    timer_secs: Option<u32>,
+    history: Vec<ChatMessage>,
+    ops: VecDeque<Op>,
+    pending: Option<PendingCommit>,
+    /// The Welcome of the pending commit's added member, sent once the server accepts the commit.
+    welcome: Option<(MemberId, Vec<u8>)>,
+    /// When a refused commit may be retried without news.
+    retry_at_ms: Option<u64>,
+    /// The epoch we last asked to rejoin at (ask once per epoch).
+    rejoin_asked: Option<u64>,
+    ready: bool,
+}
+
+/// The set-up of the RTCPeerConnection with one contact.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum CallState {
+    /// We sent an offer and wait for the answer.
+    Offering { call: MessageId },
+    /// We received an offer (its fingerprint is the one to accept) and owe an answer.
+    Answering { call: MessageId, remote: String },
+    /// Offer and answer exchanged; `remote` is the only DTLS certificate to accept.
+    Agreed { call: MessageId, remote: String },
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Purpose {
+    Direct,
+    AddTo(ConversationId),
+}
+
+/// The client. One per member per bubble.
+pub struct Client {
+    signer: MlsSigner,
+    me: MemberId,
+    provider: Provider,
+    directory: BTreeMap<MemberId, DirectoryEntry>,
+    conversations: BTreeMap<ConversationId, Conversation>,
+    requests: HashMap<[u8; 16], (MemberId, Purpose)>,
+    channels: BTreeSet<MemberId>,
+    calls: HashMap<MemberId, CallState>,
+    file_config: TransferConfig,
+    offers_in: HashMap<TransferId, (MemberId, ConversationId, FileOffer, FileKey)>,
+    files_in: HashMap<TransferId, (MemberId, ConversationId, IncomingTransfer, FileKey)>,
+    files_out: HashMap<TransferId, (MemberId, ConversationId, OutgoingTransfer)>,
+    outputs: VecDeque<Output>,
+    events: VecDeque<Event>,
+    next_token: u64,
+    now_ms: u64,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("member", &self.me)
+            .field("conversations", &self.conversations.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn random16() -> Result<[u8; 16], ClientError> {
+    let mut out = [0; 16];
+    getrandom::fill(&mut out).map_err(|e| ClientError::Mls(format!("no randomness: {e}")))?;
+    Ok(out)
+}
+
+impl Client {
+    /// A client for the member holding `identity`, with no conversations.
+    pub fn new(identity: &IdentityKey) -> Self {
+        let signer = MlsSigner::new(identity);
+        let me = signer.public_key().member_id();
+        Self {
+            signer,
+            me,
+            provider: Provider::default(),
+            directory: BTreeMap::new(),
+            conversations: BTreeMap::new(),
+            requests: HashMap::new(),
+            channels: BTreeSet::new(),
+            calls: HashMap::new(),
+            file_config: TransferConfig::default(),
+            offers_in: HashMap::new(),
+            files_in: HashMap::new(),
+            files_out: HashMap::new(),
+            outputs: VecDeque::new(),
+            events: VecDeque::new(),
+            next_token: 1,
+            now_ms: 0,
+        }
+    }
+
+    /// Our member id.
+    pub fn member(&self) -> MemberId {
+        self.me
+    }
+
+    /// The next thing to send.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// The directory the server sent (need-to-know slice). Members who left it can no longer be reached;
+    /// conversations with them stay until closed.
+    pub fn set_directory(&mut self, entries: impl IntoIterator<Item = DirectoryEntry>) {
+        self.directory =
+            entries.into_iter().filter(|e| e.public_key.member_id() == e.member).map(|e| (e.member, e)).collect();
+    }
+
+    /// A DataChannel with `member` opened (its DTLS fingerprint was the MLS-authenticated one).
+    pub fn channel_opened(&mut self, member: MemberId) {
+        self.channels.insert(member);
+        // Transfers cut by a dropped connection continue where the receiver is.
+        let resumes: Vec<_> = self
+            .files_in
+            .values()
+            .filter(|(peer, _, incoming, _)| *peer == member && !incoming.is_complete())
+            .map(|(_, conversation, incoming, _)| (*conversation, incoming.resume_point()))
+            .collect();
+        for (conversation, resume) in resumes {
+            let _ = self.send_app(conversation, &AppMessage::File(FileControl::Resume(resume)));
+        }
+    }
+
+    /// The DataChannel with `member` closed; messages go through the relay again.
+    pub fn channel_closed(&mut self, member: MemberId) {
+        self.channels.remove(&member);
+    }
+
+    /// Conversation ids, with their kinds once known.
+    pub fn conversations(&self) -> Vec<(ConversationId, Option<ConversationKind>)> {
+        self.conversations.iter().map(|(id, c)| (*id, c.kind.clone())).collect()
+    }
+
+    /// The 1:1 conversation with `peer`, if set up.
+    pub fn direct_conversation(&self, peer: MemberId) -> Option<ConversationId> {
+        self.conversations
+            .iter()
+            .filter(|(_, c)| c.kind == Some(ConversationKind::Direct) && c.ready)
+            .find(|(_, c)| self.others(c) == [peer])
+            .map(|(id, _)| *id)
+    }
+
+    /// The other members of a conversation.
+    pub fn members(&self, conversation: ConversationId) -> Result<Vec<MemberId>, ClientError> {
+        Ok(self.others(self.conversation(conversation)?))
+    }
+
+    /// The conversation's MLS epoch.
+    pub fn epoch(&self, conversation: ConversationId) -> Result<u64, ClientError> {
+        Ok(self.conversation(conversation)?.group.epoch().as_u64())
+    }
+
+    /// The conversation's history.
+    pub fn history(&self, conversation: ConversationId) -> Result<&[ChatMessage], ClientError> {
+        Ok(&self.conversation(conversation)?.history)
+    }
+
+    /// A secret both sides of a conversation derive from the current epoch (MLS exporter), e.g. a file key.
+    pub fn export_secret(
+        &self,
+        conversation: ConversationId,
+        label: &str,
+        context: &[u8],
+    ) -> Result<Zeroizing<[u8; 32]>, ClientError> {
+        let c = self.conversation(conversation)?;
+        let bytes = c.group.export_secret(self.provider.crypto(), label, context, 32).map_err(mls_err)?;
+        let mut out = Zeroizing::new([0u8; 32]);
+        out.copy_from_slice(&bytes);
+        Ok(out)
+    }
+
+    /// Starts a 1:1 conversation with `peer` (asks it for a KeyPackage). [`Event::ConversationReady`] follows.
+    pub fn start_direct(&mut self, peer: MemberId) -> Result<(), ClientError> {
+        self.visible_key(peer)?;
+        if self.direct_conversation(peer).is_some()
+            || self.requests.values().any(|(m, p)| *m == peer && matches!(p, Purpose::Direct))
+        {
+            return Ok(());
+        }
+        self.request_key_package(peer, Purpose::Direct)
+    }
+
+    /// Creates a group chat named `name` and invites `members` (each asked for a KeyPackage, added as it comes).
+    pub fn create_group(&mut self, name: &str, members: &[MemberId]) -> Result<ConversationId, ClientError> {
+        for m in members {
+            self.visible_key(*m)?;
+        }
+        let kind = ConversationKind::Group { name: name.to_owned() };
+        AppMessage::Meta { conversation: kind.clone(), timer_secs: None }.check()?;
+        let id = self.new_group(kind.clone())?;
+        if let Some(c) = self.conversations.get_mut(&id) {
+            c.ready = true;
+        }
+        self.events.push_back(Event::ConversationReady { conversation: id, kind, members: Vec::new() });
+        for m in members {
+            self.request_key_package(*m, Purpose::AddTo(id))?;
+        }
+        Ok(id)
+    }
+
+    /// Adds a member to a group chat; it sees only what is said after it joined.
+    pub fn add_member(&mut self, conversation: ConversationId, member: MemberId) -> Result<(), ClientError> {
+        self.visible_key(member)?;
+        let c = self.conversation(conversation)?;
+        if c.kind == Some(ConversationKind::Direct) {
+            return Err(ClientError::NotAllowed("a 1:1 conversation has exactly two members; create a group"));
+        }
+        self.request_key_package(member, Purpose::AddTo(conversation))
+    }
+
+    /// Removes a member from a group chat; it cannot read anything said after the commit.
+    pub fn remove_member(&mut self, conversation: ConversationId, member: MemberId) -> Result<(), ClientError> {
+        let c = self.conversation_mut(conversation)?;
+        c.ops.push_back(Op::Remove(member));
+        self.drive(conversation);
+        Ok(())
+    }
+
+    /// Leaves a conversation: tells the others (so one of them commits our removal) and destroys our state
+    /// and keys for it.
+    pub fn leave(&mut self, conversation: ConversationId) -> Result<(), ClientError> {
+        if self.conversation(conversation)?.ready {
+            let _ = self.send_app(conversation, &AppMessage::Leave);
+        }
+        self.destroy(conversation, CloseReason::Left);
+        Ok(())
+    }
+
+    /// Removes a contact: destroys the 1:1 conversation's state and keys.
+    pub fn remove_contact(&mut self, peer: MemberId) -> Result<(), ClientError> {
+        let ids: Vec<_> = self
+            .conversations
+            .iter()
+            .filter(|(_, c)| c.kind == Some(ConversationKind::Direct) && self.others(c) == [peer])
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.leave(id)?;
+        }
+        self.requests.retain(|_, (m, _)| *m != peer);
+        Ok(())
+    }
+
+    /// Sends a chat message; returns its id.
+    pub fn send_text(&mut self, conversation: ConversationId, text: &str) -> Result<MessageId, ClientError> {
+        let id = MessageId(random16()?);
+        let timer = self.conversation(conversation)?.timer_secs;
+        let message = AppMessage::Text { id, text: text.to_owned(), sent_at_ms: self.now_ms, expires_in_secs: timer };
+        message.check()?;
+        self.send_app(conversation, &message)?;
+        let now = self.now_ms;
+        let expires_at_ms = timer.map(|t| now + u64::from(t) * 1000);
+        let me = self.me;
+        self.conversation_mut(conversation)?.history.push(ChatMessage {
+            id,
+            from: me,
+            text: text.to_owned(),
+            sent_at_ms: now,
+            edited: false,
+            deleted: false,
+            expires_at_ms,
+            receipts: BTreeMap::new(),
+        });
+        Ok(id)
+    }
+
+    /// Edits one of our messages.
+    pub fn edit(&mut self, conversation: ConversationId, id: MessageId, text: &str) -> Result<(), ClientError> {
+        self.own_message(conversation, id)?;
+        self.send_app(conversation, &AppMessage::Edit { id, text: text.to_owned() })?;
+        if let Some(m) = self.conversation_mut(conversation)?.history.iter_mut().find(|m| m.id == id) {
+            m.text = text.to_owned();
+            m.edited = true;
+        }
+        Ok(())
+    }
+
+    /// Deletes one of our messages for everyone.
+    pub fn delete(&mut self, conversation: ConversationId, id: MessageId) -> Result<(), ClientError> {
+        self.own_message(conversation, id)?;
+        self.send_app(conversation, &AppMessage::Delete { id })?;
+        if let Some(m) = self.conversation_mut(conversation)?.history.iter_mut().find(|m| m.id == id) {
+            m.text.clear();
+            m.deleted = true;
+        }
+        Ok(())
+    }
+
+    /// Sends read receipts.
+    pub fn mark_read(&mut self, conversation: ConversationId, ids: Vec<MessageId>) -> Result<(), ClientError> {
+        self.send_app(conversation, &AppMessage::Receipt { ids, kind: ReceiptKind::Read })
+    }
+
+    /// Sends a typing indicator.
+    pub fn typing(&mut self, conversation: ConversationId, typing: bool) -> Result<(), ClientError> {
+        self.send_app(conversation, &AppMessage::Typing { typing })
+    }
+
+    /// Sets the conversation's disappearing timer.
+    pub fn set_timer(&mut self, conversation: ConversationId, timer_secs: Option<u32>) -> Result<(), ClientError> {
+        self.send_app(conversation, &AppMessage::Timer { timer_secs })?;
+        self.conversation_mut(conversation)?.timer_secs = timer_secs;
+        Ok(())
+    }
+
+    /// Starts the set-up of a connection with the contact of a 1:1 conversation: the edge made an
+    /// RTCPeerConnection whose DTLS certificate has `fingerprint` and whose offer is `sdp`. Returns the call id.
+    pub fn start_call(&mut self, peer: MemberId, sdp: &str, fingerprint: &str) -> Result<MessageId, ClientError> {
+        let conversation = self.direct_conversation(peer).ok_or(ClientError::NotAllowed("no 1:1 conversation yet"))?;
+        let call = MessageId(random16()?);
+        self.send_signal(conversation, CallSignal::Offer { call, sdp: sdp.into(), fingerprint: fingerprint.into() })?;
+        self.calls.insert(peer, CallState::Offering { call });
+        Ok(call)
+    }
+
+    /// Answers a contact's offer ([`Event::Call`] with an offer) with our SDP and DTLS fingerprint.
+    pub fn answer_call(&mut self, peer: MemberId, sdp: &str, fingerprint: &str) -> Result<(), ClientError> {
+        let Some(CallState::Answering { call, remote }) = self.calls.get(&peer).cloned() else {
+            return Err(ClientError::NotAllowed("no offer from this contact to answer"));
+        };
+        let conversation = self.direct_conversation(peer).ok_or(ClientError::NotAllowed("no 1:1 conversation"))?;
+        self.send_signal(conversation, CallSignal::Answer { call, sdp: sdp.into(), fingerprint: fingerprint.into() })?;
+        self.calls.insert(peer, CallState::Agreed { call, remote });
+        Ok(())
+    }
+
+    /// Sends a trickled ICE candidate of the current call with `peer`.
+    pub fn send_candidate(&mut self, peer: MemberId, candidate: &str) -> Result<(), ClientError> {
+        let call = match self.calls.get(&peer) {
+            Some(CallState::Offering { call } | CallState::Answering { call, .. } | CallState::Agreed { call, .. }) => {
+                *call
+            }
+            None => return Err(ClientError::NotAllowed("no call with this contact")),
+        };
+        let conversation = self.direct_conversation(peer).ok_or(ClientError::NotAllowed("no 1:1 conversation"))?;
+        self.send_signal(conversation, CallSignal::Candidate { call, candidate: candidate.into() })
+    }
+
+    /// Ends the call with `peer` (tells it, forgets the fingerprint).
+    pub fn hangup(&mut self, peer: MemberId) -> Result<(), ClientError> {
+        let Some(state) = self.calls.remove(&peer) else { return Ok(()) };
+        let (CallState::Offering { call } | CallState::Answering { call, .. } | CallState::Agreed { call, .. }) = state;
+        self.channels.remove(&peer);
+        match self.direct_conversation(peer) {
+            Some(conversation) => self.send_signal(conversation, CallSignal::Hangup { call }),
+            None => Ok(()),
+        }
+    }
+
+    /// The DTLS fingerprint the contact's MLS-authenticated offer or answer announced: the only certificate
+    /// the edge may accept from it.
+    pub fn expected_fingerprint(&self, peer: MemberId) -> Option<&str> {
+        match self.calls.get(&peer)? {
+            CallState::Answering { remote, .. } | CallState::Agreed { remote, .. } => Some(remote),
+            CallState::Offering { .. } => None,
+        }
+    }
+
+    /// Checks the fingerprint of the certificate the DTLS handshake actually presented; true only if it is the
+    /// one the contact announced inside MLS. On false the edge must close the connection.
+    pub fn verify_dtls(&mut self, peer: MemberId, actual: &str) -> bool {
+        let ok = self.expected_fingerprint(peer).is_some_and(|f| f.eq_ignore_ascii_case(actual.trim()));
+        if !ok {
+            self.calls.remove(&peer);
+            self.channels.remove(&peer);
+            self.events
+                .push_back(Event::Refused { from: peer, reason: "DTLS certificate is not the announced one".into() });
+        }
+        ok
+    }
+
+    fn send_signal(&mut self, conversation: ConversationId, signal: CallSignal) -> Result<(), ClientError> {
+        if let CallSignal::Offer { sdp, fingerprint, .. } | CallSignal::Answer { sdp, fingerprint, .. } = &signal
+            && !sdp_has_only_fingerprint(sdp, fingerprint)
+        {
+            return Err(ClientError::NotAllowed("the SDP's a=fingerprint is not the fingerprint given"));
+        }
+        self.send_app(conversation, &AppMessage::Call(signal))
+    }
+
+    /// Sets chunk size, window and limits of file transfers started or accepted from now on.
+    pub fn set_file_config(&mut self, config: TransferConfig) {
+        self.file_config = config;
+    }
+
+    /// Offers a file to the contact of a 1:1 conversation. The edge hashed it ([`crate::files::FileHasher`]);
+    /// its chunks are encrypted under a key exported from the conversation's MLS group for this transfer.
+    pub fn offer_file(
+        &mut self,
+        peer: MemberId,
+        name: &str,
+        size: u64,
+        sha256: [u8; 32],
+    ) -> Result<TransferId, ClientError> {
+        let conversation = self.direct_conversation(peer).ok_or(ClientError::NotAllowed("no 1:1 conversation"))?;
+        let transfer = TransferId::random().map_err(file_err)?;
+        let key = FileKey::new(self.export_secret(conversation, FILE_KEY_LABEL, &transfer.0)?);
+        let outgoing =
+            OutgoingTransfer::new(transfer, name, size, sha256, &key, &self.file_config).map_err(file_err)?;
+        self.send_app(conversation, &AppMessage::File(FileControl::Offer(outgoing.offer().clone())))?;
+        self.files_out.insert(transfer, (peer, conversation, outgoing));
+        Ok(transfer)
+    }
+
+    /// Accepts an offered file; [`Event::FileChunk`]s follow.
+    pub fn accept_file(&mut self, transfer: TransferId) -> Result<(), ClientError> {
+        let (peer, conversation, offer, key) =
+            self.offers_in.remove(&transfer).ok_or(ClientError::NotAllowed("no such file offer"))?;
+        let incoming = IncomingTransfer::new(offer, &key, &self.file_config).map_err(file_err)?;
+        self.send_app(conversation, &AppMessage::File(FileControl::Accept(incoming.accept())))?;
+        self.files_in.insert(transfer, (peer, conversation, incoming, key));
+        Ok(())
+    }
+
+    /// Declines an offered file.
+    pub fn decline_file(&mut self, transfer: TransferId) -> Result<(), ClientError> {
+        let (_, conversation, _, _) =
+            self.offers_in.remove(&transfer).ok_or(ClientError::NotAllowed("no such file offer"))?;
+        let cancel = crate::files::Cancel { transfer, reason: CancelReason::Declined };
+        self.send_app(conversation, &AppMessage::File(FileControl::Cancel(cancel)))
+    }
+
+    /// The next chunk of an outgoing file to read and seal, if the window allows.
+    pub fn next_file_chunk(&mut self, transfer: TransferId) -> Option<ChunkRequest> {
+        self.files_out.get_mut(&transfer)?.2.next_chunk()
+    }
+
+    /// Seals a chunk into a DataChannel message for the transfer's contact.
+    pub fn seal_file_chunk(
+        &mut self,
+        transfer: TransferId,
+        index: u32,
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, ClientError> {
+        let (_, _, outgoing) = self.files_out.get_mut(&transfer).ok_or(ClientError::NotAllowed("no such transfer"))?;
+        outgoing.seal(index, plaintext).map_err(file_err)
+    }
+
+    /// The contact an outgoing transfer goes to.
+    pub fn file_peer(&self, transfer: TransferId) -> Option<MemberId> {
+        self.files_out.get(&transfer).map(|t| t.0).or_else(|| self.files_in.get(&transfer).map(|t| t.0))
+    }
+
+    /// The key of an incoming transfer, to decrypt chunks kept sealed at rest
+    /// ([`crate::files::open_stored_chunk`]). Keep it in the key store, never in clear.
+    pub fn file_key(&self, transfer: TransferId) -> Option<&FileKey> {
+        self.files_in.get(&transfer).map(|t| &t.3)
+    }
+
+    /// The offer of an incoming transfer.
+    pub fn file_offer(&self, transfer: TransferId) -> Option<&FileOffer> {
+        self.files_in.get(&transfer).map(|t| t.2.offer())
+    }
+
+    fn on_file(&mut self, conversation: ConversationId, from: MemberId, control: FileControl) {
+        let refuse = |reason: String| Event::Refused { from, reason };
+        if self.direct_conversation(from) != Some(conversation) {
+            self.events.push_back(refuse("file transfer outside its 1:1 conversation".into()));
+            return;
+        }
+        let transfer = match &control {
+            FileControl::Offer(o) => o.transfer,
+            FileControl::Accept(a) => a.transfer,
+            FileControl::Ack(a) => a.transfer,
+            FileControl::Resume(r) => r.transfer,
+            FileControl::Complete(c) => c.transfer,
+            FileControl::Cancel(c) => c.transfer,
+        };
+        if let FileControl::Offer(offer) = control {
+            if let Err(e) = offer.validate(self.file_config.max_file_size) {
+                self.events.push_back(refuse(format!("file offer refused: {e}")));
+                return;
+            }
+            if self.offers_in.contains_key(&transfer) || self.files_in.contains_key(&transfer) {
+                self.events.push_back(refuse("file offer replayed".into()));
+                return;
+            }
+            match self.export_secret(conversation, FILE_KEY_LABEL, &transfer.0) {
+                Ok(key) => {
+                    self.offers_in.insert(transfer, (from, conversation, offer.clone(), FileKey::new(key)));
+                    self.events.push_back(Event::FileOffered { conversation, from, offer });
+                }
+                Err(e) => self.events.push_back(refuse(e.to_string())),
+            }
+            return;
+        }
+        if let Some((peer, _, incoming, _)) = self.files_in.get_mut(&transfer)
+            && *peer == from
+            && let FileControl::Cancel(cancel) = control
+        {
+            let _ = incoming.on_cancel(cancel);
+            self.files_in.remove(&transfer);
+            self.events.push_back(Event::FileCancelled { transfer, reason: cancel.reason });
+            return;
+        }
+        let Some((peer, _, outgoing)) = self.files_out.get_mut(&transfer) else {
+            self.events.push_back(refuse("control for an unknown transfer".into()));
+            return;
+        };
+        if *peer != from {
+            self.events.push_back(refuse("control for another member's transfer".into()));
+            return;
+        }
+        if let Err(e) = outgoing.on_control(&control) {
+            self.events.push_back(refuse(format!("file control refused: {e}")));
+            return;
+        }
+        let progress = outgoing.progress();
+        match control {
+            FileControl::Complete(_) => {
+                self.files_out.remove(&transfer);
+                self.events.push_back(Event::FileSent { transfer });
+            }
+            FileControl::Cancel(cancel) => {
+                self.files_out.remove(&transfer);
+                self.events.push_back(Event::FileCancelled { transfer, reason: cancel.reason });
+            }
+            _ => self.events.push_back(Event::FileSendable { transfer, acked: progress.bytes, total: progress.total }),
+        }
+    }
+
+    fn on_chunk(&mut self, from: MemberId, bytes: &[u8]) -> Result<(), String> {
+        let frame = crate::files::parse_chunk_frame(bytes).map_err(|e| e.to_string())?;
+        let transfer = frame.transfer;
+        let (peer, conversation, incoming, _) =
+            self.files_in.get_mut(&transfer).ok_or("chunk of an unknown transfer")?;
+        if *peer != from {
+            return Err("chunk of another member's transfer".into());
+        }
+        let conversation = *conversation;
+        let (controls, done) = match incoming.open(bytes) {
+            Ok(Opened::Chunk(r)) => {
+                let complete = r.complete;
+                let controls: Vec<_> =
+                    r.ack.map(FileControl::Ack).into_iter().chain(complete.map(FileControl::Complete)).collect();
+                self.events.push_back(Event::FileChunk {
+                    transfer,
+                    index: r.index,
+                    offset: r.offset,
+                    plaintext: r.plaintext,
+                    sealed: r.sealed,
+                });
+                (controls, complete)
+            }
+            Ok(Opened::Duplicate { ack }) => (vec![FileControl::Ack(ack)], None),
+            Err(e) => return Err(format!("file chunk refused: {e}")),
+        };
+        for control in controls {
+            self.send_app(conversation, &AppMessage::File(control)).map_err(|e| e.to_string())?;
+        }
+        if let Some(complete) = done {
+            self.events.push_back(Event::FileReceived { transfer, sha256: complete.sha256 });
+        }
+        Ok(())
+    }
+
+    /// The server accepted our commit: merge it, welcome the added members.
+    pub fn commit_accepted(&mut self, token: u64) {
+        let Some((id, op, welcome)) = self.take_pending(token) else { return };
+        let provider = &self.provider;
+        let Some(c) = self.conversations.get_mut(&id) else { return };
+        if let Err(e) = c.group.merge_pending_commit(provider) {
+            self.events.push_back(Event::Refused { from: self.me, reason: format!("merging our commit: {e:?}") });
+            return;
+        }
+        c.retry_at_ms = None;
+        let me = self.me;
+        let members: Vec<_> = member_ids(&c.group).into_iter().filter(|m| *m != me).collect();
+        let first_ready = !c.ready;
+        c.ready = true;
+        let kind = c.kind.clone();
+        let timer_secs = c.timer_secs;
+        if let (true, Some(kind)) = (first_ready, kind.clone()) {
+            self.events.push_back(Event::ConversationReady { conversation: id, kind, members: members.clone() });
+        } else {
+            self.events.push_back(Event::MembersChanged { conversation: id, members });
+        }
+        if let Some((to, welcome)) = welcome {
+            self.outputs.push_back(Output::Relay { to, body: Envelope::Welcome { welcome }.encode() });
+        }
+        if let (Op::Add(_, _), Some(kind)) = (&op, kind) {
+            let _ = self.send_app(id, &AppMessage::Meta { conversation: kind, timer_secs });
+        }
+        self.drive(id);
+    }
+
+    /// The server refused our commit (another commit won the epoch): drop it; it is retried once the winner
+    /// has been processed.
+    pub fn commit_rejected(&mut self, token: u64) {
+        let Some((id, op, _welcome)) = self.take_pending(token) else { return };
+        let (provider, now) = (&self.provider, self.now_ms);
+        if let Some(c) = self.conversations.get_mut(&id) {
+            let _ = c.group.clear_pending_commit(provider.storage());
+            c.ops.push_front(op);
+            c.retry_at_ms = Some(now + COMMIT_RETRY_MS);
+        }
+    }
+
+    /// Advances the clock: disappearing messages expire, refused commits are retried.
+    pub fn handle_timeout(&mut self, now_ms: u64) {
+        self.now_ms = now_ms;
+        let mut retry = Vec::new();
+        for (id, c) in &mut self.conversations {
+            let before = c.history.len();
+            let mut gone = Vec::new();
+            c.history.retain(|m| {
+                let keep = m.expires_at_ms.is_none_or(|at| at > now_ms);
+                if !keep {
+                    gone.push(m.id);
+                }
+                keep
+            });
+            debug_assert!(c.history.len() + gone.len() == before);
+            self.events.extend(gone.into_iter().map(|m| Event::Expired { conversation: *id, id: m }));
+            if c.retry_at_ms.is_some_and(|at| at <= now_ms) {
+                c.retry_at_ms = None;
+                retry.push(*id);
+            }
+        }
+        for id in retry {
+            self.drive(id);
+        }
+    }
+
+    /// When [`Client::handle_timeout`] should next be called.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        self.conversations
+            .values()
+            .flat_map(|c| c.history.iter().filter_map(|m| m.expires_at_ms).chain(c.retry_at_ms))
+            .min()
+    }
+
+    /// An envelope from `from` (authenticated by the server for [`Path::Relay`], by the DTLS fingerprint for
+    /// [`Path::Channel`]). Whatever is wrong with it is reported as [`Event::Refused`] and changes nothing.
+    pub fn handle_envelope(&mut self, from: MemberId, bytes: &[u8], path: Path, now_ms: u64) {
+        self.now_ms = self.now_ms.max(now_ms);
+        if let Err(reason) = self.envelope(from, bytes, path) {
+            self.events.push_back(Event::Refused { from, reason });
+        }
+    }
+
+    fn envelope(&mut self, from: MemberId, bytes: &[u8], path: Path) -> Result<(), String> {
+        let key = self.visible_key(from).map_err(|e| e.to_string())?;
+        if bytes.first() == Some(&CHUNK_FRAME_TAG) {
+            if path != Path::Channel {
+                return Err("file chunks travel only on the DataChannel".into());
+            }
+            return self.on_chunk(from, bytes);
+        }
+        match Envelope::decode(bytes).map_err(|e| e.to_string())? {
+            Envelope::KeyPackageRequest { request } => self.answer_key_package(from, request),
+            Envelope::KeyPackage { request, key_package } => {
+                let (asked, purpose) = self.requests.get(&request).copied().ok_or("unsolicited KeyPackage")?;
+                if asked != from {
+                    return Err("KeyPackage from a member we did not ask".into());
+                }
+                self.requests.remove(&request);
+                let kp = self.validate_key_package(&key_package, &key)?;
+                self.on_key_package(from, purpose, kp)
+            }
+            Envelope::Welcome { welcome } => self.on_welcome(from, &welcome),
+            Envelope::Mls { message } => self.on_mls(from, &message, path),
+            Envelope::Rejoin { group, key_package } => {
+                let id = conversation_id(&group).ok_or("bad group id")?;
+                let kp = self.validate_key_package(&key_package, &key)?;
+                let c = self.conversations.get_mut(&id).ok_or("rejoin for an unknown conversation")?;
+                if !c.ready || !member_ids(&c.group).contains(&from) {
+                    return Err("rejoin from a member not in the group".into());
+                }
+                c.ops.push_back(Op::Remove(from));
+                c.ops.push_back(Op::Add(from, Box::new(kp)));
+                self.drive(id);
+                Ok(())
+            }
+        }
+    }
+
+    fn answer_key_package(&mut self, from: MemberId, request: [u8; 16]) -> Result<(), String> {
+        let kp = self.fresh_key_package().map_err(|e| e.to_string())?;
+        self.outputs
+            .push_back(Output::Relay { to: from, body: Envelope::KeyPackage { request, key_package: kp }.encode() });
+        Ok(())
+    }
+
+    fn fresh_key_package(&self) -> Result<Vec<u8>, ClientError> {
+        let bundle = KeyPackage::builder()
+            .build(CIPHERSUITE, &self.provider, &self.signer, self.signer.credential())
+            .map_err(mls_err)?;
+        bundle.key_package().tls_serialize_detached().map_err(mls_err)
+    }
+
+    fn validate_key_package(&self, bytes: &[u8], key: &PublicKey) -> Result<KeyPackage, String> {
+        let kp = KeyPackageIn::tls_deserialize_exact(bytes)
+            .map_err(|e| format!("malformed KeyPackage: {e}"))?
+            .validate(self.provider.crypto(), ProtocolVersion::Mls10)
+            .map_err(|e| format!("invalid KeyPackage: {e:?}"))?;
+        if kp.ciphersuite() != CIPHERSUITE {
+            return Err("KeyPackage of another ciphersuite".into());
+        }
+        let leaf = kp.leaf_node();
+        mls::credential_member(leaf.credential(), leaf.signature_key().as_slice(), key)
+            .ok_or("KeyPackage credential does not match the directory's key")?;
+        Ok(kp)
+    }
+
+    fn on_key_package(&mut self, from: MemberId, purpose: Purpose, kp: KeyPackage) -> Result<(), String> {
+        let id = match purpose {
+            Purpose::Direct => {
+                if self.direct_conversation(from).is_some() {
+                    return Ok(());
+                }
+                self.new_group(ConversationKind::Direct).map_err(|e| e.to_string())?
+            }
+            Purpose::AddTo(id) => id,
+        };
+        let c = self.conversations.get_mut(&id).ok_or("conversation closed meanwhile")?;
+        c.ops.push_back(Op::Add(from, Box::new(kp)));
+        self.drive(id);
+        Ok(())
+    }
+
+    fn on_welcome(&mut self, from: MemberId, welcome: &[u8]) -> Result<(), String> {
+        let message = MlsMessageIn::tls_deserialize_exact(welcome).map_err(|e| format!("malformed Welcome: {e}"))?;
+        let MlsMessageBodyIn::Welcome(welcome) = message.extract() else { return Err("not a Welcome".into()) };
+        let join = StagedWelcome::build_from_welcome(&self.provider, &mls::join_config(), welcome)
+            .map_err(|e| format!("Welcome refused: {e:?}"))?;
+        let id = conversation_id(join.processed_welcome().unverified_group_info().group_id().as_slice())
+            .ok_or("bad group id")?;
+        // Rejoining after missed commits replaces the stale state; any other Welcome for a group we are in is
+        // refused.
+        let rejoining = match self.conversations.get(&id) {
+            Some(c) if c.rejoin_asked.is_some() => true,
+            Some(_) => return Err("Welcome for a conversation we are in".into()),
+            None => false,
+        };
+        let join = if rejoining { join.replace_old_group() } else { join };
+        let staged = join.build().map_err(|e| format!("Welcome refused: {e:?}"))?;
+        let sender = staged.welcome_sender().map_err(|e| format!("{e:?}"))?;
+        let key = self.visible_key(from).map_err(|e| e.to_string())?;
+        if mls::credential_member(sender.credential(), sender.signature_key().as_slice(), &key).is_none() {
+            return Err("Welcome signed by someone other than its sender".into());
+        }
+        for m in staged.members() {
+            self.check_member(&m.credential, &m.signature_key)?;
+        }
+        let group = staged.into_group(&self.provider).map_err(|e| format!("joining: {e:?}"))?;
+        let mut conversation = Conversation::new(group, None);
+        if let Some(old) = self.conversations.remove(&id) {
+            // Same conversation, new membership: what was said before stays in the history.
+            conversation.kind = old.kind;
+            conversation.timer_secs = old.timer_secs;
+            conversation.history = old.history;
+            conversation.ready = old.ready;
+            let members: Vec<_> = member_ids(&conversation.group).into_iter().filter(|m| *m != self.me).collect();
+            self.events.push_back(Event::MembersChanged { conversation: id, members });
+        }
+        self.conversations.insert(id, conversation);
+        Ok(())
+    }
+
+    /// A credential in a group we are asked to trust: ourselves, or a member of our directory with its key.
+    fn check_member(&self, credential: &openmls::prelude::Credential, signature_key: &[u8]) -> Result<(), String> {
+        let claimed = mls::claimed_member(credential).ok_or("credential that is not a member id")?;
+        if claimed == *self.me.as_bytes() && signature_key == self.signer.public_key().as_bytes() {
+            return Ok(());
+        }
+        let entry = self
+            .directory
+            .values()
+            .find(|e| *e.member.as_bytes() == claimed)
+            .ok_or("group member not in our directory")?;
+        mls::credential_member(credential, signature_key, &entry.public_key)
+            .map(|_| ())
+            .ok_or_else(|| "group member's key differs from the directory's".into())
+    }
+
+    fn on_mls(&mut self, from: MemberId, bytes: &[u8], path: Path) -> Result<(), String> {
+        let message = MlsMessageIn::tls_deserialize_exact(bytes).map_err(|e| format!("malformed MLS message: {e}"))?;
+        let protocol =
+            message.try_into_protocol_message().map_err(|e| format!("not an MLS protocol message: {e:?}"))?;
+        let id = conversation_id(protocol.group_id().as_slice()).ok_or("bad group id")?;
+        let epoch = protocol.epoch().as_u64();
+        let me = self.me;
+        let c = self.conversations.get_mut(&id).ok_or("message for an unknown conversation")?;
+        let current = c.group.epoch().as_u64();
+        if epoch > current {
+            // We missed commits while away: ask the sender to add us again (once per epoch).
+            if c.rejoin_asked.is_some_and(|e| e >= current) {
+                return Err("message of a later epoch; rejoin already asked".into());
+            }
+            c.rejoin_asked = Some(current);
+            let kp = self.fresh_key_package().map_err(|e| e.to_string())?;
+            self.outputs.push_back(Output::Relay {
+                to: from,
+                body: Envelope::Rejoin { group: id.0.to_vec(), key_package: kp }.encode(),
+            });
+            self.events.push_back(Event::RejoinRequested { conversation: id, asked: from });
+            return Ok(());
+        }
+        if c.pending.is_some() && protocol.content_type() == openmls::prelude::ContentType::Commit && epoch == current {
+            // The server relays only the commit it ordered first: ours lost. Retry after this one.
+            if let Some(p) = c.pending.take() {
+                c.welcome = None;
+                let _ = c.group.clear_pending_commit(self.provider.storage());
+                c.ops.push_front(p.op);
+            }
+        }
+        let processed = c.group.process_message(&self.provider, protocol).map_err(|e| format!("MLS refused: {e:?}"))?;
+        let claimed = mls::claimed_member(processed.credential()).ok_or("sender credential is not a member id")?;
+        if claimed != *from.as_bytes() {
+            return Err("MLS sender differs from the transport's sender".into());
+        }
+        match processed.into_content() {
+            ProcessedMessageContent::ApplicationMessage(app) => {
+                let app = AppMessage::decode(&app.into_bytes()).map_err(|e| e.to_string())?;
+                self.on_app(id, from, app, path);
+                Ok(())
+            }
+            ProcessedMessageContent::StagedCommitMessage(staged) => {
+                for add in staged.add_proposals() {
+                    let leaf = add.add_proposal().key_package().leaf_node();
+                    if let Err(e) = self.check_member(leaf.credential(), leaf.signature_key().as_slice()) {
+                        self.destroy(id, CloseReason::UntrustedMember);
+                        return Err(format!("commit adds an untrusted key ({e}); conversation closed"));
+                    }
+                }
+                let removed = staged.self_removed();
+                let Some(c) = self.conversations.get_mut(&id) else { return Ok(()) };
+                c.group.merge_staged_commit(&self.provider, *staged).map_err(|e| format!("merge: {e:?}"))?;
+                if removed {
+                    self.destroy(id, CloseReason::Removed);
+                    return Ok(());
+                }
+                c.rejoin_asked = None;
+                c.retry_at_ms = None;
+                let members: Vec<_> = member_ids(&c.group).into_iter().filter(|m| *m != me).collect();
+                self.events.push_back(Event::MembersChanged { conversation: id, members });
+                self.drive(id);
+                Ok(())
+            }
+            _ => Err("standalone proposals are not used".into()),
+        }
+    }
+
+    fn on_app(&mut self, id: ConversationId, from: MemberId, app: AppMessage, path: Path) {
+        let now = self.now_ms;
+        let me = self.me;
+        let Some(c) = self.conversations.get_mut(&id) else { return };
+        fn own(c: &mut Conversation, mid: MessageId, from: MemberId) -> Option<&mut ChatMessage> {
+            c.history.iter_mut().find(|m| m.id == mid && m.from == from)
+        }
+        match app {
+            AppMessage::Meta { conversation, timer_secs } => {
+                if c.kind.is_some() {
+                    return;
+                }
+                if conversation == ConversationKind::Direct && c.group.members().count() != 2 {
+                    self.events.push_back(Event::Refused { from, reason: "1:1 conversation with more members".into() });
+                    return;
+                }
+                c.kind = Some(conversation.clone());
+                c.timer_secs = timer_secs;
+                c.ready = true;
+                let members: Vec<_> = member_ids(&c.group).into_iter().filter(|m| *m != me).collect();
+                self.events.push_back(Event::ConversationReady {
+                    conversation: id,
+                    kind: conversation.clone(),
+                    members,
+                });
+                if conversation == ConversationKind::Direct {
+                    self.settle_direct(id, from);
+                }
+            }
+            AppMessage::Text { id: mid, text, sent_at_ms, expires_in_secs } => {
+                if c.history.iter().any(|m| m.id == mid) {
+                    return;
+                }
+                let timer = expires_in_secs.or(c.timer_secs);
+                c.history.push(ChatMessage {
+                    id: mid,
+                    from,
+                    text: text.clone(),
+                    sent_at_ms,
+                    edited: false,
+                    deleted: false,
+                    expires_at_ms: timer.map(|t| now + u64::from(t) * 1000),
+                    receipts: BTreeMap::new(),
+                });
+                self.events.push_back(Event::Message { conversation: id, from, id: mid, text, path });
+                // Delivery receipt, best effort.
+                let _ = self.send_app(id, &AppMessage::Receipt { ids: vec![mid], kind: ReceiptKind::Delivered });
+            }
+            AppMessage::Edit { id: mid, text } => {
+                if let Some(m) = own(c, mid, from).filter(|m| !m.deleted) {
+                    m.text.clone_from(&text);
+                    m.edited = true;
+                    self.events.push_back(Event::Edited { conversation: id, id: mid, text });
+                }
+            }
+            AppMessage::Delete { id: mid } => {
+                if let Some(m) = own(c, mid, from) {
+                    m.text.clear();
+                    m.deleted = true;
+                    self.events.push_back(Event::Deleted { conversation: id, id: mid });
+                }
+            }
+            AppMessage::Receipt { ids, kind } => {
+                for m in c.history.iter_mut().filter(|m| m.from == me && ids.contains(&m.id)) {
+                    let slot = m.receipts.entry(from).or_insert(kind);
+                    if kind == ReceiptKind::Read {
+                        *slot = kind;
+                    }
+                }
+                self.events.push_back(Event::Receipt { conversation: id, from, ids, kind });
+            }
+            AppMessage::Typing { typing } => self.events.push_back(Event::Typing { conversation: id, from, typing }),
+            AppMessage::Timer { timer_secs } => {
+                c.timer_secs = timer_secs;
+                self.events.push_back(Event::TimerChanged { conversation: id, timer_secs });
+            }
+            AppMessage::Leave => {
+                self.events.push_back(Event::Left { conversation: id, member: from });
+                c.ops.push_back(Op::Remove(from));
+                self.drive(id);
+            }
+            AppMessage::Call(signal) => self.on_call(id, from, signal),
+            AppMessage::File(control) => self.on_file(id, from, control),
+        }
+    }
+
+    fn on_call(&mut self, conversation: ConversationId, from: MemberId, signal: CallSignal) {
+        if self.direct_conversation(from) != Some(conversation) {
+            self.events.push_back(Event::Refused { from, reason: "call set-up outside its 1:1 conversation".into() });
+            return;
+        }
+        let refuse = |reason: &str| Event::Refused { from, reason: reason.to_owned() };
+        match &signal {
+            CallSignal::Offer { call, sdp, fingerprint } => {
+                if !sdp_has_only_fingerprint(sdp, fingerprint) {
+                    self.events.push_back(refuse("SDP fingerprint differs from the signed one"));
+                    return;
+                }
+                // Both offered at once: the offer of the lower member id wins.
+                if matches!(self.calls.get(&from), Some(CallState::Offering { .. })) && self.me < from {
+                    return;
+                }
+                self.calls.insert(from, CallState::Answering { call: *call, remote: fingerprint.clone() });
+            }
+            CallSignal::Answer { call, sdp, fingerprint } => {
+                if self.calls.get(&from) != Some(&CallState::Offering { call: *call }) {
+                    self.events.push_back(refuse("answer to no offer of ours"));
+                    return;
+                }
+                if !sdp_has_only_fingerprint(sdp, fingerprint) {
+                    self.events.push_back(refuse("SDP fingerprint differs from the signed one"));
+                    return;
+                }
+                self.calls.insert(from, CallState::Agreed { call: *call, remote: fingerprint.clone() });
+            }
+            CallSignal::Candidate { call, .. } | CallSignal::Hangup { call } => {
+                let current = match self.calls.get(&from) {
+                    Some(
+                        CallState::Offering { call }
+                        | CallState::Answering { call, .. }
+                        | CallState::Agreed { call, .. },
+                    ) => Some(*call),
+                    None => None,
+                };
+                if current != Some(*call) {
+                    self.events.push_back(refuse("signal for another call"));
+                    return;
+                }
+                if matches!(signal, CallSignal::Hangup { .. }) {
+                    self.calls.remove(&from);
+                    self.channels.remove(&from);
+                }
+            }
+        }
+        self.events.push_back(Event::Call { conversation, from, signal });
+    }
+
+    /// Two 1:1 conversations with the same contact (both started at once): keep the lower id on both sides.
+    fn settle_direct(&mut self, id: ConversationId, peer: MemberId) {
+        let twins: Vec<_> = self
+            .conversations
+            .iter()
+            .filter(|(other, c)| **other != id && c.kind == Some(ConversationKind::Direct) && self.others(c) == [peer])
+            .map(|(other, _)| *other)
+            .collect();
+        for other in twins {
+            let loser = id.max(other);
+            self.destroy(loser, CloseReason::Superseded);
+        }
+    }
+
+    fn new_group(&mut self, kind: ConversationKind) -> Result<ConversationId, ClientError> {
+        let id = ConversationId(random16()?);
+        let group = MlsGroup::new_with_group_id(
+            &self.provider,
+            &self.signer,
+            &mls::create_config(),
+            GroupId::from_slice(&id.0),
+            self.signer.credential(),
+        )
+        .map_err(mls_err)?;
+        self.conversations.insert(id, Conversation::new(group, Some(kind)));
+        Ok(id)
+    }
+
+    fn request_key_package(&mut self, member: MemberId, purpose: Purpose) -> Result<(), ClientError> {
+        if self.requests.len() >= MAX_PENDING_REQUESTS {
+            return Err(ClientError::NotAllowed("too many unanswered KeyPackage requests; wait for answers"));
+        }
+        let request = random16()?;
+        self.requests.insert(request, (member, purpose));
+        self.outputs.push_back(Output::Relay { to: member, body: Envelope::KeyPackageRequest { request }.encode() });
+        Ok(())
+    }
+
+    /// Starts the next queued group change if none is waiting for the server.
+    fn drive(&mut self, id: ConversationId) {
+        let me = self.me;
+        let Some(c) = self.conversations.get_mut(&id) else { return };
+        if c.pending.is_some() || c.retry_at_ms.is_some() {
+            return;
+        }
+        while let Some(op) = c.ops.pop_front() {
+            let members = member_ids(&c.group);
+            let result = match &op {
+                Op::Add(m, _) if members.contains(m) => continue,
+                Op::Remove(m) if !members.contains(m) || *m == me => continue,
+                Op::Add(_, kp) => c
+                    .group
+                    .add_members(&self.provider, &self.signer, std::slice::from_ref(kp))
+                    .map(|(commit, welcome, _)| (commit, Some(welcome)))
+                    .map_err(mls_err),
+                Op::Remove(m) => match leaf_of(&c.group, *m) {
+                    Some(leaf) => c
+                        .group
+                        .remove_members(&self.provider, &self.signer, &[leaf])
+                        .map(|(commit, welcome, _)| (commit, welcome))
+                        .map_err(mls_err),
+                    None => continue,
+                },
+            };
+            let (commit, welcome) = match result {
+                Ok(r) => r,
+                Err(e) => {
+                    self.events.push_back(Event::Refused { from: me, reason: format!("group change failed: {e}") });
+                    continue;
+                }
+            };
+            let (Ok(commit), welcome) = (commit.tls_serialize_detached(), welcome.map(|w| w.tls_serialize_detached()))
+            else {
+                let _ = c.group.clear_pending_commit(self.provider.storage());
+                continue;
+            };
+            let token = self.next_token;
+            self.next_token += 1;
+            let to: Vec<_> = members.into_iter().filter(|m| *m != me).collect();
+            self.outputs.push_back(Output::Commit {
+                token,
+                group: id.0.to_vec(),
+                epoch: c.group.epoch().as_u64(),
+                to,
+                body: Envelope::Mls { message: commit }.encode(),
+            });
+            if let (Op::Add(m, _), Some(Ok(welcome))) = (&op, welcome) {
+                // Held until the server accepts the commit.
+                c.pending = Some(PendingCommit { token, op: op.clone() });
+                c.welcome = Some((*m, welcome));
+            } else {
+                c.pending = Some(PendingCommit { token, op });
+            }
+            return;
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn take_pending(&mut self, token: u64) -> Option<(ConversationId, Op, Option<(MemberId, Vec<u8>)>)> {
+        let (id, c) =
+            self.conversations.iter_mut().find(|(_, c)| c.pending.as_ref().is_some_and(|p| p.token == token))?;
+        let op = c.pending.take()?.op;
+        Some((*id, op, c.welcome.take()))
+    }
+
+    fn send_app(&mut self, id: ConversationId, message: &AppMessage) -> Result<(), ClientError> {
+        let me = self.me;
+        let c = self.conversations.get_mut(&id).ok_or(ClientError::NoConversation(id))?;
+        if !c.ready && !matches!(message, AppMessage::Meta { .. }) {
+            return Err(ClientError::NotReady(id));
+        }
+        let out = c.group.create_message(&self.provider, &self.signer, &message.encode()).map_err(mls_err)?;
+        let body = Envelope::Mls { message: out.tls_serialize_detached().map_err(mls_err)? }.encode();
+        for m in member_ids(&c.group).into_iter().filter(|m| *m != me) {
+            if self.channels.contains(&m) && body.len() <= MAX_CHANNEL_MESSAGE {
+                self.outputs.push_back(Output::Channel { to: m, bytes: body.clone() });
+            } else if body.len() <= MAX_RELAY_BODY {
+                self.outputs.push_back(Output::Relay { to: m, body: body.clone() });
+            } else {
+                return Err(ClientError::TooLarge(body.len()));
+            }
+        }
+        Ok(())
+    }
+
+    fn destroy(&mut self, id: ConversationId, reason: CloseReason) {
+        if let Some(mut c) = self.conversations.remove(&id) {
+            if c.kind == Some(ConversationKind::Direct) {
+                for peer in self.others(&c) {
+                    self.calls.remove(&peer);
+                    self.channels.remove(&peer);
+                }
+            }
+            // Its file keys go with it.
+            self.offers_in.retain(|_, t| t.1 != id);
+            self.files_in.retain(|_, t| t.1 != id);
+            self.files_out.retain(|_, t| t.1 != id);
+            let _ = c.group.delete(self.provider.storage());
+            self.events.push_back(Event::ConversationClosed { conversation: id, reason });
+        }
+        self.requests.retain(|_, (_, p)| !matches!(p, Purpose::AddTo(c) if *c == id));
+    }
+
+    fn own_message(&self, conversation: ConversationId, id: MessageId) -> Result<(), ClientError> {
+        let c = self.conversation(conversation)?;
+        if c.history.iter().any(|m| m.id == id && m.from == self.me && !m.deleted) {
+            Ok(())
+        } else {
+            Err(ClientError::NotAllowed("only your own messages can be edited or deleted"))
+        }
+    }
+
+    fn visible_key(&self, member: MemberId) -> Result<PublicKey, ClientError> {
+        self.directory.get(&member).map(|e| e.public_key).ok_or(ClientError::NotVisible(member))
+    }
+
+    fn conversation(&self, id: ConversationId) -> Result<&Conversation, ClientError> {
+        self.conversations.get(&id).ok_or(ClientError::NoConversation(id))
+    }
+
+    fn conversation_mut(&mut self, id: ConversationId) -> Result<&mut Conversation, ClientError> {
+        self.conversations.get_mut(&id).ok_or(ClientError::NoConversation(id))
+    }
+
+    fn others(&self, c: &Conversation) -> Vec<MemberId> {
+        member_ids(&c.group).into_iter().filter(|m| *m != self.me).collect()
+    }
+
+    /// Every MLS secret and group state, serialised, for the encrypted key store (never store it as is).
+    pub fn mls_snapshot(&self) -> Zeroizing<Vec<u8>> {
+        Zeroizing::new(self.provider.snapshot())
+    }
+}
+
+impl Conversation {
+    fn new(group: MlsGroup, kind: Option<ConversationKind>) -> Self {
+        Self {
+            group,
+            kind,
+            timer_secs: None,
+            history: Vec::new(),
+            ops: VecDeque::new(),
+            pending: None,
+            welcome: None,
+            retry_at_ms: None,
+            rejoin_asked: None,
+            ready: false,
+        }
+    }
+}
+
+fn conversation_id(bytes: &[u8]) -> Option<ConversationId> {
+    bytes.try_into().ok().map(ConversationId)
+}
+
+fn member_ids(group: &MlsGroup) -> Vec<MemberId> {
+    group.members().filter_map(|m| mls::claimed_member(&m.credential)).map(MemberId::from_bytes).collect()
+}
+
+fn leaf_of(group: &MlsGroup, member: MemberId) -> Option<LeafNodeIndex> {
+    group.members().find(|m| mls::claimed_member(&m.credential) == Some(*member.as_bytes())).map(|m| m.index)
+}

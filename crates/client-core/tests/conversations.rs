@@ -1,0 +1,412 @@
+//! MLS conversations between simulated members: 1:1 and group chats, commit ordering, membership changes,
+//! tampering, replays, forward secrecy, rejoin, need-to-know, call set-up authentication and files.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use peerbubble_client_core::files::{FileHasher, TransferConfig};
+use peerbubble_client_core::message::{CallSignal, ConversationKind, ReceiptKind};
+use peerbubble_client_core::mls::Provider;
+use peerbubble_client_core::wire::Envelope;
+use peerbubble_client_core::{Client, CloseReason, Event, Path};
+use support::Net;
+
+#[test]
+fn direct_conversation_both_ways_with_edits_receipts_typing_and_timers() {
+    let mut net = Net::new(2);
+    let c = net.direct(0, 1);
+    assert!(net.events[1].iter().any(|e| matches!(e, Event::ConversationReady { kind: ConversationKind::Direct, .. })));
+    let id = net.clients[0].send_text(c, "hello bob").unwrap();
+    net.clients[1].send_text(c, "hello alice").unwrap();
+    net.run();
+    assert_eq!(net.texts(1), ["hello bob"]);
+    assert_eq!(net.texts(0), ["hello alice"]);
+    // Delivery receipt came back automatically.
+    let history = net.clients[0].history(c).unwrap();
+    let mine = history.iter().find(|m| m.id == id).unwrap();
+    assert_eq!(mine.receipts.get(&net.ids[1]), Some(&ReceiptKind::Delivered));
+
+    net.clients[0].edit(c, id, "hello Bob").unwrap();
+    net.clients[1].mark_read(c, vec![id]).unwrap();
+    net.clients[1].typing(c, true).unwrap();
+    net.run();
+    assert!(net.events[1].iter().any(|e| matches!(e, Event::Edited { text, .. } if text == "hello Bob")));
+    assert!(net.events[0].iter().any(|e| matches!(e, Event::Typing { typing: true, .. })));
+    let history = net.clients[0].history(c).unwrap();
+    assert_eq!(history.iter().find(|m| m.id == id).unwrap().receipts.get(&net.ids[1]), Some(&ReceiptKind::Read));
+    assert_eq!(net.clients[1].history(c).unwrap().iter().find(|m| m.id == id).unwrap().text, "hello Bob");
+    // Only the author may edit or delete.
+    assert!(net.clients[1].edit(c, id, "forged").is_err());
+
+    net.clients[0].delete(c, id).unwrap();
+    net.run();
+    assert!(net.clients[1].history(c).unwrap().iter().find(|m| m.id == id).unwrap().deleted);
+
+    // Disappearing messages.
+    net.clients[1].set_timer(c, Some(60)).unwrap();
+    net.run();
+    assert!(net.events[0].iter().any(|e| matches!(e, Event::TimerChanged { timer_secs: Some(60), .. })));
+    let gone = net.clients[0].send_text(c, "burn after reading").unwrap();
+    net.run();
+    assert!(net.clients[1].history(c).unwrap().iter().any(|m| m.id == gone));
+    net.advance(59_000);
+    assert!(net.clients[1].history(c).unwrap().iter().any(|m| m.id == gone));
+    net.advance(2_000);
+    assert!(!net.clients[1].history(c).unwrap().iter().any(|m| m.id == gone));
+    assert!(!net.clients[0].history(c).unwrap().iter().any(|m| m.id == gone));
+    assert!(net.events[1].iter().any(|e| matches!(e, Event::Expired { id, .. } if *id == gone)));
+}
+
+#[test]
+fn both_starting_at_once_converge_on_one_conversation() {
+    let mut net = Net::new(2);
+    let (a, b) = (net.ids[0], net.ids[1]);
+    net.clients[0].start_direct(b).unwrap();
+    net.clients[1].start_direct(a).unwrap();
+    net.run();
+    let c0 = net.clients[0].direct_conversation(b).unwrap();
+    assert_eq!(net.clients[1].direct_conversation(a), Some(c0));
+    assert_eq!(net.clients[0].conversations().len(), 1);
+    assert_eq!(net.clients[1].conversations().len(), 1);
+    net.clients[1].send_text(c0, "one conversation").unwrap();
+    net.run();
+    assert_eq!(net.texts(0), ["one conversation"]);
+}
+
+#[test]
+fn group_of_five_added_member_sees_only_later_messages_removed_member_reads_nothing_more() {
+    let mut net = Net::new(5);
+    let members: Vec<_> = (1..4).map(|i| net.id(i)).collect();
+    let g = net.clients[0].create_group("crisis cell", &members).unwrap();
+    net.run();
+    for i in 1..4 {
+        assert_eq!(net.clients[i].members(g).unwrap().len(), 3, "member {i} sees the others");
+        assert!(net.events[i].iter().any(|e| matches!(e, Event::ConversationReady { kind: ConversationKind::Group { name }, .. } if name == "crisis cell")));
+    }
+    net.clients[2].send_text(g, "before dave").unwrap();
+    net.run();
+    for i in [0, 1, 3] {
+        assert_eq!(net.texts(i), ["before dave"]);
+    }
+    // Member 4 joins: sees only what is said afterwards.
+    net.clients[1].add_member(g, net.ids[4]).unwrap();
+    net.run();
+    assert_eq!(net.clients[4].members(g).unwrap().len(), 4);
+    net.clients[3].send_text(g, "after dave").unwrap();
+    net.run();
+    assert_eq!(net.texts(4), ["after dave"]);
+    // Member 2 is removed: it learns so, destroys its state, and cannot read what follows.
+    net.clients[0].remove_member(g, net.ids[2]).unwrap();
+    net.run();
+    assert!(net.events[2].iter().any(|e| matches!(e, Event::ConversationClosed { reason: CloseReason::Removed, .. })));
+    assert!(net.clients[2].history(g).is_err());
+    let before = net.relay_log.len();
+    net.clients[4].send_text(g, "without carol").unwrap();
+    net.run();
+    for i in [0, 1, 3] {
+        assert!(net.texts(i).contains(&"without carol".to_owned()), "member {i}");
+    }
+    assert!(!net.texts(2).contains(&"without carol".to_owned()));
+    // Even given the ciphertext, the removed member's (fresh) state cannot open it: nothing was sent to it,
+    // and a client for its key with no group state refuses it.
+    let sent_after: Vec<_> = net.relay_log[before..].to_vec();
+    let mut carol = Client::new(&net.keys[2]);
+    carol.set_directory((0..5).filter(|j| *j != 2).map(|j| net.entry(j)));
+    for body in sent_after {
+        carol.handle_envelope(net.ids[4], &body, Path::Relay, net.now);
+    }
+    while let Some(e) = carol.poll_event() {
+        assert!(!matches!(e, Event::Message { .. }), "a removed member read a later message");
+    }
+    let epochs: Vec<_> = [0, 1, 3, 4].iter().map(|i| net.clients[*i].epoch(g).unwrap()).collect();
+    assert!(epochs.windows(2).all(|w| w[0] == w[1]), "all at one epoch: {epochs:?}");
+}
+
+#[test]
+fn concurrent_commits_are_ordered_loser_retries() {
+    let mut net = Net::new(5);
+    let g = net.clients[0].create_group("g", &[net.ids[1]]).unwrap();
+    net.run();
+    // Two members add two others at the same time: the relay takes the first commit for the epoch.
+    net.clients[0].add_member(g, net.ids[2]).unwrap();
+    net.clients[1].add_member(g, net.ids[3]).unwrap();
+    net.run();
+    net.advance(3_000);
+    assert!(net.conflicts >= 1, "the race happened");
+    for i in 0..4 {
+        let mut m = net.clients[i].members(g).unwrap();
+        m.sort();
+        assert_eq!(m.len(), 3, "member {i} has everyone");
+    }
+    let epochs: Vec<_> = (0..4).map(|i| net.clients[i].epoch(g).unwrap()).collect();
+    assert!(epochs.windows(2).all(|w| w[0] == w[1]), "{epochs:?}");
+    net.clients[3].send_text(g, "all here").unwrap();
+    net.run();
+    for i in 0..3 {
+        assert_eq!(net.texts(i), ["all here"], "member {i}");
+    }
+}
+
+#[test]
+fn tampered_replayed_and_misattributed_messages_are_refused_and_the_group_goes_on() {
+    let mut net = Net::new(3);
+    let c = net.direct(0, 1);
+    net.take_events(1);
+    net.clients[0].send_text(c, "first").unwrap();
+    net.collect();
+    let original = net.flights.pop_front().unwrap();
+    // Tampered: one bit flipped anywhere in the ciphertext.
+    for pos in [10, original.bytes.len() / 2, original.bytes.len() - 1] {
+        let mut bad = original.bytes.clone();
+        bad[pos] ^= 0x01;
+        net.clients[1].handle_envelope(net.ids[0], &bad, Path::Relay, net.now);
+    }
+    net.drain_events();
+    assert_eq!(net.refusals(1).len(), 3, "{:?}", net.refusals(1));
+    assert!(net.texts(1).is_empty());
+    // The genuine message still opens: nothing was corrupted.
+    net.clients[1].handle_envelope(net.ids[0], &original.bytes, Path::Relay, net.now);
+    net.drain_events();
+    assert_eq!(net.texts(1), ["first"]);
+    // Replayed: refused.
+    net.clients[1].handle_envelope(net.ids[0], &original.bytes, Path::Relay, net.now);
+    net.drain_events();
+    assert_eq!(net.texts(1), ["first"]);
+    assert_eq!(net.refusals(1).len(), 4);
+    // Attributed by the transport to someone else (a relay swapping senders): refused.
+    net.run();
+    net.clients[0].send_text(c, "second").unwrap();
+    net.collect();
+    let second = net.flights.iter().find(|f| f.to == 1).unwrap().clone();
+    net.flights.clear();
+    net.clients[1].handle_envelope(net.ids[2], &second.bytes, Path::Relay, net.now);
+    net.drain_events();
+    assert!(net.refusals(1).iter().any(|r| r.contains("not in") || r.contains("differs")), "{:?}", net.refusals(1));
+    // Reordered far beyond the window: the old message is refused, later ones read.
+    let mut held = Vec::new();
+    for n in 0..12 {
+        net.clients[0].send_text(c, &format!("m{n}")).unwrap();
+        net.collect();
+        held.extend(net.flights.drain(..).filter(|f| f.to == 1));
+    }
+    for f in held.iter().skip(1) {
+        net.clients[1].handle_envelope(net.ids[0], &f.bytes, Path::Relay, net.now);
+    }
+    net.clients[1].handle_envelope(net.ids[0], &held[0].bytes, Path::Relay, net.now);
+    net.drain_events();
+    let texts = net.texts(1);
+    assert!(!texts.contains(&"m0".to_owned()), "a message 11 generations late was read");
+    assert!(texts.contains(&"m11".to_owned()));
+    net.run();
+    net.clients[1].send_text(c, "still fine").unwrap();
+    net.run();
+    assert!(net.texts(0).contains(&"still fine".to_owned()));
+}
+
+#[test]
+fn forward_secrecy_a_read_message_key_is_gone_from_the_stored_state() {
+    let mut net = Net::new(2);
+    let c = net.direct(0, 1);
+    net.clients[0].send_text(c, "secret").unwrap();
+    net.collect();
+    let flight = net.flights.pop_front().unwrap();
+    let before = net.clients[1].mls_snapshot();
+    net.clients[1].handle_envelope(net.ids[0], &flight.bytes, Path::Relay, net.now);
+    let after = net.clients[1].mls_snapshot();
+    // Replaying the ciphertext against each stored state: the state from before reading still holds the key
+    // (the control: this test can fail), the state from after reading does not.
+    let open_with = |state: &[u8]| -> bool {
+        let provider = Provider::restore(state).unwrap();
+        let mut group = openmls::prelude::MlsGroup::load(
+            openmls_traits::OpenMlsProvider::storage(&provider),
+            &openmls::prelude::GroupId::from_slice(&c.0),
+        )
+        .unwrap()
+        .unwrap();
+        let Envelope::Mls { message } = Envelope::decode(&flight.bytes).unwrap() else { panic!() };
+        use openmls::prelude::tls_codec::Deserialize as _;
+        let message = openmls::prelude::MlsMessageIn::tls_deserialize_exact(message).unwrap();
+        group.process_message(&provider, message.try_into_protocol_message().unwrap()).is_ok()
+    };
+    assert!(open_with(&before), "the key was there before reading");
+    assert!(!open_with(&after), "the key survived reading");
+}
+
+#[test]
+fn a_member_that_missed_commits_asks_to_rejoin_and_reads_again() {
+    let mut net = Net::new(4);
+    let g = net.clients[0].create_group("g", &[net.ids[1], net.ids[2]]).unwrap();
+    net.run();
+    net.online[2] = false;
+    net.clients[0].add_member(g, net.ids[3]).unwrap();
+    net.run();
+    net.online[2] = true;
+    net.clients[0].send_text(g, "you missed a commit").unwrap();
+    net.run();
+    assert!(net.events[2].iter().any(|e| matches!(e, Event::RejoinRequested { .. })));
+    net.advance(3_000);
+    assert_eq!(net.clients[2].members(g).unwrap().len(), 3);
+    net.clients[1].send_text(g, "welcome back").unwrap();
+    net.run();
+    assert!(net.texts(2).contains(&"welcome back".to_owned()));
+    assert!(net.texts(3).contains(&"welcome back".to_owned()));
+}
+
+#[test]
+fn need_to_know_and_keys_come_from_the_directory() {
+    let mut net = Net::new(3);
+    // Member 2 is not visible to member 0: no conversation can be started, envelopes from it are refused.
+    net.set_visible(0, &[1]);
+    assert!(net.clients[0].start_direct(net.ids[2]).is_err());
+    net.clients[2].start_direct(net.ids[0]).unwrap();
+    net.run();
+    assert!(net.refusals(0).iter().any(|r| r.contains("not in your directory")));
+    assert!(net.clients[0].conversations().is_empty());
+    // A group containing a member we cannot see is refused at the Welcome.
+    let g = net.clients[1].create_group("g", &[net.ids[2]]).unwrap();
+    net.run();
+    net.clients[1].add_member(g, net.ids[0]).unwrap();
+    net.run();
+    assert!(net.refusals(0).iter().any(|r| r.contains("not in our directory")), "{:?}", net.refusals(0));
+    assert!(net.clients[0].history(g).is_err());
+    // A directory key that differs from the key the member actually uses: its KeyPackage is refused.
+    let mut net = Net::new(3);
+    let mut forged = net.entry(1);
+    forged.public_key = net.keys[2].public_key();
+    forged.member = forged.public_key.member_id();
+    let other = net.entry(2);
+    net.clients[0].set_directory([forged, other]);
+    let _ = net.clients[0].start_direct(net.ids[2]);
+    net.run();
+    assert!(net.clients[0].direct_conversation(net.ids[2]).is_some());
+    assert!(net.clients[0].direct_conversation(net.ids[1]).is_none());
+}
+
+#[test]
+fn call_set_up_is_inside_mls_and_binds_the_dtls_fingerprint() {
+    let mut net = Net::new(2);
+    let c = net.direct(0, 1);
+    let fp_a = "sha-256 AA:BB:CC";
+    let sdp_a = format!("v=0\r\na=fingerprint:{fp_a}\r\na=candidate:1 1 udp 1 192.0.2.7 5000 typ host\r\n");
+    // The SDP must carry the fingerprint given.
+    assert!(net.clients[0].start_call(net.ids[1], &sdp_a, "sha-256 00:00").is_err());
+    net.clients[0].start_call(net.ids[1], &sdp_a, fp_a).unwrap();
+    net.run();
+    // The relay never saw the SDP, the fingerprint or the candidate address in clear.
+    for body in &net.relay_log {
+        let text = String::from_utf8_lossy(body);
+        assert!(!text.contains("fingerprint") && !text.contains("192.0.2.7") && !text.contains("AA:BB"));
+    }
+    assert!(net.events[1].iter().any(|e| matches!(e, Event::Call { signal: CallSignal::Offer { .. }, .. })));
+    assert_eq!(net.clients[1].expected_fingerprint(net.ids[0]), Some(fp_a));
+    let fp_b = "sha-256 DD:EE:FF";
+    net.clients[1].answer_call(net.ids[0], &format!("v=0\r\na=fingerprint:{fp_b}\r\n"), fp_b).unwrap();
+    net.run();
+    assert_eq!(net.clients[0].expected_fingerprint(net.ids[1]), Some(fp_b));
+    // The DTLS certificate actually presented must be the announced one.
+    assert!(net.clients[0].verify_dtls(net.ids[1], "sha-256 dd:ee:ff"));
+    assert!(!net.clients[1].verify_dtls(net.ids[0], "sha-256 66:66:66"));
+    net.drain_events();
+    assert!(net.refusals(1).iter().any(|r| r.contains("DTLS")));
+    let _ = c;
+}
+
+#[test]
+fn file_transfer_over_the_channel_with_a_drop_and_resume() {
+    let mut net = Net::new(2);
+    net.direct(0, 1);
+    let (a, b) = (net.ids[0], net.ids[1]);
+    for i in 0..2 {
+        net.clients[i].set_file_config(TransferConfig { chunk_size: 4096, ..TransferConfig::default() });
+    }
+    net.clients[0].channel_opened(b);
+    net.clients[1].channel_opened(a);
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let t = net.clients[0].offer_file(b, "report.pdf", data.len() as u64, FileHasher::digest(&data)).unwrap();
+    net.run();
+    assert!(net.events[1].iter().any(|e| matches!(e, Event::FileOffered { .. })));
+    net.clients[1].accept_file(t).unwrap();
+    net.run();
+    let mut received = vec![0u8; data.len()];
+    let mut dropped_once = false;
+    for _ in 0..1000 {
+        let mut sent = 0;
+        while let Some(req) = net.clients[0].next_file_chunk(t) {
+            let s = req.offset as usize;
+            let frame = net.clients[0].seal_file_chunk(t, req.index, &data[s..s + req.len as usize]).unwrap();
+            sent += 1;
+            if !dropped_once && req.index == 20 {
+                // The connection drops: this chunk and the rest of the window are lost.
+                dropped_once = true;
+                net.clients[0].channel_closed(b);
+                net.clients[1].channel_closed(a);
+                while net.clients[0].next_file_chunk(t).is_some() {}
+                break;
+            }
+            net.flights.push_back(support::Flight { from: 0, to: 1, bytes: frame, path: Path::Channel });
+        }
+        net.run();
+        for e in net.take_events(1) {
+            if let Event::FileChunk { offset, plaintext, .. } = &e {
+                let offset = *offset;
+                received[offset as usize..offset as usize + plaintext.len()].copy_from_slice(&plaintext);
+            }
+            if let Event::FileReceived { sha256, .. } = e {
+                assert_eq!(sha256, FileHasher::digest(&data));
+            }
+        }
+        if dropped_once && sent == 0 && !net.events[0].iter().any(|e| matches!(e, Event::FileSent { .. })) {
+            // Reconnect: the receiver tells where to resume.
+            net.clients[0].channel_opened(b);
+            net.clients[1].channel_opened(a);
+            net.run();
+        }
+        if net.events[0].iter().any(|e| matches!(e, Event::FileSent { .. })) {
+            break;
+        }
+    }
+    assert!(net.events[0].iter().any(|e| matches!(e, Event::FileSent { .. })), "the sender got the confirmation");
+    assert_eq!(received, data);
+    // Chunks are refused on the relay path.
+    let frame = vec![0xF1; 40];
+    net.clients[1].handle_envelope(a, &frame, Path::Relay, net.now);
+    net.drain_events();
+    assert!(net.refusals(1).iter().any(|r| r.contains("DataChannel")));
+}
+
+#[test]
+fn removing_a_contact_destroys_its_state_and_keys() {
+    let mut net = Net::new(2);
+    let c = net.direct(0, 1);
+    let gid = openmls::prelude::GroupId::from_slice(&c.0);
+    let snapshot = net.clients[0].mls_snapshot();
+    let provider = Provider::restore(&snapshot).unwrap();
+    assert!(
+        openmls::prelude::MlsGroup::load(openmls_traits::OpenMlsProvider::storage(&provider), &gid).unwrap().is_some()
+    );
+    net.clients[0].remove_contact(net.ids[1]).unwrap();
+    net.drain_events();
+    assert!(net.events[0].iter().any(|e| matches!(e, Event::ConversationClosed { reason: CloseReason::Left, .. })));
+    let provider = Provider::restore(&net.clients[0].mls_snapshot()).unwrap();
+    assert!(
+        openmls::prelude::MlsGroup::load(openmls_traits::OpenMlsProvider::storage(&provider), &gid).unwrap().is_none()
+    );
+    assert!(net.clients[0].send_text(c, "gone").is_err());
+}
+
+#[test]
+fn canary_never_reaches_the_relay_in_clear() {
+    let mut net = Net::new(3);
+    let canary = "CANARY-7f3a9c1e-ddb2";
+    let c = net.direct(0, 1);
+    let g = net.clients[0].create_group(&format!("group {canary}"), &[net.ids[1], net.ids[2]]).unwrap();
+    net.run();
+    net.clients[0].send_text(c, canary).unwrap();
+    net.clients[1].send_text(g, canary).unwrap();
+    net.run();
+    assert!(net.texts(1).contains(&canary.to_owned()));
+    assert!(net.texts(2).contains(&canary.to_owned()));
+    for body in &net.relay_log {
+        assert!(!body.windows(canary.len()).any(|w| w == canary.as_bytes()), "canary in a relayed envelope");
+    }
+}
