@@ -38,7 +38,7 @@ pub fn create_config() -> MlsGroupCreateConfig {
         .use_ratchet_tree_extension(true)
         .wire_format_policy(PURE_CIPHERTEXT_WIRE_FORMAT_POLICY)
         .sender_ratchet_configuration(ratchet_config())
-        .max_past_epochs(0)
+        .max_past_epochs(2)
         .padding_size(64)
         .build()
 }
@@ -49,7 +49,7 @@ pub fn join_config() -> MlsGroupJoinConfig {
         .use_ratchet_tree_extension(true)
         .wire_format_policy(PURE_CIPHERTEXT_WIRE_FORMAT_POLICY)
         .sender_ratchet_configuration(ratchet_config())
-        .max_past_epochs(0)
+        .max_past_epochs(2)
         .padding_size(64)
         .build()
 }
