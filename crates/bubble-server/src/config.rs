@@ -79,6 +79,9 @@ pub struct SignalArgs {
     /// How often the bubble file is checked for changes, in milliseconds.
     #[arg(long, env = "PEERBUBBLE_RELOAD_INTERVAL_MS")]
     pub reload_interval_ms: Option<u64>,
+    /// MLS groups whose commit order is remembered; past it, the least recently committed group is forgotten.
+    #[arg(long, env = "PEERBUBBLE_MAX_GROUPS")]
+    pub max_groups: Option<usize>,
     /// Follow the directory from this admin API (e.g. `http://admin-api:8481`) instead of a bubble file.
     #[arg(long, env = "PEERBUBBLE_ADMIN_API_URL", requires_all = ["bubble", "bubble_credential_file"])]
     pub admin_api_url: Option<String>,
@@ -235,6 +238,7 @@ struct FileConfig {
     send_queue_bytes: Option<usize>,
     max_connections: Option<usize>,
     reload_interval_ms: Option<u64>,
+    max_groups: Option<usize>,
 }
 
 /// The bubble-server's resolved configuration.
@@ -264,6 +268,9 @@ pub struct Config {
     pub max_connections: usize,
     /// Bubble-file check interval (default 500 ms).
     pub reload_interval: Duration,
+    /// MLS groups in the commit ledger (default 100 000, some 16 MB); the least recently committed is
+    /// forgotten past it.
+    pub max_groups: usize,
     /// The embedded TURN relay, when configured.
     pub turn: Option<TurnConfig>,
 }
@@ -283,6 +290,7 @@ impl Default for Config {
             send_queue_bytes: 1 << 20,
             max_connections: 20_000,
             reload_interval: Duration::from_millis(500),
+            max_groups: 100_000,
             turn: None,
         }
     }
@@ -327,6 +335,7 @@ impl Config {
                 .or(file.reload_interval_ms)
                 .map(Duration::from_millis)
                 .unwrap_or(d.reload_interval),
+            max_groups: args.max_groups.or(file.max_groups).unwrap_or(d.max_groups),
             turn: None,
         };
         let config = Config { turn: args.turn.resolve(config.listen)?, ..config };
@@ -354,6 +363,9 @@ impl Config {
         }
         if self.max_connections == 0 || self.reload_interval.is_zero() {
             return bad("max_connections and reload_interval_ms must be positive");
+        }
+        if self.max_groups == 0 {
+            return bad("max_groups must be at least 1");
         }
         Ok(())
     }

@@ -1,5 +1,6 @@
 //! Who is online, and the routes between them: sessions per member, presence fan-out scoped by the directory,
-//! and envelope delivery with per-session byte budgets (a slow reader never grows server memory unboundedly).
+//! envelope delivery with per-session byte budgets (a slow reader never grows server memory unboundedly), and
+//! the ordering of MLS commits per group.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -9,13 +10,14 @@ use std::time::{Duration, Instant};
 use axum::extract::ws::Utf8Bytes;
 use peerbubble_proto::health::{MAX_EVENTS_PER_REPORT, SessionEvent, SessionEventKind};
 use peerbubble_proto::{
-    DirectoryEntry, ErrorCode, MemberId, Opaque, ServerFrame, SessionId, encode_deliver, encode_frame,
+    DirectoryEntry, ErrorCode, GroupId, MemberId, Opaque, Recipients, ServerFrame, SessionId, encode_deliver,
+    encode_frame,
 };
 use tokio::sync::{mpsc, watch};
 
 use crate::directory::Directory;
 use crate::metrics::Metrics;
-use crate::session::TokenBucket;
+use crate::session::{Claim, CommitLedger, TokenBucket};
 
 /// Session events kept for health reports while the admin API cannot take them.
 const EVENT_BUFFER: usize = 10_000;
@@ -105,6 +107,8 @@ pub(crate) struct Hub {
     member_rate: u32,
     max_frame_bytes: usize,
     metrics: Metrics,
+    /// The order of MLS commits per group, for the whole bubble (this process only).
+    commits: Mutex<CommitLedger>,
     /// Session events since the last health report (bounded).
     events: Mutex<(VecDeque<SessionEvent>, u64)>,
     /// The newest directory. Presence and slices always use it, never a connection's older snapshot: during
@@ -117,10 +121,12 @@ impl Hub {
         max_sessions: u32,
         member_rate: u32,
         max_frame_bytes: usize,
+        max_groups: usize,
         metrics: Metrics,
         directory: watch::Receiver<Option<Arc<Directory>>>,
     ) -> Self {
         Self {
+            commits: Mutex::new(CommitLedger::new(max_groups)),
             events: Mutex::new((VecDeque::new(), 0)),
             directory,
             members: RwLock::new(HashMap::new()),
@@ -261,13 +267,48 @@ impl Hub {
         hash
     }
 
-    /// Charges one frame to the member's rate across all its sessions.
-    pub fn member_allow(&self, member: MemberId, now: Instant) -> Result<(), Duration> {
+    /// Charges `cost` frames to the member's rate across all its sessions (all or nothing).
+    pub fn member_allow(&self, member: MemberId, cost: u32, now: Instant) -> Result<(), Duration> {
         let map = self.read();
         match map.get(&member) {
-            Some(entry) => entry.bucket.lock().unwrap_or_else(|p| p.into_inner()).take(now),
+            Some(entry) => entry.bucket.lock().unwrap_or_else(|p| p.into_inner()).take_n(cost, now),
             None => Ok(()),
         }
+    }
+
+    /// Orders a commit: when it is the first for its group and epoch, queues it to every session of every
+    /// recipient and returns how many; otherwise returns the group's current epoch and sends nothing.
+    /// Visibility was checked by the session core. The ledger stays locked while the commit is queued, so that
+    /// every recipient session is queued a group's commits in the order the ledger accepted them.
+    pub fn commit(
+        &self,
+        from: MemberId,
+        from_session: SessionId,
+        group: GroupId,
+        epoch: u64,
+        to: &Recipients,
+        body: &Opaque,
+    ) -> Result<u32, u64> {
+        let mut ledger = self.commits.lock().unwrap_or_else(|p| p.into_inner());
+        if let Claim::Conflict { current } = ledger.claim(group, epoch) {
+            drop(ledger);
+            self.metrics.commit(false);
+            return Err(current);
+        }
+        let text = Utf8Bytes::from(encode_deliver(&from, from_session, body));
+        let map = self.read();
+        let mut delivered = 0u32;
+        for session in to.as_slice().iter().filter_map(|m| map.get(m)).flat_map(|e| &e.sessions) {
+            // As for `send`, a session over its budget misses the envelope; the others still get it.
+            if session.try_send(&text).is_ok() {
+                delivered += 1;
+            }
+        }
+        drop(map);
+        drop(ledger);
+        self.metrics.commit(true);
+        self.metrics.relayed(u64::from(delivered));
+        Ok(delivered)
     }
 
     /// Queues an envelope to `to` (all sessions, or `to_session`), never back to the sending session.
@@ -411,7 +452,7 @@ mod event_tests {
     #[test]
     fn session_events_are_bounded_and_reported_in_chunks() {
         let (_tx, rx) = watch::channel(None);
-        let hub = Hub::new(4, 10, 4096, Metrics::new(), rx);
+        let hub = Hub::new(4, 10, 4096, 16, Metrics::new(), rx);
         let member = IdentityKey::from_seed(&[1; 32]).public_key().member_id();
         for _ in 0..EVENT_BUFFER + 5 {
             hub.record(member, SessionEventKind::Opened);

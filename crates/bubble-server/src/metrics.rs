@@ -41,6 +41,8 @@ struct Inner {
     security_events: Labeled,
     directory_reloads: Labeled,
     disconnects: Labeled,
+    commits_accepted: Counter,
+    commits_conflict: Counter,
     turn: OnceLock<Arc<TurnRelay>>,
 }
 
@@ -68,6 +70,9 @@ impl Metrics {
         let security_events = Labeled::default();
         let directory_reloads = Labeled::default();
         let disconnects = Labeled::default();
+        let commits = Labeled::default();
+        let commits_accepted = commits.get_or_create(&vec![("result", "accepted")]).clone();
+        let commits_conflict = commits.get_or_create(&vec![("result", "conflict")]).clone();
         registry.register("connections", "Open WebSocket connections", connections.clone());
         registry.register("sessions", "Authenticated sessions", sessions.clone());
         registry.register("auth_failures", "Refused authentications by reason", auth_failures.clone());
@@ -78,6 +83,7 @@ impl Metrics {
         registry.register("security_events", "Security-relevant refusals by event", security_events.clone());
         registry.register("directory_reloads", "Directory loads by result", directory_reloads.clone());
         registry.register("disconnects", "Connections closed by the server, by reason", disconnects.clone());
+        registry.register("commits", "MLS commits ordered, by result", commits);
         Self {
             inner: Arc::new(Inner {
                 registry,
@@ -94,6 +100,8 @@ impl Metrics {
                 security_events,
                 directory_reloads,
                 disconnects,
+                commits_accepted,
+                commits_conflict,
                 turn: OnceLock::new(),
             }),
         }
@@ -166,6 +174,11 @@ impl Metrics {
     }
     pub(crate) fn disconnect(&self, reason: &'static str) {
         self.inner.disconnects.get_or_create(&vec![("reason", reason)]).inc();
+    }
+    /// A commit was ordered: accepted (first for its epoch) or refused as a conflict.
+    pub(crate) fn commit(&self, accepted: bool) {
+        let counter = if accepted { &self.inner.commits_accepted } else { &self.inner.commits_conflict };
+        counter.inc();
     }
 }
 

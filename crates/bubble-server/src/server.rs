@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::serve::ListenerExt as _;
 use futures_util::{SinkExt as _, StreamExt as _};
-use peerbubble_proto::{ErrorCode, Nonce, ServerFrame, SessionId, encode_frame};
+use peerbubble_proto::{ErrorCode, GroupId, Nonce, Opaque, Recipients, ServerFrame, SessionId, encode_frame};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -127,6 +127,7 @@ impl Server {
                 config.max_sessions_per_member,
                 config.member_frames_per_second,
                 config.max_frame_bytes as usize,
+                config.max_groups,
                 metrics.clone(),
                 dir_rx.clone(),
             ),
@@ -418,6 +419,7 @@ impl Connection<'_> {
                 }
                 Event::Authenticated { member } => self.authenticated(member),
                 Event::Relay { id, to, to_session, body } => self.relay(id, to, to_session, body),
+                Event::Commit { id, group, epoch, to, body } => self.commit(id, group, epoch, &to, &body),
                 Event::Refuse { code, message, id, retry_after, fatal } => {
                     if fatal {
                         if code.is_frame_error() {
@@ -504,15 +506,9 @@ impl Connection<'_> {
         }
     }
 
-    fn relay(
-        &mut self,
-        id: u64,
-        to: peerbubble_proto::MemberId,
-        to_session: Option<SessionId>,
-        body: peerbubble_proto::Opaque,
-    ) -> Flow {
+    fn relay(&mut self, id: u64, to: peerbubble_proto::MemberId, to_session: Option<SessionId>, body: Opaque) -> Flow {
         let Some((member, session)) = self.session.identity() else { return Flow::Continue };
-        if let Err(retry) = self.state.hub.member_allow(member, Instant::now()) {
+        if let Err(retry) = self.state.hub.member_allow(member, 1, Instant::now()) {
             self.state.metrics.refused("rate_limited");
             self.refuse(ErrorCode::RateLimited, "this member sends too many frames", Some(id), Some(retry));
             return Flow::Continue;
@@ -530,6 +526,28 @@ impl Connection<'_> {
                     _ => ("the recipient has no session", None),
                 };
                 self.refuse(code, message, Some(id), retry);
+            }
+        }
+        Flow::Continue
+    }
+
+    fn commit(&mut self, id: u64, group: GroupId, epoch: u64, to: &Recipients, body: &Opaque) -> Flow {
+        let Some((member, session)) = self.session.identity() else { return Flow::Continue };
+        // Charged like sending the body to each recipient (at least one frame), so that one frame naming many
+        // recipients is no cheaper than the sends it replaces; a refused commit claims no epoch.
+        let cost = u32::try_from(to.as_slice().len()).unwrap_or(u32::MAX).max(1);
+        if let Err(retry) = self.state.hub.member_allow(member, cost, Instant::now()) {
+            self.state.metrics.refused("rate_limited");
+            self.refuse(ErrorCode::RateLimited, "this member sends too many frames", Some(id), Some(retry));
+            return Flow::Continue;
+        }
+        match self.state.hub.commit(member, session, group, epoch, to, body) {
+            Ok(sessions) => {
+                self.handle.send_or_kill(&Utf8Bytes::from(encode_frame(&ServerFrame::Ack { id, sessions })));
+            }
+            Err(current) => {
+                let message = format!("group is at epoch {current}; process the winning commit and retry");
+                self.refuse(ErrorCode::CommitConflict, &message, Some(id), None);
             }
         }
         Flow::Continue

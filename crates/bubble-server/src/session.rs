@@ -1,14 +1,15 @@
 //! The sans-IO core of one signaling connection: challenge, authentication, rate limits, frame validation and
 //! need-to-know checks. It takes bytes and `now`, and returns [`Event`]s and its next deadline; sockets,
-//! timers and routing live in `server.rs` and `hub.rs`.
+//! timers and routing live in `server.rs` and `hub.rs`. Also the [`CommitLedger`], the bubble's order of MLS
+//! commits, which the hub consults under its lock.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use peerbubble_proto::{
-    ClientFrame, CodecError, ErrorCode, MemberId, Nonce, Opaque, Purpose, ServerFrame, SessionId, auth_message,
-    decode_client_frame,
+    ClientFrame, CodecError, ErrorCode, GroupId, MemberId, Nonce, Opaque, Purpose, Recipients, ServerFrame, SessionId,
+    auth_message, decode_client_frame,
 };
 
 use crate::directory::Directory;
@@ -41,6 +42,78 @@ impl NonceLedger {
     fn was_used(&self, nonce: &Nonce, now: Instant) -> bool {
         let used = self.used.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         used.get(nonce.as_bytes()).is_some_and(|at| now.saturating_duration_since(*at) <= self.ttl)
+    }
+}
+
+/// The MLS delivery service's ordering (RFC 9420 §14): for each group, the next epoch a commit may be made in.
+/// The first commit for an epoch wins and moves the group to the next one; any other is a conflict. An unknown
+/// group accepts any epoch (a new group, or one this ledger forgot). Bounded: past `max_groups`, the group
+/// least recently committed to is forgotten. Members check epochs themselves (MLS refuses a commit for another
+/// epoch), so forgetting a group costs ordering for one commit, never a member's state.
+#[derive(Debug)]
+pub struct CommitLedger {
+    max_groups: usize,
+    /// Group -> (next epoch, when last committed to).
+    groups: HashMap<GroupId, (u64, u64)>,
+    /// When last committed to -> group: the eviction order.
+    recency: BTreeMap<u64, GroupId>,
+    clock: u64,
+}
+
+/// What the ledger says about a commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// The commit is the first for its epoch: relay it. The group is now at the next epoch.
+    Accepted,
+    /// The group is at `current`; the commit was made in another epoch. Relay nothing.
+    Conflict {
+        /// The epoch the next commit for the group must be made in.
+        current: u64,
+    },
+}
+
+impl CommitLedger {
+    /// An empty ledger remembering at most `max_groups` groups (at least one).
+    pub fn new(max_groups: usize) -> Self {
+        Self { max_groups: max_groups.max(1), groups: HashMap::new(), recency: BTreeMap::new(), clock: 0 }
+    }
+
+    /// Decides a commit for `group` made in `epoch`, and records it when accepted.
+    pub fn claim(&mut self, group: GroupId, epoch: u64) -> Claim {
+        let Some(next) = epoch.checked_add(1) else {
+            // The codec refuses this epoch; never accept what the ledger could not record.
+            return Claim::Conflict { current: self.groups.get(&group).map_or(0, |(next, _)| *next) };
+        };
+        self.clock += 1;
+        match self.groups.get_mut(&group) {
+            Some((current, _)) if *current != epoch => Claim::Conflict { current: *current },
+            Some((current, stamp)) => {
+                self.recency.remove(&*stamp);
+                (*current, *stamp) = (next, self.clock);
+                self.recency.insert(self.clock, group);
+                Claim::Accepted
+            }
+            None => {
+                if self.groups.len() >= self.max_groups
+                    && let Some((_, oldest)) = self.recency.pop_first()
+                {
+                    self.groups.remove(&oldest);
+                }
+                self.groups.insert(group, (next, self.clock));
+                self.recency.insert(self.clock, group);
+                Claim::Accepted
+            }
+        }
+    }
+
+    /// Groups remembered.
+    pub fn len(&self) -> usize {
+        self.groups.len()
+    }
+
+    /// Whether no group is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.groups.is_empty()
     }
 }
 
@@ -77,6 +150,19 @@ pub enum Event {
         to: MemberId,
         /// One session of it, or all.
         to_session: Option<SessionId>,
+        /// The envelope.
+        body: Opaque,
+    },
+    /// Order and relay a commit to `to`, every one of them already checked as visible to the sender.
+    Commit {
+        /// The client's `commit` id.
+        id: u64,
+        /// The MLS group.
+        group: GroupId,
+        /// The epoch the commit was made in.
+        epoch: u64,
+        /// Recipient members (not the sender).
+        to: Recipients,
         /// The envelope.
         body: Opaque,
     },
@@ -285,7 +371,24 @@ impl Session {
                 }
                 vec![Event::Relay { id, to, to_session, body }]
             }
-            (State::Authenticating { .. }, ClientFrame::Send { id, .. }) => {
+            (State::Authenticated { member, .. }, ClientFrame::Commit { id, group, epoch, to, body }) => {
+                if to.as_slice().contains(member) {
+                    return vec![Event::refuse(
+                        ErrorCode::InvalidField,
+                        "a commit's to may not name the sender; it already has the new epoch",
+                        Some(id),
+                    )];
+                }
+                if let Some(at) = to.as_slice().iter().position(|m| !directory.sees(member, m)) {
+                    return vec![Event::refuse(
+                        ErrorCode::RecipientNotVisible,
+                        format!("to[{at}] is not a member in your directory; nothing was sent"),
+                        Some(id),
+                    )];
+                }
+                vec![Event::Commit { id, group, epoch, to, body }]
+            }
+            (State::Authenticating { .. }, ClientFrame::Send { id, .. } | ClientFrame::Commit { id, .. }) => {
                 vec![Event::refuse(ErrorCode::NotAuthenticated, "the session is not registered yet", Some(id))]
             }
             (State::Closed, _) => Vec::new(),
@@ -363,8 +466,12 @@ mod tests {
     }
 
     fn authenticated(now: Instant, d: &Directory, ledger: &NonceLedger) -> Session {
+        authenticated_with(CONFIG, now, d, ledger)
+    }
+
+    fn authenticated_with(config: SessionConfig, now: Instant, d: &Directory, ledger: &NonceLedger) -> Session {
         let nonce = Nonce::from_bytes([9; 32]);
-        let (mut s, _) = Session::new(CONFIG, "b", nonce.clone(), now);
+        let (mut s, _) = Session::new(config, "b", nonce.clone(), now);
         let events = s.handle_text(&auth(&key(1), "b", &nonce), now, d, ledger);
         assert_eq!(events, vec![Event::Authenticated { member: key(1).public_key().member_id() }]);
         s.bind(SessionId(1));
@@ -387,6 +494,202 @@ mod tests {
             Some((ErrorCode::RecipientNotVisible, false))
         );
         assert_eq!(code(&s.handle_text(&send(b, Some(b)), now, &d, &ledger)), Some((ErrorCode::SpoofedSender, false)));
+    }
+
+    fn group(n: u8) -> GroupId {
+        GroupId::from_bytes(&[n; 16]).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn commit_frame(id: u64, epoch: u64, to: &[MemberId]) -> Vec<u8> {
+        let to: Vec<String> = to.iter().map(|m| format!("\"{m}\"")).collect();
+        format!(
+            r#"{{"type":"commit","id":{id},"group":"{}","epoch":{epoch},"to":[{}],"body":"c2VhbGVk"}}"#,
+            String::from(group(1)),
+            to.join(",")
+        )
+        .into_bytes()
+    }
+
+    fn refusal(events: &[Event]) -> Option<(ErrorCode, Option<u64>, &str)> {
+        match events {
+            [Event::Refuse { code, id, message, .. }] => Some((*code, *id, message.as_str())),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn commit_to_visible_members_is_passed_on_for_ordering() {
+        let (now, d, ledger) = (Instant::now(), directory(), NonceLedger::new(CONFIG.challenge_ttl));
+        let mut s = authenticated(now, &d, &ledger);
+        let b = key(2).public_key().member_id();
+        match s.handle_text(&commit_frame(3, 7, &[b]), now, &d, &ledger).as_slice() {
+            [Event::Commit { id: 3, group: g, epoch: 7, to, body }] => {
+                assert_eq!((*g, to.as_slice(), body.to_bytes()), (group(1), &[b][..], b"sealed".to_vec()));
+            }
+            other => panic!("{other:?}"),
+        }
+        // Nobody to tell: still ordered (a new group's first commit).
+        assert!(matches!(
+            s.handle_text(&commit_frame(4, 0, &[]), now, &d, &ledger).as_slice(),
+            [Event::Commit { id: 4, .. }]
+        ));
+    }
+
+    #[test]
+    fn commit_refusals_name_the_frame_and_change_nothing() {
+        let (now, d, ledger) = (Instant::now(), directory(), NonceLedger::new(CONFIG.challenge_ttl));
+        let config = SessionConfig { max_frame_bytes: 64 * 1024, frame_burst: 50, ..CONFIG };
+        let mut s = authenticated_with(config, now, &d, &ledger);
+        let (a, b, c) =
+            (key(1).public_key().member_id(), key(2).public_key().member_id(), key(3).public_key().member_id());
+        let mut handle = |frame: Vec<u8>| s.handle_text(&frame, now, &d, &ledger);
+
+        // Cat shares no category with Ann: the whole commit is refused, with the frame id and the position.
+        let events = handle(commit_frame(5, 0, &[b, c]));
+        assert_eq!(refusal(&events).map(|(c, i, _)| (c, i)), Some((ErrorCode::RecipientNotVisible, Some(5))));
+        assert!(refusal(&events).is_some_and(|(_, _, m)| m.contains("to[1]")));
+        let unknown = key(9).public_key().member_id();
+        assert_eq!(
+            refusal(&handle(commit_frame(6, 0, &[unknown]))).map(|(c, i, _)| (c, i)),
+            Some((ErrorCode::RecipientNotVisible, Some(6)))
+        );
+        // The sender itself is not a recipient.
+        assert_eq!(
+            refusal(&handle(commit_frame(7, 0, &[b, a]))).map(|(c, i, _)| (c, i)),
+            Some((ErrorCode::InvalidField, Some(7)))
+        );
+        // Duplicates and too many recipients: refused by the codec (not decoded, so no id).
+        assert_eq!(
+            refusal(&handle(commit_frame(8, 0, &[b, b]))).map(|(c, i, _)| (c, i)),
+            Some((ErrorCode::InvalidField, None))
+        );
+        let many: Vec<MemberId> = (0..=peerbubble_proto::limits::MAX_COMMIT_RECIPIENTS as u16)
+            .map(|i| {
+                let mut seed = [0u8; 32];
+                seed[..2].copy_from_slice(&i.to_be_bytes());
+                IdentityKey::from_seed(&seed).public_key().member_id()
+            })
+            .collect();
+        let events = handle(commit_frame(9, 0, &many));
+        assert_eq!(refusal(&events).map(|(c, i, _)| (c, i)), Some((ErrorCode::InvalidField, None)));
+        assert!(refusal(&events).is_some_and(|(_, _, m)| m.contains("at most 256")), "{events:?}");
+    }
+
+    #[test]
+    fn commit_and_send_are_decoded_strictly() {
+        let (now, d, ledger) = (Instant::now(), directory(), NonceLedger::new(CONFIG.challenge_ttl));
+        let mut s = authenticated_with(SessionConfig { frame_burst: 50, ..CONFIG }, now, &d, &ledger);
+        let b = key(2).public_key().member_id();
+        for (frame, code) in [
+            // `to` is a list for commit and one member id for send.
+            (format!(r#"{{"type":"send","id":1,"to":["{b}"],"body":"c2VhbGVk"}}"#), ErrorCode::MalformedFrame),
+            (
+                format!(
+                    r#"{{"type":"commit","id":1,"group":"{}","epoch":0,"to":"{b}","body":"c2VhbGVk"}}"#,
+                    String::from(group(1))
+                ),
+                ErrorCode::MalformedFrame,
+            ),
+            (format!(r#"{{"type":"send","id":1,"to":"{b}","epoch":0,"body":"c2VhbGVk"}}"#), ErrorCode::MalformedFrame),
+            (
+                format!(
+                    r#"{{"type":"commit","id":1,"group":"{}","epoch":0,"to":[],"to_session":1,"body":"c2VhbGVk"}}"#,
+                    String::from(group(1))
+                ),
+                ErrorCode::MalformedFrame,
+            ),
+            (
+                r#"{"type":"commit","id":1,"group":"AAAA","epoch":0,"to":[],"body":"c2VhbGVk"}"#.to_owned(),
+                ErrorCode::InvalidField,
+            ),
+        ] {
+            assert_eq!(
+                refusal(&s.handle_text(frame.as_bytes(), now, &d, &ledger)).map(|(c, i, _)| (c, i)),
+                Some((code, None)),
+                "{frame}"
+            );
+        }
+        // Before authentication a commit is refused like any other frame.
+        let (mut fresh, _) = Session::new(CONFIG, "b", Nonce::from_bytes([5; 32]), now);
+        assert_eq!(
+            code(&fresh.handle_text(&commit_frame(1, 0, &[b]), now, &d, &ledger)),
+            Some((ErrorCode::NotAuthenticated, true))
+        );
+    }
+
+    #[test]
+    fn ledger_orders_commits_first_wins() {
+        let mut ledger = CommitLedger::new(10);
+        // Unknown groups accept any epoch.
+        assert_eq!(ledger.claim(group(1), 0), Claim::Accepted);
+        assert_eq!(ledger.claim(group(2), 41), Claim::Accepted);
+        // The race: a second commit for the same epoch loses, and learns where the group is.
+        assert_eq!(ledger.claim(group(1), 0), Claim::Conflict { current: 1 });
+        assert_eq!(ledger.claim(group(1), 1), Claim::Accepted);
+        // Stale and future epochs are conflicts too; a conflict moves nothing.
+        assert_eq!(ledger.claim(group(1), 0), Claim::Conflict { current: 2 });
+        assert_eq!(ledger.claim(group(1), 7), Claim::Conflict { current: 2 });
+        assert_eq!(ledger.claim(group(1), 2), Claim::Accepted);
+        assert_eq!(ledger.claim(group(2), 42), Claim::Accepted);
+        assert_eq!(ledger.len(), 2);
+        // Never accepts an epoch it could not move past.
+        assert_eq!(ledger.claim(group(3), u64::MAX), Claim::Conflict { current: 0 });
+        assert_eq!(ledger.len(), 2);
+    }
+
+    #[test]
+    fn ledger_forgets_the_least_recently_committed_group() {
+        let mut ledger = CommitLedger::new(2);
+        assert_eq!(ledger.claim(group(1), 0), Claim::Accepted);
+        assert_eq!(ledger.claim(group(2), 0), Claim::Accepted);
+        // Group 1 is committed to again (and group 2 only conflicts, which is not a commit): 2 is the oldest.
+        assert_eq!(ledger.claim(group(1), 1), Claim::Accepted);
+        assert_eq!(ledger.claim(group(2), 5), Claim::Conflict { current: 1 });
+        assert_eq!(ledger.claim(group(3), 0), Claim::Accepted);
+        assert_eq!(ledger.len(), 2);
+        // Group 1 is still ordered; group 2 was forgotten: its next commit wins whatever its epoch, and makes
+        // room by forgetting the now oldest, group 1.
+        assert_eq!(ledger.claim(group(1), 1), Claim::Conflict { current: 2 });
+        assert_eq!(ledger.claim(group(2), 5), Claim::Accepted);
+        assert_eq!(ledger.claim(group(3), 0), Claim::Conflict { current: 1 });
+        assert_eq!(ledger.claim(group(1), 0), Claim::Accepted, "group 1 was forgotten in turn");
+    }
+
+    #[test]
+    fn ledger_matches_a_model_while_within_its_bound() {
+        // A deterministic pseudo-random walk: commits by several members racing on a few groups.
+        let mut ledger = CommitLedger::new(1000);
+        let mut model: HashMap<GroupId, u64> = HashMap::new();
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..20_000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let g = group((state % 7) as u8);
+            let current = model.get(&g).copied();
+            // Mostly the right epoch, sometimes a stale or a future one.
+            let epoch = match (current, (state >> 8) % 4) {
+                (None, _) => (state >> 16) % 5,
+                (Some(c), 0) => c.saturating_sub(1),
+                (Some(c), 1) => c + 1,
+                (Some(c), _) => c,
+            };
+            let expected = match current {
+                Some(c) if c != epoch => Claim::Conflict { current: c },
+                _ => {
+                    model.insert(g, epoch + 1);
+                    Claim::Accepted
+                }
+            };
+            assert_eq!(ledger.claim(g, epoch), expected);
+        }
+        assert_eq!(ledger.len(), model.len());
+        // Past the bound it stays bounded.
+        let mut small = CommitLedger::new(3);
+        for n in 0..50u8 {
+            small.claim(group(n), 0);
+            assert!(small.len() <= 3);
+        }
     }
 
     #[test]

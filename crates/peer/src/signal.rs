@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _};
 use peerbubble_proto::{
-    ClientFrame, DirectoryEntry, ErrorCode, IceServer, IdentityKey, Limits, MemberId, Opaque, Purpose, ServerFrame,
-    SessionId, auth_message, decode_server_frame, encode_frame,
+    ClientFrame, DirectoryEntry, ErrorCode, GroupId, IceServer, IdentityKey, Limits, MemberId, Opaque, Purpose,
+    Recipients, ServerFrame, SessionId, auth_message, decode_server_frame, encode_frame,
 };
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -176,6 +176,27 @@ impl SignalClient {
         let id = self.next_id;
         self.next_id += 1;
         self.send_frame(&ClientFrame::Send { id, to, to_session, from: None, body }).await?;
+        Ok(id)
+    }
+
+    /// Sends an MLS commit for the server to order: `group` is the MLS group id (16 to 32 bytes), `epoch` the
+    /// group's epoch the commit was made in, `to` the members to relay it to (not ourselves; may be empty).
+    /// Returns the frame id that `ack` (the commit won its epoch) or `error` (`commit_conflict`: another commit
+    /// won it; process that one, then commit again) will carry. What the server would refuse as
+    /// `invalid_field` is refused here, unsent.
+    pub async fn commit(&mut self, group: &[u8], epoch: u64, to: &[MemberId], body: &[u8]) -> Result<u64, ClientError> {
+        if to.contains(&self.member) {
+            return Err(ClientError::Protocol("a commit's to may not name ourselves".into()));
+        }
+        if epoch == u64::MAX {
+            return Err(ClientError::Protocol("epoch 2^64 - 1 has no successor".into()));
+        }
+        let group = GroupId::from_bytes(group).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let to = Recipients::new(to.to_vec()).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let body = Opaque::from_bytes(body).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let id = self.next_id;
+        self.next_id += 1;
+        self.send_frame(&ClientFrame::Commit { id, group, epoch, to, body }).await?;
         Ok(id)
     }
 

@@ -84,8 +84,9 @@ pub fn encode_frame<T: Serialize>(frame: &T) -> String {
 mod tests {
     use super::*;
     use crate::identity::IdentityKey;
-    use crate::opaque::{Nonce, Opaque};
-    use crate::{ErrorCode, MemberId, SessionId};
+    use crate::limits::MAX_COMMIT_RECIPIENTS;
+    use crate::opaque::{GroupId, Nonce, Opaque};
+    use crate::{ErrorCode, MemberId, Recipients, SessionId};
     use proptest::prelude::*;
 
     fn member(seed: u8) -> MemberId {
@@ -132,6 +133,125 @@ mod tests {
         }
     }
 
+    /// 16 bytes of 0x07.
+    const GROUP: &str = "BwcHBwcHBwcHBwcHBwcHBw";
+
+    fn reason(frame: &str) -> Result<ClientFrame, (String, bool)> {
+        decode_client_frame(frame.as_bytes(), MAX_FRAME_BYTES).map_err(|e| match e {
+            CodecError::Malformed { reason, field_error } => (reason, field_error),
+            CodecError::TooLarge { .. } => ("too large".into(), false),
+        })
+    }
+
+    #[test]
+    fn commit_decodes_with_a_list_of_recipients() {
+        let (b, c) = (member(2), member(3));
+        let frame =
+            format!(r#"{{"type":"commit","id":4,"group":"{GROUP}","epoch":5,"to":["{b}","{c}"],"body":"AAEC"}}"#);
+        let expected = ClientFrame::Commit {
+            id: 4,
+            group: GroupId::from_bytes(&[7; 16]).unwrap_or_else(|e| panic!("{e}")),
+            epoch: 5,
+            to: Recipients::new(vec![b, c]).unwrap_or_else(|e| panic!("{e}")),
+            body: Opaque::from_bytes(&[0, 1, 2]).unwrap_or_else(|e| panic!("{e}")),
+        };
+        assert_eq!(reason(&frame), Ok(expected.clone()));
+        assert_eq!(encode_frame(&expected), frame, "fields in documented order");
+        // Nobody to tell yet: a new group's first commit.
+        let first = format!(r#"{{"type":"commit","id":1,"group":"{GROUP}","epoch":0,"to":[],"body":"AAEC"}}"#);
+        assert!(matches!(reason(&first), Ok(ClientFrame::Commit { epoch: 0, ref to, .. }) if to.as_slice().is_empty()));
+    }
+
+    #[test]
+    fn commit_and_send_refuse_each_others_fields_and_forms_of_to() {
+        let (a, b) = (member(1), member(2));
+        let ok = |extra: &str, to: &str| {
+            format!(r#"{{"type":"commit","id":1,"group":"{GROUP}","epoch":0,"to":{to},"body":"AAEC"{extra}}}"#)
+        };
+        let list = format!(r#"["{b}"]"#);
+        let structural = [
+            // `to` is a list for commit, one id for send.
+            (ok("", &format!(r#""{b}""#)), "invalid type: string, expected a list of member ids for `to` in commit"),
+            (
+                format!(r#"{{"type":"send","id":1,"to":["{b}"],"body":"AAEC"}}"#),
+                "invalid type: sequence, expected a member id for `to` in send",
+            ),
+            (ok("", "5"), "invalid type: integer `5`, expected a member id or a list of member ids"),
+            (ok(",\"to_session\":1", &list), "unknown field `to_session` in commit"),
+            (ok(&format!(r#","from":"{a}""#), &list), "unknown field `from` in commit"),
+            (ok(r#","nonce":"CQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQk""#, &list), "unknown field `nonce` in commit"),
+            (ok(",\"epoch\":1", &list), "duplicate field `epoch`"),
+            (ok(",\"extra\":1", &list), "unknown field `extra`"),
+            (
+                r#"{"type":"commit","id":1,"epoch":0,"to":[],"body":"AAEC"}"#.to_owned(),
+                "missing field `group` in commit",
+            ),
+            (
+                format!(r#"{{"type":"commit","id":1,"group":"{GROUP}","to":[],"body":"AAEC"}}"#),
+                "missing field `epoch` in commit",
+            ),
+            (
+                format!(r#"{{"type":"commit","id":1,"group":"{GROUP}","epoch":0,"body":"AAEC"}}"#),
+                "missing field `to` in commit",
+            ),
+            (
+                format!(r#"{{"type":"send","id":1,"to":"{b}","group":"{GROUP}","body":"AAEC"}}"#),
+                "unknown field `group` in send",
+            ),
+            (
+                format!(r#"{{"type":"send","id":1,"to":"{b}","epoch":3,"body":"AAEC"}}"#),
+                "unknown field `epoch` in send",
+            ),
+            (r#"{"type":"ping","id":1,"epoch":3}"#.to_owned(), "unknown field `epoch` in ping"),
+            (r#"{"type":"ping","id":1,"to":[]}"#.to_owned(), "unknown field `to` in ping"),
+        ];
+        for (frame, expected) in structural {
+            match reason(&frame) {
+                Err((got, false)) => assert!(got.starts_with(expected), "{frame}: {got}"),
+                other => panic!("{frame}: {other:?}"),
+            }
+        }
+        let too_many: Vec<String> = (0..=MAX_COMMIT_RECIPIENTS as u16)
+            .map(|i| {
+                let mut seed = [0u8; 32];
+                seed[..2].copy_from_slice(&i.to_be_bytes());
+                format!(r#""{}""#, IdentityKey::from_seed(&seed).public_key().member_id())
+            })
+            .collect();
+        let values = [
+            (ok("", &format!(r#"["{b}","{a}","{b}"]"#)), "a commit names a recipient twice in `to`"),
+            (ok("", &format!("[{}]", too_many.join(","))), "a commit may name at most 256 recipients in `to`"),
+            (
+                ok("", r#"["D509CE50C08DCB14248CCCCC216FA4C2"]"#),
+                "member id must be 32 lowercase hexadecimal characters",
+            ),
+            (
+                ok("", &list).replace(GROUP, "BwcHBwcHBwcHBwcHBwcH"),
+                "group id must be 16 to 32 bytes of unpadded base64url",
+            ),
+            (
+                ok("", &list).replace(GROUP, &format!("{GROUP}==")),
+                "group id must be 16 to 32 bytes of unpadded base64url",
+            ),
+            (
+                ok("", &list).replace("\"epoch\":0", &format!("\"epoch\":{}", u64::MAX)),
+                "epoch must be below 18446744073709551615 in commit",
+            ),
+            (ok("", &list).replace("\"epoch\":0", "\"epoch\":-1"), "invalid value: integer `-1`, expected u64"),
+            (ok("", &list).replace("AAEC", ""), "envelope body is empty"),
+        ];
+        for (frame, expected) in values {
+            match reason(&frame) {
+                Err((got, true)) => assert!(got.starts_with(expected), "{frame}: {got}"),
+                other => panic!("{frame}: {other:?}"),
+            }
+        }
+        // The full list is accepted.
+        let full = ok("", &format!("[{}]", too_many[..MAX_COMMIT_RECIPIENTS].join(",")));
+        assert!(full.len() < MAX_FRAME_BYTES);
+        assert!(reason(&full).is_ok());
+    }
+
     #[test]
     fn refuses_oversized_frames_before_parsing() {
         let big = vec![b' '; MAX_FRAME_BYTES + 1];
@@ -162,7 +282,7 @@ mod tests {
                     signature: key.sign(crate::Purpose::SignalAuth, &[msg]),
                 }
             }),
-            (any::<u64>(), any::<u8>(), proptest::option::of(any::<u64>()), any::<bool>(), body).prop_map(
+            (any::<u64>(), any::<u8>(), proptest::option::of(any::<u64>()), any::<bool>(), body.clone()).prop_map(
                 |(id, to, session, with_from, body)| ClientFrame::Send {
                     id,
                     to: member(to),
@@ -172,6 +292,20 @@ mod tests {
                 }
             ),
             any::<u64>().prop_map(|id| ClientFrame::Ping { id }),
+            (
+                any::<u64>(),
+                proptest::collection::vec(any::<u8>(), 16..=32),
+                0..u64::MAX,
+                proptest::collection::btree_set(any::<u8>(), 0..12),
+                body,
+            )
+                .prop_map(|(id, group, epoch, to, body)| ClientFrame::Commit {
+                    id,
+                    group: GroupId::from_bytes(&group).unwrap_or_else(|_| unreachable!()),
+                    epoch,
+                    to: Recipients::new(to.into_iter().map(member).collect()).unwrap_or_else(|_| unreachable!()),
+                    body,
+                }),
         ]
     }
 

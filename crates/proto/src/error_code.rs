@@ -41,6 +41,9 @@ pub enum ErrorCode {
     SpoofedSender,
     /// Too many frames; retry after `retry_after_ms`. Repeated flooding is fatal.
     RateLimited,
+    /// Another commit already took this epoch of the group (or the group is past it). Nothing was sent; process
+    /// the winning commit, then commit again from the new epoch.
+    CommitConflict,
     /// Nothing was received within `idle_timeout_ms`. Fatal.
     IdleTimeout,
     /// This session did not read its frames fast enough and fell behind. Fatal; reconnect.
@@ -55,7 +58,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in documentation order.
-    pub const ALL: [ErrorCode; 22] = [
+    pub const ALL: [ErrorCode; 23] = [
         ErrorCode::MalformedFrame,
         ErrorCode::FrameTooLarge,
         ErrorCode::InvalidField,
@@ -73,6 +76,7 @@ impl ErrorCode {
         ErrorCode::RecipientCongested,
         ErrorCode::SpoofedSender,
         ErrorCode::RateLimited,
+        ErrorCode::CommitConflict,
         ErrorCode::IdleTimeout,
         ErrorCode::SlowConsumer,
         ErrorCode::MemberRemoved,
@@ -100,6 +104,7 @@ impl ErrorCode {
             ErrorCode::RecipientCongested => "recipient_congested",
             ErrorCode::SpoofedSender => "spoofed_sender",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::CommitConflict => "commit_conflict",
             ErrorCode::IdleTimeout => "idle_timeout",
             ErrorCode::SlowConsumer => "slow_consumer",
             ErrorCode::MemberRemoved => "member_removed",
@@ -182,5 +187,13 @@ mod tests {
         for code in ErrorCode::ALL {
             assert_eq!(serde_json::to_string(&code).ok(), Some(format!("\"{}\"", code.as_str())));
         }
+        let distinct: std::collections::HashSet<_> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(distinct.len(), ErrorCode::ALL.len());
+    }
+
+    #[test]
+    fn commit_conflict_is_an_answer_not_an_ending() {
+        let code = ErrorCode::CommitConflict;
+        assert!(!code.is_fatal() && !code.is_security_event() && !code.is_frame_error() && !code.is_auth_failure());
     }
 }

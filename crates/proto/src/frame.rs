@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error_code::ErrorCode;
 use crate::identity::{MemberId, PublicKey, Signature};
-use crate::limits::Limits;
-use crate::opaque::{Nonce, Opaque};
+use crate::limits::{Limits, MAX_COMMIT_RECIPIENTS};
+use crate::opaque::{GroupId, Nonce, Opaque};
 
 /// One session of a member (a tab or a device), numbered by the server, unique per server run.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -64,6 +64,64 @@ pub enum ClientFrame {
         /// Echoed in `pong`.
         id: u64,
     },
+    /// An MLS commit (RFC 9420) for the server to order: the first commit for an epoch of a group wins and is
+    /// relayed to `to`; any other is answered `commit_conflict`.
+    Commit {
+        /// Client-chosen id echoed in `ack` or `error`.
+        id: u64,
+        /// The MLS group id.
+        group: GroupId,
+        /// The epoch the commit was made in: the group's current epoch at the committer. Below `u64::MAX`.
+        epoch: u64,
+        /// The members to relay the commit to (never the sender itself).
+        to: Recipients,
+        /// The end-to-end-encrypted commit, relayed like a `send` body.
+        body: Opaque,
+    },
+}
+
+/// The recipients of a `commit`: at most [`MAX_COMMIT_RECIPIENTS`] members, no duplicates, in the sender's
+/// order. Possibly empty (a new group's first commit has nobody to tell yet).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+#[serde(transparent)]
+pub struct Recipients(Vec<MemberId>);
+
+/// Why a list of commit recipients was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RecipientsError {
+    /// More than [`MAX_COMMIT_RECIPIENTS`] members.
+    #[error("a commit may name at most {MAX_COMMIT_RECIPIENTS} recipients in `to`")]
+    TooMany,
+    /// A member is named twice.
+    #[error("a commit names a recipient twice in `to`")]
+    Repeated,
+}
+
+impl Recipients {
+    /// Checks the count and that no member is named twice.
+    pub fn new(members: Vec<MemberId>) -> Result<Self, RecipientsError> {
+        if members.len() > MAX_COMMIT_RECIPIENTS {
+            return Err(RecipientsError::TooMany);
+        }
+        let mut sorted = members.clone();
+        sorted.sort_unstable();
+        if sorted.windows(2).any(|pair| pair[0] == pair[1]) {
+            return Err(RecipientsError::Repeated);
+        }
+        Ok(Self(members))
+    }
+
+    /// The members, in the sender's order.
+    pub fn as_slice(&self) -> &[MemberId] {
+        &self.0
+    }
+}
+
+impl TryFrom<Vec<MemberId>> for Recipients {
+    type Error = RecipientsError;
+    fn try_from(members: Vec<MemberId>) -> Result<Self, Self::Error> {
+        Self::new(members)
+    }
 }
 
 #[derive(Deserialize)]
@@ -72,6 +130,42 @@ enum ClientKind {
     Auth,
     Send,
     Ping,
+    Commit,
+}
+
+/// `to` as sent: one member id (`send`) or a list of them (`commit`); which one a type allows is checked by
+/// [`ClientFrame`]'s `TryFrom`. A visitor rather than an untagged enum: serde's untagged enums buffer the value
+/// and replace every error (wrong JSON type, bad member id) by one vague message.
+enum WireTo {
+    One(MemberId),
+    Many(Vec<MemberId>),
+}
+
+impl<'de> Deserialize<'de> for WireTo {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = WireTo;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a member id or a list of member ids")
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<WireTo, E> {
+                text.parse().map(WireTo::One).map_err(E::custom)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<WireTo, A::Error> {
+                let mut members = Vec::new();
+                while let Some(member) = seq.next_element::<MemberId>()? {
+                    // Stop early: a longer list is refused anyway.
+                    if members.len() == MAX_COMMIT_RECIPIENTS {
+                        return Err(serde::de::Error::custom(RecipientsError::TooMany));
+                    }
+                    members.push(member);
+                }
+                Ok(WireTo::Many(members))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 /// Every field any client frame may have; [`ClientFrame`]'s `TryFrom` checks which ones the type allows.
@@ -81,13 +175,15 @@ struct WireClientFrame {
     #[serde(rename = "type")]
     kind: ClientKind,
     id: Option<u64>,
-    to: Option<MemberId>,
+    to: Option<WireTo>,
     to_session: Option<SessionId>,
     from: Option<MemberId>,
     body: Option<Opaque>,
     public_key: Option<PublicKey>,
     nonce: Option<Nonce>,
     signature: Option<Signature>,
+    group: Option<GroupId>,
+    epoch: Option<u64>,
 }
 
 /// A field missing from, or not allowed in, a client frame of a given type. The wording matches serde's own
@@ -112,6 +208,11 @@ fn absent<T>(value: &Option<T>, field: &str, kind: &str) -> Result<(), WireError
     }
 }
 
+/// The wording of serde's own wrong-type errors (reported as `malformed_frame`).
+fn wrong_type(found: &str, expected: &str, kind: &str) -> WireError {
+    WireError(format!("invalid type: {found}, expected {expected} for `to` in {kind}"))
+}
+
 impl TryFrom<WireClientFrame> for ClientFrame {
     type Error = WireError;
     fn try_from(w: WireClientFrame) -> Result<Self, Self::Error> {
@@ -123,6 +224,8 @@ impl TryFrom<WireClientFrame> for ClientFrame {
                 absent(&w.to_session, "to_session", k)?;
                 absent(&w.from, "from", k)?;
                 absent(&w.body, "body", k)?;
+                absent(&w.group, "group", k)?;
+                absent(&w.epoch, "epoch", k)?;
                 Ok(ClientFrame::Auth {
                     public_key: required(w.public_key, "public_key", k)?,
                     nonce: required(w.nonce, "nonce", k)?,
@@ -134,9 +237,15 @@ impl TryFrom<WireClientFrame> for ClientFrame {
                 absent(&w.public_key, "public_key", k)?;
                 absent(&w.nonce, "nonce", k)?;
                 absent(&w.signature, "signature", k)?;
+                absent(&w.group, "group", k)?;
+                absent(&w.epoch, "epoch", k)?;
+                let to = match required(w.to, "to", k)? {
+                    WireTo::One(member) => member,
+                    WireTo::Many(_) => return Err(wrong_type("sequence", "a member id", k)),
+                };
                 Ok(ClientFrame::Send {
                     id: required(w.id, "id", k)?,
-                    to: required(w.to, "to", k)?,
+                    to,
                     to_session: w.to_session,
                     from: w.from,
                     body: required(w.body, "body", k)?,
@@ -151,7 +260,31 @@ impl TryFrom<WireClientFrame> for ClientFrame {
                 absent(&w.public_key, "public_key", k)?;
                 absent(&w.nonce, "nonce", k)?;
                 absent(&w.signature, "signature", k)?;
+                absent(&w.group, "group", k)?;
+                absent(&w.epoch, "epoch", k)?;
                 Ok(ClientFrame::Ping { id: required(w.id, "id", k)? })
+            }
+            ClientKind::Commit => {
+                let k = "commit";
+                absent(&w.to_session, "to_session", k)?;
+                absent(&w.from, "from", k)?;
+                absent(&w.public_key, "public_key", k)?;
+                absent(&w.nonce, "nonce", k)?;
+                absent(&w.signature, "signature", k)?;
+                let (id, group, epoch) =
+                    (required(w.id, "id", k)?, required(w.group, "group", k)?, required(w.epoch, "epoch", k)?);
+                let (to, body) = (required(w.to, "to", k)?, required(w.body, "body", k)?);
+                // Structure before values: a wrong JSON type is `malformed_frame`, a bad list `invalid_field`.
+                let to = match to {
+                    WireTo::Many(members) => members,
+                    WireTo::One(_) => return Err(wrong_type("string", "a list of member ids", k)),
+                };
+                let to = Recipients::new(to).map_err(|e| WireError(e.to_string()))?;
+                if epoch == u64::MAX {
+                    // Its successor would not fit: no MLS group gets there, and the ledger needs `epoch + 1`.
+                    return Err(WireError(format!("epoch must be below {} in commit", u64::MAX)));
+                }
+                Ok(ClientFrame::Commit { id, group, epoch, to, body })
             }
         }
     }

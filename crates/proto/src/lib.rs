@@ -22,11 +22,12 @@ pub mod opaque;
 pub use codec::{CodecError, decode_client_frame, decode_server_frame, encode_frame};
 pub use error_code::ErrorCode;
 pub use frame::{
-    ClientFrame, DirectoryEntry, IceServer, ServerFrame, SessionId, auth_message, encode_deliver, enroll_message,
+    ClientFrame, DirectoryEntry, IceServer, Recipients, RecipientsError, ServerFrame, SessionId, auth_message,
+    encode_deliver, enroll_message,
 };
 pub use identity::{IdentityError, IdentityKey, MemberId, PublicKey, Purpose, Signature, safety_number};
 pub use limits::Limits;
-pub use opaque::{Nonce, Opaque, OpaqueError};
+pub use opaque::{GroupId, Nonce, Opaque, OpaqueError};
 
 /// The signaling protocol version this crate speaks. It is also the path segment: `/v1/signal`.
 pub const PROTOCOL_VERSION: u16 = 1;

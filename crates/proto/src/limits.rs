@@ -18,6 +18,14 @@ pub const MAX_ID_BYTES: usize = 64;
 pub const MAX_CATEGORIES_PER_MEMBER: usize = 32;
 /// Length of a challenge nonce, in bytes.
 pub const NONCE_BYTES: usize = 32;
+/// Shortest MLS group id a `commit` may name, in bytes: group ids share one ledger per bubble, so they must be
+/// unguessable (random, as MLS recommends) for one group's epochs not to be claimable by outsiders.
+pub const MIN_GROUP_ID_BYTES: usize = 16;
+/// Longest MLS group id a `commit` may name, in bytes.
+pub const MAX_GROUP_ID_BYTES: usize = 32;
+/// Most recipients one `commit` may name. A protocol constant rather than a field of [`Limits`]: clients
+/// decode `welcome.limits` strictly, so a new field there would break every client already deployed.
+pub const MAX_COMMIT_RECIPIENTS: usize = 256;
 
 /// The limits a server enforces on a session, sent to the client in `welcome` so that it can stay inside them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,14 +77,21 @@ impl TokenBucket {
 
     /// Takes one token, or says how long until one is available.
     pub fn take(&mut self, now: Instant) -> Result<(), Duration> {
+        self.take_n(1, now)
+    }
+
+    /// Takes `n` tokens at once (at most the whole burst, so that any `n` can pass from a full bucket), or
+    /// says how long until they are available; takes nothing when refused.
+    pub fn take_n(&mut self, n: u32, now: Instant) -> Result<(), Duration> {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
         self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        let cost = f64::from(n.max(1)).min(self.burst);
+        if self.tokens >= cost {
+            self.tokens -= cost;
             Ok(())
         } else {
-            Err(Duration::from_secs_f64((1.0 - self.tokens) / self.rate))
+            Err(Duration::from_secs_f64((cost - self.tokens) / self.rate))
         }
     }
 }
@@ -96,5 +111,18 @@ mod tests {
         assert!(!is_valid_display_name("  "));
         assert!(!is_valid_display_name("a\u{0}b"));
         assert!(!is_valid_display_name(&"é".repeat(33)));
+    }
+
+    #[test]
+    fn bucket_takes_several_tokens_at_most_a_burst() {
+        let now = Instant::now();
+        let mut bucket = TokenBucket::new(10, 20, now);
+        assert_eq!(bucket.take_n(15, now), Ok(()));
+        assert!(bucket.take_n(6, now).is_err(), "5 tokens left");
+        assert_eq!(bucket.take_n(5, now), Ok(()), "a refusal took nothing");
+        // More than the burst costs the whole burst: possible from a full bucket, two seconds later.
+        let later = now + Duration::from_secs(2);
+        assert_eq!(bucket.take_n(1000, later), Ok(()));
+        assert!(bucket.take(later).is_err());
     }
 }

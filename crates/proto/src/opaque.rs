@@ -1,4 +1,5 @@
-//! Opaque envelope bodies: bytes the server relays and cannot read (end-to-end encrypted by the members).
+//! Opaque bytes on the wire: envelope bodies the server relays and cannot read (end-to-end encrypted by the
+//! members), challenge nonces, and MLS group ids (which the server compares, never interprets).
 
 use std::fmt;
 
@@ -6,7 +7,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 
-use crate::limits::MAX_BODY_BYTES;
+use crate::limits::{MAX_BODY_BYTES, MAX_GROUP_ID_BYTES, MIN_GROUP_ID_BYTES};
 
 /// Why an envelope body was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -20,6 +21,9 @@ pub enum OpaqueError {
     /// An envelope must carry at least one byte.
     #[error("envelope body is empty")]
     Empty,
+    /// A group id is not canonical unpadded base64url of the allowed length.
+    #[error("group id must be {MIN_GROUP_ID_BYTES} to {MAX_GROUP_ID_BYTES} bytes of unpadded base64url")]
+    GroupId,
 }
 
 /// An envelope body, kept in its validated wire form (unpadded base64url) so that relaying it costs no
@@ -169,6 +173,65 @@ impl fmt::Debug for Nonce {
     }
 }
 
+/// An MLS group id (RFC 9420 `group_id`): [`MIN_GROUP_ID_BYTES`]..=[`MAX_GROUP_ID_BYTES`] opaque bytes, chosen by
+/// the group's creator (randomly, as MLS recommends), written as canonical unpadded base64url. The server uses
+/// it only as the key of its commit ledger.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct GroupId {
+    len: u8,
+    // Zero beyond `len`, so that the derived `Eq` and `Hash` compare the id alone.
+    bytes: [u8; MAX_GROUP_ID_BYTES],
+}
+
+impl GroupId {
+    /// Wraps the bytes of an MLS group id.
+    pub fn from_bytes(id: &[u8]) -> Result<Self, OpaqueError> {
+        if !(MIN_GROUP_ID_BYTES..=MAX_GROUP_ID_BYTES).contains(&id.len()) {
+            return Err(OpaqueError::GroupId);
+        }
+        let mut bytes = [0u8; MAX_GROUP_ID_BYTES];
+        bytes[..id.len()].copy_from_slice(id);
+        Ok(Self { len: id.len() as u8, bytes })
+    }
+
+    /// The raw bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
+impl TryFrom<String> for GroupId {
+    type Error = OpaqueError;
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        // Length first, so that nothing oversized is decoded; the decoder refuses padding, the standard
+        // alphabet and non-zero trailing bits.
+        if !(encoded_len(MIN_GROUP_ID_BYTES)..=encoded_len(MAX_GROUP_ID_BYTES)).contains(&text.len()) {
+            return Err(OpaqueError::GroupId);
+        }
+        let bytes = URL_SAFE_NO_PAD.decode(&text).map_err(|_| OpaqueError::GroupId)?;
+        Self::from_bytes(&bytes)
+    }
+}
+
+impl From<GroupId> for String {
+    fn from(id: GroupId) -> Self {
+        URL_SAFE_NO_PAD.encode(id.as_bytes())
+    }
+}
+
+impl fmt::Display for GroupId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&URL_SAFE_NO_PAD.encode(self.as_bytes()))
+    }
+}
+
+impl fmt::Debug for GroupId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "GroupId({self})")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,6 +260,33 @@ mod tests {
             let strict = URL_SAFE_NO_PAD.decode(&text).is_ok();
             proptest::prop_assert_eq!(is_canonical_base64url(text.as_bytes()), strict, "{}", text);
         }
+    }
+
+    #[test]
+    fn group_ids_are_strict() {
+        let id = GroupId::from_bytes(&[7; 16]).map(String::from);
+        assert_eq!(id.as_deref(), Ok("BwcHBwcHBwcHBwcHBwcHBw"));
+        for bytes in [MIN_GROUP_ID_BYTES, 20, MAX_GROUP_ID_BYTES] {
+            let id = GroupId::from_bytes(&vec![0xA5; bytes]).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(id.as_bytes().len(), bytes);
+            assert_eq!(GroupId::try_from(String::from(id)), Ok(id));
+        }
+        assert_eq!(GroupId::from_bytes(&[1; MIN_GROUP_ID_BYTES - 1]), Err(OpaqueError::GroupId));
+        assert_eq!(GroupId::from_bytes(&[1; MAX_GROUP_ID_BYTES + 1]), Err(OpaqueError::GroupId));
+        for bad in [
+            "",
+            "BwcHBwcHBwcHBwcHBwcHBw==",                       // padding
+            "BwcHBwcHBwcHBwcHBwcHBx",                         // non-zero trailing bits
+            "BwcHBwcHBwcHBwcHBwcH+w",                         // standard alphabet
+            "BwcHBwcHBwcHBwcHBwcHB",                          // 15.75 bytes
+            "BwcHBwcHBwcHBwcHBwcH",                           // 15 bytes
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", // 34 bytes
+        ] {
+            assert_eq!(GroupId::try_from(bad.to_owned()), Err(OpaqueError::GroupId), "{bad}");
+        }
+        // Ids that differ only in length are different ids.
+        let short = GroupId::from_bytes(&[0; 16]);
+        assert_ne!(short, GroupId::from_bytes(&[0; 17]));
     }
 
     #[test]

@@ -2,7 +2,10 @@
 //! crate computes, and every error code must be documented.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use peerbubble_proto::{ErrorCode, IdentityKey, Nonce, Opaque, Purpose, auth_message, safety_number};
+use peerbubble_proto::{
+    ErrorCode, GroupId, IdentityKey, Nonce, Opaque, Purpose, auth_message, decode_client_frame, decode_server_frame,
+    encode_frame, safety_number,
+};
 
 fn doc() -> String {
     std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/protocol.md")).unwrap()
@@ -31,6 +34,27 @@ fn test_vectors_match_the_implementation() {
     assert_eq!(signature.to_string(), vector(&doc, "Signature by A"));
     assert_eq!(safety_number(&a.public_key(), &b.public_key()), vector(&doc, "Safety number (A, B) = (B, A)"));
     assert_eq!(String::from(Opaque::from_bytes(b"sealed bytes").unwrap()), vector(&doc, "Body `sealed bytes`"));
+    assert_eq!(String::from(GroupId::from_bytes(&[7; 16]).unwrap()), vector(&doc, "Group id (16 bytes of `0x07`)"));
+}
+
+#[test]
+fn every_example_frame_decodes_and_reencodes_as_written() {
+    let doc = doc();
+    let client_types = ["auth", "send", "commit", "ping"];
+    let mut seen = Vec::new();
+    for line in doc.lines().filter(|l| l.starts_with(r#"{"type":""#)) {
+        let kind = line.split('"').nth(3).unwrap();
+        let again = if client_types.contains(&kind) {
+            encode_frame(&decode_client_frame(line.as_bytes(), usize::MAX).unwrap_or_else(|e| panic!("{line}: {e}")))
+        } else {
+            encode_frame(&decode_server_frame(line.as_bytes()).unwrap_or_else(|e| panic!("{line}: {e}")))
+        };
+        assert_eq!(again, line, "examples are written in the encoder's field order");
+        seen.push(kind.to_owned());
+    }
+    for kind in client_types {
+        assert!(seen.iter().any(|k| k == kind), "no example of {kind}");
+    }
 }
 
 #[test]
