@@ -15,10 +15,12 @@ pub(crate) fn bench(root: &Path, name: Option<&str>, rest: &[String]) -> anyhow:
         Some("signaling") => signaling(root, rest),
         Some("operator") => operator(),
         Some("turn") => crate::bench_turn::turn(root, rest),
+        Some("e2ee") => e2ee(rest),
         _ => bail!(
             "usage: cargo xtask bench signaling [--pairs N] [--window W] [--seconds S] [--rounds R] [--idle N]\n       \
              cargo xtask bench operator\n       \
-             cargo xtask bench turn [--clients M] [--messages N] [--length L] [--rounds R] [--allocations A]"
+             cargo xtask bench turn [--clients M] [--messages N] [--length L] [--rounds R] [--allocations A]\n       \
+             cargo xtask bench e2ee [--messages N] [--megabytes M] [--rounds R]"
         ),
     }
 }
@@ -26,6 +28,11 @@ pub(crate) fn bench(root: &Path, name: Option<&str>, rest: &[String]) -> anyhow:
 /// 1 000 Bubbles x 5 Categories against the in-process API server (crates/operator/benches/operator.rs).
 fn operator() -> anyhow::Result<()> {
     sh(cargo().args(["bench", "--package", "peerbubble-operator", "--bench", "operator"]))
+}
+
+/// MLS cost per message and encrypted file transfer vs a raw DataChannel (crates/peer/benches/e2ee.rs).
+fn e2ee(rest: &[String]) -> anyhow::Result<()> {
+    sh(cargo().args(["bench", "--package", "peerbubble-peer", "--bench", "e2ee", "--"]).args(rest))
 }
 
 struct Settings {

@@ -18,10 +18,11 @@ const USAGE: &str = "\
 usage: cargo xtask <command>
 
   run [-- args]          build and start `peerbubble up`, the all-in-one micro-node (state in ./.peerbubble)
-  test                   everything CI checks: fmt, clippy, tests, wasm32 build, cargo-deny, docs, fuzz smoke
+  test                   everything CI checks: fmt, clippy, tests, wasm32 build (proto, client-core), cargo-deny, fuzz smoke
   bench signaling        signaling throughput and latency vs the PeerJS server, memory per idle connection
   bench operator         1 000 Bubbles x 5 Categories against an in-process API server: total, p99, peak memory
   bench turn             relayed messages/s and memory per allocation vs coturn, same client (turnutils_uclient)
+  bench e2ee             MLS cost per message; encrypted file transfer vs a raw DataChannel, same run
   fuzz [seconds]         run every fuzz target (default 60 s each)
 ";
 
@@ -206,8 +207,16 @@ fn test() -> anyhow::Result<()> {
     step("clippy", || sh(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])))?;
     let helm = helm()?;
     step("tests", || sh(cargo().env("PEERBUBBLE_HELM", &helm).args(["test", "--workspace"])))?;
-    step("wasm32 build of the shared protocol", || {
-        sh(cargo().args(["build", "--package", "peerbubble-proto", "--target", "wasm32-unknown-unknown"]))
+    step("wasm32 build of the shared protocol and client core", || {
+        sh(cargo().args([
+            "build",
+            "--package",
+            "peerbubble-proto",
+            "--package",
+            "peerbubble-client-core",
+            "--target",
+            "wasm32-unknown-unknown",
+        ]))
     })?;
     step("cargo-deny (licences, bans, sources; advisories need the RustSec database from GitHub)", || {
         sh(cargo().args(["deny", "check", "licenses", "bans", "sources"]))
@@ -218,7 +227,7 @@ fn test() -> anyhow::Result<()> {
 }
 
 /// The fuzz targets: (name, what it reads).
-const FUZZ_TARGETS: [&str; 3] = ["client_frame", "server_frame", "turn_message"];
+const FUZZ_TARGETS: [&str; 5] = ["client_frame", "server_frame", "turn_message", "file_chunk", "envelope"];
 
 fn fuzz(seconds: u64) -> anyhow::Result<()> {
     if !have("cargo-fuzz", "--version") {

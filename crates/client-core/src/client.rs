@@ -27,6 +27,7 @@ use crate::files::{
     CHUNK_FRAME_TAG, CancelReason, ChunkRequest, FileControl, FileKey, FileOffer, IncomingTransfer, Opened,
     OutgoingTransfer, TransferConfig, TransferId,
 };
+use crate::keystore::{KeyStore, Storage};
 use crate::message::{AppMessage, CallSignal, ConversationKind, MessageId, ReceiptKind, hex, sdp_has_only_fingerprint};
 use crate::mls::{self, CIPHERSUITE, MlsSigner, Provider};
 use crate::wire::{Envelope, MAX_CHANNEL_MESSAGE};
@@ -37,6 +38,10 @@ pub const MAX_RELAY_BODY: usize = 32 * 1024;
 const MAX_PENDING_REQUESTS: usize = 256;
 /// The MLS exporter label of file keys (context: the transfer id).
 pub const FILE_KEY_LABEL: &str = "peerbubble file v1";
+/// A KeyPackage request unanswered for this long may be sent again.
+const REQUEST_RETRY_MS: u64 = 3_000;
+/// Unanswered KeyPackage requests are forgotten after this long.
+const REQUEST_EXPIRY_MS: u64 = 60_000;
 /// Retry a refused commit after this long even if the winning commit did not reach us.
 const COMMIT_RETRY_MS: u64 = 2_000;
 
@@ -354,6 +359,21 @@ pub struct ChatMessage {
     pub receipts: BTreeMap<MemberId, ReceiptKind>,
 }
 
+/// Key-store record of the MLS state.
+pub const RECORD_MLS: &str = "client/mls";
+/// Key-store record of the conversations and their histories.
+pub const RECORD_CONVERSATIONS: &str = "client/conversations";
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SavedConversation {
+    id: ConversationId,
+    kind: Option<ConversationKind>,
+    timer_secs: Option<u32>,
+    history: Vec<ChatMessage>,
+    ready: bool,
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Add(MemberId, Box<KeyPackage>),
@@ -407,7 +427,7 @@ pub struct Client {
     provider: Provider,
     directory: BTreeMap<MemberId, DirectoryEntry>,
     conversations: BTreeMap<ConversationId, Conversation>,
-    requests: HashMap<[u8; 16], (MemberId, Purpose)>,
+    requests: HashMap<[u8; 16], (MemberId, Purpose, u64)>,
     channels: BTreeSet<MemberId>,
     calls: HashMap<MemberId, CallState>,
     file_config: TransferConfig,
@@ -548,8 +568,12 @@ impl Client {
     /// Starts a 1:1 conversation with `peer` (asks it for a KeyPackage). [`Event::ConversationReady`] follows.
     pub fn start_direct(&mut self, peer: MemberId) -> Result<(), ClientError> {
         self.visible_key(peer)?;
+        // An unanswered request (the contact was offline) is asked again after a while.
+        let now = self.now_ms;
         if self.direct_conversation(peer).is_some()
-            || self.requests.values().any(|(m, p)| *m == peer && matches!(p, Purpose::Direct))
+            || self.requests.values().any(|(m, p, at)| {
+                *m == peer && matches!(p, Purpose::Direct) && now.saturating_sub(*at) < REQUEST_RETRY_MS
+            })
         {
             return Ok(());
         }
@@ -613,7 +637,7 @@ impl Client {
         for id in ids {
             self.leave(id)?;
         }
-        self.requests.retain(|_, (m, _)| *m != peer);
+        self.requests.retain(|_, (m, _, _)| *m != peer);
         Ok(())
     }
 
@@ -975,6 +999,7 @@ impl Client {
     /// Advances the clock: disappearing messages expire, refused commits are retried.
     pub fn handle_timeout(&mut self, now_ms: u64) {
         self.now_ms = now_ms;
+        self.requests.retain(|_, (_, _, at)| now_ms.saturating_sub(*at) < REQUEST_EXPIRY_MS);
         let mut retry = Vec::new();
         for (id, c) in &mut self.conversations {
             let before = c.history.len();
@@ -1026,7 +1051,7 @@ impl Client {
         match Envelope::decode(bytes).map_err(|e| e.to_string())? {
             Envelope::KeyPackageRequest { request } => self.answer_key_package(from, request),
             Envelope::KeyPackage { request, key_package } => {
-                let (asked, purpose) = self.requests.get(&request).copied().ok_or("unsolicited KeyPackage")?;
+                let (asked, purpose, _) = self.requests.get(&request).copied().ok_or("unsolicited KeyPackage")?;
                 if asked != from {
                     return Err("KeyPackage from a member we did not ask".into());
                 }
@@ -1388,7 +1413,7 @@ impl Client {
             return Err(ClientError::NotAllowed("too many unanswered KeyPackage requests; wait for answers"));
         }
         let request = random16()?;
-        self.requests.insert(request, (member, purpose));
+        self.requests.insert(request, (member, purpose, self.now_ms));
         self.outputs.push_back(Output::Relay { to: member, body: Envelope::KeyPackageRequest { request }.encode() });
         Ok(())
     }
@@ -1495,7 +1520,7 @@ impl Client {
             let _ = c.group.delete(self.provider.storage());
             self.events.push_back(Event::ConversationClosed { conversation: id, reason });
         }
-        self.requests.retain(|_, (_, p)| !matches!(p, Purpose::AddTo(c) if *c == id));
+        self.requests.retain(|_, (_, p, _)| !matches!(p, Purpose::AddTo(c) if *c == id));
     }
 
     fn own_message(&self, conversation: ConversationId, id: MessageId) -> Result<(), ClientError> {
@@ -1526,6 +1551,52 @@ impl Client {
     /// Every MLS secret and group state, serialised, for the encrypted key store (never store it as is).
     pub fn mls_snapshot(&self) -> Zeroizing<Vec<u8>> {
         Zeroizing::new(self.provider.snapshot())
+    }
+
+    /// Writes the client's state — MLS secrets and group states, conversations and their histories — into the
+    /// (unlocked) key store, which encrypts every record. Group changes waiting for the server and file
+    /// transfers in progress are not kept.
+    pub fn save<S: Storage>(&self, store: &mut KeyStore<S>) -> Result<(), ClientError> {
+        let conversations: Vec<SavedConversation> = self
+            .conversations
+            .iter()
+            .map(|(id, c)| SavedConversation {
+                id: *id,
+                kind: c.kind.clone(),
+                timer_secs: c.timer_secs,
+                history: c.history.clone(),
+                ready: c.ready,
+            })
+            .collect();
+        let state = Zeroizing::new(serde_json::to_vec(&conversations).map_err(|e| ClientError::State(e.to_string()))?);
+        store.put(RECORD_MLS, &self.mls_snapshot()).map_err(|e| ClientError::State(e.to_string()))?;
+        store.put(RECORD_CONVERSATIONS, &state).map_err(|e| ClientError::State(e.to_string()))
+    }
+
+    /// A client for `identity` with the state [`Client::save`] kept in `store` (unlocked).
+    pub fn restore<S: Storage>(identity: &IdentityKey, store: &KeyStore<S>) -> Result<Self, ClientError> {
+        let unreadable = |what: &str| ClientError::State(format!("{what} record missing or corrupt"));
+        let mls =
+            store.get(RECORD_MLS).map_err(|e| ClientError::State(e.to_string()))?.ok_or_else(|| unreadable("mls"))?;
+        let saved = store
+            .get(RECORD_CONVERSATIONS)
+            .map_err(|e| ClientError::State(e.to_string()))?
+            .ok_or_else(|| unreadable("conversations"))?;
+        let saved: Vec<SavedConversation> =
+            serde_json::from_slice(&saved).map_err(|e| ClientError::State(e.to_string()))?;
+        let mut client = Self::new(identity);
+        client.provider = Provider::restore(&mls).ok_or_else(|| unreadable("mls"))?;
+        for s in saved {
+            let group = MlsGroup::load(client.provider.storage(), &GroupId::from_slice(&s.id.0))
+                .map_err(mls_err)?
+                .ok_or_else(|| unreadable("conversation"))?;
+            let mut c = Conversation::new(group, s.kind);
+            c.timer_secs = s.timer_secs;
+            c.history = s.history;
+            c.ready = s.ready;
+            client.conversations.insert(s.id, c);
+        }
+        Ok(client)
     }
 }
 

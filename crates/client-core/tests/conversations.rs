@@ -349,7 +349,7 @@ fn file_transfer_over_the_channel_with_a_drop_and_resume() {
         for e in net.take_events(1) {
             if let Event::FileChunk { offset, plaintext, .. } = &e {
                 let offset = *offset;
-                received[offset as usize..offset as usize + plaintext.len()].copy_from_slice(&plaintext);
+                received[offset as usize..offset as usize + plaintext.len()].copy_from_slice(plaintext);
             }
             if let Event::FileReceived { sha256, .. } = e {
                 assert_eq!(sha256, FileHasher::digest(&data));
@@ -409,4 +409,37 @@ fn canary_never_reaches_the_relay_in_clear() {
     for body in &net.relay_log {
         assert!(!body.windows(canary.len()).any(|w| w == canary.as_bytes()), "canary in a relayed envelope");
     }
+}
+
+#[test]
+fn state_saved_to_the_key_store_is_encrypted_and_restores_the_conversation() {
+    use peerbubble_client_core::keystore::{KdfParams, KeyStore, KnowledgeKdf, MemoryStorage, Segment};
+    let mut net = Net::new(2);
+    let c = net.direct(0, 1);
+    let canary = "CANARY-at-rest-5c1d";
+    net.clients[0].send_text(c, canary).unwrap();
+    net.run();
+    let kdf = KnowledgeKdf::generate(KdfParams::insecure_fast()).unwrap();
+    let segments =
+        [Segment::device(zeroize::Zeroizing::new([3; 32])), Segment::knowledge(b"correct horse", &kdf).unwrap()];
+    let mut store = KeyStore::create(MemoryStorage::default(), &segments).unwrap();
+    net.clients[1].save(&mut store).unwrap();
+    // At rest: no content, no conversation id in clear.
+    let at_rest: Vec<u8> = store.storage().0.values().flatten().copied().collect();
+    for needle in [canary.as_bytes(), c.to_string().as_bytes()] {
+        assert!(!at_rest.windows(needle.len()).any(|w| w == needle));
+    }
+    // The member comes back later: unlock, restore, and the conversation goes on.
+    store.lock();
+    assert!(Client::restore(&net.keys[1], &store).is_err(), "locked store gives nothing");
+    store.unlock(&segments).unwrap();
+    let mut restored = Client::restore(&net.keys[1], &store).unwrap();
+    assert!(restored.history(c).unwrap().iter().any(|m| m.text == canary));
+    restored.set_directory([net.entry(0)]);
+    net.clients[1] = restored;
+    net.clients[0].send_text(c, "after the restart").unwrap();
+    net.clients[1].send_text(c, "I am back").unwrap();
+    net.run();
+    assert!(net.texts(1).contains(&"after the restart".to_owned()));
+    assert!(net.texts(0).contains(&"I am back".to_owned()));
 }

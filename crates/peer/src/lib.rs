@@ -4,6 +4,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod node;
+pub mod rtc;
 pub mod signal;
 
 pub use signal::{ClientError, SignalClient};

@@ -489,6 +489,7 @@ impl State {
     }
 
     async fn on_command(&mut self, command: Command) {
+        self.core.handle_timeout(wall_ms());
         match command {
             Command::StartDirect(peer, r) => {
                 let _ = r.send(self.core.start_direct(peer).map_err(Into::into));

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod chat;
 mod member;
 mod store_source;
 
@@ -116,6 +117,11 @@ enum Command {
         /// The URL, e.g. http://127.0.0.1:8481/readyz.
         url: String,
     },
+    /// Member: end-to-end-encrypted chat and files with the members you may see (MLS over WebRTC).
+    Chat {
+        #[command(flatten)]
+        args: chat::ChatArgs,
+    },
     /// Member: connects to a bubble and prints what the member may see: directory and presence.
     Connect {
         /// The member's key file.
@@ -161,6 +167,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Connect { key, url } => member::connect(&key, &url).await,
+        Command::Chat { args } => chat::chat(args).await,
     }
 }
 

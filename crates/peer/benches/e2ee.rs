@@ -1,0 +1,204 @@
+//! `cargo xtask bench e2ee`: the cost of end-to-end encryption.
+//!
+//! - msg_us: MLS encrypt + decrypt of one chat message between two client-core clients in this process (each
+//!   text is answered by an automatic delivery receipt, so 2 N messages are timed and the figure is per
+//!   message).
+//! - file_mb_s vs raw_mb_s, same run, same machine, same message size: a file sent between two native peers
+//!   (real bubble-server on loopback, real webrtc-rs DataChannel, chunks AEAD-encrypted under an MLS-exported
+//!   key, MLS-encrypted acknowledgements, SHA-256 verified, written to disk) against the same number of bytes
+//!   pushed over a raw DataChannel between two bare RTCPeerConnections with the same backpressure. Timed from
+//!   the receiver's accept to the file being saved (hashing the file before offering it is not counted).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::print_stdout)]
+
+use std::time::{Duration, Instant};
+
+use peerbubble_bubble_server::{Config, FileSource, Server};
+use peerbubble_client_core::files::DEFAULT_CHUNK_SIZE;
+use peerbubble_client_core::{Client, Event, Output, Path};
+use peerbubble_peer::node::{Node, NodeConfig, NodeEvent};
+use peerbubble_peer::rtc::{RtcConfig, RtcEvent, RtcPeer};
+use peerbubble_proto::{DirectoryEntry, IdentityKey};
+
+const WAIT: Duration = Duration::from_secs(120);
+
+fn arg(name: &str, default: u64) -> u64 {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn key(seed: u8) -> IdentityKey {
+    IdentityKey::from_seed(&[seed; 32])
+}
+
+fn entry(k: &IdentityKey) -> DirectoryEntry {
+    let public_key = k.public_key();
+    DirectoryEntry {
+        member: public_key.member_id(),
+        public_key,
+        display_name: "m".into(),
+        categories: vec!["c".into()],
+        online: true,
+    }
+}
+
+/// Moves outputs between two clients until quiet (commits accepted at once: no competing committer).
+fn pump(clients: &mut [Client; 2]) {
+    loop {
+        let mut moved = false;
+        for i in 0..2 {
+            let from = clients[i].member();
+            while let Some(out) = clients[i].poll_output() {
+                moved = true;
+                match out {
+                    Output::Relay { body, .. } | Output::Channel { bytes: body, .. } => {
+                        clients[1 - i].handle_envelope(from, &body, Path::Relay, 0);
+                    }
+                    Output::Commit { token, to, body, .. } => {
+                        if !to.is_empty() {
+                            clients[1 - i].handle_envelope(from, &body, Path::Relay, 0);
+                        }
+                        clients[i].commit_accepted(token);
+                    }
+                }
+            }
+            while clients[i].poll_event().is_some() {}
+        }
+        if !moved {
+            return;
+        }
+    }
+}
+
+fn message_cost(n: u64) -> f64 {
+    let (ka, kb) = (key(1), key(2));
+    let mut clients = [Client::new(&ka), Client::new(&kb)];
+    clients[0].set_directory([entry(&kb)]);
+    clients[1].set_directory([entry(&ka)]);
+    clients[0].start_direct(kb.public_key().member_id()).unwrap();
+    pump(&mut clients);
+    let conversation = clients[0].direct_conversation(kb.public_key().member_id()).unwrap();
+    let text = "a typical short message of about one hundred bytes, give or take a few, as people write them.";
+    let start = Instant::now();
+    for _ in 0..n {
+        clients[0].send_text(conversation, text).unwrap();
+        pump(&mut clients);
+    }
+    start.elapsed().as_secs_f64() * 1e6 / (2 * n) as f64
+}
+
+async fn raw_throughput(bytes: usize, message: usize) -> f64 {
+    let (a, mut a_events) = RtcPeer::new(RtcConfig::default()).await.unwrap();
+    let (b, mut b_events) = RtcPeer::new(RtcConfig::default()).await.unwrap();
+    let offer = a.create_offer().await.unwrap();
+    let answer = b.accept_offer(&offer, &a.local_fingerprint()).await.unwrap();
+    a.accept_answer(&answer, &b.local_fingerprint()).await.unwrap();
+    for events in [&mut a_events, &mut b_events] {
+        loop {
+            match tokio::time::timeout(WAIT, events.recv()).await.unwrap().unwrap() {
+                RtcEvent::ChannelOpen => break,
+                RtcEvent::Failed(e) => panic!("{e}"),
+                _ => {}
+            }
+        }
+    }
+    let chunk = vec![0x5a; message];
+    let receiver = tokio::spawn(async move {
+        let mut got = 0usize;
+        while got < bytes {
+            match b_events.recv().await {
+                Some(RtcEvent::Message(m)) => got += m.len(),
+                Some(RtcEvent::Failed(e)) => panic!("{e}"),
+                Some(_) => {}
+                None => panic!("closed"),
+            }
+        }
+        (Instant::now(), b)
+    });
+    let start = Instant::now();
+    let mut sent = 0;
+    while sent < bytes {
+        let n = message.min(bytes - sent);
+        a.send(&chunk[..n]).await.unwrap();
+        sent += n;
+    }
+    let (end, b) = receiver.await.unwrap();
+    a.close().await;
+    b.close().await;
+    bytes as f64 / 1e6 / (end - start).as_secs_f64()
+}
+
+async fn encrypted_throughput(bytes: usize) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let (ka, kb) = (key(1), key(2));
+    let (a_id, b_id) = (ka.public_key().member_id(), kb.public_key().member_id());
+    let (ka, kb) = if a_id < b_id { (ka, kb) } else { (kb, ka) };
+    let yaml = format!(
+        "bubble: bench\ncategories:\n  - {{id: c}}\nmembers:\n  - {{public_key: {}, display_name: a, categories: [c]}}\n  - {{public_key: {}, display_name: b, categories: [c]}}\n",
+        ka.public_key(),
+        kb.public_key()
+    );
+    std::fs::write(dir.path().join("bubble.yaml"), yaml).unwrap();
+    let config =
+        Config { listen: ([127, 0, 0, 1], 0).into(), bubble_file: dir.path().join("bubble.yaml"), ..Config::default() };
+    let server = Server::start(config.clone(), FileSource::new(config.bubble_file.clone(), config.reload_interval))
+        .await
+        .unwrap();
+    server.ready().await;
+    let url = format!("ws://{}/v1/signal", server.local_addr());
+    let downloads = dir.path().join("in");
+    std::fs::create_dir(&downloads).unwrap();
+    let b_member = kb.public_key().member_id();
+    let mut alice = Node::start(NodeConfig::new(&url), ka).await.unwrap();
+    let mut bob = Node::start(NodeConfig { download_dir: Some(downloads), ..NodeConfig::new(&url) }, kb).await.unwrap();
+    alice.start_direct(b_member).await.unwrap();
+    alice.wait_for("channel", WAIT, |e| matches!(e, NodeEvent::ChannelOpen(_))).await.unwrap();
+    bob.wait_for("channel", WAIT, |e| matches!(e, NodeEvent::ChannelOpen(_))).await.unwrap();
+    let source = dir.path().join("payload.bin");
+    std::fs::write(&source, vec![0xa5u8; bytes]).unwrap();
+    alice.send_file(b_member, &source).await.unwrap();
+    alice.wait_for("accept", WAIT, |e| matches!(e, NodeEvent::Core(Event::FileSendable { .. }))).await.unwrap();
+    let start = Instant::now();
+    bob.wait_for("saved", WAIT, |e| matches!(e, NodeEvent::FileSaved { .. })).await.unwrap();
+    let elapsed = start.elapsed();
+    alice.shutdown().await.unwrap();
+    bob.shutdown().await.unwrap();
+    server.shutdown().await.unwrap();
+    bytes as f64 / 1e6 / elapsed.as_secs_f64()
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let messages = arg("--messages", 2000);
+    let megabytes = arg("--megabytes", 100) as usize;
+    let rounds = arg("--rounds", 3);
+    let bytes = megabytes * 1024 * 1024;
+    // Raw messages as large as an encrypted chunk frame (chunk + header + tag).
+    let message = DEFAULT_CHUNK_SIZE as usize + peerbubble_client_core::files::FRAME_OVERHEAD;
+    let msg_us = message_cost(messages);
+    println!("mls: {msg_us:.1} us per message (encrypt + decrypt), {messages} texts and their receipts");
+    let (mut raw, mut file) = (Vec::new(), Vec::new());
+    for round in 1..=rounds {
+        // Alternate the order so neither side always runs on a warmer machine.
+        let (r, f) = if round % 2 == 1 {
+            let r = raw_throughput(bytes, message).await;
+            (r, encrypted_throughput(bytes).await)
+        } else {
+            let f = encrypted_throughput(bytes).await;
+            (raw_throughput(bytes, message).await, f)
+        };
+        println!(
+            "round {round}: raw {r:.1} MB/s, encrypted file {f:.1} MB/s ({megabytes} MiB, {message}-byte messages)"
+        );
+        raw.push(r);
+        file.push(f);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (raw_mb_s, file_mb_s) = (median(&mut raw), median(&mut file));
+    println!(
+        "bench e2ee: msg_us={msg_us:.1} file_mb_s={file_mb_s:.1} raw_mb_s={raw_mb_s:.1} ratio={:.2}",
+        file_mb_s / raw_mb_s
+    );
+}

@@ -1,0 +1,208 @@
+//! `peerbubble chat`: a member's end-to-end-encrypted chat in the terminal, on the native peer (MLS, WebRTC
+//! DataChannels, files). Lines typed are sent to the current conversation; lines starting with `/` are commands.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use peerbubble_client_core::message::ConversationKind;
+use peerbubble_client_core::{ConversationId, Event};
+use peerbubble_peer::node::{Node, NodeConfig, NodeEvent};
+use peerbubble_proto::MemberId;
+use tokio::io::AsyncBufReadExt as _;
+
+use crate::say;
+
+const HELP: &str = "commands:
+  /list                     members you may see, online or not
+  /open NAME                start or switch to the 1:1 conversation with NAME
+  /group NAME MEMBER...     create a group chat and invite members
+  /add MEMBER | /remove MEMBER   change the current group
+  /file PATH                send a file to the current 1:1 contact
+  /leave                    leave the current conversation (its keys are destroyed)
+  /quit
+  anything else             is sent to the current conversation
+";
+
+/// Settings of `peerbubble chat`.
+#[derive(Debug, clap::Args)]
+pub struct ChatArgs {
+    /// The member's key file.
+    #[arg(long)]
+    key: PathBuf,
+    /// Signaling URL.
+    #[arg(long, default_value = "ws://127.0.0.1:8480/v1/signal")]
+    url: String,
+    /// Accept offered files into this directory.
+    #[arg(long)]
+    download_dir: Option<PathBuf>,
+    /// Keep received files encrypted at rest (`<name>.pbsealed`).
+    #[arg(long)]
+    keep_encrypted: bool,
+    /// Answer every message with `echo: <text>` (a bot for tests and demos).
+    #[arg(long)]
+    echo: bool,
+    /// Use only TURN-relayed candidates (contacts never learn this host's addresses).
+    #[arg(long)]
+    relay_only: bool,
+    /// Start a 1:1 conversation with this member (display name or id) at once.
+    #[arg(long)]
+    to: Option<String>,
+}
+
+pub async fn chat(args: ChatArgs) -> anyhow::Result<()> {
+    let key = crate::member::read_key(&args.key)?;
+    let config = NodeConfig {
+        download_dir: args.download_dir.clone(),
+        keep_encrypted: args.keep_encrypted,
+        echo: args.echo,
+        relay_only: args.relay_only,
+        ..NodeConfig::new(&args.url)
+    };
+    let mut node = Node::start(config, key).await.with_context(|| format!("cannot connect to {}", args.url))?;
+    say(&format!("connected as {}; /help for commands\n", node.member()));
+    let mut names: HashMap<MemberId, String> = HashMap::new();
+    for e in node.directory().await? {
+        names.insert(e.member, e.display_name);
+    }
+    let mut current: Option<ConversationId> = None;
+    let mut pending_direct: Option<MemberId> = None;
+    if let Some(to) = &args.to {
+        let peer = find(&names, to)?;
+        node.start_direct(peer).await?;
+        pending_direct = Some(peer);
+    }
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let mut stdin_open = true;
+    loop {
+        tokio::select! {
+            line = lines.next_line(), if stdin_open => match line? {
+                None => stdin_open = false,
+                Some(line) => {
+                    if line.trim() == "/quit" {
+                        break;
+                    }
+                    if let Err(e) = command(&node, &names, &mut current, &mut pending_direct, line.trim()).await {
+                        say(&format!("! {e}\n"));
+                    }
+                }
+            },
+            event = node.next_event(Duration::from_secs(3600)) => {
+                let Some(event) = event else { continue };
+                if let NodeEvent::Core(Event::ConversationReady { conversation, kind, members }) = &event {
+                    let direct_ready = *kind == ConversationKind::Direct && members.first() == pending_direct.as_ref();
+                    if current.is_none() || direct_ready {
+                        current = Some(*conversation);
+                        pending_direct = None;
+                    }
+                }
+                if let Some(text) = describe(&names, &event) {
+                    say(&text);
+                }
+            },
+            _ = tokio::signal::ctrl_c() => break,
+        }
+        if !stdin_open && !args.echo && args.download_dir.is_none() {
+            break;
+        }
+    }
+    node.shutdown().await?;
+    Ok(())
+}
+
+fn find(names: &HashMap<MemberId, String>, who: &str) -> anyhow::Result<MemberId> {
+    names
+        .iter()
+        .find(|(id, name)| name.as_str() == who || id.to_string() == who)
+        .map(|(id, _)| *id)
+        .with_context(|| format!("nobody called {who} in your directory (/list)"))
+}
+
+async fn command(
+    node: &Node,
+    names: &HashMap<MemberId, String>,
+    current: &mut Option<ConversationId>,
+    pending_direct: &mut Option<MemberId>,
+    line: &str,
+) -> anyhow::Result<()> {
+    let mut words = line.split_whitespace();
+    let need_current = || current.context("no conversation yet: /open NAME or /group NAME MEMBER...");
+    match words.next() {
+        None => {}
+        Some("/help") => say(HELP),
+        Some("/list") => {
+            let mut text = String::new();
+            for e in node.directory().await? {
+                let state = if e.online { "online " } else { "offline" };
+                text += &format!("  {state} {} [{}] {}\n", e.display_name, e.categories.join(", "), e.member);
+            }
+            say(&text);
+        }
+        Some("/open") => {
+            let peer = find(names, words.next().context("/open NAME")?)?;
+            match node.direct(peer).await? {
+                Some(c) => *current = Some(c),
+                None => {
+                    node.start_direct(peer).await?;
+                    *pending_direct = Some(peer);
+                    say("setting up an end-to-end-encrypted conversation...\n");
+                }
+            }
+        }
+        Some("/group") => {
+            let name = words.next().context("/group NAME MEMBER...")?;
+            let members = words.map(|w| find(names, w)).collect::<anyhow::Result<Vec<_>>>()?;
+            *current = Some(node.create_group(name, &members).await?);
+        }
+        Some("/add") => node.add_member(need_current()?, find(names, words.next().context("/add MEMBER")?)?).await?,
+        Some("/remove") => {
+            node.remove_member(need_current()?, find(names, words.next().context("/remove MEMBER")?)?).await?
+        }
+        Some("/leave") => {
+            node.leave(need_current()?).await?;
+            *current = None;
+        }
+        Some("/file") => {
+            let path = PathBuf::from(words.next().context("/file PATH")?);
+            let members = node.members(need_current()?).await?;
+            let [peer] = members.as_slice() else { anyhow::bail!("files go to a 1:1 contact: /open NAME first") };
+            node.send_file(*peer, &path).await?;
+        }
+        Some(other) if other.starts_with('/') => anyhow::bail!("unknown command {other}; /help"),
+        Some(_) => {
+            node.send_text(need_current()?, line).await?;
+        }
+    }
+    Ok(())
+}
+
+fn describe(names: &HashMap<MemberId, String>, event: &NodeEvent) -> Option<String> {
+    let name = |m: &MemberId| names.get(m).cloned().unwrap_or_else(|| m.to_string());
+    Some(match event {
+        NodeEvent::Core(Event::Message { from, text, .. }) => format!("[{}] {text}\n", name(from)),
+        NodeEvent::Core(Event::ConversationReady { kind, members, .. }) => {
+            let who: Vec<_> = members.iter().map(name).collect();
+            match kind {
+                ConversationKind::Direct => format!("* conversation with {} ready (MLS)\n", who.join(", ")),
+                ConversationKind::Group { name } => format!("* group {name} ready: {}\n", who.join(", ")),
+            }
+        }
+        NodeEvent::Core(Event::MembersChanged { members, .. }) => {
+            format!("* members now: {}\n", members.iter().map(name).collect::<Vec<_>>().join(", "))
+        }
+        NodeEvent::Core(Event::ConversationClosed { reason, .. }) => format!("* conversation closed ({reason:?})\n"),
+        NodeEvent::Core(Event::FileOffered { from, offer, .. }) => {
+            format!("* {} offers {} ({} bytes)\n", name(from), offer.name, offer.size)
+        }
+        NodeEvent::Core(Event::FileSent { .. }) => "* file delivered and verified\n".into(),
+        NodeEvent::Core(Event::Refused { from, reason }) => format!("! refused from {}: {reason}\n", name(from)),
+        NodeEvent::FileSaved { path, .. } => format!("* file saved to {}\n", path.display()),
+        NodeEvent::ChannelOpen(m) => format!("* direct connection with {} (DTLS fingerprint verified)\n", name(m)),
+        NodeEvent::ChannelClosed(m) => format!("* direct connection with {} closed; using the relay\n", name(m)),
+        NodeEvent::SignalingDown => "* signaling lost; reconnecting\n".into(),
+        NodeEvent::SignalingUp => "* signaling back\n".into(),
+        NodeEvent::Error(e) => format!("! {e}\n"),
+        _ => return None,
+    })
+}
