@@ -378,6 +378,8 @@ struct SavedConversation {
 enum Op {
     Add(MemberId, Box<KeyPackage>),
     Remove(MemberId),
+    /// A fresh leaf key for us: post-compromise security.
+    Update,
 }
 
 #[derive(Debug)]
@@ -612,6 +614,14 @@ impl Client {
     pub fn remove_member(&mut self, conversation: ConversationId, member: MemberId) -> Result<(), ClientError> {
         let c = self.conversation_mut(conversation)?;
         c.ops.push_back(Op::Remove(member));
+        self.drive(conversation);
+        Ok(())
+    }
+
+    /// Replaces our leaf key in the conversation (an MLS update commit): whoever learnt our current keys can
+    /// no longer read what follows (post-compromise security).
+    pub fn update_keys(&mut self, conversation: ConversationId) -> Result<(), ClientError> {
+        self.conversation_mut(conversation)?.ops.push_back(Op::Update);
         self.drive(conversation);
         Ok(())
     }
@@ -1434,6 +1444,11 @@ impl Client {
                     .group
                     .add_members(&self.provider, &self.signer, std::slice::from_ref(kp))
                     .map(|(commit, welcome, _)| (commit, Some(welcome)))
+                    .map_err(mls_err),
+                Op::Update => c
+                    .group
+                    .self_update(&self.provider, &self.signer, openmls::prelude::LeafNodeParameters::default())
+                    .map(|bundle| (bundle.into_commit(), None))
                     .map_err(mls_err),
                 Op::Remove(m) => match leaf_of(&c.group, *m) {
                     Some(leaf) => c

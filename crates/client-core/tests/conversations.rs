@@ -204,6 +204,50 @@ fn tampered_replayed_and_misattributed_messages_are_refused_and_the_group_goes_o
 }
 
 #[test]
+fn key_update_moves_everyone_to_a_new_epoch_and_the_old_state_cannot_read_on() {
+    let mut net = Net::new(3);
+    let g = net.clients[0].create_group("g", &[net.ids[1], net.ids[2]]).unwrap();
+    net.run();
+    let before = net.clients[1].epoch(g).unwrap();
+    // A snapshot of member 1's state, as an attacker who copied the device would hold it.
+    let stolen = net.clients[1].mls_snapshot();
+    let logged = net.relay_log.len();
+    net.clients[1].update_keys(g).unwrap();
+    net.run();
+    let update_commit = net.relay_log[logged].clone();
+    for i in 0..3 {
+        assert_eq!(net.clients[i].epoch(g).unwrap(), before + 1, "member {i}");
+    }
+    net.clients[2].send_text(g, "after the update").unwrap();
+    net.collect();
+    let to_one = net.flights.iter().find(|f| f.to == 1).unwrap().bytes.clone();
+    net.deliver();
+    net.drain_events();
+    assert!(net.texts(1).contains(&"after the update".to_owned()));
+    // The copied state is one epoch behind: it cannot open the message.
+    let provider = Provider::restore(&stolen).unwrap();
+    let mut group = openmls::prelude::MlsGroup::load(
+        openmls_traits::OpenMlsProvider::storage(&provider),
+        &openmls::prelude::GroupId::from_slice(&g.0),
+    )
+    .unwrap()
+    .unwrap();
+    use openmls::prelude::tls_codec::Deserialize as _;
+    let process = |group: &mut openmls::prelude::MlsGroup, envelope: &[u8]| {
+        let Envelope::Mls { message } = Envelope::decode(envelope).unwrap() else { panic!() };
+        let message = openmls::prelude::MlsMessageIn::tls_deserialize_exact(message).unwrap();
+        group.process_message(&provider, message.try_into_protocol_message().unwrap()).map(|p| p.into_content())
+    };
+    // Even given the update commit itself, the message stays closed to the copied state.
+    if let Ok(openmls::prelude::ProcessedMessageContent::StagedCommitMessage(staged)) =
+        process(&mut group, &update_commit)
+    {
+        let _ = group.merge_staged_commit(&provider, *staged);
+    }
+    assert!(process(&mut group, &to_one).is_err(), "the copied state read a message after the update");
+}
+
+#[test]
 fn forward_secrecy_a_read_message_key_is_gone_from_the_stored_state() {
     let mut net = Net::new(2);
     let c = net.direct(0, 1);
