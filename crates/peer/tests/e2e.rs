@@ -182,6 +182,7 @@ async fn hundred_megabyte_file_survives_a_dropped_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn canary_sdp_fingerprints_and_candidates_never_reach_the_server_in_clear() {
+    let logs = support::capture_logs();
     let mut bubble = Bubble::start(&support::yaml(2)).await;
     let tap = Tap::start(bubble.url()).await;
     let (a, b) = if id(1) < id(2) { (1, 2) } else { (2, 1) };
@@ -206,13 +207,18 @@ async fn canary_sdp_fingerprints_and_candidates_never_reach_the_server_in_clear(
     assert!(raw.contains("\"deliver\"") && raw.contains("\"commit\""), "the tap saw envelopes and commits");
     assert!(bodies.len() >= 4, "relayed envelopes: {}", bodies.len());
     let in_bodies = |needle: &[u8]| bodies.iter().any(|b| b.windows(needle.len()).any(|w| w == needle));
+    alice.shutdown().await.unwrap();
+    bob.shutdown().await.unwrap();
+    bubble.stop().await;
+    let logs = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    assert!(logs.contains("TRACE") || logs.contains("DEBUG"), "verbose logs were captured");
     for needle in [canary, "a=fingerprint", "sha-256", "candidate", "127.0.0.1", "v=0", "canary.txt"] {
         assert!(!raw.contains(needle), "{needle} in a frame");
         assert!(!in_bodies(needle.as_bytes()), "{needle} in a relayed envelope");
     }
-    alice.shutdown().await.unwrap();
-    bob.shutdown().await.unwrap();
-    bubble.stop().await;
+    for needle in [canary, "a=fingerprint", "candidate:", "v=0", "canary.txt"] {
+        assert!(!logs.contains(needle), "{needle} in the logs");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -90,6 +90,41 @@ pub async fn wait(node: &mut Node, what: &'static str, pred: impl FnMut(&NodeEve
     node.wait_for(what, WAIT, pred).await.unwrap_or_else(|e| panic!("member {}: {e}", node.member()))
 }
 
+/// Captures, at trace level, the logs of the bubble-server and of our own client code in this process (with the
+/// server's own redactions of the WebSocket layer), for canary checks.
+pub fn capture_logs() -> Arc<Mutex<Vec<u8>>> {
+    static LOGS: std::sync::OnceLock<Arc<Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        let sink = buffer.clone();
+        let mut filter = tracing_subscriber::EnvFilter::new(
+            "info,peerbubble_bubble_server=trace,peerbubble_turn=trace,peerbubble_peer=trace,peerbubble_client_core=trace,axum=trace,tower=trace",
+        );
+        for directive in peerbubble_bubble_server::LOG_REDACTIONS {
+            filter = filter.add_directive(directive.parse().unwrap());
+        }
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(false)
+            .with_writer(move || LogWriter(sink.clone()))
+            .init();
+        buffer
+    })
+    .clone()
+}
+
+struct LogWriter(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Which way a frame went through the tap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dir {
