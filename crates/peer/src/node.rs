@@ -33,9 +33,6 @@ pub struct NodeConfig {
     pub auto_connect: bool,
     /// Accept offered files into this directory.
     pub download_dir: Option<PathBuf>,
-    /// Keep received files encrypted at rest (`<name>.pbsealed`: the chunks as received; the key stays with
-    /// the client).
-    pub keep_encrypted: bool,
     /// Answer every chat message with `echo: <text>`.
     pub echo: bool,
     /// File-transfer tuning.
@@ -50,7 +47,6 @@ impl NodeConfig {
             relay_only: false,
             auto_connect: true,
             download_dir: None,
-            keep_encrypted: false,
             echo: false,
             files: TransferConfig::default(),
         }
@@ -672,14 +668,11 @@ impl State {
                     self.emit(NodeEvent::Error(format!("file send paused: {e}")));
                 }
             }
-            Event::FileChunk { transfer, offset, plaintext, sealed, .. } => {
-                let keep_encrypted = self.config.keep_encrypted;
+            Event::FileChunk { transfer, offset, plaintext, .. } => {
+                // The native peer keeps no key store yet, so it saves files decrypted (client-core hands out the
+                // sealed chunks and the key for clients that keep files encrypted at rest).
                 if let Some(f) = self.incoming_files.get_mut(transfer) {
-                    let written = if keep_encrypted {
-                        f.file.write_all(&(sealed.len() as u32).to_be_bytes()).and_then(|()| f.file.write_all(sealed))
-                    } else {
-                        f.file.seek(SeekFrom::Start(*offset)).and_then(|_| f.file.write_all(plaintext))
-                    };
+                    let written = f.file.seek(SeekFrom::Start(*offset)).and_then(|_| f.file.write_all(plaintext));
                     if let Err(e) = written {
                         self.emit(NodeEvent::Error(format!("cannot write file: {e}")));
                     }
@@ -701,11 +694,10 @@ impl State {
     }
 
     fn accept_file(&mut self, dir: &Path, transfer: TransferId, name: &str) -> Result<(), NodeError> {
-        let suffix = if self.config.keep_encrypted { ".pbsealed" } else { "" };
-        let mut path = dir.join(format!("{name}{suffix}"));
+        let mut path = dir.join(name);
         let mut n = 1;
         while path.exists() {
-            path = dir.join(format!("{name}.{n}{suffix}"));
+            path = dir.join(format!("{name}.{n}"));
             n += 1;
         }
         let file = std::fs::OpenOptions::new().write(true).create_new(true).open(&path)?;

@@ -37,9 +37,6 @@ pub struct ChatArgs {
     /// Accept offered files into this directory.
     #[arg(long)]
     download_dir: Option<PathBuf>,
-    /// Keep received files encrypted at rest (`<name>.pbsealed`).
-    #[arg(long)]
-    keep_encrypted: bool,
     /// Answer every message with `echo: <text>` (a bot for tests and demos).
     #[arg(long)]
     echo: bool,
@@ -55,7 +52,6 @@ pub async fn chat(args: ChatArgs) -> anyhow::Result<()> {
     let key = crate::member::read_key(&args.key)?;
     let config = NodeConfig {
         download_dir: args.download_dir.clone(),
-        keep_encrypted: args.keep_encrypted,
         echo: args.echo,
         relay_only: args.relay_only,
         ..NodeConfig::new(&args.url)
