@@ -10,7 +10,8 @@
 //! 1. [`RtcPeer::accept_offer`] and [`RtcPeer::accept_answer`] refuse, before applying anything, a description
 //!    any of whose `a=fingerprint` lines (session or media level) is not the expected one.
 //! 2. webrtc-rs then refuses a DTLS peer whose certificate does not hash to the remote description's fingerprint
-//!    (see [`verify_remote_certificate`] for where).
+//!    (where: the doc of `verify_remote_certificate` in this file). It reports the refusal only in its log, so
+//!    such a connection ends with [`RtcEvent::Failed`] when [`RtcConfig::connect_timeout`] runs out.
 //! 3. Once connected, the peer's actual certificate is hashed here and compared with the expected fingerprint
 //!    once more; on a mismatch the connection is closed and [`RtcEvent::Failed`] is emitted. No
 //!    [`RtcEvent::ChannelOpen`] and no [`RtcEvent::Message`] is ever delivered before this check has passed.
@@ -497,7 +498,8 @@ impl RtcPeer {
     }
 
     /// Creates the DataChannel and the offer, waits for ICE gathering to complete and returns the offer SDP with
-    /// every candidate in it.
+    /// every candidate in it. The [`RtcEvent::LocalCandidate`] and [`RtcEvent::GatheringComplete`] events of that
+    /// gathering may reach the receiver just after this returns.
     pub async fn create_offer(&self) -> Result<String, RtcError> {
         self.ensure_open()?;
         if self.shared.channel.borrow().is_some() {
@@ -768,13 +770,14 @@ async fn supervise(pc: Weak<dyn PeerConnection>, shared: Arc<Shared>, mut contro
 /// and compares it with the fingerprint client-core expects.
 ///
 /// Step 2 is webrtc-rs's own: the DTLS transport is configured with `insecure_skip_verify` (self-signed
-/// certificates) plus a `verify_peer_certificate` callback that fails the handshake unless the peer's first
-/// certificate's SHA-256 equals the remote SDP's fingerprint (rtc-0.21.1 `src/peer_connection/transport/dtls/mod.rs`
-/// lines 193–233, wired in at line 252; the fingerprint comes from the remote SDP in
-/// `src/peer_connection/mod.rs:1567` via `extract_fingerprint`). It is skipped only if a `SettingEngine` sets
-/// `disable_certificate_fingerprint_verification`, which this module never does. The chain checked here is the one
-/// that handshake stored (`src/peer_connection/handler/dtls.rs:109`), read back through webrtc-0.21.1
-/// `DtlsTransport::get_remote_certificates` (`src/peer_connection/transport/mod.rs:248`).
+/// certificates) plus a `verify_peer_certificate` callback that fails the handshake unless the SHA-256 of the
+/// peer's first certificate equals the remote SDP's fingerprint (rtc-0.21.1
+/// `src/peer_connection/transport/dtls/mod.rs:192-233`, installed at line 256; the fingerprint comes from the
+/// remote SDP through `extract_fingerprint` at `src/peer_connection/mod.rs:1567`; rtc-dtls-0.21.1 calls it in
+/// `src/flight/flight4.rs:255` as server and `src/flight/flight5.rs:753` as client). It is skipped only if a
+/// `SettingEngine` sets `disable_certificate_fingerprint_verification`, which this module never does. The chain
+/// hashed here is the one that handshake stored (rtc `src/peer_connection/handler/dtls.rs:109`), read back through
+/// webrtc-0.21.1 `DtlsTransport::get_remote_certificates` (`src/peer_connection/transport/mod.rs:251`).
 async fn verify_remote_certificate(pc: &dyn PeerConnection, shared: &Shared) -> Result<Fingerprint, &'static str> {
     let expected = shared.expected().ok_or("no expected fingerprint")?;
     let sctp = pc.sctp().await.ok_or("no data transport")?;
@@ -795,7 +798,7 @@ const RELAY_FLUSH_IDLE_TICKS: u32 = 200;
 
 /// Works around a webrtc-rs 0.21.1 driver ordering on TURN-relayed candidate pairs: a packet for a relayed pair
 /// is handed to the TURN client during one driver pass (`poll_writes` step 1.c, webrtc-0.21.1
-/// `src/peer_connection/driver.rs:1973`, through `handle_write` at line 1162) but leaves the TURN client only at
+/// `src/peer_connection/driver.rs:1974`, through `handle_write` at line 1162) but leaves the TURN client only at
 /// step 1.b of the *next* pass (line 1953), and the next pass waits for the next socket read, send or timer. So
 /// a reply, a SACK or a DTLS flight over a relay waits for a timer: measured here, a message round trip through
 /// the relay took 156 ms instead of 1.2 ms. While a connection that may be relayed is handshaking or busy, this

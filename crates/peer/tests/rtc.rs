@@ -125,17 +125,9 @@ async fn peers_connect_on_loopback_and_exchange_ordered_messages_both_ways() {
     assert!(!sdp_fingerprints(&offer).is_empty());
     assert!(sdp_fingerprints(&offer).iter().all(|fp| *fp == a.local_fingerprint()));
     // The trickle events came too, and gathering completed.
-    let mut candidates = 0;
-    loop {
-        match a_events.try_recv().unwrap() {
-            RtcEvent::LocalCandidate(line) => {
-                assert!(line.starts_with("candidate:"));
-                candidates += 1;
-            }
-            RtcEvent::GatheringComplete => break,
-            other => panic!("{other:?}"),
-        }
-    }
+    let candidates = trickled(&mut a_events).await;
+    assert!(candidates.iter().all(|line| line.starts_with("candidate:")));
+    let candidates = candidates.len();
     assert!(candidates >= 1);
 
     let answer = b.accept_offer(&offer, &a.local_fingerprint()).await.unwrap();
@@ -314,10 +306,10 @@ async fn an_answer_from_a_third_peer_is_refused_even_with_the_expected_fingerpri
 }
 
 /// The candidate lines a peer reported with `LocalCandidate`, up to `GatheringComplete`.
-fn trickled(events: &mut Receiver<RtcEvent>) -> Vec<String> {
+async fn trickled(events: &mut Receiver<RtcEvent>) -> Vec<String> {
     let mut lines = Vec::new();
     loop {
-        match events.try_recv().unwrap() {
+        match tokio::time::timeout(WAIT, events.recv()).await.unwrap().unwrap() {
             RtcEvent::LocalCandidate(line) => lines.push(line),
             RtcEvent::GatheringComplete => return lines,
             other => panic!("{other:?}"),
@@ -337,11 +329,11 @@ async fn trickled_candidates_connect_descriptions_that_carry_none() {
     let (a, mut a_events) = peer().await;
     let (b, mut b_events) = peer().await;
     let offer = without_candidates(&a.create_offer().await.unwrap());
-    let a_candidates = trickled(&mut a_events);
+    let a_candidates = trickled(&mut a_events).await;
     assert!(!a_candidates.is_empty());
 
     let answer = without_candidates(&b.accept_offer(&offer, &a.local_fingerprint()).await.unwrap());
-    let b_candidates = trickled(&mut b_events);
+    let b_candidates = trickled(&mut b_events).await;
     for line in &a_candidates {
         b.add_remote_candidate(line).await.unwrap();
     }
