@@ -1,6 +1,7 @@
-//! The native headless peer. For now: a signaling v1 client (challenge–response, directory, presence,
-//! envelopes) used by the CLI, the integration tests and the load generator. WebRTC, MLS and files arrive with
-//! client-core. It holds the member's own identity key and nothing else secret.
+//! The native headless peer: the signaling v1 client (also used by the load generator), a WebRTC transport on
+//! webrtc-rs (`rtc`), and the node that drives client-core over both (`node`): MLS conversations, call set-up,
+//! DataChannels and files, for the CLI (`peerbubble chat`), interop and load tests. Its secrets are the member's
+//! identity key and client-core's MLS state; it never logs content, SDP or candidates.
 
 #![forbid(unsafe_code)]
 
