@@ -148,8 +148,13 @@ async fn encrypted_throughput(bytes: usize) -> f64 {
     let downloads = dir.path().join("in");
     std::fs::create_dir(&downloads).unwrap();
     let b_member = kb.public_key().member_id();
-    let mut alice = Node::start(NodeConfig::new(&url), ka).await.unwrap();
-    let mut bob = Node::start(NodeConfig { download_dir: Some(downloads), ..NodeConfig::new(&url) }, kb).await.unwrap();
+    // Loopback only, as the raw pair.
+    let loopback = vec![std::net::SocketAddr::from(([127, 0, 0, 1], 0))];
+    let mut alice = Node::start(NodeConfig { bind: loopback.clone(), ..NodeConfig::new(&url) }, ka).await.unwrap();
+    let mut bob =
+        Node::start(NodeConfig { download_dir: Some(downloads), bind: loopback, ..NodeConfig::new(&url) }, kb)
+            .await
+            .unwrap();
     alice.start_direct(b_member).await.unwrap();
     alice.wait_for("channel", WAIT, |e| matches!(e, NodeEvent::ChannelOpen(_))).await.unwrap();
     bob.wait_for("channel", WAIT, |e| matches!(e, NodeEvent::ChannelOpen(_))).await.unwrap();

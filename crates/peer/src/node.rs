@@ -8,6 +8,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -37,6 +38,9 @@ pub struct NodeConfig {
     pub echo: bool,
     /// File-transfer tuning.
     pub files: TransferConfig,
+    /// Local UDP addresses for WebRTC: a wildcard means every non-loopback interface (default: those and
+    /// loopback).
+    pub bind: Vec<SocketAddr>,
 }
 
 impl NodeConfig {
@@ -49,6 +53,7 @@ impl NodeConfig {
             download_dir: None,
             echo: false,
             files: TransferConfig::default(),
+            bind: vec![SocketAddr::from(([0, 0, 0, 0], 0)), SocketAddr::from(([127, 0, 0, 1], 0))],
         }
     }
 }
@@ -430,7 +435,7 @@ impl State {
         match event {
             RtcEvent::Connected { remote_fingerprint } => {
                 if !self.core.verify_dtls(peer, &remote_fingerprint) {
-                    self.close_rtc(peer).await;
+                    self.close_rtc(peer, false).await;
                     self.emit(NodeEvent::Error("DTLS certificate is not the announced one; call refused".into()));
                 }
             }
@@ -443,25 +448,37 @@ impl State {
             }
             RtcEvent::Message(bytes) => self.core.handle_envelope(peer, &bytes, Via::Channel, wall_ms()),
             RtcEvent::ChannelClosed | RtcEvent::Failed(_) => {
-                self.close_rtc(peer).await;
+                self.close_rtc(peer, true).await;
             }
             RtcEvent::LocalCandidate(_) | RtcEvent::GatheringComplete => {}
         }
     }
 
-    async fn close_rtc(&mut self, peer: MemberId) {
+    /// Closes the connection with `peer`; `failed` says the network ended it (reported when it never opened).
+    async fn close_rtc(&mut self, peer: MemberId, failed: bool) {
         if let Some(c) = self.rtcs.remove(&peer) {
             c.rtc.close().await;
             self.core.channel_closed(peer);
-            self.emit(NodeEvent::ChannelClosed(peer));
+            if c.open {
+                self.emit(NodeEvent::ChannelClosed(peer));
+            } else if failed {
+                self.emit(NodeEvent::Error(format!(
+                    "no direct or relayed connection with {peer} could be set up; messages keep using the relay"
+                )));
+            }
         }
     }
 
     async fn new_rtc(&mut self, peer: MemberId) -> Result<Arc<RtcPeer>, NodeError> {
-        self.close_rtc(peer).await;
+        self.close_rtc(peer, false).await;
         let ice_servers = self.signal.as_ref().map(|s| s.ice_servers().to_vec()).unwrap_or_default();
-        let (rtc, mut events) =
-            RtcPeer::new(RtcConfig { ice_servers, relay_only: self.config.relay_only, ..RtcConfig::default() }).await?;
+        let (rtc, mut events) = RtcPeer::new(RtcConfig {
+            ice_servers,
+            relay_only: self.config.relay_only,
+            bind: self.config.bind.clone(),
+            ..RtcConfig::default()
+        })
+        .await?;
         let rtc = Arc::new(rtc);
         self.generation += 1;
         let generation = self.generation;
@@ -504,7 +521,7 @@ impl State {
             }
             Command::RemoveContact(peer, r) => {
                 let result = self.core.remove_contact(peer).map_err(Into::into);
-                self.close_rtc(peer).await;
+                self.close_rtc(peer, false).await;
                 let _ = r.send(result);
             }
             Command::SendText(c, text, r) => {
@@ -515,7 +532,7 @@ impl State {
                 let _ = r.send(result);
             }
             Command::DropChannel(peer, r) => {
-                self.close_rtc(peer).await;
+                self.close_rtc(peer, false).await;
                 let _ = self.core.hangup(peer);
                 let _ = r.send(Ok(()));
             }
@@ -633,7 +650,7 @@ impl State {
                 }
                 .await;
                 if let Err(e) = result {
-                    self.close_rtc(from).await;
+                    self.close_rtc(from, false).await;
                     self.emit(NodeEvent::Error(format!("answering a call failed: {e}")));
                 }
             }
@@ -643,13 +660,13 @@ impl State {
                     && let Err(e) = rtc.accept_answer(sdp, fingerprint).await
                 {
                     let from = *from;
-                    self.close_rtc(from).await;
+                    self.close_rtc(from, false).await;
                     self.emit(NodeEvent::Error(format!("call answer refused: {e}")));
                 }
             }
             Event::Call { from, signal: CallSignal::Hangup { .. }, .. } => {
                 let from = *from;
-                self.close_rtc(from).await;
+                self.close_rtc(from, false).await;
             }
             Event::Call { .. } => {}
             Event::Message { conversation, text, from, .. } if self.config.echo && *from != self.core.member() => {

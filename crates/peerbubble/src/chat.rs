@@ -43,6 +43,9 @@ pub struct ChatArgs {
     /// Use only TURN-relayed candidates (contacts never learn this host's addresses).
     #[arg(long)]
     relay_only: bool,
+    /// Local UDP addresses for WebRTC, comma-separated; `0.0.0.0:0` means every non-loopback interface.
+    #[arg(long, value_delimiter = ',', default_value = "0.0.0.0:0,127.0.0.1:0")]
+    rtc_bind: Vec<std::net::SocketAddr>,
     /// Start a 1:1 conversation with this member (display name or id) at once.
     #[arg(long)]
     to: Option<String>,
@@ -54,6 +57,7 @@ pub async fn chat(args: ChatArgs) -> anyhow::Result<()> {
         download_dir: args.download_dir.clone(),
         echo: args.echo,
         relay_only: args.relay_only,
+        bind: args.rtc_bind.clone(),
         ..NodeConfig::new(&args.url)
     };
     let mut node = Node::start(config, key).await.with_context(|| format!("cannot connect to {}", args.url))?;

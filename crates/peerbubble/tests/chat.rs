@@ -45,7 +45,7 @@ async fn echo_bot_answers_and_keeps_files() {
     std::fs::create_dir(&downloads).unwrap();
     let _bot = KillOnDrop(
         Command::new(env!("CARGO_BIN_EXE_peerbubble"))
-            .args(["chat", "--echo", "--url", &url, "--key"])
+            .args(["chat", "--echo", "--rtc-bind", "127.0.0.1:0", "--url", &url, "--key"])
             .arg(&key_file)
             .arg("--download-dir")
             .arg(&downloads)
@@ -57,7 +57,8 @@ async fn echo_bot_answers_and_keeps_files() {
     );
 
     let bot_id = bot.public_key().member_id();
-    let mut node = Node::start(NodeConfig::new(&url), me).await.unwrap();
+    let loopback = vec![std::net::SocketAddr::from(([127, 0, 0, 1], 0))];
+    let mut node = Node::start(NodeConfig { bind: loopback, ..NodeConfig::new(&url) }, me).await.unwrap();
     // The bot may still be connecting: ask until its KeyPackage comes back.
     let deadline = tokio::time::Instant::now() + WAIT;
     let conversation = loop {

@@ -81,6 +81,8 @@ impl Bubble {
 
 pub async fn node(url: &str, seed: u16, tweak: impl FnOnce(&mut NodeConfig)) -> Node {
     let mut config = NodeConfig::new(url);
+    // Tests stay on loopback.
+    config.bind = vec![SocketAddr::from(([127, 0, 0, 1], 0))];
     tweak(&mut config);
     Node::start(config, key(seed)).await.unwrap_or_else(|e| panic!("member {seed}: {e}"))
 }
