@@ -241,6 +241,7 @@ fn fuzz(seconds: u64) -> anyhow::Result<()> {
         let corpus = project_root().join("fuzz/corpus").join(target);
         std::fs::create_dir_all(&corpus)?;
         let seeds = project_root().join("fuzz/seeds").join(target);
+        std::fs::create_dir_all(&seeds)?;
         // libFuzzer needs nightly flags; the stable toolchain accepts them for this build only.
         sh(cargo()
             .env("RUSTC_BOOTSTRAP", "1")

@@ -42,6 +42,10 @@ pub const FILE_KEY_LABEL: &str = "peerbubble file v1";
 const REQUEST_RETRY_MS: u64 = 3_000;
 /// Unanswered KeyPackage requests are forgotten after this long.
 const REQUEST_EXPIRY_MS: u64 = 60_000;
+/// KeyPackages minted for one member per window.
+const KEY_PACKAGES_PER_WINDOW: u32 = 16;
+/// The window of [`KEY_PACKAGES_PER_WINDOW`].
+const KEY_PACKAGE_WINDOW_MS: u64 = 60_000;
 /// Retry a refused commit after this long even if the winning commit did not reach us.
 const COMMIT_RETRY_MS: u64 = 2_000;
 
@@ -432,6 +436,8 @@ pub struct Client {
     requests: HashMap<[u8; 16], (MemberId, Purpose, u64)>,
     channels: BTreeSet<MemberId>,
     calls: HashMap<MemberId, CallState>,
+    /// KeyPackages minted per requesting member: (window start, count).
+    minted: HashMap<MemberId, (u64, u32)>,
     file_config: TransferConfig,
     offers_in: HashMap<TransferId, (MemberId, ConversationId, FileOffer, FileKey)>,
     files_in: HashMap<TransferId, (MemberId, ConversationId, IncomingTransfer, FileKey)>,
@@ -471,6 +477,7 @@ impl Client {
             requests: HashMap::new(),
             channels: BTreeSet::new(),
             calls: HashMap::new(),
+            minted: HashMap::new(),
             file_config: TransferConfig::default(),
             offers_in: HashMap::new(),
             files_in: HashMap::new(),
@@ -1012,7 +1019,6 @@ impl Client {
         self.requests.retain(|_, (_, _, at)| now_ms.saturating_sub(*at) < REQUEST_EXPIRY_MS);
         let mut retry = Vec::new();
         for (id, c) in &mut self.conversations {
-            let before = c.history.len();
             let mut gone = Vec::new();
             c.history.retain(|m| {
                 let keep = m.expires_at_ms.is_none_or(|at| at > now_ms);
@@ -1021,7 +1027,6 @@ impl Client {
                 }
                 keep
             });
-            debug_assert!(c.history.len() + gone.len() == before);
             self.events.extend(gone.into_iter().map(|m| Event::Expired { conversation: *id, id: m }));
             if c.retry_at_ms.is_some_and(|at| at <= now_ms) {
                 c.retry_at_ms = None;
@@ -1087,6 +1092,17 @@ impl Client {
     }
 
     fn answer_key_package(&mut self, from: MemberId, request: [u8; 16]) -> Result<(), String> {
+        // Each KeyPackage leaves a private key in our storage until used: a member may not make us mint them
+        // without bound.
+        let now = self.now_ms;
+        let (since, count) = self.minted.entry(from).or_insert((now, 0));
+        if now.saturating_sub(*since) >= KEY_PACKAGE_WINDOW_MS {
+            (*since, *count) = (now, 0);
+        }
+        if *count >= KEY_PACKAGES_PER_WINDOW {
+            return Err("too many KeyPackage requests from this member; try again in a minute".into());
+        }
+        *count += 1;
         let kp = self.fresh_key_package().map_err(|e| e.to_string())?;
         self.outputs
             .push_back(Output::Relay { to: from, body: Envelope::KeyPackage { request, key_package: kp }.encode() });

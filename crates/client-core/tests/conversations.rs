@@ -487,3 +487,31 @@ fn state_saved_to_the_key_store_is_encrypted_and_restores_the_conversation() {
     assert!(net.texts(1).contains(&"after the restart".to_owned()));
     assert!(net.texts(0).contains(&"I am back".to_owned()));
 }
+
+#[test]
+fn a_member_cannot_make_us_mint_key_packages_without_bound() {
+    let mut net = Net::new(2);
+    for n in 0..20u8 {
+        let request = Envelope::KeyPackageRequest { request: [n; 16] }.encode();
+        net.clients[0].handle_envelope(net.ids[1], &request, Path::Relay, net.now);
+    }
+    let mut answered = 0;
+    while let Some(out) = net.clients[0].poll_output() {
+        if let peerbubble_client_core::Output::Relay { body, .. } = out {
+            assert!(matches!(Envelope::decode(&body), Ok(Envelope::KeyPackage { .. })));
+            answered += 1;
+        }
+    }
+    net.drain_events();
+    assert_eq!(answered, 16);
+    assert_eq!(net.refusals(0).len(), 4);
+    // A minute later it may ask again.
+    net.clients[0].handle_timeout(net.now + 61_000);
+    net.clients[0].handle_envelope(
+        net.ids[1],
+        &Envelope::KeyPackageRequest { request: [99; 16] }.encode(),
+        Path::Relay,
+        net.now + 61_000,
+    );
+    assert!(net.clients[0].poll_output().is_some());
+}
