@@ -603,6 +603,13 @@ impl State {
                         let rtc = self.rtcs.get(&to).filter(|c| c.open).map(|c| c.rtc.clone());
                         match rtc {
                             Some(rtc) if rtc.send(&bytes).await.is_ok() => {}
+                            // The channel went away meanwhile: an envelope takes the relay instead (the same
+                            // MLS bytes); a file chunk waits for the receiver's resume.
+                            _ if bytes.len() <= peerbubble_client_core::client::MAX_RELAY_BODY
+                                && bytes.first() != Some(&peerbubble_client_core::files::CHUNK_FRAME_TAG) =>
+                            {
+                                self.relay(to, bytes).await
+                            }
                             _ => self.emit(NodeEvent::Error("DataChannel message lost".into())),
                         }
                     }
