@@ -42,6 +42,8 @@ pub const FILE_KEY_LABEL: &str = "peerbubble file v1";
 const REQUEST_RETRY_MS: u64 = 3_000;
 /// Unanswered KeyPackage requests are forgotten after this long.
 const REQUEST_EXPIRY_MS: u64 = 60_000;
+/// File offers waiting for an answer, at most.
+const MAX_PENDING_OFFERS: usize = 64;
 /// KeyPackages minted for one member per window.
 const KEY_PACKAGES_PER_WINDOW: u32 = 16;
 /// The window of [`KEY_PACKAGES_PER_WINDOW`].
@@ -390,6 +392,8 @@ enum Op {
 struct PendingCommit {
     token: u64,
     op: Op,
+    /// The added member's Welcome, sent once the server accepts the commit.
+    welcome: Option<(MemberId, Vec<u8>)>,
 }
 
 #[derive(Debug)]
@@ -400,8 +404,6 @@ struct Conversation {
     history: Vec<ChatMessage>,
     ops: VecDeque<Op>,
     pending: Option<PendingCommit>,
-    /// The Welcome of the pending commit's added member, sent once the server accepts the commit.
-    welcome: Option<(MemberId, Vec<u8>)>,
     /// When a refused commit may be retried without news.
     retry_at_ms: Option<u64>,
     /// The epoch we last asked to rejoin at (ask once per epoch).
@@ -541,13 +543,13 @@ impl Client {
         self.conversations
             .iter()
             .filter(|(_, c)| c.kind == Some(ConversationKind::Direct) && c.ready)
-            .find(|(_, c)| self.others(c) == [peer])
+            .find(|(_, c)| others_in(&c.group, self.me) == [peer])
             .map(|(id, _)| *id)
     }
 
     /// The other members of a conversation.
     pub fn members(&self, conversation: ConversationId) -> Result<Vec<MemberId>, ClientError> {
-        Ok(self.others(self.conversation(conversation)?))
+        Ok(others_in(&self.conversation(conversation)?.group, self.me))
     }
 
     /// The conversation's MLS epoch.
@@ -648,7 +650,7 @@ impl Client {
         let ids: Vec<_> = self
             .conversations
             .iter()
-            .filter(|(_, c)| c.kind == Some(ConversationKind::Direct) && self.others(c) == [peer])
+            .filter(|(_, c)| c.kind == Some(ConversationKind::Direct) && others_in(&c.group, self.me) == [peer])
             .map(|(id, _)| *id)
             .collect();
         for id in ids {
@@ -858,15 +860,11 @@ impl Client {
         self.files_out.get(&transfer).map(|t| t.0).or_else(|| self.files_in.get(&transfer).map(|t| t.0))
     }
 
-    /// The key of an incoming transfer, to decrypt chunks kept sealed at rest
-    /// ([`crate::files::open_stored_chunk`]). Keep it in the key store, never in clear.
+    /// The key of an incoming transfer while it runs, to decrypt chunks kept sealed at rest later
+    /// ([`crate::files::open_stored_chunk`]): take it at the first [`Event::FileChunk`] and keep it in the key
+    /// store, never in clear. Once the file is received the transfer, and this key, are gone from the client.
     pub fn file_key(&self, transfer: TransferId) -> Option<&FileKey> {
         self.files_in.get(&transfer).map(|t| &t.3)
-    }
-
-    /// The offer of an incoming transfer.
-    pub fn file_offer(&self, transfer: TransferId) -> Option<&FileOffer> {
-        self.files_in.get(&transfer).map(|t| t.2.offer())
     }
 
     fn on_file(&mut self, conversation: ConversationId, from: MemberId, control: FileControl) {
@@ -890,6 +888,10 @@ impl Client {
             }
             if self.offers_in.contains_key(&transfer) || self.files_in.contains_key(&transfer) {
                 self.events.push_back(refuse("file offer replayed".into()));
+                return;
+            }
+            if self.offers_in.len() >= MAX_PENDING_OFFERS {
+                self.events.push_back(refuse("too many unanswered file offers; answer or decline some".into()));
                 return;
             }
             match self.export_secret(conversation, FILE_KEY_LABEL, &transfer.0) {
@@ -966,6 +968,7 @@ impl Client {
             self.send_app(conversation, &AppMessage::File(control)).map_err(|e| e.to_string())?;
         }
         if let Some(complete) = done {
+            self.files_in.remove(&transfer);
             self.events.push_back(Event::FileReceived { transfer, sha256: complete.sha256 });
         }
         Ok(())
@@ -973,7 +976,7 @@ impl Client {
 
     /// The server accepted our commit: merge it, welcome the added members.
     pub fn commit_accepted(&mut self, token: u64) {
-        let Some((id, op, welcome)) = self.take_pending(token) else { return };
+        let Some((id, PendingCommit { op, welcome, .. })) = self.take_pending(token) else { return };
         let provider = &self.provider;
         let Some(c) = self.conversations.get_mut(&id) else { return };
         if let Err(e) = c.group.merge_pending_commit(provider) {
@@ -982,7 +985,7 @@ impl Client {
         }
         c.retry_at_ms = None;
         let me = self.me;
-        let members: Vec<_> = member_ids(&c.group).into_iter().filter(|m| *m != me).collect();
+        let members = others_in(&c.group, me);
         let first_ready = !c.ready;
         c.ready = true;
         let kind = c.kind.clone();
@@ -1004,7 +1007,7 @@ impl Client {
     /// The server refused our commit (another commit won the epoch): drop it; it is retried once the winner
     /// has been processed.
     pub fn commit_rejected(&mut self, token: u64) {
-        let Some((id, op, _welcome)) = self.take_pending(token) else { return };
+        let Some((id, PendingCommit { op, .. })) = self.take_pending(token) else { return };
         let (provider, now) = (&self.provider, self.now_ms);
         if let Some(c) = self.conversations.get_mut(&id) {
             let _ = c.group.clear_pending_commit(provider.storage());
@@ -1227,7 +1230,6 @@ impl Client {
         if c.pending.is_some() && protocol.content_type() == openmls::prelude::ContentType::Commit && epoch == current {
             // The server relays only the commit it ordered first: ours lost. Retry after this one.
             if let Some(p) = c.pending.take() {
-                c.welcome = None;
                 let _ = c.group.clear_pending_commit(self.provider.storage());
                 c.ops.push_front(p.op);
             }
@@ -1260,7 +1262,7 @@ impl Client {
                 }
                 c.rejoin_asked = None;
                 c.retry_at_ms = None;
-                let members: Vec<_> = member_ids(&c.group).into_iter().filter(|m| *m != me).collect();
+                let members = others_in(&c.group, me);
                 self.events.push_back(Event::MembersChanged { conversation: id, members });
                 self.drive(id);
                 Ok(())
@@ -1288,7 +1290,7 @@ impl Client {
                 c.kind = Some(conversation.clone());
                 c.timer_secs = timer_secs;
                 c.ready = true;
-                let members: Vec<_> = member_ids(&c.group).into_iter().filter(|m| *m != me).collect();
+                let members = others_in(&c.group, me);
                 self.events.push_back(Event::ConversationReady {
                     conversation: id,
                     kind: conversation.clone(),
@@ -1411,7 +1413,9 @@ impl Client {
         let twins: Vec<_> = self
             .conversations
             .iter()
-            .filter(|(other, c)| **other != id && c.kind == Some(ConversationKind::Direct) && self.others(c) == [peer])
+            .filter(|(other, c)| {
+                **other != id && c.kind == Some(ConversationKind::Direct) && others_in(&c.group, self.me) == [peer]
+            })
             .map(|(other, _)| *other)
             .collect();
         for other in twins {
@@ -1497,23 +1501,20 @@ impl Client {
                 to,
                 body: Envelope::Mls { message: commit }.encode(),
             });
-            if let (Op::Add(m, _), Some(Ok(welcome))) = (&op, welcome) {
-                // Held until the server accepts the commit.
-                c.pending = Some(PendingCommit { token, op: op.clone() });
-                c.welcome = Some((*m, welcome));
-            } else {
-                c.pending = Some(PendingCommit { token, op });
-            }
+            // The Welcome is held until the server accepts the commit.
+            let welcome = match (&op, welcome) {
+                (Op::Add(m, _), Some(Ok(welcome))) => Some((*m, welcome)),
+                _ => None,
+            };
+            c.pending = Some(PendingCommit { token, op, welcome });
             return;
         }
     }
 
-    #[allow(clippy::type_complexity)]
-    fn take_pending(&mut self, token: u64) -> Option<(ConversationId, Op, Option<(MemberId, Vec<u8>)>)> {
+    fn take_pending(&mut self, token: u64) -> Option<(ConversationId, PendingCommit)> {
         let (id, c) =
             self.conversations.iter_mut().find(|(_, c)| c.pending.as_ref().is_some_and(|p| p.token == token))?;
-        let op = c.pending.take()?.op;
-        Some((*id, op, c.welcome.take()))
+        Some((*id, c.pending.take()?))
     }
 
     fn send_app(&mut self, id: ConversationId, message: &AppMessage) -> Result<(), ClientError> {
@@ -1539,7 +1540,7 @@ impl Client {
     fn destroy(&mut self, id: ConversationId, reason: CloseReason) {
         if let Some(mut c) = self.conversations.remove(&id) {
             if c.kind == Some(ConversationKind::Direct) {
-                for peer in self.others(&c) {
+                for peer in others_in(&c.group, self.me) {
                     self.calls.remove(&peer);
                     self.channels.remove(&peer);
                 }
@@ -1573,10 +1574,6 @@ impl Client {
 
     fn conversation_mut(&mut self, id: ConversationId) -> Result<&mut Conversation, ClientError> {
         self.conversations.get_mut(&id).ok_or(ClientError::NoConversation(id))
-    }
-
-    fn others(&self, c: &Conversation) -> Vec<MemberId> {
-        member_ids(&c.group).into_iter().filter(|m| *m != self.me).collect()
     }
 
     /// Every MLS secret and group state, serialised, for the encrypted key store (never store it as is).
@@ -1640,7 +1637,6 @@ impl Conversation {
             history: Vec::new(),
             ops: VecDeque::new(),
             pending: None,
-            welcome: None,
             retry_at_ms: None,
             rejoin_asked: None,
             ready: false,
@@ -1654,6 +1650,11 @@ fn conversation_id(bytes: &[u8]) -> Option<ConversationId> {
 
 fn member_ids(group: &MlsGroup) -> Vec<MemberId> {
     group.members().filter_map(|m| mls::claimed_member(&m.credential)).map(MemberId::from_bytes).collect()
+}
+
+/// The members of a group other than `me`.
+fn others_in(group: &MlsGroup, me: MemberId) -> Vec<MemberId> {
+    member_ids(group).into_iter().filter(|m| *m != me).collect()
 }
 
 fn leaf_of(group: &MlsGroup, member: MemberId) -> Option<LeafNodeIndex> {

@@ -4,11 +4,12 @@
 
 mod support;
 
-use peerbubble_client_core::files::{FileHasher, TransferConfig};
+use peerbubble_client_core::files::{FileHasher, FileKey, FileOffer, TransferConfig, open_stored_chunk};
 use peerbubble_client_core::message::{CallSignal, ConversationKind, ReceiptKind};
 use peerbubble_client_core::mls::Provider;
 use peerbubble_client_core::wire::Envelope;
-use peerbubble_client_core::{Client, CloseReason, Event, Path};
+use peerbubble_client_core::{Client, CloseReason, Event, Output, Path};
+use peerbubble_proto::{DirectoryEntry, IdentityKey};
 use support::Net;
 
 #[test]
@@ -313,17 +314,22 @@ fn need_to_know_and_keys_come_from_the_directory() {
     net.run();
     assert!(net.refusals(0).iter().any(|r| r.contains("not in our directory")), "{:?}", net.refusals(0));
     assert!(net.clients[0].history(g).is_err());
-    // A directory key that differs from the key the member actually uses: its KeyPackage is refused.
+    // The server substitutes a key of its own for member 1 (a directory entry under another key) and relabels
+    // member 1's answer as coming from it: the KeyPackage's credential is not that key's, so it is refused.
     let mut net = Net::new(3);
-    let mut forged = net.entry(1);
-    forged.public_key = net.keys[2].public_key();
-    forged.member = forged.public_key.member_id();
-    let other = net.entry(2);
-    net.clients[0].set_directory([forged, other]);
-    let _ = net.clients[0].start_direct(net.ids[2]);
-    net.run();
-    assert!(net.clients[0].direct_conversation(net.ids[2]).is_some());
-    assert!(net.clients[0].direct_conversation(net.ids[1]).is_none());
+    let substitute = IdentityKey::from_seed(&[77; 32]).public_key();
+    let fake = DirectoryEntry { member: substitute.member_id(), public_key: substitute, ..net.entry(1) };
+    net.clients[0].set_directory([fake]);
+    net.clients[0].start_direct(substitute.member_id()).unwrap();
+    let Some(Output::Relay { body: request, .. }) = net.clients[0].poll_output() else { panic!("no request") };
+    net.clients[1].handle_envelope(net.ids[0], &request, Path::Relay, net.now);
+    let Some(Output::Relay { body: answer, .. }) = net.clients[1].poll_output() else { panic!("no answer") };
+    assert!(matches!(Envelope::decode(&answer), Ok(Envelope::KeyPackage { .. })));
+    net.clients[0].handle_envelope(substitute.member_id(), &answer, Path::Relay, net.now);
+    net.drain_events();
+    assert!(net.refusals(0).iter().any(|r| r.contains("does not match the directory")), "{:?}", net.refusals(0));
+    assert!(net.clients[0].conversations().is_empty());
+    assert!(net.clients[0].poll_output().is_none(), "no commit for a substituted key");
 }
 
 #[test]
@@ -372,6 +378,8 @@ fn file_transfer_over_the_channel_with_a_drop_and_resume() {
     net.clients[1].accept_file(t).unwrap();
     net.run();
     let mut received = vec![0u8; data.len()];
+    // The receiver also keeps every chunk sealed, with the key it takes at the first chunk.
+    let (mut sealed_chunks, mut key) = (Vec::new(), None);
     let mut dropped_once = false;
     for _ in 0..1000 {
         let mut sent = 0;
@@ -391,7 +399,11 @@ fn file_transfer_over_the_channel_with_a_drop_and_resume() {
         }
         net.run();
         for e in net.take_events(1) {
-            if let Event::FileChunk { offset, plaintext, .. } = &e {
+            if let Event::FileChunk { offset, plaintext, index, sealed, .. } = &e {
+                if key.is_none() {
+                    key = net.clients[1].file_key(t).map(|k| FileKey::from_slice(k.expose_secret()).unwrap());
+                }
+                sealed_chunks.push((*index, sealed.clone()));
                 let offset = *offset;
                 received[offset as usize..offset as usize + plaintext.len()].copy_from_slice(plaintext);
             }
@@ -411,6 +423,15 @@ fn file_transfer_over_the_channel_with_a_drop_and_resume() {
     }
     assert!(net.events[0].iter().any(|e| matches!(e, Event::FileSent { .. })), "the sender got the confirmation");
     assert_eq!(received, data);
+    // Kept encrypted at rest, the file opens later with the kept key; the client itself no longer holds it.
+    assert!(net.clients[1].file_key(t).is_none(), "a finished transfer's key stays in the client");
+    let key = key.expect("the key was there during the transfer");
+    let offer = FileOffer::new(t, "report.pdf", data.len() as u64, 4096, FileHasher::digest(&data), 1 << 30).unwrap();
+    let reopened: Vec<u8> = sealed_chunks
+        .iter()
+        .flat_map(|(index, sealed)| open_stored_chunk(&key, &offer, *index, sealed).unwrap())
+        .collect();
+    assert_eq!(reopened, data);
     // Chunks are refused on the relay path.
     let frame = vec![0xF1; 40];
     net.clients[1].handle_envelope(a, &frame, Path::Relay, net.now);
@@ -497,7 +518,7 @@ fn a_member_cannot_make_us_mint_key_packages_without_bound() {
     }
     let mut answered = 0;
     while let Some(out) = net.clients[0].poll_output() {
-        if let peerbubble_client_core::Output::Relay { body, .. } = out {
+        if let Output::Relay { body, .. } = out {
             assert!(matches!(Envelope::decode(&body), Ok(Envelope::KeyPackage { .. })));
             answered += 1;
         }
