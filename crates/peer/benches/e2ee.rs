@@ -13,22 +13,21 @@
 
 use std::time::{Duration, Instant};
 
-use peerbubble_bubble_server::{Config, FileSource, Server};
 use peerbubble_client_core::files::DEFAULT_CHUNK_SIZE;
 use peerbubble_client_core::{Client, Event, Output, Path};
-use peerbubble_peer::node::{Node, NodeConfig, NodeEvent};
+use peerbubble_peer::node::NodeEvent;
 use peerbubble_peer::rtc::{RtcConfig, RtcEvent, RtcPeer};
 use peerbubble_proto::{DirectoryEntry, IdentityKey};
+
+/// The bubble-server and node harness of the integration tests.
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 const WAIT: Duration = Duration::from_secs(120);
 
 fn arg(name: &str, default: u64) -> u64 {
     let args: Vec<String> = std::env::args().collect();
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn key(seed: u8) -> IdentityKey {
-    IdentityKey::from_seed(&[seed; 32])
 }
 
 fn entry(k: &IdentityKey) -> DirectoryEntry {
@@ -71,7 +70,7 @@ fn pump(clients: &mut [Client; 2]) {
 }
 
 fn message_cost(n: u64) -> f64 {
-    let (ka, kb) = (key(1), key(2));
+    let (ka, kb) = (support::key(1), support::key(2));
     let mut clients = [Client::new(&ka), Client::new(&kb)];
     clients[0].set_directory([entry(&kb)]);
     clients[1].set_directory([entry(&ka)]);
@@ -146,46 +145,27 @@ async fn raw_throughput(bytes: usize, message: usize, window: usize) -> f64 {
 }
 
 async fn encrypted_throughput(bytes: usize) -> f64 {
-    let dir = tempfile::tempdir().unwrap();
-    let (ka, kb) = (key(1), key(2));
-    let (a_id, b_id) = (ka.public_key().member_id(), kb.public_key().member_id());
-    let (ka, kb) = if a_id < b_id { (ka, kb) } else { (kb, ka) };
-    let yaml = format!(
-        "bubble: bench\ncategories:\n  - {{id: c}}\nmembers:\n  - {{public_key: {}, display_name: a, categories: [c]}}\n  - {{public_key: {}, display_name: b, categories: [c]}}\n",
-        ka.public_key(),
-        kb.public_key()
-    );
-    std::fs::write(dir.path().join("bubble.yaml"), yaml).unwrap();
-    let config =
-        Config { listen: ([127, 0, 0, 1], 0).into(), bubble_file: dir.path().join("bubble.yaml"), ..Config::default() };
-    let server = Server::start(config.clone(), FileSource::new(config.bubble_file.clone(), config.reload_interval))
-        .await
-        .unwrap();
-    server.ready().await;
-    let url = format!("ws://{}/v1/signal", server.local_addr());
-    let downloads = dir.path().join("in");
+    let mut bubble = support::Bubble::start(&support::yaml(2)).await;
+    let url = bubble.url();
+    // Member `a` has the lower id, so it calls; both bind loopback only, as the raw pair.
+    let (a, b) = if support::id(1) < support::id(2) { (1, 2) } else { (2, 1) };
+    let downloads = bubble.dir.path().join("in");
     std::fs::create_dir(&downloads).unwrap();
-    let b_member = kb.public_key().member_id();
-    // Loopback only, as the raw pair.
-    let loopback = vec![std::net::SocketAddr::from(([127, 0, 0, 1], 0))];
-    let mut alice = Node::start(NodeConfig { bind: loopback.clone(), ..NodeConfig::new(&url) }, ka).await.unwrap();
-    let mut bob =
-        Node::start(NodeConfig { download_dir: Some(downloads), bind: loopback, ..NodeConfig::new(&url) }, kb)
-            .await
-            .unwrap();
-    alice.start_direct(b_member).await.unwrap();
+    let mut alice = support::node(&url, a, |_| {}).await;
+    let mut bob = support::node(&url, b, |c| c.download_dir = Some(downloads)).await;
+    alice.start_direct(support::id(b)).await.unwrap();
     alice.wait_for("channel", WAIT, |e| matches!(e, NodeEvent::ChannelOpen(_))).await.unwrap();
     bob.wait_for("channel", WAIT, |e| matches!(e, NodeEvent::ChannelOpen(_))).await.unwrap();
-    let source = dir.path().join("payload.bin");
+    let source = bubble.dir.path().join("payload.bin");
     std::fs::write(&source, vec![0xa5u8; bytes]).unwrap();
-    alice.send_file(b_member, &source).await.unwrap();
+    alice.send_file(support::id(b), &source).await.unwrap();
     alice.wait_for("accept", WAIT, |e| matches!(e, NodeEvent::Core(Event::FileSendable { .. }))).await.unwrap();
     let start = Instant::now();
     bob.wait_for("saved", WAIT, |e| matches!(e, NodeEvent::FileSaved { .. })).await.unwrap();
     let elapsed = start.elapsed();
     alice.shutdown().await.unwrap();
     bob.shutdown().await.unwrap();
-    server.shutdown().await.unwrap();
+    bubble.stop().await;
     bytes as f64 / 1e6 / elapsed.as_secs_f64()
 }
 
