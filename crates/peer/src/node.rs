@@ -296,10 +296,6 @@ struct Connection {
     open: bool,
 }
 
-struct OutgoingFile {
-    file: std::fs::File,
-}
-
 struct IncomingFile {
     file: std::fs::File,
     path: PathBuf,
@@ -317,7 +313,7 @@ struct State {
     rtcs: HashMap<MemberId, Connection>,
     generation: u64,
     rtc_tx: mpsc::Sender<(MemberId, u64, RtcEvent)>,
-    outgoing_files: HashMap<TransferId, OutgoingFile>,
+    outgoing_files: HashMap<TransferId, std::fs::File>,
     incoming_files: HashMap<TransferId, IncomingFile>,
     events: mpsc::UnboundedSender<NodeEvent>,
 }
@@ -575,7 +571,7 @@ impl State {
         }
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
         let transfer = self.core.offer_file(peer, name, size, hasher.finalize())?;
-        self.outgoing_files.insert(transfer, OutgoingFile { file });
+        self.outgoing_files.insert(transfer, file);
         Ok(transfer)
     }
 
@@ -741,8 +737,8 @@ impl State {
             let Some(request) = self.core.next_file_chunk(transfer) else { return Ok(()) };
             let Some(f) = self.outgoing_files.get_mut(&transfer) else { return Ok(()) };
             buf.resize(request.len as usize, 0);
-            f.file.seek(SeekFrom::Start(request.offset))?;
-            f.file.read_exact(&mut buf)?;
+            f.seek(SeekFrom::Start(request.offset))?;
+            f.read_exact(&mut buf)?;
             let frame = self.core.seal_file_chunk(transfer, request.index, &buf)?;
             rtc.send(&frame).await?;
         }
