@@ -6,19 +6,22 @@
 //! neither parses nor logs. It embeds the bubble's TURN relay ([`turn`]), which hands each member short-lived
 //! credentials over its authenticated session and relays only ciphertext, never to internal addresses.
 //!
-//! Shape: [`session`] is the sans-IO protocol core of one connection; [`hub`] holds who is online and routes;
-//! `server` is the IO edge (axum); [`turn`] is the IO edge of the sans-IO `peerbubble_turn::Server`.
+//! Shape: [`session`] is the sans-IO protocol core of one connection; `connection` joins it to the [`hub`],
+//! which holds who is online and routes, and owns each session's registration; `server` is the IO edge (axum); [`turn`] is the IO edge of the
+//! sans-IO `peerbubble_turn::Server`.
 
 #![forbid(unsafe_code)]
 
 pub mod admin_source;
 pub mod config;
+mod connection;
 pub mod directory;
 mod hub;
 pub mod metrics;
 pub mod reporter;
 mod server;
 pub mod session;
+mod state;
 pub mod turn;
 
 /// Log directives every PeerBubble process applies after the user's own (`RUST_LOG`): the WebSocket and HTTP

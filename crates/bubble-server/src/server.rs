@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -14,16 +14,17 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::serve::ListenerExt as _;
 use futures_util::{SinkExt as _, StreamExt as _};
-use peerbubble_proto::{ErrorCode, GroupId, Nonce, Opaque, Recipients, ServerFrame, SessionId, encode_frame};
+use peerbubble_proto::{ErrorCode, Nonce};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
+use crate::connection::{Connection, Flow, Input, error_frame};
 use crate::directory::{Directory, DirectorySource, follow};
-use crate::hub::{Hub, Kill, Outbound, SessionHandle};
+use crate::hub::{Kill, Outbound, SessionHandle};
 use crate::metrics::Metrics;
-use crate::session::{Event, NonceLedger, Session, SessionConfig};
+use crate::state::AppState;
 use crate::turn::{TurnError, TurnRelay};
 
 /// A write that takes longer than this marks the reader as stuck.
@@ -52,19 +53,6 @@ pub enum ServerError {
     /// The TURN relay could not start.
     #[error(transparent)]
     Turn(#[from] TurnError),
-}
-
-struct AppState {
-    config: Config,
-    session_config: SessionConfig,
-    hub: Hub,
-    nonces: NonceLedger,
-    metrics: Metrics,
-    directory: watch::Receiver<Option<Arc<Directory>>>,
-    shutdown: watch::Receiver<bool>,
-    shutting_down: AtomicBool,
-    open: AtomicUsize,
-    turn: Option<Arc<TurnRelay>>,
 }
 
 /// A running bubble-server.
@@ -115,32 +103,7 @@ impl Server {
             metrics.set_turn(turn.clone());
             tokio::spawn(follow_members(turn.clone(), dir_rx.clone()))
         });
-        let session_config = SessionConfig {
-            max_frame_bytes: config.max_frame_bytes as usize,
-            frames_per_second: config.frames_per_second,
-            frame_burst: config.frame_burst,
-            idle_timeout: config.idle_timeout,
-            challenge_ttl: config.challenge_ttl,
-        };
-        let state = Arc::new(AppState {
-            hub: Hub::new(
-                config.max_sessions_per_member,
-                config.member_frames_per_second,
-                config.max_frame_bytes as usize,
-                config.max_groups,
-                metrics.clone(),
-                dir_rx.clone(),
-            ),
-            nonces: NonceLedger::new(config.challenge_ttl),
-            session_config,
-            config,
-            metrics,
-            directory: dir_rx,
-            shutdown: shutdown_rx.clone(),
-            shutting_down: AtomicBool::new(false),
-            open: AtomicUsize::new(0),
-            turn,
-        });
+        let state = Arc::new(AppState::new(config, metrics, dir_rx, shutdown_rx.clone(), turn));
         let app = Router::new()
             .route("/v1/signal", get(signal))
             .route("/healthz", get(|| async { "ok" }))
@@ -305,15 +268,6 @@ async fn signal(State(state): State<Arc<AppState>>, headers: HeaderMap, ws: WebS
         })
 }
 
-fn error_frame(code: ErrorCode, message: &str, id: Option<u64>, retry_after: Option<Duration>) -> Utf8Bytes {
-    Utf8Bytes::from(encode_frame(&ServerFrame::Error {
-        code,
-        message: message.to_owned(),
-        id,
-        retry_after_ms: retry_after.map(|d| d.as_millis() as u64),
-    }))
-}
-
 /// Writes queued frames: everything already queued is fed in one batch and flushed once, so that a busy
 /// session costs one write per batch rather than one per frame.
 async fn writer(
@@ -371,200 +325,6 @@ async fn writer(
     let _ = sink.close().await;
 }
 
-/// Where the connection loop is going next.
-enum Flow {
-    Continue,
-    Close,
-}
-
-struct Connection<'a> {
-    state: &'a AppState,
-    session: Session,
-    handle: SessionHandle,
-    out: mpsc::UnboundedSender<Outbound>,
-    directory: Arc<Directory>,
-    /// The slice last sent, to send directory updates only on real change.
-    sent_slice: crate::hub::SliceHash,
-    /// The Host the client connected to, for TURN URLs when no public host is configured.
-    host: Option<String>,
-    /// When to send fresh TURN credentials; taken by the connection loop to re-arm its timer.
-    ice_refresh: Option<Instant>,
-}
-
-impl Connection<'_> {
-    fn close(&mut self, code: ErrorCode, message: &str, retry_after: Option<Duration>) -> Flow {
-        let reason = code.as_str();
-        self.state.metrics.disconnect(reason);
-        if code.is_security_event() {
-            let event = code.as_str();
-            self.state.metrics.security_event(event);
-            let member = self.session.identity().map(|(m, _)| m.to_string());
-            tracing::warn!(target: "peerbubble::security", event, member = member.as_deref(), "connection closed");
-        }
-        self.session.close();
-        let _ = self.out.send(Outbound::Close {
-            frame: error_frame(code, message, None, retry_after),
-            code: code.close_code(),
-            reason,
-        });
-        Flow::Close
-    }
-
-    fn handle(&mut self, events: Vec<Event>) -> Flow {
-        for event in events {
-            let flow = match event {
-                Event::Reply(frame) => {
-                    self.handle.send_or_kill(&Utf8Bytes::from(encode_frame(&frame)));
-                    Flow::Continue
-                }
-                Event::Authenticated { member } => self.authenticated(member),
-                Event::Relay { id, to, to_session, body } => self.relay(id, to, to_session, body),
-                Event::Commit { id, group, epoch, to, body } => self.commit(id, group, epoch, &to, &body),
-                Event::Refuse { code, message, id, retry_after, fatal } => {
-                    if fatal {
-                        if code.is_frame_error() {
-                            self.state.metrics.frame_error(code.as_str());
-                        }
-                        if code.is_auth_failure() {
-                            self.state.metrics.auth_failure(code.as_str());
-                        }
-                        return self.close(code, &message, retry_after);
-                    }
-                    self.refuse(code, &message, id, retry_after);
-                    Flow::Continue
-                }
-            };
-            if matches!(flow, Flow::Close) {
-                return flow;
-            }
-        }
-        Flow::Continue
-    }
-
-    fn refuse(&mut self, code: ErrorCode, message: &str, id: Option<u64>, retry_after: Option<Duration>) {
-        if code.is_frame_error() {
-            self.state.metrics.frame_error(code.as_str());
-        }
-        if code.is_security_event() {
-            let event = code.as_str();
-            self.state.metrics.security_event(event);
-            let (member, session) =
-                self.session.identity().map_or((None, None), |(m, s)| (Some(m.to_string()), Some(s.0)));
-            tracing::warn!(target: "peerbubble::security", event, member = member.as_deref(), session, "refused");
-        }
-        self.handle.send_or_kill(&error_frame(code, message, id, retry_after));
-    }
-
-    fn authenticated(&mut self, member: peerbubble_proto::MemberId) -> Flow {
-        let Some(entry) = self.directory.member(&member) else {
-            return self.close(ErrorCode::UnknownMember, "this key is not a member of the bubble", None);
-        };
-        let display_name = entry.display_name.clone();
-        let limits = self.state.config.limits();
-        let (ice_servers, ice_expires_in_ms) = match self.ice_servers(member) {
-            Some((servers, ttl)) => (servers, Some(ttl.as_millis() as u64)),
-            None => (Vec::new(), None),
-        };
-        let welcome =
-            |session| ServerFrame::Welcome { member, session, display_name, ice_servers, ice_expires_in_ms, limits };
-        match self.state.hub.register(member, self.handle.clone(), welcome) {
-            Ok((session, sent_slice)) => {
-                self.handle.id = session;
-                self.session.bind(session);
-                self.sent_slice = sent_slice;
-                tracing::info!(%member, session = session.0, "session opened");
-                Flow::Continue
-            }
-            Err(ErrorCode::TooManySessions) => {
-                self.state.metrics.auth_failure(ErrorCode::TooManySessions.as_str());
-                self.close(
-                    ErrorCode::TooManySessions,
-                    "this member already has the most sessions allowed; close one",
-                    None,
-                )
-            }
-            Err(code) => self.close(code, "you are not a member of this bubble any more", None),
-        }
-    }
-
-    /// TURN credentials for `member`, and arms their refresh at two thirds of their life.
-    fn ice_servers(
-        &mut self,
-        member: peerbubble_proto::MemberId,
-    ) -> Option<(Vec<peerbubble_proto::IceServer>, Duration)> {
-        let turn = self.state.turn.as_ref()?;
-        let (servers, ttl) = turn.ice_servers(&member.to_string(), self.host.as_deref())?;
-        self.ice_refresh = Some(Instant::now() + ttl * 2 / 3);
-        Some((servers, ttl))
-    }
-
-    fn refresh_ice(&mut self) {
-        let Some((member, _)) = self.session.identity() else { return };
-        if let Some((ice_servers, ttl)) = self.ice_servers(member) {
-            let frame = ServerFrame::IceServers { ice_servers, expires_in_ms: ttl.as_millis() as u64 };
-            self.handle.send_or_kill(&Utf8Bytes::from(encode_frame(&frame)));
-        }
-    }
-
-    fn relay(&mut self, id: u64, to: peerbubble_proto::MemberId, to_session: Option<SessionId>, body: Opaque) -> Flow {
-        let Some((member, session)) = self.session.identity() else { return Flow::Continue };
-        if let Err(retry) = self.state.hub.member_allow(member, 1, Instant::now()) {
-            self.state.metrics.refused("rate_limited");
-            self.refuse(ErrorCode::RateLimited, "this member sends too many frames", Some(id), Some(retry));
-            return Flow::Continue;
-        }
-        match self.state.hub.route(member, session, to, to_session, body) {
-            Ok(sessions) => {
-                self.handle.send_or_kill(&Utf8Bytes::from(encode_frame(&ServerFrame::Ack { id, sessions })));
-            }
-            Err(code) => {
-                self.state.metrics.refused(code.as_str());
-                let (message, retry) = match code {
-                    ErrorCode::RecipientCongested => {
-                        ("the recipient is not reading fast enough", Some(Duration::from_millis(250)))
-                    }
-                    _ => ("the recipient has no session", None),
-                };
-                self.refuse(code, message, Some(id), retry);
-            }
-        }
-        Flow::Continue
-    }
-
-    fn commit(&mut self, id: u64, group: GroupId, epoch: u64, to: &Recipients, body: &Opaque) -> Flow {
-        let Some((member, session)) = self.session.identity() else { return Flow::Continue };
-        // Charged like sending the body to each recipient (at least one frame), so that one frame naming many
-        // recipients is no cheaper than the sends it replaces; a refused commit claims no epoch.
-        let cost = u32::try_from(to.as_slice().len()).unwrap_or(u32::MAX).max(1);
-        if let Err(retry) = self.state.hub.member_allow(member, cost, Instant::now()) {
-            self.state.metrics.refused("rate_limited");
-            self.refuse(ErrorCode::RateLimited, "this member sends too many frames", Some(id), Some(retry));
-            return Flow::Continue;
-        }
-        match self.state.hub.commit(member, session, group, epoch, to, body) {
-            Ok(sessions) => {
-                self.handle.send_or_kill(&Utf8Bytes::from(encode_frame(&ServerFrame::Ack { id, sessions })));
-            }
-            Err(current) => {
-                let message = format!("group is at epoch {current}; process the winning commit and retry");
-                self.refuse(ErrorCode::CommitConflict, &message, Some(id), None);
-            }
-        }
-        Flow::Continue
-    }
-
-    fn directory_changed(&mut self, directory: Arc<Directory>) -> Flow {
-        self.directory = directory;
-        let Some((member, _)) = self.session.identity() else { return Flow::Continue };
-        if self.directory.member(&member).is_none() {
-            tracing::info!(%member, "member removed from the bubble; closing its session");
-            return self.close(ErrorCode::MemberRemoved, "you were removed from this bubble", None);
-        }
-        self.sent_slice = self.state.hub.send_slice(member, &self.directory, &self.handle, self.sent_slice);
-        Flow::Continue
-    }
-}
-
 async fn connection(socket: WebSocket, state: &AppState, host: Option<String>) {
     let (sink, mut stream) = socket.split();
     let (out_tx, out_rx) = mpsc::unbounded_channel();
@@ -589,16 +349,13 @@ async fn connection(socket: WebSocket, state: &AppState, host: Option<String>) {
         let _ = writer.await;
         return;
     };
-    let (session, challenge) = Session::new(state.session_config, directory.bubble(), nonce, Instant::now());
-    handle.force_send(Utf8Bytes::from(encode_frame(&challenge)));
-    let mut conn =
-        Connection { state, session, handle, out: out_tx, directory, sent_slice: 0, host, ice_refresh: None };
+    let mut conn = Connection::new(state, handle, out_tx, directory, host, nonce, Instant::now());
     let mut dir_rx = state.directory.clone();
     dir_rx.mark_unchanged();
     let mut shutdown = state.shutdown.clone();
     // One timer per connection, re-armed only when it fires: the session core says whether anything expired
     // and when to look next, so a busy connection does not touch the timer wheel for every frame.
-    let timer = tokio::time::sleep_until(tokio::time::Instant::from_std(conn.session.poll_timeout()));
+    let timer = tokio::time::sleep_until(tokio::time::Instant::from_std(conn.poll_timeout()));
     tokio::pin!(timer);
     let ice_timer = tokio::time::sleep(Duration::from_secs(1 << 30));
     tokio::pin!(ice_timer);
@@ -609,51 +366,37 @@ async fn connection(socket: WebSocket, state: &AppState, host: Option<String>) {
             message = stream.next() => match message {
                 Some(Ok(Message::Text(text))) => {
                     state.metrics.bytes_in(text.len());
-                    let events = conn.session.handle_text(text.as_bytes(), Instant::now(), &conn.directory, &state.nonces);
-                    conn.handle(events)
+                    conn.input(Input::Text(text.as_bytes()), Instant::now())
                 }
                 Some(Ok(Message::Binary(bytes))) => {
                     state.metrics.bytes_in(bytes.len());
-                    let events = conn.session.handle_binary(bytes.len(), Instant::now());
-                    conn.handle(events)
+                    conn.input(Input::Binary(bytes.len()), Instant::now())
                 }
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => Flow::Continue,
                 Some(Ok(Message::Close(_))) | None => break,
-                Some(Err(err)) => {
-                    // tungstenite refuses messages over twice the limit before we see them.
-                    if err.to_string().contains("too long") || err.to_string().contains("Space limit") {
-                        state.metrics.frame_error("frame_too_large");
-                        conn.close(ErrorCode::FrameTooLarge, "frame exceeds max_frame_bytes", None)
-                    } else {
-                        break;
-                    }
-                }
+                // The error's text may quote the message (tungstenite's UTF-8 error does): never log it.
+                Some(Err(err)) => match ws_error(&err) {
+                    Some(input) => conn.input(input, Instant::now()),
+                    None => break,
+                },
             },
             () = &mut timer => {
-                let flow = match conn.session.handle_timeout(Instant::now()) {
-                    Some(event) => conn.handle(vec![event]),
-                    None => Flow::Continue,
-                };
-                timer.as_mut().reset(tokio::time::Instant::from_std(conn.session.poll_timeout()));
+                let flow = conn.input(Input::Timeout, Instant::now());
+                timer.as_mut().reset(tokio::time::Instant::from_std(conn.poll_timeout()));
                 flow
             }
-            Some(kill) = kill_rx.recv() => conn.close(kill.code, kill.message, None),
+            Some(kill) = kill_rx.recv() => conn.input(Input::Kill(kill), Instant::now()),
             changed = dir_rx.changed() => match (changed, dir_rx.borrow_and_update().clone()) {
-                (Ok(()), Some(directory)) => conn.directory_changed(directory),
+                (Ok(()), Some(directory)) => conn.input(Input::DirectoryChanged(directory), Instant::now()),
                 _ => Flow::Continue,
             },
             () = &mut ice_timer, if ice_armed => {
                 ice_armed = false;
-                conn.refresh_ice();
-                Flow::Continue
+                conn.input(Input::IceRefresh, Instant::now())
             }
-            _ = shutdown.wait_for(|s| *s) => {
-                // Spread reconnections so that a restart is not a thundering herd.
-                let jitter = 500 + (conn.handle.id.0 * 7919) % 2500;
-                conn.close(ErrorCode::ServerShutdown, "the server is restarting; reconnect", Some(Duration::from_millis(jitter)))
-            }
+            _ = shutdown.wait_for(|s| *s) => conn.input(Input::Shutdown, Instant::now()),
         };
-        if matches!(flow, Flow::Close) {
+        if flow == Flow::Close {
             break;
         }
         if let Some(at) = conn.ice_refresh.take() {
@@ -661,10 +404,22 @@ async fn connection(socket: WebSocket, state: &AppState, host: Option<String>) {
             ice_armed = true;
         }
     }
-    if let Some((member, session)) = conn.session.identity() {
-        state.hub.unregister(member, session);
-        tracing::info!(%member, session = session.0, "session closed");
-    }
+    // The client closed or the network dropped, or the server closed the session: either way its
+    // registration ends here if it has not already.
     drop(conn);
     let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+}
+
+/// The WebSocket layer's refusals the client is told about; other errors (reset, protocol violation) end the
+/// connection without a word.
+fn ws_error(err: &axum::Error) -> Option<Input<'static>> {
+    let text = err.to_string();
+    if text.starts_with("UTF-8 encoding error") {
+        Some(Input::InvalidUtf8)
+    } else if text.contains("too long") || text.contains("Space limit") {
+        // tungstenite refuses messages over twice the limit before we see them.
+        Some(Input::TooLong)
+    } else {
+        None
+    }
 }

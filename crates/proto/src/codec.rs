@@ -32,18 +32,69 @@ fn decode<T: DeserializeOwned>(bytes: &[u8], limit: usize) -> Result<T, CodecErr
     if bytes.len() > limit {
         return Err(CodecError::TooLarge { size: bytes.len(), limit });
     }
+    // serde's derived structs also accept a JSON array (fields by position); a frame is an object only.
+    let first = bytes.iter().find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+    if first != Some(&b'{') {
+        return Err(CodecError::Malformed { reason: "a frame must be one JSON object".into(), field_error: false });
+    }
     // `from_slice` rejects trailing non-whitespace; `deny_unknown_fields` and derived structs reject unknown
     // and duplicate fields.
     serde_json::from_slice(bytes).map_err(|err| {
-        // serde_json's messages name fields and types, never echo values; the custom validation errors of
-        // our field types carry their own text. Drop the position (not useful to a client, stable for tests).
         let field_error = err.is_data() && !is_structure_error(&err);
-        let mut reason = err.to_string();
-        if let Some(at) = reason.find(" at line ") {
-            reason.truncate(at);
-        }
-        CodecError::Malformed { reason, field_error }
+        // Refusals are rare: only then parse again, tracking where the error is, to name the field.
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let path = match serde_path_to_error::deserialize::<_, T>(&mut de) {
+            Err(tracked) => tracked.path().to_string(),
+            Ok(_) => String::new(),
+        };
+        CodecError::Malformed { reason: reason(&err, &path), field_error }
     })
+}
+
+/// What was wrong, and where, without anything the frame held. serde's messages quote what they found
+/// (`invalid type: string "…"`, `unknown variant `…``, an unknown field's name); those quotes are cut and only
+/// the kind of value and what was expected are kept. The position is dropped (not useful to a client).
+fn reason(err: &serde_json::Error, path: &str) -> String {
+    let mut text = err.to_string();
+    if let Some(at) = text.find(" at line ") {
+        text.truncate(at);
+    }
+    // What serde expected is written by our types or by serde, never taken from the frame, and comes last:
+    // split at the last separator, so that a value containing the same words cannot move it.
+    let expected = |text: &str| {
+        text.rfind(", expected ")
+            .map(|at| text[at..].to_owned())
+            .or_else(|| text.rfind(", there are no ").map(|at| text[at..].to_owned()))
+            .unwrap_or_default()
+    };
+    let unknown_field = text.starts_with("unknown field");
+    let mut sanitized =
+        if let Some(rest) = text.strip_prefix("invalid type: ").or_else(|| text.strip_prefix("invalid value: ")) {
+            let label = if text.starts_with("invalid type") { "invalid type" } else { "invalid value" };
+            let end = rest.rfind(", expected ").unwrap_or(rest.len());
+            // `string "…"`, `integer `5``, `floating point `1.5``, `sequence`: keep the kind only.
+            let found = &rest[..end];
+            let kind = found.split([' ', '`', '"']).take_while(|w| !w.is_empty()).collect::<Vec<_>>();
+            let kind = match kind.as_slice() {
+                ["floating", "point", ..] => "floating point".to_owned(),
+                [first, ..] => (*first).to_owned(),
+                [] => "value".to_owned(),
+            };
+            format!("{label}: {kind}{}", expected(rest))
+        } else if text.starts_with("unknown variant") {
+            format!("unknown value{}", expected(&text))
+        } else if text.starts_with("unknown field") && !expected(&text).is_empty() {
+            // serde's (the name is the client's); ours name a documented field of another frame type.
+            format!("unknown field{}", expected(&text))
+        } else {
+            text
+        };
+    // The path names our own fields, except for an unknown field, whose name the client chose.
+    let ours = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || "_[].".contains(c);
+    if !path.is_empty() && path != "." && !unknown_field && path.chars().all(ours) {
+        sanitized.push_str(&format!(" (field `{path}`)"));
+    }
+    sanitized
 }
 
 fn is_structure_error(err: &serde_json::Error) -> bool {
@@ -176,12 +227,12 @@ mod tests {
                 format!(r#"{{"type":"send","id":1,"to":["{b}"],"body":"AAEC"}}"#),
                 "invalid type: sequence, expected a member id for `to` in send",
             ),
-            (ok("", "5"), "invalid type: integer `5`, expected a member id or a list of member ids"),
+            (ok("", "5"), "invalid type: integer, expected a member id or a list of member ids (field `to`)"),
             (ok(",\"to_session\":1", &list), "unknown field `to_session` in commit"),
             (ok(&format!(r#","from":"{a}""#), &list), "unknown field `from` in commit"),
             (ok(r#","nonce":"CQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQk""#, &list), "unknown field `nonce` in commit"),
             (ok(",\"epoch\":1", &list), "duplicate field `epoch`"),
-            (ok(",\"extra\":1", &list), "unknown field `extra`"),
+            (ok(",\"extra\":1", &list), "unknown field, expected one of `type`, `id`"),
             (
                 r#"{"type":"commit","id":1,"epoch":0,"to":[],"body":"AAEC"}"#.to_owned(),
                 "missing field `group` in commit",
@@ -237,7 +288,10 @@ mod tests {
                 ok("", &list).replace("\"epoch\":0", &format!("\"epoch\":{}", u64::MAX)),
                 "epoch must be below 18446744073709551615 in commit",
             ),
-            (ok("", &list).replace("\"epoch\":0", "\"epoch\":-1"), "invalid value: integer `-1`, expected u64"),
+            (
+                ok("", &list).replace("\"epoch\":0", "\"epoch\":-1"),
+                "invalid value: integer, expected u64 (field `epoch`)",
+            ),
             (ok("", &list).replace("AAEC", ""), "envelope body is empty"),
         ];
         for (frame, expected) in values {
@@ -260,6 +314,81 @@ mod tests {
             Err(CodecError::TooLarge { size: MAX_FRAME_BYTES + 1, limit: MAX_FRAME_BYTES })
         );
         assert_eq!(decode_client_frame(&big[..100], 99), Err(CodecError::TooLarge { size: 100, limit: 99 }));
+    }
+
+    #[test]
+    fn only_an_object_is_a_frame() {
+        let to = member(1);
+        // An array would fill a frame's fields by position; `[]` is no object either.
+        for bad in [
+            format!(r#"["send",1,"{to}",null,null,"AAEC",null,null,null,null,null]"#),
+            "[]".to_owned(),
+            " \n[1]".to_owned(),
+            "\"ping\"".to_owned(),
+            "1".to_owned(),
+            "null".to_owned(),
+            String::new(),
+            "   ".to_owned(),
+        ] {
+            assert_eq!(
+                decode_client_frame(bad.as_bytes(), MAX_FRAME_BYTES),
+                Err(CodecError::Malformed { reason: "a frame must be one JSON object".into(), field_error: false }),
+                "{bad:?}"
+            );
+            assert!(decode_server_frame(bad.as_bytes()).is_err(), "{bad:?}");
+        }
+        // Leading whitespace before the object is fine.
+        assert!(decode_client_frame(b" \r\n\t{\"type\":\"ping\",\"id\":1}", MAX_FRAME_BYTES).is_ok());
+    }
+
+    #[test]
+    fn error_reasons_name_the_field_never_the_value() {
+        const CANARY: &str = "cAnArY-7, expected z";
+        let (b, key) = (member(2), IdentityKey::from_seed(&[3; 32]).public_key());
+        let commit = |field: &str, value: &str| {
+            let mut fields = vec![
+                ("type", "\"commit\"".to_owned()),
+                ("id", "1".to_owned()),
+                ("group", format!("\"{GROUP}\"")),
+                ("epoch", "0".to_owned()),
+                ("to", format!(r#"["{b}"]"#)),
+                ("body", "\"AAEC\"".to_owned()),
+            ];
+            for f in &mut fields {
+                if f.0 == field {
+                    f.1 = value.to_owned();
+                }
+            }
+            let inner: Vec<String> = fields.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+            format!("{{{}}}", inner.join(","))
+        };
+        let quoted = format!("\"{CANARY}\"");
+        let cases = [
+            (commit("type", &quoted), "type"),
+            (commit("id", &quoted), "id"),
+            (commit("group", &quoted), "group"),
+            (commit("epoch", &quoted), "epoch"),
+            (commit("to", &quoted), ""),
+            (commit("to", &format!("[{quoted}]")), "to[0]"),
+            (commit("body", &quoted), "body"),
+            (commit("id", "-77123"), "id"),
+            (commit("epoch", "1.5e3"), "epoch"),
+            (format!(r#"{{"type":"auth","public_key":{quoted},"nonce":"x","signature":"y"}}"#), "public_key"),
+            (format!(r#"{{"type":"auth","public_key":"{key}","nonce":{quoted},"signature":"y"}}"#), "nonce"),
+            (format!(r#"{{"type":"ping","id":1,{quoted}:1}}"#), ""),
+            (r#"{"type":"ping","id":true}"#.to_owned(), "id"),
+        ];
+        for (frame, field) in cases {
+            let err = decode_client_frame(frame.as_bytes(), MAX_FRAME_BYTES).err();
+            let text = err.map(|e| e.to_string()).unwrap_or_default();
+            assert!(!text.is_empty(), "{frame} was accepted");
+            for leak in ["cAnArY", "77123", "1.5", "true"] {
+                assert!(!text.contains(leak), "{frame}: {text}");
+            }
+            if !field.is_empty() {
+                assert!(text.contains(&format!("(field `{field}`)")), "{frame}: {text}");
+            }
+        }
     }
 
     #[test]
