@@ -13,11 +13,13 @@ use crate::{cargo, sh};
 pub(crate) fn bench(root: &Path, name: Option<&str>, rest: &[String]) -> anyhow::Result<()> {
     match name {
         Some("signaling") => signaling(root, rest),
+        Some("soak") => soak(root, rest),
         Some("operator") => operator(),
         Some("turn") => crate::bench_turn::turn(root, rest),
         Some("e2ee") => e2ee(rest),
         _ => bail!(
             "usage: cargo xtask bench signaling [--pairs N] [--window W] [--seconds S] [--rounds R] [--idle N]\n       \
+             cargo xtask bench soak [--sessions N] [--seconds S]\n       \
              cargo xtask bench operator\n       \
              cargo xtask bench turn [--clients M] [--messages N] [--length L] [--rounds R] [--allocations A]\n       \
              cargo xtask bench e2ee [--messages N] [--megabytes M] [--rounds R]"
@@ -241,5 +243,52 @@ fn signaling(root: &Path, rest: &[String]) -> anyhow::Result<()> {
         "bench signaling: ours={ours_rate:.0} peerjs={peerjs_rate:.0} ratio={:.2} p99_ours_ms={ours_p99:.2} p99_peerjs_ms={peerjs_p99:.2}",
         ours_rate / peerjs_rate
     );
+    Ok(())
+}
+
+/// Sessions opened and ended by every close path, in rounds, against the release `peerbubble bubble-server`;
+/// afterwards nothing may stay registered, and the server's memory must not grow round after round (issue 13).
+fn soak(root: &Path, rest: &[String]) -> anyhow::Result<()> {
+    let (mut sessions, mut seconds) = (10_000u32, 180u64);
+    let mut it = rest.iter();
+    while let Some(flag) = it.next() {
+        let value: u64 = it.next().with_context(|| format!("{flag} needs a value"))?.parse()?;
+        match flag.as_str() {
+            "--sessions" => sessions = value as u32,
+            "--seconds" => seconds = value,
+            _ => bail!("unknown flag {flag}"),
+        }
+    }
+    sh(cargo().args(["build", "--release", "--package", "peerbubble", "--package", "peerbubble-peer"]))?;
+    let release = target_dir(root).join("release");
+    let (server_bin, loadgen) = (release.join("peerbubble"), release.join("peerbubble-loadgen"));
+    let work = std::env::temp_dir().join(format!("peerbubble-soak-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let bubble = work.join("bubble.yaml");
+    sh(Command::new(&loadgen).args(["bubble", "--pairs", &sessions.div_ceil(4).to_string(), "--out"]).arg(&bubble))?;
+    let port = free_port()?;
+    let server = Guard(
+        Command::new(&server_bin)
+            .args(["bubble-server", "--listen", &format!("127.0.0.1:{port}"), "--bubble-file"])
+            .arg(&bubble)
+            // Small frames so that oversized ones are cheap; an idle timeout longer than a round's logins.
+            .args(["--max-frame-bytes", "4096", "--idle-timeout-secs", "15", "--max-connections", "19000"])
+            .args(["--reload-interval-ms", "200"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()?,
+    );
+    wait_http_ok(SocketAddr::from(([127, 0, 0, 1], port)), "/readyz")?;
+    println!("\nsoak: {sessions} sessions a round, every close path, for {seconds} s");
+    let status = Command::new(&loadgen)
+        .args(["soak", "--url", &format!("ws://127.0.0.1:{port}/v1/signal"), "--count", &sessions.to_string()])
+        .args(["--seconds", &seconds.to_string(), "--server-pid", &server.0.id().to_string(), "--out"])
+        .arg(&bubble)
+        .status()?;
+    drop(server);
+    let _ = std::fs::remove_dir_all(&work);
+    if !status.success() {
+        bail!("soak failed");
+    }
     Ok(())
 }

@@ -125,7 +125,7 @@ async fn racing_commits_first_wins_the_epoch_and_only_it_is_relayed() {
     }
 
     // Cat is not visible to Ann: the commit is refused whole, relayed to nobody, and claims nothing.
-    let hidden = ann.commit(&GROUP, 3, &[id(DAN), id(CAT)], b"not for cat").await.unwrap();
+    let hidden = ann.commit_unchecked(&GROUP, 3, &[id(DAN), id(CAT)], b"not for cat").await.unwrap();
     assert!(matches!(answer(&mut ann, hidden, &mut ignored).await, Err((ErrorCode::RecipientNotVisible, _))));
     // Epoch 3 is still free: Bob takes it, and it is the next thing Dan receives.
     let third = bob.commit(&GROUP, 3, &[id(ANN), id(DAN)], b"epoch 3").await.unwrap();

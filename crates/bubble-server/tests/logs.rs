@@ -55,7 +55,7 @@ async fn envelope_bodies_never_reach_logs_or_metrics() {
     })
     .await;
     assert_eq!(got, canary);
-    one.send(id(3), canary).await.unwrap();
+    one.send_unchecked(id(3), canary).await.unwrap();
     assert_eq!(expect_error(&mut one).await, ErrorCode::RecipientNotVisible);
     one.send_text(format!(r#"{{"type":"send","id":1,"to":"{}","body":"{wire}","x":1}}"#, id(2))).await.unwrap();
     assert_eq!(expect_error(&mut one).await, ErrorCode::MalformedFrame);

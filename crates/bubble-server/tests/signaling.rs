@@ -153,7 +153,7 @@ async fn relay_between_visible_members_only() {
     assert_eq!(acked, (id, 1));
 
     // Ann and Cat do not share a category: refused, nothing reaches Cat.
-    let refused = ann.send(id_of(CAT), b"not for you").await.unwrap();
+    let refused = ann.send_unchecked(id_of(CAT), b"not for you").await.unwrap();
     let (code, ref_id) = expect(&mut ann, "error", |f| match f {
         ServerFrame::Error { code, id, .. } => Some((*code, *id)),
         _ => None,

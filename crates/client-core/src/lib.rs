@@ -8,10 +8,13 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod contacts;
 pub mod files;
 pub mod keystore;
 pub mod message;
 pub mod mls;
+pub mod signaling;
 pub mod wire;
 
 pub use client::{ChatMessage, Client, ClientError, CloseReason, ConversationId, Event, Output, Path};
+pub use signaling::{SignalEvent, Signaling, SignalingError};

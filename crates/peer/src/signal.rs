@@ -1,12 +1,15 @@
-//! A signaling v1 client over tokio-tungstenite.
+//! A signaling v1 client over tokio-tungstenite: the IO edge of client-core's sans-IO [`Signaling`] machine,
+//! which answers the challenge, checks `welcome`, reassembles the directory and follows presence. Only the
+//! socket lives here (and raw access for tests of hostile input and for load generators).
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt as _, StreamExt as _};
+use peerbubble_client_core::{SignalEvent, Signaling, SignalingError};
 use peerbubble_proto::{
-    ClientFrame, DirectoryEntry, ErrorCode, GroupId, IceServer, IdentityKey, Limits, MemberId, Opaque, Purpose,
-    Recipients, ServerFrame, SessionId, auth_message, decode_server_frame, encode_frame,
+    ClientFrame, DirectoryEntry, ErrorCode, IceServer, IdentityKey, Limits, MemberId, ServerFrame, SessionId,
+    decode_server_frame, encode_frame,
 };
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -49,60 +52,60 @@ pub enum ClientError {
 #[derive(Debug)]
 pub struct SignalClient {
     ws: Ws,
-    member: MemberId,
+    core: Signaling,
     session: SessionId,
-    bubble: String,
     limits: Limits,
-    directory: BTreeMap<MemberId, DirectoryEntry>,
-    pending_directory: Vec<DirectoryEntry>,
-    next_id: u64,
+    bubble: String,
     close_code: Option<u16>,
-    ice_servers: Vec<IceServer>,
+    clock: Instant,
+    /// Ids for frames sent past the machine's checks (far above the machine's own).
+    unchecked_id: u64,
 }
 
 /// How long to wait for each handshake step.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+impl From<SignalingError> for ClientError {
+    fn from(err: SignalingError) -> Self {
+        ClientError::Protocol(err.to_string())
+    }
+}
+
 impl SignalClient {
     /// Connects to `url` (e.g. `ws://127.0.0.1:8480/v1/signal`), answers the challenge with `key` and waits
     /// for `welcome` and the complete directory.
     pub async fn connect(url: &str, key: &IdentityKey) -> Result<Self, ClientError> {
+        let clock = Instant::now();
+        let mut core = Signaling::new(IdentityKey::from_seed(&key.to_seed()), None);
         let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true).await?;
-        let (bubble, nonce) = match next_frame(&mut ws, HANDSHAKE_TIMEOUT).await? {
-            ServerFrame::Challenge { protocol: peerbubble_proto::PROTOCOL_VERSION, bubble, nonce, .. } => {
-                (bubble, nonce)
-            }
-            other => return Err(unexpected("challenge", &other)),
-        };
-        let public_key = key.public_key();
-        let signature = key.sign(Purpose::SignalAuth, &auth_message(&bubble, &nonce, &public_key));
-        ws.send(Message::text(encode_frame(&ClientFrame::Auth { public_key, nonce, signature }))).await?;
-        let (member, session, limits, ice_servers) = match next_frame(&mut ws, HANDSHAKE_TIMEOUT).await? {
-            ServerFrame::Welcome { member, session, limits, ice_servers, .. } => (member, session, limits, ice_servers),
-            other => return Err(unexpected("welcome", &other)),
-        };
-        if member != public_key.member_id() {
-            return Err(ClientError::Protocol("welcome names another member".into()));
-        }
-        let mut client = Self {
-            ws,
-            member,
-            session,
-            bubble,
-            limits,
-            directory: BTreeMap::new(),
-            pending_directory: Vec::new(),
-            next_id: 1,
-            close_code: None,
-            ice_servers,
-        };
-        // The directory follows at once; wait until it is complete.
+        core.connected(0);
         loop {
-            let frame = client.next_timeout(HANDSHAKE_TIMEOUT).await?;
-            if let ServerFrame::Directory { part, parts, .. } = frame
-                && part + 1 == parts
-            {
-                return Ok(client);
+            let frame = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_frame(&mut ws))
+                .await
+                .map_err(|_| ClientError::Timeout)??;
+            if let ServerFrame::Error { code, message, retry_after_ms, .. } = frame {
+                return Err(ClientError::Refused { code, message, retry_after_ms });
+            }
+            let now = clock.elapsed().as_millis() as u64;
+            core.handle_frame(&frame, now)?;
+            while let Some(text) = core.poll_transmit() {
+                ws.send(Message::text(text)).await?;
+            }
+            while let Some(event) = core.poll_event() {
+                if let SignalEvent::Ready { session } = event {
+                    let limits = core.limits().ok_or(ClientError::Protocol("no limits".into()))?;
+                    let bubble = core.bubble().unwrap_or_default().to_owned();
+                    return Ok(Self {
+                        ws,
+                        core,
+                        session,
+                        limits,
+                        bubble,
+                        close_code: None,
+                        clock,
+                        unchecked_id: 1 << 48,
+                    });
+                }
             }
         }
     }
@@ -115,12 +118,12 @@ impl SignalClient {
 
     /// The STUN/TURN servers and TURN credentials the server gave us (from `welcome`, then `ice_servers`).
     pub fn ice_servers(&self) -> &[IceServer] {
-        &self.ice_servers
+        self.core.ice_servers()
     }
 
     /// Our member id.
     pub fn member(&self) -> MemberId {
-        self.member
+        self.core.member()
     }
 
     /// Our session id.
@@ -128,36 +131,48 @@ impl SignalClient {
         self.session
     }
 
-    /// The bubble id.
+    /// The bubble id from the challenge.
     pub fn bubble(&self) -> &str {
         &self.bubble
     }
 
-    /// The limits the server announced.
+    /// The limits from `welcome`.
     pub fn limits(&self) -> Limits {
         self.limits
     }
 
-    /// The members we may see, as last told by the server.
+    /// The visible directory slice, kept up to date by [`SignalClient::next`].
     pub fn directory(&self) -> &BTreeMap<MemberId, DirectoryEntry> {
-        &self.directory
+        self.core.directory()
     }
 
-    /// Display names of the members we may see, sorted (for people and tests).
+    /// Display names in the directory, sorted.
     pub fn display_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.directory.values().map(|e| e.display_name.clone()).collect();
+        let mut names: Vec<String> = self.directory().values().map(|e| e.display_name.clone()).collect();
         names.sort();
         names
     }
 
-    /// Visible members currently online.
+    /// Members currently online, per presence.
     pub fn online(&self) -> Vec<MemberId> {
-        self.directory.values().filter(|e| e.online).map(|e| e.member).collect()
+        self.directory().values().filter(|e| e.online).map(|e| e.member).collect()
     }
 
-    /// The close code the server sent, once closed.
+    /// The close code, once the server closed the connection.
     pub fn close_code(&self) -> Option<u16> {
         self.close_code
+    }
+
+    fn now(&self) -> u64 {
+        self.clock.elapsed().as_millis() as u64
+    }
+
+    async fn flush_core(&mut self) -> Result<(), ClientError> {
+        while let Some(text) = self.core.poll_transmit() {
+            self.ws.feed(Message::text(text)).await?;
+        }
+        self.ws.flush().await?;
+        Ok(())
     }
 
     /// Sends an envelope to every session of `to`; returns the frame id that `ack` or `error` will carry.
@@ -165,17 +180,18 @@ impl SignalClient {
         self.send_to(to, None, body).await
     }
 
-    /// Sends an envelope to one session of `to`, or all.
+    /// Sends an envelope to one session of `to`, or all. A member outside our directory is refused here,
+    /// unsent (need-to-know, checked by the client too); tests of the server's own check use
+    /// [`SignalClient::send_frame`].
     pub async fn send_to(
         &mut self,
         to: MemberId,
         to_session: Option<SessionId>,
         body: &[u8],
     ) -> Result<u64, ClientError> {
-        let body = Opaque::from_bytes(body).map_err(|e| ClientError::Protocol(e.to_string()))?;
-        let id = self.next_id;
-        self.next_id += 1;
-        self.send_frame(&ClientFrame::Send { id, to, to_session, from: None, body }).await?;
+        let now = self.now();
+        let id = self.core.send(to, to_session, body, now)?;
+        self.flush_core().await?;
         Ok(id)
     }
 
@@ -185,26 +201,44 @@ impl SignalClient {
     /// won it; process that one, then commit again) will carry. What the server would refuse as
     /// `invalid_field` is refused here, unsent.
     pub async fn commit(&mut self, group: &[u8], epoch: u64, to: &[MemberId], body: &[u8]) -> Result<u64, ClientError> {
-        if to.contains(&self.member) {
-            return Err(ClientError::Protocol("a commit's to may not name ourselves".into()));
-        }
-        if epoch == u64::MAX {
-            return Err(ClientError::Protocol("epoch 2^64 - 1 has no successor".into()));
-        }
-        let group = GroupId::from_bytes(group).map_err(|e| ClientError::Protocol(e.to_string()))?;
-        let to = Recipients::new(to.to_vec()).map_err(|e| ClientError::Protocol(e.to_string()))?;
-        let body = Opaque::from_bytes(body).map_err(|e| ClientError::Protocol(e.to_string()))?;
-        let id = self.next_id;
-        self.next_id += 1;
-        self.send_frame(&ClientFrame::Commit { id, group, epoch, to, body }).await?;
+        let now = self.now();
+        let id = self.core.commit(group, epoch, to, body, now)?;
+        self.flush_core().await?;
         Ok(id)
     }
 
     /// Sends a keep-alive.
     pub async fn ping(&mut self) -> Result<u64, ClientError> {
-        let id = self.next_id;
-        self.next_id += 1;
-        self.send_frame(&ClientFrame::Ping { id }).await?;
+        let now = self.now();
+        let id = self.core.ping(now)?;
+        self.flush_core().await?;
+        Ok(id)
+    }
+
+    /// Sends an envelope past the client's own checks: for tests of the server's (need-to-know).
+    pub async fn send_unchecked(&mut self, to: MemberId, body: &[u8]) -> Result<u64, ClientError> {
+        let body = peerbubble_proto::Opaque::from_bytes(body).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        self.unchecked_id += 1;
+        let id = self.unchecked_id;
+        self.send_frame(&ClientFrame::Send { id, to, to_session: None, from: None, body }).await?;
+        Ok(id)
+    }
+
+    /// Sends a commit past the client's own checks: for tests of the server's.
+    pub async fn commit_unchecked(
+        &mut self,
+        group: &[u8],
+        epoch: u64,
+        to: &[MemberId],
+        body: &[u8],
+    ) -> Result<u64, ClientError> {
+        let protocol = |e: &dyn std::fmt::Display| ClientError::Protocol(e.to_string());
+        let group = peerbubble_proto::GroupId::from_bytes(group).map_err(|e| protocol(&e))?;
+        let to = peerbubble_proto::Recipients::new(to.to_vec()).map_err(|e| protocol(&e))?;
+        let body = peerbubble_proto::Opaque::from_bytes(body).map_err(|e| protocol(&e))?;
+        self.unchecked_id += 1;
+        let id = self.unchecked_id;
+        self.send_frame(&ClientFrame::Commit { id, group, epoch, to, body }).await?;
         Ok(id)
     }
 
@@ -280,30 +314,10 @@ impl SignalClient {
     }
 
     fn apply(&mut self, frame: &ServerFrame) -> Result<(), ClientError> {
-        match frame {
-            ServerFrame::IceServers { ice_servers, .. } => self.ice_servers.clone_from(ice_servers),
-            ServerFrame::Directory { part, parts, entries } => {
-                if *part == 0 {
-                    self.pending_directory.clear();
-                }
-                for entry in entries {
-                    // Checked again by the client: the id must be the key's, and never ourselves.
-                    if entry.public_key.member_id() != entry.member || entry.member == self.member {
-                        return Err(ClientError::Protocol("directory entry with inconsistent member id".into()));
-                    }
-                }
-                self.pending_directory.extend(entries.iter().cloned());
-                if part + 1 == *parts {
-                    self.directory = self.pending_directory.drain(..).map(|e| (e.member, e)).collect();
-                }
-            }
-            ServerFrame::Presence { member, online } => {
-                if let Some(entry) = self.directory.get_mut(member) {
-                    entry.online = *online;
-                }
-            }
-            _ => {}
-        }
+        let now = self.now();
+        self.core.handle_frame(frame, now)?;
+        // Events are read from the frames themselves by this edge's callers; the machine's copy is dropped.
+        while self.core.poll_event().is_some() {}
         Ok(())
     }
 
@@ -339,14 +353,6 @@ impl RawSocket {
     }
 }
 
-async fn next_frame(ws: &mut Ws, timeout: Duration) -> Result<ServerFrame, ClientError> {
-    let frame = tokio::time::timeout(timeout, read_frame(ws)).await.map_err(|_| ClientError::Timeout)??;
-    if let ServerFrame::Error { code, message, retry_after_ms, .. } = frame {
-        return Err(ClientError::Refused { code, message, retry_after_ms });
-    }
-    Ok(frame)
-}
-
 async fn read_frame(ws: &mut Ws) -> Result<ServerFrame, ClientError> {
     loop {
         match ws.next().await {
@@ -360,11 +366,4 @@ async fn read_frame(ws: &mut Ws) -> Result<ServerFrame, ClientError> {
             None => return Err(ClientError::Closed(None)),
         }
     }
-}
-
-fn unexpected(wanted: &str, got: &ServerFrame) -> ClientError {
-    if let ServerFrame::Error { code, message, retry_after_ms, .. } = got {
-        return ClientError::Refused { code: *code, message: message.clone(), retry_after_ms: *retry_after_ms };
-    }
-    ClientError::Protocol(format!("expected {wanted}, got another frame"))
 }

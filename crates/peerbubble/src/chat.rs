@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use peerbubble_client_core::contacts::find_member;
 use peerbubble_client_core::message::ConversationKind;
 use peerbubble_client_core::{ConversationId, Event};
 use peerbubble_peer::node::{Node, NodeConfig, NodeEvent};
@@ -17,7 +18,8 @@ use crate::say;
 const HELP: &str = "commands:
   /list                     members you may see, online or not
   /open NAME                start or switch to the 1:1 conversation with NAME
-  /group NAME MEMBER...     create a group chat and invite members
+                            (a full name, its start, a word of it, or the member id)
+  /group NAME MEMBER, ...   create a group chat and invite members (commas between them)
   /add MEMBER | /remove MEMBER   change the current group
   /file PATH                send a file to the current 1:1 contact
   /leave                    leave the current conversation (its keys are destroyed)
@@ -112,11 +114,16 @@ pub async fn chat(args: ChatArgs) -> anyhow::Result<()> {
 }
 
 fn find(names: &HashMap<MemberId, String>, who: &str) -> anyhow::Result<MemberId> {
-    names
-        .iter()
-        .find(|(id, name)| name.as_str() == who || id.to_string() == who)
-        .map(|(id, _)| *id)
-        .with_context(|| format!("nobody called {who} in your directory (/list)"))
+    find_member(names.iter().map(|(id, name)| (*id, name.as_str())), who).map_err(|e| anyhow::anyhow!("{e} (/list)"))
+}
+
+/// Everything after the command word, as typed (names may hold spaces).
+fn rest<'a>(line: &'a str, what: &str) -> anyhow::Result<&'a str> {
+    let rest = line.trim().split_once(char::is_whitespace).map(|(_, rest)| rest.trim()).unwrap_or_default();
+    if rest.is_empty() {
+        anyhow::bail!("{what}");
+    }
+    Ok(rest)
 }
 
 async fn command(
@@ -140,7 +147,7 @@ async fn command(
             say(&text);
         }
         Some("/open") => {
-            let peer = find(names, words.next().context("/open NAME")?)?;
+            let peer = find(names, rest(line, "/open NAME")?)?;
             match node.direct(peer).await? {
                 Some(c) => *current = Some(c),
                 None => {
@@ -151,20 +158,23 @@ async fn command(
             }
         }
         Some("/group") => {
-            let name = words.next().context("/group NAME MEMBER...")?;
-            let members = words.map(|w| find(names, w)).collect::<anyhow::Result<Vec<_>>>()?;
+            let usage = "/group NAME MEMBER, MEMBER...";
+            let (name, members) = rest(line, usage)?.split_once(char::is_whitespace).context(usage)?;
+            let members = members
+                .split(',')
+                .filter(|m| !m.trim().is_empty())
+                .map(|m| find(names, m))
+                .collect::<anyhow::Result<Vec<_>>>()?;
             *current = Some(node.create_group(name, &members).await?);
         }
-        Some("/add") => node.add_member(need_current()?, find(names, words.next().context("/add MEMBER")?)?).await?,
-        Some("/remove") => {
-            node.remove_member(need_current()?, find(names, words.next().context("/remove MEMBER")?)?).await?
-        }
+        Some("/add") => node.add_member(need_current()?, find(names, rest(line, "/add MEMBER")?)?).await?,
+        Some("/remove") => node.remove_member(need_current()?, find(names, rest(line, "/remove MEMBER")?)?).await?,
         Some("/leave") => {
             node.leave(need_current()?).await?;
             *current = None;
         }
         Some("/file") => {
-            let path = PathBuf::from(words.next().context("/file PATH")?);
+            let path = PathBuf::from(rest(line, "/file PATH")?);
             let members = node.members(need_current()?).await?;
             let [peer] = members.as_slice() else { anyhow::bail!("files go to a 1:1 contact: /open NAME first") };
             node.send_file(*peer, &path).await?;

@@ -5,6 +5,10 @@
 //!        envelope back. Reports envelopes relayed per second (both directions) and round-trip percentiles.
 //! idle:  opens N connections (authenticated, for PeerBubble), prints `ready N`, holds them until stdin closes.
 //! bubble: writes the bubble file that gives pair k (members 2k, 2k+1) its own category.
+//! soak:  rounds of `count` sessions (two per member) opened, then ended by every way a session ends (client
+//!        close, dropped connection, oversized text and binary frames, invalid UTF-8, flooding, idle timeout,
+//!        removal from the bubble file), for `seconds`; after each round the server must report no session and
+//!        no connection. Prints the server's RSS along the way (`--server-pid`).
 
 #![allow(clippy::print_stdout)]
 
@@ -34,6 +38,7 @@ struct Args {
     body: usize,
     count: u32,
     out: String,
+    server_pid: u32,
 }
 
 fn parse() -> Result<Args, String> {
@@ -48,6 +53,7 @@ fn parse() -> Result<Args, String> {
         body: 1024,
         count: 10_000,
         out: "bubble.yaml".into(),
+        server_pid: 0,
     };
     while let Some(flag) = argv.next() {
         let value = argv.next().ok_or(format!("{flag} needs a value"))?;
@@ -61,6 +67,7 @@ fn parse() -> Result<Args, String> {
             "--body" => args.body = num(&value)? as usize,
             "--count" => args.count = num(&value)? as u32,
             "--out" => args.out = value,
+            "--server-pid" => args.server_pid = num(&value)? as u32,
             _ => return Err(format!("unknown flag {flag}")),
         }
     }
@@ -80,6 +87,7 @@ async fn main() {
         "bubble" => write_bubble(&args),
         "relay" => relay(&args).await,
         "idle" => idle(&args).await,
+        "soak" => soak::run(&args).await,
         other => Err(format!("unknown mode {other}")),
     };
     if let Err(err) = result {
@@ -89,16 +97,21 @@ async fn main() {
 }
 
 fn write_bubble(args: &Args) -> Result<(), String> {
+    std::fs::write(&args.out, bubble_yaml(args.pairs, |_| true)).map_err(|e| e.to_string())
+}
+
+/// Pair k (members 2k, 2k+1) in its own category; members for which `keep` is false are left out.
+fn bubble_yaml(pairs: u32, keep: impl Fn(u32) -> bool) -> String {
     let mut yaml = String::from("bubble: bench\ncategories:\n");
-    for p in 0..args.pairs {
+    for p in 0..pairs {
         yaml += &format!("  - {{id: pair-{p}}}\n");
     }
     yaml += "members:\n";
-    for i in 0..args.pairs * 2 {
+    for i in (0..pairs * 2).filter(|i| keep(*i)) {
         yaml +=
             &format!("  - {{public_key: {}, display_name: m{i}, categories: [pair-{}]}}\n", key(i).public_key(), i / 2);
     }
-    std::fs::write(&args.out, yaml).map_err(|e| e.to_string())
+    yaml
 }
 
 /// One side of a pair, for either server. The hot path handles frames as text (a body is echoed in its wire
@@ -316,4 +329,224 @@ async fn idle(args: &Args) -> Result<(), String> {
     let _ = tokio::io::stdin().read_to_end(&mut sink).await;
     drop(sides);
     Ok(())
+}
+
+mod soak {
+    //! Sessions opened and ended by every path, in rounds; the server must end each round with nothing
+    //! registered (issue 13's leak would show as sessions that never go away and logins refused).
+
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use peerbubble_proto::{ClientFrame, Purpose, ServerFrame, auth_message, decode_server_frame, encode_frame};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+
+    use super::{Args, bubble_yaml, key};
+
+    type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+    /// How a session ends; a member's two sessions end the same way.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum End {
+        ClientClose,
+        Dropped,
+        TextTooLarge,
+        BinaryTooLarge,
+        InvalidUtf8,
+        Flood,
+        Idle,
+        Removed,
+    }
+
+    const ENDS: [End; 8] = [
+        End::ClientClose,
+        End::Dropped,
+        End::TextTooLarge,
+        End::BinaryTooLarge,
+        End::InvalidUtf8,
+        End::Flood,
+        End::Idle,
+        End::Removed,
+    ];
+
+    fn end_of(session: u32) -> End {
+        ENDS[(session / 2) as usize % ENDS.len()]
+    }
+
+    async fn login(url: &str, member: u32) -> Result<Ws, String> {
+        let (mut ws, _) = tokio_tungstenite::connect_async(url).await.map_err(|e| e.to_string())?;
+        let (bubble, nonce) = match next(&mut ws).await {
+            Some(ServerFrame::Challenge { bubble, nonce, .. }) => (bubble, nonce),
+            other => return Err(format!("challenge: {other:?}")),
+        };
+        let public_key = key(member).public_key();
+        let signature = key(member).sign(Purpose::SignalAuth, &auth_message(&bubble, &nonce, &public_key));
+        let auth = encode_frame(&ClientFrame::Auth { public_key, nonce, signature });
+        ws.send(Message::text(auth)).await.map_err(|e| e.to_string())?;
+        match next(&mut ws).await {
+            Some(ServerFrame::Welcome { .. }) => Ok(ws),
+            other => Err(format!("member {member} not welcome: {other:?}")),
+        }
+    }
+
+    async fn next(ws: &mut Ws) -> Option<ServerFrame> {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(30), ws.next()).await.ok()?? {
+                Ok(Message::Text(text)) => return decode_server_frame(text.as_bytes()).ok(),
+                Ok(Message::Close(_)) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Waits for the server's close frame; its code.
+    async fn closed(ws: &mut Ws) -> Option<u16> {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(30), ws.next()).await.ok()?? {
+                Ok(Message::Close(frame)) => return frame.map(|f| u16::from(f.code)),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Ends the session; the close code the server sent, if it was the one to close.
+    async fn end(mut ws: Ws, how: End) -> Result<(), String> {
+        let expect = match how {
+            End::ClientClose => {
+                let _ = ws.close(None).await;
+                return Ok(());
+            }
+            End::Dropped => return Ok(()),
+            End::TextTooLarge => {
+                let _ = ws.send(Message::text("x".repeat(5000))).await;
+                1009
+            }
+            End::BinaryTooLarge => {
+                let _ = ws.send(Message::binary(vec![0u8; 5000])).await;
+                1009
+            }
+            End::InvalidUtf8 => {
+                let _ = ws.send(Message::Frame(Frame::message(vec![0xff, 0xfe], OpCode::Data(Data::Text), true))).await;
+                1007
+            }
+            End::Flood => {
+                for _ in 0..400 {
+                    if ws.send(Message::text(r#"{"type":"ping","id":1}"#)).await.is_err() {
+                        break;
+                    }
+                }
+                1008
+            }
+            End::Idle => 4000,
+            End::Removed => 4001,
+        };
+        match closed(&mut ws).await {
+            Some(code) if code == expect => Ok(()),
+            other => Err(format!("{how:?}: closed with {other:?}, expected {expect}")),
+        }
+    }
+
+    /// (sessions, connections) from the server's /metrics.
+    async fn gauges(addr: &str) -> Result<(i64, i64), String> {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
+        let mut text = String::new();
+        stream.read_to_string(&mut text).await.map_err(|e| e.to_string())?;
+        let gauge = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+                .and_then(|v| v.trim().parse::<i64>().ok())
+                .ok_or(format!("{name} missing"))
+        };
+        Ok((gauge("peerbubble_signal_sessions")?, gauge("peerbubble_signal_connections")?))
+    }
+
+    fn rss_kib(pid: u32) -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            })
+            .unwrap_or(0)
+    }
+
+    pub(super) async fn run(args: &Args) -> Result<(), String> {
+        let count = args.count - args.count % 2;
+        let pairs = count.div_ceil(4);
+        let addr = args.url.trim_start_matches("ws://").split('/').next().unwrap_or_default().to_owned();
+        let bubble_file = args.out.clone();
+        let write = |keep: &dyn Fn(u32) -> bool| {
+            std::fs::write(&bubble_file, bubble_yaml(pairs, keep)).map_err(|e| e.to_string())
+        };
+        let start_rss = rss_kib(args.server_pid);
+        let started = Instant::now();
+        let (mut rounds, mut ended, mut peak_rss, mut first_round_rss) = (0u32, 0u64, 0u64, 0u64);
+        while rounds == 0 || started.elapsed() < Duration::from_secs(args.seconds) {
+            write(&|_| true)?;
+            // The server polls the file; give it time to take the full directory back.
+            tokio::time::sleep(Duration::from_millis(1200)).await;
+            let permits = Arc::new(tokio::sync::Semaphore::new(256));
+            let mut logins = Vec::new();
+            for session in 0..count {
+                let (url, permits) = (args.url.clone(), permits.clone());
+                logins.push(tokio::spawn(async move {
+                    let _permit = permits.acquire().await.map_err(|e| e.to_string())?;
+                    login(&url, session / 2).await
+                }));
+            }
+            let mut sessions = Vec::with_capacity(logins.len());
+            for task in logins {
+                sessions.push(task.await.map_err(|e| e.to_string())??);
+            }
+            let (registered, _) = gauges(&addr).await?;
+            if registered != i64::from(count) {
+                return Err(format!("round {rounds}: {registered} sessions registered with {count} open"));
+            }
+            peak_rss = peak_rss.max(rss_kib(args.server_pid));
+            // Removal: the members whose sessions end that way leave the bubble file.
+            write(&|member| end_of(member * 2) != End::Removed)?;
+            let mut ends = Vec::new();
+            for (session, ws) in (0..count).zip(sessions) {
+                ends.push(tokio::spawn(end(ws, end_of(session))));
+            }
+            for task in ends {
+                task.await.map_err(|e| e.to_string())??;
+            }
+            ended += u64::from(count);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let now = gauges(&addr).await?;
+                if now == (0, 0) {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(format!(
+                        "round {rounds}: after every session ended: (sessions, connections) = {now:?}"
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            rounds += 1;
+            let rss = rss_kib(args.server_pid);
+            if rounds == 1 {
+                first_round_rss = rss;
+            }
+            println!("round {rounds}: {count} sessions opened and ended, server RSS {rss} KiB");
+        }
+        write(&|_| true)?;
+        let end_rss = rss_kib(args.server_pid);
+        println!(
+            "soak: rounds={rounds} sessions_ended={ended} registered_after=0 connections_after=0 \
+             rss_start_kib={start_rss} rss_peak_kib={peak_rss} rss_after_round1_kib={first_round_rss} \
+             rss_end_kib={end_rss} seconds={:.0}",
+            started.elapsed().as_secs_f64()
+        );
+        Ok(())
+    }
 }
