@@ -28,7 +28,8 @@ use crate::files::{
     OutgoingTransfer, TransferConfig, TransferId,
 };
 use crate::keystore::{KeyStore, Storage};
-use crate::message::{AppMessage, CallSignal, ConversationKind, MessageId, ReceiptKind, hex, sdp_has_only_fingerprint};
+use crate::fingerprint::{Fingerprint, sdp_has_only_fingerprint};
+use crate::message::{AppMessage, CallSignal, ConversationKind, MessageId, ReceiptKind, hex};
 use crate::mls::{self, CIPHERSUITE, MlsSigner, Provider};
 use crate::wire::{Envelope, MAX_CHANNEL_MESSAGE};
 
@@ -417,9 +418,9 @@ enum CallState {
     /// We sent an offer and wait for the answer.
     Offering { call: MessageId },
     /// We received an offer (its fingerprint is the one to accept) and owe an answer.
-    Answering { call: MessageId, remote: String },
+    Answering { call: MessageId, remote: Fingerprint },
     /// Offer and answer exchanged; `remote` is the only DTLS certificate to accept.
-    Agreed { call: MessageId, remote: String },
+    Agreed { call: MessageId, remote: Fingerprint },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -724,21 +725,26 @@ impl Client {
 
     /// Starts the set-up of a connection with the contact of a 1:1 conversation: the edge made an
     /// RTCPeerConnection whose DTLS certificate has `fingerprint` and whose offer is `sdp`. Returns the call id.
-    pub fn start_call(&mut self, peer: MemberId, sdp: &str, fingerprint: &str) -> Result<MessageId, ClientError> {
+    pub fn start_call(
+        &mut self,
+        peer: MemberId,
+        sdp: &str,
+        fingerprint: &Fingerprint,
+    ) -> Result<MessageId, ClientError> {
         let conversation = self.direct_conversation(peer).ok_or(ClientError::NotAllowed("no 1:1 conversation yet"))?;
         let call = MessageId(random16()?);
-        self.send_signal(conversation, CallSignal::Offer { call, sdp: sdp.into(), fingerprint: fingerprint.into() })?;
+        self.send_signal(conversation, CallSignal::Offer { call, sdp: sdp.into(), fingerprint: *fingerprint })?;
         self.calls.insert(peer, CallState::Offering { call });
         Ok(call)
     }
 
     /// Answers a contact's offer ([`Event::Call`] with an offer) with our SDP and DTLS fingerprint.
-    pub fn answer_call(&mut self, peer: MemberId, sdp: &str, fingerprint: &str) -> Result<(), ClientError> {
+    pub fn answer_call(&mut self, peer: MemberId, sdp: &str, fingerprint: &Fingerprint) -> Result<(), ClientError> {
         let Some(CallState::Answering { call, remote }) = self.calls.get(&peer).cloned() else {
             return Err(ClientError::NotAllowed("no offer from this contact to answer"));
         };
         let conversation = self.direct_conversation(peer).ok_or(ClientError::NotAllowed("no 1:1 conversation"))?;
-        self.send_signal(conversation, CallSignal::Answer { call, sdp: sdp.into(), fingerprint: fingerprint.into() })?;
+        self.send_signal(conversation, CallSignal::Answer { call, sdp: sdp.into(), fingerprint: *fingerprint })?;
         self.calls.insert(peer, CallState::Agreed { call, remote });
         Ok(())
     }
@@ -768,7 +774,7 @@ impl Client {
 
     /// The DTLS fingerprint the contact's MLS-authenticated offer or answer announced: the only certificate
     /// the edge may accept from it.
-    pub fn expected_fingerprint(&self, peer: MemberId) -> Option<&str> {
+    pub fn expected_fingerprint(&self, peer: MemberId) -> Option<&Fingerprint> {
         match self.calls.get(&peer)? {
             CallState::Answering { remote, .. } | CallState::Agreed { remote, .. } => Some(remote),
             CallState::Offering { .. } => None,
@@ -777,8 +783,8 @@ impl Client {
 
     /// Checks the fingerprint of the certificate the DTLS handshake actually presented; true only if it is the
     /// one the contact announced inside MLS. On false the edge must close the connection.
-    pub fn verify_dtls(&mut self, peer: MemberId, actual: &str) -> bool {
-        let ok = self.expected_fingerprint(peer).is_some_and(|f| f.eq_ignore_ascii_case(actual.trim()));
+    pub fn verify_dtls(&mut self, peer: MemberId, actual: &Fingerprint) -> bool {
+        let ok = self.expected_fingerprint(peer) == Some(actual);
         if !ok {
             self.calls.remove(&peer);
             self.channels.remove(&peer);
@@ -1373,7 +1379,7 @@ impl Client {
                 if matches!(self.calls.get(&from), Some(CallState::Offering { .. })) && self.me < from {
                     return;
                 }
-                self.calls.insert(from, CallState::Answering { call: *call, remote: fingerprint.clone() });
+                self.calls.insert(from, CallState::Answering { call: *call, remote: *fingerprint });
             }
             CallSignal::Answer { call, sdp, fingerprint } => {
                 if self.calls.get(&from) != Some(&CallState::Offering { call: *call }) {
@@ -1384,7 +1390,7 @@ impl Client {
                     self.events.push_back(refuse("SDP fingerprint differs from the signed one"));
                     return;
                 }
-                self.calls.insert(from, CallState::Agreed { call: *call, remote: fingerprint.clone() });
+                self.calls.insert(from, CallState::Agreed { call: *call, remote: *fingerprint });
             }
             CallSignal::Candidate { call, .. } | CallSignal::Hangup { call } => {
                 let current = match self.calls.get(&from) {

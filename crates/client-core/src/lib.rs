@@ -10,6 +10,7 @@
 pub mod client;
 pub mod contacts;
 pub mod files;
+pub mod fingerprint;
 pub mod keystore;
 pub mod message;
 pub mod mls;
@@ -17,4 +18,5 @@ pub mod signaling;
 pub mod wire;
 
 pub use client::{ChatMessage, Client, ClientError, CloseReason, ConversationId, Event, Output, Path};
+pub use fingerprint::Fingerprint;
 pub use signaling::{SignalEvent, Signaling, SignalingError};

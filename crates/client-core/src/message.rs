@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::files::FileControl;
+use crate::fingerprint::Fingerprint;
 
 /// Longest chat text, in bytes.
 pub const MAX_TEXT: usize = 8 * 1024;
@@ -99,7 +100,7 @@ pub enum CallSignal {
         /// The SDP.
         sdp: String,
         /// The caller's DTLS certificate fingerprint, e.g. `sha-256 AB:CD:…`.
-        fingerprint: String,
+        fingerprint: Fingerprint,
     },
     /// The callee's SDP answer.
     Answer {
@@ -108,7 +109,7 @@ pub enum CallSignal {
         /// The SDP.
         sdp: String,
         /// The callee's DTLS certificate fingerprint.
-        fingerprint: String,
+        fingerprint: Fingerprint,
     },
     /// A trickled ICE candidate.
     Candidate {
@@ -227,11 +228,8 @@ impl AppMessage {
             AppMessage::Edit { text, .. } => too_long(text.len() <= MAX_TEXT, "text"),
             AppMessage::Receipt { ids, .. } => too_long(ids.len() <= MAX_RECEIPT_IDS, "ids"),
             AppMessage::Timer { timer_secs } => too_long(timer_secs.is_none_or(|t| t <= MAX_TIMER_SECS), "timer_secs"),
-            AppMessage::Call(
-                CallSignal::Offer { sdp, fingerprint, .. } | CallSignal::Answer { sdp, fingerprint, .. },
-            ) => {
-                too_long(sdp.len() <= MAX_SDP, "sdp")?;
-                too_long(fingerprint.len() <= 200, "fingerprint")
+            AppMessage::Call(CallSignal::Offer { sdp, .. } | CallSignal::Answer { sdp, .. }) => {
+                too_long(sdp.len() <= MAX_SDP, "sdp")
             }
             AppMessage::Call(CallSignal::Candidate { candidate, .. }) => {
                 too_long(candidate.len() <= MAX_CANDIDATE, "candidate")
@@ -243,21 +241,6 @@ impl AppMessage {
             | AppMessage::File(_) => Ok(()),
         }
     }
-}
-
-/// The `a=fingerprint` values of an SDP (session and media level), lowercased.
-pub fn sdp_fingerprints(sdp: &str) -> Vec<String> {
-    sdp.lines()
-        .filter_map(|line| line.trim_end_matches('\r').strip_prefix("a=fingerprint:"))
-        .map(|v| v.trim().to_ascii_lowercase())
-        .collect()
-}
-
-/// Does the SDP carry exactly this fingerprint (and no other)?
-pub fn sdp_has_only_fingerprint(sdp: &str, fingerprint: &str) -> bool {
-    let wanted = fingerprint.trim().to_ascii_lowercase();
-    let found = sdp_fingerprints(sdp);
-    !found.is_empty() && found.iter().all(|f| *f == wanted)
 }
 
 #[cfg(test)]
@@ -273,15 +256,5 @@ mod tests {
         let long = AppMessage::Edit { id: MessageId([1; 16]), text: "x".repeat(MAX_TEXT + 1) };
         assert!(matches!(AppMessage::decode(&long.encode()), Err(MessageError::TooLong("text"))));
         assert!(AppMessage::decode(br#"{"type":"delete","id":"ABCDEF00000000000000000000000000"}"#).is_err());
-    }
-
-    #[test]
-    fn fingerprints_in_sdp() {
-        let sdp = "v=0\r\na=fingerprint:sha-256 AB:CD\r\nm=application 9\r\na=fingerprint:sha-256 ab:cd\r\n";
-        assert!(sdp_has_only_fingerprint(sdp, "sha-256 ab:cd"));
-        assert!(!sdp_has_only_fingerprint(sdp, "sha-256 ab:ce"));
-        assert!(!sdp_has_only_fingerprint("v=0\r\n", "sha-256 ab:cd"));
-        let two = "a=fingerprint:sha-256 AB:CD\na=fingerprint:sha-256 EE:FF\n";
-        assert!(!sdp_has_only_fingerprint(two, "sha-256 ab:cd"));
     }
 }

@@ -8,7 +8,7 @@ use peerbubble_client_core::files::{FileHasher, FileKey, FileOffer, TransferConf
 use peerbubble_client_core::message::{CallSignal, ConversationKind, ReceiptKind};
 use peerbubble_client_core::mls::Provider;
 use peerbubble_client_core::wire::Envelope;
-use peerbubble_client_core::{Client, CloseReason, Event, Output, Path};
+use peerbubble_client_core::{Client, CloseReason, Event, Fingerprint, Output, Path};
 use peerbubble_proto::{DirectoryEntry, IdentityKey};
 use support::Net;
 
@@ -336,26 +336,28 @@ fn need_to_know_and_keys_come_from_the_directory() {
 fn call_set_up_is_inside_mls_and_binds_the_dtls_fingerprint() {
     let mut net = Net::new(2);
     let c = net.direct(0, 1);
-    let fp_a = "sha-256 AA:BB:CC";
+    let fp = |byte: u8| Fingerprint::parse(&format!("sha-256 {}", vec![format!("{byte:02X}"); 32].join(":"))).unwrap();
+    let (fp_a, fp_b, other) = (fp(0xAA), fp(0xDD), fp(0x66));
     let sdp_a = format!("v=0\r\na=fingerprint:{fp_a}\r\na=candidate:1 1 udp 1 192.0.2.7 5000 typ host\r\n");
     // The SDP must carry the fingerprint given.
-    assert!(net.clients[0].start_call(net.ids[1], &sdp_a, "sha-256 00:00").is_err());
-    net.clients[0].start_call(net.ids[1], &sdp_a, fp_a).unwrap();
+    assert!(net.clients[0].start_call(net.ids[1], &sdp_a, &fp(0x00)).is_err());
+    net.clients[0].start_call(net.ids[1], &sdp_a, &fp_a).unwrap();
     net.run();
     // The relay never saw the SDP, the fingerprint or the candidate address in clear.
     for body in &net.relay_log {
         let text = String::from_utf8_lossy(body);
-        assert!(!text.contains("fingerprint") && !text.contains("192.0.2.7") && !text.contains("AA:BB"));
+        assert!(!text.contains("fingerprint") && !text.contains("192.0.2.7") && !text.contains("AA:AA"));
     }
     assert!(net.events[1].iter().any(|e| matches!(e, Event::Call { signal: CallSignal::Offer { .. }, .. })));
-    assert_eq!(net.clients[1].expected_fingerprint(net.ids[0]), Some(fp_a));
-    let fp_b = "sha-256 DD:EE:FF";
-    net.clients[1].answer_call(net.ids[0], &format!("v=0\r\na=fingerprint:{fp_b}\r\n"), fp_b).unwrap();
+    assert_eq!(net.clients[1].expected_fingerprint(net.ids[0]), Some(&fp_a));
+    // In lower case in the SDP, as some stacks write it: the same fingerprint.
+    let sdp_b = format!("v=0\r\na=fingerprint:{}\r\n", fp_b.to_string().to_lowercase());
+    net.clients[1].answer_call(net.ids[0], &sdp_b, &fp_b).unwrap();
     net.run();
-    assert_eq!(net.clients[0].expected_fingerprint(net.ids[1]), Some(fp_b));
+    assert_eq!(net.clients[0].expected_fingerprint(net.ids[1]), Some(&fp_b));
     // The DTLS certificate actually presented must be the announced one.
-    assert!(net.clients[0].verify_dtls(net.ids[1], "sha-256 dd:ee:ff"));
-    assert!(!net.clients[1].verify_dtls(net.ids[0], "sha-256 66:66:66"));
+    assert!(net.clients[0].verify_dtls(net.ids[1], &fp_b));
+    assert!(!net.clients[1].verify_dtls(net.ids[0], &other));
     net.drain_events();
     assert!(net.refusals(1).iter().any(|r| r.contains("DTLS")));
     let _ = c;

@@ -644,7 +644,7 @@ impl State {
                 }
             }
             Event::Call { from, signal: CallSignal::Offer { sdp, fingerprint, .. }, .. } => {
-                let (from, sdp, fingerprint) = (*from, sdp.clone(), fingerprint.clone());
+                let (from, sdp, fingerprint) = (*from, sdp.clone(), *fingerprint);
                 let result = async {
                     let rtc = self.new_rtc(from).await?;
                     let answer = rtc.accept_offer(&sdp, &fingerprint).await?;

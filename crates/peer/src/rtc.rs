@@ -24,11 +24,11 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use bytes::BytesMut;
+use peerbubble_client_core::Fingerprint;
 use peerbubble_proto::IceServer;
 use rtc::ice::mdns::MulticastDnsMode;
 use rtc::peer_connection::certificate::CertificateParams;
 use rtc::peer_connection::configuration::setting_engine::SctpMaxMessageSize;
-use sha2::{Digest as _, Sha256};
 use tokio::sync::{Notify, mpsc, watch};
 use webrtc::data_channel::{DataChannel, DataChannelEvent, RTCDataChannelInit};
 use webrtc::peer_connection::crypto::{self, SignatureScheme};
@@ -108,7 +108,7 @@ pub enum RtcEvent {
     /// DTLS is up and the peer's certificate hashes to the expected fingerprint, which is repeated here.
     Connected {
         /// The fingerprint of the certificate the peer actually presented, in the `a=fingerprint` value form.
-        remote_fingerprint: String,
+        remote_fingerprint: Fingerprint,
     },
     /// The DataChannel is open: [`RtcPeer::send`] works and messages arrive. Always after `Connected`.
     ChannelOpen,
@@ -156,9 +156,6 @@ pub enum RtcError {
     /// from that contact.
     #[error("the remote description's DTLS fingerprint is not the expected one; nothing was applied")]
     FingerprintMismatch,
-    /// An expected fingerprint could not be read: it must look like `sha-256 AB:CD:…` (32 hex pairs).
-    #[error("malformed or unsupported expected fingerprint (want `sha-256` followed by 32 colon-separated hex bytes)")]
-    InvalidFingerprint,
     /// The operation does not fit the connection's state (e.g. an answer before any offer, a send before
     /// [`RtcEvent::ChannelOpen`]).
     #[error("not now: {0}")]
@@ -218,47 +215,6 @@ pub struct RtcRoute {
     pub remote: CandidateKind,
 }
 
-/// A DTLS certificate fingerprint, `sha-256` only (the one algorithm webrtc-rs verifies).
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Fingerprint([u8; 32]);
-
-impl Fingerprint {
-    /// Parses the `a=fingerprint` value form: `sha-256 AB:CD:…`, algorithm and hex case-insensitive.
-    fn parse(text: &str) -> Option<Self> {
-        let (algorithm, hex) = text.trim().split_once(' ')?;
-        if !algorithm.eq_ignore_ascii_case("sha-256") {
-            return None;
-        }
-        let mut bytes = [0u8; 32];
-        let mut parts = hex.trim().split(':');
-        for byte in &mut bytes {
-            let part = parts.next()?;
-            if part.len() != 2 {
-                return None;
-            }
-            *byte = u8::from_str_radix(part, 16).ok()?;
-        }
-        parts.next().is_none().then_some(Self(bytes))
-    }
-
-    fn of_certificate(der: &[u8]) -> Self {
-        Self(Sha256::digest(der).into())
-    }
-}
-
-impl std::fmt::Display for Fingerprint {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("sha-256 ")?;
-        for (i, byte) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str(":")?;
-            }
-            write!(f, "{byte:02X}")?;
-        }
-        Ok(())
-    }
-}
-
 /// Checks every `a=fingerprint` of a remote description, session and media level, against `expected`.
 ///
 /// webrtc-rs itself reads only the first one per level (rtc-0.21.1 `src/peer_connection/sdp/mod.rs:1206`,
@@ -270,7 +226,7 @@ fn check_fingerprints(desc: &RTCSessionDescription, expected: &Fingerprint) -> R
         parsed.attributes.iter().chain(parsed.media_descriptions.iter().flat_map(|media| media.attributes.iter()));
     let mut seen = 0usize;
     for attribute in attributes.filter(|a| a.key.eq_ignore_ascii_case("fingerprint")) {
-        let found = attribute.value.as_deref().and_then(Fingerprint::parse);
+        let found = attribute.value.as_deref().and_then(|v| Fingerprint::parse(v).ok());
         if found.as_ref() != Some(expected) {
             return Err(RtcError::FingerprintMismatch);
         }
@@ -398,7 +354,7 @@ impl PeerConnectionEventHandler for Handler {
 pub struct RtcPeer {
     pc: Arc<dyn PeerConnection>,
     shared: Arc<Shared>,
-    local_fingerprint: String,
+    local_fingerprint: Fingerprint,
     connect_timeout: Duration,
     /// Serialises senders, so that the buffer never exceeds the high-water mark by more than one message.
     send_lock: tokio::sync::Mutex<()>,
@@ -426,7 +382,7 @@ impl RtcPeer {
             .certificate
             .first()
             .ok_or_else(|| RtcError::Certificate("no certificate generated".to_owned()))?;
-        let local_fingerprint = Fingerprint::of_certificate(der.as_ref()).to_string();
+        let local_fingerprint = Fingerprint::of_certificate(der.as_ref());
 
         let ice_servers = config
             .ice_servers
@@ -493,8 +449,8 @@ impl RtcPeer {
 
     /// Our DTLS certificate's fingerprint in the `a=fingerprint` value form (`sha-256 AB:CD:…`), to be vouched
     /// for by our identity through the end-to-end encrypted signaling.
-    pub fn local_fingerprint(&self) -> String {
-        self.local_fingerprint.clone()
+    pub fn local_fingerprint(&self) -> Fingerprint {
+        self.local_fingerprint
     }
 
     /// Creates the DataChannel and the offer, waits for ICE gathering to complete and returns the offer SDP with
@@ -515,7 +471,7 @@ impl RtcPeer {
 
     /// Applies a remote offer after checking that its DTLS fingerprint is `expected_fingerprint`, and returns the
     /// answer SDP once ICE gathering is complete.
-    pub async fn accept_offer(&self, sdp: &str, expected_fingerprint: &str) -> Result<String, RtcError> {
+    pub async fn accept_offer(&self, sdp: &str, expected_fingerprint: &Fingerprint) -> Result<String, RtcError> {
         self.ensure_open()?;
         let desc = RTCSessionDescription::offer(sdp.to_owned()).map_err(|_| RtcError::InvalidSdp)?;
         self.authenticate(&desc, expected_fingerprint)?;
@@ -527,7 +483,7 @@ impl RtcPeer {
     }
 
     /// Applies the remote answer to our offer after checking that its DTLS fingerprint is `expected_fingerprint`.
-    pub async fn accept_answer(&self, sdp: &str, expected_fingerprint: &str) -> Result<(), RtcError> {
+    pub async fn accept_answer(&self, sdp: &str, expected_fingerprint: &Fingerprint) -> Result<(), RtcError> {
         self.ensure_open()?;
         if self.shared.channel.borrow().is_none() {
             return Err(RtcError::WrongState("an answer needs an offer first"));
@@ -629,8 +585,8 @@ impl RtcPeer {
     }
 
     /// Step 1 of the fingerprint binding: before anything is applied.
-    fn authenticate(&self, desc: &RTCSessionDescription, expected_fingerprint: &str) -> Result<(), RtcError> {
-        let expected = Fingerprint::parse(expected_fingerprint).ok_or(RtcError::InvalidFingerprint)?;
+    fn authenticate(&self, desc: &RTCSessionDescription, expected: &Fingerprint) -> Result<(), RtcError> {
+        let expected = *expected;
         if let Some(already) = self.shared.expected()
             && already != expected
         {
@@ -722,7 +678,7 @@ async fn supervise(pc: Weak<dyn PeerConnection>, shared: Arc<Shared>, mut contro
                         }
                         tracing::info!("webrtc connected; remote certificate matches the expected fingerprint");
                         let _ =
-                            shared.events.send(RtcEvent::Connected { remote_fingerprint: actual.to_string() }).await;
+                            shared.events.send(RtcEvent::Connected { remote_fingerprint: actual }).await;
                         let relayed = match pc.sctp().await {
                             Some(sctp) => matches!(
                                 sctp.transport().ice_transport().get_selected_candidate_pair().await,
@@ -891,25 +847,6 @@ mod tests {
             text += &format!("a=fingerprint:{line}\r\n");
         }
         RTCSessionDescription::offer(text).unwrap()
-    }
-
-    #[test]
-    fn fingerprints_parse_case_insensitively_and_print_in_sdp_form() {
-        let fp = Fingerprint::parse(&FP.to_lowercase().replace("sha-256", "SHA-256")).unwrap();
-        assert_eq!(fp.to_string(), FP);
-        for bad in [
-            "",
-            "sha-256",
-            "sha-1 0A:1B",
-            &FP.replace("sha-256", "sha-512"),
-            &FP[..FP.len() - 3],
-            &format!("{FP}:00"),
-            &FP.replace("0A:", "0A::"),
-            &FP.replace("0A", "0G"),
-            &FP.replace("0A:1B", "0A1B"),
-        ] {
-            assert_eq!(Fingerprint::parse(bad), None, "{bad:?}");
-        }
     }
 
     #[test]
