@@ -1171,6 +1171,10 @@ impl Client {
         };
         let join = if rejoining { join.replace_old_group() } else { join };
         let staged = join.build().map_err(|e| format!("Welcome refused: {e:?}"))?;
+        // Never downgraded: a group in any other suite (a classical one) is refused, whoever invites us.
+        if staged.group_context().ciphersuite() != CIPHERSUITE {
+            return Err("Welcome to a group of another ciphersuite".into());
+        }
         let sender = staged.welcome_sender().map_err(|e| format!("{e:?}"))?;
         let key = self.visible_key(from).map_err(|e| e.to_string())?;
         if mls::credential_member(sender.credential(), sender.signature_key().as_slice(), &key).is_none() {

@@ -538,3 +538,28 @@ fn a_member_cannot_make_us_mint_key_packages_without_bound() {
     );
     assert!(net.clients[0].poll_output().is_some());
 }
+
+#[test]
+fn the_suite_is_the_post_quantum_hybrid_and_no_other_is_accepted() {
+    // If this changes, the post-quantum promise changes: ADR 0014 and the threat model must say so first.
+    assert_eq!(u16::from(peerbubble_client_core::mls::CIPHERSUITE), 0x004F, "MLS_128_MLKEM768X25519_AES128GCM_SHA256_Ed25519");
+    let mut net = Net::new(2);
+    // Member 0 asks member 1 for a KeyPackage; a KeyPackage of the classical X25519 suite comes back, validly
+    // signed by member 1's own identity key: refused, and no conversation is made.
+    net.clients[0].start_direct(net.ids[1]).unwrap();
+    let Some(Output::Relay { body: request, .. }) = net.clients[0].poll_output() else { panic!("no request") };
+    let Ok(Envelope::KeyPackageRequest { request }) = Envelope::decode(&request) else { panic!("not a request") };
+    let provider = Provider::default();
+    let signer = peerbubble_client_core::mls::MlsSigner::new(&net.keys[1]);
+    let classical = openmls::prelude::Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
+    let bundle = openmls::prelude::KeyPackage::builder()
+        .build(classical, &provider, &signer, signer.credential())
+        .unwrap();
+    let key_package = tls_codec::Serialize::tls_serialize_detached(bundle.key_package()).unwrap();
+    let answer = Envelope::KeyPackage { request, key_package }.encode();
+    net.clients[0].handle_envelope(net.ids[1], &answer, Path::Relay, net.now);
+    net.drain_events();
+    assert!(net.refusals(0).iter().any(|r| r.contains("another ciphersuite")), "{:?}", net.refusals(0));
+    assert!(net.clients[0].conversations().is_empty());
+    assert!(net.clients[0].poll_output().is_none(), "nothing is committed in another suite");
+}
