@@ -18,8 +18,10 @@ const USAGE: &str = "\
 usage: cargo xtask <command>
 
   run [-- args]          build and start `peerbubble up`, the all-in-one micro-node (state in ./.peerbubble)
-  test                   everything CI checks: fmt, clippy, tests, wasm32 build (proto, client-core), cargo-deny, fuzz smoke
+  test                   everything CI checks: fmt, clippy, tests, client-core in Chromium (wasm32), cargo-deny, fuzz smoke
+  browser-tests          only client-core's tests inside Chromium (installs Chromium, chromedriver, wasm-bindgen-cli)
   bench signaling        signaling throughput and latency vs the PeerJS server, memory per idle connection
+  bench soak             10 000 sessions a round ended by every close path; nothing may stay registered
   bench operator         1 000 Bubbles x 5 Categories against an in-process API server: total, p99, peak memory
   bench turn             relayed messages/s and memory per allocation vs coturn, same client (turnutils_uclient)
   bench e2ee             MLS cost per message; encrypted file transfer vs a raw DataChannel, same run
@@ -43,6 +45,7 @@ fn run_command() -> anyhow::Result<()> {
     match args.first().map(String::as_str) {
         Some("run") => run(&args[1..]),
         Some("test") => test(),
+        Some("browser-tests") => ensure_tools().and_then(|()| browser_tests()),
         Some("bench") => bench::bench(&root, args.get(1).map(String::as_str), &args[2.min(args.len())..]),
         Some("fuzz") => fuzz(args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(60)),
         _ => {
@@ -101,6 +104,7 @@ fn ensure_tools() -> anyhow::Result<()> {
     }
     cargo_install("cargo-deny", "0.20.2")?;
     cargo_install("cargo-fuzz", "0.13.2")?;
+    cargo_install_crate("wasm-bindgen-cli", "wasm-bindgen-test-runner", &wasm_bindgen_version()?)?;
     // The real OpenID Connect provider the admin API's sign-in tests run against (locked npm packages).
     npm_ci(&project_root().join("crates/admin-api/tests/oidc"), "oidc-provider")?;
     helm()?;
@@ -110,9 +114,16 @@ fn ensure_tools() -> anyhow::Result<()> {
 
 /// Debian packages the tests drive as independent peers: coturn's TURN client and echo peer
 /// (turnutils_uclient, turnutils_peer; also the benchmark's baseline server), and iproute2/iptables for the
-/// network-namespace NAT test.
+/// network-namespace NAT test, and Chromium with its WebDriver for the browser tests.
 pub(crate) fn debian_packages() -> anyhow::Result<()> {
-    let wanted = [("turnutils_uclient", "coturn"), ("ip", "iproute2"), ("iptables", "iptables")];
+    let wanted = [
+        ("turnutils_uclient", "coturn"),
+        ("ip", "iproute2"),
+        ("iptables", "iptables"),
+        // The browser tests' Chromium and its WebDriver.
+        ("chromium", "chromium"),
+        ("chromedriver", "chromium-driver"),
+    ];
     let missing: Vec<&str> = wanted
         .iter()
         .filter(|(program, _)| {
@@ -183,13 +194,51 @@ pub(crate) fn npm_ci(dir: &Path, package: &str) -> anyhow::Result<()> {
 }
 
 fn cargo_install(tool: &str, version: &str) -> anyhow::Result<()> {
-    let installed = Command::new(tool).arg("--version").output().ok().filter(|o| o.status.success());
+    cargo_install_crate(tool, tool, version)
+}
+
+/// Installs `krate` at `version` unless its binary `bin` already reports that version.
+fn cargo_install_crate(krate: &str, bin: &str, version: &str) -> anyhow::Result<()> {
+    let installed = Command::new(bin).arg("--version").output().ok().filter(|o| o.status.success());
     if installed.is_some_and(|o| String::from_utf8_lossy(&o.stdout).contains(version)) {
         return Ok(());
     }
     // Built in its own target dir so that it never invalidates the project's.
     let target = env::temp_dir().join("peerbubble-tools");
-    sh(cargo().args(["install", "--locked", tool, "--version", version, "--target-dir"]).arg(&target))
+    let install = |locked: bool| {
+        let mut cmd = cargo();
+        cmd.arg("install");
+        if locked {
+            cmd.arg("--locked");
+        }
+        sh(cmd.args([krate, "--version", version, "--target-dir"]).arg(&target))
+    };
+    // A published lockfile may name a dependency version the registry no longer offers (wasm-bindgen-cli
+    // 0.2.130 pins webpki-roots 1.0.11): then take the newest compatible versions instead.
+    install(true).or_else(|_| install(false))
+}
+
+/// The wasm-bindgen version crates/client-wasm pins (`wasm-bindgen = "=x.y.z"`): the CLI must be the same.
+fn wasm_bindgen_version() -> anyhow::Result<String> {
+    let manifest = std::fs::read_to_string(project_root().join("crates/client-wasm/Cargo.toml"))?;
+    manifest
+        .lines()
+        .find_map(|l| l.strip_prefix("wasm-bindgen = \"=").and_then(|v| v.strip_suffix('"')))
+        .map(str::to_owned)
+        .context("crates/client-wasm/Cargo.toml must pin wasm-bindgen = \"=x.y.z\"")
+}
+
+/// client-wasm's tests inside Debian's Chromium, through chromedriver and wasm-bindgen's test runner. The
+/// wasm32 build of proto and client-core happens here once, for these tests.
+fn browser_tests() -> anyhow::Result<()> {
+    let root = project_root();
+    sh(cargo()
+        .current_dir(root.join("crates/client-wasm"))
+        .env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER", "wasm-bindgen-test-runner")
+        .env("CHROMEDRIVER", "/usr/bin/chromedriver")
+        // Argon2id at the real costs and ML-KEM in an unoptimised build take their time.
+        .env("WASM_BINDGEN_TEST_TIMEOUT", "600")
+        .args(["test", "--package", "peerbubble-client-wasm", "--target", "wasm32-unknown-unknown"]))
 }
 
 fn step(name: &str, f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {
@@ -207,17 +256,7 @@ fn test() -> anyhow::Result<()> {
     step("clippy", || sh(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])))?;
     let helm = helm()?;
     step("tests", || sh(cargo().env("PEERBUBBLE_HELM", &helm).args(["test", "--workspace"])))?;
-    step("wasm32 build of the shared protocol and client core", || {
-        sh(cargo().args([
-            "build",
-            "--package",
-            "peerbubble-proto",
-            "--package",
-            "peerbubble-client-core",
-            "--target",
-            "wasm32-unknown-unknown",
-        ]))
-    })?;
+    step("client-core in Chromium (wasm32: proto, client-core, client-wasm)", browser_tests)?;
     step("cargo-deny (licences, bans, sources; advisories need the RustSec database from GitHub)", || {
         sh(cargo().args(["deny", "check", "licenses", "bans", "sources"]))
     })?;
@@ -232,6 +271,7 @@ const FUZZ_TARGETS: [&str; 5] = ["client_frame", "server_frame", "turn_message",
 fn fuzz(seconds: u64) -> anyhow::Result<()> {
     if !have("cargo-fuzz", "--version") {
         cargo_install("cargo-fuzz", "0.13.2")?;
+        cargo_install_crate("wasm-bindgen-cli", "wasm-bindgen-test-runner", &wasm_bindgen_version()?)?;
     }
     let target_dir = env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)

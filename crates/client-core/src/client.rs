@@ -27,8 +27,8 @@ use crate::files::{
     CHUNK_FRAME_TAG, CancelReason, ChunkRequest, FileControl, FileKey, FileOffer, IncomingTransfer, Opened,
     OutgoingTransfer, TransferConfig, TransferId,
 };
-use crate::keystore::{KeyStore, Storage};
 use crate::fingerprint::{Fingerprint, sdp_has_only_fingerprint};
+use crate::keystore::{KeyStore, Storage};
 use crate::message::{AppMessage, CallSignal, ConversationKind, MessageId, ReceiptKind, hex};
 use crate::mls::{self, CIPHERSUITE, MlsSigner, Provider};
 use crate::wire::{Envelope, MAX_CHANNEL_MESSAGE};
@@ -132,7 +132,7 @@ pub enum CloseReason {
 }
 
 /// What happened, for the application.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum Event {
     /// The conversation can be used; `members` excludes us.
     ConversationReady {
@@ -305,6 +305,125 @@ pub enum Event {
     },
 }
 
+/// Events print what happened and to whom, never what was said: texts, SDP, candidates, file names and chunk
+/// bytes show as their length only (CONVENTIONS.md: secrets and content have a redacting `Debug`).
+impl std::fmt::Debug for Event {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use crate::message::Redacted;
+        match self {
+            Event::ConversationReady { conversation, kind, members } => f
+                .debug_struct("ConversationReady")
+                .field("conversation", conversation)
+                .field("kind", kind)
+                .field("members", members)
+                .finish(),
+            Event::MembersChanged { conversation, members } => {
+                f.debug_struct("MembersChanged").field("conversation", conversation).field("members", members).finish()
+            }
+            Event::ConversationClosed { conversation, reason } => f
+                .debug_struct("ConversationClosed")
+                .field("conversation", conversation)
+                .field("reason", reason)
+                .finish(),
+            Event::Message { conversation, from, id, text, path } => f
+                .debug_struct("Message")
+                .field("conversation", conversation)
+                .field("from", from)
+                .field("id", id)
+                .field("text", &Redacted(text.len()))
+                .field("path", path)
+                .finish(),
+            Event::Edited { conversation, id, text } => f
+                .debug_struct("Edited")
+                .field("conversation", conversation)
+                .field("id", id)
+                .field("text", &Redacted(text.len()))
+                .finish(),
+            Event::Deleted { conversation, id } => {
+                f.debug_struct("Deleted").field("conversation", conversation).field("id", id).finish()
+            }
+            Event::Expired { conversation, id } => {
+                f.debug_struct("Expired").field("conversation", conversation).field("id", id).finish()
+            }
+            Event::Receipt { conversation, from, ids, kind } => f
+                .debug_struct("Receipt")
+                .field("conversation", conversation)
+                .field("from", from)
+                .field("ids", ids)
+                .field("kind", kind)
+                .finish(),
+            Event::Typing { conversation, from, typing } => f
+                .debug_struct("Typing")
+                .field("conversation", conversation)
+                .field("from", from)
+                .field("typing", typing)
+                .finish(),
+            Event::TimerChanged { conversation, timer_secs } => f
+                .debug_struct("TimerChanged")
+                .field("conversation", conversation)
+                .field("timer_secs", timer_secs)
+                .finish(),
+            Event::Call { conversation, from, signal } => f
+                .debug_struct("Call")
+                .field("conversation", conversation)
+                .field("from", from)
+                .field("signal", signal)
+                .finish(),
+            Event::FileOffered { conversation, from, offer } => f
+                .debug_struct("FileOffered")
+                .field("conversation", conversation)
+                .field("from", from)
+                .field("offer", offer)
+                .finish(),
+            Event::FileSendable { transfer, acked, total } => f
+                .debug_struct("FileSendable")
+                .field("transfer", transfer)
+                .field("acked", acked)
+                .field("total", total)
+                .finish(),
+            Event::FileChunk { transfer, index, offset, plaintext, sealed } => f
+                .debug_struct("FileChunk")
+                .field("transfer", transfer)
+                .field("index", index)
+                .field("offset", offset)
+                .field("plaintext", &Redacted(plaintext.len()))
+                .field("sealed", &Redacted(sealed.len()))
+                .finish(),
+            Event::FileReceived { transfer, sha256 } => {
+                f.debug_struct("FileReceived").field("transfer", transfer).field("sha256", sha256).finish()
+            }
+            Event::FileSent { transfer } => f.debug_struct("FileSent").field("transfer", transfer).finish(),
+            Event::FileCancelled { transfer, reason } => {
+                f.debug_struct("FileCancelled").field("transfer", transfer).field("reason", reason).finish()
+            }
+            Event::Left { conversation, member } => {
+                f.debug_struct("Left").field("conversation", conversation).field("member", member).finish()
+            }
+            Event::RejoinRequested { conversation, asked } => {
+                f.debug_struct("RejoinRequested").field("conversation", conversation).field("asked", asked).finish()
+            }
+            Event::Refused { from, reason } => {
+                f.debug_struct("Refused").field("from", from).field("reason", reason).finish()
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for ChatMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChatMessage")
+            .field("id", &self.id)
+            .field("from", &self.from)
+            .field("text", &crate::message::Redacted(self.text.len()))
+            .field("sent_at_ms", &self.sent_at_ms)
+            .field("edited", &self.edited)
+            .field("deleted", &self.deleted)
+            .field("expires_at_ms", &self.expires_at_ms)
+            .field("receipts", &self.receipts)
+            .finish()
+    }
+}
+
 /// Errors of calls into the client.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -346,7 +465,7 @@ fn mls_err(e: impl std::fmt::Debug) -> ClientError {
 }
 
 /// A chat message as kept in the conversation's history.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatMessage {
     /// Its id.
     pub id: MessageId,

@@ -158,7 +158,7 @@ impl fmt::Debug for FileHasher {
 }
 
 /// What the sender proposes. Travels MLS-encrypted as JSON; byte fields are base64url without padding.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileOffer {
     /// The transfer.
@@ -174,6 +174,20 @@ pub struct FileOffer {
     /// SHA-256 of the whole file.
     #[serde(with = "base64url")]
     pub sha256: [u8; 32],
+}
+
+/// The file's name is content: `Debug` shows its length only.
+impl fmt::Debug for FileOffer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FileOffer")
+            .field("transfer", &self.transfer)
+            .field("name", &crate::message::Redacted(self.name.len()))
+            .field("size", &self.size)
+            .field("chunk_size", &self.chunk_size)
+            .field("chunks", &self.chunks)
+            .field("sha256", &self.sha256)
+            .finish()
+    }
 }
 
 impl FileOffer {

@@ -2,6 +2,8 @@
 //! timers, call set-up (SDP and ICE candidates, never readable by a server) and file-transfer control.
 //! JSON, decoded strictly (unknown fields and types refused), with a limit on every field.
 
+use std::fmt;
+
 use serde::{Deserialize, Serialize};
 
 use crate::files::FileControl;
@@ -38,8 +40,8 @@ impl From<MessageId> for String {
     }
 }
 
-impl std::fmt::Display for MessageId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&hex(&self.0))
     }
 }
@@ -90,7 +92,7 @@ pub enum ConversationKind {
 /// Call set-up: the SDP carries the DTLS fingerprint and the ICE candidates (IP addresses), so it travels only
 /// MLS-encrypted. `fingerprint` repeats the SDP's `a=fingerprint` value; the receiver checks both are equal and
 /// accepts a DTLS connection only with that certificate.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "signal", deny_unknown_fields)]
 pub enum CallSignal {
     /// The caller's SDP offer.
@@ -126,7 +128,7 @@ pub enum CallSignal {
 }
 
 /// One MLS application message's content.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "type", deny_unknown_fields)]
 pub enum AppMessage {
     /// Conversation metadata, sent by whoever adds members (new members learn the kind and name from it).
@@ -185,6 +187,67 @@ pub enum AppMessage {
     Call(CallSignal),
     /// File-transfer control.
     File(FileControl),
+}
+
+/// Shows the length of content instead of the content, in `Debug` output.
+pub(crate) struct Redacted(pub usize);
+
+impl fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "<redacted, {} bytes>", self.0)
+    }
+}
+
+impl fmt::Debug for CallSignal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CallSignal::Offer { call, sdp, fingerprint } => f
+                .debug_struct("Offer")
+                .field("call", call)
+                .field("sdp", &Redacted(sdp.len()))
+                .field("fingerprint", fingerprint)
+                .finish(),
+            CallSignal::Answer { call, sdp, fingerprint } => f
+                .debug_struct("Answer")
+                .field("call", call)
+                .field("sdp", &Redacted(sdp.len()))
+                .field("fingerprint", fingerprint)
+                .finish(),
+            CallSignal::Candidate { call, candidate } => {
+                f.debug_struct("Candidate").field("call", call).field("candidate", &Redacted(candidate.len())).finish()
+            }
+            CallSignal::Hangup { call } => f.debug_struct("Hangup").field("call", call).finish(),
+        }
+    }
+}
+
+impl fmt::Debug for AppMessage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AppMessage::Meta { conversation, timer_secs } => {
+                f.debug_struct("Meta").field("conversation", conversation).field("timer_secs", timer_secs).finish()
+            }
+            AppMessage::Text { id, text, sent_at_ms, expires_in_secs } => f
+                .debug_struct("Text")
+                .field("id", id)
+                .field("text", &Redacted(text.len()))
+                .field("sent_at_ms", sent_at_ms)
+                .field("expires_in_secs", expires_in_secs)
+                .finish(),
+            AppMessage::Edit { id, text } => {
+                f.debug_struct("Edit").field("id", id).field("text", &Redacted(text.len())).finish()
+            }
+            AppMessage::Delete { id } => f.debug_struct("Delete").field("id", id).finish(),
+            AppMessage::Receipt { ids, kind } => {
+                f.debug_struct("Receipt").field("ids", ids).field("kind", kind).finish()
+            }
+            AppMessage::Typing { typing } => f.debug_struct("Typing").field("typing", typing).finish(),
+            AppMessage::Timer { timer_secs } => f.debug_struct("Timer").field("timer_secs", timer_secs).finish(),
+            AppMessage::Leave => f.write_str("Leave"),
+            AppMessage::Call(signal) => f.debug_tuple("Call").field(signal).finish(),
+            AppMessage::File(control) => f.debug_tuple("File").field(control).finish(),
+        }
+    }
 }
 
 /// Why an application message was refused.

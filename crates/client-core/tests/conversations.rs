@@ -542,7 +542,11 @@ fn a_member_cannot_make_us_mint_key_packages_without_bound() {
 #[test]
 fn the_suite_is_the_post_quantum_hybrid_and_no_other_is_accepted() {
     // If this changes, the post-quantum promise changes: ADR 0014 and the threat model must say so first.
-    assert_eq!(u16::from(peerbubble_client_core::mls::CIPHERSUITE), 0x004F, "MLS_128_MLKEM768X25519_AES128GCM_SHA256_Ed25519");
+    assert_eq!(
+        u16::from(peerbubble_client_core::mls::CIPHERSUITE),
+        0x004F,
+        "MLS_128_MLKEM768X25519_AES128GCM_SHA256_Ed25519"
+    );
     let mut net = Net::new(2);
     // Member 0 asks member 1 for a KeyPackage; a KeyPackage of the classical X25519 suite comes back, validly
     // signed by member 1's own identity key: refused, and no conversation is made.
@@ -552,9 +556,8 @@ fn the_suite_is_the_post_quantum_hybrid_and_no_other_is_accepted() {
     let provider = Provider::default();
     let signer = peerbubble_client_core::mls::MlsSigner::new(&net.keys[1]);
     let classical = openmls::prelude::Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
-    let bundle = openmls::prelude::KeyPackage::builder()
-        .build(classical, &provider, &signer, signer.credential())
-        .unwrap();
+    let bundle =
+        openmls::prelude::KeyPackage::builder().build(classical, &provider, &signer, signer.credential()).unwrap();
     let key_package = tls_codec::Serialize::tls_serialize_detached(bundle.key_package()).unwrap();
     let answer = Envelope::KeyPackage { request, key_package }.encode();
     net.clients[0].handle_envelope(net.ids[1], &answer, Path::Relay, net.now);
@@ -562,4 +565,41 @@ fn the_suite_is_the_post_quantum_hybrid_and_no_other_is_accepted() {
     assert!(net.refusals(0).iter().any(|r| r.contains("another ciphersuite")), "{:?}", net.refusals(0));
     assert!(net.clients[0].conversations().is_empty());
     assert!(net.clients[0].poll_output().is_none(), "nothing is committed in another suite");
+}
+
+#[test]
+fn debug_output_never_shows_what_was_said() {
+    const CANARY: &str = "canary-7f3a-never-in-logs";
+    let mut net = Net::new(2);
+    let c = net.direct(0, 1);
+    net.clients[0].send_text(c, CANARY).unwrap();
+    net.run();
+    assert_eq!(net.texts(1), [CANARY], "the control: the text did arrive");
+    let mut printed = format!("{:?} {:?}", net.events, net.clients[1].history(c).unwrap());
+    let fp = Fingerprint::parse(&format!("sha-256 {}", vec!["AB"; 32].join(":"))).unwrap();
+    let offer = CallSignal::Offer {
+        call: peerbubble_client_core::message::MessageId([1; 16]),
+        sdp: format!("v=0\r\na=fingerprint:{fp}\r\na=candidate:{CANARY}\r\n"),
+        fingerprint: fp,
+    };
+    let candidate =
+        CallSignal::Candidate { call: peerbubble_client_core::message::MessageId([1; 16]), candidate: CANARY.into() };
+    let text = peerbubble_client_core::message::AppMessage::Edit {
+        id: peerbubble_client_core::message::MessageId([2; 16]),
+        text: CANARY.into(),
+    };
+    let transfer = peerbubble_client_core::files::TransferId([3; 16]);
+    let name_offer =
+        FileOffer { transfer, name: format!("{CANARY}.pdf"), size: 10, chunk_size: 16_384, chunks: 1, sha256: [0; 32] };
+    let chunk = Event::FileChunk {
+        transfer,
+        index: 0,
+        offset: 0,
+        plaintext: CANARY.as_bytes().to_vec(),
+        sealed: vec![1, 2, 3],
+    };
+    printed += &format!("{offer:?} {candidate:?} {text:?} {name_offer:?} {chunk:?}");
+    assert!(!printed.contains(CANARY), "{printed}");
+    assert!(!printed.contains("v=0") && !printed.contains("99, 97, 110, 97, 114, 121"), "{printed}");
+    assert!(printed.contains("redacted"), "{printed}");
 }

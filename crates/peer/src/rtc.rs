@@ -677,8 +677,7 @@ async fn supervise(pc: Weak<dyn PeerConnection>, shared: Arc<Shared>, mut contro
                             shared.max_message_size.store(max as usize, Ordering::Relaxed);
                         }
                         tracing::info!("webrtc connected; remote certificate matches the expected fingerprint");
-                        let _ =
-                            shared.events.send(RtcEvent::Connected { remote_fingerprint: actual }).await;
+                        let _ = shared.events.send(RtcEvent::Connected { remote_fingerprint: actual }).await;
                         let relayed = match pc.sctp().await {
                             Some(sctp) => matches!(
                                 sctp.transport().ice_transport().get_selected_candidate_pair().await,

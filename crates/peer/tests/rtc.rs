@@ -6,10 +6,10 @@
 
 use std::time::{Duration, Instant};
 
+use peerbubble_client_core::Fingerprint;
 use peerbubble_peer::rtc::{
     CandidateKind, EVENT_QUEUE, HIGH_WATER_MARK, RtcConfig, RtcError, RtcEvent, RtcPeer, RtcRoute,
 };
-use peerbubble_client_core::Fingerprint;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc::Receiver;
 

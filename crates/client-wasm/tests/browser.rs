@@ -1,0 +1,140 @@
+//! client-core inside a real browser (Debian's Chromium through chromedriver, `cargo xtask test`): the
+//! post-quantum hybrid MLS suite in conversations with add, remove and rejoin, a file key exported on both
+//! sides, the key store unlocked with the real Argon2id costs, and the signaling session's handshake as the
+//! worker drives it. The simulated bubble is client-core's own test harness, shared, not copied.
+#![cfg(target_arch = "wasm32")]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[path = "../../client-core/tests/support/mod.rs"]
+mod support;
+
+use peerbubble_client_core::keystore::{KdfParams, KeyStore, KeyStoreError, KnowledgeKdf, MemoryStorage, Segment};
+use peerbubble_client_core::mls::CIPHERSUITE;
+use peerbubble_client_core::{CloseReason, Event};
+use peerbubble_client_wasm::SignalingSession;
+use peerbubble_proto::{
+    ClientFrame, DirectoryEntry, IdentityKey, Limits, Nonce, Purpose, ServerFrame, SessionId, auth_message,
+    decode_client_frame, encode_frame,
+};
+use support::Net;
+use wasm_bindgen_test::{wasm_bindgen_test, wasm_bindgen_test_configure};
+use zeroize::Zeroizing;
+
+wasm_bindgen_test_configure!(run_in_browser);
+
+#[wasm_bindgen_test]
+fn the_hybrid_suite_holds_a_group_through_add_remove_and_rejoin() {
+    assert_eq!(u16::from(CIPHERSUITE), 0x004F, "ML-KEM-768 + X25519");
+    let mut net = Net::new(5);
+    let g = net.clients[0].create_group("cell", &[net.ids[1], net.ids[2]]).unwrap();
+    net.run();
+    net.clients[1].send_text(g, "in the browser").unwrap();
+    net.run();
+    assert_eq!(net.texts(0), ["in the browser"]);
+    assert_eq!(net.texts(2), ["in the browser"]);
+
+    // Member 2 misses a commit (offline), then asks to rejoin and reads again.
+    net.online[2] = false;
+    net.clients[0].add_member(g, net.ids[3]).unwrap();
+    net.run();
+    net.online[2] = true;
+    net.clients[0].send_text(g, "you missed a commit").unwrap();
+    net.run();
+    assert!(net.events[2].iter().any(|e| matches!(e, Event::RejoinRequested { .. })));
+    net.advance(3_000);
+    net.clients[3].send_text(g, "welcome back").unwrap();
+    net.run();
+    assert!(net.texts(2).contains(&"welcome back".to_owned()));
+
+    // Member 1 is removed: it is told, and reads nothing more.
+    net.clients[0].remove_member(g, net.ids[1]).unwrap();
+    net.run();
+    assert!(net.events[1].iter().any(|e| matches!(e, Event::ConversationClosed { reason: CloseReason::Removed, .. })));
+    net.clients[3].send_text(g, "without member one").unwrap();
+    net.run();
+    assert!(!net.texts(1).contains(&"without member one".to_owned()));
+    assert!(net.texts(2).contains(&"without member one".to_owned()));
+
+    // A file key exported from the epoch is the same on both sides, and differs per context.
+    let c = net.direct(0, 4);
+    let mine = net.clients[0].export_secret(c, "peerbubble file", b"transfer-1").unwrap();
+    let theirs = net.clients[4].export_secret(c, "peerbubble file", b"transfer-1").unwrap();
+    let other = net.clients[4].export_secret(c, "peerbubble file", b"transfer-2").unwrap();
+    assert_eq!(*mine, *theirs);
+    assert_ne!(*mine, *other);
+}
+
+#[wasm_bindgen_test]
+fn the_key_store_unlocks_with_the_real_argon2id_costs() {
+    let params = KdfParams::default();
+    assert!(params.m_cost_kib >= 19 * 1024 && params.t_cost >= 2, "the costs the native client uses");
+    let device = || Segment::device(Zeroizing::new([5u8; 32]));
+    let kdf = KnowledgeKdf::generate(params).unwrap();
+    let knowledge = Segment::knowledge(b"correct horse battery staple", &kdf).unwrap();
+    let mut store = KeyStore::create(MemoryStorage::default(), &[device(), knowledge]).unwrap();
+    store.put("conversation/1", b"history").unwrap();
+
+    let mut reopened = KeyStore::open(store.into_storage()).unwrap();
+    let wrong = reopened.knowledge_segment(b"wrong horse").unwrap();
+    assert!(matches!(reopened.unlock(&[wrong, device()]), Err(KeyStoreError::WrongSegments)));
+    let right = reopened.knowledge_segment(b"correct horse battery staple").unwrap();
+    reopened.unlock(&[right, device()]).unwrap();
+    assert_eq!(reopened.get("conversation/1").unwrap().as_deref().map(|v| v.to_vec()), Some(b"history".to_vec()));
+}
+
+#[wasm_bindgen_test]
+fn the_worker_s_signaling_session_answers_the_challenge_with_a_key_made_here() {
+    let mut session = SignalingSession::generate("crisis-cell-1".into()).unwrap();
+    assert_eq!(session.poll_event().as_deref(), Some(r#"{"type":"connect"}"#));
+    session.connected(0.0);
+    let challenge = ServerFrame::Challenge {
+        protocol: peerbubble_proto::PROTOCOL_VERSION,
+        bubble: "crisis-cell-1".into(),
+        nonce: Nonce::from_bytes([9; 32]),
+        expires_in_ms: 10_000,
+    };
+    session.handle_text(&encode_frame(&challenge), 1.0).unwrap();
+    let auth = session.poll_transmit().unwrap();
+    let Ok(ClientFrame::Auth { public_key, nonce, signature }) = decode_client_frame(auth.as_bytes(), 65_536) else {
+        panic!("{auth}");
+    };
+    assert_eq!(public_key.member_id().to_string(), session.member_id());
+    public_key.verify(Purpose::SignalAuth, &auth_message("crisis-cell-1", &nonce, &public_key), &signature).unwrap();
+
+    let limits = Limits {
+        max_frame_bytes: 65_536,
+        max_body_bytes: 32_768,
+        frames_per_second: 50,
+        frame_burst: 100,
+        member_frames_per_second: 100,
+        max_sessions_per_member: 4,
+        idle_timeout_ms: 60_000,
+    };
+    let welcome = ServerFrame::Welcome {
+        member: public_key.member_id(),
+        session: SessionId(3),
+        display_name: "Ann".into(),
+        ice_servers: Vec::new(),
+        ice_expires_in_ms: None,
+        limits,
+    };
+    session.handle_text(&encode_frame(&welcome), 2.0).unwrap();
+    let bob = IdentityKey::from_seed(&[2; 32]).public_key();
+    let entry = DirectoryEntry {
+        member: bob.member_id(),
+        public_key: bob,
+        display_name: "Bob (field team)".into(),
+        categories: vec!["medics".into()],
+        online: true,
+    };
+    session
+        .handle_text(&encode_frame(&ServerFrame::Directory { part: 0, parts: 1, entries: vec![entry] }), 3.0)
+        .unwrap();
+    assert_eq!(session.poll_event().as_deref(), Some(r#"{"session":3,"type":"ready"}"#));
+    assert!(session.directory().contains("Bob (field team)"));
+    assert!(session.send(&bob.member_id().to_string(), b"sealed", 4.0).is_ok());
+    assert!(session.poll_transmit().unwrap().contains(r#""type":"send""#));
+    // Need-to-know holds in the browser too.
+    let stranger = IdentityKey::from_seed(&[3; 32]).public_key().member_id().to_string();
+    assert!(session.send(&stranger, b"sealed", 5.0).is_err());
+}
