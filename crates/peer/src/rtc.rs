@@ -295,7 +295,7 @@ impl Shared {
     }
 
     fn expected(&self) -> Option<Fingerprint> {
-        self.expected.lock().map(|guard| guard.clone()).unwrap_or_else(|poisoned| poisoned.into_inner().clone())
+        self.expected.lock().map(|guard| *guard).unwrap_or_else(|poisoned| *poisoned.into_inner())
     }
 
     fn set_expected(&self, fingerprint: Fingerprint) {
