@@ -11,9 +11,10 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use peerbubble_proto::enroll::MAX_INVITE_TOKEN_BYTES;
 use peerbubble_proto::health::{HealthReport, MAX_EVENTS_PER_REPORT, SessionEventKind};
 use peerbubble_proto::limits::{TokenBucket, is_valid_display_name, is_valid_id};
-use peerbubble_proto::{PublicKey, Purpose, Signature, enroll_message};
+use peerbubble_proto::{EnrollRequest, Enrolled};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -517,22 +518,7 @@ async fn create_invite(
     Ok((StatusCode::CREATED, Json(CreatedInvite { token, link, qr_svg, expires_at })))
 }
 
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-struct Enroll {
-    invite: String,
-    public_key: String,
-    signature: String,
-}
-
-#[derive(Serialize, utoipa::ToSchema)]
-struct Enrolled {
-    bubble: String,
-    member: String,
-    display_name: String,
-}
-
-#[utoipa::path(post, path = "/api/v1/enroll", tag = "members", request_body = Enroll,
+#[utoipa::path(post, path = "/api/v1/enroll", tag = "members", request_body = EnrollRequest,
     responses((status = 201, description = "Enrolled", body = Enrolled),
         (status = 400, description = "Malformed key or signature", body = ErrorBody),
         (status = 401, description = "The signature does not prove possession of the key", body = ErrorBody),
@@ -541,7 +527,7 @@ struct Enrolled {
         (status = 410, description = "Invite expired", body = ErrorBody), (status = 429, description = "Rate-limited", body = ErrorBody)))]
 async fn enroll(
     State(state): State<Arc<ApiState>>,
-    Body(req): Body<Enroll>,
+    Body(req): Body<EnrollRequest>,
 ) -> Result<(StatusCode, Json<Enrolled>), ApiError> {
     if let Err(retry) = state.enroll_limiter.lock().unwrap_or_else(|p| p.into_inner()).take(Instant::now()) {
         return Err(ApiError::new(
@@ -550,30 +536,16 @@ async fn enroll(
             format!("too many enrollment attempts; retry in {} ms", retry.as_millis().max(1)),
         ));
     }
-    let public_key: PublicKey = req.public_key.parse().map_err(|_| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_public_key",
-            "public_key must be an Ed25519 public key (32 bytes, unpadded base64url)",
-        )
-    })?;
-    let signature = Signature::try_from(req.signature).map_err(|_| {
-        ApiError::new(StatusCode::BAD_REQUEST, "invalid_signature", "signature must be 64 bytes, unpadded base64url")
-    })?;
-    if req.invite.len() > 128 {
+    let public_key =
+        req.public_key().map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_public_key", e.to_string()))?;
+    req.signature().map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_signature", e.to_string()))?;
+    if req.invite.len() > MAX_INVITE_TOKEN_BYTES {
         return Err(ApiError::from(StoreError::Invite(InviteRefusal::Unknown)));
     }
     let token_hash = hash_token(&req.invite);
     let bubble = state.store.invite_bubble(&token_hash).await?.ok_or(StoreError::Invite(InviteRefusal::Unknown))?;
     // Checked before the invite is used, so that a bad attempt never burns a good invite.
-    if public_key.verify(Purpose::EnrollInvite, &enroll_message(&bubble, &req.invite, &public_key), &signature).is_err()
-    {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "bad_signature",
-            "the signature does not prove possession of this key for this invite",
-        ));
-    }
+    req.verify(&bubble).map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, "bad_signature", e.to_string()))?;
     let member = public_key.member_id().to_string();
     let (bubble, display_name) =
         state.store.redeem_invite(&token_hash, &member, &public_key.to_string(), (state.clock)()).await?;

@@ -18,22 +18,3 @@ pub mod token;
 
 pub use api::{ApiState, Clock, record_health, router, system_clock};
 pub use store::{Store, StoreError};
-
-/// Splits an invite link (`…/enroll#<bubble>.<token>`) or its fragment into bubble and token.
-pub fn parse_invite(link: &str) -> Option<(&str, &str)> {
-    let fragment = link.rsplit_once('#').map_or(link, |(_, f)| f);
-    let (bubble, token) = fragment.split_once('.')?;
-    (peerbubble_proto::limits::is_valid_id(bubble) && !token.is_empty() && token.len() <= 128)
-        .then_some((bubble, token))
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn invite_links_parse() {
-        assert_eq!(super::parse_invite("http://x/enroll#ops.abc-_9"), Some(("ops", "abc-_9")));
-        assert_eq!(super::parse_invite("ops.abc"), Some(("ops", "abc")));
-        assert_eq!(super::parse_invite("http://x/enroll#Ops.abc"), None);
-        assert_eq!(super::parse_invite("http://x/enroll#ops."), None);
-    }
-}

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::{Context as _, bail};
 use peerbubble_peer::SignalClient;
-use peerbubble_proto::{IdentityKey, Purpose, ServerFrame, enroll_message};
+use peerbubble_proto::{EnrollRequest, IdentityKey, Invite, ServerFrame};
 
 use crate::say;
 
@@ -34,18 +34,15 @@ pub fn read_key(path: &Path) -> anyhow::Result<IdentityKey> {
 
 /// Makes a key, proves possession to redeem the invite, and keeps the key in `key_out`.
 pub async fn enroll(api: &str, invite: &str, key_out: &Path) -> anyhow::Result<()> {
-    let Some((bubble, token)) = peerbubble_admin_api::parse_invite(invite) else {
-        bail!("not an invite link: expected …/enroll#<bubble>.<token>");
-    };
+    let invite = Invite::parse(invite)?;
     if key_out.exists() {
         bail!("{} exists already; choose another file (one key per member per bubble)", key_out.display());
     }
     let key = IdentityKey::generate()?;
     let public_key = key.public_key();
-    let signature = key.sign(Purpose::EnrollInvite, &enroll_message(bubble, token, &public_key));
-    let body =
-        serde_json::json!({"invite": token, "public_key": public_key.to_string(), "signature": signature.to_string()});
+    let body = serde_json::to_value(EnrollRequest::new(&invite, &key))?;
     let answer = crate::api_post(api, "/api/v1/enroll", None, &body, "enrollment").await?;
+    let bubble = invite.bubble();
     write_secret(key_out, &key)?;
     say(&format!(
         "enrolled in bubble {bubble} as {} (member {})\nkey kept in {} — it never left this machine\n",

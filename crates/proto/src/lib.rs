@@ -12,6 +12,7 @@
 
 pub mod codec;
 pub mod directory;
+pub mod enroll;
 pub mod error_code;
 pub mod frame;
 pub mod health;
@@ -20,6 +21,7 @@ pub mod limits;
 pub mod opaque;
 
 pub use codec::{CodecError, decode_client_frame, decode_server_frame, encode_frame};
+pub use enroll::{EnrollError, EnrollRequest, Enrolled, Invite};
 pub use error_code::ErrorCode;
 pub use frame::{
     ClientFrame, DirectoryEntry, IceServer, Recipients, RecipientsError, ServerFrame, SessionId, auth_message,
