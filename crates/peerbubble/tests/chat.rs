@@ -86,3 +86,76 @@ async fn echo_bot_answers_and_keeps_files() {
     node.shutdown().await.unwrap();
     server.shutdown().await.unwrap();
 }
+
+/// A member types names as they read them: with spaces, in any case, or only their start; an ambiguous start
+/// is refused with the candidates, and the conversation opened by name works end to end (issue 14).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_with_spaces_and_prefixes_open_conversations() {
+    use std::io::{BufRead as _, Write as _};
+    let dir = tempfile::tempdir().unwrap();
+    let (me, bot, other) =
+        (IdentityKey::from_seed(&[31; 32]), IdentityKey::from_seed(&[32; 32]), IdentityKey::from_seed(&[33; 32]));
+    let yaml = format!(
+        "bubble: cli\ncategories:\n  - {{id: c}}\nmembers:\n  - {{public_key: {}, display_name: Ann, categories: [c]}}\n  - {{public_key: {}, display_name: Echo bot (field team), categories: [c]}}\n  - {{public_key: {}, display_name: Echo chamber, categories: [c]}}\n",
+        me.public_key(),
+        bot.public_key(),
+        other.public_key()
+    );
+    std::fs::write(dir.path().join("bubble.yaml"), yaml).unwrap();
+    let config =
+        Config { listen: ([127, 0, 0, 1], 0).into(), bubble_file: dir.path().join("bubble.yaml"), ..Config::default() };
+    let server = Server::start(config.clone(), FileSource::new(config.bubble_file.clone(), config.reload_interval))
+        .await
+        .unwrap();
+    server.ready().await;
+    let url = format!("ws://{}/v1/signal", server.local_addr());
+    let chat = |key: &IdentityKey, name: &str, extra: &[&str], stdin: Stdio, stdout: Stdio| {
+        let key_file = dir.path().join(format!("{name}.key"));
+        std::fs::write(&key_file, format!("{}\n", key.to_seed_base64().as_str())).unwrap();
+        KillOnDrop(
+            Command::new(env!("CARGO_BIN_EXE_peerbubble"))
+                .args(["chat", "--rtc-bind", "127.0.0.1:0", "--url", &url, "--key"])
+                .arg(&key_file)
+                .args(extra)
+                .stdin(stdin)
+                .stdout(stdout)
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let _bot = chat(&bot, "bot", &["--echo"], Stdio::null(), Stdio::null());
+    let mut ann = chat(&me, "ann", &[], Stdio::piped(), Stdio::piped());
+    let mut input = ann.0.stdin.take().unwrap();
+    let (tx, lines) = std::sync::mpsc::channel();
+    let output = ann.0.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(output).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let wait_for = |what: &str| {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(line) if line.contains(what) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("never printed {what:?}"),
+            }
+        }
+    };
+    wait_for("connected as");
+    writeln!(input, "/open echo").unwrap();
+    let refusal = wait_for("could be");
+    assert!(refusal.contains("Echo bot (field team)") && refusal.contains("Echo chamber"), "{refusal}");
+    writeln!(input, "/open   echo BOT (field").unwrap();
+    wait_for("conversation with Echo bot (field team) ready");
+    writeln!(input, "hello by name").unwrap();
+    wait_for("[Echo bot (field team)] echo: hello by name");
+    writeln!(input, "/open Dan").unwrap();
+    wait_for("nobody called \"Dan\"");
+    writeln!(input, "/quit").unwrap();
+    drop(input);
+    server.shutdown().await.unwrap();
+}
