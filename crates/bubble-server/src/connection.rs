@@ -245,9 +245,13 @@ impl<'a> Connection<'a> {
         if code.is_security_event() {
             let event = code.as_str();
             self.state.metrics.security_event(event);
-            let (member, session) =
-                self.session.identity().map_or((None, None), |(m, s)| (Some(m.to_string()), Some(s.0)));
-            tracing::warn!(target: "peerbubble::security", event, member = member.as_deref(), session, "refused");
+            // A flood is refused frame by frame: counted each time, logged once, when it closes the connection,
+            // so that a flooding client cannot flood the logs too.
+            if code != ErrorCode::RateLimited {
+                let (member, session) =
+                    self.session.identity().map_or((None, None), |(m, s)| (Some(m.to_string()), Some(s.0)));
+                tracing::warn!(target: "peerbubble::security", event, member = member.as_deref(), session, "refused");
+            }
         }
         self.handle.send_or_kill(&error_frame(code, message, id, retry_after));
     }

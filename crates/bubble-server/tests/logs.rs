@@ -63,6 +63,14 @@ async fn envelope_bodies_never_reach_logs_or_metrics() {
     let (code, error) = expect_closed(&mut one).await;
     assert_eq!((code, error), (Some(1009), Some(ErrorCode::FrameTooLarge)));
     two.close().await.unwrap();
+    // A flood is refused frame by frame but logged once, when it ends the connection.
+    let mut three = b.connect(3).await;
+    for _ in 0..400 {
+        if three.ping().await.is_err() {
+            break;
+        }
+    }
+    assert_eq!(expect_closed(&mut three).await, (Some(1008), Some(ErrorCode::RateLimited)));
 
     let metrics = b.metrics();
     let mut b = b;
@@ -70,6 +78,9 @@ async fn envelope_bodies_never_reach_logs_or_metrics() {
     let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
     assert!(logs.contains("session opened"), "logging was captured: {logs}");
     assert!(logs.contains("peerbubble::security"), "security events were logged: {logs}");
+    let flood = logs.lines().filter(|l| l.contains("peerbubble::security") && l.contains("rate_limited")).count();
+    assert_eq!(flood, 1, "one line for the whole flood");
+    assert!(metrics.contains("peerbubble_signal_security_events_total{event=\"rate_limited\"}"), "still counted");
     for needle in [std::str::from_utf8(canary).unwrap(), wire.as_str(), "CANARY"] {
         if let Some(line) = logs.lines().find(|l| l.contains(needle)) {
             panic!("{needle} leaked into logs: {}", &line[..line.len().min(300)]);
