@@ -103,9 +103,9 @@ pub enum SignalEvent {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
-    /// Waiting to reconnect (or for the edge to act on [`SignalEvent::Connect`]).
+    /// Waiting to reconnect.
     Disconnected {
-        retry_at: Option<u64>,
+        retry_at: u64,
     },
     /// [`SignalEvent::Connect`] was given; the socket is being opened.
     Connecting,
@@ -174,7 +174,7 @@ impl Signaling {
             identity,
             member,
             bubble,
-            state: State::Disconnected { retry_at: None },
+            state: State::Connecting,
             directory: BTreeMap::new(),
             pending_directory: Vec::new(),
             next_part: 0,
@@ -262,7 +262,7 @@ impl Signaling {
     /// When [`Signaling::handle_timeout`] must next be called.
     pub fn poll_timeout(&self) -> Option<u64> {
         match self.state {
-            State::Disconnected { retry_at } => retry_at,
+            State::Disconnected { retry_at } => Some(retry_at),
             State::AwaitChallenge { deadline }
             | State::AwaitWelcome { deadline }
             | State::AwaitDirectory { deadline, .. } => Some(deadline),
@@ -313,14 +313,14 @@ impl Signaling {
         self.jitter ^= self.jitter << 17;
         let delay = backoff + self.jitter % (backoff / 4 + 1);
         let delay = fatal.and_then(|(_, retry)| retry).map_or(delay, |retry| retry.max(MIN_BACKOFF_MS));
-        self.state = State::Disconnected { retry_at: Some(now_ms + delay) };
+        self.state = State::Disconnected { retry_at: now_ms + delay };
         self.events.push_back(SignalEvent::Closed { code, retry_in_ms: Some(delay) });
     }
 
     /// Handshake deadlines, keep-alive pings and reconnection.
     pub fn handle_timeout(&mut self, now_ms: u64) {
         match self.state {
-            State::Disconnected { retry_at: Some(at) } if now_ms >= at => self.connect(),
+            State::Disconnected { retry_at } if now_ms >= retry_at => self.connect(),
             State::AwaitChallenge { deadline }
             | State::AwaitWelcome { deadline }
             | State::AwaitDirectory { deadline, .. }

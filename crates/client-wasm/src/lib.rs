@@ -10,7 +10,7 @@
 
 #![forbid(unsafe_code)]
 
-use peerbubble_client_core::{SignalEvent, Signaling, SignalingError};
+use peerbubble_client_core::{SignalEvent, Signaling};
 use peerbubble_proto::{IdentityKey, MemberId};
 use serde_json::json;
 use wasm_bindgen::prelude::*;
@@ -84,7 +84,7 @@ impl SignalingSession {
     /// Sends `body` (end-to-end-encrypted bytes) to every session of `to`; the id its ack will carry.
     pub fn send(&mut self, to: &str, body: &[u8], now_ms: f64) -> Result<f64, JsError> {
         let to: MemberId = to.parse().map_err(js_error)?;
-        let id = self.inner.send(to, None, body, now_ms as u64).map_err(|e: SignalingError| js_error(e))?;
+        let id = self.inner.send(to, None, body, now_ms as u64).map_err(js_error)?;
         Ok(id as f64)
     }
 

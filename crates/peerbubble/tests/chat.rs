@@ -22,23 +22,29 @@ impl Drop for KillOnDrop {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn echo_bot_answers_and_keeps_files() {
-    let dir = tempfile::tempdir().unwrap();
-    let (me, bot) = (IdentityKey::from_seed(&[21; 32]), IdentityKey::from_seed(&[22; 32]));
-    let yaml = format!(
-        "bubble: cli\ncategories:\n  - {{id: c}}\nmembers:\n  - {{public_key: {}, display_name: me, categories: [c]}}\n  - {{public_key: {}, display_name: bot, categories: [c]}}\n",
-        me.public_key(),
-        bot.public_key()
-    );
-    std::fs::write(dir.path().join("bubble.yaml"), yaml).unwrap();
+/// A bubble-server on loopback for a bubble whose `members` (key, display name) all share one category; the
+/// server and its signaling URL.
+async fn one_category_bubble(dir: &std::path::Path, members: &[(&IdentityKey, &str)]) -> (Server, String) {
+    let mut yaml = String::from("bubble: cli\ncategories:\n  - {id: c}\nmembers:\n");
+    for (key, name) in members {
+        yaml += &format!("  - {{public_key: {}, display_name: {name}, categories: [c]}}\n", key.public_key());
+    }
+    std::fs::write(dir.join("bubble.yaml"), yaml).unwrap();
     let config =
-        Config { listen: ([127, 0, 0, 1], 0).into(), bubble_file: dir.path().join("bubble.yaml"), ..Config::default() };
+        Config { listen: ([127, 0, 0, 1], 0).into(), bubble_file: dir.join("bubble.yaml"), ..Config::default() };
     let server = Server::start(config.clone(), FileSource::new(config.bubble_file.clone(), config.reload_interval))
         .await
         .unwrap();
     server.ready().await;
     let url = format!("ws://{}/v1/signal", server.local_addr());
+    (server, url)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_bot_answers_and_keeps_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let (me, bot) = (IdentityKey::from_seed(&[21; 32]), IdentityKey::from_seed(&[22; 32]));
+    let (server, url) = one_category_bubble(dir.path(), &[(&me, "me"), (&bot, "bot")]).await;
     let key_file = dir.path().join("bot.key");
     std::fs::write(&key_file, format!("{}\n", bot.to_seed_base64().as_str())).unwrap();
     let downloads = dir.path().join("bot-files");
@@ -95,20 +101,9 @@ async fn names_with_spaces_and_prefixes_open_conversations() {
     let dir = tempfile::tempdir().unwrap();
     let (me, bot, other) =
         (IdentityKey::from_seed(&[31; 32]), IdentityKey::from_seed(&[32; 32]), IdentityKey::from_seed(&[33; 32]));
-    let yaml = format!(
-        "bubble: cli\ncategories:\n  - {{id: c}}\nmembers:\n  - {{public_key: {}, display_name: Ann, categories: [c]}}\n  - {{public_key: {}, display_name: Echo bot (field team), categories: [c]}}\n  - {{public_key: {}, display_name: Echo chamber, categories: [c]}}\n",
-        me.public_key(),
-        bot.public_key(),
-        other.public_key()
-    );
-    std::fs::write(dir.path().join("bubble.yaml"), yaml).unwrap();
-    let config =
-        Config { listen: ([127, 0, 0, 1], 0).into(), bubble_file: dir.path().join("bubble.yaml"), ..Config::default() };
-    let server = Server::start(config.clone(), FileSource::new(config.bubble_file.clone(), config.reload_interval))
-        .await
-        .unwrap();
-    server.ready().await;
-    let url = format!("ws://{}/v1/signal", server.local_addr());
+    let (server, url) =
+        one_category_bubble(dir.path(), &[(&me, "Ann"), (&bot, "Echo bot (field team)"), (&other, "Echo chamber")])
+            .await;
     let chat = |key: &IdentityKey, name: &str, extra: &[&str], stdin: Stdio, stdout: Stdio| {
         let key_file = dir.path().join(format!("{name}.key"));
         std::fs::write(&key_file, format!("{}\n", key.to_seed_base64().as_str())).unwrap();

@@ -414,7 +414,8 @@ mod soak {
         }
     }
 
-    /// Ends the session; the close code the server sent, if it was the one to close.
+    /// Ends the session as `how` says; when the server is the one to close, its close code must be the one
+    /// that way of ending deserves.
     async fn end(mut ws: Ws, how: End) -> Result<(), String> {
         let expect = match how {
             End::ClientClose => {
