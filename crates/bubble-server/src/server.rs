@@ -90,6 +90,18 @@ impl Server {
         source: S,
         listener: TcpListener,
     ) -> Result<Self, ServerError> {
+        Self::start_with_routes(config, source, listener, Router::new()).await
+    }
+
+    /// Serves on an already bound listener, with `routes` answering what signaling does not (`peerbubble up`
+    /// mounts the admin API there, so that the browser client enrolls on its own origin); what neither
+    /// answers is the embedded web client. Every response carries the web client's security headers.
+    pub async fn start_with_routes<S: DirectorySource>(
+        config: Config,
+        source: S,
+        listener: TcpListener,
+        routes: Router,
+    ) -> Result<Self, ServerError> {
         let addr = listener.local_addr()?;
         let metrics = Metrics::new();
         let (dir_tx, dir_rx) = watch::channel(None);
@@ -109,7 +121,9 @@ impl Server {
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(readyz))
             .route("/metrics", get(metrics_text))
-            .with_state(state.clone());
+            .with_state(state.clone())
+            .fallback_service(routes.fallback_service(peerbubble_web_assets::router()));
+        let app = peerbubble_web_assets::secure(app);
         let mut stop = shutdown_rx;
         // Signaling frames are small and latency-bound: never hold them back for Nagle's algorithm.
         let listener = listener.tap_io(|tcp| {

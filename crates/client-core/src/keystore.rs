@@ -605,6 +605,12 @@ impl<S: Storage> KeyStore<S> {
         &self.storage
     }
 
+    /// The storage, for an edge that tracks what changed (records stay encrypted; changing them behind the store's
+    /// back only makes later reads fail).
+    pub fn storage_mut(&mut self) -> &mut S {
+        &mut self.storage
+    }
+
     /// Gives the storage back, dropping (and zeroizing) any key in memory.
     pub fn into_storage(self) -> S {
         self.storage

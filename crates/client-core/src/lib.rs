@@ -14,9 +14,11 @@ pub mod fingerprint;
 pub mod keystore;
 pub mod message;
 pub mod mls;
+pub mod session;
 pub mod signaling;
 pub mod wire;
 
 pub use client::{ChatMessage, Client, ClientError, CloseReason, ConversationId, Event, Output, Path};
 pub use fingerprint::Fingerprint;
+pub use session::{Session, SessionEvent};
 pub use signaling::{SignalEvent, Signaling, SignalingError};

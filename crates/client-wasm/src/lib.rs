@@ -5,8 +5,8 @@
 //! What it must never do: return a private key, a message key or a passphrase-derived secret to JavaScript, or
 //! log envelope content.
 //!
-//! Status (issue 14): the signaling session is exposed ([`SignalingSession`]); conversations, the key store in
-//! IndexedDB and the DataChannel hand-over are the next steps and are not here yet.
+//! [`member::Member`] is the whole client the worker runs (key store, identity, signaling and conversations);
+//! [`SignalingSession`] is the signaling session alone. The DataChannel hand-over is not here yet.
 
 #![forbid(unsafe_code)]
 
@@ -14,6 +14,10 @@ use peerbubble_client_core::{SignalEvent, Signaling};
 use peerbubble_proto::{IdentityKey, MemberId};
 use serde_json::json;
 use wasm_bindgen::prelude::*;
+
+pub mod member;
+
+pub use member::{Enrollment, Member, StoredRecord, Vault};
 
 fn js_error(err: impl std::fmt::Display) -> JsError {
     JsError::new(&err.to_string())
@@ -109,7 +113,7 @@ impl SignalingSession {
 
 /// Events as the worker posts them to the page: public routing facts only, never a body's plaintext (bodies are
 /// end-to-end ciphertext, given to client-core, not to the page).
-fn event_json(event: &SignalEvent) -> serde_json::Value {
+pub(crate) fn event_json(event: &SignalEvent) -> serde_json::Value {
     match event {
         SignalEvent::Connect => json!({"type": "connect"}),
         SignalEvent::Disconnect => json!({"type": "disconnect"}),

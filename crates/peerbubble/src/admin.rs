@@ -83,6 +83,9 @@ pub struct RunningAdmin {
     /// Printed once; valid until the process stops. None when administrators sign in with OpenID Connect.
     pub bootstrap_token: Option<String>,
     pub store: Store,
+    /// The API's routes, for serving them on another listener too (`peerbubble up` puts them beside the web
+    /// client, so that the browser enrolls on its own origin).
+    pub router: axum::Router,
 }
 
 /// Connects the store, starts retention and serves the API. Without an OpenID provider the administrator signs
@@ -112,11 +115,13 @@ pub async fn start(args: &AdminArgs, default_db: String, public_url: String) -> 
         state.oidc = Some(Arc::new(Oidc::new(config)?));
     }
     let state = Arc::new(state);
+    let api = router(state);
+    let served = api.clone();
     tokio::spawn(async move {
-        if let Err(err) = axum::serve(listener, router(state)).await {
+        if let Err(err) = axum::serve(listener, served).await {
             tracing::error!(error = %err, "admin API stopped");
         }
     });
     tracing::info!(%addr, "admin API listening");
-    Ok(RunningAdmin { addr, bootstrap_token, store })
+    Ok(RunningAdmin { addr, bootstrap_token, store, router: api })
 }

@@ -320,7 +320,8 @@ async fn up(
     };
     let config = Config { listen, turn: turn.resolve(listen)?, ..Config::default() };
     let source = store_source::StoreSource::new(admin.store.clone(), DEMO_BUBBLE.into(), Duration::from_secs(1));
-    let server = Server::start(config, source).await?;
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let server = Server::start_with_routes(config, source, listener, admin.router.clone()).await?;
     peerbubble_bubble_server::spawn_reporter(
         server.health(),
         store_source::StoreSink::new(admin.store.clone(), DEMO_BUBBLE.into()),
@@ -330,6 +331,7 @@ async fn up(
     let exe = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "peerbubble".into());
     let mut text = format!(
         "\nPeerBubble micro-node is up (data in {data}).\n\n\
+         \x20 web client  http://{addr}/   {web}\n\
          \x20 signaling   ws://{addr}/v1/signal\n\
          \x20 admin API   {api}   (reference: {api}/api/v1/reference)\n\
          \x20 {sign_in}\n\
@@ -337,6 +339,11 @@ async fn up(
          \x20 metrics     http://{addr}/metrics\n\
          \x20 TURN        {turn}\n\n",
         data = data_dir.display(),
+        web = if peerbubble_web_assets::is_built() {
+            ""
+        } else {
+            "(not built into this binary: cargo xtask run builds it)"
+        },
         sign_in = sign_in_hint(&admin),
         turn = turn_banner(&server),
     );
@@ -346,15 +353,20 @@ async fn up(
             "Invite someone to the demo bubble:\n  {exe} invite --api {api} --token {token} --name \"Dan\" --category field-team\n\n",
         );
     } else {
-        text += "Try it: enroll the demo members (keys are made on your machine), then connect them in other\n\
-                 terminals and watch need-to-know at work (Alice and Bob share the field team; Command sees it):\n\n";
+        text += "Try it: open two of these invite links in two browsers (or a normal and a private window); each\n\
+                 enrolls a demo member whose keys are made in that browser. Alice and Bob share the field team;\n\
+                 Command sees it. Each link works once.\n\n";
         for (file, link) in &invites {
+            text += &format!("  {file:<6} {link}\n");
+        }
+        text += "\nOr enroll from a terminal instead (then the link is used up):\n";
+        for (file, link) in invites.iter().take(1) {
             text += &format!("  {exe} enroll --api {api} --invite '{link}' --key-out {file}.key\n");
         }
         text += &format!("\n  {exe} connect --key alice.key --url ws://{addr}/v1/signal\n");
         text += "\nThe invites are single-use; make more with `peerbubble invite`.\n";
     }
-    text += "The web console and the web client are not built yet (see README).\nStop with Ctrl-C.\n";
+    text += "The administrator's web console is not built yet (see README).\nStop with Ctrl-C.\n";
     say(&text);
     run_until_signal(server).await
 }

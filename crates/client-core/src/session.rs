@@ -1,0 +1,277 @@
+//! One member's client, whole and without IO: the [`Signaling`] session and the [`Client`] state machine
+//! wired together, so that every edge (the browser worker, the native peer) drives the same routing instead of
+//! re-implementing it: relay envelopes go out through signaling, commits are ordered by the server and their
+//! verdicts fed back, delivered envelopes reach the client, the directory the server sent is the one the client
+//! checks need-to-know against, and envelopes wait (bounded) while signaling reconnects.
+//!
+//! The edge still owns the sockets and the clock: it calls [`Session::connected`], [`Session::handle_text`],
+//! [`Session::handle_timeout`]… and does what [`Session::poll_transmit`] and [`Session::poll_event`] say.
+//! DataChannels stay the edge's (RTCPeerConnection is window-only in browsers); their bytes come in through
+//! [`Session::handle_channel`] and go out as [`SessionEvent::ChannelSend`].
+//!
+//! What it must never do: send an envelope to a member outside the directory, or lose track of a commit (each
+//! one is answered to the client exactly once: accepted, or rejected so that it is retried).
+
+use std::collections::{HashMap, VecDeque};
+
+use peerbubble_proto::{ErrorCode, IdentityKey, MemberId};
+
+use crate::client::{Client, ClientError, Event, Output, Path};
+use crate::signaling::{SignalEvent, Signaling, SignalingError};
+
+/// Relay envelopes kept while signaling is down; older ones are dropped first (the client's own retries and
+/// receipts recover what matters).
+pub const MAX_HELD_ENVELOPES: usize = 256;
+
+/// What the edge must know or do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionEvent {
+    /// From signaling (`Deliver`, and `Ack`/`Refused` of commits, are consumed here and never appear).
+    Signal(SignalEvent),
+    /// From the client state machine.
+    Core(Event),
+    /// Send these bytes on the DataChannel with `to`.
+    ChannelSend {
+        /// Recipient.
+        to: MemberId,
+        /// Message bytes.
+        bytes: Vec<u8>,
+    },
+    /// An envelope could not be relayed (the reason is for people; never content).
+    Undeliverable {
+        /// Recipient.
+        to: MemberId,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A member's client and its signaling session.
+pub struct Session {
+    signaling: Signaling,
+    client: Client,
+    /// Relay envelopes waiting for signaling to be ready.
+    held: VecDeque<(MemberId, Vec<u8>)>,
+    /// Signaling frame id of a commit → the client's token.
+    commits: HashMap<u64, u64>,
+    events: VecDeque<SessionEvent>,
+    /// Something a save would keep changed since [`Session::take_changed`].
+    changed: bool,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("member", &self.client.member())
+            .field("ready", &self.signaling.is_ready())
+            .field("held", &self.held.len())
+            .field("commits", &self.commits.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    /// A session for `identity` to `bubble`, around `client` (new, or restored from the key store).
+    pub fn new(identity: IdentityKey, bubble: Option<String>, client: Client) -> Self {
+        Self {
+            signaling: Signaling::new(identity, bubble),
+            client,
+            held: VecDeque::new(),
+            commits: HashMap::new(),
+            events: VecDeque::new(),
+            changed: false,
+        }
+    }
+
+    /// Our member id.
+    pub fn member(&self) -> MemberId {
+        self.client.member()
+    }
+
+    /// The signaling session (directory, presence, ICE servers, state).
+    pub fn signaling(&self) -> &Signaling {
+        &self.signaling
+    }
+
+    /// The client state machine (conversations, histories).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Runs a command on the client at `now_ms` and routes what it produced.
+    pub fn act<T>(
+        &mut self,
+        now_ms: u64,
+        command: impl FnOnce(&mut Client) -> Result<T, ClientError>,
+    ) -> Result<T, ClientError> {
+        self.client.handle_timeout(now_ms);
+        let result = command(&mut self.client);
+        self.changed = true;
+        self.route(now_ms);
+        result
+    }
+
+    /// The WebSocket opened.
+    pub fn connected(&mut self, now_ms: u64) {
+        self.signaling.connected(now_ms);
+        self.route(now_ms);
+    }
+
+    /// The WebSocket closed.
+    pub fn disconnected(&mut self, close_code: Option<u16>, now_ms: u64) {
+        self.signaling.disconnected(close_code, now_ms);
+        self.route(now_ms);
+    }
+
+    /// A text message from the WebSocket. A protocol violation is an error, after a `Disconnect` was queued.
+    pub fn handle_text(&mut self, text: &[u8], now_ms: u64) -> Result<(), SignalingError> {
+        let result = self.signaling.handle_text(text, now_ms);
+        self.route(now_ms);
+        result
+    }
+
+    /// Bytes from the DataChannel with `from` (its DTLS fingerprint was checked by the edge against
+    /// [`Client::expected_fingerprint`]).
+    pub fn handle_channel(&mut self, from: MemberId, bytes: &[u8], now_ms: u64) {
+        self.client.handle_envelope(from, bytes, Path::Channel, now_ms);
+        self.route(now_ms);
+    }
+
+    /// A DataChannel with `member` opened or closed.
+    pub fn channel(&mut self, member: MemberId, open: bool, now_ms: u64) {
+        if open {
+            self.client.channel_opened(member);
+        } else {
+            self.client.channel_closed(member);
+        }
+        self.route(now_ms);
+    }
+
+    /// Timers of both machines.
+    pub fn handle_timeout(&mut self, now_ms: u64) {
+        self.signaling.handle_timeout(now_ms);
+        self.client.handle_timeout(now_ms);
+        self.route(now_ms);
+    }
+
+    /// When to call [`Session::handle_timeout`].
+    pub fn poll_timeout(&self) -> Option<u64> {
+        match (self.signaling.poll_timeout(), self.client.poll_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The next text frame to write to the WebSocket.
+    pub fn poll_transmit(&mut self) -> Option<String> {
+        self.signaling.poll_transmit()
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<SessionEvent> {
+        self.events.pop_front()
+    }
+
+    /// Whether the client's state changed (and should be saved) since the last call.
+    pub fn take_changed(&mut self) -> bool {
+        std::mem::take(&mut self.changed)
+    }
+
+    /// Moves everything each machine produced to where it goes, until both are quiet.
+    fn route(&mut self, now_ms: u64) {
+        loop {
+            let mut moved = false;
+            while let Some(event) = self.signaling.poll_event() {
+                moved = true;
+                self.on_signal(event, now_ms);
+            }
+            while let Some(output) = self.client.poll_output() {
+                moved = true;
+                self.on_output(output, now_ms);
+            }
+            while let Some(event) = self.client.poll_event() {
+                moved = true;
+                self.changed = true;
+                self.events.push_back(SessionEvent::Core(event));
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    fn on_signal(&mut self, event: SignalEvent, now_ms: u64) {
+        match event {
+            SignalEvent::Deliver { from, body, .. } => {
+                self.client.handle_envelope(from, &body.to_bytes(), Path::Relay, now_ms);
+            }
+            SignalEvent::Ack { id, .. } if self.commits.contains_key(&id) => {
+                if let Some(token) = self.commits.remove(&id) {
+                    self.client.commit_accepted(token);
+                }
+            }
+            SignalEvent::Refused { id: Some(id), code, retry_after_ms } if self.commits.contains_key(&id) => {
+                if let Some(token) = self.commits.remove(&id) {
+                    self.client.commit_rejected(token);
+                }
+                if code != ErrorCode::CommitConflict {
+                    self.events.push_back(SessionEvent::Signal(SignalEvent::Refused {
+                        id: Some(id),
+                        code,
+                        retry_after_ms,
+                    }));
+                }
+            }
+            SignalEvent::Ack { .. } => {}
+            SignalEvent::DirectoryChanged => {
+                self.client.set_directory(self.signaling.directory().values().cloned());
+                self.events.push_back(SessionEvent::Signal(event));
+            }
+            SignalEvent::Ready { .. } => {
+                self.client.set_directory(self.signaling.directory().values().cloned());
+                self.events.push_back(SessionEvent::Signal(event));
+                let held = std::mem::take(&mut self.held);
+                for (to, body) in held {
+                    self.relay(to, body, now_ms);
+                }
+            }
+            SignalEvent::Closed { .. } | SignalEvent::Disconnect => {
+                // Commits in flight are lost with the connection: the client retries them.
+                for (_, token) in self.commits.drain() {
+                    self.client.commit_rejected(token);
+                }
+                self.events.push_back(SessionEvent::Signal(event));
+            }
+            other => self.events.push_back(SessionEvent::Signal(other)),
+        }
+    }
+
+    fn on_output(&mut self, output: Output, now_ms: u64) {
+        match output {
+            Output::Relay { to, body } => self.relay(to, body, now_ms),
+            Output::Commit { token, group, epoch, to, body } => {
+                match self.signaling.commit(&group, epoch, &to, &body, now_ms) {
+                    Ok(id) => {
+                        self.commits.insert(id, token);
+                    }
+                    // Not connected or refused before sending: the client retries after its back-off.
+                    Err(_) => self.client.commit_rejected(token),
+                }
+            }
+            Output::Channel { to, bytes } => self.events.push_back(SessionEvent::ChannelSend { to, bytes }),
+        }
+    }
+
+    fn relay(&mut self, to: MemberId, body: Vec<u8>, now_ms: u64) {
+        match self.signaling.send(to, None, &body, now_ms) {
+            Ok(_) => {}
+            Err(SignalingError::NotReady) if self.signaling.stopped().is_none() => {
+                if self.held.len() == MAX_HELD_ENVELOPES {
+                    self.held.pop_front();
+                }
+                self.held.push_back((to, body));
+            }
+            Err(err) => self.events.push_back(SessionEvent::Undeliverable { to, reason: err.to_string() }),
+        }
+    }
+}

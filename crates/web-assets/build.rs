@@ -1,0 +1,44 @@
+//! Embeds `web-client/dist` (made by `cargo xtask web`; `PEERBUBBLE_WEB_DIST` overrides the path). Without it the
+//! crate builds with no files and serves a page saying how to build them, so that `cargo check` and the Rust
+//! tests never need Node.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+fn walk(dir: &Path, root: &Path, out: &mut Vec<(String, PathBuf)>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let mut entries: Vec<_> = entries.filter_map(Result::ok).collect();
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let path = entry.path();
+        if path.is_dir() {
+            walk(&path, root, out);
+        } else if let Ok(rel) = path.strip_prefix(root) {
+            let web = rel.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect::<Vec<_>>();
+            out.push((format!("/{}", web.join("/")), path.clone()));
+        }
+    }
+}
+
+fn main() {
+    println!("cargo::rerun-if-env-changed=PEERBUBBLE_WEB_DIST");
+    let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap_or_default());
+    let dist = std::env::var_os("PEERBUBBLE_WEB_DIST")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| manifest.join("../../web-client/dist"));
+    println!("cargo::rerun-if-changed={}", dist.display());
+    let mut files = Vec::new();
+    walk(&dist, &dist, &mut files);
+    for (_, path) in &files {
+        println!("cargo::rerun-if-changed={}", path.display());
+    }
+    let mut code = String::from("/// The built files: (path, bytes).\npub static FILES: &[(&str, &[u8])] = &[\n");
+    for (web, path) in &files {
+        let _ = writeln!(code, "    ({web:?}, include_bytes!({:?})),", path.display().to_string());
+    }
+    code.push_str("];\n");
+    let out = PathBuf::from(std::env::var("OUT_DIR").unwrap_or_default()).join("files.rs");
+    if let Err(err) = std::fs::write(&out, code) {
+        println!("cargo::error=cannot write {}: {err}", out.display());
+    }
+}

@@ -1,0 +1,67 @@
+// The page's side of the worker boundary: sends commands, checks every update the worker posts.
+import { type Command, type Phase, type Update, type View, parseUpdate } from './protocol';
+
+type Listener = () => void;
+
+export class WorkerClient {
+  private readonly worker: Worker;
+  private nextId = 1;
+  private readonly pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
+  private readonly listeners = new Set<Listener>();
+  phase: Phase = { phase: 'starting' };
+  view: View | null = null;
+  notices: Array<{ type: string; [key: string]: unknown }> = [];
+
+  constructor() {
+    this.worker = new Worker(new URL('./worker/worker.ts', import.meta.url), { type: 'module', name: 'peerbubble' });
+    this.worker.onmessage = (e: MessageEvent) => this.receive(e.data);
+    this.worker.onerror = () => {
+      this.phase = { phase: 'unsupported', reason: 'worker' };
+      this.emit();
+    };
+    void this.send({ kind: 'hello' }).catch(() => undefined);
+  }
+
+  private receive(data: unknown): void {
+    const update: Update | null = parseUpdate(data);
+    if (!update) return; // refused: not something the worker would send
+    switch (update.kind) {
+      case 'reply': {
+        const waiting = this.pending.get(update.id);
+        this.pending.delete(update.id);
+        if (!waiting) return;
+        if (update.ok) waiting.resolve(update.value);
+        else waiting.reject(new Error(update.error));
+        return;
+      }
+      case 'phase':
+        this.phase = update.phase;
+        if (update.phase.phase !== 'open') this.view = null;
+        break;
+      case 'view':
+        this.view = update.view;
+        break;
+      case 'notice':
+        this.notices = [...this.notices.slice(-20), update.notice];
+        break;
+    }
+    this.emit();
+  }
+
+  send(command: Command): Promise<unknown> {
+    const id = this.nextId++;
+    return new Promise((resolve, reject) => {
+      this.pending.set(id, { resolve, reject });
+      this.worker.postMessage({ id, command });
+    });
+  }
+
+  subscribe(listener: Listener): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  private emit(): void {
+    for (const l of this.listeners) l();
+  }
+}

@@ -1,0 +1,51 @@
+import { useTranslation } from 'react-i18next';
+import { LANGUAGES, setLanguage } from './i18n';
+
+export function LanguageSwitch() {
+  const { t, i18n } = useTranslation();
+  return (
+    <label className="language">
+      <span className="sr-only">{t('language')}</span>
+      <select value={i18n.language} onChange={(e) => setLanguage(e.target.value)} aria-label={t('language')}>
+        {LANGUAGES.map((l) => (
+          <option key={l} value={l}>
+            {l === 'en' ? 'English' : 'Français'}
+          </option>
+        ))}
+      </select>
+    </label>
+  );
+}
+
+/** A rough strength estimate: what a guesser would have to try, in bits. */
+export function passphraseBits(p: string): number {
+  if (p.length === 0) return 0;
+  let pool = 0;
+  if (/[a-z]/.test(p)) pool += 26;
+  if (/[A-Z]/.test(p)) pool += 26;
+  if (/[0-9]/.test(p)) pool += 10;
+  if (/[^a-zA-Z0-9]/.test(p)) pool += 33;
+  const unique = new Set(p).size;
+  return Math.round(Math.log2(Math.max(pool, 2)) * Math.min(p.length, unique * 2));
+}
+
+export function Strength({ passphrase }: { passphrase: string }) {
+  const { t } = useTranslation();
+  const bits = passphraseBits(passphrase);
+  const level = bits < 40 ? 'weak' : bits < 60 ? 'fair' : 'strong';
+  return (
+    <div className="strength" data-level={level}>
+      <meter min={0} max={80} low={40} high={60} optimum={80} value={Math.min(bits, 80)} aria-label={t('enroll.strength')} />
+      <span>{passphrase ? t(`strength.${level}`) : t('enroll.strengthHint')}</span>
+    </div>
+  );
+}
+
+export function initials(name: string): string {
+  return name
+    .split(/\s+/)
+    .filter((w) => /^[\p{L}\p{N}]/u.test(w))
+    .slice(0, 2)
+    .map((w) => w[0]?.toUpperCase() ?? '')
+    .join('');
+}

@@ -1,0 +1,196 @@
+// The messages between the page (UI) and the worker (client-core in WebAssembly, the key store, the signaling
+// WebSocket). This boundary separates UI code from key material, so both sides check what they receive at run
+// time instead of trusting the types: a malformed message is refused, never half-used.
+
+export type MemberId = string;
+export type ConversationId = string;
+
+export type Command =
+  | { kind: 'hello' }
+  | { kind: 'enroll'; link: string; passphrase: string }
+  | { kind: 'unlock'; passphrase: string }
+  | { kind: 'lock' }
+  | { kind: 'startDirect'; member: MemberId }
+  | { kind: 'createGroup'; name: string; members: MemberId[] }
+  | { kind: 'addMember'; conversation: ConversationId; member: MemberId }
+  | { kind: 'removeMember'; conversation: ConversationId; member: MemberId }
+  | { kind: 'leave'; conversation: ConversationId }
+  | { kind: 'removeContact'; member: MemberId }
+  | { kind: 'sendText'; conversation: ConversationId; text: string }
+  | { kind: 'edit'; conversation: ConversationId; message: string; text: string }
+  | { kind: 'delete'; conversation: ConversationId; message: string }
+  | { kind: 'markRead'; conversation: ConversationId; messages: string[] }
+  | { kind: 'typing'; conversation: ConversationId; typing: boolean }
+  | { kind: 'setTimer'; conversation: ConversationId; seconds: number }
+  | { kind: 'safetyNumber'; member: MemberId }
+  | { kind: 'setVerified'; member: MemberId; verified: boolean };
+
+export interface Request {
+  id: number;
+  command: Command;
+}
+
+/** Where the member is: no key store on this device, locked, open, or another tab holds it. */
+export type Phase =
+  | { phase: 'starting' }
+  | { phase: 'enroll' }
+  | { phase: 'locked'; bubble: string; retryAt: number }
+  | { phase: 'open' }
+  | { phase: 'otherTab' }
+  | { phase: 'unsupported'; reason: string };
+
+export interface DirectoryEntry {
+  member: MemberId;
+  displayName: string;
+  categories: string[];
+  online: boolean;
+  publicKey: string;
+  verified: boolean;
+  keyChanged: boolean;
+}
+
+export interface ChatMessage {
+  id: string;
+  from: MemberId;
+  text: string;
+  sent_at_ms: number;
+  edited: boolean;
+  deleted: boolean;
+  expires_at_ms: number | null;
+  receipts: Record<MemberId, string>;
+}
+
+export interface Conversation {
+  id: ConversationId;
+  kind: 'direct' | 'group' | 'pending';
+  name: string | null;
+  members: MemberId[];
+  history: ChatMessage[];
+}
+
+export interface View {
+  me: { member: MemberId; displayName: string; bubble: string; publicKey: string };
+  signaling: string;
+  directory: DirectoryEntry[];
+  conversations: Conversation[];
+}
+
+export type Update =
+  | { kind: 'reply'; id: number; ok: true; value: unknown }
+  | { kind: 'reply'; id: number; ok: false; error: string }
+  | { kind: 'phase'; phase: Phase }
+  | { kind: 'view'; view: View }
+  | { kind: 'notice'; notice: { type: string; [key: string]: unknown } };
+
+// ---- run-time checks ----
+
+const HEX32 = /^[0-9a-f]{32}$/;
+const MAX_TEXT = 64 * 1024;
+
+function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+function isId(v: unknown): v is string {
+  return typeof v === 'string' && HEX32.test(v);
+}
+function isText(v: unknown, max = MAX_TEXT): v is string {
+  return typeof v === 'string' && v.length <= max;
+}
+function isIdList(v: unknown): v is string[] {
+  return Array.isArray(v) && v.length <= 1000 && v.every(isId);
+}
+
+/** The worker's check of what the page sends: a command it understands, with well-formed fields, or null. */
+export function parseRequest(data: unknown): Request | null {
+  if (!isObject(data) || typeof data.id !== 'number' || !Number.isSafeInteger(data.id)) return null;
+  const c = data.command;
+  if (!isObject(c) || typeof c.kind !== 'string') return null;
+  const ok = ((): boolean => {
+    switch (c.kind) {
+      case 'hello':
+      case 'lock':
+        return true;
+      case 'enroll':
+        return isText(c.link, 4096) && isText(c.passphrase, 1024);
+      case 'unlock':
+        return isText(c.passphrase, 1024);
+      case 'startDirect':
+      case 'removeContact':
+      case 'safetyNumber':
+        return isId(c.member);
+      case 'setVerified':
+        return isId(c.member) && typeof c.verified === 'boolean';
+      case 'createGroup':
+        return isText(c.name, 200) && isIdList(c.members);
+      case 'addMember':
+      case 'removeMember':
+        return isId(c.conversation) && isId(c.member);
+      case 'leave':
+        return isId(c.conversation);
+      case 'sendText':
+        return isId(c.conversation) && isText(c.text);
+      case 'edit':
+        return isId(c.conversation) && isId(c.message) && isText(c.text);
+      case 'delete':
+        return isId(c.conversation) && isId(c.message);
+      case 'markRead':
+        return isId(c.conversation) && isIdList(c.messages);
+      case 'typing':
+        return isId(c.conversation) && typeof c.typing === 'boolean';
+      case 'setTimer':
+        return isId(c.conversation) && typeof c.seconds === 'number' && Number.isInteger(c.seconds) && c.seconds >= 0;
+      default:
+        return false;
+    }
+  })();
+  return ok ? (data as unknown as Request) : null;
+}
+
+function isPhase(v: unknown): v is Phase {
+  if (!isObject(v)) return false;
+  switch (v.phase) {
+    case 'starting':
+    case 'enroll':
+    case 'open':
+    case 'otherTab':
+      return true;
+    case 'locked':
+      return typeof v.bubble === 'string' && typeof v.retryAt === 'number';
+    case 'unsupported':
+      return typeof v.reason === 'string';
+    default:
+      return false;
+  }
+}
+
+function isView(v: unknown): v is View {
+  return (
+    isObject(v) &&
+    isObject(v.me) &&
+    isId(v.me.member) &&
+    typeof v.signaling === 'string' &&
+    Array.isArray(v.directory) &&
+    v.directory.every((e) => isObject(e) && isId(e.member) && typeof e.displayName === 'string') &&
+    Array.isArray(v.conversations) &&
+    v.conversations.every((c) => isObject(c) && isId(c.id) && Array.isArray(c.history) && isIdList(c.members))
+  );
+}
+
+/** The page's check of what the worker posts. */
+export function parseUpdate(data: unknown): Update | null {
+  if (!isObject(data)) return null;
+  switch (data.kind) {
+    case 'reply':
+      if (typeof data.id !== 'number' || typeof data.ok !== 'boolean') return null;
+      if (!data.ok && typeof data.error !== 'string') return null;
+      return data as unknown as Update;
+    case 'phase':
+      return isPhase(data.phase) ? (data as unknown as Update) : null;
+    case 'view':
+      return isView(data.view) ? (data as unknown as Update) : null;
+    case 'notice':
+      return isObject(data.notice) && typeof data.notice.type === 'string' ? (data as unknown as Update) : null;
+    default:
+      return null;
+  }
+}

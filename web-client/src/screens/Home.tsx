@@ -1,0 +1,455 @@
+import { type FormEvent, useEffect, useMemo, useRef, useState } from 'react';
+import { useTranslation } from 'react-i18next';
+import type { WorkerClient } from '../client';
+import { LanguageSwitch, initials } from '../components';
+import type { ChatMessage, Conversation, DirectoryEntry, View } from '../protocol';
+import { SafetyNumber } from './SafetyNumber';
+
+/** How long a revealed message stays readable before it is masked again. */
+const REVEAL_MS = 15_000;
+const MASK_KEY = 'peerbubble.unmasked';
+
+type Selection = { kind: 'contact'; member: string } | { kind: 'group'; conversation: string } | null;
+
+function unmaskedConversations(): Set<string> {
+  try {
+    const saved: unknown = JSON.parse(localStorage.getItem(MASK_KEY) ?? '[]');
+    return new Set(Array.isArray(saved) ? saved.filter((s): s is string => typeof s === 'string') : []);
+  } catch {
+    return new Set();
+  }
+}
+
+export function Home({ client, view, notices }: { client: WorkerClient; view: View; notices: Array<{ type: string; [k: string]: unknown }> }) {
+  const { t } = useTranslation();
+  const [selection, setSelection] = useState<Selection>(null);
+  const [creating, setCreating] = useState(false);
+  const [safety, setSafety] = useState<DirectoryEntry | null>(null);
+  const [error, setError] = useState<string | null>(null);
+  const names = useMemo(() => new Map(view.directory.map((e) => [e.member, e.displayName])), [view.directory]);
+  const nameOf = (id: string) => (id === view.me.member ? t('you') : (names.get(id) ?? t('unknownMember')));
+
+  const byCategory = useMemo(() => {
+    const groups = new Map<string, DirectoryEntry[]>();
+    for (const e of view.directory) {
+      const category = e.categories[0] ?? '';
+      groups.set(category, [...(groups.get(category) ?? []), e]);
+    }
+    return [...groups.entries()].sort(([a], [b]) => a.localeCompare(b));
+  }, [view.directory]);
+  const groups = view.conversations.filter((c) => c.kind === 'group');
+  const direct = (member: string) => view.conversations.find((c) => c.kind === 'direct' && c.members.includes(member));
+  const current: Conversation | undefined =
+    selection?.kind === 'contact' ? direct(selection.member) : selection?.kind === 'group' ? view.conversations.find((c) => c.id === selection.conversation) : undefined;
+  const contact = selection?.kind === 'contact' ? view.directory.find((e) => e.member === selection.member) : undefined;
+
+  const run = async (f: () => Promise<unknown>) => {
+    setError(null);
+    try {
+      await f();
+    } catch (err) {
+      setError(err instanceof Error ? err.message : String(err));
+    }
+  };
+
+  const openContact = (member: string) => {
+    setSelection({ kind: 'contact', member });
+    if (!direct(member)) void run(() => client.send({ kind: 'startDirect', member }));
+  };
+
+  const stopped = view.signaling.startsWith('stopped:') ? view.signaling.slice('stopped:'.length) : null;
+  const unread = (c: Conversation | undefined) => (c ? c.history.filter((m) => m.from !== view.me.member && !m.receipts[view.me.member]).length : 0);
+
+  return (
+    <div className={`app ${selection ? 'has-selection' : ''}`}>
+      <header className="topbar">
+        <div className="who">
+          <strong>{view.me.displayName}</strong>
+          <span className="muted small">{t('home.bubble', { bubble: view.me.bubble })}</span>
+        </div>
+        <ConnectionBadge state={view.signaling} />
+        <LanguageSwitch />
+        <button type="button" onClick={() => void client.send({ kind: 'lock' })}>
+          {t('home.lock')}
+        </button>
+      </header>
+      {stopped && (
+        <div className="banner error" role="alert">
+          {stopped === 'member_removed' || stopped === 'unknown_member' ? t('home.revoked') : t('home.stopped', { code: stopped })}
+        </div>
+      )}
+      {error && (
+        <div className="banner error" role="alert">
+          {error} <button type="button" onClick={() => setError(null)}>{t('close')}</button>
+        </div>
+      )}
+      <nav className="sidebar" aria-label={t('home.contacts')}>
+        <h2>{t('home.contacts')}</h2>
+        {view.directory.length === 0 && <p className="muted empty">{t('home.noContacts')}</p>}
+        {byCategory.map(([category, entries]) => (
+          <section key={category} aria-label={category}>
+            <h3 className="category">{category.replace(/-/g, ' ')}</h3>
+            <ul>
+              {entries.map((e) => (
+                <li key={e.member}>
+                  <button
+                    type="button"
+                    className={`contact ${selection?.kind === 'contact' && selection.member === e.member ? 'selected' : ''}`}
+                    onClick={() => openContact(e.member)}
+                    aria-current={selection?.kind === 'contact' && selection.member === e.member}
+                  >
+                    <span className="avatar" aria-hidden="true">{initials(e.displayName)}</span>
+                    <span className="name">{e.displayName}</span>
+                    {e.keyChanged && <span className="tag warn">{t('safety.changedShort')}</span>}
+                    {e.verified && <span className="tag ok">{t('safety.verifiedShort')}</span>}
+                    {unread(direct(e.member)) > 0 && <span className="count">{unread(direct(e.member))}</span>}
+                    <span className={`presence ${e.online ? 'on' : ''}`} title={e.online ? t('online') : t('offline')}>
+                      <span className="sr-only">{e.online ? t('online') : t('offline')}</span>
+                    </span>
+                  </button>
+                </li>
+              ))}
+            </ul>
+          </section>
+        ))}
+        <h2>{t('home.groups')}</h2>
+        {groups.length === 0 && <p className="muted empty">{t('home.noGroups')}</p>}
+        <ul>
+          {groups.map((g) => (
+            <li key={g.id}>
+              <button type="button" className={`contact ${current?.id === g.id ? 'selected' : ''}`} onClick={() => setSelection({ kind: 'group', conversation: g.id })}>
+                <span className="avatar group" aria-hidden="true">#</span>
+                <span className="name">{g.name}</span>
+                {unread(g) > 0 && <span className="count">{unread(g)}</span>}
+              </button>
+            </li>
+          ))}
+        </ul>
+        <button type="button" onClick={() => setCreating(true)} disabled={view.directory.length === 0}>
+          {t('home.newGroup')}
+        </button>
+      </nav>
+      <main className="conversation">
+        {!selection && (
+          <div className="placeholder">
+            <p>{view.directory.length > 0 ? t('home.pick') : t('home.alone')}</p>
+          </div>
+        )}
+        {selection && (
+          <ConversationPane
+            key={current?.id ?? (selection.kind === 'contact' ? selection.member : selection.conversation)}
+            client={client}
+            view={view}
+            conversation={current}
+            title={contact ? contact.displayName : (current?.name ?? '')}
+            contact={contact}
+            nameOf={nameOf}
+            onBack={() => setSelection(null)}
+            onSafety={() => contact && setSafety(contact)}
+            onRemoveContact={() => {
+              if (contact && confirm(t('home.removeConfirm', { name: contact.displayName }))) {
+                void run(() => client.send({ kind: 'removeContact', member: contact.member }));
+                setSelection(null);
+              }
+            }}
+            onError={setError}
+            notices={notices}
+          />
+        )}
+      </main>
+      {creating && (
+        <NewGroup
+          view={view}
+          onCancel={() => setCreating(false)}
+          onCreate={(name, members) => {
+            setCreating(false);
+            void run(async () => {
+              const id = await client.send({ kind: 'createGroup', name, members });
+              if (typeof id === 'string') setSelection({ kind: 'group', conversation: id });
+            });
+          }}
+        />
+      )}
+      {safety && <SafetyNumber client={client} entry={safety} me={view.me.displayName} onClose={() => setSafety(null)} />}
+    </div>
+  );
+}
+
+function ConnectionBadge({ state }: { state: string }) {
+  const { t } = useTranslation();
+  const label = state === 'ready' ? t('status.ready') : state.startsWith('stopped') ? t('status.stopped') : t('status.connecting');
+  return (
+    <span className={`badge ${state === 'ready' ? 'ok' : state.startsWith('stopped') ? 'bad' : 'wait'}`} role="status">
+      {label}
+    </span>
+  );
+}
+
+function ConversationPane(props: {
+  client: WorkerClient;
+  view: View;
+  conversation: Conversation | undefined;
+  title: string;
+  contact: DirectoryEntry | undefined;
+  nameOf: (id: string) => string;
+  onBack: () => void;
+  onSafety: () => void;
+  onRemoveContact: () => void;
+  onError: (e: string) => void;
+  notices: Array<{ type: string; [k: string]: unknown }>;
+}) {
+  const { t } = useTranslation();
+  const { client, conversation: c, view } = props;
+  const [text, setText] = useState('');
+  const [masked, setMasked] = useState(() => !(c && unmaskedConversations().has(c.id)));
+  const [members, setMembers] = useState(false);
+  const list = useRef<HTMLOListElement>(null);
+  const ready = c !== undefined && c.kind !== 'pending';
+  const history = c?.history ?? [];
+
+  useEffect(() => {
+    list.current?.lastElementChild?.scrollIntoView({ block: 'end' });
+  }, [history.length]);
+
+  // Read receipts for what is on screen.
+  useEffect(() => {
+    if (!c || !ready) return;
+    const unread = c.history.filter((m) => m.from !== view.me.member && !m.deleted && !m.receipts[view.me.member]).map((m) => m.id);
+    if (unread.length > 0) void client.send({ kind: 'markRead', conversation: c.id, messages: unread }).catch(() => undefined);
+  }, [c, ready, client, view.me.member]);
+
+  const send = async (e: FormEvent) => {
+    e.preventDefault();
+    if (!c || !text.trim()) return;
+    try {
+      await client.send({ kind: 'sendText', conversation: c.id, text });
+      setText('');
+    } catch (err) {
+      props.onError(err instanceof Error ? err.message : String(err));
+    }
+  };
+
+  const toggleMask = () => {
+    if (!c) return;
+    const set = unmaskedConversations();
+    if (masked) set.add(c.id);
+    else set.delete(c.id);
+    localStorage.setItem(MASK_KEY, JSON.stringify([...set]));
+    setMasked(!masked);
+  };
+
+  const typing = props.notices.filter((n) => n.type === 'typing' && n.conversation === c?.id && n.typing === true).at(-1);
+
+  return (
+    <section className="pane" aria-label={props.title}>
+      <div className="pane-head">
+        <button type="button" className="back" onClick={props.onBack} aria-label={t('back')}>
+          ←
+        </button>
+        <h2>{props.title}</h2>
+        {props.contact?.keyChanged && <span className="tag warn">{t('safety.changedShort')}</span>}
+        <div className="actions">
+          <label className="check">
+            <input type="checkbox" checked={masked} onChange={toggleMask} />
+            {t('chat.mask')}
+          </label>
+          {props.contact && (
+            <>
+              <button type="button" onClick={props.onSafety}>
+                {t('safety.open')}
+              </button>
+              <button type="button" className="danger" onClick={props.onRemoveContact}>
+                {t('home.removeContact')}
+              </button>
+            </>
+          )}
+          {c?.kind === 'group' && (
+            <>
+              <button type="button" onClick={() => setMembers(true)}>
+                {t('group.members')}
+              </button>
+              <button type="button" className="danger" onClick={() => void client.send({ kind: 'leave', conversation: c.id }).catch((e: Error) => props.onError(e.message))}>
+                {t('group.leave')}
+              </button>
+            </>
+          )}
+        </div>
+      </div>
+      {props.contact?.keyChanged && (
+        <p className="banner warn" role="alert">
+          {t('safety.changed', { name: props.contact.displayName })}
+        </p>
+      )}
+      {!ready && (
+        <p className="muted setup" role="status">
+          {props.contact && !props.contact.online ? t('chat.waitingOffline', { name: props.title }) : t('chat.settingUp')}
+        </p>
+      )}
+      <ol className="messages" ref={list} aria-live="polite">
+        {ready && history.length === 0 && <li className="muted empty">{t('chat.empty')}</li>}
+        {history.map((m) => (
+          <Message key={m.id} m={m} mine={m.from === view.me.member} author={props.nameOf(m.from)} masked={masked} conversation={c?.id ?? ''} client={client} onError={props.onError} />
+        ))}
+      </ol>
+      {typing && <p className="muted small typing">{t('chat.typing', { name: props.nameOf(String(typing.from)) })}</p>}
+      <form className="composer" onSubmit={(e) => void send(e)}>
+        <label className="sr-only" htmlFor="composer">
+          {t('chat.placeholder')}
+        </label>
+        <input
+          id="composer"
+          value={text}
+          onChange={(e) => setText(e.target.value)}
+          placeholder={ready ? t('chat.placeholder') : t('chat.notReady')}
+          disabled={!ready}
+          autoComplete="off"
+        />
+        <button type="submit" className="primary" disabled={!ready || !text.trim()}>
+          {t('chat.send')}
+        </button>
+      </form>
+      {members && c && <GroupMembers client={client} view={view} conversation={c} nameOf={props.nameOf} onClose={() => setMembers(false)} onError={props.onError} />}
+    </section>
+  );
+}
+
+function Message(props: { m: ChatMessage; mine: boolean; author: string; masked: boolean; conversation: string; client: WorkerClient; onError: (e: string) => void }) {
+  const { t } = useTranslation();
+  const { m } = props;
+  const [revealed, setRevealed] = useState(false);
+  useEffect(() => {
+    if (!revealed) return;
+    const timer = setTimeout(() => setRevealed(false), REVEAL_MS);
+    return () => clearTimeout(timer);
+  }, [revealed]);
+  const hidden = props.masked && !revealed && !m.deleted;
+  const time = new Date(m.sent_at_ms).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+  const read = Object.values(m.receipts).includes('read');
+  return (
+    <li className={`message ${props.mine ? 'mine' : ''}`}>
+      <div className="meta">
+        <span className="author">{props.author}</span> <time>{time}</time>
+        {m.edited && <span className="muted"> · {t('chat.edited')}</span>}
+        {props.mine && <span className="muted"> · {read ? t('chat.read') : Object.keys(m.receipts).length > 0 ? t('chat.delivered') : t('chat.sent')}</span>}
+      </div>
+      {m.deleted ? (
+        <p className="muted text">{t('chat.deleted')}</p>
+      ) : hidden ? (
+        <button type="button" className="masked" onClick={() => setRevealed(true)}>
+          {t('chat.reveal')}
+        </button>
+      ) : (
+        <p className="text">{m.text}</p>
+      )}
+      {props.mine && !m.deleted && (
+        <div className="message-actions">
+          <button
+            type="button"
+            className="link"
+            onClick={() => {
+              const text = prompt(t('chat.editPrompt'), revealed || !props.masked ? m.text : '');
+              if (text) void props.client.send({ kind: 'edit', conversation: props.conversation, message: m.id, text }).catch((e: Error) => props.onError(e.message));
+            }}
+          >
+            {t('chat.edit')}
+          </button>
+          <button type="button" className="link" onClick={() => void props.client.send({ kind: 'delete', conversation: props.conversation, message: m.id }).catch((e: Error) => props.onError(e.message))}>
+            {t('chat.delete')}
+          </button>
+        </div>
+      )}
+    </li>
+  );
+}
+
+function NewGroup({ view, onCancel, onCreate }: { view: View; onCancel: () => void; onCreate: (name: string, members: string[]) => void }) {
+  const { t } = useTranslation();
+  const [name, setName] = useState('');
+  const [chosen, setChosen] = useState<Set<string>>(new Set());
+  return (
+    <div className="dialog-backdrop">
+      <form
+        className="dialog"
+        role="dialog"
+        aria-modal="true"
+        aria-label={t('group.new')}
+        onSubmit={(e) => {
+          e.preventDefault();
+          if (name.trim() && chosen.size > 0) onCreate(name.trim(), [...chosen]);
+        }}
+      >
+        <h2>{t('group.new')}</h2>
+        <label>
+          {t('group.name')}
+          <input value={name} onChange={(e) => setName(e.target.value)} maxLength={100} required autoFocus />
+        </label>
+        <fieldset>
+          <legend>{t('group.choose')}</legend>
+          {view.directory.map((e) => (
+            <label key={e.member} className="check">
+              <input
+                type="checkbox"
+                checked={chosen.has(e.member)}
+                onChange={() => {
+                  const next = new Set(chosen);
+                  if (next.has(e.member)) next.delete(e.member);
+                  else next.add(e.member);
+                  setChosen(next);
+                }}
+              />
+              {e.displayName}
+            </label>
+          ))}
+        </fieldset>
+        <div className="row">
+          <button type="button" onClick={onCancel}>
+            {t('cancel')}
+          </button>
+          <button type="submit" className="primary" disabled={!name.trim() || chosen.size === 0}>
+            {t('group.create')}
+          </button>
+        </div>
+      </form>
+    </div>
+  );
+}
+
+function GroupMembers(props: { client: WorkerClient; view: View; conversation: Conversation; nameOf: (id: string) => string; onClose: () => void; onError: (e: string) => void }) {
+  const { t } = useTranslation();
+  const { client, conversation: c } = props;
+  const others = props.view.directory.filter((e) => !c.members.includes(e.member));
+  const act = (command: Parameters<WorkerClient['send']>[0]) => void client.send(command).catch((e: Error) => props.onError(e.message));
+  return (
+    <div className="dialog-backdrop">
+      <div className="dialog" role="dialog" aria-modal="true" aria-label={t('group.members')}>
+        <h2>{t('group.members')}</h2>
+        <ul className="plain">
+          {c.members.map((m) => (
+            <li key={m} className="row">
+              <span>{props.nameOf(m)}</span>
+              <button type="button" className="danger" onClick={() => act({ kind: 'removeMember', conversation: c.id, member: m })}>
+                {t('group.remove')}
+              </button>
+            </li>
+          ))}
+        </ul>
+        {others.length > 0 && <h3>{t('group.add')}</h3>}
+        <ul className="plain">
+          {others.map((e) => (
+            <li key={e.member} className="row">
+              <span>{e.displayName}</span>
+              <button type="button" onClick={() => act({ kind: 'addMember', conversation: c.id, member: e.member })}>
+                {t('group.addButton')}
+              </button>
+            </li>
+          ))}
+        </ul>
+        <div className="row">
+          <button type="button" className="primary" onClick={props.onClose}>
+            {t('close')}
+          </button>
+        </div>
+      </div>
+    </div>
+  );
+}

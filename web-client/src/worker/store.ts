@@ -1,0 +1,125 @@
+// IndexedDB for the worker: the key store's encrypted records, the device key (a non-extractable WebCrypto
+// AES-GCM key wrapping the 32-byte device segment) and the unlock back-off. Nothing here is readable without
+// the member's passphrase AND this browser profile's device key.
+
+const DB_NAME = 'peerbubble';
+const DB_VERSION = 1;
+const RECORDS = 'records';
+const DEVICE = 'device';
+const META = 'meta';
+
+export interface DeviceEntry {
+  key: CryptoKey;
+  iv: Uint8Array;
+  wrapped: Uint8Array;
+}
+
+export interface Backoff {
+  failures: number;
+  retryAt: number;
+}
+
+function promised<T>(request: IDBRequest<T>): Promise<T> {
+  return new Promise((resolve, reject) => {
+    request.onsuccess = () => resolve(request.result);
+    request.onerror = () => reject(request.error ?? new Error('IndexedDB request failed'));
+  });
+}
+
+function done(tx: IDBTransaction): Promise<void> {
+  return new Promise((resolve, reject) => {
+    tx.oncomplete = () => resolve();
+    tx.onerror = () => reject(tx.error ?? new Error('IndexedDB transaction failed'));
+    tx.onabort = () => reject(tx.error ?? new Error('IndexedDB transaction aborted'));
+  });
+}
+
+export async function openDb(): Promise<IDBDatabase> {
+  const request = indexedDB.open(DB_NAME, DB_VERSION);
+  request.onupgradeneeded = () => {
+    const db = request.result;
+    for (const name of [RECORDS, DEVICE, META]) {
+      if (!db.objectStoreNames.contains(name)) db.createObjectStore(name);
+    }
+  };
+  return promised(request);
+}
+
+export async function readDevice(db: IDBDatabase): Promise<DeviceEntry | undefined> {
+  const tx = db.transaction(DEVICE, 'readonly');
+  return (await promised(tx.objectStore(DEVICE).get('device'))) as DeviceEntry | undefined;
+}
+
+export async function readRecords(db: IDBDatabase): Promise<Array<[string, Uint8Array]>> {
+  const tx = db.transaction(RECORDS, 'readonly');
+  const store = tx.objectStore(RECORDS);
+  const [keys, values] = await Promise.all([promised(store.getAllKeys()), promised(store.getAll())]);
+  return keys.map((k, i) => [String(k), values[i] as Uint8Array]);
+}
+
+/** Writes the records a step changed, all or none (one transaction). */
+export async function writeRecords(db: IDBDatabase, writes: Array<[string, Uint8Array | undefined]>): Promise<void> {
+  if (writes.length === 0) return;
+  const tx = db.transaction(RECORDS, 'readwrite');
+  const store = tx.objectStore(RECORDS);
+  for (const [name, value] of writes) {
+    if (value === undefined) store.delete(name);
+    else store.put(value, name);
+  }
+  await done(tx);
+}
+
+/** The first save of a new member: device key and every record in one transaction. */
+export async function createAccount(
+  db: IDBDatabase,
+  device: DeviceEntry,
+  writes: Array<[string, Uint8Array | undefined]>,
+  bubble: string,
+): Promise<void> {
+  const tx = db.transaction([RECORDS, DEVICE, META], 'readwrite');
+  tx.objectStore(RECORDS).clear();
+  for (const [name, value] of writes) {
+    if (value !== undefined) tx.objectStore(RECORDS).put(value, name);
+  }
+  tx.objectStore(DEVICE).put(device, 'device');
+  tx.objectStore(META).put({ failures: 0, retryAt: 0 } satisfies Backoff, 'backoff');
+  tx.objectStore(META).put(bubble, 'bubble');
+  await done(tx);
+}
+
+export async function readBackoff(db: IDBDatabase): Promise<Backoff> {
+  const tx = db.transaction(META, 'readonly');
+  const value = (await promised(tx.objectStore(META).get('backoff'))) as Backoff | undefined;
+  return value ?? { failures: 0, retryAt: 0 };
+}
+
+/** The bubble this device is enrolled in (public; shown on the unlock screen). */
+export async function readAccountBubble(db: IDBDatabase): Promise<string> {
+  const tx = db.transaction(META, 'readonly');
+  const value = (await promised(tx.objectStore(META).get('bubble'))) as unknown;
+  return typeof value === 'string' ? value : '';
+}
+
+export async function writeBackoff(db: IDBDatabase, backoff: Backoff): Promise<void> {
+  const tx = db.transaction(META, 'readwrite');
+  tx.objectStore(META).put(backoff, 'backoff');
+  await done(tx);
+}
+
+/** A new device key (never extractable) and the device segment it wraps; the caller zeroes `secret`. */
+export async function newDevice(): Promise<{ entry: DeviceEntry; secret: Uint8Array }> {
+  const key = await crypto.subtle.generateKey({ name: 'AES-GCM', length: 256 }, false, ['encrypt', 'decrypt']);
+  const secret = crypto.getRandomValues(new Uint8Array(32));
+  const iv = crypto.getRandomValues(new Uint8Array(12));
+  const wrapped = new Uint8Array(await crypto.subtle.encrypt({ name: 'AES-GCM', iv }, key, secret));
+  return { entry: { key, iv, wrapped }, secret };
+}
+
+export async function unwrapDevice(entry: DeviceEntry): Promise<Uint8Array> {
+  return new Uint8Array(await crypto.subtle.decrypt({ name: 'AES-GCM', iv: entry.iv }, entry.key, entry.wrapped));
+}
+
+/** Seconds to wait before the next unlock attempt after `failures` wrong passphrases in a row. */
+export function backoffSeconds(failures: number): number {
+  return failures < 3 ? 0 : Math.min(2 ** (failures - 2), 300);
+}
