@@ -24,7 +24,7 @@ function integrity(): Plugin {
         (tag, name: string, before: string, attr: string, file: string, after: string) => {
           const sri = hashOf(file);
           if (!sri) return tag;
-          return `<${name}${before} ${attr}="/${file}" integrity="${sri}"${after.includes('crossorigin') ? '' : ' crossorigin'}${after}>`;
+          return `<${name}${before} ${attr}="/${file}" integrity="${sri}"${(before + after).includes('crossorigin') ? '' : ' crossorigin'}${after}>`;
         },
       );
     },

@@ -13,13 +13,17 @@ use anyhow::{Context as _, bail};
 
 mod bench;
 mod bench_turn;
+mod web;
 
 const USAGE: &str = "\
 usage: cargo xtask <command>
 
-  run [-- args]          build and start `peerbubble up`, the all-in-one micro-node (state in ./.peerbubble)
-  test                   everything CI checks: fmt, clippy, tests, client-core in Chromium (wasm32), cargo-deny, fuzz smoke
+  run [-- args]          build the web client and start `peerbubble up`, the all-in-one micro-node (state in ./.peerbubble)
+  test                   everything CI checks: fmt, clippy, web client (tsc, eslint, build), tests, client-core in
+                         Chromium (wasm32), the web client end to end in Chromium, cargo-deny, fuzz smoke
+  web                    build only the web client (web-client/dist, embedded by the next cargo build)
   browser-tests          only client-core's tests inside Chromium (installs Chromium, chromedriver, wasm-bindgen-cli)
+  e2e                    only the web client's end-to-end tests (Playwright + Chromium against `peerbubble up`)
   bench signaling        signaling throughput and latency vs the PeerJS server, memory per idle connection
   bench soak             10 000 sessions a round ended by every close path; nothing may stay registered
   bench operator         1 000 Bubbles x 5 Categories against an in-process API server: total, p99, peak memory
@@ -46,6 +50,8 @@ fn run_command() -> anyhow::Result<()> {
         Some("run") => run(&args[1..]),
         Some("test") => test(),
         Some("browser-tests") => ensure_tools().and_then(|()| browser_tests()),
+        Some("web") => web_tools().and_then(|()| web::build()).map(drop),
+        Some("e2e") => web_tools().and_then(|()| web::build()).and_then(|_| web::e2e()),
         Some("bench") => bench::bench(&root, args.get(1).map(String::as_str), &args[2.min(args.len())..]),
         Some("fuzz") => fuzz(args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(60)),
         _ => {
@@ -87,10 +93,22 @@ pub(crate) fn have(program: &str, arg: &str) -> bool {
 }
 
 fn run(extra: &[String]) -> anyhow::Result<()> {
+    web_tools()?;
+    web::build()?;
     let mut cmd = cargo();
     cmd.args(["run", "--package", "peerbubble", "--", "up"]);
     cmd.args(extra.iter().filter(|a| *a != "--"));
     sh(&mut cmd)
+}
+
+/// What building the web client needs: the wasm32 target and wasm-bindgen-cli at the crate's version (npm
+/// packages come from the committed lockfile).
+fn web_tools() -> anyhow::Result<()> {
+    let targets = Command::new("rustup").args(["target", "list", "--installed"]).output()?;
+    if !String::from_utf8_lossy(&targets.stdout).contains("wasm32-unknown-unknown") {
+        sh(Command::new("rustup").args(["target", "add", "wasm32-unknown-unknown"]))?;
+    }
+    cargo_install_crate("wasm-bindgen-cli", "wasm-bindgen", &wasm_bindgen_version()?)
 }
 
 /// Installs what `test` needs on a fresh machine: rustup components and targets, cargo tools.
@@ -238,7 +256,8 @@ fn browser_tests() -> anyhow::Result<()> {
         .env("CHROMEDRIVER", "/usr/bin/chromedriver")
         // Argon2id at the real costs and ML-KEM in an unoptimised build take their time.
         .env("WASM_BINDGEN_TEST_TIMEOUT", "600")
-        .args(["test", "--package", "peerbubble-client-wasm", "--target", "wasm32-unknown-unknown"]))
+        // The `wasm` profile: the same optimised wasm32 build of the dependencies as the served client.
+        .args(["test", "--package", "peerbubble-client-wasm", "--target", "wasm32-unknown-unknown", "--profile", "wasm"]))
 }
 
 fn step(name: &str, f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {
@@ -254,9 +273,12 @@ fn test() -> anyhow::Result<()> {
     step("tools", ensure_tools)?;
     step("fmt", || sh(cargo().args(["fmt", "--all", "--check"])))?;
     step("clippy", || sh(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])))?;
+    // Before the Rust tests: the binary they build embeds the client.
+    step("web client (wasm32 build, wasm-bindgen, wasm-opt, tsc, eslint, vite)", || web::build().map(drop))?;
     let helm = helm()?;
     step("tests", || sh(cargo().env("PEERBUBBLE_HELM", &helm).args(["test", "--workspace"])))?;
     step("client-core in Chromium (wasm32: proto, client-core, client-wasm)", browser_tests)?;
+    step("web client end to end in Chromium (Playwright against peerbubble up)", web::e2e)?;
     step("cargo-deny (licences, bans, sources; advisories need the RustSec database from GitHub)", || {
         sh(cargo().args(["deny", "check", "licenses", "bans", "sources"]))
     })?;

@@ -287,7 +287,10 @@ async fn up(
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
-    let admin = admin::start(admin_args, sqlite_url(data_dir), format!("http://{listen}")).await?;
+    // Bound first: invite links name the address the web client is really served on (port 0 picks one).
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let web_addr = listener.local_addr()?;
+    let admin = admin::start(admin_args, sqlite_url(data_dir), format!("http://{web_addr}")).await?;
     let api = format!("http://{}", admin.addr);
     // First start: a demo bubble made through the admin API itself, with one invite per demo member.
     let mut invites = Vec::new();
@@ -320,7 +323,6 @@ async fn up(
     };
     let config = Config { listen, turn: turn.resolve(listen)?, ..Config::default() };
     let source = store_source::StoreSource::new(admin.store.clone(), DEMO_BUBBLE.into(), Duration::from_secs(1));
-    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let server = Server::start_with_routes(config, source, listener, admin.router.clone()).await?;
     peerbubble_bubble_server::spawn_reporter(
         server.health(),

@@ -10,8 +10,8 @@ const META = 'meta';
 
 export interface DeviceEntry {
   key: CryptoKey;
-  iv: Uint8Array;
-  wrapped: Uint8Array;
+  iv: Uint8Array<ArrayBuffer>;
+  wrapped: Uint8Array<ArrayBuffer>;
 }
 
 export interface Backoff {

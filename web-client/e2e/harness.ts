@@ -1,0 +1,151 @@
+// What the end-to-end tests share: a real `peerbubble up` on loopback (ports chosen by the kernel, a fresh data
+// directory), the admin API it serves, one Debian Chromium with the flags ../../shared/ENVIRONMENT.md lists, and
+// the steps a member takes in the UI.
+import { type ChildProcess, spawn } from 'node:child_process';
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { type Browser, type BrowserContext, type Page, chromium } from 'playwright-core';
+
+export const CHROMIUM_ARGS = [
+  '--headless',
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-quic',
+  '--no-first-run',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+  '--disable-features=WebRtcHideLocalIpsWithMdns',
+  '--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1',
+  '--allow-loopback-in-peer-connection',
+];
+
+export interface Up {
+  web: string;
+  api: string;
+  token: string;
+  invites: string[];
+  logs: string[];
+  stop: () => Promise<void>;
+}
+
+/** Starts `peerbubble up` and reads its banner. */
+export async function startUp(): Promise<Up> {
+  const bin = process.env.PEERBUBBLE_BIN;
+  if (!bin) throw new Error('PEERBUBBLE_BIN is not set (run through `cargo xtask e2e`)');
+  const data = mkdtempSync(join(tmpdir(), 'peerbubble-e2e-'));
+  const child: ChildProcess = spawn(
+    bin,
+    ['up', '--data-dir', data, '--listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0', '--turn-port', '0', '--turn-tls-port', '0'],
+    { env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? 'info,peerbubble_bubble_server=trace' }, stdio: ['ignore', 'pipe', 'pipe'] },
+  );
+  const logs: string[] = [];
+  if (child.stderr) createInterface({ input: child.stderr }).on('line', (l) => logs.push(l));
+  const banner: string[] = [];
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`peerbubble up printed no banner: ${banner.join('\n')}`)), 60_000);
+    child.on('exit', (code) => reject(new Error(`peerbubble up exited with ${code}: ${logs.slice(-20).join('\n')}`)));
+    if (!child.stdout) return reject(new Error('no stdout'));
+    createInterface({ input: child.stdout }).on('line', (line) => {
+      banner.push(line);
+      if (line.startsWith('Stop with Ctrl-C')) {
+        clearTimeout(timer);
+        resolve();
+      }
+    });
+  });
+  const field = (label: string) => {
+    for (const line of banner) {
+      const rest = line.trim().startsWith(label) ? line.trim().slice(label.length).trim() : null;
+      if (rest) return rest.split(/\s+/)[0] ?? '';
+    }
+    throw new Error(`no ${label} in the banner:\n${banner.join('\n')}`);
+  };
+  const invites: string[] = [];
+  for (const word of banner.join(' ').split(/\s+/).map((w) => w.replace(/'/g, ''))) {
+    if (word.includes('/enroll#demo.') && !invites.includes(word)) invites.push(word);
+  }
+  return {
+    web: field('web client').replace(/\/$/, ''),
+    api: field('admin API'),
+    token: field('admin token'),
+    invites,
+    logs,
+    stop: async () => {
+      child.kill('SIGTERM');
+      await new Promise((r) => child.once('exit', r));
+      rmSync(data, { recursive: true, force: true });
+    },
+  };
+}
+
+/** The admin API, as an administrator uses it. */
+export async function admin(up: Up, method: string, path: string, body?: unknown): Promise<Record<string, unknown>> {
+  const response = await fetch(`${up.api}${path}`, {
+    method,
+    headers: { authorization: `Bearer ${up.token}`, 'content-type': 'application/json' },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const text = await response.text();
+  if (!response.ok) throw new Error(`${method} ${path}: ${response.status} ${text}`);
+  return text ? (JSON.parse(text) as Record<string, unknown>) : {};
+}
+
+/** A new invite link in the demo bubble, its host rewritten to the web client's (the API knows its public URL). */
+export async function invite(up: Up, name: string, categories: string[]): Promise<string> {
+  const answer = await admin(up, 'POST', '/api/v1/bubbles/demo/invites', { display_name: name, categories });
+  return String(answer.link);
+}
+
+export async function launch(): Promise<Browser> {
+  return chromium.launch({ executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium', args: CHROMIUM_ARGS });
+}
+
+export interface Member {
+  context: BrowserContext;
+  page: Page;
+  /** Every WebSocket frame the page sent or received (the canary reads them). */
+  frames: string[];
+}
+
+export async function newMember(browser: Browser, options: { width?: number; height?: number; locale?: string } = {}): Promise<Member> {
+  const context = await browser.newContext({
+    viewport: { width: options.width ?? 1280, height: options.height ?? 800 },
+    locale: options.locale ?? 'en-US',
+  });
+  const page = await context.newPage();
+  page.on('pageerror', (e) => console.error(`page error: ${e.message}`));
+  const frames: string[] = [];
+  // The worker's WebSocket is reported on the page's context.
+  const tap = (ws: { on: (event: string, f: (frame: { payload: string | Buffer }) => void) => void }) => {
+    ws.on('framesent', (f) => frames.push(String(f.payload)));
+    ws.on('framereceived', (f) => frames.push(String(f.payload)));
+  };
+  page.on('websocket', tap);
+  page.on('worker', () => undefined);
+  return { context, page, frames };
+}
+
+export const PASSPHRASE = 'orange tugboat quietly measures seven lanterns';
+
+/** Opens an invite link and enrolls with a passphrase; returns when the member's home screen shows. */
+export async function enroll(m: Member, link: string, passphrase = PASSPHRASE): Promise<void> {
+  await m.page.goto(link);
+  await m.page.getByLabel(/Choose a passphrase|Choisissez une phrase secrète/).fill(passphrase);
+  await m.page.getByLabel(/Type the passphrase again|Saisissez-la à nouveau/).fill(passphrase);
+  await m.page.getByRole('button', { name: /^(Join|Rejoindre)$/ }).click();
+  await m.page.getByRole('navigation').waitFor({ timeout: 60_000 });
+}
+
+export async function unlock(m: Member, passphrase = PASSPHRASE): Promise<void> {
+  await m.page.getByLabel(/^(Passphrase|Phrase secrète)$/).fill(passphrase);
+  await m.page.getByRole('button', { name: /^(Unlock|Déverrouiller)$/ }).click();
+}
+
+export function screenshotDir(): string {
+  const dir = process.env.PEERBUBBLE_SCREENSHOTS ?? join(tmpdir(), 'peerbubble-screenshots');
+  mkdirSync(dir, { recursive: true });
+  return dir;
+}
