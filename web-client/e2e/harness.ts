@@ -118,13 +118,11 @@ export async function newMember(browser: Browser, options: { width?: number; hei
   const page = await context.newPage();
   page.on('pageerror', (e) => console.error(`page error: ${e.message}`));
   const frames: string[] = [];
-  // The worker's WebSocket is reported on the page's context.
-  const tap = (ws: { on: (event: string, f: (frame: { payload: string | Buffer }) => void) => void }) => {
+  // The worker's WebSocket is reported on its page.
+  page.on('websocket', (ws) => {
     ws.on('framesent', (f) => frames.push(String(f.payload)));
     ws.on('framereceived', (f) => frames.push(String(f.payload)));
-  };
-  page.on('websocket', tap);
-  page.on('worker', () => undefined);
+  });
   return { context, page, frames };
 }
 

@@ -257,7 +257,15 @@ fn browser_tests() -> anyhow::Result<()> {
         // Argon2id at the real costs and ML-KEM in an unoptimised build take their time.
         .env("WASM_BINDGEN_TEST_TIMEOUT", "600")
         // The `wasm` profile: the same optimised wasm32 build of the dependencies as the served client.
-        .args(["test", "--package", "peerbubble-client-wasm", "--target", "wasm32-unknown-unknown", "--profile", "wasm"]))
+        .args([
+            "test",
+            "--package",
+            "peerbubble-client-wasm",
+            "--target",
+            "wasm32-unknown-unknown",
+            "--profile",
+            "wasm",
+        ]))
 }
 
 fn step(name: &str, f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {

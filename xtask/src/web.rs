@@ -88,6 +88,7 @@ pub(crate) fn build() -> anyhow::Result<PathBuf> {
         ),
     )?;
     sh(npx(&web, "tsc").arg("-b"))?;
+    sh(npx(&web, "tsc").args(["-p", "tsconfig.node.json"]))?;
     sh(npx(&web, "eslint").args([".", "--max-warnings", "0"]))?;
     sh(npx(&web, "vite").args(["build", "--logLevel", "warn"]))?;
     println!("web client: {} ({} KiB of wasm before compression)", web.join("dist").display(), bytes.len() / 1024);

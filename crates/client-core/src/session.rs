@@ -72,15 +72,19 @@ impl std::fmt::Debug for Session {
 
 impl Session {
     /// A session for `identity` to `bubble`, around `client` (new, or restored from the key store).
+    /// The first event is [`SignalEvent::Connect`]: open the WebSocket.
     pub fn new(identity: IdentityKey, bubble: Option<String>, client: Client) -> Self {
-        Self {
+        let mut session = Self {
             signaling: Signaling::new(identity, bubble),
             client,
             held: VecDeque::new(),
             commits: HashMap::new(),
             events: VecDeque::new(),
             changed: false,
-        }
+        };
+        // Signaling asks to connect as soon as it exists; nothing else can be pending yet.
+        session.route(0);
+        session
     }
 
     /// Our member id.

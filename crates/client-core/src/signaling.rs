@@ -21,6 +21,10 @@ pub const HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
 pub const MIN_BACKOFF_MS: u64 = 500;
 /// Longest reconnection delay.
 pub const MAX_BACKOFF_MS: u64 = 30_000;
+/// `unknown_member` refusals tolerated before a first accepted session: a member who has just enrolled may
+/// connect before the bubble-server has picked the enrollment up (it follows the admin API every few seconds).
+/// With the back-off this covers about half a minute. Once accepted, `unknown_member` is final at once.
+pub const UNKNOWN_MEMBER_RETRIES: u32 = 6;
 
 /// Why a call or a server frame was refused. Nothing was sent or changed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -145,6 +149,10 @@ pub struct Signaling {
     /// The fatal refusal the server sent before closing, if any.
     fatal: Option<(ErrorCode, Option<u64>)>,
     attempts: u32,
+    /// A session of ours reached its directory at least once.
+    accepted: bool,
+    /// `unknown_member` refusals in a row before the first accepted session.
+    unknown_refusals: u32,
     jitter: u64,
     transmits: VecDeque<String>,
     events: VecDeque<SignalEvent>,
@@ -185,6 +193,8 @@ impl Signaling {
             last_sent: 0,
             fatal: None,
             attempts: 0,
+            accepted: false,
+            unknown_refusals: 0,
             jitter: u64::from_le_bytes(seed) | 1,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -300,7 +310,11 @@ impl Signaling {
             Some(4001) => Some(ErrorCode::MemberRemoved),
             _ => None,
         });
-        if let Some(code) = code.filter(|c| is_final(*c)) {
+        if code == Some(ErrorCode::UnknownMember) && !self.accepted {
+            self.unknown_refusals = self.unknown_refusals.saturating_add(1);
+        }
+        let fresh_enrollment = !self.accepted && self.unknown_refusals <= UNKNOWN_MEMBER_RETRIES;
+        if let Some(code) = code.filter(|c| is_final(*c) && !(*c == ErrorCode::UnknownMember && fresh_enrollment)) {
             self.state = State::Stopped(code);
             self.events.push_back(SignalEvent::Closed { code: Some(code), retry_in_ms: None });
             return;
@@ -399,6 +413,8 @@ impl Signaling {
                     State::AwaitDirectory { session, .. } => {
                         self.state = State::Ready { session };
                         self.attempts = 0;
+                        self.accepted = true;
+                        self.unknown_refusals = 0;
                         self.events.push_back(SignalEvent::Ready { session });
                     }
                     _ => self.events.push_back(SignalEvent::DirectoryChanged),

@@ -3,7 +3,7 @@
 //! and the refusals after which it must stop.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use peerbubble_client_core::signaling::{HANDSHAKE_TIMEOUT_MS, MAX_BACKOFF_MS, MIN_BACKOFF_MS};
+use peerbubble_client_core::signaling::{HANDSHAKE_TIMEOUT_MS, MAX_BACKOFF_MS, MIN_BACKOFF_MS, UNKNOWN_MEMBER_RETRIES};
 use peerbubble_client_core::{SignalEvent, Signaling, SignalingError};
 use peerbubble_proto::{
     ClientFrame, DirectoryEntry, ErrorCode, IdentityKey, Limits, MemberId, Nonce, Opaque, Purpose, ServerFrame,
@@ -293,6 +293,50 @@ fn the_server_s_retry_after_is_honoured() {
     assert_eq!(
         events(&mut s),
         [SignalEvent::Closed { code: Some(ErrorCode::ServerShutdown), retry_in_ms: Some(2_345) }]
+    );
+}
+
+#[test]
+fn a_member_never_accepted_retries_unknown_member_for_a_while_then_stops() {
+    // Just enrolled: the bubble-server may not have picked the enrollment up yet.
+    let mut s = Signaling::new(key(1), Some(BUBBLE.into()));
+    let refuse = |s: &mut Signaling, now: u64| {
+        s.connected(now);
+        feed(s, &challenge(1, BUBBLE), now).unwrap();
+        sent(s);
+        let frame =
+            ServerFrame::Error { code: ErrorCode::UnknownMember, message: "no".into(), id: None, retry_after_ms: None };
+        feed(s, &frame, now).unwrap();
+        events(s);
+        s.disconnected(Some(1008), now);
+        events(s)
+    };
+    let mut now = 0;
+    assert_eq!(events(&mut s), [SignalEvent::Connect]);
+    for attempt in 1..=UNKNOWN_MEMBER_RETRIES {
+        match refuse(&mut s, now).as_slice() {
+            [SignalEvent::Closed { code: Some(ErrorCode::UnknownMember), retry_in_ms: Some(delay) }] => now += delay,
+            other => panic!("attempt {attempt}: {other:?}"),
+        }
+        s.handle_timeout(now);
+        assert_eq!(events(&mut s), [SignalEvent::Connect], "attempt {attempt} is retried");
+    }
+    assert_eq!(
+        refuse(&mut s, now),
+        [SignalEvent::Closed { code: Some(ErrorCode::UnknownMember), retry_in_ms: None }],
+        "then it stops: the key is really not a member"
+    );
+    assert_eq!(s.stopped(), Some(ErrorCode::UnknownMember));
+
+    // Accepted once, then refused as unknown: removed, final at once (the next test holds the other codes).
+    let mut s = Signaling::new(key(1), Some(BUBBLE.into()));
+    ready(&mut s, 0);
+    s.disconnected(Some(1006), 1);
+    events(&mut s);
+    s.handle_timeout(60_000);
+    assert_eq!(
+        refuse(&mut s, 60_000),
+        [SignalEvent::Closed { code: Some(ErrorCode::UnknownMember), retry_in_ms: None }]
     );
 }
 

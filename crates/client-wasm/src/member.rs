@@ -230,7 +230,12 @@ impl Member {
     fn assemble(store: KeyStore<Recording>, key: IdentityKey, profile: Profile, client: Client) -> Self {
         let public_key = key.public_key();
         let session = Session::new(key, Some(profile.bubble.clone()), client);
-        Self { store, profile, session, public_key, verified: BTreeMap::new(), notices: Vec::new() }
+        let mut member = Self { store, profile, session, public_key, verified: BTreeMap::new(), notices: Vec::new() };
+        // The session's first event (connect) becomes the first notice. Nothing changed yet, so nothing is saved.
+        while let Some(event) = member.session.poll_event() {
+            member.notices.push(notice_json(event));
+        }
+        member
     }
 
     fn act<T>(
@@ -246,22 +251,26 @@ impl Member {
     /// Moves session events to notices and saves what changed.
     fn settle(&mut self) -> Result<(), JsError> {
         while let Some(event) = self.session.poll_event() {
-            let notice = match event {
-                SessionEvent::Signal(signal) => event_json(&signal),
-                SessionEvent::Core(core) => core_json(&core),
-                SessionEvent::ChannelSend { to, bytes } => {
-                    json!({"type": "channelSend", "to": to.to_string(), "bytes": bytes.len()})
-                }
-                SessionEvent::Undeliverable { to, reason } => {
-                    json!({"type": "undeliverable", "to": to.to_string(), "reason": reason})
-                }
-            };
-            self.notices.push(notice);
+            self.notices.push(notice_json(event));
         }
         if self.session.take_changed() {
             self.session.client().save(&mut self.store).map_err(js_error)?;
         }
         Ok(())
+    }
+}
+
+/// A session event for the page.
+fn notice_json(event: SessionEvent) -> Value {
+    match event {
+        SessionEvent::Signal(signal) => event_json(&signal),
+        SessionEvent::Core(core) => core_json(&core),
+        SessionEvent::ChannelSend { to, bytes } => {
+            json!({"type": "channelSend", "to": to.to_string(), "bytes": bytes.len()})
+        }
+        SessionEvent::Undeliverable { to, reason } => {
+            json!({"type": "undeliverable", "to": to.to_string(), "reason": reason})
+        }
     }
 }
 

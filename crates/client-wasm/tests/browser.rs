@@ -138,3 +138,57 @@ fn the_worker_s_signaling_session_answers_the_challenge_with_a_key_made_here() {
     let stranger = IdentityKey::from_seed(&[3; 32]).public_key().member_id().to_string();
     assert!(session.send(&stranger, b"sealed", 5.0).is_err());
 }
+
+#[wasm_bindgen_test]
+fn a_member_enrolls_locks_and_unlocks_from_the_records_the_worker_keeps() {
+    use peerbubble_client_wasm::{Enrollment, Vault};
+    use peerbubble_proto::enroll::{EnrollRequest, Enrolled};
+
+    assert!(Enrollment::new("https://cell.example/enroll#ops.abc%20").is_err(), "a tampered link is refused");
+    let enrollment = Enrollment::new("https://cell.example/enroll#ops.tok-_9").unwrap();
+    assert_eq!(enrollment.bubble(), "ops");
+    // The request proves possession of a key made inside WebAssembly, for this bubble and token.
+    let request: EnrollRequest = serde_json::from_str(&enrollment.request()).unwrap();
+    assert_eq!(request.invite, "tok-_9");
+    let public_key = request.verify("ops").unwrap();
+    assert!(request.verify("other-bubble").is_err());
+    let member = public_key.member_id().to_string();
+
+    // An answer for another key is refused; the right one creates the key store.
+    let wrong = Enrolled { bubble: "ops".into(), member: "00".repeat(16), display_name: "Ann".into() };
+    let enrollment2 = Enrollment::new("ops.tok").unwrap();
+    assert!(enrollment2.finish(&serde_json::to_string(&wrong).unwrap(), &mut [1u8; 32], "pass phrase").is_err());
+    let enrolled = Enrolled { bubble: "ops".into(), member: member.clone(), display_name: "Ann".into() };
+    let mut device = [7u8; 32];
+    let mut ann =
+        enrollment.finish(&serde_json::to_string(&enrolled).unwrap(), &mut device, "long pass phrase").unwrap();
+    assert_eq!(device, [0u8; 32], "the device secret is zeroed once used");
+    assert_eq!(ann.id(), member);
+    assert!(ann.view().contains(r#""displayName":"Ann""#));
+    // The worker's first instruction: open the WebSocket.
+    assert_eq!(ann.next_notice().as_deref(), Some(r#"{"type":"connect"}"#));
+
+    // What the worker writes to IndexedDB: encrypted records only.
+    let mut records = Vec::new();
+    while let Some(record) = ann.next_write() {
+        records.push((record.name(), record.value().unwrap()));
+    }
+    assert!(records.iter().any(|(name, _)| name == "keystore/header"));
+    for (name, value) in &records {
+        assert!(!String::from_utf8_lossy(value).contains("Ann"), "{name} holds plaintext");
+    }
+    drop(ann);
+
+    let vault = |records: &[(String, Vec<u8>)]| {
+        let mut vault = Vault::new();
+        for (name, value) in records {
+            vault.add(name.clone(), value.clone());
+        }
+        vault
+    };
+    assert!(vault(&records).unlock(&mut [7u8; 32], "wrong pass phrase").is_err(), "a wrong passphrase");
+    assert!(vault(&records).unlock(&mut [8u8; 32], "long pass phrase").is_err(), "another device's secret");
+    let mut again = vault(&records).unlock(&mut [7u8; 32], "long pass phrase").unwrap();
+    assert_eq!(again.id(), member, "the identity key came back from the store");
+    assert_eq!(again.next_notice().as_deref(), Some(r#"{"type":"connect"}"#));
+}

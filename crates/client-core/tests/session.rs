@@ -1,0 +1,313 @@
+//! `Session` (signaling and the client wired together) against a small bubble written here from the protocol's
+//! own frames: it authenticates each session, sends each its directory slice, relays `send` as `deliver`,
+//! orders commits (the first per group and epoch wins, later ones get `commit_conflict`) and can cut
+//! connections. Two and three members set up conversations and talk through it with nothing but the sessions'
+//! own routing; envelopes wait while signaling is down; a refused member's session stops.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::{BTreeSet, HashMap};
+
+use peerbubble_client_core::client::{Client, Event};
+use peerbubble_client_core::session::{Session, SessionEvent};
+use peerbubble_client_core::{ConversationId, SignalEvent};
+use peerbubble_proto::{
+    ClientFrame, DirectoryEntry, ErrorCode, IdentityKey, Limits, MemberId, Nonce, ServerFrame, SessionId,
+    decode_client_frame, encode_frame,
+};
+
+const BUBBLE: &str = "cell";
+
+fn key(n: u8) -> IdentityKey {
+    IdentityKey::from_seed(&[n; 32])
+}
+
+fn limits() -> Limits {
+    Limits {
+        max_frame_bytes: 256 * 1024,
+        max_body_bytes: 192 * 1024,
+        frames_per_second: 500,
+        frame_burst: 1000,
+        member_frames_per_second: 1000,
+        max_sessions_per_member: 4,
+        idle_timeout_ms: 60_000,
+    }
+}
+
+/// One member: its session, whether its socket is open, and what it reported.
+struct Peer {
+    session: Session,
+    id: MemberId,
+    open: bool,
+    /// Which visible members (by index).
+    sees: Vec<usize>,
+    events: Vec<SessionEvent>,
+}
+
+struct Bubble {
+    peers: Vec<Peer>,
+    /// (group, epoch) of commits already accepted.
+    ordered: BTreeSet<(Vec<u8>, u64)>,
+    now: u64,
+}
+
+impl Bubble {
+    fn new(n: u8, sees: impl Fn(usize) -> Vec<usize>) -> Self {
+        let peers = (0..n)
+            .map(|i| {
+                let k = key(i + 1);
+                let client = Client::new(&k);
+                Peer {
+                    id: k.public_key().member_id(),
+                    session: Session::new(k, Some(BUBBLE.into()), client),
+                    open: false,
+                    sees: sees(usize::from(i)),
+                    events: Vec::new(),
+                }
+            })
+            .collect();
+        Self { peers, ordered: BTreeSet::new(), now: 1_000 }
+    }
+
+    fn entry(&self, i: usize) -> DirectoryEntry {
+        let k = key(u8::try_from(i).unwrap() + 1);
+        DirectoryEntry {
+            member: self.peers[i].id,
+            public_key: k.public_key(),
+            display_name: format!("member {i}"),
+            categories: vec!["team".into()],
+            online: self.peers[i].open,
+        }
+    }
+
+    fn index(&self, member: MemberId) -> usize {
+        self.peers.iter().position(|p| p.id == member).unwrap()
+    }
+
+    fn server_says(&mut self, i: usize, frame: &ServerFrame) {
+        let now = self.now;
+        self.peers[i].session.handle_text(encode_frame(frame).as_bytes(), now).unwrap();
+    }
+
+    /// Moves everything until nobody has anything more to say; the clock advances so that timers fire.
+    fn run(&mut self) {
+        for _ in 0..200 {
+            let mut moved = false;
+            for i in 0..self.peers.len() {
+                let now = self.now;
+                self.peers[i].session.handle_timeout(now);
+                while let Some(event) = self.peers[i].session.poll_event() {
+                    moved = true;
+                    match &event {
+                        SessionEvent::Signal(SignalEvent::Connect) => self.connect(i),
+                        SessionEvent::Signal(SignalEvent::Disconnect) => {
+                            self.peers[i].open = false;
+                            self.peers[i].session.disconnected(None, now);
+                        }
+                        _ => {}
+                    }
+                    self.peers[i].events.push(event);
+                }
+                while let Some(text) = self.peers[i].session.poll_transmit() {
+                    moved = true;
+                    if self.peers[i].open {
+                        let frame = decode_client_frame(text.as_bytes(), 1 << 20).unwrap();
+                        self.on_frame(i, frame);
+                    }
+                }
+            }
+            if !moved {
+                // Let back-offs and retries come due.
+                self.now += 600;
+                if self.peers.iter().all(|p| p.session.poll_timeout().is_none_or(|t| t > self.now + 60_000)) {
+                    return;
+                }
+            }
+        }
+    }
+
+    fn connect(&mut self, i: usize) {
+        let now = self.now;
+        self.peers[i].open = true;
+        self.peers[i].session.connected(now);
+        let challenge = ServerFrame::Challenge {
+            protocol: peerbubble_proto::PROTOCOL_VERSION,
+            bubble: BUBBLE.into(),
+            nonce: Nonce::from_bytes([7; 32]),
+            expires_in_ms: 10_000,
+        };
+        self.server_says(i, &challenge);
+    }
+
+    fn on_frame(&mut self, i: usize, frame: ClientFrame) {
+        match frame {
+            ClientFrame::Auth { .. } => {
+                let welcome = ServerFrame::Welcome {
+                    member: self.peers[i].id,
+                    session: SessionId(i as u64 + 1),
+                    display_name: format!("member {i}"),
+                    ice_servers: Vec::new(),
+                    ice_expires_in_ms: None,
+                    limits: limits(),
+                };
+                self.server_says(i, &welcome);
+                let entries = self.peers[i].sees.iter().map(|&j| self.entry(j)).collect();
+                self.server_says(i, &ServerFrame::Directory { part: 0, parts: 1, entries });
+            }
+            ClientFrame::Send { id, to, body, .. } => {
+                let j = self.index(to);
+                assert!(self.peers[i].sees.contains(&j), "a session sent to a member it does not see");
+                let sessions = u32::from(self.peers[j].open);
+                if self.peers[j].open {
+                    let deliver =
+                        ServerFrame::Deliver { from: self.peers[i].id, from_session: SessionId(i as u64 + 1), body };
+                    self.server_says(j, &deliver);
+                }
+                self.server_says(i, &ServerFrame::Ack { id, sessions });
+            }
+            ClientFrame::Commit { id, group, epoch, to, body } => {
+                if !self.ordered.insert((group.as_bytes().to_vec(), epoch)) {
+                    let refusal = ServerFrame::Error {
+                        code: ErrorCode::CommitConflict,
+                        message: "another commit won this epoch".into(),
+                        id: Some(id),
+                        retry_after_ms: None,
+                    };
+                    return self.server_says(i, &refusal);
+                }
+                self.server_says(i, &ServerFrame::Ack { id, sessions: to.as_slice().len() as u32 });
+                for member in to.as_slice() {
+                    let j = self.index(*member);
+                    if self.peers[j].open {
+                        let deliver = ServerFrame::Deliver {
+                            from: self.peers[i].id,
+                            from_session: SessionId(i as u64 + 1),
+                            body: body.clone(),
+                        };
+                        self.server_says(j, &deliver);
+                    }
+                }
+            }
+            ClientFrame::Ping { id } => self.server_says(i, &ServerFrame::Pong { id }),
+        }
+    }
+
+    fn texts(&self, i: usize) -> Vec<String> {
+        self.peers[i]
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                SessionEvent::Core(Event::Message { text, .. }) => Some(text.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn ready(&self, i: usize) -> Vec<ConversationId> {
+        self.peers[i]
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                SessionEvent::Core(Event::ConversationReady { conversation, .. }) => Some(*conversation),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn two_members_set_up_a_conversation_and_talk_through_their_sessions_alone() {
+    // A new session's first word is to connect, before any input.
+    let k = key(1);
+    let mut fresh = Session::new(IdentityKey::from_seed(&k.to_seed()), Some(BUBBLE.into()), Client::new(&k));
+    assert_eq!(fresh.poll_event(), Some(SessionEvent::Signal(SignalEvent::Connect)));
+
+    let mut b = Bubble::new(2, |i| vec![1 - i]);
+    b.run();
+    assert!(b.peers.iter().all(|p| p.session.signaling().is_ready()));
+    // The client checks need-to-know against the directory the server sent: nobody else is reachable.
+    let stranger = key(9).public_key().member_id();
+    let now = b.now;
+    assert!(b.peers[0].session.act(now, |c| c.start_direct(stranger)).is_err());
+
+    let bob = b.peers[1].id;
+    b.peers[0].session.act(now, |c| c.start_direct(bob)).unwrap();
+    b.run();
+    let conversation = *b.ready(0).first().expect("ready at the initiator");
+    assert_eq!(b.ready(1), [conversation]);
+    b.peers[0].session.act(b.now, |c| c.send_text(conversation, "hello through the session")).unwrap();
+    b.peers[1].session.act(b.now, |c| c.send_text(conversation, "and back")).unwrap();
+    b.run();
+    assert_eq!(b.texts(1), ["hello through the session"]);
+    assert_eq!(b.texts(0), ["and back"]);
+    assert!(b.peers[0].session.take_changed(), "a step that changed the conversation asks to be saved");
+}
+
+#[test]
+fn envelopes_wait_while_signaling_is_down_and_go_out_once_it_is_back() {
+    let mut b = Bubble::new(2, |i| vec![1 - i]);
+    b.run();
+    let bob = b.peers[1].id;
+    b.peers[0].session.act(b.now, |c| c.start_direct(bob)).unwrap();
+    b.run();
+    let conversation = b.ready(0)[0];
+
+    // Alice's connection drops; she writes anyway.
+    b.peers[0].open = false;
+    let now = b.now;
+    b.peers[0].session.disconnected(Some(1006), now);
+    b.peers[0].session.act(now, |c| c.send_text(conversation, "written while offline")).unwrap();
+    assert!(b.texts(1).is_empty());
+    // The session reconnects after its back-off and sends what waited.
+    b.run();
+    assert!(b.peers[0].session.signaling().is_ready());
+    assert_eq!(b.texts(1), ["written while offline"]);
+}
+
+#[test]
+fn simultaneous_commits_are_ordered_and_both_changes_land() {
+    // Three members who all see each other; 0 makes a group with 1, then 0 and 1 both add 2 at once.
+    let mut b = Bubble::new(3, |i| (0..3).filter(|j| *j != i).collect());
+    b.run();
+    let (one, two) = (b.peers[1].id, b.peers[2].id);
+    let group = b.peers[0].session.act(b.now, |c| c.create_group("cell", &[one])).unwrap();
+    b.run();
+    assert!(b.ready(1).contains(&group));
+    let now = b.now;
+    b.peers[0].session.act(now, |c| c.add_member(group, two)).unwrap();
+    b.peers[0].session.act(now, |c| c.update_keys(group)).unwrap();
+    b.peers[1].session.act(now, |c| c.update_keys(group)).unwrap();
+    b.run();
+    assert!(b.ready(2).contains(&group), "the add survived the race");
+    b.peers[1].session.act(b.now, |c| c.send_text(group, "all three")).unwrap();
+    b.run();
+    assert_eq!(b.texts(0), ["all three"]);
+    assert_eq!(b.texts(2), ["all three"]);
+    let epochs: HashMap<usize, u64> = (0..3).map(|i| (i, b.peers[i].session.client().epoch(group).unwrap())).collect();
+    assert!(epochs.values().all(|e| *e == epochs[&0]), "{epochs:?}");
+}
+
+#[test]
+fn a_member_refused_for_good_stops_and_nothing_is_relayed() {
+    let mut b = Bubble::new(2, |i| vec![1 - i]);
+    b.run();
+    let removed = ServerFrame::Error {
+        code: ErrorCode::MemberRemoved,
+        message: "removed from the bubble".into(),
+        id: None,
+        retry_after_ms: None,
+    };
+    b.server_says(0, &removed);
+    b.peers[0].open = false;
+    let now = b.now;
+    b.peers[0].session.disconnected(Some(4001), now);
+    b.run();
+    assert_eq!(b.peers[0].session.signaling().stopped(), Some(ErrorCode::MemberRemoved));
+    let bob = b.peers[1].id;
+    b.peers[0].session.act(b.now, |c| c.start_direct(bob)).unwrap();
+    b.run();
+    assert!(
+        b.peers[0].events.iter().any(|e| matches!(e, SessionEvent::Undeliverable { to, .. } if *to == bob)),
+        "the member is told the envelope cannot go out"
+    );
+    assert!(b.ready(1).is_empty());
+}
