@@ -825,9 +825,23 @@ impl Client {
         Ok(())
     }
 
-    /// Sends read receipts.
+    /// Sends read receipts for messages of others not marked read yet, and records ours in the history (so that
+    /// the member's other screens, and this one after a restart, know what was read). Ids already read, ours or
+    /// unknown are skipped; with nothing left, nothing is sent.
     pub fn mark_read(&mut self, conversation: ConversationId, ids: Vec<MessageId>) -> Result<(), ClientError> {
-        self.send_app(conversation, &AppMessage::Receipt { ids, kind: ReceiptKind::Read })
+        let me = self.me;
+        let c = self.conversation_mut(conversation)?;
+        let mut fresh = Vec::new();
+        for m in c.history.iter_mut().filter(|m| ids.contains(&m.id) && m.from != me) {
+            if m.receipts.get(&me) != Some(&ReceiptKind::Read) {
+                m.receipts.insert(me, ReceiptKind::Read);
+                fresh.push(m.id);
+            }
+        }
+        if fresh.is_empty() {
+            return Ok(());
+        }
+        self.send_app(conversation, &AppMessage::Receipt { ids: fresh, kind: ReceiptKind::Read })
     }
 
     /// Sends a typing indicator.

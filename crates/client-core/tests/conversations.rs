@@ -35,6 +35,11 @@ fn direct_conversation_both_ways_with_edits_receipts_typing_and_timers() {
     assert!(net.events[0].iter().any(|e| matches!(e, Event::Typing { typing: true, .. })));
     let history = net.clients[0].history(c).unwrap();
     assert_eq!(history.iter().find(|m| m.id == id).unwrap().receipts.get(&net.ids[1]), Some(&ReceiptKind::Read));
+    // The reader's own history remembers it read the message, and reading it again sends nothing.
+    let read = net.clients[1].history(c).unwrap().iter().find(|m| m.id == id).unwrap().receipts.clone();
+    assert_eq!(read.get(&net.ids[1]), Some(&ReceiptKind::Read));
+    net.clients[1].mark_read(c, vec![id]).unwrap();
+    assert!(net.clients[1].poll_output().is_none(), "no second receipt for the same message");
     assert_eq!(net.clients[1].history(c).unwrap().iter().find(|m| m.id == id).unwrap().text, "hello Bob");
     // Only the author may edit or delete.
     assert!(net.clients[1].edit(c, id, "forged").is_err());

@@ -211,12 +211,14 @@ function ConversationPane(props: {
     list.current?.lastElementChild?.scrollIntoView({ block: 'end' });
   }, [history.length]);
 
-  // Read receipts for what is on screen.
+  // Read receipts for what is on screen, once per message (client-core records ours in the history).
+  const unreadIds = c && ready ? c.history.filter((m) => m.from !== view.me.member && !m.deleted && !m.receipts[view.me.member]).map((m) => m.id) : [];
+  const unreadKey = unreadIds.join(',');
   useEffect(() => {
-    if (!c || !ready) return;
-    const unread = c.history.filter((m) => m.from !== view.me.member && !m.deleted && !m.receipts[view.me.member]).map((m) => m.id);
-    if (unread.length > 0) void client.send({ kind: 'markRead', conversation: c.id, messages: unread }).catch(() => undefined);
-  }, [c, ready, client, view.me.member]);
+    if (!c || unreadKey === '') return;
+    void client.send({ kind: 'markRead', conversation: c.id, messages: unreadKey.split(',') }).catch(() => undefined);
+    // eslint-disable-next-line react-hooks/exhaustive-deps -- keyed on the ids, not on each new view object
+  }, [unreadKey, client]);
 
   const send = async (e: FormEvent) => {
     e.preventDefault();

@@ -87,15 +87,19 @@ function schedule(): void {
 
 /** Runs one step on the member, then flushes; steps never interleave. */
 function step(f: (m: Member) => void): Promise<void> {
-  busy = busy.then(async () => {
-    if (!member) return;
-    try {
-      f(member);
-    } catch (err) {
+  busy = busy
+    .then(async () => {
+      if (!member) return;
+      try {
+        f(member);
+      } finally {
+        await flush();
+      }
+    })
+    // One failed step (a refused frame, a storage error) must never stall the ones after it.
+    .catch((err: unknown) => {
       post({ kind: 'notice', notice: { type: 'error', message: String(err instanceof Error ? err.message : err) } });
-    }
-    await flush();
-  });
+    });
   return busy;
 }
 
