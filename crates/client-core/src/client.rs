@@ -41,8 +41,9 @@ const MAX_PENDING_REQUESTS: usize = 256;
 pub const FILE_KEY_LABEL: &str = "peerbubble file v1";
 /// A KeyPackage request unanswered for this long may be sent again.
 const REQUEST_RETRY_MS: u64 = 3_000;
-/// Unanswered KeyPackage requests are forgotten after this long.
-const REQUEST_EXPIRY_MS: u64 = 60_000;
+/// Unanswered KeyPackage requests are forgotten after this long: a member may be offline for a while, and is
+/// asked again when it comes online ([`Client::member_online`]). `MAX_PENDING_REQUESTS` bounds their number.
+const REQUEST_EXPIRY_MS: u64 = 3_600_000;
 /// File offers waiting for an answer, at most.
 const MAX_PENDING_OFFERS: usize = 64;
 /// KeyPackages minted for one member per window.
@@ -645,6 +646,25 @@ impl Client {
             .collect();
         for (conversation, resume) in resumes {
             let _ = self.send_app(conversation, &AppMessage::File(FileControl::Resume(resume)));
+        }
+    }
+
+    /// `member` came online (signaling presence): KeyPackage requests it has not answered — sent while it was
+    /// offline, so lost — are sent again, and their expiry starts over. A late answer to the first copy is
+    /// refused as unsolicited, harmlessly.
+    pub fn member_online(&mut self, member: MemberId) {
+        let now = self.now_ms;
+        let mut again = Vec::new();
+        for (request, (asked, _, at)) in &mut self.requests {
+            if *asked == member {
+                *at = now;
+                again.push(*request);
+            }
+        }
+        again.sort_unstable();
+        for request in again {
+            self.outputs
+                .push_back(Output::Relay { to: member, body: Envelope::KeyPackageRequest { request }.encode() });
         }
     }
 

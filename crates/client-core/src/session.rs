@@ -227,6 +227,10 @@ impl Session {
                 }
             }
             SignalEvent::Ack { .. } => {}
+            SignalEvent::Presence { member, online: true } => {
+                self.client.member_online(member);
+                self.events.push_back(SessionEvent::Signal(SignalEvent::Presence { member, online: true }));
+            }
             SignalEvent::DirectoryChanged => {
                 self.client.set_directory(self.signaling.directory().values().cloned());
                 self.events.push_back(SessionEvent::Signal(event));

@@ -38,6 +38,8 @@ struct Peer {
     session: Session,
     id: MemberId,
     open: bool,
+    /// Its network is down: connection attempts fail.
+    offline: bool,
     /// Which visible members (by index).
     sees: Vec<usize>,
     events: Vec<SessionEvent>,
@@ -60,6 +62,7 @@ impl Bubble {
                     id: k.public_key().member_id(),
                     session: Session::new(k, Some(BUBBLE.into()), client),
                     open: false,
+                    offline: false,
                     sees: sees(usize::from(i)),
                     events: Vec::new(),
                 }
@@ -127,6 +130,9 @@ impl Bubble {
 
     fn connect(&mut self, i: usize) {
         let now = self.now;
+        if self.peers[i].offline {
+            return self.peers[i].session.disconnected(None, now);
+        }
         self.peers[i].open = true;
         self.peers[i].session.connected(now);
         let challenge = ServerFrame::Challenge {
@@ -152,6 +158,12 @@ impl Bubble {
                 self.server_says(i, &welcome);
                 let entries = self.peers[i].sees.iter().map(|&j| self.entry(j)).collect();
                 self.server_says(i, &ServerFrame::Directory { part: 0, parts: 1, entries });
+                let member = self.peers[i].id;
+                for j in 0..self.peers.len() {
+                    if j != i && self.peers[j].open && self.peers[j].sees.contains(&i) {
+                        self.server_says(j, &ServerFrame::Presence { member, online: true });
+                    }
+                }
             }
             ClientFrame::Send { id, to, body, .. } => {
                 let j = self.index(to);
@@ -261,6 +273,23 @@ fn envelopes_wait_while_signaling_is_down_and_go_out_once_it_is_back() {
     b.run();
     assert!(b.peers[0].session.signaling().is_ready());
     assert_eq!(b.texts(1), ["written while offline"]);
+}
+
+#[test]
+fn a_conversation_with_a_member_offline_when_asked_starts_when_it_comes_online() {
+    let mut b = Bubble::new(2, |i| vec![1 - i]);
+    b.peers[1].offline = true;
+    b.run();
+    assert!(!b.peers[1].session.signaling().is_ready());
+    let bob = b.peers[1].id;
+    b.peers[0].session.act(b.now, |c| c.start_direct(bob)).unwrap();
+    b.run();
+    assert!(b.ready(0).is_empty(), "nobody answered the KeyPackage request");
+    // Bob's network comes back: his presence makes Alice ask again, and the conversation is set up.
+    b.peers[1].offline = false;
+    b.run();
+    let conversation = *b.ready(0).first().expect("ready once Bob is online");
+    assert_eq!(b.ready(1), [conversation]);
 }
 
 #[test]
