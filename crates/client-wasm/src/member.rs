@@ -248,6 +248,12 @@ impl Member {
         result
     }
 
+    /// A member's key as the directory gives it; members outside the directory are refused (need-to-know).
+    fn directory_key(&self, peer: &MemberId) -> Result<&peerbubble_proto::PublicKey, JsError> {
+        let entry = self.session.signaling().directory().get(peer);
+        entry.map(|e| &e.public_key).ok_or_else(|| JsError::new("this member is not in your directory"))
+    }
+
     /// Moves session events to notices and saves what changed.
     fn settle(&mut self) -> Result<(), JsError> {
         while let Some(event) = self.session.poll_event() {
@@ -456,14 +462,8 @@ impl Member {
     /// The 60-digit safety number with a member of the directory.
     #[wasm_bindgen(js_name = safetyNumber)]
     pub fn safety_number(&self, peer: &str) -> Result<String, JsError> {
-        let peer = member_id(peer)?;
-        let entry = self
-            .session
-            .signaling()
-            .directory()
-            .get(&peer)
-            .ok_or_else(|| JsError::new("this member is not in your directory"))?;
-        Ok(safety_number(&self.public_key, &entry.public_key))
+        let key = self.directory_key(&member_id(peer)?)?;
+        Ok(safety_number(&self.public_key, key))
     }
 
     /// Marks a contact's current key as verified (the safety numbers matched), or clears the mark.
@@ -471,13 +471,8 @@ impl Member {
     pub fn set_verified(&mut self, peer: &str, verified: bool) -> Result<(), JsError> {
         let peer = member_id(peer)?;
         if verified {
-            let entry = self
-                .session
-                .signaling()
-                .directory()
-                .get(&peer)
-                .ok_or_else(|| JsError::new("this member is not in your directory"))?;
-            self.verified.insert(peer, entry.public_key.to_string());
+            let key = self.directory_key(&peer)?.to_string();
+            self.verified.insert(peer, key);
         } else {
             self.verified.remove(&peer);
         }
