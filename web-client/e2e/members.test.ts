@@ -108,6 +108,9 @@ describe('members in the browser', () => {
     expect(await texts(bob.page)).toEqual(['Meet at the north gate at 0600']);
     await shot(bob.page, 'chat-revealed-desktop-en');
     await accessible(bob.page);
+    // Typing shows on the other side while the member writes.
+    await bob.page.getByRole('textbox', { name: 'Write a message' }).fill('Cop');
+    await expect.poll(() => alice.page.locator('.typing').innerText(), { timeout: 30_000 }).toContain('Bob (field team) is typing');
     await send(bob.page, 'Copy. Bringing the radio.');
     await expect.poll(() => texts(alice.page), { timeout: 30_000 }).toContain('Copy. Bringing the radio.');
     // Canary: what the server relays and logs never holds the text.

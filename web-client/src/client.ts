@@ -42,7 +42,7 @@ export class WorkerClient {
         this.view = update.view;
         break;
       case 'notice':
-        this.notices = [...this.notices.slice(-20), update.notice];
+        this.notices = [...this.notices.slice(-20), { ...update.notice, receivedAt: Date.now() }];
         break;
     }
     this.emit();

@@ -220,9 +220,28 @@ function ConversationPane(props: {
     // eslint-disable-next-line react-hooks/exhaustive-deps -- keyed on the ids, not on each new view object
   }, [unreadKey, client]);
 
+  // Typing indicator: sent when the member starts writing, stopped after 3 s without a key or on send.
+  const typingSince = useRef(0);
+  const stopTyping = useRef<ReturnType<typeof setTimeout> | undefined>(undefined);
+  const setTyping = (typing: boolean) => {
+    if (!c || !ready) return;
+    clearTimeout(stopTyping.current);
+    if (typing) {
+      stopTyping.current = setTimeout(() => setTyping(false), 3_000);
+      if (Date.now() - typingSince.current < 2_500) return;
+      typingSince.current = Date.now();
+    } else {
+      if (typingSince.current === 0) return;
+      typingSince.current = 0;
+    }
+    void client.send({ kind: 'typing', conversation: c.id, typing }).catch(() => undefined);
+  };
+  useEffect(() => () => clearTimeout(stopTyping.current), []);
+
   const send = async (e: FormEvent) => {
     e.preventDefault();
     if (!c || !text.trim()) return;
+    setTyping(false);
     try {
       await client.send({ kind: 'sendText', conversation: c.id, text });
       setText('');
@@ -240,7 +259,10 @@ function ConversationPane(props: {
     setMasked(!masked);
   };
 
-  const typing = props.notices.filter((n) => n.type === 'typing' && n.conversation === c?.id && n.typing === true).at(-1);
+  const lastTyping = props.notices.filter((n) => n.type === 'typing' && n.conversation === c?.id).at(-1);
+  // A stop that never came (the other tab closed) must not leave "is typing" on screen.
+  const fresh = typeof lastTyping?.receivedAt === 'number' && Date.now() - lastTyping.receivedAt < 8_000;
+  const typing = fresh && lastTyping?.typing === true && lastTyping.from !== view.me.member ? lastTyping : undefined;
 
   return (
     <section className="pane" aria-label={props.title}>
@@ -301,7 +323,10 @@ function ConversationPane(props: {
         <input
           id="composer"
           value={text}
-          onChange={(e) => setText(e.target.value)}
+          onChange={(e) => {
+            setText(e.target.value);
+            setTyping(e.target.value !== '');
+          }}
           placeholder={ready ? t('chat.placeholder') : t('chat.notReady')}
           disabled={!ready}
           autoComplete="off"
