@@ -85,7 +85,11 @@ export function Home({ client, view, notices }: { client: WorkerClient; view: Vi
       )}
       <nav className="sidebar" aria-label={t('home.contacts')}>
         <h2>{t('home.contacts')}</h2>
-        {view.directory.length === 0 && <p className="muted empty">{t('home.noContacts')}</p>}
+        {view.directory.length === 0 && (
+          <p className="muted empty" role="status">
+            {view.signaling === 'ready' ? t('home.noContacts') : t('home.loadingContacts')}
+          </p>
+        )}
         {byCategory.map(([category, entries]) => (
           <section key={category} aria-label={category}>
             <h3 className="category">{category.replace(/-/g, ' ')}</h3>
@@ -132,7 +136,7 @@ export function Home({ client, view, notices }: { client: WorkerClient; view: Vi
       <main className="conversation">
         {!selection && (
           <div className="placeholder">
-            <p>{view.directory.length > 0 ? t('home.pick') : t('home.alone')}</p>
+            <p>{view.directory.length > 0 ? t('home.pick') : view.signaling === 'ready' ? t('home.alone') : t('home.loadingContacts')}</p>
           </div>
         )}
         {selection && (
