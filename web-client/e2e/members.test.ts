@@ -216,6 +216,8 @@ describe('members in the browser', () => {
     expect(bobRow).toBeDefined();
     await admin(up, 'POST', `/api/v1/bubbles/demo/members/${String(bobRow?.member ?? bobRow?.id)}/revoke`);
     await expect.poll(() => bob.page.getByRole('alert').first().innerText(), { timeout: 30_000 }).toContain('revoked');
+    // Nothing can be sent any more: the composer is off.
+    await expect.poll(() => bob.page.getByRole('textbox', { name: 'Write a message' }).isDisabled()).toBe(true);
     await shot(bob.page, 'revoked-desktop-en');
   });
 });

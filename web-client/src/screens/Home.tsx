@@ -208,7 +208,9 @@ function ConversationPane(props: {
   const [masked, setMasked] = useState(() => !(c && unmaskedConversations().has(c.id)));
   const [members, setMembers] = useState(false);
   const list = useRef<HTMLOListElement>(null);
-  const ready = c !== undefined && c.kind !== 'pending';
+  // Refused for good (revoked): nothing can be sent any more; the banner says why.
+  const stopped = view.signaling.startsWith('stopped:');
+  const ready = c !== undefined && c.kind !== 'pending' && !stopped;
   const history = c?.history ?? [];
 
   useEffect(() => {
