@@ -93,7 +93,7 @@ export async function admin(up: Up, method: string, path: string, body?: unknown
   return text ? (JSON.parse(text) as Record<string, unknown>) : {};
 }
 
-/** A new invite link in the demo bubble, its host rewritten to the web client's (the API knows its public URL). */
+/** A new invite link in the demo bubble (the admin API names the web client's address, `up`'s public URL). */
 export async function invite(up: Up, name: string, categories: string[]): Promise<string> {
   const answer = await admin(up, 'POST', '/api/v1/bubbles/demo/invites', { display_name: name, categories });
   return String(answer.link);

@@ -1,7 +1,7 @@
 import { useEffect, useState } from 'react';
 import { useTranslation } from 'react-i18next';
 import type { WorkerClient } from './client';
-import { LanguageSwitch } from './components';
+import { Centered } from './components';
 import { Enroll } from './screens/Enroll';
 import { Home } from './screens/Home';
 import { Unlock } from './screens/Unlock';
@@ -57,16 +57,3 @@ export function App({ client }: { client: WorkerClient }) {
       return client.view ? <Home client={client} view={client.view} notices={client.notices} /> : <Centered><p role="status">{t('starting')}</p></Centered>;
   }
 }
-
-function Centered({ children }: { children: React.ReactNode }) {
-  return (
-    <main className="centered">
-      <div className="card">
-        <div className="brand" aria-hidden="true">PeerBubble</div>
-        {children}
-      </div>
-      <LanguageSwitch />
-    </main>
-  );
-}
-export { Centered };

@@ -1,3 +1,4 @@
+import type { ReactNode } from 'react';
 import { useTranslation } from 'react-i18next';
 import { LANGUAGES, setLanguage } from './i18n';
 
@@ -48,4 +49,19 @@ export function initials(name: string): string {
     .slice(0, 2)
     .map((w) => w[0]?.toUpperCase() ?? '')
     .join('');
+}
+
+/** The frame of the screens before the member's home: enroll, unlock, other tab, unsupported. */
+export function Centered({ children }: { children: ReactNode }) {
+  return (
+    <main className="centered">
+      <div className="card">
+        <div className="brand" aria-hidden="true">
+          PeerBubble
+        </div>
+        {children}
+      </div>
+      <LanguageSwitch />
+    </main>
+  );
 }

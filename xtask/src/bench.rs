@@ -173,7 +173,7 @@ fn signaling(root: &Path, rest: &[String]) -> anyhow::Result<()> {
     let (server_bin, loadgen) = (release.join("peerbubble"), release.join("peerbubble-loadgen"));
 
     let peerjs_dir = root.join("bench/peerjs");
-    crate::npm_ci(&peerjs_dir, "peer")?;
+    crate::npm_ci(&peerjs_dir)?;
 
     let work = std::env::temp_dir().join(format!("peerbubble-bench-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;

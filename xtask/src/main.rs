@@ -101,8 +101,8 @@ fn run(extra: &[String]) -> anyhow::Result<()> {
     sh(&mut cmd)
 }
 
-/// What building the web client needs: the wasm32 target and wasm-bindgen-cli at the crate's version (npm
-/// packages come from the committed lockfile).
+/// What building and testing the wasm needs: the wasm32 target and wasm-bindgen-cli at the crate's version
+/// (wasm-bindgen and wasm-bindgen-test-runner; npm packages come from the committed lockfile).
 fn web_tools() -> anyhow::Result<()> {
     let targets = Command::new("rustup").args(["target", "list", "--installed"]).output()?;
     if !String::from_utf8_lossy(&targets.stdout).contains("wasm32-unknown-unknown") {
@@ -116,15 +116,11 @@ fn ensure_tools() -> anyhow::Result<()> {
     if !have("cargo-fmt", "--version") || !have("cargo-clippy", "--version") {
         sh(Command::new("rustup").args(["component", "add", "rustfmt", "clippy"]))?;
     }
-    let targets = Command::new("rustup").args(["target", "list", "--installed"]).output()?;
-    if !String::from_utf8_lossy(&targets.stdout).contains("wasm32-unknown-unknown") {
-        sh(Command::new("rustup").args(["target", "add", "wasm32-unknown-unknown"]))?;
-    }
+    web_tools()?;
     cargo_install("cargo-deny", "0.20.2")?;
     cargo_install("cargo-fuzz", "0.13.2")?;
-    cargo_install_crate("wasm-bindgen-cli", "wasm-bindgen-test-runner", &wasm_bindgen_version()?)?;
     // The real OpenID Connect provider the admin API's sign-in tests run against (locked npm packages).
-    npm_ci(&project_root().join("crates/admin-api/tests/oidc"), "oidc-provider")?;
+    npm_ci(&project_root().join("crates/admin-api/tests/oidc"))?;
     helm()?;
     debian_packages()?;
     Ok(())
@@ -204,8 +200,14 @@ pub(crate) fn helm() -> anyhow::Result<PathBuf> {
 }
 
 /// `npm ci` in `dir` unless `package` is already installed there.
-pub(crate) fn npm_ci(dir: &Path, package: &str) -> anyhow::Result<()> {
-    if dir.join("node_modules").join(package).join("package.json").exists() {
+pub(crate) fn npm_ci(dir: &Path) -> anyhow::Result<()> {
+    // npm ci writes node_modules/.package-lock.json: newer than the lockfile means installed from it.
+    let stamp = dir.join("node_modules/.package-lock.json");
+    let fresh = match (std::fs::metadata(&stamp), std::fs::metadata(dir.join("package-lock.json"))) {
+        (Ok(installed), Ok(lock)) => installed.modified()? >= lock.modified()?,
+        _ => false,
+    };
+    if fresh {
         return Ok(());
     }
     sh(Command::new("npm").args(["ci", "--no-audit", "--no-fund", "--loglevel=error"]).current_dir(dir))

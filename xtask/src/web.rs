@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::Context as _;
+use base64::Engine as _;
 use sha2::Digest as _;
 
 use crate::bench::target_dir as target_dir_of;
@@ -17,19 +18,6 @@ fn target_dir() -> PathBuf {
 }
 
 const CRATE_FILE: &str = "peerbubble_client_wasm";
-
-/// `npm ci` when node_modules is missing or older than the lockfile.
-pub(crate) fn npm_install(dir: &Path) -> anyhow::Result<()> {
-    let stamp = dir.join("node_modules/.package-lock.json");
-    let fresh = match (std::fs::metadata(&stamp), std::fs::metadata(dir.join("package-lock.json"))) {
-        (Ok(installed), Ok(lock)) => installed.modified()? >= lock.modified()?,
-        _ => false,
-    };
-    if fresh {
-        return Ok(());
-    }
-    sh(Command::new("npm").args(["ci", "--no-audit", "--no-fund", "--loglevel=error"]).current_dir(dir))
-}
 
 fn npx(dir: &Path, tool: &str) -> Command {
     let mut cmd = Command::new(dir.join("node_modules/.bin").join(tool));
@@ -62,7 +50,7 @@ pub(crate) fn build() -> anyhow::Result<PathBuf> {
         .args(["--target", "web", "--out-name", CRATE_FILE, "--out-dir"])
         .arg(&out)
         .arg(&built))?;
-    npm_install(&web)?;
+    crate::npm_ci(&web)?;
     let wasm = wasm_out(&root);
     sh(npx(&web, "wasm-opt")
         .args([
@@ -79,7 +67,7 @@ pub(crate) fn build() -> anyhow::Result<PathBuf> {
         .arg(&wasm))?;
     let bytes = std::fs::read(&wasm).with_context(|| format!("cannot read {}", wasm.display()))?;
     let digest = sha2::Sha384::digest(&bytes);
-    let integrity = format!("sha384-{}", base64_std(&digest));
+    let integrity = format!("sha384-{}", base64::engine::general_purpose::STANDARD.encode(digest));
     std::fs::write(
         out.join("integrity.ts"),
         format!(
@@ -95,29 +83,13 @@ pub(crate) fn build() -> anyhow::Result<PathBuf> {
     Ok(web.join("dist"))
 }
 
-fn base64_std(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 /// The browser end-to-end tests (Playwright driving Debian's Chromium) against a real `peerbubble up`.
 pub(crate) fn e2e() -> anyhow::Result<()> {
     let root = project_root();
     sh(cargo().args(["build", "--package", "peerbubble", "--bin", "peerbubble"]))?;
     let bin = target_dir().join("debug/peerbubble");
     let web = root.join("web-client");
-    npm_install(&web)?;
+    crate::npm_ci(&web)?;
     sh(npx(&web, "vitest")
         .args(["run", "--config", "e2e/vitest.config.ts"])
         .env("PEERBUBBLE_BIN", &bin)
@@ -127,16 +99,4 @@ pub(crate) fn e2e() -> anyhow::Result<()> {
 /// Where the end-to-end tests leave their screenshots (desktop and phone, English and French): CI keeps them.
 pub(crate) fn screenshots() -> PathBuf {
     target_dir().join("screenshots")
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn base64_matches_the_standard_alphabet_with_padding() {
-        assert_eq!(super::base64_std(b""), "");
-        assert_eq!(super::base64_std(b"f"), "Zg==");
-        assert_eq!(super::base64_std(b"fo"), "Zm8=");
-        assert_eq!(super::base64_std(b"foo"), "Zm9v");
-        assert_eq!(super::base64_std(b"foobar"), "Zm9vYmFy");
-    }
 }

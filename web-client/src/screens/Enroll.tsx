@@ -1,8 +1,7 @@
 import { type FormEvent, useState } from 'react';
 import { useTranslation } from 'react-i18next';
-import { Centered } from '../App';
 import type { WorkerClient } from '../client';
-import { Strength, passphraseBits } from '../components';
+import { Centered, Strength, passphraseBits } from '../components';
 
 /** The shape the admin API gives invite fragments: `<bubble>.<token>`. The worker checks it again in wasm. */
 const INVITE = /^[a-z0-9][a-z0-9-]{0,62}\.[A-Za-z0-9_-]{1,128}$/;

@@ -1,7 +1,7 @@
 import { type FormEvent, useEffect, useState } from 'react';
 import { useTranslation } from 'react-i18next';
-import { Centered } from '../App';
 import type { WorkerClient } from '../client';
+import { Centered } from '../components';
 
 export function Unlock(props: { client: WorkerClient; bubble: string; retryAt: number; inviteIgnored: boolean }) {
   const { t } = useTranslation();
