@@ -403,6 +403,8 @@ impl State {
                     self.core.set_directory(s.directory().values().cloned());
                 }
             }
+            // A member coming online gets the KeyPackage requests it missed while offline.
+            Ok(ServerFrame::Presence { member, online: true }) => self.core.member_online(member),
             Ok(ServerFrame::Ack { id, .. }) => {
                 if let Some(token) = self.commits.remove(&id) {
                     self.core.commit_accepted(token);
