@@ -7,6 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { type Browser, type BrowserContext, type Page, chromium } from 'playwright-core';
+import { expect } from 'vitest';
 
 export const CHROMIUM_ARGS = [
   '--headless',
@@ -18,27 +19,34 @@ export const CHROMIUM_ARGS = [
   '--disable-component-update',
   '--disable-sync',
   '--disable-features=WebRtcHideLocalIpsWithMdns',
-  '--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1',
+  // pi.lan stands for a micro-node's LAN name: an origin that is not loopback, so only HTTPS makes it secure.
+  '--host-resolver-rules=MAP pi.lan 127.0.0.1, MAP * ~NOTFOUND, EXCLUDE 127.0.0.1',
   '--allow-loopback-in-peer-connection',
 ];
 
 export interface Up {
   web: string;
+  /** The signaling URL (ws:// or wss://). */
+  signal: string;
   api: string;
   token: string;
   invites: string[];
   logs: string[];
+  /** The banner, as printed. */
+  banner: string[];
+  /** Where `up` keeps its state. */
+  data: string;
   stop: () => Promise<void>;
 }
 
-/** Starts `peerbubble up` and reads its banner. */
-export async function startUp(): Promise<Up> {
+/** Starts `peerbubble up` (with `extra` flags) and reads its banner. */
+export async function startUp(extra: string[] = []): Promise<Up> {
   const bin = process.env.PEERBUBBLE_BIN;
   if (!bin) throw new Error('PEERBUBBLE_BIN is not set (run through `cargo xtask e2e`)');
   const data = mkdtempSync(join(tmpdir(), 'peerbubble-e2e-'));
   const child: ChildProcess = spawn(
     bin,
-    ['up', '--data-dir', data, '--listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0', '--turn-port', '0', '--turn-tls-port', '0'],
+    ['up', '--data-dir', data, '--listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0', '--turn-port', '0', '--turn-tls-port', '0', ...extra],
     { env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? 'info,peerbubble_bubble_server=trace' }, stdio: ['ignore', 'pipe', 'pipe'] },
   );
   const logs: string[] = [];
@@ -69,10 +77,13 @@ export async function startUp(): Promise<Up> {
   }
   return {
     web: field('web client').replace(/\/$/, ''),
+    signal: field('signaling'),
     api: field('admin API'),
     token: field('admin token'),
     invites,
     logs,
+    banner,
+    data,
     stop: async () => {
       child.kill('SIGTERM');
       await new Promise((r) => child.once('exit', r));
@@ -108,22 +119,33 @@ export interface Member {
   page: Page;
   /** Every WebSocket frame the page sent or received (the canary reads them). */
   frames: string[];
+  /** The frames the page sent. */
+  sent: string[];
 }
 
-export async function newMember(browser: Browser, options: { width?: number; height?: number; locale?: string } = {}): Promise<Member> {
+/** A member's own browser profile; `https` accepts the micro-node's self-signed certificate, as a member does once. */
+export async function newMember(
+  browser: Browser,
+  options: { width?: number; height?: number; locale?: string; https?: boolean } = {},
+): Promise<Member> {
   const context = await browser.newContext({
     viewport: { width: options.width ?? 1280, height: options.height ?? 800 },
     locale: options.locale ?? 'en-US',
+    ignoreHTTPSErrors: options.https ?? false,
   });
   const page = await context.newPage();
   page.on('pageerror', (e) => console.error(`page error: ${e.message}`));
   const frames: string[] = [];
+  const sent: string[] = [];
   // The worker's WebSocket is reported on its page.
   page.on('websocket', (ws) => {
-    ws.on('framesent', (f) => frames.push(String(f.payload)));
+    ws.on('framesent', (f) => {
+      frames.push(String(f.payload));
+      sent.push(String(f.payload));
+    });
     ws.on('framereceived', (f) => frames.push(String(f.payload)));
   });
-  return { context, page, frames };
+  return { context, page, frames, sent };
 }
 
 export const PASSPHRASE = 'orange tugboat quietly measures seven lanterns';
@@ -146,4 +168,25 @@ export function screenshotDir(): string {
   const dir = process.env.PEERBUBBLE_SCREENSHOTS ?? join(tmpdir(), 'peerbubble-screenshots');
   mkdirSync(dir, { recursive: true });
   return dir;
+}
+
+/** Opens the contact (or group) called `name` from the sidebar. */
+export async function open(page: Page, name: string | RegExp): Promise<void> {
+  await page.getByRole('navigation').getByRole('button', { name }).first().click();
+}
+
+export async function send(page: Page, text: string): Promise<void> {
+  const box = page.getByRole('textbox', { name: /Write a message|Écrire un message/ });
+  await expect.poll(() => box.isEnabled(), { timeout: 60_000 }).toBe(true);
+  await box.fill(text);
+  await page.getByRole('button', { name: /^(Send|Envoyer)$/ }).click();
+  await expect.poll(() => box.inputValue()).toBe('');
+}
+
+/** Reveals every masked message on screen and returns the texts shown. */
+export async function texts(page: Page): Promise<string[]> {
+  for (const button of await page.getByRole('button', { name: /Hidden message|Message masqué/ }).all()) {
+    await button.click();
+  }
+  return page.locator('.message .text').allInnerTexts();
 }

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import type { Browser, Page } from 'playwright-core';
 import AxeBuilder from '@axe-core/playwright';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { type Member, type Up, admin, enroll, invite, launch, newMember, screenshotDir, startUp, unlock } from './harness';
+import { type Member, type Up, admin, enroll, invite, launch, newMember, open, screenshotDir, send, startUp, texts, unlock } from './harness';
 
 let up: Up;
 let browser: Browser;
@@ -30,27 +30,6 @@ async function accessible(page: Page): Promise<void> {
   const result = await new AxeBuilder({ page }).analyze();
   const bad = result.violations.filter((v) => v.impact === 'serious' || v.impact === 'critical');
   expect(bad.map((v) => `${v.id}: ${v.nodes.map((n) => n.target.join(' ')).join(', ')}`)).toEqual([]);
-}
-
-/** Opens the contact (or group) called `name` from the sidebar. */
-async function open(page: Page, name: string | RegExp): Promise<void> {
-  await page.getByRole('navigation').getByRole('button', { name }).first().click();
-}
-
-async function send(page: Page, text: string): Promise<void> {
-  const box = page.getByRole('textbox', { name: /Write a message|Écrire un message/ });
-  await expect.poll(() => box.isEnabled(), { timeout: 60_000 }).toBe(true);
-  await box.fill(text);
-  await page.getByRole('button', { name: /^(Send|Envoyer)$/ }).click();
-  await expect.poll(() => box.inputValue()).toBe('');
-}
-
-/** Reveals every masked message on screen and returns the texts shown. */
-async function texts(page: Page): Promise<string[]> {
-  for (const button of await page.getByRole('button', { name: /Hidden message|Message masqué/ }).all()) {
-    await button.click();
-  }
-  return page.locator('.message .text').allInnerTexts();
 }
 
 describe('members in the browser', () => {

@@ -57,3 +57,20 @@ export function App({ client }: { client: WorkerClient }) {
       return client.view ? <Home client={client} view={client.view} notices={client.notices} /> : <Centered><p role="status">{t('starting')}</p></Centered>;
   }
 }
+
+/**
+ * Plain HTTP from another machine: the browser withholds Web Crypto and Web Locks, so nothing could be kept safe.
+ * Shown instead of starting the worker, which would store nothing usable.
+ */
+export function Insecure() {
+  const { t } = useTranslation();
+  const https = `https://${window.location.host}${window.location.pathname}${window.location.hash}`;
+  return (
+    <Centered>
+      <h1>{t('insecure.title')}</h1>
+      <p>{t('insecure.body')}</p>
+      <p><a href={https}>{t('insecure.action')}</a></p>
+      <p className="muted small">{t('insecure.admin')}</p>
+    </Centered>
+  );
+}

@@ -1,5 +1,6 @@
 // The page's side of the worker boundary: sends commands, checks every update the worker posts.
-import { type Command, type Phase, type Update, type View, parseUpdate } from './protocol';
+import { type Command, type Phase, type Update, type View, parseRtcNotice, parseUpdate } from './protocol';
+import { PeerLinks } from './rtc';
 
 type Listener = () => void;
 
@@ -11,6 +12,11 @@ export class WorkerClient {
   phase: Phase = { phase: 'starting' };
   view: View | null = null;
   notices: Array<{ type: string; [key: string]: unknown }> = [];
+  /** The page's WebRTC connections with contacts (DataChannels carrying MLS ciphertext). */
+  readonly links: PeerLinks = new PeerLinks(
+    (command) => this.send(command),
+    () => this.emit(),
+  );
 
   constructor() {
     this.worker = new Worker(new URL('./worker/worker.ts', import.meta.url), { type: 'module', name: 'peerbubble' });
@@ -36,14 +42,24 @@ export class WorkerClient {
       }
       case 'phase':
         this.phase = update.phase;
-        if (update.phase.phase !== 'open') this.view = null;
+        if (update.phase.phase !== 'open') {
+          this.view = null;
+          this.links.closeAll();
+        }
         break;
+      case 'channelSend':
+        this.links.deliver(update.to, update.bytes);
+        return;
       case 'view':
         this.view = update.view;
         break;
-      case 'notice':
+      case 'notice': {
+        const rtc = parseRtcNotice(update.notice);
+        // Call set-up carries SDP (addresses): it goes to the connections, never into the notices the UI keeps.
+        if (rtc) return this.links.handle(rtc);
         this.notices = [...this.notices.slice(-20), { ...update.notice, receivedAt: Date.now() }];
         break;
+      }
     }
     this.emit();
   }

@@ -23,7 +23,15 @@ export type Command =
   | { kind: 'typing'; conversation: ConversationId; typing: boolean }
   | { kind: 'setTimer'; conversation: ConversationId; seconds: number }
   | { kind: 'safetyNumber'; member: MemberId }
-  | { kind: 'setVerified'; member: MemberId; verified: boolean };
+  | { kind: 'setVerified'; member: MemberId; verified: boolean }
+  // WebRTC: the page owns RTCPeerConnection (window-only); the worker owns what the connection is bound to.
+  | { kind: 'iceServers' }
+  | { kind: 'rtcOffer'; member: MemberId; sdp: string }
+  | { kind: 'rtcAnswer'; member: MemberId; sdp: string }
+  | { kind: 'rtcVerify'; member: MemberId; certificate: Uint8Array }
+  | { kind: 'rtcHangup'; member: MemberId }
+  | { kind: 'channel'; member: MemberId; open: boolean }
+  | { kind: 'channelData'; member: MemberId; bytes: Uint8Array };
 
 export interface Request {
   id: number;
@@ -80,12 +88,27 @@ export type Update =
   | { kind: 'reply'; id: number; ok: false; error: string }
   | { kind: 'phase'; phase: Phase }
   | { kind: 'view'; view: View }
-  | { kind: 'notice'; notice: { type: string; [key: string]: unknown } };
+  | { kind: 'notice'; notice: { type: string; [key: string]: unknown } }
+  /** An envelope (MLS ciphertext) for the DataChannel with `to`. */
+  | { kind: 'channelSend'; to: MemberId; bytes: Uint8Array };
+
+/** What the worker asks of the page's WebRTC side (notices of these types, checked by {@link parseRtcNotice}). */
+export type RtcNotice =
+  | { type: 'rtcWanted'; peer: MemberId }
+  | { type: 'rtcOffer'; peer: MemberId; sdp: string }
+  | { type: 'rtcAnswer'; peer: MemberId; sdp: string }
+  | { type: 'rtcHangup'; peer: MemberId };
 
 // ---- run-time checks ----
 
 const HEX32 = /^[0-9a-f]{32}$/;
 const MAX_TEXT = 64 * 1024;
+/** A complete SDP with gathered candidates stays well below this. */
+const MAX_SDP = 32 * 1024;
+/** The largest envelope either side puts on a DataChannel (client-core's file chunks included). */
+const MAX_CHANNEL_BYTES = 256 * 1024;
+/** A DER certificate. */
+const MAX_CERTIFICATE = 16 * 1024;
 
 function isObject(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
@@ -95,6 +118,9 @@ function isId(v: unknown): v is string {
 }
 function isText(v: unknown, max = MAX_TEXT): v is string {
   return typeof v === 'string' && v.length <= max;
+}
+function isBytes(v: unknown, max: number): v is Uint8Array {
+  return v instanceof Uint8Array && v.byteLength > 0 && v.byteLength <= max;
 }
 function isIdList(v: unknown): v is string[] {
   return Array.isArray(v) && v.length <= 1000 && v.every(isId);
@@ -109,7 +135,19 @@ export function parseRequest(data: unknown): Request | null {
     switch (c.kind) {
       case 'hello':
       case 'lock':
+      case 'iceServers':
         return true;
+      case 'rtcOffer':
+      case 'rtcAnswer':
+        return isId(c.member) && isText(c.sdp, MAX_SDP) && c.sdp.length > 0;
+      case 'rtcVerify':
+        return isId(c.member) && isBytes(c.certificate, MAX_CERTIFICATE);
+      case 'rtcHangup':
+        return isId(c.member);
+      case 'channel':
+        return isId(c.member) && typeof c.open === 'boolean';
+      case 'channelData':
+        return isId(c.member) && isBytes(c.bytes, MAX_CHANNEL_BYTES);
       case 'enroll':
         return isText(c.link, 4096) && isText(c.passphrase, 1024);
       case 'unlock':
@@ -190,6 +228,22 @@ export function parseUpdate(data: unknown): Update | null {
       return isView(data.view) ? (data as unknown as Update) : null;
     case 'notice':
       return isObject(data.notice) && typeof data.notice.type === 'string' ? (data as unknown as Update) : null;
+    case 'channelSend':
+      return isId(data.to) && isBytes(data.bytes, MAX_CHANNEL_BYTES) ? (data as unknown as Update) : null;
+    default:
+      return null;
+  }
+}
+
+/** The page's check of a WebRTC notice: one it acts on, well-formed, or null. */
+export function parseRtcNotice(notice: { type: string; [key: string]: unknown }): RtcNotice | null {
+  switch (notice.type) {
+    case 'rtcWanted':
+    case 'rtcHangup':
+      return isId(notice.peer) ? (notice as unknown as RtcNotice) : null;
+    case 'rtcOffer':
+    case 'rtcAnswer':
+      return isId(notice.peer) && isText(notice.sdp, MAX_SDP) ? (notice as unknown as RtcNotice) : null;
     default:
       return null;
   }

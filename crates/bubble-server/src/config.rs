@@ -273,6 +273,9 @@ pub struct Config {
     pub max_groups: usize,
     /// The embedded TURN relay, when configured.
     pub turn: Option<TurnConfig>,
+    /// HTTPS (and `wss://`) on the listener, when set; plain HTTP otherwise (loopback development, or behind
+    /// a TLS-terminating ingress in Kubernetes).
+    pub tls: Option<crate::tls::ServerTls>,
 }
 
 impl Default for Config {
@@ -292,6 +295,7 @@ impl Default for Config {
             reload_interval: Duration::from_millis(500),
             max_groups: 100_000,
             turn: None,
+            tls: None,
         }
     }
 }
@@ -337,6 +341,7 @@ impl Config {
                 .unwrap_or(d.reload_interval),
             max_groups: args.max_groups.or(file.max_groups).unwrap_or(d.max_groups),
             turn: None,
+            tls: None,
         };
         let config = Config { turn: args.turn.resolve(config.listen)?, ..config };
         config.validate()?;

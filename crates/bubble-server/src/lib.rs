@@ -22,6 +22,7 @@ pub mod reporter;
 mod server;
 pub mod session;
 mod state;
+pub mod tls;
 pub mod turn;
 
 /// Log directives every PeerBubble process applies after the user's own (`RUST_LOG`): the WebSocket and HTTP
@@ -35,3 +36,4 @@ pub use config::{Config, ConfigError, SignalArgs, TurnArgs};
 pub use directory::{Directory, DirectoryError, DirectorySource, FileSource};
 pub use reporter::{AdminApiReporter, HealthSink, spawn_reporter};
 pub use server::{HealthHandle, Server, ServerError};
+pub use tls::{ServerTls, TlsError, TlsSource};

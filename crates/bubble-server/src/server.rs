@@ -124,22 +124,26 @@ impl Server {
             .with_state(state.clone())
             .fallback_service(routes.fallback_service(peerbubble_web_assets::router()));
         let app = peerbubble_web_assets::secure(app);
-        let mut stop = shutdown_rx;
-        // Signaling frames are small and latency-bound: never hold them back for Nagle's algorithm.
-        let listener = listener.tap_io(|tcp| {
-            if let Err(err) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %err, "cannot set TCP_NODELAY");
+        let stop = shutdown_rx;
+        let serve = match &state.config.tls {
+            Some(tls) => spawn_serve(crate::tls::TlsListener::new(listener, tls)?, app, stop),
+            None => {
+                // Signaling frames are small and latency-bound: never hold them back for Nagle's algorithm.
+                let listener = listener.tap_io(|tcp| {
+                    if let Err(err) = tcp.set_nodelay(true) {
+                        tracing::debug!(error = %err, "cannot set TCP_NODELAY");
+                    }
+                });
+                spawn_serve(listener, app, stop)
             }
-        });
-        let serve = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await
-        });
+        };
         tracing::info!(%addr, "bubble-server listening");
         Ok(Self { addr, shutdown: shutdown_tx, state: Arc::new(AppStateHandle(state)), serve, follower, turn_members })
+    }
+
+    /// The listener's certificate, when it serves HTTPS.
+    pub fn tls(&self) -> Option<&crate::tls::ServerTls> {
+        self.state.0.config.tls.as_ref()
     }
 
     /// The embedded TURN relay, when configured.
@@ -436,4 +440,18 @@ fn ws_error(err: &axum::Error) -> Option<Input<'static>> {
     } else {
         None
     }
+}
+
+/// Serves `app` on `listener` until `stop` turns true.
+fn spawn_serve<L>(listener: L, app: Router, mut stop: watch::Receiver<bool>) -> JoinHandle<Result<(), std::io::Error>>
+where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+{
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await
+    })
 }

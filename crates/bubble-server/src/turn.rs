@@ -20,7 +20,6 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
-use tokio_rustls::rustls;
 use zeroize::Zeroizing;
 
 /// Errors starting the relay.
@@ -42,19 +41,7 @@ pub enum TurnError {
     Secret(String),
 }
 
-/// Where the TLS certificate comes from.
-#[derive(Debug, Clone)]
-pub enum TlsSource {
-    /// PEM files (a mounted Secret in Kubernetes).
-    Files {
-        /// Certificate chain.
-        cert: PathBuf,
-        /// Private key.
-        key: PathBuf,
-    },
-    /// A self-signed certificate made at start for these names (a laptop or a Pi without a PKI).
-    SelfSigned(Vec<String>),
-}
+pub use crate::tls::TlsSource;
 
 /// The relay's settings, resolved from configuration.
 #[derive(Clone)]
@@ -308,31 +295,7 @@ fn close_freed(core: &mut Core) {
 }
 
 fn tls_acceptor(source: &TlsSource) -> Result<TlsAcceptor, TurnError> {
-    use rustls::pki_types::pem::PemObject as _;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-    let (certs, key) = match source {
-        TlsSource::Files { cert, key } => {
-            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-                .and_then(|it| it.collect::<Result<_, _>>())
-                .map_err(|e| TurnError::Tls(format!("{}: {e}", cert.display())))?;
-            let key =
-                PrivateKeyDer::from_pem_file(key).map_err(|e| TurnError::Tls(format!("{}: {e}", key.display())))?;
-            (certs, key)
-        }
-        TlsSource::SelfSigned(names) => {
-            let made = rcgen::generate_simple_self_signed(names.clone()).map_err(|e| TurnError::Tls(e.to_string()))?;
-            let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(made.signing_key.serialize_der()));
-            (vec![made.cert.der().clone()], key)
-        }
-    };
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| TurnError::Tls(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| TurnError::Tls(e.to_string()))?;
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    Ok(crate::tls::ServerTls::load(source, &[]).map_err(|e| TurnError::Tls(e.to_string()))?.acceptor())
 }
 
 const BUF: usize = 65_536;

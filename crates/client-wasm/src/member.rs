@@ -11,7 +11,9 @@ use std::collections::BTreeMap;
 use peerbubble_client_core::keystore::{
     KdfParams, KeyStore, KeyStoreError, KnowledgeKdf, Segment, Storage, StorageError,
 };
-use peerbubble_client_core::message::{ConversationKind, MessageId};
+use peerbubble_client_core::message::{CallSignal, ConversationKind, MessageId};
+use peerbubble_client_core::signaling::SignalEvent;
+use peerbubble_client_core::fingerprint::{Fingerprint, sdp_fingerprints};
 use peerbubble_client_core::session::{Session, SessionEvent};
 use peerbubble_client_core::{Client, ConversationId, Event};
 use peerbubble_proto::enroll::{EnrollRequest, Enrolled, Invite};
@@ -206,6 +208,8 @@ pub struct Member {
     verified: BTreeMap<MemberId, String>,
     /// Events for the page, as JSON (public routing facts, and the member's own messages for their screen).
     notices: Vec<Value>,
+    /// Envelope bytes (MLS ciphertext) for the DataChannel with a contact, in order.
+    channel_out: std::collections::VecDeque<(MemberId, Vec<u8>)>,
 }
 
 impl std::fmt::Debug for Member {
@@ -226,15 +230,53 @@ fn message_id(id: &str) -> Result<MessageId, JsError> {
     MessageId::try_from(id.to_owned()).map_err(|e| JsError::new(&e))
 }
 
+/// The one DTLS fingerprint of a local SDP (browsers write one per media section, all the same).
+fn single_fingerprint(sdp: &str) -> Result<Fingerprint, JsError> {
+    let mut found = sdp_fingerprints(sdp).into_iter();
+    match found.next() {
+        Some(Some(first)) if found.all(|f| f == Some(first)) => Ok(first),
+        _ => Err(JsError::new("the SDP must carry exactly one sha-256 a=fingerprint")),
+    }
+}
+
+/// An envelope for the DataChannel with a contact.
+#[wasm_bindgen]
+#[derive(Debug)]
+pub struct ChannelSend {
+    to: String,
+    bytes: Vec<u8>,
+}
+
+#[wasm_bindgen]
+impl ChannelSend {
+    /// The contact (member id, hex).
+    #[wasm_bindgen(getter)]
+    pub fn to(&self) -> String {
+        self.to.clone()
+    }
+
+    /// The bytes (MLS ciphertext).
+    #[wasm_bindgen(getter)]
+    pub fn bytes(&self) -> Vec<u8> {
+        self.bytes.clone()
+    }
+}
+
 impl Member {
     fn assemble(store: KeyStore<Recording>, key: IdentityKey, profile: Profile, client: Client) -> Self {
         let public_key = key.public_key();
         let session = Session::new(key, Some(profile.bubble.clone()), client);
-        let mut member = Self { store, profile, session, public_key, verified: BTreeMap::new(), notices: Vec::new() };
+        let mut member = Self {
+            store,
+            profile,
+            session,
+            public_key,
+            verified: BTreeMap::new(),
+            notices: Vec::new(),
+            channel_out: std::collections::VecDeque::new(),
+        };
         // The session's first event (connect) becomes the first notice. Nothing changed yet, so nothing is saved.
-        while let Some(event) = member.session.poll_event() {
-            member.notices.push(notice_json(event));
-        }
+        member.take_events();
         member
     }
 
@@ -254,11 +296,46 @@ impl Member {
         entry.map(|e| &e.public_key).ok_or_else(|| JsError::new("this member is not in your directory"))
     }
 
+    /// Moves session events to notices (and DataChannel bytes to their queue).
+    fn take_events(&mut self) {
+        while let Some(event) = self.session.poll_event() {
+            match event {
+                SessionEvent::ChannelSend { to, bytes } => self.channel_out.push_back((to, bytes)),
+                SessionEvent::Core(Event::ConversationReady { kind: ConversationKind::Direct, ref members, .. }) => {
+                    if let [peer] = members.as_slice() {
+                        self.want_channel(*peer);
+                    }
+                    self.notices.push(notice_json(event));
+                }
+                SessionEvent::Signal(SignalEvent::Presence { member, online: true }) => {
+                    self.want_channel(member);
+                    self.notices.push(notice_json(event));
+                }
+                SessionEvent::Signal(SignalEvent::Ready { .. }) => {
+                    let contacts: Vec<MemberId> = self.session.signaling().directory().keys().copied().collect();
+                    for peer in contacts {
+                        self.want_channel(peer);
+                    }
+                    self.notices.push(notice_json(event));
+                }
+                other => self.notices.push(notice_json(other)),
+            }
+        }
+    }
+
+    /// Asks the page for a DataChannel with `peer` when we are the side that offers (the lower member id, as
+    /// the native peer does), the contact is online and we share a 1:1 conversation. The page ignores the ask
+    /// while a connection with `peer` is being set up or open.
+    fn want_channel(&mut self, peer: MemberId) {
+        let online = self.session.signaling().directory().get(&peer).is_some_and(|e| e.online);
+        if self.profile.member < peer && online && self.session.client().direct_conversation(peer).is_some() {
+            self.notices.push(json!({"type": "rtcWanted", "peer": peer.to_string()}));
+        }
+    }
+
     /// Moves session events to notices and saves what changed.
     fn settle(&mut self) -> Result<(), JsError> {
-        while let Some(event) = self.session.poll_event() {
-            self.notices.push(notice_json(event));
-        }
+        self.take_events();
         if self.session.take_changed() {
             self.session.client().save(&mut self.store).map_err(js_error)?;
         }
@@ -299,6 +376,18 @@ fn core_json(event: &Event) -> Value {
         }
         Event::Typing { conversation, from, typing } => {
             json!({"type": "typing", "conversation": conversation, "from": from.to_string(), "typing": typing})
+        }
+        // Call set-up for the page's RTCPeerConnection: the SDP came MLS-authenticated from the contact, with its
+        // `a=fingerprint` already checked against the announced one. Candidates travel inside the SDP (both
+        // edges gather before they offer or answer), so trickled ones are not used.
+        Event::Call { from, signal: CallSignal::Offer { sdp, .. }, .. } => {
+            json!({"type": "rtcOffer", "peer": from.to_string(), "sdp": sdp})
+        }
+        Event::Call { from, signal: CallSignal::Answer { sdp, .. }, .. } => {
+            json!({"type": "rtcAnswer", "peer": from.to_string(), "sdp": sdp})
+        }
+        Event::Call { from, signal: CallSignal::Hangup { .. }, .. } => {
+            json!({"type": "rtcHangup", "peer": from.to_string()})
         }
         _ => json!({"type": "changed"}),
     }
@@ -478,6 +567,71 @@ impl Member {
         }
         let bytes = serde_json::to_vec(&self.verified).map_err(js_error)?;
         self.store.put(RECORD_VERIFIED, &bytes).map_err(js_error)
+    }
+
+    /// The ICE servers signaling handed out (the bubble's TURN, with short-lived credentials), as the JSON
+    /// array `RTCPeerConnection` takes.
+    #[wasm_bindgen(js_name = iceServers)]
+    pub fn ice_servers(&self) -> String {
+        let servers: Vec<Value> = self
+            .session
+            .signaling()
+            .ice_servers()
+            .iter()
+            .map(|s| json!({"urls": s.urls, "username": s.username, "credential": s.credential}))
+            .collect();
+        Value::Array(servers).to_string()
+    }
+
+    /// Offers a connection to `peer`: `sdp` is the page's complete offer (candidates gathered); its single
+    /// `a=fingerprint` is announced inside MLS as the only certificate the contact may accept from us.
+    #[wasm_bindgen(js_name = startCall)]
+    pub fn start_call(&mut self, peer: &str, sdp: &str, now_ms: f64) -> Result<(), JsError> {
+        let (peer, fingerprint) = (member_id(peer)?, single_fingerprint(sdp)?);
+        self.act(now_ms, |c| c.start_call(peer, sdp, &fingerprint)).map(drop)
+    }
+
+    /// Answers the contact's offer with the page's complete answer.
+    #[wasm_bindgen(js_name = answerCall)]
+    pub fn answer_call(&mut self, peer: &str, sdp: &str, now_ms: f64) -> Result<(), JsError> {
+        let (peer, fingerprint) = (member_id(peer)?, single_fingerprint(sdp)?);
+        self.act(now_ms, |c| c.answer_call(peer, sdp, &fingerprint))
+    }
+
+    /// The certificate (DER) the contact's DTLS handshake presented: true only if it is the one announced
+    /// inside MLS. On false the page must close the connection (the member is told).
+    #[wasm_bindgen(js_name = verifyDtls)]
+    pub fn verify_dtls(&mut self, peer: &str, certificate: &[u8], now_ms: f64) -> Result<bool, JsError> {
+        let (peer, actual) = (member_id(peer)?, Fingerprint::of_certificate(certificate));
+        self.act(now_ms, |c| Ok(c.verify_dtls(peer, &actual)))
+    }
+
+    /// The DataChannel with `peer` opened (after [`Member::verify_dtls`]) or closed: messages to it go over
+    /// the channel while it is open, through the relay otherwise.
+    pub fn channel(&mut self, peer: &str, open: bool, now_ms: f64) -> Result<(), JsError> {
+        let peer = member_id(peer)?;
+        self.session.channel(peer, open, now_ms as u64);
+        self.settle()
+    }
+
+    /// Bytes that arrived on the DataChannel with `peer`.
+    #[wasm_bindgen(js_name = handleChannel)]
+    pub fn handle_channel(&mut self, peer: &str, bytes: &[u8], now_ms: f64) -> Result<(), JsError> {
+        let peer = member_id(peer)?;
+        self.session.handle_channel(peer, bytes, now_ms as u64);
+        self.settle()
+    }
+
+    /// The next envelope to send on a DataChannel (MLS ciphertext).
+    #[wasm_bindgen(js_name = nextChannelSend)]
+    pub fn next_channel_send(&mut self) -> Option<ChannelSend> {
+        self.channel_out.pop_front().map(|(to, bytes)| ChannelSend { to: to.to_string(), bytes })
+    }
+
+    /// Ends the connection with `peer` (tells it; its channel, if any, is closed by the page).
+    pub fn hangup(&mut self, peer: &str, now_ms: f64) -> Result<(), JsError> {
+        let peer = member_id(peer)?;
+        self.act(now_ms, |c| c.hangup(peer))
     }
 
     /// Everything the member's screen shows, as JSON: who we are, the signaling state, the directory slice

@@ -57,6 +57,12 @@ enum Command {
         /// TURN-over-TLS port, with a self-signed certificate (0 for none).
         #[arg(long, env = "PEERBUBBLE_TURN_TLS_PORT", default_value_t = 5349)]
         turn_tls_port: u16,
+        /// Addresses the TURN relay may send to although special (private, loopback), as CIDRs (repeat the
+        /// flag): on a LAN without Internet, members' own network (e.g. 192.168.0.0/16). Refused by default.
+        #[arg(long = "turn-allow-peer", env = "PEERBUBBLE_TURN_ALLOW_PEERS", value_delimiter = ',')]
+        turn_allow_peers: Vec<String>,
+        #[command(flatten)]
+        tls: UpTls,
         #[command(flatten)]
         admin: admin::AdminArgs,
     },
@@ -133,13 +139,83 @@ enum Command {
     },
 }
 
+/// HTTPS for `peerbubble up`: browsers on other machines grant WebCrypto, Web Locks and WebAuthn only to
+/// secure contexts, so a micro-node listening beyond loopback serves HTTPS unless told otherwise.
+#[derive(Debug, Clone, clap::Args)]
+struct UpTls {
+    /// Serve HTTPS with a self-signed certificate made once and kept in <data-dir>/tls (the default when
+    /// listening on an address other than loopback).
+    #[arg(long, env = "PEERBUBBLE_TLS", conflicts_with = "plain_http")]
+    tls: bool,
+    /// Serve HTTPS with this certificate chain (PEM) instead of a self-signed one.
+    #[arg(long, env = "PEERBUBBLE_TLS_CERT", requires = "tls_key", conflicts_with = "plain_http")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, env = "PEERBUBBLE_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// A further name or address the self-signed certificate is made for (repeat the flag), e.g. the
+    /// machine's LAN address. Used when the certificate is made (delete <data-dir>/tls to make it again).
+    #[arg(long = "tls-name")]
+    tls_names: Vec<String>,
+    /// Serve plain HTTP even beyond loopback (behind a reverse proxy that terminates TLS).
+    #[arg(long, env = "PEERBUBBLE_PLAIN_HTTP")]
+    plain_http: bool,
+}
+
+impl UpTls {
+    /// The certificate to serve with, or none for plain HTTP.
+    fn source(&self, data_dir: &Path, listen: SocketAddr) -> Option<peerbubble_bubble_server::TlsSource> {
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            return Some(peerbubble_bubble_server::TlsSource::Files { cert: cert.clone(), key: key.clone() });
+        }
+        if self.plain_http || (!self.tls && listen.ip().is_loopback()) {
+            return None;
+        }
+        let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+        if !listen.ip().is_unspecified() && !listen.ip().is_loopback() {
+            names.push(listen.ip().to_string());
+        }
+        if let Some(host) = machine_name() {
+            names.push(format!("{host}.local"));
+            names.push(host);
+        }
+        names.extend(self.tls_names.iter().cloned());
+        names.dedup();
+        Some(peerbubble_bubble_server::TlsSource::Kept { dir: data_dir.join("tls"), names })
+    }
+}
+
+/// This machine's host name, when it is a usable DNS label (what `<name>.local` resolves to over mDNS on a
+/// LAN, as on a Raspberry Pi).
+fn machine_name() -> Option<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    let name = name.trim().to_ascii_lowercase();
+    let label = |l: &str| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    (name.split('.').all(label) && name != "localhost").then_some(name)
+}
+
+/// The address members open: the listen address, or for an unspecified one (`0.0.0.0`) the machine's mDNS name.
+fn public_origin(scheme: &str, listen: SocketAddr) -> String {
+    if listen.ip().is_unspecified() {
+        let host = machine_name().map_or_else(|| "localhost".to_owned(), |h| format!("{h}.local"));
+        return format!("{scheme}://{host}:{}", listen.port());
+    }
+    format!("{scheme}://{listen}")
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logs(cli.log_format);
     match cli.command {
-        Command::Up { data_dir, listen, turn_port, turn_tls_port, admin } => {
-            up(&data_dir, listen, (turn_port, turn_tls_port), &admin).await
+        Command::Up { data_dir, listen, turn_port, turn_tls_port, turn_allow_peers, tls, admin } => {
+            let turn = TurnArgs {
+                turn_udp_port: Some(turn_port),
+                turn_tls_port: Some(turn_tls_port),
+                turn_allow_peers,
+                ..TurnArgs::default()
+            };
+            up(&data_dir, listen, turn, &tls, &admin).await
         }
         Command::BubbleServer { args } => bubble_server(&args).await,
         Command::AdminApi { data_dir, admin } => {
@@ -282,15 +358,22 @@ fn turn_secret_file(data_dir: &Path) -> anyhow::Result<PathBuf> {
 async fn up(
     data_dir: &Path,
     listen: SocketAddr,
-    (turn_port, turn_tls_port): (u16, u16),
+    turn: TurnArgs,
+    tls_args: &UpTls,
     admin_args: &admin::AdminArgs,
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+    let tls = match tls_args.source(data_dir, listen) {
+        Some(source) => Some(peerbubble_bubble_server::ServerTls::load(&source, &[b"http/1.1"])?),
+        None => None,
+    };
+    let (http, ws) = if tls.is_some() { ("https", "wss") } else { ("http", "ws") };
     // Bound first: invite links name the address the web client is really served on (port 0 picks one).
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let web_addr = listener.local_addr()?;
-    let admin = admin::start(admin_args, sqlite_url(data_dir), format!("http://{web_addr}")).await?;
+    let origin = admin_args.public_url.clone().unwrap_or_else(|| public_origin(http, web_addr));
+    let admin = admin::start(admin_args, sqlite_url(data_dir), origin.clone()).await?;
     let api = format!("http://{}", admin.addr);
     // First start: a demo bubble made through the admin API itself, with one invite per demo member.
     let mut invites = Vec::new();
@@ -315,13 +398,8 @@ async fn up(
             invites.push((file, make_invite(&api, token, DEMO_BUBBLE, name, &[category.to_owned()]).await?));
         }
     }
-    let turn = TurnArgs {
-        turn_secret_file: Some(turn_secret_file(data_dir)?),
-        turn_udp_port: Some(turn_port),
-        turn_tls_port: Some(turn_tls_port),
-        ..TurnArgs::default()
-    };
-    let config = Config { listen, turn: turn.resolve(listen)?, ..Config::default() };
+    let turn = TurnArgs { turn_secret_file: Some(turn_secret_file(data_dir)?), ..turn };
+    let config = Config { listen, turn: turn.resolve(listen)?, tls: tls.clone(), ..Config::default() };
     let source = store_source::StoreSource::new(admin.store.clone(), DEMO_BUBBLE.into(), Duration::from_secs(1));
     let server = Server::start_with_routes(config, source, listener, admin.router.clone()).await?;
     peerbubble_bubble_server::spawn_reporter(
@@ -331,15 +409,17 @@ async fn up(
     );
     let addr = server.local_addr();
     let exe = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "peerbubble".into());
+    let host = origin.split_once("://").map_or(origin.as_str(), |(_, h)| h).trim_end_matches('/');
     let mut text = format!(
         "\nPeerBubble micro-node is up (data in {data}).\n\n\
-         \x20 web client  http://{addr}/   {web}\n\
-         \x20 signaling   ws://{addr}/v1/signal\n\
+         \x20 web client  {origin}/   {web}\n\
+         \x20 signaling   {ws}://{host}/v1/signal\n\
          \x20 admin API   {api}   (reference: {api}/api/v1/reference)\n\
          \x20 {sign_in}\n\
-         \x20 health      http://{addr}/healthz   http://{addr}/readyz\n\
-         \x20 metrics     http://{addr}/metrics\n\
+         \x20 health      {http}://{addr}/healthz   {http}://{addr}/readyz\n\
+         \x20 metrics     {http}://{addr}/metrics\n\
          \x20 TURN        {turn}\n\n",
+        origin = origin.trim_end_matches('/'),
         data = data_dir.display(),
         web = if peerbubble_web_assets::is_built() {
             ""
@@ -349,6 +429,19 @@ async fn up(
         sign_in = sign_in_hint(&admin),
         turn = turn_banner(&server),
     );
+    if let Some(tls) = &tls {
+        text += &format!(
+            "HTTPS certificate{made} — SHA-256 fingerprint:\n  {fingerprint}\n\
+             A browser warns about a self-signed certificate once: compare this fingerprint with the one it shows\n\
+             (click the warning, then the certificate) before going on. Scan to open the web client:\n{qr}\n",
+            made = if tls.made() { " (new)" } else { "" },
+            fingerprint = tls.fingerprint_hex(),
+            qr = terminal_qr(&format!("{}/", origin.trim_end_matches('/')))?,
+        );
+    } else if !listen.ip().is_loopback() {
+        text += "Plain HTTP beyond loopback: browsers refuse the web client's cryptography unless a proxy in front\n\
+                 terminates TLS.\n\n";
+    }
     if invites.is_empty() {
         let token = admin.bootstrap_token.as_deref().unwrap_or("<an API token>");
         text += &format!(
@@ -365,7 +458,11 @@ async fn up(
         for (file, link) in invites.iter().take(1) {
             text += &format!("  {exe} enroll --api {api} --invite '{link}' --key-out {file}.key\n");
         }
-        text += &format!("\n  {exe} connect --key alice.key --url ws://{addr}/v1/signal\n");
+        if tls.is_none() {
+            text += &format!("\n  {exe} connect --key alice.key --url {ws}://{host}/v1/signal\n");
+        } else {
+            text += "  (terminal members speak plain ws:// only for now: run them against a micro-node without TLS)\n";
+        }
         text += "\nThe invites are single-use; make more with `peerbubble invite`.\n";
     }
     text += "The administrator's web console is not built yet (see README).\nStop with Ctrl-C.\n";

@@ -1,5 +1,6 @@
 import { type FormEvent, useEffect, useMemo, useRef, useState } from 'react';
 import { useTranslation } from 'react-i18next';
+import type { LinkState } from '../rtc';
 import type { WorkerClient } from '../client';
 import { LanguageSwitch, initials } from '../components';
 import type { ChatMessage, Conversation, DirectoryEntry, View } from '../protocol';
@@ -132,6 +133,13 @@ export function Home({ client, view, notices }: { client: WorkerClient; view: Vi
         <button type="button" onClick={() => setCreating(true)} disabled={view.directory.length === 0}>
           {t('home.newGroup')}
         </button>
+        <div className="setting">
+          <label className="check">
+            <input type="checkbox" checked={client.links.relayOnly} onChange={(e) => client.links.setRelayOnly(e.target.checked)} />
+            {t('link.relayOnly')}
+          </label>
+          <p className="muted small">{t('link.relayOnlyHint')}</p>
+        </div>
       </nav>
       <main className="conversation">
         {!selection && (
@@ -278,6 +286,7 @@ function ConversationPane(props: {
         </button>
         <h2>{props.title}</h2>
         {props.contact?.keyChanged && <span className="tag warn">{t('safety.changedShort')}</span>}
+        {props.contact && <LinkBadge state={client.links.state(props.contact.member)} />}
         <div className="actions">
           <label className="check">
             <input type="checkbox" checked={masked} onChange={toggleMask} />
@@ -484,5 +493,16 @@ function GroupMembers(props: { client: WorkerClient; view: View; conversation: C
         </div>
       </div>
     </div>
+  );
+}
+
+/** How the messages with a contact travel: always end-to-end encrypted; directly, through the bubble's relay,
+ * or through the bubble's server while no direct connection is open. */
+function LinkBadge({ state }: { state: LinkState | null }) {
+  const { t } = useTranslation();
+  return (
+    <span className={`tag link ${state ?? 'server'}`} title={t('link.hint')}>
+      {t(`link.${state ?? 'server'}`)}
+    </span>
   );
 }

@@ -57,6 +57,11 @@ async function flush(): Promise<void> {
     writes.push([rec.name, rec.value]);
     rec.free();
   }
+  for (let out = m.nextChannelSend(); out !== undefined; out = m.nextChannelSend()) {
+    const bytes = out.bytes;
+    self.postMessage({ kind: 'channelSend', to: out.to, bytes } satisfies Update, [bytes.buffer]);
+    out.free();
+  }
   for (let text = m.nextNotice(); text !== undefined; text = m.nextNotice()) {
     const notice = JSON.parse(text) as { type: string; [key: string]: unknown };
     if (notice.type === 'connect') openSocket();
@@ -305,6 +310,27 @@ async function runDirect(command: Command): Promise<unknown> {
       break;
     case 'setVerified':
       m.setVerified(command.member, command.verified);
+      break;
+    case 'iceServers':
+      value = JSON.parse(m.iceServers());
+      break;
+    case 'rtcOffer':
+      m.startCall(command.member, command.sdp, now);
+      break;
+    case 'rtcAnswer':
+      m.answerCall(command.member, command.sdp, now);
+      break;
+    case 'rtcVerify':
+      value = m.verifyDtls(command.member, command.certificate, now);
+      break;
+    case 'rtcHangup':
+      m.hangup(command.member, now);
+      break;
+    case 'channel':
+      m.channel(command.member, command.open, now);
+      break;
+    case 'channelData':
+      m.handleChannel(command.member, command.bytes, now);
       break;
     default:
       throw new Error('not available while the key store is open');

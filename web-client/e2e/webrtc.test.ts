@@ -1,0 +1,80 @@
+// DataChannels from the browser: a member in Chromium and `peerbubble chat --echo` (webrtc-rs) talk over a
+// direct DataChannel once it opens; a member who chose "always through the bubble's relay" reaches a contact
+// through the bubble's own TURN (iceTransportPolicy "relay"), and getStats() says the selected pair is relayed.
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { Browser } from 'playwright-core';
+import { afterAll, beforeAll, expect, test } from 'vitest';
+import { type Up, enroll, invite, launch, newMember, open, screenshotDir, send, startUp, texts } from './harness';
+
+let up: Up;
+let browser: Browser;
+let bot: ChildProcess | undefined;
+const keys = mkdtempSync(join(tmpdir(), 'peerbubble-e2e-keys-'));
+
+beforeAll(async () => {
+  // Members' candidates are loopback addresses here: the relay may send to them only because this says so.
+  [up, browser] = await Promise.all([startUp(['--turn-allow-peer', '127.0.0.0/8']), launch()]);
+});
+
+afterAll(async () => {
+  bot?.kill('SIGTERM');
+  await browser?.close();
+  await up?.stop();
+  rmSync(keys, { recursive: true, force: true });
+});
+
+/** The connection badge in the open conversation's header. */
+function badge(page: import('playwright-core').Page): Promise<string> {
+  return page.locator('.pane-head .tag.link').innerText();
+}
+
+/** Frames of type `send` (relayed envelopes) the page has sent so far. */
+function relayed(sent: string[]): number {
+  return sent.filter((f) => f.includes('"type":"send"')).length;
+}
+
+test('a browser member and peerbubble chat --echo talk over a DataChannel', async () => {
+  const bin = process.env.PEERBUBBLE_BIN ?? '';
+  const key = join(keys, 'echo.key');
+  execFileSync(bin, ['enroll', '--api', up.api, '--invite', await invite(up, 'Echo bot', ['field-team']), '--key-out', key]);
+  bot = spawn(bin, ['chat', '--echo', '--rtc-bind', '127.0.0.1:0', '--url', up.signal, '--key', key], { stdio: 'ignore' });
+
+  const alice = await newMember(browser);
+  await enroll(alice, up.invites[0] ?? '');
+  await expect.poll(() => alice.page.getByRole('navigation').innerText(), { timeout: 30_000 }).toContain('Echo bot');
+  await open(alice.page, /Echo bot/);
+  await send(alice.page, 'radio check one');
+  await expect.poll(() => texts(alice.page), { timeout: 60_000 }).toContain('echo: radio check one');
+  await expect.poll(() => badge(alice.page), { timeout: 60_000 }).toBe('Direct connection');
+  // From now on envelopes take the channel: nothing more is relayed through signaling for this message.
+  const before = relayed(alice.sent);
+  await send(alice.page, 'radio check two');
+  await expect.poll(() => texts(alice.page), { timeout: 30_000 }).toContain('echo: radio check two');
+  expect(relayed(alice.sent)).toBe(before);
+  await alice.page.screenshot({ path: join(screenshotDir(), 'chat-direct-desktop-en.png') });
+  // The SDP (addresses, fingerprints) crossed signaling only inside MLS.
+  expect(alice.frames.join('\n')).not.toMatch(/a=fingerprint|a=candidate|127\.0\.0\.1 \d+ typ/);
+  await alice.context.close();
+});
+
+test('relay only: the channel opens through the bubble TURN and getStats shows a relayed pair', async () => {
+  const [carol, dan] = [await newMember(browser), await newMember(browser, { locale: 'fr-FR', width: 390, height: 844 })];
+  await enroll(carol, await invite(up, 'Carol (field team)', ['field-team']));
+  await carol.page.getByLabel("Always go through the bubble's relay").check();
+  await enroll(dan, await invite(up, 'Dan (field team)', ['field-team']));
+  await expect.poll(() => carol.page.getByRole('navigation').innerText(), { timeout: 30_000 }).toContain('Dan (field team)');
+  await open(carol.page, /Dan \(field team\)/);
+  await send(carol.page, 'Switching to relay');
+  await expect.poll(() => badge(carol.page), { timeout: 60_000 }).toBe("Through the bubble's relay");
+  await open(dan.page, /Carol \(field team\)/);
+  await expect.poll(() => badge(dan.page), { timeout: 30_000 }).toBe('Par le relais de la bulle');
+  await dan.page.screenshot({ path: join(screenshotDir(), 'chat-relayed-phone-fr.png') });
+  const before = relayed(dan.sent);
+  await send(dan.page, 'Bien reçu par le relais');
+  await expect.poll(() => texts(carol.page), { timeout: 30_000 }).toContain('Bien reçu par le relais');
+  expect(relayed(dan.sent)).toBe(before);
+  await Promise.all([carol.context.close(), dan.context.close()]);
+});

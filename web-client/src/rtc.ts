@@ -1,0 +1,215 @@
+// The page's side of WebRTC. RTCPeerConnection exists only in windows, so the page makes the connections the
+// worker asks for and carries their DataChannel bytes, which are MLS ciphertext the worker made or will open.
+// What a connection is bound to is decided in the worker: the SDP travels inside MLS, and the certificate the
+// DTLS handshake presented is checked there against the one the contact announced before the channel is used.
+import type { Command, MemberId, RtcNotice } from './protocol';
+
+/** How a contact is reached: setting up, directly, or through the bubble's TURN relay. */
+export type LinkState = 'connecting' | 'direct' | 'relayed';
+
+/** The one DataChannel a PeerBubble connection carries (the native peer's label). */
+const CHANNEL_LABEL = 'peerbubble';
+/** ICE gathering (TURN allocations included) gets this long before the offer or answer goes out. */
+const GATHER_TIMEOUT_MS = 15_000;
+/** This device's choice to reach contacts only through the bubble's relay (hides its addresses from them). */
+const RELAY_ONLY_KEY = 'peerbubble.relayOnly';
+
+interface Link {
+  pc: RTCPeerConnection;
+  channel?: RTCDataChannel;
+  state: LinkState;
+  /** What arrived before the certificate was checked: handed to the worker only once it was. */
+  early: Uint8Array[];
+}
+
+export class PeerLinks {
+  private readonly links = new Map<MemberId, Link>();
+
+  constructor(
+    private readonly send: (command: Command) => Promise<unknown>,
+    private readonly changed: () => void,
+  ) {}
+
+  /** Whether this device reaches contacts only through the bubble's relay. */
+  get relayOnly(): boolean {
+    return localStorage.getItem(RELAY_ONLY_KEY) === '1';
+  }
+
+  /** Changes the choice and sets up again the connections that are open, with the new policy. */
+  setRelayOnly(on: boolean): void {
+    localStorage.setItem(RELAY_ONLY_KEY, on ? '1' : '0');
+    for (const peer of [...this.links.keys()]) {
+      this.close(peer, true);
+      void this.offer(peer);
+    }
+    this.changed();
+  }
+
+  state(peer: MemberId): LinkState | null {
+    return this.links.get(peer)?.state ?? null;
+  }
+
+  handle(notice: RtcNotice): void {
+    switch (notice.type) {
+      case 'rtcWanted':
+        if (!this.links.has(notice.peer)) void this.offer(notice.peer);
+        return;
+      case 'rtcOffer':
+        void this.answer(notice.peer, notice.sdp);
+        return;
+      case 'rtcAnswer': {
+        const link = this.links.get(notice.peer);
+        if (!link || link.pc.signalingState !== 'have-local-offer') return;
+        link.pc.setRemoteDescription({ type: 'answer', sdp: notice.sdp }).catch(() => this.close(notice.peer, true));
+        return;
+      }
+      case 'rtcHangup':
+        this.close(notice.peer, false);
+        return;
+    }
+  }
+
+  /** An envelope the worker routed to the DataChannel with `to`. */
+  deliver(to: MemberId, bytes: Uint8Array): void {
+    const channel = this.links.get(to)?.channel;
+    if (channel?.readyState !== 'open') return;
+    try {
+      channel.send(bytes as Uint8Array<ArrayBuffer>);
+    } catch {
+      // Buffer full or closing: the worker sends through the relay again once it hears the channel closed.
+      this.close(to, true);
+    }
+  }
+
+  /** Every connection ends (the key store was locked); the worker is not told, it is gone. */
+  closeAll(): void {
+    for (const link of this.links.values()) {
+      link.channel?.close();
+      link.pc.close();
+    }
+    this.links.clear();
+    this.changed();
+  }
+
+  private async connection(peer: MemberId): Promise<Link> {
+    this.close(peer, false);
+    const iceServers = (await this.send({ kind: 'iceServers' })) as RTCIceServer[];
+    const pc = new RTCPeerConnection({ iceServers, iceTransportPolicy: this.relayOnly ? 'relay' : 'all' });
+    const link: Link = { pc, state: 'connecting', early: [] };
+    this.links.set(peer, link);
+    pc.onconnectionstatechange = () => {
+      if ((pc.connectionState === 'failed' || pc.connectionState === 'closed') && this.links.get(peer) === link) {
+        this.close(peer, true);
+      }
+    };
+    pc.ondatachannel = (e) => {
+      if (e.channel.label === CHANNEL_LABEL && !link.channel) this.adopt(peer, link, e.channel);
+      else e.channel.close();
+    };
+    this.changed();
+    return link;
+  }
+
+  private async offer(peer: MemberId): Promise<void> {
+    try {
+      const link = await this.connection(peer);
+      this.adopt(peer, link, link.pc.createDataChannel(CHANNEL_LABEL, { ordered: true }));
+      await link.pc.setLocalDescription(await link.pc.createOffer());
+      const sdp = await gathered(link.pc);
+      if (this.links.get(peer) === link) await this.send({ kind: 'rtcOffer', member: peer, sdp });
+    } catch {
+      this.close(peer, true);
+    }
+  }
+
+  private async answer(peer: MemberId, sdp: string): Promise<void> {
+    try {
+      const link = await this.connection(peer);
+      await link.pc.setRemoteDescription({ type: 'offer', sdp });
+      await link.pc.setLocalDescription(await link.pc.createAnswer());
+      const answer = await gathered(link.pc);
+      if (this.links.get(peer) === link) await this.send({ kind: 'rtcAnswer', member: peer, sdp: answer });
+    } catch {
+      this.close(peer, true);
+    }
+  }
+
+  private adopt(peer: MemberId, link: Link, channel: RTCDataChannel): void {
+    link.channel = channel;
+    channel.binaryType = 'arraybuffer';
+    channel.onopen = () => void this.opened(peer, link);
+    channel.onmessage = (e: MessageEvent) => {
+      if (!(e.data instanceof ArrayBuffer) || e.data.byteLength === 0) return;
+      const bytes = new Uint8Array(e.data);
+      if (link.state === 'connecting') {
+        if (link.early.length < 64) link.early.push(bytes);
+        return;
+      }
+      void this.send({ kind: 'channelData', member: peer, bytes }).catch(() => undefined);
+    };
+    channel.onclose = () => {
+      if (this.links.get(peer) === link) this.close(peer, true);
+    };
+  }
+
+  /** The channel is open: the worker checks the DTLS certificate before any envelope uses it. */
+  private async opened(peer: MemberId, link: Link): Promise<void> {
+    try {
+      const certificate = link.pc.sctp?.transport.getRemoteCertificates()[0];
+      if (!certificate) throw new Error('no DTLS certificate');
+      const bound = await this.send({ kind: 'rtcVerify', member: peer, certificate: new Uint8Array(certificate) });
+      if (bound !== true) throw new Error('not the announced certificate');
+      await this.send({ kind: 'channel', member: peer, open: true });
+      link.state = await path(link.pc);
+      for (const bytes of link.early.splice(0)) {
+        void this.send({ kind: 'channelData', member: peer, bytes }).catch(() => undefined);
+      }
+      this.changed();
+    } catch {
+      this.close(peer, false);
+    }
+  }
+
+  /** Ends the connection with `peer`; `hangUp` also tells the contact (through the worker). */
+  private close(peer: MemberId, hangUp: boolean): void {
+    const link = this.links.get(peer);
+    if (!link) return;
+    this.links.delete(peer);
+    link.channel?.close();
+    link.pc.close();
+    const wasOpen = link.state !== 'connecting';
+    if (wasOpen) void this.send({ kind: 'channel', member: peer, open: false }).catch(() => undefined);
+    if (hangUp) void this.send({ kind: 'rtcHangup', member: peer }).catch(() => undefined);
+    this.changed();
+  }
+}
+
+/** The local description once ICE gathering completed (or timed out: what was gathered by then). */
+async function gathered(pc: RTCPeerConnection): Promise<string> {
+  if (pc.iceGatheringState !== 'complete') {
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, GATHER_TIMEOUT_MS);
+      pc.addEventListener('icegatheringstatechange', () => {
+        if (pc.iceGatheringState === 'complete') {
+          clearTimeout(timer);
+          resolve();
+        }
+      });
+    });
+  }
+  const sdp = pc.localDescription?.sdp;
+  if (!sdp) throw new Error('no local description');
+  return sdp;
+}
+
+/** Whether the selected candidate pair goes through a TURN relay. */
+async function path(pc: RTCPeerConnection): Promise<LinkState> {
+  const stats = await pc.getStats();
+  let pairId: string | undefined;
+  stats.forEach((s: { type: string; selectedCandidatePairId?: string }) => {
+    if (s.type === 'transport' && s.selectedCandidatePairId) pairId = s.selectedCandidatePairId;
+  });
+  const pair = pairId ? (stats.get(pairId) as { localCandidateId?: string; remoteCandidateId?: string } | undefined) : undefined;
+  const type = (id: string | undefined) => (id ? (stats.get(id) as { candidateType?: string } | undefined)?.candidateType : undefined);
+  return type(pair?.localCandidateId) === 'relay' || type(pair?.remoteCandidateId) === 'relay' ? 'relayed' : 'direct';
+}
