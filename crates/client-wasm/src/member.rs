@@ -8,13 +8,13 @@
 
 use std::collections::BTreeMap;
 
+use peerbubble_client_core::fingerprint::{Fingerprint, sdp_fingerprints};
 use peerbubble_client_core::keystore::{
     KdfParams, KeyStore, KeyStoreError, KnowledgeKdf, Segment, Storage, StorageError,
 };
 use peerbubble_client_core::message::{CallSignal, ConversationKind, MessageId};
-use peerbubble_client_core::signaling::SignalEvent;
-use peerbubble_client_core::fingerprint::{Fingerprint, sdp_fingerprints};
 use peerbubble_client_core::session::{Session, SessionEvent};
+use peerbubble_client_core::signaling::SignalEvent;
 use peerbubble_client_core::{Client, ConversationId, Event};
 use peerbubble_proto::enroll::{EnrollRequest, Enrolled, Invite};
 use peerbubble_proto::{IdentityKey, MemberId, safety_number};
@@ -301,7 +301,9 @@ impl Member {
         while let Some(event) = self.session.poll_event() {
             match event {
                 SessionEvent::ChannelSend { to, bytes } => self.channel_out.push_back((to, bytes)),
-                SessionEvent::Core(Event::ConversationReady { kind: ConversationKind::Direct, ref members, .. }) => {
+                SessionEvent::Core(Event::ConversationReady {
+                    kind: ConversationKind::Direct, ref members, ..
+                }) => {
                     if let [peer] = members.as_slice() {
                         self.want_channel(*peer);
                     }
