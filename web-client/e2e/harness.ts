@@ -183,10 +183,16 @@ export async function send(page: Page, text: string): Promise<void> {
   await expect.poll(() => box.inputValue()).toBe('');
 }
 
-/** Reveals every masked message on screen and returns the texts shown. */
+/** Every message text on screen, in order (each masked one revealed to be read). */
 export async function texts(page: Page): Promise<string[]> {
-  for (const button of await page.getByRole('button', { name: /Hidden message|Message masqué/ }).all()) {
-    await button.click();
+  // Revealing one message masks the one shown before: each is revealed and read in turn, in page order.
+  const messages = page.locator('.message');
+  const out: string[] = [];
+  for (let i = 0, n = await messages.count(); i < n; i++) {
+    const message = messages.nth(i);
+    const hidden = message.getByRole('button', { name: /Hidden message|Message masqué/ });
+    if ((await hidden.count()) > 0) await hidden.click();
+    out.push(...(await message.locator('.text').allInnerTexts()));
   }
-  return page.locator('.message .text').allInnerTexts();
+  return out;
 }

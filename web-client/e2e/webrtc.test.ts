@@ -6,7 +6,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Browser } from 'playwright-core';
-import { afterAll, beforeAll, expect, test } from 'vitest';
+import { afterAll, beforeAll, expect, onTestFailed, test } from 'vitest';
 import { type Up, enroll, invite, launch, newMember, open, screenshotDir, send, startUp, texts } from './harness';
 
 let up: Up;
@@ -40,7 +40,13 @@ test('a browser member and peerbubble chat --echo talk over a DataChannel', asyn
   const bin = process.env.PEERBUBBLE_BIN ?? '';
   const key = join(keys, 'echo.key');
   execFileSync(bin, ['enroll', '--api', up.api, '--invite', await invite(up, 'Echo bot', ['field-team']), '--key-out', key]);
-  bot = spawn(bin, ['chat', '--echo', '--rtc-bind', '127.0.0.1:0', '--url', up.signal, '--key', key], { stdio: 'ignore' });
+  bot = spawn(bin, ['chat', '--echo', '--rtc-bind', '127.0.0.1:0', '--url', up.signal, '--key', key], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const botLog: string[] = [];
+  bot.stdout?.on('data', (d: Buffer) => botLog.push(d.toString()));
+  bot.stderr?.on('data', (d: Buffer) => botLog.push(d.toString()));
+  onTestFailed(() => console.log(`peerbubble chat --echo said:\n${botLog.join('')}`));
 
   const alice = await newMember(browser);
   await enroll(alice, up.invites[0] ?? '');

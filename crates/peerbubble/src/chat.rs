@@ -7,9 +7,12 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use peerbubble_client_core::contacts::find_member;
+use peerbubble_client_core::signaling::{MIN_BACKOFF_MS, UNKNOWN_MEMBER_RETRIES};
 use peerbubble_client_core::message::ConversationKind;
 use peerbubble_client_core::{ConversationId, Event};
-use peerbubble_peer::node::{Node, NodeConfig, NodeEvent};
+use peerbubble_peer::node::{Node, NodeConfig, NodeError, NodeEvent};
+use peerbubble_peer::signal::ClientError;
+use peerbubble_proto::ErrorCode;
 use peerbubble_proto::MemberId;
 use tokio::io::AsyncBufReadExt as _;
 
@@ -53,8 +56,28 @@ pub struct ChatArgs {
     to: Option<String>,
 }
 
+/// Connects; a key the bubble does not know yet is tried again a few times, as the browser does (ADR 0016):
+/// a member who just enrolled may connect before the bubble-server's directory follows the admin API.
+async fn start(config: NodeConfig, key_file: &std::path::Path) -> anyhow::Result<Node> {
+    let mut refusals = 0;
+    loop {
+        // The key is not copyable (it zeroizes on drop): read again for each attempt.
+        match Node::start(config.clone(), crate::member::read_key(key_file)?).await {
+            Err(NodeError::Signal(ClientError::Refused { code: ErrorCode::UnknownMember, .. }))
+                if refusals < UNKNOWN_MEMBER_RETRIES =>
+            {
+                refusals += 1;
+                if refusals == 1 {
+                    say("the bubble does not know this key yet (just enrolled?); trying again\n");
+                }
+                tokio::time::sleep(Duration::from_millis(MIN_BACKOFF_MS << refusals.min(4))).await;
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
 pub async fn chat(args: ChatArgs) -> anyhow::Result<()> {
-    let key = crate::member::read_key(&args.key)?;
     let config = NodeConfig {
         download_dir: args.download_dir.clone(),
         echo: args.echo,
@@ -62,7 +85,7 @@ pub async fn chat(args: ChatArgs) -> anyhow::Result<()> {
         bind: args.rtc_bind.clone(),
         ..NodeConfig::new(&args.url)
     };
-    let mut node = Node::start(config, key).await.with_context(|| format!("cannot connect to {}", args.url))?;
+    let mut node = start(config, &args.key).await.with_context(|| format!("cannot connect to {}", args.url))?;
     say(&format!("connected as {}; /help for commands\n", node.member()));
     let mut names: HashMap<MemberId, String> = HashMap::new();
     for e in node.directory().await? {
