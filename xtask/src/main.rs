@@ -51,7 +51,9 @@ fn run_command() -> anyhow::Result<()> {
         Some("test") => test(),
         Some("browser-tests") => ensure_tools().and_then(|()| browser_tests()),
         Some("web") => web_tools().and_then(|()| web::build()).map(drop),
-        Some("e2e") => web_tools().and_then(|()| debian_packages()).and_then(|()| web::build()).and_then(|_| web::e2e()),
+        Some("e2e") => {
+            web_tools().and_then(|()| debian_packages()).and_then(|()| web::build()).and_then(|_| web::e2e())
+        }
         Some("bench") => bench::bench(&root, args.get(1).map(String::as_str), &args[2.min(args.len())..]),
         Some("fuzz") => fuzz(args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(60)),
         _ => {

@@ -605,7 +605,12 @@ impl Member {
     #[wasm_bindgen(js_name = verifyDtls)]
     pub fn verify_dtls(&mut self, peer: &str, certificate: &[u8], now_ms: f64) -> Result<bool, JsError> {
         let (peer, actual) = (member_id(peer)?, Fingerprint::of_certificate(certificate));
-        self.act(now_ms, |c| Ok(c.verify_dtls(peer, &actual)))
+        let bound = self.act(now_ms, |c| Ok(c.verify_dtls(peer, &actual)))?;
+        if !bound {
+            // The member is told: someone answered the connection with a certificate the contact never announced.
+            self.notices.push(json!({"type": "linkRefused", "peer": peer.to_string()}));
+        }
+        Ok(bound)
     }
 
     /// The DataChannel with `peer` opened (after [`Member::verify_dtls`]) or closed: messages to it go over

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use peerbubble_client_core::contacts::find_member;
-use peerbubble_client_core::signaling::{MIN_BACKOFF_MS, UNKNOWN_MEMBER_RETRIES};
 use peerbubble_client_core::message::ConversationKind;
+use peerbubble_client_core::signaling::{MIN_BACKOFF_MS, UNKNOWN_MEMBER_RETRIES};
 use peerbubble_client_core::{ConversationId, Event};
 use peerbubble_peer::node::{Node, NodeConfig, NodeError, NodeEvent};
 use peerbubble_peer::signal::ClientError;

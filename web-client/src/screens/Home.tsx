@@ -273,6 +273,10 @@ function ConversationPane(props: {
     setMasked(!masked);
   };
 
+  // A direct connection whose certificate was not the one the contact announced (within the last ten minutes).
+  const linkRefused = props.notices.some(
+    (n) => n.type === 'linkRefused' && n.peer === props.contact?.member && typeof n.receivedAt === 'number' && Date.now() - n.receivedAt < 600_000,
+  );
   const lastTyping = props.notices.filter((n) => n.type === 'typing' && n.conversation === c?.id).at(-1);
   // A stop that never came (the other tab closed) must not leave "is typing" on screen.
   const fresh = typeof lastTyping?.receivedAt === 'number' && Date.now() - lastTyping.receivedAt < 8_000;
@@ -317,6 +321,11 @@ function ConversationPane(props: {
       {props.contact?.keyChanged && (
         <p className="banner warn" role="alert">
           {t('safety.changed', { name: props.contact.displayName })}
+        </p>
+      )}
+      {linkRefused && (
+        <p className="banner warn" role="alert">
+          {t('link.refused', { name: props.title })}
         </p>
       )}
       {!ready && (
