@@ -17,12 +17,14 @@ pub(crate) fn bench(root: &Path, name: Option<&str>, rest: &[String]) -> anyhow:
         Some("operator") => operator(),
         Some("turn") => crate::bench_turn::turn(root, rest),
         Some("e2ee") => e2ee(rest),
+        Some("browser") => crate::web::bench_browser(rest),
         _ => bail!(
             "usage: cargo xtask bench signaling [--pairs N] [--window W] [--seconds S] [--rounds R] [--idle N]\n       \
              cargo xtask bench soak [--sessions N] [--seconds S]\n       \
              cargo xtask bench operator\n       \
              cargo xtask bench turn [--clients M] [--messages N] [--length L] [--rounds R] [--allocations A]\n       \
-             cargo xtask bench e2ee [--messages N] [--megabytes M] [--rounds R]"
+             cargo xtask bench e2ee [--messages N] [--message-bytes B] [--megabytes M] [--rounds R]\n       \
+             cargo xtask bench browser [--rounds R] [--messages N]"
         ),
     }
 }
@@ -116,7 +118,7 @@ fn wait_line(child: &mut Child, prefix: &str) -> anyhow::Result<String> {
     }
 }
 
-fn json_number(line: &str, key: &str) -> anyhow::Result<f64> {
+pub(crate) fn json_number(line: &str, key: &str) -> anyhow::Result<f64> {
     let at = line.find(&format!("\"{key}\":")).with_context(|| format!("{key} missing in {line}"))?;
     let rest = &line[at + key.len() + 3..];
     let end = rest.find([',', '}']).unwrap_or(rest.len());

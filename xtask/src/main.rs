@@ -29,6 +29,7 @@ usage: cargo xtask <command>
   bench operator         1 000 Bubbles x 5 Categories against an in-process API server: total, p99, peak memory
   bench turn             relayed messages/s and memory per allocation vs coturn, same client (turnutils_uclient)
   bench e2ee             MLS cost per message; encrypted file transfer vs a raw DataChannel, same run
+  bench browser          web client in Chromium: wasm MLS cost vs native, connect time vs a raw WebRTC page, wasm size
   fuzz [seconds]         run every fuzz target (default 60 s each)
 ";
 

@@ -96,6 +96,63 @@ pub(crate) fn e2e() -> anyhow::Result<()> {
         .env("PEERBUBBLE_SCREENSHOTS", screenshots()))
 }
 
+/// `cargo xtask bench browser`: the web client's costs against baselines measured in the same run (the native
+/// client-core for the MLS message cost, a raw RTCPeerConnection page for connecting), in Debian's Chromium
+/// against a real `peerbubble up` (web-client/bench/). Options: `--rounds R` (connections of each kind),
+/// `--messages N` (1 KiB texts per wasm run and, ten times as many, natively).
+pub(crate) fn bench_browser(rest: &[String]) -> anyhow::Result<()> {
+    let (mut rounds, mut messages) = (5u32, 300u32);
+    for pair in rest.chunks(2) {
+        let value = || pair.get(1).map(|v| v.parse::<u32>()).transpose().ok().flatten().context("a number");
+        match pair[0].as_str() {
+            "--rounds" => rounds = value()?,
+            "--messages" => messages = value()?,
+            other => anyhow::bail!("unknown flag {other}"),
+        }
+    }
+    crate::web_tools()?;
+    crate::debian_packages()?;
+    build()?;
+    let root = project_root();
+    sh(cargo().args(["build", "--package", "peerbubble", "--bin", "peerbubble"]))?;
+    // The native figure: the same function (peerbubble_client_core::bench), 1 KiB texts, optimised build.
+    let native = cargo()
+        .args(["bench", "--package", "peerbubble-peer", "--bench", "e2ee", "--", "--messages-only"])
+        .args(["--message-bytes", "1024", "--messages", &(messages * 10).to_string()])
+        .stderr(std::process::Stdio::inherit())
+        .output()?;
+    let native = String::from_utf8_lossy(&native.stdout).into_owned();
+    print!("{native}");
+    let native_us: f64 = native
+        .lines()
+        .find_map(|l| l.strip_prefix("mls: ")?.split_whitespace().next()?.parse().ok())
+        .context("the native bench printed no `mls:` line")?;
+    let web = root.join("web-client");
+    let out = target_dir().join("bench-browser.json");
+    let _ = std::fs::remove_file(&out);
+    sh(npx(&web, "vitest")
+        .args(["run", "--config", "bench/vitest.config.ts"])
+        .env("PEERBUBBLE_BIN", target_dir().join("debug/peerbubble"))
+        .env("BENCH_ROUNDS", rounds.to_string())
+        .env("BENCH_MESSAGES", messages.to_string())
+        .env("BENCH_OUT", &out))?;
+    let result = std::fs::read_to_string(&out).context("the browser bench wrote no result")?;
+    let number = |key: &str| crate::bench::json_number(&result, key);
+    let (wasm_us, ours, raw, gz) =
+        (number("wasm_msg_us")?, number("ours_median_ms")?, number("raw_median_ms")?, number("wasm_gz_kb")?);
+    println!(
+        "connect (median of {rounds}): web client {ours:.0} ms, raw RTCPeerConnection page {raw:.0} ms; \
+         MLS 1 KiB message: wasm {wasm_us:.1} us, native {native_us:.1} us"
+    );
+    println!(
+        "bench browser: wasm_msg_us={wasm_us:.1} native_msg_us={native_us:.1} wasm_ratio={:.2} connect_ratio={:.2} \
+         wasm_gz_kb={gz:.0}",
+        wasm_us / native_us,
+        ours / raw
+    );
+    Ok(())
+}
+
 /// Where the end-to-end tests leave their screenshots (desktop and phone, English and French): CI keeps them.
 pub(crate) fn screenshots() -> PathBuf {
     target_dir().join("screenshots")

@@ -6,7 +6,7 @@
 //! log envelope content.
 //!
 //! [`member::Member`] is the whole client the worker runs (key store, identity, signaling and conversations);
-//! [`SignalingSession`] is the signaling session alone. The DataChannel hand-over is not here yet.
+//! [`SignalingSession`] is the signaling session alone. DataChannel bytes cross as MLS ciphertext (ADR 0018).
 
 #![forbid(unsafe_code)]
 
@@ -134,4 +134,20 @@ pub(crate) fn event_json(event: &SignalEvent) -> serde_json::Value {
             json!({"type": "closed", "code": code.map(|c| c.as_str()), "retryInMs": retry_in_ms})
         }
     }
+}
+
+#[wasm_bindgen]
+extern "C" {
+    /// The page's or worker's high-resolution clock, in milliseconds.
+    #[wasm_bindgen(js_namespace = performance, js_name = now)]
+    fn performance_now() -> f64;
+}
+
+/// Microseconds per MLS message (encrypt + decrypt) over `n` texts of `bytes` bytes and their receipts, between
+/// two throw-away clients in this module: `cargo xtask bench browser` compares it with the same code run
+/// natively (`peerbubble_client_core::bench`). Touches no member's keys or storage.
+#[wasm_bindgen(js_name = benchMessages)]
+pub fn bench_messages(n: u32, bytes: u32) -> Result<f64, JsError> {
+    let mut clock = performance_now;
+    peerbubble_client_core::bench::message_cost(n, bytes as usize, &mut clock).map_err(|e| JsError::new(&e.to_string()))
 }

@@ -2,7 +2,7 @@
 //!
 //! - msg_us: MLS encrypt + decrypt of one chat message between two client-core clients in this process (each
 //!   text is answered by an automatic delivery receipt, so 2 N messages are timed and the figure is per
-//!   message).
+//!   message; `--message-bytes`, default 96; `--messages-only` stops there, for `bench browser`).
 //! - file_mb_s vs raw_mb_s, same run, same machine, same message size: a file sent between two native peers
 //!   (real bubble-server on loopback, real webrtc-rs DataChannel, chunks AEAD-encrypted under an MLS-exported
 //!   key, MLS-encrypted acknowledgements, SHA-256 verified, written to disk) against the same number of bytes
@@ -14,10 +14,9 @@
 use std::time::{Duration, Instant};
 
 use peerbubble_client_core::files::DEFAULT_CHUNK_SIZE;
-use peerbubble_client_core::{Client, Event, Output, Path};
+use peerbubble_client_core::Event;
 use peerbubble_peer::node::NodeEvent;
 use peerbubble_peer::rtc::{RtcConfig, RtcEvent, RtcPeer};
-use peerbubble_proto::{DirectoryEntry, IdentityKey};
 
 /// The bubble-server and node harness of the integration tests.
 #[path = "../tests/support/mod.rs"]
@@ -30,60 +29,11 @@ fn arg(name: &str, default: u64) -> u64 {
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-fn entry(k: &IdentityKey) -> DirectoryEntry {
-    let public_key = k.public_key();
-    DirectoryEntry {
-        member: public_key.member_id(),
-        public_key,
-        display_name: "m".into(),
-        categories: vec!["c".into()],
-        online: true,
-    }
-}
-
-/// Moves outputs between two clients until quiet (commits accepted at once: no competing committer).
-fn pump(clients: &mut [Client; 2]) {
-    loop {
-        let mut moved = false;
-        for i in 0..2 {
-            let from = clients[i].member();
-            while let Some(out) = clients[i].poll_output() {
-                moved = true;
-                match out {
-                    Output::Relay { body, .. } | Output::Channel { bytes: body, .. } => {
-                        clients[1 - i].handle_envelope(from, &body, Path::Relay, 0);
-                    }
-                    Output::Commit { token, to, body, .. } => {
-                        if !to.is_empty() {
-                            clients[1 - i].handle_envelope(from, &body, Path::Relay, 0);
-                        }
-                        clients[i].commit_accepted(token);
-                    }
-                }
-            }
-            while clients[i].poll_event().is_some() {}
-        }
-        if !moved {
-            return;
-        }
-    }
-}
-
-fn message_cost(n: u64) -> f64 {
-    let (ka, kb) = (support::key(1), support::key(2));
-    let mut clients = [Client::new(&ka), Client::new(&kb)];
-    clients[0].set_directory([entry(&kb)]);
-    clients[1].set_directory([entry(&ka)]);
-    clients[0].start_direct(kb.public_key().member_id()).unwrap();
-    pump(&mut clients);
-    let conversation = clients[0].direct_conversation(kb.public_key().member_id()).unwrap();
-    let text = "a typical short message of about one hundred bytes, give or take a few, as people write them.";
+/// `bench::message_cost` with this process's clock (the browser bench runs the same code in wasm).
+fn message_cost(n: u64, bytes: usize) -> f64 {
     let start = Instant::now();
-    for _ in 0..n {
-        clients[0].send_text(conversation, text).unwrap();
-        pump(&mut clients);
-    }
-    start.elapsed().as_secs_f64() * 1e6 / (2 * n) as f64
+    let mut clock = || start.elapsed().as_secs_f64() * 1000.0;
+    peerbubble_client_core::bench::message_cost(n as u32, bytes, &mut clock).expect("messages flow")
 }
 
 /// `window`: 0 sends as fast as the DataChannel's backpressure allows; otherwise at most `window` messages are
@@ -177,8 +127,15 @@ async fn main() {
     let bytes = megabytes * 1024 * 1024;
     // Raw messages as large as an encrypted chunk frame (chunk + header + tag).
     let message = DEFAULT_CHUNK_SIZE as usize + peerbubble_client_core::files::FRAME_OVERHEAD;
-    let msg_us = message_cost(messages);
-    println!("mls: {msg_us:.1} us per message (encrypt + decrypt), {messages} texts and their receipts");
+    let message_bytes = arg("--message-bytes", 96) as usize;
+    let msg_us = message_cost(messages, message_bytes);
+    println!(
+        "mls: {msg_us:.1} us per message (encrypt + decrypt), {messages} texts of {message_bytes} bytes and their \
+         receipts"
+    );
+    if std::env::args().any(|a| a == "--messages-only") {
+        return;
+    }
     let (mut raw, mut file) = (Vec::new(), Vec::new());
     for round in 1..=rounds {
         // Alternate the order so neither side always runs on a warmer machine. The baseline is the faster of a

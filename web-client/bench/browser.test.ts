@@ -1,0 +1,156 @@
+// `cargo xtask bench browser`, the browser half (xtask adds the native figure and prints the last line).
+// In one Chromium, against one real `peerbubble up`:
+// - wasm_msg_us: client-core's MLS message cost (1 KiB text, encrypt + decrypt, receipts included) compiled to
+//   the WebAssembly module the web client ships, run on a page (`benchMessages`);
+// - connect: from clicking a contact in the web client (MLS conversation set-up included) to its DataChannel
+//   being open with the certificate checked (the header says "Direct connection"), against a raw page that
+//   authenticates to the same signaling and opens a DataChannel with nothing else (`raw-page.js`), rounds
+//   alternating which goes first;
+// - wasm_gz_kb: the shipped wasm, gzipped.
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { gzipSync } from 'node:zlib';
+import type { Browser, Page } from 'playwright-core';
+import { afterAll, beforeAll, expect, test } from 'vitest';
+import { type Up, enroll, invite, launch, newMember, open, startUp } from '../e2e/harness';
+
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 5);
+const MESSAGES = Number(process.env.BENCH_MESSAGES ?? 300);
+const WASM_DIR = new URL('../src/wasm/', import.meta.url).pathname;
+const keys = mkdtempSync(join(tmpdir(), 'peerbubble-bench-keys-'));
+
+let up: Up;
+let browser: Browser;
+
+beforeAll(async () => {
+  [up, browser] = await Promise.all([startUp(), launch()]);
+});
+
+afterAll(async () => {
+  await browser?.close();
+  await up?.stop();
+  rmSync(keys, { recursive: true, force: true });
+});
+
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.floor(sorted.length / 2)] ?? NaN;
+}
+
+/** A blank page on the bubble's own origin (loopback: a secure context), served by the test, not the server. */
+async function blankPage(): Promise<Page> {
+  const context = await browser.newContext();
+  await context.route(`${up.web}/bench/**`, async (route) => {
+    const file = new URL(route.request().url()).pathname.slice('/bench/'.length);
+    if (file === '' || file === 'index.html') {
+      return route.fulfill({ contentType: 'text/html', body: '<!doctype html><title>bench</title>' });
+    }
+    const type = file.endsWith('.wasm') ? 'application/wasm' : 'text/javascript';
+    return route.fulfill({ contentType: type, body: readFileSync(join(WASM_DIR, file)) });
+  });
+  const page = await context.newPage();
+  await page.goto(`${up.web}/bench/index.html`);
+  return page;
+}
+
+/** One round of the web client: two members who see each other; Alice opens Bob. */
+async function ours(round: number): Promise<number> {
+  const [alice, bob] = [await newMember(browser), await newMember(browser)];
+  const bobName = `Bob ${round} (bench)`;
+  await enroll(alice, await invite(up, `Alice ${round} (bench)`, ['field-team']));
+  await enroll(bob, await invite(up, bobName, ['field-team']));
+  await expect.poll(() => alice.page.getByRole('navigation').innerText(), { timeout: 30_000 }).toContain(bobName);
+  const started = Date.now();
+  await open(alice.page, bobName);
+  await alice.page.waitForFunction(() => document.querySelector('.pane-head .tag.link')?.textContent === 'Direct connection', null, {
+    polling: 'raf',
+    timeout: 60_000,
+  });
+  const ms = Date.now() - started;
+  await Promise.all([alice.context.close(), bob.context.close()]);
+  return ms;
+}
+
+/** One round of the baseline: two members enrolled from the terminal, two raw pages on the same signaling. */
+async function raw(round: number): Promise<number> {
+  const bin = process.env.PEERBUBBLE_BIN ?? '';
+  const script = readFileSync(new URL('./raw-page.js', import.meta.url), 'utf8');
+  const seeds: string[] = [];
+  for (const name of [`Raw A ${round}`, `Raw B ${round}`]) {
+    const key = join(keys, `${name.replace(/ /g, '-')}.key`);
+    execFileSync(bin, ['enroll', '--api', up.api, '--invite', await invite(up, name, ['field-team']), '--key-out', key]);
+    seeds.push(readFileSync(key, 'utf8'));
+  }
+  const pages = [await blankPage(), await blankPage()];
+  const members: string[] = [];
+  for (const [i, page] of pages.entries()) {
+    await page.evaluate(script);
+    // The server may not know a key enrolled a moment ago (it follows the admin API every second).
+    await expect
+      .poll(
+        async () => {
+          try {
+            members[i] = await page.evaluate(([url, seed]) => (window as unknown as RawWindow).raw.connect(url, seed), [up.signal, seeds[i] ?? ''] as const);
+            return true;
+          } catch {
+            return false;
+          }
+        },
+        { timeout: 30_000, interval: 1_000 },
+      )
+      .toBe(true);
+  }
+  const [a, b] = pages as [Page, Page];
+  const started = Date.now();
+  await a.evaluate((peer) => (window as unknown as RawWindow).raw.call(peer), members[1] ?? '');
+  const ms = Date.now() - started;
+  await Promise.all([a.context().close(), b.context().close()]);
+  return ms;
+}
+
+interface RawWindow {
+  raw: { connect: (url: string, seed: string) => Promise<string>; call: (peer: string) => Promise<void> };
+}
+
+test('bench browser', async () => {
+  const page = await blankPage();
+  const js = readdirSync(WASM_DIR).find((f) => f.endsWith('.js'));
+  const wasm = readdirSync(WASM_DIR).find((f) => f.endsWith('.wasm'));
+  expect(js && wasm).toBeTruthy();
+  // A string, not a function: the bundler must not rewrite the page's dynamic import.
+  const cost = (n: number) =>
+    page.evaluate(`(async () => {
+      const m = await import('/bench/${js}');
+      await m.default({ module_or_path: '/bench/${wasm}' });
+      return m.benchMessages(${n}, 1024);
+    })()`) as Promise<number>;
+  await cost(50); // warm-up: the engine's optimising tier
+  const wasmRuns: number[] = [];
+  for (let i = 0; i < 3; i++) wasmRuns.push(await cost(MESSAGES));
+  await page.context().close();
+
+  const oursMs: number[] = [];
+  const rawMs: number[] = [];
+  for (let round = 1; round <= ROUNDS; round++) {
+    // Alternate which goes first, so that neither always meets a warmer machine.
+    if (round % 2 === 0) oursMs.push(await ours(round));
+    rawMs.push(await raw(round));
+    if (round % 2 === 1) oursMs.push(await ours(round));
+    console.log(`round ${round}: ours ${oursMs.at(-1)} ms, raw ${rawMs.at(-1)} ms`);
+  }
+  const wasmGzKb = gzipSync(readFileSync(join(WASM_DIR, wasm ?? ''))).length / 1024;
+  const result = {
+    wasm_msg_us: median(wasmRuns),
+    ours_median_ms: median(oursMs),
+    raw_median_ms: median(rawMs),
+    wasm_gz_kb: wasmGzKb,
+    wasm_runs_us: wasmRuns,
+    ours_ms: oursMs,
+    raw_ms: rawMs,
+  };
+  console.log(JSON.stringify(result));
+  for (const v of [...wasmRuns, ...oursMs, ...rawMs]) expect(v).toBeGreaterThan(0);
+  if (process.env.BENCH_OUT) writeFileSync(process.env.BENCH_OUT, JSON.stringify(result));
+});
