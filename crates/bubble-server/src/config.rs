@@ -91,6 +91,9 @@ pub struct SignalArgs {
     /// File holding the bubble's admin-API credential (a mounted Secret in Kubernetes).
     #[arg(long, env = "PEERBUBBLE_BUBBLE_CREDENTIAL_FILE")]
     pub bubble_credential_file: Option<PathBuf>,
+    /// How often health and session events go to the admin API, in milliseconds (default 10 000; at least 100).
+    #[arg(long, env = "PEERBUBBLE_HEALTH_INTERVAL_MS", requires = "admin_api_url", value_parser = clap::value_parser!(u64).range(100..))]
+    pub health_interval_ms: Option<u64>,
     /// Category policy file laid over the admin API's categories (the operator's ConfigMap in Kubernetes);
     /// re-read at every poll.
     #[arg(long, env = "PEERBUBBLE_POLICY_FILE", requires = "admin_api_url")]

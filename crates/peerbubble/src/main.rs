@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
-use peerbubble_bubble_server::{AdminApiSource, BubbleCredential, Config, FileSource, Server, SignalArgs, TurnArgs};
+use peerbubble_bubble_server::{AdminApiReporter, AdminApiSource, BubbleCredential, Config, FileSource, Server, SignalArgs, TurnArgs};
 use peerbubble_proto::IdentityKey;
 use serde_json::json;
 
@@ -287,7 +287,13 @@ async fn bubble_server(args: &SignalArgs) -> anyhow::Result<()> {
             if let Some(policy) = &args.policy_file {
                 source = source.with_policy_file(policy.clone());
             }
-            Server::start(config, source).await?
+            let server = Server::start(config, source).await?;
+            // Health samples and session events reach the console from every bubble-server the operator runs,
+            // not only from `up`.
+            let interval = args.health_interval_ms.map_or(REPORT_INTERVAL, Duration::from_millis);
+            let reporter = AdminApiReporter::new(url, bubble, BubbleCredential::new(secret.trim().to_owned()));
+            peerbubble_bubble_server::spawn_reporter(server.health(), reporter, interval);
+            server
         }
         _ => {
             let source = FileSource::new(config.bubble_file.clone(), config.reload_interval);

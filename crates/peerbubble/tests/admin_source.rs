@@ -1,6 +1,7 @@
 //! A bubble-server following its directory from the admin API with its bubble credential (the Kubernetes
 //! shape): members enrolled through the API can connect; the server keeps serving its last directory while the
-//! admin API is down; a wrong credential gets no directory at all.
+//! admin API is down; a wrong credential gets no directory at all; `peerbubble bubble-server`, started as the
+//! operator starts it, reports health and session events.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::net::SocketAddr;
@@ -84,6 +85,63 @@ async fn admin_api(categories: &[(&str, &[&str])], members: &[(&str, &[&str])]) 
     (Admin { api, credential, keys, task }, dir)
 }
 
+/// What the operator deploys, started as it starts it: `peerbubble bubble-server` following the admin API
+/// reports health samples and session events with its bubble credential.
+#[tokio::test]
+async fn the_bubble_server_command_reports_health_and_sessions_to_the_admin_api() {
+    let (admin, dir) = admin_api(&[("team", &[])], &[("Ann", &["team"]), ("Bob", &["team"])]).await;
+    let credential_file = dir.path().join("credential");
+    std::fs::write(&credential_file, &admin.credential).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_peerbubble"))
+        .args(["--log-format", "json", "bubble-server", "--listen", "127.0.0.1:0", "--admin-api-url", &admin.api])
+        .args(["--bubble", "ops", "--health-interval-ms", "200", "--bubble-credential-file"])
+        .arg(&credential_file)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    // The address it listens on, from its own log line; the rest of the log is drained so it never blocks.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("bubble-server listening") {
+                let log: Value = serde_json::from_str(&line).unwrap();
+                let _ = tx.send(log["fields"]["addr"].as_str().unwrap().to_owned());
+            }
+        }
+    });
+    let addr = rx.recv_timeout(Duration::from_secs(30)).expect("the bubble-server started");
+    let url = format!("ws://{addr}/v1/signal");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // The directory follows the admin API: connect once it has arrived.
+    let _ann = loop {
+        match SignalClient::connect(&url, &admin.keys[0]).await {
+            Ok(ann) => break ann,
+            Err(err) => assert!(Instant::now() < deadline, "Ann cannot connect: {err}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let http = reqwest::Client::new();
+    let api = &admin.api;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let samples = get(&http, format!("{api}/api/v1/bubbles/ops/health")).await;
+        let events = get(&http, format!("{api}/api/v1/audit?bubble=ops")).await;
+        let opened = events.as_array().unwrap().iter().any(|e| {
+            e["action"] == "session.opened" && e["detail"] == format!("member={}", admin.keys[0].public_key().member_id())
+        });
+        if samples.as_array().is_some_and(|s| s.iter().any(|s| s["online_members"] == 1)) && opened {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no health report arrived: {samples} {events}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
 #[tokio::test]
 async fn bubble_server_follows_the_admin_api_and_survives_its_outage() {
     let (admin, _dir) = admin_api(&[("team", &[])], &[("Ann", &["team"]), ("Bob", &["team"])]).await;
@@ -108,26 +166,6 @@ async fn bubble_server_follows_the_admin_api_and_survives_its_outage() {
     let url = format!("ws://{}/v1/signal", server.local_addr());
     let ann = SignalClient::connect(&url, &keys[0]).await.unwrap();
     assert_eq!(ann.display_names(), ["Bob"]);
-
-    // Health and session events reach the admin API.
-    let _reporter = peerbubble_bubble_server::spawn_reporter(
-        server.health(),
-        peerbubble_bubble_server::AdminApiReporter::new(&api, "ops", BubbleCredential::new(credential.clone())),
-        Duration::from_millis(100),
-    );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let samples = get(&http, format!("{api}/api/v1/bubbles/ops/health")).await;
-        let events = get(&http, format!("{api}/api/v1/audit?bubble=ops")).await;
-        let opened = events.as_array().unwrap().iter().any(|e| {
-            e["action"] == "session.opened" && e["detail"] == format!("member={}", keys[0].public_key().member_id())
-        });
-        if samples.as_array().is_some_and(|s| s.iter().any(|s| s["online_members"] == 1)) && opened {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no health report arrived: {samples} {events}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 
     // The admin API goes away: the bubble keeps working on its last directory.
     api_task.abort();
