@@ -11,6 +11,10 @@ export type LinkState = 'connecting' | 'direct' | 'relayed';
 const CHANNEL_LABEL = 'peerbubble';
 /** ICE gathering (TURN allocations included) gets this long before the offer or answer goes out. */
 const GATHER_TIMEOUT_MS = 15_000;
+/** A connection not open by then is given up (and tried again by the side that offered). */
+const CONNECT_TIMEOUT_MS = 30_000;
+/** The side that offered tries again after these pauses, then waits for the contact's next presence. */
+const RETRY_MS = [2_000, 10_000, 30_000];
 /** This device's choice to reach contacts only through the bubble's relay (hides its addresses from them). */
 const RELAY_ONLY_KEY = 'peerbubble.relayOnly';
 
@@ -18,12 +22,18 @@ interface Link {
   pc: RTCPeerConnection;
   channel?: RTCDataChannel;
   state: LinkState;
+  /** This side offered (the worker asked it to): it is the one that tries again after a failure. */
+  offered: boolean;
+  /** Gives the connection up if it does not open in time. */
+  timer: ReturnType<typeof setTimeout>;
   /** What arrived before the certificate was checked: handed to the worker only once it was. */
   early: Uint8Array[];
 }
 
 export class PeerLinks {
   private readonly links = new Map<MemberId, Link>();
+  /** Failed attempts in a row, per contact (the side that offers retries). */
+  private readonly attempts = new Map<MemberId, number>();
 
   constructor(
     private readonly send: (command: Command) => Promise<unknown>,
@@ -38,9 +48,11 @@ export class PeerLinks {
   /** Changes the choice and sets up again the connections that are open, with the new policy. */
   setRelayOnly(on: boolean): void {
     localStorage.setItem(RELAY_ONLY_KEY, on ? '1' : '0');
-    for (const peer of [...this.links.keys()]) {
+    // Set up again with the new policy: the side that offered offers again; the other hangs up, and the
+    // offering side, told so, tries again (one side offers, so the two never offer at once).
+    for (const [peer, link] of [...this.links]) {
       this.close(peer, true);
-      void this.offer(peer);
+      if (link.offered) void this.offer(peer);
     }
     this.changed();
   }
@@ -52,7 +64,10 @@ export class PeerLinks {
   handle(notice: RtcNotice): void {
     switch (notice.type) {
       case 'rtcWanted':
-        if (!this.links.has(notice.peer)) void this.offer(notice.peer);
+        if (!this.links.has(notice.peer)) {
+          this.attempts.delete(notice.peer);
+          void this.offer(notice.peer);
+        }
         return;
       case 'rtcOffer':
         void this.answer(notice.peer, notice.sdp);
@@ -60,12 +75,15 @@ export class PeerLinks {
       case 'rtcAnswer': {
         const link = this.links.get(notice.peer);
         if (!link || link.pc.signalingState !== 'have-local-offer') return;
-        link.pc.setRemoteDescription({ type: 'answer', sdp: notice.sdp }).catch(() => this.close(notice.peer, true));
+        link.pc.setRemoteDescription({ type: 'answer', sdp: notice.sdp }).catch(() => this.fail(notice.peer, link));
         return;
       }
-      case 'rtcHangup':
+      case 'rtcHangup': {
+        const offered = this.links.get(notice.peer)?.offered ?? false;
         this.close(notice.peer, false);
+        if (offered) this.retry(notice.peer);
         return;
+      }
     }
   }
 
@@ -84,22 +102,27 @@ export class PeerLinks {
   /** Every connection ends (the key store was locked); the worker is not told, it is gone. */
   closeAll(): void {
     for (const link of this.links.values()) {
+      clearTimeout(link.timer);
       link.channel?.close();
       link.pc.close();
     }
     this.links.clear();
+    this.attempts.clear();
     this.changed();
   }
 
-  private async connection(peer: MemberId): Promise<Link> {
+  private async connection(peer: MemberId, offered: boolean): Promise<Link> {
     this.close(peer, false);
     const iceServers = (await this.send({ kind: 'iceServers' })) as RTCIceServer[];
     const pc = new RTCPeerConnection({ iceServers, iceTransportPolicy: this.relayOnly ? 'relay' : 'all' });
-    const link: Link = { pc, state: 'connecting', early: [] };
+    const timer = setTimeout(() => {
+      if (this.links.get(peer) === link && link.state === 'connecting') this.fail(peer, link);
+    }, CONNECT_TIMEOUT_MS);
+    const link: Link = { pc, state: 'connecting', offered, timer, early: [] };
     this.links.set(peer, link);
     pc.onconnectionstatechange = () => {
       if ((pc.connectionState === 'failed' || pc.connectionState === 'closed') && this.links.get(peer) === link) {
-        this.close(peer, true);
+        this.fail(peer, link);
       }
     };
     pc.ondatachannel = (e) => {
@@ -112,19 +135,20 @@ export class PeerLinks {
 
   private async offer(peer: MemberId): Promise<void> {
     try {
-      const link = await this.connection(peer);
+      const link = await this.connection(peer, true);
       this.adopt(peer, link, link.pc.createDataChannel(CHANNEL_LABEL, { ordered: true }));
       await link.pc.setLocalDescription(await link.pc.createOffer());
       const sdp = await gathered(link.pc);
       if (this.links.get(peer) === link) await this.send({ kind: 'rtcOffer', member: peer, sdp });
     } catch {
-      this.close(peer, true);
+      const link = this.links.get(peer);
+      if (link) this.fail(peer, link);
     }
   }
 
   private async answer(peer: MemberId, sdp: string): Promise<void> {
     try {
-      const link = await this.connection(peer);
+      const link = await this.connection(peer, false);
       await link.pc.setRemoteDescription({ type: 'offer', sdp });
       await link.pc.setLocalDescription(await link.pc.createAnswer());
       const answer = await gathered(link.pc);
@@ -148,7 +172,7 @@ export class PeerLinks {
       void this.send({ kind: 'channelData', member: peer, bytes }).catch(() => undefined);
     };
     channel.onclose = () => {
-      if (this.links.get(peer) === link) this.close(peer, true);
+      if (this.links.get(peer) === link) this.fail(peer, link);
     };
   }
 
@@ -161,6 +185,8 @@ export class PeerLinks {
       if (bound !== true) throw new Error('not the announced certificate');
       await this.send({ kind: 'channel', member: peer, open: true });
       link.state = await path(link.pc);
+      clearTimeout(link.timer);
+      this.attempts.delete(peer);
       for (const bytes of link.early.splice(0)) {
         void this.send({ kind: 'channelData', member: peer, bytes }).catch(() => undefined);
       }
@@ -170,10 +196,29 @@ export class PeerLinks {
     }
   }
 
+  /** The connection failed or dropped: end it, tell the contact, and try again if this side offered. */
+  private fail(peer: MemberId, link: Link): void {
+    if (this.links.get(peer) !== link) return;
+    this.close(peer, true);
+    if (link.offered) this.retry(peer);
+  }
+
+  /** Offers again after a pause, a few times; then the contact's next presence or reconnection asks again. */
+  private retry(peer: MemberId): void {
+    const attempt = this.attempts.get(peer) ?? 0;
+    const pause = RETRY_MS[attempt];
+    if (pause === undefined) return;
+    this.attempts.set(peer, attempt + 1);
+    setTimeout(() => {
+      if (!this.links.has(peer) && this.attempts.has(peer)) void this.offer(peer);
+    }, pause);
+  }
+
   /** Ends the connection with `peer`; `hangUp` also tells the contact (through the worker). */
   private close(peer: MemberId, hangUp: boolean): void {
     const link = this.links.get(peer);
     if (!link) return;
+    clearTimeout(link.timer);
     this.links.delete(peer);
     link.channel?.close();
     link.pc.close();
