@@ -13,8 +13,8 @@
 
 use std::time::{Duration, Instant};
 
-use peerbubble_client_core::files::DEFAULT_CHUNK_SIZE;
 use peerbubble_client_core::Event;
+use peerbubble_client_core::files::DEFAULT_CHUNK_SIZE;
 use peerbubble_peer::node::NodeEvent;
 use peerbubble_peer::rtc::{RtcConfig, RtcEvent, RtcPeer};
 

@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
-use peerbubble_bubble_server::{AdminApiReporter, AdminApiSource, BubbleCredential, Config, FileSource, Server, SignalArgs, TurnArgs};
+use peerbubble_bubble_server::{
+    AdminApiReporter, AdminApiSource, BubbleCredential, Config, FileSource, Server, SignalArgs, TurnArgs,
+};
 use peerbubble_proto::IdentityKey;
 use serde_json::json;
 

@@ -130,7 +130,8 @@ async fn the_bubble_server_command_reports_health_and_sessions_to_the_admin_api(
         let samples = get(&http, format!("{api}/api/v1/bubbles/ops/health")).await;
         let events = get(&http, format!("{api}/api/v1/audit?bubble=ops")).await;
         let opened = events.as_array().unwrap().iter().any(|e| {
-            e["action"] == "session.opened" && e["detail"] == format!("member={}", admin.keys[0].public_key().member_id())
+            e["action"] == "session.opened"
+                && e["detail"] == format!("member={}", admin.keys[0].public_key().member_id())
         });
         if samples.as_array().is_some_and(|s| s.iter().any(|s| s["online_members"] == 1)) && opened {
             break;
