@@ -147,7 +147,6 @@ async fn the_bubble_server_command_reports_health_and_sessions_to_the_admin_api(
 async fn bubble_server_follows_the_admin_api_and_survives_its_outage() {
     let (admin, _dir) = admin_api(&[("team", &[])], &[("Ann", &["team"]), ("Bob", &["team"])]).await;
     let Admin { api, credential, keys, task: api_task } = admin;
-    let http = reqwest::Client::new();
 
     let config = Config { listen: SocketAddr::from(([127, 0, 0, 1], 0)), ..Config::default() };
     // A wrong credential: the server never gets a directory and stays unready.
