@@ -61,12 +61,16 @@ pub struct ApiState {
     pub control: Arc<dyn ControlPlane>,
     /// How bubble-servers prove which bubble they serve.
     pub bubble_auth: Arc<dyn BubbleAuthenticator>,
+    /// `peerbubble_admin_*`, served at `/metrics`.
+    pub metrics: crate::metrics::AdminMetrics,
 }
 
 impl ApiState {
     /// State with the all-in-one defaults: no OpenID Connect, local control plane, 5 enrollments/s (burst 20).
     pub fn new(store: Store, admin_token_hash: Option<String>, public_url: String, clock: Clock) -> Self {
+        let metrics = crate::metrics::AdminMetrics::new(store.clone());
         Self {
+            metrics,
             store,
             admin_token_hash,
             public_url,
@@ -129,7 +133,10 @@ pub struct ErrorBody {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(ErrorBody { error: self.code.to_owned(), message: self.message })).into_response()
+        let mut response =
+            (self.status, Json(ErrorBody { error: self.code.to_owned(), message: self.message })).into_response();
+        response.extensions_mut().insert(crate::metrics::Refusal(self.code));
+        response
     }
 }
 
@@ -288,6 +295,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
         )
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(crate::metrics::serve))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), crate::metrics::track))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }

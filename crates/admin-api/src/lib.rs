@@ -10,6 +10,7 @@
 pub mod api;
 pub mod auth;
 pub mod control;
+pub mod metrics;
 pub mod oidc;
 pub mod reference;
 pub mod retention;
@@ -17,4 +18,5 @@ pub mod store;
 pub mod token;
 
 pub use api::{ApiState, Clock, record_health, router, system_clock};
+pub use metrics::AdminMetrics;
 pub use store::{Store, StoreError};

@@ -164,6 +164,7 @@ fn clamp(n: u64) -> i64 {
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: AnyPool,
+    audit_writes: std::sync::Arc<crate::metrics::AuditWrites>,
 }
 
 impl Store {
@@ -182,7 +183,7 @@ impl Store {
             sqlx::query("PRAGMA foreign_keys = ON").execute(&pool).await?;
         }
         sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self { pool, audit_writes: Default::default() })
     }
 
     /// The pool (tests inspect the schema through it).
@@ -461,7 +462,19 @@ impl Store {
         .bind(&event.detail)
         .execute(&self.pool)
         .await?;
+        self.audit_writes.inc();
         Ok(())
+    }
+
+    /// Audit events this process wrote (for `/metrics`).
+    pub fn audit_writes(&self) -> u64 {
+        self.audit_writes.get()
+    }
+
+    /// The database pool: (open connections, idle ones, maximum), for `/metrics`.
+    pub fn pool_stats(&self) -> (u32, u32, u32) {
+        let idle = u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX);
+        (self.pool.size(), idle, self.pool.options().get_max_connections())
     }
 
     /// Audit events, newest first, optionally for one bubble.

@@ -102,6 +102,54 @@ async fn invite_enroll_directory_revoke() {
     }
 }
 
+/// `/metrics` counts requests by route template, refusals by code, enrollments, audit writes and the pool;
+/// no label or value names a member, a token or a key.
+#[tokio::test]
+async fn metrics_count_requests_refusals_enrollments_and_audit_writes() {
+    for (backend, api) in backends(100).await {
+        setup(&api).await;
+        let token = invite(&api, "Ann", json!(["medics"])).await;
+        let ann = IdentityKey::generate().unwrap();
+        assert_eq!(api.post("/api/v1/enroll", None, enroll_body(&ann, "ops", &token)).await.0, StatusCode::CREATED);
+        let again = enroll_body(&IdentityKey::generate().unwrap(), "ops", &token);
+        assert_eq!(api.post("/api/v1/enroll", None, again).await.0, StatusCode::CONFLICT);
+        assert_eq!(api.get("/api/v1/bubbles/ops/members", None).await.0, StatusCode::UNAUTHORIZED);
+        let res = api.http.get(format!("{}/metrics", api.base)).send().await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        assert!(res.headers()["content-type"].to_str().unwrap().starts_with("application/openmetrics-text"));
+        let text = res.text().await.unwrap();
+        let value = |series: &str| -> f64 {
+            let line = text
+                .lines()
+                .find(|l| l.starts_with(series))
+                .unwrap_or_else(|| panic!("{backend}: no {series} in\n{text}"));
+            line.rsplit(' ').next().unwrap().parse().unwrap()
+        };
+        assert_eq!(value("peerbubble_admin_enrollments_total "), 1.0, "{backend}");
+        assert_eq!(
+            value("peerbubble_admin_requests_total{route=\"/api/v1/enroll\",method=\"POST\",status=\"201\"}"),
+            1.0,
+            "{backend}"
+        );
+        assert_eq!(
+            value(
+                "peerbubble_admin_requests_total{route=\"/api/v1/bubbles/{bubble}/members\",method=\"GET\",status=\"401\"}"
+            ),
+            1.0,
+            "{backend}: the route template, not the filled-in path"
+        );
+        assert_eq!(value("peerbubble_admin_refusals_total{reason=\"invite_used\"}"), 1.0, "{backend}");
+        assert_eq!(value("peerbubble_admin_refusals_total{reason=\"unauthorized\"}"), 1.0, "{backend}");
+        // The bubble, three categories, one invite and one enrollment were audited.
+        assert!(value("peerbubble_admin_audit_writes_total ") >= 6.0, "{backend}:\n{text}");
+        assert!(value("peerbubble_admin_db_connections{state=\"max\"}") >= 1.0, "{backend}");
+        for secret in [token.clone(), ann.public_key().to_string(), ann.public_key().member_id().to_string()] {
+            assert!(!text.contains(&secret), "{backend}: metrics name a member or an invite");
+        }
+        api.finish().await;
+    }
+}
+
 #[tokio::test]
 async fn invites_refuse_expired_wrong_signature_and_wrong_keys() {
     for (backend, api) in backends(100).await {
