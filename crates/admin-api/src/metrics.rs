@@ -83,7 +83,7 @@ impl AdminMetrics {
 struct StoreCollector(Store);
 
 impl Collector for StoreCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let writes = ConstCounter::new(self.0.audit_writes());
         let metric = encoder.encode_descriptor(
             "audit_writes",
