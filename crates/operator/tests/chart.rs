@@ -132,7 +132,7 @@ fn check_types(docs: &[Value]) -> Vec<(String, String)> {
             }
             ("monitoring.coreos.com/v1", "ServiceMonitor") => {
                 // Not a Kubernetes API type: the prometheus-operator's fields, checked by name.
-                let allowed = ["selector", "endpoints"];
+                let allowed = ["selector", "endpoints", "namespaceSelector"];
                 for key in doc["spec"].as_object().unwrap().keys() {
                     assert!(allowed.contains(&key.as_str()), "ServiceMonitor spec.{key}");
                 }
@@ -275,6 +275,20 @@ fn production_values_use_postgres_oidc_and_a_service_monitor() {
     assert!(egress.contains("4318"), "the trace collector is reachable: {egress}");
     let monitor = find(&docs, "ServiceMonitor", "pb-peerbubble");
     assert_eq!(monitor["metadata"]["labels"]["release"], "prometheus");
+    // The admin API and every bubble-server are scraped too, on the ports their Services name.
+    let admin = find(&docs, "ServiceMonitor", "pb-peerbubble-admin-api");
+    assert_eq!(admin["spec"]["endpoints"][0]["port"], "http");
+    assert_eq!(admin["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"], "peerbubble-admin-api");
+    let service = find(&docs, "Service", "pb-peerbubble-admin-api");
+    assert_eq!(service["spec"]["ports"][0]["name"], "http");
+    let bubbles = find(&docs, "ServiceMonitor", "pb-peerbubble-bubbles");
+    assert_eq!(bubbles["spec"]["namespaceSelector"]["any"], true);
+    assert_eq!(bubbles["spec"]["endpoints"][0]["port"], "signal");
+    let wanted = &bubbles["spec"]["selector"]["matchLabels"];
+    let rendered = peerbubble_operator::render::labels("b");
+    for (key, value) in wanted.as_object().unwrap() {
+        assert_eq!(rendered.get(key).map(String::as_str), value.as_str(), "the operator's Services carry {key}");
+    }
 }
 
 #[test]
