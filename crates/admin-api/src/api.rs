@@ -2,86 +2,36 @@
 //! wrong. Three kinds of callers: administrators (bearer admin token), the public enrollment endpoint (an invite
 //! and a signature), and bubble-servers (their bubble's credential) following their directory.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use peerbubble_proto::enroll::MAX_INVITE_TOKEN_BYTES;
 use peerbubble_proto::health::{HealthReport, MAX_EVENTS_PER_REPORT, SessionEventKind};
-use peerbubble_proto::limits::{TokenBucket, is_valid_display_name, is_valid_id};
+use peerbubble_proto::limits::{is_valid_display_name, is_valid_id};
 use peerbubble_proto::{EnrollRequest, Enrolled};
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use utoipa::OpenApi as _;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::auth::{Caller, Role, Scope};
-use crate::control::{BubbleAuthenticator, BubbleSpec, CategorySpec, ControlPlane};
-use crate::oidc::Oidc;
+use crate::auth::{Caller, Role, Scope, bearer};
+use crate::control::{BubbleSpec, CategorySpec};
+use crate::error::{ApiError, Body, ErrorBody, MAX_BODY_BYTES};
+use crate::state::{ApiState, audit_event, fresh_token};
 use crate::store::{
     AuditEvent, BubbleRow, CategoryRow, HealthSample, InviteRefusal, MemberRow, NewInvite, Store, StoreError,
 };
-use crate::token::{hash_token, random_token};
+use crate::token::hash_token;
 
-/// Largest request body accepted.
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Longest invite lifetime an administrator may ask for.
 pub const MAX_INVITE_SECS: i64 = 30 * 24 * 3600;
-
-/// Seconds since the Unix epoch; injectable so that tests control time.
-pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
-
-/// The system clock.
-pub fn system_clock() -> Clock {
-    Arc::new(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64))
-}
-
-/// Shared state of the API.
-pub struct ApiState {
-    /// The database.
-    pub store: Store,
-    /// SHA-256 hex of the bootstrap admin token; none when administrators sign in with OpenID Connect.
-    pub admin_token_hash: Option<String>,
-    /// Where members open invite links (the web client's origin).
-    pub public_url: String,
-    /// Time.
-    pub clock: Clock,
-    /// Enrollment attempts across all callers.
-    pub enroll_limiter: Mutex<TokenBucket>,
-    /// Administrator sign-in, when configured.
-    pub oidc: Option<Arc<Oidc>>,
-    /// What else happens when bubbles and categories are created (local, or Kubernetes resources).
-    pub control: Arc<dyn ControlPlane>,
-    /// How bubble-servers prove which bubble they serve.
-    pub bubble_auth: Arc<dyn BubbleAuthenticator>,
-    /// `peerbubble_admin_*`, served at `/metrics`.
-    pub metrics: crate::metrics::AdminMetrics,
-}
-
-impl ApiState {
-    /// State with the all-in-one defaults: no OpenID Connect, local control plane, 5 enrollments/s (burst 20).
-    pub fn new(store: Store, admin_token_hash: Option<String>, public_url: String, clock: Clock) -> Self {
-        let metrics = crate::metrics::AdminMetrics::new(store.clone());
-        Self {
-            metrics,
-            store,
-            admin_token_hash,
-            public_url,
-            clock,
-            enroll_limiter: Mutex::new(TokenBucket::new(5, 20, Instant::now())),
-            oidc: None,
-            control: Arc::new(crate::control::Local),
-            bubble_auth: Arc::new(crate::control::BubbleCredential),
-        }
-    }
-}
 
 fn control_failed(err: &crate::control::ControlError) -> ApiError {
     tracing::warn!(error = %err, "control plane refused a change");
@@ -90,116 +40,6 @@ fn control_failed(err: &crate::control::ControlError) -> ApiError {
         "control_plane_failed",
         format!("stored in the directory, but the platform did not accept it ({err}); retry or check the operator"),
     )
-}
-
-impl std::fmt::Debug for ApiState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ApiState").field("public_url", &self.public_url).finish_non_exhaustive()
-    }
-}
-
-/// A JSON error: `{"error": "<code>", "message": "<what was wrong and what to do>"}`.
-#[derive(Debug)]
-pub struct ApiError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-}
-
-impl ApiError {
-    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into() }
-    }
-    fn bad_request(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
-    }
-    pub(crate) fn unauthorized() -> Self {
-        Self::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "sign in at /auth/login, or send `Authorization: Bearer <token>` with a valid token",
-        )
-    }
-}
-
-/// Every error: a stable code and a sentence saying what was wrong and what to do.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct ErrorBody {
-    /// Stable, machine-readable code (`invalid_request`, `forbidden`, `csrf_required`, `invite_used`, ...).
-    pub error: String,
-    /// For people.
-    pub message: String,
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let mut response =
-            (self.status, Json(ErrorBody { error: self.code.to_owned(), message: self.message })).into_response();
-        response.extensions_mut().insert(crate::metrics::Refusal(self.code));
-        response
-    }
-}
-
-impl From<StoreError> for ApiError {
-    fn from(err: StoreError) -> Self {
-        match err {
-            StoreError::Conflict(what) => Self::new(StatusCode::CONFLICT, "conflict", format!("{what} already exists")),
-            StoreError::NotFound(what) => Self::new(StatusCode::NOT_FOUND, "not_found", format!("{what} not found")),
-            StoreError::Invite(refusal) => {
-                let (status, code) = match refusal {
-                    InviteRefusal::Unknown => (StatusCode::NOT_FOUND, "invite_unknown"),
-                    InviteRefusal::Expired => (StatusCode::GONE, "invite_expired"),
-                    InviteRefusal::Used => (StatusCode::CONFLICT, "invite_used"),
-                    InviteRefusal::KeyTaken => (StatusCode::CONFLICT, "key_already_enrolled"),
-                };
-                Self::new(status, code, format!("this invite {refusal}; ask your administrator for a new one"))
-            }
-            other => {
-                tracing::error!(error = %other, "storage failure");
-                Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the directory is unavailable; retry shortly")
-            }
-        }
-    }
-}
-
-/// A JSON body whose errors are JSON too.
-#[derive(Debug)]
-pub struct Body<T>(pub T);
-
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
-    type Rejection = ApiError;
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(value)) => Ok(Body(value)),
-            Err(JsonRejection::BytesRejection(_)) => Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                format!("request bodies are limited to {MAX_BODY_BYTES} bytes"),
-            )),
-            Err(rejection) => Err(ApiError::bad_request(rejection.body_text())),
-        }
-    }
-}
-
-pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ")
-}
-
-pub(crate) async fn audit_event(
-    state: &ApiState,
-    bubble: Option<&str>,
-    actor: &str,
-    action: &str,
-    detail: String,
-) -> Result<(), ApiError> {
-    let event = AuditEvent {
-        at: (state.clock)(),
-        bubble: bubble.map(str::to_owned),
-        actor: actor.to_owned(),
-        action: action.to_owned(),
-        detail,
-    };
-    state.store.audit(&event).await.map_err(ApiError::from)
 }
 
 /// The OpenAPI document's frame; paths and schemas are collected from the handlers.
@@ -266,10 +106,10 @@ fn documented() -> (Router<Arc<ApiState>>, utoipa::openapi::OpenApi) {
         .routes(routes!(list_audit))
         .routes(routes!(create_token))
         .routes(routes!(enroll))
-        .routes(routes!(crate::oidc::login))
-        .routes(routes!(crate::oidc::callback))
-        .routes(routes!(crate::oidc::session))
-        .routes(routes!(crate::oidc::logout))
+        .routes(routes!(crate::sign_in::login))
+        .routes(routes!(crate::sign_in::callback))
+        .routes(routes!(crate::sign_in::session))
+        .routes(routes!(crate::sign_in::logout))
         .split_for_parts()
 }
 
@@ -295,8 +135,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
         )
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(crate::metrics::serve))
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), crate::metrics::track))
+        .route("/metrics", get(serve_metrics))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), track))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
@@ -325,11 +165,6 @@ struct CreatedBubble {
 }
 
 /// A new secret for a caller, or 503 if the system has no randomness to give.
-pub(crate) fn fresh_token() -> Result<String, ApiError> {
-    random_token()
-        .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "no secure randomness; retry"))
-}
-
 fn check_id(id: &str, what: &str) -> Result<(), ApiError> {
     if is_valid_id(id) {
         Ok(())
@@ -781,4 +616,21 @@ async fn create_token(
     )
     .await?;
     Ok((StatusCode::CREATED, Json(CreatedToken { token })))
+}
+
+/// Counts every routed request (a `route_layer`, so the route template is known).
+async fn track(State(state): State<Arc<ApiState>>, request: Request, next: Next) -> Response {
+    let route =
+        request.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().as_str().to_owned();
+    let response = next.run(request).await;
+    let refusal = response.extensions().get::<crate::error::Refusal>().map(|r| r.0);
+    state.metrics.answered(&route, &method, response.status().as_u16(), refusal);
+    response
+}
+
+/// `GET /metrics`.
+async fn serve_metrics(State(state): State<Arc<ApiState>>) -> Response {
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], state.metrics.encode())
+        .into_response()
 }

@@ -3,12 +3,7 @@
 //! filled-in path), methods, status codes, refusal codes — never a member, a name, a token or a key.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
-use axum::extract::{MatchedPath, Request, State};
-use axum::http::header;
-use axum::middleware::Next;
-use axum::response::{IntoResponse as _, Response};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _};
@@ -17,12 +12,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
-use crate::api::ApiState;
 use crate::store::Store;
-
-/// The refusal code an error response carries (the `error` field of its body), for the refusals counter.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Refusal(pub(crate) &'static str);
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -58,7 +48,7 @@ impl AdminMetrics {
         Self { inner: Arc::new(Inner { registry, requests, refusals, enrollments }) }
     }
 
-    fn answered(&self, route: &str, method: &str, status: u16, refusal: Option<&'static str>) {
+    pub(crate) fn answered(&self, route: &str, method: &str, status: u16, refusal: Option<&'static str>) {
         let labels = vec![("route", route.to_owned()), ("method", method.to_owned()), ("status", status.to_string())];
         self.inner.requests.get_or_create(&labels).inc();
         if let Some(reason) = refusal {
@@ -104,36 +94,5 @@ impl Collector for StoreCollector {
             gauge.encode(family.encode_family(&[("state", state)])?)?;
         }
         Ok(())
-    }
-}
-
-/// Counts every routed request (a `route_layer`, so the route template is known).
-pub(crate) async fn track(State(state): State<Arc<ApiState>>, request: Request, next: Next) -> Response {
-    let route =
-        request.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = request.method().as_str().to_owned();
-    let response = next.run(request).await;
-    let refusal = response.extensions().get::<Refusal>().map(|r| r.0);
-    state.metrics.answered(&route, &method, response.status().as_u16(), refusal);
-    response
-}
-
-/// `GET /metrics`.
-pub(crate) async fn serve(State(state): State<Arc<ApiState>>) -> Response {
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], state.metrics.encode())
-        .into_response()
-}
-
-/// Counts audit writes (kept by the store, read by the collector).
-#[derive(Debug, Default)]
-pub(crate) struct AuditWrites(AtomicU64);
-
-impl AuditWrites {
-    pub(crate) fn inc(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub(crate) fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
     }
 }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::api::Clock;
+use crate::state::Clock;
 use crate::store::{Store, StoreError};
 
 /// Deletes audit events older than `retention_days` at time `now`; returns how many.

@@ -164,7 +164,7 @@ fn clamp(n: u64) -> i64 {
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: AnyPool,
-    audit_writes: std::sync::Arc<crate::metrics::AuditWrites>,
+    audit_writes: std::sync::Arc<AuditWrites>,
 }
 
 impl Store {
@@ -713,4 +713,18 @@ pub struct AdminSession {
     pub created_at: i64,
     /// Unix seconds.
     pub expires_at: i64,
+}
+
+/// Counts audit writes (kept by the store, read by the collector).
+#[derive(Debug, Default)]
+pub(crate) struct AuditWrites(std::sync::atomic::AtomicU64);
+
+impl AuditWrites {
+    pub(crate) fn inc(&self) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(crate) fn get(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
