@@ -185,7 +185,7 @@ export async function send(page: Page, text: string): Promise<void> {
 
 /** Every message text on screen, in order (each masked one revealed to be read). */
 export async function texts(page: Page): Promise<string[]> {
-  // Revealing one message masks the one shown before: each is revealed and read in turn, in page order.
+  // Message by message: a list of the masked ones would shift under the clicks (each reveal removes one).
   const messages = page.locator('.message');
   const out: string[] = [];
   for (let i = 0, n = await messages.count(); i < n; i++) {
