@@ -170,6 +170,7 @@ describe('members in the browser', () => {
     await eve.page.getByRole('heading', { name: 'Unlock PeerBubble' }).waitFor();
     await waiting.waitFor({ timeout: 10_000 });
     expect(await submit.isEnabled()).toBe(false);
+    expect(await waiting.innerText()).toContain('Too many wrong passphrases');
     await shot(eve.page, 'unlock-wait-desktop-en');
     // Then the right passphrase opens everything, and the count starts again.
     await expect.poll(() => submit.isEnabled(), { timeout: 30_000 }).toBe(true);

@@ -49,6 +49,7 @@ export function Unlock(props: { client: WorkerClient; bubble: string; retryAt: n
         )}
         {wait > 0 && (
           <p className="muted" role="status">
+            {!error && `${t('unlock.wait')} `}
             {t('unlock.retryIn', { seconds: wait })}
           </p>
         )}
