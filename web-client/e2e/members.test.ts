@@ -145,45 +145,6 @@ describe('members in the browser', () => {
     await bob.page.getByRole('navigation').waitFor({ timeout: 60_000 });
   });
 
-  test('wrong passphrases in a row make the member wait, still after a reload; the right one then opens', async () => {
-    const eve = await newMember(browser);
-    await enroll(eve, await invite(up, 'Eve (field team)', ['field-team']));
-    await eve.page.getByRole('button', { name: 'Lock' }).click();
-    await eve.page.getByRole('heading', { name: 'Unlock PeerBubble' }).waitFor();
-    const submit = eve.page.getByRole('button', { name: 'Unlock' });
-    const waiting = eve.page.getByText(/You can try again in \d+ s/);
-    // Two free tries; from the third on, 2, 4, 8 s... before the next one (kept in IndexedDB).
-    for (let attempt = 1; attempt <= 5; attempt++) {
-      await expect.poll(() => submit.isEnabled(), { timeout: 30_000 }).toBe(true);
-      await unlock(eve, `wrong guess number ${attempt}`);
-      await expect.poll(() => eve.page.getByRole('alert').innerText(), { timeout: 30_000 }).toContain('Wrong passphrase');
-      if (attempt < 3) {
-        await expect.poll(() => submit.isEnabled(), { timeout: 30_000 }).toBe(true);
-        expect(await waiting.count()).toBe(0);
-      } else {
-        await waiting.waitFor();
-        expect(await submit.isEnabled()).toBe(false);
-      }
-    }
-    // The 8 s wait survives a reload: the page cannot skip it by starting over.
-    await eve.page.reload();
-    await eve.page.getByRole('heading', { name: 'Unlock PeerBubble' }).waitFor();
-    await waiting.waitFor({ timeout: 10_000 });
-    expect(await submit.isEnabled()).toBe(false);
-    expect(await waiting.innerText()).toContain('Too many wrong passphrases');
-    await shot(eve.page, 'unlock-wait-desktop-en');
-    // Then the right passphrase opens everything, and the count starts again.
-    await expect.poll(() => submit.isEnabled(), { timeout: 30_000 }).toBe(true);
-    await unlock(eve);
-    await eve.page.getByRole('navigation').waitFor({ timeout: 60_000 });
-    await eve.page.getByRole('button', { name: 'Lock' }).click();
-    await unlock(eve, 'one more wrong guess');
-    await expect.poll(() => eve.page.getByRole('alert').innerText(), { timeout: 30_000 }).toContain('Wrong passphrase');
-    await expect.poll(() => submit.isEnabled(), { timeout: 30_000 }).toBe(true);
-    expect(await waiting.count()).toBe(0);
-    await eve.context.close();
-  });
-
   test('a group of three: add, remove, and the removed member reads nothing more', async () => {
     const erin = await newMember(browser);
     members.push(erin);
@@ -238,6 +199,45 @@ describe('members in the browser', () => {
     // Nothing can be sent any more: the composer is off.
     await expect.poll(() => bob.page.getByRole('textbox', { name: 'Write a message' }).isDisabled()).toBe(true);
     await shot(bob.page, 'revoked-desktop-en');
+  });
+
+  test('wrong passphrases in a row make the member wait, still after a reload; the right one then opens', async () => {
+    const eve = await newMember(browser);
+    await enroll(eve, await invite(up, 'Eve (field team)', ['field-team']));
+    await eve.page.getByRole('button', { name: 'Lock' }).click();
+    await eve.page.getByRole('heading', { name: 'Unlock PeerBubble' }).waitFor();
+    const submit = eve.page.getByRole('button', { name: 'Unlock' });
+    const waiting = eve.page.getByText(/You can try again in \d+ s/);
+    // Two free tries; from the third on, 2, 4, 8 s... before the next one (kept in IndexedDB).
+    for (let attempt = 1; attempt <= 5; attempt++) {
+      await expect.poll(() => submit.isEnabled(), { timeout: 30_000 }).toBe(true);
+      await unlock(eve, `wrong guess number ${attempt}`);
+      await expect.poll(() => eve.page.getByRole('alert').innerText(), { timeout: 30_000 }).toContain('Wrong passphrase');
+      if (attempt < 3) {
+        await expect.poll(() => submit.isEnabled(), { timeout: 30_000 }).toBe(true);
+        expect(await waiting.count()).toBe(0);
+      } else {
+        await waiting.waitFor();
+        expect(await submit.isEnabled()).toBe(false);
+      }
+    }
+    // The 8 s wait survives a reload: the page cannot skip it by starting over.
+    await eve.page.reload();
+    await eve.page.getByRole('heading', { name: 'Unlock PeerBubble' }).waitFor();
+    await waiting.waitFor({ timeout: 10_000 });
+    expect(await submit.isEnabled()).toBe(false);
+    expect(await waiting.innerText()).toContain('Too many wrong passphrases');
+    await shot(eve.page, 'unlock-wait-desktop-en');
+    // Then the right passphrase opens everything, and the count starts again.
+    await expect.poll(() => submit.isEnabled(), { timeout: 30_000 }).toBe(true);
+    await unlock(eve);
+    await eve.page.getByRole('navigation').waitFor({ timeout: 60_000 });
+    await eve.page.getByRole('button', { name: 'Lock' }).click();
+    await unlock(eve, 'one more wrong guess');
+    await expect.poll(() => eve.page.getByRole('alert').innerText(), { timeout: 30_000 }).toContain('Wrong passphrase');
+    await expect.poll(() => submit.isEnabled(), { timeout: 30_000 }).toBe(true);
+    expect(await waiting.count()).toBe(0);
+    await eve.context.close();
   });
 });
 
