@@ -182,6 +182,7 @@ impl UpTls {
             names.push(host);
         }
         names.extend(self.tls_names.iter().cloned());
+        names.sort();
         names.dedup();
         Some(peerbubble_bubble_server::TlsSource::Kept { dir: data_dir.join("tls"), names })
     }
@@ -532,4 +533,42 @@ async fn probe(url: &str) -> anyhow::Result<()> {
     anyhow::ensure!(response.status().is_success(), "{url} answered {}", response.status());
     say(&format!("{url}: {}\n", response.status()));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tls(tls: bool, plain_http: bool, names: &[&str]) -> UpTls {
+        UpTls {
+            tls,
+            tls_cert: None,
+            tls_key: None,
+            tls_names: names.iter().map(|n| (*n).to_owned()).collect(),
+            plain_http,
+        }
+    }
+
+    fn kept_names(source: Option<peerbubble_bubble_server::TlsSource>) -> Vec<String> {
+        match source {
+            Some(peerbubble_bubble_server::TlsSource::Kept { names, .. }) => names,
+            other => panic!("expected a kept self-signed certificate, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn https_is_the_default_beyond_loopback_only() {
+        let data = Path::new("/nonexistent");
+        let at = |addr: &str| addr.parse::<SocketAddr>().unwrap();
+        // Loopback stays plain HTTP for development, unless asked.
+        assert!(tls(false, false, &[]).source(data, at("127.0.0.1:8480")).is_none());
+        assert!(kept_names(tls(true, false, &[]).source(data, at("127.0.0.1:8480"))).contains(&"localhost".to_owned()));
+        // A LAN address or every interface: HTTPS by itself, for the address it listens on and the names given.
+        let lan = kept_names(tls(false, false, &["pi.lan", "localhost"]).source(data, at("192.168.1.5:8480")));
+        assert!(lan.contains(&"192.168.1.5".to_owned()) && lan.contains(&"pi.lan".to_owned()), "{lan:?}");
+        assert_eq!(lan.iter().filter(|n| *n == "localhost").count(), 1, "{lan:?}");
+        assert!(kept_names(tls(false, false, &[]).source(data, at("0.0.0.0:8480"))).contains(&"::1".to_owned()));
+        // Behind a proxy that terminates TLS.
+        assert!(tls(false, true, &[]).source(data, at("0.0.0.0:8480")).is_none());
+    }
 }
