@@ -1,6 +1,6 @@
-//! Embeds `web-client/dist` (made by `cargo xtask web`; `PEERBUBBLE_WEB_DIST` overrides the path). Without it the
-//! crate builds with no files and serves a page saying how to build them, so that `cargo check` and the Rust
-//! tests never need Node.
+//! Embeds `web-client/dist` and `web-admin/dist` (made by `cargo xtask web`; `PEERBUBBLE_WEB_DIST` and
+//! `PEERBUBBLE_CONSOLE_DIST` override the paths). Without them the crate builds with no files and serves a page
+//! saying how to build them, so that `cargo check` and the Rust tests never need Node.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -20,23 +20,32 @@ fn walk(dir: &Path, root: &Path, out: &mut Vec<(String, PathBuf)>) {
     }
 }
 
-fn main() {
-    println!("cargo::rerun-if-env-changed=PEERBUBBLE_WEB_DIST");
-    let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap_or_default());
-    let dist = std::env::var_os("PEERBUBBLE_WEB_DIST")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| manifest.join("../../web-client/dist"));
+/// `static <name>: &[(&str, &[u8])]` holding every file under `dist`.
+fn embed(code: &mut String, name: &str, dist: &Path) {
     println!("cargo::rerun-if-changed={}", dist.display());
     let mut files = Vec::new();
-    walk(&dist, &dist, &mut files);
+    walk(dist, dist, &mut files);
     for (_, path) in &files {
         println!("cargo::rerun-if-changed={}", path.display());
     }
-    let mut code = String::from("/// The built files: (path, bytes).\npub static FILES: &[(&str, &[u8])] = &[\n");
+    let _ = writeln!(code, "/// The built files: (path, bytes).\npub static {name}: &[(&str, &[u8])] = &[");
     for (web, path) in &files {
         let _ = writeln!(code, "    ({web:?}, include_bytes!({:?})),", path.display().to_string());
     }
     code.push_str("];\n");
+}
+
+fn main() {
+    let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap_or_default());
+    let mut code = String::new();
+    for (name, var, default) in [
+        ("FILES", "PEERBUBBLE_WEB_DIST", "web-client/dist"),
+        ("CONSOLE_FILES", "PEERBUBBLE_CONSOLE_DIST", "web-admin/dist"),
+    ] {
+        println!("cargo::rerun-if-env-changed={var}");
+        let dist = std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| manifest.join("../..").join(default));
+        embed(&mut code, name, &dist);
+    }
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap_or_default()).join("files.rs");
     if let Err(err) = std::fs::write(&out, code) {
         println!("cargo::error=cannot write {}: {err}", out.display());

@@ -21,7 +21,11 @@ usage: cargo xtask <command>
   run [-- args]          build the web client and start `peerbubble up`, the all-in-one micro-node (state in ./.peerbubble)
   test                   everything CI checks: fmt, clippy, web client (tsc, eslint, build), tests, client-core in
                          Chromium (wasm32), the web client end to end in Chromium, cargo-deny, fuzz smoke
-  web                    build only the web client (web-client/dist, embedded by the next cargo build)
+  web                    build only the web client and the console (web-client/dist, web-admin/dist, embedded by
+                         the next cargo build)
+  console                build only the administrator's console (web-admin/dist)
+  openapi                write the admin API's OpenAPI document to web-admin/src/api/openapi.json (the console's
+                         client is generated from it; a test fails when they differ)
   browser-tests          only client-core's tests inside Chromium (installs Chromium, chromedriver, wasm-bindgen-cli)
   e2e                    only the web client's end-to-end tests (Playwright + Chromium against `peerbubble up`)
   bench signaling        signaling throughput and latency vs the PeerJS server, memory per idle connection
@@ -52,6 +56,8 @@ fn run_command() -> anyhow::Result<()> {
         Some("test") => test(),
         Some("browser-tests") => ensure_tools().and_then(|()| browser_tests()),
         Some("web") => web_tools().and_then(|()| web::build()).map(drop),
+        Some("console") => web::console().map(drop),
+        Some("openapi") => web::bless_openapi(),
         Some("e2e") => {
             web_tools().and_then(|()| debian_packages()).and_then(|()| web::build()).and_then(|_| web::e2e())
         }

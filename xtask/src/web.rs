@@ -1,7 +1,7 @@
 //! Building the browser client: client-wasm for wasm32 (profile `wasm`, the same build the wasm-bindgen tests
 //! use), wasm-bindgen's JS glue (the CLI pinned to the crate's version), wasm-opt from npm's binaryen (Debian's
 //! breaks modules), the wasm's SRI hash for the worker's fetch, then type-check, lint and Vite into
-//! `web-client/dist`, which `crates/web-assets` embeds.
+//! `web-client/dist`, which `crates/web-assets` embeds; then the administrator's console into `web-admin/dist`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -80,7 +80,34 @@ pub(crate) fn build() -> anyhow::Result<PathBuf> {
     sh(npx(&web, "eslint").args([".", "--max-warnings", "0"]))?;
     sh(npx(&web, "vite").args(["build", "--logLevel", "warn"]))?;
     println!("web client: {} ({} KiB of wasm before compression)", web.join("dist").display(), bytes.len() / 1024);
+    console()?;
     Ok(web.join("dist"))
+}
+
+/// Builds `web-admin/dist`: the API client's types generated from the committed OpenAPI document (which
+/// crates/admin-api/tests/openapi.rs holds equal to the server's), then type-check, lint and Vite.
+pub(crate) fn console() -> anyhow::Result<PathBuf> {
+    let admin = project_root().join("web-admin");
+    crate::npm_ci(&admin)?;
+    sh(npx(&admin, "openapi-typescript").args(["src/api/openapi.json", "-o", "src/api/schema.ts", "--silent"]))?;
+    sh(npx(&admin, "tsc").arg("-b"))?;
+    sh(npx(&admin, "eslint").args([".", "--max-warnings", "0"]))?;
+    sh(npx(&admin, "vite").args(["build", "--logLevel", "warn"]))?;
+    println!("console: {}", admin.join("dist").display());
+    Ok(admin.join("dist"))
+}
+
+/// `cargo xtask openapi`: writes the admin API's current OpenAPI document where the console's client is
+/// generated from.
+pub(crate) fn bless_openapi() -> anyhow::Result<()> {
+    sh(cargo().env("PEERBUBBLE_BLESS", "1").args([
+        "test",
+        "--package",
+        "peerbubble-admin-api",
+        "--test",
+        "openapi",
+        "--quiet",
+    ]))
 }
 
 /// The browser end-to-end tests (Playwright driving Debian's Chromium) against a real `peerbubble up`.

@@ -13,7 +13,6 @@ use axum::routing::get;
 use axum::{Json, Router};
 use peerbubble_proto::enroll::MAX_INVITE_TOKEN_BYTES;
 use peerbubble_proto::health::{HealthReport, MAX_EVENTS_PER_REPORT, SessionEventKind};
-use peerbubble_proto::limits::{is_valid_display_name, is_valid_id};
 use peerbubble_proto::{EnrollRequest, Enrolled};
 use serde::{Deserialize, Serialize};
 
@@ -21,26 +20,17 @@ use utoipa::OpenApi as _;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::auth::{Caller, Role, Scope, bearer};
+use crate::auth::{Caller, Role, bearer};
+use crate::console::{
+    CreatedInvite, ONLINE_REPORT_SECS, check_id, check_name, check_sees, control_failed, issue_invite,
+};
 use crate::control::{BubbleSpec, CategorySpec};
 use crate::error::{ApiError, Body, ErrorBody, MAX_BODY_BYTES};
 use crate::state::{ApiState, audit_event, fresh_token};
-use crate::store::{
-    AuditEvent, BubbleRow, CategoryRow, HealthSample, InviteRefusal, MemberRow, NewInvite, Store, StoreError,
-};
+use crate::store::{AuditEvent, BubbleRow, CategoryRow, HealthSample, InviteRefusal, MemberRow, Store, StoreError};
 use crate::token::hash_token;
 
-/// Longest invite lifetime an administrator may ask for.
-pub const MAX_INVITE_SECS: i64 = 30 * 24 * 3600;
-
-fn control_failed(err: &crate::control::ControlError) -> ApiError {
-    tracing::warn!(error = %err, "control plane refused a change");
-    ApiError::new(
-        StatusCode::BAD_GATEWAY,
-        "control_plane_failed",
-        format!("stored in the directory, but the platform did not accept it ({err}); retry or check the operator"),
-    )
-}
+pub use crate::console::{HEALTH_KEEP_SECS, MAX_INVITE_SECS};
 
 /// The OpenAPI document's frame; paths and schemas are collected from the handlers.
 #[derive(utoipa::OpenApi)]
@@ -98,19 +88,32 @@ fn documented() -> (Router<Arc<ApiState>>, utoipa::openapi::OpenApi) {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(create_bubble, list_bubbles))
         .routes(routes!(create_category, list_categories))
-        .routes(routes!(create_invite))
+        .routes(routes!(crate::console::change_category, crate::console::delete_category))
+        .routes(routes!(create_invite, crate::console::list_invites))
+        .routes(routes!(crate::console::revoke_invite))
         .routes(routes!(list_members))
         .routes(routes!(revoke_member))
+        .routes(routes!(crate::console::reinvite))
+        .routes(routes!(crate::console::view_as_member))
+        .routes(routes!(crate::console::export_audit))
+        .routes(routes!(crate::console::info))
         .routes(routes!(directory))
         .routes(routes!(report_health, list_health))
-        .routes(routes!(list_audit))
+        .routes(routes!(crate::console::list_audit))
         .routes(routes!(create_token))
         .routes(routes!(enroll))
         .routes(routes!(crate::sign_in::login))
         .routes(routes!(crate::sign_in::callback))
         .routes(routes!(crate::sign_in::session))
         .routes(routes!(crate::sign_in::logout))
+        .routes(routes!(crate::sign_in::token_sign_in))
+        .routes(routes!(crate::sign_in::methods))
         .split_for_parts()
+}
+
+/// The OpenAPI document as served at `/api/v1/openapi.json` (the console's client is generated from it).
+pub fn openapi_json() -> String {
+    documented().1.to_pretty_json().unwrap_or_default()
 }
 
 /// The router.
@@ -164,23 +167,6 @@ struct CreatedBubble {
     credential: String,
 }
 
-/// A new secret for a caller, or 503 if the system has no randomness to give.
-fn check_id(id: &str, what: &str) -> Result<(), ApiError> {
-    if is_valid_id(id) {
-        Ok(())
-    } else {
-        Err(ApiError::bad_request(format!("{what} must be 1-64 characters of a-z, 0-9 and -")))
-    }
-}
-
-fn check_name(name: &str) -> Result<(), ApiError> {
-    if is_valid_display_name(name) {
-        Ok(())
-    } else {
-        Err(ApiError::bad_request("display_name must be 1-64 bytes without control characters"))
-    }
-}
-
 #[utoipa::path(post, path = "/api/v1/bubbles", tag = "bubbles", request_body = CreateBubble,
     security(("bearer" = []), ("session" = [])),
     responses((status = 201, description = "Created; the credential is shown once", body = CreatedBubble),
@@ -205,10 +191,27 @@ async fn create_bubble(
     Ok((StatusCode::CREATED, Json(CreatedBubble { id: req.id, display_name: req.display_name, credential })))
 }
 
+/// A bubble with its latest health at a glance.
+#[derive(Serialize, utoipa::ToSchema)]
+struct BubbleSummary {
+    #[serde(flatten)]
+    bubble: BubbleRow,
+    /// The last report of its bubble-server, if any arrived.
+    health: Option<HealthSample>,
+}
+
 #[utoipa::path(get, path = "/api/v1/bubbles", tag = "bubbles", security(("bearer" = []), ("session" = [])),
-    responses((status = 200, description = "The bubbles in the caller's scope", body = [BubbleRow]), (status = 401, body = ErrorBody)))]
+    responses((status = 200, description = "The bubbles in the caller's scope", body = [BubbleSummary]), (status = 401, body = ErrorBody)))]
 async fn list_bubbles(State(state): State<Arc<ApiState>>, Caller(who): Caller) -> Result<Response, ApiError> {
-    let visible: Vec<_> = state.store.list_bubbles().await?.into_iter().filter(|b| who.covers(&b.id)).collect();
+    let mut latest = state.store.latest_health().await?;
+    let visible: Vec<_> = state
+        .store
+        .list_bubbles()
+        .await?
+        .into_iter()
+        .filter(|b| who.covers(&b.id))
+        .map(|bubble| BubbleSummary { health: latest.remove(&bubble.id), bubble })
+        .collect();
     Ok(Json(visible).into_response())
 }
 
@@ -234,12 +237,7 @@ async fn create_category(
     who.write(&bubble)?;
     check_id(&req.id, "id")?;
     check_name(&req.display_name)?;
-    for seen in &req.sees {
-        check_id(seen, "sees")?;
-    }
-    if req.sees.len() > 64 {
-        return Err(ApiError::bad_request("a category may see at most 64 others"));
-    }
+    check_sees(&req.sees)?;
     state.store.create_category(&bubble, &req.id, &req.display_name, &req.sees).await?;
     let spec = CategorySpec {
         bubble: bubble.clone(),
@@ -278,31 +276,8 @@ struct CreateInvite {
     display_name: String,
     #[serde(default)]
     categories: Vec<String>,
-    #[serde(default = "default_invite_secs")]
+    #[serde(default = "crate::console::default_invite_secs")]
     expires_in_secs: i64,
-}
-
-fn default_invite_secs() -> i64 {
-    7 * 24 * 3600
-}
-
-#[derive(Serialize, utoipa::ToSchema)]
-struct CreatedInvite {
-    /// The secret; only its hash is stored. Shown once.
-    token: String,
-    /// The link to hand to the member: `<public_url>/enroll#<bubble>.<token>`. The fragment never travels in a
-    /// request line, so the token stays out of proxies' and servers' logs.
-    link: String,
-    /// The link as a QR code (SVG), to show on a screen or print for someone enrolling from a phone.
-    qr_svg: String,
-    expires_at: i64,
-}
-
-/// The link as an SVG QR code (error correction M: survives a crease or a glare on a printed sheet).
-fn qr_svg(link: &str) -> Result<String, ApiError> {
-    let code = qrcode::QrCode::with_error_correction_level(link.as_bytes(), qrcode::EcLevel::M)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("QR code: {e}")))?;
-    Ok(code.render::<qrcode::render::svg::Color<'_>>().min_dimensions(256, 256).quiet_zone(true).build())
 }
 
 #[utoipa::path(post, path = "/api/v1/bubbles/{bubble}/invites", tag = "members", params(("bubble" = String, Path, description = "Bubble id")),
@@ -317,49 +292,17 @@ async fn create_invite(
     Body(req): Body<CreateInvite>,
 ) -> Result<(StatusCode, Json<CreatedInvite>), ApiError> {
     who.write(&bubble)?;
-    check_name(&req.display_name)?;
-    if !(1..=MAX_INVITE_SECS).contains(&req.expires_in_secs) {
-        return Err(ApiError::bad_request(format!("expires_in_secs must be between 1 and {MAX_INVITE_SECS}")));
-    }
-    if req.categories.len() > peerbubble_proto::limits::MAX_CATEGORIES_PER_MEMBER {
-        return Err(ApiError::bad_request("too many categories"));
-    }
-    if state.store.bubble_credential_hash(&bubble).await?.is_none() {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", "bubble not found"));
-    }
-    let known: Vec<String> = state.store.list_categories(&bubble).await?.into_iter().map(|c| c.id).collect();
-    if let Some(unknown) = req.categories.iter().find(|c| !known.contains(c)) {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("category {unknown:?} not found in this bubble"),
-        ));
-    }
-    let token = fresh_token()?;
-    let now = (state.clock)();
-    let expires_at = now + req.expires_in_secs;
-    state
-        .store
-        .create_invite(&NewInvite {
-            token_hash: &hash_token(&token),
-            bubble: &bubble,
-            display_name: &req.display_name,
-            categories: &req.categories,
-            now,
-            expires_at,
-        })
-        .await?;
-    audit_event(
+    let invite = issue_invite(
         &state,
-        Some(&bubble),
         &who.actor(),
+        &bubble,
+        &req.display_name,
+        &req.categories,
+        req.expires_in_secs,
         "invite.created",
-        format!("for={} categories={}", req.display_name, req.categories.join(",")),
     )
     .await?;
-    let link = format!("{}/enroll#{bubble}.{token}", state.public_url.trim_end_matches('/'));
-    let qr_svg = qr_svg(&link)?;
-    Ok((StatusCode::CREATED, Json(CreatedInvite { token, link, qr_svg, expires_at })))
+    Ok((StatusCode::CREATED, Json(invite)))
 }
 
 #[utoipa::path(post, path = "/api/v1/enroll", tag = "members", request_body = EnrollRequest,
@@ -413,7 +356,17 @@ async fn list_members(
     Path(bubble): Path<String>,
 ) -> Result<Response, ApiError> {
     who.read(&bubble)?;
-    Ok(Json(state.store.list_members(&bubble).await?).into_response())
+    let mut members = state.store.list_members(&bubble).await?;
+    let last = state.store.last_sessions(&bubble).await?;
+    let now = (state.clock)();
+    let reporting = state.store.latest_health().await?.get(&bubble).is_some_and(|h| now - h.at <= ONLINE_REPORT_SECS);
+    for member in &mut members {
+        if let Some((at, open)) = last.get(&member.member) {
+            member.last_seen = Some(*at);
+            member.online = *open && reporting && member.status == "active";
+        }
+    }
+    Ok(Json(members).into_response())
 }
 
 #[utoipa::path(post, path = "/api/v1/bubbles/{bubble}/members/{member}/revoke", tag = "members",
@@ -432,36 +385,6 @@ async fn revoke_member(
     audit_event(&state, Some(&bubble), &who.actor(), "member.revoked", format!("member={member}")).await?;
     Ok(StatusCode::NO_CONTENT)
 }
-
-#[derive(Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-#[serde(deny_unknown_fields)]
-struct AuditQuery {
-    bubble: Option<String>,
-    limit: Option<i64>,
-}
-
-#[utoipa::path(get, path = "/api/v1/audit", tag = "audit", params(AuditQuery), security(("bearer" = []), ("session" = [])),
-    responses((status = 200, description = "Newest first", body = [AuditEvent]), (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
-async fn list_audit(
-    State(state): State<Arc<ApiState>>,
-    Caller(who): Caller,
-    Query(query): Query<AuditQuery>,
-) -> Result<Response, ApiError> {
-    match query.bubble.as_deref() {
-        Some(bubble) => who.read(bubble)?,
-        None if who.scope == Scope::All => {}
-        None => {
-            return Err(ApiError::bad_request("name a bubble (?bubble=...): your scope is limited to some bubbles"));
-        }
-    }
-    let limit = query.limit.unwrap_or(100).clamp(1, 1000);
-    Ok(Json(state.store.list_audit(query.bubble.as_deref(), limit).await?).into_response())
-}
-
-/// How long health samples are kept.
-pub const HEALTH_KEEP_SECS: i64 = 7 * 24 * 3600;
 
 async fn require_bubble(state: &ApiState, headers: &HeaderMap, bubble: &str) -> Result<(), ApiError> {
     let presented = bearer(headers).ok_or_else(ApiError::unauthorized)?;

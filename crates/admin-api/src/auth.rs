@@ -54,18 +54,23 @@ pub(crate) async fn live_session(state: &ApiState, session_token: &str) -> Resul
     })
 }
 
+/// The principal a bearer token (the bootstrap token or a scoped API token) stands for.
+pub async fn token_principal(state: &ApiState, token: &str) -> Result<Principal, ApiError> {
+    let hash = hash_token(token);
+    if state.admin_token_hash.as_deref().is_some_and(|admin| hashes_equal(&hash, admin)) {
+        return Ok(Principal { name: "bootstrap".into(), role: Role::Admin, scope: Scope::All });
+    }
+    let Some((name, role, bubbles)) = state.store.api_token(&hash).await? else {
+        return Err(ApiError::unauthorized());
+    };
+    stored_principal(name, &role, &bubbles).ok_or_else(ApiError::unauthorized)
+}
+
 /// Authenticates a request: bearer token first, else the session cookie (with CSRF check unless `method` is
 /// safe).
 pub async fn principal(state: &ApiState, headers: &HeaderMap, method: &Method) -> Result<Principal, ApiError> {
     if let Some(token) = bearer(headers) {
-        let hash = hash_token(token);
-        if state.admin_token_hash.as_deref().is_some_and(|admin| hashes_equal(&hash, admin)) {
-            return Ok(Principal { name: "bootstrap".into(), role: Role::Admin, scope: Scope::All });
-        }
-        let Some((name, role, bubbles)) = state.store.api_token(&hash).await? else {
-            return Err(ApiError::unauthorized());
-        };
-        return stored_principal(name, &role, &bubbles).ok_or_else(ApiError::unauthorized);
+        return token_principal(state, token).await;
     }
     let Some(session) = cookie(headers, SESSION_COOKIE) else { return Err(ApiError::unauthorized()) };
     let row = live_session(state, session).await?;

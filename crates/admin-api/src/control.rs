@@ -52,6 +52,8 @@ pub trait ControlPlane: Send + Sync + std::fmt::Debug {
     fn bubble_created<'a>(&'a self, bubble: &'a BubbleSpec) -> ControlFuture<'a>;
     /// A category was created or changed.
     fn category_changed<'a>(&'a self, category: &'a CategorySpec) -> ControlFuture<'a>;
+    /// A category was deleted.
+    fn category_deleted<'a>(&'a self, bubble: &'a str, id: &'a str) -> ControlFuture<'a>;
 }
 
 /// All-in-one: bubbles are served by this process from the database.
@@ -66,6 +68,9 @@ impl ControlPlane for Local {
         Box::pin(async { Ok(()) })
     }
     fn category_changed<'a>(&'a self, _category: &'a CategorySpec) -> ControlFuture<'a> {
+        Box::pin(async { Ok(()) })
+    }
+    fn category_deleted<'a>(&'a self, _bubble: &'a str, _id: &'a str) -> ControlFuture<'a> {
         Box::pin(async { Ok(()) })
     }
 }

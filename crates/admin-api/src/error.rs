@@ -63,6 +63,7 @@ impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
         match err {
             StoreError::Conflict(what) => Self::new(StatusCode::CONFLICT, "conflict", format!("{what} already exists")),
+            StoreError::InUse(why) => Self::new(StatusCode::CONFLICT, "in_use", why),
             StoreError::NotFound(what) => Self::new(StatusCode::NOT_FOUND, "not_found", format!("{what} not found")),
             StoreError::Invite(refusal) => {
                 let (status, code) = match refusal {
@@ -70,6 +71,7 @@ impl From<StoreError> for ApiError {
                     InviteRefusal::Expired => (StatusCode::GONE, "invite_expired"),
                     InviteRefusal::Used => (StatusCode::CONFLICT, "invite_used"),
                     InviteRefusal::KeyTaken => (StatusCode::CONFLICT, "key_already_enrolled"),
+                    InviteRefusal::Revoked => (StatusCode::GONE, "invite_revoked"),
                 };
                 Self::new(status, code, format!("this invite {refusal}; ask your administrator for a new one"))
             }

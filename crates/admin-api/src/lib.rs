@@ -7,12 +7,13 @@
 //! reference page ([`reference`]).
 //!
 //! Modules depend one way (`tests/layers.rs` fails on a circle): [`token`], [`store`] < [`metrics`], [`error`] <
-//! [`principal`], [`control`] < [`oidc`] < [`state`] < [`auth`] < [`sign_in`] < [`api`].
+//! [`principal`], [`control`] < [`oidc`] < [`state`] < [`auth`] < [`sign_in`], [`console`] < [`api`].
 
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod auth;
+pub mod console;
 pub mod control;
 pub mod error;
 pub mod metrics;

@@ -14,8 +14,10 @@ use openidconnect::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::auth::{Caller, SESSION_COOKIE, Scope, cookie, csrf_token, live_session, stored_principal, stored_scope};
-use crate::error::ApiError;
+use crate::auth::{
+    Caller, SESSION_COOKIE, Scope, cookie, csrf_token, live_session, stored_principal, stored_scope, token_principal,
+};
+use crate::error::{ApiError, Body};
 use crate::oidc::{display_name, principal_from_claims, provider_unreachable, s256};
 use crate::state::{ApiState, audit_event, fresh_token};
 use crate::store::AdminSession;
@@ -247,4 +249,75 @@ pub async fn logout(
     let mut response = StatusCode::NO_CONTENT.into_response();
     response.headers_mut().insert(header::SET_COOKIE, cookie_header(SESSION_COOKIE, "", "Strict", "/", 0, secure));
     Ok(response)
+}
+
+/// A token typed into the console's sign-in page.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenSignIn {
+    /// The bootstrap token `peerbubble up` printed, or a scoped API token.
+    token: String,
+}
+
+impl std::fmt::Debug for TokenSignIn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenSignIn").field("token", &"<redacted>").finish()
+    }
+}
+
+/// `POST /auth/token`: opens a console session with a token instead of the provider, so that the token itself
+/// never stays in the page (scripts could read it); the console then works with the HttpOnly cookie and its CSRF
+/// token like an OpenID session. A JSON body only: a cross-site form cannot send one, so nobody can be signed in
+/// to someone else's session.
+#[utoipa::path(post, path = "/auth/token", tag = "sign-in", request_body = TokenSignIn,
+    responses((status = 204, description = "Signed in: session cookie set"),
+        (status = 401, description = "Unknown token", body = crate::error::ErrorBody)))]
+pub async fn token_sign_in(
+    State(state): State<Arc<ApiState>>,
+    Body(req): Body<TokenSignIn>,
+) -> Result<Response, ApiError> {
+    let principal = match token_principal(&state, req.token.trim()).await {
+        Ok(principal) => principal,
+        Err(_) => {
+            audit_event(&state, None, "console", "admin.sign_in_refused", "unknown token".into()).await?;
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "token_unknown",
+                "this token is not valid here: copy the admin token `peerbubble up` printed at its last start, or \
+                 ask for an API token",
+            ));
+        }
+    };
+    let now = (state.clock)();
+    let session = fresh_token()?;
+    let row = AdminSession {
+        name: principal.name.clone(),
+        role: principal.role.as_str().to_owned(),
+        bubbles: stored_scope(&principal.scope),
+        created_at: now,
+        expires_at: now + state.session_secs,
+    };
+    state.store.create_session(&row, &hash_token(&session)).await?;
+    audit_event(&state, None, &principal.actor(), "admin.signed_in", format!("scope={} with=token", row.bubbles))
+        .await?;
+    let secure = state.public_url.starts_with("https://");
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    let headers = response.headers_mut();
+    headers
+        .insert(header::SET_COOKIE, cookie_header(SESSION_COOKIE, &session, "Strict", "/", state.session_secs, secure));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+/// How administrators may sign in here.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SignInMethods {
+    /// An OpenID Connect provider is configured (`/auth/login`).
+    oidc: bool,
+}
+
+/// `GET /auth/methods`: what the console's sign-in page offers (public: it reveals only whether a provider is set).
+#[utoipa::path(get, path = "/auth/methods", tag = "sign-in", responses((status = 200, body = SignInMethods)))]
+pub async fn methods(State(state): State<Arc<ApiState>>) -> axum::Json<SignInMethods> {
+    axum::Json(SignInMethods { oidc: state.oidc.is_some() })
 }

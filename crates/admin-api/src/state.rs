@@ -40,6 +40,10 @@ pub struct ApiState {
     pub bubble_auth: Arc<dyn BubbleAuthenticator>,
     /// `peerbubble_admin_*`, served at `/metrics`.
     pub metrics: crate::metrics::AdminMetrics,
+    /// Days audit events are kept (shown in the console; the pruning task has its own copy).
+    pub audit_retention_days: u32,
+    /// How long a console session opened with a token lasts, in seconds (OpenID sessions: the provider config).
+    pub session_secs: i64,
 }
 
 impl ApiState {
@@ -56,6 +60,8 @@ impl ApiState {
             oidc: None,
             control: Arc::new(crate::control::Local),
             bubble_auth: Arc::new(crate::control::BubbleCredential),
+            audit_retention_days: 90,
+            session_secs: 8 * 3600,
         }
     }
 }

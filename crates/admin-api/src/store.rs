@@ -8,6 +8,9 @@ use peerbubble_proto::health::HealthReport;
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Row as _};
 
+mod console;
+pub use console::{AuditFilter, InviteRow};
+
 /// Storage errors. Messages never contain keys or tokens.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -26,6 +29,9 @@ pub enum StoreError {
     /// The invite cannot be redeemed.
     #[error("invite {0}")]
     Invite(InviteRefusal),
+    /// The row is still needed by others (the message says by whom).
+    #[error("in use: {0}")]
+    InUse(String),
 }
 
 /// Why an invite was refused.
@@ -39,6 +45,8 @@ pub enum InviteRefusal {
     Used,
     /// The key is already a member of the bubble.
     KeyTaken,
+    /// An administrator withdrew the invite.
+    Revoked,
 }
 
 impl std::fmt::Display for InviteRefusal {
@@ -48,6 +56,7 @@ impl std::fmt::Display for InviteRefusal {
             InviteRefusal::Expired => "has expired",
             InviteRefusal::Used => "was already used",
             InviteRefusal::KeyTaken => "cannot enroll a key that is already a member",
+            InviteRefusal::Revoked => "was withdrawn by an administrator",
         })
     }
 }
@@ -101,6 +110,10 @@ pub struct MemberRow {
     pub categories: Vec<String>,
     /// Unix seconds.
     pub enrolled_at: i64,
+    /// The last session event the bubble-servers reported (Unix seconds), if any.
+    pub last_seen: Option<i64>,
+    /// Whether a session is open now, as far as the bubble's last report tells.
+    pub online: bool,
 }
 
 /// A new invite.
@@ -322,7 +335,8 @@ impl Store {
     ) -> Result<(String, String), StoreError> {
         let mut tx = self.pool.begin().await?;
         let row = sqlx::query(
-            "SELECT bubble_id, display_name, categories, expires_at, used_at FROM invites WHERE token_hash = $1",
+            "SELECT bubble_id, display_name, categories, expires_at, used_at, revoked_at FROM invites \
+             WHERE token_hash = $1",
         )
         .bind(token_hash)
         .fetch_optional(&mut *tx)
@@ -333,16 +347,21 @@ impl Store {
         if used_at.is_some() {
             return Err(StoreError::Invite(InviteRefusal::Used));
         }
+        if row.try_get::<Option<i64>, _>(5)?.is_some() {
+            return Err(StoreError::Invite(InviteRefusal::Revoked));
+        }
         if now >= expires_at {
             return Err(StoreError::Invite(InviteRefusal::Expired));
         }
-        let claimed =
-            sqlx::query("UPDATE invites SET used_at = $1, used_by = $2 WHERE token_hash = $3 AND used_at IS NULL")
-                .bind(now)
-                .bind(member_id)
-                .bind(token_hash)
-                .execute(&mut *tx)
-                .await?;
+        let claimed = sqlx::query(
+            "UPDATE invites SET used_at = $1, used_by = $2 WHERE token_hash = $3 AND used_at IS NULL \
+                 AND revoked_at IS NULL",
+        )
+        .bind(now)
+        .bind(member_id)
+        .bind(token_hash)
+        .execute(&mut *tx)
+        .await?;
         if claimed.rows_affected() != 1 {
             return Err(StoreError::Invite(InviteRefusal::Used));
         }
@@ -403,6 +422,8 @@ impl Store {
                     enrolled_at: r.try_get(4)?,
                     categories: categories_of.remove(&member).unwrap_or_default(),
                     member,
+                    last_seen: None,
+                    online: false,
                 })
             })
             .collect()

@@ -493,6 +493,16 @@ async fn the_openapi_document_and_reference_describe_every_route() {
         ("/auth/callback", "get"),
         ("/auth/session", "get"),
         ("/auth/logout", "post"),
+        ("/auth/token", "post"),
+        ("/auth/methods", "get"),
+        ("/api/v1/info", "get"),
+        ("/api/v1/audit.csv", "get"),
+        ("/api/v1/bubbles/{bubble}/categories/{category}", "put"),
+        ("/api/v1/bubbles/{bubble}/categories/{category}", "delete"),
+        ("/api/v1/bubbles/{bubble}/invites", "get"),
+        ("/api/v1/bubbles/{bubble}/invites/{invite}", "delete"),
+        ("/api/v1/bubbles/{bubble}/members/{member}/reinvite", "post"),
+        ("/api/v1/bubbles/{bubble}/members/{member}/view", "get"),
     ];
     let paths = doc["paths"].as_object().unwrap();
     let documented: usize = paths.values().map(|item| item.as_object().unwrap().len()).sum();
@@ -502,17 +512,37 @@ async fn the_openapi_document_and_reference_describe_every_route() {
         assert!(op.is_object(), "{method} {path} is not documented");
         assert!(op["responses"].as_object().is_some_and(|r| !r.is_empty()), "{method} {path} has no responses");
         // Every documented route answers (not 404/405 from the router) without credentials.
-        let url = format!("{}{}", api.base, path.replace("{bubble}", "ops").replace("{member}", "m"));
+        let url = format!(
+            "{}{}",
+            api.base,
+            path.replace("{bubble}", "ops")
+                .replace("{member}", "m")
+                .replace("{category}", "c")
+                .replace("{invite}", "i")
+        );
         let res = match method {
             "get" => api.http.get(&url).send().await.unwrap(),
+            "put" => api.http.put(&url).json(&json!({})).send().await.unwrap(),
+            "delete" => api.http.delete(&url).send().await.unwrap(),
             _ => api.http.post(&url).json(&json!({})).send().await.unwrap(),
         };
         assert_ne!(res.status(), StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
-        if path != "/auth/login" && path != "/auth/callback" && path != "/api/v1/enroll" {
+        if !["/auth/login", "/auth/callback", "/api/v1/enroll", "/auth/methods"].contains(&path) {
             assert!(res.status().is_client_error(), "{method} {path}: {}", res.status());
         }
     }
-    for schema in ["CreateInvite", "CreatedInvite", "ErrorBody", "HealthReport", "BubbleFile", "SessionInfo"] {
+    for schema in [
+        "CreateInvite",
+        "CreatedInvite",
+        "ErrorBody",
+        "HealthReport",
+        "BubbleFile",
+        "SessionInfo",
+        "BubbleSummary",
+        "MemberView",
+        "InviteRow",
+        "ServiceInfo",
+    ] {
         assert!(doc["components"]["schemas"][schema].is_object(), "schema {schema} missing");
     }
     assert!(doc["components"]["securitySchemes"]["session"].is_object());
@@ -561,6 +591,9 @@ impl ControlPlane for RefusingPlatform {
         Box::pin(async { Err(ControlError("admission webhook denied the request".into())) })
     }
     fn category_changed<'a>(&'a self, _: &'a CategorySpec) -> ControlFuture<'a> {
+        Box::pin(async { Err(ControlError("admission webhook denied the request".into())) })
+    }
+    fn category_deleted<'a>(&'a self, _: &'a str, _: &'a str) -> ControlFuture<'a> {
         Box::pin(async { Err(ControlError("admission webhook denied the request".into())) })
     }
 }

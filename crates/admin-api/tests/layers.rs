@@ -12,8 +12,14 @@ fn graph() -> BTreeMap<String, BTreeSet<String>> {
     for entry in std::fs::read_dir(&src).unwrap() {
         let path = entry.unwrap().path();
         let module = path.file_stem().unwrap().to_str().unwrap().to_owned();
-        let text = std::fs::read_to_string(&path).unwrap();
-        let mut uses = BTreeSet::new();
+        // A module's submodules (`store/console.rs`) count as the module.
+        let files: Vec<_> = if path.is_dir() {
+            std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()).collect()
+        } else {
+            vec![path.clone()]
+        };
+        let text: String = files.iter().map(|f| std::fs::read_to_string(f).unwrap()).collect::<Vec<_>>().join("\n");
+        let uses: &mut BTreeSet<String> = graph.entry(module.clone()).or_default();
         for line in text.lines().filter(|l| !l.trim_start().starts_with("//")) {
             for (at, _) in line.match_indices("crate::") {
                 let name: String =
@@ -23,7 +29,6 @@ fn graph() -> BTreeMap<String, BTreeSet<String>> {
                 }
             }
         }
-        graph.insert(module, uses);
     }
     graph
 }

@@ -127,8 +127,10 @@ impl AdminApiSource {
         policy: Option<&(BubbleFile, String)>,
     ) -> Result<Directory, DirectoryError> {
         match policy {
-            None => Directory::compile(file, etag.to_owned()),
-            Some((policy, version)) => Directory::compile(overlay_policy(file, policy)?, format!("{etag}+{version}")),
+            None => Ok(Directory::compile(file, etag.to_owned())?),
+            Some((policy, version)) => {
+                Ok(Directory::compile(overlay_policy(file, policy)?, format!("{etag}+{version}"))?)
+            }
         }
     }
 

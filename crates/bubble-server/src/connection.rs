@@ -404,7 +404,7 @@ mod model {
             yaml += &format!("  - {{public_key: {}, display_name: m{m}, categories: [{cats}]}}\n", key(m).public_key());
         }
         // The version is the content's hash: each toggle is a new version.
-        let directory = Directory::from_yaml(yaml.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+        let directory = crate::directory::from_yaml(yaml.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
         Arc::new(directory)
     }
 

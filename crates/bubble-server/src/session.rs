@@ -445,7 +445,7 @@ mod tests {
             key(2).public_key(),
             key(3).public_key()
         );
-        Directory::from_yaml(yaml.as_bytes()).unwrap_or_else(|e| panic!("{e}"))
+        crate::directory::from_yaml(yaml.as_bytes()).unwrap_or_else(|e| panic!("{e}"))
     }
 
     fn auth(key: &IdentityKey, bubble: &str, nonce: &Nonce) -> Vec<u8> {

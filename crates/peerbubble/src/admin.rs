@@ -72,7 +72,7 @@ impl AdminArgs {
             roles_claim: self.oidc_roles_claim.clone(),
             scopes: self.oidc_scopes.clone(),
             session_secs: i64::from(self.admin_session_hours.max(1)) * 3600,
-            after_login: "/".into(),
+            after_login: "/admin/".into(),
         }))
     }
 }
@@ -110,12 +110,15 @@ pub async fn start(args: &AdminArgs, default_db: String, public_url: String) -> 
         args.public_url.clone().unwrap_or(public_url),
         clock,
     );
+    state.audit_retention_days = args.audit_retention_days;
+    state.session_secs = i64::from(args.admin_session_hours.max(1)) * 3600;
     if let Some(config) = oidc {
         tracing::info!(issuer = %config.issuer, "administrators sign in with OpenID Connect");
         state.oidc = Some(Arc::new(Oidc::new(config)?));
     }
     let state = Arc::new(state);
-    let api = router(state);
+    // The console beside the API it calls: same origin, so its session cookie is SameSite=Strict and it needs no CORS.
+    let api = router(state).merge(peerbubble_web_assets::console_router());
     let served = api.clone();
     tokio::spawn(async move {
         if let Err(err) = axum::serve(listener, served).await {

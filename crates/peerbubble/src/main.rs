@@ -423,6 +423,7 @@ async fn up(
         "\nPeerBubble micro-node is up (data in {data}).\n\n\
          \x20 web client  {origin}/   {web}\n\
          \x20 signaling   {ws}://{host}/v1/signal\n\
+         \x20 console     {origin}/admin/   {console}\n\
          \x20 admin API   {api}   (reference: {api}/api/v1/reference)\n\
          \x20 {sign_in}\n\
          \x20 health      {http}://{addr}/healthz   {http}://{addr}/readyz\n\
@@ -432,6 +433,11 @@ async fn up(
         data = data_dir.display(),
         web = if peerbubble_web_assets::is_built() {
             ""
+        } else {
+            "(not built into this binary: cargo xtask run builds it)"
+        },
+        console = if peerbubble_web_assets::console_is_built() {
+            "(sign in with the admin token below)"
         } else {
             "(not built into this binary: cargo xtask run builds it)"
         },
@@ -474,7 +480,7 @@ async fn up(
         }
         text += "\nThe invites are single-use; make more with `peerbubble invite`.\n";
     }
-    text += "The administrator's web console is not built yet (see README).\nStop with Ctrl-C.\n";
+    text += "Stop with Ctrl-C.\n";
     say(&text);
     run_until_signal(server).await
 }

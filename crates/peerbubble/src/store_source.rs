@@ -30,7 +30,7 @@ impl DirectorySource for StoreSource {
         if current == Some(version.as_str()) {
             return Ok(None);
         }
-        Directory::compile(document, version).map(Some)
+        Ok(Some(Directory::compile(document, version)?))
     }
 
     async fn changed(&self) {

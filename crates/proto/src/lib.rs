@@ -19,6 +19,7 @@ pub mod health;
 pub mod identity;
 pub mod limits;
 pub mod opaque;
+pub mod visibility;
 
 pub use codec::{CodecError, decode_client_frame, decode_server_frame, encode_frame};
 pub use enroll::{EnrollError, EnrollRequest, Enrolled, Invite};
@@ -27,7 +28,9 @@ pub use frame::{
     ClientFrame, DirectoryEntry, IceServer, Recipients, RecipientsError, ServerFrame, SessionId, auth_message,
     encode_deliver, enroll_message,
 };
-pub use identity::{IdentityError, IdentityKey, MemberId, PublicKey, Purpose, Signature, safety_number};
+pub use identity::{
+    IdentityError, IdentityKey, MemberId, PublicKey, Purpose, Signature, key_fingerprint, safety_number,
+};
 pub use limits::Limits;
 pub use opaque::{GroupId, Nonce, Opaque, OpaqueError};
 

@@ -1,5 +1,5 @@
 //! The browser client, embedded in the binary and served by the bubble-server (and so by `peerbubble up`) with
-//! nothing beside it. Every response of the router carries the security headers: a Content-Security-Policy with
+//! nothing beside it, and the administrator's console, served under `/admin/` by the admin API. Every response of the router carries the security headers: a Content-Security-Policy with
 //! no inline script or style and no remote origin (`'wasm-unsafe-eval'` for WebAssembly only), no sniffing, no
 //! referrer, no framing. Hashed assets are cached for good; pages are never cached.
 //!
@@ -21,12 +21,26 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'
      style-src 'self'; img-src 'self' data:; connect-src 'self'; worker-src 'self'; manifest-src 'self'; \
      font-src 'none'; object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
+/// The console's policy: the client's without WebAssembly or workers (the console runs neither); QR codes are
+/// `data:` images.
+pub const CONSOLE_CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+     img-src 'self' data:; connect-src 'self'; manifest-src 'self'; font-src 'none'; object-src 'none'; \
+     base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+/// Where the console is served.
+pub const CONSOLE_PREFIX: &str = "/admin";
+
 /// Paths that are the application's pages (the client routes them itself).
 const PAGES: [&str; 3] = ["/", "/enroll", "/index.html"];
 
 /// Whether the client was built into this binary.
 pub fn is_built() -> bool {
     files::FILES.iter().any(|(path, _)| *path == "/index.html")
+}
+
+/// Whether the console was built into this binary.
+pub fn console_is_built() -> bool {
+    files::CONSOLE_FILES.iter().any(|(path, _)| *path == "/index.html")
 }
 
 /// The embedded files' paths.
@@ -52,17 +66,47 @@ const NOT_BUILT: &str = "<!doctype html><html lang=\"en\"><head><meta charset=\"
 <body><h1>The web client is not built into this binary</h1><p>Build it with <code>cargo xtask web</code> (or start \
 everything with <code>cargo xtask run</code>), then rebuild <code>peerbubble</code>.</p></body></html>";
 
+const CONSOLE_NOT_BUILT: &str = "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>PeerBubble \
+console</title></head><body><h1>The administrator's console is not built into this binary</h1><p>Build it with \
+<code>cargo xtask web</code> (or start everything with <code>cargo xtask run</code>), then rebuild \
+<code>peerbubble</code>. The API answers meanwhile under <code>/api/v1</code>.</p></body></html>";
+
 /// Answers a GET or HEAD for an embedded file; everything else is 404 or 405.
 async fn serve(request: Request<Body>) -> Response<Body> {
+    let path = request.uri().path().to_owned();
+    let page = PAGES.contains(&path.as_str());
+    answer(&request, files::FILES, if page { "/index.html" } else { &path }, page, NOT_BUILT)
+}
+
+/// The console: `/admin/<file>` from its build; any other path under `/admin` without a file extension is one of
+/// its pages (it routes them itself).
+async fn serve_console(request: Request<Body>) -> Response<Body> {
+    let path = request.uri().path().to_owned();
+    let rest = path.strip_prefix(CONSOLE_PREFIX).unwrap_or("");
+    let last = rest.rsplit('/').next().unwrap_or("");
+    let page = !rest.starts_with("/assets/") && !last.contains('.');
+    let mut response =
+        answer(&request, files::CONSOLE_FILES, if page { "/index.html" } else { rest }, page, CONSOLE_NOT_BUILT);
+    response
+        .headers_mut()
+        .insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CONSOLE_CONTENT_SECURITY_POLICY));
+    response
+}
+
+fn answer(
+    request: &Request<Body>,
+    set: &'static [(&'static str, &'static [u8])],
+    lookup: &str,
+    page: bool,
+    not_built: &'static str,
+) -> Response<Body> {
     let method = request.method().clone();
     if method != Method::GET && method != Method::HEAD {
         return status(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
     }
-    let path = request.uri().path();
-    let lookup = if PAGES.contains(&path) { "/index.html" } else { path };
-    let Some((_, bytes)) = files::FILES.iter().find(|(p, _)| *p == lookup) else {
-        if PAGES.contains(&path) {
-            return page(StatusCode::OK, NOT_BUILT);
+    let Some((_, bytes)) = set.iter().find(|(p, _)| *p == lookup) else {
+        if page {
+            return self::page(StatusCode::OK, not_built);
         }
         return status(StatusCode::NOT_FOUND, "not found");
     };
@@ -128,6 +172,17 @@ pub fn router() -> Router {
     secure(Router::new().fallback(serve))
 }
 
+/// The router serving the console under `/admin` (GET and HEAD), with the security headers and the console's
+/// policy; merged into the admin API's router.
+pub fn console_router<S: Clone + Send + Sync + 'static>() -> Router<S> {
+    secure(
+        Router::new()
+            .route(CONSOLE_PREFIX, axum::routing::any(serve_console))
+            .route("/admin/", axum::routing::any(serve_console))
+            .route("/admin/{*path}", axum::routing::any(serve_console)),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -153,6 +208,32 @@ mod tests {
             let csp = response.headers().get(header::CONTENT_SECURITY_POLICY).unwrap().to_str().unwrap();
             assert!(csp.contains("script-src 'self' 'wasm-unsafe-eval'") && !csp.contains("unsafe-inline"), "{csp}");
             assert_eq!(response.headers().get(header::X_CONTENT_TYPE_OPTIONS).unwrap(), "nosniff");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_console_lives_under_admin_with_its_own_policy() {
+        for (method, path, code) in [
+            (Method::GET, "/admin", StatusCode::OK),
+            (Method::GET, "/admin/", StatusCode::OK),
+            (Method::GET, "/admin/bubbles/demo", StatusCode::OK),
+            (Method::GET, "/admin/assets/nothing-here.js", StatusCode::NOT_FOUND),
+            (Method::GET, "/admin/../Cargo.toml", StatusCode::NOT_FOUND),
+            (Method::POST, "/admin/", StatusCode::METHOD_NOT_ALLOWED),
+        ] {
+            let request = Request::builder().method(method.clone()).uri(path).body(Body::empty()).unwrap();
+            let response = console_router::<()>().oneshot(request).await.unwrap();
+            assert_eq!(response.status(), code, "{method} {path}");
+            let csp = response.headers().get(header::CONTENT_SECURITY_POLICY).unwrap().to_str().unwrap();
+            assert_eq!(csp, CONSOLE_CONTENT_SECURITY_POLICY, "{path}");
+            assert!(!csp.contains("unsafe") && csp.contains("script-src 'self';"), "{csp}");
+            assert_eq!(response.headers().get(header::X_FRAME_OPTIONS).unwrap(), "DENY");
+        }
+        for (path, _) in files::CONSOLE_FILES {
+            let request = Request::builder().uri(format!("{CONSOLE_PREFIX}{path}")).body(Body::empty()).unwrap();
+            let response = console_router::<()>().oneshot(request).await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK, "{path}");
+            assert_eq!(response.headers().get(header::CONTENT_TYPE).unwrap(), content_type(path), "{path}");
         }
     }
 
