@@ -91,7 +91,7 @@ impl DirectorySource for FileSource {
         if current == Some(content_version(&bytes).as_str()) {
             return Ok(None);
         }
-        Directory::from_yaml(&bytes).map(Some)
+        from_yaml(&bytes).map(Some)
     }
 
     async fn changed(&self) {
