@@ -36,6 +36,19 @@ async function shot(page: Page, name: string): Promise<void> {
   await page.screenshot({ path: join(screenshotDir(), `console-${name}.png`), fullPage: true });
 }
 
+/** Nothing wider than the screen: elements sticking out at phone width (there must be none). */
+async function overflow(page: Page): Promise<string[]> {
+  return page.evaluate(() => {
+    const width = document.documentElement.clientWidth;
+    const out: string[] = [];
+    for (const el of Array.from(document.querySelectorAll('body *'))) {
+      const box = el.getBoundingClientRect();
+      if (box.right > width + 1 && !el.closest('.table-wrap, .tabs')) out.push(`${el.tagName.toLowerCase()}.${el.className} (${Math.round(box.right)} > ${width})`);
+    }
+    return out.slice(0, 5);
+  });
+}
+
 /** A console user's own browser: CSP refusals on the page are collected (there must be none). */
 async function consoleUser(options: { locale?: string; width?: number; height?: number } = {}): Promise<Member> {
   const m = await newMember(browser, options);
@@ -286,6 +299,7 @@ describe('the administrator console', () => {
     await signIn(p, up.token);
     await shot(p, 'bubbles-phone-fr');
     await axe(p, 'bubbles (fr, phone)');
+    expect(await overflow(p)).toEqual([]);
     for (const [tab, name] of [
       ['members', 'Membres'],
       ['categories', 'Catégories'],
@@ -297,16 +311,19 @@ describe('the administrator console', () => {
       await p.waitForLoadState('networkidle');
       await shot(p, `${tab}-phone-fr`);
       await axe(p, `${tab} (fr, phone)`);
+      expect(await overflow(p)).toEqual([]);
     }
     await p.goto(`${up.web}/admin/audit`);
     await p.getByRole('heading', { name: "Journal d'audit" }).waitFor();
     await shot(p, 'audit-phone-fr');
+    expect(await overflow(p)).toEqual([]);
     // And in English at phone width, the busiest screen.
     const en = await consoleUser({ width: 390, height: 844 });
     await signIn(en.page, up.token);
     await en.page.goto(`${up.web}/admin/bubbles/demo/members`);
     await row(en.page, 'Jonas Weber').waitFor();
     await shot(en.page, 'members-phone-en');
+    expect(await overflow(en.page)).toEqual([]);
   });
 
   test('no Content-Security-Policy refusal on any page; the API and the bubble-server counted it all', async () => {

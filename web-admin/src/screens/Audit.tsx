@@ -88,7 +88,7 @@ export function AuditScreen({ who }: { who: Who }) {
       {events.data && events.data.length === 0 && <p className="empty">{offset ? t('audit.noMore') : t('audit.empty')}</p>}
       {events.data && events.data.length > 0 && (
         <div className="table-wrap">
-          <table className="audit">
+          <table className="audit stack">
             <thead>
               <tr>
                 <th>{t('audit.when')}</th>
@@ -101,11 +101,19 @@ export function AuditScreen({ who }: { who: Who }) {
             <tbody>
               {events.data.map((e, i) => (
                 <tr key={`${e.at}-${i}`}>
-                  <td className="nowrap">{when(e.at, i18n.language)}</td>
-                  <td>{e.bubble ?? '—'}</td>
-                  <td className="mono small">{e.actor}</td>
-                  <td className="mono small">{e.action}</td>
-                  <td className="small break">{e.detail}</td>
+                  <td className="nowrap" data-label={t('audit.when')}>
+                    {when(e.at, i18n.language)}
+                  </td>
+                  <td data-label={t('audit.bubble')}>{e.bubble ?? '—'}</td>
+                  <td className="mono small" data-label={t('audit.actor')}>
+                    {e.actor}
+                  </td>
+                  <td className="mono small" data-label={t('audit.action')}>
+                    {e.action}
+                  </td>
+                  <td className="small break" data-label={t('audit.detail')}>
+                    {e.detail}
+                  </td>
                 </tr>
               ))}
             </tbody>

@@ -3,7 +3,7 @@
 import { type FormEvent, useState } from 'react';
 import { useTranslation } from 'react-i18next';
 import type { Who } from '../App';
-import { type CreatedInvite, type Invite, api, describe, must, ok } from '../api/client';
+import { type Category, type CreatedInvite, type Invite, api, describe, must, ok } from '../api/client';
 import { parseInvites } from '../csv';
 import { Done, ErrorNote, Qr, useConfirm, useLoad, when } from '../ui';
 
@@ -48,7 +48,7 @@ export function InvitesTab({ who, bubble }: { who: Who; bubble: string }) {
       {dialog}
       {who.canChange && categories.data && (
         <div className="grid2 no-print">
-          <SingleInvite bubble={bubble} categories={categories.data.map((c) => c.id)} onMade={made} />
+          <SingleInvite bubble={bubble} categories={categories.data} onMade={made} />
           <BatchInvite bubble={bubble} categories={categories.data.map((c) => c.id)} onMade={made} />
         </div>
       )}
@@ -84,7 +84,7 @@ export function InvitesTab({ who, bubble }: { who: Who; bubble: string }) {
         {invites.data && invites.data.length === 0 && <p className="empty">{t('invites.empty')}</p>}
         {invites.data && invites.data.length > 0 && (
           <div className="table-wrap">
-            <table>
+            <table className="stack">
               <thead>
                 <tr>
                   <th>{t('invites.for')}</th>
@@ -100,18 +100,20 @@ export function InvitesTab({ who, bubble }: { who: Who; bubble: string }) {
               <tbody>
                 {invites.data.map((inv) => (
                   <tr key={inv.id} data-invite-row={inv.display_name}>
-                    <td>{inv.display_name}</td>
-                    <td>{inv.categories.join(', ') || '—'}</td>
-                    <td>
+                    <td data-label={t('invites.for')}>{inv.display_name}</td>
+                    <td data-label={t('members.categories')}>{inv.categories.join(', ') || '—'}</td>
+                    <td data-label={t('invites.state')}>
                       <span className={`pill ${inv.status === 'pending' ? 'ok' : inv.status === 'used' ? 'none' : 'errors'}`}>{t(`invites.status.${inv.status}`)}</span>
                     </td>
-                    <td>{when(inv.created_at, i18n.language)}</td>
-                    <td>{when(inv.expires_at, i18n.language)}</td>
-                    <td className="actions">
+                    <td data-label={t('invites.created')}>{when(inv.created_at, i18n.language)}</td>
+                    <td data-label={t('invites.expiry')}>{when(inv.expires_at, i18n.language)}</td>
+                    <td>
                       {who.canChange && inv.status === 'pending' && (
-                        <button type="button" className="danger" onClick={() => void revoke(inv)}>
-                          {t('invites.revoke')}
-                        </button>
+                        <div className="actions">
+                          <button type="button" className="danger" onClick={() => void revoke(inv)}>
+                            {t('invites.revoke')}
+                          </button>
+                        </div>
                       )}
                     </td>
                   </tr>
@@ -141,7 +143,7 @@ function Expiry({ id, days, setDays }: { id: string; days: number; setDays: (d: 
   );
 }
 
-function SingleInvite({ bubble, categories, onMade }: { bubble: string; categories: string[]; onMade: (f: Fresh[]) => void }) {
+function SingleInvite({ bubble, categories, onMade }: { bubble: string; categories: Category[]; onMade: (f: Fresh[]) => void }) {
   const { t } = useTranslation();
   const [name, setName] = useState('');
   const [chosen, setChosen] = useState<string[]>([]);
@@ -172,9 +174,9 @@ function SingleInvite({ bubble, categories, onMade }: { bubble: string; categori
         <fieldset>
           <legend>{t('members.categories')}</legend>
           {categories.map((c) => (
-            <label key={c} className="check">
-              <input type="checkbox" checked={chosen.includes(c)} onChange={(e) => setChosen(e.target.checked ? [...chosen, c] : chosen.filter((x) => x !== c))} />
-              {c}
+            <label key={c.id} className="check">
+              <input type="checkbox" checked={chosen.includes(c.id)} onChange={(e) => setChosen(e.target.checked ? [...chosen, c.id] : chosen.filter((x) => x !== c.id))} />
+              {c.display_name}
             </label>
           ))}
         </fieldset>
@@ -252,7 +254,7 @@ function BatchInvite({ bubble, categories, onMade }: { bubble: string; categorie
         </p>
       ))}
       <button type="submit" className="primary" disabled={parsed.rows.length === 0 || parsed.problems.length > 0 || (progress !== null && progress.done < progress.total)}>
-        {t('invites.makeBatch', { count: parsed.rows.length })}
+        {parsed.rows.length ? t('invites.makeBatch', { count: parsed.rows.length }) : t('invites.makeBatchEmpty')}
       </button>
     </form>
   );

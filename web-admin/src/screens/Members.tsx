@@ -83,7 +83,7 @@ export function MembersTab({ who, bubble }: { who: Who; bubble: string }) {
       {members.data && members.data.length === 0 && <p className="empty">{who.canChange ? t('members.emptyAdmin') : t('members.empty')}</p>}
       {shown.length > 0 && (
         <div className="table-wrap">
-          <table>
+          <table className="stack">
             <thead>
               <tr>
                 <th>{t('members.name')}</th>
@@ -99,12 +99,14 @@ export function MembersTab({ who, bubble }: { who: Who; bubble: string }) {
             <tbody>
               {shown.map((m) => (
                 <tr key={m.member} className={m.status === 'revoked' ? 'revoked' : ''} data-member={m.display_name}>
-                  <td>
-                    <strong>{m.display_name}</strong>
-                    <div className="mono small muted">{m.member.slice(0, 16)}…</div>
+                  <td data-label={t('members.name')}>
+                    <div>
+                      <strong>{m.display_name}</strong>
+                      <div className="mono small muted">{m.member.slice(0, 16)}…</div>
+                    </div>
                   </td>
-                  <td>{m.categories.join(', ') || '—'}</td>
-                  <td>
+                  <td data-label={t('members.categories')}>{m.categories.join(', ') || '—'}</td>
+                  <td data-label={t('members.status')}>
                     {m.status === 'revoked' ? (
                       <span className="pill errors">{t('members.state.revoked')}</span>
                     ) : m.online ? (
@@ -113,9 +115,10 @@ export function MembersTab({ who, bubble }: { who: Who; bubble: string }) {
                       <span className="pill none">{t('members.state.offline')}</span>
                     )}
                   </td>
-                  <td>{when(m.enrolled_at, i18n.language)}</td>
-                  <td>{ago(m.last_seen, i18n.language)}</td>
-                  <td className="actions">
+                  <td data-label={t('members.enrolled')}>{when(m.enrolled_at, i18n.language)}</td>
+                  <td data-label={t('members.lastSeen')}>{ago(m.last_seen, i18n.language)}</td>
+                  <td>
+                    <div className="actions">
                     <button type="button" onClick={() => setViewing(viewing === m.member ? null : m.member)} aria-expanded={viewing === m.member}>
                       {t('members.viewAs')}
                     </button>
@@ -129,6 +132,7 @@ export function MembersTab({ who, bubble }: { who: Who; bubble: string }) {
                         {t('members.reinvite')}
                       </button>
                     )}
+                    </div>
                   </td>
                 </tr>
               ))}
