@@ -29,6 +29,10 @@ impl ApiError {
     pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self { status, code, message: message.into() }
     }
+    /// The stable code (`invalid_request`, `no_role`, ...).
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
     pub(crate) fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
     }

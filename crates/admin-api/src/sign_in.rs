@@ -106,6 +106,31 @@ pub async fn callback(
     headers: HeaderMap,
     Query(query): Query<CallbackQuery>,
 ) -> Result<Response, ApiError> {
+    // A person's browser lands here from the provider: a refusal takes them back to the console's sign-in page,
+    // which says what went wrong in their language, instead of a page of JSON. API clients get the JSON error.
+    let navigation =
+        headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|accept| accept.contains("text/html"));
+    let after_login = state.oidc.as_ref().map(|o| o.config.after_login.clone());
+    match complete_sign_in(&state, &headers, query).await {
+        Err(err) if navigation => {
+            let base = after_login.unwrap_or_else(|| "/admin/".to_owned());
+            let location = format!("{base}?sign_in_error={}", err.code());
+            let mut response = StatusCode::SEE_OTHER.into_response();
+            let value = HeaderValue::from_str(&location).unwrap_or_else(|_| HeaderValue::from_static("/admin/"));
+            response.headers_mut().insert(header::LOCATION, value);
+            response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            Ok(response)
+        }
+        other => other,
+    }
+}
+
+async fn complete_sign_in(
+    state: &Arc<ApiState>,
+    headers: &HeaderMap,
+    query: CallbackQuery,
+) -> Result<Response, ApiError> {
+    let state = state.clone();
     let oidc = state.oidc.as_ref().ok_or_else(not_configured)?;
     if let Some(error) = query.error {
         let error: String = error.chars().filter(char::is_ascii_graphic).take(64).collect();
@@ -123,7 +148,7 @@ pub async fn callback(
         ));
     };
     // The cookie is attacker-controlled: compared as a hash, never handed to code that asserts its shape.
-    let verifier = cookie(&headers, LOGIN_COOKIE).unwrap_or_default().to_owned();
+    let verifier = cookie(headers, LOGIN_COOKIE).unwrap_or_default().to_owned();
     if !crate::token::hashes_equal(&s256(&verifier), &challenge) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,

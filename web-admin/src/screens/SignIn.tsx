@@ -11,6 +11,12 @@ export function SignIn({ reason, onSignedIn }: { reason: string | null; onSigned
   const [busy, setBusy] = useState(false);
   const [error, setError] = useState<string | null>(null);
   const methods = useLoad(async () => (await api.GET('/auth/methods')).data ?? { oidc: false }, []);
+  // The provider's answer, when the sign-in it started was refused (the API sent the browser back here).
+  const [providerError] = useState(() => {
+    const code = new URLSearchParams(window.location.search).get('sign_in_error');
+    if (code) window.history.replaceState(null, '', window.location.pathname);
+    return code;
+  });
 
   const submit = async (e: FormEvent) => {
     e.preventDefault();
@@ -37,6 +43,11 @@ export function SignIn({ reason, onSignedIn }: { reason: string | null; onSigned
       <h1 id="sign-in-title">{t('signIn.title')}</h1>
       <p className="muted">{t('signIn.intro')}</p>
       {reason && <div className="notice warn">{t(`signIn.reason.${reason}`)}</div>}
+      {providerError && (
+        <div className="notice error" role="alert">
+          {t([`signIn.providerError.${providerError}`, 'signIn.providerError.other'], { code: providerError })}
+        </div>
+      )}
       {methods.data?.oidc && (
         <p>
           <a className="button primary wide" href="/auth/login">
