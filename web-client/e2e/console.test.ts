@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import AxeBuilder from '@axe-core/playwright';
 import type { Browser, Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { type Member, type Up, admin, enroll, launch, newMember, screenshotDir, startUp } from './harness';
+import { type Member, type Up, admin, enroll, launch, newMember, screenshotDir, startUp, unlock } from './harness';
 
 let up: Up;
 let browser: Browser;
@@ -172,6 +172,44 @@ describe('the administrator console', () => {
     await axe(page, 'members');
   });
 
+  test('the bubble rules set in the console reach a connected member at once, and the next welcome', async () => {
+    await page.getByRole('link', { name: 'Rules' }).click();
+    await page.getByLabel(/Conversations stay masked/).check();
+    await page.getByLabel(/Relay only/).check();
+    await page.getByLabel('Messages disappear within (hours)').fill('24');
+    await page.getByRole('button', { name: 'Save the rules' }).click();
+    await page.getByRole('status').filter({ hasText: 'Rules saved' }).waitFor();
+    await shot(page, 'rules-desktop-en');
+    await axe(page, 'rules');
+    // Pushed live to Jonas's open session: his app shows the rules and enforces them.
+    const rules = jonas.page.getByTestId('bubble-rules');
+    await jonas.page.getByText(/This bubble's rules \(3\)/).click({ timeout: 15_000 });
+    await expect.poll(() => rules.locator('li').allInnerTexts()).toEqual([
+      'Conversations stay masked: tap a message to read it.',
+      'Messages disappear within 1 day.',
+      "Connections go through the bubble's relay only (your network address stays hidden).",
+    ]);
+    const relay = jonas.page.getByLabel("Always go through the bubble's relay");
+    expect(await relay.isChecked()).toBe(true);
+    expect(await relay.isDisabled()).toBe(true);
+    const pushed = jonas.frames.filter((f) => f.includes('"type":"policy"'));
+    expect(pushed.length).toBeGreaterThanOrEqual(1);
+    expect(pushed.at(-1)).toContain('"masked_by_default":true');
+    // His key fingerprint in his app is the one the console shows.
+    await page.getByRole('link', { name: 'Members' }).click();
+    await row(page, 'Jonas Weber').getByRole('button', { name: 'View as member' }).click();
+    const shown = await page.getByTestId('fingerprint').innerText();
+    expect(await jonas.page.getByTestId('own-fingerprint').innerText()).toBe(shown);
+    await page.getByRole('button', { name: 'Close' }).click();
+    // A new session gets the rules in its welcome.
+    jonas.frames.length = 0;
+    await jonas.page.reload();
+    await unlock(jonas);
+    await jonas.page.getByRole('navigation').waitFor({ timeout: 60_000 });
+    await expect.poll(() => jonas.frames.some((f) => f.includes('"type":"welcome"') && f.includes('"relay_only":true')), { timeout: 30_000 }).toBe(true);
+    await shot(jonas.page, 'member-rules-desktop-en');
+  });
+
   test('revoking a member disconnects them within seconds and the console shows it', async () => {
     await row(page, 'Amira Haddad').getByRole('button', { name: 'Revoke' }).click();
     const dialog = page.getByRole('dialog');
@@ -247,6 +285,10 @@ describe('the administrator console', () => {
     await p.getByRole('link', { name: 'Invites' }).click();
     await p.getByRole('heading', { name: 'All invites' }).waitFor();
     expect(await p.getByRole('button', { name: /^(Withdraw|Make invite)$/ }).count()).toBe(0);
+    await p.getByRole('link', { name: 'Rules' }).click();
+    await p.getByLabel(/Relay only/).waitFor();
+    expect(await p.getByLabel(/Relay only/).isDisabled()).toBe(true);
+    expect(await p.getByRole('button', { name: 'Save the rules' }).count()).toBe(0);
     // The same requests made by hand, with the session cookie and its CSRF token: 403.
     const statuses = await p.evaluate(async () => {
       const session = (await (await fetch('/auth/session')).json()) as { csrf_token: string };
@@ -255,6 +297,7 @@ describe('the administrator console', () => {
         ['POST', '/api/v1/bubbles/demo/invites', { display_name: 'Mallory' }],
         ['PUT', '/api/v1/bubbles/demo/categories/command', { display_name: 'X' }],
         ['DELETE', '/api/v1/bubbles/demo/categories/logistics', undefined],
+        ['PUT', '/api/v1/bubbles/demo/policy', {}],
         ['POST', '/api/v1/bubbles', { id: 'x', display_name: 'X' }],
       ];
       const out: number[] = [];
@@ -263,7 +306,7 @@ describe('the administrator console', () => {
       }
       return out;
     });
-    expect(statuses).toEqual([403, 403, 403, 403]);
+    expect(statuses).toEqual([403, 403, 403, 403, 403]);
     await shot(p, 'members-auditor-desktop-en');
   });
 
@@ -305,6 +348,7 @@ describe('the administrator console', () => {
       ['categories', 'Catégories'],
       ['invites', 'Invitations'],
       ['health', 'Santé'],
+      ['policy', 'Règles'],
     ] as const) {
       await p.goto(`${up.web}/admin/bubbles/demo/${tab}`);
       await p.getByRole('link', { name, exact: true }).waitFor();

@@ -29,6 +29,7 @@ export interface Up {
   /** The signaling URL (ws:// or wss://). */
   signal: string;
   api: string;
+  /** The bootstrap admin token; '' when `up` printed none (an OpenID Connect issuer is configured). */
   token: string;
   invites: string[];
   logs: string[];
@@ -39,14 +40,18 @@ export interface Up {
   stop: () => Promise<void>;
 }
 
-/** Starts `peerbubble up` (with `extra` flags) and reads its banner. */
-export async function startUp(extra: string[] = []): Promise<Up> {
+/**
+ * Starts `peerbubble up` (with `extra` flags) and reads its banner. `listen` and `adminListen` replace the web and
+ * admin API addresses (`127.0.0.1:0` otherwise), for a test that must know one before `up` starts (an OpenID
+ * redirect URI).
+ */
+export async function startUp(extra: string[] = [], options: { listen?: string; adminListen?: string } = {}): Promise<Up> {
   const bin = process.env.PEERBUBBLE_BIN;
   if (!bin) throw new Error('PEERBUBBLE_BIN is not set (run through `cargo xtask e2e`)');
   const data = mkdtempSync(join(tmpdir(), 'peerbubble-e2e-'));
   const child: ChildProcess = spawn(
     bin,
-    ['up', '--data-dir', data, '--listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0', '--turn-port', '0', '--turn-tls-port', '0', ...extra],
+    ['up', '--data-dir', data, '--listen', options.listen ?? '127.0.0.1:0', '--admin-listen', options.adminListen ?? '127.0.0.1:0', '--turn-port', '0', '--turn-tls-port', '0', ...extra],
     { env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? 'info,peerbubble_bubble_server=trace' }, stdio: ['ignore', 'pipe', 'pipe'] },
   );
   const logs: string[] = [];
@@ -79,7 +84,7 @@ export async function startUp(extra: string[] = []): Promise<Up> {
     web: field('web client').replace(/\/$/, ''),
     signal: field('signaling'),
     api: field('admin API'),
-    token: field('admin token'),
+    token: banner.some((l) => l.trim().startsWith('admin token')) ? field('admin token') : '',
     invites,
     logs,
     banner,

@@ -52,6 +52,8 @@ export class WorkerClient {
         return;
       case 'view':
         this.view = update.view;
+        // The bubble's relay-only rule applies to connections at once (welcome, or a change pushed live).
+        this.links.setRelayRequired(update.view.policy.relay_only);
         break;
       case 'notice': {
         const rtc = parseRtcNotice(update.notice);

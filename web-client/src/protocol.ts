@@ -76,11 +76,24 @@ export interface Conversation {
   history: ChatMessage[];
 }
 
+/** What the bubble's administrators require (crates/proto/src/policy.rs); client-core enforces it too. */
+export interface Policy {
+  masked_by_default: boolean;
+  disappear_within_secs: number;
+  files_allowed: boolean;
+  max_file_bytes: number;
+  calls_allowed: boolean;
+  relay_only: boolean;
+}
+
 export interface View {
   me: { member: MemberId; displayName: string; bubble: string; publicKey: string };
   signaling: string;
   directory: DirectoryEntry[];
   conversations: Conversation[];
+  policy: Policy;
+  /** The member's key fingerprint: their half of every safety number (the console shows the same digits). */
+  fingerprint: string;
 }
 
 export type Update =
@@ -210,7 +223,21 @@ function isView(v: unknown): v is View {
     Array.isArray(v.directory) &&
     v.directory.every((e) => isObject(e) && isId(e.member) && typeof e.displayName === 'string') &&
     Array.isArray(v.conversations) &&
-    v.conversations.every((c) => isObject(c) && isId(c.id) && Array.isArray(c.history) && isIdList(c.members))
+    v.conversations.every((c) => isObject(c) && isId(c.id) && Array.isArray(c.history) && isIdList(c.members)) &&
+    isPolicy(v.policy) &&
+    typeof v.fingerprint === 'string'
+  );
+}
+
+function isPolicy(p: unknown): p is Policy {
+  return (
+    isObject(p) &&
+    typeof p.masked_by_default === 'boolean' &&
+    typeof p.disappear_within_secs === 'number' &&
+    typeof p.files_allowed === 'boolean' &&
+    typeof p.max_file_bytes === 'number' &&
+    typeof p.calls_allowed === 'boolean' &&
+    typeof p.relay_only === 'boolean'
   );
 }
 

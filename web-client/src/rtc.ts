@@ -40,21 +40,42 @@ export class PeerLinks {
     private readonly changed: () => void,
   ) {}
 
-  /** Whether this device reaches contacts only through the bubble's relay. */
+  /** The bubble's policy requires relayed connections (from the worker's view; client-side, as every rule). */
+  private required = false;
+
+  /** Whether this device reaches contacts only through the bubble's relay: its own choice, or the bubble's rule. */
   get relayOnly(): boolean {
-    return localStorage.getItem(RELAY_ONLY_KEY) === '1';
+    return this.required || localStorage.getItem(RELAY_ONLY_KEY) === '1';
+  }
+
+  /** Whether the bubble's policy imposes relayed connections (the member cannot turn them off). */
+  get relayRequired(): boolean {
+    return this.required;
+  }
+
+  /** Applies the bubble's relay-only rule: connections open now are set up again through the relay. */
+  setRelayRequired(on: boolean): void {
+    if (on === this.required) return;
+    const before = this.relayOnly;
+    this.required = on;
+    if (this.relayOnly !== before) this.reconnectAll();
+    this.changed();
   }
 
   /** Changes the choice and sets up again the connections that are open, with the new policy. */
   setRelayOnly(on: boolean): void {
     localStorage.setItem(RELAY_ONLY_KEY, on ? '1' : '0');
+    this.reconnectAll();
+    this.changed();
+  }
+
+  private reconnectAll(): void {
     // Set up again with the new policy: the side that offered offers again; the other hangs up, and the
     // offering side, told so, tries again (one side offers, so the two never offer at once).
     for (const [peer, link] of [...this.links]) {
       this.close(peer, true);
       if (link.offered) void this.offer(peer);
     }
-    this.changed();
   }
 
   state(peer: MemberId): LinkState | null {

@@ -97,6 +97,7 @@ fn documented() -> (Router<Arc<ApiState>>, utoipa::openapi::OpenApi) {
         .routes(routes!(crate::console::view_as_member))
         .routes(routes!(crate::console::export_audit))
         .routes(routes!(crate::console::info))
+        .routes(routes!(crate::console::get_policy, crate::console::set_policy))
         .routes(routes!(directory))
         .routes(routes!(report_health, list_health))
         .routes(routes!(crate::console::list_audit))

@@ -467,3 +467,50 @@ mod tests {
         assert_eq!(csv_field("-1"), "'-1");
     }
 }
+
+#[utoipa::path(get, path = "/api/v1/bubbles/{bubble}/policy", tag = "bubbles", params(("bubble" = String, Path, description = "Bubble id")),
+    security(("bearer" = []), ("session" = [])),
+    responses((status = 200, body = peerbubble_proto::BubblePolicy), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+pub(crate) async fn get_policy(
+    State(state): State<Arc<ApiState>>,
+    Caller(who): Caller,
+    Path(bubble): Path<String>,
+) -> Result<Json<peerbubble_proto::BubblePolicy>, ApiError> {
+    who.read(&bubble)?;
+    if state.store.bubble_credential_hash(&bubble).await?.is_none() {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", "bubble not found"));
+    }
+    Ok(Json(state.store.policy(&bubble).await?))
+}
+
+/// Sets what the bubble requires of its members' clients. It reaches them in `welcome`, and connected members at
+/// once in a `policy` frame when their bubble-server picks up the directory (within seconds).
+#[utoipa::path(put, path = "/api/v1/bubbles/{bubble}/policy", tag = "bubbles", params(("bubble" = String, Path, description = "Bubble id")),
+    request_body = peerbubble_proto::BubblePolicy, security(("bearer" = []), ("session" = [])),
+    responses((status = 204, description = "Set; members' clients apply it within seconds"), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(crate) async fn set_policy(
+    State(state): State<Arc<ApiState>>,
+    Caller(who): Caller,
+    Path(bubble): Path<String>,
+    Body(policy): Body<peerbubble_proto::BubblePolicy>,
+) -> Result<StatusCode, ApiError> {
+    who.write(&bubble)?;
+    policy.check().map_err(ApiError::bad_request)?;
+    if state.store.bubble_credential_hash(&bubble).await?.is_none() {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", "bubble not found"));
+    }
+    state.store.set_policy(&bubble, &policy).await?;
+    let detail = format!(
+        "masked_by_default={} disappear_within_secs={} files_allowed={} max_file_bytes={} calls_allowed={} relay_only={}",
+        policy.masked_by_default,
+        policy.disappear_within_secs,
+        policy.files_allowed,
+        policy.max_file_bytes,
+        policy.calls_allowed,
+        policy.relay_only
+    );
+    audit_event(&state, Some(&bubble), &who.actor(), "policy.changed", detail).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

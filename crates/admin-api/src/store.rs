@@ -464,7 +464,14 @@ impl Store {
             .filter(|m| m.status == "active")
             .map(|m| MemberFile { public_key: m.public_key, display_name: m.display_name, categories: m.categories })
             .collect();
-        Ok(Some(BubbleFile { bubble: bubble.to_owned(), display_name: Some(row.try_get(0)?), categories, members }))
+        let policy = self.policy(bubble).await?;
+        Ok(Some(BubbleFile {
+            bubble: bubble.to_owned(),
+            display_name: Some(row.try_get(0)?),
+            categories,
+            members,
+            policy,
+        }))
     }
 
     /// Records an audit event.

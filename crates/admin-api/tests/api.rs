@@ -503,6 +503,8 @@ async fn the_openapi_document_and_reference_describe_every_route() {
         ("/api/v1/bubbles/{bubble}/invites/{invite}", "delete"),
         ("/api/v1/bubbles/{bubble}/members/{member}/reinvite", "post"),
         ("/api/v1/bubbles/{bubble}/members/{member}/view", "get"),
+        ("/api/v1/bubbles/{bubble}/policy", "get"),
+        ("/api/v1/bubbles/{bubble}/policy", "put"),
     ];
     let paths = doc["paths"].as_object().unwrap();
     let documented: usize = paths.values().map(|item| item.as_object().unwrap().len()).sum();

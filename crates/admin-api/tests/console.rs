@@ -415,3 +415,52 @@ async fn the_audit_trail_is_filtered_paged_and_exported() {
         api.finish().await;
     }
 }
+
+#[tokio::test]
+async fn the_bubble_policy_is_set_checked_and_served_to_bubble_servers() {
+    for (backend, api) in backends(100).await {
+        let credential = setup(&api).await;
+        let (status, policy) = api.get("/api/v1/bubbles/ops/policy", Some(ADMIN)).await;
+        assert_eq!(status, StatusCode::OK, "{backend}");
+        assert_eq!((policy["masked_by_default"].clone(), policy["files_allowed"].clone()), (json!(false), json!(true)));
+        // Nothing required: the directory document carries no policy at all.
+        assert!(api.get("/api/v1/bubbles/ops/directory", Some(&credential)).await.1.get("policy").is_none());
+        let strict = json!({"masked_by_default": true, "disappear_within_secs": 86400, "files_allowed": true,
+            "max_file_bytes": 1048576, "calls_allowed": false, "relay_only": true});
+        let (status, body) =
+            api.send(Method::PUT, "/api/v1/bubbles/ops/policy", Some(ADMIN), Some(strict.clone())).await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "{backend}: {body}");
+        assert_eq!(api.get("/api/v1/bubbles/ops/policy", Some(ADMIN)).await.1, strict, "{backend}");
+        // What the bubble-servers follow, and hand to members in welcome.
+        let (_, doc) = api.get("/api/v1/bubbles/ops/directory", Some(&credential)).await;
+        assert_eq!(doc["policy"], strict, "{backend}");
+        // Out of bounds, unknown fields, other bubbles: refused, and the policy in force is unchanged.
+        for (body, code) in [
+            (json!({"max_file_bytes": 0}), StatusCode::BAD_REQUEST),
+            (json!({"disappear_within_secs": 400 * 86400}), StatusCode::BAD_REQUEST),
+            (json!({"relay_only": true, "record_messages": true}), StatusCode::BAD_REQUEST),
+        ] {
+            let (status, res) =
+                api.send(Method::PUT, "/api/v1/bubbles/ops/policy", Some(ADMIN), Some(body.clone())).await;
+            assert_eq!(status, code, "{backend}: {body} -> {res}");
+        }
+        assert_eq!(
+            api.send(Method::PUT, "/api/v1/bubbles/ghost/policy", Some(ADMIN), Some(json!({}))).await.0,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(api.get("/api/v1/bubbles/ops/policy", Some(ADMIN)).await.1, strict);
+        // An auditor reads it and cannot change it.
+        let (_, made) =
+            api.post("/api/v1/tokens", Some(ADMIN), json!({"name": "ines", "role": "auditor", "bubbles": ["*"]})).await;
+        let auditor = made["token"].as_str().unwrap();
+        assert_eq!(api.get("/api/v1/bubbles/ops/policy", Some(auditor)).await.0, StatusCode::OK);
+        assert_eq!(
+            api.send(Method::PUT, "/api/v1/bubbles/ops/policy", Some(auditor), Some(json!({}))).await.0,
+            StatusCode::FORBIDDEN
+        );
+        let (_, events) = api.get("/api/v1/audit?action=policy.", Some(ADMIN)).await;
+        assert_eq!(events.as_array().unwrap().len(), 1, "{backend}: {events}");
+        assert!(events[0]["detail"].as_str().unwrap().contains("relay_only=true"));
+        api.finish().await;
+    }
+}

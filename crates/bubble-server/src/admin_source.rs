@@ -213,6 +213,7 @@ mod tests {
                 display_name: "Cy".into(),
                 categories: vec!["ext".into(), "team".into()],
             }],
+            policy: Default::default(),
         }
     }
 

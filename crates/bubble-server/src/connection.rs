@@ -266,8 +266,16 @@ impl<'a> Connection<'a> {
             Some((servers, ttl)) => (servers, Some(ttl.as_millis() as u64)),
             None => (Vec::new(), None),
         };
-        let welcome =
-            |session| ServerFrame::Welcome { member, session, display_name, ice_servers, ice_expires_in_ms, limits };
+        let policy = *self.directory.policy();
+        let welcome = |session| ServerFrame::Welcome {
+            member,
+            session,
+            display_name,
+            ice_servers,
+            ice_expires_in_ms,
+            limits,
+            policy,
+        };
         match self.state.hub.register(member, self.handle.clone(), welcome) {
             Ok((session, sent_slice)) => {
                 self.registration = Some(Registration { hub: &self.state.hub, member, session });
@@ -353,11 +361,17 @@ impl<'a> Connection<'a> {
     }
 
     fn directory_changed(&mut self, directory: Arc<Directory>) -> Flow {
+        let policy_changed = directory.policy() != self.directory.policy();
         self.directory = directory;
         let Some((member, _)) = self.session.identity() else { return Flow::Continue };
         if self.directory.member(&member).is_none() {
             tracing::info!(%member, "member removed from the bubble; closing its session");
             return self.close(ErrorCode::MemberRemoved, "you were removed from this bubble", None);
+        }
+        if policy_changed {
+            // Before the slice: a client applies the rules before anything the new directory lets it do.
+            let frame = ServerFrame::Policy { policy: *self.directory.policy() };
+            self.handle.send_or_kill(&Utf8Bytes::from(encode_frame(&frame)));
         }
         self.sent_slice = self.state.hub.send_slice(member, &self.directory, &self.handle, self.sent_slice);
         Flow::Continue

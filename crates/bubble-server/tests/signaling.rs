@@ -336,6 +336,42 @@ async fn bubble_file_reload_applies_to_connected_members() {
 }
 
 #[tokio::test]
+async fn the_bubble_policy_is_in_welcome_and_reaches_connected_members_when_it_changes() {
+    use peerbubble_proto::BubblePolicy;
+    let b = bubble().await;
+    let mut ann = b.connect(ANN).await;
+    assert_eq!(*ann.policy(), BubblePolicy::default());
+    b.write(&format!(
+        "{}policy: {{masked_by_default: true, relay_only: true, disappear_within_secs: 3600}}\n",
+        bubble_yaml()
+    ));
+    let pushed = expect(&mut ann, "policy", |f| match f {
+        ServerFrame::Policy { policy } => Some(*policy),
+        _ => None,
+    })
+    .await;
+    let expected = BubblePolicy {
+        masked_by_default: true,
+        relay_only: true,
+        disappear_within_secs: 3600,
+        ..BubblePolicy::default()
+    };
+    assert_eq!(pushed, expected);
+    assert_eq!(*ann.policy(), expected);
+    // A new session gets it in welcome.
+    let bob = b.connect(BOB).await;
+    assert_eq!(*bob.policy(), expected);
+    // A policy out of bounds is a broken file: the previous directory (and policy) stays.
+    b.write(&format!("{}policy: {{max_file_bytes: 0}}\n", bubble_yaml()));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !b.metrics().contains("peerbubble_signal_directory_reloads_total{result=\"error\"} 1") {
+        assert!(tokio::time::Instant::now() < deadline, "invalid policy not refused");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(*b.connect(CAT).await.policy(), expected);
+}
+
+#[tokio::test]
 async fn malformed_and_oversized_frames() {
     let b = Bubble::start(&bubble_yaml(), |c| c.max_frame_bytes = 4096).await;
     let mut ann = b.connect(ANN).await;

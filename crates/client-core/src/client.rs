@@ -452,6 +452,9 @@ pub enum ClientError {
     /// A file transfer refused the operation.
     #[error("file transfer: {0}")]
     File(String),
+    /// The bubble's policy forbids it (set by its administrators; the text says what it allows).
+    #[error("not allowed in this bubble: {0}")]
+    Policy(String),
     /// Stored state could not be read.
     #[error("stored client state is unreadable: {0}")]
     State(String),
@@ -562,6 +565,7 @@ pub struct Client {
     /// KeyPackages minted per requesting member: (window start, count).
     minted: HashMap<MemberId, (u64, u32)>,
     file_config: TransferConfig,
+    policy: peerbubble_proto::BubblePolicy,
     offers_in: HashMap<TransferId, (MemberId, ConversationId, FileOffer, FileKey)>,
     files_in: HashMap<TransferId, (MemberId, ConversationId, IncomingTransfer, FileKey)>,
     files_out: HashMap<TransferId, (MemberId, ConversationId, OutgoingTransfer)>,
@@ -602,6 +606,7 @@ impl Client {
             calls: HashMap::new(),
             minted: HashMap::new(),
             file_config: TransferConfig::default(),
+            policy: peerbubble_proto::BubblePolicy::default(),
             offers_in: HashMap::new(),
             files_in: HashMap::new(),
             files_out: HashMap::new(),
@@ -803,7 +808,7 @@ impl Client {
     /// Sends a chat message; returns its id.
     pub fn send_text(&mut self, conversation: ConversationId, text: &str) -> Result<MessageId, ClientError> {
         let id = MessageId(random16()?);
-        let timer = self.conversation(conversation)?.timer_secs;
+        let timer = self.policy.timer(self.conversation(conversation)?.timer_secs);
         let message = AppMessage::Text { id, text: text.to_owned(), sent_at_ms: self.now_ms, expires_in_secs: timer };
         message.check()?;
         self.send_app(conversation, &message)?;
@@ -871,6 +876,10 @@ impl Client {
 
     /// Sets the conversation's disappearing timer.
     pub fn set_timer(&mut self, conversation: ConversationId, timer_secs: Option<u32>) -> Result<(), ClientError> {
+        let limit = self.policy.disappear_within_secs;
+        if limit > 0 && timer_secs.is_none_or(|t| t > limit) {
+            return Err(ClientError::Policy(format!("messages must disappear within {limit} s")));
+        }
         self.send_app(conversation, &AppMessage::Timer { timer_secs })?;
         self.conversation_mut(conversation)?.timer_secs = timer_secs;
         Ok(())
@@ -961,6 +970,18 @@ impl Client {
         self.file_config = config;
     }
 
+    /// Applies the bubble's policy (from `welcome` or a `policy` frame: [`crate::signaling::Signaling::policy`]).
+    /// From now on: sent and received messages disappear within its limit, timers beyond it are refused, and
+    /// files it does not allow are refused before anything is offered.
+    pub fn set_policy(&mut self, policy: peerbubble_proto::BubblePolicy) {
+        self.policy = policy;
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> &peerbubble_proto::BubblePolicy {
+        &self.policy
+    }
+
     /// Offers a file to the contact of a 1:1 conversation. The edge hashed it ([`crate::files::FileHasher`]);
     /// its chunks are encrypted under a key exported from the conversation's MLS group for this transfer.
     pub fn offer_file(
@@ -970,6 +991,12 @@ impl Client {
         size: u64,
         sha256: [u8; 32],
     ) -> Result<TransferId, ClientError> {
+        if !self.policy.files_allowed {
+            return Err(ClientError::Policy("files cannot be sent".into()));
+        }
+        if !self.policy.allows_file(size) {
+            return Err(ClientError::Policy(format!("files are limited to {} bytes", self.policy.max_file_bytes)));
+        }
         let conversation = self.direct_conversation(peer).ok_or(ClientError::NotAllowed("no 1:1 conversation"))?;
         let transfer = TransferId::random().map_err(file_err)?;
         let key = FileKey::new(self.export_secret(conversation, FILE_KEY_LABEL, &transfer.0)?);
@@ -982,6 +1009,11 @@ impl Client {
 
     /// Accepts an offered file; [`Event::FileChunk`]s follow.
     pub fn accept_file(&mut self, transfer: TransferId) -> Result<(), ClientError> {
+        let size = self.offers_in.get(&transfer).ok_or(ClientError::NotAllowed("no such file offer"))?.2.size;
+        if !self.policy.allows_file(size) {
+            // Kept: the member may still decline it, which tells the sender.
+            return Err(ClientError::Policy("this bubble does not allow receiving this file".into()));
+        }
         let (peer, conversation, offer, key) =
             self.offers_in.remove(&transfer).ok_or(ClientError::NotAllowed("no such file offer"))?;
         let incoming = IncomingTransfer::new(offer, &key, &self.file_config).map_err(file_err)?;
@@ -1437,6 +1469,7 @@ impl Client {
     fn on_app(&mut self, id: ConversationId, from: MemberId, app: AppMessage, path: Path) {
         let now = self.now_ms;
         let me = self.me;
+        let policy = self.policy;
         let Some(c) = self.conversations.get_mut(&id) else { return };
         fn own(c: &mut Conversation, mid: MessageId, from: MemberId) -> Option<&mut ChatMessage> {
             c.history.iter_mut().find(|m| m.id == mid && m.from == from)
@@ -1467,7 +1500,8 @@ impl Client {
                 if c.history.iter().any(|m| m.id == mid) {
                     return;
                 }
-                let timer = expires_in_secs.or(c.timer_secs);
+                // Our bubble's limit holds on our device whatever the sender's client asked for.
+                let timer = policy.timer(expires_in_secs.or(c.timer_secs));
                 c.history.push(ChatMessage {
                     id: mid,
                     from,

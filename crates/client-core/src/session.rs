@@ -235,6 +235,10 @@ impl Session {
                 self.client.set_directory(self.signaling.directory().values().cloned());
                 self.events.push_back(SessionEvent::Signal(event));
             }
+            SignalEvent::PolicyChanged => {
+                self.client.set_policy(*self.signaling.policy());
+                self.events.push_back(SessionEvent::Signal(event));
+            }
             SignalEvent::Ready { .. } => {
                 self.client.set_directory(self.signaling.directory().values().cloned());
                 self.events.push_back(SessionEvent::Signal(event));

@@ -70,6 +70,8 @@ pub enum SignalEvent {
     },
     /// Fresh TURN credentials ([`Signaling::ice_servers`]).
     IceServers,
+    /// The bubble's policy changed ([`Signaling::policy`]); hand it to the client ([`crate::Client::set_policy`]).
+    PolicyChanged,
     /// An envelope from a member we see (or from another session of ourselves).
     Deliver {
         /// The sender.
@@ -142,6 +144,7 @@ pub struct Signaling {
     pending_directory: Vec<DirectoryEntry>,
     next_part: u32,
     ice_servers: Vec<IceServer>,
+    policy: peerbubble_proto::BubblePolicy,
     limits: Option<Limits>,
     display_name: String,
     next_id: u64,
@@ -187,6 +190,7 @@ impl Signaling {
             pending_directory: Vec::new(),
             next_part: 0,
             ice_servers: Vec::new(),
+            policy: peerbubble_proto::BubblePolicy::default(),
             limits: None,
             display_name: String::new(),
             next_id: 1,
@@ -247,6 +251,18 @@ impl Signaling {
     /// The members we see (the last complete directory), kept across reconnections.
     pub fn directory(&self) -> &BTreeMap<MemberId, DirectoryEntry> {
         &self.directory
+    }
+
+    /// What the bubble requires of this client (the default until `welcome`).
+    pub fn policy(&self) -> &peerbubble_proto::BubblePolicy {
+        &self.policy
+    }
+
+    fn set_policy(&mut self, policy: peerbubble_proto::BubblePolicy) {
+        if policy != self.policy {
+            self.policy = policy;
+            self.events.push_back(SignalEvent::PolicyChanged);
+        }
     }
 
     /// STUN/TURN servers and credentials, from `welcome` and then `ice_servers`.
@@ -381,11 +397,12 @@ impl Signaling {
             }
             (
                 State::AwaitWelcome { .. },
-                ServerFrame::Welcome { member, session, display_name, ice_servers, limits, .. },
+                ServerFrame::Welcome { member, session, display_name, ice_servers, limits, policy, .. },
             ) => {
                 if *member != self.member {
                     return Err(self.violation("welcome names another member".into()));
                 }
+                self.set_policy(*policy);
                 self.limits = Some(*limits);
                 self.ice_servers.clone_from(ice_servers);
                 self.display_name.clone_from(display_name);
@@ -427,6 +444,10 @@ impl Signaling {
                     entry.online = *online;
                     self.events.push_back(SignalEvent::Presence { member: *member, online: *online });
                 }
+                Ok(())
+            }
+            (State::AwaitDirectory { .. } | State::Ready { .. }, ServerFrame::Policy { policy }) => {
+                self.set_policy(*policy);
                 Ok(())
             }
             (State::AwaitDirectory { .. } | State::Ready { .. }, ServerFrame::IceServers { ice_servers, .. }) => {

@@ -608,3 +608,55 @@ fn debug_output_never_shows_what_was_said() {
     assert!(!printed.contains("v=0") && !printed.contains("99, 97, 110, 97, 114, 121"), "{printed}");
     assert!(printed.contains("redacted"), "{printed}");
 }
+
+#[test]
+fn the_bubble_policy_is_enforced_by_the_client() {
+    use peerbubble_client_core::ClientError;
+    use peerbubble_proto::BubblePolicy;
+    let mut net = Net::new(2);
+    let c = net.direct(0, 1);
+    let b = net.ids[1];
+    let policy = BubblePolicy {
+        disappear_within_secs: 30,
+        files_allowed: true,
+        max_file_bytes: 1000,
+        ..BubblePolicy::default()
+    };
+    for client in &mut net.clients {
+        client.set_policy(policy);
+    }
+    // No timer asked: messages still disappear within the bubble's limit, on both devices.
+    let gone = net.clients[0].send_text(c, "short-lived").unwrap();
+    net.run();
+    net.advance(29_000);
+    assert!(net.clients[1].history(c).unwrap().iter().any(|m| m.id == gone));
+    net.advance(2_000);
+    assert!(!net.clients[0].history(c).unwrap().iter().any(|m| m.id == gone));
+    assert!(!net.clients[1].history(c).unwrap().iter().any(|m| m.id == gone));
+    // A longer timer, or none, is refused; a shorter one is fine.
+    assert!(matches!(net.clients[0].set_timer(c, None), Err(ClientError::Policy(_))));
+    assert!(matches!(net.clients[0].set_timer(c, Some(3600)), Err(ClientError::Policy(_))));
+    net.clients[0].set_timer(c, Some(10)).unwrap();
+    // A sender whose client ignores the policy: our device still applies our bubble's limit.
+    net.clients[0].set_policy(BubblePolicy::default());
+    net.clients[0].set_timer(c, None).unwrap();
+    net.run();
+    let kept = net.clients[0].send_text(c, "kept by the sender, not by us").unwrap();
+    net.run();
+    net.advance(31_000);
+    assert!(net.clients[0].history(c).unwrap().iter().any(|m| m.id == kept));
+    assert!(!net.clients[1].history(c).unwrap().iter().any(|m| m.id == kept));
+    // Files: too large, or not at all, refused before anything is offered; within the limit, offered.
+    net.clients[0].set_policy(policy);
+    net.clients[0].channel_opened(b);
+    let big = net.clients[0].offer_file(b, "big.bin", 1001, [0; 32]);
+    assert!(matches!(big, Err(ClientError::Policy(_))), "{big:?}");
+    net.clients[0].set_policy(BubblePolicy { files_allowed: false, ..policy });
+    assert!(matches!(net.clients[0].offer_file(b, "small.bin", 10, [0; 32]), Err(ClientError::Policy(_))));
+    // The receiver's own policy holds too: an offer larger than it allows cannot be accepted (only declined).
+    net.clients[0].set_policy(BubblePolicy::default());
+    let t = net.clients[0].offer_file(b, "large.bin", 5000, [0; 32]).unwrap();
+    net.run();
+    assert!(matches!(net.clients[1].accept_file(t), Err(ClientError::Policy(_))));
+    net.clients[1].decline_file(t).unwrap();
+}

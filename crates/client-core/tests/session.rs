@@ -154,6 +154,7 @@ impl Bubble {
                     ice_servers: Vec::new(),
                     ice_expires_in_ms: None,
                     limits: limits(),
+                    policy: Default::default(),
                 };
                 self.server_says(i, &welcome);
                 let entries = self.peers[i].sees.iter().map(|&j| self.entry(j)).collect();

@@ -82,6 +82,7 @@ fn ready(s: &mut Signaling, now: u64) -> SessionId {
         ice_servers: Vec::new(),
         ice_expires_in_ms: None,
         limits: limits(),
+        policy: Default::default(),
     };
     feed(s, &welcome, now).unwrap();
     assert!(!s.is_ready(), "not before the directory is complete");
@@ -112,6 +113,27 @@ fn handshake_directory_and_presence() {
 }
 
 #[test]
+fn the_bubble_policy_arrives_in_welcome_and_changes_live() {
+    use peerbubble_proto::BubblePolicy;
+    let mut s = Signaling::new(key(1), Some(BUBBLE.into()));
+    ready(&mut s, 0);
+    assert_eq!(*s.policy(), BubblePolicy::default());
+    let strict = BubblePolicy { masked_by_default: true, relay_only: true, ..BubblePolicy::default() };
+    feed(&mut s, &ServerFrame::Policy { policy: strict }, 1).unwrap();
+    assert_eq!(events(&mut s), [SignalEvent::PolicyChanged]);
+    assert_eq!(*s.policy(), strict);
+    // The same policy again changes nothing.
+    feed(&mut s, &ServerFrame::Policy { policy: strict }, 2).unwrap();
+    assert!(events(&mut s).is_empty());
+    // A policy out of bounds never reaches the state machine: the codec refuses the frame.
+    let bad = r#"{"type":"policy","policy":{"masked_by_default":true,"disappear_within_secs":0,"files_allowed":true,"max_file_bytes":0,"calls_allowed":true,"relay_only":false}}"#;
+    assert!(peerbubble_proto::decode_server_frame(bad.as_bytes()).is_err());
+    assert!(s.handle_text(bad.as_bytes(), 3).is_err());
+    events(&mut s);
+    assert_eq!(*s.policy(), strict);
+}
+
+#[test]
 fn another_bubble_never_gets_our_signature() {
     let mut s = Signaling::new(key(1), Some(BUBBLE.into()));
     events(&mut s);
@@ -133,6 +155,7 @@ fn inconsistent_server_frames_are_violations() {
         ice_servers: Vec::new(),
         ice_expires_in_ms: None,
         limits: limits(),
+        policy: Default::default(),
     };
     // Welcome for someone else.
     let mut s = Signaling::new(key(1), None);
@@ -267,6 +290,7 @@ fn reconnects_with_growing_back_off_and_starts_over() {
         ice_servers: Vec::new(),
         ice_expires_in_ms: None,
         limits: limits(),
+        policy: Default::default(),
     };
     feed(&mut s, &welcome, now).unwrap();
     feed(&mut s, &ServerFrame::Directory { part: 0, parts: 1, entries: vec![entry(2, true)] }, now).unwrap();

@@ -123,6 +123,7 @@ pub(crate) fn event_json(event: &SignalEvent) -> serde_json::Value {
             json!({"type": "presence", "member": member.to_string(), "online": online})
         }
         SignalEvent::IceServers => json!({"type": "iceServers"}),
+        SignalEvent::PolicyChanged => json!({"type": "policy"}),
         SignalEvent::Deliver { from, from_session, body } => {
             json!({"type": "deliver", "from": from.to_string(), "fromSession": from_session.0, "bytes": body.wire_len()})
         }

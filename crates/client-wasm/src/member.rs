@@ -695,6 +695,8 @@ impl Member {
             "signaling": state,
             "directory": directory,
             "conversations": conversations,
+            "policy": self.session.signaling().policy(),
+            "fingerprint": peerbubble_proto::key_fingerprint(&self.public_key),
         })
         .to_string()
     }

@@ -141,6 +141,11 @@ impl SignalClient {
         self.limits
     }
 
+    /// The bubble's policy, from `welcome` and then `policy` frames.
+    pub fn policy(&self) -> &peerbubble_proto::BubblePolicy {
+        self.core.policy()
+    }
+
     /// The visible directory slice, kept up to date by [`SignalClient::next`].
     pub fn directory(&self) -> &BTreeMap<MemberId, DirectoryEntry> {
         self.core.directory()

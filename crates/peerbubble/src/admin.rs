@@ -49,8 +49,10 @@ pub struct AdminArgs {
 }
 
 impl AdminArgs {
-    /// The OpenID Connect settings, if an issuer is configured.
-    fn oidc(&self, admin_addr: SocketAddr) -> anyhow::Result<Option<OidcConfig>> {
+    /// The OpenID Connect settings, if an issuer is configured. The callback defaults to the console's origin
+    /// when it has one of its own (`peerbubble up` serves `/auth/*` beside the web client), so that a sign-in
+    /// started from the console's address comes back to the same host and finds its login cookie.
+    fn oidc(&self, admin_addr: SocketAddr, console_origin: Option<&str>) -> anyhow::Result<Option<OidcConfig>> {
         let Some(issuer) = self.oidc_issuer.clone() else { return Ok(None) };
         let secret = match (&self.oidc_client_secret_file, &self.oidc_client_secret) {
             (Some(path), _) => Some(
@@ -65,10 +67,10 @@ impl AdminArgs {
             issuer,
             client_id: self.oidc_client_id.clone(),
             client_secret: secret.map(ClientSecretValue::new),
-            redirect_url: self
-                .oidc_redirect_url
-                .clone()
-                .unwrap_or_else(|| format!("http://{admin_addr}/auth/callback")),
+            redirect_url: self.oidc_redirect_url.clone().unwrap_or_else(|| match console_origin {
+                Some(origin) => format!("{}/auth/callback", origin.trim_end_matches('/')),
+                None => format!("http://{admin_addr}/auth/callback"),
+            }),
             roles_claim: self.oidc_roles_claim.clone(),
             scopes: self.oidc_scopes.clone(),
             session_secs: i64::from(self.admin_session_hours.max(1)) * 3600,
@@ -80,6 +82,8 @@ impl AdminArgs {
 /// A running admin API.
 pub struct RunningAdmin {
     pub addr: SocketAddr,
+    /// Administrators sign in with OpenID Connect (no bootstrap token).
+    pub oidc: bool,
     /// Printed once; valid until the process stops. None when administrators sign in with OpenID Connect.
     pub bootstrap_token: Option<String>,
     pub store: Store,
@@ -90,14 +94,19 @@ pub struct RunningAdmin {
 
 /// Connects the store, starts retention and serves the API. Without an OpenID provider the administrator signs
 /// in with a bootstrap token made at each start and printed once; with one, there is no bootstrap token.
-pub async fn start(args: &AdminArgs, default_db: String, public_url: String) -> anyhow::Result<RunningAdmin> {
+pub async fn start(
+    args: &AdminArgs,
+    default_db: String,
+    public_url: String,
+    console_origin: Option<&str>,
+) -> anyhow::Result<RunningAdmin> {
     let url = args.database_url.clone().unwrap_or(default_db);
     let store = Store::connect(&url).await.context("cannot open the admin database")?;
     let listener = tokio::net::TcpListener::bind(args.admin_listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.admin_listen))?;
     let addr = listener.local_addr()?;
-    let oidc = args.oidc(addr)?;
+    let oidc = args.oidc(addr, console_origin)?;
     let bootstrap_token = match oidc {
         Some(_) => None,
         None => Some(token::random_token().map_err(|e| anyhow::anyhow!("no randomness: {e}"))?),
@@ -126,5 +135,5 @@ pub async fn start(args: &AdminArgs, default_db: String, public_url: String) -> 
         }
     });
     tracing::info!(%addr, "admin API listening");
-    Ok(RunningAdmin { addr, bootstrap_token, store, router: api })
+    Ok(RunningAdmin { addr, oidc: bootstrap_token.is_none(), bootstrap_token, store, router: api })
 }

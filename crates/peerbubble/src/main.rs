@@ -223,7 +223,8 @@ async fn main() -> anyhow::Result<()> {
         Command::BubbleServer { args } => bubble_server(&args).await,
         Command::AdminApi { data_dir, admin } => {
             std::fs::create_dir_all(&data_dir)?;
-            let running = admin::start(&admin, sqlite_url(&data_dir), format!("http://{}", admin.admin_listen)).await?;
+            let running =
+                admin::start(&admin, sqlite_url(&data_dir), format!("http://{}", admin.admin_listen), None).await?;
             say(&format!("admin API on http://{}\n{}\n", running.addr, sign_in_hint(&running)));
             wait_for_signal().await;
             Ok(())
@@ -382,7 +383,7 @@ async fn up(
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let web_addr = listener.local_addr()?;
     let origin = admin_args.public_url.clone().unwrap_or_else(|| public_origin(http, web_addr));
-    let admin = admin::start(admin_args, sqlite_url(data_dir), origin.clone()).await?;
+    let admin = admin::start(admin_args, sqlite_url(data_dir), origin.clone(), Some(&origin)).await?;
     let api = format!("http://{}", admin.addr);
     // First start: a demo bubble made through the admin API itself, with one invite per demo member.
     let mut invites = Vec::new();
@@ -436,12 +437,14 @@ async fn up(
         } else {
             "(not built into this binary: cargo xtask run builds it)"
         },
-        console = if peerbubble_web_assets::console_is_built() {
-            "(sign in with the admin token below)"
-        } else {
+        console = if !peerbubble_web_assets::console_is_built() {
             "(not built into this binary: cargo xtask run builds it)"
+        } else if admin.oidc {
+            "(sign in with your organisation account)"
+        } else {
+            "(sign in with the admin token below)"
         },
-        sign_in = sign_in_hint(&admin),
+        sign_in = sign_in_hint(&admin, &origin),
         turn = turn_banner(&server),
     );
     if let Some(tls) = &tls {
@@ -457,7 +460,10 @@ async fn up(
         text += "Plain HTTP beyond loopback: browsers refuse the web client's cryptography unless a proxy in front\n\
                  terminates TLS.\n\n";
     }
-    if invites.is_empty() {
+    if invites.is_empty() && admin.oidc {
+        text += "Administrators sign in to the console with the organisation's identity provider; create bubbles\n\
+                 and invites there (this micro-node makes no demo bubble without its bootstrap token).\n\n";
+    } else if invites.is_empty() {
         let token = admin.bootstrap_token.as_deref().unwrap_or("<an API token>");
         text += &format!(
             "Invite someone to the demo bubble:\n  {exe} invite --api {api} --token {token} --name \"Dan\" --category field-team\n\n",
@@ -504,10 +510,10 @@ fn terminal_qr(link: &str) -> anyhow::Result<String> {
     Ok(art)
 }
 
-fn sign_in_hint(admin: &admin::RunningAdmin) -> String {
+fn sign_in_hint(admin: &admin::RunningAdmin, origin: &str) -> String {
     match &admin.bootstrap_token {
         Some(token) => format!("admin token {token}   (valid until restart)"),
-        None => format!("admin sign-in http://{}/auth/login   (OpenID Connect)", admin.addr),
+        None => format!("admin sign-in {}/admin/   (OpenID Connect)", origin.trim_end_matches('/')),
     }
 }
 

@@ -122,6 +122,11 @@ pub fn decode_server_frame(bytes: &[u8]) -> Result<ServerFrame, CodecError> {
     if !names_ok {
         return Err(CodecError::Malformed { reason: "invalid display name".into(), field_error: true });
     }
+    if let ServerFrame::Welcome { policy, .. } | ServerFrame::Policy { policy } = &frame
+        && let Err(reason) = policy.check()
+    {
+        return Err(CodecError::Malformed { reason: format!("invalid policy: {reason}"), field_error: true });
+    }
     Ok(frame)
 }
 

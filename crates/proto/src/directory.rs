@@ -20,6 +20,13 @@ pub struct BubbleFile {
     /// Members.
     #[serde(default)]
     pub members: Vec<MemberFile>,
+    /// What the bubble requires of its members' clients (absent: nothing).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub policy: crate::policy::BubblePolicy,
+}
+
+fn is_default(policy: &crate::policy::BubblePolicy) -> bool {
+    *policy == crate::policy::BubblePolicy::default()
 }
 
 /// A category in the bubble file.

@@ -337,6 +337,14 @@ pub enum ServerFrame {
         ice_expires_in_ms: Option<u64>,
         /// The limits this session must respect.
         limits: Limits,
+        /// What the bubble requires of this client (absent from older servers: nothing).
+        #[serde(default)]
+        policy: crate::policy::BubblePolicy,
+    },
+    /// The bubble's policy changed; it replaces the one of `welcome` at once.
+    Policy {
+        /// The new policy.
+        policy: crate::policy::BubblePolicy,
     },
     /// Fresh TURN credentials, sent before the previous ones expire. They replace those of `welcome` for new
     /// allocations; allocations made with the old ones keep working.

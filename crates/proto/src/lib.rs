@@ -19,6 +19,7 @@ pub mod health;
 pub mod identity;
 pub mod limits;
 pub mod opaque;
+pub mod policy;
 pub mod visibility;
 
 pub use codec::{CodecError, decode_client_frame, decode_server_frame, encode_frame};
@@ -33,6 +34,7 @@ pub use identity::{
 };
 pub use limits::Limits;
 pub use opaque::{GroupId, Nonce, Opaque, OpaqueError};
+pub use policy::BubblePolicy;
 
 /// The signaling protocol version this crate speaks. It is also the path segment: `/v1/signal`.
 pub const PROTOCOL_VERSION: u16 = 1;

@@ -38,6 +38,7 @@ pub struct Directory {
     category_ids: Vec<String>,
     members: HashMap<MemberId, Member>,
     by_category: Vec<Vec<MemberId>>,
+    policy: crate::policy::BubblePolicy,
 }
 
 impl Directory {
@@ -105,13 +106,20 @@ impl Directory {
                 return invalid(format!("public key {public_key} is listed twice"));
             }
         }
+        file.policy.check().map_err(|e| InvalidDirectory(format!("policy: {e}")))?;
         Ok(Self {
+            policy: file.policy,
             bubble: file.bubble,
             version,
             category_ids: file.categories.into_iter().map(|c| c.id).collect(),
             members,
             by_category,
         })
+    }
+
+    /// What the bubble requires of its members' clients.
+    pub fn policy(&self) -> &crate::policy::BubblePolicy {
+        &self.policy
     }
 
     /// The bubble id.

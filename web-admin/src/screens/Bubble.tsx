@@ -7,8 +7,9 @@ import { healthState } from './Bubbles';
 import { CategoriesTab } from './Categories';
 import { InvitesTab } from './Invites';
 import { MembersTab } from './Members';
+import { PolicyTab } from './Policy';
 
-const TABS = ['health', 'members', 'categories', 'invites'] as const;
+const TABS = ['health', 'members', 'categories', 'invites', 'policy'] as const;
 
 export function BubbleScreen({ who, id, tab }: { who: Who; id: string; tab: string }) {
   const { t, i18n } = useTranslation();
@@ -49,6 +50,7 @@ export function BubbleScreen({ who, id, tab }: { who: Who; id: string; tab: stri
       {current === 'members' && <MembersTab who={who} bubble={id} />}
       {current === 'categories' && <CategoriesTab who={who} bubble={id} />}
       {current === 'invites' && <InvitesTab who={who} bubble={id} />}
+      {current === 'policy' && <PolicyTab who={who} bubble={id} />}
     </>
   );
 }

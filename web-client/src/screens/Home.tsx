@@ -135,11 +135,17 @@ export function Home({ client, view, notices }: { client: WorkerClient; view: Vi
         </button>
         <div className="setting">
           <label className="check">
-            <input type="checkbox" checked={client.links.relayOnly} onChange={(e) => client.links.setRelayOnly(e.target.checked)} />
+            <input
+              type="checkbox"
+              checked={client.links.relayOnly}
+              disabled={client.links.relayRequired}
+              onChange={(e) => client.links.setRelayOnly(e.target.checked)}
+            />
             {t('link.relayOnly')}
           </label>
-          <p className="muted small">{t('link.relayOnlyHint')}</p>
+          <p className="muted small">{client.links.relayRequired ? t('policy.relayRequired') : t('link.relayOnlyHint')}</p>
         </div>
+        <BubbleRules view={view} />
       </nav>
       <main className="conversation">
         {!selection && (
@@ -213,7 +219,10 @@ function ConversationPane(props: {
   const { t } = useTranslation();
   const { client, conversation: c, view } = props;
   const [text, setText] = useState('');
-  const [masked, setMasked] = useState(() => !(c && unmaskedConversations().has(c.id)));
+  const [maskedChoice, setMasked] = useState(() => !(c && unmaskedConversations().has(c.id)));
+  // The bubble's rule wins over this device's choice: masked, and the switch cannot turn it off.
+  const maskRequired = view.policy.masked_by_default;
+  const masked = maskRequired || maskedChoice;
   const [members, setMembers] = useState(false);
   const list = useRef<HTMLOListElement>(null);
   // Refused for good (revoked): nothing can be sent any more; the banner says why.
@@ -265,12 +274,12 @@ function ConversationPane(props: {
   };
 
   const toggleMask = () => {
-    if (!c) return;
+    if (!c || maskRequired) return;
     const set = unmaskedConversations();
     if (masked) set.add(c.id);
     else set.delete(c.id);
     localStorage.setItem(MASK_KEY, JSON.stringify([...set]));
-    setMasked(!masked);
+    setMasked(!maskedChoice);
   };
 
   // A direct connection whose certificate was not the one the contact announced (within the last ten minutes).
@@ -292,8 +301,8 @@ function ConversationPane(props: {
         {props.contact?.keyChanged && <span className="tag warn">{t('safety.changedShort')}</span>}
         {props.contact && <LinkBadge state={client.links.state(props.contact.member)} />}
         <div className="actions">
-          <label className="check">
-            <input type="checkbox" checked={masked} onChange={toggleMask} />
+          <label className="check" title={maskRequired ? t('policy.maskRequired') : undefined}>
+            <input type="checkbox" checked={masked} onChange={toggleMask} disabled={maskRequired} />
             {t('chat.mask')}
           </label>
           {props.contact && (
@@ -514,4 +523,48 @@ function LinkBadge({ state }: { state: LinkState | null }) {
       {t(`link.${state ?? 'server'}`)}
     </span>
   );
+}
+
+/** What the bubble's administrators require, in words, and this device's key fingerprint (the console shows the
+ * same digits beside the member's name). */
+function BubbleRules({ view }: { view: View }) {
+  const { t } = useTranslation();
+  const p = view.policy;
+  const rules: string[] = [];
+  if (p.masked_by_default) rules.push(t('policy.masked'));
+  if (p.disappear_within_secs > 0) rules.push(t('policy.disappear', { duration: duration(p.disappear_within_secs, t) }));
+  if (!p.files_allowed) rules.push(t('policy.noFiles'));
+  else if (p.max_file_bytes < 4 * 1024 ** 3) rules.push(t('policy.fileLimit', { size: size(p.max_file_bytes) }));
+  if (!p.calls_allowed) rules.push(t('policy.noCalls'));
+  if (p.relay_only) rules.push(t('policy.relayOnly'));
+  return (
+    <details className="setting rules">
+      <summary>{rules.length ? t('policy.title', { count: rules.length }) : t('policy.none')}</summary>
+      {rules.length > 0 && (
+        <ul data-testid="bubble-rules">
+          {rules.map((r) => (
+            <li key={r}>{r}</li>
+          ))}
+        </ul>
+      )}
+      <p className="muted small">{t('policy.fingerprint')}</p>
+      <p className="fingerprint" data-testid="own-fingerprint">
+        {view.fingerprint.replace(/(\d{5})(?=\d)/g, '$1 ')}
+      </p>
+    </details>
+  );
+}
+
+function duration(secs: number, t: (key: string, options?: Record<string, unknown>) => string): string {
+  if (secs % 86_400 === 0) return t('policy.days', { count: secs / 86_400 });
+  if (secs % 3600 === 0) return t('policy.hours', { count: secs / 3600 });
+  if (secs % 60 === 0) return t('policy.minutes', { count: secs / 60 });
+  return t('policy.seconds', { count: secs });
+}
+
+function size(bytes: number): string {
+  if (bytes >= 1024 ** 3) return `${(bytes / 1024 ** 3).toFixed(bytes % 1024 ** 3 ? 1 : 0)} GiB`;
+  if (bytes >= 1024 ** 2) return `${(bytes / 1024 ** 2).toFixed(bytes % 1024 ** 2 ? 1 : 0)} MiB`;
+  if (bytes >= 1024) return `${Math.round(bytes / 1024)} KiB`;
+  return `${bytes} B`;
 }

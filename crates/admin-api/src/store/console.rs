@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 
+use peerbubble_proto::BubblePolicy;
 use sqlx::Row as _;
 
 use super::{HealthSample, InviteRefusal, Store, StoreError, classify};
@@ -49,6 +50,51 @@ enum Bind {
 }
 
 impl Store {
+    /// The bubble's policy (the default when none was set).
+    pub async fn policy(&self, bubble: &str) -> Result<BubblePolicy, StoreError> {
+        let row = sqlx::query(
+            "SELECT masked_by_default, disappear_within_secs, files_allowed, max_file_bytes, calls_allowed, relay_only \
+             FROM bubble_policies WHERE bubble_id = $1",
+        )
+        .bind(bubble)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(r) = row else { return Ok(BubblePolicy::default()) };
+        let flag = |i: usize| r.try_get::<i64, _>(i).map(|v| v != 0);
+        let disappear: i64 = r.try_get(1)?;
+        let max_file: i64 = r.try_get(3)?;
+        Ok(BubblePolicy {
+            masked_by_default: flag(0)?,
+            disappear_within_secs: u32::try_from(disappear).unwrap_or(u32::MAX),
+            files_allowed: flag(2)?,
+            max_file_bytes: u64::try_from(max_file).unwrap_or(0),
+            calls_allowed: flag(4)?,
+            relay_only: flag(5)?,
+        })
+    }
+
+    /// Replaces the bubble's policy (checked by the caller).
+    pub async fn set_policy(&self, bubble: &str, policy: &BubblePolicy) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM bubble_policies WHERE bubble_id = $1").bind(bubble).execute(&mut *tx).await?;
+        sqlx::query(
+            "INSERT INTO bubble_policies (bubble_id, masked_by_default, disappear_within_secs, files_allowed, \
+             max_file_bytes, calls_allowed, relay_only) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(bubble)
+        .bind(i64::from(policy.masked_by_default))
+        .bind(i64::from(policy.disappear_within_secs))
+        .bind(i64::from(policy.files_allowed))
+        .bind(i64::try_from(policy.max_file_bytes).unwrap_or(i64::MAX))
+        .bind(i64::from(policy.calls_allowed))
+        .bind(i64::from(policy.relay_only))
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| classify(e, "policy"))?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Renames a category and replaces what it sees, atomically.
     pub async fn update_category(
         &self,
