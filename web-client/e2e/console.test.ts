@@ -323,7 +323,8 @@ describe('the administrator console', () => {
     expect(await p.locator('tr[data-member]').count()).toBe(0);
     await p.getByRole('link', { name: 'Audit trail' }).click();
     await p.locator('table.audit, .empty').first().waitFor();
-    expect(await p.getByLabel('Bubble').inputValue()).toBe('harbour');
+    await expect.poll(() => p.getByLabel('Bubble').inputValue()).toBe('harbour');
+    expect(await p.getByLabel('Bubble').locator('option').allInnerTexts()).toEqual(['Harbour crisis cell']);
   });
 
   test('a session that ends brings the sign-in page back with the reason', async () => {

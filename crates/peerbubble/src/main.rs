@@ -225,7 +225,11 @@ async fn main() -> anyhow::Result<()> {
             std::fs::create_dir_all(&data_dir)?;
             let running =
                 admin::start(&admin, sqlite_url(&data_dir), format!("http://{}", admin.admin_listen), None).await?;
-            say(&format!("admin API on http://{}\n{}\n", running.addr, sign_in_hint(&running)));
+            say(&format!(
+                "admin API on http://{}\n{}\n",
+                running.addr,
+                sign_in_hint(&running, &format!("http://{}", running.addr))
+            ));
             wait_for_signal().await;
             Ok(())
         }

@@ -85,8 +85,9 @@ export function AuditScreen({ who }: { who: Who }) {
         </div>
       </form>
       <ErrorNote error={events.error ?? bubbles.error} onRetry={events.reload} />
-      {events.data && events.data.length === 0 && <p className="empty">{offset ? t('audit.noMore') : t('audit.empty')}</p>}
-      {events.data && events.data.length > 0 && (
+      {bubbles.data === undefined && !bubbles.error && <p className="muted">{t('loading')}</p>}
+      {bubbles.data && events.data && events.data.length === 0 && <p className="empty">{offset ? t('audit.noMore') : t('audit.empty')}</p>}
+      {bubbles.data && events.data && events.data.length > 0 && (
         <div className="table-wrap">
           <table className="audit stack">
             <thead>
