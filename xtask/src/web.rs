@@ -117,6 +117,8 @@ pub(crate) fn e2e() -> anyhow::Result<()> {
     let bin = target_dir().join("debug/peerbubble");
     let web = root.join("web-client");
     crate::npm_ci(&web)?;
+    // The console's OpenID sign-in runs against the same real provider as the admin API's tests.
+    crate::npm_ci(&root.join("crates/admin-api/tests/oidc"))?;
     sh(npx(&web, "vitest")
         .args(["run", "--config", "e2e/vitest.config.ts"])
         .env("PEERBUBBLE_BIN", &bin)
