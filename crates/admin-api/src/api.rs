@@ -22,7 +22,7 @@ use utoipa_axum::routes;
 
 use crate::auth::{Caller, Role, bearer};
 use crate::console::{
-    CreatedInvite, ONLINE_REPORT_SECS, check_id, check_name, check_sees, control_failed, issue_invite,
+    CreatedInvite, ONLINE_REPORT_SECS, category_applied, check_id, check_name, check_sees, control_failed, issue_invite,
 };
 use crate::control::{BubbleSpec, CategorySpec};
 use crate::error::{ApiError, Body, ErrorBody, MAX_BODY_BYTES};
@@ -240,22 +240,8 @@ async fn create_category(
     check_name(&req.display_name)?;
     check_sees(&req.sees)?;
     state.store.create_category(&bubble, &req.id, &req.display_name, &req.sees).await?;
-    let spec = CategorySpec {
-        bubble: bubble.clone(),
-        id: req.id.clone(),
-        display_name: req.display_name.clone(),
-        sees: req.sees.clone(),
-    };
-    let applied = state.control.category_changed(&spec).await;
-    audit_event(
-        &state,
-        Some(&bubble),
-        &who.actor(),
-        "category.created",
-        format!("id={} sees={}", req.id, req.sees.join(",")),
-    )
-    .await?;
-    applied.map_err(|e| control_failed(&e))?;
+    let spec = CategorySpec { bubble, id: req.id, display_name: req.display_name, sees: req.sees };
+    category_applied(&state, &who.actor(), &spec, "category.created").await?;
     Ok(StatusCode::CREATED)
 }
 

@@ -66,6 +66,19 @@ pub(crate) fn control_failed(err: &crate::control::ControlError) -> ApiError {
     )
 }
 
+/// After a category was stored: the platform is told, the change audited, and a platform refusal answered.
+pub(crate) async fn category_applied(
+    state: &ApiState,
+    actor: &str,
+    spec: &CategorySpec,
+    action: &str,
+) -> Result<(), ApiError> {
+    let applied = state.control.category_changed(spec).await;
+    let detail = format!("id={} display_name={} sees={}", spec.id, spec.display_name, spec.sees.join(","));
+    audit_event(state, Some(&spec.bubble), actor, action, detail).await?;
+    applied.map_err(|e| control_failed(&e))
+}
+
 pub(crate) fn default_invite_secs() -> i64 {
     7 * 24 * 3600
 }
@@ -187,22 +200,8 @@ pub(crate) async fn change_category(
     check_name(&req.display_name)?;
     check_sees(&req.sees)?;
     state.store.update_category(&bubble, &category, &req.display_name, &req.sees).await?;
-    let spec = CategorySpec {
-        bubble: bubble.clone(),
-        id: category.clone(),
-        display_name: req.display_name.clone(),
-        sees: req.sees.clone(),
-    };
-    let applied = state.control.category_changed(&spec).await;
-    audit_event(
-        &state,
-        Some(&bubble),
-        &who.actor(),
-        "category.changed",
-        format!("id={category} display_name={} sees={}", req.display_name, req.sees.join(",")),
-    )
-    .await?;
-    applied.map_err(|e| control_failed(&e))?;
+    let spec = CategorySpec { bubble, id: category, display_name: req.display_name, sees: req.sees };
+    category_applied(&state, &who.actor(), &spec, "category.changed").await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -73,6 +73,20 @@ fn classify(err: sqlx::Error, what: &'static str) -> StoreError {
     StoreError::Database(err)
 }
 
+/// Stores what category `id` sees (inside the caller's transaction).
+async fn insert_sees(tx: &mut sqlx::AnyConnection, bubble: &str, id: &str, sees: &[String]) -> Result<(), StoreError> {
+    for seen in sees {
+        sqlx::query("INSERT INTO category_sees (bubble_id, category_id, sees_id) VALUES ($1, $2, $3)")
+            .bind(bubble)
+            .bind(id)
+            .bind(seen)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| classify(e, "category relation"))?;
+    }
+    Ok(())
+}
+
 /// A bubble as listed.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct BubbleRow {
@@ -262,15 +276,7 @@ impl Store {
             .execute(&mut *tx)
             .await
             .map_err(|e| classify(e, "category"))?;
-        for seen in sees {
-            sqlx::query("INSERT INTO category_sees (bubble_id, category_id, sees_id) VALUES ($1, $2, $3)")
-                .bind(bubble)
-                .bind(id)
-                .bind(seen)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| classify(e, "category relation"))?;
-        }
+        insert_sees(&mut tx, bubble, id, sees).await?;
         tx.commit().await?;
         Ok(())
     }

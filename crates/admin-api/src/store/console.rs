@@ -118,15 +118,7 @@ impl Store {
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        for seen in sees {
-            sqlx::query("INSERT INTO category_sees (bubble_id, category_id, sees_id) VALUES ($1, $2, $3)")
-                .bind(bubble)
-                .bind(id)
-                .bind(seen)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| classify(e, "category relation"))?;
-        }
+        super::insert_sees(&mut tx, bubble, id, sees).await?;
         tx.commit().await?;
         Ok(())
     }
