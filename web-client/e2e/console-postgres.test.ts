@@ -66,7 +66,7 @@ describe.skipIf(!available)('the console on PostgreSQL', () => {
     await page.getByRole('link', { name: 'Invites' }).click();
     await page.getByLabel('Name as others will see it').fill('Selma Okafor');
     await page.getByRole('group', { name: 'Categories' }).getByLabel('Field team').check();
-    await page.getByRole('button', { name: 'Make invite' }).click();
+    await page.getByRole('button', { name: 'Make invite', exact: true }).click();
     const link = (await page.locator('li[data-invite="Selma Okafor"] .link-text').innerText()).trim();
     const selma = await newMember(browser);
     people.push(selma);

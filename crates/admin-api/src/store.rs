@@ -205,7 +205,13 @@ impl Store {
         };
         // SQLite serialises writers: one connection avoids "database is locked" under concurrent requests.
         let max = if url.starts_with("sqlite:") { 1 } else { 8 };
-        let pool = AnyPoolOptions::new().max_connections(max).connect(&url).await?;
+        // A database that is down answers 503 within seconds (the console says so and offers to retry) instead of
+        // holding every request for sqlx's default 30 s.
+        let pool = AnyPoolOptions::new()
+            .max_connections(max)
+            .acquire_timeout(std::time::Duration::from_secs(5))
+            .connect(&url)
+            .await?;
         if url.starts_with("sqlite:") {
             sqlx::query("PRAGMA foreign_keys = ON").execute(&pool).await?;
         }
