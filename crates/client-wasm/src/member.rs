@@ -204,6 +204,8 @@ pub struct Member {
     session: Session,
     /// Safety numbers are computed from this public key.
     public_key: peerbubble_proto::PublicKey,
+    /// The key's fingerprint (5 200 SHA-512 rounds): computed once, not at every view.
+    fingerprint: String,
     /// Contacts the member verified, with the key they verified.
     verified: BTreeMap<MemberId, String>,
     /// Events for the page, as JSON (public routing facts, and the member's own messages for their screen).
@@ -265,12 +267,14 @@ impl ChannelSend {
 impl Member {
     fn assemble(store: KeyStore<Recording>, key: IdentityKey, profile: Profile, client: Client) -> Self {
         let public_key = key.public_key();
+        let fingerprint = peerbubble_proto::key_fingerprint(&public_key);
         let session = Session::new(key, Some(profile.bubble.clone()), client);
         let mut member = Self {
             store,
             profile,
             session,
             public_key,
+            fingerprint,
             verified: BTreeMap::new(),
             notices: Vec::new(),
             channel_out: std::collections::VecDeque::new(),
@@ -696,7 +700,7 @@ impl Member {
             "directory": directory,
             "conversations": conversations,
             "policy": self.session.signaling().policy(),
-            "fingerprint": peerbubble_proto::key_fingerprint(&self.public_key),
+            "fingerprint": self.fingerprint,
         })
         .to_string()
     }
