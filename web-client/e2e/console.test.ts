@@ -328,6 +328,46 @@ describe('the administrator console', () => {
     expect(await p.getByLabel('Bubble').locator('option').allInnerTexts()).toEqual(['Harbour crisis cell']);
   });
 
+  test('works by keyboard alone: sign in, reach the members, a confirmation closes with Escape', async () => {
+    const kb = await consoleUser();
+    const p = kb.page;
+    /** Presses Tab until the focused element's text (or id) is `what`. */
+    const tabTo = async (what: string) => {
+      for (let i = 0; i < 60; i++) {
+        await p.keyboard.press('Tab');
+        const focused = await p.evaluate(() => {
+          const el = document.activeElement as HTMLElement | null;
+          return el ? `${el.id}|${el.innerText?.trim() ?? ''}` : '';
+        });
+        if (focused.split('|').includes(what)) return;
+      }
+      throw new Error(`Tab never reached ${what}`);
+    };
+    await p.goto(`${up.web}/admin/`);
+    await p.getByRole('heading', { name: 'Sign in to the console' }).waitFor();
+    await tabTo('token');
+    await p.keyboard.type(up.token);
+    await p.keyboard.press('Enter');
+    await p.getByRole('heading', { name: 'Bubbles' }).waitFor();
+    await tabTo('Demo bubble');
+    await p.keyboard.press('Enter');
+    await tabTo('Members');
+    await p.keyboard.press('Enter');
+    await row(p, 'Jonas Weber').waitFor();
+    await tabTo('View as member');
+    await p.keyboard.press('Enter');
+    await p.getByRole('heading', { name: /^What .* sees$/ }).waitFor();
+    await tabTo('Revoke');
+    await p.keyboard.press('Enter');
+    const dialog = p.getByRole('dialog');
+    await dialog.waitFor();
+    // The safe choice has the focus; Escape closes without revoking anyone.
+    expect(await p.evaluate(() => (document.activeElement as HTMLElement | null)?.innerText)).toBe('Cancel');
+    await p.keyboard.press('Escape');
+    await expect.poll(() => dialog.count()).toBe(0);
+    expect(await row(p, 'Jonas Weber').getByText('Revoked').count()).toBe(0);
+  });
+
   test('a session that ends brings the sign-in page back with the reason', async () => {
     await adminUser.context.clearCookies();
     await page.getByRole('link', { name: 'Bubbles' }).first().click();

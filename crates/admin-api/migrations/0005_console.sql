@@ -12,3 +12,5 @@ CREATE TABLE bubble_policies (
     calls_allowed BIGINT NOT NULL CHECK (calls_allowed IN (0, 1)),
     relay_only BIGINT NOT NULL CHECK (relay_only IN (0, 1))
 );
+-- Bytes the bubble's TURN relay carried, from the health reports (0 in samples older than this column).
+ALTER TABLE health_samples ADD COLUMN turn_bytes_relayed BIGINT NOT NULL DEFAULT 0;

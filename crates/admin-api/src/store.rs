@@ -181,6 +181,8 @@ pub struct HealthSample {
     pub auth_failures: i64,
     /// TURN allocations.
     pub turn_allocations: i64,
+    /// Bytes relayed by TURN since the server started.
+    pub turn_bytes_relayed: i64,
 }
 
 fn clamp(n: u64) -> i64 {
@@ -560,7 +562,8 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO health_samples (bubble_id, at, online_members, sessions, connections, envelopes_relayed, \
-             envelopes_refused, auth_failures, turn_allocations) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+             envelopes_refused, auth_failures, turn_allocations, turn_bytes_relayed) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(bubble)
         .bind(at)
@@ -571,6 +574,7 @@ impl Store {
         .bind(clamp(report.envelopes_refused))
         .bind(clamp(report.auth_failures))
         .bind(i64::from(report.turn_allocations))
+        .bind(clamp(report.turn_bytes_relayed))
         .execute(&mut *tx)
         .await
         .map_err(|e| classify(e, "health sample"))?;
@@ -587,7 +591,7 @@ impl Store {
     pub async fn list_health(&self, bubble: &str, since: i64) -> Result<Vec<HealthSample>, StoreError> {
         let rows = sqlx::query(
             "SELECT at, online_members, sessions, connections, envelopes_relayed, envelopes_refused, auth_failures, \
-             turn_allocations FROM health_samples WHERE bubble_id = $1 AND at >= $2 ORDER BY at",
+             turn_allocations, turn_bytes_relayed FROM health_samples WHERE bubble_id = $1 AND at >= $2 ORDER BY at",
         )
         .bind(bubble)
         .bind(since)
@@ -604,6 +608,7 @@ impl Store {
                     envelopes_refused: r.try_get(5)?,
                     auth_failures: r.try_get(6)?,
                     turn_allocations: r.try_get(7)?,
+                    turn_bytes_relayed: r.try_get(8)?,
                 })
             })
             .collect()

@@ -310,7 +310,7 @@ async fn members_show_last_sessions_and_bubbles_their_latest_health() {
         let event = |key: &IdentityKey, at: i64, kind: &str| json!({"at": at, "member": id_of(key), "kind": kind});
         let report = json!({
             "online_members": 1, "sessions": 1, "connections": 1, "envelopes_relayed": 7, "envelopes_refused": 0,
-            "auth_failures": 0, "turn_allocations": 2, "events_dropped": 0,
+            "auth_failures": 0, "turn_allocations": 2, "turn_bytes_relayed": 123456, "events_dropped": 0,
             "events": [event(&ann, now - 30, "opened"), event(&bob, now - 20, "opened"), event(&bob, now - 10, "closed")],
         });
         assert_eq!(api.post("/api/v1/bubbles/ops/health", Some(&credential), report).await.0, StatusCode::NO_CONTENT);
@@ -332,6 +332,7 @@ async fn members_show_last_sessions_and_bubbles_their_latest_health() {
             (bubbles[0]["health"]["turn_allocations"].clone(), bubbles[0]["health"]["at"].clone()),
             (json!(2), json!(now))
         );
+        assert_eq!(bubbles[0]["health"]["turn_bytes_relayed"], 123_456, "{backend}");
         // A bubble-server that stopped reporting cannot vouch for anyone being online.
         api.now.fetch_add(300, Ordering::SeqCst);
         let (_, members) = api.get("/api/v1/bubbles/ops/members", Some(ADMIN)).await;
@@ -341,6 +342,9 @@ async fn members_show_last_sessions_and_bubbles_their_latest_health() {
         api.post(&format!("/api/v1/bubbles/ops/members/{}/revoke", id_of(&ann)), Some(ADMIN), json!({})).await;
         let (_, members) = api.get("/api/v1/bubbles/ops/members", Some(ADMIN)).await;
         assert!(members.as_array().unwrap().iter().all(|m| m["online"] == false), "{backend}: {members}");
+        // A report from an older bubble-server, without the relayed bytes, is read as 0.
+        let (_, bubbles) = api.get("/api/v1/bubbles", Some(ADMIN)).await;
+        assert_eq!(bubbles[0]["health"]["turn_bytes_relayed"], 0, "{backend}");
         let (_, info) = api.get("/api/v1/info", Some(ADMIN)).await;
         assert_eq!(
             (info["audit_retention_days"].clone(), info["sign_in"].clone()),

@@ -221,6 +221,10 @@ impl HealthHandle {
             envelopes_refused,
             auth_failures,
             turn_allocations: state.turn.as_ref().map_or(0, |t| u32::try_from(t.stats().1).unwrap_or(u32::MAX)),
+            turn_bytes_relayed: state.turn.as_ref().map_or(0, |t| {
+                let stats = t.stats().0;
+                stats.to_peer.1.saturating_add(stats.to_client.1)
+            }),
             events,
             events_dropped,
         }

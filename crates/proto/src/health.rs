@@ -28,6 +28,9 @@ pub struct HealthReport {
     pub auth_failures: u64,
     /// TURN allocations now (0 until the bubble runs TURN).
     pub turn_allocations: u32,
+    /// Bytes the TURN relay carried (both ways) since the server started; absent from older servers.
+    #[serde(default)]
+    pub turn_bytes_relayed: u64,
     /// Sessions opened and closed since the last report.
     pub events: Vec<SessionEvent>,
     /// Events not reported because the buffer was full.

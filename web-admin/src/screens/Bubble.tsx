@@ -55,11 +55,12 @@ export function BubbleScreen({ who, id, tab }: { who: Who; id: string; tab: stri
   );
 }
 
-const SERIES: { key: keyof Health; rate?: boolean }[] = [
+const SERIES: { key: keyof Health; rate?: boolean; kib?: boolean }[] = [
   { key: 'online_members' },
   { key: 'sessions' },
   { key: 'turn_allocations' },
   { key: 'envelopes_relayed', rate: true },
+  { key: 'turn_bytes_relayed', rate: true, kib: true },
   { key: 'envelopes_refused', rate: true },
   { key: 'auth_failures', rate: true },
 ];
@@ -85,7 +86,13 @@ function HealthTab({ id }: { id: string }) {
           <p className="muted small">{t('health.window')}</p>
           <div className="charts">
             {SERIES.map((s) => (
-              <Chart key={s.key} title={t(`health.series.${s.key}`)} points={points(samples.data ?? [], s.key, s.rate ?? false)} rate={s.rate ?? false} />
+              <Chart
+                key={s.key}
+                title={t(`health.series.${s.key}`)}
+                points={points(samples.data ?? [], s.key, s.rate ?? false).map(([at, v]) => [at, s.kib ? v / 1024 : v] as [number, number])}
+                rate={s.rate ?? false}
+                unit={s.kib ? t('health.kibPerMinute') : t('health.perMinute')}
+              />
             ))}
           </div>
         </>
@@ -112,8 +119,7 @@ const W = 320;
 const H = 110;
 
 /** A line chart drawn as SVG: the last hour, its latest value in words beside it. */
-function Chart({ title, points: pts, rate }: { title: string; points: [number, number][]; rate: boolean }) {
-  const { t } = useTranslation();
+function Chart({ title, points: pts, rate, unit }: { title: string; points: [number, number][]; rate: boolean; unit: string }) {
   const last = pts.at(-1)?.[1];
   const max = Math.max(1, ...pts.map((p) => p[1]));
   const t0 = pts[0]?.[0] ?? 0;
@@ -128,7 +134,7 @@ function Chart({ title, points: pts, rate }: { title: string; points: [number, n
         <span>{title}</span>
         <strong>
           {shown}
-          {rate && <span className="unit"> {t('health.perMinute')}</span>}
+          {rate && <span className="unit"> {unit}</span>}
         </strong>
       </figcaption>
       <svg viewBox={`0 0 ${W} ${H}`} role="img" aria-label={`${title}: ${shown}`}>

@@ -17,6 +17,14 @@ export function healthState(bubble: Bubble): 'none' | 'stale' | 'ok' {
   return Date.now() / 1000 - h.at > STALE_SECS ? 'stale' : 'ok';
 }
 
+/** A byte count for people (the relay's traffic). */
+export function bytes(n: number): string {
+  if (n >= 1024 ** 3) return `${(n / 1024 ** 3).toFixed(1)} GiB`;
+  if (n >= 1024 ** 2) return `${(n / 1024 ** 2).toFixed(1)} MiB`;
+  if (n >= 1024) return `${(n / 1024).toFixed(0)} KiB`;
+  return `${n} B`;
+}
+
 export function BubblesScreen({ who }: { who: Who }) {
   const { t, i18n } = useTranslation();
   const bubbles = useLoad(async () => must(await api.GET('/api/v1/bubbles')), [], 10_000);
@@ -56,6 +64,10 @@ export function BubblesScreen({ who }: { who: Who }) {
                   <div>
                     <dt>{t('health.relayed')}</dt>
                     <dd>{b.health?.envelopes_relayed ?? '—'}</dd>
+                  </div>
+                  <div>
+                    <dt>{t('health.turnBytes')}</dt>
+                    <dd>{b.health ? bytes(b.health.turn_bytes_relayed) : '—'}</dd>
                   </div>
                   <div>
                     <dt>{t('health.errors')}</dt>

@@ -283,7 +283,7 @@ impl Store {
     pub async fn latest_health(&self) -> Result<HashMap<String, HealthSample>, StoreError> {
         let rows = sqlx::query(
             "SELECT h.bubble_id, h.at, h.online_members, h.sessions, h.connections, h.envelopes_relayed, \
-             h.envelopes_refused, h.auth_failures, h.turn_allocations FROM health_samples h \
+             h.envelopes_refused, h.auth_failures, h.turn_allocations, h.turn_bytes_relayed FROM health_samples h \
              JOIN (SELECT bubble_id, MAX(at) AS at FROM health_samples GROUP BY bubble_id) latest \
              ON latest.bubble_id = h.bubble_id AND latest.at = h.at",
         )
@@ -300,6 +300,7 @@ impl Store {
                 envelopes_refused: r.try_get(6)?,
                 auth_failures: r.try_get(7)?,
                 turn_allocations: r.try_get(8)?,
+                turn_bytes_relayed: r.try_get(9)?,
             };
             out.insert(r.try_get(0)?, sample);
         }
