@@ -346,7 +346,8 @@ async fn list_members(
     let mut members = state.store.list_members(&bubble).await?;
     let last = state.store.last_sessions(&bubble).await?;
     let now = (state.clock)();
-    let reporting = state.store.latest_health().await?.get(&bubble).is_some_and(|h| now - h.at <= ONLINE_REPORT_SECS);
+    // Only this bubble's last minute of samples: the console asks every few seconds.
+    let reporting = !state.store.list_health(&bubble, now - ONLINE_REPORT_SECS).await?.is_empty();
     for member in &mut members {
         if let Some((at, open)) = last.get(&member.member) {
             member.last_seen = Some(*at);

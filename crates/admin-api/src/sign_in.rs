@@ -192,27 +192,39 @@ async fn complete_sign_in(
             ),
         ));
     };
+    let cookie = open_session(&state, &principal, now, oidc.config.session_secs, "oidc", oidc.secure()).await?;
+    let location = HeaderValue::from_str(&oidc.config.after_login).unwrap_or_else(|_| HeaderValue::from_static("/"));
+    let mut response = StatusCode::SEE_OTHER.into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::LOCATION, location);
+    headers.append(header::SET_COOKIE, cookie);
+    headers.append(header::SET_COOKIE, cookie_header(LOGIN_COOKIE, "", "Lax", "/auth", 0, oidc.secure()));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+/// Stores a new administrator session for `principal` (OpenID or token sign-in alike), audits it, and returns
+/// its cookie.
+async fn open_session(
+    state: &ApiState,
+    principal: &crate::auth::Principal,
+    now: i64,
+    lifetime_secs: i64,
+    with: &str,
+    secure: bool,
+) -> Result<HeaderValue, ApiError> {
     let session = fresh_token()?;
     let row = AdminSession {
         name: principal.name.clone(),
         role: principal.role.as_str().to_owned(),
         bubbles: stored_scope(&principal.scope),
         created_at: now,
-        expires_at: now + oidc.config.session_secs,
+        expires_at: now + lifetime_secs,
     };
     state.store.create_session(&row, &hash_token(&session)).await?;
-    audit_event(&state, None, &principal.actor(), "admin.signed_in", format!("scope={}", row.bubbles)).await?;
-    let location = HeaderValue::from_str(&oidc.config.after_login).unwrap_or_else(|_| HeaderValue::from_static("/"));
-    let mut response = StatusCode::SEE_OTHER.into_response();
-    let headers = response.headers_mut();
-    headers.insert(header::LOCATION, location);
-    headers.append(
-        header::SET_COOKIE,
-        cookie_header(SESSION_COOKIE, &session, "Strict", "/", oidc.config.session_secs, oidc.secure()),
-    );
-    headers.append(header::SET_COOKIE, cookie_header(LOGIN_COOKIE, "", "Lax", "/auth", 0, oidc.secure()));
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(response)
+    let detail = format!("scope={} with={with}", row.bubbles);
+    audit_event(state, None, &principal.actor(), "admin.signed_in", detail).await?;
+    Ok(cookie_header(SESSION_COOKIE, &session, "Strict", "/", lifetime_secs, secure))
 }
 
 /// The signed-in administrator, and the CSRF token the console sends with every change.
@@ -313,23 +325,11 @@ pub async fn token_sign_in(
             ));
         }
     };
-    let now = (state.clock)();
-    let session = fresh_token()?;
-    let row = AdminSession {
-        name: principal.name.clone(),
-        role: principal.role.as_str().to_owned(),
-        bubbles: stored_scope(&principal.scope),
-        created_at: now,
-        expires_at: now + state.session_secs,
-    };
-    state.store.create_session(&row, &hash_token(&session)).await?;
-    audit_event(&state, None, &principal.actor(), "admin.signed_in", format!("scope={} with=token", row.bubbles))
-        .await?;
     let secure = state.public_url.starts_with("https://");
+    let cookie = open_session(&state, &principal, (state.clock)(), state.session_secs, "token", secure).await?;
     let mut response = StatusCode::NO_CONTENT.into_response();
     let headers = response.headers_mut();
-    headers
-        .insert(header::SET_COOKIE, cookie_header(SESSION_COOKIE, &session, "Strict", "/", state.session_secs, secure));
+    headers.insert(header::SET_COOKIE, cookie);
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(response)
 }

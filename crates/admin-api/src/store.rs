@@ -73,6 +73,21 @@ fn classify(err: sqlx::Error, what: &'static str) -> StoreError {
     StoreError::Database(err)
 }
 
+/// A health sample from a row that has its columns by name.
+fn health_sample(r: &sqlx::any::AnyRow) -> Result<HealthSample, sqlx::Error> {
+    Ok(HealthSample {
+        at: r.try_get("at")?,
+        online_members: r.try_get("online_members")?,
+        sessions: r.try_get("sessions")?,
+        connections: r.try_get("connections")?,
+        envelopes_relayed: r.try_get("envelopes_relayed")?,
+        envelopes_refused: r.try_get("envelopes_refused")?,
+        auth_failures: r.try_get("auth_failures")?,
+        turn_allocations: r.try_get("turn_allocations")?,
+        turn_bytes_relayed: r.try_get("turn_bytes_relayed")?,
+    })
+}
+
 /// Stores what category `id` sees (inside the caller's transaction).
 async fn insert_sees(tx: &mut sqlx::AnyConnection, bubble: &str, id: &str, sees: &[String]) -> Result<(), StoreError> {
     for seen in sees {
@@ -519,38 +534,6 @@ impl Store {
         (self.pool.size(), idle, self.pool.options().get_max_connections())
     }
 
-    /// Audit events, newest first, optionally for one bubble.
-    pub async fn list_audit(&self, bubble: Option<&str>, limit: i64) -> Result<Vec<AuditEvent>, StoreError> {
-        let rows = match bubble {
-            Some(b) => {
-                sqlx::query(
-                    "SELECT at, bubble_id, actor, action, detail FROM audit_events WHERE bubble_id = $1 ORDER BY at DESC, id LIMIT $2",
-                )
-                .bind(b)
-                .bind(limit)
-                .fetch_all(&self.pool)
-                .await?
-            }
-            None => {
-                sqlx::query("SELECT at, bubble_id, actor, action, detail FROM audit_events ORDER BY at DESC, id LIMIT $1")
-                    .bind(limit)
-                    .fetch_all(&self.pool)
-                    .await?
-            }
-        };
-        rows.iter()
-            .map(|r| {
-                Ok(AuditEvent {
-                    at: r.try_get(0)?,
-                    bubble: r.try_get(1)?,
-                    actor: r.try_get(2)?,
-                    action: r.try_get(3)?,
-                    detail: r.try_get(4)?,
-                })
-            })
-            .collect()
-    }
-
     /// Stores a health sample and drops the bubble's samples older than `keep_since`.
     pub async fn add_health(
         &self,
@@ -597,21 +580,7 @@ impl Store {
         .bind(since)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(HealthSample {
-                    at: r.try_get(0)?,
-                    online_members: r.try_get(1)?,
-                    sessions: r.try_get(2)?,
-                    connections: r.try_get(3)?,
-                    envelopes_relayed: r.try_get(4)?,
-                    envelopes_refused: r.try_get(5)?,
-                    auth_failures: r.try_get(6)?,
-                    turn_allocations: r.try_get(7)?,
-                    turn_bytes_relayed: r.try_get(8)?,
-                })
-            })
-            .collect()
+        Ok(rows.iter().map(health_sample).collect::<Result<_, _>>()?)
     }
 
     /// Stores a scoped API token (its hash).

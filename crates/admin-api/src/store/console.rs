@@ -291,18 +291,7 @@ impl Store {
         .await?;
         let mut out = HashMap::new();
         for r in &rows {
-            let sample = HealthSample {
-                at: r.try_get(1)?,
-                online_members: r.try_get(2)?,
-                sessions: r.try_get(3)?,
-                connections: r.try_get(4)?,
-                envelopes_relayed: r.try_get(5)?,
-                envelopes_refused: r.try_get(6)?,
-                auth_failures: r.try_get(7)?,
-                turn_allocations: r.try_get(8)?,
-                turn_bytes_relayed: r.try_get(9)?,
-            };
-            out.insert(r.try_get(0)?, sample);
+            out.insert(r.try_get("bubble_id")?, super::health_sample(r)?);
         }
         Ok(out)
     }
