@@ -70,7 +70,9 @@ export class WorkerClient {
     const id = this.nextId++;
     return new Promise((resolve, reject) => {
       this.pending.set(id, { resolve, reject });
-      this.worker.postMessage({ id, command });
+      // DataChannel bytes are handed over, not copied (the page has no further use for them).
+      const transfer = command.kind === 'channelData' ? [command.bytes.buffer as ArrayBuffer] : [];
+      this.worker.postMessage({ id, command }, transfer);
     });
   }
 

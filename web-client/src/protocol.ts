@@ -31,7 +31,16 @@ export type Command =
   | { kind: 'rtcVerify'; member: MemberId; certificate: Uint8Array }
   | { kind: 'rtcHangup'; member: MemberId }
   | { kind: 'channel'; member: MemberId; open: boolean }
-  | { kind: 'channelData'; member: MemberId; bytes: Uint8Array };
+  | { kind: 'channelData'; member: MemberId; bytes: Uint8Array }
+  // Files: the page hands the worker the File the member picked (structured clone, read in slices there).
+  | { kind: 'sendFile'; member: MemberId; file: File }
+  | { kind: 'resumeFile'; transfer: string; file: File }
+  | { kind: 'acceptFile'; transfer: string }
+  | { kind: 'cancelFile'; transfer: string }
+  | { kind: 'holdFile'; transfer: string; held: boolean }
+  | { kind: 'forgetFile'; transfer: string }
+  /** A decrypted copy of a received file (a disk-backed File, deleted a minute later), to open or save. */
+  | { kind: 'openFile'; transfer: string; name: string };
 
 export interface Request {
   id: number;
@@ -86,6 +95,25 @@ export interface Policy {
   relay_only: boolean;
 }
 
+/** A file transfer, or a file kept (received files stay encrypted on the device until opened). */
+export interface FileItem {
+  transfer: string;
+  conversation: ConversationId;
+  peer: MemberId;
+  outgoing: boolean;
+  name: string;
+  size: number;
+  sha256: string;
+  /** asked: offered to us, not answered; offered: we offered, not answered; moving; done. */
+  state: 'asked' | 'offered' | 'moving' | 'done';
+  bytes: number;
+  heldByUs: boolean;
+  heldByThem: boolean;
+  at: number;
+  /** Ours, under way, and the page that had the file was reloaded: the member picks it again to go on. */
+  needsFile?: boolean;
+}
+
 export interface View {
   me: { member: MemberId; displayName: string; bubble: string; publicKey: string };
   signaling: string;
@@ -94,6 +122,7 @@ export interface View {
   policy: Policy;
   /** The member's key fingerprint: their half of every safety number (the console shows the same digits). */
   fingerprint: string;
+  files: FileItem[];
 }
 
 export type Update =
@@ -134,6 +163,9 @@ function isText(v: unknown, max = MAX_TEXT): v is string {
 }
 function isBytes(v: unknown, max: number): v is Uint8Array {
   return v instanceof Uint8Array && v.byteLength > 0 && v.byteLength <= max;
+}
+function isFile(v: unknown): v is File {
+  return typeof File !== 'undefined' && v instanceof File;
 }
 function isIdList(v: unknown): v is string[] {
   return Array.isArray(v) && v.length <= 1000 && v.every(isId);
@@ -190,6 +222,18 @@ export function parseRequest(data: unknown): Request | null {
         return isId(c.conversation) && typeof c.typing === 'boolean';
       case 'setTimer':
         return isId(c.conversation) && typeof c.seconds === 'number' && Number.isInteger(c.seconds) && c.seconds >= 0;
+      case 'sendFile':
+        return isId(c.member) && isFile(c.file);
+      case 'resumeFile':
+        return isId(c.transfer) && isFile(c.file);
+      case 'acceptFile':
+      case 'cancelFile':
+      case 'forgetFile':
+        return isId(c.transfer);
+      case 'holdFile':
+        return isId(c.transfer) && typeof c.held === 'boolean';
+      case 'openFile':
+        return isId(c.transfer) && isText(c.name, 1024);
       default:
         return false;
     }
@@ -225,7 +269,27 @@ function isView(v: unknown): v is View {
     Array.isArray(v.conversations) &&
     v.conversations.every((c) => isObject(c) && isId(c.id) && Array.isArray(c.history) && isIdList(c.members)) &&
     isPolicy(v.policy) &&
-    typeof v.fingerprint === 'string'
+    typeof v.fingerprint === 'string' &&
+    Array.isArray(v.files) &&
+    v.files.every(isFileItem)
+  );
+}
+
+function isFileItem(f: unknown): f is FileItem {
+  return (
+    isObject(f) &&
+    isId(f.transfer) &&
+    isId(f.conversation) &&
+    isId(f.peer) &&
+    typeof f.outgoing === 'boolean' &&
+    typeof f.name === 'string' &&
+    typeof f.size === 'number' &&
+    typeof f.bytes === 'number' &&
+    typeof f.sha256 === 'string' &&
+    ['asked', 'offered', 'moving', 'done'].includes(f.state as string) &&
+    typeof f.heldByUs === 'boolean' &&
+    typeof f.heldByThem === 'boolean' &&
+    typeof f.at === 'number'
   );
 }
 

@@ -24,13 +24,13 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use crate::files::{
-    CHUNK_FRAME_TAG, CancelReason, ChunkRequest, FileControl, FileKey, FileOffer, IncomingTransfer, Opened,
-    OutgoingTransfer, TransferConfig, TransferId,
+    CHUNK_FRAME_TAG, CancelReason, ChunkRequest, FileControl, FileKey, FileOffer, TransferConfig, TransferId,
 };
 use crate::fingerprint::{Fingerprint, sdp_has_only_fingerprint};
 use crate::keystore::{KeyStore, Storage};
 use crate::message::{AppMessage, CallSignal, ConversationKind, MessageId, ReceiptKind, hex};
 use crate::mls::{self, CIPHERSUITE, MlsSigner, Provider};
+use crate::transfers::{FileStatus, Transfers};
 use crate::wire::{Envelope, MAX_CHANNEL_MESSAGE};
 
 /// The largest envelope the relay takes (signaling `max_body_bytes`).
@@ -44,8 +44,6 @@ const REQUEST_RETRY_MS: u64 = 3_000;
 /// Unanswered KeyPackage requests are forgotten after this long: a member may be offline for a while, and is
 /// asked again when it comes online ([`Client::member_online`]). `MAX_PENDING_REQUESTS` bounds their number.
 const REQUEST_EXPIRY_MS: u64 = 3_600_000;
-/// File offers waiting for an answer, at most.
-const MAX_PENDING_OFFERS: usize = 64;
 /// KeyPackages minted for one member per window.
 const KEY_PACKAGES_PER_WINDOW: u32 = 16;
 /// The window of [`KEY_PACKAGES_PER_WINDOW`].
@@ -282,6 +280,21 @@ pub enum Event {
         /// Why.
         reason: CancelReason,
     },
+    /// A transfer was paused (`held`) or resumed by its contact `by`.
+    FileHeld {
+        /// Which.
+        transfer: TransferId,
+        /// The contact.
+        by: MemberId,
+        /// Paused or going on.
+        held: bool,
+    },
+    /// The bytes kept of this file may be deleted: the member forgot it, it was cancelled before it was
+    /// whole, or its conversation is gone (its key already is).
+    FileForgotten {
+        /// Which.
+        transfer: TransferId,
+    },
     /// A member left a group.
     Left {
         /// Where.
@@ -397,6 +410,10 @@ impl std::fmt::Debug for Event {
             Event::FileCancelled { transfer, reason } => {
                 f.debug_struct("FileCancelled").field("transfer", transfer).field("reason", reason).finish()
             }
+            Event::FileHeld { transfer, by, held } => {
+                f.debug_struct("FileHeld").field("transfer", transfer).field("by", by).field("held", held).finish()
+            }
+            Event::FileForgotten { transfer } => f.debug_struct("FileForgotten").field("transfer", transfer).finish(),
             Event::Left { conversation, member } => {
                 f.debug_struct("Left").field("conversation", conversation).field("member", member).finish()
             }
@@ -493,6 +510,8 @@ pub struct ChatMessage {
 pub const RECORD_MLS: &str = "client/mls";
 /// Key-store record of the conversations and their histories.
 pub const RECORD_CONVERSATIONS: &str = "client/conversations";
+/// Key-store record of file transfers under way and files kept, with their keys.
+pub const RECORD_FILES: &str = "client/files";
 
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -564,11 +583,11 @@ pub struct Client {
     calls: HashMap<MemberId, CallState>,
     /// KeyPackages minted per requesting member: (window start, count).
     minted: HashMap<MemberId, (u64, u32)>,
-    file_config: TransferConfig,
     policy: peerbubble_proto::BubblePolicy,
-    offers_in: HashMap<TransferId, (MemberId, ConversationId, FileOffer, FileKey)>,
-    files_in: HashMap<TransferId, (MemberId, ConversationId, IncomingTransfer, FileKey)>,
-    files_out: HashMap<TransferId, (MemberId, ConversationId, OutgoingTransfer)>,
+    /// File transfers and the files kept with their keys.
+    transfers: Transfers,
+    /// Counts MLS messages made or opened: each advances secrets the key store must keep.
+    mls_generation: u64,
     outputs: VecDeque<Output>,
     events: VecDeque<Event>,
     next_token: u64,
@@ -605,11 +624,9 @@ impl Client {
             channels: BTreeSet::new(),
             calls: HashMap::new(),
             minted: HashMap::new(),
-            file_config: TransferConfig::default(),
             policy: peerbubble_proto::BubblePolicy::default(),
-            offers_in: HashMap::new(),
-            files_in: HashMap::new(),
-            files_out: HashMap::new(),
+            transfers: Transfers::default(),
+            mls_generation: 0,
             outputs: VecDeque::new(),
             events: VecDeque::new(),
             next_token: 1,
@@ -642,16 +659,15 @@ impl Client {
     /// A DataChannel with `member` opened (its DTLS fingerprint was the MLS-authenticated one).
     pub fn channel_opened(&mut self, member: MemberId) {
         self.channels.insert(member);
-        // Transfers cut by a dropped connection continue where the receiver is.
-        let resumes: Vec<_> = self
-            .files_in
-            .values()
-            .filter(|(peer, _, incoming, _)| *peer == member && !incoming.is_complete())
-            .map(|(_, conversation, incoming, _)| (*conversation, incoming.resume_point()))
-            .collect();
-        for (conversation, resume) in resumes {
-            let _ = self.send_app(conversation, &AppMessage::File(FileControl::Resume(resume)));
-        }
+        // Transfers cut by a dropped connection (or a restart) continue where the receiver is.
+        self.transfers.channel_opened(member);
+        let _ = self.send_file_controls();
+    }
+
+    /// Counts MLS messages made or opened since the client was made: when it moved, secrets the key store
+    /// keeps changed and must be saved before anything else is sent.
+    pub fn mls_generation(&self) -> u64 {
+        self.mls_generation
     }
 
     /// `member` came online (signaling presence): KeyPackage requests it has not answered — sent while it was
@@ -967,7 +983,7 @@ impl Client {
 
     /// Sets chunk size, window and limits of file transfers started or accepted from now on.
     pub fn set_file_config(&mut self, config: TransferConfig) {
-        self.file_config = config;
+        self.transfers.set_config(config);
     }
 
     /// Applies the bubble's policy (from `welcome` or a `policy` frame: [`crate::signaling::Signaling::policy`]).
@@ -998,41 +1014,87 @@ impl Client {
             return Err(ClientError::Policy(format!("files are limited to {} bytes", self.policy.max_file_bytes)));
         }
         let conversation = self.direct_conversation(peer).ok_or(ClientError::NotAllowed("no 1:1 conversation"))?;
+        if !self.conversation(conversation)?.ready {
+            return Err(ClientError::NotReady(conversation));
+        }
         let transfer = TransferId::random().map_err(file_err)?;
         let key = FileKey::new(self.export_secret(conversation, FILE_KEY_LABEL, &transfer.0)?);
-        let outgoing =
-            OutgoingTransfer::new(transfer, name, size, sha256, &key, &self.file_config).map_err(file_err)?;
-        self.send_app(conversation, &AppMessage::File(FileControl::Offer(outgoing.offer().clone())))?;
-        self.files_out.insert(transfer, (peer, conversation, outgoing));
+        self.transfers.offer(peer, conversation, (transfer, name, size, sha256), key, self.now_ms).map_err(file_err)?;
+        self.send_file_controls()?;
         Ok(transfer)
     }
 
     /// Accepts an offered file; [`Event::FileChunk`]s follow.
     pub fn accept_file(&mut self, transfer: TransferId) -> Result<(), ClientError> {
-        let size = self.offers_in.get(&transfer).ok_or(ClientError::NotAllowed("no such file offer"))?.2.size;
+        let size = self.transfers.asked_size(transfer).ok_or(ClientError::NotAllowed("no such file offer"))?;
         if !self.policy.allows_file(size) {
             // Kept: the member may still decline it, which tells the sender.
             return Err(ClientError::Policy("this bubble does not allow receiving this file".into()));
         }
-        let (peer, conversation, offer, key) =
-            self.offers_in.remove(&transfer).ok_or(ClientError::NotAllowed("no such file offer"))?;
-        let incoming = IncomingTransfer::new(offer, &key, &self.file_config).map_err(file_err)?;
-        self.send_app(conversation, &AppMessage::File(FileControl::Accept(incoming.accept())))?;
-        self.files_in.insert(transfer, (peer, conversation, incoming, key));
-        Ok(())
+        self.transfers.accept(transfer).map_err(file_err)?;
+        self.send_file_controls()
     }
 
     /// Declines an offered file.
     pub fn decline_file(&mut self, transfer: TransferId) -> Result<(), ClientError> {
-        let (_, conversation, _, _) =
-            self.offers_in.remove(&transfer).ok_or(ClientError::NotAllowed("no such file offer"))?;
-        let cancel = crate::files::Cancel { transfer, reason: CancelReason::Declined };
-        self.send_app(conversation, &AppMessage::File(FileControl::Cancel(cancel)))
+        if self.transfers.asked_size(transfer).is_none() {
+            return Err(ClientError::NotAllowed("no such file offer"));
+        }
+        self.cancel_file(transfer)
     }
 
-    /// The next chunk of an outgoing file to read and seal, if the window allows.
+    /// Stops a transfer under way in either direction (or declines an offer); the contact is told, and the
+    /// bytes kept of an incoming file may be deleted ([`Event::FileForgotten`]).
+    pub fn cancel_file(&mut self, transfer: TransferId) -> Result<(), ClientError> {
+        self.transfers.cancel(transfer).map_err(file_err)?;
+        self.send_file_controls()
+    }
+
+    /// Pauses (`held`) or resumes a transfer under way; the contact is told and its screen says so. While
+    /// either side holds it, the sender hands out no chunk.
+    pub fn hold_file(&mut self, transfer: TransferId, held: bool) -> Result<(), ClientError> {
+        self.transfers.hold(transfer, held).map_err(file_err)?;
+        self.send_file_controls()
+    }
+
+    /// Forgets a finished file: its key is destroyed, and [`Event::FileForgotten`] tells the edge to delete
+    /// the bytes it kept.
+    pub fn forget_file(&mut self, transfer: TransferId) -> Result<(), ClientError> {
+        self.transfers.forget(transfer).map_err(file_err)?;
+        self.send_file_controls()
+    }
+
+    /// After a restart, before any DataChannel opens: an incoming file's chunk `index` as the edge kept it
+    /// sealed ([`Event::FileChunk`]'s `sealed`), in order from 0. The transfer then resumes from there, not
+    /// from the start. An error says this chunk did not open (torn storage): drop it and every later one.
+    pub fn replay_file_chunk(&mut self, transfer: TransferId, index: u32, sealed: &[u8]) -> Result<(), ClientError> {
+        self.transfers.replay(transfer, index, sealed).map_err(file_err)?;
+        self.send_file_controls()
+    }
+
+    /// Decrypts chunk `index` of a received file kept sealed at rest (the key never leaves the client).
+    pub fn open_stored_chunk(&self, transfer: TransferId, index: u32, sealed: &[u8]) -> Result<Vec<u8>, ClientError> {
+        self.transfers.open_stored(transfer, index, sealed).map_err(file_err)
+    }
+
+    /// Every file transfer and kept file, oldest first, for the member's screen.
+    pub fn files(&self) -> Vec<FileStatus> {
+        self.transfers.list()
+    }
+
+    /// The offer of a transfer this client knows (name, size, chunking, hash).
+    pub fn file_offer(&self, transfer: TransferId) -> Option<&FileOffer> {
+        self.transfers.offer_of(transfer)
+    }
+
+    /// The next chunk of an outgoing file to read and seal, if the window allows, nobody holds it and the
+    /// DataChannel with the contact is open (chunks never take the relay; the receiver resumes the transfer
+    /// when the channel opens again).
     pub fn next_file_chunk(&mut self, transfer: TransferId) -> Option<ChunkRequest> {
-        self.files_out.get_mut(&transfer)?.2.next_chunk()
+        if !self.channels.contains(&self.transfers.peer(transfer)?) {
+            return None;
+        }
+        self.transfers.next_chunk(transfer)
     }
 
     /// Seals a chunk into a DataChannel message for the transfer's contact.
@@ -1042,127 +1104,58 @@ impl Client {
         index: u32,
         plaintext: &[u8],
     ) -> Result<Vec<u8>, ClientError> {
-        let (_, _, outgoing) = self.files_out.get_mut(&transfer).ok_or(ClientError::NotAllowed("no such transfer"))?;
-        outgoing.seal(index, plaintext).map_err(file_err)
+        self.transfers.seal(transfer, index, plaintext).map_err(file_err)
     }
 
-    /// The contact an outgoing transfer goes to.
+    /// The contact of a transfer.
     pub fn file_peer(&self, transfer: TransferId) -> Option<MemberId> {
-        self.files_out.get(&transfer).map(|t| t.0).or_else(|| self.files_in.get(&transfer).map(|t| t.0))
+        self.transfers.peer(transfer)
     }
 
-    /// The key of an incoming transfer while it runs, to decrypt chunks kept sealed at rest later
-    /// ([`crate::files::open_stored_chunk`]): take it at the first [`Event::FileChunk`] and keep it in the key
-    /// store, never in clear. Once the file is received the transfer, and this key, are gone from the client.
+    /// The key of an incoming transfer, while it runs and once received, to decrypt chunks kept sealed at
+    /// rest ([`crate::files::open_stored_chunk`]). Never store it in clear: [`Client::save`] keeps it in the
+    /// encrypted key store, and [`Client::forget_file`] destroys it.
     pub fn file_key(&self, transfer: TransferId) -> Option<&FileKey> {
-        self.files_in.get(&transfer).map(|t| &t.3)
+        self.transfers.key(transfer)
+    }
+
+    /// Sends what the transfers queued, inside MLS, and moves their events out.
+    fn send_file_controls(&mut self) -> Result<(), ClientError> {
+        let mut first_error = None;
+        while let Some((conversation, control)) = self.transfers.poll_control() {
+            if let Err(e) = self.send_app(conversation, &AppMessage::File(control)) {
+                first_error.get_or_insert(e);
+            }
+        }
+        while let Some(event) = self.transfers.poll_event() {
+            self.events.push_back(event);
+        }
+        first_error.map_or(Ok(()), Err)
     }
 
     fn on_file(&mut self, conversation: ConversationId, from: MemberId, control: FileControl) {
-        let refuse = |reason: String| Event::Refused { from, reason };
         if self.direct_conversation(from) != Some(conversation) {
-            self.events.push_back(refuse("file transfer outside its 1:1 conversation".into()));
+            self.events.push_back(Event::Refused { from, reason: "file transfer outside its 1:1 conversation".into() });
             return;
         }
-        let transfer = match &control {
-            FileControl::Offer(o) => o.transfer,
-            FileControl::Accept(a) => a.transfer,
-            FileControl::Ack(a) => a.transfer,
-            FileControl::Resume(r) => r.transfer,
-            FileControl::Complete(c) => c.transfer,
-            FileControl::Cancel(c) => c.transfer,
+        let result = if let FileControl::Offer(offer) = control {
+            match self.export_secret(conversation, FILE_KEY_LABEL, &offer.transfer.0) {
+                Ok(key) => self.transfers.on_offer(from, conversation, offer, FileKey::new(key), self.now_ms),
+                Err(e) => Err(e.to_string()),
+            }
+        } else {
+            self.transfers.on_control(from, control)
         };
-        if let FileControl::Offer(offer) = control {
-            if let Err(e) = offer.validate(self.file_config.max_file_size) {
-                self.events.push_back(refuse(format!("file offer refused: {e}")));
-                return;
-            }
-            if self.offers_in.contains_key(&transfer) || self.files_in.contains_key(&transfer) {
-                self.events.push_back(refuse("file offer replayed".into()));
-                return;
-            }
-            if self.offers_in.len() >= MAX_PENDING_OFFERS {
-                self.events.push_back(refuse("too many unanswered file offers; answer or decline some".into()));
-                return;
-            }
-            match self.export_secret(conversation, FILE_KEY_LABEL, &transfer.0) {
-                Ok(key) => {
-                    self.offers_in.insert(transfer, (from, conversation, offer.clone(), FileKey::new(key)));
-                    self.events.push_back(Event::FileOffered { conversation, from, offer });
-                }
-                Err(e) => self.events.push_back(refuse(e.to_string())),
-            }
-            return;
+        if let Err(reason) = result {
+            self.events.push_back(Event::Refused { from, reason });
         }
-        if let Some((peer, _, incoming, _)) = self.files_in.get_mut(&transfer)
-            && *peer == from
-            && let FileControl::Cancel(cancel) = control
-        {
-            let _ = incoming.on_cancel(cancel);
-            self.files_in.remove(&transfer);
-            self.events.push_back(Event::FileCancelled { transfer, reason: cancel.reason });
-            return;
-        }
-        let Some((peer, _, outgoing)) = self.files_out.get_mut(&transfer) else {
-            self.events.push_back(refuse("control for an unknown transfer".into()));
-            return;
-        };
-        if *peer != from {
-            self.events.push_back(refuse("control for another member's transfer".into()));
-            return;
-        }
-        if let Err(e) = outgoing.on_control(&control) {
-            self.events.push_back(refuse(format!("file control refused: {e}")));
-            return;
-        }
-        let progress = outgoing.progress();
-        match control {
-            FileControl::Complete(_) => {
-                self.files_out.remove(&transfer);
-                self.events.push_back(Event::FileSent { transfer });
-            }
-            FileControl::Cancel(cancel) => {
-                self.files_out.remove(&transfer);
-                self.events.push_back(Event::FileCancelled { transfer, reason: cancel.reason });
-            }
-            _ => self.events.push_back(Event::FileSendable { transfer, acked: progress.bytes, total: progress.total }),
-        }
+        let _ = self.send_file_controls();
     }
 
     fn on_chunk(&mut self, from: MemberId, bytes: &[u8]) -> Result<(), String> {
-        let frame = crate::files::parse_chunk_frame(bytes).map_err(|e| e.to_string())?;
-        let transfer = frame.transfer;
-        let (peer, conversation, incoming, _) =
-            self.files_in.get_mut(&transfer).ok_or("chunk of an unknown transfer")?;
-        if *peer != from {
-            return Err("chunk of another member's transfer".into());
-        }
-        let conversation = *conversation;
-        let (controls, done) = match incoming.open(bytes) {
-            Ok(Opened::Chunk(r)) => {
-                let complete = r.complete;
-                let controls: Vec<_> =
-                    r.ack.map(FileControl::Ack).into_iter().chain(complete.map(FileControl::Complete)).collect();
-                self.events.push_back(Event::FileChunk {
-                    transfer,
-                    index: r.index,
-                    offset: r.offset,
-                    plaintext: r.plaintext,
-                    sealed: r.sealed,
-                });
-                (controls, complete)
-            }
-            Ok(Opened::Duplicate { ack }) => (vec![FileControl::Ack(ack)], None),
-            Err(e) => return Err(format!("file chunk refused: {e}")),
-        };
-        for control in controls {
-            self.send_app(conversation, &AppMessage::File(control)).map_err(|e| e.to_string())?;
-        }
-        if let Some(complete) = done {
-            self.files_in.remove(&transfer);
-            self.events.push_back(Event::FileReceived { transfer, sha256: complete.sha256 });
-        }
-        Ok(())
+        let result = self.transfers.on_chunk(from, bytes);
+        self.send_file_controls().map_err(|e| e.to_string())?;
+        result
     }
 
     /// The server accepted our commit: merge it, welcome the added members.
@@ -1430,6 +1423,7 @@ impl Client {
             }
         }
         let processed = c.group.process_message(&self.provider, protocol).map_err(|e| format!("MLS refused: {e:?}"))?;
+        self.mls_generation += 1;
         let claimed = mls::claimed_member(processed.credential()).ok_or("sender credential is not a member id")?;
         if claimed != *from.as_bytes() {
             return Err("MLS sender differs from the transport's sender".into());
@@ -1721,6 +1715,7 @@ impl Client {
             return Err(ClientError::NotReady(id));
         }
         let out = c.group.create_message(&self.provider, &self.signer, &message.encode()).map_err(mls_err)?;
+        self.mls_generation += 1;
         let body = Envelope::Mls { message: out.tls_serialize_detached().map_err(mls_err)? }.encode();
         for m in member_ids(&c.group).into_iter().filter(|m| *m != me) {
             if self.channels.contains(&m) && body.len() <= MAX_CHANNEL_MESSAGE {
@@ -1742,10 +1737,11 @@ impl Client {
                     self.channels.remove(&peer);
                 }
             }
-            // Its file keys go with it.
-            self.offers_in.retain(|_, t| t.1 != id);
-            self.files_in.retain(|_, t| t.1 != id);
-            self.files_out.retain(|_, t| t.1 != id);
+            // Its file keys go with it, and the edge is told to delete the bytes it kept.
+            self.transfers.forget_conversation(id);
+            while let Some(event) = self.transfers.poll_event() {
+                self.events.push_back(event);
+            }
             let _ = c.group.delete(self.provider.storage());
             self.events.push_back(Event::ConversationClosed { conversation: id, reason });
         }
@@ -1779,8 +1775,8 @@ impl Client {
     }
 
     /// Writes the client's state — MLS secrets and group states, conversations and their histories — into the
-    /// (unlocked) key store, which encrypts every record. Group changes waiting for the server and file
-    /// transfers in progress are not kept.
+    /// (unlocked) key store, which encrypts every record. Group changes waiting for the server are not
+    /// kept; file transfers keep their offers and keys, not their progress (see [`Client::replay_file_chunk`]).
     pub fn save<S: Storage>(&self, store: &mut KeyStore<S>) -> Result<(), ClientError> {
         let conversations: Vec<SavedConversation> = self
             .conversations
@@ -1794,7 +1790,9 @@ impl Client {
             })
             .collect();
         let state = Zeroizing::new(serde_json::to_vec(&conversations).map_err(|e| ClientError::State(e.to_string()))?);
+        let files = self.transfers.save().map_err(|e| ClientError::State(e.to_string()))?;
         store.put(RECORD_MLS, &self.mls_snapshot()).map_err(|e| ClientError::State(e.to_string()))?;
+        store.put(RECORD_FILES, &files).map_err(|e| ClientError::State(e.to_string()))?;
         store.put(RECORD_CONVERSATIONS, &state).map_err(|e| ClientError::State(e.to_string()))
     }
 
@@ -1820,6 +1818,10 @@ impl Client {
             c.history = s.history;
             c.ready = s.ready;
             client.conversations.insert(s.id, c);
+        }
+        // Stores written before files were kept have no record: no transfers.
+        if let Some(files) = store.get(RECORD_FILES).map_err(|e| ClientError::State(e.to_string()))? {
+            client.transfers = Transfers::restore(TransferConfig::default(), &files).map_err(ClientError::State)?;
         }
         Ok(client)
     }

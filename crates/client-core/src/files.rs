@@ -324,6 +324,17 @@ pub enum CancelReason {
     IntegrityFailure,
 }
 
+/// Either side pauses (`held`) or resumes the transfer: the sender hands out no chunk while either side holds
+/// it. Chunks already in flight still arrive and are acknowledged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hold {
+    /// The transfer.
+    pub transfer: TransferId,
+    /// Paused (true) or going on (false).
+    pub held: bool,
+}
+
 /// Control messages between sender and receiver (MLS-encrypted, JSON, unknown fields rejected).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
@@ -340,6 +351,23 @@ pub enum FileControl {
     Complete(Complete),
     /// Either way.
     Cancel(Cancel),
+    /// Either way (a pause asked by the member; peers that predate it refuse it, and the transfer goes on).
+    Hold(Hold),
+}
+
+impl FileControl {
+    /// The transfer it is about.
+    pub fn transfer(&self) -> TransferId {
+        match self {
+            FileControl::Offer(o) => o.transfer,
+            FileControl::Accept(a) => a.transfer,
+            FileControl::Ack(a) => a.transfer,
+            FileControl::Resume(r) => r.transfer,
+            FileControl::Complete(c) => c.transfer,
+            FileControl::Cancel(c) => c.transfer,
+            FileControl::Hold(h) => h.transfer,
+        }
+    }
 }
 
 /// Which bytes of the file the sender should read and [`seal`](OutgoingTransfer::seal) next.
@@ -542,6 +570,16 @@ impl OutgoingTransfer {
         Ok(Self { cipher, window: config.window, state: State::Offered, acked: 0, next: 0, sealed: BTreeMap::new() })
     }
 
+    /// The sending side of `offer`, made again after a restart (the offer and key were kept): it waits for the
+    /// receiver's [`Accept`] or [`Resume`], as a new transfer does. Feed it the same file: its SHA-256 is the
+    /// offer's, so a chunk sealed again under the same nonce is the same plaintext.
+    pub fn resume(offer: FileOffer, key: &FileKey, config: &TransferConfig) -> Result<Self, FileError> {
+        config.validate()?;
+        offer.validate(config.max_file_size)?;
+        let cipher = ChunkCipher::new(key, &offer)?;
+        Ok(Self { cipher, window: config.window, state: State::Offered, acked: 0, next: 0, sealed: BTreeMap::new() })
+    }
+
     /// The offer to send.
     pub fn offer(&self) -> &FileOffer {
         &self.cipher.offer
@@ -645,6 +683,7 @@ impl OutgoingTransfer {
             FileControl::Complete(m) => self.on_complete(m),
             FileControl::Cancel(m) => self.on_cancel(m),
             FileControl::Offer(_) => Err(FileError::UnexpectedControl("an offer sent to the sender")),
+            FileControl::Hold(_) => Err(FileError::UnexpectedControl("a hold is the client's to apply")),
         }
     }
 
@@ -799,6 +838,19 @@ impl IncomingTransfer {
             None
         };
         Ok(Opened::Chunk(Received { index, offset, plaintext, sealed: frame.sealed.to_vec(), ack, complete }))
+    }
+
+    /// After a restart: chunk `index`, kept sealed at rest ([`Received::sealed`]), is opened again to bring the
+    /// transfer (and its running hash) back to where it was. Chunks must come in order from 0, each
+    /// authenticated; the first one that does not open ends the replay (storage torn at a crash) and the
+    /// sender is asked for the rest. Sends no ack. The last chunk completes the transfer: send the
+    /// [`Complete`] it returns.
+    pub fn replay(&mut self, index: u32, sealed: &[u8]) -> Result<Option<Complete>, FileError> {
+        let frame = ChunkFrame { transfer: self.offer().transfer, index, sealed }.to_bytes();
+        match self.open(&frame)? {
+            Opened::Chunk(received) => Ok(received.complete),
+            Opened::Duplicate { .. } => Err(FileError::OutOfOrder { expected: self.next, got: index }),
+        }
     }
 
     /// The sender stopped the transfer (a cancel arriving after completion is ignored).

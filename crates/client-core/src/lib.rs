@@ -17,6 +17,7 @@ pub mod message;
 pub mod mls;
 pub mod session;
 pub mod signaling;
+pub mod transfers;
 pub mod wire;
 
 pub use client::{ChatMessage, Client, ClientError, CloseReason, ConversationId, Event, Output, Path};

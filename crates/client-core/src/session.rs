@@ -57,6 +57,8 @@ pub struct Session {
     events: VecDeque<SessionEvent>,
     /// Something a save would keep changed since [`Session::take_changed`].
     changed: bool,
+    /// The client's MLS generation when `changed` was last set for it.
+    saved_generation: u64,
 }
 
 impl std::fmt::Debug for Session {
@@ -81,6 +83,7 @@ impl Session {
             commits: HashMap::new(),
             events: VecDeque::new(),
             changed: false,
+            saved_generation: 0,
         };
         // Signaling asks to connect as soon as it exists; nothing else can be pending yet.
         session.route(0);
@@ -100,6 +103,15 @@ impl Session {
     /// The client state machine (conversations, histories).
     pub fn client(&self) -> &Client {
         &self.client
+    }
+
+    /// The client, for calls that change nothing a save keeps and must not cost a save each: reading and
+    /// sealing file chunks ([`Client::next_file_chunk`], [`Client::seal_file_chunk`]), and replaying kept
+    /// chunks ([`Client::replay_file_chunk`], followed by one [`Session::act`] to route what it queued).
+    /// Everything else goes through [`Session::act`], which routes what the call produced and marks the state
+    /// to save.
+    pub fn client_mut(&mut self) -> &mut Client {
+        &mut self.client
     }
 
     /// Runs a command on the client at `now_ms` and routes what it produced.
@@ -195,8 +207,16 @@ impl Session {
             }
             while let Some(event) = self.client.poll_event() {
                 moved = true;
-                self.changed = true;
+                // A file chunk changes nothing a save keeps (unless an MLS message went with it, counted
+                // below): saving the key store at every 16 KiB would cost more than the transfer.
+                if !matches!(event, Event::FileChunk { .. } | Event::FileSendable { .. }) {
+                    self.changed = true;
+                }
                 self.events.push_back(SessionEvent::Core(event));
+            }
+            if self.client.mls_generation() != self.saved_generation {
+                self.saved_generation = self.client.mls_generation();
+                self.changed = true;
             }
             if !moved {
                 return;

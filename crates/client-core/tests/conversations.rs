@@ -430,9 +430,17 @@ fn file_transfer_over_the_channel_with_a_drop_and_resume() {
     }
     assert!(net.events[0].iter().any(|e| matches!(e, Event::FileSent { .. })), "the sender got the confirmation");
     assert_eq!(received, data);
-    // Kept encrypted at rest, the file opens later with the kept key; the client itself no longer holds it.
-    assert!(net.clients[1].file_key(t).is_none(), "a finished transfer's key stays in the client");
+    // Kept encrypted at rest, the file opens later with the kept key, and through the client itself.
     let key = key.expect("the key was there during the transfer");
+    assert_eq!(net.clients[1].file_key(t).map(|k| *k.expose_secret()), Some(*key.expose_secret()));
+    let (index, sealed) = &sealed_chunks[3];
+    assert_eq!(net.clients[1].open_stored_chunk(t, *index, sealed).unwrap(), data[3 * 4096..4 * 4096]);
+    // Forgotten, its key is gone and the edge is told to delete the bytes.
+    net.clients[1].forget_file(t).unwrap();
+    net.drain_events();
+    assert!(net.events[1].iter().any(|e| matches!(e, Event::FileForgotten { transfer } if *transfer == t)));
+    assert!(net.clients[1].file_key(t).is_none(), "a forgotten file's key stays in the client");
+    assert!(net.clients[1].open_stored_chunk(t, *index, sealed).is_err());
     let offer = FileOffer::new(t, "report.pdf", data.len() as u64, 4096, FileHasher::digest(&data), 1 << 30).unwrap();
     let reopened: Vec<u8> = sealed_chunks
         .iter()

@@ -8,11 +8,12 @@
 
 use std::collections::BTreeMap;
 
+use peerbubble_client_core::files::{FileHasher, TransferId};
 use peerbubble_client_core::fingerprint::{Fingerprint, sdp_fingerprints};
 use peerbubble_client_core::keystore::{
     KdfParams, KeyStore, KeyStoreError, KnowledgeKdf, Segment, Storage, StorageError,
 };
-use peerbubble_client_core::message::{CallSignal, ConversationKind, MessageId};
+use peerbubble_client_core::message::{CallSignal, ConversationKind, MessageId, hex, hex16};
 use peerbubble_client_core::session::{Session, SessionEvent};
 use peerbubble_client_core::signaling::SignalEvent;
 use peerbubble_client_core::{Client, ConversationId, Event};
@@ -212,6 +213,8 @@ pub struct Member {
     notices: Vec<Value>,
     /// Envelope bytes (MLS ciphertext) for the DataChannel with a contact, in order.
     channel_out: std::collections::VecDeque<(MemberId, Vec<u8>)>,
+    /// Chunks of incoming files, sealed, for the worker to keep at rest before anything else goes out.
+    stored_out: std::collections::VecDeque<SealedChunk>,
 }
 
 impl std::fmt::Debug for Member {
@@ -226,6 +229,10 @@ fn conversation(id: &str) -> Result<ConversationId, JsError> {
 
 fn member_id(id: &str) -> Result<MemberId, JsError> {
     id.parse().map_err(js_error)
+}
+
+fn transfer_id(id: &str) -> Result<TransferId, JsError> {
+    hex16(id).map(TransferId).ok_or_else(|| JsError::new("a transfer id is 32 lowercase hex characters"))
 }
 
 fn message_id(id: &str) -> Result<MessageId, JsError> {
@@ -264,6 +271,71 @@ impl ChannelSend {
     }
 }
 
+/// A chunk of an incoming file as it arrived, still encrypted under the transfer's key: the worker writes it
+/// at rest (OPFS) at `index`; only this member's key store can open it again.
+#[wasm_bindgen]
+#[derive(Debug)]
+pub struct SealedChunk {
+    transfer: TransferId,
+    index: u32,
+    sealed: Vec<u8>,
+}
+
+#[wasm_bindgen]
+impl SealedChunk {
+    /// The transfer (hex).
+    #[wasm_bindgen(getter)]
+    pub fn transfer(&self) -> String {
+        hex(&self.transfer.0)
+    }
+    /// The chunk's index.
+    #[wasm_bindgen(getter)]
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+    /// Ciphertext and tag.
+    #[wasm_bindgen(getter)]
+    pub fn sealed(&self) -> Vec<u8> {
+        self.sealed.clone()
+    }
+}
+
+/// Which bytes of a file to read next: `offset` and `len` in the file, for chunk `index`.
+#[wasm_bindgen]
+#[derive(Debug, Clone, Copy)]
+pub struct ChunkWanted {
+    /// Chunk index.
+    pub index: u32,
+    /// Byte offset (a JavaScript number: files stay far below 2^53 bytes).
+    pub offset: f64,
+    /// Bytes to read.
+    pub len: u32,
+}
+
+/// SHA-256 of a file the worker reads in slices (the offer carries it; the receiver checks it).
+#[wasm_bindgen]
+#[derive(Debug, Default)]
+pub struct FileHash {
+    inner: FileHasher,
+}
+
+#[wasm_bindgen]
+impl FileHash {
+    /// An empty hash.
+    #[wasm_bindgen(constructor)]
+    pub fn new() -> FileHash {
+        Self::default()
+    }
+    /// The next bytes of the file.
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.inner.update(bytes);
+    }
+    /// The hash, hex.
+    pub fn finish(self) -> String {
+        hex(&self.inner.finalize())
+    }
+}
+
 impl Member {
     fn assemble(store: KeyStore<Recording>, key: IdentityKey, profile: Profile, client: Client) -> Self {
         let public_key = key.public_key();
@@ -278,6 +350,7 @@ impl Member {
             verified: BTreeMap::new(),
             notices: Vec::new(),
             channel_out: std::collections::VecDeque::new(),
+            stored_out: std::collections::VecDeque::new(),
         };
         // The session's first event (connect) becomes the first notice. Nothing changed yet, so nothing is saved.
         member.take_events();
@@ -305,6 +378,10 @@ impl Member {
         while let Some(event) = self.session.poll_event() {
             match event {
                 SessionEvent::ChannelSend { to, bytes } => self.channel_out.push_back((to, bytes)),
+                // File bytes go to storage, never into a notice.
+                SessionEvent::Core(Event::FileChunk { transfer, index, sealed, .. }) => {
+                    self.stored_out.push_back(SealedChunk { transfer, index, sealed });
+                }
                 SessionEvent::Core(Event::ConversationReady {
                     kind: ConversationKind::Direct, ref members, ..
                 }) => {
@@ -395,6 +472,20 @@ fn core_json(event: &Event) -> Value {
         Event::Call { from, signal: CallSignal::Hangup { .. }, .. } => {
             json!({"type": "rtcHangup", "peer": from.to_string()})
         }
+        // File events name the transfer only; the view lists what it is.
+        Event::FileOffered { offer, from, .. } => {
+            json!({"type": "fileOffered", "transfer": hex(&offer.transfer.0), "from": from.to_string()})
+        }
+        Event::FileSendable { transfer, .. } => json!({"type": "fileSendable", "transfer": hex(&transfer.0)}),
+        Event::FileReceived { transfer, .. } => json!({"type": "fileReceived", "transfer": hex(&transfer.0)}),
+        Event::FileSent { transfer } => json!({"type": "fileSent", "transfer": hex(&transfer.0)}),
+        Event::FileCancelled { transfer, reason } => {
+            json!({"type": "fileCancelled", "transfer": hex(&transfer.0), "reason": reason})
+        }
+        Event::FileHeld { transfer, by, held } => {
+            json!({"type": "fileHeld", "transfer": hex(&transfer.0), "by": by.to_string(), "held": held})
+        }
+        Event::FileForgotten { transfer } => json!({"type": "fileForgotten", "transfer": hex(&transfer.0)}),
         _ => json!({"type": "changed"}),
     }
 }
@@ -645,6 +736,116 @@ impl Member {
         self.act(now_ms, |c| c.hangup(peer))
     }
 
+    /// Offers a file to the contact of a 1:1 conversation: `sha256` (hex) from [`FileHash`] over the same
+    /// bytes. The transfer's id (hex).
+    #[wasm_bindgen(js_name = offerFile)]
+    pub fn offer_file(
+        &mut self,
+        peer: &str,
+        name: &str,
+        size: f64,
+        sha256: &str,
+        now_ms: f64,
+    ) -> Result<String, JsError> {
+        let peer = member_id(peer)?;
+        let digest = parse_sha256(sha256)?;
+        if !(0.0..=9.0e15).contains(&size) || size.fract() != 0.0 {
+            return Err(JsError::new("a file size is a whole number of bytes"));
+        }
+        self.act(now_ms, |c| c.offer_file(peer, name, size as u64, digest)).map(|t| hex(&t.0))
+    }
+
+    /// Accepts an offered file; its chunks come as [`Member::next_sealed_chunk`].
+    #[wasm_bindgen(js_name = acceptFile)]
+    pub fn accept_file(&mut self, transfer: &str, now_ms: f64) -> Result<(), JsError> {
+        let t = transfer_id(transfer)?;
+        self.act(now_ms, |c| c.accept_file(t))
+    }
+
+    /// Declines an offered file, or stops a transfer under way (the contact is told).
+    #[wasm_bindgen(js_name = cancelFile)]
+    pub fn cancel_file(&mut self, transfer: &str, now_ms: f64) -> Result<(), JsError> {
+        let t = transfer_id(transfer)?;
+        self.act(now_ms, |c| c.cancel_file(t))
+    }
+
+    /// Pauses or resumes a transfer (the contact is told).
+    #[wasm_bindgen(js_name = holdFile)]
+    pub fn hold_file(&mut self, transfer: &str, held: bool, now_ms: f64) -> Result<(), JsError> {
+        let t = transfer_id(transfer)?;
+        self.act(now_ms, |c| c.hold_file(t, held))
+    }
+
+    /// Deletes a finished file: its key is destroyed (a `fileForgotten` notice tells the worker to delete the
+    /// bytes).
+    #[wasm_bindgen(js_name = forgetFile)]
+    pub fn forget_file(&mut self, transfer: &str, now_ms: f64) -> Result<(), JsError> {
+        let t = transfer_id(transfer)?;
+        self.act(now_ms, |c| c.forget_file(t))
+    }
+
+    /// The next chunk of an outgoing file to read, if the window allows.
+    #[wasm_bindgen(js_name = nextFileChunk)]
+    pub fn next_file_chunk(&mut self, transfer: &str) -> Result<Option<ChunkWanted>, JsError> {
+        let t = transfer_id(transfer)?;
+        Ok(self.session.client_mut().next_file_chunk(t).map(|r| ChunkWanted {
+            index: r.index,
+            offset: r.offset as f64,
+            len: r.len,
+        }))
+    }
+
+    /// Seals chunk `index` (asked by [`Member::next_file_chunk`]) for the contact's DataChannel: it comes out
+    /// of [`Member::next_channel_send`].
+    #[wasm_bindgen(js_name = sealFileChunk)]
+    pub fn seal_file_chunk(&mut self, transfer: &str, index: u32, plaintext: &[u8]) -> Result<(), JsError> {
+        let t = transfer_id(transfer)?;
+        let client = self.session.client_mut();
+        let peer = client.file_peer(t).ok_or_else(|| JsError::new("no such transfer"))?;
+        let frame = client.seal_file_chunk(t, index, plaintext).map_err(js_error)?;
+        self.channel_out.push_back((peer, frame));
+        Ok(())
+    }
+
+    /// The next chunk of an incoming file to keep at rest, sealed. Write it before sending anything else: the
+    /// acknowledgement that goes with it tells the sender it is kept.
+    #[wasm_bindgen(js_name = nextSealedChunk)]
+    pub fn next_sealed_chunk(&mut self) -> Option<SealedChunk> {
+        self.stored_out.pop_front()
+    }
+
+    /// After unlocking, before anything else: chunk `index` of an incoming file as it was kept at rest. An
+    /// error means it did not open (torn storage): drop it and every later one; the sender resends them.
+    /// Nothing is sent or saved until [`Member::finish_replay`].
+    #[wasm_bindgen(js_name = replayFileChunk)]
+    pub fn replay_file_chunk(&mut self, transfer: &str, index: u32, sealed: &[u8]) -> Result<(), JsError> {
+        let t = transfer_id(transfer)?;
+        self.session.client_mut().replay_file_chunk(t, index, sealed).map_err(js_error)
+    }
+
+    /// Every kept chunk was replayed: what the replay queued is sent (a transfer it completed tells the
+    /// sender), and the state is saved once.
+    #[wasm_bindgen(js_name = finishReplay)]
+    pub fn finish_replay(&mut self, now_ms: f64) -> Result<(), JsError> {
+        self.act(now_ms, |_| Ok(()))
+    }
+
+    /// Decrypts chunk `index` of a received file kept at rest (the key stays here).
+    #[wasm_bindgen(js_name = openStoredChunk)]
+    pub fn open_stored_chunk(&self, transfer: &str, index: u32, sealed: &[u8]) -> Result<Vec<u8>, JsError> {
+        let t = transfer_id(transfer)?;
+        self.session.client().open_stored_chunk(t, index, sealed).map_err(js_error)
+    }
+
+    /// How a transfer's file is cut: `{"size", "chunkSize", "chunks", "sha256"}` (hex), as JSON.
+    #[wasm_bindgen(js_name = fileLayout)]
+    pub fn file_layout(&self, transfer: &str) -> Result<String, JsError> {
+        let t = transfer_id(transfer)?;
+        let offer = self.session.client().file_offer(t).ok_or_else(|| JsError::new("no such transfer"))?;
+        Ok(json!({"size": offer.size, "chunkSize": offer.chunk_size, "chunks": offer.chunks, "sha256": hex(&offer.sha256)})
+            .to_string())
+    }
+
     /// Everything the member's screen shows, as JSON: who we are, the signaling state, the directory slice
     /// (with each contact's public key, for key-change warnings) and the conversations with their histories.
     pub fn view(&self) -> String {
@@ -693,6 +894,26 @@ impl Member {
                 })
             })
             .collect();
+        let files: Vec<Value> = client
+            .files()
+            .into_iter()
+            .map(|f| {
+                json!({
+                    "transfer": hex(&f.transfer.0),
+                    "conversation": f.conversation.to_string(),
+                    "peer": f.peer.to_string(),
+                    "outgoing": f.outgoing,
+                    "name": f.name,
+                    "size": f.size,
+                    "sha256": f.sha256,
+                    "state": f.state,
+                    "bytes": f.bytes,
+                    "heldByUs": f.held_by_us,
+                    "heldByThem": f.held_by_them,
+                    "at": f.at_ms,
+                })
+            })
+            .collect();
         json!({
             "me": {"member": self.profile.member.to_string(), "displayName": self.profile.display_name,
                    "bubble": self.profile.bubble, "publicKey": self.public_key.to_string()},
@@ -701,7 +922,17 @@ impl Member {
             "conversations": conversations,
             "policy": self.session.signaling().policy(),
             "fingerprint": self.fingerprint,
+            "files": files,
         })
         .to_string()
     }
+}
+
+fn parse_sha256(text: &str) -> Result<[u8; 32], JsError> {
+    let bad = || JsError::new("a SHA-256 is 64 lowercase hex characters");
+    let (first, second) = text.split_at_checked(32).ok_or_else(bad)?;
+    let mut out = [0u8; 32];
+    out[..16].copy_from_slice(&hex16(first).ok_or_else(bad)?);
+    out[16..].copy_from_slice(&hex16(second).ok_or_else(bad)?);
+    Ok(out)
 }

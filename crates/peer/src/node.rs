@@ -704,6 +704,8 @@ impl State {
             Event::FileReceived { transfer, .. } => {
                 if let Some(mut f) = self.incoming_files.remove(transfer) {
                     let _ = f.file.flush();
+                    // Saved decrypted (no key store here): the key kept to open sealed bytes has no use.
+                    let _ = self.core.forget_file(*transfer);
                     self.emit(NodeEvent::FileSaved { transfer: *transfer, path: f.path });
                 }
             }

@@ -3,7 +3,8 @@ import { useTranslation } from 'react-i18next';
 import type { LinkState } from '../rtc';
 import type { WorkerClient } from '../client';
 import { LanguageSwitch, initials } from '../components';
-import type { ChatMessage, Conversation, DirectoryEntry, View } from '../protocol';
+import type { ChatMessage, Conversation, DirectoryEntry, FileItem, View } from '../protocol';
+import { AttachButton, FileCard, bytes, useDropZone } from './Files';
 import { SafetyNumber } from './SafetyNumber';
 
 /** How long a revealed message stays readable before it is masked again. */
@@ -230,9 +231,10 @@ function ConversationPane(props: {
   const ready = c !== undefined && c.kind !== 'pending' && !stopped;
   const history = c?.history ?? [];
 
+  const items = history.length + (c ? view.files.filter((f) => f.conversation === c.id).length : 0);
   useEffect(() => {
     list.current?.lastElementChild?.scrollIntoView({ block: 'end' });
-  }, [history.length]);
+  }, [items]);
 
   // Read receipts for what is on screen, once per message (client-core records ours in the history).
   const unreadIds = c && ready ? c.history.filter((m) => m.from !== view.me.member && !m.deleted && !m.receipts[view.me.member]).map((m) => m.id) : [];
@@ -273,6 +275,31 @@ function ConversationPane(props: {
     }
   };
 
+  // Files: only with a contact (1:1), when the bubble allows them and the conversation is ready.
+  const filesAllowed = view.policy.files_allowed;
+  const canSendFiles = ready && props.contact !== undefined && filesAllowed;
+  const [preparing, setPreparing] = useState<string | null>(null);
+  const sendFile = (file: File) => {
+    const contact = props.contact;
+    if (!contact || !canSendFiles) return;
+    if (file.size > view.policy.max_file_bytes) {
+      props.onError(t('file.tooLarge', { name: file.name, size: bytes(view.policy.max_file_bytes) }));
+      return;
+    }
+    setPreparing(file.name);
+    client
+      .send({ kind: 'sendFile', member: contact.member, file })
+      .catch((err: Error) => props.onError(err.message))
+      .finally(() => setPreparing(null));
+  };
+  const drop = useDropZone(canSendFiles, sendFile);
+  const hashing = props.notices.filter((n) => n.type === 'filePreparing' && n.name === preparing).at(-1);
+  const files = c ? view.files.filter((f) => f.conversation === c.id) : [];
+  const timeline: Array<{ at: number; message?: ChatMessage; file?: FileItem }> = [
+    ...history.map((m) => ({ at: m.sent_at_ms, message: m })),
+    ...files.map((f) => ({ at: f.at, file: f })),
+  ].sort((a, b) => a.at - b.at);
+
   const toggleMask = () => {
     if (!c || maskRequired) return;
     const set = unmaskedConversations();
@@ -292,7 +319,12 @@ function ConversationPane(props: {
   const typing = fresh && lastTyping?.typing === true && lastTyping.from !== view.me.member ? lastTyping : undefined;
 
   return (
-    <section className="pane" aria-label={props.title}>
+    <section className={`pane ${drop.over ? 'drop' : ''}`} aria-label={props.title} {...drop.handlers}>
+      {drop.over && (
+        <div className="drop-hint" aria-hidden="true">
+          {t('file.drop', { name: props.title })}
+        </div>
+      )}
       <div className="pane-head">
         <button type="button" className="back" onClick={props.onBack} aria-label={t('back')}>
           ←
@@ -343,11 +375,30 @@ function ConversationPane(props: {
         </p>
       )}
       <ol className="messages" ref={list} aria-live="polite">
-        {ready && history.length === 0 && <li className="muted empty">{t('chat.empty')}</li>}
-        {history.map((m) => (
-          <Message key={m.id} m={m} mine={m.from === view.me.member} author={props.nameOf(m.from)} masked={masked} conversation={c?.id ?? ''} client={client} onError={props.onError} />
-        ))}
+        {ready && timeline.length === 0 && <li className="muted empty">{t('chat.empty')}</li>}
+        {timeline.map(({ message: m, file: f }) =>
+          m ? (
+            <Message key={m.id} m={m} mine={m.from === view.me.member} author={props.nameOf(m.from)} masked={masked} conversation={c?.id ?? ''} client={client} onError={props.onError} />
+          ) : f ? (
+            <FileCard
+              key={f.transfer}
+              f={f}
+              peerName={props.nameOf(f.peer)}
+              client={client}
+              onError={props.onError}
+              time={new Date(f.at).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' })}
+            />
+          ) : null,
+        )}
       </ol>
+      {preparing && (
+        <p className="muted small preparing" role="status">
+          {t('file.preparing', {
+            name: preparing,
+            percent: hashing && typeof hashing.done === 'number' && typeof hashing.total === 'number' && hashing.total > 0 ? Math.floor((hashing.done / hashing.total) * 100) : 0,
+          })}
+        </p>
+      )}
       {typing && <p className="muted small typing">{t('chat.typing', { name: props.nameOf(String(typing.from)) })}</p>}
       <form className="composer" onSubmit={(e) => void send(e)}>
         <label className="sr-only" htmlFor="composer">
@@ -364,6 +415,13 @@ function ConversationPane(props: {
           disabled={!ready}
           autoComplete="off"
         />
+        {props.contact && (
+          <AttachButton
+            disabled={!canSendFiles || preparing !== null}
+            onFile={sendFile}
+            title={filesAllowed ? t('file.sendHint', { name: props.title }) : t('policy.noFiles')}
+          />
+        )}
         <button type="submit" className="primary" disabled={!ready || !text.trim()}>
           {t('chat.send')}
         </button>

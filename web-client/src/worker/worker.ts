@@ -3,10 +3,10 @@
 // unlocked key store, the signaling WebSocket and IndexedDB. The page sends commands (checked here) and gets
 // one stream of updates: the phase, the view of the screen, and notices. No key ever crosses to the page.
 
-import init, { Enrollment, Member, Vault } from '../wasm/peerbubble_client_wasm.js';
+import init, { Enrollment, FileHash, Member, Vault } from '../wasm/peerbubble_client_wasm.js';
 import wasmUrl from '../wasm/peerbubble_client_wasm_bg.wasm?url';
 import { WASM_INTEGRITY } from '../wasm/integrity';
-import { type Command, type Phase, type Update, parseRequest } from '../protocol';
+import { type Command, type Phase, type Update, type View, parseRequest } from '../protocol';
 import {
   backoffSeconds,
   createAccount,
@@ -20,6 +20,7 @@ import {
   writeBackoff,
   writeRecords,
 } from './store';
+import { FileSource, type Layout, SealedFiles } from './files';
 
 declare const self: DedicatedWorkerGlobalScope;
 
@@ -29,7 +30,25 @@ let socket: WebSocket | undefined;
 let timer: ReturnType<typeof setTimeout> | undefined;
 let phase: Phase = { phase: 'starting' };
 let viewQueued = false;
+let lastView = 0;
 let busy: Promise<void> = Promise.resolve();
+/** Received files, kept sealed in OPFS. */
+const sealed = new SealedFiles();
+/** Files the member is sending, by transfer (lost with the page: the member picks the file again to go on). */
+const sources = new Map<string, FileSource>();
+/** How each transfer's file is cut (asked of the core once). */
+const layouts = new Map<string, Layout>();
+/** A view at most this often while bytes are moving (each is the whole screen's state). */
+const VIEW_EVERY_MS = 150;
+
+function layout(m: Member, transfer: string): Layout {
+  let l = layouts.get(transfer);
+  if (!l) {
+    l = JSON.parse(m.fileLayout(transfer)) as Layout;
+    layouts.set(transfer, l);
+  }
+  return l;
+}
 
 function post(update: Update): void {
   self.postMessage(update);
@@ -49,25 +68,66 @@ function signalUrl(): string {
 async function flush(): Promise<void> {
   const m = member;
   if (!m) return;
-  for (let frame = m.pollTransmit(); frame !== undefined; frame = m.pollTransmit()) {
+  // Chunks of incoming files are kept (and flushed) before the acknowledgements that go with them leave.
+  let wrote = false;
+  for (let chunk = m.nextSealedChunk(); chunk !== undefined; chunk = m.nextSealedChunk()) {
+    const { transfer, index } = chunk;
+    const bytes = chunk.sealed;
+    chunk.free();
+    sealed.write(await sealed.handle(transfer), layout(m, transfer), index, bytes);
+    wrote = true;
+  }
+  if (member !== m) return;
+  const frames: string[] = [];
+  for (let frame = m.pollTransmit(); frame !== undefined; frame = m.pollTransmit()) frames.push(frame);
+  const outs: Array<{ to: string; bytes: Uint8Array }> = [];
+  for (let out = m.nextChannelSend(); out !== undefined; out = m.nextChannelSend()) {
+    outs.push({ to: out.to, bytes: out.bytes });
+    out.free();
+  }
+  // Flushed to disk once per step that sends something (an acknowledgement goes with every 16th chunk).
+  if (wrote && (frames.length > 0 || outs.length > 0)) sealed.flush();
+  for (const frame of frames) {
     if (socket?.readyState === WebSocket.OPEN) socket.send(frame);
+  }
+  for (const { to, bytes } of outs) {
+    self.postMessage({ kind: 'channelSend', to, bytes } satisfies Update, [bytes.buffer]);
   }
   const writes: Array<[string, Uint8Array | undefined]> = [];
   for (let rec = m.nextWrite(); rec !== undefined; rec = m.nextWrite()) {
     writes.push([rec.name, rec.value]);
     rec.free();
   }
-  for (let out = m.nextChannelSend(); out !== undefined; out = m.nextChannelSend()) {
-    const bytes = out.bytes;
-    self.postMessage({ kind: 'channelSend', to: out.to, bytes } satisfies Update, [bytes.buffer]);
-    out.free();
-  }
+  const sendable: string[] = [];
   for (let text = m.nextNotice(); text !== undefined; text = m.nextNotice()) {
     const notice = JSON.parse(text) as { type: string; [key: string]: unknown };
-    if (notice.type === 'connect') openSocket();
-    else if (notice.type === 'disconnect') socket?.close(1000);
+    const transfer = typeof notice.transfer === 'string' ? notice.transfer : '';
+    switch (notice.type) {
+      case 'connect':
+        openSocket();
+        break;
+      case 'disconnect':
+        socket?.close(1000);
+        break;
+      case 'fileSendable':
+        // Not for the page: the next window of chunks is read and sealed after this step.
+        sendable.push(transfer);
+        continue;
+      case 'fileReceived':
+        sealed.close(transfer);
+        break;
+      case 'fileSent':
+      case 'fileCancelled':
+        sources.delete(transfer);
+        break;
+      case 'fileForgotten':
+        layouts.delete(transfer);
+        void sealed.remove(transfer);
+        break;
+    }
     post({ kind: 'notice', notice });
   }
+  for (const transfer of sendable) queuePump(transfer);
   schedule();
   queueView();
   if (db && writes.length > 0) await writeRecords(db, writes);
@@ -76,10 +136,99 @@ async function flush(): Promise<void> {
 function queueView(): void {
   if (viewQueued) return;
   viewQueued = true;
-  queueMicrotask(() => {
+  const wait = Math.max(0, lastView + VIEW_EVERY_MS - Date.now());
+  const show = () => {
     viewQueued = false;
-    if (member) post({ kind: 'view', view: JSON.parse(member.view()) });
+    lastView = Date.now();
+    if (!member) return;
+    const view = JSON.parse(member.view()) as View;
+    for (const f of view.files) f.needsFile = f.outgoing && f.state !== 'done' && !sources.has(f.transfer);
+    post({ kind: 'view', view });
+  };
+  if (wait === 0) queueMicrotask(show);
+  else setTimeout(show, wait);
+}
+
+/** Reads, seals and queues the chunks of an outgoing file that the window allows, in a step of its own. */
+function queuePump(transfer: string): void {
+  if (!sources.has(transfer)) return; // picked again by the member after a reload, or not ours
+  void step((m) => {
+    const source = sources.get(transfer);
+    if (!source) return;
+    for (let want = m.nextFileChunk(transfer); want !== undefined; want = m.nextFileChunk(transfer)) {
+      m.sealFileChunk(transfer, want.index, source.read(want.offset, want.len));
+      want.free();
+    }
   });
+}
+
+/** SHA-256 of a file, read in slices off the step queue (a large file takes seconds); progress as notices. */
+async function hashFile(file: File, name: string): Promise<string> {
+  const hash = new FileHash();
+  const reader = file.stream().getReader();
+  let done = 0;
+  let told = 0;
+  try {
+    for (;;) {
+      const { value, done: end } = await reader.read();
+      if (end) break;
+      hash.update(value);
+      done += value.byteLength;
+      if (Date.now() - told > 250) {
+        told = Date.now();
+        post({ kind: 'notice', notice: { type: 'filePreparing', name, done, total: file.size } });
+      }
+    }
+  } catch (err) {
+    hash.free();
+    throw err;
+  }
+  return hash.finish();
+}
+
+/** Offers a file the member picked: hashed first, then offered inside the step queue. */
+async function sendFile(peer: string, file: File): Promise<unknown> {
+  const digest = await hashFile(file, file.name);
+  const transfer = await exclusive(async () => {
+    const m = member;
+    if (!m) throw new Error('locked');
+    const id = m.offerFile(peer, file.name, file.size, digest, Date.now());
+    sources.set(id, new FileSource(file));
+    await flush();
+    return id;
+  });
+  return transfer;
+}
+
+/** After a reload the sender picks the file again: it goes on only if it is the same file (same SHA-256). */
+async function resumeFile(transfer: string, file: File): Promise<unknown> {
+  const m = member;
+  if (!m) throw new Error('locked');
+  const expected = layout(m, transfer);
+  if (file.size !== expected.size || (await hashFile(file, file.name)) !== expected.sha256) {
+    throw new Error('file_mismatch: this is not the file that was offered');
+  }
+  sources.set(transfer, new FileSource(file));
+  queuePump(transfer);
+  return null;
+}
+
+/** Incoming transfers a reload interrupted come back to where their kept chunks end, before any channel opens. */
+async function replayKept(m: Member): Promise<void> {
+  const view = JSON.parse(m.view()) as { files: Array<{ transfer: string; outgoing: boolean; state: string }> };
+  for (const f of view.files) {
+    if (f.outgoing || f.state !== 'moving') continue;
+    await sealed.replay(f.transfer, layout(m, f.transfer), (index, bytes) => {
+      try {
+        m.replayFileChunk(f.transfer, index, bytes);
+        return true;
+      } catch {
+        return false;
+      }
+    });
+  }
+  // What the replay queued (a transfer it completed says so to the sender) goes out; the state is saved once.
+  m.finishReplay(Date.now());
 }
 
 function schedule(): void {
@@ -88,6 +237,13 @@ function schedule(): void {
   const at = member?.pollTimeout();
   if (at === undefined) return;
   timer = setTimeout(() => step((m) => m.handleTimeout(Date.now())), Math.max(0, at - Date.now()));
+}
+
+/** Runs `f` in the step queue (after every step before it, before every step after it); its error is its own. */
+function exclusive<T>(f: () => Promise<T>): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    busy = busy.then(() => f().then(resolve, reject));
+  });
 }
 
 /** Runs one step on the member, then flushes; steps never interleave. */
@@ -124,6 +280,9 @@ function openSocket(): void {
 }
 
 function closeMember(): void {
+  sealed.closeAll();
+  sources.clear();
+  layouts.clear();
   const s = socket;
   socket = undefined;
   s?.close(1000);
@@ -134,6 +293,7 @@ function closeMember(): void {
 }
 
 async function start(): Promise<void> {
+  void SealedFiles.clearExports();
   const response = fetch(wasmUrl, { integrity: WASM_INTEGRITY });
   await init({ module_or_path: response });
   db = await openDb();
@@ -214,6 +374,7 @@ async function unlock(passphrase: string): Promise<unknown> {
     secret.fill(0);
   }
   await writeBackoff(db, { failures: 0, retryAt: 0 });
+  await replayKept(member);
   setPhase({ phase: 'open' });
   await step(() => undefined);
   return { member: member.id };
@@ -241,18 +402,18 @@ async function run(command: Command): Promise<unknown> {
 // A command's errors are answered to it; step() reports errors of network events as notices instead.
 async function answer(id: number, command: Command): Promise<void> {
   try {
+    // Reading a file to hash it takes a while: not inside a step, so messages keep flowing meanwhile.
+    if (member && command.kind === 'sendFile') {
+      post({ kind: 'reply', id, ok: true, value: await sendFile(command.member, command.file) });
+      return;
+    }
+    if (member && command.kind === 'resumeFile') {
+      post({ kind: 'reply', id, ok: true, value: await resumeFile(command.transfer, command.file) });
+      return;
+    }
     if (member && command.kind !== 'hello' && command.kind !== 'lock') {
       // Commands on the member run inside a step so that they are ordered with network events.
-      let failure: unknown;
-      let value: unknown = null;
-      await (busy = busy.then(async () => {
-        try {
-          value = await runDirect(command);
-        } catch (err) {
-          failure = err;
-        }
-      }));
-      if (failure !== undefined) throw failure;
+      const value = await exclusive(() => runDirect(command));
       post({ kind: 'reply', id, ok: true, value });
     } else {
       post({ kind: 'reply', id, ok: true, value: await run(command) });
@@ -332,6 +493,25 @@ async function runDirect(command: Command): Promise<unknown> {
     case 'channelData':
       m.handleChannel(command.member, command.bytes, now);
       break;
+    case 'acceptFile':
+      m.acceptFile(command.transfer, now);
+      break;
+    case 'cancelFile':
+      m.cancelFile(command.transfer, now);
+      break;
+    case 'holdFile':
+      m.holdFile(command.transfer, command.held, now);
+      break;
+    case 'forgetFile':
+      m.forgetFile(command.transfer, now);
+      break;
+    case 'openFile': {
+      const name = command.name;
+      value = await sealed.decrypt(command.transfer, name, layout(m, command.transfer), (index, bytes) =>
+        m.openStoredChunk(command.transfer, index, bytes),
+      );
+      break;
+    }
     default:
       throw new Error('not available while the key store is open');
   }
