@@ -65,3 +65,16 @@ export function Centered({ children }: { children: ReactNode }) {
     </main>
   );
 }
+
+/** Small line icons drawn in SVG (no icon font, no emoji font needed), hidden from assistive technology. */
+export function Icon({ name }: { name: 'attach' | 'file' }) {
+  return (
+    <svg className="icon" viewBox="0 0 24 24" width="18" height="18" aria-hidden="true" focusable="false">
+      {name === 'attach' ? (
+        <path d="M16.5 6.5v10a4.5 4.5 0 0 1-9 0V5a3 3 0 0 1 6 0v10.5a1.5 1.5 0 0 1-3 0V6.5" fill="none" stroke="currentColor" strokeWidth="1.8" strokeLinecap="round" />
+      ) : (
+        <path d="M6 2.5h8l4.5 4.5v14.5H6zM14 2.5V7h4.5" fill="none" stroke="currentColor" strokeWidth="1.8" strokeLinejoin="round" />
+      )}
+    </svg>
+  );
+}

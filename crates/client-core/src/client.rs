@@ -24,7 +24,8 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use crate::files::{
-    CHUNK_FRAME_TAG, CancelReason, ChunkRequest, FileControl, FileKey, FileOffer, TransferConfig, TransferId,
+    ACK_FRAME_TAG, CHUNK_FRAME_TAG, CancelReason, ChunkRequest, FileControl, FileKey, FileOffer, TransferConfig,
+    TransferId,
 };
 use crate::fingerprint::{Fingerprint, sdp_has_only_fingerprint};
 use crate::keystore::{KeyStore, Storage};
@@ -1127,6 +1128,9 @@ impl Client {
                 first_error.get_or_insert(e);
             }
         }
+        while let Some((to, bytes)) = self.transfers.poll_frame() {
+            self.outputs.push_back(Output::Channel { to, bytes });
+        }
         while let Some(event) = self.transfers.poll_event() {
             self.events.push_back(event);
         }
@@ -1249,6 +1253,14 @@ impl Client {
                 return Err("file chunks travel only on the DataChannel".into());
             }
             return self.on_chunk(from, bytes);
+        }
+        if bytes.first() == Some(&ACK_FRAME_TAG) {
+            if path != Path::Channel {
+                return Err("file acknowledgements travel only on the DataChannel".into());
+            }
+            let result = self.transfers.on_ack_frame(from, bytes);
+            self.send_file_controls().map_err(|e| e.to_string())?;
+            return result;
         }
         match Envelope::decode(bytes).map_err(|e| e.to_string())? {
             Envelope::KeyPackageRequest { request } => self.answer_key_package(from, request),

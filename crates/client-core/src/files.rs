@@ -22,6 +22,11 @@ use zeroize::Zeroizing;
 
 /// First byte of a chunk frame.
 pub const CHUNK_FRAME_TAG: u8 = 0xF1;
+/// First byte of an acknowledgement frame: the receiver's `ack`, sealed under the transfer's key, on the
+/// DataChannel (not an MLS message: at one every 16 chunks, MLS state changes would cost a key-store save each).
+pub const ACK_FRAME_TAG: u8 = 0xF2;
+/// Tag, transfer id, nonce, sealed count (4 bytes) and AEAD tag.
+pub const ACK_FRAME_LEN: usize = 1 + 16 + 12 + 4 + AEAD_TAG_LEN;
 /// Tag, transfer id and chunk index.
 pub const FRAME_HEADER_LEN: usize = 1 + 16 + 4;
 /// Poly1305 tag.
@@ -440,9 +445,20 @@ pub fn parse_chunk_frame(frame: &[u8]) -> Result<ChunkFrame<'_>, FileError> {
     Ok(ChunkFrame { transfer, index, sealed })
 }
 
+/// The transfer an acknowledgement frame is for, checking its tag and length (not its authenticity).
+pub fn ack_frame_transfer(frame: &[u8]) -> Result<TransferId, FileError> {
+    if frame.len() != ACK_FRAME_LEN || frame.first() != Some(&ACK_FRAME_TAG) {
+        return Err(FileError::MalformedFrame("not an acknowledgement frame"));
+    }
+    let id = frame.get(1..17).ok_or(FileError::MalformedFrame("bad transfer id"))?;
+    Ok(TransferId(id.try_into().map_err(|_| FileError::MalformedFrame("bad transfer id"))?))
+}
+
 /// The per-transfer chunk cipher; `Debug` is redacted (the cipher zeroizes its key on drop).
 struct ChunkCipher {
     aead: ChaCha20Poly1305,
+    /// Seals acknowledgement frames (its own key: chunk nonces are indexes, ack nonces random).
+    acks: ChaCha20Poly1305,
     offer: FileOffer,
 }
 
@@ -457,10 +473,49 @@ impl ChunkCipher {
         let mut info = b"PeerBubble file chunks v1 ".to_vec();
         info.extend_from_slice(&offer.transfer.0);
         let mut chunk_key = Zeroizing::new([0u8; 32]);
-        Hkdf::<Sha256>::new(None, key.expose_secret().as_slice())
-            .expand(&info, chunk_key.as_mut())
+        let hkdf = Hkdf::<Sha256>::new(None, key.expose_secret().as_slice());
+        hkdf.expand(&info, chunk_key.as_mut()).map_err(|_| FileError::KeyDerivation)?;
+        let mut ack_info = b"PeerBubble file acks v1 ".to_vec();
+        ack_info.extend_from_slice(&offer.transfer.0);
+        let mut ack_key = Zeroizing::new([0u8; 32]);
+        hkdf.expand(&ack_info, ack_key.as_mut()).map_err(|_| FileError::KeyDerivation)?;
+        Ok(Self {
+            aead: ChaCha20Poly1305::new(chunk_key.as_ref().into()),
+            acks: ChaCha20Poly1305::new(ack_key.as_ref().into()),
+            offer: offer.clone(),
+        })
+    }
+
+    /// `tag || transfer || nonce (random) || ChaCha20-Poly1305(received, BE u32)`, AAD = tag || transfer.
+    fn seal_ack(&self, received: u32) -> Result<Vec<u8>, FileError> {
+        let mut nonce = [0u8; 12];
+        getrandom::fill(&mut nonce).map_err(|e| FileError::Random(e.to_string()))?;
+        let mut frame = Vec::with_capacity(ACK_FRAME_LEN);
+        frame.push(ACK_FRAME_TAG);
+        frame.extend_from_slice(&self.offer.transfer.0);
+        let sealed = self
+            .acks
+            .encrypt(&nonce.into(), Payload { msg: &received.to_be_bytes(), aad: &frame })
             .map_err(|_| FileError::KeyDerivation)?;
-        Ok(Self { aead: ChaCha20Poly1305::new(chunk_key.as_ref().into()), offer: offer.clone() })
+        frame.extend_from_slice(&nonce);
+        frame.extend_from_slice(&sealed);
+        Ok(frame)
+    }
+
+    fn open_ack(&self, frame: &[u8]) -> Result<u32, FileError> {
+        let transfer = ack_frame_transfer(frame)?;
+        if transfer != self.offer.transfer {
+            return Err(FileError::WrongTransfer);
+        }
+        let (aad, rest) = frame.split_at(17);
+        let (nonce, sealed) = rest.split_at(12);
+        let nonce: [u8; 12] = nonce.try_into().map_err(|_| FileError::MalformedFrame("bad nonce"))?;
+        let plain = self
+            .acks
+            .decrypt(&nonce.into(), Payload { msg: sealed, aad })
+            .map_err(|_| FileError::MalformedFrame("acknowledgement did not authenticate"))?;
+        let count: [u8; 4] = plain.as_slice().try_into().map_err(|_| FileError::MalformedFrame("bad count"))?;
+        Ok(u32::from_be_bytes(count))
     }
 
     fn nonce(index: u32) -> Nonce {
@@ -636,6 +691,13 @@ impl OutgoingTransfer {
         Ok(())
     }
 
+    /// An acknowledgement frame from the DataChannel ([`IncomingTransfer::ack_frame`]): authenticated under
+    /// the transfer's key, then taken as [`OutgoingTransfer::on_ack`].
+    pub fn on_ack_frame(&mut self, frame: &[u8]) -> Result<(), FileError> {
+        let received = self.cipher.open_ack(frame)?;
+        self.on_ack(Ack { transfer: self.offer().transfer, received })
+    }
+
     /// After a reconnect: the receiver has everything before `resume.next_chunk`; chunks after it that were
     /// in flight are handed out again. Also accepts an offer that was not accepted yet.
     pub fn on_resume(&mut self, resume: Resume) -> Result<(), FileError> {
@@ -793,6 +855,11 @@ impl IncomingTransfer {
     /// The message accepting the offer.
     pub fn accept(&self) -> Accept {
         Accept { transfer: self.offer().transfer, from_chunk: self.next }
+    }
+
+    /// `ack` as a frame for the DataChannel, sealed under the transfer's key.
+    pub fn ack_frame(&self, ack: Ack) -> Result<Vec<u8>, FileError> {
+        self.cipher.seal_ack(ack.received)
     }
 
     /// After a reconnect, tells the sender where to continue.

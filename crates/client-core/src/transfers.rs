@@ -193,6 +193,8 @@ pub struct Transfers {
     kept: BTreeMap<TransferId, Kept>,
     /// Control messages for the client to send inside MLS, in order.
     controls: VecDeque<(ConversationId, FileControl)>,
+    /// Acknowledgement frames for the contact's DataChannel.
+    frames: VecDeque<(MemberId, Vec<u8>)>,
     events: VecDeque<Event>,
 }
 
@@ -223,6 +225,7 @@ impl Transfers {
             outgoing: BTreeMap::new(),
             kept: BTreeMap::new(),
             controls: VecDeque::new(),
+            frames: VecDeque::new(),
             events: VecDeque::new(),
         }
     }
@@ -235,6 +238,11 @@ impl Transfers {
     /// The next control message to send inside MLS.
     pub fn poll_control(&mut self) -> Option<(ConversationId, FileControl)> {
         self.controls.pop_front()
+    }
+
+    /// The next frame for a contact's DataChannel (acknowledgements).
+    pub fn poll_frame(&mut self) -> Option<(MemberId, Vec<u8>)> {
+        self.frames.pop_front()
     }
 
     /// The next event.
@@ -371,12 +379,15 @@ impl Transfers {
     /// Everything of a conversation that is gone: transfers stop without a word (there is no group to say it
     /// in) and kept files are forgotten.
     pub fn forget_conversation(&mut self, conversation: ConversationId) {
+        let gone_peers: Vec<MemberId> =
+            self.incoming.values().filter(|i| i.conversation == conversation).map(|i| i.peer).collect();
         self.asked.retain(|_, a| a.conversation != conversation);
         let mut gone: Vec<TransferId> = Vec::new();
         self.incoming.retain(|t, i| (i.conversation != conversation) || !gone_push(&mut gone, *t));
         self.outgoing.retain(|t, o| (o.conversation != conversation) || !gone_push(&mut gone, *t));
         self.kept.retain(|t, k| (k.conversation != conversation) || !gone_push(&mut gone, *t));
         self.controls.retain(|(c, _)| *c != conversation);
+        self.frames.retain(|(peer, _)| !gone_peers.contains(peer));
         for transfer in gone {
             self.events.push_back(Event::FileForgotten { transfer });
         }
@@ -473,11 +484,11 @@ impl Transfers {
         if i.peer != from {
             return Err("chunk of another member's transfer".into());
         }
-        let conversation = i.conversation;
         match i.transfer.open(bytes) {
             Ok(Opened::Chunk(r)) => {
                 if let Some(ack) = r.ack {
-                    self.controls.push_back((conversation, FileControl::Ack(ack)));
+                    let frame = i.transfer.ack_frame(ack).map_err(|e| e.to_string())?;
+                    self.frames.push_back((from, frame));
                 }
                 let complete = r.complete;
                 self.events.push_back(Event::FileChunk {
@@ -493,11 +504,24 @@ impl Transfers {
                 Ok(())
             }
             Ok(Opened::Duplicate { ack }) => {
-                self.controls.push_back((conversation, FileControl::Ack(ack)));
+                let frame = i.transfer.ack_frame(ack).map_err(|e| e.to_string())?;
+                self.frames.push_back((from, frame));
                 Ok(())
             }
             Err(e) => Err(format!("file chunk refused: {e}")),
         }
+    }
+
+    /// An acknowledgement frame from `from`'s DataChannel.
+    pub fn on_ack_frame(&mut self, from: MemberId, bytes: &[u8]) -> Result<(), String> {
+        let transfer = crate::files::ack_frame_transfer(bytes).map_err(|e| e.to_string())?;
+        let o = self.outgoing.get_mut(&transfer).ok_or("acknowledgement of an unknown transfer")?;
+        if o.peer != from {
+            return Err("acknowledgement of another member's transfer".into());
+        }
+        o.transfer.on_ack_frame(bytes).map_err(|e| format!("file acknowledgement refused: {e}"))?;
+        self.sendable(transfer);
+        Ok(())
     }
 
     fn received(&mut self, transfer: TransferId, complete: crate::files::Complete) {

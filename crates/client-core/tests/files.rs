@@ -466,3 +466,36 @@ proptest! {
         prop_assert_eq!(receiver.progress().bytes, 0);
     }
 }
+
+#[test]
+fn acknowledgement_frames_authenticate_and_a_forged_one_changes_nothing() {
+    let file = file_bytes(40 * 1024, 11);
+    let config = TransferConfig { chunk_size: 1024, ..TransferConfig::default() };
+    let (mut sender, mut receiver) = pair(&file, &config);
+    sender.on_accept(receiver.accept()).unwrap();
+    for frame in send_window(&mut sender, &file, 64) {
+        receiver.open(&frame).unwrap();
+    }
+    assert_eq!(sender.in_flight(), 40);
+    let frame = receiver.ack_frame(Ack { transfer: receiver.offer().transfer, received: 16 }).unwrap();
+    assert_eq!(frame.len(), peerbubble_client_core::files::ACK_FRAME_LEN);
+    // Any flipped bit, a truncated frame or a frame of another transfer is refused and moves nothing.
+    for i in [0, 5, 20, frame.len() - 1] {
+        let mut forged = frame.clone();
+        forged[i] ^= 0x40;
+        assert!(sender.on_ack_frame(&forged).is_err(), "byte {i} flipped");
+    }
+    assert!(sender.on_ack_frame(&frame[..frame.len() - 1]).is_err());
+    let (other, _) = pair(&file, &config);
+    let mut elsewhere = frame.clone();
+    elsewhere[1..17].copy_from_slice(&other.offer().transfer.0);
+    assert!(sender.on_ack_frame(&elsewhere).is_err());
+    assert_eq!(sender.in_flight(), 40);
+    sender.on_ack_frame(&frame).unwrap();
+    assert_eq!(sender.in_flight(), 24);
+    // Two frames for the same count differ (random nonces), and a stale one is harmless.
+    let again = receiver.ack_frame(Ack { transfer: receiver.offer().transfer, received: 16 }).unwrap();
+    assert_ne!(again, frame);
+    sender.on_ack_frame(&again).unwrap();
+    assert_eq!(sender.in_flight(), 24);
+}

@@ -274,3 +274,36 @@ fn leaving_the_conversation_forgets_its_files_and_their_keys() {
     restored.save(&mut ks).unwrap();
     assert!(Client::restore(&net.keys[1], &ks).unwrap().files().is_empty());
 }
+
+#[test]
+fn acknowledgements_travel_only_on_the_channel_and_only_from_the_receiver() {
+    let mut net = pair();
+    let file = data(20 * CHUNK as usize);
+    let t = start(&mut net, &file);
+    // Capture the receiver's acknowledgement frame for the first 16 chunks.
+    let mut kept = Vec::new();
+    pump(&mut net, t, &file, 16, &mut kept);
+    assert_eq!(kept.len(), 16);
+    assert_eq!(net.clients[0].files()[0].bytes, 16 * u64::from(CHUNK), "the ack came back on the channel");
+    let frame = {
+        let ack = peerbubble_client_core::files::Ack { transfer: t, received: 16 };
+        let key = net.clients[1].file_key(t).unwrap().clone();
+        let offer = net.clients[1].file_offer(t).unwrap().clone();
+        let incoming = peerbubble_client_core::files::IncomingTransfer::new(
+            offer,
+            &key,
+            &TransferConfig { chunk_size: CHUNK, ..TransferConfig::default() },
+        )
+        .unwrap();
+        incoming.ack_frame(ack).unwrap()
+    };
+    let (a, b) = (net.ids[0], net.ids[1]);
+    net.drain_events();
+    net.clients[0].handle_envelope(b, &frame, Path::Relay, net.now);
+    net.drain_events();
+    assert!(net.refusals(0).iter().any(|r| r.contains("only on the DataChannel")));
+    // From someone else than the receiver (member 0 acknowledging its own transfer to itself is refused).
+    net.clients[1].handle_envelope(a, &frame, Path::Channel, net.now);
+    net.drain_events();
+    assert!(net.refusals(1).iter().any(|r| r.contains("unknown transfer")));
+}

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use peerbubble_client_core::files::{FileHasher, TransferId};
+use peerbubble_client_core::files::{FileHasher, TransferConfig, TransferId};
 use peerbubble_client_core::fingerprint::{Fingerprint, sdp_fingerprints};
 use peerbubble_client_core::keystore::{
     KdfParams, KeyStore, KeyStoreError, KnowledgeKdf, Segment, Storage, StorageError,
@@ -28,6 +28,10 @@ use crate::{event_json, js_error};
 
 const RECORD_IDENTITY: &str = "member/identity";
 const RECORD_PROFILE: &str = "member/profile";
+/// Chunks a sending browser keeps unacknowledged (4 MiB of 16 KiB chunks): enough to cover the time a receiving
+/// browser takes to keep 16 chunks (written and flushed to OPFS) and acknowledge them, well below the 16 MiB a
+/// Chromium DataChannel buffers.
+const FILE_WINDOW: u32 = 256;
 /// Contacts whose safety number the member compared: member id → the public key it was compared for.
 const RECORD_VERIFIED: &str = "member/verified";
 
@@ -337,7 +341,8 @@ impl FileHash {
 }
 
 impl Member {
-    fn assemble(store: KeyStore<Recording>, key: IdentityKey, profile: Profile, client: Client) -> Self {
+    fn assemble(store: KeyStore<Recording>, key: IdentityKey, profile: Profile, mut client: Client) -> Self {
+        client.set_file_config(TransferConfig { window: FILE_WINDOW, ..TransferConfig::default() });
         let public_key = key.public_key();
         let fingerprint = peerbubble_proto::key_fingerprint(&public_key);
         let session = Session::new(key, Some(profile.bubble.clone()), client);

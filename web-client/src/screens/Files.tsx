@@ -4,6 +4,7 @@
 import { type DragEvent, type ReactNode, useEffect, useRef, useState } from 'react';
 import { useTranslation } from 'react-i18next';
 import type { WorkerClient } from '../client';
+import { Icon } from '../components';
 import type { FileItem } from '../protocol';
 
 /** Bytes for people: 12.4 MB, 860 KB. */
@@ -119,7 +120,7 @@ export function FileCard(props: { f: FileItem; peerName: string; client: WorkerC
         <span className="author">{f.outgoing ? t('you') : props.peerName}</span> <time>{props.time}</time>
       </div>
       <p className="file-name">
-        <span aria-hidden="true">📄 </span>
+        <Icon name="file" />
         <strong>{f.name}</strong> <span className="muted">· {bytes(f.size)}</span>
       </p>
       {f.state === 'moving' && (
@@ -152,8 +153,8 @@ export function AttachButton(props: { disabled: boolean; onFile: (file: File) =>
   return (
     <>
       <button type="button" className="attach" disabled={props.disabled} title={props.title} onClick={() => input.current?.click()}>
-        <span aria-hidden="true">📎 </span>
-        {t('file.send')}
+        <Icon name="attach" />
+        <span className="attach-label">{t('file.send')}</span>
       </button>
       <input
         ref={input}

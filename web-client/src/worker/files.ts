@@ -62,14 +62,43 @@ export class SealedFiles {
     }
   }
 
-  /** Writes chunk `index` as it arrived (sealed). Call {@link flush} before acknowledging it. */
-  write(handle: FileSystemSyncAccessHandle, layout: Layout, index: number, sealed: Uint8Array): void {
+  /** Chunks written since the last flush, per transfer: contiguous runs go to disk in one write. */
+  private readonly pending = new Map<string, { at: number; parts: Uint8Array[]; bytes: number }>();
+
+  /**
+   * Keeps chunk `index` as it arrived (sealed). It reaches the disk at the next {@link flush}, which must come
+   * before its acknowledgement leaves.
+   */
+  write(transfer: string, layout: Layout, index: number, sealed: Uint8Array): void {
     if (sealed.byteLength !== sealedLen(layout, index)) throw new Error('sealed chunk of the wrong length');
-    const written = handle.write(sealed as Uint8Array<ArrayBuffer>, { at: sealedAt(layout, index) });
-    if (written !== sealed.byteLength) throw new Error('the device is out of storage space');
+    const at = sealedAt(layout, index);
+    const run = this.pending.get(transfer);
+    if (run && run.at + run.bytes === at) {
+      run.parts.push(sealed);
+      run.bytes += sealed.byteLength;
+      return;
+    }
+    if (run) this.flushRun(transfer);
+    this.pending.set(transfer, { at, parts: [sealed], bytes: sealed.byteLength });
   }
 
+  private flushRun(transfer: string): void {
+    const run = this.pending.get(transfer);
+    const handle = this.handles.get(transfer);
+    this.pending.delete(transfer);
+    if (!run || !handle) return;
+    const all = new Uint8Array(run.bytes);
+    let offset = 0;
+    for (const part of run.parts) {
+      all.set(part, offset);
+      offset += part.byteLength;
+    }
+    if (handle.write(all, { at: run.at }) !== all.byteLength) throw new Error('the device is out of storage space');
+  }
+
+  /** Writes what is pending and makes it durable. */
   flush(): void {
+    for (const transfer of [...this.pending.keys()]) this.flushRun(transfer);
     for (const handle of this.handles.values()) handle.flush();
   }
 
@@ -93,19 +122,23 @@ export class SealedFiles {
     return index;
   }
 
-  /** Closes a finished file's handle (its bytes stay). */
+  /** Closes a finished file's handle (its bytes stay, pending ones written first). */
   close(transfer: string): void {
+    this.flushRun(transfer);
+    this.handles.get(transfer)?.flush();
     this.handles.get(transfer)?.close();
     this.handles.delete(transfer);
   }
 
   closeAll(): void {
+    this.flush();
     for (const handle of this.handles.values()) handle.close();
     this.handles.clear();
   }
 
   /** Deletes what was kept of a transfer. */
   async remove(transfer: string): Promise<void> {
+    this.pending.delete(transfer);
     this.close(transfer);
     await (await dir(SEALED_DIR)).removeEntry(`${transfer}.sealed`).catch(() => undefined);
   }

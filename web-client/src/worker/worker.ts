@@ -74,7 +74,8 @@ async function flush(): Promise<void> {
     const { transfer, index } = chunk;
     const bytes = chunk.sealed;
     chunk.free();
-    sealed.write(await sealed.handle(transfer), layout(m, transfer), index, bytes);
+    await sealed.handle(transfer);
+    sealed.write(transfer, layout(m, transfer), index, bytes);
     wrote = true;
   }
   if (member !== m) return;
@@ -155,6 +156,7 @@ function queuePump(transfer: string): void {
   void step((m) => {
     const source = sources.get(transfer);
     if (!source) return;
+
     for (let want = m.nextFileChunk(transfer); want !== undefined; want = m.nextFileChunk(transfer)) {
       m.sealFileChunk(transfer, want.index, source.read(want.offset, want.len));
       want.free();
