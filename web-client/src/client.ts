@@ -1,5 +1,6 @@
 // The page's side of the worker boundary: sends commands, checks every update the worker posts.
-import { type Command, type Phase, type Update, type View, parseRtcNotice, parseUpdate } from './protocol';
+import { Calls } from './calls';
+import { type Command, type Phase, type Update, type View, parseCallNotice, parseRtcNotice, parseUpdate } from './protocol';
 import { PeerLinks } from './rtc';
 
 type Listener = () => void;
@@ -15,6 +16,15 @@ export class WorkerClient {
   /** The page's WebRTC connections with contacts (DataChannels carrying MLS ciphertext). */
   readonly links: PeerLinks = new PeerLinks(
     (command) => this.send(command),
+    () => {
+      this.calls.refresh();
+      this.emit();
+    },
+  );
+  /** The audio or video call with a contact, if any (media on the page, ringing inside MLS). */
+  readonly calls: Calls = new Calls(
+    (command) => this.send(command),
+    this.links,
     () => this.emit(),
   );
 
@@ -26,6 +36,7 @@ export class WorkerClient {
       this.emit();
     };
     void this.send({ kind: 'hello' }).catch(() => undefined);
+    Object.defineProperty(window, 'peerbubbleDiagnostics', { value: { callStats: (peer?: string) => this.calls.stats(peer) } });
   }
 
   private receive(data: unknown): void {
@@ -44,6 +55,7 @@ export class WorkerClient {
         this.phase = update.phase;
         if (update.phase.phase !== 'open') {
           this.view = null;
+          void this.calls.hangUp();
           this.links.closeAll();
         }
         break;
@@ -59,6 +71,8 @@ export class WorkerClient {
         const rtc = parseRtcNotice(update.notice);
         // Call set-up carries SDP (addresses): it goes to the connections, never into the notices the UI keeps.
         if (rtc) return this.links.handle(rtc);
+        const call = parseCallNotice(update.notice);
+        if (call) return this.calls.handle(call);
         this.notices = [...this.notices.slice(-20), { ...update.notice, receivedAt: Date.now() }];
         break;
       }

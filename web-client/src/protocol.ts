@@ -39,6 +39,10 @@ export type Command =
   | { kind: 'cancelFile'; transfer: string }
   | { kind: 'holdFile'; transfer: string; held: boolean }
   | { kind: 'forgetFile'; transfer: string }
+  // Audio and video calls: ringing and ending travel inside MLS; media on the contact's connection.
+  | { kind: 'ring'; member: MemberId; video: boolean }
+  | { kind: 'answerRing'; member: MemberId; ring: string; accept: boolean }
+  | { kind: 'endRing'; member: MemberId; ring: string; busy: boolean }
   /** A decrypted copy of a received file (a disk-backed File, deleted a minute later), to open or save. */
   | { kind: 'openFile'; transfer: string; name: string };
 
@@ -234,6 +238,12 @@ export function parseRequest(data: unknown): Request | null {
         return isId(c.transfer) && typeof c.held === 'boolean';
       case 'openFile':
         return isId(c.transfer) && isText(c.name, 1024);
+      case 'ring':
+        return isId(c.member) && typeof c.video === 'boolean';
+      case 'answerRing':
+        return isId(c.member) && isId(c.ring) && typeof c.accept === 'boolean';
+      case 'endRing':
+        return isId(c.member) && isId(c.ring) && typeof c.busy === 'boolean';
       default:
         return false;
     }
@@ -321,6 +331,27 @@ export function parseUpdate(data: unknown): Update | null {
       return isObject(data.notice) && typeof data.notice.type === 'string' ? (data as unknown as Update) : null;
     case 'channelSend':
       return isId(data.to) && isBytes(data.bytes, MAX_CHANNEL_BYTES) ? (data as unknown as Update) : null;
+    default:
+      return null;
+  }
+}
+
+/** What the worker says of calls (notices of these types, checked by {@link parseCallNotice}). */
+export type CallNotice =
+  | { type: 'callRing'; peer: MemberId; ring: string; video: boolean }
+  | { type: 'callAccepted'; peer: MemberId; ring: string }
+  | { type: 'callEnded'; peer: MemberId; ring: string; reason: 'hung_up' | 'declined' | 'busy' | 'not_allowed' };
+
+export function parseCallNotice(notice: { type: string; [key: string]: unknown }): CallNotice | null {
+  switch (notice.type) {
+    case 'callRing':
+      return isId(notice.peer) && isId(notice.ring) && typeof notice.video === 'boolean' ? (notice as unknown as CallNotice) : null;
+    case 'callAccepted':
+      return isId(notice.peer) && isId(notice.ring) ? (notice as unknown as CallNotice) : null;
+    case 'callEnded':
+      return isId(notice.peer) && isId(notice.ring) && ['hung_up', 'declined', 'busy', 'not_allowed'].includes(notice.reason as string)
+        ? (notice as unknown as CallNotice)
+        : null;
     default:
       return null;
   }

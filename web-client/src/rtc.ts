@@ -28,12 +28,20 @@ interface Link {
   timer: ReturnType<typeof setTimeout>;
   /** What arrived before the certificate was checked: handed to the worker only once it was. */
   early: Uint8Array[];
+  /** Tracks the contact sends us during a call. */
+  remote: MediaStream;
+  /** What we send during a call, by kind ('audio', 'video'). */
+  senders: Map<string, { sender: RTCRtpSender; track: MediaStreamTrack }>;
 }
 
 export class PeerLinks {
   private readonly links = new Map<MemberId, Link>();
   /** Failed attempts in a row, per contact (the side that offers retries). */
   private readonly attempts = new Map<MemberId, number>();
+  /** Tracks to send to a contact once its next offer arrives (the callee of a call that was accepted). */
+  private readonly answerWith = new Map<MemberId, MediaStream>();
+  /** Told when the connection with a contact ends (a call on it ends too). */
+  onClosed: (peer: MemberId) => void = () => undefined;
 
   constructor(
     private readonly send: (command: Command) => Promise<unknown>,
@@ -90,9 +98,13 @@ export class PeerLinks {
           void this.offer(notice.peer);
         }
         return;
-      case 'rtcOffer':
-        void this.answer(notice.peer, notice.sdp);
+      case 'rtcOffer': {
+        const link = this.links.get(notice.peer);
+        // An open connection set up again (a call adds its tracks): same certificate, same ICE.
+        if (link && link.state !== 'connecting' && link.pc.signalingState === 'stable') void this.reanswer(notice.peer, link, notice.sdp);
+        else void this.answer(notice.peer, notice.sdp);
         return;
+      }
       case 'rtcAnswer': {
         const link = this.links.get(notice.peer);
         if (!link || link.pc.signalingState !== 'have-local-offer') return;
@@ -106,6 +118,59 @@ export class PeerLinks {
         return;
       }
     }
+  }
+
+  /** Whether the connection with `peer` is open (media can be added to it). */
+  isOpen(peer: MemberId): boolean {
+    const state = this.links.get(peer)?.state;
+    return state === 'direct' || state === 'relayed';
+  }
+
+  /** The tracks `peer` sends us. */
+  remoteStream(peer: MemberId): MediaStream | null {
+    return this.links.get(peer)?.remote ?? null;
+  }
+
+  /** The connection itself, for its statistics (the call screen's quality line; tests read it too). */
+  peerConnection(peer: MemberId): RTCPeerConnection | null {
+    return this.links.get(peer)?.pc ?? null;
+  }
+
+  /** Caller: adds `stream`'s tracks to the open connection and sets it up again (offer inside MLS). */
+  async sendMedia(peer: MemberId, stream: MediaStream): Promise<void> {
+    const link = this.links.get(peer);
+    if (!link || !this.isOpen(peer)) throw new Error('no open connection');
+    for (const track of stream.getTracks()) link.senders.set(track.kind, { sender: link.pc.addTrack(track, stream), track });
+    await link.pc.setLocalDescription(await link.pc.createOffer());
+    const sdp = link.pc.localDescription?.sdp;
+    if (!sdp) throw new Error('no local description');
+    await this.send({ kind: 'rtcOffer', member: peer, sdp });
+  }
+
+  /** Callee: the tracks to answer the caller's next offer with. */
+  answerMediaWith(peer: MemberId, stream: MediaStream | null): void {
+    if (stream) this.answerWith.set(peer, stream);
+    else this.answerWith.delete(peer);
+  }
+
+  /** Starts or stops sending one kind of track (stopping sends no bytes at all, unlike a disabled track). */
+  async setSending(peer: MemberId, kind: 'audio' | 'video', on: boolean): Promise<void> {
+    const sent = this.links.get(peer)?.senders.get(kind);
+    if (sent) await sent.sender.replaceTrack(on ? sent.track : null);
+  }
+
+  /** The call is over: nothing more is sent, and what the contact sent is ended here. */
+  stopMedia(peer: MemberId): void {
+    this.answerWith.delete(peer);
+    const link = this.links.get(peer);
+    if (!link) return;
+    for (const { sender } of link.senders.values()) void sender.replaceTrack(null).catch(() => undefined);
+    link.senders.clear();
+    for (const track of link.remote.getTracks()) {
+      track.stop();
+      link.remote.removeTrack(track);
+    }
+    this.changed();
   }
 
   /** An envelope the worker routed to the DataChannel with `to`. */
@@ -139,12 +204,17 @@ export class PeerLinks {
     const timer = setTimeout(() => {
       if (this.links.get(peer) === link && link.state === 'connecting') this.fail(peer, link);
     }, CONNECT_TIMEOUT_MS);
-    const link: Link = { pc, state: 'connecting', offered, timer, early: [] };
+    const link: Link = { pc, state: 'connecting', offered, timer, early: [], remote: new MediaStream(), senders: new Map() };
     this.links.set(peer, link);
     pc.onconnectionstatechange = () => {
       if ((pc.connectionState === 'failed' || pc.connectionState === 'closed') && this.links.get(peer) === link) {
         this.fail(peer, link);
       }
+    };
+    pc.ontrack = (e) => {
+      link.remote.addTrack(e.track);
+      e.track.onended = () => this.changed();
+      this.changed();
     };
     pc.ondatachannel = (e) => {
       if (e.channel.label === CHANNEL_LABEL && !link.channel) this.adopt(peer, link, e.channel);
@@ -173,6 +243,22 @@ export class PeerLinks {
       await link.pc.setRemoteDescription({ type: 'offer', sdp });
       await link.pc.setLocalDescription(await link.pc.createAnswer());
       const answer = await gathered(link.pc);
+      if (this.links.get(peer) === link) await this.send({ kind: 'rtcAnswer', member: peer, sdp: answer });
+    } catch {
+      this.close(peer, true);
+    }
+  }
+
+  /** Answers an offer on the open connection (the certificate was checked when it opened). */
+  private async reanswer(peer: MemberId, link: Link, sdp: string): Promise<void> {
+    try {
+      await link.pc.setRemoteDescription({ type: 'offer', sdp });
+      const stream = this.answerWith.get(peer);
+      this.answerWith.delete(peer);
+      if (stream) for (const track of stream.getTracks()) link.senders.set(track.kind, { sender: link.pc.addTrack(track, stream), track });
+      await link.pc.setLocalDescription(await link.pc.createAnswer());
+      const answer = link.pc.localDescription?.sdp;
+      if (!answer) throw new Error('no local description');
       if (this.links.get(peer) === link) await this.send({ kind: 'rtcAnswer', member: peer, sdp: answer });
     } catch {
       this.close(peer, true);
@@ -244,7 +330,9 @@ export class PeerLinks {
     link.channel?.close();
     link.pc.close();
     const wasOpen = link.state !== 'connecting';
+    for (const track of link.remote.getTracks()) track.stop();
     if (wasOpen) void this.send({ kind: 'channel', member: peer, open: false }).catch(() => undefined);
+    this.onClosed(peer);
     if (hangUp) void this.send({ kind: 'rtcHangup', member: peer }).catch(() => undefined);
     this.changed();
   }

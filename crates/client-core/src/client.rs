@@ -928,6 +928,43 @@ impl Client {
         Ok(())
     }
 
+    /// Rings the contact of a 1:1 conversation for an audio (or video) call; its id. The media flows on the
+    /// contact's connection once they accept ([`CallSignal::Accept`]). Refused where the bubble forbids calls.
+    pub fn ring(&mut self, peer: MemberId, video: bool) -> Result<MessageId, ClientError> {
+        if !self.policy.calls_allowed {
+            return Err(ClientError::Policy("calls are not allowed".into()));
+        }
+        let conversation = self.direct_conversation(peer).ok_or(ClientError::NotAllowed("no 1:1 conversation yet"))?;
+        let ring = MessageId(random16()?);
+        self.send_app(conversation, &AppMessage::Call(CallSignal::Ring { ring, video }))?;
+        Ok(ring)
+    }
+
+    /// Answers a ring: accept, or end it (declined, busy).
+    pub fn answer_ring(&mut self, peer: MemberId, ring: MessageId, accept: bool) -> Result<(), ClientError> {
+        if accept && !self.policy.calls_allowed {
+            return Err(ClientError::Policy("calls are not allowed".into()));
+        }
+        let conversation = self.direct_conversation(peer).ok_or(ClientError::NotAllowed("no 1:1 conversation"))?;
+        let signal = if accept {
+            CallSignal::Accept { ring }
+        } else {
+            CallSignal::End { ring, reason: crate::message::EndReason::Declined }
+        };
+        self.send_app(conversation, &AppMessage::Call(signal))
+    }
+
+    /// Ends a media call (ours or theirs, ringing or under way).
+    pub fn end_ring(
+        &mut self,
+        peer: MemberId,
+        ring: MessageId,
+        reason: crate::message::EndReason,
+    ) -> Result<(), ClientError> {
+        let conversation = self.direct_conversation(peer).ok_or(ClientError::NotAllowed("no 1:1 conversation"))?;
+        self.send_app(conversation, &AppMessage::Call(CallSignal::End { ring, reason }))
+    }
+
     /// Sends a trickled ICE candidate of the current call with `peer`.
     pub fn send_candidate(&mut self, peer: MemberId, candidate: &str) -> Result<(), ClientError> {
         let call = match self.calls.get(&peer) {
@@ -1567,6 +1604,14 @@ impl Client {
         }
         let refuse = |reason: &str| Event::Refused { from, reason: reason.to_owned() };
         match &signal {
+            CallSignal::Ring { ring, .. } if !self.policy.calls_allowed => {
+                // The bubble forbids calls: the caller hears why, the member is not disturbed.
+                self.events.push_back(refuse("a call rang where the bubble does not allow calls"));
+                let end = CallSignal::End { ring: *ring, reason: crate::message::EndReason::NotAllowed };
+                let _ = self.send_app(conversation, &AppMessage::Call(end));
+                return;
+            }
+            CallSignal::Ring { .. } | CallSignal::Accept { .. } | CallSignal::End { .. } => {}
             CallSignal::Offer { call, sdp, fingerprint } => {
                 if !sdp_has_only_fingerprint(sdp, fingerprint) {
                     self.events.push_back(refuse("SDP fingerprint differs from the signed one"));

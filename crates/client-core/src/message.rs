@@ -125,6 +125,40 @@ pub enum CallSignal {
         /// The call.
         call: CallId,
     },
+    /// An audio or video call rings: the member decides ([`CallSignal::Accept`] or [`CallSignal::End`]). Media
+    /// then flows on the contact's connection (set up again with tracks, by `offer`/`answer` above).
+    Ring {
+        /// This media call (not the connection's `call`).
+        ring: CallId,
+        /// Camera as well as microphone.
+        video: bool,
+    },
+    /// The callee picked up.
+    Accept {
+        /// The media call.
+        ring: CallId,
+    },
+    /// Either side ends the media call, or the callee declines it.
+    End {
+        /// The media call.
+        ring: CallId,
+        /// Why (a closed set: nothing a peer writes reaches the other's screen).
+        reason: EndReason,
+    },
+}
+
+/// Why a media call ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// Hung up.
+    HungUp,
+    /// The callee declined.
+    Declined,
+    /// The callee is in another call.
+    Busy,
+    /// The bubble does not allow calls.
+    NotAllowed,
 }
 
 /// One MLS application message's content.
@@ -217,6 +251,13 @@ impl fmt::Debug for CallSignal {
                 f.debug_struct("Candidate").field("call", call).field("candidate", &Redacted(candidate.len())).finish()
             }
             CallSignal::Hangup { call } => f.debug_struct("Hangup").field("call", call).finish(),
+            CallSignal::Ring { ring, video } => {
+                f.debug_struct("Ring").field("ring", ring).field("video", video).finish()
+            }
+            CallSignal::Accept { ring } => f.debug_struct("Accept").field("ring", ring).finish(),
+            CallSignal::End { ring, reason } => {
+                f.debug_struct("End").field("ring", ring).field("reason", reason).finish()
+            }
         }
     }
 }
@@ -300,7 +341,12 @@ impl AppMessage {
             AppMessage::Delete { .. }
             | AppMessage::Typing { .. }
             | AppMessage::Leave
-            | AppMessage::Call(CallSignal::Hangup { .. })
+            | AppMessage::Call(
+                CallSignal::Hangup { .. }
+                | CallSignal::Ring { .. }
+                | CallSignal::Accept { .. }
+                | CallSignal::End { .. },
+            )
             | AppMessage::File(_) => Ok(()),
         }
     }

@@ -668,3 +668,55 @@ fn the_bubble_policy_is_enforced_by_the_client() {
     assert!(matches!(net.clients[1].accept_file(t), Err(ClientError::Policy(_))));
     net.clients[1].decline_file(t).unwrap();
 }
+
+#[test]
+fn a_media_call_rings_is_accepted_or_declined_and_the_bubble_rule_refuses_it() {
+    use peerbubble_client_core::message::EndReason;
+    let mut net = Net::new(2);
+    let c = net.direct(0, 1);
+    let (a, b) = (net.ids[0], net.ids[1]);
+    let ring = net.clients[0].ring(b, true).unwrap();
+    net.run();
+    let rang = net.take_events(1).into_iter().any(
+        |e| matches!(e, Event::Call { conversation, from, signal: CallSignal::Ring { ring: r, video: true } } if conversation == c && from == a && r == ring),
+    );
+    assert!(rang, "the callee's screen rings");
+    net.clients[1].answer_ring(a, ring, true).unwrap();
+    net.run();
+    assert!(
+        net.take_events(0)
+            .iter()
+            .any(|e| matches!(e, Event::Call { signal: CallSignal::Accept { ring: r }, .. } if *r == ring))
+    );
+    net.clients[0].end_ring(b, ring, EndReason::HungUp).unwrap();
+    net.run();
+    assert!(
+        net.take_events(1)
+            .iter()
+            .any(|e| matches!(e, Event::Call { signal: CallSignal::End { reason: EndReason::HungUp, .. }, .. }))
+    );
+    // Declined.
+    let ring = net.clients[0].ring(b, false).unwrap();
+    net.run();
+    net.clients[1].answer_ring(a, ring, false).unwrap();
+    net.run();
+    assert!(
+        net.take_events(0)
+            .iter()
+            .any(|e| matches!(e, Event::Call { signal: CallSignal::End { reason: EndReason::Declined, .. }, .. }))
+    );
+    // A bubble without calls: we cannot ring, and a ring that arrives is refused and answered "not allowed".
+    let no_calls = peerbubble_proto::BubblePolicy { calls_allowed: false, ..peerbubble_proto::BubblePolicy::default() };
+    net.clients[1].set_policy(no_calls);
+    assert!(net.clients[1].ring(a, false).is_err());
+    net.take_events(1);
+    net.clients[0].ring(b, false).unwrap();
+    net.run();
+    let callee = net.take_events(1);
+    assert!(!callee.iter().any(|e| matches!(e, Event::Call { signal: CallSignal::Ring { .. }, .. })), "it never rings");
+    assert!(
+        net.take_events(0)
+            .iter()
+            .any(|e| matches!(e, Event::Call { signal: CallSignal::End { reason: EndReason::NotAllowed, .. }, .. }))
+    );
+}

@@ -13,7 +13,7 @@ use peerbubble_client_core::fingerprint::{Fingerprint, sdp_fingerprints};
 use peerbubble_client_core::keystore::{
     KdfParams, KeyStore, KeyStoreError, KnowledgeKdf, Segment, Storage, StorageError,
 };
-use peerbubble_client_core::message::{CallSignal, ConversationKind, MessageId, hex, hex16};
+use peerbubble_client_core::message::{CallSignal, ConversationKind, EndReason, MessageId, hex, hex16};
 use peerbubble_client_core::session::{Session, SessionEvent};
 use peerbubble_client_core::signaling::SignalEvent;
 use peerbubble_client_core::{Client, ConversationId, Event};
@@ -477,6 +477,16 @@ fn core_json(event: &Event) -> Value {
         Event::Call { from, signal: CallSignal::Hangup { .. }, .. } => {
             json!({"type": "rtcHangup", "peer": from.to_string()})
         }
+        // Media calls: who rings, picks up or ends, for the page's call screen.
+        Event::Call { from, signal: CallSignal::Ring { ring, video }, .. } => {
+            json!({"type": "callRing", "peer": from.to_string(), "ring": ring, "video": video})
+        }
+        Event::Call { from, signal: CallSignal::Accept { ring }, .. } => {
+            json!({"type": "callAccepted", "peer": from.to_string(), "ring": ring})
+        }
+        Event::Call { from, signal: CallSignal::End { ring, reason }, .. } => {
+            json!({"type": "callEnded", "peer": from.to_string(), "ring": ring, "reason": reason})
+        }
         // File events name the transfer only; the view lists what it is.
         Event::FileOffered { offer, from, .. } => {
             json!({"type": "fileOffered", "transfer": hex(&offer.transfer.0), "from": from.to_string()})
@@ -739,6 +749,27 @@ impl Member {
     pub fn hangup(&mut self, peer: &str, now_ms: f64) -> Result<(), JsError> {
         let peer = member_id(peer)?;
         self.act(now_ms, |c| c.hangup(peer))
+    }
+
+    /// Rings a contact for an audio (or video) call; the call's id.
+    pub fn ring(&mut self, peer: &str, video: bool, now_ms: f64) -> Result<String, JsError> {
+        let peer = member_id(peer)?;
+        self.act(now_ms, |c| c.ring(peer, video)).map(String::from)
+    }
+
+    /// Accepts or declines a contact's ring.
+    #[wasm_bindgen(js_name = answerRing)]
+    pub fn answer_ring(&mut self, peer: &str, ring: &str, accept: bool, now_ms: f64) -> Result<(), JsError> {
+        let (peer, ring) = (member_id(peer)?, message_id(ring)?);
+        self.act(now_ms, |c| c.answer_ring(peer, ring, accept))
+    }
+
+    /// Ends a call: `busy` when another call is under way, hung up otherwise.
+    #[wasm_bindgen(js_name = endRing)]
+    pub fn end_ring(&mut self, peer: &str, ring: &str, busy: bool, now_ms: f64) -> Result<(), JsError> {
+        let (peer, ring) = (member_id(peer)?, message_id(ring)?);
+        let reason = if busy { EndReason::Busy } else { EndReason::HungUp };
+        self.act(now_ms, |c| c.end_ring(peer, ring, reason))
     }
 
     /// Offers a file to the contact of a 1:1 conversation: `sha256` (hex) from [`FileHash`] over the same

@@ -4,6 +4,7 @@ import type { LinkState } from '../rtc';
 import type { WorkerClient } from '../client';
 import { LanguageSwitch, initials } from '../components';
 import type { ChatMessage, Conversation, DirectoryEntry, FileItem, View } from '../protocol';
+import { CallScreen } from './CallScreen';
 import { AttachButton, FileCard, bytes, useDropZone } from './Files';
 import { SafetyNumber } from './SafetyNumber';
 
@@ -189,6 +190,7 @@ export function Home({ client, view, notices }: { client: WorkerClient; view: Vi
           }}
         />
       )}
+      <CallScreen client={client} view={view} />
       {safety && <SafetyNumber client={client} entry={safety} me={view.me.displayName} onClose={() => setSafety(null)} />}
     </div>
   );
@@ -337,6 +339,24 @@ function ConversationPane(props: {
             <input type="checkbox" checked={masked} onChange={toggleMask} disabled={maskRequired} />
             {t('chat.mask')}
           </label>
+          {props.contact && view.policy.calls_allowed && (
+            <>
+              <button
+                type="button"
+                disabled={!ready || client.calls.call !== null || !client.links.isOpen(props.contact.member)}
+                onClick={() => props.contact && void client.calls.start(props.contact.member, false).catch((e: Error) => props.onError(e.message))}
+              >
+                {t('call.audio')}
+              </button>
+              <button
+                type="button"
+                disabled={!ready || client.calls.call !== null || !client.links.isOpen(props.contact.member)}
+                onClick={() => props.contact && void client.calls.start(props.contact.member, true).catch((e: Error) => props.onError(e.message))}
+              >
+                {t('call.video')}
+              </button>
+            </>
+          )}
           {props.contact && (
             <>
               <button type="button" onClick={props.onSafety}>

@@ -507,6 +507,15 @@ async function runDirect(command: Command): Promise<unknown> {
     case 'forgetFile':
       m.forgetFile(command.transfer, now);
       break;
+    case 'ring':
+      value = m.ring(command.member, command.video, now);
+      break;
+    case 'answerRing':
+      m.answerRing(command.member, command.ring, command.accept, now);
+      break;
+    case 'endRing':
+      m.endRing(command.member, command.ring, command.busy, now);
+      break;
     case 'openFile': {
       const name = command.name;
       value = await sealed.decrypt(command.transfer, name, layout(m, command.transfer), (index, bytes) =>

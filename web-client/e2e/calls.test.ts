@@ -1,0 +1,112 @@
+// Audio and video calls between two members in Chromium (fake camera and microphone), against a real
+// `peerbubble up`: the callee sees who calls and whether their key was verified, accepts, and on both pages
+// getStats() shows inbound audio and video with bytes and decoded frames rising over a succeeded candidate pair;
+// muting stops outbound audio bytes; hanging up ends the tracks and says so on the other side; a declined call
+// says so; a bubble whose rules forbid calls offers no call button. Call set-up never crosses signaling in clear.
+import { join } from 'node:path';
+import { type Browser, type Page, chromium } from 'playwright-core';
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { CHROMIUM_ARGS, type Member, type Up, admin, enroll, invite, newMember, open, screenshotDir, startUp } from './harness';
+
+let up: Up;
+let browser: Browser;
+let alice: Member;
+let bob: Member;
+
+interface Stats {
+  inbound: Record<string, { bytes: number; frames: number }>;
+  outbound: Record<string, { bytes: number; frames: number }>;
+  pair: string | null;
+  remoteTracks: Array<{ kind: string; state: string }>;
+}
+
+beforeAll(async () => {
+  [up, browser] = await Promise.all([
+    startUp(),
+    chromium.launch({
+      executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
+      args: [...CHROMIUM_ARGS, '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream', '--autoplay-policy=no-user-gesture-required'],
+    }),
+  ]);
+});
+
+afterAll(async () => {
+  await browser?.close();
+  await up?.stop();
+});
+
+function stats(page: Page): Promise<Stats | null> {
+  return page.evaluate(() => (window as unknown as { peerbubbleDiagnostics: { callStats: () => Promise<Stats | null> } }).peerbubbleDiagnostics.callStats());
+}
+
+async function rising(page: Page, pick: (s: Stats) => number): Promise<void> {
+  const first = await stats(page);
+  expect(first).not.toBeNull();
+  const before = first ? pick(first) : 0;
+  await expect.poll(async () => {
+    const now = await stats(page);
+    return now ? pick(now) : 0;
+  }, { timeout: 20_000 }).toBeGreaterThan(before);
+}
+
+describe('calls', () => {
+  test('two members with a direct link', async () => {
+    alice = await newMember(browser);
+    bob = await newMember(browser, { locale: 'fr-FR', width: 390, height: 844 });
+    await enroll(alice, await invite(up, 'Alice (field team)', ['field-team']));
+    await enroll(bob, await invite(up, 'Bob (field team)', ['field-team']));
+    await expect.poll(() => alice.page.getByRole('navigation').innerText(), { timeout: 60_000 }).toContain('Bob (field team)');
+    await open(alice.page, /Bob \(field team\)/);
+    await expect.poll(() => alice.page.locator('.pane-head .tag.link').innerText(), { timeout: 60_000 }).toBe('Direct connection');
+  });
+
+  test('a video call: both decode the other, mute stops audio, hang-up ends it on both sides', async () => {
+    await alice.page.getByRole('button', { name: 'Video call' }).click();
+    const incoming = bob.page.getByRole('dialog', { name: 'Appel entrant' });
+    await expect.poll(() => incoming.innerText(), { timeout: 30_000 }).toContain('Alice (field team) vous appelle (vidéo)');
+    expect(await incoming.innerText()).toContain('Numéro de sécurité pas encore vérifié');
+    await bob.page.screenshot({ path: join(screenshotDir(), 'call-incoming-phone-fr.png') });
+    await incoming.getByRole('button', { name: 'Décrocher' }).click();
+    await expect.poll(() => alice.page.locator('.call-status').innerText(), { timeout: 30_000 }).toContain('In call with Bob (field team)');
+    await expect.poll(() => bob.page.locator('.call-status').innerText(), { timeout: 30_000 }).toContain('En appel avec Alice (field team)');
+    for (const page of [alice.page, bob.page]) {
+      await rising(page, (s) => s.inbound.video?.frames ?? 0);
+      await rising(page, (s) => s.inbound.video?.bytes ?? 0);
+      await rising(page, (s) => s.inbound.audio?.bytes ?? 0);
+      expect((await stats(page))?.pair).toBe('succeeded');
+    }
+    await alice.page.screenshot({ path: join(screenshotDir(), 'call-active-desktop-en.png') });
+    await bob.page.screenshot({ path: join(screenshotDir(), 'call-active-phone-fr.png') });
+    // Mute: no more audio bytes leave Alice.
+    await alice.page.getByRole('button', { name: 'Mute' }).click();
+    await new Promise((r) => setTimeout(r, 1_000));
+    const muted = (await stats(alice.page))?.outbound.audio?.bytes ?? 0;
+    await new Promise((r) => setTimeout(r, 2_000));
+    expect((await stats(alice.page))?.outbound.audio?.bytes ?? 0).toBe(muted);
+    await rising(alice.page, (s) => s.outbound.video?.bytes ?? 0);
+    await alice.page.getByRole('button', { name: 'Unmute' }).click();
+    await rising(alice.page, (s) => s.outbound.audio?.bytes ?? 0);
+    // Hang up: Bob is told, both call screens close, the tracks end.
+    await alice.page.getByRole('button', { name: 'Hang up' }).click();
+    await expect.poll(() => bob.page.locator('.call-ended').innerText(), { timeout: 30_000 }).toContain('Alice (field team) a raccroché');
+    for (const page of [alice.page, bob.page]) {
+      expect(await page.locator('.call-screen').count()).toBe(0);
+      expect((await stats(page))?.remoteTracks ?? []).toEqual([]);
+    }
+    // Nothing of the set-up crossed signaling in clear.
+    expect([...alice.frames, ...bob.frames].join('\n')).not.toMatch(/a=fingerprint|m=video|a=candidate/);
+  });
+
+  test('a declined call says so to the caller', async () => {
+    await bob.page.getByRole('button', { name: 'Fermer' }).click();
+    await alice.page.getByRole('button', { name: 'Call', exact: true }).click();
+    await bob.page.getByRole('dialog', { name: 'Appel entrant' }).getByRole('button', { name: 'Refuser' }).click({ timeout: 30_000 });
+    await expect.poll(() => alice.page.locator('.call-ended').innerText(), { timeout: 30_000 }).toContain('Bob (field team) declined the call');
+  });
+
+  test('a bubble whose rules forbid calls offers no call', async () => {
+    await admin(up, 'PUT', '/api/v1/bubbles/demo/policy', { calls_allowed: false });
+    await expect.poll(() => alice.page.getByRole('button', { name: 'Video call' }).count(), { timeout: 30_000 }).toBe(0);
+    await admin(up, 'PUT', '/api/v1/bubbles/demo/policy', { calls_allowed: true });
+  });
+});
