@@ -16,6 +16,7 @@ let bob: Member;
 interface Stats {
   inbound: Record<string, { bytes: number; frames: number }>;
   outbound: Record<string, { bytes: number; frames: number }>;
+  videoFrames: number[];
   pair: string | null;
   remoteTracks: Array<{ kind: string; state: string }>;
 }
@@ -77,6 +78,13 @@ describe('calls', () => {
     }
     await alice.page.screenshot({ path: join(screenshotDir(), 'call-active-desktop-en.png') });
     await bob.page.screenshot({ path: join(screenshotDir(), 'call-active-phone-fr.png') });
+    // Bob shares his screen beside his camera: Alice decodes a second video.
+    await bob.page.getByRole('button', { name: "Partager l'écran" }).click();
+    await expect.poll(async () => (await stats(alice.page))?.videoFrames.length ?? 0, { timeout: 30_000 }).toBe(2);
+    await rising(alice.page, (s) => s.videoFrames[1] ?? 0);
+    await expect.poll(() => alice.page.getByLabel("Bob (field team)'s screen").count(), { timeout: 10_000 }).toBe(1);
+    await alice.page.screenshot({ path: join(screenshotDir(), 'call-screen-share-desktop-en.png') });
+    await bob.page.getByRole('button', { name: 'Arrêter le partage' }).click();
     // Mute: no more audio bytes leave Alice.
     await alice.page.getByRole('button', { name: 'Mute' }).click();
     await new Promise((r) => setTimeout(r, 1_000));

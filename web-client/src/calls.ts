@@ -17,11 +17,15 @@ export interface Call {
   local: MediaStream | null;
   micOn: boolean;
   camOn: boolean;
+  /** Our shared screen, sent beside the camera. */
+  screen: MediaStream | null;
 }
 
 export interface CallStats {
   inbound: Record<string, { bytes: number; frames: number }>;
   outbound: Record<string, { bytes: number; frames: number }>;
+  /** Frames decoded of each incoming video (camera, then a shared screen). */
+  videoFrames: number[];
   pair: 'succeeded' | null;
   remoteTracks: Array<{ kind: string; state: string }>;
   localTracks?: Array<{ kind: string; state: string }>;
@@ -56,7 +60,7 @@ export class Calls {
       return;
     }
     this.ended = null;
-    this.call = { peer, ring: '', video, outgoing: true, phase: 'ringing', local, micOn: true, camOn: video, };
+    this.call = { peer, ring: '', video, outgoing: true, phase: 'ringing', local, micOn: true, camOn: video, screen: null };
     this.changed();
     try {
       const ring = await this.send({ kind: 'ring', member: peer, video });
@@ -79,7 +83,7 @@ export class Calls {
           return;
         }
         this.ended = null;
-        this.call = { peer: notice.peer, ring: notice.ring, video: notice.video, outgoing: false, phase: 'incoming', local: null, micOn: true, camOn: notice.video };
+        this.call = { peer: notice.peer, ring: notice.ring, video: notice.video, outgoing: false, phase: 'incoming', local: null, micOn: true, camOn: notice.video, screen: null };
         this.timer = setTimeout(() => this.finish('hung_up'), RING_TIMEOUT_MS);
         break;
       case 'callAccepted':
@@ -144,6 +148,29 @@ export class Calls {
     this.changed();
   }
 
+  /** Shares the screen beside the camera (the browser asks which screen or window), or stops sharing it. */
+  async toggleScreen(): Promise<void> {
+    const call = this.call;
+    if (!call || call.phase !== 'active') return;
+    if (call.screen) {
+      for (const track of call.screen.getTracks()) track.stop();
+      call.screen = null;
+      await this.links.setSending(call.peer, 'screen', false);
+      this.changed();
+      return;
+    }
+    const screen = await navigator.mediaDevices.getDisplayMedia({ video: true, audio: false });
+    const track = screen.getVideoTracks()[0];
+    if (!track) return;
+    // Stopped from the browser's own "stop sharing" bar: the same as the button.
+    track.onended = () => {
+      if (this.call?.screen === screen) void this.toggleScreen();
+    };
+    call.screen = screen;
+    this.changed();
+    await this.links.addTrack(call.peer, 'screen', track, screen);
+  }
+
   /** The media is flowing once a remote track arrived. */
   refresh(): void {
     const call = this.call;
@@ -161,10 +188,14 @@ export class Calls {
     const who = peer ?? this.call?.peer;
     const pc = who ? this.links.peerConnection(who) : null;
     if (!who || !pc) return null;
-    const out: CallStats = { inbound: {}, outbound: {}, pair: null, remoteTracks: [] };
+    const out: CallStats = { inbound: {}, outbound: {}, videoFrames: [], pair: null, remoteTracks: [] };
     (await pc.getStats()).forEach((s: Record<string, unknown>) => {
       const kind = String(s.kind ?? '');
-      if (s.type === 'inbound-rtp') out.inbound[kind] = { bytes: Number(s.bytesReceived ?? 0), frames: Number(s.framesDecoded ?? 0) };
+      if (s.type === 'inbound-rtp') {
+        const seen = out.inbound[kind] ?? { bytes: 0, frames: 0 };
+        out.inbound[kind] = { bytes: seen.bytes + Number(s.bytesReceived ?? 0), frames: seen.frames + Number(s.framesDecoded ?? 0) };
+        if (kind === 'video') out.videoFrames.push(Number(s.framesDecoded ?? 0));
+      }
       if (s.type === 'outbound-rtp') out.outbound[kind] = { bytes: Number(s.bytesSent ?? 0), frames: Number(s.framesEncoded ?? 0) };
       if (s.type === 'candidate-pair' && s.state === 'succeeded' && s.nominated) out.pair = 'succeeded';
     });
@@ -182,7 +213,7 @@ export class Calls {
     const call = this.call;
     clearTimeout(this.timer);
     if (!call) return;
-    for (const track of call.local?.getTracks() ?? []) track.stop();
+    for (const track of [...(call.local?.getTracks() ?? []), ...(call.screen?.getTracks() ?? [])]) track.stop();
     this.links.stopMedia(call.peer);
     this.call = null;
     this.ended = { peer: call.peer, why };

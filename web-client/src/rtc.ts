@@ -147,6 +147,23 @@ export class PeerLinks {
     await this.send({ kind: 'rtcOffer', member: peer, sdp });
   }
 
+  /** Adds one more track (a shared screen) to a call under way and sets the connection up again. */
+  async addTrack(peer: MemberId, key: string, track: MediaStreamTrack, stream: MediaStream): Promise<void> {
+    const link = this.links.get(peer);
+    if (!link || !this.isOpen(peer)) throw new Error('no open connection');
+    const existing = link.senders.get(key);
+    if (existing) {
+      await existing.sender.replaceTrack(track);
+      link.senders.set(key, { sender: existing.sender, track });
+      return;
+    }
+    link.senders.set(key, { sender: link.pc.addTrack(track, stream), track });
+    await link.pc.setLocalDescription(await link.pc.createOffer());
+    const sdp = link.pc.localDescription?.sdp;
+    if (!sdp) throw new Error('no local description');
+    await this.send({ kind: 'rtcOffer', member: peer, sdp });
+  }
+
   /** Callee: the tracks to answer the caller's next offer with. */
   answerMediaWith(peer: MemberId, stream: MediaStream | null): void {
     if (stream) this.answerWith.set(peer, stream);
@@ -154,7 +171,7 @@ export class PeerLinks {
   }
 
   /** Starts or stops sending one kind of track (stopping sends no bytes at all, unlike a disabled track). */
-  async setSending(peer: MemberId, kind: 'audio' | 'video', on: boolean): Promise<void> {
+  async setSending(peer: MemberId, kind: string, on: boolean): Promise<void> {
     const sent = this.links.get(peer)?.senders.get(kind);
     if (sent) await sent.sender.replaceTrack(on ? sent.track : null);
   }

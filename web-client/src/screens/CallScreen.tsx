@@ -6,14 +6,20 @@ import { useTranslation } from 'react-i18next';
 import type { WorkerClient } from '../client';
 import type { View } from '../protocol';
 
-function Media({ stream, muted, video, label }: { stream: MediaStream | null; muted: boolean; video: boolean; label: string }) {
+/** Plays `tracks` (one stream per element, kept across renders: a new stream each time would restart it). */
+function Media({ tracks, muted, video, label, kind }: { tracks: MediaStreamTrack[]; muted: boolean; video: boolean; label: string; kind: 'remote' | 'self' | 'screen' }) {
   const ref = useRef<HTMLVideoElement & HTMLAudioElement>(null);
+  const stream = useRef<MediaStream | null>(null);
   useEffect(() => {
+    stream.current ??= new MediaStream();
+    const s = stream.current;
+    for (const t of s.getTracks()) if (!tracks.includes(t)) s.removeTrack(t);
+    for (const t of tracks) if (!s.getTracks().includes(t)) s.addTrack(t);
     const el = ref.current;
-    if (el && el.srcObject !== stream) el.srcObject = stream;
+    if (el && el.srcObject !== s) el.srcObject = s;
   });
   return video ? (
-    <video ref={ref} className={muted ? 'self' : 'remote'} autoPlay playsInline muted={muted} aria-label={label} />
+    <video ref={ref} className={kind} autoPlay playsInline muted={muted} aria-label={label} />
   ) : (
     <audio ref={ref} autoPlay muted={muted} aria-label={label} />
   );
@@ -41,6 +47,10 @@ export function CallScreen({ client, view }: { client: WorkerClient; view: View 
   const contact = entry(call.peer);
   const name = contact?.displayName ?? t('unknownMember');
   const remote = client.links.remoteStream(call.peer);
+  // The contact's camera and microphone are their first tracks; a further video track is their shared screen.
+  const videos = remote?.getVideoTracks().filter((v) => v.readyState === 'live') ?? [];
+  const remoteCamera = [...(remote?.getAudioTracks() ?? []), ...videos.slice(0, 1)];
+  const remoteScreen = videos.slice(1, 2);
 
   if (call.phase === 'incoming') {
     return (
@@ -73,9 +83,14 @@ export function CallScreen({ client, view }: { client: WorkerClient; view: View 
         {status}
       </p>
       <div className="call-media">
-        <Media stream={remote} muted={false} video={call.video} label={t('call.remoteMedia', { name })} />
-        {call.video && <Media stream={call.local} muted video label={t('call.ownCamera')} />}
+        <Media kind="remote" tracks={remoteCamera} muted={false} video={call.video} label={t('call.remoteMedia', { name })} />
+        {call.video && <Media kind="self" tracks={call.local?.getVideoTracks() ?? []} muted video label={t('call.ownCamera')} />}
       </div>
+      {remoteScreen.length > 0 && (
+        <div className="call-media screen">
+          <Media kind="screen" tracks={remoteScreen} muted video label={t('call.remoteScreen', { name })} />
+        </div>
+      )}
       <div className="call-actions">
         <button type="button" aria-pressed={!call.micOn} onClick={() => act(() => calls.toggleMic())}>
           {call.micOn ? t('call.mute') : t('call.unmute')}
@@ -83,6 +98,11 @@ export function CallScreen({ client, view }: { client: WorkerClient; view: View 
         {call.video && (
           <button type="button" aria-pressed={!call.camOn} onClick={() => act(() => calls.toggleCamera())}>
             {call.camOn ? t('call.cameraOff') : t('call.cameraOn')}
+          </button>
+        )}
+        {call.phase === 'active' && (
+          <button type="button" aria-pressed={call.screen !== null} onClick={() => act(() => calls.toggleScreen())}>
+            {call.screen ? t('call.stopSharing') : t('call.shareScreen')}
           </button>
         )}
         <button type="button" className="danger hangup" onClick={() => act(() => calls.hangUp())}>
