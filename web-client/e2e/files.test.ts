@@ -151,7 +151,10 @@ describe('files between two browsers', () => {
   });
 
   test('256 MiB with the receiver reloading in the middle: resumed, checked, kept encrypted, saved equal', async () => {
-    onTestFailed(() => console.log(up.logs.slice(-40).join('\n')));
+    onTestFailed(async () => {
+      console.log(up.logs.slice(-40).join('\n'));
+      console.log(`Bob's page said:\n${await bob.page.locator('body').innerText().catch(() => '(no page)')}`);
+    });
     const big = makeFile('survey-256.bin', 256 << 20);
     await alice.page.locator('input[type=file][aria-label="Send a file"]').setInputFiles(big.path);
     // Bob is asked; nothing moves before he accepts.

@@ -18,6 +18,7 @@ pub(crate) fn bench(root: &Path, name: Option<&str>, rest: &[String]) -> anyhow:
         Some("turn") => crate::bench_turn::turn(root, rest),
         Some("e2ee") => e2ee(rest),
         Some("browser") => crate::web::bench_browser(rest),
+        Some("browser-media") => crate::web::bench_browser_media(rest),
         _ => bail!(
             "usage: cargo xtask bench signaling [--pairs N] [--window W] [--seconds S] [--rounds R] [--idle N]\n       \
              cargo xtask bench soak [--sessions N] [--seconds S]\n       \

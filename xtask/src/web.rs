@@ -160,7 +160,7 @@ pub(crate) fn bench_browser(rest: &[String]) -> anyhow::Result<()> {
     let out = target_dir().join("bench-browser.json");
     let _ = std::fs::remove_file(&out);
     sh(npx(&web, "vitest")
-        .args(["run", "--config", "bench/vitest.config.ts"])
+        .args(["run", "--config", "bench/vitest.config.ts", "bench/browser.test.ts"])
         .env("PEERBUBBLE_BIN", target_dir().join("debug/peerbubble"))
         .env("BENCH_ROUNDS", rounds.to_string())
         .env("BENCH_MESSAGES", messages.to_string())
@@ -185,4 +185,48 @@ pub(crate) fn bench_browser(rest: &[String]) -> anyhow::Result<()> {
 /// Where the end-to-end tests leave their screenshots (desktop and phone, English and French): CI keeps them.
 pub(crate) fn screenshots() -> PathBuf {
     target_dir().join("screenshots")
+}
+
+/// `cargo xtask bench browser-media`: a file between two browsers through the web client against two raw pages
+/// over one DataChannel (same 16 KiB messages), and the time from "Video call" to the first decoded remote frame
+/// against a raw RTCPeerConnection page, in one Chromium, rounds alternating (web-client/bench/media.test.ts).
+pub(crate) fn bench_browser_media(rest: &[String]) -> anyhow::Result<()> {
+    let (mut rounds, mut file_mb) = (3u32, 256u32);
+    for pair in rest.chunks(2) {
+        let value = || pair.get(1).map(|v| v.parse::<u32>()).transpose().ok().flatten().context("a number");
+        match pair[0].as_str() {
+            "--rounds" => rounds = value()?,
+            "--file-mb" => file_mb = value()?,
+            other => anyhow::bail!("unknown flag {other}"),
+        }
+    }
+    crate::web_tools()?;
+    crate::debian_packages()?;
+    build()?;
+    sh(cargo().args(["build", "--package", "peerbubble", "--bin", "peerbubble"]))?;
+    let web = project_root().join("web-client");
+    let out = target_dir().join("bench-browser-media.json");
+    let _ = std::fs::remove_file(&out);
+    sh(npx(&web, "vitest")
+        .args(["run", "--config", "bench/vitest.config.ts", "bench/media.test.ts"])
+        .env("PEERBUBBLE_BIN", target_dir().join("debug/peerbubble"))
+        .env("BENCH_ROUNDS", rounds.to_string())
+        .env("BENCH_FILE_MB", file_mb.to_string())
+        .env("BENCH_OUT", &out))?;
+    let result = std::fs::read_to_string(&out).context("the browser-media bench wrote no result")?;
+    let number = |key: &str| crate::bench::json_number(&result, key);
+    let (ours, raw) = (number("file_ours_mb_s")?, number("file_raw_mb_s")?);
+    let (call_ours, call_raw) = (number("call_ours_ms")?, number("call_raw_ms")?);
+    println!(
+        "file of {file_mb} MiB (median of {rounds}): web client {ours:.1} MB/s, raw DataChannel {raw:.1} MB/s; \
+         call to first remote video frame: web client {call_ours:.0} ms, raw RTCPeerConnection {call_raw:.0} ms; \
+         relayed throughput against coturn: not measured yet"
+    );
+    println!(
+        "bench browser-media: file_ratio={:.2} relay_ratio=unmeasured call_ratio={:.2} file_mb_s={ours:.1} \
+         relay_mb_s=unmeasured",
+        ours / raw,
+        call_ours / call_raw
+    );
+    Ok(())
 }

@@ -38,6 +38,8 @@ const sealed = new SealedFiles();
 const sources = new Map<string, FileSource>();
 /** How each transfer's file is cut (asked of the core once). */
 const layouts = new Map<string, Layout>();
+/** How long a reloaded page waits for the lock of the page it replaced. */
+const LOCK_WAIT_MS = 5_000;
 /** A view at most this often while bytes are moving (each is the whole screen's state). */
 const VIEW_EVERY_MS = 150;
 
@@ -299,12 +301,16 @@ async function start(): Promise<void> {
   const response = fetch(wasmUrl, { integrity: WASM_INTEGRITY });
   await init({ module_or_path: response });
   db = await openDb();
+  // One tab at a time opens the key store: the lock is held for the worker's life. After a reload the page
+  // before it may still be ending (its worker busy with a transfer, say): wait a few seconds for its lock before
+  // saying another tab has it.
   const held = await new Promise<boolean>((resolve) => {
-    void navigator.locks.request('peerbubble-member', { ifAvailable: true }, (lock) => {
-      resolve(lock !== null);
-      // Held for the worker's life: one tab at a time opens the key store.
-      return lock === null ? undefined : new Promise<void>(() => undefined);
-    });
+    navigator.locks
+      .request('peerbubble-member', { signal: AbortSignal.timeout(LOCK_WAIT_MS) }, () => {
+        resolve(true);
+        return new Promise<void>(() => undefined);
+      })
+      .catch(() => resolve(false));
   });
   if (!held) return setPhase({ phase: 'otherTab' });
   await lockedPhase();

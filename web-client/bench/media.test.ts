@@ -1,0 +1,212 @@
+// `cargo xtask bench browser-media`, the browser half (xtask prints the last line). In one Chromium (fake camera
+// and microphone), against one real `peerbubble up`, rounds alternating which side goes first:
+// - file: a browser-to-browser file through the web client (from "Accept" to the receiver's card saying it is
+//   whole and checked: hashing, sealing, MLS-keyed chunks, OPFS at rest included), against two raw pages sending
+//   the same bytes over one RTCPeerConnection's DataChannel in the same 16 KiB messages, with nothing else;
+// - call: from clicking "Video call" (the callee's page accepts as soon as it rings) to the caller's first decoded
+//   remote video frame, against two raw pages that open an RTCPeerConnection with the same fake tracks (offer and
+//   answer handed over directly) until their first decoded frame.
+// Relayed throughput (ours through the bubble's TURN against coturn) is not measured here yet.
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { type Server, createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { type Browser, type Page, chromium } from 'playwright-core';
+import { afterAll, beforeAll, expect, test } from 'vitest';
+import { CHROMIUM_ARGS, type Up, enroll, invite, newMember, open, startUp } from '../e2e/harness';
+
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
+const FILE_MB = Number(process.env.BENCH_FILE_MB ?? 256);
+const FILE_BYTES = FILE_MB << 20;
+/** The web client's chunk frames are 16 KiB; the raw pages send messages of the same size. */
+const MESSAGE = 16 * 1024;
+const scratch = mkdtempSync(join(tmpdir(), 'peerbubble-bench-media-'));
+
+let up: Up;
+let browser: Browser;
+let pages = '';
+let server: Server | undefined;
+
+beforeAll(async () => {
+  server = createServer((_req, res) => res.writeHead(200, { 'content-type': 'text/html' }).end('<!doctype html><title>raw</title>'));
+  await new Promise<void>((resolve) => server?.listen(0, '127.0.0.1', resolve));
+  pages = `http://127.0.0.1:${(server.address() as AddressInfo).port}/`;
+  [up, browser] = await Promise.all([
+    startUp(),
+    chromium.launch({
+      executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
+      args: [...CHROMIUM_ARGS, '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream'],
+    }),
+  ]);
+});
+
+afterAll(async () => {
+  await browser?.close();
+  await up?.stop();
+  server?.close();
+  rmSync(scratch, { recursive: true, force: true });
+});
+
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.floor(sorted.length / 2)] ?? NaN;
+}
+
+/** Two members of the web client with a direct link open between them. */
+async function members(round: number) {
+  const [a, b] = [await newMember(browser), await newMember(browser)];
+  const bName = `Bob ${round} (bench)`;
+  const aName = `Alice ${round} (bench)`;
+  await enroll(a, await invite(up, aName, ['field-team']));
+  await enroll(b, await invite(up, bName, ['field-team']));
+  await expect.poll(() => a.page.getByRole('navigation').innerText(), { timeout: 30_000 }).toContain(bName);
+  await open(a.page, bName);
+  await expect.poll(() => b.page.getByRole('navigation').innerText(), { timeout: 30_000 }).toContain(aName);
+  await open(b.page, aName);
+  await expect.poll(() => a.page.locator('.pane-head .tag.link').innerText(), { timeout: 60_000 }).toBe('Direct connection');
+  return [a, b] as const;
+}
+
+async function oursFile(round: number, path: string): Promise<number> {
+  const [a, b] = await members(round);
+  await a.page.locator('input[type=file][aria-label="Send a file"]').setInputFiles(path);
+  const accept = b.page.locator('.message.file').getByRole('button', { name: 'Accept' });
+  await accept.waitFor({ timeout: 120_000 });
+  const started = Date.now();
+  await accept.click();
+  await b.page.waitForFunction(() => document.querySelector('.message.file')?.getAttribute('data-state') === 'done', null, {
+    polling: 100,
+    timeout: 1_200_000,
+  });
+  const ms = Date.now() - started;
+  await Promise.all([a.context.close(), b.context.close()]);
+  return ms;
+}
+
+/** Two raw pages with one RTCPeerConnection between them (offer and answer handed over by the bench). */
+async function rawPair(media: boolean): Promise<[Page, Page]> {
+  const [p1, p2] = [await (await browser.newContext()).newPage(), await (await browser.newContext()).newPage()];
+  await Promise.all([p1.goto(pages), p2.goto(pages)]);
+  const setup = `window.gathered = (pc) => new Promise((r) => {
+    if (pc.iceGatheringState === 'complete') return r();
+    pc.addEventListener('icegatheringstatechange', () => pc.iceGatheringState === 'complete' && r());
+  });
+  window.frames0 = async () => { let n = 0; (await window.pc.getStats()).forEach((s) => { if (s.type === 'inbound-rtp' && s.kind === 'video') n += s.framesDecoded || 0; }); return n; };`;
+  await Promise.all([p1.evaluate(setup), p2.evaluate(setup)]);
+  const offer = await p1.evaluate(`(async () => {
+    const pc = new RTCPeerConnection(); window.pc = pc;
+    const ch = pc.createDataChannel('raw', { ordered: true }); ch.binaryType = 'arraybuffer'; window.ch = ch;
+    if (${media}) window.local = await navigator.mediaDevices.getUserMedia({ audio: true, video: true });
+    await pc.setLocalDescription(await pc.createOffer()); await window.gathered(pc); return pc.localDescription.sdp;
+  })()`);
+  const answer = await p2.evaluate(`(async () => {
+    const pc = new RTCPeerConnection(); window.pc = pc; window.got = 0;
+    pc.ondatachannel = (e) => { e.channel.binaryType = 'arraybuffer'; e.channel.onmessage = (m) => { window.got += m.data.byteLength; }; };
+    await pc.setRemoteDescription({ type: 'offer', sdp: ${JSON.stringify(offer)} });
+    await pc.setLocalDescription(await pc.createAnswer()); await window.gathered(pc); return pc.localDescription.sdp;
+  })()`);
+  await p1.evaluate(`(async () => {
+    await window.pc.setRemoteDescription({ type: 'answer', sdp: ${JSON.stringify(answer)} });
+    await new Promise((r) => { if (window.ch.readyState === 'open') r(); window.ch.onopen = r; });
+  })()`);
+  return [p1, p2];
+}
+
+async function rawFile(): Promise<number> {
+  const [p1, p2] = await rawPair(false);
+  const started = Date.now();
+  await p1.evaluate(`(async () => {
+    const ch = window.ch; const message = new Uint8Array(${MESSAGE}); let sent = 0;
+    ch.bufferedAmountLowThreshold = 1 << 20;
+    while (sent < ${FILE_BYTES}) {
+      if (ch.bufferedAmount > 4 << 20) await new Promise((r) => { ch.onbufferedamountlow = r; });
+      ch.send(message); sent += message.byteLength;
+    }
+  })()`);
+  await p2.waitForFunction(`window.got >= ${FILE_BYTES}`, null, { polling: 50, timeout: 1_200_000 });
+  const ms = Date.now() - started;
+  await Promise.all([p1.context().close(), p2.context().close()]);
+  return ms;
+}
+
+async function oursCall(round: number): Promise<number> {
+  const [a, b] = await members(round);
+  const started = Date.now();
+  await a.page.getByRole('button', { name: 'Video call' }).click();
+  await b.page.getByRole('dialog', { name: 'Incoming call' }).getByRole('button', { name: 'Accept' }).click({ timeout: 30_000 });
+  await a.page.waitForFunction(
+    async () => ((await (window as unknown as { peerbubbleDiagnostics: { callStats: () => Promise<{ videoFrames: number[] } | null> } }).peerbubbleDiagnostics.callStats())?.videoFrames[0] ?? 0) > 0,
+    null,
+    { polling: 20, timeout: 60_000 },
+  );
+  const ms = Date.now() - started;
+  await Promise.all([a.context.close(), b.context.close()]);
+  return ms;
+}
+
+async function rawCall(): Promise<number> {
+  const [p1, p2] = [await (await browser.newContext()).newPage(), await (await browser.newContext()).newPage()];
+  await Promise.all([p1.goto(pages), p2.goto(pages)]);
+  const started = Date.now();
+  const offer = await p1.evaluate(`(async () => {
+    const pc = new RTCPeerConnection(); window.pc = pc;
+    const local = await navigator.mediaDevices.getUserMedia({ audio: true, video: true });
+    for (const t of local.getTracks()) pc.addTrack(t, local);
+    await pc.setLocalDescription(await pc.createOffer());
+    await new Promise((r) => { if (pc.iceGatheringState === 'complete') return r(); pc.onicegatheringstatechange = () => pc.iceGatheringState === 'complete' && r(); });
+    return pc.localDescription.sdp;
+  })()`);
+  const answer = await p2.evaluate(`(async () => {
+    const pc = new RTCPeerConnection(); window.pc = pc;
+    const local = await navigator.mediaDevices.getUserMedia({ audio: true, video: true });
+    await pc.setRemoteDescription({ type: 'offer', sdp: ${JSON.stringify(offer)} });
+    for (const t of local.getTracks()) pc.addTrack(t, local);
+    await pc.setLocalDescription(await pc.createAnswer());
+    await new Promise((r) => { if (pc.iceGatheringState === 'complete') return r(); pc.onicegatheringstatechange = () => pc.iceGatheringState === 'complete' && r(); });
+    return pc.localDescription.sdp;
+  })()`);
+  await p1.evaluate(`window.pc.setRemoteDescription({ type: 'answer', sdp: ${JSON.stringify(answer)} })`);
+  await p1.waitForFunction(
+    `(async () => { let n = 0; (await window.pc.getStats()).forEach((s) => { if (s.type === 'inbound-rtp' && s.kind === 'video') n += s.framesDecoded || 0; }); return n > 0; })()`,
+    null,
+    { polling: 20, timeout: 60_000 },
+  );
+  const ms = Date.now() - started;
+  await Promise.all([p1.context().close(), p2.context().close()]);
+  return ms;
+}
+
+test('bench browser-media', async () => {
+  const path = join(scratch, 'bench.bin');
+  const block = Buffer.alloc(1 << 20);
+  for (let i = 0; i < block.length; i++) block[i] = (i * 2_654_435_761) >>> 24;
+  writeFileSync(path, Buffer.concat(Array.from({ length: FILE_MB }, () => block)));
+  const oursFileMs: number[] = [];
+  const rawFileMs: number[] = [];
+  const oursCallMs: number[] = [];
+  const rawCallMs: number[] = [];
+  for (let round = 1; round <= ROUNDS; round++) {
+    if (round % 2 === 0) oursFileMs.push(await oursFile(round, path));
+    rawFileMs.push(await rawFile());
+    if (round % 2 === 1) oursFileMs.push(await oursFile(round, path));
+    if (round % 2 === 0) oursCallMs.push(await oursCall(100 + round));
+    rawCallMs.push(await rawCall());
+    if (round % 2 === 1) oursCallMs.push(await oursCall(100 + round));
+    console.log(
+      `round ${round}: file ours ${oursFileMs.at(-1)} ms, raw ${rawFileMs.at(-1)} ms; call ours ${oursCallMs.at(-1)} ms, raw ${rawCallMs.at(-1)} ms`,
+    );
+  }
+  const mbs = (ms: number) => FILE_BYTES / 1e6 / (ms / 1000);
+  const result = {
+    file_mb: FILE_MB,
+    file_ours_mb_s: mbs(median(oursFileMs)),
+    file_raw_mb_s: mbs(median(rawFileMs)),
+    call_ours_ms: median(oursCallMs),
+    call_raw_ms: median(rawCallMs),
+    runs: { oursFileMs, rawFileMs, oursCallMs, rawCallMs },
+  };
+  console.log(JSON.stringify(result));
+  for (const v of [...oursFileMs, ...rawFileMs, ...oursCallMs, ...rawCallMs]) expect(v).toBeGreaterThan(0);
+  if (process.env.BENCH_OUT) writeFileSync(process.env.BENCH_OUT, JSON.stringify(result));
+});
