@@ -382,10 +382,16 @@ impl Transfers {
         let gone_peers: Vec<MemberId> =
             self.incoming.values().filter(|i| i.conversation == conversation).map(|i| i.peer).collect();
         self.asked.retain(|_, a| a.conversation != conversation);
-        let mut gone: Vec<TransferId> = Vec::new();
-        self.incoming.retain(|t, i| (i.conversation != conversation) || !gone_push(&mut gone, *t));
-        self.outgoing.retain(|t, o| (o.conversation != conversation) || !gone_push(&mut gone, *t));
-        self.kept.retain(|t, k| (k.conversation != conversation) || !gone_push(&mut gone, *t));
+        let ours = |c: &ConversationId| *c == conversation;
+        let gone: Vec<TransferId> = (self.incoming.iter().filter(|(_, i)| ours(&i.conversation)).map(|(t, _)| *t))
+            .chain(self.outgoing.iter().filter(|(_, o)| ours(&o.conversation)).map(|(t, _)| *t))
+            .chain(self.kept.iter().filter(|(_, k)| ours(&k.conversation)).map(|(t, _)| *t))
+            .collect();
+        for transfer in &gone {
+            self.incoming.remove(transfer);
+            self.outgoing.remove(transfer);
+            self.kept.remove(transfer);
+        }
         self.controls.retain(|(c, _)| *c != conversation);
         self.frames.retain(|(peer, _)| !gone_peers.contains(peer));
         for transfer in gone {
@@ -772,9 +778,4 @@ impl Transfers {
         }
         Ok(t)
     }
-}
-
-fn gone_push(gone: &mut Vec<TransferId>, transfer: TransferId) -> bool {
-    gone.push(transfer);
-    true
 }
