@@ -6,7 +6,7 @@
 import { join } from 'node:path';
 import { type Browser, type Page, chromium } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { CHROMIUM_ARGS, type Member, type Up, admin, enroll, invite, newMember, open, screenshotDir, startUp } from './harness';
+import { CHROMIUM_ARGS, type Member, type Up, admin, enroll, invite, newMember, open, screenshotDir, startUp, unlock } from './harness';
 
 let up: Up;
 let browser: Browser;
@@ -110,6 +110,19 @@ describe('calls', () => {
     await alice.page.getByRole('button', { name: 'Call', exact: true }).click();
     await bob.page.getByRole('dialog', { name: 'Appel entrant' }).getByRole('button', { name: 'Refuser' }).click({ timeout: 30_000 });
     await expect.poll(() => alice.page.locator('.call-ended').innerText(), { timeout: 30_000 }).toContain('Bob (field team) declined the call');
+  });
+
+  test('the call ends and says so when the other side reloads its page', async () => {
+    await alice.page.getByRole('button', { name: 'Close' }).click();
+    await alice.page.getByRole('button', { name: 'Call', exact: true }).click();
+    await bob.page.getByRole('dialog', { name: 'Appel entrant' }).getByRole('button', { name: 'Décrocher' }).click({ timeout: 30_000 });
+    await expect.poll(() => alice.page.locator('.call-status').innerText(), { timeout: 30_000 }).toContain('In call with Bob (field team)');
+    await bob.page.reload();
+    await expect.poll(() => alice.page.locator('.call-ended').innerText(), { timeout: 60_000 }).toContain('the connection was lost');
+    expect(await alice.page.locator('.call-screen').count()).toBe(0);
+    await alice.page.screenshot({ path: join(screenshotDir(), 'call-lost-desktop-en.png') });
+    await unlock(bob);
+    await bob.page.getByRole('navigation').waitFor({ timeout: 60_000 });
   });
 
   test('a bubble whose rules forbid calls offers no call', async () => {
