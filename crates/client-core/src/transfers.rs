@@ -663,52 +663,30 @@ impl Transfers {
     /// edge's sealed chunks are the receiver's progress ([`Transfers::replay`]), the receiver's resume the
     /// sender's.
     pub fn save(&self) -> Result<Zeroizing<Vec<u8>>, serde_json::Error> {
-        let key = |k: &FileKey| Some(SavedKey(k.clone()));
+        let entry = |kind, peer, conversation, offer: &FileOffer, key: Option<&FileKey>, at_ms, held| SavedTransfer {
+            kind,
+            peer,
+            conversation,
+            offer: offer.clone(),
+            key: key.map(|k| SavedKey(k.clone())),
+            at_ms,
+            held,
+        };
         let mut saved = Vec::new();
         for a in self.asked.values() {
-            saved.push(SavedTransfer {
-                kind: SavedKind::Asked,
-                peer: a.peer,
-                conversation: a.conversation,
-                offer: a.offer.clone(),
-                key: key(&a.key),
-                at_ms: a.at_ms,
-                held: false,
-            });
+            saved.push(entry(SavedKind::Asked, a.peer, a.conversation, &a.offer, Some(&a.key), a.at_ms, false));
         }
         for i in self.incoming.values() {
-            saved.push(SavedTransfer {
-                kind: SavedKind::Incoming,
-                peer: i.peer,
-                conversation: i.conversation,
-                offer: i.transfer.offer().clone(),
-                key: key(&i.key),
-                at_ms: i.at_ms,
-                held: i.holds.ours,
-            });
+            let offer = i.transfer.offer();
+            saved.push(entry(SavedKind::Incoming, i.peer, i.conversation, offer, Some(&i.key), i.at_ms, i.holds.ours));
         }
         for o in self.outgoing.values() {
-            saved.push(SavedTransfer {
-                kind: SavedKind::Outgoing { accepted: o.accepted },
-                peer: o.peer,
-                conversation: o.conversation,
-                offer: o.transfer.offer().clone(),
-                key: key(&o.key),
-                at_ms: o.at_ms,
-                held: o.holds.ours,
-            });
+            let kind = SavedKind::Outgoing { accepted: o.accepted };
+            saved.push(entry(kind, o.peer, o.conversation, o.transfer.offer(), Some(&o.key), o.at_ms, o.holds.ours));
         }
         for k in self.kept.values() {
             let kind = if k.outgoing { SavedKind::Sent } else { SavedKind::Received };
-            saved.push(SavedTransfer {
-                kind,
-                peer: k.peer,
-                conversation: k.conversation,
-                offer: k.offer.clone(),
-                key: k.key.as_ref().and_then(key),
-                at_ms: k.at_ms,
-                held: false,
-            });
+            saved.push(entry(kind, k.peer, k.conversation, &k.offer, k.key.as_ref(), k.at_ms, false));
         }
         serde_json::to_vec(&saved).map(Zeroizing::new)
     }

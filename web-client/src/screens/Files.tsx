@@ -1,7 +1,7 @@
 // Files in a conversation: one card per transfer in the timeline (offer, progress with speed and time left,
 // pause, resume, cancel; a received file kept encrypted on this device, opened or saved decrypted on demand),
 // the button that sends a file and the drop zone around the conversation.
-import { type DragEvent, type ReactNode, useEffect, useRef, useState } from 'react';
+import { type DragEvent, type ReactNode, type RefObject, useRef, useState } from 'react';
 import { useTranslation } from 'react-i18next';
 import type { WorkerClient } from '../client';
 import { Icon } from '../components';
@@ -22,16 +22,13 @@ function seconds(s: number, t: (k: string, o?: Record<string, unknown>) => strin
 }
 
 /** Speed over the last few seconds, from the progress the views brought. */
-function useRate(transfer: string, done: number): number | null {
+function useRate(done: number): number | null {
   const samples = useRef<Array<[number, number]>>([]);
   const now = Date.now();
   const list = samples.current;
   if (list.length === 0 || list[list.length - 1]?.[1] !== done) list.push([now, done]);
   while (list.length > 2 && now - (list[0]?.[0] ?? now) > 5_000) list.shift();
   const [first, last] = [list[0], list[list.length - 1]];
-  useEffect(() => {
-    samples.current = [];
-  }, [transfer]);
   if (!first || !last || last[0] - first[0] < 500 || last[1] <= first[1]) return null;
   return ((last[1] - first[1]) * 1000) / (last[0] - first[0]);
 }
@@ -59,7 +56,7 @@ export function FileCard(props: { f: FileItem; peerName: string; client: WorkerC
   const { t } = useTranslation();
   const { f, client } = props;
   const [busy, setBusy] = useState<string | null>(null);
-  const rate = useRate(f.transfer, f.bytes);
+  const rate = useRate(f.bytes);
   const act = (label: string, run: () => Promise<unknown>) => {
     setBusy(label);
     run()
@@ -131,18 +128,25 @@ export function FileCard(props: { f: FileItem; peerName: string; client: WorkerC
         {status}
       </p>
       {buttons.length > 0 && <div className="file-actions">{buttons}</div>}
-      <input
-        ref={pick}
-        type="file"
-        hidden
-        aria-label={t('file.choose')}
-        onChange={(e) => {
-          const file = e.target.files?.[0];
-          e.target.value = '';
-          if (file) act('pick', () => client.send({ kind: 'resumeFile', transfer: f.transfer, file }));
-        }}
-      />
+      <FileInput inputRef={pick} label={t('file.choose')} onFile={(file) => act('pick', () => client.send({ kind: 'resumeFile', transfer: f.transfer, file }))} />
     </li>
+  );
+}
+
+/** A hidden file input opened by a button; the same file may be picked again. */
+function FileInput(props: { inputRef: RefObject<HTMLInputElement | null>; label: string; onFile: (file: File) => void }) {
+  return (
+    <input
+      ref={props.inputRef}
+      type="file"
+      hidden
+      aria-label={props.label}
+      onChange={(e) => {
+        const file = e.target.files?.[0];
+        e.target.value = '';
+        if (file) props.onFile(file);
+      }}
+    />
   );
 }
 
@@ -156,17 +160,7 @@ export function AttachButton(props: { disabled: boolean; onFile: (file: File) =>
         <Icon name="attach" />
         <span className="attach-label">{t('file.send')}</span>
       </button>
-      <input
-        ref={input}
-        type="file"
-        hidden
-        aria-label={t('file.send')}
-        onChange={(e) => {
-          const file = e.target.files?.[0];
-          e.target.value = '';
-          if (file) props.onFile(file);
-        }}
-      />
+      <FileInput inputRef={input} label={t('file.send')} onFile={props.onFile} />
     </>
   );
 }
