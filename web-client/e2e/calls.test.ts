@@ -18,7 +18,9 @@ interface Stats {
   outbound: Record<string, { bytes: number; frames: number }>;
   videoFrames: number[];
   pair: string | null;
+  relayed: boolean;
   remoteTracks: Array<{ kind: string; state: string }>;
+  localTracks?: Array<{ kind: string; state: string; label: string }>;
 }
 
 beforeAll(async () => {
@@ -36,16 +38,26 @@ afterAll(async () => {
   await up?.stop();
 });
 
-function stats(page: Page): Promise<Stats | null> {
-  return page.evaluate(() => (window as unknown as { peerbubbleDiagnostics: { callStats: () => Promise<Stats | null> } }).peerbubbleDiagnostics.callStats());
+interface Diagnostics {
+  callStats: (peer?: string) => Promise<Stats | null>;
+  callOthers: () => string[];
 }
 
-async function rising(page: Page, pick: (s: Stats) => number): Promise<void> {
-  const first = await stats(page);
+function stats(page: Page, peer?: string): Promise<Stats | null> {
+  return page.evaluate((p) => (window as unknown as { peerbubbleDiagnostics: Diagnostics }).peerbubbleDiagnostics.callStats(p), peer);
+}
+
+/** Who else is in this page's call (member ids). */
+function others(page: Page): Promise<string[]> {
+  return page.evaluate(() => (window as unknown as { peerbubbleDiagnostics: Diagnostics }).peerbubbleDiagnostics.callOthers());
+}
+
+async function rising(page: Page, pick: (s: Stats) => number, peer?: string): Promise<void> {
+  const first = await stats(page, peer);
   expect(first).not.toBeNull();
   const before = first ? pick(first) : 0;
   await expect.poll(async () => {
-    const now = await stats(page);
+    const now = await stats(page, peer);
     return now ? pick(now) : 0;
   }, { timeout: 20_000 }).toBeGreaterThan(before);
 }
@@ -129,5 +141,104 @@ describe('calls', () => {
     await admin(up, 'PUT', '/api/v1/bubbles/demo/policy', { calls_allowed: false });
     await expect.poll(() => alice.page.getByRole('button', { name: 'Video call' }).count(), { timeout: 30_000 }).toBe(0);
     await admin(up, 'PUT', '/api/v1/bubbles/demo/policy', { calls_allowed: true });
+  });
+
+  test('switching the microphone during a call sends the new one, with nothing set up again', async () => {
+    const call = alice.page.getByRole('button', { name: 'Call', exact: true });
+    await expect.poll(() => call.isEnabled(), { timeout: 60_000 }).toBe(true);
+    await call.click();
+    await bob.page.getByRole('dialog', { name: 'Appel entrant' }).getByRole('button', { name: 'Décrocher' }).click({ timeout: 30_000 });
+    await expect.poll(() => alice.page.locator('.call-status').innerText(), { timeout: 30_000 }).toContain('In call with Bob (field team)');
+    await alice.page.getByText('Microphone and camera').click();
+    const select = alice.page.getByLabel('Microphone', { exact: true });
+    const options = await select.locator('option').evaluateAll((os) => os.map((o) => (o as HTMLOptionElement).value));
+    expect(options.length).toBeGreaterThan(1);
+    const label = async () => (await stats(alice.page))?.localTracks?.find((t) => t.kind === 'audio')?.label;
+    const before = await label();
+    const current = await select.inputValue();
+    await select.selectOption(options.find((o) => o !== current) ?? '');
+    await expect.poll(label, { timeout: 10_000 }).not.toBe(before);
+    await rising(alice.page, (s) => s.outbound.audio?.bytes ?? 0);
+    await rising(bob.page, (s) => s.inbound.audio?.bytes ?? 0);
+    await alice.page.screenshot({ path: join(screenshotDir(), 'call-devices-desktop-en.png') });
+    await alice.page.getByRole('button', { name: 'Hang up' }).click();
+    await expect.poll(() => bob.page.locator('.call-ended').innerText(), { timeout: 30_000 }).toContain('a raccroché');
+    await bob.page.getByRole('button', { name: 'Fermer' }).click();
+    await alice.page.getByRole('button', { name: 'Close' }).click();
+  });
+
+  test('relay only: the call goes through the bubble TURN (a relayed candidate pair)', async () => {
+    await alice.page.getByLabel("Always go through the bubble's relay").check();
+    await expect.poll(() => alice.page.locator('.pane-head .tag.link').innerText(), { timeout: 60_000 }).toBe("Through the bubble's relay");
+    await alice.page.getByRole('button', { name: 'Video call' }).click();
+    await bob.page.getByRole('dialog', { name: 'Appel entrant' }).getByRole('button', { name: 'Décrocher' }).click({ timeout: 30_000 });
+    await expect.poll(() => alice.page.locator('.call-status').innerText(), { timeout: 30_000 }).toContain('In call with Bob (field team)');
+    for (const page of [alice.page, bob.page]) {
+      await rising(page, (s) => s.inbound.video?.frames ?? 0);
+      const now = await stats(page);
+      expect(now?.pair).toBe('succeeded');
+      expect(now?.relayed).toBe(true);
+    }
+    await alice.page.getByRole('button', { name: 'Hang up' }).click();
+    await expect.poll(() => bob.page.locator('.call-ended').count(), { timeout: 30_000 }).toBe(1);
+    await bob.page.getByRole('button', { name: 'Fermer' }).click();
+    await alice.page.getByRole('button', { name: 'Close' }).click();
+    await alice.page.getByLabel("Always go through the bubble's relay").uncheck();
+  });
+
+  test('a group call of three (mesh): every page decodes both others; one leaves, the other two go on', async () => {
+    const erin = await newMember(browser);
+    await enroll(erin, await invite(up, 'Erin (field team)', ['field-team']));
+    await expect.poll(() => alice.page.getByRole('navigation').innerText(), { timeout: 30_000 }).toContain('Erin');
+    await alice.page.getByRole('button', { name: 'New group' }).click();
+    await alice.page.getByLabel('Group name').fill('North sector');
+    await alice.page.getByRole('dialog').getByLabel(/Bob/).check();
+    await alice.page.getByRole('dialog').getByLabel(/Erin/).check();
+    await alice.page.getByRole('button', { name: 'Create' }).click();
+    for (const m of [bob, erin]) {
+      await expect.poll(() => m.page.getByRole('navigation').innerText(), { timeout: 60_000 }).toContain('North sector');
+    }
+    // Bob and Erin never talked: the call sets their pair's conversation and connection up by itself.
+    const start = alice.page.getByRole('button', { name: 'Video call' });
+    await expect.poll(() => start.isEnabled(), { timeout: 30_000 }).toBe(true);
+    await start.click();
+    const bobRing = bob.page.getByRole('dialog', { name: 'Appel entrant' });
+    await expect.poll(() => bobRing.innerText(), { timeout: 30_000 }).toContain('Alice (field team) appelle North sector (vidéo)');
+    await bob.page.screenshot({ path: join(screenshotDir(), 'call-group-incoming-phone-fr.png') });
+    await bobRing.getByRole('button', { name: 'Rejoindre' }).click();
+    await erin.page.getByRole('dialog', { name: 'Incoming call' }).getByRole('button', { name: 'Join' }).click({ timeout: 30_000 });
+    for (const page of [alice.page, bob.page, erin.page]) {
+      await expect.poll(() => others(page), { timeout: 30_000 }).toHaveLength(2);
+      for (const peer of await others(page)) {
+        await expect.poll(async () => (await stats(page, peer))?.inbound.video?.frames ?? 0, { timeout: 60_000 }).toBeGreaterThan(0);
+        await rising(page, (s) => s.inbound.video?.frames ?? 0, peer);
+        await rising(page, (s) => s.inbound.audio?.bytes ?? 0, peer);
+      }
+    }
+    await expect.poll(() => alice.page.locator('.call-status').innerText()).toContain('North sector · 3 in the call');
+    await alice.page.screenshot({ path: join(screenshotDir(), 'call-group-desktop-en.png') });
+    await bob.page.screenshot({ path: join(screenshotDir(), 'call-group-phone-fr.png') });
+    // Erin leaves: Alice and Bob go on with each other.
+    await erin.page.getByRole('button', { name: 'Leave call' }).click();
+    expect(await erin.page.locator('.call-screen').count()).toBe(0);
+    await expect.poll(() => erin.page.locator('.call-ended').innerText()).toContain('You left the call in North sector');
+    for (const page of [alice.page, bob.page]) {
+      await expect.poll(() => others(page), { timeout: 30_000 }).toHaveLength(1);
+      const [peer] = await others(page);
+      await rising(page, (s) => s.inbound.video?.frames ?? 0, peer);
+    }
+    await expect.poll(() => alice.page.locator('.call-status').innerText()).toContain('North sector · 2 in the call');
+    // Erin can join again from the group while it goes on.
+    await open(erin.page, /North sector/);
+    await erin.page.getByRole('button', { name: /Join call \(2 in it\)/ }).click({ timeout: 30_000 });
+    await expect.poll(() => others(erin.page), { timeout: 30_000 }).toHaveLength(2);
+    await erin.page.getByRole('button', { name: 'Leave call' }).click();
+    // The last two: when Alice leaves, Bob is told everyone else left.
+    await expect.poll(() => others(alice.page), { timeout: 30_000 }).toHaveLength(1);
+    await alice.page.getByRole('button', { name: 'Leave call' }).click();
+    await expect.poll(() => bob.page.locator('.call-ended').innerText(), { timeout: 30_000 }).toContain("Tous les autres ont quitté l'appel de North sector");
+    expect(await bob.page.locator('.call-screen').count()).toBe(0);
+    expect([...alice.frames, ...bob.frames, ...erin.frames].join('\n')).not.toMatch(/a=fingerprint|m=video|a=candidate/);
+    await erin.context.close();
   });
 });

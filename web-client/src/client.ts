@@ -26,6 +26,7 @@ export class WorkerClient {
     (command) => this.send(command),
     this.links,
     () => this.emit(),
+    () => this.view,
   );
 
   constructor() {
@@ -36,7 +37,9 @@ export class WorkerClient {
       this.emit();
     };
     void this.send({ kind: 'hello' }).catch(() => undefined);
-    Object.defineProperty(window, 'peerbubbleDiagnostics', { value: { callStats: (peer?: string) => this.calls.stats(peer) } });
+    Object.defineProperty(window, 'peerbubbleDiagnostics', {
+      value: { callStats: (peer?: string) => this.calls.stats(peer), callOthers: () => [...(this.calls.call?.others ?? [])] },
+    });
   }
 
   private receive(data: unknown): void {

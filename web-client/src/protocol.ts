@@ -43,6 +43,10 @@ export type Command =
   | { kind: 'ring'; member: MemberId; video: boolean }
   | { kind: 'answerRing'; member: MemberId; ring: string; accept: boolean }
   | { kind: 'endRing'; member: MemberId; ring: string; busy: boolean }
+  // Group calls: a mesh over each pair's connection; ringing, joining and leaving go to the whole group.
+  | { kind: 'ringGroup'; group: ConversationId; video: boolean }
+  | { kind: 'joinGroupCall'; group: ConversationId; ring: string }
+  | { kind: 'leaveGroupCall'; group: ConversationId; ring: string }
   /** A decrypted copy of a received file (a disk-backed File, deleted a minute later), to open or save. */
   | { kind: 'openFile'; transfer: string; name: string };
 
@@ -87,6 +91,15 @@ export interface Conversation {
   name: string | null;
   members: MemberId[];
   history: ChatMessage[];
+  /** A group's call under way: who is in it, so a member can join. */
+  call: GroupCallView | null;
+}
+
+export interface GroupCallView {
+  ring: string;
+  video: boolean;
+  caller: MemberId;
+  participants: MemberId[];
 }
 
 /** What the bubble's administrators require (crates/proto/src/policy.rs); client-core enforces it too. */
@@ -244,6 +257,11 @@ export function parseRequest(data: unknown): Request | null {
         return isId(c.member) && isId(c.ring) && typeof c.accept === 'boolean';
       case 'endRing':
         return isId(c.member) && isId(c.ring) && typeof c.busy === 'boolean';
+      case 'ringGroup':
+        return isId(c.group) && typeof c.video === 'boolean';
+      case 'joinGroupCall':
+      case 'leaveGroupCall':
+        return isId(c.group) && isId(c.ring);
       default:
         return false;
     }
@@ -340,7 +358,16 @@ export function parseUpdate(data: unknown): Update | null {
 export type CallNotice =
   | { type: 'callRing'; peer: MemberId; ring: string; video: boolean }
   | { type: 'callAccepted'; peer: MemberId; ring: string }
-  | { type: 'callEnded'; peer: MemberId; ring: string; reason: 'hung_up' | 'declined' | 'busy' | 'not_allowed' };
+  | { type: 'callEnded'; peer: MemberId; ring: string; reason: 'hung_up' | 'declined' | 'busy' | 'not_allowed' }
+  | {
+      type: 'groupCallRing' | 'groupCallJoined' | 'groupCallLeft';
+      group: ConversationId;
+      peer: MemberId;
+      ring: string;
+      video: boolean;
+      caller: MemberId | null;
+      participants: MemberId[];
+    };
 
 export function parseCallNotice(notice: { type: string; [key: string]: unknown }): CallNotice | null {
   switch (notice.type) {
@@ -350,6 +377,17 @@ export function parseCallNotice(notice: { type: string; [key: string]: unknown }
       return isId(notice.peer) && isId(notice.ring) ? (notice as unknown as CallNotice) : null;
     case 'callEnded':
       return isId(notice.peer) && isId(notice.ring) && ['hung_up', 'declined', 'busy', 'not_allowed'].includes(notice.reason as string)
+        ? (notice as unknown as CallNotice)
+        : null;
+    case 'groupCallRing':
+    case 'groupCallJoined':
+    case 'groupCallLeft':
+      return isId(notice.group) &&
+        isId(notice.peer) &&
+        isId(notice.ring) &&
+        typeof notice.video === 'boolean' &&
+        (notice.caller === null || isId(notice.caller)) &&
+        isIdList(notice.participants)
         ? (notice as unknown as CallNotice)
         : null;
     default:

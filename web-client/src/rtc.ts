@@ -38,8 +38,12 @@ export class PeerLinks {
   private readonly links = new Map<MemberId, Link>();
   /** Failed attempts in a row, per contact (the side that offers retries). */
   private readonly attempts = new Map<MemberId, number>();
-  /** Tracks to send to a contact once its next offer arrives (the callee of a call that was accepted). */
-  private readonly answerWith = new Map<MemberId, MediaStream>();
+  /** The tracks to answer a contact's offer with, when it adds media and we send none to it yet (the callee's
+   * side of a call: set by the call manager). */
+  mediaFor: (peer: MemberId) => MediaStream | null = () => null;
+  /** Told once our tracks were added in an answer (the call manager then applies mute, camera off, a shared
+   * screen to that connection). */
+  onMediaAnswered: (peer: MemberId) => void = () => undefined;
   /** Told when the connection with a contact ends (a call on it ends too). */
   onClosed: (peer: MemberId) => void = () => undefined;
 
@@ -120,6 +124,12 @@ export class PeerLinks {
     }
   }
 
+  /** Whether we send media to `peer` (a call's tracks were added to the connection). */
+  sendsMedia(peer: MemberId, key?: string): boolean {
+    const senders = this.links.get(peer)?.senders;
+    return key ? (senders?.has(key) ?? false) : (senders?.size ?? 0) > 0;
+  }
+
   /** Whether the connection with `peer` is open (media can be added to it). */
   isOpen(peer: MemberId): boolean {
     const state = this.links.get(peer)?.state;
@@ -164,21 +174,22 @@ export class PeerLinks {
     await this.send({ kind: 'rtcOffer', member: peer, sdp });
   }
 
-  /** Callee: the tracks to answer the caller's next offer with. */
-  answerMediaWith(peer: MemberId, stream: MediaStream | null): void {
-    if (stream) this.answerWith.set(peer, stream);
-    else this.answerWith.delete(peer);
-  }
-
   /** Starts or stops sending one kind of track (stopping sends no bytes at all, unlike a disabled track). */
   async setSending(peer: MemberId, kind: string, on: boolean): Promise<void> {
     const sent = this.links.get(peer)?.senders.get(kind);
     if (sent) await sent.sender.replaceTrack(on ? sent.track : null);
   }
 
+  /** Puts another device's track in place of the one sent as `key` (sent at once unless that kind is off). */
+  async replaceTrack(peer: MemberId, key: string, track: MediaStreamTrack, on: boolean): Promise<void> {
+    const sent = this.links.get(peer)?.senders.get(key);
+    if (!sent) return;
+    sent.track = track;
+    if (on) await sent.sender.replaceTrack(track);
+  }
+
   /** The call is over: nothing more is sent, and what the contact sent is ended here. */
   stopMedia(peer: MemberId): void {
-    this.answerWith.delete(peer);
     const link = this.links.get(peer);
     if (!link) return;
     for (const { sender } of link.senders.values()) void sender.replaceTrack(null).catch(() => undefined);
@@ -270,13 +281,13 @@ export class PeerLinks {
   private async reanswer(peer: MemberId, link: Link, sdp: string): Promise<void> {
     try {
       await link.pc.setRemoteDescription({ type: 'offer', sdp });
-      const stream = this.answerWith.get(peer);
-      this.answerWith.delete(peer);
+      const stream = link.senders.size === 0 ? this.mediaFor(peer) : null;
       if (stream) for (const track of stream.getTracks()) link.senders.set(track.kind, { sender: link.pc.addTrack(track, stream), track });
       await link.pc.setLocalDescription(await link.pc.createAnswer());
       const answer = link.pc.localDescription?.sdp;
       if (!answer) throw new Error('no local description');
       if (this.links.get(peer) === link) await this.send({ kind: 'rtcAnswer', member: peer, sdp: answer });
+      if (stream) this.onMediaAnswered(peer);
     } catch {
       this.close(peer, true);
     }

@@ -28,6 +28,7 @@ use crate::files::{
     TransferId,
 };
 use crate::fingerprint::{Fingerprint, sdp_has_only_fingerprint};
+use crate::group_calls::{GroupCall, GroupCallError, GroupCalls};
 use crate::keystore::{KeyStore, Storage};
 use crate::message::{AppMessage, CallSignal, ConversationKind, MessageId, ReceiptKind, hex};
 use crate::mls::{self, CIPHERSUITE, MlsSigner, Provider};
@@ -51,6 +52,12 @@ const KEY_PACKAGES_PER_WINDOW: u32 = 16;
 const KEY_PACKAGE_WINDOW_MS: u64 = 60_000;
 /// Retry a refused commit after this long even if the winning commit did not reach us.
 const COMMIT_RETRY_MS: u64 = 2_000;
+/// An MLS message may arrive ahead of what it builds on: a Welcome and commits travel through the server, while a
+/// message sent just after them may take the faster DataChannel. It is kept this long, and tried again after each
+/// Welcome or commit of its conversation, before it counts as missed (and we ask to rejoin).
+const EARLY_GRACE_MS: u64 = 8_000;
+/// Messages kept that way at most (the oldest is dropped first).
+const MAX_EARLY: usize = 256;
 
 /// A conversation: the MLS group id (16 random bytes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -473,6 +480,9 @@ pub enum ClientError {
     /// The bubble's policy forbids it (set by its administrators; the text says what it allows).
     #[error("not allowed in this bubble: {0}")]
     Policy(String),
+    /// A group call could not be joined (full, or no longer under way).
+    #[error(transparent)]
+    GroupCall(#[from] GroupCallError),
     /// Stored state could not be read.
     #[error("stored client state is unreadable: {0}")]
     State(String),
@@ -573,6 +583,16 @@ enum Purpose {
 }
 
 /// The client. One per member per bubble.
+/// An MLS message kept until what it builds on arrives.
+struct Early {
+    conversation: ConversationId,
+    epoch: u64,
+    from: MemberId,
+    bytes: Vec<u8>,
+    path: Path,
+    until_ms: u64,
+}
+
 pub struct Client {
     signer: MlsSigner,
     me: MemberId,
@@ -587,6 +607,10 @@ pub struct Client {
     policy: peerbubble_proto::BubblePolicy,
     /// File transfers and the files kept with their keys.
     transfers: Transfers,
+    /// Who is in the call of each group conversation.
+    group_calls: GroupCalls,
+    /// MLS messages that arrived before their conversation's Welcome or an earlier commit (see [`EARLY_GRACE_MS`]).
+    early: VecDeque<Early>,
     /// Counts MLS messages made or opened: each advances secrets the key store must keep.
     mls_generation: u64,
     outputs: VecDeque<Output>,
@@ -627,6 +651,8 @@ impl Client {
             minted: HashMap::new(),
             policy: peerbubble_proto::BubblePolicy::default(),
             transfers: Transfers::default(),
+            group_calls: GroupCalls::default(),
+            early: VecDeque::new(),
             mls_generation: 0,
             outputs: VecDeque::new(),
             events: VecDeque::new(),
@@ -931,21 +957,55 @@ impl Client {
     /// Rings the contact of a 1:1 conversation for an audio (or video) call; its id. The media flows on the
     /// contact's connection once they accept ([`CallSignal::Accept`]). Refused where the bubble forbids calls.
     pub fn ring(&mut self, peer: MemberId, video: bool) -> Result<MessageId, ClientError> {
+        let conversation = self.direct_conversation(peer).ok_or(ClientError::NotAllowed("no 1:1 conversation yet"))?;
+        self.ring_in(conversation, video)
+    }
+
+    /// Rings in a conversation: its contact (1:1), or everyone in a group, who may each join. A group call is a
+    /// mesh over each pair's connection, at most 4 people with video and 8 audio-only ([`crate::group_calls`]);
+    /// while one is under way in the group, join it instead ([`Client::answer_ring_in`]).
+    pub fn ring_in(&mut self, conversation: ConversationId, video: bool) -> Result<MessageId, ClientError> {
         if !self.policy.calls_allowed {
             return Err(ClientError::Policy("calls are not allowed".into()));
         }
-        let conversation = self.direct_conversation(peer).ok_or(ClientError::NotAllowed("no 1:1 conversation yet"))?;
+        let group = self.is_group(conversation)?;
+        if group && self.group_calls.get(conversation).is_some() {
+            return Err(ClientError::NotAllowed("a call is already under way in this group: join it"));
+        }
         let ring = MessageId(random16()?);
         self.send_app(conversation, &AppMessage::Call(CallSignal::Ring { ring, video }))?;
+        if group {
+            self.group_calls.rang(conversation, self.me, ring, video);
+        }
         Ok(ring)
     }
 
     /// Answers a ring: accept, or end it (declined, busy).
     pub fn answer_ring(&mut self, peer: MemberId, ring: MessageId, accept: bool) -> Result<(), ClientError> {
+        let conversation = self.direct_conversation(peer).ok_or(ClientError::NotAllowed("no 1:1 conversation"))?;
+        self.answer_ring_in(conversation, ring, accept)
+    }
+
+    /// Answers a ring in a conversation. In a group, accepting joins the call (refused when it is full) and
+    /// tells the group, whose participants then set their media up with us; declining tells nobody.
+    pub fn answer_ring_in(
+        &mut self,
+        conversation: ConversationId,
+        ring: MessageId,
+        accept: bool,
+    ) -> Result<(), ClientError> {
         if accept && !self.policy.calls_allowed {
             return Err(ClientError::Policy("calls are not allowed".into()));
         }
-        let conversation = self.direct_conversation(peer).ok_or(ClientError::NotAllowed("no 1:1 conversation"))?;
+        if self.is_group(conversation)? {
+            if !accept {
+                return Ok(());
+            }
+            self.group_calls.can_join(conversation, self.me, ring).map_err(ClientError::GroupCall)?;
+            self.send_app(conversation, &AppMessage::Call(CallSignal::Accept { ring }))?;
+            self.group_calls.joined(conversation, self.me, ring).map_err(ClientError::GroupCall)?;
+            return Ok(());
+        }
         let signal = if accept {
             CallSignal::Accept { ring }
         } else {
@@ -962,7 +1022,41 @@ impl Client {
         reason: crate::message::EndReason,
     ) -> Result<(), ClientError> {
         let conversation = self.direct_conversation(peer).ok_or(ClientError::NotAllowed("no 1:1 conversation"))?;
+        self.end_ring_in(conversation, ring, reason)
+    }
+
+    /// Ends a media call in a conversation. In a group we leave the call (the others go on); a ring we do not
+    /// take because we are busy tells nobody there.
+    pub fn end_ring_in(
+        &mut self,
+        conversation: ConversationId,
+        ring: MessageId,
+        reason: crate::message::EndReason,
+    ) -> Result<(), ClientError> {
+        if self.is_group(conversation)? {
+            let joined =
+                self.group_calls.get(conversation).is_some_and(|c| c.ring == ring && c.participants.contains(&self.me));
+            if !joined {
+                return Ok(());
+            }
+            self.send_app(
+                conversation,
+                &AppMessage::Call(CallSignal::End { ring, reason: crate::message::EndReason::HungUp }),
+            )?;
+            self.group_calls.left(conversation, self.me, ring);
+            return Ok(());
+        }
         self.send_app(conversation, &AppMessage::Call(CallSignal::End { ring, reason }))
+    }
+
+    /// The call under way in a group conversation: its id, and who is in it.
+    pub fn group_call(&self, conversation: ConversationId) -> Option<&GroupCall> {
+        self.group_calls.get(conversation)
+    }
+
+    fn is_group(&self, conversation: ConversationId) -> Result<bool, ClientError> {
+        let c = self.conversations.get(&conversation).ok_or(ClientError::NoConversation(conversation))?;
+        Ok(matches!(c.kind, Some(ConversationKind::Group { .. })))
     }
 
     /// Sends a trickled ICE candidate of the current call with `peer`.
@@ -1227,6 +1321,7 @@ impl Client {
             let _ = self.send_app(id, &AppMessage::Meta { conversation: kind, timer_secs });
         }
         self.drive(id);
+        self.replay_early(id);
     }
 
     /// The server refused our commit (another commit won the epoch): drop it; it is retried once the winner
@@ -1264,6 +1359,7 @@ impl Client {
         for id in retry {
             self.drive(id);
         }
+        self.expire_early(now_ms);
     }
 
     /// When [`Client::handle_timeout`] should next be called.
@@ -1271,7 +1367,84 @@ impl Client {
         self.conversations
             .values()
             .flat_map(|c| c.history.iter().filter_map(|m| m.expires_at_ms).chain(c.retry_at_ms))
+            .chain(self.early.iter().map(|e| e.until_ms))
             .min()
+    }
+
+    /// Keeps a message that arrived ahead of its conversation's Welcome or of an earlier commit.
+    fn hold(
+        &mut self,
+        conversation: ConversationId,
+        epoch: u64,
+        from: MemberId,
+        bytes: &[u8],
+        path: Path,
+        until_ms: u64,
+    ) {
+        if self.early.len() == MAX_EARLY {
+            if let Some(dropped) = self.early.pop_front() {
+                self.events.push_back(Event::Refused {
+                    from: dropped.from,
+                    reason: "too many messages ahead of their conversation; the oldest was dropped".into(),
+                });
+            }
+        }
+        self.early.push_back(Early { conversation, epoch, from, bytes: bytes.to_vec(), path, until_ms });
+    }
+
+    /// Tries again the messages kept for `conversation` (a Welcome or a commit of it was just processed); those
+    /// still ahead are kept with their first deadline.
+    fn replay_early(&mut self, conversation: ConversationId) {
+        if !self.early.iter().any(|e| e.conversation == conversation) {
+            return;
+        }
+        let (now, later): (VecDeque<Early>, VecDeque<Early>) =
+            std::mem::take(&mut self.early).into_iter().partition(|e| e.conversation == conversation);
+        self.early = later;
+        for e in now {
+            if let Err(reason) = self.on_mls_until(e.from, &e.bytes, e.path, e.until_ms) {
+                self.events.push_back(Event::Refused { from: e.from, reason });
+            }
+        }
+    }
+
+    /// Messages still ahead after their grace: for a conversation we are in, commits were missed (ask to
+    /// rejoin); for one we never joined, the message is refused.
+    fn expire_early(&mut self, now_ms: u64) {
+        while let Some(pos) = self.early.iter().position(|e| e.until_ms <= now_ms) {
+            let Some(e) = self.early.remove(pos) else { break };
+            match self.conversations.get(&e.conversation).map(|c| c.group.epoch().as_u64()) {
+                Some(current) if e.epoch > current => {
+                    if let Err(reason) = self.ask_rejoin(e.conversation, e.from, current) {
+                        self.events.push_back(Event::Refused { from: e.from, reason });
+                    }
+                }
+                Some(_) => {
+                    if let Err(reason) = self.on_mls_until(e.from, &e.bytes, e.path, now_ms) {
+                        self.events.push_back(Event::Refused { from: e.from, reason });
+                    }
+                }
+                None => self
+                    .events
+                    .push_back(Event::Refused { from: e.from, reason: "message for an unknown conversation".into() }),
+            }
+        }
+    }
+
+    /// We missed commits while away: ask `from` to add us again (once per epoch).
+    fn ask_rejoin(&mut self, id: ConversationId, from: MemberId, current: u64) -> Result<(), String> {
+        let Some(c) = self.conversations.get_mut(&id) else { return Ok(()) };
+        if c.rejoin_asked.is_some_and(|e| e >= current) {
+            return Ok(());
+        }
+        c.rejoin_asked = Some(current);
+        let kp = self.fresh_key_package().map_err(|e| e.to_string())?;
+        self.outputs.push_back(Output::Relay {
+            to: from,
+            body: Envelope::Rejoin { group: id.0.to_vec(), key_package: kp }.encode(),
+        });
+        self.events.push_back(Event::RejoinRequested { conversation: id, asked: from });
+        Ok(())
     }
 
     /// An envelope from `from` (authenticated by the server for [`Path::Relay`], by the DTLS fingerprint for
@@ -1422,6 +1595,7 @@ impl Client {
             self.events.push_back(Event::MembersChanged { conversation: id, members });
         }
         self.conversations.insert(id, conversation);
+        self.replay_early(id);
         Ok(())
     }
 
@@ -1442,27 +1616,33 @@ impl Client {
     }
 
     fn on_mls(&mut self, from: MemberId, bytes: &[u8], path: Path) -> Result<(), String> {
+        self.on_mls_until(from, bytes, path, self.now_ms + EARLY_GRACE_MS)
+    }
+
+    /// An MLS message; one ahead of what it builds on is kept until `until_ms` ([`EARLY_GRACE_MS`]).
+    fn on_mls_until(&mut self, from: MemberId, bytes: &[u8], path: Path, until_ms: u64) -> Result<(), String> {
         let message = MlsMessageIn::tls_deserialize_exact(bytes).map_err(|e| format!("malformed MLS message: {e}"))?;
         let protocol =
             message.try_into_protocol_message().map_err(|e| format!("not an MLS protocol message: {e:?}"))?;
         let id = conversation_id(protocol.group_id().as_slice()).ok_or("bad group id")?;
         let epoch = protocol.epoch().as_u64();
         let me = self.me;
-        let c = self.conversations.get_mut(&id).ok_or("message for an unknown conversation")?;
+        let Some(c) = self.conversations.get_mut(&id) else {
+            // Its Welcome may still be on the way (through the server, while this took the DataChannel).
+            if until_ms <= self.now_ms {
+                return Err("message for an unknown conversation".into());
+            }
+            self.hold(id, epoch, from, bytes, path, until_ms);
+            return Ok(());
+        };
         let current = c.group.epoch().as_u64();
         if epoch > current {
-            // We missed commits while away: ask the sender to add us again (once per epoch).
-            if c.rejoin_asked.is_some_and(|e| e >= current) {
-                return Err("message of a later epoch; rejoin already asked".into());
+            // A commit may still be on the way; past the grace, we missed it and ask to rejoin.
+            if until_ms > self.now_ms {
+                self.hold(id, epoch, from, bytes, path, until_ms);
+                return Ok(());
             }
-            c.rejoin_asked = Some(current);
-            let kp = self.fresh_key_package().map_err(|e| e.to_string())?;
-            self.outputs.push_back(Output::Relay {
-                to: from,
-                body: Envelope::Rejoin { group: id.0.to_vec(), key_package: kp }.encode(),
-            });
-            self.events.push_back(Event::RejoinRequested { conversation: id, asked: from });
-            return Ok(());
+            return self.ask_rejoin(id, from, current);
         }
         if c.pending.is_some() && protocol.content_type() == openmls::prelude::ContentType::Commit && epoch == current {
             // The server relays only the commit it ordered first: ours lost. Retry after this one.
@@ -1503,6 +1683,7 @@ impl Client {
                 let members = others_in(&c.group, me);
                 self.events.push_back(Event::MembersChanged { conversation: id, members });
                 self.drive(id);
+                self.replay_early(id);
                 Ok(())
             }
             _ => Err("standalone proposals are not used".into()),
@@ -1588,6 +1769,7 @@ impl Client {
                 self.events.push_back(Event::TimerChanged { conversation: id, timer_secs });
             }
             AppMessage::Leave => {
+                self.group_calls.left_group(id, from);
                 self.events.push_back(Event::Left { conversation: id, member: from });
                 c.ops.push_back(Op::Remove(from));
                 self.drive(id);
@@ -1598,6 +1780,11 @@ impl Client {
     }
 
     fn on_call(&mut self, conversation: ConversationId, from: MemberId, signal: CallSignal) {
+        if matches!(signal, CallSignal::Ring { .. } | CallSignal::Accept { .. } | CallSignal::End { .. })
+            && self.is_group(conversation).unwrap_or(false)
+        {
+            return self.on_group_call(conversation, from, signal);
+        }
         if self.direct_conversation(from) != Some(conversation) {
             self.events.push_back(Event::Refused { from, reason: "call set-up outside its 1:1 conversation".into() });
             return;
@@ -1652,6 +1839,43 @@ impl Client {
                     self.channels.remove(&from);
                 }
             }
+        }
+        self.events.push_back(Event::Call { conversation, from, signal });
+    }
+
+    /// Ringing, joining and leaving the call of a group: every member of the group hears it, so each knows
+    /// who is in the call. Joins beyond the mesh's limit are ignored (their sender should not have made them).
+    fn on_group_call(&mut self, conversation: ConversationId, from: MemberId, signal: CallSignal) {
+        let refuse = |reason: &str| Event::Refused { from, reason: reason.to_owned() };
+        match &signal {
+            CallSignal::Ring { .. } if !self.policy.calls_allowed => {
+                self.events.push_back(refuse("a call rang where the bubble does not allow calls"));
+                return;
+            }
+            CallSignal::Ring { ring, video } => {
+                if self.group_calls.rang(conversation, from, *ring, *video).ring != *ring {
+                    // Another call is under way (or won at once): this ring is not the group's call.
+                    return;
+                }
+            }
+            CallSignal::Accept { ring } => match self.group_calls.joined(conversation, from, *ring) {
+                Ok(_) => {}
+                Err(err) => {
+                    self.events.push_back(refuse(&format!("a join not taken: {err}")));
+                    return;
+                }
+            },
+            CallSignal::End { ring, .. } => {
+                let was_in = self
+                    .group_calls
+                    .get(conversation)
+                    .is_some_and(|c| c.ring == *ring && c.participants.contains(&from));
+                if !was_in {
+                    return;
+                }
+                self.group_calls.left(conversation, from, *ring);
+            }
+            _ => return,
         }
         self.events.push_back(Event::Call { conversation, from, signal });
     }
@@ -1794,6 +2018,7 @@ impl Client {
                     self.channels.remove(&peer);
                 }
             }
+            self.group_calls.forget(id);
             // Its file keys go with it, and the edge is told to delete the bytes it kept.
             self.transfers.forget_conversation(id);
             while let Some(event) = self.transfers.poll_event() {

@@ -12,6 +12,7 @@ pub mod client;
 pub mod contacts;
 pub mod files;
 pub mod fingerprint;
+pub mod group_calls;
 pub mod keystore;
 pub mod message;
 pub mod mls;

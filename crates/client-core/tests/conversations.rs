@@ -8,7 +8,7 @@ use peerbubble_client_core::files::{FileHasher, FileKey, FileOffer, TransferConf
 use peerbubble_client_core::message::{CallSignal, ConversationKind, ReceiptKind};
 use peerbubble_client_core::mls::Provider;
 use peerbubble_client_core::wire::Envelope;
-use peerbubble_client_core::{Client, CloseReason, Event, Fingerprint, Output, Path};
+use peerbubble_client_core::{Client, ClientError, CloseReason, Event, Fingerprint, Output, Path};
 use peerbubble_proto::{DirectoryEntry, IdentityKey};
 use support::Net;
 
@@ -293,6 +293,9 @@ fn a_member_that_missed_commits_asks_to_rejoin_and_reads_again() {
     net.online[2] = true;
     net.clients[0].send_text(g, "you missed a commit").unwrap();
     net.run();
+    // The commit may still be on its way: the message is kept a few seconds before it counts as missed.
+    assert!(!net.events[2].iter().any(|e| matches!(e, Event::RejoinRequested { .. })));
+    net.advance(8_000);
     assert!(net.events[2].iter().any(|e| matches!(e, Event::RejoinRequested { .. })));
     net.advance(3_000);
     assert_eq!(net.clients[2].members(g).unwrap().len(), 3);
@@ -300,6 +303,33 @@ fn a_member_that_missed_commits_asks_to_rejoin_and_reads_again() {
     net.run();
     assert!(net.texts(2).contains(&"welcome back".to_owned()));
     assert!(net.texts(3).contains(&"welcome back".to_owned()));
+}
+
+#[test]
+fn a_message_that_overtakes_its_welcome_or_commit_on_the_channel_is_kept_and_read_once_they_arrive() {
+    let mut net = Net::new(3);
+    let (a, b) = (net.ids[0], net.ids[1]);
+    net.direct(0, 1);
+    net.clients[0].channel_opened(b);
+    net.clients[1].channel_opened(a);
+    // The group's name (sent right after the Welcome, on the channel) arrives before the Welcome (relayed).
+    let g = net.clients[0].create_group("north sector", &[b]).unwrap();
+    net.run_channel_first();
+    let kind = net.clients[1].conversations().into_iter().find(|(id, _)| *id == g).and_then(|(_, kind)| kind);
+    assert_eq!(kind, Some(ConversationKind::Group { name: "north sector".into() }));
+    // A commit adding a third member is relayed; the name sent just after it to the newcomers, and to b on the
+    // channel, overtakes it: b waits for the commit instead of asking to rejoin.
+    net.clients[0].add_member(g, net.ids[2]).unwrap();
+    net.run_channel_first();
+    assert_eq!(net.clients[1].members(g).unwrap().len(), 3);
+    net.clients[0].send_text(g, "all three").unwrap();
+    net.run_channel_first();
+    assert_eq!(net.texts(1), ["all three"]);
+    assert_eq!(net.texts(2), ["all three"]);
+    net.advance(10_000);
+    let b_events = net.take_events(1);
+    assert!(!b_events.iter().any(|e| matches!(e, Event::RejoinRequested { .. })), "{b_events:?}");
+    assert!(!b_events.iter().any(|e| matches!(e, Event::Refused { .. })), "{b_events:?}");
 }
 
 #[test]
@@ -619,7 +649,6 @@ fn debug_output_never_shows_what_was_said() {
 
 #[test]
 fn the_bubble_policy_is_enforced_by_the_client() {
-    use peerbubble_client_core::ClientError;
     use peerbubble_proto::BubblePolicy;
     let mut net = Net::new(2);
     let c = net.direct(0, 1);
@@ -719,4 +748,89 @@ fn a_media_call_rings_is_accepted_or_declined_and_the_bubble_rule_refuses_it() {
             .iter()
             .any(|e| matches!(e, Event::Call { signal: CallSignal::End { reason: EndReason::NotAllowed, .. }, .. }))
     );
+}
+
+#[test]
+fn a_group_call_rings_everyone_counts_who_joins_stops_at_the_mesh_limit_and_goes_on_when_one_leaves() {
+    use peerbubble_client_core::group_calls::MAX_VIDEO_PARTICIPANTS;
+    use peerbubble_client_core::message::EndReason;
+    let mut net = Net::new(6);
+    let others: Vec<_> = (1..6).map(|i| net.id(i)).collect();
+    let g = net.clients[0].create_group("north sector", &others).unwrap();
+    net.run();
+    for i in 0..6 {
+        net.take_events(i);
+    }
+    let ring = net.clients[0].ring_in(g, true).unwrap();
+    net.run();
+    let a = net.ids[0];
+    for i in 1..6 {
+        let rang = net.take_events(i).into_iter().any(|e| {
+            matches!(e, Event::Call { conversation, from, signal: CallSignal::Ring { ring: r, video: true } } if conversation == g && from == a && r == ring)
+        });
+        assert!(rang, "member {i} hears the group ring");
+        assert_eq!(net.clients[i].group_call(g).unwrap().participants.len(), 1, "only the caller is in it yet");
+    }
+    // A second ring while this call is under way is refused: join it instead.
+    assert!(net.clients[1].ring_in(g, false).is_err());
+    // Two join; then the last seat (four with video) is taken by two at once: members that heard both count one
+    // of them, all the same one, and the participants stay at the limit.
+    for i in 1..MAX_VIDEO_PARTICIPANTS - 1 {
+        net.clients[i].answer_ring_in(g, ring, true).unwrap();
+        net.run();
+    }
+    net.clients[3].answer_ring_in(g, ring, true).unwrap();
+    net.clients[5].answer_ring_in(g, ring, true).unwrap();
+    net.run();
+    let seen: Vec<_> =
+        [0, 1, 2, 4].iter().map(|i| net.clients[*i].group_call(g).unwrap().participants.clone()).collect();
+    assert!(seen.windows(2).all(|w| w[0] == w[1]), "{seen:?}");
+    assert_eq!(seen[0].len(), MAX_VIDEO_PARTICIPANTS);
+    let refused =
+        net.take_events(0).iter().any(|e| matches!(e, Event::Refused { reason, .. } if reason.contains("full")));
+    assert!(refused, "the join beyond the limit is refused, and said so");
+    let late = if seen[0].contains(&net.ids[3]) { 5 } else { 3 };
+    net.clients[late].end_ring_in(g, ring, EndReason::HungUp).unwrap();
+    net.run();
+    let full = net.clients[4].answer_ring_in(g, ring, true);
+    assert!(matches!(full, Err(ClientError::GroupCall(_))), "{full:?}");
+    assert!(full.unwrap_err().to_string().contains("full"));
+    // Declining tells nobody.
+    net.clients[4].answer_ring_in(g, ring, false).unwrap();
+    net.run();
+    assert_eq!(net.clients[0].group_call(g).unwrap().participants.len(), 4);
+    // One leaves: the others go on, and there is room again.
+    net.clients[2].end_ring_in(g, ring, EndReason::HungUp).unwrap();
+    net.run();
+    let b = net.ids[2];
+    assert!(net.take_events(1).iter().any(
+        |e| matches!(e, Event::Call { from, signal: CallSignal::End { ring: r, .. }, .. } if *from == b && *r == ring)
+    ));
+    // (The one that lost the race for the last seat did not count the winner: it is left out here.)
+    for i in [0, 1, 3, 4, 5].into_iter().filter(|i| *i != late) {
+        let call = net.clients[i].group_call(g).unwrap();
+        assert_eq!(call.participants.len(), 3, "member {i}");
+        assert!(!call.participants.contains(&b));
+    }
+    net.clients[4].answer_ring_in(g, ring, true).unwrap();
+    net.run();
+    assert!(net.clients[0].group_call(g).unwrap().participants.contains(&net.ids[4]));
+    // The call ends once the last one leaves.
+    let inside: Vec<usize> =
+        (0..6).filter(|i| net.clients[0].group_call(g).unwrap().participants.contains(&net.ids[*i])).collect();
+    for i in inside {
+        net.clients[i].end_ring_in(g, ring, EndReason::HungUp).unwrap();
+        net.run();
+    }
+    for i in 0..6 {
+        assert!(net.clients[i].group_call(g).is_none(), "member {i}");
+    }
+    // A bubble without calls: the group is not rung.
+    let no_calls = peerbubble_proto::BubblePolicy { calls_allowed: false, ..peerbubble_proto::BubblePolicy::default() };
+    net.clients[3].set_policy(no_calls);
+    net.take_events(3);
+    net.clients[0].ring_in(g, false).unwrap();
+    net.run();
+    assert!(!net.take_events(3).iter().any(|e| matches!(e, Event::Call { signal: CallSignal::Ring { .. }, .. })));
+    assert!(net.clients[3].group_call(g).is_none());
 }

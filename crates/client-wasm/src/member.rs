@@ -387,6 +387,26 @@ impl Member {
                 SessionEvent::Core(Event::FileChunk { transfer, index, sealed, .. }) => {
                     self.stored_out.push_back(SealedChunk { transfer, index, sealed });
                 }
+                // A group's call: who rang, joined or left, and who is in it now (from the core's count).
+                SessionEvent::Core(Event::Call {
+                    conversation,
+                    from,
+                    signal: signal @ (CallSignal::Ring { .. } | CallSignal::Accept { .. } | CallSignal::End { .. }),
+                }) if self.session.client().direct_conversation(from) != Some(conversation) => {
+                    let call = self.session.client().group_call(conversation);
+                    let participants: Vec<String> =
+                        call.map(|c| c.participants.iter().map(ToString::to_string).collect()).unwrap_or_default();
+                    let (kind, ring, video) = match signal {
+                        CallSignal::Ring { ring, video } => ("groupCallRing", ring, video),
+                        CallSignal::Accept { ring } => ("groupCallJoined", ring, call.is_some_and(|c| c.video)),
+                        CallSignal::End { ring, .. } => ("groupCallLeft", ring, call.is_some_and(|c| c.video)),
+                        _ => continue,
+                    };
+                    self.notices.push(json!({
+                        "type": kind, "group": conversation, "peer": from.to_string(), "ring": ring, "video": video,
+                        "caller": call.map(|c| c.caller.to_string()), "participants": participants,
+                    }));
+                }
                 SessionEvent::Core(Event::ConversationReady {
                     kind: ConversationKind::Direct, ref members, ..
                 }) => {
@@ -772,6 +792,28 @@ impl Member {
         self.act(now_ms, |c| c.end_ring(peer, ring, reason))
     }
 
+    /// Rings everyone in a group conversation (who may each join); the call's id. Refused while a call is
+    /// under way there (join it), or where the bubble forbids calls.
+    #[wasm_bindgen(js_name = ringGroup)]
+    pub fn ring_group(&mut self, group: &str, video: bool, now_ms: f64) -> Result<String, JsError> {
+        let group = conversation(group)?;
+        self.act(now_ms, |c| c.ring_in(group, video)).map(String::from)
+    }
+
+    /// Joins the call under way in a group (refused when it is full: 4 with video, 8 audio-only).
+    #[wasm_bindgen(js_name = joinGroupCall)]
+    pub fn join_group_call(&mut self, group: &str, ring: &str, now_ms: f64) -> Result<(), JsError> {
+        let (group, ring) = (conversation(group)?, message_id(ring)?);
+        self.act(now_ms, |c| c.answer_ring_in(group, ring, true))
+    }
+
+    /// Leaves the call of a group (the others go on).
+    #[wasm_bindgen(js_name = leaveGroupCall)]
+    pub fn leave_group_call(&mut self, group: &str, ring: &str, now_ms: f64) -> Result<(), JsError> {
+        let (group, ring) = (conversation(group)?, message_id(ring)?);
+        self.act(now_ms, |c| c.end_ring_in(group, ring, EndReason::HungUp))
+    }
+
     /// Offers a file to the contact of a 1:1 conversation: `sha256` (hex) from [`FileHash`] over the same
     /// bytes. The transfer's id (hex).
     #[wasm_bindgen(js_name = offerFile)]
@@ -927,6 +969,13 @@ impl Member {
                     "name": name,
                     "members": members,
                     "history": client.history(id).unwrap_or_default(),
+                    // The group's call under way, if any: who is in it (ids only), so a member can join.
+                    "call": client.group_call(id).map(|c| json!({
+                        "ring": c.ring,
+                        "video": c.video,
+                        "caller": c.caller.to_string(),
+                        "participants": c.participants.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    })),
                 })
             })
             .collect();

@@ -40,6 +40,7 @@ fn the_hybrid_suite_holds_a_group_through_add_remove_and_rejoin() {
     net.online[2] = true;
     net.clients[0].send_text(g, "you missed a commit").unwrap();
     net.run();
+    net.advance(8_000);
     assert!(net.events[2].iter().any(|e| matches!(e, Event::RejoinRequested { .. })));
     net.advance(3_000);
     net.clients[3].send_text(g, "welcome back").unwrap();

@@ -367,6 +367,7 @@ function ConversationPane(props: {
               </button>
             </>
           )}
+          {c?.kind === 'group' && view.policy.calls_allowed && <GroupCallButtons client={client} view={view} group={c} onError={props.onError} ready={ready} />}
           {c?.kind === 'group' && (
             <>
               <button type="button" onClick={() => setMembers(true)}>
@@ -499,6 +500,46 @@ function Message(props: { m: ChatMessage; mine: boolean; author: string; masked:
     </li>
   );
 }
+
+/** Calls in a group: ring everyone (audio or video), or join the call under way (or say it is full). */
+function GroupCallButtons({ client, view, group, ready, onError }: { client: WorkerClient; view: View; group: Conversation; ready: boolean; onError: (e: string) => void }) {
+  const { t } = useTranslation();
+  const busy = client.calls.call !== null;
+  const call = group.call;
+  if (call) {
+    const limit = call.video ? GROUP_VIDEO_LIMIT : GROUP_AUDIO_LIMIT;
+    const inIt = call.participants.includes(view.me.member);
+    if (inIt) return null;
+    const full = call.participants.length >= limit;
+    return (
+      <button
+        type="button"
+        className="primary"
+        disabled={!ready || busy || full}
+        title={full ? t('call.full', { count: limit }) : undefined}
+        onClick={() => void client.calls.joinGroup(group.id).catch((e: Error) => onError(e.message))}
+      >
+        {full ? t('call.fullShort') : t('call.join', { count: call.participants.length })}
+      </button>
+    );
+  }
+  const start = (video: boolean) => void client.calls.startGroup(group.id, video).catch((e: Error) => onError(e.message));
+  const size = group.members.length;
+  return (
+    <>
+      <button type="button" disabled={!ready || busy || size < 2} onClick={() => start(false)} title={size > GROUP_AUDIO_LIMIT ? t('call.limits') : undefined}>
+        {t('call.audio')}
+      </button>
+      <button type="button" disabled={!ready || busy || size < 2} onClick={() => start(true)} title={size > GROUP_VIDEO_LIMIT ? t('call.limits') : undefined}>
+        {t('call.video')}
+      </button>
+    </>
+  );
+}
+
+/** A group call is a mesh (each sends to each): client-core refuses joins beyond these. */
+const GROUP_VIDEO_LIMIT = 4;
+const GROUP_AUDIO_LIMIT = 8;
 
 function NewGroup({ view, onCancel, onCreate }: { view: View; onCancel: () => void; onCreate: (name: string, members: string[]) => void }) {
   const { t } = useTranslation();

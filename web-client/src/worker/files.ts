@@ -4,8 +4,9 @@
 // per transfer, chunk i at i × (chunk size + 16). Nothing is ever written there in clear, except a decrypted
 // copy the member asked for (under exports/), deleted a minute later and at every start.
 //
-// Synchronous access handles (worker-only) let a chunk be written and flushed inside the step that received
-// it, before the acknowledgement that goes with it leaves: what the sender believes kept is kept.
+// Synchronous access handles (worker-only) let chunks be written as they arrive and flushed, in the step that
+// sends an acknowledgement, before that acknowledgement leaves (one flush per batch of chunks rather than per
+// chunk): what the sender believes kept is kept.
 
 const SEALED_DIR = 'sealed';
 const EXPORT_DIR = 'exports';

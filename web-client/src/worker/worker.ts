@@ -522,6 +522,15 @@ async function runDirect(command: Command): Promise<unknown> {
     case 'endRing':
       m.endRing(command.member, command.ring, command.busy, now);
       break;
+    case 'ringGroup':
+      value = m.ringGroup(command.group, command.video, now);
+      break;
+    case 'joinGroupCall':
+      m.joinGroupCall(command.group, command.ring, now);
+      break;
+    case 'leaveGroupCall':
+      m.leaveGroupCall(command.group, command.ring, now);
+      break;
     case 'openFile': {
       const name = command.name;
       value = await sealed.decrypt(command.transfer, name, layout(m, command.transfer), (index, bytes) =>
