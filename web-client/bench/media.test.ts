@@ -6,10 +6,15 @@
 // - call: from clicking "Video call" (the callee's page accepts as soon as it rings) to the caller's first decoded
 //   remote video frame, against two raw pages that open an RTCPeerConnection with the same fake tracks (offer and
 //   answer handed over directly) until their first decoded frame.
-// Relayed throughput (ours through the bubble's TURN against coturn) is not measured here yet.
+// - relay: the same raw DataChannel pages, both forced through a TURN relay (iceTransportPolicy "relay"), once
+//   through PeerBubble's embedded TURN (a release `peerbubble bubble-server`) and once through coturn, both on
+//   loopback with the same shared-secret credentials and the same openings (loopback peers, no bandwidth cap).
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
+import { createHmac } from 'node:crypto';
+import { createSocket } from 'node:dgram';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { type Server, createServer } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { type AddressInfo, createServer as createTcpServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { type Browser, type Page, chromium } from 'playwright-core';
@@ -27,13 +32,91 @@ let up: Up;
 let browser: Browser;
 let pages = '';
 let server: Server | undefined;
+/** The two TURN relays under comparison (ICE server entries with fresh credentials) and their processes. */
+let relays: { ours: RTCIceServer; coturn: RTCIceServer } | undefined;
+const relayProcesses: ChildProcess[] = [];
+/** Both relays take TURN REST credentials made with this secret (40 characters, as `cargo xtask bench turn`). */
+const RELAY_SECRET = 'bench-secret-0123456789abcdef0123456789';
+
+async function freePort(kind: 'udp' | 'tcp'): Promise<number> {
+  if (kind === 'udp') {
+    const socket = createSocket('udp4');
+    await new Promise<void>((resolve) => socket.bind(0, '127.0.0.1', resolve));
+    const { port } = socket.address();
+    socket.close();
+    return port;
+  }
+  const probe = createTcpServer();
+  await new Promise<void>((resolve) => probe.listen(0, '127.0.0.1', resolve));
+  const { port } = probe.address() as AddressInfo;
+  probe.close();
+  return port;
+}
+
+/** TURN REST credentials (username "expiry:user", password base64 HMAC-SHA1), as the bubble issues them. */
+function credentials(urls: string, user: string): RTCIceServer {
+  const username = `${Math.floor(Date.now() / 1000) + 3600}:${user}`;
+  return { urls, username, credential: createHmac('sha1', RELAY_SECRET).update(username).digest('base64') };
+}
+
+/** Starts PeerBubble's TURN (a release bubble-server) and coturn side by side on loopback. */
+async function startRelays(): Promise<void> {
+  const bin = process.env.PEERBUBBLE_RELEASE_BIN;
+  if (!bin) throw new Error('PEERBUBBLE_RELEASE_BIN is not set (run through `cargo xtask bench browser-media`)');
+  const keygen = execFileSync(bin, ['keygen', '--out', join(scratch, 'relay.key')], { encoding: 'utf8' });
+  const field = (name: string) => keygen.split('\n').find((l) => l.startsWith(name))?.slice(name.length).trim() ?? '';
+  const [publicKey, member] = [field('public_key:'), field('member_id:')];
+  writeFileSync(
+    join(scratch, 'bubble.yaml'),
+    `bubble: bench\ncategories:\n  - {id: all}\nmembers:\n  - {public_key: ${publicKey}, display_name: Bench, categories: [all]}\n`,
+  );
+  writeFileSync(join(scratch, 'turn-secret'), RELAY_SECRET);
+  const [signal, ours, coturn] = [await freePort('tcp'), await freePort('udp'), await freePort('udp')];
+  const quiet = { stdio: 'ignore' as const, env: { ...process.env, RUST_LOG: 'warn' } };
+  relayProcesses.push(
+    spawn(
+      bin,
+      [
+        ...['bubble-server', '--listen', `127.0.0.1:${signal}`, '--bubble-file', join(scratch, 'bubble.yaml')],
+        ...['--turn-secret-file', join(scratch, 'turn-secret'), '--turn-udp-port', String(ours), '--turn-tls-port', '0'],
+        // The same openings coturn gets: loopback peers, no bandwidth cap.
+        ...['--turn-allow-peers', '127.0.0.0/8', '--turn-bandwidth', '0', '--turn-relay-ports', '50000-59999'],
+      ],
+      quiet,
+    ),
+    spawn(
+      'turnserver',
+      [
+        ...['--listening-ip', '127.0.0.1', '--listening-port', String(coturn), '--relay-ip', '127.0.0.1'],
+        ...['--min-port', '40000', '--max-port', '49999', '--use-auth-secret', `--static-auth-secret=${RELAY_SECRET}`, '--realm=peerbubble'],
+        ...['--allow-loopback-peers', '--no-tls', '--no-dtls', '--no-cli', '--log-file', '/dev/null'],
+      ],
+      quiet,
+    ),
+  );
+  for (let attempt = 0; ; attempt++) {
+    try {
+      if ((await fetch(`http://127.0.0.1:${signal}/readyz`)).ok) break;
+    } catch {
+      // not listening yet
+    }
+    if (attempt > 100) throw new Error('the bubble-server did not start');
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  await new Promise((r) => setTimeout(r, 500));
+  relays = {
+    ours: credentials(`turn:127.0.0.1:${ours}?transport=udp`, member),
+    coturn: credentials(`turn:127.0.0.1:${coturn}?transport=udp`, member),
+  };
+}
 
 beforeAll(async () => {
   server = createServer((_req, res) => res.writeHead(200, { 'content-type': 'text/html' }).end('<!doctype html><title>raw</title>'));
   await new Promise<void>((resolve) => server?.listen(0, '127.0.0.1', resolve));
   pages = `http://127.0.0.1:${(server.address() as AddressInfo).port}/`;
-  [up, browser] = await Promise.all([
+  [up, , browser] = await Promise.all([
     startUp(),
+    startRelays(),
     chromium.launch({
       executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
       args: [...CHROMIUM_ARGS, '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream'],
@@ -44,6 +127,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await browser?.close();
   await up?.stop();
+  for (const p of relayProcesses) p.kill();
   server?.close();
   rmSync(scratch, { recursive: true, force: true });
 });
@@ -85,7 +169,8 @@ async function oursFile(round: number, path: string): Promise<number> {
 }
 
 /** Two raw pages with one RTCPeerConnection between them (offer and answer handed over by the bench). */
-async function rawPair(media: boolean): Promise<[Page, Page]> {
+async function rawPair(media: boolean, relay?: RTCIceServer): Promise<[Page, Page]> {
+  const config = JSON.stringify(relay ? { iceServers: [relay], iceTransportPolicy: 'relay' } : {});
   const [p1, p2] = [await (await browser.newContext()).newPage(), await (await browser.newContext()).newPage()];
   await Promise.all([p1.goto(pages), p2.goto(pages)]);
   const setup = `window.gathered = (pc) => new Promise((r) => {
@@ -95,13 +180,13 @@ async function rawPair(media: boolean): Promise<[Page, Page]> {
   window.frames0 = async () => { let n = 0; (await window.pc.getStats()).forEach((s) => { if (s.type === 'inbound-rtp' && s.kind === 'video') n += s.framesDecoded || 0; }); return n; };`;
   await Promise.all([p1.evaluate(setup), p2.evaluate(setup)]);
   const offer = await p1.evaluate(`(async () => {
-    const pc = new RTCPeerConnection(); window.pc = pc;
+    const pc = new RTCPeerConnection(${config}); window.pc = pc;
     const ch = pc.createDataChannel('raw', { ordered: true }); ch.binaryType = 'arraybuffer'; window.ch = ch;
     if (${media}) window.local = await navigator.mediaDevices.getUserMedia({ audio: true, video: true });
     await pc.setLocalDescription(await pc.createOffer()); await window.gathered(pc); return pc.localDescription.sdp;
   })()`);
   const answer = await p2.evaluate(`(async () => {
-    const pc = new RTCPeerConnection(); window.pc = pc; window.got = 0;
+    const pc = new RTCPeerConnection(${config}); window.pc = pc; window.got = 0;
     pc.ondatachannel = (e) => { e.channel.binaryType = 'arraybuffer'; e.channel.onmessage = (m) => { window.got += m.data.byteLength; }; };
     await pc.setRemoteDescription({ type: 'offer', sdp: ${JSON.stringify(offer)} });
     await pc.setLocalDescription(await pc.createAnswer()); await window.gathered(pc); return pc.localDescription.sdp;
@@ -113,8 +198,17 @@ async function rawPair(media: boolean): Promise<[Page, Page]> {
   return [p1, p2];
 }
 
-async function rawFile(): Promise<number> {
-  const [p1, p2] = await rawPair(false);
+async function rawFile(relay?: RTCIceServer): Promise<number> {
+  const [p1, p2] = await rawPair(false, relay);
+  if (relay) {
+    // Both ends must really be relayed: the selected pair's local candidate is a relay one on each page.
+    for (const page of [p1, p2]) {
+      const type = await page.evaluate(`(async () => { const r = await window.pc.getStats(); let t = null;
+        r.forEach((s) => { if (s.type === 'transport' && s.selectedCandidatePairId) { const p = r.get(s.selectedCandidatePairId); t = r.get(p.localCandidateId)?.candidateType; } });
+        return t; })()`);
+      expect(type).toBe('relay');
+    }
+  }
   const started = Date.now();
   await p1.evaluate(`(async () => {
     const ch = window.ch; const message = new Uint8Array(${MESSAGE}); let sent = 0;
@@ -186,7 +280,14 @@ test('bench browser-media', async () => {
   const rawFileMs: number[] = [];
   const oursCallMs: number[] = [];
   const rawCallMs: number[] = [];
+  const relayOursMs: number[] = [];
+  const relayCoturnMs: number[] = [];
+  if (!relays) throw new Error('the relays did not start');
   for (let round = 1; round <= ROUNDS; round++) {
+    // Relayed: the same raw pages through our TURN and through coturn, alternating which goes first.
+    if (round % 2 === 0) relayCoturnMs.push(await rawFile(relays.coturn));
+    relayOursMs.push(await rawFile(relays.ours));
+    if (round % 2 === 1) relayCoturnMs.push(await rawFile(relays.coturn));
     if (round % 2 === 0) oursFileMs.push(await oursFile(round, path));
     rawFileMs.push(await rawFile());
     if (round % 2 === 1) oursFileMs.push(await oursFile(round, path));
@@ -194,7 +295,8 @@ test('bench browser-media', async () => {
     rawCallMs.push(await rawCall());
     if (round % 2 === 1) oursCallMs.push(await oursCall(100 + round));
     console.log(
-      `round ${round}: file ours ${oursFileMs.at(-1)} ms, raw ${rawFileMs.at(-1)} ms; call ours ${oursCallMs.at(-1)} ms, raw ${rawCallMs.at(-1)} ms`,
+      `round ${round}: file ours ${oursFileMs.at(-1)} ms, raw ${rawFileMs.at(-1)} ms; call ours ${oursCallMs.at(-1)} ms, raw ${rawCallMs.at(-1)} ms; ` +
+        `relayed raw channel: our TURN ${relayOursMs.at(-1)} ms, coturn ${relayCoturnMs.at(-1)} ms`,
     );
   }
   const mbs = (ms: number) => FILE_BYTES / 1e6 / (ms / 1000);
@@ -204,9 +306,11 @@ test('bench browser-media', async () => {
     file_raw_mb_s: mbs(median(rawFileMs)),
     call_ours_ms: median(oursCallMs),
     call_raw_ms: median(rawCallMs),
-    runs: { oursFileMs, rawFileMs, oursCallMs, rawCallMs },
+    relay_ours_mb_s: mbs(median(relayOursMs)),
+    relay_coturn_mb_s: mbs(median(relayCoturnMs)),
+    runs: { oursFileMs, rawFileMs, oursCallMs, rawCallMs, relayOursMs, relayCoturnMs },
   };
   console.log(JSON.stringify(result));
-  for (const v of [...oursFileMs, ...rawFileMs, ...oursCallMs, ...rawCallMs]) expect(v).toBeGreaterThan(0);
+  for (const v of [...oursFileMs, ...rawFileMs, ...oursCallMs, ...rawCallMs, ...relayOursMs, ...relayCoturnMs]) expect(v).toBeGreaterThan(0);
   if (process.env.BENCH_OUT) writeFileSync(process.env.BENCH_OUT, JSON.stringify(result));
 });

@@ -34,7 +34,8 @@ usage: cargo xtask <command>
   bench turn             relayed messages/s and memory per allocation vs coturn, same client (turnutils_uclient)
   bench e2ee             MLS cost per message; encrypted file transfer vs a raw DataChannel, same run
   bench browser          web client in Chromium: wasm MLS cost vs native, connect time vs a raw WebRTC page, wasm size
-  bench browser-media    a file between two browsers vs a raw DataChannel; call to first video frame vs a raw page
+  bench browser-media    a file between two browsers vs a raw DataChannel; call to first video frame vs a raw page;
+                         the raw DataChannel relayed through our TURN vs coturn
   fuzz [seconds]         run every fuzz target (default 60 s each)
 ";
 

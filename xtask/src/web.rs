@@ -162,6 +162,7 @@ pub(crate) fn bench_browser(rest: &[String]) -> anyhow::Result<()> {
     sh(npx(&web, "vitest")
         .args(["run", "--config", "bench/vitest.config.ts", "bench/browser.test.ts"])
         .env("PEERBUBBLE_BIN", target_dir().join("debug/peerbubble"))
+        .env("PEERBUBBLE_RELEASE_BIN", target_dir().join("release/peerbubble"))
         .env("BENCH_ROUNDS", rounds.to_string())
         .env("BENCH_MESSAGES", messages.to_string())
         .env("BENCH_OUT", &out))?;
@@ -189,7 +190,8 @@ pub(crate) fn screenshots() -> PathBuf {
 
 /// `cargo xtask bench browser-media`: a file between two browsers through the web client against two raw pages
 /// over one DataChannel (same 16 KiB messages), and the time from "Video call" to the first decoded remote frame
-/// against a raw RTCPeerConnection page, in one Chromium, rounds alternating (web-client/bench/media.test.ts).
+/// against a raw RTCPeerConnection page, and the raw DataChannel forced through our TURN (release build) against
+/// coturn, in one Chromium, rounds alternating (web-client/bench/media.test.ts).
 pub(crate) fn bench_browser_media(rest: &[String]) -> anyhow::Result<()> {
     let (mut rounds, mut file_mb) = (3u32, 256u32);
     for pair in rest.chunks(2) {
@@ -204,6 +206,8 @@ pub(crate) fn bench_browser_media(rest: &[String]) -> anyhow::Result<()> {
     crate::debian_packages()?;
     build()?;
     sh(cargo().args(["build", "--package", "peerbubble", "--bin", "peerbubble"]))?;
+    // The relays are compared as they ship: ours from a release build, against Debian's coturn.
+    sh(cargo().args(["build", "--release", "--package", "peerbubble", "--bin", "peerbubble"]))?;
     let web = project_root().join("web-client");
     let out = target_dir().join("bench-browser-media.json");
     let _ = std::fs::remove_file(&out);
@@ -217,15 +221,17 @@ pub(crate) fn bench_browser_media(rest: &[String]) -> anyhow::Result<()> {
     let number = |key: &str| crate::bench::json_number(&result, key);
     let (ours, raw) = (number("file_ours_mb_s")?, number("file_raw_mb_s")?);
     let (call_ours, call_raw) = (number("call_ours_ms")?, number("call_raw_ms")?);
+    let (relay_ours, relay_coturn) = (number("relay_ours_mb_s")?, number("relay_coturn_mb_s")?);
     println!(
         "file of {file_mb} MiB (median of {rounds}): web client {ours:.1} MB/s, raw DataChannel {raw:.1} MB/s; \
          call to first remote video frame: web client {call_ours:.0} ms, raw RTCPeerConnection {call_raw:.0} ms; \
-         relayed throughput against coturn: not measured yet"
+         raw DataChannel relayed: through our TURN {relay_ours:.1} MB/s, through coturn {relay_coturn:.1} MB/s"
     );
     println!(
-        "bench browser-media: file_ratio={:.2} relay_ratio=unmeasured call_ratio={:.2} file_mb_s={ours:.1} \
-         relay_mb_s=unmeasured",
+        "bench browser-media: file_ratio={:.2} relay_ratio={:.2} call_ratio={:.2} file_mb_s={ours:.1} \
+         relay_mb_s={relay_ours:.1}",
         ours / raw,
+        relay_ours / relay_coturn,
         call_ours / call_raw
     );
     Ok(())
