@@ -145,6 +145,21 @@ describe('members in the browser', () => {
     await bob.page.getByRole('navigation').waitFor({ timeout: 60_000 });
   });
 
+  test('a message is edited in place, and the contact sees the new text', async () => {
+    await open(alice.page, /Bob \(field team\)/);
+    await open(bob.page, /Alice \(field team\)/);
+    await send(alice.page, 'Gate code is 4411');
+    await expect.poll(() => texts(bob.page), { timeout: 30_000 }).toContain('Gate code is 4411');
+    await alice.page.locator('li.message.mine').last().getByRole('button', { name: 'Edit' }).click();
+    const box = alice.page.getByRole('textbox', { name: 'Edit the message' });
+    await box.fill('Gate code is 4412');
+    await shot(alice.page, 'edit-inline-desktop-en');
+    await box.press('Enter');
+    await expect.poll(() => texts(bob.page), { timeout: 30_000 }).toContain('Gate code is 4412');
+    expect(await texts(bob.page)).not.toContain('Gate code is 4411');
+    expect(await bob.page.locator('li.message', { hasText: 'Gate code is 4412' }).innerText()).toContain('edited');
+  });
+
   test('a group of three: add, remove, and the removed member reads nothing more', async () => {
     const erin = await newMember(browser);
     members.push(erin);
@@ -181,8 +196,16 @@ describe('members in the browser', () => {
 
   test('removing a contact destroys the conversation on this device', async () => {
     await open(alice.page, /Bob \(field team\)/);
-    alice.page.once('dialog', (d) => void d.accept());
     await alice.page.getByRole('button', { name: 'Remove contact' }).click();
+    // Asked inside the page first: Escape keeps everything, the dialog's own button removes.
+    const ask = alice.page.getByRole('alertdialog', { name: 'Remove Bob (field team)?' });
+    await ask.waitFor();
+    await shot(alice.page, 'remove-contact-desktop-en');
+    await alice.page.keyboard.press('Escape');
+    expect(await ask.count()).toBe(0);
+    expect(await texts(alice.page)).toContain('Meet at the north gate at 0600');
+    await alice.page.getByRole('button', { name: 'Remove contact' }).click();
+    await ask.getByRole('button', { name: 'Remove contact' }).click();
     await open(alice.page, /Bob \(field team\)/);
     // A new conversation is set up; the old history is gone from this device.
     await new Promise((r) => setTimeout(r, 1_000));

@@ -78,3 +78,35 @@ export function Icon({ name }: { name: 'attach' | 'file' }) {
     </svg>
   );
 }
+
+/**
+ * Asks before something that cannot be undone, inside the page (a browser `confirm()` blocks the worker's
+ * updates and cannot be styled or translated). Escape or the backdrop cancel; the safe choice has the focus.
+ */
+export function ConfirmDialog(props: { title: string; body: string; confirm: string; onConfirm: () => void; onCancel: () => void }) {
+  const { t } = useTranslation();
+  return (
+    <div className="dialog-backdrop" onClick={(e) => e.target === e.currentTarget && props.onCancel()}>
+      <div
+        className="dialog"
+        role="alertdialog"
+        aria-modal="true"
+        aria-label={props.title}
+        onKeyDown={(e) => {
+          if (e.key === 'Escape') props.onCancel();
+        }}
+      >
+        <h2>{props.title}</h2>
+        <p>{props.body}</p>
+        <div className="row">
+          <button type="button" autoFocus onClick={props.onCancel}>
+            {t('cancel')}
+          </button>
+          <button type="button" className="danger" onClick={props.onConfirm}>
+            {props.confirm}
+          </button>
+        </div>
+      </div>
+    </div>
+  );
+}

@@ -2,7 +2,7 @@ import { type FormEvent, useEffect, useMemo, useRef, useState } from 'react';
 import { useTranslation } from 'react-i18next';
 import type { LinkState } from '../rtc';
 import type { WorkerClient } from '../client';
-import { LanguageSwitch, initials } from '../components';
+import { ConfirmDialog, LanguageSwitch, initials } from '../components';
 import type { ChatMessage, Conversation, DirectoryEntry, FileItem, View } from '../protocol';
 import { CallScreen } from './CallScreen';
 import { AttachButton, FileCard, bytes, useDropZone } from './Files';
@@ -27,6 +27,7 @@ export function Home({ client, view, notices }: { client: WorkerClient; view: Vi
   const { t } = useTranslation();
   const [selection, setSelection] = useState<Selection>(null);
   const [creating, setCreating] = useState(false);
+  const [removing, setRemoving] = useState<DirectoryEntry | null>(null);
   const [safety, setSafety] = useState<DirectoryEntry | null>(null);
   const [error, setError] = useState<string | null>(null);
   const names = useMemo(() => new Map(view.directory.map((e) => [e.member, e.displayName])), [view.directory]);
@@ -166,12 +167,7 @@ export function Home({ client, view, notices }: { client: WorkerClient; view: Vi
             nameOf={nameOf}
             onBack={() => setSelection(null)}
             onSafety={() => contact && setSafety(contact)}
-            onRemoveContact={() => {
-              if (contact && confirm(t('home.removeConfirm', { name: contact.displayName }))) {
-                void run(() => client.send({ kind: 'removeContact', member: contact.member }));
-                setSelection(null);
-              }
-            }}
+            onRemoveContact={() => contact && setRemoving(contact)}
             onError={setError}
             notices={notices}
           />
@@ -187,6 +183,20 @@ export function Home({ client, view, notices }: { client: WorkerClient; view: Vi
               const id = await client.send({ kind: 'createGroup', name, members });
               if (typeof id === 'string') setSelection({ kind: 'group', conversation: id });
             });
+          }}
+        />
+      )}
+      {removing && (
+        <ConfirmDialog
+          title={t('home.removeTitle', { name: removing.displayName })}
+          body={t('home.removeConfirm', { name: removing.displayName })}
+          confirm={t('home.removeContact')}
+          onCancel={() => setRemoving(null)}
+          onConfirm={() => {
+            const member = removing.member;
+            setRemoving(null);
+            void run(() => client.send({ kind: 'removeContact', member }));
+            setSelection(null);
           }}
         />
       )}
@@ -456,6 +466,7 @@ function Message(props: { m: ChatMessage; mine: boolean; author: string; masked:
   const { t } = useTranslation();
   const { m } = props;
   const [revealed, setRevealed] = useState(false);
+  const [editing, setEditing] = useState<string | null>(null);
   useEffect(() => {
     if (!revealed) return;
     const timer = setTimeout(() => setRevealed(false), REVEAL_MS);
@@ -471,7 +482,28 @@ function Message(props: { m: ChatMessage; mine: boolean; author: string; masked:
         {m.edited && <span className="muted"> · {t('chat.edited')}</span>}
         {props.mine && <span className="muted"> · {read ? t('chat.read') : Object.keys(m.receipts).length > 0 ? t('chat.delivered') : t('chat.sent')}</span>}
       </div>
-      {m.deleted ? (
+      {editing !== null ? (
+        <form
+          className="edit"
+          onSubmit={(e) => {
+            e.preventDefault();
+            const text = editing.trim();
+            setEditing(null);
+            if (text && text !== m.text) void props.client.send({ kind: 'edit', conversation: props.conversation, message: m.id, text }).catch((err: Error) => props.onError(err.message));
+          }}
+          onKeyDown={(e) => {
+            if (e.key === 'Escape') setEditing(null);
+          }}
+        >
+          <input aria-label={t('chat.editPrompt')} value={editing} autoFocus onChange={(e) => setEditing(e.target.value)} />
+          <button type="submit" className="primary" disabled={!editing.trim()}>
+            {t('chat.save')}
+          </button>
+          <button type="button" onClick={() => setEditing(null)}>
+            {t('cancel')}
+          </button>
+        </form>
+      ) : m.deleted ? (
         <p className="muted text">{t('chat.deleted')}</p>
       ) : hidden ? (
         <button type="button" className="masked" onClick={() => setRevealed(true)}>
@@ -480,15 +512,12 @@ function Message(props: { m: ChatMessage; mine: boolean; author: string; masked:
       ) : (
         <p className="text">{m.text}</p>
       )}
-      {props.mine && !m.deleted && (
+      {props.mine && !m.deleted && editing === null && (
         <div className="message-actions">
           <button
             type="button"
             className="link"
-            onClick={() => {
-              const text = prompt(t('chat.editPrompt'), revealed || !props.masked ? m.text : '');
-              if (text) void props.client.send({ kind: 'edit', conversation: props.conversation, message: m.id, text }).catch((e: Error) => props.onError(e.message));
-            }}
+            onClick={() => setEditing(m.text)}
           >
             {t('chat.edit')}
           </button>
