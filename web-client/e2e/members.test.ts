@@ -158,6 +158,13 @@ describe('members in the browser', () => {
     await expect.poll(() => texts(bob.page), { timeout: 30_000 }).toContain('Gate code is 4412');
     expect(await texts(bob.page)).not.toContain('Gate code is 4411');
     expect(await bob.page.locator('li.message', { hasText: 'Gate code is 4412' }).innerText()).toContain('edited');
+    // Disappearing messages: set on one side, shown on both; set back so that the history stays for the tests after.
+    const timer = (page: Page) => page.getByRole('combobox', { name: 'Disappearing messages' });
+    await timer(alice.page).selectOption('300');
+    await expect.poll(() => timer(bob.page).inputValue(), { timeout: 30_000 }).toBe('300');
+    expect(await timer(bob.page).locator('option:checked').innerText()).toBe('Disappear after 5 minutes');
+    await timer(bob.page).selectOption('0');
+    await expect.poll(() => timer(alice.page).inputValue(), { timeout: 30_000 }).toBe('0');
   });
 
   test('a group of three: add, remove, and the removed member reads nothing more', async () => {

@@ -93,6 +93,8 @@ export interface Conversation {
   history: ChatMessage[];
   /** A group's call under way: who is in it, so a member can join. */
   call: GroupCallView | null;
+  /** Messages disappear this many seconds after they were sent (any member sets it), or never. */
+  timer: number | null;
 }
 
 export interface GroupCallView {

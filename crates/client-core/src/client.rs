@@ -750,6 +750,11 @@ impl Client {
         Ok(&self.conversation(conversation)?.history)
     }
 
+    /// After how many seconds messages of the conversation disappear (set by any member), if they do.
+    pub fn timer(&self, conversation: ConversationId) -> Result<Option<u32>, ClientError> {
+        Ok(self.conversation(conversation)?.timer_secs)
+    }
+
     /// A secret both sides of a conversation derive from the current epoch (MLS exporter), e.g. a file key.
     pub fn export_secret(
         &self,

@@ -52,6 +52,8 @@ fn direct_conversation_both_ways_with_edits_receipts_typing_and_timers() {
     net.clients[1].set_timer(c, Some(60)).unwrap();
     net.run();
     assert!(net.events[0].iter().any(|e| matches!(e, Event::TimerChanged { timer_secs: Some(60), .. })));
+    assert_eq!(net.clients[0].timer(c).unwrap(), Some(60), "both sides show the timer");
+    assert_eq!(net.clients[1].timer(c).unwrap(), Some(60));
     let gone = net.clients[0].send_text(c, "burn after reading").unwrap();
     net.run();
     assert!(net.clients[1].history(c).unwrap().iter().any(|m| m.id == gone));

@@ -969,6 +969,7 @@ impl Member {
                     "name": name,
                     "members": members,
                     "history": client.history(id).unwrap_or_default(),
+                    "timer": client.timer(id).ok().flatten(),
                     // The group's call under way, if any: who is in it (ids only), so a member can join.
                     "call": client.group_call(id).map(|c| json!({
                         "ring": c.ring,

@@ -349,6 +349,7 @@ function ConversationPane(props: {
             <input type="checkbox" checked={masked} onChange={toggleMask} disabled={maskRequired} />
             {t('chat.mask')}
           </label>
+          {c && c.kind !== 'pending' && <TimerPicker client={client} view={view} conversation={c} disabled={!ready} onError={props.onError} />}
           {props.contact && view.policy.calls_allowed && (
             <>
               <button
@@ -700,6 +701,36 @@ function BubbleRules({ view }: { view: View }) {
         {view.fingerprint.replace(/(\d{5})(?=\d)/g, '$1 ')}
       </p>
     </details>
+  );
+}
+
+/** The durations offered for disappearing messages (the bubble's rule may cap them). */
+const TIMERS = [300, 3600, 86_400, 604_800];
+
+/** Disappearing messages for the conversation: off, or a duration; any member may change it, everyone sees it. */
+function TimerPicker(props: { client: WorkerClient; view: View; conversation: Conversation; disabled: boolean; onError: (e: string) => void }) {
+  const { t } = useTranslation();
+  const limit = props.view.policy.disappear_within_secs;
+  const current = props.conversation.timer ?? 0;
+  const choices = [...new Set([0, ...TIMERS, ...(current ? [current] : [])])].sort((a, b) => a - b);
+  return (
+    <label className={`timer ${current ? 'on' : ''}`} title={limit > 0 ? t('policy.disappear', { duration: duration(limit, t) }) : undefined}>
+      <span className="sr-only">{t('timer.label')}</span>
+      <select
+        aria-label={t('timer.label')}
+        value={current}
+        disabled={props.disabled}
+        onChange={(e) =>
+          void props.client.send({ kind: 'setTimer', conversation: props.conversation.id, seconds: Number(e.target.value) }).catch((err: Error) => props.onError(err.message))
+        }
+      >
+        {choices.map((secs) => (
+          <option key={secs} value={secs} disabled={limit > 0 && (secs === 0 || secs > limit)}>
+            {secs === 0 ? t('timer.off') : t('timer.after', { duration: duration(secs, t) })}
+          </option>
+        ))}
+      </select>
+    </label>
   );
 }
 
