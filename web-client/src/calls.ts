@@ -175,6 +175,11 @@ export class Calls {
         this.finish(notice.reason);
         return;
       case 'groupCallRing':
+        // We rang the same group at the same moment: both sides keep the lower id, so we join that call.
+        if (call?.group === notice.group && call.outgoing && call.phase === 'ringing' && call.ring && notice.ring < call.ring) {
+          void this.adopt(call, notice.ring, notice.participants);
+          return;
+        }
         // Busy in another call: nobody in the group needs to hear it (they see who joins).
         if (call) return;
         this.ended = null;
@@ -259,7 +264,25 @@ export class Calls {
     const call = this.call;
     if (!call || call.phase !== 'incoming') return;
     if (!call.group) await this.send({ kind: 'answerRing', member: call.peer, ring: call.ring, accept: false }).catch(() => undefined);
-    this.finish('you');
+    // Declining a group's call tells nobody, and needs no banner: the group shows a "join" button meanwhile.
+    this.finish('you', call.group !== null);
+  }
+
+  /** Our ring lost to one made at the same moment in the same group: we join that call instead. */
+  private async adopt(call: Call, ring: string, participants: MemberId[]): Promise<void> {
+    if (!call.group) return;
+    call.ring = ring;
+    call.others = participants.filter((p) => p !== this.me);
+    call.phase = 'connecting';
+    this.changed();
+    try {
+      await this.send({ kind: 'joinGroupCall', group: call.group, ring });
+    } catch {
+      this.finish('lost');
+      return;
+    }
+    const me = this.me;
+    for (const other of call.others) if (me && me < other) void this.connectMedia(other);
   }
 
   async hangUp(): Promise<void> {
