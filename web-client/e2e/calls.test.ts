@@ -150,7 +150,7 @@ describe('calls', () => {
     await bob.page.getByRole('dialog', { name: 'Appel entrant' }).getByRole('button', { name: 'Décrocher' }).click({ timeout: 30_000 });
     await expect.poll(() => alice.page.locator('.call-status').innerText(), { timeout: 30_000 }).toContain('In call with Bob (field team)');
     await alice.page.getByText('Microphone and camera').click();
-    const select = alice.page.getByLabel('Microphone', { exact: true });
+    const select = alice.page.getByRole('combobox', { name: 'Microphone' });
     const options = await select.locator('option').evaluateAll((os) => os.map((o) => (o as HTMLOptionElement).value));
     expect(options.length).toBeGreaterThan(1);
     const label = async () => (await stats(alice.page))?.localTracks?.find((t) => t.kind === 'audio')?.label;
@@ -220,7 +220,7 @@ describe('calls', () => {
     await bob.page.screenshot({ path: join(screenshotDir(), 'call-group-phone-fr.png') });
     // Erin leaves: Alice and Bob go on with each other.
     await erin.page.getByRole('button', { name: 'Leave call' }).click();
-    expect(await erin.page.locator('.call-screen').count()).toBe(0);
+    await expect.poll(() => erin.page.locator('.call-screen').count()).toBe(0);
     await expect.poll(() => erin.page.locator('.call-ended').innerText()).toContain('You left the call in North sector');
     for (const page of [alice.page, bob.page]) {
       await expect.poll(() => others(page), { timeout: 30_000 }).toHaveLength(1);
@@ -237,7 +237,7 @@ describe('calls', () => {
     await expect.poll(() => others(alice.page), { timeout: 30_000 }).toHaveLength(1);
     await alice.page.getByRole('button', { name: 'Leave call' }).click();
     await expect.poll(() => bob.page.locator('.call-ended').innerText(), { timeout: 30_000 }).toContain("Tous les autres ont quitté l'appel de North sector");
-    expect(await bob.page.locator('.call-screen').count()).toBe(0);
+    await expect.poll(() => bob.page.locator('.call-screen').count()).toBe(0);
     expect([...alice.frames, ...bob.frames, ...erin.frames].join('\n')).not.toMatch(/a=fingerprint|m=video|a=candidate/);
     await erin.context.close();
   });

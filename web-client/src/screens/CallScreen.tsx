@@ -118,9 +118,16 @@ export function CallScreen({ client, view }: { client: WorkerClient; view: View 
         </ul>
       )}
       <div className={`call-media ${tiles.length > 1 ? 'grid' : ''}`}>
-        {tiles.map((tile) => (
-          <Media key={tile.peer} kind="remote" tracks={tile.camera} muted={false} video={call.video} label={t('call.remoteMedia', { name: nameOf(tile.peer) })} />
-        ))}
+        {tiles.map((tile) =>
+          call.group && call.video ? (
+            <figure key={tile.peer}>
+              <Media kind="remote" tracks={tile.camera} muted={false} video label={t('call.remoteMedia', { name: nameOf(tile.peer) })} />
+              <figcaption>{nameOf(tile.peer)}</figcaption>
+            </figure>
+          ) : (
+            <Media key={tile.peer} kind="remote" tracks={tile.camera} muted={false} video={call.video} label={t('call.remoteMedia', { name: nameOf(tile.peer) })} />
+          ),
+        )}
         {call.video && <Media kind="self" tracks={call.local?.getVideoTracks() ?? []} muted video label={t('call.ownCamera')} />}
       </div>
       {screens.map((tile) => (
@@ -174,7 +181,7 @@ function DevicePicker({ client, video }: { client: WorkerClient; video: boolean 
       {pickers.map(({ kind, list }) => (
         <label key={kind}>
           {kind === 'audio' ? t('call.microphone') : t('call.camera')}
-          <select value={client.calls.deviceOf(kind) ?? ''} onChange={(e) => void client.calls.switchDevice(kind, e.target.value).catch(() => undefined)}>
+          <select aria-label={kind === 'audio' ? t('call.microphone') : t('call.camera')} value={client.calls.deviceOf(kind) ?? ''} onChange={(e) => void client.calls.switchDevice(kind, e.target.value).catch(() => undefined)}>
             {list.map((d, i) => (
               <option key={d.deviceId} value={d.deviceId}>
                 {d.label || `${kind === 'audio' ? t('call.microphone') : t('call.camera')} ${i + 1}`}

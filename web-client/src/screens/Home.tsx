@@ -518,7 +518,7 @@ function Message(props: { m: ChatMessage; mine: boolean; author: string; masked:
           <button
             type="button"
             className="link"
-            onClick={() => setEditing(m.text)}
+            onClick={() => setEditing(hidden ? '' : m.text)}
           >
             {t('chat.edit')}
           </button>
