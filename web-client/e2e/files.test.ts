@@ -68,7 +68,11 @@ async function talkTo(page: Page, name: RegExp): Promise<void> {
   await expect.poll(() => page.getByRole('navigation').innerText(), { timeout: 60_000 }).toMatch(name);
   await open(page, name);
   await expect.poll(() => page.getByRole('textbox', { name: /Write a message|Écrire un message/ }).isEnabled(), { timeout: 60_000 }).toBe(true);
+  // Conversations start masked (file names too); these tests read the names, so this device shows them.
+  await page.getByRole('checkbox', { name: MASK_LABEL }).uncheck();
 }
+
+const MASK_LABEL = /^(Hide messages|Masquer les messages)$/;
 
 function card(page: Page, name: string) {
   return page.locator('.message.file', { hasText: name });
@@ -186,7 +190,14 @@ describe('files between two browsers', () => {
 
   test('either side pauses and the other is told; the receiver resumes; a cancel stops both', async () => {
     const mid = makeFile('photos-64.bin', 64 << 20);
+    // Masked, a file's name is hidden like a message until shown.
+    await bob.page.getByRole('checkbox', { name: MASK_LABEL }).check();
     await alice.page.locator('input[type=file][aria-label="Send a file"]').setInputFiles(mid.path);
+    await expect.poll(() => bob.page.getByRole('button', { name: 'Hidden file name — show' }).count(), { timeout: 60_000 }).toBeGreaterThan(0);
+    expect(await bob.page.locator('.conversation').innerText()).not.toContain('photos-64.bin');
+    await bob.page.getByRole('button', { name: 'Hidden file name — show' }).last().click();
+    await expect.poll(() => bob.page.locator('.conversation').innerText()).toContain('photos-64.bin');
+    await bob.page.getByRole('checkbox', { name: MASK_LABEL }).uncheck();
     await card(bob.page, 'photos-64.bin').getByRole('button', { name: 'Accept' }).click({ timeout: 60_000 });
     await expect.poll(() => percent(bob.page, 'photos-64.bin'), { timeout: 60_000 }).toBeGreaterThan(0);
     await card(bob.page, 'photos-64.bin').getByRole('button', { name: 'Pause' }).click();

@@ -115,9 +115,12 @@ export async function invite(up: Up, name: string, categories: string[]): Promis
   return String(answer.link);
 }
 
-export async function launch(): Promise<Browser> {
-  return chromium.launch({ executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium', args: CHROMIUM_ARGS });
+export async function launch(extra: string[] = []): Promise<Browser> {
+  return chromium.launch({ executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium', args: [...CHROMIUM_ARGS, ...extra] });
 }
+
+/** Chromium's fake camera and microphone, allowed without asking. */
+export const FAKE_MEDIA = ['--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream', '--autoplay-policy=no-user-gesture-required'];
 
 export interface Member {
   context: BrowserContext;

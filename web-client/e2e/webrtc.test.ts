@@ -1,13 +1,13 @@
 // DataChannels from the browser: a member in Chromium and `peerbubble chat --echo` (webrtc-rs) talk over a
-// direct DataChannel once it opens; a member who chose "always through the bubble's relay" reaches a contact
+// direct DataChannel once it opens, and call each other (the echo sends every track back); a member who chose "always through the bubble's relay" reaches a contact
 // through the bubble's own TURN (iceTransportPolicy "relay"), and getStats() says the selected pair is relayed.
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { Browser } from 'playwright-core';
+import type { Browser, Page } from 'playwright-core';
 import { afterAll, beforeAll, expect, onTestFailed, test } from 'vitest';
-import { type Up, enroll, invite, launch, newMember, open, screenshotDir, send, startUp, texts } from './harness';
+import { FAKE_MEDIA, type Up, enroll, invite, launch, newMember, open, screenshotDir, send, startUp, texts } from './harness';
 
 let up: Up;
 let browser: Browser;
@@ -16,7 +16,7 @@ const keys = mkdtempSync(join(tmpdir(), 'peerbubble-e2e-keys-'));
 
 beforeAll(async () => {
   // Members' candidates are loopback addresses here: the relay may send to them only because this says so.
-  [up, browser] = await Promise.all([startUp(['--turn-allow-peer', '127.0.0.0/8']), launch()]);
+  [up, browser] = await Promise.all([startUp(['--turn-allow-peer', '127.0.0.0/8']), launch(FAKE_MEDIA)]);
 });
 
 afterAll(async () => {
@@ -29,6 +29,16 @@ afterAll(async () => {
 /** The connection badge in the open conversation's header. */
 function badge(page: import('playwright-core').Page): Promise<string> {
   return page.locator('.pane-head .tag.link').innerText();
+}
+
+/** Frames decoded of the call's first incoming video, and bytes of its incoming audio. */
+async function received(page: Page): Promise<{ frames: number; audio: number }> {
+  const stats = await page.evaluate(() =>
+    (
+      window as unknown as { peerbubbleDiagnostics: { callStats: () => Promise<{ videoFrames: number[]; inbound: Record<string, { bytes: number }> } | null> } }
+    ).peerbubbleDiagnostics.callStats(),
+  );
+  return { frames: stats?.videoFrames[0] ?? 0, audio: stats?.inbound.audio?.bytes ?? 0 };
 }
 
 /** Frames of type `send` (relayed envelopes) the page has sent so far. */
@@ -61,6 +71,21 @@ test('a browser member and peerbubble chat --echo talk over a DataChannel', asyn
   await expect.poll(() => texts(alice.page), { timeout: 30_000 }).toContain('echo: radio check two');
   expect(relayed(alice.sent)).toBe(before);
   await alice.page.screenshot({ path: join(screenshotDir(), 'chat-direct-desktop-en.png') });
+  // A video call: the echo (webrtc-rs) picks up and sends every track back; the browser decodes its own
+  // camera and hears its own microphone, echoed, with frames and bytes rising.
+  await alice.page.getByRole('button', { name: 'Video call' }).click();
+  await expect.poll(() => alice.page.locator('.call-status').innerText(), { timeout: 30_000 }).toContain('In call with Echo bot');
+  await expect.poll(async () => (await received(alice.page)).frames, { timeout: 60_000 }).toBeGreaterThan(0);
+  for (const pick of [(r: { frames: number }) => r.frames, (r: { audio: number }) => r.audio]) {
+    const before = pick(await received(alice.page));
+    await expect.poll(async () => pick(await received(alice.page)), { timeout: 20_000 }).toBeGreaterThan(before);
+  }
+  await alice.page.screenshot({ path: join(screenshotDir(), 'call-echo-desktop-en.png') });
+  await alice.page.getByRole('button', { name: 'Hang up' }).click();
+  await expect.poll(() => alice.page.locator('.call-screen').count()).toBe(0);
+  // The chat goes on over the same connection after the call.
+  await send(alice.page, 'radio check three');
+  await expect.poll(() => texts(alice.page), { timeout: 30_000 }).toContain('echo: radio check three');
   // The SDP (addresses, fingerprints) crossed signaling only inside MLS.
   expect(alice.frames.join('\n')).not.toMatch(/a=fingerprint|a=candidate|127\.0\.0\.1 \d+ typ/);
   await alice.context.close();

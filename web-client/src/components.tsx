@@ -1,4 +1,4 @@
-import type { ReactNode } from 'react';
+import { type ReactNode, useEffect, useState } from 'react';
 import { useTranslation } from 'react-i18next';
 import { LANGUAGES, setLanguage } from './i18n';
 
@@ -109,4 +109,18 @@ export function ConfirmDialog(props: { title: string; body: string; confirm: str
       </div>
     </div>
   );
+}
+
+/** A masked item shown for this long once the member asked to see it, then hidden again. */
+export const REVEAL_MS = 15_000;
+
+/** Whether a masked item is shown now, and how to show it (for {@link REVEAL_MS}). */
+export function useReveal(): [boolean, () => void] {
+  const [revealed, setRevealed] = useState(false);
+  useEffect(() => {
+    if (!revealed) return;
+    const timer = setTimeout(() => setRevealed(false), REVEAL_MS);
+    return () => clearTimeout(timer);
+  }, [revealed]);
+  return [revealed, () => setRevealed(true)];
 }

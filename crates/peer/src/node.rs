@@ -103,6 +103,9 @@ pub enum NodeError {
     /// Nothing matching arrived in time.
     #[error("timed out waiting for {0}")]
     Timeout(&'static str),
+    /// This peer does not do that.
+    #[error("not supported by this peer: {0}")]
+    NotSupported(&'static str),
 }
 
 type Reply<T> = oneshot::Sender<Result<T, NodeError>>;
@@ -467,13 +470,14 @@ impl State {
         }
     }
 
-    async fn new_rtc(&mut self, peer: MemberId) -> Result<Arc<RtcPeer>, NodeError> {
+    async fn new_rtc(&mut self, peer: MemberId, offerer: bool) -> Result<Arc<RtcPeer>, NodeError> {
         self.close_rtc(peer, false).await;
         let ice_servers = self.signal.as_ref().map(|s| s.ice_servers().to_vec()).unwrap_or_default();
         let (rtc, mut events) = RtcPeer::new(RtcConfig {
             ice_servers,
             relay_only: self.config.relay_only,
             bind: self.config.bind.clone(),
+            offerer,
             ..RtcConfig::default()
         })
         .await?;
@@ -493,7 +497,7 @@ impl State {
     }
 
     async fn call(&mut self, peer: MemberId) -> Result<(), NodeError> {
-        let rtc = self.new_rtc(peer).await?;
+        let rtc = self.new_rtc(peer, true).await?;
         let sdp = rtc.create_offer().await?;
         self.core.start_call(peer, &sdp, &rtc.local_fingerprint())?;
         Ok(())
@@ -647,16 +651,51 @@ impl State {
             }
             Event::Call { from, signal: CallSignal::Offer { sdp, fingerprint, .. }, .. } => {
                 let (from, sdp, fingerprint) = (*from, sdp.clone(), *fingerprint);
+                let open = self.rtcs.get(&from).filter(|c| c.open).map(|c| c.rtc.clone());
+                // A call adding its media to the open connection (same certificate, same ICE session): answered
+                // only by the echo, which sends every track back; otherwise it is a new connection.
+                let reoffer = match &open {
+                    Some(rtc) => rtc.is_renegotiation(&sdp).await,
+                    None => false,
+                };
                 let result = async {
-                    let rtc = self.new_rtc(from).await?;
-                    let answer = rtc.accept_offer(&sdp, &fingerprint).await?;
+                    let (rtc, answer) = match open {
+                        Some(rtc) if reoffer => {
+                            if !self.config.echo {
+                                return Err(NodeError::NotSupported("media calls (only `--echo` answers them)"));
+                            }
+                            let answer = rtc.accept_media_offer(&sdp, &fingerprint).await?;
+                            (rtc, answer)
+                        }
+                        _ => {
+                            let rtc = self.new_rtc(from, false).await?;
+                            let answer = rtc.accept_offer(&sdp, &fingerprint).await?;
+                            (rtc, answer)
+                        }
+                    };
                     self.core.answer_call(from, &answer, &rtc.local_fingerprint())?;
                     Ok::<_, NodeError>(())
                 }
                 .await;
                 if let Err(e) = result {
-                    self.close_rtc(from, false).await;
+                    // A refused media offer was rolled back: the DataChannel keeps working.
+                    if !reoffer {
+                        self.close_rtc(from, false).await;
+                    }
                     self.emit(NodeEvent::Error(format!("answering a call failed: {e}")));
+                }
+            }
+            // The echo picks up every audio or video call (the caller then adds its media, echoed back); without
+            // it the native peer has no media and says so.
+            Event::Call { from, signal: CallSignal::Ring { ring, .. }, .. } => {
+                let (from, ring) = (*from, *ring);
+                let answered = if self.config.echo {
+                    self.core.answer_ring(from, ring, true)
+                } else {
+                    self.core.end_ring(from, ring, peerbubble_client_core::message::EndReason::Declined)
+                };
+                if let Err(e) = answered {
+                    self.emit(NodeEvent::Error(format!("answering a ring failed: {e}")));
                 }
             }
             Event::Call { from, signal: CallSignal::Answer { sdp, fingerprint, .. }, .. } => {

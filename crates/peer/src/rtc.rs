@@ -16,8 +16,13 @@
 //!    once more; on a mismatch the connection is closed and [`RtcEvent::Failed`] is emitted. No
 //!    [`RtcEvent::ChannelOpen`] and no [`RtcEvent::Message`] is ever delivered before this check has passed.
 //!
+//! Media: the browser may add a call's audio and video to an open connection (a new offer on it). The native
+//! peer answers such an offer only to send each received track straight back ([`RtcPeer::accept_media_offer`],
+//! the echo of `peerbubble chat --echo`): an interop partner for calls that nobody wrote in the browser.
+//!
 //! Never logged: SDP, ICE candidates, message content, key material.
 
+use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -28,15 +33,27 @@ use peerbubble_client_core::Fingerprint;
 use peerbubble_proto::IceServer;
 use rtc::ice::mdns::MulticastDnsMode;
 use rtc::peer_connection::certificate::CertificateParams;
+use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_OPUS, MIME_TYPE_VP8};
 use rtc::peer_connection::configuration::setting_engine::SctpMaxMessageSize;
+use rtc::peer_connection::transport::RTCDtlsRole;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
 use tokio::sync::{Notify, mpsc, watch};
 use webrtc::data_channel::{DataChannel, DataChannelEvent, RTCDataChannelInit};
+use webrtc::media_stream::MediaStreamTrack;
+use webrtc::media_stream::track_local::TrackLocal as _;
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::crypto::{self, SignatureScheme};
 use webrtc::peer_connection::{
-    PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCCertificate, RTCConfigurationBuilder,
-    RTCIceCandidateInit, RTCIceCandidateType, RTCIceGatheringState, RTCIceServer, RTCIceTransportPolicy,
-    RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription, SettingEngineBuilder,
+    MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCCertificate,
+    RTCConfigurationBuilder, RTCIceCandidateInit, RTCIceCandidateType, RTCIceGatheringState, RTCIceServer,
+    RTCIceTransportPolicy, RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription,
+    SettingEngineBuilder,
 };
+use webrtc::rtp_transceiver::RtpSender;
 
 /// The label of the one DataChannel a PeerBubble connection carries.
 pub const CHANNEL_LABEL: &str = "peerbubble";
@@ -67,6 +84,13 @@ const GATHERING_TIMEOUT: Duration = Duration::from_secs(20);
 /// same queue as received messages, so it can be late while the application is not reading its events.
 const BACKPRESSURE_RECHECK: Duration = Duration::from_millis(10);
 
+/// The stream every echo track belongs to (the browser groups the echoed audio and video).
+const ECHO_STREAM: &str = "peerbubble-echo";
+
+/// How often the browser is asked for a key frame of a video track that is echoed (at once, then periodically):
+/// its decoder of the echo needs one, and the requests it sends about the echo do not reach this code.
+const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_secs(3);
+
 /// How to build an [`RtcPeer`].
 #[derive(Clone, Debug)]
 pub struct RtcConfig {
@@ -84,6 +108,11 @@ pub struct RtcConfig {
     /// it refused (a certificate that does not match the fingerprint) only in its log, never as a state, so this
     /// is what ends such a connection.
     pub connect_timeout: Duration,
+    /// This side makes the first offer ([`RtcPeer::create_offer`]). Its later answers (a browser adding a call's
+    /// media to the open connection) must keep the DTLS server role the browser's first answer gave it: Chromium
+    /// refuses an answer that would reverse the role, and webrtc-rs 0.21 answers with its configured answering
+    /// role, not the negotiated one.
+    pub offerer: bool,
 }
 
 impl Default for RtcConfig {
@@ -93,6 +122,7 @@ impl Default for RtcConfig {
             relay_only: false,
             bind: vec![SocketAddr::from((Ipv4Addr::LOCALHOST, 0))],
             connect_timeout: Duration::from_secs(30),
+            offerer: false,
         }
     }
 }
@@ -277,6 +307,16 @@ struct Shared {
     closed: AtomicBool,
     /// Set once `Failed` has been emitted, so that it is emitted once.
     failed: AtomicBool,
+    /// Echo tracks by transceiver index (the echo's sender and the remote track of one m-section share it).
+    echoes: Mutex<HashMap<usize, Echo>>,
+}
+
+/// A local track that sends back what arrives on the remote track of the same m-section.
+#[derive(Clone)]
+struct Echo {
+    track: Arc<TrackLocalStaticRTP>,
+    /// The SSRC `add_track` gave it: every echoed packet is rewritten to it (webrtc-rs drops any other).
+    ssrc: u32,
 }
 
 impl Shared {
@@ -303,6 +343,18 @@ impl Shared {
             Ok(mut guard) => *guard = Some(fingerprint),
             Err(poisoned) => *poisoned.into_inner() = Some(fingerprint),
         }
+    }
+
+    fn echo(&self, transceiver: usize) -> Option<Echo> {
+        self.echoes.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&transceiver).cloned()
+    }
+
+    fn set_echo(&self, transceiver: usize, echo: Option<Echo>) {
+        let mut echoes = self.echoes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match echo {
+            Some(echo) => echoes.insert(transceiver, echo),
+            None => echoes.remove(&transceiver),
+        };
     }
 
     async fn fail(&self, reason: &'static str) {
@@ -348,6 +400,124 @@ impl PeerConnectionEventHandler for Handler {
     async fn on_data_channel(&self, data_channel: Arc<dyn DataChannel>) {
         let _ = self.control.send(Control::RemoteChannel(data_channel));
     }
+
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        // The driver awaits this callback: the echo runs in its own task.
+        tokio::spawn(reflect(track, self.shared.clone()));
+    }
+}
+
+/// Sends back, on the echo track of the same m-section, every RTP packet of a remote track, and asks the
+/// browser for key frames of a video track. Ends with the track or the connection. A track without an echo is
+/// still read to its end (a full queue makes webrtc-rs log every packet it drops).
+async fn reflect(track: Arc<dyn TrackRemote>, shared: Arc<Shared>) {
+    // webrtc-rs queues `OnOpen` before it calls `on_track`: it is the first event.
+    let opened = match track.poll().await {
+        Some(TrackRemoteEvent::OnOpen(init)) => Some((usize::from(init.receiver_id), init.ssrc)),
+        _ => None,
+    };
+    let Some((echo, media_ssrc)) = opened.and_then(|(transceiver, ssrc)| Some((shared.echo(transceiver)?, ssrc)))
+    else {
+        while track.poll().await.is_some() {}
+        return;
+    };
+    let video = track.kind().await == RtpCodecKind::Video;
+    tracing::debug!(video, "echoing a remote track");
+    let mut keyframes = tokio::time::interval(KEYFRAME_REQUEST_INTERVAL);
+    keyframes.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            event = track.poll() => match event {
+                Some(TrackRemoteEvent::OnRtpPacket(mut packet)) => {
+                    // The payload type is already the one negotiated for this m-section; the SSRC must be the
+                    // echo's own, and the browser's header extensions mean nothing echoed.
+                    packet.header.ssrc = echo.ssrc;
+                    packet.header.extension = false;
+                    packet.header.extension_profile = 0;
+                    packet.header.extensions.clear();
+                    packet.header.extensions_padding = 0;
+                    if echo.track.write_rtp(packet).await.is_err() {
+                        break;
+                    }
+                }
+                Some(TrackRemoteEvent::OnEnded) | None => break,
+                Some(_) => {}
+            },
+            _ = keyframes.tick(), if video => {
+                let pli: Vec<Box<dyn rtc::rtcp::Packet>> =
+                    vec![Box::new(PictureLossIndication { sender_ssrc: 0, media_ssrc })];
+                if track.write_rtcp(pli).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn opus() -> RTCRtpCodec {
+    RTCRtpCodec {
+        mime_type: MIME_TYPE_OPUS.to_owned(),
+        clock_rate: 48000,
+        channels: 2,
+        sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
+        rtcp_feedback: vec![],
+    }
+}
+
+fn vp8() -> RTCRtpCodec {
+    RTCRtpCodec {
+        mime_type: MIME_TYPE_VP8.to_owned(),
+        clock_rate: 90000,
+        channels: 0,
+        sdp_fmtp_line: String::new(),
+        rtcp_feedback: vec![
+            RTCPFeedback { typ: "nack".to_owned(), parameter: "pli".to_owned() },
+            RTCPFeedback { typ: "ccm".to_owned(), parameter: "fir".to_owned() },
+        ],
+    }
+}
+
+/// Opus and VP8 only, without RTX, RED or FEC: every packet the browser sends then has a payload type the echo
+/// may send back as is. One per connection (it keeps the connection's negotiation state).
+fn media_engine() -> Result<MediaEngine, RtcError> {
+    let mut engine = MediaEngine::default();
+    engine.register_codec(RTCRtpCodecParameters { rtp_codec: opus(), payload_type: 111 }, RtpCodecKind::Audio)?;
+    engine.register_codec(RTCRtpCodecParameters { rtp_codec: vp8(), payload_type: 96 }, RtpCodecKind::Video)?;
+    Ok(engine)
+}
+
+/// The first `a=<key>:` value of an SDP (session or media level).
+fn attribute<'a>(sdp: &'a str, key: &str) -> Option<&'a str> {
+    sdp.lines().find_map(|line| line.strip_prefix("a=")?.strip_prefix(key)?.strip_prefix(':')).map(str::trim_end)
+}
+
+/// The audio and video m-sections of an offer, by mid.
+fn media_kinds(desc: &RTCSessionDescription) -> Result<HashMap<String, RtpCodecKind>, RtcError> {
+    let parsed = desc.unmarshal().map_err(|_| RtcError::InvalidSdp)?;
+    Ok(parsed
+        .media_descriptions
+        .iter()
+        .filter_map(|media| {
+            let kind = match media.media_name.media.as_str() {
+                "audio" => RtpCodecKind::Audio,
+                "video" => RtpCodecKind::Video,
+                _ => return None,
+            };
+            Some((media.attribute("mid").flatten()?.to_owned(), kind))
+        })
+        .collect())
+}
+
+/// A local track for one m-section. One coding, no SSRC: `add_track` gives it one (read back from the sender).
+fn echo_track(kind: RtpCodecKind, mid: &str) -> TrackLocalStaticRTP {
+    let codec = if kind == RtpCodecKind::Audio { opus() } else { vp8() };
+    TrackLocalStaticRTP::new(MediaStreamTrack::new(
+        ECHO_STREAM.to_owned(),
+        format!("{ECHO_STREAM}-{mid}"),
+        format!("echo {mid}"),
+        kind,
+        vec![RTCRtpEncodingParameters { codec, ..Default::default() }],
+    ))
 }
 
 /// One WebRTC connection to one contact, with its one DataChannel.
@@ -405,6 +575,11 @@ impl RtcPeer {
             // Relayed candidates are all there is: waiting for better ones (2 s by default) only delays.
             settings = settings.with_relay_acceptance_min_wait(Some(Duration::ZERO));
         }
+        if config.offerer {
+            // Only read when answering: the first handshake is unchanged (the browser's `active` answer makes us
+            // the DTLS server); a later answer then says `passive` instead of reversing the role.
+            settings = settings.with_answering_dtls_role(RTCDtlsRole::Server);
+        }
         let settings = settings
             .with_crypto_provider(provider)
             // Candidates are IP addresses; no multicast query ever leaves the host.
@@ -429,11 +604,13 @@ impl RtcPeer {
             max_message_size: AtomicUsize::new(DEFAULT_MAX_MESSAGE_SIZE),
             closed: AtomicBool::new(false),
             failed: AtomicBool::new(false),
+            echoes: Mutex::new(HashMap::new()),
         });
         let (control, control_rx) = mpsc::unbounded_channel();
         let handler = Arc::new(Handler { shared: shared.clone(), control });
         let pc = PeerConnectionBuilder::new()
             .with_configuration(configuration)
+            .with_media_engine(media_engine()?)
             .with_setting_engine(settings)
             .with_handler(handler)
             .with_udp_addrs(config.bind.clone())
@@ -480,6 +657,99 @@ impl RtcPeer {
         let answer = self.pc.create_answer(None).await?;
         self.pc.set_local_description(answer).await?;
         self.gathered_description().await
+    }
+
+    /// Whether `sdp` sets this open, verified connection up again (the same ICE session: a call adding its media)
+    /// rather than starting a new connection.
+    pub async fn is_renegotiation(&self, sdp: &str) -> bool {
+        if self.ensure_open().is_err() || *self.shared.verdict.borrow() != Verdict::Verified {
+            return false;
+        }
+        let Some(current) = self.pc.current_remote_description().await else { return false };
+        matches!(
+            (attribute(&current.sdp, "ice-ufrag"), attribute(sdp, "ice-ufrag")),
+            (Some(now), Some(offered)) if now == offered
+        )
+    }
+
+    /// Answers an offer that adds media to this open connection (a browser starting a call): checks its DTLS
+    /// fingerprint as [`RtcPeer::accept_offer`] does, puts on every m-section the browser sends on a local track
+    /// that sends it back, and returns the answer at once (ICE is up; no candidate is awaited). On failure the
+    /// offer is rolled back and the connection, its DataChannel included, stays as it was.
+    pub async fn accept_media_offer(&self, sdp: &str, expected_fingerprint: &Fingerprint) -> Result<String, RtcError> {
+        self.ensure_open()?;
+        if *self.shared.verdict.borrow() != Verdict::Verified {
+            return Err(RtcError::WrongState("media is added to a connection that is up"));
+        }
+        let desc = RTCSessionDescription::offer(sdp.to_owned()).map_err(|_| RtcError::InvalidSdp)?;
+        self.authenticate(&desc, expected_fingerprint)?;
+        let kinds = media_kinds(&desc)?;
+        let serves_dtls = self.serves_dtls().await.ok_or(RtcError::WrongState("no DTLS role negotiated yet"))?;
+        self.pc.set_remote_description(desc).await.map_err(|_| RtcError::InvalidSdp)?;
+        let mut added = Vec::new();
+        let result = self.answer_with_echoes(&kinds, serves_dtls, &mut added).await;
+        if result.is_err() {
+            for (transceiver, sender) in added {
+                self.shared.set_echo(transceiver, None);
+                let _ = self.pc.remove_track(&sender).await;
+            }
+            if let Ok(rollback) = RTCSessionDescription::rollback(None) {
+                let _ = self.pc.set_remote_description(rollback).await;
+            }
+        }
+        result
+    }
+
+    async fn answer_with_echoes(
+        &self,
+        kinds: &HashMap<String, RtpCodecKind>,
+        serves_dtls: bool,
+        added: &mut Vec<(usize, Arc<dyn RtpSender>)>,
+    ) -> Result<String, RtcError> {
+        for transceiver in self.pc.get_transceivers().await {
+            let Some(mid) = transceiver.mid().await? else { continue };
+            let Some(&kind) = kinds.get(&mid) else { continue };
+            // Already echoed (an earlier offer), or nothing comes from the browser on it.
+            if transceiver.sender().await?.is_some() || !transceiver.direction().await?.has_recv() {
+                continue;
+            }
+            let track = Arc::new(echo_track(kind, &mid));
+            let sender = self.pc.add_track(track.clone()).await?;
+            let index = usize::from(sender.id());
+            let ssrc = sender
+                .get_parameters()
+                .await?
+                .encodings
+                .first()
+                .and_then(|encoding| encoding.rtp_coding_parameters.ssrc)
+                .ok_or(RtcError::WrongState("the echo track got no SSRC"))?;
+            self.shared.set_echo(index, Some(Echo { track, ssrc }));
+            added.push((index, sender));
+        }
+        let answer = self.pc.create_answer(None).await?;
+        // The answer must not reverse the running DTLS role (the browser would refuse it), and its text cannot be
+        // edited (webrtc-rs takes only what `create_answer` returned).
+        if attribute(&answer.sdp, "setup") != Some(if serves_dtls { "passive" } else { "active" }) {
+            return Err(RtcError::WrongState("the answer would reverse the DTLS role (RtcConfig::offerer)"));
+        }
+        self.pc.set_local_description(answer).await?;
+        let desc = self.pc.local_description().await.ok_or(RtcError::WrongState("no local description"))?;
+        Ok(desc.sdp)
+    }
+
+    /// Whether this side is the DTLS server of the running session, from the descriptions that set it up.
+    async fn serves_dtls(&self) -> Option<bool> {
+        let local = self.pc.current_local_description().await?;
+        match attribute(&local.sdp, "setup")? {
+            "passive" => Some(true),
+            "active" => Some(false),
+            "actpass" => match attribute(&self.pc.current_remote_description().await?.sdp, "setup")? {
+                "active" => Some(true),
+                "passive" => Some(false),
+                _ => None,
+            },
+            _ => None,
+        }
     }
 
     /// Applies the remote answer to our offer after checking that its DTLS fingerprint is `expected_fingerprint`.

@@ -4,7 +4,7 @@
 import { type DragEvent, type ReactNode, type RefObject, useRef, useState } from 'react';
 import { useTranslation } from 'react-i18next';
 import type { WorkerClient } from '../client';
-import { Icon } from '../components';
+import { Icon, useReveal } from '../components';
 import type { FileItem } from '../protocol';
 
 /** Bytes for people: 12.4 MB, 860 KB. */
@@ -52,15 +52,19 @@ async function decrypted(client: WorkerClient, f: FileItem, open: boolean): Prom
   setTimeout(() => URL.revokeObjectURL(url), 60_000);
 }
 
-export function FileCard(props: { f: FileItem; peerName: string; client: WorkerClient; onError: (e: string) => void; time: string }) {
+export function FileCard(props: { f: FileItem; masked: boolean; peerName: string; client: WorkerClient; onError: (e: string) => void; time: string }) {
   const { t } = useTranslation();
   const { f, client } = props;
+  // A masked conversation hides file names too (they can say as much as a message), until shown.
+  const [revealed, reveal] = useReveal();
+  const hidden = props.masked && !revealed;
+  const name = hidden ? t('file.hiddenName') : f.name;
   const [busy, setBusy] = useState<string | null>(null);
   const rate = useRate(f.bytes);
   const act = (label: string, run: () => Promise<unknown>) => {
     setBusy(label);
     run()
-      .catch((e: Error) => props.onError(e.message.startsWith('file_mismatch') ? t('file.mismatch', { name: f.name }) : e.message))
+      .catch((e: Error) => props.onError(e.message.startsWith('file_mismatch') ? t('file.mismatch', { name }) : e.message))
       .finally(() => setBusy(null));
   };
   const pick = useRef<HTMLInputElement>(null);
@@ -118,10 +122,17 @@ export function FileCard(props: { f: FileItem; peerName: string; client: WorkerC
       </div>
       <p className="file-name">
         <Icon name="file" />
-        <strong>{f.name}</strong> <span className="muted">· {bytes(f.size)}</span>
+        {hidden ? (
+          <button type="button" className="masked" onClick={reveal}>
+            {t('file.reveal')}
+          </button>
+        ) : (
+          <strong>{f.name}</strong>
+        )}{' '}
+        <span className="muted">· {bytes(f.size)}</span>
       </p>
       {f.state === 'moving' && (
-        <progress className={`progress ${held ? 'held' : ''}`} aria-label={t('file.progressLabel', { name: f.name })} max={100} value={percent} />
+        <progress className={`progress ${held ? 'held' : ''}`} aria-label={t('file.progressLabel', { name })} max={100} value={percent} />
       )}
       <p className="muted small file-status" role="status">
         {f.state === 'moving' && !f.needsFile && <span className="percent">{percent} % · </span>}

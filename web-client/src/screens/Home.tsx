@@ -2,14 +2,13 @@ import { type FormEvent, useEffect, useMemo, useRef, useState } from 'react';
 import { useTranslation } from 'react-i18next';
 import type { LinkState } from '../rtc';
 import type { WorkerClient } from '../client';
-import { ConfirmDialog, LanguageSwitch, initials } from '../components';
+import { ConfirmDialog, LanguageSwitch, initials, useReveal } from '../components';
 import type { ChatMessage, Conversation, DirectoryEntry, FileItem, View } from '../protocol';
 import { CallScreen } from './CallScreen';
 import { AttachButton, FileCard, bytes, useDropZone } from './Files';
 import { SafetyNumber } from './SafetyNumber';
 
-/** How long a revealed message stays readable before it is masked again. */
-const REVEAL_MS = 15_000;
+/** Conversations this device shows unmasked (all are masked unless the member turned it off). */
 const MASK_KEY = 'peerbubble.unmasked';
 
 type Selection = { kind: 'contact'; member: string } | { kind: 'group'; conversation: string } | null;
@@ -415,6 +414,7 @@ function ConversationPane(props: {
             <FileCard
               key={f.transfer}
               f={f}
+              masked={masked}
               peerName={props.nameOf(f.peer)}
               client={client}
               onError={props.onError}
@@ -466,13 +466,8 @@ function ConversationPane(props: {
 function Message(props: { m: ChatMessage; mine: boolean; author: string; masked: boolean; conversation: string; client: WorkerClient; onError: (e: string) => void }) {
   const { t } = useTranslation();
   const { m } = props;
-  const [revealed, setRevealed] = useState(false);
+  const [revealed, reveal] = useReveal();
   const [editing, setEditing] = useState<string | null>(null);
-  useEffect(() => {
-    if (!revealed) return;
-    const timer = setTimeout(() => setRevealed(false), REVEAL_MS);
-    return () => clearTimeout(timer);
-  }, [revealed]);
   const hidden = props.masked && !revealed && !m.deleted;
   const time = new Date(m.sent_at_ms).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
   const read = Object.values(m.receipts).includes('read');
@@ -507,7 +502,7 @@ function Message(props: { m: ChatMessage; mine: boolean; author: string; masked:
       ) : m.deleted ? (
         <p className="muted text">{t('chat.deleted')}</p>
       ) : hidden ? (
-        <button type="button" className="masked" onClick={() => setRevealed(true)}>
+        <button type="button" className="masked" onClick={reveal}>
           {t('chat.reveal')}
         </button>
       ) : (
