@@ -193,10 +193,11 @@ describe('files between two browsers', () => {
     // Masked, a file's name is hidden like a message until shown.
     await bob.page.getByRole('checkbox', { name: MASK_LABEL }).check();
     await alice.page.locator('input[type=file][aria-label="Send a file"]').setInputFiles(mid.path);
-    await expect.poll(() => bob.page.getByRole('button', { name: 'Hidden file name — show' }).count(), { timeout: 60_000 }).toBeGreaterThan(0);
+    const asked = bob.page.locator('.message.file[data-state="asked"]');
+    await expect.poll(() => asked.getByRole('button', { name: 'Hidden file name — show' }).count(), { timeout: 60_000 }).toBe(1);
     expect(await bob.page.locator('.conversation').innerText()).not.toContain('photos-64.bin');
-    await bob.page.getByRole('button', { name: 'Hidden file name — show' }).last().click();
-    await expect.poll(() => bob.page.locator('.conversation').innerText()).toContain('photos-64.bin');
+    await asked.getByRole('button', { name: 'Hidden file name — show' }).click();
+    await expect.poll(() => asked.innerText(), { timeout: 10_000 }).toContain('photos-64.bin');
     await bob.page.getByRole('checkbox', { name: MASK_LABEL }).uncheck();
     await card(bob.page, 'photos-64.bin').getByRole('button', { name: 'Accept' }).click({ timeout: 60_000 });
     await expect.poll(() => percent(bob.page, 'photos-64.bin'), { timeout: 60_000 }).toBeGreaterThan(0);
