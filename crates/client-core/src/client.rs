@@ -1386,13 +1386,13 @@ impl Client {
         path: Path,
         until_ms: u64,
     ) {
-        if self.early.len() == MAX_EARLY {
-            if let Some(dropped) = self.early.pop_front() {
-                self.events.push_back(Event::Refused {
-                    from: dropped.from,
-                    reason: "too many messages ahead of their conversation; the oldest was dropped".into(),
-                });
-            }
+        if self.early.len() == MAX_EARLY
+            && let Some(dropped) = self.early.pop_front()
+        {
+            self.events.push_back(Event::Refused {
+                from: dropped.from,
+                reason: "too many messages ahead of their conversation; the oldest was dropped".into(),
+            });
         }
         self.early.push_back(Early { conversation, epoch, from, bytes: bytes.to_vec(), path, until_ms });
     }

@@ -72,10 +72,10 @@ impl GroupCalls {
     /// with the lower id, so the group ends up in one call. A ring while a call is under way joins that call
     /// instead (the caller is told its id by the `Accept` it then sends).
     pub fn rang(&mut self, conversation: ConversationId, caller: MemberId, ring: MessageId, video: bool) -> &GroupCall {
-        let keep = match self.calls.get(&conversation) {
-            Some(current) if current.participants.len() > 1 || current.ring < ring => true,
-            _ => false,
-        };
+        let keep = matches!(
+            self.calls.get(&conversation),
+            Some(current) if current.participants.len() > 1 || current.ring < ring
+        );
         if !keep {
             let participants = BTreeSet::from([caller]);
             self.calls.insert(conversation, GroupCall { ring, caller, video, participants });
