@@ -162,7 +162,6 @@ pub(crate) fn bench_browser(rest: &[String]) -> anyhow::Result<()> {
     sh(npx(&web, "vitest")
         .args(["run", "--config", "bench/vitest.config.ts", "bench/browser.test.ts"])
         .env("PEERBUBBLE_BIN", target_dir().join("debug/peerbubble"))
-        .env("PEERBUBBLE_RELEASE_BIN", target_dir().join("release/peerbubble"))
         .env("BENCH_ROUNDS", rounds.to_string())
         .env("BENCH_MESSAGES", messages.to_string())
         .env("BENCH_OUT", &out))?;
@@ -214,6 +213,7 @@ pub(crate) fn bench_browser_media(rest: &[String]) -> anyhow::Result<()> {
     sh(npx(&web, "vitest")
         .args(["run", "--config", "bench/vitest.config.ts", "bench/media.test.ts"])
         .env("PEERBUBBLE_BIN", target_dir().join("debug/peerbubble"))
+        .env("PEERBUBBLE_RELEASE_BIN", target_dir().join("release/peerbubble"))
         .env("BENCH_ROUNDS", rounds.to_string())
         .env("BENCH_FILE_MB", file_mb.to_string())
         .env("BENCH_OUT", &out))?;
