@@ -81,6 +81,8 @@ async function startRelays(): Promise<void> {
         ...['--turn-secret-file', join(scratch, 'turn-secret'), '--turn-udp-port', String(ours), '--turn-tls-port', '0'],
         // The same openings coturn gets: loopback peers, no bandwidth cap.
         ...['--turn-allow-peers', '127.0.0.0/8', '--turn-bandwidth', '0', '--turn-relay-ports', '50000-59999'],
+        // Every round leaves allocations behind until they expire: no per-member quota, as coturn has none here.
+        ...['--turn-max-allocations-per-member', '100000', '--turn-max-allocations', '100000'],
       ],
       quiet,
     ),
@@ -193,7 +195,7 @@ async function rawPair(media: boolean, relay?: RTCIceServer): Promise<[Page, Pag
   })()`);
   await p1.evaluate(`(async () => {
     await window.pc.setRemoteDescription({ type: 'answer', sdp: ${JSON.stringify(answer)} });
-    await new Promise((r) => { if (window.ch.readyState === 'open') r(); window.ch.onopen = r; });
+    await new Promise((r, fail) => { if (window.ch.readyState === 'open') r(); window.ch.onopen = r; setTimeout(() => fail(new Error('the raw channel did not open in 60 s')), 60000); });
   })()`);
   return [p1, p2];
 }
