@@ -188,7 +188,7 @@ export function Home({ client, view, notices }: { client: WorkerClient; view: Vi
       {removing && (
         <ConfirmDialog
           title={t('home.removeTitle', { name: removing.displayName })}
-          body={t('home.removeConfirm', { name: removing.displayName })}
+          body={t('home.removeBody', { name: removing.displayName })}
           confirm={t('home.removeContact')}
           onCancel={() => setRemoving(null)}
           onConfirm={() => {
