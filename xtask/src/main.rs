@@ -77,7 +77,12 @@ pub(crate) fn project_root() -> PathBuf {
 }
 
 pub(crate) fn cargo() -> Command {
-    Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    let mut cmd = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    // `cargo xtask` (a `cargo run`) sets CARGO_MANIFEST_DIR to xtask's own directory, and some build scripts
+    // (ring's) rerun when it changes: handed down, every build through xtask and every plain `cargo build` on
+    // the same target dir rebuilt each other's dependencies. Cargo sets it itself where it means something.
+    cmd.env_remove("CARGO_MANIFEST_DIR");
+    cmd
 }
 
 /// Runs a command, echoing it, failing with its status.
