@@ -6,7 +6,7 @@
 import { join } from 'node:path';
 import { type Browser, type Page, chromium } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { CHROMIUM_ARGS, type Member, type Up, admin, enroll, invite, newMember, open, screenshotDir, startUp, unlock } from './harness';
+import { CHROMIUM_ARGS, type Member, type Up, admin, createGroup, enroll, invite, newMember, open, screenshotDir, startUp, unlock } from './harness';
 
 let up: Up;
 let browser: Browser;
@@ -190,11 +190,7 @@ describe('calls', () => {
     const erin = await newMember(browser);
     await enroll(erin, await invite(up, 'Erin (field team)', ['field-team']));
     await expect.poll(() => alice.page.getByRole('navigation').innerText(), { timeout: 30_000 }).toContain('Erin');
-    await alice.page.getByRole('button', { name: 'New group' }).click();
-    await alice.page.getByLabel('Group name').fill('North sector');
-    await alice.page.getByRole('dialog').getByLabel(/Bob/).check();
-    await alice.page.getByRole('dialog').getByLabel(/Erin/).check();
-    await alice.page.getByRole('button', { name: 'Create' }).click();
+    await createGroup(alice.page, 'North sector', [/Bob/, /Erin/]);
     for (const m of [bob, erin]) {
       await expect.poll(() => m.page.getByRole('navigation').innerText(), { timeout: 60_000 }).toContain('North sector');
     }

@@ -183,6 +183,15 @@ export async function open(page: Page, name: string | RegExp): Promise<void> {
   await page.getByRole('navigation').getByRole('button', { name }).first().click();
 }
 
+/** Creates a group from the sidebar with the members whose names match; `filled` runs before "Create". */
+export async function createGroup(page: Page, name: string, members: RegExp[], filled?: () => Promise<void>): Promise<void> {
+  await page.getByRole('button', { name: 'New group' }).click();
+  await page.getByLabel('Group name').fill(name);
+  for (const m of members) await page.getByRole('dialog').getByLabel(m).check();
+  await filled?.();
+  await page.getByRole('button', { name: 'Create' }).click();
+}
+
 export async function send(page: Page, text: string): Promise<void> {
   const box = page.getByRole('textbox', { name: /Write a message|Écrire un message/ });
   await expect.poll(() => box.isEnabled(), { timeout: 60_000 }).toBe(true);

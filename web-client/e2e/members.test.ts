@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import type { Browser, Page } from 'playwright-core';
 import AxeBuilder from '@axe-core/playwright';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { type Member, type Up, admin, enroll, invite, launch, newMember, open, screenshotDir, send, startUp, texts, unlock } from './harness';
+import { type Member, type Up, admin, createGroup, enroll, invite, launch, newMember, open, screenshotDir, send, startUp, texts, unlock } from './harness';
 
 let up: Up;
 let browser: Browser;
@@ -172,12 +172,7 @@ describe('members in the browser', () => {
     members.push(erin);
     await enroll(erin, await invite(up, 'Erin (field team)', ['field-team']));
     await expect.poll(() => alice.page.getByRole('navigation').innerText(), { timeout: 30_000 }).toContain('Erin');
-    await alice.page.getByRole('button', { name: 'New group' }).click();
-    await alice.page.getByLabel('Group name').fill('North sector');
-    await alice.page.getByRole('dialog').getByLabel(/Bob/).check();
-    await alice.page.getByRole('dialog').getByLabel(/Erin/).check();
-    await shot(alice.page, 'group-new-desktop-en');
-    await alice.page.getByRole('button', { name: 'Create' }).click();
+    await createGroup(alice.page, 'North sector', [/Bob/, /Erin/], () => shot(alice.page, 'group-new-desktop-en'));
     for (const m of [bob, erin]) {
       await expect.poll(() => m.page.getByRole('navigation').innerText(), { timeout: 60_000 }).toContain('North sector');
     }

@@ -42,6 +42,20 @@ export interface CallStats {
   localTracks?: Array<{ kind: string; state: string; label: string }>;
 }
 
+/** A group call is a mesh (each sends to each): client-core refuses joins beyond these. */
+export const GROUP_VIDEO_LIMIT = 4;
+export const GROUP_AUDIO_LIMIT = 8;
+
+/** How many may be in a group call. */
+export function groupLimit(video: boolean): number {
+  return video ? GROUP_VIDEO_LIMIT : GROUP_AUDIO_LIMIT;
+}
+
+/** A call as it starts: microphone on, camera on if it has video, no screen shared. */
+function newCall(c: Pick<Call, 'peer' | 'group' | 'ring' | 'video' | 'outgoing' | 'phase' | 'local' | 'others'>): Call {
+  return { ...c, micOn: true, camOn: c.video, screen: null };
+}
+
 /** Rings that nobody answers stop after this long. */
 const RING_TIMEOUT_MS = 60_000;
 /** How long a group participant waits for the connection with another before giving that pair up. */
@@ -85,7 +99,7 @@ export class Calls {
       return;
     }
     this.ended = null;
-    this.call = { peer, group: null, ring: '', video, outgoing: true, phase: 'ringing', local, micOn: true, camOn: video, screen: null, others: [peer] };
+    this.call = newCall({ peer, group: null, ring: '', video, outgoing: true, phase: 'ringing', local, others: [peer] });
     this.changed();
     try {
       const ring = await this.send({ kind: 'ring', member: peer, video });
@@ -111,7 +125,7 @@ export class Calls {
     }
     this.ended = null;
     this.media.clear();
-    this.call = { peer: me, group, ring: '', video, outgoing: true, phase: 'ringing', local, micOn: true, camOn: video, screen: null, others: [] };
+    this.call = newCall({ peer: me, group, ring: '', video, outgoing: true, phase: 'ringing', local, others: [] });
     this.changed();
     try {
       const ring = await this.send({ kind: 'ringGroup', group, video });
@@ -136,7 +150,7 @@ export class Calls {
     this.ended = null;
     this.media.clear();
     const others = call.participants.filter((p) => p !== me);
-    this.call = { peer: call.caller, group, ring: call.ring, video: call.video, outgoing: false, phase: 'incoming', local: null, micOn: true, camOn: call.video, screen: null, others };
+    this.call = newCall({ peer: call.caller, group, ring: call.ring, video: call.video, outgoing: false, phase: 'incoming', local: null, others });
     await this.accept();
   }
 
@@ -149,19 +163,7 @@ export class Calls {
           return;
         }
         this.ended = null;
-        this.call = {
-          peer: notice.peer,
-          group: null,
-          ring: notice.ring,
-          video: notice.video,
-          outgoing: false,
-          phase: 'incoming',
-          local: null,
-          micOn: true,
-          camOn: notice.video,
-          screen: null,
-          others: [notice.peer],
-        };
+        this.call = newCall({ peer: notice.peer, group: null, ring: notice.ring, video: notice.video, outgoing: false, phase: 'incoming', local: null, others: [notice.peer] });
         this.timer = setTimeout(() => this.finish('hung_up'), RING_TIMEOUT_MS);
         break;
       case 'callAccepted':
@@ -184,7 +186,7 @@ export class Calls {
         if (call) return;
         this.ended = null;
         this.media.clear();
-        this.call = {
+        this.call = newCall({
           peer: notice.peer,
           group: notice.group,
           ring: notice.ring,
@@ -192,11 +194,8 @@ export class Calls {
           outgoing: false,
           phase: 'incoming',
           local: null,
-          micOn: true,
-          camOn: notice.video,
-          screen: null,
           others: notice.participants.filter((p) => p !== this.me),
-        };
+        });
         this.timer = setTimeout(() => {
           if (this.call?.phase === 'incoming' && this.call.ring === notice.ring) this.finish('hung_up', true);
         }, RING_TIMEOUT_MS);
@@ -256,8 +255,7 @@ export class Calls {
       this.finish(String(err instanceof Error ? err.message : err).includes('full') ? 'full' : 'lost');
       return;
     }
-    const me = this.me;
-    for (const other of call.others) if (me && me < other) void this.connectMedia(other);
+    this.connectOurPairs(call);
   }
 
   async decline(): Promise<void> {
@@ -281,8 +279,7 @@ export class Calls {
       this.finish('lost');
       return;
     }
-    const me = this.me;
-    for (const other of call.others) if (me && me < other) void this.connectMedia(other);
+    this.connectOurPairs(call);
   }
 
   async hangUp(): Promise<void> {
@@ -440,6 +437,12 @@ export class Calls {
     if (call.video && !call.camOn) await this.links.setSending(peer, 'video', false);
     const screen = call.screen?.getVideoTracks()[0];
     if (call.screen && screen && !this.links.sendsMedia(peer, 'screen')) await this.links.addTrack(peer, 'screen', screen, call.screen);
+  }
+
+  /** Group call, just joined: sets our media up with everyone already in whose pair we lead (lower id). */
+  private connectOurPairs(call: Call): void {
+    const me = this.me;
+    for (const other of call.others) if (me && me < other) void this.connectMedia(other);
   }
 
   /**

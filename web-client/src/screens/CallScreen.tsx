@@ -3,6 +3,7 @@
 // the last call ended.
 import { useEffect, useRef, useState } from 'react';
 import { useTranslation } from 'react-i18next';
+import { groupLimit } from '../calls';
 import type { WorkerClient } from '../client';
 import type { View } from '../protocol';
 
@@ -50,7 +51,7 @@ export function CallScreen({ client, view }: { client: WorkerClient; view: View 
   const contact = entry(call.peer);
   const group = groupName(call.group);
   const name = group ?? contact?.displayName ?? t('unknownMember');
-  const limit = call.video ? 4 : 8;
+  const limit = groupLimit(call.video);
 
   if (call.phase === 'incoming') {
     const full = call.group !== null && call.others.length >= limit;

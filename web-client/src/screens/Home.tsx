@@ -1,5 +1,6 @@
 import { type FormEvent, useEffect, useMemo, useRef, useState } from 'react';
 import { useTranslation } from 'react-i18next';
+import { GROUP_AUDIO_LIMIT, GROUP_VIDEO_LIMIT, groupLimit } from '../calls';
 import type { LinkState } from '../rtc';
 import type { WorkerClient } from '../client';
 import { ConfirmDialog, LanguageSwitch, initials, useReveal } from '../components';
@@ -532,7 +533,7 @@ function GroupCallButtons({ client, view, group, ready, onError }: { client: Wor
   const busy = client.calls.call !== null;
   const call = group.call;
   if (call) {
-    const limit = call.video ? GROUP_VIDEO_LIMIT : GROUP_AUDIO_LIMIT;
+    const limit = groupLimit(call.video);
     const inIt = call.participants.includes(view.me.member);
     if (inIt) return null;
     const full = call.participants.length >= limit;
@@ -561,10 +562,6 @@ function GroupCallButtons({ client, view, group, ready, onError }: { client: Wor
     </>
   );
 }
-
-/** A group call is a mesh (each sends to each): client-core refuses joins beyond these. */
-const GROUP_VIDEO_LIMIT = 4;
-const GROUP_AUDIO_LIMIT = 8;
 
 function NewGroup({ view, onCancel, onCreate }: { view: View; onCancel: () => void; onCreate: (name: string, members: string[]) => void }) {
   const { t } = useTranslation();
