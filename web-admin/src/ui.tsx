@@ -2,7 +2,10 @@
 // confirmation in the page (a real <dialog>, reachable by keyboard), and the notice strip.
 import { type ReactNode, useCallback, useEffect, useRef, useState, useSyncExternalStore } from 'react';
 import { useTranslation } from 'react-i18next';
-import { describe } from './api/client';
+import { ApiFailure, describe } from './api/client';
+
+/** How soon a load that failed for a passing reason (network, 5xx) is tried again. */
+const RECOVER_MS = 3_000;
 
 const BASE = '/admin';
 
@@ -53,6 +56,7 @@ export function useLoad<T>(fetcher: () => Promise<T>, deps: unknown[], refreshMs
   const [error, setError] = useState<string | null>(null);
   const [loading, setLoading] = useState(true);
   const [tick, setTick] = useState(0);
+  const [transient, setTransient] = useState(false);
   const fetchRef = useRef(fetcher);
   fetchRef.current = fetcher;
   useEffect(() => {
@@ -65,7 +69,11 @@ export function useLoad<T>(fetcher: () => Promise<T>, deps: unknown[], refreshMs
         setData(value);
         setError(null);
       })
-      .catch((err: unknown) => live && setError(describe(err)))
+      .catch((err: unknown) => {
+        if (!live) return;
+        setError(describe(err));
+        setTransient(err instanceof TypeError || (err instanceof ApiFailure && err.status >= 500));
+      })
       .finally(() => live && setLoading(false));
     return () => {
       live = false;
@@ -77,6 +85,13 @@ export function useLoad<T>(fetcher: () => Promise<T>, deps: unknown[], refreshMs
     const timer = window.setInterval(() => setTick((n) => n + 1), refreshMs);
     return () => window.clearInterval(timer);
   }, [refreshMs]);
+  // An outage (network down, server or database unavailable) heals on its own: try again soon,
+  // whatever the usual refresh, so the console recovers without anyone pressing "Try again".
+  useEffect(() => {
+    if (!error || !transient) return;
+    const timer = window.setTimeout(() => setTick((n) => n + 1), Math.min(refreshMs ?? RECOVER_MS, RECOVER_MS));
+    return () => window.clearTimeout(timer);
+  }, [error, transient, refreshMs, tick]);
   const reload = useCallback(() => setTick((n) => n + 1), []);
   return { data, error, loading, reload };
 }

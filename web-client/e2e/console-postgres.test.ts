@@ -101,16 +101,16 @@ describe.skipIf(!available)('the console on PostgreSQL', () => {
     } finally {
       cluster(version, 'start');
     }
+    // Nobody presses "Try again": every part of the page recovers on its own once the database is back.
     await expect
       .poll(
         async () => {
-          const retry = page.getByRole('button', { name: 'Try again' }).first();
-          if ((await retry.count()) > 0) await retry.click();
-          return page.locator('tr[data-member="Selma Okafor"]').getByText('Revoked').count();
+          const revoked = await page.locator('tr[data-member="Selma Okafor"]').getByText('Revoked').count();
+          const alerts = await page.getByRole('alert').count();
+          return { revoked, alerts };
         },
         { timeout: 60_000, interval: 1_000 },
       )
-      .toBe(1);
-    expect(await page.getByRole('alert').count()).toBe(0);
+      .toEqual({ revoked: 1, alerts: 0 });
   });
 });

@@ -69,6 +69,8 @@ export interface DirectoryEntry {
   displayName: string;
   categories: string[];
   online: boolean;
+  /** Something we sent waits for them in the bubble (they are away). */
+  waiting: boolean;
   publicKey: string;
   verified: boolean;
   keyChanged: boolean;
@@ -142,6 +144,10 @@ export interface View {
   /** The member's key fingerprint: their half of every safety number (the console shows the same digits). */
   fingerprint: string;
   files: FileItem[];
+  /** How long the bubble keeps what is sent to a member who is away; null when it keeps nothing. */
+  mailboxTtlMs: number | null;
+  /** Messages sent to this member that expired in the bubble before it came back. */
+  missedWhileAway: number;
 }
 
 export type Update =

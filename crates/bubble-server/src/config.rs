@@ -98,6 +98,25 @@ pub struct SignalArgs {
     /// re-read at every poll.
     #[arg(long, env = "PEERBUBBLE_POLICY_FILE", requires = "admin_api_url")]
     pub policy_file: Option<PathBuf>,
+    /// Keep envelopes for members with no session in this SQLite file (the offline mailbox), delivered when
+    /// they come back. Without it an envelope to an absent member is refused with `recipient_offline`.
+    #[arg(long, env = "PEERBUBBLE_MAILBOX")]
+    pub mailbox: Option<PathBuf>,
+    /// How long the mailbox keeps an envelope, in seconds (default 259 200 = 72 h; at most 14 days).
+    #[arg(long, env = "PEERBUBBLE_MAILBOX_TTL_SECS")]
+    pub mailbox_ttl_secs: Option<u64>,
+    /// Bytes the mailbox keeps for one member (default 16 MiB).
+    #[arg(long, env = "PEERBUBBLE_MAILBOX_MEMBER_BYTES")]
+    pub mailbox_member_bytes: Option<usize>,
+    /// Envelopes the mailbox keeps for one member (default 20 000).
+    #[arg(long, env = "PEERBUBBLE_MAILBOX_MEMBER_ENTRIES")]
+    pub mailbox_member_entries: Option<usize>,
+    /// Bytes the mailbox keeps for the whole bubble (default 128 MiB; held in memory too).
+    #[arg(long, env = "PEERBUBBLE_MAILBOX_TOTAL_BYTES")]
+    pub mailbox_total_bytes: Option<usize>,
+    /// How often expired envelopes are looked for, in milliseconds (default 60 000).
+    #[arg(long, env = "PEERBUBBLE_MAILBOX_SWEEP_MS")]
+    pub mailbox_sweep_ms: Option<u64>,
     /// The embedded TURN relay.
     #[command(flatten)]
     pub turn: TurnArgs,
@@ -242,6 +261,12 @@ struct FileConfig {
     max_connections: Option<usize>,
     reload_interval_ms: Option<u64>,
     max_groups: Option<usize>,
+    mailbox: Option<PathBuf>,
+    mailbox_ttl_secs: Option<u64>,
+    mailbox_member_bytes: Option<usize>,
+    mailbox_member_entries: Option<usize>,
+    mailbox_total_bytes: Option<usize>,
+    mailbox_sweep_ms: Option<u64>,
 }
 
 /// The bubble-server's resolved configuration.
@@ -279,6 +304,8 @@ pub struct Config {
     /// HTTPS (and `wss://`) on the listener, when set; plain HTTP otherwise (loopback development, or behind
     /// a TLS-terminating ingress in Kubernetes).
     pub tls: Option<crate::tls::ServerTls>,
+    /// The offline mailbox, when set.
+    pub mailbox: Option<crate::mailbox::MailboxConfig>,
 }
 
 impl Default for Config {
@@ -299,6 +326,7 @@ impl Default for Config {
             max_groups: 100_000,
             turn: None,
             tls: None,
+            mailbox: None,
         }
     }
 }
@@ -345,6 +373,24 @@ impl Config {
             max_groups: args.max_groups.or(file.max_groups).unwrap_or(d.max_groups),
             turn: None,
             tls: None,
+            mailbox: args.mailbox.clone().or(file.mailbox).map(|path| {
+                let d = crate::mailbox::MailboxConfig::at(path);
+                crate::mailbox::MailboxConfig {
+                    ttl: args.mailbox_ttl_secs.or(file.mailbox_ttl_secs).map(Duration::from_secs).unwrap_or(d.ttl),
+                    member_bytes: args.mailbox_member_bytes.or(file.mailbox_member_bytes).unwrap_or(d.member_bytes),
+                    member_entries: args
+                        .mailbox_member_entries
+                        .or(file.mailbox_member_entries)
+                        .unwrap_or(d.member_entries),
+                    total_bytes: args.mailbox_total_bytes.or(file.mailbox_total_bytes).unwrap_or(d.total_bytes),
+                    sweep_interval: args
+                        .mailbox_sweep_ms
+                        .or(file.mailbox_sweep_ms)
+                        .map(Duration::from_millis)
+                        .unwrap_or(d.sweep_interval),
+                    ..d
+                }
+            }),
         };
         let config = Config { turn: args.turn.resolve(config.listen)?, ..config };
         config.validate()?;
@@ -374,6 +420,9 @@ impl Config {
         }
         if self.max_groups == 0 {
             return bad("max_groups must be at least 1");
+        }
+        if let Some(mailbox) = &self.mailbox {
+            mailbox.validate().map_err(|what| ConfigError::Invalid(what.to_owned()))?;
         }
         Ok(())
     }
@@ -423,6 +472,17 @@ mod tests {
         assert!(matches!(err, Err(ConfigError::Parse { .. })), "{err:?}");
         let err = Config::resolve(&SignalArgs { max_frame_bytes: Some(1 << 20), ..Default::default() });
         assert!(matches!(err, Err(ConfigError::Invalid(_))), "{err:?}");
+        // A mailbox keeps envelopes at most 14 days.
+        let args = SignalArgs {
+            mailbox: Some(dir.path().join("m.sqlite")),
+            mailbox_ttl_secs: Some(15 * 24 * 3600),
+            ..Default::default()
+        };
+        let err = Config::resolve(&args);
+        assert!(matches!(&err, Err(ConfigError::Invalid(m)) if m.contains("14 days")), "{err:?}");
+        let args = SignalArgs { mailbox: Some(dir.path().join("m.sqlite")), ..Default::default() };
+        let mailbox = Config::resolve(&args)?.mailbox.ok_or("no mailbox")?;
+        assert_eq!(mailbox.ttl, Duration::from_secs(72 * 3600));
         Ok(())
     }
 }

@@ -16,7 +16,7 @@ use peerbubble_proto::{ErrorCode, GroupId, MemberId, Nonce, Opaque, Recipients, 
 use tokio::sync::mpsc;
 
 use crate::directory::Directory;
-use crate::hub::{Hub, Kill, Outbound, SessionHandle, SliceHash};
+use crate::hub::{Hub, Kill, Outbound, Routed, SessionHandle, SliceHash};
 use crate::session::{Event, Session};
 use crate::state::AppState;
 
@@ -217,6 +217,13 @@ impl<'a> Connection<'a> {
                 Event::Authenticated { member } => self.authenticated(member),
                 Event::Relay { id, to, to_session, body } => self.relay(id, to, to_session, body, now),
                 Event::Commit { id, group, epoch, to, body } => self.commit(id, group, epoch, &to, &body, now),
+                Event::Received { upto } => {
+                    if let (Some(mailbox), Some((member, _))) = (self.state.hub.mailbox(), self.session.identity()) {
+                        mailbox.received(member, upto);
+                        self.state.metrics.mailbox_counts(mailbox.counts());
+                    }
+                    Flow::Continue
+                }
                 Event::Refuse { code, message, id, retry_after, fatal } => {
                     if fatal {
                         if code.is_frame_error() {
@@ -267,6 +274,7 @@ impl<'a> Connection<'a> {
             None => (Vec::new(), None),
         };
         let policy = *self.directory.policy();
+        let mailbox_ttl_ms = self.state.hub.mailbox().map(|m| m.config().ttl.as_millis() as u64);
         let welcome = |session| ServerFrame::Welcome {
             member,
             session,
@@ -275,6 +283,7 @@ impl<'a> Connection<'a> {
             ice_expires_in_ms,
             limits,
             policy,
+            mailbox_ttl_ms,
         };
         match self.state.hub.register(member, self.handle.clone(), welcome) {
             Ok((session, sent_slice)) => {
@@ -321,14 +330,15 @@ impl<'a> Connection<'a> {
             return Flow::Continue;
         }
         match self.state.hub.route(member, session, to, to_session, body) {
-            Ok(sessions) => {
-                self.handle.send_or_kill(&Utf8Bytes::from(encode_frame(&ServerFrame::Ack { id, sessions })));
-            }
+            Ok(routed) => self.ack(id, routed),
             Err(code) => {
                 self.state.metrics.refused(code.as_str());
                 let (message, retry) = match code {
                     ErrorCode::RecipientCongested => {
                         ("the recipient is not reading fast enough", Some(Duration::from_millis(250)))
+                    }
+                    ErrorCode::MailboxFull => {
+                        ("the recipient is away and what the bubble keeps for it is full; nothing was kept", None)
                     }
                     _ => ("the recipient has no session", None),
                 };
@@ -349,15 +359,26 @@ impl<'a> Connection<'a> {
             return Flow::Continue;
         }
         match self.state.hub.commit(member, session, group, epoch, to, body) {
-            Ok(sessions) => {
-                self.handle.send_or_kill(&Utf8Bytes::from(encode_frame(&ServerFrame::Ack { id, sessions })));
-            }
+            Ok(routed) => self.ack(id, routed),
             Err(current) => {
                 let message = format!("group is at epoch {current}; process the winning commit and retry");
                 self.refuse(ErrorCode::CommitConflict, &message, Some(id), None);
             }
         }
         Flow::Continue
+    }
+
+    /// The `ack` of a `send` or `commit`; when something was kept for later, only once it is on disk.
+    fn ack(&mut self, id: u64, routed: Routed) {
+        let frame = Utf8Bytes::from(encode_frame(&ServerFrame::Ack {
+            id,
+            sessions: routed.sessions,
+            stored: routed.stored,
+        }));
+        match self.state.hub.mailbox().filter(|_| routed.stored > 0) {
+            Some(mailbox) => mailbox.then_send(self.handle.clone(), frame),
+            None => self.handle.send_or_kill(&frame),
+        }
     }
 
     fn directory_changed(&mut self, directory: Arc<Directory>) -> Flow {
@@ -722,7 +743,7 @@ mod model {
             max_frame_bytes: 1024,
             ..Config::default()
         };
-        let state = AppState::new(config, Metrics::new(), directory_rx, shutdown, None);
+        let state = AppState::new(config, Metrics::new(), directory_rx, shutdown, None, None);
         let mut world = World {
             state: &state,
             publish: &publish,

@@ -16,6 +16,7 @@ use peerbubble_proto::{
 use tokio::sync::{mpsc, watch};
 
 use crate::directory::Directory;
+use crate::mailbox::{Full, Mailbox};
 use crate::metrics::Metrics;
 use crate::session::{Claim, CommitLedger, TokenBucket};
 
@@ -114,6 +115,17 @@ pub(crate) struct Hub {
     /// The newest directory. Presence and slices always use it, never a connection's older snapshot: during
     /// a reload, a member who just became visible must also be told when it leaves.
     directory: watch::Receiver<Option<Arc<Directory>>>,
+    /// What waits for members with no session, when the bubble keeps it.
+    mailbox: Option<Mailbox>,
+}
+
+/// Where a `send` or `commit` went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Routed {
+    /// Recipient sessions it was queued to.
+    pub sessions: u32,
+    /// Absent recipients it was kept for in the mailbox.
+    pub stored: u32,
 }
 
 impl Hub {
@@ -124,8 +136,10 @@ impl Hub {
         max_groups: usize,
         metrics: Metrics,
         directory: watch::Receiver<Option<Arc<Directory>>>,
+        mailbox: Option<Mailbox>,
     ) -> Self {
         Self {
+            mailbox,
             commits: Mutex::new(CommitLedger::new(max_groups)),
             events: Mutex::new((VecDeque::new(), 0)),
             directory,
@@ -163,6 +177,31 @@ impl Hub {
         let excess = back.len().saturating_sub(EVENT_BUFFER);
         events.1 += dropped + excess as u64;
         events.0 = back.into_iter().skip(excess).collect();
+    }
+
+    /// The offline mailbox, when the bubble keeps one.
+    pub fn mailbox(&self) -> Option<&Mailbox> {
+        self.mailbox.as_ref()
+    }
+
+    /// Turns envelopes kept past their time to live into gap markers, for members with no session (under the
+    /// lock, so that nobody registers and gets them meanwhile).
+    pub fn expire_mailbox(&self, now_unix: i64) -> u64 {
+        let Some(mailbox) = &self.mailbox else { return 0 };
+        let map = self.read();
+        let dropped = mailbox.expire(now_unix, |m| !map.contains_key(m));
+        drop(map);
+        self.metrics.mailbox_lost(dropped);
+        self.metrics.mailbox_counts(mailbox.counts());
+        dropped
+    }
+
+    /// Drops at once what was kept for members no longer in the directory (removed, revoked).
+    pub fn purge_mailbox(&self, directory: &Directory) -> usize {
+        let Some(mailbox) = &self.mailbox else { return 0 };
+        let purged = mailbox.purge(|m| directory.member(m).is_some());
+        self.metrics.mailbox_counts(mailbox.counts());
+        purged
     }
 
     /// (members online, sessions).
@@ -207,6 +246,13 @@ impl Hub {
         let sent = slice_hash(&slice);
         for frame in directory_frames(slice, self.max_frame_bytes) {
             handle.force_send(frame);
+        }
+        // What waited comes before anything live (nothing can be routed to the session before the lock is
+        // released), and only from members the member may still see.
+        if let Some(mailbox) = &self.mailbox {
+            for frame in mailbox.backlog(member, |from| directory.sees(&member, from)) {
+                handle.force_send(frame);
+            }
         }
         let now = Instant::now();
         map.entry(member)
@@ -277,7 +323,8 @@ impl Hub {
     }
 
     /// Orders a commit: when it is the first for its group and epoch, queues it to every session of every
-    /// recipient and returns how many; otherwise returns the group's current epoch and sends nothing.
+    /// recipient (keeps it for those with none, when the bubble has a mailbox) and says where it went;
+    /// otherwise returns the group's current epoch and sends nothing.
     /// Visibility was checked by the session core. The ledger stays locked while the commit is queued, so that
     /// every recipient session is queued a group's commits in the order the ledger accepted them.
     pub fn commit(
@@ -288,7 +335,7 @@ impl Hub {
         epoch: u64,
         to: &Recipients,
         body: &Opaque,
-    ) -> Result<u32, u64> {
+    ) -> Result<Routed, u64> {
         let mut ledger = self.commits.lock().unwrap_or_else(|p| p.into_inner());
         if let Claim::Conflict { current } = ledger.claim(group, epoch) {
             drop(ledger);
@@ -297,18 +344,36 @@ impl Hub {
         }
         let text = Utf8Bytes::from(encode_deliver(&from, from_session, body));
         let map = self.read();
-        let mut delivered = 0u32;
-        for session in to.as_slice().iter().filter_map(|m| map.get(m)).flat_map(|e| &e.sessions) {
-            // As for `send`, a session over its budget misses the envelope; the others still get it.
-            if session.try_send(&text).is_ok() {
-                delivered += 1;
+        let mut routed = Routed::default();
+        for member in to.as_slice() {
+            match map.get(member) {
+                Some(entry) => {
+                    for session in &entry.sessions {
+                        // As for `send`, a session over its budget misses the envelope; the others still get it.
+                        if session.try_send(&text).is_ok() {
+                            routed.sessions += 1;
+                        }
+                    }
+                }
+                None => {
+                    // Over quota, the member's queue ends with a gap naming the group: it rejoins on return.
+                    if let Some(mailbox) = &self.mailbox
+                        && mailbox.keep(*member, from, from_session, body, Some(group)).is_ok()
+                    {
+                        routed.stored += 1;
+                    }
+                }
             }
         }
         drop(map);
         drop(ledger);
         self.metrics.commit(true);
-        self.metrics.relayed(u64::from(delivered));
-        Ok(delivered)
+        self.metrics.relayed(u64::from(routed.sessions));
+        if let Some(mailbox) = self.mailbox.as_ref().filter(|_| routed.stored > 0) {
+            self.metrics.mailbox_kept(u64::from(routed.stored));
+            self.metrics.mailbox_counts(mailbox.counts());
+        }
+        Ok(routed)
     }
 
     /// Queues an envelope to `to` (all sessions, or `to_session`), never back to the sending session.
@@ -320,9 +385,23 @@ impl Hub {
         to: MemberId,
         to_session: Option<SessionId>,
         body: Opaque,
-    ) -> Result<u32, ErrorCode> {
+    ) -> Result<Routed, ErrorCode> {
         let map = self.read();
-        let Some(entry) = map.get(&to) else { return Err(ErrorCode::RecipientOffline) };
+        let Some(entry) = map.get(&to) else {
+            // No session: kept for later when the bubble has a mailbox (a named session cannot wait).
+            let mailbox = self.mailbox.as_ref().filter(|_| to_session.is_none());
+            let Some(mailbox) = mailbox else { return Err(ErrorCode::RecipientOffline) };
+            let kept = mailbox.keep(to, from, from_session, &body, None);
+            drop(map);
+            self.metrics.mailbox_counts(mailbox.counts());
+            return match kept {
+                Ok(_) => {
+                    self.metrics.mailbox_kept(1);
+                    Ok(Routed { sessions: 0, stored: 1 })
+                }
+                Err(Full) => Err(ErrorCode::MailboxFull),
+            };
+        };
         let text = Utf8Bytes::from(encode_deliver(&from, from_session, &body));
         let (mut delivered, mut congested) = (0u32, false);
         for session in &entry.sessions {
@@ -339,7 +418,7 @@ impl Hub {
             (0, false) => Err(ErrorCode::RecipientOffline),
             (n, _) => {
                 self.metrics.relayed(u64::from(n));
-                Ok(n)
+                Ok(Routed { sessions: n, stored: 0 })
             }
         }
     }
@@ -452,7 +531,7 @@ mod event_tests {
     #[test]
     fn session_events_are_bounded_and_reported_in_chunks() {
         let (_tx, rx) = watch::channel(None);
-        let hub = Hub::new(4, 10, 4096, 16, Metrics::new(), rx);
+        let hub = Hub::new(4, 10, 4096, 16, Metrics::new(), rx, None);
         let member = IdentityKey::from_seed(&[1; 32]).public_key().member_id();
         for _ in 0..EVENT_BUFFER + 5 {
             hub.record(member, SessionEventKind::Opened);

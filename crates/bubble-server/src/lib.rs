@@ -17,6 +17,7 @@ pub mod config;
 mod connection;
 pub mod directory;
 mod hub;
+pub mod mailbox;
 pub mod metrics;
 pub mod reporter;
 mod server;
@@ -34,6 +35,7 @@ pub const LOG_REDACTIONS: &[&str] =
 pub use admin_source::{AdminApiSource, BubbleCredential};
 pub use config::{Config, ConfigError, SignalArgs, TurnArgs};
 pub use directory::{Directory, DirectoryError, DirectorySource, FileSource};
+pub use mailbox::{MailboxConfig, MailboxCounts, MailboxError};
 pub use reporter::{AdminApiReporter, HealthSink, spawn_reporter};
 pub use server::{HealthHandle, Server, ServerError};
 pub use tls::{ServerTls, TlsError, TlsSource};

@@ -43,6 +43,10 @@ struct Inner {
     disconnects: Labeled,
     commits_accepted: Counter,
     commits_conflict: Counter,
+    mailbox_kept: Counter,
+    mailbox_lost: Counter,
+    mailbox_entries: Gauge,
+    mailbox_bytes: Gauge,
     turn: OnceLock<Arc<TurnRelay>>,
 }
 
@@ -84,6 +88,12 @@ impl Metrics {
         registry.register("directory_reloads", "Directory loads by result", directory_reloads.clone());
         registry.register("disconnects", "Connections closed by the server, by reason", disconnects.clone());
         registry.register("commits", "MLS commits ordered, by result", commits);
+        let (mailbox_kept, mailbox_lost) = (Counter::default(), Counter::default());
+        let (mailbox_entries, mailbox_bytes) = (Gauge::default(), Gauge::default());
+        registry.register("mailbox_kept", "Envelopes kept for a member with no session", mailbox_kept.clone());
+        registry.register("mailbox_lost", "Kept envelopes dropped past their time to live", mailbox_lost.clone());
+        registry.register("mailbox_entries", "Entries waiting in the mailbox", mailbox_entries.clone());
+        registry.register("mailbox_bytes", "Bytes waiting in the mailbox", mailbox_bytes.clone());
         Self {
             inner: Arc::new(Inner {
                 registry,
@@ -102,6 +112,10 @@ impl Metrics {
                 disconnects,
                 commits_accepted,
                 commits_conflict,
+                mailbox_kept,
+                mailbox_lost,
+                mailbox_entries,
+                mailbox_bytes,
                 turn: OnceLock::new(),
             }),
         }
@@ -130,6 +144,16 @@ impl Metrics {
         let _ = self.inner.turn.set(turn);
     }
 
+    pub(crate) fn mailbox_kept(&self, n: u64) {
+        self.inner.mailbox_kept.inc_by(n);
+    }
+    pub(crate) fn mailbox_lost(&self, n: u64) {
+        self.inner.mailbox_lost.inc_by(n);
+    }
+    pub(crate) fn mailbox_counts(&self, counts: crate::mailbox::MailboxCounts) {
+        self.inner.mailbox_entries.set(counts.entries as i64);
+        self.inner.mailbox_bytes.set(counts.bytes as i64);
+    }
     pub(crate) fn connections(&self) -> &Gauge {
         &self.inner.connections
     }

@@ -53,6 +53,9 @@ pub enum ServerError {
     /// The TURN relay could not start.
     #[error(transparent)]
     Turn(#[from] TurnError),
+    /// The offline mailbox could not be opened.
+    #[error(transparent)]
+    Mailbox(#[from] crate::mailbox::MailboxError),
 }
 
 /// A running bubble-server.
@@ -64,6 +67,7 @@ pub struct Server {
     serve: JoinHandle<Result<(), std::io::Error>>,
     follower: JoinHandle<()>,
     turn_members: Option<JoinHandle<()>>,
+    mailbox_keeper: Option<JoinHandle<()>>,
 }
 
 /// Keeps `AppState` private while letting [`Server`] derive `Debug`.
@@ -115,7 +119,12 @@ impl Server {
             metrics.set_turn(turn.clone());
             tokio::spawn(follow_members(turn.clone(), dir_rx.clone()))
         });
-        let state = Arc::new(AppState::new(config, metrics, dir_rx, shutdown_rx.clone(), turn));
+        let mailbox = match &config.mailbox {
+            Some(mailbox) => Some(crate::mailbox::Mailbox::open(mailbox.clone()).await?),
+            None => None,
+        };
+        let state = Arc::new(AppState::new(config, metrics, dir_rx, shutdown_rx.clone(), turn, mailbox));
+        let mailbox_keeper = state.hub.mailbox().map(|_| tokio::spawn(keep_mailbox(state.clone())));
         let app = Router::new()
             .route("/v1/signal", get(signal))
             .route("/healthz", get(|| async { "ok" }))
@@ -138,7 +147,15 @@ impl Server {
             }
         };
         tracing::info!(%addr, "bubble-server listening");
-        Ok(Self { addr, shutdown: shutdown_tx, state: Arc::new(AppStateHandle(state)), serve, follower, turn_members })
+        Ok(Self {
+            addr,
+            shutdown: shutdown_tx,
+            state: Arc::new(AppStateHandle(state)),
+            serve,
+            follower,
+            turn_members,
+            mailbox_keeper,
+        })
     }
 
     /// The listener's certificate, when it serves HTTPS.
@@ -167,6 +184,11 @@ impl Server {
         HealthHandle(self.state.0.clone())
     }
 
+    /// What the offline mailbox keeps now (None without one).
+    pub fn mailbox(&self) -> Option<crate::mailbox::MailboxCounts> {
+        self.state.0.hub.mailbox().map(crate::mailbox::Mailbox::counts)
+    }
+
     /// The metrics, in text exposition format.
     pub fn metrics_text(&self) -> String {
         self.state.0.metrics.encode()
@@ -185,6 +207,13 @@ impl Server {
         self.follower.abort();
         if let Some(task) = self.turn_members {
             task.abort();
+        }
+        if let Some(task) = self.mailbox_keeper {
+            task.abort();
+        }
+        if let Some(mailbox) = state.hub.mailbox() {
+            // Everything acknowledged as kept is on disk before the process may exit.
+            mailbox.flushed().await;
         }
         if let Some(turn) = &state.turn {
             turn.shutdown().await;
@@ -458,4 +487,38 @@ where
             })
             .await
     })
+}
+
+/// Looks after the offline mailbox: purges what waits for members the directory no longer has (removed or
+/// revoked: at once, on every directory change), and turns what outlived its time to live into gap markers.
+async fn keep_mailbox(state: Arc<AppState>) {
+    let Some(interval) = state.hub.mailbox().map(|m| m.config().sweep_interval) else { return };
+    let mut directory = state.directory.clone();
+    let mut sweep = tokio::time::interval(interval);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            changed = directory.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let current = directory.borrow_and_update().clone();
+                if let Some(current) = current {
+                    let purged = state.hub.purge_mailbox(&current);
+                    if purged > 0 {
+                        tracing::info!(members = purged, "mailbox: purged what waited for members no longer in the bubble");
+                    }
+                }
+            }
+            _ = sweep.tick() => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs() as i64);
+                let lost = state.hub.expire_mailbox(now);
+                if lost > 0 {
+                    tracing::info!(envelopes = lost, "mailbox: envelopes expired before their recipient came back");
+                }
+            }
+        }
+    }
 }

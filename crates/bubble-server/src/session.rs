@@ -166,6 +166,11 @@ pub enum Event {
         /// The envelope.
         body: Opaque,
     },
+    /// The member handled what its mailbox kept up to `upto`: delete it.
+    Received {
+        /// The highest `seq` handled.
+        upto: u64,
+    },
     /// Refuse something: send an `error` frame; close the connection when `fatal`.
     Refuse {
         /// Why.
@@ -388,8 +393,12 @@ impl Session {
                 }
                 vec![Event::Commit { id, group, epoch, to, body }]
             }
+            (State::Authenticated { .. }, ClientFrame::Received { upto }) => vec![Event::Received { upto }],
             (State::Authenticating { .. }, ClientFrame::Send { id, .. } | ClientFrame::Commit { id, .. }) => {
                 vec![Event::refuse(ErrorCode::NotAuthenticated, "the session is not registered yet", Some(id))]
+            }
+            (State::Authenticating { .. }, ClientFrame::Received { .. }) => {
+                vec![Event::refuse(ErrorCode::NotAuthenticated, "the session is not registered yet", None)]
             }
             (State::Closed, _) => Vec::new(),
         }

@@ -33,6 +33,7 @@ impl AppState {
         directory: watch::Receiver<Option<Arc<Directory>>>,
         shutdown: watch::Receiver<bool>,
         turn: Option<Arc<TurnRelay>>,
+        mailbox: Option<crate::mailbox::Mailbox>,
     ) -> Self {
         let session_config = SessionConfig {
             max_frame_bytes: config.max_frame_bytes as usize,
@@ -49,6 +50,7 @@ impl AppState {
                 config.max_groups,
                 metrics.clone(),
                 directory.clone(),
+                mailbox,
             ),
             nonces: NonceLedger::new(config.challenge_ttl),
             session_config,

@@ -37,7 +37,7 @@ async fn answer(
     delivered: &mut Vec<(MemberId, Vec<u8>)>,
 ) -> Result<u32, (ErrorCode, String)> {
     expect(client, "ack or error", |f| match f {
-        ServerFrame::Ack { id: acked, sessions } if *acked == id => Some(Ok(*sessions)),
+        ServerFrame::Ack { id: acked, sessions, .. } if *acked == id => Some(Ok(*sessions)),
         ServerFrame::Error { id: Some(refused), code, message, .. } if *refused == id => {
             Some(Err((*code, message.clone())))
         }

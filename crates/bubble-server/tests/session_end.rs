@@ -223,7 +223,7 @@ async fn send_to_ann(bob: &mut Ws) -> u32 {
     bob.send(Message::text(format!(r#"{{"type":"send","id":77,"to":"{}","body":"AAEC"}}"#, id(ANN)))).await.unwrap();
     loop {
         match next(bob).await {
-            Some(ServerFrame::Ack { id: 77, sessions }) => return sessions,
+            Some(ServerFrame::Ack { id: 77, sessions, .. }) => return sessions,
             Some(ServerFrame::Error { code, .. }) => panic!("bob -> ann refused: {code:?}"),
             Some(_) => {}
             None => panic!("bob closed"),

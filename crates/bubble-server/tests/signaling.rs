@@ -140,13 +140,13 @@ async fn relay_between_visible_members_only() {
 
     let id = ann.send(id(BOB), b"sealed bytes").await.unwrap();
     let delivered = expect(&mut bob, "deliver", |f| match f {
-        ServerFrame::Deliver { from, from_session, body } => Some((*from, *from_session, body.to_bytes())),
+        ServerFrame::Deliver { from, from_session, body, .. } => Some((*from, *from_session, body.to_bytes())),
         _ => None,
     })
     .await;
     assert_eq!(delivered, (id_of(ANN), ann.session(), b"sealed bytes".to_vec()));
     let acked = expect(&mut ann, "ack", |f| match f {
-        ServerFrame::Ack { id, sessions } => Some((*id, *sessions)),
+        ServerFrame::Ack { id, sessions, .. } => Some((*id, *sessions)),
         _ => None,
     })
     .await;

@@ -1436,6 +1436,21 @@ impl Client {
         }
     }
 
+    /// The bubble lost commits of `group` it kept for us while we were away (a mailbox gap): ask another member
+    /// of the group, online ones first, to add us again. Nothing happens for a group we are not in.
+    pub fn missed_commits(&mut self, group: &[u8]) {
+        let Ok(id) = <[u8; 16]>::try_from(group).map(ConversationId) else { return };
+        let me = self.me;
+        let Some(c) = self.conversations.get(&id) else { return };
+        let current = c.group.epoch().as_u64();
+        let others: Vec<MemberId> = member_ids(&c.group).into_iter().filter(|m| *m != me).collect();
+        let online = |m: &&MemberId| self.directory.get(m).is_some_and(|e| e.online);
+        let Some(ask) = others.iter().find(online).or(others.first()).copied() else { return };
+        if let Err(reason) = self.ask_rejoin(id, ask, current) {
+            self.events.push_back(Event::Refused { from: ask, reason });
+        }
+    }
+
     /// We missed commits while away: ask `from` to add us again (once per epoch).
     fn ask_rejoin(&mut self, id: ConversationId, from: MemberId, current: u64) -> Result<(), String> {
         let Some(c) = self.conversations.get_mut(&id) else { return Ok(()) };

@@ -44,6 +44,17 @@ pub enum SessionEvent {
         /// Why.
         reason: String,
     },
+    /// `to` is away: the envelope waits in the bubble's mailbox until it comes back ("stored for later").
+    StoredForLater {
+        /// Recipient.
+        to: MemberId,
+    },
+    /// Envelopes the bubble kept for us were lost while we were away (their time to live passed, or the
+    /// mailbox was full); the groups that lost commits were asked to add us again.
+    MissedWhileAway {
+        /// How many envelopes.
+        lost: u64,
+    },
 }
 
 /// A member's client and its signaling session.
@@ -54,6 +65,10 @@ pub struct Session {
     held: VecDeque<(MemberId, Vec<u8>)>,
     /// Signaling frame id of a commit → the client's token.
     commits: HashMap<u64, u64>,
+    /// Signaling frame id of a relayed envelope → its recipient, until the server answers.
+    relays: HashMap<u64, MemberId>,
+    /// The mailbox entries the state last handed to a save includes (see [`Session::saved`]).
+    saving_upto: Option<u64>,
     events: VecDeque<SessionEvent>,
     /// Something a save would keep changed since [`Session::take_changed`].
     changed: bool,
@@ -81,6 +96,8 @@ impl Session {
             client,
             held: VecDeque::new(),
             commits: HashMap::new(),
+            relays: HashMap::new(),
+            saving_upto: None,
             events: VecDeque::new(),
             changed: false,
             saved_generation: 0,
@@ -188,9 +205,20 @@ impl Session {
         self.events.pop_front()
     }
 
-    /// Whether the client's state changed (and should be saved) since the last call.
+    /// Whether the client's state changed (and should be saved) since the last call. The state as of now
+    /// includes every envelope the mailbox delivered so far: once it is saved, call [`Session::saved`].
     pub fn take_changed(&mut self) -> bool {
+        self.saving_upto = self.signaling.mailbox_seen_upto();
         std::mem::take(&mut self.changed)
+    }
+
+    /// The state as of the last [`Session::take_changed`] is saved: the server may delete what its mailbox kept
+    /// for us up to there (a `received` frame is queued). Without it, the same envelopes come again on the next
+    /// connection (and are refused as replays, changing nothing).
+    pub fn saved(&mut self, now_ms: u64) {
+        if let Some(upto) = self.saving_upto.take() {
+            self.signaling.acknowledge_mailbox(upto, now_ms);
+        }
     }
 
     /// Moves everything each machine produced to where it goes, until both are quiet.
@@ -226,8 +254,38 @@ impl Session {
 
     fn on_signal(&mut self, event: SignalEvent, now_ms: u64) {
         match event {
-            SignalEvent::Deliver { from, body, .. } => {
+            SignalEvent::Deliver { from, body, seq, .. } => {
                 self.client.handle_envelope(from, &body.to_bytes(), Path::Relay, now_ms);
+                if seq.is_some() {
+                    // Its acknowledgement waits for a save, even when it changed nothing.
+                    self.changed = true;
+                }
+            }
+            SignalEvent::Gap { lost, groups } => {
+                for group in &groups {
+                    self.client.missed_commits(group.as_bytes());
+                }
+                self.changed = true;
+                self.events.push_back(SessionEvent::MissedWhileAway { lost });
+            }
+            SignalEvent::Ack { id, stored, .. } if self.relays.contains_key(&id) => {
+                if let Some(to) = self.relays.remove(&id).filter(|_| stored > 0) {
+                    self.events.push_back(SessionEvent::StoredForLater { to });
+                }
+            }
+            SignalEvent::Refused { id: Some(id), code, retry_after_ms } if self.relays.contains_key(&id) => {
+                let to = self.relays.remove(&id);
+                match (to, code) {
+                    (Some(to), ErrorCode::MailboxFull) => self.events.push_back(SessionEvent::Undeliverable {
+                        to,
+                        reason: "they are away and the bubble cannot keep more for them".into(),
+                    }),
+                    _ => self.events.push_back(SessionEvent::Signal(SignalEvent::Refused {
+                        id: Some(id),
+                        code,
+                        retry_after_ms,
+                    })),
+                }
             }
             SignalEvent::Ack { id, .. } if self.commits.contains_key(&id) => {
                 if let Some(token) = self.commits.remove(&id) {
@@ -272,6 +330,7 @@ impl Session {
                 for (_, token) in self.commits.drain() {
                     self.client.commit_rejected(token);
                 }
+                self.relays.clear();
                 self.events.push_back(SessionEvent::Signal(event));
             }
             other => self.events.push_back(SessionEvent::Signal(other)),
@@ -296,7 +355,9 @@ impl Session {
 
     fn relay(&mut self, to: MemberId, body: Vec<u8>, now_ms: u64) {
         match self.signaling.send(to, None, &body, now_ms) {
-            Ok(_) => {}
+            Ok(id) => {
+                self.relays.insert(id, to);
+            }
             Err(SignalingError::NotReady) if self.signaling.stopped().is_none() => {
                 if self.held.len() == MAX_HELD_ENVELOPES {
                     self.held.pop_front();

@@ -80,13 +80,25 @@ pub enum SignalEvent {
         from_session: SessionId,
         /// End-to-end-encrypted bytes.
         body: Opaque,
+        /// Its place in our mailbox when it waited for us while we were away.
+        seq: Option<u64>,
     },
-    /// The server queued our frame `id` to this many sessions (a commit: it won its epoch).
+    /// Envelopes the bubble kept for us were lost before we came back (time to live, or quota).
+    Gap {
+        /// How many.
+        lost: u64,
+        /// Groups whose commits were among them: we missed epochs of these.
+        groups: Vec<GroupId>,
+    },
+    /// The server queued our frame `id` to this many sessions (a commit: it won its epoch), and kept it for
+    /// `stored` recipients who were away.
     Ack {
         /// Our frame id.
         id: u64,
         /// Recipient sessions.
         sessions: u32,
+        /// Absent recipients it waits for in the bubble's mailbox.
+        stored: u32,
     },
     /// The server refused something (for our frame `id` when given). Fatal refusals end the connection.
     Refused {
@@ -159,6 +171,11 @@ pub struct Signaling {
     jitter: u64,
     transmits: VecDeque<String>,
     events: VecDeque<SignalEvent>,
+    /// How long the bubble keeps envelopes for absent members, from `welcome`.
+    mailbox_ttl_ms: Option<u64>,
+    /// The highest mailbox `seq` received on this connection, and the highest acknowledged.
+    mailbox_seen: Option<u64>,
+    mailbox_acked: Option<u64>,
 }
 
 impl std::fmt::Debug for Signaling {
@@ -202,6 +219,9 @@ impl Signaling {
             jitter: u64::from_le_bytes(seed) | 1,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
+            mailbox_ttl_ms: None,
+            mailbox_seen: None,
+            mailbox_acked: None,
         };
         machine.connect();
         machine
@@ -258,6 +278,11 @@ impl Signaling {
         &self.policy
     }
 
+    /// How long the bubble keeps what is sent to a member who is away (None: it keeps nothing).
+    pub fn mailbox_ttl_ms(&self) -> Option<u64> {
+        self.mailbox_ttl_ms
+    }
+
     fn set_policy(&mut self, policy: peerbubble_proto::BubblePolicy) {
         if policy != self.policy {
             self.policy = policy;
@@ -311,6 +336,9 @@ impl Signaling {
         self.pending_directory.clear();
         self.next_part = 0;
         self.transmits.clear();
+        // What was not acknowledged comes again on this connection.
+        self.mailbox_seen = None;
+        self.mailbox_acked = None;
         self.state = State::AwaitChallenge { deadline: now_ms + HANDSHAKE_TIMEOUT_MS };
     }
 
@@ -397,11 +425,12 @@ impl Signaling {
             }
             (
                 State::AwaitWelcome { .. },
-                ServerFrame::Welcome { member, session, display_name, ice_servers, limits, policy, .. },
+                ServerFrame::Welcome { member, session, display_name, ice_servers, limits, policy, mailbox_ttl_ms, .. },
             ) => {
                 if *member != self.member {
                     return Err(self.violation("welcome names another member".into()));
                 }
+                self.mailbox_ttl_ms = *mailbox_ttl_ms;
                 self.set_policy(*policy);
                 self.limits = Some(*limits);
                 self.ice_servers.clone_from(ice_servers);
@@ -455,19 +484,28 @@ impl Signaling {
                 self.events.push_back(SignalEvent::IceServers);
                 Ok(())
             }
-            (State::Ready { .. }, ServerFrame::Deliver { from, from_session, body }) => {
+            (State::Ready { .. }, ServerFrame::Deliver { from, from_session, body, seq }) => {
+                if let Some(seq) = seq {
+                    self.mailbox_seen(*seq)?;
+                }
                 // Need-to-know, checked again here: only members we see, or our own other sessions.
                 if *from == self.member || self.directory.contains_key(from) {
                     self.events.push_back(SignalEvent::Deliver {
                         from: *from,
                         from_session: *from_session,
                         body: body.clone(),
+                        seq: *seq,
                     });
                 }
                 Ok(())
             }
-            (State::Ready { .. }, ServerFrame::Ack { id, sessions }) => {
-                self.events.push_back(SignalEvent::Ack { id: *id, sessions: *sessions });
+            (State::Ready { .. }, ServerFrame::Gap { seq, lost, groups }) => {
+                self.mailbox_seen(*seq)?;
+                self.events.push_back(SignalEvent::Gap { lost: *lost, groups: groups.clone() });
+                Ok(())
+            }
+            (State::Ready { .. }, ServerFrame::Ack { id, sessions, stored }) => {
+                self.events.push_back(SignalEvent::Ack { id: *id, sessions: *sessions, stored: *stored });
                 Ok(())
             }
             (State::Ready { .. }, ServerFrame::Pong { .. }) => Ok(()),
@@ -481,6 +519,33 @@ impl Signaling {
             (State::Connecting | State::Closing | State::Disconnected { .. }, _) => Ok(()),
             (_, _) => Err(self.violation("a frame that does not belong at this point of the session".into())),
         }
+    }
+
+    /// Mailbox entries come in increasing `seq`; anything else is a server bug or a replay.
+    fn mailbox_seen(&mut self, seq: u64) -> Result<(), SignalingError> {
+        if self.mailbox_seen.is_some_and(|seen| seq <= seen) {
+            return Err(self.violation("mailbox entries out of order".into()));
+        }
+        self.mailbox_seen = Some(seq);
+        Ok(())
+    }
+
+    /// The highest mailbox `seq` received on this connection (to acknowledge once the state it changed is saved).
+    pub fn mailbox_seen_upto(&self) -> Option<u64> {
+        self.mailbox_seen
+    }
+
+    /// Tells the server that what its mailbox kept for us, up to `upto`, is handled and saved: it deletes it.
+    /// Nothing is sent when that was already said, or when not connected (it all comes again then).
+    pub fn acknowledge_mailbox(&mut self, upto: u64, now_ms: u64) {
+        if !matches!(self.state, State::Ready { .. }) || self.mailbox_acked.is_some_and(|acked| upto <= acked) {
+            return;
+        }
+        if self.mailbox_seen.is_none_or(|seen| upto > seen) {
+            return;
+        }
+        self.mailbox_acked = Some(upto);
+        self.queue(&ClientFrame::Received { upto }, now_ms);
     }
 
     fn violation(&mut self, reason: String) -> SignalingError {

@@ -1,8 +1,10 @@
 //! `Session` (signaling and the client wired together) against a small bubble written here from the protocol's
 //! own frames: it authenticates each session, sends each its directory slice, relays `send` as `deliver`,
 //! orders commits (the first per group and epoch wins, later ones get `commit_conflict`) and can cut
-//! connections. Two and three members set up conversations and talk through it with nothing but the sessions'
-//! own routing; envelopes wait while signaling is down; a refused member's session stops.
+//! connections, and keeps what is sent to a member with no session in a mailbox (delivered with `seq` when it
+//! comes back, deleted on `received`). Two and three members set up conversations and talk through it with
+//! nothing but the sessions' own routing; envelopes wait while signaling is down; a refused member's session
+//! stops; an absent member reads what waited, acknowledged only once saved.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::{BTreeSet, HashMap};
@@ -43,6 +45,10 @@ struct Peer {
     /// Which visible members (by index).
     sees: Vec<usize>,
     events: Vec<SessionEvent>,
+    /// Its edge saves what changed (and then says so with `Session::saved`).
+    saves: bool,
+    /// Steps after which the session asked to be saved.
+    saved_steps: u32,
 }
 
 struct Bubble {
@@ -50,6 +56,9 @@ struct Bubble {
     /// (group, epoch) of commits already accepted.
     ordered: BTreeSet<(Vec<u8>, u64)>,
     now: u64,
+    /// What waits for members with no session: (seq, frame) per member index.
+    mailbox: HashMap<usize, Vec<(u64, ServerFrame)>>,
+    next_seq: u64,
 }
 
 impl Bubble {
@@ -65,10 +74,26 @@ impl Bubble {
                     offline: false,
                     sees: sees(usize::from(i)),
                     events: Vec::new(),
+                    saves: true,
+                    saved_steps: 0,
                 }
             })
             .collect();
-        Self { peers, ordered: BTreeSet::new(), now: 1_000 }
+        Self { peers, ordered: BTreeSet::new(), now: 1_000, mailbox: HashMap::new(), next_seq: 1 }
+    }
+
+    /// Keeps a `deliver` for member `j` (away); returns its seq.
+    fn keep(&mut self, j: usize, from: usize, body: peerbubble_proto::Opaque) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let frame =
+            ServerFrame::Deliver { from: self.peers[from].id, from_session: SessionId(from as u64 + 1), body, seq: Some(seq) };
+        self.mailbox.entry(j).or_default().push((seq, frame));
+        seq
+    }
+
+    fn kept(&self, j: usize) -> usize {
+        self.mailbox.get(&j).map_or(0, Vec::len)
     }
 
     fn entry(&self, i: usize) -> DirectoryEntry {
@@ -109,6 +134,13 @@ impl Bubble {
                         _ => {}
                     }
                     self.peers[i].events.push(event);
+                }
+                // The edge saves what changed, then says so (which acknowledges what the mailbox delivered).
+                if self.peers[i].session.take_changed() {
+                    self.peers[i].saved_steps += 1;
+                }
+                if self.peers[i].saves {
+                    self.peers[i].session.saved(now);
                 }
                 while let Some(text) = self.peers[i].session.poll_transmit() {
                     moved = true;
@@ -155,10 +187,15 @@ impl Bubble {
                     ice_expires_in_ms: None,
                     limits: limits(),
                     policy: Default::default(),
+                    mailbox_ttl_ms: None,
                 };
                 self.server_says(i, &welcome);
                 let entries = self.peers[i].sees.iter().map(|&j| self.entry(j)).collect();
                 self.server_says(i, &ServerFrame::Directory { part: 0, parts: 1, entries });
+                // What waited, in order, before anything live.
+                for (_, frame) in self.mailbox.get(&i).cloned().unwrap_or_default() {
+                    self.server_says(i, &frame);
+                }
                 let member = self.peers[i].id;
                 for j in 0..self.peers.len() {
                     if j != i && self.peers[j].open && self.peers[j].sees.contains(&i) {
@@ -172,10 +209,12 @@ impl Bubble {
                 let sessions = u32::from(self.peers[j].open);
                 if self.peers[j].open {
                     let deliver =
-                        ServerFrame::Deliver { from: self.peers[i].id, from_session: SessionId(i as u64 + 1), body };
+                        ServerFrame::Deliver { from: self.peers[i].id, from_session: SessionId(i as u64 + 1), body, seq: None };
                     self.server_says(j, &deliver);
+                } else {
+                    self.keep(j, i, body);
                 }
-                self.server_says(i, &ServerFrame::Ack { id, sessions });
+                self.server_says(i, &ServerFrame::Ack { id, sessions, stored: 1 - sessions });
             }
             ClientFrame::Commit { id, group, epoch, to, body } => {
                 if !self.ordered.insert((group.as_bytes().to_vec(), epoch)) {
@@ -187,7 +226,9 @@ impl Bubble {
                     };
                     return self.server_says(i, &refusal);
                 }
-                self.server_says(i, &ServerFrame::Ack { id, sessions: to.as_slice().len() as u32 });
+                let away = to.as_slice().iter().filter(|m| !self.peers[self.index(**m)].open).count() as u32;
+                let sessions = to.as_slice().len() as u32 - away;
+                self.server_says(i, &ServerFrame::Ack { id, sessions, stored: away });
                 for member in to.as_slice() {
                     let j = self.index(*member);
                     if self.peers[j].open {
@@ -195,12 +236,20 @@ impl Bubble {
                             from: self.peers[i].id,
                             from_session: SessionId(i as u64 + 1),
                             body: body.clone(),
+                            seq: None,
                         };
                         self.server_says(j, &deliver);
+                    } else {
+                        self.keep(j, i, body.clone());
                     }
                 }
             }
             ClientFrame::Ping { id } => self.server_says(i, &ServerFrame::Pong { id }),
+            ClientFrame::Received { upto } => {
+                if let Some(kept) = self.mailbox.get_mut(&i) {
+                    kept.retain(|(seq, _)| *seq > upto);
+                }
+            }
         }
     }
 
@@ -252,7 +301,10 @@ fn two_members_set_up_a_conversation_and_talk_through_their_sessions_alone() {
     b.run();
     assert_eq!(b.texts(1), ["hello through the session"]);
     assert_eq!(b.texts(0), ["and back"]);
-    assert!(b.peers[0].session.take_changed(), "a step that changed the conversation asks to be saved");
+    let before = b.peers[0].saved_steps;
+    b.peers[0].session.act(b.now, |c| c.send_text(conversation, "one more")).unwrap();
+    b.run();
+    assert!(b.peers[0].saved_steps > before, "a step that changed the conversation asks to be saved");
 }
 
 #[test]
@@ -340,4 +392,100 @@ fn a_member_refused_for_good_stops_and_nothing_is_relayed() {
         "the member is told the envelope cannot go out"
     );
     assert!(b.ready(1).is_empty());
+}
+
+fn away(b: &mut Bubble, i: usize) {
+    b.peers[i].offline = true;
+    b.peers[i].open = false;
+    let now = b.now;
+    b.peers[i].session.disconnected(Some(1001), now);
+}
+
+#[test]
+fn an_absent_member_reads_what_waited_in_order_and_it_is_deleted_once_saved() {
+    let mut b = Bubble::new(2, |i| vec![1 - i]);
+    b.run();
+    let bob = b.peers[1].id;
+    b.peers[0].session.act(b.now, |c| c.start_direct(bob)).unwrap();
+    b.run();
+    let conversation = b.ready(0)[0];
+
+    // Bob closes his tab; Alice writes 20 messages: each is "stored for later", none lost.
+    away(&mut b, 1);
+    b.run();
+    for n in 0..20 {
+        b.peers[0].session.act(b.now, |c| c.send_text(conversation, &format!("message {n}"))).unwrap();
+    }
+    b.run();
+    let stored = b.peers[0].events.iter().filter(|e| matches!(e, SessionEvent::StoredForLater { to } if *to == bob));
+    assert!(stored.count() >= 20, "every message is acknowledged as stored for later");
+    assert!(b.kept(1) >= 20, "the mailbox holds them: {}", b.kept(1));
+    assert!(b.texts(1).is_empty());
+
+    // Bob comes back: all 20, in order, and the mailbox is emptied by his acknowledgement after the save.
+    b.peers[1].offline = false;
+    b.run();
+    let expected: Vec<String> = (0..20).map(|n| format!("message {n}")).collect();
+    assert_eq!(b.texts(1), expected);
+    assert_eq!(b.kept(1), 0, "acknowledged once saved, then deleted");
+}
+
+#[test]
+fn what_was_not_acknowledged_comes_again_and_is_read_once() {
+    let mut b = Bubble::new(2, |i| vec![1 - i]);
+    b.run();
+    let bob = b.peers[1].id;
+    b.peers[0].session.act(b.now, |c| c.start_direct(bob)).unwrap();
+    b.run();
+    let conversation = b.ready(0)[0];
+    away(&mut b, 1);
+    b.run();
+    b.peers[0].session.act(b.now, |c| c.send_text(conversation, "kept for Bob")).unwrap();
+    b.run();
+
+    // Bob's edge never gets to save (the tab closes at once): nothing is acknowledged, nothing deleted.
+    b.peers[1].saves = false;
+    b.peers[1].offline = false;
+    b.run();
+    assert_eq!(b.texts(1), ["kept for Bob"]);
+    assert_eq!(b.kept(1), 1, "not acknowledged without a save");
+    // Next connection: the same envelope again; the message is not shown twice, and now it is acknowledged.
+    b.peers[1].saves = true;
+    away(&mut b, 1);
+    b.run();
+    b.peers[1].offline = false;
+    b.run();
+    assert_eq!(b.texts(1), ["kept for Bob"], "a replayed envelope changes nothing");
+    assert_eq!(b.kept(1), 0);
+}
+
+#[test]
+fn a_gap_in_the_mailbox_asks_to_rejoin_the_groups_that_lost_commits() {
+    let mut b = Bubble::new(3, |i| (0..3).filter(|j| *j != i).collect());
+    b.run();
+    let (one, two) = (b.peers[1].id, b.peers[2].id);
+    let group = b.peers[0].session.act(b.now, |c| c.create_group("cell", &[one, two])).unwrap();
+    b.run();
+    assert!(b.ready(2).contains(&group));
+    away(&mut b, 2);
+    b.run();
+    // While member 2 is away, the bubble lost a commit of the group it kept for it (say it expired).
+    let seq = b.next_seq;
+    b.next_seq += 1;
+    let gap = ServerFrame::Gap {
+        seq,
+        lost: 3,
+        groups: vec![peerbubble_proto::GroupId::from_bytes(&group.0).unwrap()],
+    };
+    b.mailbox.entry(2).or_default().push((seq, gap));
+    b.peers[2].offline = false;
+    b.run();
+    assert!(b.peers[2].events.iter().any(|e| matches!(e, SessionEvent::MissedWhileAway { lost: 3 })));
+    assert!(
+        b.peers[2].events.iter().any(
+            |e| matches!(e, SessionEvent::Core(Event::RejoinRequested { conversation, .. }) if *conversation == group)
+        ),
+        "member 2 asked to be added again"
+    );
+    assert_eq!(b.kept(2), 0, "the gap marker is acknowledged like an envelope");
 }

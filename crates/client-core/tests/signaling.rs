@@ -83,6 +83,7 @@ fn ready(s: &mut Signaling, now: u64) -> SessionId {
         ice_expires_in_ms: None,
         limits: limits(),
         policy: Default::default(),
+        mailbox_ttl_ms: None,
     };
     feed(s, &welcome, now).unwrap();
     assert!(!s.is_ready(), "not before the directory is complete");
@@ -156,6 +157,7 @@ fn inconsistent_server_frames_are_violations() {
         ice_expires_in_ms: None,
         limits: limits(),
         policy: Default::default(),
+        mailbox_ttl_ms: None,
     };
     // Welcome for someone else.
     let mut s = Signaling::new(key(1), None);
@@ -186,7 +188,7 @@ fn inconsistent_server_frames_are_violations() {
     let mut s = Signaling::new(key(1), None);
     s.connected(0);
     let deliver =
-        ServerFrame::Deliver { from: id(2), from_session: SessionId(1), body: Opaque::from_bytes(b"x").unwrap() };
+        ServerFrame::Deliver { from: id(2), from_session: SessionId(1), body: Opaque::from_bytes(b"x").unwrap(), seq: None };
     assert!(feed(&mut s, &deliver, 0).is_err());
 }
 
@@ -208,11 +210,11 @@ fn need_to_know_on_what_we_send_and_receive() {
     }
     let body = Opaque::from_bytes(b"sealed").unwrap();
     for (from, passes) in [(id(2), true), (id(1), true), (id(9), false)] {
-        feed(&mut s, &ServerFrame::Deliver { from, from_session: SessionId(3), body: body.clone() }, 2).unwrap();
+        feed(&mut s, &ServerFrame::Deliver { from, from_session: SessionId(3), body: body.clone(), seq: None }, 2).unwrap();
         let got = events(&mut s);
         assert_eq!(!got.is_empty(), passes, "deliver from {from}");
     }
-    feed(&mut s, &ServerFrame::Ack { id: id1, sessions: 2 }, 3).unwrap();
+    feed(&mut s, &ServerFrame::Ack { id: id1, sessions: 2, stored: 0 }, 3).unwrap();
     let refusal = ServerFrame::Error {
         code: ErrorCode::RecipientCongested,
         message: "slow".into(),
@@ -223,7 +225,7 @@ fn need_to_know_on_what_we_send_and_receive() {
     assert_eq!(
         events(&mut s),
         [
-            SignalEvent::Ack { id: id1, sessions: 2 },
+            SignalEvent::Ack { id: id1, sessions: 2, stored: 0 },
             SignalEvent::Refused { id: Some(id2), code: ErrorCode::RecipientCongested, retry_after_ms: Some(250) }
         ]
     );
@@ -291,6 +293,7 @@ fn reconnects_with_growing_back_off_and_starts_over() {
         ice_expires_in_ms: None,
         limits: limits(),
         policy: Default::default(),
+        mailbox_ttl_ms: None,
     };
     feed(&mut s, &welcome, now).unwrap();
     feed(&mut s, &ServerFrame::Directory { part: 0, parts: 1, entries: vec![entry(2, true)] }, now).unwrap();
@@ -426,4 +429,33 @@ fn debug_shows_no_key_material() {
     let seed = key(1).to_seed_base64();
     assert!(!text.contains(seed.as_str()), "{text}");
     assert!(text.contains(&id(1).to_string()));
+}
+
+#[test]
+fn mailbox_entries_come_in_order_and_are_acknowledged_once_and_only_when_seen() {
+    let mut s = Signaling::new(key(1), None);
+    ready(&mut s, 0);
+    let body = Opaque::from_bytes(b"kept").unwrap();
+    let kept = |seq| ServerFrame::Deliver { from: id(2), from_session: SessionId(3), body: body.clone(), seq: Some(seq) };
+    // Nothing seen, nothing to acknowledge.
+    s.acknowledge_mailbox(5, 1);
+    assert!(sent(&mut s).is_empty());
+    feed(&mut s, &kept(4), 1).unwrap();
+    feed(&mut s, &kept(6), 1).unwrap();
+    assert!(matches!(events(&mut s).as_slice(), [SignalEvent::Deliver { seq: Some(4), .. }, SignalEvent::Deliver { seq: Some(6), .. }]));
+    assert_eq!(s.mailbox_seen_upto(), Some(6));
+    // Not past what arrived; once; a lower one after it is not sent again.
+    s.acknowledge_mailbox(7, 2);
+    assert!(sent(&mut s).is_empty(), "cannot acknowledge what has not arrived");
+    s.acknowledge_mailbox(6, 2);
+    assert_eq!(sent(&mut s), [ClientFrame::Received { upto: 6 }]);
+    s.acknowledge_mailbox(6, 2);
+    s.acknowledge_mailbox(4, 2);
+    assert!(sent(&mut s).is_empty());
+    // A gap is an entry too; then an entry that goes back is a protocol violation.
+    let gap = ServerFrame::Gap { seq: 8, lost: 2, groups: vec![] };
+    feed(&mut s, &gap, 3).unwrap();
+    assert_eq!(events(&mut s), [SignalEvent::Gap { lost: 2, groups: vec![] }]);
+    assert!(feed(&mut s, &kept(7), 3).is_err(), "entries out of order");
+    assert!(!s.is_ready());
 }

@@ -124,10 +124,12 @@ pub(crate) fn event_json(event: &SignalEvent) -> serde_json::Value {
         }
         SignalEvent::IceServers => json!({"type": "iceServers"}),
         SignalEvent::PolicyChanged => json!({"type": "policy"}),
-        SignalEvent::Deliver { from, from_session, body } => {
-            json!({"type": "deliver", "from": from.to_string(), "fromSession": from_session.0, "bytes": body.wire_len()})
+        SignalEvent::Deliver { from, from_session, body, seq } => json!({"type": "deliver", "from": from.to_string(),
+            "fromSession": from_session.0, "bytes": body.wire_len(), "kept": seq.is_some()}),
+        SignalEvent::Gap { lost, groups } => json!({"type": "gap", "lost": lost, "groups": groups.len()}),
+        SignalEvent::Ack { id, sessions, stored } => {
+            json!({"type": "ack", "id": id, "sessions": sessions, "stored": stored})
         }
-        SignalEvent::Ack { id, sessions } => json!({"type": "ack", "id": id, "sessions": sessions}),
         SignalEvent::Refused { id, code, retry_after_ms } => {
             json!({"type": "refused", "id": id, "code": code.as_str(), "retryAfterMs": retry_after_ms})
         }

@@ -219,6 +219,10 @@ pub struct Member {
     channel_out: std::collections::VecDeque<(MemberId, Vec<u8>)>,
     /// Chunks of incoming files, sealed, for the worker to keep at rest before anything else goes out.
     stored_out: std::collections::VecDeque<SealedChunk>,
+    /// Contacts for whom something we sent waits in the bubble's mailbox (until they come online).
+    waiting: std::collections::BTreeSet<MemberId>,
+    /// Envelopes sent to us that the bubble lost while we were away (this page's life).
+    missed: u64,
 }
 
 impl std::fmt::Debug for Member {
@@ -356,6 +360,8 @@ impl Member {
             notices: Vec::new(),
             channel_out: std::collections::VecDeque::new(),
             stored_out: std::collections::VecDeque::new(),
+            waiting: std::collections::BTreeSet::new(),
+            missed: 0,
         };
         // The session's first event (connect) becomes the first notice. Nothing changed yet, so nothing is saved.
         member.take_events();
@@ -416,7 +422,17 @@ impl Member {
                     self.notices.push(notice_json(event));
                 }
                 SessionEvent::Signal(SignalEvent::Presence { member, online: true }) => {
+                    // Back: the bubble hands it what waited.
+                    self.waiting.remove(&member);
                     self.want_channel(member);
+                    self.notices.push(notice_json(event));
+                }
+                SessionEvent::StoredForLater { to } => {
+                    self.waiting.insert(to);
+                    self.notices.push(notice_json(event));
+                }
+                SessionEvent::MissedWhileAway { lost } => {
+                    self.missed += lost;
                     self.notices.push(notice_json(event));
                 }
                 SessionEvent::Signal(SignalEvent::Ready { .. }) => {
@@ -462,6 +478,8 @@ fn notice_json(event: SessionEvent) -> Value {
         SessionEvent::Undeliverable { to, reason } => {
             json!({"type": "undeliverable", "to": to.to_string(), "reason": reason})
         }
+        SessionEvent::StoredForLater { to } => json!({"type": "storedForLater", "to": to.to_string()}),
+        SessionEvent::MissedWhileAway { lost } => json!({"type": "missedWhileAway", "lost": lost}),
     }
 }
 
@@ -546,6 +564,12 @@ impl Member {
         let name = writes.keys().next()?.clone();
         let value = writes.remove(&name)?;
         Some(StoredRecord { name, value })
+    }
+
+    /// The records of the last step are written: what the bubble kept for this member while it was away, and
+    /// that this state includes, may now be deleted there (a `received` frame is queued; send `pollTransmit`).
+    pub fn saved(&mut self, now_ms: f64) {
+        self.session.saved(now_ms as u64);
     }
 
     /// The next notice for the page, as JSON text with a `type` field.
@@ -944,6 +968,8 @@ impl Member {
                     "displayName": e.display_name,
                     "categories": e.categories,
                     "online": e.online,
+                    // Something we sent waits for them in the bubble.
+                    "waiting": !e.online && self.waiting.contains(&e.member),
                     "verified": verified_key == Some(&key),
                     // A verified contact whose key is not the one compared: warn, never silently trust.
                     "keyChanged": verified_key.is_some_and(|k| *k != key),
@@ -1007,6 +1033,10 @@ impl Member {
             "directory": directory,
             "conversations": conversations,
             "policy": self.session.signaling().policy(),
+            // How long the bubble keeps what is sent to someone away (null: it keeps nothing).
+            "mailboxTtlMs": self.session.signaling().mailbox_ttl_ms(),
+            // Envelopes sent to us that expired before we came back.
+            "missedWhileAway": self.missed,
             "fingerprint": self.fingerprint,
             "files": files,
         })

@@ -119,6 +119,7 @@ fn the_worker_s_signaling_session_answers_the_challenge_with_a_key_made_here() {
         ice_expires_in_ms: None,
         limits,
         policy: Default::default(),
+        mailbox_ttl_ms: None,
     };
     session.handle_text(&encode_frame(&welcome), 2.0).unwrap();
     let bob = IdentityKey::from_seed(&[2; 32]).public_key();

@@ -30,7 +30,15 @@ pub mod conditions {
     pub const TURN_READY: &str = "TurnReady";
     /// The NetworkPolicies are applied (or disabled by choice).
     pub const POLICY_APPLIED: &str = "PolicyApplied";
+    /// The bubble runs the replicas its spec asks for. Informational: not part of `Ready` (a bubble held at one
+    /// replica still serves its members), it says why the count differs from `spec.replicas`.
+    pub const SCALED: &str = "Scaled";
 }
+
+/// Whether bubble-server replicas can share one bubble's presence, routing and commit ledger (over NATS
+/// JetStream). Not built yet: until it is, the operator runs one replica whatever `spec.replicas` says and reports
+/// why in the [`conditions::SCALED`] condition, because two independent replicas would split the bubble in two.
+pub const REPLICAS_SHARE_STATE: bool = false;
 
 /// A bubble: one mission's isolated signaling and TURN relay.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -51,11 +59,18 @@ pub mod conditions {
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(
+    cel,
+    validation = Rule::new("self.replicas <= 1 || has(self.nats)").message(
+        "replicas above 1 need spec.nats: replicas share presence, routing and the commit ledger through NATS \
+         JetStream, and without it two replicas would split the bubble in two"
+    )
+)]
 pub struct BubbleSpec {
     /// Human name of the bubble, shown to its members.
     #[schemars(length(min = 1, max = 64))]
     pub display_name: String,
-    /// bubble-server replicas (signaling and TURN run in the same pods).
+    /// bubble-server replicas (signaling and TURN run in the same pods). Above 1 needs `nats`.
     #[serde(default = "default_replicas")]
     #[schemars(range(min = 1, max = 16))]
     pub replicas: i32,
@@ -74,10 +89,26 @@ pub struct BubbleSpec {
     /// Where the bubble's directory (members' public keys, categories) comes from.
     #[serde(default)]
     pub directory: DirectorySpec,
+    /// The NATS (with JetStream) that several replicas of this bubble share. Not needed with one replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nats: Option<NatsSpec>,
 }
 
 fn default_replicas() -> i32 {
-    2
+    1
+}
+
+/// A NATS server with JetStream, and the bubble's own credentials on it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NatsSpec {
+    /// Where the NATS server listens, `nats://host:port` or `tls://host:port`.
+    #[schemars(length(min = 1, max = 512), regex(pattern = r"^(nats|tls)://[^\s/@]+(:[0-9]{1,5})?$"))]
+    pub url: String,
+    /// Secret in the bubble's namespace holding this bubble's NATS credentials (key `creds`, a NATS user
+    /// credentials file whose permissions cover this bubble's subjects only).
+    #[schemars(length(min = 1, max = 253))]
+    pub credentials_secret: String,
 }
 
 /// Signaling settings.

@@ -37,7 +37,9 @@ fn crds_name_group_version_scope_and_short_names() {
 #[test]
 fn defaults_fill_a_minimal_bubble() {
     let spec: BubbleSpec = serde_json::from_value(json!({"displayName": "Flood response"})).unwrap();
-    assert_eq!(spec.replicas, 2);
+    // One replica unless NATS is named: independent replicas would split the bubble in two.
+    assert_eq!(spec.replicas, 1);
+    assert_eq!(spec.nats, None);
     assert_eq!((spec.turn.udp_port, spec.turn.tls_port), (3478, 443));
     assert_eq!(spec.network_policy.mode, peerbubble_crd::NetworkPolicyMode::Enforce);
 }
@@ -51,6 +53,12 @@ fn the_schema_carries_the_validation() {
     assert_eq!(spec["displayName"]["maxLength"], 64);
     assert_eq!(spec["turn"]["properties"]["serviceType"]["enum"], json!(["LoadBalancer", "NodePort", "ClusterIP"]));
     assert!(spec["turn"]["x-kubernetes-validations"].is_array(), "{}", spec["turn"]);
+    let rules = &schema["openAPIV3Schema"]["properties"]["spec"]["x-kubernetes-validations"];
+    assert_eq!(rules[0]["rule"], "self.replicas <= 1 || has(self.nats)", "{rules}");
+    assert!(rules[0]["message"].as_str().unwrap().contains("spec.nats"), "{rules}");
+    let nats = &spec["nats"]["properties"];
+    assert_eq!(nats["url"]["pattern"], r"^(nats|tls)://[^\s/@]+(:[0-9]{1,5})?$");
+    assert_eq!(nats["credentialsSecret"]["maxLength"], 253);
     let category = serde_json::to_value(&Category::crd().spec.versions[0].schema).unwrap();
     let bubble = &category["openAPIV3Schema"]["properties"]["spec"]["properties"]["bubble"];
     assert_eq!(bubble["x-kubernetes-validations"][0]["rule"], "self == oldSelf");
@@ -73,4 +81,14 @@ fn cel_rules_refuse_what_they_should() {
     assert!(CategorySpec::validate_cel(&moved, Some(&old)).is_err());
     let renamed = json!({"bubble": "flood", "displayName": "Medics team", "sees": ["command"]});
     assert!(CategorySpec::validate_cel(&renamed, Some(&old)).is_ok());
+
+    // Two replicas without NATS would split the bubble in two: refused, with the reason.
+    let split = json!({"displayName": "Flood", "replicas": 2});
+    let refused = BubbleSpec::validate_cel(&split, None).unwrap_err();
+    assert!(format!("{refused:?}").contains("spec.nats"), "{refused:?}");
+    let one = json!({"displayName": "Flood", "replicas": 1});
+    assert!(BubbleSpec::validate_cel(&one, None).is_ok());
+    let shared = json!({"displayName": "Flood", "replicas": 2,
+        "nats": {"url": "nats://nats:4222", "credentialsSecret": "flood-nats"}});
+    assert!(BubbleSpec::validate_cel(&shared, None).is_ok());
 }

@@ -28,7 +28,7 @@ use serde_json::json;
 use crate::metrics::Metrics;
 use crate::render::{self, FIELD_MANAGER, RenderError, SIGNAL_PORT, Settings, TURN_SECRET_KEY};
 use crate::status::{Judgement, conditions, is_true};
-use peerbubble_crd::conditions::{POLICY_APPLIED, READY, SIGNALING_READY, TURN_READY};
+use peerbubble_crd::conditions::{POLICY_APPLIED, READY, SCALED, SIGNALING_READY, TURN_READY};
 
 /// The finalizer on every Bubble the operator has seen.
 pub const FINALIZER: &str = "peerbubble.io/cleanup";
@@ -421,7 +421,7 @@ async fn apply_bubble(bubble: &Bubble, ctx: &Context) -> Result<Action, Error> {
             let type_ = if first.reason == "SecretMissing" { EventType::Warning } else { EventType::Normal };
             ctx.event(bubble, type_, first.reason, first.message.clone()).await;
         } else if ready {
-            ctx.event(bubble, EventType::Normal, "Ready", format!("{ready_replicas} replicas ready")).await;
+            ctx.event(bubble, EventType::Normal, "Ready", replicas_ready(ready_replicas)).await;
         }
     }
     Ok(Action::requeue(if ready { RESYNC } else { NOT_READY_RECHECK }))
@@ -445,6 +445,11 @@ fn turn_address(bubble: &Bubble, service: Option<&Service>) -> Option<String> {
     }
 }
 
+/// "1 replica ready", "2 replicas ready".
+fn replicas_ready(n: i32) -> String {
+    if n == 1 { "1 replica ready".to_owned() } else { format!("{n} replicas ready") }
+}
+
 fn judge(
     bubble: &Bubble,
     namespace: &str,
@@ -465,6 +470,20 @@ fn judge(
         turn_udp: address.as_ref().map(|a| format!("turn:{a}:{}?transport=udp", spec.turn.udp_port)),
         turn_tls: address.as_ref().map(|a| format!("turns:{a}:{}?transport=tcp", spec.turn.tls_port)),
     };
+    let running = render::replicas(spec);
+    let scaled = if running == spec.replicas {
+        Judgement::ok(SCALED, "AsRequested", format!("{running} replica(s) as requested"))
+    } else {
+        Judgement::not(
+            SCALED,
+            "SharingNotBuilt",
+            format!(
+                "running 1 replica instead of {}: bubble-server replicas cannot share presence, routing and the \
+                 commit ledger over NATS yet, and independent replicas would split the bubble in two",
+                spec.replicas
+            ),
+        )
+    };
     let signaling_ready = if !missing.is_empty() {
         Judgement::not(
             SIGNALING_READY,
@@ -476,9 +495,9 @@ fn judge(
             ),
         )
     } else if ready_replicas >= 1 {
-        Judgement::ok(SIGNALING_READY, "ReplicasReady", format!("{ready_replicas}/{} replicas ready", spec.replicas))
+        Judgement::ok(SIGNALING_READY, "ReplicasReady", format!("{ready_replicas}/{running} replicas ready"))
     } else {
-        Judgement::not(SIGNALING_READY, "WaitingForReplicas", format!("0/{} replicas ready", spec.replicas))
+        Judgement::not(SIGNALING_READY, "WaitingForReplicas", format!("0/{running} replicas ready"))
     };
     let turn_ready = if address.is_some() {
         Judgement::ok(TURN_READY, "AddressAssigned", "TURN Services have an address")
@@ -498,6 +517,8 @@ fn judge(
     };
     let mut all = vec![ready];
     all.extend(parts);
+    // Not part of Ready: a bubble held at one replica serves its members.
+    all.push(scaled);
     (all, endpoints)
 }
 

@@ -83,6 +83,12 @@ pub struct Rendered {
     pub pdb: Option<PodDisruptionBudget>,
 }
 
+/// The replicas the bubble actually runs: what its spec asks for once replicas can share one bubble's state
+/// (`peerbubble_crd::REPLICAS_SHARE_STATE`), else one, because independent replicas would split the bubble.
+pub fn replicas(spec: &peerbubble_crd::BubbleSpec) -> i32 {
+    if peerbubble_crd::REPLICAS_SHARE_STATE && spec.nats.is_some() { spec.replicas } else { 1 }
+}
+
 /// The labels on everything made for `bubble`.
 pub fn labels(bubble: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
@@ -286,7 +292,7 @@ fn deployment(ctx: &Ctx<'_>, bubble: &Bubble, settings: &Settings, policy_hash: 
     Deployment {
         metadata: ctx.meta(ctx.name.to_owned()),
         spec: Some(DeploymentSpec {
-            replicas: Some(spec.replicas),
+            replicas: Some(replicas(spec)),
             selector: LabelSelector { match_labels: Some(selector(ctx.name)), ..LabelSelector::default() },
             strategy: Some(DeploymentStrategy {
                 type_: Some("RollingUpdate".into()),
@@ -464,7 +470,7 @@ pub fn render(
         use sha2::Digest as _;
         sha2::Sha256::digest(policy.as_bytes()).iter().map(|b| format!("{b:02x}")).collect::<String>()
     };
-    let pdb = (bubble.spec.replicas > 1).then(|| PodDisruptionBudget {
+    let pdb = (replicas(&bubble.spec) > 1).then(|| PodDisruptionBudget {
         metadata: ctx.meta(name.to_owned()),
         spec: Some(PodDisruptionBudgetSpec {
             min_available: Some(IntOrString::Int(1)),

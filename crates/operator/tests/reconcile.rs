@@ -99,7 +99,7 @@ async fn drive_apply(api: &mut ApiServer, bubble: &Bubble, world: &World, status
         written.network_policy_deleted = true;
     }
     let pdb_path = ns_path(POLICY, &format!("poddisruptionbudgets/{name}"));
-    if bubble.spec.replicas > 1 {
+    if peerbubble_operator::render::replicas(&bubble.spec) > 1 {
         written.pdb = Some(api.expect_apply(&pdb_path).await);
     } else {
         api.expect("DELETE", &pdb_path).await.not_found();
@@ -174,8 +174,9 @@ async fn create_applies_everything_and_says_which_secret_is_missing() {
     let policy = written.policy["data"]["policy.yaml"].as_str().unwrap();
     assert!(policy.contains("id: leads") && policy.contains("id: responders"), "{policy}");
     assert_eq!(written.services.len(), 3);
-    assert!(written.network_policy.is_some() && written.pdb.is_some());
-    assert_eq!(written.deployment["spec"]["replicas"], 2);
+    // One replica by default, so no PodDisruptionBudget (it would block every drain).
+    assert!(written.network_policy.is_some() && written.pdb.is_none() && written.pdb_deleted);
+    assert_eq!(written.deployment["spec"]["replicas"], 1);
 
     let status = written.status.unwrap();
     let signaling = condition(&status, "SignalingReady");
@@ -196,7 +197,7 @@ async fn a_ready_bubble_reports_endpoints_and_an_unchanged_one_writes_no_status(
     let mut b = bubble("field", json!({"displayName": "Field", "signaling": {"host": "field.example.org"}}));
     let world = World {
         existing_turn_secret: Some(vec![7u8; 32]),
-        ready_replicas: 2,
+        ready_replicas: 1,
         lb_ip: Some("192.0.2.10"),
         credential_exists: true,
         ..World::default()
@@ -206,14 +207,14 @@ async fn a_ready_bubble_reports_endpoints_and_an_unchanged_one_writes_no_status(
     assert_eq!(finish(task).await.unwrap(), Action::requeue(RESYNC));
     assert_eq!(decode(&written.secret["data"]["turn-secret"]), vec![7u8; 32], "the existing secret is kept");
     let status = written.status.unwrap();
-    for type_ in ["Ready", "SignalingReady", "TurnReady", "PolicyApplied"] {
+    for type_ in ["Ready", "SignalingReady", "TurnReady", "PolicyApplied", "Scaled"] {
         assert_eq!(condition(&status, type_)["status"], "True", "{type_}: {status}");
     }
-    assert_eq!(status["readyReplicas"], 2);
+    assert_eq!(status["readyReplicas"], 1);
     assert_eq!(status["endpoints"]["signaling"], "wss://field.example.org/v1/signal");
     assert_eq!(status["endpoints"]["turnUdp"], "turn:192.0.2.10:3478?transport=udp");
     assert_eq!(status["endpoints"]["turnTls"], "turns:192.0.2.10:443?transport=tcp");
-    assert_eq!(written.events, vec![("Normal".into(), "Ready".into(), "2 replicas ready".into())]);
+    assert_eq!(written.events, vec![("Normal".into(), "Ready".into(), "1 replica ready".into())]);
 
     // The next reconcile finds the same world: everything is applied again (idempotent), no status write.
     b.status = Some(serde_json::from_value(status).unwrap());
@@ -228,12 +229,22 @@ async fn a_ready_bubble_reports_endpoints_and_an_unchanged_one_writes_no_status(
 async fn an_update_is_applied_and_a_spec_shrink_deletes_what_is_no_longer_wanted() {
     let mut h = harness(vec![]);
     let world = World { existing_turn_secret: Some(vec![1u8; 32]), credential_exists: true, ..World::default() };
-    let mut b = bubble("field", json!({"displayName": "Field", "replicas": 3}));
+    let mut b = bubble(
+        "field",
+        json!({"displayName": "Field", "replicas": 3,
+            "nats": {"url": "nats://nats.peerbubble-system:4222", "credentialsSecret": "field-nats"}}),
+    );
     let task = tokio::spawn(reconcile_bubble(Arc::new(b.clone()), h.ctx.clone()));
     let written = drive_apply(&mut h.api, &b, &world, true).await;
     finish(task).await.unwrap();
-    assert_eq!(written.deployment["spec"]["replicas"], 3);
-    assert!(written.pdb.is_some());
+    // Replicas cannot share a bubble's state yet: one runs, and the Scaled condition says why (Ready does not
+    // wait for it).
+    assert_eq!(written.deployment["spec"]["replicas"], 1);
+    assert!(written.pdb.is_none());
+    let status = written.status.clone().unwrap();
+    let scaled = condition(&status, "Scaled");
+    assert_eq!((scaled["status"].as_str(), scaled["reason"].as_str()), (Some("False"), Some("SharingNotBuilt")));
+    assert!(scaled["message"].as_str().unwrap().contains("instead of 3"), "{scaled}");
 
     b.spec =
         serde_json::from_value(json!({"displayName": "Field", "replicas": 1, "networkPolicy": {"mode": "Disabled"},
@@ -249,6 +260,7 @@ async fn an_update_is_applied_and_a_spec_shrink_deletes_what_is_no_longer_wanted
     let status = written.status.unwrap();
     assert_eq!(condition(&status, "PolicyApplied")["reason"], "DisabledBySpec");
     assert_eq!(condition(&status, "PolicyApplied")["observedGeneration"], 2);
+    assert_eq!(condition(&status, "Scaled")["status"], "True");
 }
 
 #[tokio::test]

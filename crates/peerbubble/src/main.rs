@@ -413,7 +413,10 @@ async fn up(
         }
     }
     let turn = TurnArgs { turn_secret_file: Some(turn_secret_file(data_dir)?), ..turn };
-    let config = Config { listen, turn: turn.resolve(listen)?, tls: tls.clone(), ..Config::default() };
+    // Members whose tab is closed get what was sent meanwhile when they come back (the offline mailbox).
+    let mailbox = peerbubble_bubble_server::MailboxConfig::at(data_dir.join("mailbox.sqlite"));
+    let config =
+        Config { listen, turn: turn.resolve(listen)?, tls: tls.clone(), mailbox: Some(mailbox), ..Config::default() };
     let source = store_source::StoreSource::new(admin.store.clone(), DEMO_BUBBLE.into(), Duration::from_secs(1));
     let server = Server::start_with_routes(config, source, listener, admin.router.clone()).await?;
     peerbubble_bubble_server::spawn_reporter(

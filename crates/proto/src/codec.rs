@@ -464,7 +464,9 @@ mod tests {
             let body = Opaque::from_bytes(&body).unwrap_or_else(|_| unreachable!());
             let from = member(from);
             let fast = crate::encode_deliver(&from, SessionId(session), &body);
-            prop_assert_eq!(&fast, &encode_frame(&ServerFrame::Deliver { from, from_session: SessionId(session), body }));
+            prop_assert_eq!(&fast, &encode_frame(&ServerFrame::Deliver { from, from_session: SessionId(session), body: body.clone(), seq: None }));
+            let kept = crate::encode_deliver_seq(&from, SessionId(session), &body, Some(session ^ 0x5a5a));
+            prop_assert_eq!(&kept, &encode_frame(&ServerFrame::Deliver { from, from_session: SessionId(session), body, seq: Some(session ^ 0x5a5a) }));
         }
 
         #[test]

@@ -37,6 +37,8 @@ pub enum ErrorCode {
     RecipientOffline,
     /// The recipient's session is not reading fast enough; nothing was sent to it. Retry later.
     RecipientCongested,
+    /// The recipient has no session and what the bubble keeps for it reached its quota; nothing was stored.
+    MailboxFull,
     /// The frame names a sender other than the authenticated member. Nothing was sent.
     SpoofedSender,
     /// Too many frames; retry after `retry_after_ms`. Repeated flooding is fatal.
@@ -58,7 +60,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in documentation order.
-    pub const ALL: [ErrorCode; 23] = [
+    pub const ALL: [ErrorCode; 24] = [
         ErrorCode::MalformedFrame,
         ErrorCode::FrameTooLarge,
         ErrorCode::InvalidField,
@@ -74,6 +76,7 @@ impl ErrorCode {
         ErrorCode::RecipientNotVisible,
         ErrorCode::RecipientOffline,
         ErrorCode::RecipientCongested,
+        ErrorCode::MailboxFull,
         ErrorCode::SpoofedSender,
         ErrorCode::RateLimited,
         ErrorCode::CommitConflict,
@@ -102,6 +105,7 @@ impl ErrorCode {
             ErrorCode::RecipientNotVisible => "recipient_not_visible",
             ErrorCode::RecipientOffline => "recipient_offline",
             ErrorCode::RecipientCongested => "recipient_congested",
+            ErrorCode::MailboxFull => "mailbox_full",
             ErrorCode::SpoofedSender => "spoofed_sender",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::CommitConflict => "commit_conflict",

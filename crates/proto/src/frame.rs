@@ -78,6 +78,13 @@ pub enum ClientFrame {
         /// The end-to-end-encrypted commit, relayed like a `send` body.
         body: Opaque,
     },
+    /// The envelopes the server kept while this member was away (`deliver` with `seq`, and `gap`) up to and
+    /// including `upto` are safely handled: the server deletes them. Send it only once the state they changed
+    /// is saved; what is not acknowledged is delivered again on the next connection.
+    Received {
+        /// The highest `seq` handled.
+        upto: u64,
+    },
 }
 
 /// The recipients of a `commit`: at most [`MAX_COMMIT_RECIPIENTS`] members, no duplicates, in the sender's
@@ -131,6 +138,7 @@ enum ClientKind {
     Send,
     Ping,
     Commit,
+    Received,
 }
 
 /// `to` as sent: one member id (`send`) or a list of them (`commit`); which one a type allows is checked by
@@ -184,6 +192,7 @@ struct WireClientFrame {
     signature: Option<Signature>,
     group: Option<GroupId>,
     epoch: Option<u64>,
+    upto: Option<u64>,
 }
 
 /// A field missing from, or not allowed in, a client frame of a given type. The wording matches serde's own
@@ -219,6 +228,7 @@ impl TryFrom<WireClientFrame> for ClientFrame {
         match w.kind {
             ClientKind::Auth => {
                 let k = "auth";
+                absent(&w.upto, "upto", k)?;
                 absent(&w.id, "id", k)?;
                 absent(&w.to, "to", k)?;
                 absent(&w.to_session, "to_session", k)?;
@@ -234,6 +244,7 @@ impl TryFrom<WireClientFrame> for ClientFrame {
             }
             ClientKind::Send => {
                 let k = "send";
+                absent(&w.upto, "upto", k)?;
                 absent(&w.public_key, "public_key", k)?;
                 absent(&w.nonce, "nonce", k)?;
                 absent(&w.signature, "signature", k)?;
@@ -253,6 +264,7 @@ impl TryFrom<WireClientFrame> for ClientFrame {
             }
             ClientKind::Ping => {
                 let k = "ping";
+                absent(&w.upto, "upto", k)?;
                 absent(&w.to, "to", k)?;
                 absent(&w.to_session, "to_session", k)?;
                 absent(&w.from, "from", k)?;
@@ -266,6 +278,7 @@ impl TryFrom<WireClientFrame> for ClientFrame {
             }
             ClientKind::Commit => {
                 let k = "commit";
+                absent(&w.upto, "upto", k)?;
                 absent(&w.to_session, "to_session", k)?;
                 absent(&w.from, "from", k)?;
                 absent(&w.public_key, "public_key", k)?;
@@ -286,6 +299,20 @@ impl TryFrom<WireClientFrame> for ClientFrame {
                 }
                 Ok(ClientFrame::Commit { id, group, epoch, to, body })
             }
+            ClientKind::Received => {
+                let k = "received";
+                absent(&w.id, "id", k)?;
+                absent(&w.to, "to", k)?;
+                absent(&w.to_session, "to_session", k)?;
+                absent(&w.from, "from", k)?;
+                absent(&w.body, "body", k)?;
+                absent(&w.public_key, "public_key", k)?;
+                absent(&w.nonce, "nonce", k)?;
+                absent(&w.signature, "signature", k)?;
+                absent(&w.group, "group", k)?;
+                absent(&w.epoch, "epoch", k)?;
+                Ok(ClientFrame::Received { upto: required(w.upto, "upto", k)? })
+            }
         }
     }
 }
@@ -294,14 +321,24 @@ impl TryFrom<WireClientFrame> for ClientFrame {
 /// base64url body), and this runs once per relayed envelope. Identical to [`crate::encode_frame`] of
 /// [`ServerFrame::Deliver`] (a property test holds them equal).
 pub fn encode_deliver(from: &MemberId, from_session: SessionId, body: &Opaque) -> String {
-    let mut out = String::with_capacity(80 + body.wire_len());
+    encode_deliver_seq(from, from_session, body, None)
+}
+
+/// [`encode_deliver`] with the mailbox `seq` of a kept envelope.
+pub fn encode_deliver_seq(from: &MemberId, from_session: SessionId, body: &Opaque, seq: Option<u64>) -> String {
+    let mut out = String::with_capacity(100 + body.wire_len());
     out.push_str(r#"{"type":"deliver","from":""#);
     out.push_str(std::str::from_utf8(&from.to_hex()).unwrap_or_default());
     out.push_str(r#"","from_session":"#);
     out.push_str(&from_session.0.to_string());
     out.push_str(r#","body":""#);
     out.push_str(body.as_wire());
-    out.push_str(r#""}"#);
+    out.push('"');
+    if let Some(seq) = seq {
+        out.push_str(r#","seq":"#);
+        out.push_str(&seq.to_string());
+    }
+    out.push('}');
     out
 }
 
@@ -340,6 +377,10 @@ pub enum ServerFrame {
         /// What the bubble requires of this client (absent from older servers: nothing).
         #[serde(default)]
         policy: crate::policy::BubblePolicy,
+        /// How long the bubble keeps envelopes for a member with no session (its offline mailbox); absent when
+        /// it keeps none (then a `send` to an absent member is refused with `recipient_offline`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mailbox_ttl_ms: Option<u64>,
     },
     /// The bubble's policy changed; it replaces the one of `welcome` at once.
     Policy {
@@ -380,13 +421,31 @@ pub enum ServerFrame {
         from_session: SessionId,
         /// The end-to-end-encrypted bytes, untouched.
         body: Opaque,
+        /// Present when the envelope waited in the bubble's mailbox while this member was away: acknowledge it
+        /// with `received` once handled. Increasing within a mailbox.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seq: Option<u64>,
     },
-    /// A `send` was accepted and queued to this many sessions.
+    /// Envelopes the bubble kept for this member were lost before it came back (their time to live passed, or
+    /// its mailbox overflowed). Comes in mailbox order, like a `deliver` with `seq`, and is acknowledged the same
+    /// way.
+    Gap {
+        /// Its place in the mailbox.
+        seq: u64,
+        /// How many envelopes were lost.
+        lost: u64,
+        /// The groups whose commits were among them: the member missed epochs and must rejoin these.
+        groups: Vec<GroupId>,
+    },
+    /// A `send` (or `commit`) was accepted and queued to this many sessions.
     Ack {
         /// The `send` id.
         id: u64,
         /// Number of recipient sessions it was queued to.
         sessions: u32,
+        /// Number of recipients with no session for whom it waits in the bubble's mailbox ("stored for later").
+        #[serde(default, skip_serializing_if = "is_zero")]
+        stored: u32,
     },
     /// Answer to `ping`.
     Pong {
@@ -470,4 +529,8 @@ pub fn enroll_message(bubble: &str, invite_token: &str, public_key: &PublicKey) 
     out.extend_from_slice(&Sha256::digest(invite_token.as_bytes()));
     out.extend_from_slice(public_key.as_bytes());
     out
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }

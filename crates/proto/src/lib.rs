@@ -27,7 +27,7 @@ pub use enroll::{EnrollError, EnrollRequest, Enrolled, Invite};
 pub use error_code::ErrorCode;
 pub use frame::{
     ClientFrame, DirectoryEntry, IceServer, Recipients, RecipientsError, ServerFrame, SessionId, auth_message,
-    encode_deliver, enroll_message,
+    encode_deliver, encode_deliver_seq, enroll_message,
 };
 pub use identity::{
     IdentityError, IdentityKey, MemberId, PublicKey, Purpose, Signature, key_fingerprint, safety_number,

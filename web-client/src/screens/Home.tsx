@@ -30,6 +30,7 @@ export function Home({ client, view, notices }: { client: WorkerClient; view: Vi
   const [removing, setRemoving] = useState<DirectoryEntry | null>(null);
   const [safety, setSafety] = useState<DirectoryEntry | null>(null);
   const [error, setError] = useState<string | null>(null);
+  const [missedSeen, setMissedSeen] = useState(0);
   const names = useMemo(() => new Map(view.directory.map((e) => [e.member, e.displayName])), [view.directory]);
   const nameOf = (id: string) => (id === view.me.member ? t('you') : (names.get(id) ?? t('unknownMember')));
 
@@ -62,6 +63,15 @@ export function Home({ client, view, notices }: { client: WorkerClient; view: Vi
   };
 
   const stopped = view.signaling.startsWith('stopped:') ? view.signaling.slice('stopped:'.length) : null;
+  // A message the bubble could not keep for someone away is not silently lost: say so.
+  const undeliverable = notices.filter((n) => n.type === 'undeliverable').length;
+  useEffect(() => {
+    const last = notices.filter((n) => n.type === 'undeliverable').at(-1);
+    if (!last) return;
+    const name = view.directory.find((e) => e.member === last.to)?.displayName ?? String(last.to);
+    setError(t('chat.undeliverable', { name, reason: String(last.reason) }));
+    // eslint-disable-next-line react-hooks/exhaustive-deps
+  }, [undeliverable]);
   const unread = (c: Conversation | undefined) => (c ? c.history.filter((m) => m.from !== view.me.member && !m.receipts[view.me.member]).length : 0);
 
   return (
@@ -85,6 +95,14 @@ export function Home({ client, view, notices }: { client: WorkerClient; view: Vi
       {error && (
         <div className="banner error" role="alert">
           {error} <button type="button" onClick={() => setError(null)}>{t('close')}</button>
+        </div>
+      )}
+      {view.missedWhileAway > missedSeen && (
+        <div className="banner warn" role="alert">
+          {t('home.missedWhileAway', { count: view.missedWhileAway - missedSeen })}{' '}
+          <button type="button" onClick={() => setMissedSeen(view.missedWhileAway)}>
+            {t('close')}
+          </button>
         </div>
       )}
       <nav className="sidebar" aria-label={t('home.contacts')}>
@@ -404,6 +422,16 @@ function ConversationPane(props: {
       {!ready && (
         <p className="muted setup" role="status">
           {props.contact && !props.contact.online ? t('chat.waitingOffline', { name: props.title }) : t('chat.settingUp')}
+        </p>
+      )}
+      {ready && props.contact && !props.contact.online && (
+        <p className={`away ${props.contact.waiting ? 'waiting' : ''}`} role="status">
+          {view.mailboxTtlMs
+            ? t(props.contact.waiting ? 'chat.awayWaiting' : 'chat.awayKept', {
+                name: props.title,
+                duration: duration(Math.round(view.mailboxTtlMs / 1000), t),
+              })
+            : t('chat.awayNotKept', { name: props.title })}
         </p>
       )}
       <ol className="messages" ref={list} aria-live="polite">

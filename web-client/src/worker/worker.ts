@@ -134,6 +134,12 @@ async function flush(): Promise<void> {
   schedule();
   queueView();
   if (db && writes.length > 0) await writeRecords(db, writes);
+  // Saved: what waited in the bubble's mailbox and is in these records may be deleted there now.
+  if (member !== m) return;
+  m.saved(Date.now());
+  for (let frame = m.pollTransmit(); frame !== undefined; frame = m.pollTransmit()) {
+    if (socket?.readyState === WebSocket.OPEN) socket.send(frame);
+  }
 }
 
 function queueView(): void {
