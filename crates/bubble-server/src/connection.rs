@@ -370,11 +370,8 @@ impl<'a> Connection<'a> {
 
     /// The `ack` of a `send` or `commit`; when something was kept for later, only once it is on disk.
     fn ack(&mut self, id: u64, routed: Routed) {
-        let frame = Utf8Bytes::from(encode_frame(&ServerFrame::Ack {
-            id,
-            sessions: routed.sessions,
-            stored: routed.stored,
-        }));
+        let frame =
+            Utf8Bytes::from(encode_frame(&ServerFrame::Ack { id, sessions: routed.sessions, stored: routed.stored }));
         match self.state.hub.mailbox().filter(|_| routed.stored > 0) {
             Some(mailbox) => mailbox.then_send(self.handle.clone(), frame),
             None => self.handle.send_or_kill(&frame),

@@ -128,11 +128,9 @@ impl Entry {
     fn frame(&self) -> Utf8Bytes {
         match &self.kind {
             Kind::Envelope { frame, .. } => frame.clone(),
-            Kind::Gap { lost, groups } => Utf8Bytes::from(encode_frame(&ServerFrame::Gap {
-                seq: self.seq,
-                lost: *lost,
-                groups: groups.clone(),
-            })),
+            Kind::Gap { lost, groups } => {
+                Utf8Bytes::from(encode_frame(&ServerFrame::Gap { seq: self.seq, lost: *lost, groups: groups.clone() }))
+            }
         }
     }
 }
@@ -193,7 +191,11 @@ impl Mailbox {
         let options = SqliteConnectOptions::new()
             .filename(&config.path)
             .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
+            // A rollback journal truncated after each transaction, and deleted rows overwritten with zeros: what
+            // was acknowledged, expired or purged (a revoked member's queue) leaves no bytes behind in the files,
+            // as a write-ahead log would until its next checkpoint.
+            .journal_mode(SqliteJournalMode::Truncate)
+            .pragma("secure_delete", "ON")
             // An `ack` says "stored": it must survive a power cut, not only a crash.
             .synchronous(SqliteSynchronous::Full);
         let pool = SqlitePoolOptions::new().max_connections(1).connect_with(options).await.map_err(open_err)?;
@@ -246,9 +248,10 @@ impl Mailbox {
         let seq = boxes.next_seq;
         let frame = Utf8Bytes::from(encode_deliver_seq(&from, from_session, body, Some(seq)));
         let len = frame.len();
-        let queue_full = boxes.queues.get(&to).is_some_and(|q| {
-            q.bytes + len > self.config.member_bytes || q.entries.len() >= self.config.member_entries
-        });
+        let queue_full = boxes
+            .queues
+            .get(&to)
+            .is_some_and(|q| q.bytes + len > self.config.member_bytes || q.entries.len() >= self.config.member_entries);
         if queue_full || boxes.bytes + len > self.config.total_bytes {
             self.lose(&mut boxes, to, 1, group);
             return Err(Full);

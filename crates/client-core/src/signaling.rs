@@ -425,7 +425,9 @@ impl Signaling {
             }
             (
                 State::AwaitWelcome { .. },
-                ServerFrame::Welcome { member, session, display_name, ice_servers, limits, policy, mailbox_ttl_ms, .. },
+                ServerFrame::Welcome {
+                    member, session, display_name, ice_servers, limits, policy, mailbox_ttl_ms, ..
+                },
             ) => {
                 if *member != self.member {
                     return Err(self.violation("welcome names another member".into()));

@@ -86,8 +86,12 @@ impl Bubble {
     fn keep(&mut self, j: usize, from: usize, body: peerbubble_proto::Opaque) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
-        let frame =
-            ServerFrame::Deliver { from: self.peers[from].id, from_session: SessionId(from as u64 + 1), body, seq: Some(seq) };
+        let frame = ServerFrame::Deliver {
+            from: self.peers[from].id,
+            from_session: SessionId(from as u64 + 1),
+            body,
+            seq: Some(seq),
+        };
         self.mailbox.entry(j).or_default().push((seq, frame));
         seq
     }
@@ -208,8 +212,12 @@ impl Bubble {
                 assert!(self.peers[i].sees.contains(&j), "a session sent to a member it does not see");
                 let sessions = u32::from(self.peers[j].open);
                 if self.peers[j].open {
-                    let deliver =
-                        ServerFrame::Deliver { from: self.peers[i].id, from_session: SessionId(i as u64 + 1), body, seq: None };
+                    let deliver = ServerFrame::Deliver {
+                        from: self.peers[i].id,
+                        from_session: SessionId(i as u64 + 1),
+                        body,
+                        seq: None,
+                    };
                     self.server_says(j, &deliver);
                 } else {
                     self.keep(j, i, body);
@@ -472,11 +480,7 @@ fn a_gap_in_the_mailbox_asks_to_rejoin_the_groups_that_lost_commits() {
     // While member 2 is away, the bubble lost a commit of the group it kept for it (say it expired).
     let seq = b.next_seq;
     b.next_seq += 1;
-    let gap = ServerFrame::Gap {
-        seq,
-        lost: 3,
-        groups: vec![peerbubble_proto::GroupId::from_bytes(&group.0).unwrap()],
-    };
+    let gap = ServerFrame::Gap { seq, lost: 3, groups: vec![peerbubble_proto::GroupId::from_bytes(&group.0).unwrap()] };
     b.mailbox.entry(2).or_default().push((seq, gap));
     b.peers[2].offline = false;
     b.run();

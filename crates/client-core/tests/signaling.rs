@@ -187,8 +187,12 @@ fn inconsistent_server_frames_are_violations() {
     assert!(s.handle_text(b"[]", 0).is_err());
     let mut s = Signaling::new(key(1), None);
     s.connected(0);
-    let deliver =
-        ServerFrame::Deliver { from: id(2), from_session: SessionId(1), body: Opaque::from_bytes(b"x").unwrap(), seq: None };
+    let deliver = ServerFrame::Deliver {
+        from: id(2),
+        from_session: SessionId(1),
+        body: Opaque::from_bytes(b"x").unwrap(),
+        seq: None,
+    };
     assert!(feed(&mut s, &deliver, 0).is_err());
 }
 
@@ -210,7 +214,8 @@ fn need_to_know_on_what_we_send_and_receive() {
     }
     let body = Opaque::from_bytes(b"sealed").unwrap();
     for (from, passes) in [(id(2), true), (id(1), true), (id(9), false)] {
-        feed(&mut s, &ServerFrame::Deliver { from, from_session: SessionId(3), body: body.clone(), seq: None }, 2).unwrap();
+        feed(&mut s, &ServerFrame::Deliver { from, from_session: SessionId(3), body: body.clone(), seq: None }, 2)
+            .unwrap();
         let got = events(&mut s);
         assert_eq!(!got.is_empty(), passes, "deliver from {from}");
     }
@@ -436,13 +441,17 @@ fn mailbox_entries_come_in_order_and_are_acknowledged_once_and_only_when_seen() 
     let mut s = Signaling::new(key(1), None);
     ready(&mut s, 0);
     let body = Opaque::from_bytes(b"kept").unwrap();
-    let kept = |seq| ServerFrame::Deliver { from: id(2), from_session: SessionId(3), body: body.clone(), seq: Some(seq) };
+    let kept =
+        |seq| ServerFrame::Deliver { from: id(2), from_session: SessionId(3), body: body.clone(), seq: Some(seq) };
     // Nothing seen, nothing to acknowledge.
     s.acknowledge_mailbox(5, 1);
     assert!(sent(&mut s).is_empty());
     feed(&mut s, &kept(4), 1).unwrap();
     feed(&mut s, &kept(6), 1).unwrap();
-    assert!(matches!(events(&mut s).as_slice(), [SignalEvent::Deliver { seq: Some(4), .. }, SignalEvent::Deliver { seq: Some(6), .. }]));
+    assert!(matches!(
+        events(&mut s).as_slice(),
+        [SignalEvent::Deliver { seq: Some(4), .. }, SignalEvent::Deliver { seq: Some(6), .. }]
+    ));
     assert_eq!(s.mailbox_seen_upto(), Some(6));
     // Not past what arrived; once; a lower one after it is not sent again.
     s.acknowledge_mailbox(7, 2);

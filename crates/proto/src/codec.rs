@@ -426,6 +426,7 @@ mod tests {
                 }
             ),
             any::<u64>().prop_map(|id| ClientFrame::Ping { id }),
+            any::<u64>().prop_map(|upto| ClientFrame::Received { upto }),
             (
                 any::<u64>(),
                 proptest::collection::vec(any::<u8>(), 16..=32),

@@ -50,6 +50,11 @@ impl Bubble {
     }
 
     pub async fn start(yaml: &str, tweak: impl FnOnce(&mut Config)) -> Self {
+        Self::start_in(yaml, |config, _| tweak(config)).await
+    }
+
+    /// Like [`Bubble::start`], with the bubble's temp dir given to `tweak` (for files the server keeps).
+    pub async fn start_in(yaml: &str, tweak: impl FnOnce(&mut Config, &std::path::Path)) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -57,7 +62,7 @@ impl Bubble {
             reload_interval: Duration::from_millis(50),
             ..Config::default()
         };
-        tweak(&mut config);
+        tweak(&mut config, dir.path());
         let mut bubble = Self { dir, server: None, config };
         bubble.write(yaml);
         bubble.restart().await;
