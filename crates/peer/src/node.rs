@@ -78,6 +78,11 @@ pub enum NodeEvent {
         /// Where.
         path: PathBuf,
     },
+    /// This contact is away: what we sent waits in the bubble's mailbox until it comes back.
+    StoredForLater(MemberId),
+    /// Envelopes the bubble kept for us were lost while we were away (their time to live passed, or the
+    /// mailbox was full); the groups that lost commits were asked to add us again.
+    MissedWhileAway(u64),
     /// Something failed (text for people; never content).
     Error(String),
 }
@@ -155,6 +160,8 @@ impl Node {
             signal: Some(signal),
             held: VecDeque::new(),
             commits: HashMap::new(),
+            relays: HashMap::new(),
+            mailbox_upto: None,
             rtcs: HashMap::new(),
             generation: 0,
             rtc_tx,
@@ -313,6 +320,11 @@ struct State {
     held: VecDeque<(MemberId, Vec<u8>)>,
     /// Commit frame id -> client token.
     commits: HashMap<u64, u64>,
+    /// Send frame id -> recipient, until the server answers.
+    relays: HashMap<u64, MemberId>,
+    /// The highest mailbox `seq` handled and not acknowledged yet. The node keeps its state in memory only, so
+    /// an entry is acknowledged as soon as it is handled.
+    mailbox_upto: Option<u64>,
     rtcs: HashMap<MemberId, Connection>,
     generation: u64,
     rtc_tx: mpsc::Sender<(MemberId, u64, RtcEvent)>,
@@ -381,6 +393,9 @@ impl State {
         for (_, token) in self.commits.drain() {
             self.core.commit_rejected(token);
         }
+        // What the mailbox gave and was not acknowledged comes again on the next session.
+        self.relays.clear();
+        self.mailbox_upto = None;
         self.emit(NodeEvent::SignalingDown);
     }
 
@@ -398,8 +413,23 @@ impl State {
     fn on_signal(&mut self, frame: Result<ServerFrame, SignalError>) {
         let now = wall_ms();
         match frame {
-            Ok(ServerFrame::Deliver { from, body, .. }) => {
-                self.core.handle_envelope(from, &body.to_bytes(), Via::Relay, now)
+            Ok(ServerFrame::Deliver { from, body, seq, .. }) => {
+                // Need-to-know, checked again on what the server delivers (as client-core's signaling does).
+                let visible = from == self.core.member()
+                    || self.signal.as_ref().is_some_and(|s| s.directory().contains_key(&from));
+                if visible {
+                    self.core.handle_envelope(from, &body.to_bytes(), Via::Relay, now);
+                }
+                if seq.is_some() {
+                    self.mailbox_upto = seq.max(self.mailbox_upto);
+                }
+            }
+            Ok(ServerFrame::Gap { seq, lost, groups }) => {
+                for group in &groups {
+                    self.core.missed_commits(group.as_bytes());
+                }
+                self.mailbox_upto = Some(seq).max(self.mailbox_upto);
+                self.emit(NodeEvent::MissedWhileAway(lost));
             }
             Ok(ServerFrame::Directory { part, parts, .. }) if part + 1 == parts => {
                 if let Some(s) = &self.signal {
@@ -408,12 +438,16 @@ impl State {
             }
             // A member coming online gets the KeyPackage requests it missed while offline.
             Ok(ServerFrame::Presence { member, online: true }) => self.core.member_online(member),
-            Ok(ServerFrame::Ack { id, .. }) => {
+            Ok(ServerFrame::Ack { id, stored, .. }) => {
                 if let Some(token) = self.commits.remove(&id) {
                     self.core.commit_accepted(token);
                 }
+                if let Some(to) = self.relays.remove(&id).filter(|_| stored > 0) {
+                    self.emit(NodeEvent::StoredForLater(to));
+                }
             }
             Ok(ServerFrame::Error { code, id: Some(id), message, .. }) => {
+                self.relays.remove(&id);
                 if let Some(token) = self.commits.remove(&id) {
                     self.core.commit_rejected(token);
                 }
@@ -621,6 +655,11 @@ impl State {
                 progressed = true;
                 self.on_core_event(event).await;
             }
+            if let (Some(upto), Some(s)) = (self.mailbox_upto.take(), &mut self.signal)
+                && s.send_frame(&peerbubble_proto::ClientFrame::Received { upto }).await.is_err()
+            {
+                self.signal_down();
+            }
             if !progressed {
                 return;
             }
@@ -632,9 +671,14 @@ impl State {
             self.held.push_back((to, body));
             return;
         };
-        if s.send(to, &body).await.is_err() {
-            self.held.push_back((to, body));
-            self.signal_down();
+        match s.send(to, &body).await {
+            Ok(id) => {
+                self.relays.insert(id, to);
+            }
+            Err(_) => {
+                self.held.push_back((to, body));
+                self.signal_down();
+            }
         }
     }
 

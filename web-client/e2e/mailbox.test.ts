@@ -1,0 +1,97 @@
+// The offline mailbox in real Chromium against a real `peerbubble up`: a member closes the tab (the normal state of
+// a browser member), the other keeps writing and is told the messages wait in the bubble; the bubble's mailbox file
+// holds only ciphertext; the member comes back, unlocks and reads everything in order, and the bubble deletes what
+// it kept once the member's device saved it. Screenshots of the "away" hints at desktop and phone width, en and fr.
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { Browser, Page } from 'playwright-core';
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { type Member, type Up, enroll, launch, newMember, open, screenshotDir, send, startUp, texts, unlock } from './harness';
+
+let up: Up;
+let browser: Browser;
+
+beforeAll(async () => {
+  up = await startUp();
+  browser = await launch();
+});
+
+afterAll(async () => {
+  await browser?.close();
+  await up?.stop();
+});
+
+async function shot(page: Page, name: string): Promise<void> {
+  await page.screenshot({ path: join(screenshotDir(), `${name}.png`), fullPage: false });
+}
+
+/** What `/metrics` says the mailbox holds. */
+async function kept(): Promise<number> {
+  const text = await (await fetch(`${up.web}/metrics`)).text();
+  const line = text.split('\n').find((l) => l.startsWith('peerbubble_signal_mailbox_entries '));
+  return Number(line?.split(' ')[1] ?? 'NaN');
+}
+
+describe('messages for a member who is away', () => {
+  let alice: Member;
+  let bob: Member;
+
+  test('a closed tab gets what was sent meanwhile, in order, and the bubble keeps only ciphertext', async () => {
+    alice = await newMember(browser);
+    bob = await newMember(browser);
+    await enroll(alice, up.invites[0] ?? '');
+    await enroll(bob, up.invites[1] ?? '');
+    await open(alice.page, /Bob \(field team\)/);
+    await open(bob.page, /Alice \(field team\)/);
+    await send(alice.page, 'Are you on shift tonight?');
+    await expect.poll(() => texts(bob.page), { timeout: 30_000 }).toEqual(['Are you on shift tonight?']);
+
+    // Bob closes his tab. Alice sees that he is away and that what she writes will wait for him.
+    await bob.page.close();
+    const away = alice.page.locator('p.away');
+    await expect.poll(() => away.innerText(), { timeout: 30_000 }).toContain('Bob (field team) is away');
+    expect(await away.innerText()).toContain('kept up to 3 days');
+    const canary = 'CANARY-mailbox-7d21 water pumps at the east depot';
+    const sent = ['First, while you were away', canary, 'Last one, in order'];
+    for (const text of sent) await send(alice.page, text);
+    // The bubble acknowledged them as stored for later: the hint says so.
+    await expect.poll(() => alice.page.locator('p.away.waiting').count(), { timeout: 30_000 }).toBe(1);
+    expect(await away.innerText()).toContain('Your messages wait in the bubble');
+    await shot(alice.page, 'away-waiting-desktop-en');
+    await alice.page.setViewportSize({ width: 390, height: 844 });
+    await shot(alice.page, 'away-waiting-phone-en');
+    await alice.page.getByRole('combobox', { name: 'Language' }).selectOption('fr');
+    await expect.poll(() => away.innerText()).toContain('est absent');
+    await shot(alice.page, 'away-waiting-phone-fr');
+    await alice.page.setViewportSize({ width: 1280, height: 800 });
+    await shot(alice.page, 'away-waiting-desktop-fr');
+    await alice.page.getByRole('combobox', { name: 'Langue' }).selectOption('en');
+
+    // What the bubble keeps is ciphertext: the mailbox file holds the kept frames, never the text.
+    expect(await kept()).toBeGreaterThanOrEqual(sent.length);
+    const file = readFileSync(join(up.data, 'mailbox.sqlite'));
+    expect(file.includes('"type":"deliver"'), 'the mailbox file was read').toBe(true);
+    for (const needle of [canary, 'CANARY', 'water pumps', Buffer.from(canary).toString('base64url').slice(0, 24)]) {
+      expect(file.includes(needle), `${needle} is in the mailbox file`).toBe(false);
+    }
+
+    // Bob comes back: unlock, and every message is there in order; the bubble then deletes what it kept.
+    bob.page = await bob.context.newPage();
+    await bob.page.goto(up.web);
+    await unlock(bob);
+    await bob.page.getByRole('navigation').waitFor({ timeout: 60_000 });
+    await open(bob.page, /Alice \(field team\)/);
+    await expect.poll(() => texts(bob.page), { timeout: 30_000 }).toEqual(['Are you on shift tonight?', ...sent]);
+    await expect.poll(() => kept(), { timeout: 30_000 }).toBe(0);
+    // Alice sees him back: no more "away" hint.
+    await expect.poll(() => alice.page.locator('p.away').count(), { timeout: 30_000 }).toBe(0);
+    await shot(bob.page, 'away-back-desktop-en');
+
+    // A reload now brings nothing twice: it was acknowledged and deleted.
+    await bob.page.reload();
+    await unlock(bob);
+    await bob.page.getByRole('navigation').waitFor({ timeout: 60_000 });
+    await open(bob.page, /Alice \(field team\)/);
+    await expect.poll(() => texts(bob.page), { timeout: 30_000 }).toEqual(['Are you on shift tonight?', ...sent]);
+  });
+});
