@@ -57,6 +57,11 @@ describe('messages for a member who is away', () => {
     // The bubble acknowledged them as stored for later: the hint says so.
     await expect.poll(() => alice.page.locator('p.away.waiting').count(), { timeout: 30_000 }).toBe(1);
     expect(await away.innerText()).toContain('Your messages wait in the bubble');
+    // Each message says where it is; the connection badge no longer claims a direct link.
+    const mine = alice.page.locator('li.message.mine');
+    await expect.poll(() => mine.count(), { timeout: 30_000 }).toBe(1 + sent.length);
+    await expect.poll(() => mine.last().innerText(), { timeout: 30_000 }).toContain('waiting in the bubble');
+    expect(await alice.page.locator('.tag.link').innerText()).toBe("Via the bubble's server");
     await shot(alice.page, 'away-waiting-desktop-en');
     await alice.page.setViewportSize({ width: 390, height: 844 });
     await shot(alice.page, 'away-waiting-phone-en');
@@ -83,8 +88,9 @@ describe('messages for a member who is away', () => {
     await open(bob.page, /Alice \(field team\)/);
     await expect.poll(() => texts(bob.page), { timeout: 30_000 }).toEqual(['Are you on shift tonight?', ...sent]);
     await expect.poll(() => kept(), { timeout: 30_000 }).toBe(0);
-    // Alice sees him back: no more "away" hint.
+    // Alice sees him back: no more "away" hint, and her messages are delivered.
     await expect.poll(() => alice.page.locator('p.away').count(), { timeout: 30_000 }).toBe(0);
+    await expect.poll(() => mine.last().innerText(), { timeout: 30_000 }).toMatch(/delivered|read/);
     await shot(bob.page, 'away-back-desktop-en');
 
     // A reload now brings nothing twice: it was acknowledged and deleted.

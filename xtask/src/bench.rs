@@ -14,6 +14,7 @@ pub(crate) fn bench(root: &Path, name: Option<&str>, rest: &[String]) -> anyhow:
     match name {
         Some("signaling") => signaling(root, rest),
         Some("soak") => soak(root, rest),
+        Some("mailbox") => mailbox(rest),
         Some("operator") => operator(),
         Some("turn") => crate::bench_turn::turn(root, rest),
         Some("e2ee") => e2ee(rest),
@@ -22,6 +23,7 @@ pub(crate) fn bench(root: &Path, name: Option<&str>, rest: &[String]) -> anyhow:
         _ => bail!(
             "usage: cargo xtask bench signaling [--pairs N] [--window W] [--seconds S] [--rounds R] [--idle N]\n       \
              cargo xtask bench soak [--sessions N] [--seconds S]\n       \
+             cargo xtask bench mailbox [--envelopes N] [--bytes B]\n       \
              cargo xtask bench operator\n       \
              cargo xtask bench turn [--clients M] [--messages N] [--length L] [--rounds R] [--allocations A]\n       \
              cargo xtask bench e2ee [--messages N] [--message-bytes B] [--megabytes M] [--rounds R]\n       \
@@ -33,6 +35,12 @@ pub(crate) fn bench(root: &Path, name: Option<&str>, rest: &[String]) -> anyhow:
 /// 1 000 Bubbles x 5 Categories against the in-process API server (crates/operator/benches/operator.rs).
 fn operator() -> anyhow::Result<()> {
     sh(cargo().args(["bench", "--package", "peerbubble-operator", "--bench", "operator"]))
+}
+
+/// The offline mailbox: envelopes kept for an absent member and drained on its return, against live relaying
+/// (crates/bubble-server/benches/mailbox.rs).
+fn mailbox(rest: &[String]) -> anyhow::Result<()> {
+    sh(cargo().args(["bench", "--package", "peerbubble-bubble-server", "--bench", "mailbox", "--"]).args(rest))
 }
 
 /// MLS cost per message and encrypted file transfer vs a raw DataChannel (crates/peer/benches/e2ee.rs).

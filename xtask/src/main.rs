@@ -30,6 +30,7 @@ usage: cargo xtask <command>
   e2e                    only the web client's end-to-end tests (Playwright + Chromium against `peerbubble up`)
   bench signaling        signaling throughput and latency vs the PeerJS server, memory per idle connection
   bench soak             10 000 sessions a round ended by every close path; nothing may stay registered
+  bench mailbox          10 000 envelopes kept for an absent member and drained on its return vs live relaying
   bench operator         1 000 Bubbles x 5 Categories against an in-process API server: total, p99, peak memory
   bench turn             relayed messages/s and memory per allocation vs coturn, same client (turnutils_uclient)
   bench e2ee             MLS cost per message; encrypted file transfer vs a raw DataChannel, same run

@@ -601,6 +601,9 @@ pub struct Client {
     conversations: BTreeMap<ConversationId, Conversation>,
     requests: HashMap<[u8; 16], (MemberId, Purpose, u64)>,
     channels: BTreeSet<MemberId>,
+    /// Members signaling says have no session: their DataChannel may be dead without knowing it yet (a closed
+    /// tab), so messages to them take the relay, where the bubble keeps them until they return.
+    away: BTreeSet<MemberId>,
     calls: HashMap<MemberId, CallState>,
     /// KeyPackages minted per requesting member: (window start, count).
     minted: HashMap<MemberId, (u64, u32)>,
@@ -647,6 +650,7 @@ impl Client {
             conversations: BTreeMap::new(),
             requests: HashMap::new(),
             channels: BTreeSet::new(),
+            away: BTreeSet::new(),
             calls: HashMap::new(),
             minted: HashMap::new(),
             policy: peerbubble_proto::BubblePolicy::default(),
@@ -681,6 +685,7 @@ impl Client {
     pub fn set_directory(&mut self, entries: impl IntoIterator<Item = DirectoryEntry>) {
         self.directory =
             entries.into_iter().filter(|e| e.public_key.member_id() == e.member).map(|e| (e.member, e)).collect();
+        self.away = self.directory.values().filter(|e| !e.online).map(|e| e.member).collect();
     }
 
     /// A DataChannel with `member` opened (its DTLS fingerprint was the MLS-authenticated one).
@@ -697,10 +702,17 @@ impl Client {
         self.mls_generation
     }
 
+    /// `member` went offline (signaling presence, its last session ended): until it comes back, messages to it
+    /// take the relay even while a DataChannel with it still looks open (a closed tab's channel dies silently).
+    pub fn member_offline(&mut self, member: MemberId) {
+        self.away.insert(member);
+    }
+
     /// `member` came online (signaling presence): KeyPackage requests it has not answered — sent while it was
     /// offline, so lost — are sent again, and their expiry starts over. A late answer to the first copy is
     /// refused as unsolicited, harmlessly.
     pub fn member_online(&mut self, member: MemberId) {
+        self.away.remove(&member);
         let now = self.now_ms;
         let mut again = Vec::new();
         for (request, (asked, _, at)) in &mut self.requests {
@@ -2019,7 +2031,7 @@ impl Client {
         self.mls_generation += 1;
         let body = Envelope::Mls { message: out.tls_serialize_detached().map_err(mls_err)? }.encode();
         for m in member_ids(&c.group).into_iter().filter(|m| *m != me) {
-            if self.channels.contains(&m) && body.len() <= MAX_CHANNEL_MESSAGE {
+            if self.channels.contains(&m) && !self.away.contains(&m) && body.len() <= MAX_CHANNEL_MESSAGE {
                 self.outputs.push_back(Output::Channel { to: m, bytes: body.clone() });
             } else if body.len() <= MAX_RELAY_BODY {
                 self.outputs.push_back(Output::Relay { to: m, body: body.clone() });

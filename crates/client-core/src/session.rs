@@ -305,9 +305,13 @@ impl Session {
                 }
             }
             SignalEvent::Ack { .. } => {}
-            SignalEvent::Presence { member, online: true } => {
-                self.client.member_online(member);
-                self.events.push_back(SessionEvent::Signal(SignalEvent::Presence { member, online: true }));
+            SignalEvent::Presence { member, online } => {
+                if online {
+                    self.client.member_online(member);
+                } else {
+                    self.client.member_offline(member);
+                }
+                self.events.push_back(SessionEvent::Signal(SignalEvent::Presence { member, online }));
             }
             SignalEvent::DirectoryChanged => {
                 self.client.set_directory(self.signaling.directory().values().cloned());

@@ -402,11 +402,18 @@ fn a_member_refused_for_good_stops_and_nothing_is_relayed() {
     assert!(b.ready(1).is_empty());
 }
 
+/// Member `i`'s tab closes: its session ends and those who see it are told it went offline.
 fn away(b: &mut Bubble, i: usize) {
     b.peers[i].offline = true;
     b.peers[i].open = false;
     let now = b.now;
     b.peers[i].session.disconnected(Some(1001), now);
+    let member = b.peers[i].id;
+    for j in 0..b.peers.len() {
+        if j != i && b.peers[j].open && b.peers[j].sees.contains(&i) {
+            b.server_says(j, &ServerFrame::Presence { member, online: false });
+        }
+    }
 }
 
 #[test]
@@ -492,4 +499,35 @@ fn a_gap_in_the_mailbox_asks_to_rejoin_the_groups_that_lost_commits() {
         "member 2 asked to be added again"
     );
     assert_eq!(b.kept(2), 0, "the gap marker is acknowledged like an envelope");
+}
+
+#[test]
+fn a_member_gone_offline_gets_messages_through_the_mailbox_even_while_its_channel_looks_open() {
+    let mut b = Bubble::new(2, |i| vec![1 - i]);
+    b.run();
+    let (alice, bob) = (b.peers[0].id, b.peers[1].id);
+    b.peers[0].session.act(b.now, |c| c.start_direct(bob)).unwrap();
+    b.run();
+    let conversation = b.ready(0)[0];
+    // A DataChannel between them: messages take it.
+    let now = b.now;
+    b.peers[0].session.channel(bob, true, now);
+    b.peers[1].session.channel(alice, true, now);
+    b.peers[0].session.act(b.now, |c| c.send_text(conversation, "over the channel")).unwrap();
+    let channel_sends = |b: &Bubble| {
+        b.peers[0].events.iter().filter(|e| matches!(e, SessionEvent::ChannelSend { to, .. } if *to == bob)).count()
+    };
+    b.run();
+    assert_eq!(channel_sends(&b), 1);
+    // Bob's tab closes: his channel dies silently, but signaling says he is gone. Alice's next messages take the
+    // relay, and wait for him in the mailbox.
+    away(&mut b, 1);
+    b.run();
+    b.peers[0].session.act(b.now, |c| c.send_text(conversation, "kept for later")).unwrap();
+    b.run();
+    assert_eq!(channel_sends(&b), 1, "nothing more on the dead channel");
+    assert!(b.kept(1) >= 1);
+    b.peers[1].offline = false;
+    b.run();
+    assert!(b.texts(1).contains(&"kept for later".to_owned()));
 }

@@ -438,6 +438,7 @@ impl State {
             }
             // A member coming online gets the KeyPackage requests it missed while offline.
             Ok(ServerFrame::Presence { member, online: true }) => self.core.member_online(member),
+            Ok(ServerFrame::Presence { member, online: false }) => self.core.member_offline(member),
             Ok(ServerFrame::Ack { id, stored, .. }) => {
                 if let Some(token) = self.commits.remove(&id) {
                     self.core.commit_accepted(token);

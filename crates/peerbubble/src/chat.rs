@@ -235,7 +235,9 @@ fn describe(names: &HashMap<MemberId, String>, event: &NodeEvent) -> Option<Stri
         NodeEvent::ChannelClosed(m) => format!("* direct connection with {} closed; using the relay\n", name(m)),
         NodeEvent::SignalingDown => "* signaling lost; reconnecting\n".into(),
         NodeEvent::SignalingUp => "* signaling back\n".into(),
-        NodeEvent::StoredForLater(m) => format!("* {} is away: stored for later, delivered when they are back\n", name(m)),
+        NodeEvent::StoredForLater(m) => {
+            format!("* {} is away: stored for later, delivered when they are back\n", name(m))
+        }
         NodeEvent::MissedWhileAway(n) => {
             format!("! {n} message(s) sent to you expired in the bubble before you came back; groups re-add you\n")
         }

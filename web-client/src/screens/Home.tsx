@@ -64,14 +64,13 @@ export function Home({ client, view, notices }: { client: WorkerClient; view: Vi
 
   const stopped = view.signaling.startsWith('stopped:') ? view.signaling.slice('stopped:'.length) : null;
   // A message the bubble could not keep for someone away is not silently lost: say so.
-  const undeliverable = notices.filter((n) => n.type === 'undeliverable').length;
+  const undeliverable = notices.filter((n) => n.type === 'undeliverable').at(-1);
   useEffect(() => {
-    const last = notices.filter((n) => n.type === 'undeliverable').at(-1);
-    if (!last) return;
-    const name = view.directory.find((e) => e.member === last.to)?.displayName ?? String(last.to);
-    setError(t('chat.undeliverable', { name, reason: String(last.reason) }));
+    if (!undeliverable) return;
+    const name = view.directory.find((e) => e.member === undeliverable.to)?.displayName ?? String(undeliverable.to);
+    setError(t('chat.undeliverable', { name, reason: String(undeliverable.reason) }));
     // eslint-disable-next-line react-hooks/exhaustive-deps
-  }, [undeliverable]);
+  }, [undeliverable?.receivedAt]);
   const unread = (c: Conversation | undefined) => (c ? c.history.filter((m) => m.from !== view.me.member && !m.receipts[view.me.member]).length : 0);
 
   return (
@@ -361,7 +360,8 @@ function ConversationPane(props: {
         </button>
         <h2>{props.title}</h2>
         {props.contact?.keyChanged && <span className="tag warn">{t('safety.changedShort')}</span>}
-        {props.contact && <LinkBadge state={client.links.state(props.contact.member)} />}
+        {/* Away, messages take the bubble's server (and wait there), whatever a dead connection still looks like. */}
+        {props.contact && <LinkBadge state={props.contact.online ? client.links.state(props.contact.member) : null} />}
         <div className="actions">
           <label className="check" title={maskRequired ? t('policy.maskRequired') : undefined}>
             <input type="checkbox" checked={masked} onChange={toggleMask} disabled={maskRequired} />
@@ -438,7 +438,17 @@ function ConversationPane(props: {
         {ready && timeline.length === 0 && <li className="muted empty">{t('chat.empty')}</li>}
         {timeline.map(({ message: m, file: f }) =>
           m ? (
-            <Message key={m.id} m={m} mine={m.from === view.me.member} author={props.nameOf(m.from)} masked={masked} conversation={c?.id ?? ''} client={client} onError={props.onError} />
+            <Message
+              key={m.id}
+              m={m}
+              mine={m.from === view.me.member}
+              author={props.nameOf(m.from)}
+              masked={masked}
+              conversation={c?.id ?? ''}
+              client={client}
+              onError={props.onError}
+              waiting={props.contact?.waiting === true}
+            />
           ) : f ? (
             <FileCard
               key={f.transfer}
@@ -492,7 +502,17 @@ function ConversationPane(props: {
   );
 }
 
-function Message(props: { m: ChatMessage; mine: boolean; author: string; masked: boolean; conversation: string; client: WorkerClient; onError: (e: string) => void }) {
+function Message(props: {
+  m: ChatMessage;
+  mine: boolean;
+  author: string;
+  masked: boolean;
+  conversation: string;
+  client: WorkerClient;
+  onError: (e: string) => void;
+  /** The contact is away and the bubble keeps what we send: an unreceipted message waits there. */
+  waiting: boolean;
+}) {
   const { t } = useTranslation();
   const { m } = props;
   const [revealed, reveal] = useReveal();
@@ -505,7 +525,12 @@ function Message(props: { m: ChatMessage; mine: boolean; author: string; masked:
       <div className="meta">
         <span className="author">{props.author}</span> <time>{time}</time>
         {m.edited && <span className="muted"> · {t('chat.edited')}</span>}
-        {props.mine && <span className="muted"> · {read ? t('chat.read') : Object.keys(m.receipts).length > 0 ? t('chat.delivered') : t('chat.sent')}</span>}
+        {props.mine && (
+          <span className="muted">
+            {' · '}
+            {read ? t('chat.read') : Object.keys(m.receipts).length > 0 ? t('chat.delivered') : props.waiting ? t('chat.kept') : t('chat.sent')}
+          </span>
+        )}
       </div>
       {editing !== null ? (
         <form
