@@ -25,13 +25,26 @@ impl Drop for KillOnDrop {
 /// A bubble-server on loopback for a bubble whose `members` (key, display name) all share one category; the
 /// server and its signaling URL.
 async fn one_category_bubble(dir: &std::path::Path, members: &[(&IdentityKey, &str)]) -> (Server, String) {
+    one_category_bubble_with(dir, members, None).await
+}
+
+/// The same, keeping an offline mailbox when `mailbox` is given.
+async fn one_category_bubble_with(
+    dir: &std::path::Path,
+    members: &[(&IdentityKey, &str)],
+    mailbox: Option<peerbubble_bubble_server::MailboxConfig>,
+) -> (Server, String) {
     let mut yaml = String::from("bubble: cli\ncategories:\n  - {id: c}\nmembers:\n");
     for (key, name) in members {
         yaml += &format!("  - {{public_key: {}, display_name: {name}, categories: [c]}}\n", key.public_key());
     }
     std::fs::write(dir.join("bubble.yaml"), yaml).unwrap();
-    let config =
-        Config { listen: ([127, 0, 0, 1], 0).into(), bubble_file: dir.join("bubble.yaml"), ..Config::default() };
+    let config = Config {
+        listen: ([127, 0, 0, 1], 0).into(),
+        bubble_file: dir.join("bubble.yaml"),
+        mailbox,
+        ..Config::default()
+    };
     let server = Server::start(config.clone(), FileSource::new(config.bubble_file.clone(), config.reload_interval))
         .await
         .unwrap();
@@ -150,6 +163,68 @@ async fn names_with_spaces_and_prefixes_open_conversations() {
     wait_for("[Echo bot (field team)] echo: hello by name");
     writeln!(input, "/open Dan").unwrap();
     wait_for("nobody called \"Dan\"");
+    writeln!(input, "/quit").unwrap();
+    drop(input);
+    server.shutdown().await.unwrap();
+}
+
+/// The terminal chat says when the bubble keeps a message for a contact who is away (issue 17).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_terminal_chat_says_a_message_for_someone_away_is_stored_for_later() {
+    use std::io::{BufRead as _, Write as _};
+    let dir = tempfile::tempdir().unwrap();
+    let (ann, bob) = (IdentityKey::from_seed(&[41; 32]), IdentityKey::from_seed(&[42; 32]));
+    let mailbox = peerbubble_bubble_server::MailboxConfig::at(dir.path().join("mailbox.sqlite"));
+    let (server, url) = one_category_bubble_with(dir.path(), &[(&ann, "Ann"), (&bob, "Bob")], Some(mailbox)).await;
+    // Bob is a native peer, online at first.
+    let loopback = vec![std::net::SocketAddr::from(([127, 0, 0, 1], 0))];
+    let node = Node::start(NodeConfig { bind: loopback, ..NodeConfig::new(&url) }, bob).await.unwrap();
+    let key_file = dir.path().join("ann.key");
+    std::fs::write(&key_file, format!("{}\n", ann.to_seed_base64().as_str())).unwrap();
+    let mut chat = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_peerbubble"))
+            .args(["chat", "--rtc-bind", "127.0.0.1:0", "--url", &url, "--key"])
+            .arg(&key_file)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut input = chat.0.stdin.take().unwrap();
+    let (tx, lines) = std::sync::mpsc::channel();
+    let output = chat.0.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(output).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let wait_for = |what: &str| {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(line) if line.contains(what) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("never printed {what:?}"),
+            }
+        }
+    };
+    wait_for("connected as");
+    writeln!(input, "/open Bob").unwrap();
+    wait_for("conversation with Bob ready");
+    writeln!(input, "before you go").unwrap();
+    // Bob leaves: the next message waits in the bubble, and the chat says so.
+    node.shutdown().await.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while server.health().report().online_members > 1 {
+        assert!(tokio::time::Instant::now() < deadline, "Bob's session never ended");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    writeln!(input, "for when you are back").unwrap();
+    let line = wait_for("stored for later");
+    assert!(line.contains("Bob is away"), "{line}");
+    assert!(server.mailbox().unwrap().entries >= 1, "the bubble keeps it");
     writeln!(input, "/quit").unwrap();
     drop(input);
     server.shutdown().await.unwrap();
