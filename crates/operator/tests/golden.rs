@@ -58,7 +58,8 @@ fn default_bubble() {
         policy.contains("id: command") && policy.contains("sees: [medics]") && !policy.contains("id: x"),
         "{policy}"
     );
-    assert!(rendered.pdb.is_some() && rendered.network_policy.is_some());
+    // One replica by default: no PodDisruptionBudget.
+    assert!(rendered.pdb.is_none() && rendered.network_policy.is_some());
 }
 
 #[test]
@@ -92,7 +93,9 @@ fn every_object_is_labelled_and_owned() {
             object => metas.push((key.clone(), object["metadata"].clone())),
         }
     }
-    assert_eq!(metas.len(), 9);
+    // ServiceAccount, TURN Secret, policy ConfigMap, Deployment, three Services, NetworkPolicy; no
+    // PodDisruptionBudget with one replica (it would block every drain).
+    assert_eq!(metas.len(), 8);
     for (key, meta) in metas {
         assert_eq!(meta["labels"][BUBBLE_LABEL], "flood", "{key}");
         assert_eq!(meta["namespace"], "missions", "{key}");
