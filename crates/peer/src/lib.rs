@@ -8,5 +8,6 @@
 pub mod node;
 pub mod rtc;
 pub mod signal;
+pub mod store;
 
 pub use signal::{ClientError, SignalClient};

@@ -142,17 +142,33 @@ pub struct Node {
     backlog: VecDeque<NodeEvent>,
 }
 
+/// Saves the client's state (into the member's encrypted key store); an error is said and nothing is
+/// acknowledged to the bubble's mailbox until a save succeeds.
+pub type Saver = Box<dyn FnMut(&Client) -> Result<(), String> + Send>;
+
 impl Node {
-    /// Connects to the bubble as the holder of `key` and starts the node task.
+    /// Connects to the bubble as the holder of `key` and starts the node task, with no state kept.
     pub async fn start(config: NodeConfig, key: IdentityKey) -> Result<Self, NodeError> {
+        let core = Client::new(&key);
+        Self::start_with(config, key, core, None).await
+    }
+
+    /// Like [`Node::start`], from `core` (restored from the key store) and saving it with `saver` whenever it
+    /// changed; what the bubble's mailbox delivered is acknowledged only after that.
+    pub async fn start_with(
+        config: NodeConfig,
+        key: IdentityKey,
+        mut core: Client,
+        saver: Option<Saver>,
+    ) -> Result<Self, NodeError> {
         let signal = SignalClient::connect(&config.url, &key).await?;
         let member = signal.member();
-        let mut core = Client::new(&key);
         core.set_directory(signal.directory().values().cloned());
         core.set_file_config(config.files);
         let (commands, rx) = mpsc::channel(64);
         let (events_tx, events) = mpsc::unbounded_channel();
         let (rtc_tx, rtc_rx) = mpsc::channel(1024);
+        let core_generation = core.mls_generation();
         let state = State {
             config,
             key,
@@ -162,6 +178,9 @@ impl Node {
             commits: HashMap::new(),
             relays: HashMap::new(),
             mailbox_upto: None,
+            saved_generation: core_generation,
+            dirty: false,
+            saver,
             rtcs: HashMap::new(),
             generation: 0,
             rtc_tx,
@@ -322,9 +341,14 @@ struct State {
     commits: HashMap<u64, u64>,
     /// Send frame id -> recipient, until the server answers.
     relays: HashMap<u64, MemberId>,
-    /// The highest mailbox `seq` handled and not acknowledged yet. The node keeps its state in memory only, so
-    /// an entry is acknowledged as soon as it is handled.
+    /// The highest mailbox `seq` handled and not acknowledged yet: acknowledged once the state it changed is
+    /// saved (at once when the node keeps no state).
     mailbox_upto: Option<u64>,
+    /// The client's MLS generation at the last save.
+    saved_generation: u64,
+    /// Something a save keeps changed since the last save.
+    dirty: bool,
+    saver: Option<Saver>,
     rtcs: HashMap<MemberId, Connection>,
     generation: u64,
     rtc_tx: mpsc::Sender<(MemberId, u64, RtcEvent)>,
@@ -353,7 +377,7 @@ impl State {
         let mut ping = tokio::time::interval(Duration::from_secs(10));
         let mut reconnect = tokio::time::interval(Duration::from_millis(250));
         loop {
-            self.flush().await;
+            self.settle().await;
             let wake = self.core.poll_timeout().map(|at| at.saturating_sub(wall_ms())).unwrap_or(60_000);
             tokio::select! {
                 frame = next_signal(&mut self.signal) => self.on_signal(frame),
@@ -619,6 +643,11 @@ impl State {
     /// Sends what the client produced, then handles its events, until both are empty.
     async fn flush(&mut self) {
         loop {
+            // Secrets an MLS message used are saved before the message leaves: a restart from an older state
+            // would use them again, and the contact refuses reused secrets.
+            if self.core.mls_generation() != self.saved_generation {
+                self.persist();
+            }
             let mut progressed = false;
             while let Some(output) = self.core.poll_output() {
                 progressed = true;
@@ -656,14 +685,42 @@ impl State {
                 progressed = true;
                 self.on_core_event(event).await;
             }
-            if let (Some(upto), Some(s)) = (self.mailbox_upto.take(), &mut self.signal)
-                && s.send_frame(&peerbubble_proto::ClientFrame::Received { upto }).await.is_err()
-            {
-                self.signal_down();
-            }
             if !progressed {
                 return;
             }
+            self.dirty = true;
+        }
+    }
+
+    /// Saves the client's state (when the node keeps one); false when that failed.
+    fn persist(&mut self) -> bool {
+        let Some(saver) = &mut self.saver else {
+            self.saved_generation = self.core.mls_generation();
+            return true;
+        };
+        if let Err(e) = saver(&self.core) {
+            self.emit(NodeEvent::Error(format!("cannot save the conversations: {e}")));
+            return false;
+        }
+        self.dirty = false;
+        self.saved_generation = self.core.mls_generation();
+        true
+    }
+
+    /// Everything routed, the state saved when it changed, then what the mailbox delivered acknowledged.
+    async fn settle(&mut self) {
+        self.flush().await;
+        let changed = self.dirty || self.mailbox_upto.is_some() || self.core.mls_generation() != self.saved_generation;
+        if changed && !self.persist() {
+            // Nothing acknowledged: the mailbox delivers it again on the next connection.
+            self.mailbox_upto = None;
+            return;
+        }
+        self.dirty = false;
+        if let (Some(upto), Some(s)) = (self.mailbox_upto.take(), &mut self.signal)
+            && s.send_frame(&peerbubble_proto::ClientFrame::Received { upto }).await.is_err()
+        {
+            self.signal_down();
         }
     }
 

@@ -12,8 +12,8 @@ use peerbubble_client_core::signaling::{MIN_BACKOFF_MS, UNKNOWN_MEMBER_RETRIES};
 use peerbubble_client_core::{ConversationId, Event};
 use peerbubble_peer::node::{Node, NodeConfig, NodeError, NodeEvent};
 use peerbubble_peer::signal::ClientError;
-use peerbubble_proto::ErrorCode;
 use peerbubble_proto::MemberId;
+use peerbubble_proto::{ErrorCode, IdentityKey};
 use tokio::io::AsyncBufReadExt as _;
 
 use crate::say;
@@ -33,9 +33,17 @@ const HELP: &str = "commands:
 /// Settings of `peerbubble chat`.
 #[derive(Debug, clap::Args)]
 pub struct ChatArgs {
-    /// The member's key file.
+    /// The member's key file (with `--store`: imported into the store once, then no longer needed).
+    #[arg(long, required_unless_present = "store")]
+    key: Option<PathBuf>,
+    /// Keep the identity key and the conversations across restarts in this directory, encrypted under a
+    /// passphrase (from `--passphrase-file`, `PEERBUBBLE_PASSPHRASE` or a prompt; never printed). Messages that
+    /// waited in the bubble while this member was away are read on after a restart.
     #[arg(long)]
-    key: PathBuf,
+    store: Option<PathBuf>,
+    /// File holding the key store's passphrase (its first line).
+    #[arg(long, requires = "store")]
+    passphrase_file: Option<PathBuf>,
     /// Signaling URL.
     #[arg(long, default_value = "ws://127.0.0.1:8480/v1/signal")]
     url: String,
@@ -58,11 +66,29 @@ pub struct ChatArgs {
 
 /// Connects; a key the bubble does not know yet is tried again a few times, as the browser does (ADR 0016):
 /// a member who just enrolled may connect before the bubble-server's directory follows the admin API.
-async fn start(config: NodeConfig, key_file: &std::path::Path) -> anyhow::Result<Node> {
+async fn start(config: NodeConfig, args: &ChatArgs) -> anyhow::Result<Node> {
+    let kept = match &args.store {
+        Some(dir) => Some(crate::keep::open(dir, args.key.as_deref(), args.passphrase_file.as_deref())?),
+        None => None,
+    };
     let mut refusals = 0;
     loop {
         // The key is not copyable (it zeroizes on drop): read again for each attempt.
-        match Node::start(config.clone(), crate::member::read_key(key_file)?).await {
+        let attempt = match (&kept, &args.key) {
+            (Some((key, store)), _) => {
+                let key = IdentityKey::from_seed(&key.to_seed());
+                let core = crate::keep::client(&key, store)?;
+                let store = store.clone();
+                let saver: peerbubble_peer::node::Saver = Box::new(move |client: &peerbubble_client_core::Client| {
+                    let mut store = store.lock().map_err(|_| "the key store lock is poisoned".to_owned())?;
+                    client.save(&mut store).map_err(|e| e.to_string())
+                });
+                Node::start_with(config.clone(), key, core, Some(saver)).await
+            }
+            (None, Some(key_file)) => Node::start(config.clone(), crate::member::read_key(key_file)?).await,
+            (None, None) => anyhow::bail!("give --key or --store"),
+        };
+        match attempt {
             Err(NodeError::Signal(ClientError::Refused { code: ErrorCode::UnknownMember, .. }))
                 if refusals < UNKNOWN_MEMBER_RETRIES =>
             {
@@ -85,7 +111,7 @@ pub async fn chat(args: ChatArgs) -> anyhow::Result<()> {
         bind: args.rtc_bind.clone(),
         ..NodeConfig::new(&args.url)
     };
-    let mut node = start(config, &args.key).await.with_context(|| format!("cannot connect to {}", args.url))?;
+    let mut node = start(config, &args).await.with_context(|| format!("cannot connect to {}", args.url))?;
     say(&format!("connected as {}; /help for commands\n", node.member()));
     let mut names: HashMap<MemberId, String> = HashMap::new();
     for e in node.directory().await? {

@@ -6,6 +6,7 @@
 
 mod admin;
 mod chat;
+mod keep;
 mod member;
 mod store_source;
 

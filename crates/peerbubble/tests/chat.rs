@@ -229,3 +229,88 @@ async fn the_terminal_chat_says_a_message_for_someone_away_is_stored_for_later()
     drop(input);
     server.shutdown().await.unwrap();
 }
+
+/// The native peer keeps its identity and conversations in its encrypted key store across restarts, and reads on
+/// what the bubble kept for it meanwhile (issue 17); the store holds neither the key nor any message in clear.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_native_peer_keeps_its_conversations_and_reads_what_waited() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ann, bot) = (IdentityKey::from_seed(&[51; 32]), IdentityKey::from_seed(&[52; 32]));
+    let bot_seed = bot.to_seed_base64().as_str().to_owned();
+    let mailbox = peerbubble_bubble_server::MailboxConfig::at(dir.path().join("mailbox.sqlite"));
+    let (server, url) = one_category_bubble_with(dir.path(), &[(&ann, "Ann"), (&bot, "Bot")], Some(mailbox)).await;
+    let key_file = dir.path().join("bot.key");
+    std::fs::write(&key_file, format!("{bot_seed}\n")).unwrap();
+    let store = dir.path().join("bot-store");
+    let passphrase = "seven lanterns over the north gate";
+    let bot_process = |import: bool| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_peerbubble"));
+        command.args(["chat", "--echo", "--rtc-bind", "127.0.0.1:0", "--url", &url, "--store"]).arg(&store);
+        if import {
+            command.arg("--key").arg(&key_file);
+        }
+        let log = std::fs::File::create(dir.path().join(if import { "bot-1.log" } else { "bot-2.log" })).unwrap();
+        KillOnDrop(
+            command
+                .env("PEERBUBBLE_PASSPHRASE", passphrase)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let bot_id = bot.public_key().member_id();
+    let mut first = bot_process(true);
+    let loopback = vec![std::net::SocketAddr::from(([127, 0, 0, 1], 0))];
+    let mut node =
+        Node::start(NodeConfig { bind: loopback, auto_connect: false, ..NodeConfig::new(&url) }, ann).await.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let conversation = loop {
+        let _ = node.start_direct(bot_id).await;
+        if let Some(c) = node.direct(bot_id).await.unwrap() {
+            break c;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the bot never answered");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    node.send_text(conversation, "first words").await.unwrap();
+    let echo = |want: &'static str| move |e: &NodeEvent| matches!(e, NodeEvent::Core(Event::Message { text, .. }) if text == want);
+    node.wait_for("first echo", WAIT, echo("echo: first words")).await.unwrap();
+
+    // The bot's machine goes down hard (no goodbye); Ann writes meanwhile: the bubble keeps it.
+    let _ = first.0.kill();
+    let _ = first.0.wait();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while server.health().report().online_members > 1 {
+        assert!(tokio::time::Instant::now() < deadline, "the bot's session never ended");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    node.send_text(conversation, "while you were down").await.unwrap();
+    node.wait_for("stored for later", WAIT, |e| matches!(e, NodeEvent::StoredForLater(m) if *m == bot_id))
+        .await
+        .unwrap();
+
+    // The bot comes back from its store alone (no key file): same conversation, reads what waited, answers.
+    let _second = bot_process(false);
+    if let Err(e) = node.wait_for("echo after restart", WAIT, echo("echo: while you were down")).await {
+        let logs = ["bot-1.log", "bot-2.log"].map(|f| std::fs::read_to_string(dir.path().join(f)).unwrap_or_default());
+        let seen: Vec<String> = node.drain().iter().map(|e| format!("{e:?}")).collect();
+        panic!("{e}: Ann saw {seen:#?}\nfirst run:\n{}\nafter the restart:\n{}", logs[0], logs[1]);
+    }
+    node.send_text(conversation, "and now live").await.unwrap();
+    node.wait_for("live echo", WAIT, echo("echo: and now live")).await.unwrap();
+
+    // What the store keeps is encrypted: no seed, no message.
+    let mut bytes = Vec::new();
+    for entry in std::fs::read_dir(&store).unwrap() {
+        bytes.extend(std::fs::read(entry.unwrap().path()).unwrap());
+    }
+    assert!(!bytes.is_empty(), "the store was read");
+    let text = String::from_utf8_lossy(&bytes);
+    for needle in [bot_seed.as_str(), "first words", "while you were down", "echo:"] {
+        assert!(!text.contains(needle), "{needle} is in the store in clear");
+    }
+    node.shutdown().await.unwrap();
+    server.shutdown().await.unwrap();
+}

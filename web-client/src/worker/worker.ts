@@ -66,7 +66,12 @@ function signalUrl(): string {
   return `${scheme}//${self.location.host}/v1/signal`;
 }
 
-/** After every step: frames out, records to IndexedDB (one transaction), notices and the view to the page. */
+/**
+ * After every step: records to IndexedDB (one transaction), then frames out, notices and the view to the page. The
+ * records come first: an MLS message sent advanced secrets the records keep, and a tab closed between the two would
+ * come back with the old secrets and use them again (the contact refuses that). What the bubble's mailbox
+ * delivered is acknowledged in the same frames, the state it changed being saved.
+ */
 async function flush(): Promise<void> {
   const m = member;
   if (!m) return;
@@ -81,6 +86,14 @@ async function flush(): Promise<void> {
     wrote = true;
   }
   if (member !== m) return;
+  const writes: Array<[string, Uint8Array | undefined]> = [];
+  for (let rec = m.nextWrite(); rec !== undefined; rec = m.nextWrite()) {
+    writes.push([rec.name, rec.value]);
+    rec.free();
+  }
+  if (db && writes.length > 0) await writeRecords(db, writes);
+  if (member !== m) return;
+  m.saved(Date.now());
   const frames: string[] = [];
   for (let frame = m.pollTransmit(); frame !== undefined; frame = m.pollTransmit()) frames.push(frame);
   const outs: Array<{ to: string; bytes: Uint8Array }> = [];
@@ -95,11 +108,6 @@ async function flush(): Promise<void> {
   }
   for (const { to, bytes } of outs) {
     self.postMessage({ kind: 'channelSend', to, bytes } satisfies Update, [bytes.buffer]);
-  }
-  const writes: Array<[string, Uint8Array | undefined]> = [];
-  for (let rec = m.nextWrite(); rec !== undefined; rec = m.nextWrite()) {
-    writes.push([rec.name, rec.value]);
-    rec.free();
   }
   const sendable: string[] = [];
   for (let text = m.nextNotice(); text !== undefined; text = m.nextNotice()) {
@@ -133,13 +141,6 @@ async function flush(): Promise<void> {
   for (const transfer of sendable) queuePump(transfer);
   schedule();
   queueView();
-  if (db && writes.length > 0) await writeRecords(db, writes);
-  // Saved: what waited in the bubble's mailbox and is in these records may be deleted there now.
-  if (member !== m) return;
-  m.saved(Date.now());
-  for (let frame = m.pollTransmit(); frame !== undefined; frame = m.pollTransmit()) {
-    if (socket?.readyState === WebSocket.OPEN) socket.send(frame);
-  }
 }
 
 function queueView(): void {
