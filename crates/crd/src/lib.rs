@@ -92,6 +92,36 @@ pub struct BubbleSpec {
     /// The NATS (with JetStream) that several replicas of this bubble share. Not needed with one replica.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nats: Option<NatsSpec>,
+    /// The offline mailbox: what is sent to a member with no session waits (end-to-end encrypted) on a volume
+    /// until the member comes back. Absent: nothing is kept, and a message to an absent member is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mailbox: Option<MailboxSpec>,
+}
+
+/// Where and how long the offline mailbox keeps what waits for absent members.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MailboxSpec {
+    /// Size of its volume (a ReadWriteOnce PersistentVolumeClaim named `<bubble>-mailbox`).
+    #[serde(default = "default_mailbox_size")]
+    #[schemars(regex(pattern = r"^[1-9][0-9]{0,5}(Mi|Gi)$"))]
+    pub size: String,
+    /// The volume's StorageClass (the cluster's default when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub storage_class_name: Option<String>,
+    /// How long an envelope waits for its recipient, in hours (at most 14 days).
+    #[serde(default = "default_mailbox_ttl_hours")]
+    #[schemars(range(min = 1, max = 336))]
+    pub ttl_hours: u32,
+}
+
+fn default_mailbox_size() -> String {
+    "1Gi".to_owned()
+}
+
+fn default_mailbox_ttl_hours() -> u32 {
+    72
 }
 
 fn default_replicas() -> i32 {

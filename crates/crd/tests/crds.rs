@@ -59,6 +59,13 @@ fn the_schema_carries_the_validation() {
     let nats = &spec["nats"]["properties"];
     assert_eq!(nats["url"]["pattern"], r"^(nats|tls)://[^\s/@]+(:[0-9]{1,5})?$");
     assert_eq!(nats["credentialsSecret"]["maxLength"], 253);
+    // The offline mailbox keeps envelopes at most 14 days; its volume's size is a plain Mi/Gi quantity.
+    let mailbox = &spec["mailbox"]["properties"];
+    assert_eq!(mailbox["ttlHours"]["maximum"].as_f64(), Some(336.0));
+    assert_eq!(mailbox["size"]["pattern"], "^[1-9][0-9]{0,5}(Mi|Gi)$");
+    let with: BubbleSpec = serde_json::from_value(json!({"displayName": "F", "mailbox": {}})).unwrap();
+    let m = with.mailbox.unwrap();
+    assert_eq!((m.size.as_str(), m.ttl_hours, m.storage_class_name), ("1Gi", 72, None));
     let category = serde_json::to_value(&Category::crd().spec.versions[0].schema).unwrap();
     let bubble = &category["openAPIV3Schema"]["properties"]["spec"]["properties"]["bubble"];
     assert_eq!(bubble["x-kubernetes-validations"][0]["rule"], "self == oldSelf");

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::Timestamp;
@@ -405,6 +405,9 @@ async fn apply_bubble(bubble: &Bubble, ctx: &Context) -> Result<Action, Error> {
     apply_or_delete(&network_policies, rendered.network_policy.as_ref(), &name).await?;
     let pdbs = Api::<PodDisruptionBudget>::namespaced(client.clone(), &namespace);
     apply_or_delete(&pdbs, rendered.pdb.as_ref(), &name).await?;
+    // Before the Deployment that mounts it. Removing `spec.mailbox` deletes what waited in it.
+    let claims = Api::<PersistentVolumeClaim>::namespaced(client.clone(), &namespace);
+    apply_or_delete(&claims, rendered.mailbox.as_ref(), &render::mailbox_claim(&name)).await?;
     let deployment =
         apply_one(&Api::<Deployment>::namespaced(client.clone(), &namespace), &rendered.deployment).await?;
     if fresh {
@@ -564,6 +567,13 @@ async fn cleanup_bubble(bubble: &Bubble, ctx: &Context) -> Result<Action, Error>
         u32::from(delete_if_present(&Api::<NetworkPolicy>::namespaced(client.clone(), &namespace), &name).await?);
     removed +=
         u32::from(delete_if_present(&Api::<PodDisruptionBudget>::namespaced(client.clone(), &namespace), &name).await?);
+    removed += u32::from(
+        delete_if_present(
+            &Api::<PersistentVolumeClaim>::namespaced(client.clone(), &namespace),
+            &render::mailbox_claim(&name),
+        )
+        .await?,
+    );
     removed += u32::from(
         delete_if_present(&Api::<ConfigMap>::namespaced(client.clone(), &namespace), &format!("{name}-policy")).await?,
     );

@@ -13,8 +13,9 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, HTTPGetAction,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, Secret,
-    SecretVolumeSource, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, Secret, SecretVolumeSource, SecurityContext, Service,
+    ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::api::networking::v1::{
     IPBlock, NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
@@ -81,12 +82,22 @@ pub struct Rendered {
     pub network_policy: Option<NetworkPolicy>,
     /// Kept replicas during drains (None with one replica).
     pub pdb: Option<PodDisruptionBudget>,
+    /// The offline mailbox's volume (None without `spec.mailbox`).
+    pub mailbox: Option<PersistentVolumeClaim>,
 }
 
 /// The replicas the bubble actually runs: what its spec asks for once replicas can share one bubble's state
 /// (`peerbubble_crd::REPLICAS_SHARE_STATE`), else one, because independent replicas would split the bubble.
 pub fn replicas(spec: &peerbubble_crd::BubbleSpec) -> i32 {
     if peerbubble_crd::REPLICAS_SHARE_STATE && spec.nats.is_some() { spec.replicas } else { 1 }
+}
+
+/// Where the offline mailbox's volume is mounted.
+const MAILBOX_DIR: &str = "/var/lib/peerbubble/mailbox";
+
+/// The name of the offline mailbox's PersistentVolumeClaim.
+pub fn mailbox_claim(bubble: &str) -> String {
+    format!("{bubble}-mailbox")
 }
 
 /// The labels on everything made for `bubble`.
@@ -289,18 +300,39 @@ fn deployment(ctx: &Ctx<'_>, bubble: &Bubble, settings: &Settings, policy_hash: 
     if let Some(tls) = &spec.turn.tls {
         volumes.push(secret_volume("turn-tls", tls.secret_name.clone()));
     }
+    // The offline mailbox on its own volume, the only writable path of the pod.
+    if let (Some(mailbox), Some(env_vars), Some(mounts)) =
+        (&spec.mailbox, container.env.as_mut(), container.volume_mounts.as_mut())
+    {
+        env_vars.push(env("PEERBUBBLE_MAILBOX", format!("{MAILBOX_DIR}/mailbox.sqlite")));
+        env_vars.push(env("PEERBUBBLE_MAILBOX_TTL_SECS", (u64::from(mailbox.ttl_hours) * 3600).to_string()));
+        mounts.push(VolumeMount { name: "mailbox".into(), mount_path: MAILBOX_DIR.into(), ..VolumeMount::default() });
+        volumes.push(Volume {
+            name: "mailbox".into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: mailbox_claim(ctx.name),
+                read_only: Some(false),
+            }),
+            ..Volume::default()
+        });
+    }
+    // A ReadWriteOnce volume cannot be attached to a second pod on another node: the old pod goes first.
+    let strategy = match spec.mailbox {
+        Some(_) => DeploymentStrategy { type_: Some("Recreate".into()), rolling_update: None },
+        None => DeploymentStrategy {
+            type_: Some("RollingUpdate".into()),
+            rolling_update: Some(RollingUpdateDeployment {
+                max_unavailable: Some(IntOrString::Int(0)),
+                max_surge: Some(IntOrString::Int(1)),
+            }),
+        },
+    };
     Deployment {
         metadata: ctx.meta(ctx.name.to_owned()),
         spec: Some(DeploymentSpec {
             replicas: Some(replicas(spec)),
             selector: LabelSelector { match_labels: Some(selector(ctx.name)), ..LabelSelector::default() },
-            strategy: Some(DeploymentStrategy {
-                type_: Some("RollingUpdate".into()),
-                rolling_update: Some(RollingUpdateDeployment {
-                    max_unavailable: Some(IntOrString::Int(0)),
-                    max_surge: Some(IntOrString::Int(1)),
-                }),
-            }),
+            strategy: Some(strategy),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(pod_labels),
@@ -470,6 +502,19 @@ pub fn render(
         use sha2::Digest as _;
         sha2::Sha256::digest(policy.as_bytes()).iter().map(|b| format!("{b:02x}")).collect::<String>()
     };
+    let mailbox = bubble.spec.mailbox.as_ref().map(|m| PersistentVolumeClaim {
+        metadata: ctx.meta(mailbox_claim(name)),
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            storage_class_name: m.storage_class_name.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([("storage".to_owned(), Quantity(m.size.clone()))])),
+                ..VolumeResourceRequirements::default()
+            }),
+            ..PersistentVolumeClaimSpec::default()
+        }),
+        ..PersistentVolumeClaim::default()
+    });
     let pdb = (replicas(&bubble.spec) > 1).then(|| PodDisruptionBudget {
         metadata: ctx.meta(name.to_owned()),
         spec: Some(PodDisruptionBudgetSpec {
@@ -500,5 +545,6 @@ pub fn render(
         services: services(&ctx, bubble),
         network_policy: network_policy(&ctx, bubble, settings),
         pdb,
+        mailbox,
     })
 }

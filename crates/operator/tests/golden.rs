@@ -72,12 +72,21 @@ fn small_bubble_without_network_policy_on_node_ports() {
             "networkPolicy": {"mode": "Disabled"},
             "signaling": {"host": "drill.example.org", "tls": {"secretName": "drill-tls"}},
             "resources": {"limits": {"memory": "128Mi"}},
-            "directory": {"adminApiUrl": "https://admin.example.org"}
+            "directory": {"adminApiUrl": "https://admin.example.org"},
+            "mailbox": {"storageClassName": "local-path"}
         }),
     );
     let rendered = render(&b, &[], &settings(), b"secret").unwrap();
     check_golden("small", &rendered);
     assert!(rendered.pdb.is_none() && rendered.network_policy.is_none());
+    // The mailbox's defaults: 1 GiB, 72 hours.
+    let claim = rendered.mailbox.as_ref().unwrap().spec.as_ref().unwrap();
+    assert_eq!(claim.storage_class_name.as_deref(), Some("local-path"));
+    assert_eq!(claim.resources.as_ref().unwrap().requests.as_ref().unwrap()["storage"].0, "1Gi");
+    let pod = rendered.deployment.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    let env = pod.containers[0].env.as_ref().unwrap();
+    let ttl = env.iter().find(|e| e.name == "PEERBUBBLE_MAILBOX_TTL_SECS").and_then(|e| e.value.clone());
+    assert_eq!(ttl.as_deref(), Some("259200"));
 }
 
 #[test]

@@ -43,6 +43,7 @@ struct Written {
     network_policy_deleted: bool,
     pdb: Option<Value>,
     pdb_deleted: bool,
+    mailbox: Option<Value>,
     status: Option<Value>,
     events: Vec<(String, String, String)>,
 }
@@ -104,6 +105,12 @@ async fn drive_apply(api: &mut ApiServer, bubble: &Bubble, world: &World, status
     } else {
         api.expect("DELETE", &pdb_path).await.not_found();
         written.pdb_deleted = true;
+    }
+    let claim_path = core("persistentvolumeclaims", &format!("{name}-mailbox"));
+    if bubble.spec.mailbox.is_some() {
+        written.mailbox = Some(api.expect_apply(&claim_path).await);
+    } else {
+        api.expect("DELETE", &claim_path).await.not_found();
     }
     let ready = world.ready_replicas;
     written.deployment = api
@@ -232,7 +239,8 @@ async fn an_update_is_applied_and_a_spec_shrink_deletes_what_is_no_longer_wanted
     let mut b = bubble(
         "field",
         json!({"displayName": "Field", "replicas": 3,
-            "nats": {"url": "nats://nats.peerbubble-system:4222", "credentialsSecret": "field-nats"}}),
+            "nats": {"url": "nats://nats.peerbubble-system:4222", "credentialsSecret": "field-nats"},
+            "mailbox": {"size": "2Gi", "ttlHours": 24}}),
     );
     let task = tokio::spawn(reconcile_bubble(Arc::new(b.clone()), h.ctx.clone()));
     let written = drive_apply(&mut h.api, &b, &world, true).await;
@@ -245,6 +253,20 @@ async fn an_update_is_applied_and_a_spec_shrink_deletes_what_is_no_longer_wanted
     let scaled = condition(&status, "Scaled");
     assert_eq!((scaled["status"].as_str(), scaled["reason"].as_str()), (Some("False"), Some("SharingNotBuilt")));
     assert!(scaled["message"].as_str().unwrap().contains("instead of 3"), "{scaled}");
+    // The offline mailbox: its volume, mounted, the server told where and for how long; the old pod goes before
+    // the new one mounts the volume.
+    let claim = written.mailbox.clone().expect("the mailbox's claim is applied");
+    assert_eq!(claim["spec"]["resources"]["requests"]["storage"], "2Gi");
+    assert_eq!(claim["spec"]["accessModes"], json!(["ReadWriteOnce"]));
+    let pod = &written.deployment["spec"]["template"]["spec"];
+    let env = pod["containers"][0]["env"].as_array().unwrap();
+    let var = |name: &str| env.iter().find(|e| e["name"] == name).map(|e| e["value"].clone());
+    assert_eq!(var("PEERBUBBLE_MAILBOX_TTL_SECS"), Some(json!("86400")));
+    assert_eq!(var("PEERBUBBLE_MAILBOX"), Some(json!("/var/lib/peerbubble/mailbox/mailbox.sqlite")));
+    assert!(
+        pod["volumes"].as_array().unwrap().iter().any(|v| v["persistentVolumeClaim"]["claimName"] == "field-mailbox")
+    );
+    assert_eq!(written.deployment["spec"]["strategy"]["type"], "Recreate");
 
     b.spec =
         serde_json::from_value(json!({"displayName": "Field", "replicas": 1, "networkPolicy": {"mode": "Disabled"},
@@ -300,6 +322,7 @@ async fn deletion_removes_everything_then_the_finalizer() {
         core("services", "field-turn-tls"),
         ns_path(NETPOL, "networkpolicies/field"),
         ns_path(POLICY, "poddisruptionbudgets/field"),
+        core("persistentvolumeclaims", "field-mailbox"),
         core("configmaps", "field-policy"),
         core("secrets", "field-turn"),
         core("serviceaccounts", "field-bubble"),
@@ -310,7 +333,8 @@ async fn deletion_removes_everything_then_the_finalizer() {
         if i == 5 { call.not_found() } else { call.reply(200, &gone) }
     }
     let (_, reason, note) = h.api.expect_event().await;
-    assert_eq!((reason.as_str(), note.as_str()), ("Deleted", "removed 8 objects made for the bubble"));
+    // The mailbox's volume goes with the mission: what waited in it too.
+    assert_eq!((reason.as_str(), note.as_str()), ("Deleted", "removed 9 objects made for the bubble"));
     let call = h.api.expect("PATCH", &bubbles("field")).await;
     assert!(call.body.to_string().contains("remove"), "finalizer removal: {}", call.body);
     let mut without = serde_json::to_value(&b).unwrap();
