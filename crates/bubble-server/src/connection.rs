@@ -683,6 +683,8 @@ mod model {
                 while let Ok(out) = client.out.try_recv() {
                     match out {
                         Outbound::Close { code, .. } => client.closes.push(code),
+                        // No mailbox in the model.
+                        Outbound::Backlog(_) => panic!("a backlog without a mailbox"),
                         Outbound::Text(text) => match decode_server_frame(text.as_bytes()) {
                             Ok(ServerFrame::Presence { member, online: true }) => {
                                 assert!(client.view.insert(member), "online twice: {member}");

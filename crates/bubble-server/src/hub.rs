@@ -28,6 +28,9 @@ const EVENT_BUFFER: usize = 10_000;
 pub(crate) enum Outbound {
     /// A frame; its length was counted in the session's queued bytes.
     Text(Utf8Bytes),
+    /// A frame of the mailbox's backlog, not counted in the session's queued bytes: a returning member's
+    /// backlog (bounded by the mailbox's quota) must not make its first live frames look like a slow reader's.
+    Backlog(Utf8Bytes),
     /// A last `error` frame, then a close frame with this code.
     Close { frame: Utf8Bytes, code: u16, reason: &'static str },
 }
@@ -78,6 +81,11 @@ impl SessionHandle {
     pub fn force_send(&self, text: Utf8Bytes) {
         self.queued.fetch_add(text.len(), Ordering::AcqRel);
         let _ = self.out.send(Outbound::Text(text));
+    }
+
+    /// Queues a frame of the mailbox's backlog, outside the byte budget (see [`Outbound::Backlog`]).
+    pub fn send_backlog(&self, text: Utf8Bytes) {
+        let _ = self.out.send(Outbound::Backlog(text));
     }
 
     /// Sends a frame that must arrive for the session to stay consistent; a reader that is too slow for it
@@ -251,7 +259,7 @@ impl Hub {
         // released), and only from members the member may still see.
         if let Some(mailbox) = &self.mailbox {
             for frame in mailbox.backlog(member, |from| directory.sees(&member, from)) {
-                handle.force_send(frame);
+                handle.send_backlog(frame);
             }
         }
         let now = Instant::now();

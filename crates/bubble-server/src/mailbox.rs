@@ -467,9 +467,19 @@ async fn load(pool: &SqlitePool, path: &Path) -> Result<Boxes, MailboxError> {
 async fn writer(pool: SqlitePool, mut rx: mpsc::UnboundedReceiver<Write>) {
     let mut batch = Vec::new();
     while rx.recv_many(&mut batch, 512).await > 0 {
-        if let Err(err) = apply(&pool, &batch).await {
-            // Memory still holds the entries and delivers them; only a restart would lose them.
-            tracing::error!(error = %err, "mailbox: cannot write to the store");
+        // A busy or briefly full disk gets a few chances before the batch is given up.
+        for attempt in 1..=4u32 {
+            match apply(&pool, &batch).await {
+                Ok(()) => break,
+                Err(err) if attempt < 4 => {
+                    tracing::warn!(error = %err, attempt, "mailbox: cannot write to the store; trying again");
+                    tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+                }
+                Err(err) => {
+                    // Memory still holds the entries and delivers them; only a restart would lose them.
+                    tracing::error!(error = %err, "mailbox: cannot write to the store; kept in memory only");
+                }
+            }
         }
         for write in batch.drain(..) {
             match write {

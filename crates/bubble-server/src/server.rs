@@ -343,6 +343,11 @@ async fn writer(
                         result?;
                         batch += n;
                     }
+                    Outbound::Backlog(text) => {
+                        let n = text.len();
+                        sink.feed(Message::Text(text)).await?;
+                        batch += n;
+                    }
                     Outbound::Close { frame, code, reason } => {
                         closing = Some((frame, code, reason));
                         break;

@@ -235,3 +235,43 @@ async fn a_member_removed_from_the_bubble_has_its_queue_purged_from_memory_and_d
     until("Dan's queue purged", || b.server.as_ref().unwrap().mailbox().unwrap().members == 0).await;
     until("Dan's envelope gone from the file", || !on_disk()).await;
 }
+
+/// A backlog larger than a session's send budget (and the sockets' buffers) does not make the returning member look like a slow reader:
+/// what it sends at once is answered, presence reaches it, and it reads the whole backlog, then live traffic.
+#[tokio::test]
+async fn a_backlog_larger_than_the_send_budget_does_not_cut_the_returning_member_off() {
+    let b = Bubble::start_in(&bubble_yaml(true), |config: &mut Config, dir| {
+        config.mailbox = Some(MailboxConfig::at(dir.join("mailbox.sqlite")));
+        // The smallest budget allowed (two maximal frames), and rates that let Ann send her 200 at once.
+        config.send_queue_bytes = 2 * config.max_frame_bytes as usize;
+        (config.frames_per_second, config.frame_burst, config.member_frames_per_second) = (10_000, 10_000, 10_000);
+    })
+    .await;
+    let mut ann = b.connect(ANN).await;
+    let body = vec![0x42; 2048];
+    // Some 8 MiB of frames: more than the budget and than what the sockets buffer while Bob does not read yet.
+    let n = 3_000u32;
+    for _ in 0..n {
+        let id = ann.send(id(BOB), &body).await.unwrap();
+        assert_eq!(answer(&mut ann, id).await, Ok((0, 1)));
+    }
+    let mut bob = b.connect(BOB).await;
+    // Bob speaks at once, before reading (as a client answering its first messages does), and Cat comes online
+    // meanwhile: neither the `ack` nor the presence may find Bob "too slow".
+    let back = bob.send(id(ANN), b"back").await.unwrap();
+    let _cat = b.connect(CAT).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (mut kept, mut acked, mut presence) = (0, false, false);
+    while kept < n || !acked || !presence {
+        match bob.next_timeout(WAIT).await.unwrap_or_else(|e| panic!("after {kept} kept: {e}")) {
+            ServerFrame::Deliver { seq: Some(_), .. } => kept += 1,
+            ServerFrame::Ack { id: acked_id, .. } if acked_id == back => acked = true,
+            ServerFrame::Presence { member, online: true } if member == id(CAT) => presence = true,
+            ServerFrame::Error { code, .. } => panic!("refused: {code:?}"),
+            _ => {}
+        }
+    }
+    let live = ann.send(id(BOB), b"live").await.unwrap();
+    answer(&mut ann, live).await.unwrap();
+    assert_eq!(next_got(&mut bob).await, Got::Live(b"live".to_vec()));
+}

@@ -708,6 +708,12 @@ impl Client {
         self.away.insert(member);
     }
 
+    /// Our signaling session ended: who is online is not known any more (a server shutting down even reports
+    /// everyone going offline first), so open DataChannels are trusted again until the next directory.
+    pub fn signaling_lost(&mut self) {
+        self.away.clear();
+    }
+
     /// `member` came online (signaling presence): KeyPackage requests it has not answered — sent while it was
     /// offline, so lost — are sent again, and their expiry starts over. A late answer to the first copy is
     /// refused as unsolicited, harmlessly.

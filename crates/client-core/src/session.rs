@@ -335,6 +335,7 @@ impl Session {
                     self.client.commit_rejected(token);
                 }
                 self.relays.clear();
+                self.client.signaling_lost();
                 self.events.push_back(SessionEvent::Signal(event));
             }
             other => self.events.push_back(SessionEvent::Signal(other)),

@@ -420,6 +420,7 @@ impl State {
         // What the mailbox gave and was not acknowledged comes again on the next session.
         self.relays.clear();
         self.mailbox_upto = None;
+        self.core.signaling_lost();
         self.emit(NodeEvent::SignalingDown);
     }
 
