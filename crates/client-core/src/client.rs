@@ -37,6 +37,8 @@ use crate::wire::{Envelope, MAX_CHANNEL_MESSAGE};
 
 /// The largest envelope the relay takes (signaling `max_body_bytes`).
 pub const MAX_RELAY_BODY: usize = 32 * 1024;
+/// Chat messages kept per contact until a receipt confirms them (oldest dropped first).
+const MAX_UNCONFIRMED: usize = 256;
 /// Unanswered KeyPackage requests kept at once.
 const MAX_PENDING_REQUESTS: usize = 256;
 /// The MLS exporter label of file keys (context: the transfer id).
@@ -604,6 +606,10 @@ pub struct Client {
     /// Members signaling says have no session: their DataChannel may be dead without knowing it yet (a closed
     /// tab), so messages to them take the relay, where the bubble keeps them until they return.
     away: BTreeSet<MemberId>,
+    /// Chat messages sent on a DataChannel and not yet confirmed by a receipt, per recipient: if the channel
+    /// closes or the recipient goes offline first, they are sent again through the relay (a closed tab's channel
+    /// swallows what it is sent). A copy that arrives twice is refused as a replay and changes nothing.
+    unconfirmed: BTreeMap<MemberId, VecDeque<(MessageId, Vec<u8>)>>,
     calls: HashMap<MemberId, CallState>,
     /// KeyPackages minted per requesting member: (window start, count).
     minted: HashMap<MemberId, (u64, u32)>,
@@ -651,6 +657,7 @@ impl Client {
             requests: HashMap::new(),
             channels: BTreeSet::new(),
             away: BTreeSet::new(),
+            unconfirmed: BTreeMap::new(),
             calls: HashMap::new(),
             minted: HashMap::new(),
             policy: peerbubble_proto::BubblePolicy::default(),
@@ -706,6 +713,7 @@ impl Client {
     /// take the relay even while a DataChannel with it still looks open (a closed tab's channel dies silently).
     pub fn member_offline(&mut self, member: MemberId) {
         self.away.insert(member);
+        self.resend_unconfirmed(member);
     }
 
     /// Our signaling session ended: who is online is not known any more (a server shutting down even reports
@@ -737,6 +745,16 @@ impl Client {
     /// The DataChannel with `member` closed; messages go through the relay again.
     pub fn channel_closed(&mut self, member: MemberId) {
         self.channels.remove(&member);
+        self.resend_unconfirmed(member);
+    }
+
+    /// Sends again, through the relay, the chat messages `member` never confirmed over a channel that is gone.
+    fn resend_unconfirmed(&mut self, member: MemberId) {
+        for (_, body) in self.unconfirmed.remove(&member).unwrap_or_default() {
+            if body.len() <= MAX_RELAY_BODY {
+                self.outputs.push_back(Output::Relay { to: member, body });
+            }
+        }
     }
 
     /// Conversation ids, with their kinds once known.
@@ -877,7 +895,7 @@ impl Client {
         let timer = self.policy.timer(self.conversation(conversation)?.timer_secs);
         let message = AppMessage::Text { id, text: text.to_owned(), sent_at_ms: self.now_ms, expires_in_secs: timer };
         message.check()?;
-        self.send_app(conversation, &message)?;
+        self.send_app_confirmed(conversation, &message, Some(id))?;
         let now = self.now_ms;
         let expires_at_ms = timer.map(|t| now + u64::from(t) * 1000);
         let me = self.me;
@@ -1793,6 +1811,9 @@ impl Client {
                 }
             }
             AppMessage::Receipt { ids, kind } => {
+                if let Some(waiting) = self.unconfirmed.get_mut(&from) {
+                    waiting.retain(|(mid, _)| !ids.contains(mid));
+                }
                 for m in c.history.iter_mut().filter(|m| m.from == me && ids.contains(&m.id)) {
                     let slot = m.receipts.entry(from).or_insert(kind);
                     if kind == ReceiptKind::Read {
@@ -2028,6 +2049,16 @@ impl Client {
     }
 
     fn send_app(&mut self, id: ConversationId, message: &AppMessage) -> Result<(), ClientError> {
+        self.send_app_confirmed(id, message, None)
+    }
+
+    /// [`Client::send_app`]; a chat message (`confirm`) sent on a channel is kept until its receipt.
+    fn send_app_confirmed(
+        &mut self,
+        id: ConversationId,
+        message: &AppMessage,
+        confirm: Option<MessageId>,
+    ) -> Result<(), ClientError> {
         let me = self.me;
         let c = self.conversations.get_mut(&id).ok_or(ClientError::NoConversation(id))?;
         if !c.ready && !matches!(message, AppMessage::Meta { .. }) {
@@ -2039,6 +2070,13 @@ impl Client {
         for m in member_ids(&c.group).into_iter().filter(|m| *m != me) {
             if self.channels.contains(&m) && !self.away.contains(&m) && body.len() <= MAX_CHANNEL_MESSAGE {
                 self.outputs.push_back(Output::Channel { to: m, bytes: body.clone() });
+                if let Some(mid) = confirm {
+                    let waiting = self.unconfirmed.entry(m).or_default();
+                    if waiting.len() == MAX_UNCONFIRMED {
+                        waiting.pop_front();
+                    }
+                    waiting.push_back((mid, body.clone()));
+                }
             } else if body.len() <= MAX_RELAY_BODY {
                 self.outputs.push_back(Output::Relay { to: m, body: body.clone() });
             } else {
@@ -2054,6 +2092,7 @@ impl Client {
                 for peer in others_in(&c.group, self.me) {
                     self.calls.remove(&peer);
                     self.channels.remove(&peer);
+                    self.unconfirmed.remove(&peer);
                 }
             }
             self.group_calls.forget(id);
