@@ -178,6 +178,11 @@ export function screenshotDir(): string {
   return dir;
 }
 
+/** A screenshot of the viewport, `<name>.png` in {@link screenshotDir}. */
+export async function shot(page: Page, name: string): Promise<void> {
+  await page.screenshot({ path: join(screenshotDir(), `${name}.png`), fullPage: false });
+}
+
 /** Opens the contact (or group) called `name` from the sidebar. */
 export async function open(page: Page, name: string | RegExp): Promise<void> {
   await page.getByRole('navigation').getByRole('button', { name }).first().click();

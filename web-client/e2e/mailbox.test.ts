@@ -4,9 +4,9 @@
 // it kept once the member's device saved it. Screenshots of the "away" hints at desktop and phone width, en and fr.
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import type { Browser, Page } from 'playwright-core';
+import type { Browser } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { type Member, type Up, enroll, launch, newMember, open, screenshotDir, send, startUp, texts, unlock } from './harness';
+import { type Member, type Up, enroll, launch, newMember, open, send, shot, startUp, texts, unlock } from './harness';
 
 let up: Up;
 let browser: Browser;
@@ -20,10 +20,6 @@ afterAll(async () => {
   await browser?.close();
   await up?.stop();
 });
-
-async function shot(page: Page, name: string): Promise<void> {
-  await page.screenshot({ path: join(screenshotDir(), `${name}.png`), fullPage: false });
-}
 
 /** What `/metrics` says the mailbox holds. */
 async function kept(): Promise<number> {

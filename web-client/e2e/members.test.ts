@@ -1,11 +1,10 @@
 // Members in real Chromium against a real `peerbubble up`: enrollment from invite links, need-to-know, 1:1 and
 // group chat both ways, masking, lock and unlock, a wrong passphrase, reload, safety numbers, contact removal,
 // revocation, and screenshots of every screen at desktop and phone width in English and French.
-import { join } from 'node:path';
 import type { Browser, Page } from 'playwright-core';
 import AxeBuilder from '@axe-core/playwright';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { type Member, type Up, admin, createGroup, enroll, invite, launch, newMember, open, screenshotDir, send, startUp, texts, unlock } from './harness';
+import { type Member, type Up, admin, createGroup, enroll, invite, launch, newMember, open, send, shot, startUp, texts, unlock } from './harness';
 
 let up: Up;
 let browser: Browser;
@@ -20,10 +19,6 @@ afterAll(async () => {
   await browser?.close();
   await up?.stop();
 });
-
-async function shot(page: Page, name: string): Promise<void> {
-  await page.screenshot({ path: join(screenshotDir(), `${name}.png`), fullPage: false });
-}
 
 /** axe-core on the screen as it is: no serious or critical accessibility violation. */
 async function accessible(page: Page): Promise<void> {

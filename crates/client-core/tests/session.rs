@@ -315,14 +315,20 @@ fn two_members_set_up_a_conversation_and_talk_through_their_sessions_alone() {
     assert!(b.peers[0].saved_steps > before, "a step that changed the conversation asks to be saved");
 }
 
-#[test]
-fn envelopes_wait_while_signaling_is_down_and_go_out_once_it_is_back() {
+/// Two members who see each other, in a 1:1 conversation started by the first.
+fn two_in_a_conversation() -> (Bubble, ConversationId) {
     let mut b = Bubble::new(2, |i| vec![1 - i]);
     b.run();
     let bob = b.peers[1].id;
     b.peers[0].session.act(b.now, |c| c.start_direct(bob)).unwrap();
     b.run();
     let conversation = b.ready(0)[0];
+    (b, conversation)
+}
+
+#[test]
+fn envelopes_wait_while_signaling_is_down_and_go_out_once_it_is_back() {
+    let (mut b, conversation) = two_in_a_conversation();
 
     // Alice's connection drops; she writes anyway.
     b.peers[0].open = false;
@@ -418,12 +424,8 @@ fn away(b: &mut Bubble, i: usize) {
 
 #[test]
 fn an_absent_member_reads_what_waited_in_order_and_it_is_deleted_once_saved() {
-    let mut b = Bubble::new(2, |i| vec![1 - i]);
-    b.run();
+    let (mut b, conversation) = two_in_a_conversation();
     let bob = b.peers[1].id;
-    b.peers[0].session.act(b.now, |c| c.start_direct(bob)).unwrap();
-    b.run();
-    let conversation = b.ready(0)[0];
 
     // Bob closes his tab; Alice writes 20 messages: each is "stored for later", none lost.
     away(&mut b, 1);
@@ -447,12 +449,7 @@ fn an_absent_member_reads_what_waited_in_order_and_it_is_deleted_once_saved() {
 
 #[test]
 fn what_was_not_acknowledged_comes_again_and_is_read_once() {
-    let mut b = Bubble::new(2, |i| vec![1 - i]);
-    b.run();
-    let bob = b.peers[1].id;
-    b.peers[0].session.act(b.now, |c| c.start_direct(bob)).unwrap();
-    b.run();
-    let conversation = b.ready(0)[0];
+    let (mut b, conversation) = two_in_a_conversation();
     away(&mut b, 1);
     b.run();
     b.peers[0].session.act(b.now, |c| c.send_text(conversation, "kept for Bob")).unwrap();
@@ -503,12 +500,8 @@ fn a_gap_in_the_mailbox_asks_to_rejoin_the_groups_that_lost_commits() {
 
 #[test]
 fn a_member_gone_offline_gets_messages_through_the_mailbox_even_while_its_channel_looks_open() {
-    let mut b = Bubble::new(2, |i| vec![1 - i]);
-    b.run();
+    let (mut b, conversation) = two_in_a_conversation();
     let (alice, bob) = (b.peers[0].id, b.peers[1].id);
-    b.peers[0].session.act(b.now, |c| c.start_direct(bob)).unwrap();
-    b.run();
-    let conversation = b.ready(0)[0];
     // A DataChannel between them: messages take it.
     let now = b.now;
     b.peers[0].session.channel(bob, true, now);

@@ -22,6 +22,62 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// A `peerbubble chat` typed into: its stdin, and its output lines as they come.
+struct Typed {
+    _process: KillOnDrop,
+    input: std::process::ChildStdin,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Typed {
+    /// Takes the process's piped stdin and stdout.
+    fn new(mut process: KillOnDrop) -> Self {
+        use std::io::BufRead as _;
+        let input = process.0.stdin.take().unwrap();
+        let output = process.0.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(output).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Self { _process: process, input, lines }
+    }
+
+    /// Types a line.
+    fn say(&mut self, line: &str) {
+        use std::io::Write as _;
+        writeln!(self.input, "{line}").unwrap();
+    }
+
+    /// The next output line that contains `what`; fails after `WAIT`.
+    fn wait_for(&self, what: &str) -> String {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(what) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("never printed {what:?}"),
+            }
+        }
+    }
+
+    /// Types `/quit` and closes stdin.
+    fn quit(mut self) {
+        self.say("/quit");
+    }
+}
+
+/// Waits until the server has `online` members with a session.
+async fn until_online(server: &Server, online: u32, what: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while server.health().report().online_members != online {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A bubble-server on loopback for a bubble whose `members` (key, display name) all share one category; the
 /// server and its signaling URL.
 async fn one_category_bubble(dir: &std::path::Path, members: &[(&IdentityKey, &str)]) -> (Server, String) {
@@ -110,7 +166,6 @@ async fn echo_bot_answers_and_keeps_files() {
 /// is refused with the candidates, and the conversation opened by name works end to end (issue 14).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn names_with_spaces_and_prefixes_open_conversations() {
-    use std::io::{BufRead as _, Write as _};
     let dir = tempfile::tempdir().unwrap();
     let (me, bot, other) =
         (IdentityKey::from_seed(&[31; 32]), IdentityKey::from_seed(&[32; 32]), IdentityKey::from_seed(&[33; 32]));
@@ -133,45 +188,24 @@ async fn names_with_spaces_and_prefixes_open_conversations() {
         )
     };
     let _bot = chat(&bot, "bot", &["--echo"], Stdio::null(), Stdio::null());
-    let mut ann = chat(&me, "ann", &[], Stdio::piped(), Stdio::piped());
-    let mut input = ann.0.stdin.take().unwrap();
-    let (tx, lines) = std::sync::mpsc::channel();
-    let output = ann.0.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(output).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let wait_for = |what: &str| {
-        let deadline = std::time::Instant::now() + WAIT;
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match lines.recv_timeout(left) {
-                Ok(line) if line.contains(what) => return line,
-                Ok(_) => {}
-                Err(_) => panic!("never printed {what:?}"),
-            }
-        }
-    };
-    wait_for("connected as");
-    writeln!(input, "/open echo").unwrap();
-    let refusal = wait_for("could be");
+    let mut ann = Typed::new(chat(&me, "ann", &[], Stdio::piped(), Stdio::piped()));
+    ann.wait_for("connected as");
+    ann.say("/open echo");
+    let refusal = ann.wait_for("could be");
     assert!(refusal.contains("Echo bot (field team)") && refusal.contains("Echo chamber"), "{refusal}");
-    writeln!(input, "/open   echo BOT (field").unwrap();
-    wait_for("conversation with Echo bot (field team) ready");
-    writeln!(input, "hello by name").unwrap();
-    wait_for("[Echo bot (field team)] echo: hello by name");
-    writeln!(input, "/open Dan").unwrap();
-    wait_for("nobody called \"Dan\"");
-    writeln!(input, "/quit").unwrap();
-    drop(input);
+    ann.say("/open   echo BOT (field");
+    ann.wait_for("conversation with Echo bot (field team) ready");
+    ann.say("hello by name");
+    ann.wait_for("[Echo bot (field team)] echo: hello by name");
+    ann.say("/open Dan");
+    ann.wait_for("nobody called \"Dan\"");
+    ann.quit();
     server.shutdown().await.unwrap();
 }
 
 /// The terminal chat says when the bubble keeps a message for a contact who is away (issue 17).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_terminal_chat_says_a_message_for_someone_away_is_stored_for_later() {
-    use std::io::{BufRead as _, Write as _};
     let dir = tempfile::tempdir().unwrap();
     let (ann, bob) = (IdentityKey::from_seed(&[41; 32]), IdentityKey::from_seed(&[42; 32]));
     let mailbox = peerbubble_bubble_server::MailboxConfig::at(dir.path().join("mailbox.sqlite"));
@@ -181,7 +215,7 @@ async fn the_terminal_chat_says_a_message_for_someone_away_is_stored_for_later()
     let node = Node::start(NodeConfig { bind: loopback, ..NodeConfig::new(&url) }, bob).await.unwrap();
     let key_file = dir.path().join("ann.key");
     std::fs::write(&key_file, format!("{}\n", ann.to_seed_base64().as_str())).unwrap();
-    let mut chat = KillOnDrop(
+    let mut chat = Typed::new(KillOnDrop(
         Command::new(env!("CARGO_BIN_EXE_peerbubble"))
             .args(["chat", "--rtc-bind", "127.0.0.1:0", "--url", &url, "--key"])
             .arg(&key_file)
@@ -190,43 +224,19 @@ async fn the_terminal_chat_says_a_message_for_someone_away_is_stored_for_later()
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
-    );
-    let mut input = chat.0.stdin.take().unwrap();
-    let (tx, lines) = std::sync::mpsc::channel();
-    let output = chat.0.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(output).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let wait_for = |what: &str| {
-        let deadline = std::time::Instant::now() + WAIT;
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match lines.recv_timeout(left) {
-                Ok(line) if line.contains(what) => return line,
-                Ok(_) => {}
-                Err(_) => panic!("never printed {what:?}"),
-            }
-        }
-    };
-    wait_for("connected as");
-    writeln!(input, "/open Bob").unwrap();
-    wait_for("conversation with Bob ready");
-    writeln!(input, "before you go").unwrap();
+    ));
+    chat.wait_for("connected as");
+    chat.say("/open Bob");
+    chat.wait_for("conversation with Bob ready");
+    chat.say("before you go");
     // Bob leaves: the next message waits in the bubble, and the chat says so.
     node.shutdown().await.unwrap();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while server.health().report().online_members > 1 {
-        assert!(tokio::time::Instant::now() < deadline, "Bob's session never ended");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    writeln!(input, "for when you are back").unwrap();
-    let line = wait_for("stored for later");
+    until_online(&server, 1, "Bob's session to end").await;
+    chat.say("for when you are back");
+    let line = chat.wait_for("stored for later");
     assert!(line.contains("Bob is away"), "{line}");
     assert!(server.mailbox().unwrap().entries >= 1, "the bubble keeps it");
-    writeln!(input, "/quit").unwrap();
-    drop(input);
+    chat.quit();
     server.shutdown().await.unwrap();
 }
 
@@ -281,11 +291,7 @@ async fn a_restarted_native_peer_keeps_its_conversations_and_reads_what_waited()
     // The bot's machine goes down hard (no goodbye); Ann writes meanwhile: the bubble keeps it.
     let _ = first.0.kill();
     let _ = first.0.wait();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while server.health().report().online_members > 1 {
-        assert!(tokio::time::Instant::now() < deadline, "the bot's session never ended");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_online(&server, 1, "the bot's session to end").await;
     node.send_text(conversation, "while you were down").await.unwrap();
     node.wait_for("stored for later", WAIT, |e| matches!(e, NodeEvent::StoredForLater(m) if *m == bot_id))
         .await
