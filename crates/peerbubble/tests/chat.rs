@@ -157,7 +157,14 @@ async fn echo_bot_answers_and_keeps_files() {
     std::fs::write(&file, "hold the bridge until 0600\n".repeat(5000)).unwrap();
     node.send_file(bot_id, &file).await.unwrap();
     node.wait_for("file delivered", WAIT, |e| matches!(e, NodeEvent::Core(Event::FileSent { .. }))).await.unwrap();
-    assert_eq!(std::fs::read(downloads.join("orders.txt")).unwrap(), std::fs::read(&file).unwrap());
+    // The bot confirms the file once verified; writing its last bytes to the download directory may finish a
+    // moment later in its own process.
+    let sent = std::fs::read(&file).unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while std::fs::read(downloads.join("orders.txt")).ok().as_ref() != Some(&sent) {
+        assert!(tokio::time::Instant::now() < deadline, "the bot's copy never matched what was sent");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     node.shutdown().await.unwrap();
     server.shutdown().await.unwrap();
 }
