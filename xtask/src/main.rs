@@ -315,7 +315,8 @@ fn test() -> anyhow::Result<()> {
 }
 
 /// The fuzz targets: (name, what it reads).
-const FUZZ_TARGETS: [&str; 5] = ["client_frame", "server_frame", "turn_message", "file_chunk", "envelope"];
+const FUZZ_TARGETS: [&str; 6] =
+    ["client_frame", "server_frame", "turn_message", "file_chunk", "envelope", "cluster_presence"];
 
 fn fuzz(seconds: u64) -> anyhow::Result<()> {
     if !have("cargo-fuzz", "--version") {

@@ -117,6 +117,15 @@ pub struct SignalArgs {
     /// How often expired envelopes are looked for, in milliseconds (default 60 000).
     #[arg(long, env = "PEERBUBBLE_MAILBOX_SWEEP_MS")]
     pub mailbox_sweep_ms: Option<u64>,
+    /// Share presence, routing and the commit ledger with the bubble's other replicas through this NATS
+    /// server (JetStream enabled), e.g. `nats://nats.peerbubble-system:4222`. Without it the bubble-server
+    /// runs alone, as in the micro-node.
+    #[arg(long, env = "PEERBUBBLE_NATS_URL")]
+    pub nats: Option<String>,
+    /// NATS credentials: a `.creds` file, or a directory holding `creds`, `token`, or `user` and `password`
+    /// (a mounted Secret). Read once at start; never logged.
+    #[arg(long, env = "PEERBUBBLE_NATS_CREDENTIALS", requires = "nats")]
+    pub nats_credentials: Option<PathBuf>,
     /// The embedded TURN relay.
     #[command(flatten)]
     pub turn: TurnArgs,
@@ -267,6 +276,8 @@ struct FileConfig {
     mailbox_member_entries: Option<usize>,
     mailbox_total_bytes: Option<usize>,
     mailbox_sweep_ms: Option<u64>,
+    nats: Option<String>,
+    nats_credentials: Option<PathBuf>,
 }
 
 /// The bubble-server's resolved configuration.
@@ -306,6 +317,8 @@ pub struct Config {
     pub tls: Option<crate::tls::ServerTls>,
     /// The offline mailbox, when set.
     pub mailbox: Option<crate::mailbox::MailboxConfig>,
+    /// The link to the bubble's other replicas, when it has several.
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 impl Default for Config {
@@ -327,6 +340,7 @@ impl Default for Config {
             turn: None,
             tls: None,
             mailbox: None,
+            cluster: None,
         }
     }
 }
@@ -391,6 +405,11 @@ impl Config {
                     ..d
                 }
             }),
+            cluster: args.nats.clone().or(file.nats).map(|url| {
+                let mut cluster = crate::cluster::ClusterConfig::new(url);
+                cluster.credentials = args.nats_credentials.clone().or(file.nats_credentials);
+                cluster
+            }),
         };
         let config = Config { turn: args.turn.resolve(config.listen)?, ..config };
         config.validate()?;
@@ -423,6 +442,14 @@ impl Config {
         }
         if let Some(mailbox) = &self.mailbox {
             mailbox.validate().map_err(|what| ConfigError::Invalid(what.to_owned()))?;
+        }
+        if let Some(cluster) = &self.cluster {
+            cluster.validate().map_err(ConfigError::Invalid)?;
+            if self.mailbox.is_some() {
+                return bad("the offline mailbox (mailbox) is kept in one bubble-server's file, and replicas sharing \
+                    state over NATS (nats) would split it between them: run one replica without NATS to keep a \
+                    mailbox (the JetStream mailbox for replicas is not built yet)");
+            }
         }
         Ok(())
     }

@@ -15,6 +15,7 @@ use axum::extract::ws::Utf8Bytes;
 use peerbubble_proto::{ErrorCode, GroupId, MemberId, Nonce, Opaque, Recipients, ServerFrame, SessionId, encode_frame};
 use tokio::sync::mpsc;
 
+use crate::cluster::{Answer, CommitJob, Job};
 use crate::directory::Directory;
 use crate::hub::{Hub, Kill, Outbound, Routed, SessionHandle, SliceHash};
 use crate::session::{Event, Session};
@@ -81,6 +82,17 @@ pub(crate) struct Connection<'a> {
     host: Option<String>,
     /// When to send fresh TURN credentials; taken by the connection loop to re-arm its timer.
     pub ice_refresh: Option<Instant>,
+}
+
+/// What a refused `send` tells the sender, and when to retry.
+pub(crate) fn refusal(code: ErrorCode) -> (&'static str, Option<Duration>) {
+    match code {
+        ErrorCode::RecipientCongested => ("the recipient is not reading fast enough", Some(Duration::from_millis(250))),
+        ErrorCode::MailboxFull => {
+            ("the recipient is away and what the bubble keeps for it is full; nothing was kept", None)
+        }
+        _ => ("the recipient has no session", None),
+    }
 }
 
 pub(crate) fn error_frame(code: ErrorCode, message: &str, id: Option<u64>, retry_after: Option<Duration>) -> Utf8Bytes {
@@ -329,19 +341,18 @@ impl<'a> Connection<'a> {
             self.refuse(ErrorCode::RateLimited, "this member sends too many frames", Some(id), Some(retry));
             return Flow::Continue;
         }
-        match self.state.hub.route(member, session, to, to_session, body) {
-            Ok(routed) => self.ack(id, routed),
+        match self.state.hub.route(member, session, to, to_session, &body) {
+            Ok(routed) if !routed.remote.is_empty() => {
+                if let Some(link) = &self.state.cluster {
+                    let text = Utf8Bytes::from(peerbubble_proto::encode_deliver(&member, session, &body));
+                    let reply = Answer { handle: self.handle.clone(), id, commit: false };
+                    link.submit(Job::Forward { reply, text, to_session, routed });
+                }
+            }
+            Ok(routed) => self.ack(id, &routed),
             Err(code) => {
                 self.state.metrics.refused(code.as_str());
-                let (message, retry) = match code {
-                    ErrorCode::RecipientCongested => {
-                        ("the recipient is not reading fast enough", Some(Duration::from_millis(250)))
-                    }
-                    ErrorCode::MailboxFull => {
-                        ("the recipient is away and what the bubble keeps for it is full; nothing was kept", None)
-                    }
-                    _ => ("the recipient has no session", None),
-                };
+                let (message, retry) = refusal(code);
                 self.refuse(code, message, Some(id), retry);
             }
         }
@@ -358,8 +369,14 @@ impl<'a> Connection<'a> {
             self.refuse(ErrorCode::RateLimited, "this member sends too many frames", Some(id), Some(retry));
             return Flow::Continue;
         }
+        if let Some(link) = &self.state.cluster {
+            let reply = Answer { handle: self.handle.clone(), id, commit: true };
+            let (to, body) = (to.clone(), body.clone());
+            link.submit(Job::Commit(CommitJob { reply, from: member, from_session: session, group, epoch, to, body }));
+            return Flow::Continue;
+        }
         match self.state.hub.commit(member, session, group, epoch, to, body) {
-            Ok(routed) => self.ack(id, routed),
+            Ok(routed) => self.ack(id, &routed),
             Err(current) => {
                 let message = format!("group is at epoch {current}; process the winning commit and retry");
                 self.refuse(ErrorCode::CommitConflict, &message, Some(id), None);
@@ -369,7 +386,7 @@ impl<'a> Connection<'a> {
     }
 
     /// The `ack` of a `send` or `commit`; when something was kept for later, only once it is on disk.
-    fn ack(&mut self, id: u64, routed: Routed) {
+    fn ack(&mut self, id: u64, routed: &Routed) {
         let frame =
             Utf8Bytes::from(encode_frame(&ServerFrame::Ack { id, sessions: routed.sessions, stored: routed.stored }));
         match self.state.hub.mailbox().filter(|_| routed.stored > 0) {
@@ -742,7 +759,7 @@ mod model {
             max_frame_bytes: 1024,
             ..Config::default()
         };
-        let state = AppState::new(config, Metrics::new(), directory_rx, shutdown, None, None);
+        let state = AppState::new(config, Metrics::new(), directory_rx, shutdown, None, None, None);
         let mut world = World {
             state: &state,
             publish: &publish,

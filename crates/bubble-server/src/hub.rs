@@ -107,16 +107,52 @@ struct MemberEntry {
     bucket: Mutex<TokenBucket>,
 }
 
+/// Session ids carry the replica that holds them in these high bits, so that a session id names its replica.
+const REPLICA_SHIFT: u32 = 32;
+/// Replica numbers use 20 bits: session ids stay below 2^53, exact as JavaScript numbers.
+pub(crate) const MAX_REPLICA: u32 = (1 << 20) - 1;
+
+/// The replica holding `session` (0 for a bubble-server that runs alone).
+pub(crate) fn replica_of(session: SessionId) -> u32 {
+    (session.0 >> REPLICA_SHIFT) as u32
+}
+
+/// Who is online: sessions on this replica, and members with sessions on other replicas of the bubble.
+#[derive(Debug, Default)]
+struct Online {
+    local: HashMap<MemberId, MemberEntry>,
+    /// Members with sessions on other replicas, and which replicas (what the cluster link last heard).
+    remote: HashMap<MemberId, Vec<u32>>,
+}
+
+impl Online {
+    fn is_online(&self, member: &MemberId) -> bool {
+        self.local.contains_key(member) || self.remote.contains_key(member)
+    }
+}
+
+/// A change in which members have sessions on this replica, for the other replicas (in order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LocalPresence {
+    pub member: MemberId,
+    pub online: bool,
+}
+
 /// The online state of one bubble-server.
 #[derive(Debug)]
 pub(crate) struct Hub {
-    members: RwLock<HashMap<MemberId, MemberEntry>>,
+    members: RwLock<Online>,
+    /// This replica's number (0 when the bubble-server runs alone).
+    replica: u32,
+    /// Local presence changes for the cluster link, when the bubble has several replicas.
+    cluster: Option<mpsc::UnboundedSender<LocalPresence>>,
     next_session: AtomicU64,
     max_sessions: usize,
     member_rate: u32,
     max_frame_bytes: usize,
     metrics: Metrics,
-    /// The order of MLS commits per group, for the whole bubble (this process only).
+    /// The order of MLS commits per group, for the whole bubble when it runs alone (replicas share theirs
+    /// through the cluster link instead).
     commits: Mutex<CommitLedger>,
     /// Session events since the last health report (bounded).
     events: Mutex<(VecDeque<SessionEvent>, u64)>,
@@ -128,15 +164,30 @@ pub(crate) struct Hub {
 }
 
 /// Where a `send` or `commit` went.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub(crate) struct Routed {
     /// Recipient sessions it was queued to.
     pub sessions: u32,
     /// Absent recipients it was kept for in the mailbox.
     pub stored: u32,
+    /// A recipient session here was over its budget.
+    pub congested: bool,
+    /// Other replicas holding recipient sessions, with the recipients each holds: the cluster link forwards
+    /// the envelope to them and completes the `ack`.
+    pub remote: Vec<(u32, Vec<MemberId>)>,
+}
+
+impl Routed {
+    fn forward(&mut self, replica: u32, member: MemberId) {
+        match self.remote.iter_mut().find(|(r, _)| *r == replica) {
+            Some((_, members)) => members.push(member),
+            None => self.remote.push((replica, vec![member])),
+        }
+    }
 }
 
 impl Hub {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         max_sessions: u32,
         member_rate: u32,
@@ -145,14 +196,18 @@ impl Hub {
         metrics: Metrics,
         directory: watch::Receiver<Option<Arc<Directory>>>,
         mailbox: Option<Mailbox>,
+        cluster: Option<(u32, mpsc::UnboundedSender<LocalPresence>)>,
     ) -> Self {
+        let replica = cluster.as_ref().map_or(0, |(replica, _)| *replica & MAX_REPLICA);
         Self {
             mailbox,
+            replica,
+            cluster: cluster.map(|(_, tx)| tx),
             commits: Mutex::new(CommitLedger::new(max_groups)),
             events: Mutex::new((VecDeque::new(), 0)),
             directory,
-            members: RwLock::new(HashMap::new()),
-            next_session: AtomicU64::new(1),
+            members: RwLock::new(Online::default()),
+            next_session: AtomicU64::new((u64::from(replica) << REPLICA_SHIFT) + 1),
             max_sessions: max_sessions as usize,
             member_rate,
             max_frame_bytes,
@@ -197,7 +252,7 @@ impl Hub {
     pub fn expire_mailbox(&self, now_unix: i64) -> u64 {
         let Some(mailbox) = &self.mailbox else { return 0 };
         let map = self.read();
-        let dropped = mailbox.expire(now_unix, |m| !map.contains_key(m));
+        let dropped = mailbox.expire(now_unix, |m| !map.local.contains_key(m));
         drop(map);
         self.metrics.mailbox_lost(dropped);
         self.metrics.mailbox_counts(mailbox.counts());
@@ -215,18 +270,23 @@ impl Hub {
     /// (members online, sessions).
     pub fn counts(&self) -> (u32, u32) {
         let map = self.read();
-        (map.len() as u32, map.values().map(|e| e.sessions.len() as u32).sum())
+        (map.local.len() as u32, map.local.values().map(|e| e.sessions.len() as u32).sum())
     }
 
     fn latest(&self) -> Option<Arc<Directory>> {
         self.directory.borrow().clone()
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<MemberId, MemberEntry>> {
+    /// This replica's number (0 when alone).
+    pub fn replica(&self) -> u32 {
+        self.replica
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Online> {
         self.members.read().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<MemberId, MemberEntry>> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Online> {
         self.members.write().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
@@ -243,14 +303,14 @@ impl Hub {
             return Err(ErrorCode::MemberRemoved);
         }
         let mut map = self.write();
-        let count = map.get(&member).map_or(0, |e| e.sessions.len());
+        let count = map.local.get(&member).map_or(0, |e| e.sessions.len());
         if count >= self.max_sessions {
             return Err(ErrorCode::TooManySessions);
         }
         let id = SessionId(self.next_session.fetch_add(1, Ordering::Relaxed));
         handle.id = id;
         handle.force_send(Utf8Bytes::from(encode_frame(&welcome(id))));
-        let slice = directory.slice(&member, |m| map.contains_key(m));
+        let slice = directory.slice(&member, |m| map.is_online(m));
         let sent = slice_hash(&slice);
         for frame in directory_frames(slice, self.max_frame_bytes) {
             handle.force_send(frame);
@@ -263,7 +323,8 @@ impl Hub {
             }
         }
         let now = Instant::now();
-        map.entry(member)
+        map.local
+            .entry(member)
             .or_insert_with(|| MemberEntry {
                 sessions: Vec::new(),
                 bucket: Mutex::new(TokenBucket::new(self.member_rate, self.member_rate.saturating_mul(2), now)),
@@ -271,7 +332,10 @@ impl Hub {
             .sessions
             .push(handle);
         if count == 0 {
-            fan_out_presence(&map, &directory, member, true);
+            self.tell_cluster(member, true);
+            if !map.remote.contains_key(&member) {
+                fan_out_presence(&map, &directory, member, true);
+            }
         }
         self.metrics.sessions().inc();
         drop(map);
@@ -283,7 +347,7 @@ impl Hub {
     pub fn unregister(&self, member: MemberId, session: SessionId) {
         let directory = self.latest();
         let mut map = self.write();
-        let Some(entry) = map.get_mut(&member) else { return };
+        let Some(entry) = map.local.get_mut(&member) else { return };
         let before = entry.sessions.len();
         entry.sessions.retain(|s| s.id != session);
         if entry.sessions.len() == before {
@@ -291,8 +355,9 @@ impl Hub {
         }
         self.metrics.sessions().dec();
         if entry.sessions.is_empty() {
-            map.remove(&member);
-            if let Some(directory) = directory {
+            map.local.remove(&member);
+            self.tell_cluster(member, false);
+            if let Some(directory) = directory.filter(|_| !map.remote.contains_key(&member)) {
                 fan_out_presence(&map, &directory, member, false);
             }
         }
@@ -311,7 +376,7 @@ impl Hub {
         previous: SliceHash,
     ) -> SliceHash {
         let map = self.read();
-        let slice = directory.slice(&member, |m| map.contains_key(m));
+        let slice = directory.slice(&member, |m| map.is_online(m));
         let hash = slice_hash(&slice);
         if hash != previous {
             for frame in directory_frames(slice, self.max_frame_bytes) {
@@ -324,7 +389,7 @@ impl Hub {
     /// Charges `cost` frames to the member's rate across all its sessions (all or nothing).
     pub fn member_allow(&self, member: MemberId, cost: u32, now: Instant) -> Result<(), Duration> {
         let map = self.read();
-        match map.get(&member) {
+        match map.local.get(&member) {
             Some(entry) => entry.bucket.lock().unwrap_or_else(|p| p.into_inner()).take_n(cost, now),
             None => Ok(()),
         }
@@ -334,7 +399,8 @@ impl Hub {
     /// recipient (keeps it for those with none, when the bubble has a mailbox) and says where it went;
     /// otherwise returns the group's current epoch and sends nothing.
     /// Visibility was checked by the session core. The ledger stays locked while the commit is queued, so that
-    /// every recipient session is queued a group's commits in the order the ledger accepted them.
+    /// every recipient session is queued a group's commits in the order the ledger accepted them. Replicas
+    /// order commits through the cluster link's shared ledger instead, then call [`Hub::deliver_commit`].
     pub fn commit(
         &self,
         from: MemberId,
@@ -350,11 +416,31 @@ impl Hub {
             self.metrics.commit(false);
             return Err(current);
         }
+        let routed = self.deliver_commit(from, from_session, group, to, body);
+        drop(ledger);
+        Ok(routed)
+    }
+
+    /// Queues an accepted commit to every session of every recipient here, keeps it for recipients with no
+    /// session anywhere (when the bubble has a mailbox), and names the replicas holding the others.
+    pub fn deliver_commit(
+        &self,
+        from: MemberId,
+        from_session: SessionId,
+        group: GroupId,
+        to: &Recipients,
+        body: &Opaque,
+    ) -> Routed {
         let text = Utf8Bytes::from(encode_deliver(&from, from_session, body));
         let map = self.read();
         let mut routed = Routed::default();
         for member in to.as_slice() {
-            match map.get(member) {
+            if let Some(replicas) = map.remote.get(member) {
+                for replica in replicas {
+                    routed.forward(*replica, *member);
+                }
+            }
+            match map.local.get(member) {
                 Some(entry) => {
                     for session in &entry.sessions {
                         // As for `send`, a session over its budget misses the envelope; the others still get it.
@@ -363,6 +449,7 @@ impl Hub {
                         }
                     }
                 }
+                None if map.remote.contains_key(member) => {}
                 None => {
                     // Over quota, the member's queue ends with a gap naming the group: it rejoins on return.
                     if let Some(mailbox) = &self.mailbox
@@ -374,77 +461,141 @@ impl Hub {
             }
         }
         drop(map);
-        drop(ledger);
         self.metrics.commit(true);
         self.metrics.relayed(u64::from(routed.sessions));
         if let Some(mailbox) = self.mailbox.as_ref().filter(|_| routed.stored > 0) {
             self.metrics.mailbox_kept(u64::from(routed.stored));
             self.metrics.mailbox_counts(mailbox.counts());
         }
-        Ok(routed)
+        routed
     }
 
     /// Queues an envelope to `to` (all sessions, or `to_session`), never back to the sending session.
-    /// Visibility was checked by the session core.
+    /// Visibility was checked by the session core. Sessions on other replicas are named in
+    /// [`Routed::remote`] for the cluster link to forward to.
     pub fn route(
         &self,
         from: MemberId,
         from_session: SessionId,
         to: MemberId,
         to_session: Option<SessionId>,
-        body: Opaque,
+        body: &Opaque,
     ) -> Result<Routed, ErrorCode> {
         let map = self.read();
-        let Some(entry) = map.get(&to) else {
+        let mut routed = Routed::default();
+        if let Some(replicas) = map.remote.get(&to) {
+            for replica in replicas {
+                if to_session.is_none_or(|s| replica_of(s) == *replica) {
+                    routed.forward(*replica, to);
+                }
+            }
+        }
+        let Some(entry) = map.local.get(&to) else {
+            if !routed.remote.is_empty() {
+                return Ok(routed);
+            }
             // No session: kept for later when the bubble has a mailbox (a named session cannot wait).
-            let mailbox = self.mailbox.as_ref().filter(|_| to_session.is_none());
+            let mailbox = self.mailbox.as_ref().filter(|_| to_session.is_none() && !map.remote.contains_key(&to));
             let Some(mailbox) = mailbox else { return Err(ErrorCode::RecipientOffline) };
-            let kept = mailbox.keep(to, from, from_session, &body, None);
+            let kept = mailbox.keep(to, from, from_session, body, None);
             drop(map);
             self.metrics.mailbox_counts(mailbox.counts());
             return match kept {
                 Ok(_) => {
                     self.metrics.mailbox_kept(1);
-                    Ok(Routed { sessions: 0, stored: 1 })
+                    Ok(Routed { stored: 1, ..Routed::default() })
                 }
                 Err(Full) => Err(ErrorCode::MailboxFull),
             };
         };
-        let text = Utf8Bytes::from(encode_deliver(&from, from_session, &body));
-        let (mut delivered, mut congested) = (0u32, false);
-        for session in &entry.sessions {
-            if (to == from && session.id == from_session) || to_session.is_some_and(|s| s != session.id) {
-                continue;
+        let text = Utf8Bytes::from(encode_deliver(&from, from_session, body));
+        (routed.sessions, routed.congested) =
+            deliver_to(entry, &text, to_session, (to == from).then_some(from_session));
+        drop(map);
+        self.metrics.relayed(u64::from(routed.sessions));
+        match (routed.sessions, routed.congested, routed.remote.is_empty()) {
+            (0, true, true) => Err(ErrorCode::RecipientCongested),
+            (0, false, true) => Err(ErrorCode::RecipientOffline),
+            _ => Ok(routed),
+        }
+    }
+
+    /// Queues an envelope another replica forwarded (an encoded `deliver` frame) to `to`'s sessions here
+    /// (all, or `to_session`): (sessions queued to, whether one was over its budget).
+    pub fn deliver_forwarded(&self, to: MemberId, to_session: Option<SessionId>, text: &Utf8Bytes) -> (u32, bool) {
+        let map = self.read();
+        let Some(entry) = map.local.get(&to) else { return (0, false) };
+        let (sessions, congested) = deliver_to(entry, text, to_session, None);
+        drop(map);
+        self.metrics.relayed(u64::from(sessions));
+        (sessions, congested)
+    }
+
+    fn tell_cluster(&self, member: MemberId, online: bool) {
+        if let Some(cluster) = &self.cluster {
+            let _ = cluster.send(LocalPresence { member, online });
+        }
+    }
+
+    /// What the cluster link heard: `member` has (or no longer has) sessions on `replica`. Members here who
+    /// see it are told when that changes whether it is online at all.
+    pub fn remote_presence(&self, replica: u32, member: MemberId, online: bool) {
+        let directory = self.latest();
+        let mut map = self.write();
+        let before = map.is_online(&member);
+        if online {
+            let replicas = map.remote.entry(member).or_default();
+            if !replicas.contains(&replica) {
+                replicas.push(replica);
             }
-            match session.try_send(&text) {
-                Ok(()) => delivered += 1,
-                Err(Congested) => congested = true,
+        } else if let Some(replicas) = map.remote.get_mut(&member) {
+            replicas.retain(|r| *r != replica);
+            if replicas.is_empty() {
+                map.remote.remove(&member);
             }
         }
-        match (delivered, congested) {
-            (0, true) => Err(ErrorCode::RecipientCongested),
-            (0, false) => Err(ErrorCode::RecipientOffline),
-            (n, _) => {
-                self.metrics.relayed(u64::from(n));
-                Ok(Routed { sessions: n, stored: 0 })
-            }
+        let after = map.is_online(&member);
+        if before != after
+            && let Some(directory) = directory
+        {
+            fan_out_presence(&map, &directory, member, after);
         }
     }
 }
 
-/// Presence goes only to members who see `member` (the relation is symmetric). Iterates whichever is
-/// smaller: the members `member` may see, or the members online.
-fn fan_out_presence(map: &HashMap<MemberId, MemberEntry>, directory: &Directory, member: MemberId, online: bool) {
+/// Queues `text` to `entry`'s sessions (only `to_session` when named; never `except`): (queued, congested).
+fn deliver_to(
+    entry: &MemberEntry,
+    text: &Utf8Bytes,
+    to_session: Option<SessionId>,
+    except: Option<SessionId>,
+) -> (u32, bool) {
+    let (mut delivered, mut congested) = (0u32, false);
+    for session in &entry.sessions {
+        if except == Some(session.id) || to_session.is_some_and(|s| s != session.id) {
+            continue;
+        }
+        match session.try_send(text) {
+            Ok(()) => delivered += 1,
+            Err(Congested) => congested = true,
+        }
+    }
+    (delivered, congested)
+}
+
+/// Presence goes only to members here who see `member` (the relation is symmetric). Iterates whichever is
+/// smaller: the members `member` may see, or the members online here.
+fn fan_out_presence(map: &Online, directory: &Directory, member: MemberId, online: bool) {
     let text = Utf8Bytes::from(encode_frame(&ServerFrame::Presence { member, online }));
     let notify = |entry: &MemberEntry| entry.sessions.iter().for_each(|s| s.send_or_kill(&text));
-    if directory.visible_upper_bound(&member) < map.len() {
+    if directory.visible_upper_bound(&member) < map.local.len() {
         for other in directory.visible(&member) {
-            if let Some(entry) = map.get(&other) {
+            if let Some(entry) = map.local.get(&other) {
                 notify(entry);
             }
         }
     } else {
-        for (other, entry) in map {
+        for (other, entry) in &map.local {
             if *other != member && directory.sees(&member, other) {
                 notify(entry);
             }
@@ -539,7 +690,7 @@ mod event_tests {
     #[test]
     fn session_events_are_bounded_and_reported_in_chunks() {
         let (_tx, rx) = watch::channel(None);
-        let hub = Hub::new(4, 10, 4096, 16, Metrics::new(), rx, None);
+        let hub = Hub::new(4, 10, 4096, 16, Metrics::new(), rx, None, None);
         let member = IdentityKey::from_seed(&[1; 32]).public_key().member_id();
         for _ in 0..EVENT_BUFFER + 5 {
             hub.record(member, SessionEventKind::Opened);

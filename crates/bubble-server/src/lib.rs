@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin_source;
+pub mod cluster;
 pub mod config;
 mod connection;
 pub mod directory;
@@ -33,6 +34,7 @@ pub const LOG_REDACTIONS: &[&str] =
     &["tungstenite=info", "tokio_tungstenite=info", "hyper=info", "h2=info", "axum::extract::ws=info"];
 
 pub use admin_source::{AdminApiSource, BubbleCredential};
+pub use cluster::{ClusterConfig, ClusterError};
 pub use config::{Config, ConfigError, SignalArgs, TurnArgs};
 pub use directory::{Directory, DirectoryError, DirectorySource, FileSource};
 pub use mailbox::{MailboxConfig, MailboxCounts, MailboxError};

@@ -47,6 +47,8 @@ struct Inner {
     mailbox_lost: Counter,
     mailbox_entries: Gauge,
     mailbox_bytes: Gauge,
+    replicas: Gauge,
+    forwarded: Counter,
     turn: OnceLock<Arc<TurnRelay>>,
 }
 
@@ -94,6 +96,9 @@ impl Metrics {
         registry.register("mailbox_lost", "Kept envelopes dropped past their time to live", mailbox_lost.clone());
         registry.register("mailbox_entries", "Entries waiting in the mailbox", mailbox_entries.clone());
         registry.register("mailbox_bytes", "Bytes waiting in the mailbox", mailbox_bytes.clone());
+        let (replicas, forwarded) = (Gauge::default(), Counter::default());
+        registry.register("replicas", "Replicas of the bubble this one hears from, itself included", replicas.clone());
+        registry.register("forwarded", "Envelopes forwarded to other replicas (NATS messages)", forwarded.clone());
         Self {
             inner: Arc::new(Inner {
                 registry,
@@ -116,9 +121,21 @@ impl Metrics {
                 mailbox_lost,
                 mailbox_entries,
                 mailbox_bytes,
+                replicas,
+                forwarded,
                 turn: OnceLock::new(),
             }),
         }
+    }
+
+    /// Replicas heard from, this one included.
+    pub(crate) fn replicas(&self, n: usize) {
+        self.inner.replicas.set(n as i64);
+    }
+
+    /// Envelopes forwarded to other replicas.
+    pub(crate) fn forwarded(&self, n: u64) {
+        self.inner.forwarded.inc_by(n);
     }
 
     /// The text exposition format.

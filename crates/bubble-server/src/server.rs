@@ -68,6 +68,7 @@ pub struct Server {
     follower: JoinHandle<()>,
     turn_members: Option<JoinHandle<()>>,
     mailbox_keeper: Option<JoinHandle<()>>,
+    cluster_link: Option<JoinHandle<()>>,
 }
 
 /// Keeps `AppState` private while letting [`Server`] derive `Debug`.
@@ -123,7 +124,19 @@ impl Server {
             Some(mailbox) => Some(crate::mailbox::Mailbox::open(mailbox.clone()).await?),
             None => None,
         };
-        let state = Arc::new(AppState::new(config, metrics, dir_rx, shutdown_rx.clone(), turn, mailbox));
+        let cluster = config.cluster.clone().map(|config| {
+            let (link, presence, tasks) = crate::cluster::Link::new();
+            (config, link, presence, tasks)
+        });
+        let (cluster_run, cluster) = match cluster {
+            Some((config, link, presence, tasks)) => (Some((config, tasks, link.replica)), Some((link, presence))),
+            None => (None, None),
+        };
+        let state = Arc::new(AppState::new(config, metrics, dir_rx, shutdown_rx.clone(), turn, mailbox, cluster));
+        let cluster_link = cluster_run.map(|(config, tasks, replica)| {
+            tracing::info!(replica, nats = ?config, "sharing state with the bubble's other replicas");
+            tokio::spawn(crate::cluster::run(state.clone(), config, tasks, replica))
+        });
         let mailbox_keeper = state.hub.mailbox().map(|_| tokio::spawn(keep_mailbox(state.clone())));
         let app = Router::new()
             .route("/v1/signal", get(signal))
@@ -155,6 +168,7 @@ impl Server {
             follower,
             turn_members,
             mailbox_keeper,
+            cluster_link,
         })
     }
 
@@ -173,10 +187,18 @@ impl Server {
         self.addr
     }
 
-    /// Waits until a directory has been loaded (readiness).
+    /// Waits until a directory has been loaded and, for a replica, its link to the others is up (readiness).
     pub async fn ready(&self) {
         let mut rx = self.state.0.directory.clone();
         let _ = rx.wait_for(Option::is_some).await;
+        while self.state.0.cluster.as_ref().is_some_and(|link| !link.ready()) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// This replica's number among the bubble's replicas (0 when it runs alone).
+    pub fn replica(&self) -> u32 {
+        self.state.0.hub.replica()
     }
 
     /// A handle for health reports (counts and session events), usable after the server moves.
@@ -203,6 +225,13 @@ impl Server {
         let deadline = Instant::now() + SHUTDOWN_GRACE;
         while state.open.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if let Some(task) = self.cluster_link {
+            // Every member here is gone: the other replicas hear it now rather than after a timeout.
+            state.cluster_stop.notify_one();
+            if tokio::time::timeout(Duration::from_secs(2), task).await.is_err() {
+                tracing::warn!("the replica link did not stop in time");
+            }
         }
         self.follower.abort();
         if let Some(task) = self.turn_members {
@@ -266,7 +295,10 @@ impl HealthHandle {
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    let ready = state.directory.borrow().is_some() && !state.shutting_down.load(Ordering::SeqCst);
+    // A replica that cannot reach the others would split the bubble: not ready until its link is up.
+    let ready = state.directory.borrow().is_some()
+        && !state.shutting_down.load(Ordering::SeqCst)
+        && state.cluster.as_ref().is_none_or(crate::cluster::Link::ready);
     if ready {
         (StatusCode::OK, "ready").into_response()
     } else {

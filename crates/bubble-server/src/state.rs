@@ -24,6 +24,10 @@ pub(crate) struct AppState {
     /// WebSocket connections open (authenticated or not).
     pub open: AtomicUsize,
     pub turn: Option<Arc<TurnRelay>>,
+    /// The link to the bubble's other replicas, when it has several.
+    pub cluster: Option<crate::cluster::Link>,
+    /// Told when every connection is closed at shutdown: the cluster link says goodbye then.
+    pub cluster_stop: tokio::sync::Notify,
 }
 
 impl AppState {
@@ -34,7 +38,12 @@ impl AppState {
         shutdown: watch::Receiver<bool>,
         turn: Option<Arc<TurnRelay>>,
         mailbox: Option<crate::mailbox::Mailbox>,
+        cluster: Option<(crate::cluster::Link, tokio::sync::mpsc::UnboundedSender<crate::hub::LocalPresence>)>,
     ) -> Self {
+        let (cluster, presence) = match cluster {
+            Some((link, presence)) => (Some(link), Some(presence)),
+            None => (None, None),
+        };
         let session_config = SessionConfig {
             max_frame_bytes: config.max_frame_bytes as usize,
             frames_per_second: config.frames_per_second,
@@ -51,6 +60,7 @@ impl AppState {
                 metrics.clone(),
                 directory.clone(),
                 mailbox,
+                cluster.as_ref().map(|link| link.replica).zip(presence),
             ),
             nonces: NonceLedger::new(config.challenge_ttl),
             session_config,
@@ -61,6 +71,13 @@ impl AppState {
             shutting_down: AtomicBool::new(false),
             open: AtomicUsize::new(0),
             turn,
+            cluster,
+            cluster_stop: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Resolves when the server, shutting down, has closed every connection.
+    pub async fn stopping(&self) {
+        self.cluster_stop.notified().await;
     }
 }

@@ -10,6 +10,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod cluster;
 pub mod codec;
 pub mod directory;
 pub mod enroll;

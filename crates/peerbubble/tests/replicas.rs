@@ -1,0 +1,493 @@
+//! Replicas of one bubble on one real NATS server with JetStream, as real `peerbubble bubble-server` processes
+//! (issue 17): members on different replicas see each other's presence and reach each other; a group whose
+//! members sit on both keeps one commit order under concurrent commits; a killed replica's members reconnect to
+//! the other and go on; a NATS restart heals by itself; two bubbles on one NATS cannot see each other's
+//! subjects; and what the replicas put on NATS is the wire's own frames and numbers, never more.
+//!
+//! Each test starts its own `nats-server` on a free loopback port, with its own JetStream store and one account
+//! per bubble (subject permissions limited to the bubble's own subjects), and stops it at the end.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::{FutureExt as _, StreamExt as _};
+use peerbubble_peer::SignalClient;
+use peerbubble_proto::{ErrorCode, IdentityKey, MemberId, ServerFrame};
+
+const WAIT: Duration = Duration::from_secs(15);
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn nats_binary() -> PathBuf {
+    ["/usr/sbin/nats-server", "/usr/bin/nats-server", "/usr/local/bin/nats-server"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .expect("nats-server is not installed (cargo xtask test installs Debian's nats-server)")
+}
+
+/// A NATS server with JetStream and one account per bubble.
+struct Nats {
+    dir: tempfile::TempDir,
+    port: u16,
+    child: Option<Child>,
+}
+
+const BUBBLES: [&str; 2] = ["alpha", "bravo"];
+
+impl Nats {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut nats = Self { port: free_port(), dir, child: None };
+        let mut accounts = String::new();
+        for bubble in BUBBLES {
+            // The bubble's servers may use only the bubble's subjects, its ledger and JetStream's API in their
+            // own account; a capture user (the test's eavesdropper) sees everything in the account.
+            accounts += &format!(
+                "  {upper} {{\n    jetstream: enabled\n    users = [\n      {{ user: {bubble}-server, password: \
+                 {bubble}-secret, permissions: {{ publish: [\"pb.{bubble}.>\", \"$JS.API.>\", \
+                 \"$KV.pb-ledger-{bubble}.>\", \"_INBOX.>\"], subscribe: [\"pb.{bubble}.>\", \"_INBOX.>\"] }} }}\n      \
+                 {{ user: {bubble}-capture, password: capture-secret }}\n    ]\n  }}\n",
+                upper = bubble.to_uppercase()
+            );
+        }
+        let config = format!(
+            "host: 127.0.0.1\nport: {}\njetstream {{ store_dir: \"{}\" }}\naccounts {{\n{accounts}}}\n",
+            nats.port,
+            nats.store().display()
+        );
+        std::fs::write(nats.dir.path().join("nats.conf"), config).unwrap();
+        for bubble in BUBBLES {
+            let creds = nats.dir.path().join(format!("{bubble}-creds"));
+            std::fs::create_dir(&creds).unwrap();
+            std::fs::write(creds.join("user"), format!("{bubble}-server\n")).unwrap();
+            std::fs::write(creds.join("password"), format!("{bubble}-secret\n")).unwrap();
+        }
+        nats.restart();
+        nats
+    }
+
+    fn store(&self) -> PathBuf {
+        self.dir.path().join("jetstream")
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn credentials(&self, bubble: &str) -> PathBuf {
+        self.dir.path().join(format!("{bubble}-creds"))
+    }
+
+    /// Starts (again) on the same port with the same store.
+    fn restart(&mut self) {
+        self.stop();
+        let log = std::fs::File::create(self.dir.path().join("nats.log")).unwrap();
+        let child = Command::new(nats_binary())
+            .arg("-c")
+            .arg(self.dir.path().join("nats.conf"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + WAIT;
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not start: {}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("nats.log")).unwrap_or_default()
+    }
+
+    /// A client of `bubble`'s account as `user`.
+    async fn client(&self, user: &str, password: &str) -> async_nats::Client {
+        async_nats::ConnectOptions::with_user_and_password(user.into(), password.into())
+            .connect(self.url())
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn key(seed: u16) -> IdentityKey {
+    let mut bytes = [9u8; 32];
+    bytes[..2].copy_from_slice(&seed.to_be_bytes());
+    IdentityKey::from_seed(&bytes)
+}
+
+fn id(seed: u16) -> MemberId {
+    key(seed).public_key().member_id()
+}
+
+const ANN: u16 = 1;
+const BOB: u16 = 2;
+const CAT: u16 = 3;
+const DAN: u16 = 4;
+
+fn bubble_file(dir: &Path, bubble: &str) -> PathBuf {
+    let mut yaml = format!("bubble: {bubble}\ncategories:\n  - {{id: cell}}\nmembers:\n");
+    for (seed, name) in [(ANN, "Ann"), (BOB, "Bob"), (CAT, "Cat"), (DAN, "Dan")] {
+        yaml += &format!("  - {{public_key: {}, display_name: {name}, categories: [cell]}}\n", key(seed).public_key());
+    }
+    let path = dir.join(format!("{bubble}.yaml"));
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+/// A `peerbubble bubble-server` process, one replica of a bubble.
+struct Replica {
+    addr: SocketAddr,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Replica {
+    fn start(nats: &Nats, bubble: &str, dir: &Path) -> Self {
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let log = dir.join(format!("{bubble}-{}.log", addr.port()));
+        let child = Command::new(env!("CARGO_BIN_EXE_peerbubble"))
+            .arg("bubble-server")
+            .args(["--listen", &addr.to_string(), "--nats", &nats.url()])
+            .arg("--bubble-file")
+            .arg(bubble_file(dir, bubble))
+            .arg("--nats-credentials")
+            .arg(nats.credentials(bubble))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let replica = Self { addr, child, log };
+        replica.wait_ready();
+        replica
+    }
+
+    fn status(&self, path: &str) -> Option<u16> {
+        let mut stream = TcpStream::connect(self.addr).ok()?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        response.split(' ').nth(1)?.parse().ok()
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + WAIT;
+        while self.status("/readyz") != Some(200) {
+            assert!(Instant::now() < deadline, "replica not ready: {}", std::fs::read_to_string(&self.log).unwrap());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("ws://{}/v1/signal", self.addr)
+    }
+
+    async fn connect(&self, seed: u16) -> SignalClient {
+        SignalClient::connect(&self.url(), &key(seed)).await.unwrap()
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Reads frames until one matches.
+async fn expect<T>(client: &mut SignalClient, what: &str, mut pick: impl FnMut(&ServerFrame) -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match client.next_timeout(left).await {
+            Ok(frame) => {
+                if let Some(found) = pick(&frame) {
+                    return found;
+                }
+            }
+            Err(err) => panic!("waiting for {what}: {err}"),
+        }
+    }
+}
+
+async fn presence(client: &mut SignalClient, member: MemberId, online: bool) {
+    expect(client, &format!("presence {member} {online}"), |f| match f {
+        ServerFrame::Presence { member: m, online: o } if *m == member && *o == online => Some(()),
+        _ => None,
+    })
+    .await;
+}
+
+/// The `ack` (sessions) or the error code of frame `id`.
+async fn answer(client: &mut SignalClient, id: u64) -> Result<u32, ErrorCode> {
+    expect(client, "ack or error", |f| match f {
+        ServerFrame::Ack { id: acked, sessions, .. } if *acked == id => Some(Ok(*sessions)),
+        ServerFrame::Error { id: Some(refused), code, .. } if *refused == id => Some(Err(*code)),
+        _ => None,
+    })
+    .await
+}
+
+async fn delivered(client: &mut SignalClient) -> (MemberId, Vec<u8>) {
+    expect(client, "deliver", |f| match f {
+        ServerFrame::Deliver { from, body, .. } => Some((*from, body.to_bytes())),
+        _ => None,
+    })
+    .await
+}
+
+/// Connects `seed` and waits until it sees `others` online (presence crosses replicas through NATS).
+async fn join(replica: &Replica, seed: u16, others: &[u16]) -> SignalClient {
+    let mut client = replica.connect(seed).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !others.iter().all(|o| client.online().contains(&id(*o))) {
+        assert!(tokio::time::Instant::now() < deadline, "member {seed} never saw {others:?} online");
+        let _ = client.next_timeout(Duration::from_millis(100)).await;
+    }
+    client
+}
+
+const GROUP: [u8; 16] = *b"replicated-group";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_on_two_replicas_see_reach_and_commit_in_one_order() {
+    let nats = Nats::start();
+    let dir = tempfile::tempdir().unwrap();
+    let one = Replica::start(&nats, "alpha", dir.path());
+    let two = Replica::start(&nats, "alpha", dir.path());
+
+    // Presence crosses replicas both ways: Ann (one) sees Bob (two) come online, and Bob's first directory
+    // already shows Ann online.
+    let mut ann = one.connect(ANN).await;
+    let mut bob = join(&two, BOB, &[ANN]).await;
+    presence(&mut ann, id(BOB), true).await;
+
+    // Relay across replicas, and the ack counts the session on the other replica.
+    let sent = ann.send(id(BOB), b"ann to bob").await.unwrap();
+    assert_eq!(answer(&mut ann, sent).await, Ok(1));
+    assert_eq!(delivered(&mut bob).await, (id(ANN), b"ann to bob".to_vec()));
+    // To one session, named by its id (which names its replica too).
+    let sent = bob.send_to(id(ANN), Some(ann.session()), b"bob to ann's session").await.unwrap();
+    assert_eq!(answer(&mut bob, sent).await, Ok(1));
+    assert_eq!(delivered(&mut ann).await, (id(BOB), b"bob to ann's session".to_vec()));
+    assert_ne!(ann.session().0 >> 32, bob.session().0 >> 32, "session ids name their replica");
+
+    // A group with members on both replicas: Ann (one) and Bob (two) race for every epoch; exactly one wins
+    // each, the other is told the epoch moved, and Cat (two) and Dan (one) see the winners in one order.
+    let mut cat = join(&two, CAT, &[ANN, BOB]).await;
+    let mut dan = join(&one, DAN, &[ANN, BOB, CAT]).await;
+    let mut winners = Vec::new();
+    for epoch in 0..12u64 {
+        let to_a = [id(BOB), id(CAT), id(DAN)];
+        let to_b = [id(ANN), id(CAT), id(DAN)];
+        let body_a = format!("ann@{epoch}");
+        let body_b = format!("bob@{epoch}");
+        let (a, b) = tokio::join!(
+            ann.commit(&GROUP, epoch, &to_a, body_a.as_bytes()),
+            bob.commit(&GROUP, epoch, &to_b, body_b.as_bytes())
+        );
+        let (ra, rb) = tokio::join!(answer(&mut ann, a.unwrap()), answer(&mut bob, b.unwrap()));
+        let winner = match (ra, rb) {
+            (Ok(3), Err(ErrorCode::CommitConflict)) => body_a,
+            (Err(ErrorCode::CommitConflict), Ok(3)) => body_b,
+            other => panic!("epoch {epoch}: both or neither won: {other:?}"),
+        };
+        winners.push(winner.into_bytes());
+    }
+    for member in [&mut cat, &mut dan] {
+        let mut seen = Vec::new();
+        while seen.len() < winners.len() {
+            seen.push(delivered(member).await.1);
+        }
+        assert_eq!(seen, winners, "{} saw another order", member.member());
+    }
+
+    // Leaving is heard on the other replica at once (a graceful close), not after a timeout.
+    drop(bob);
+    presence(&mut ann, id(BOB), false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_replica_and_a_restarted_nats_heal_without_losing_what_was_acknowledged() {
+    let mut nats = Nats::start();
+    let dir = tempfile::tempdir().unwrap();
+    let one = Replica::start(&nats, "alpha", dir.path());
+    let mut two = Replica::start(&nats, "alpha", dir.path());
+    let mut ann = one.connect(ANN).await;
+    let mut bob = join(&two, BOB, &[ANN]).await;
+    presence(&mut ann, id(BOB), true).await;
+    for i in 0..20u32 {
+        let sent = ann.send(id(BOB), format!("before {i}").as_bytes()).await.unwrap();
+        assert_eq!(answer(&mut ann, sent).await, Ok(1));
+    }
+    // Everything acknowledged was delivered before the replica dies.
+    for i in 0..20u32 {
+        assert_eq!(delivered(&mut bob).await.1, format!("before {i}").into_bytes());
+    }
+
+    // Replica two dies without a word: its members are offline for the others once it stops beating, and
+    // they reconnect to the replica left (as a Service would send them) and go on.
+    two.kill();
+    let killed = Instant::now();
+    presence(&mut ann, id(BOB), false).await;
+    assert!(killed.elapsed() < Duration::from_secs(10));
+    let mut bob = join(&one, BOB, &[ANN]).await;
+    presence(&mut ann, id(BOB), true).await;
+    let sent = ann.send(id(BOB), b"after the kill").await.unwrap();
+    assert_eq!(answer(&mut ann, sent).await, Ok(1));
+    assert_eq!(delivered(&mut bob).await.1, b"after the kill".to_vec());
+
+    // A commit before NATS restarts takes epoch 0 for good (the ledger is on JetStream's disk).
+    let three = Replica::start(&nats, "alpha", dir.path());
+    let mut cat = join(&three, CAT, &[ANN, BOB]).await;
+    let first = ann.commit(&GROUP, 0, &[id(BOB), id(CAT)], b"epoch 0").await.unwrap();
+    assert_eq!(answer(&mut ann, first).await, Ok(2));
+    assert_eq!(delivered(&mut cat).await.1, b"epoch 0".to_vec());
+
+    nats.restart();
+    // The replicas reconnect by themselves; until then cross-replica traffic may be refused, never lost
+    // silently: every send is either acknowledged to a session or refused.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut attempt = 0u32;
+    let body = loop {
+        attempt += 1;
+        let body = format!("after the restart {attempt}");
+        let sent = ann.send(id(CAT), body.as_bytes()).await;
+        if let Ok(sent) = sent
+            && answer(&mut ann, sent).await == Ok(1)
+        {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "replicas did not recover from the NATS restart");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    loop {
+        let (from, got) = delivered(&mut cat).await;
+        if got == body.as_bytes() {
+            assert_eq!(from, id(ANN));
+            break;
+        }
+    }
+    let stale = bob.commit(&GROUP, 0, &[id(ANN), id(CAT)], b"late epoch 0").await.unwrap();
+    assert_eq!(answer(&mut bob, stale).await, Err(ErrorCode::CommitConflict), "the ledger survived the restart");
+    let next = bob.commit(&GROUP, 1, &[id(ANN), id(CAT)], b"epoch 1").await.unwrap();
+    assert_eq!(answer(&mut bob, next).await, Ok(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bubbles_on_one_nats_cannot_see_each_other_and_nats_carries_only_wire_frames() {
+    let nats = Nats::start();
+    let dir = tempfile::tempdir().unwrap();
+    // Eavesdroppers: alpha's server credentials trying bravo's subjects, and a user of bravo's account
+    // listening to everything in it.
+    let alpha_server = nats.client("alpha-server", "alpha-secret").await;
+    let mut alpha_on_bravo = alpha_server.subscribe("pb.bravo.>").await.unwrap();
+    let bravo_capture = nats.client("bravo-capture", "capture-secret").await;
+    let mut bravo_everything = bravo_capture.subscribe(">").await.unwrap();
+    let alpha_capture = nats.client("alpha-capture", "capture-secret").await;
+    let mut alpha_everything = alpha_capture.subscribe(">").await.unwrap();
+    alpha_capture.flush().await.unwrap();
+    bravo_capture.flush().await.unwrap();
+
+    let alpha = [Replica::start(&nats, "alpha", dir.path()), Replica::start(&nats, "alpha", dir.path())];
+    let bravo = [Replica::start(&nats, "bravo", dir.path()), Replica::start(&nats, "bravo", dir.path())];
+    // The same keys are members of both bubbles here (the worst case for correlation): still apart.
+    let mut ann_a = alpha[0].connect(ANN).await;
+    let mut bob_a = join(&alpha[1], BOB, &[ANN]).await;
+    let mut ann_b = bravo[0].connect(ANN).await;
+    let bob_b = join(&bravo[1], BOB, &[ANN]).await;
+    assert!(!bob_b.online().contains(&id(CAT)));
+    let mut sent_frames = Vec::new();
+    for i in 0..5 {
+        let body = format!("alpha envelope {i}");
+        let sent = ann_a.send(id(BOB), body.as_bytes()).await.unwrap();
+        assert_eq!(answer(&mut ann_a, sent).await, Ok(1));
+        sent_frames.push(body);
+        let sent = ann_b.send(id(BOB), format!("bravo envelope {i}").as_bytes()).await.unwrap();
+        assert_eq!(answer(&mut ann_b, sent).await, Ok(1));
+    }
+    for body in &sent_frames {
+        assert_eq!(delivered(&mut bob_a).await.1, body.as_bytes());
+    }
+
+    // Gather what each listener heard for a moment more (heartbeats included).
+    let collect = |sub: &mut async_nats::Subscriber| {
+        let mut heard = Vec::new();
+        while let Some(Some(message)) = sub.next().now_or_never() {
+            heard.push(message);
+        }
+        heard
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let cross = collect(&mut alpha_on_bravo);
+    assert!(cross.is_empty(), "alpha's server read bravo's subjects: {:?}", cross.first().map(|m| &m.subject));
+    let bravo_heard = collect(&mut bravo_everything);
+    assert!(bravo_heard.iter().any(|m| m.subject.starts_with("pb.bravo.")), "the capture works");
+    assert!(
+        bravo_heard.iter().all(|m| !m.subject.starts_with("pb.alpha.") && !m.subject.contains("ledger-alpha")),
+        "bravo's account heard alpha"
+    );
+
+    // In alpha's account: presence messages (member ids and numbers), forwarded `deliver` frames exactly as a
+    // member gets them (the body as the sender sent it, nothing added), answers with counts only.
+    let alpha_heard = collect(&mut alpha_everything);
+    let mut forwarded = 0;
+    for message in &alpha_heard {
+        let subject = message.subject.as_str();
+        if subject == "pb.alpha.presence" || subject.starts_with("pb.alpha.snap.") {
+            assert!(
+                message.payload.is_empty()
+                    || peerbubble_proto::cluster::PresenceMessage::decode(&message.payload).is_ok(),
+                "unexpected bytes on {subject}"
+            );
+        } else if subject.starts_with("pb.alpha.to.") {
+            let frame = peerbubble_proto::decode_server_frame(&message.payload).unwrap();
+            let ServerFrame::Deliver { from, body, seq: None, .. } = frame else { panic!("not a deliver: {frame:?}") };
+            assert_eq!(from, id(ANN));
+            assert!(sent_frames.iter().any(|s| s.as_bytes() == body.to_bytes()));
+            forwarded += 1;
+        } else if subject.starts_with("pb.alpha.re.") {
+            assert!(message.payload.is_empty(), "an answer carries counts in headers only");
+        } else if subject.starts_with("_INBOX.") {
+            // Snapshot answers (presence messages) and JetStream API answers.
+            assert!(
+                peerbubble_proto::cluster::PresenceMessage::decode(&message.payload).is_ok()
+                    || message.payload.first() == Some(&b'{')
+                    || message.payload.is_empty(),
+                "unexpected bytes on {subject}"
+            );
+        } else {
+            assert!(
+                subject.starts_with("$JS.") || subject.starts_with("$KV.pb-ledger-alpha."),
+                "unexpected subject {subject}"
+            );
+        }
+    }
+    assert_eq!(forwarded, sent_frames.len(), "every cross-replica envelope went through NATS once");
+}
