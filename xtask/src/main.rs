@@ -145,7 +145,8 @@ fn ensure_tools() -> anyhow::Result<()> {
 
 /// Debian packages the tests drive as independent peers: coturn's TURN client and echo peer
 /// (turnutils_uclient, turnutils_peer; also the benchmark's baseline server), and iproute2/iptables for the
-/// network-namespace NAT test, and Chromium with its WebDriver for the browser tests.
+/// network-namespace NAT test, Chromium with its WebDriver for the browser tests, and nats-server for the
+/// replica tests.
 pub(crate) fn debian_packages() -> anyhow::Result<()> {
     let wanted = [
         ("turnutils_uclient", "coturn"),
@@ -154,6 +155,8 @@ pub(crate) fn debian_packages() -> anyhow::Result<()> {
         // The browser tests' Chromium and its WebDriver.
         ("chromium", "chromium"),
         ("chromedriver", "chromium-driver"),
+        // NATS with JetStream: the replica tests start their own servers from it.
+        ("nats-server", "nats-server"),
     ];
     let missing: Vec<&str> = wanted
         .iter()

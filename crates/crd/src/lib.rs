@@ -36,9 +36,9 @@ pub mod conditions {
 }
 
 /// Whether bubble-server replicas can share one bubble's presence, routing and commit ledger (over NATS
-/// JetStream). Not built yet: until it is, the operator runs one replica whatever `spec.replicas` says and reports
-/// why in the [`conditions::SCALED`] condition, because two independent replicas would split the bubble in two.
-pub const REPLICAS_SHARE_STATE: bool = false;
+/// JetStream, `bubble-server --nats`). When false, the operator runs one replica whatever `spec.replicas` says and
+/// reports why in the [`conditions::SCALED`] condition, because two independent replicas would split the bubble.
+pub const REPLICAS_SHARE_STATE: bool = true;
 
 /// A bubble: one mission's isolated signaling and TURN relay.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -64,6 +64,11 @@ pub const REPLICAS_SHARE_STATE: bool = false;
     validation = Rule::new("self.replicas <= 1 || has(self.nats)").message(
         "replicas above 1 need spec.nats: replicas share presence, routing and the commit ledger through NATS \
          JetStream, and without it two replicas would split the bubble in two"
+    ),
+    validation = Rule::new("!has(self.mailbox) || !has(self.nats)").message(
+        "spec.mailbox and spec.nats cannot be combined yet: the offline mailbox is kept by one bubble-server on \
+         its own volume, and replicas on NATS would split it between them; remove spec.nats (one replica) to keep \
+         a mailbox"
     )
 )]
 pub struct BubbleSpec {
@@ -94,6 +99,7 @@ pub struct BubbleSpec {
     pub nats: Option<NatsSpec>,
     /// The offline mailbox: what is sent to a member with no session waits (end-to-end encrypted) on a volume
     /// until the member comes back. Absent: nothing is kept, and a message to an absent member is refused.
+    /// Not with `nats` yet (one replica keeps it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mailbox: Option<MailboxSpec>,
 }
@@ -135,8 +141,9 @@ pub struct NatsSpec {
     /// Where the NATS server listens, `nats://host:port` or `tls://host:port`.
     #[schemars(length(min = 1, max = 512), regex(pattern = r"^(nats|tls)://[^\s/@]+(:[0-9]{1,5})?$"))]
     pub url: String,
-    /// Secret in the bubble's namespace holding this bubble's NATS credentials (key `creds`, a NATS user
-    /// credentials file whose permissions cover this bubble's subjects only).
+    /// Secret in the bubble's namespace holding this bubble's NATS credentials: key `creds` (a NATS user
+    /// credentials file), or `token`, or `user` and `password`. Give each bubble its own NATS account, or a user
+    /// whose permissions cover only `pb.<bubble>.>`, `$KV.pb-ledger-<bubble>.>`, `$JS.API.>` and `_INBOX.>`.
     #[schemars(length(min = 1, max = 253))]
     pub credentials_secret: String,
 }

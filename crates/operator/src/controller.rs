@@ -351,6 +351,7 @@ async fn missing_secrets(ctx: &Context, namespace: &str, bubble: &Bubble) -> Res
     let mut needed = vec![format!("{}-credential", bubble.name_any())];
     needed.extend(bubble.spec.signaling.tls.iter().map(|t| t.secret_name.clone()));
     needed.extend(bubble.spec.turn.tls.iter().map(|t| t.secret_name.clone()));
+    needed.extend(bubble.spec.nats.iter().map(|n| n.credentials_secret.clone()));
     needed.dedup();
     let mut missing = Vec::new();
     for name in needed {
@@ -479,10 +480,10 @@ fn judge(
     } else {
         Judgement::not(
             SCALED,
-            "SharingNotBuilt",
+            "NatsMissing",
             format!(
-                "running 1 replica instead of {}: bubble-server replicas cannot share presence, routing and the \
-                 commit ledger over NATS yet, and independent replicas would split the bubble in two",
+                "running 1 replica instead of {}: replicas share presence, routing and the commit ledger through \
+                 NATS, and this Bubble names none (spec.nats); independent replicas would split the bubble in two",
                 spec.replicas
             ),
         )

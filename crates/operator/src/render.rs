@@ -92,6 +92,15 @@ pub fn replicas(spec: &peerbubble_crd::BubbleSpec) -> i32 {
     if peerbubble_crd::REPLICAS_SHARE_STATE && spec.nats.is_some() { spec.replicas } else { 1 }
 }
 
+/// Where the bubble's NATS credentials Secret is mounted.
+const NATS_CREDENTIALS_DIR: &str = "/var/run/peerbubble/nats";
+
+/// The TCP port of a `nats://host:port` URL (4222 when absent).
+fn nats_port(url: &str) -> i32 {
+    let authority = url.split_once("://").map_or(url, |(_, rest)| rest);
+    authority.rsplit_once(':').and_then(|(_, port)| port.parse().ok()).unwrap_or(4222)
+}
+
 /// Where the offline mailbox's volume is mounted.
 const MAILBOX_DIR: &str = "/var/lib/peerbubble/mailbox";
 
@@ -316,6 +325,20 @@ fn deployment(ctx: &Ctx<'_>, bubble: &Bubble, settings: &Settings, policy_hash: 
             ..Volume::default()
         });
     }
+    // Replicas share presence, routing and the commit ledger through NATS, with this bubble's own credentials.
+    if let (Some(nats), Some(env_vars), Some(mounts)) =
+        (&spec.nats, container.env.as_mut(), container.volume_mounts.as_mut())
+    {
+        env_vars.push(env("PEERBUBBLE_NATS_URL", nats.url.clone()));
+        env_vars.push(env("PEERBUBBLE_NATS_CREDENTIALS", NATS_CREDENTIALS_DIR));
+        mounts.push(VolumeMount {
+            name: "nats".into(),
+            mount_path: NATS_CREDENTIALS_DIR.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+        volumes.push(secret_volume("nats", nats.credentials_secret.clone()));
+    }
     // A ReadWriteOnce volume cannot be attached to a second pod on another node: the old pod goes first.
     let strategy = match spec.mailbox {
         Some(_) => DeploymentStrategy { type_: Some("Recreate".into()), rolling_update: None },
@@ -422,6 +445,58 @@ fn network_policy(ctx: &Ctx<'_>, bubble: &Bubble, settings: &Settings) -> Option
         .map(str::to_owned)
         .collect();
     except.extend(bubble.spec.network_policy.cluster_cidrs.iter().cloned());
+    let mut egress = vec![
+        // DNS.
+        NetworkPolicyEgressRule {
+            to: Some(vec![NetworkPolicyPeer {
+                namespace_selector: Some(namespace("kube-system")),
+                pod_selector: Some(LabelSelector {
+                    match_labels: Some(BTreeMap::from([("k8s-app".to_owned(), "kube-dns".to_owned())])),
+                    ..LabelSelector::default()
+                }),
+                ..NetworkPolicyPeer::default()
+            }]),
+            ports: Some(vec![port("UDP", 53), port("TCP", 53)]),
+        },
+        // The admin API.
+        NetworkPolicyEgressRule {
+            to: Some(vec![NetworkPolicyPeer {
+                namespace_selector: Some(namespace(&settings.admin_api_namespace)),
+                pod_selector: Some(LabelSelector {
+                    match_labels: Some(BTreeMap::from([(
+                        "app.kubernetes.io/name".to_owned(),
+                        "peerbubble-admin-api".to_owned(),
+                    )])),
+                    ..LabelSelector::default()
+                }),
+                ..NetworkPolicyPeer::default()
+            }]),
+            ports: None,
+        },
+        // Outside the cluster.
+        NetworkPolicyEgressRule {
+            to: Some(vec![NetworkPolicyPeer {
+                ip_block: Some(IPBlock { cidr: "0.0.0.0/0".into(), except: Some(except) }),
+                ..NetworkPolicyPeer::default()
+            }]),
+            ports: None,
+        },
+        // Other pods of the same bubble (relay-to-relay between replicas).
+        NetworkPolicyEgressRule {
+            to: Some(vec![NetworkPolicyPeer {
+                pod_selector: Some(LabelSelector {
+                    match_labels: Some(selector(ctx.name)),
+                    ..LabelSelector::default()
+                }),
+                ..NetworkPolicyPeer::default()
+            }]),
+            ports: None,
+        },
+    ];
+    // The NATS the replicas share (its address is a host name: the port is what can be pinned).
+    if let Some(nats) = &bubble.spec.nats {
+        egress.push(NetworkPolicyEgressRule { to: None, ports: Some(vec![port("TCP", nats_port(&nats.url))]) });
+    }
     Some(NetworkPolicy {
         metadata: ctx.meta(ctx.name.to_owned()),
         spec: Some(NetworkPolicySpec {
@@ -433,54 +508,7 @@ fn network_policy(ctx: &Ctx<'_>, bubble: &Bubble, settings: &Settings) -> Option
                 ports: Some(vec![port("TCP", SIGNAL_PORT), port("UDP", turn.udp_port), port("TCP", turn.tls_port)]),
                 ..NetworkPolicyIngressRule::default()
             }]),
-            egress: Some(vec![
-                // DNS.
-                NetworkPolicyEgressRule {
-                    to: Some(vec![NetworkPolicyPeer {
-                        namespace_selector: Some(namespace("kube-system")),
-                        pod_selector: Some(LabelSelector {
-                            match_labels: Some(BTreeMap::from([("k8s-app".to_owned(), "kube-dns".to_owned())])),
-                            ..LabelSelector::default()
-                        }),
-                        ..NetworkPolicyPeer::default()
-                    }]),
-                    ports: Some(vec![port("UDP", 53), port("TCP", 53)]),
-                },
-                // The admin API.
-                NetworkPolicyEgressRule {
-                    to: Some(vec![NetworkPolicyPeer {
-                        namespace_selector: Some(namespace(&settings.admin_api_namespace)),
-                        pod_selector: Some(LabelSelector {
-                            match_labels: Some(BTreeMap::from([(
-                                "app.kubernetes.io/name".to_owned(),
-                                "peerbubble-admin-api".to_owned(),
-                            )])),
-                            ..LabelSelector::default()
-                        }),
-                        ..NetworkPolicyPeer::default()
-                    }]),
-                    ports: None,
-                },
-                // Outside the cluster.
-                NetworkPolicyEgressRule {
-                    to: Some(vec![NetworkPolicyPeer {
-                        ip_block: Some(IPBlock { cidr: "0.0.0.0/0".into(), except: Some(except) }),
-                        ..NetworkPolicyPeer::default()
-                    }]),
-                    ports: None,
-                },
-                // Other pods of the same bubble (relay-to-relay between replicas).
-                NetworkPolicyEgressRule {
-                    to: Some(vec![NetworkPolicyPeer {
-                        pod_selector: Some(LabelSelector {
-                            match_labels: Some(selector(ctx.name)),
-                            ..LabelSelector::default()
-                        }),
-                        ..NetworkPolicyPeer::default()
-                    }]),
-                    ports: None,
-                },
-            ]),
+            egress: Some(egress),
         }),
     })
 }

@@ -127,6 +127,11 @@ async fn drive_apply(api: &mut ApiServer, bubble: &Bubble, world: &World, status
     } else {
         credential.not_found();
     }
+    // The NATS credentials are someone else's Secret too (the NATS administrator's).
+    if let Some(nats) = &bubble.spec.nats {
+        let secret = &nats.credentials_secret;
+        api.expect("GET", &core("secrets", secret)).await.reply(200, &meta_only(secret));
+    }
     if status_changes {
         let call = api.expect("PATCH", &format!("{}/status", bubbles(&name))).await;
         assert!(call.query.contains("fieldManager=peerbubble-operator"));
@@ -239,20 +244,43 @@ async fn an_update_is_applied_and_a_spec_shrink_deletes_what_is_no_longer_wanted
     let mut b = bubble(
         "field",
         json!({"displayName": "Field", "replicas": 3,
-            "nats": {"url": "nats://nats.peerbubble-system:4222", "credentialsSecret": "field-nats"},
-            "mailbox": {"size": "2Gi", "ttlHours": 24}}),
+            "nats": {"url": "nats://nats.peerbubble-system:4223", "credentialsSecret": "field-nats"}}),
     );
     let task = tokio::spawn(reconcile_bubble(Arc::new(b.clone()), h.ctx.clone()));
     let written = drive_apply(&mut h.api, &b, &world, true).await;
     finish(task).await.unwrap();
-    // Replicas cannot share a bubble's state yet: one runs, and the Scaled condition says why (Ready does not
-    // wait for it).
-    assert_eq!(written.deployment["spec"]["replicas"], 1);
-    assert!(written.pdb.is_none());
+    // Replicas share the bubble through NATS: all three run, with a disruption budget, the NATS address and the
+    // bubble's own credentials (mounted read-only), and a way out to NATS's port only.
+    assert_eq!(written.deployment["spec"]["replicas"], 3);
+    assert!(written.pdb.is_some());
     let status = written.status.clone().unwrap();
     let scaled = condition(&status, "Scaled");
-    assert_eq!((scaled["status"].as_str(), scaled["reason"].as_str()), (Some("False"), Some("SharingNotBuilt")));
-    assert!(scaled["message"].as_str().unwrap().contains("instead of 3"), "{scaled}");
+    assert_eq!((scaled["status"].as_str(), scaled["reason"].as_str()), (Some("True"), Some("AsRequested")));
+    let pod = &written.deployment["spec"]["template"]["spec"];
+    let env = pod["containers"][0]["env"].as_array().unwrap();
+    let var = |name: &str| env.iter().find(|e| e["name"] == name).map(|e| e["value"].clone());
+    assert_eq!(var("PEERBUBBLE_NATS_URL"), Some(json!("nats://nats.peerbubble-system:4223")));
+    assert_eq!(var("PEERBUBBLE_NATS_CREDENTIALS"), Some(json!("/var/run/peerbubble/nats")));
+    let volume = pod["volumes"].as_array().unwrap().iter().find(|v| v["name"] == "nats").unwrap().clone();
+    assert_eq!(volume["secret"]["secretName"], "field-nats");
+    let mount = pod["containers"][0]["volumeMounts"].as_array().unwrap().iter().find(|m| m["name"] == "nats").unwrap();
+    assert_eq!(mount["readOnly"], true);
+    let egress = written.network_policy.clone().unwrap()["spec"]["egress"].as_array().unwrap().clone();
+    let to_nats: Vec<_> = egress.iter().filter(|r| r["ports"] == json!([{"protocol": "TCP", "port": 4223}])).collect();
+    assert_eq!(to_nats.len(), 1, "{egress:?}");
+    assert!(to_nats[0].get("to").is_none_or(|t| t.is_null()));
+    let open = |r: &&Value| r.get("ports").is_none_or(Value::is_null) && r.get("to").is_none_or(Value::is_null);
+    assert!(!egress.iter().any(|r| open(&r)), "no rule opens everything: {egress:?}");
+
+    // One replica with a mailbox (no NATS).
+    b.spec = serde_json::from_value(json!({"displayName": "Field", "replicas": 1,
+        "mailbox": {"size": "2Gi", "ttlHours": 24}}))
+    .unwrap();
+    let task = tokio::spawn(reconcile_bubble(Arc::new(b.clone()), h.ctx.clone()));
+    let written = drive_apply(&mut h.api, &b, &world, true).await;
+    finish(task).await.unwrap();
+    assert_eq!(written.deployment["spec"]["replicas"], 1);
+    assert!(written.pdb.is_none());
     // The offline mailbox: its volume, mounted, the server told where and for how long; the old pod goes before
     // the new one mounts the volume.
     let claim = written.mailbox.clone().expect("the mailbox's claim is applied");
