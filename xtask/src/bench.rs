@@ -22,6 +22,7 @@ pub(crate) fn bench(root: &Path, name: Option<&str>, rest: &[String]) -> anyhow:
         Some("browser-media") => crate::web::bench_browser_media(rest),
         _ => bail!(
             "usage: cargo xtask bench signaling [--pairs N] [--window W] [--seconds S] [--rounds R] [--idle N]\n       \
+             cargo xtask bench signaling --replicas 2 [--pairs N] [--window W] [--seconds S] [--drain N]\n       \
              cargo xtask bench soak [--sessions N] [--seconds S]\n       \
              cargo xtask bench mailbox [--envelopes N] [--bytes B]\n       \
              cargo xtask bench operator\n       \
@@ -54,10 +55,12 @@ struct Settings {
     seconds: u64,
     rounds: u32,
     idle: u32,
+    replicas: u32,
+    drain: u32,
 }
 
 fn settings(rest: &[String]) -> anyhow::Result<Settings> {
-    let mut s = Settings { pairs: 50, window: 16, seconds: 10, rounds: 2, idle: 10_000 };
+    let mut s = Settings { pairs: 50, window: 16, seconds: 10, rounds: 2, idle: 10_000, replicas: 1, drain: 10_000 };
     let mut it = rest.iter();
     while let Some(flag) = it.next() {
         let value: u64 = it.next().with_context(|| format!("{flag} needs a value"))?.parse()?;
@@ -67,6 +70,8 @@ fn settings(rest: &[String]) -> anyhow::Result<Settings> {
             "--seconds" => s.seconds = value,
             "--rounds" => s.rounds = value as u32,
             "--idle" => s.idle = value as u32,
+            "--replicas" => s.replicas = value as u32,
+            "--drain" => s.drain = value as u32,
             _ => bail!("unknown flag {flag}"),
         }
     }
@@ -141,7 +146,16 @@ struct Relay {
 }
 
 fn relay(loadgen: &Path, target: &str, url: &str, s: &Settings) -> anyhow::Result<Relay> {
-    let output = Command::new(loadgen)
+    relay_to(loadgen, target, url, None, s)
+}
+
+/// The relay workload; with `url_b`, every pair's second member connects there (another replica).
+fn relay_to(loadgen: &Path, target: &str, url: &str, url_b: Option<&str>, s: &Settings) -> anyhow::Result<Relay> {
+    let mut command = Command::new(loadgen);
+    if let Some(url_b) = url_b {
+        command.args(["--url-b", url_b]);
+    }
+    let output = command
         .args(["relay", "--target", target, "--url", url])
         .args(["--pairs", &s.pairs.to_string(), "--window", &s.window.to_string(), "--seconds", &s.seconds.to_string()])
         .output()?;
@@ -177,9 +191,27 @@ fn idle_memory(loadgen: &Path, target: &str, url: &str, server_pid: u32, count: 
     Ok(per_conn)
 }
 
+/// Limits opened up for the relay benchmarks: the baseline has none, and they measure the relay path, not the
+/// limiter.
+const OPEN_LIMITS: [&str; 10] = [
+    "--frames-per-second",
+    "10000000",
+    "--frame-burst",
+    "10000000",
+    "--member-frames-per-second",
+    "10000000",
+    "--idle-timeout-secs",
+    "600",
+    "--max-connections",
+    "19000",
+];
+
 fn signaling(root: &Path, rest: &[String]) -> anyhow::Result<()> {
     let s = settings(rest)?;
     sh(cargo().args(["build", "--release", "--package", "peerbubble", "--package", "peerbubble-peer"]))?;
+    if s.replicas > 1 {
+        return signaling_replicas(root, &s);
+    }
     let release = target_dir(root).join("release");
     let (server_bin, loadgen) = (release.join("peerbubble"), release.join("peerbubble-loadgen"));
 
@@ -197,16 +229,7 @@ fn signaling(root: &Path, rest: &[String]) -> anyhow::Result<()> {
         Command::new(&server_bin)
             .args(["bubble-server", "--listen", &format!("127.0.0.1:{ours_port}"), "--bubble-file"])
             .arg(&bubble)
-            // Limits opened up: the baseline has none, and this measures the relay path, not the limiter.
-            .args(["--frames-per-second", "10000000", "--frame-burst", "10000000"])
-            .args([
-                "--member-frames-per-second",
-                "10000000",
-                "--idle-timeout-secs",
-                "600",
-                "--max-connections",
-                "19000",
-            ])
+            .args(OPEN_LIMITS)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()?,
@@ -253,6 +276,99 @@ fn signaling(root: &Path, rest: &[String]) -> anyhow::Result<()> {
     println!(
         "bench signaling: ours={ours_rate:.0} peerjs={peerjs_rate:.0} ratio={:.2} p99_ours_ms={ours_p99:.2} p99_peerjs_ms={peerjs_p99:.2}",
         ours_rate / peerjs_rate
+    );
+    Ok(())
+}
+
+/// The relay workload with every pair split across two replicas sharing state over NATS (JetStream), against
+/// the same workload on one bubble-server alone, in alternating rounds; then the offline mailbox's drain: `drain`
+/// envelopes kept for an absent member, delivered when it connects (issue 17).
+fn signaling_replicas(root: &Path, s: &Settings) -> anyhow::Result<()> {
+    let release = target_dir(root).join("release");
+    let (server_bin, loadgen) = (release.join("peerbubble"), release.join("peerbubble-loadgen"));
+    let nats_bin = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .context("nats-server is not installed (Debian package nats-server; `cargo xtask test` installs it)")?;
+    let work = std::env::temp_dir().join(format!("peerbubble-bench-replicas-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let bubble = work.join("bubble.yaml");
+    sh(Command::new(&loadgen).args(["bubble", "--pairs", &s.pairs.to_string(), "--out"]).arg(&bubble))?;
+
+    let nats_port = free_port()?;
+    let _nats = Guard(
+        Command::new(&nats_bin)
+            .args(["-a", "127.0.0.1", "-p", &nats_port.to_string(), "-js", "-sd"])
+            .arg(work.join("jetstream"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    let start = |extra: &[&str]| -> anyhow::Result<(Guard, String)> {
+        let port = free_port()?;
+        let child = Command::new(&server_bin)
+            .args(["bubble-server", "--listen", &format!("127.0.0.1:{port}"), "--bubble-file"])
+            .arg(&bubble)
+            .args(OPEN_LIMITS)
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()?;
+        let guard = Guard(child);
+        wait_http_ok(SocketAddr::from(([127, 0, 0, 1], port)), "/readyz")?;
+        Ok((guard, format!("ws://127.0.0.1:{port}/v1/signal")))
+    };
+    let nats_url = format!("nats://127.0.0.1:{nats_port}");
+    let (_single, single_url) = start(&[])?;
+    let (_one, one_url) = start(&["--nats", &nats_url])?;
+    let (_two, two_url) = start(&["--nats", &nats_url])?;
+    // Presence crosses replicas within a heartbeat or so; the pairs must see each other before they send.
+    std::thread::sleep(Duration::from_secs(2));
+
+    println!(
+        "\nrelay: {} pairs, window {}, 1 KiB envelopes echoed, {} s per run, {} rounds alternating; \
+         cross = each pair's members on two replicas sharing NATS, single = one bubble-server alone",
+        s.pairs, s.window, s.seconds, s.rounds
+    );
+    let (mut single_runs, mut cross_runs) = (Vec::new(), Vec::new());
+    for _ in 0..s.rounds {
+        single_runs.push(relay(&loadgen, "ours", &single_url, s)?);
+        cross_runs.push(relay_to(&loadgen, "ours", &one_url, Some(&two_url), s)?);
+    }
+    let mean = |runs: &[Relay], f: fn(&Relay) -> f64| runs.iter().map(f).sum::<f64>() / runs.len() as f64;
+    let (single, cross) = (mean(&single_runs, |r| r.per_s), mean(&cross_runs, |r| r.per_s));
+    let (p99_single, p99_cross) = (mean(&single_runs, |r| r.p99), mean(&cross_runs, |r| r.p99));
+
+    println!("\nmailbox drain: {} envelopes of 1 KiB kept for an absent member, then delivered", s.drain);
+    let (_keeper, keeper_url) = start(&[
+        "--mailbox",
+        &work.join("mailbox.sqlite").display().to_string(),
+        "--mailbox-member-entries",
+        &s.drain.max(20_000).to_string(),
+        "--mailbox-member-bytes",
+        &(64u64 << 20).to_string(),
+        "--mailbox-total-bytes",
+        &(256u64 << 20).to_string(),
+    ])?;
+    let output = Command::new(&loadgen)
+        .args(["drain", "--url", &keeper_url, "--count", &s.drain.to_string(), "--window", "256"])
+        .output()?;
+    if !output.status.success() {
+        bail!("loadgen drain failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    let line = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    println!("  {line}");
+    let drain_per_s = json_number(&line, "per_s")?;
+    let _ = std::fs::remove_dir_all(&work);
+
+    println!("\n| | one bubble-server | two replicas on NATS |\n|---|---|---|");
+    println!("| envelopes/s | {single:.0} | {cross:.0} |");
+    println!("| round trip p99 (ms) | {p99_single:.2} | {p99_cross:.2} |\n");
+    println!(
+        "bench signaling-replicas: single={single:.0} cross={cross:.0} ratio={:.2} p99_cross_ms={p99_cross:.2} \
+         drain_per_s={drain_per_s:.0}",
+        cross / single
     );
     Ok(())
 }

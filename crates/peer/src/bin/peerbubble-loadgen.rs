@@ -4,6 +4,9 @@
 //! relay: N pairs; in each pair A keeps `window` envelopes of `body` bytes in flight to B, and B echoes every
 //!        envelope back. Reports envelopes relayed per second (both directions) and round-trip percentiles.
 //! idle:  opens N connections (authenticated, for PeerBubble), prints `ready N`, holds them until stdin closes.
+//!        With `--url-b`, every pair's B connects there (another replica of the bubble): the pairs cross replicas.
+//! drain: member 0 sends `count` envelopes to member 1, who is away (the bubble keeps them in its mailbox);
+//!        then member 1 connects, and the time until the last arrives is measured (envelopes/s).
 //! bubble: writes the bubble file that gives pair k (members 2k, 2k+1) its own category.
 //! soak:  rounds of `count` sessions (two per member) opened, then ended by every way a session ends (client
 //!        close, dropped connection, oversized text and binary frames, invalid UTF-8, flooding, idle timeout,
@@ -32,6 +35,7 @@ struct Args {
     mode: String,
     target: String,
     url: String,
+    url_b: Option<String>,
     pairs: u32,
     window: u32,
     seconds: u64,
@@ -47,6 +51,7 @@ fn parse() -> Result<Args, String> {
         mode: argv.next().ok_or("usage: peerbubble-loadgen relay|idle|bubble [--flags]")?,
         target: "ours".into(),
         url: String::new(),
+        url_b: None,
         pairs: 50,
         window: 16,
         seconds: 10,
@@ -61,6 +66,7 @@ fn parse() -> Result<Args, String> {
         match flag.as_str() {
             "--target" => args.target = value,
             "--url" => args.url = value,
+            "--url-b" => args.url_b = Some(value),
             "--pairs" => args.pairs = num(&value)? as u32,
             "--window" => args.window = num(&value)? as u32,
             "--seconds" => args.seconds = num(&value)?,
@@ -86,6 +92,7 @@ async fn main() {
     let result = match args.mode.as_str() {
         "bubble" => write_bubble(&args),
         "relay" => relay(&args).await,
+        "drain" => drain(&args).await,
         "idle" => idle(&args).await,
         "soak" => soak::run(&args).await,
         other => Err(format!("unknown mode {other}")),
@@ -228,7 +235,11 @@ async fn relay(args: &Args) -> Result<(), String> {
         let (a, b) = (2 * p, 2 * p + 1);
         let (args_a, args_b) = (args.clone(), args.clone());
         connecting.push(tokio::spawn(async move { Side::connect(&args_a, a, b).await }));
-        connecting.push(tokio::spawn(async move { Side::connect(&args_b, b, a).await }));
+        connecting.push(tokio::spawn(async move {
+            // B on the other replica, when given.
+            let args_b = Args { url: args_b.url_b.clone().unwrap_or(args_b.url.clone()), ..args_b };
+            Side::connect(&args_b, b, a).await
+        }));
     }
     let mut sides = Vec::with_capacity(connecting.len());
     for task in connecting {
@@ -306,6 +317,40 @@ async fn relay(args: &Args) -> Result<(), String> {
         pct(0.50),
         pct(0.99)
     );
+    Ok(())
+}
+
+async fn drain(args: &Args) -> Result<(), String> {
+    use peerbubble_proto::ServerFrame;
+    let (sender, away) = (key(0), key(1));
+    let to = away.public_key().member_id();
+    let mut a = SignalClient::connect(&args.url, &sender).await.map_err(|e| e.to_string())?;
+    let body = vec![0x5Au8; args.body];
+    let (mut sent, mut stored, window) = (0u32, 0u32, args.window.max(1));
+    while stored < args.count {
+        while sent < args.count && sent - stored < window {
+            a.send(to, &body).await.map_err(|e| e.to_string())?;
+            sent += 1;
+        }
+        match a.next_timeout(Duration::from_secs(10)).await.map_err(|e| e.to_string())? {
+            ServerFrame::Ack { stored: 1, .. } => stored += 1,
+            ServerFrame::Ack { .. } => return Err("member 1 was online: nothing was kept".into()),
+            ServerFrame::Error { code, message, .. } => return Err(format!("{code:?}: {message}")),
+            _ => {}
+        }
+    }
+    let started = Instant::now();
+    let mut b = SignalClient::connect(&args.url, &away).await.map_err(|e| e.to_string())?;
+    let mut got = 0u32;
+    while got < args.count {
+        if let ServerFrame::Deliver { seq: Some(_), .. } =
+            b.next_timeout(Duration::from_secs(10)).await.map_err(|e| e.to_string())?
+        {
+            got += 1;
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    println!("{{\"drained\":{got},\"seconds\":{elapsed:.3},\"per_s\":{:.0}}}", f64::from(got) / elapsed);
     Ok(())
 }
 
