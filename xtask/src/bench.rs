@@ -152,11 +152,11 @@ fn relay(loadgen: &Path, target: &str, url: &str, s: &Settings) -> anyhow::Resul
 /// The relay workload; with `url_b`, every pair's second member connects there (another replica).
 fn relay_to(loadgen: &Path, target: &str, url: &str, url_b: Option<&str>, s: &Settings) -> anyhow::Result<Relay> {
     let mut command = Command::new(loadgen);
+    command.args(["relay", "--target", target, "--url", url]);
     if let Some(url_b) = url_b {
         command.args(["--url-b", url_b]);
     }
     let output = command
-        .args(["relay", "--target", target, "--url", url])
         .args(["--pairs", &s.pairs.to_string(), "--window", &s.window.to_string(), "--seconds", &s.seconds.to_string()])
         .output()?;
     if !output.status.success() {

@@ -7,8 +7,9 @@
 //!   (`pb.<bubble>.snap.<replica>`) when they missed a change or meet a replica, and drop a replica's members
 //!   when it leaves or stops beating. The hub merges them into who is online ([`Hub::remote_presence`]).
 //! - Routing: an envelope for a member with sessions elsewhere is forwarded, as the very `deliver` frame a
-//!   session gets (bodies opaque, as on the wire), to `pb.<bubble>.to.<replica>` with a reply subject; the
-//!   replies complete the sender's `ack`. One publisher, so a sender's envelopes keep their order.
+//!   session gets (bodies opaque, as on the wire), to `pb.<bubble>.to.<replica>` with a reply subject, in
+//!   batches of what arrived together; the answers (batched too) complete the sender's `ack`. One publisher, so a
+//!   sender's envelopes keep their order.
 //! - Ledger: "the first commit for an epoch wins" is a JetStream key-value update with an expected revision
 //!   (bucket `pb-ledger-<bubble>`, one key per group), so two replicas can never both accept an epoch.
 //!
@@ -22,11 +23,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use async_nats::HeaderMap;
 use async_nats::jetstream::kv;
 use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
-use futures_util::StreamExt as _;
+use futures_util::{FutureExt as _, StreamExt as _};
 use peerbubble_proto::cluster::PresenceMessage;
 use peerbubble_proto::{ErrorCode, GroupId, MemberId, Opaque, Recipients, ServerFrame, SessionId, encode_frame};
 use tokio::sync::mpsc;
@@ -37,11 +37,10 @@ use crate::hub::{LocalPresence, Routed, SessionHandle};
 use crate::session::Claim;
 use crate::state::AppState;
 
-const HEADER_ID: &str = "Pb-Id";
-const HEADER_TO: &str = "Pb-To";
-const HEADER_SESSION: &str = "Pb-Session";
-const HEADER_SESSIONS: &str = "Pb-Sessions";
-const HEADER_CONGESTED: &str = "Pb-Congested";
+/// A batch of forwarded envelopes is sent once it holds this many bytes (NATS's default limit is 1 MiB).
+const BATCH_BYTES: usize = 256 * 1024;
+/// Jobs or messages handled before what they produced is flushed, so that a busy link still answers promptly.
+const BATCH_JOBS: usize = 512;
 
 /// How a bubble-server reaches the bubble's other replicas.
 #[derive(Clone)]
@@ -487,6 +486,7 @@ pub(crate) async fn run(state: Arc<AppState>, config: ClusterConfig, tasks: Link
         mine: HashSet::new(),
         peers: Peers::new(replica, config.replica_timeout),
         pending: HashMap::new(),
+        batches: HashMap::new(),
         next_id: 1,
         forward_timeout: config.forward_timeout,
         connected: false,
@@ -502,10 +502,23 @@ pub(crate) async fn run(state: Arc<AppState>, config: ClusterConfig, tasks: Link
             },
             job = jobs.recv() => match job {
                 Some(Job::Commit(job)) => { let _ = commit_tx.send(job); }
-                Some(job) => link.job(job).await,
+                Some(job) => {
+                    link.job(job);
+                    for _ in 0..BATCH_JOBS {
+                        match jobs.try_recv() {
+                            Ok(Job::Commit(job)) => { let _ = commit_tx.send(job); }
+                            Ok(job) => link.job(job),
+                            Err(_) => break,
+                        }
+                    }
+                    link.flush().await;
+                }
                 None => break,
             },
-            Some(job) = from_ledger.recv() => link.job(job).await,
+            Some(job) = from_ledger.recv() => {
+                link.job(job);
+                link.flush().await;
+            }
             Some(message) = presence_in.next() => {
                 match PresenceMessage::decode(&message.payload) {
                     Ok(message) => {
@@ -518,7 +531,17 @@ pub(crate) async fn run(state: Arc<AppState>, config: ClusterConfig, tasks: Link
                     }
                 }
             }
-            Some(message) = forwarded.next() => link.forwarded(message).await,
+            Some(message) = forwarded.next() => {
+                let mut answers = HashMap::new();
+                link.forwarded(message, &mut answers);
+                for _ in 0..BATCH_JOBS {
+                    match forwarded.next().now_or_never() {
+                        Some(Some(message)) => link.forwarded(message, &mut answers),
+                        _ => break,
+                    }
+                }
+                link.answer(answers).await;
+            }
             Some(message) = replies.next() => link.reply(&message),
             Some(message) = snapshots.next() => link.answer_snapshot(message).await,
             Some((from, snapshot)) = snap_rx.recv() => match snapshot.map(|b| PresenceMessage::decode(&b)) {
@@ -578,6 +601,8 @@ struct Running {
     mine: HashSet<MemberId>,
     peers: Peers,
     pending: HashMap<u64, Pending>,
+    /// Forwarded envelopes not sent yet, per replica: the batch, and the ids in it.
+    batches: HashMap<u32, (Vec<u8>, Vec<u64>)>,
     next_id: u64,
     forward_timeout: Duration,
     connected: bool,
@@ -642,82 +667,123 @@ impl Running {
         }
     }
 
-    async fn job(&mut self, job: Job) {
+    /// Adds a forward to the batches for its replicas (sent by [`Running::flush`]); answers at once what has
+    /// nowhere to go.
+    fn job(&mut self, job: Job) {
         let Job::Forward { reply, text, to_session, routed } = job else { return };
         let Routed { sessions, stored, congested, remote } = routed;
-        if self.client.connection_state() != async_nats::connection::State::Connected || remote.is_empty() {
+        if !self.connected || remote.is_empty() {
             reply.send(&self.state, sessions, stored, congested);
             return;
         }
         let id = self.next_id;
         self.next_id += 1;
-        let mut published = 0;
+        let outstanding = remote.len();
         for (replica, members) in remote {
-            let mut headers = HeaderMap::new();
-            headers.insert(HEADER_ID, id.to_string().as_str());
-            let to: Vec<String> = members.iter().map(ToString::to_string).collect();
-            headers.insert(HEADER_TO, to.join(",").as_str());
-            if let Some(session) = to_session {
-                headers.insert(HEADER_SESSION, session.0.to_string().as_str());
-            }
-            let subject = format!("{}.to.{replica}", self.base);
-            let reply_to = format!("{}.re.{}", self.base, self.replica);
-            let payload = Bytes::copy_from_slice(text.as_bytes());
-            match self.client.publish_with_reply_and_headers(subject, reply_to, headers, payload).await {
-                Ok(()) => published += 1,
-                Err(err) => tracing::debug!(error = %err, "envelope not forwarded"),
-            }
-        }
-        self.state.metrics.forwarded(published as u64);
-        if published == 0 {
-            reply.send(&self.state, sessions, stored, congested);
-            return;
+            let (batch, ids) = self.batches.entry(replica).or_default();
+            peerbubble_proto::cluster::encode_forward(batch, id, to_session.map(|s| s.0), &members, text.as_bytes());
+            ids.push(id);
         }
         let deadline = Instant::now() + self.forward_timeout;
-        self.pending.insert(id, Pending { answer: reply, sessions, congested, outstanding: published, deadline });
+        self.pending.insert(id, Pending { answer: reply, sessions, congested, outstanding, deadline });
     }
 
-    /// An envelope another replica forwarded for members here.
-    async fn forwarded(&self, message: async_nats::Message) {
-        let header = |name: &str| message.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str().to_owned());
-        let to: Option<Vec<MemberId>> =
-            header(HEADER_TO).and_then(|to| to.split(',').map(|m| m.parse().ok()).collect::<Option<Vec<_>>>());
-        let session = header(HEADER_SESSION).map(|s| s.parse::<u64>().map(SessionId));
-        let text = std::str::from_utf8(&message.payload).map(|t| Utf8Bytes::from(t.to_owned()));
-        let (Some(to), Some(id), Ok(text), None | Some(Ok(_))) = (to, header(HEADER_ID), text, &session) else {
-            self.state.metrics.frame_error("cluster_forward");
-            tracing::warn!("ignored a malformed forwarded envelope from NATS");
-            return;
+    /// Sends the batches of forwarded envelopes, one NATS message per replica (split past [`BATCH_BYTES`]).
+    async fn flush(&mut self) {
+        let reply_to = format!("{}.re.{}", self.base, self.replica);
+        for (replica, (batch, ids)) in std::mem::take(&mut self.batches) {
+            let subject = format!("{}.to.{replica}", self.base);
+            // Split on record boundaries: decode what was encoded here and re-batch (cheap, rare).
+            let chunks: Vec<Bytes> = if batch.len() <= BATCH_BYTES {
+                vec![Bytes::from(batch)]
+            } else {
+                let mut chunks = Vec::new();
+                let mut current = Vec::new();
+                for f in peerbubble_proto::cluster::decode_forwards(&batch).unwrap_or_default() {
+                    if current.len() >= BATCH_BYTES {
+                        chunks.push(Bytes::from(std::mem::take(&mut current)));
+                    }
+                    peerbubble_proto::cluster::encode_forward(&mut current, f.id, f.to_session, &f.to, f.frame);
+                }
+                chunks.push(Bytes::from(current));
+                chunks
+            };
+            let mut failed = false;
+            for chunk in chunks {
+                if let Err(err) = self.client.publish_with_reply(subject.clone(), reply_to.clone(), chunk).await {
+                    tracing::debug!(error = %err, "envelopes not forwarded");
+                    failed = true;
+                }
+            }
+            self.state.metrics.forwarded(ids.len() as u64);
+            if failed {
+                // Counted as reaching no session there; the rest still answer.
+                for id in ids {
+                    self.settle(peerbubble_proto::cluster::ForwardAnswer { id, sessions: 0, congested: false });
+                }
+            }
+        }
+    }
+
+    /// A batch another replica forwarded for members here: queued to their sessions, answers gathered per
+    /// replica that asked.
+    fn forwarded(&self, message: async_nats::Message, answers: &mut HashMap<String, Vec<u8>>) {
+        let forwards = match peerbubble_proto::cluster::decode_forwards(&message.payload) {
+            Ok(forwards) => forwards,
+            Err(err) => {
+                self.state.metrics.frame_error("cluster_forward");
+                tracing::warn!(error = %err, "ignored a malformed batch of forwarded envelopes from NATS");
+                return;
+            }
         };
-        let to_session = session.and_then(Result::ok);
-        let (mut sessions, mut congested) = (0, false);
-        for member in to {
-            let (n, c) = self.state.hub.deliver_forwarded(member, to_session, &text);
-            sessions += n;
-            congested |= c;
+        let mut out = Vec::new();
+        for forward in forwards {
+            let (mut sessions, mut congested) = (0, false);
+            match std::str::from_utf8(forward.frame) {
+                Ok(text) => {
+                    let text = Utf8Bytes::from(text.to_owned());
+                    for member in &forward.to {
+                        let (n, c) =
+                            self.state.hub.deliver_forwarded(*member, forward.to_session.map(SessionId), &text);
+                        sessions += n;
+                        congested |= c;
+                    }
+                }
+                Err(_) => self.state.metrics.frame_error("cluster_forward"),
+            }
+            let answer = peerbubble_proto::cluster::ForwardAnswer { id: forward.id, sessions, congested };
+            peerbubble_proto::cluster::encode_answer(&mut out, answer);
         }
-        let Some(reply) = message.reply else { return };
-        let mut headers = HeaderMap::new();
-        headers.insert(HEADER_ID, id.as_str());
-        headers.insert(HEADER_SESSIONS, sessions.to_string().as_str());
-        if congested {
-            headers.insert(HEADER_CONGESTED, "1");
+        if let Some(reply) = message.reply {
+            answers.entry(reply.to_string()).or_default().extend_from_slice(&out);
         }
-        if let Err(err) = self.client.publish_with_headers(reply, headers, Bytes::new()).await {
-            tracing::debug!(error = %err, "forward answer not sent");
+    }
+
+    async fn answer(&self, answers: HashMap<String, Vec<u8>>) {
+        for (reply, batch) in answers {
+            if let Err(err) = self.client.publish(reply, Bytes::from(batch)).await {
+                tracing::debug!(error = %err, "forward answers not sent");
+            }
         }
     }
 
     fn reply(&mut self, message: &async_nats::Message) {
-        let header = |name: &str| message.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str().to_owned());
-        let Some(id) = header(HEADER_ID).and_then(|id| id.parse::<u64>().ok()) else { return };
-        let sessions = header(HEADER_SESSIONS).and_then(|n| n.parse::<u32>().ok()).unwrap_or(0);
-        let Some(pending) = self.pending.get_mut(&id) else { return };
-        pending.sessions = pending.sessions.saturating_add(sessions);
-        pending.congested |= header(HEADER_CONGESTED).is_some();
-        pending.outstanding -= 1;
+        match peerbubble_proto::cluster::decode_answers(&message.payload) {
+            Ok(answers) => answers.into_iter().for_each(|a| self.settle(a)),
+            Err(err) => {
+                self.state.metrics.frame_error("cluster_answer");
+                tracing::warn!(error = %err, "ignored a malformed batch of answers from NATS");
+            }
+        }
+    }
+
+    fn settle(&mut self, answer: peerbubble_proto::cluster::ForwardAnswer) {
+        let Some(pending) = self.pending.get_mut(&answer.id) else { return };
+        pending.sessions = pending.sessions.saturating_add(answer.sessions);
+        pending.congested |= answer.congested;
+        pending.outstanding = pending.outstanding.saturating_sub(1);
         if pending.outstanding == 0
-            && let Some(done) = self.pending.remove(&id)
+            && let Some(done) = self.pending.remove(&answer.id)
         {
             done.answer.send(&self.state, done.sessions, 0, done.congested);
         }

@@ -223,7 +223,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::BubbleServer { args } => bubble_server(&args).await,
         Command::AdminApi { data_dir, admin } => {
-            std::fs::create_dir_all(&data_dir)?;
+            private_data_dir(&data_dir)?;
             let running =
                 admin::start(&admin, sqlite_url(&data_dir), format!("http://{}", admin.admin_listen), None).await?;
             say(&format!(
@@ -354,6 +354,42 @@ const DEMO_MEMBERS: [(&str, &str, &str); 3] = [
     ("carol", "Carol (command)", "command"),
 ];
 
+/// Makes the data directory its owner's alone: it holds the admin database (the directory, invites, audit), the
+/// offline mailbox, the TURN secret and the TLS key. The directory is 0700 and everything in it 0600 (0700 for
+/// directories), including what an earlier version left more open, and the process's umask makes whatever it
+/// creates later (databases, their journals, certificates) the same.
+fn private_data_dir(data_dir: &Path) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+        rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(data_dir)
+            .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+        let mut pending = vec![data_dir.to_path_buf()];
+        while let Some(dir) = pending.pop() {
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("cannot make {} private", dir.display()))?;
+            for entry in std::fs::read_dir(&dir)? {
+                let entry = entry?;
+                let kind = entry.file_type()?;
+                if kind.is_dir() {
+                    pending.push(entry.path());
+                } else if kind.is_file() {
+                    std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(0o600))
+                        .with_context(|| format!("cannot make {} private", entry.path().display()))?;
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+    Ok(())
+}
+
 /// The micro-node's TURN secret: made once, kept in the data directory, readable by its owner only.
 fn turn_secret_file(data_dir: &Path) -> anyhow::Result<PathBuf> {
     let path = data_dir.join("turn-secret");
@@ -377,8 +413,7 @@ async fn up(
     tls_args: &UpTls,
     admin_args: &admin::AdminArgs,
 ) -> anyhow::Result<()> {
-    std::fs::create_dir_all(data_dir)
-        .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+    private_data_dir(data_dir)?;
     let tls = match tls_args.source(data_dir, listen) {
         Some(source) => Some(peerbubble_bubble_server::ServerTls::load(&source, &[b"http/1.1"])?),
         None => None,

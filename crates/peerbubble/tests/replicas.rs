@@ -467,13 +467,22 @@ async fn bubbles_on_one_nats_cannot_see_each_other_and_nats_carries_only_wire_fr
                 "unexpected bytes on {subject}"
             );
         } else if subject.starts_with("pb.alpha.to.") {
-            let frame = peerbubble_proto::decode_server_frame(&message.payload).unwrap();
-            let ServerFrame::Deliver { from, body, seq: None, .. } = frame else { panic!("not a deliver: {frame:?}") };
-            assert_eq!(from, id(ANN));
-            assert!(sent_frames.iter().any(|s| s.as_bytes() == body.to_bytes()));
-            forwarded += 1;
+            // A batch of `deliver` frames, each as the member gets it.
+            for forward in peerbubble_proto::cluster::decode_forwards(&message.payload).unwrap() {
+                let frame = peerbubble_proto::decode_server_frame(forward.frame).unwrap();
+                let ServerFrame::Deliver { from, body, seq: None, .. } = frame else {
+                    panic!("not a deliver: {frame:?}")
+                };
+                assert_eq!((from, forward.to.as_slice()), (id(ANN), &[id(BOB)][..]));
+                assert!(sent_frames.iter().any(|s| s.as_bytes() == body.to_bytes()));
+                forwarded += 1;
+            }
         } else if subject.starts_with("pb.alpha.re.") {
-            assert!(message.payload.is_empty(), "an answer carries counts in headers only");
+            // Answers: ids and counts only.
+            assert!(
+                peerbubble_proto::cluster::decode_answers(&message.payload).is_ok(),
+                "unexpected bytes on {subject}"
+            );
         } else if subject.starts_with("_INBOX.") {
             // Snapshot answers (presence messages) and JetStream API answers.
             assert!(
@@ -490,4 +499,105 @@ async fn bubbles_on_one_nats_cannot_see_each_other_and_nats_carries_only_wire_fr
         }
     }
     assert_eq!(forwarded, sent_frames.len(), "every cross-replica envelope went through NATS once");
+}
+
+/// The whole journey across replicas with real end-to-end encryption: a native peer on replica one and
+/// `peerbubble chat --echo` on replica two start an MLS conversation through the relay (KeyPackages, the commit
+/// ordered by the shared ledger, the welcome), chat, then open a DataChannel (its offer, answer and ICE cross
+/// replicas as envelopes). Everything NATS carried in the bubble's account, and JetStream's files on disk, are
+/// then scanned: no message text, no SDP, no key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encrypted_conversation_across_replicas_leaves_nothing_readable_on_nats() {
+    use peerbubble_client_core::Event;
+    use peerbubble_peer::node::{Node, NodeConfig, NodeEvent};
+
+    let nats = Nats::start();
+    let dir = tempfile::tempdir().unwrap();
+    let capture = nats.client("alpha-capture", "capture-secret").await;
+    let mut everything = capture.subscribe(">").await.unwrap();
+    capture.flush().await.unwrap();
+    let one = Replica::start(&nats, "alpha", dir.path());
+    let two = Replica::start(&nats, "alpha", dir.path());
+
+    let bot = key(BOB);
+    let key_file = dir.path().join("bot.key");
+    std::fs::write(&key_file, format!("{}\n", bot.to_seed_base64().as_str())).unwrap();
+    let _bot = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_peerbubble"))
+            .args(["chat", "--echo", "--rtc-bind", "127.0.0.1:0", "--url", &two.url(), "--key"])
+            .arg(&key_file)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let loopback = vec![SocketAddr::from(([127, 0, 0, 1], 0))];
+    let mut node = Node::start(NodeConfig { bind: loopback, ..NodeConfig::new(one.url()) }, key(ANN)).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let conversation = loop {
+        let _ = node.start_direct(id(BOB)).await;
+        if let Some(c) = node.direct(id(BOB)).await.unwrap() {
+            break c;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the bot on the other replica never answered");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    const CANARY: &str = "CANARY-replicas-7f3e-hold-the-north-bridge";
+    node.send_text(conversation, CANARY).await.unwrap();
+    let echoed = format!("echo: {CANARY}");
+    node.wait_for("echo", WAIT * 2, |e| matches!(e, NodeEvent::Core(Event::Message { text, .. }) if *text == echoed))
+        .await
+        .unwrap();
+    node.wait_for("a DataChannel", WAIT * 2, |e| matches!(e, NodeEvent::ChannelOpen(_))).await.unwrap();
+    node.send_text(conversation, "over the channel").await.unwrap();
+    node.wait_for(
+        "echo over the channel",
+        WAIT,
+        |e| matches!(e, NodeEvent::Core(Event::Message { text, .. }) if text == "echo: over the channel"),
+    )
+    .await
+    .unwrap();
+    node.shutdown().await.unwrap();
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut heard = Vec::new();
+    while let Some(Some(message)) = everything.next().now_or_never() {
+        heard.extend_from_slice(message.subject.as_bytes());
+        heard.extend_from_slice(&message.payload);
+    }
+    let mut store = Vec::new();
+    let mut dirs = vec![nats.store()];
+    while let Some(d) = dirs.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                store.extend(std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    let (heard, store) = (String::from_utf8_lossy(&heard), String::from_utf8_lossy(&store));
+    // The scans can fail: the capture heard the conversation's envelopes, the store holds the ledger.
+    assert!(heard.contains("\"type\":\"deliver\""), "the capture heard forwarded envelopes");
+    assert!(store.contains("KV_pb-ledger-alpha"), "the JetStream store was read");
+    let wire = String::from(peerbubble_proto::Opaque::from_bytes(CANARY.as_bytes()).unwrap());
+    let seeds = [key(ANN).to_seed_base64().as_str().to_owned(), bot.to_seed_base64().as_str().to_owned()];
+    for needle in
+        [CANARY, wire.as_str(), "over the channel", "a=fingerprint", "candidate:", "v=0\r\n", &seeds[0], &seeds[1]]
+    {
+        assert!(!heard.contains(needle), "{needle} crossed NATS readably");
+        assert!(!store.contains(needle), "{needle} reached JetStream's files");
+    }
+}
+
+/// A child process stopped with the test, whatever happens.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

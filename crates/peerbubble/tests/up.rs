@@ -153,3 +153,53 @@ async fn up_enrolls_serves_revokes_and_stops() {
     let exit = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
     assert!(exit.success(), "{exit}");
 }
+
+/// The data directory holds the admin database, the mailbox, the TURN secret and the TLS key: `peerbubble up`
+/// makes it its owner's alone (0700, files 0600), including what an earlier version left world-readable.
+#[cfg(unix)]
+#[tokio::test]
+async fn the_data_directory_is_its_owners_alone() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let parent = tempfile::tempdir().unwrap();
+    let data = parent.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // As an earlier version left it: a world-readable file.
+    std::fs::write(data.join("turn-secret"), [7u8; 32]).unwrap();
+    std::fs::set_permissions(data.join("turn-secret"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_peerbubble"))
+        .args(["up", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args(["--turn-port", "0", "--turn-tls-port", "0", "--data-dir"])
+        .arg(&data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    tokio::task::spawn_blocking(move || {
+        BufReader::new(stdout).lines().map_while(Result::ok).any(|l| l.starts_with("Stop with Ctrl-C"))
+    })
+    .await
+    .unwrap();
+    let mode = |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    let mut seen = Vec::new();
+    let mut pending = vec![data.clone()];
+    while let Some(dir) = pending.pop() {
+        assert_eq!(mode(&dir), 0o700, "{}", dir.display());
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                assert_eq!(mode(&path), 0o600, "{} is open to others", path.display());
+                seen.push(path.file_name().unwrap().to_string_lossy().into_owned());
+            }
+        }
+    }
+    // The check covered what matters: the database, the mailbox and the secret.
+    for name in ["admin.db", "mailbox.sqlite", "turn-secret"] {
+        assert!(seen.iter().any(|s| s == name), "{name} not in {seen:?}");
+    }
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    assert!(child.wait().unwrap().success());
+}

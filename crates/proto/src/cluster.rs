@@ -9,6 +9,11 @@
 //! - `L` replica:u32 — the replica is leaving (graceful shutdown): drop its members now;
 //! - `S` replica:u32 seq:u64 member:16 * n — snapshot: every member with sessions on the replica after change
 //!   `seq` (the answer to a replica that missed changes or just joined).
+//!
+//! Envelopes for members on another replica travel in batches ([`encode_forward`], [`decode_forwards`]): per
+//! envelope, id:u64 session:u64 (0: every session) n:u16 member:16 * n length:u32 and the `deliver` frame the
+//! members get, bytes untouched. The answers come back in batches too ([`encode_answer`], [`decode_answers`]):
+//! id:u64 sessions:u32 congested:u8.
 
 use crate::MemberId;
 
@@ -154,6 +159,108 @@ impl PresenceMessage {
     }
 }
 
+/// Most recipients one forwarded envelope names.
+pub const MAX_FORWARD_RECIPIENTS: usize = 4096;
+/// Largest frame one forwarded envelope carries.
+pub const MAX_FORWARD_FRAME: usize = 1 << 20;
+
+/// One envelope forwarded to another replica, borrowed from its batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forward<'a> {
+    /// The forwarding replica's id for it, echoed in the answer.
+    pub id: u64,
+    /// Only this session of the recipients (none: every session).
+    pub to_session: Option<u64>,
+    /// The recipients on the receiving replica.
+    pub to: Vec<MemberId>,
+    /// The `deliver` frame, as members get it.
+    pub frame: &'a [u8],
+}
+
+/// Appends one forwarded envelope to a batch.
+pub fn encode_forward(out: &mut Vec<u8>, id: u64, to_session: Option<u64>, to: &[MemberId], frame: &[u8]) {
+    let to = &to[..to.len().min(MAX_FORWARD_RECIPIENTS)];
+    out.reserve(8 + 8 + 2 + 16 * to.len() + 4 + frame.len());
+    out.extend_from_slice(&id.to_be_bytes());
+    out.extend_from_slice(&to_session.unwrap_or(0).to_be_bytes());
+    out.extend_from_slice(&(to.len() as u16).to_be_bytes());
+    for member in to {
+        out.extend_from_slice(member.as_bytes());
+    }
+    out.extend_from_slice(&(frame.len() as u32).to_be_bytes());
+    out.extend_from_slice(frame);
+}
+
+/// Reads a batch of forwarded envelopes; anything malformed refuses the whole batch.
+pub fn decode_forwards(mut bytes: &[u8]) -> Result<Vec<Forward<'_>>, ClusterWireError> {
+    fn take<'a>(bytes: &mut &'a [u8], n: usize) -> Result<&'a [u8], ClusterWireError> {
+        if bytes.len() < n {
+            return Err(ClusterWireError::Length);
+        }
+        let (head, rest) = bytes.split_at(n);
+        *bytes = rest;
+        Ok(head)
+    }
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        let id = u64::from_be_bytes(take(&mut bytes, 8)?.try_into().map_err(|_| ClusterWireError::Length)?);
+        let session = u64::from_be_bytes(take(&mut bytes, 8)?.try_into().map_err(|_| ClusterWireError::Length)?);
+        let n = usize::from(u16::from_be_bytes(take(&mut bytes, 2)?.try_into().map_err(|_| ClusterWireError::Length)?));
+        if n == 0 || n > MAX_FORWARD_RECIPIENTS {
+            return Err(ClusterWireError::Length);
+        }
+        let to = take(&mut bytes, 16 * n)?
+            .chunks_exact(16)
+            .map(|c| <[u8; 16]>::try_from(c).map(MemberId::from_bytes).map_err(|_| ClusterWireError::Length))
+            .collect::<Result<Vec<_>, _>>()?;
+        let len = u32::from_be_bytes(take(&mut bytes, 4)?.try_into().map_err(|_| ClusterWireError::Length)?) as usize;
+        if len == 0 || len > MAX_FORWARD_FRAME {
+            return Err(ClusterWireError::Length);
+        }
+        let frame = take(&mut bytes, len)?;
+        out.push(Forward { id, to_session: (session != 0).then_some(session), to, frame });
+    }
+    Ok(out)
+}
+
+/// What a replica answers for one forwarded envelope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForwardAnswer {
+    /// The forwarding replica's id for it.
+    pub id: u64,
+    /// Sessions it was queued to.
+    pub sessions: u32,
+    /// A recipient session was over its budget.
+    pub congested: bool,
+}
+
+/// Appends one answer to a batch.
+pub fn encode_answer(out: &mut Vec<u8>, answer: ForwardAnswer) {
+    out.extend_from_slice(&answer.id.to_be_bytes());
+    out.extend_from_slice(&answer.sessions.to_be_bytes());
+    out.push(u8::from(answer.congested));
+}
+
+/// Reads a batch of answers; anything malformed refuses the whole batch.
+pub fn decode_answers(bytes: &[u8]) -> Result<Vec<ForwardAnswer>, ClusterWireError> {
+    if !bytes.len().is_multiple_of(13) {
+        return Err(ClusterWireError::Length);
+    }
+    bytes
+        .chunks_exact(13)
+        .map(|c| {
+            let id = u64::from_be_bytes(c[..8].try_into().map_err(|_| ClusterWireError::Length)?);
+            let sessions = u32::from_be_bytes(c[8..12].try_into().map_err(|_| ClusterWireError::Length)?);
+            let congested = match c[12] {
+                0 => false,
+                1 => true,
+                _ => return Err(ClusterWireError::Flag),
+            };
+            Ok(ForwardAnswer { id, sessions, congested })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,7 +298,45 @@ mod tests {
         assert_eq!(PresenceMessage::decode(&snapshot), Err(ClusterWireError::Length));
     }
 
+    #[test]
+    fn forward_and_answer_batches_round_trip_and_refuse_damage() {
+        let mut batch = Vec::new();
+        encode_forward(&mut batch, 1, None, &[member(1)], b"{\"type\":\"deliver\"}");
+        encode_forward(&mut batch, 2, Some(7 << 32 | 3), &[member(2), member(3)], b"x");
+        let got = decode_forwards(&batch).unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!((got[0].id, got[0].to_session, got[0].to.clone()), (1, None, vec![member(1)]));
+        assert_eq!(got[0].frame, b"{\"type\":\"deliver\"}");
+        assert_eq!((got[1].to_session, got[1].to.len(), got[1].frame), (Some(7 << 32 | 3), 2, &b"x"[..]));
+        assert_eq!(decode_forwards(&batch[..batch.len() - 1]), Err(ClusterWireError::Length));
+        assert_eq!(decode_forwards(&[]), Ok(vec![]));
+        let mut answers = Vec::new();
+        encode_answer(&mut answers, ForwardAnswer { id: 9, sessions: 2, congested: true });
+        encode_answer(&mut answers, ForwardAnswer { id: 10, sessions: 0, congested: false });
+        assert_eq!(decode_answers(&answers).unwrap()[0], ForwardAnswer { id: 9, sessions: 2, congested: true });
+        answers.push(0);
+        assert_eq!(decode_answers(&answers), Err(ClusterWireError::Length));
+    }
+
     proptest! {
+        #[test]
+        fn forwards_and_answers_from_arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            if let Ok(forwards) = decode_forwards(&bytes) {
+                let mut again = Vec::new();
+                for f in &forwards {
+                    encode_forward(&mut again, f.id, f.to_session, &f.to, f.frame);
+                }
+                prop_assert_eq!(again, bytes.clone());
+            }
+            if let Ok(answers) = decode_answers(&bytes) {
+                let mut again = Vec::new();
+                for a in answers {
+                    encode_answer(&mut again, a);
+                }
+                prop_assert_eq!(again, bytes);
+            }
+        }
+
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..128)) {
             if let Ok(message) = PresenceMessage::decode(&bytes) {
