@@ -37,8 +37,9 @@ use crate::hub::{LocalPresence, Routed, SessionHandle};
 use crate::session::Claim;
 use crate::state::AppState;
 
-/// A batch of forwarded envelopes is sent once it holds this many bytes (NATS's default limit is 1 MiB).
-const BATCH_BYTES: usize = 256 * 1024;
+/// A batch of forwarded envelopes is closed past this many bytes (NATS's default limit is 1 MiB; batches that fit
+/// the client's buffers avoid copies and fresh pages).
+const BATCH_BYTES: usize = 48 * 1024;
 /// Jobs or messages handled before what they produced is flushed, so that a busy link still answers promptly.
 const BATCH_JOBS: usize = 512;
 
@@ -590,6 +591,9 @@ pub(crate) async fn run(state: Arc<AppState>, config: ClusterConfig, tasks: Link
     ledger.abort();
 }
 
+/// Encoded forwarded envelopes for one replica, and their ids.
+type Batch = (Vec<u8>, Vec<u64>);
+
 struct Running {
     state: Arc<AppState>,
     client: async_nats::Client,
@@ -601,8 +605,8 @@ struct Running {
     mine: HashSet<MemberId>,
     peers: Peers,
     pending: HashMap<u64, Pending>,
-    /// Forwarded envelopes not sent yet, per replica: the batch, and the ids in it.
-    batches: HashMap<u32, (Vec<u8>, Vec<u64>)>,
+    /// Forwarded envelopes not sent yet, per replica: batches of at most about [`BATCH_BYTES`], with their ids.
+    batches: HashMap<u32, Vec<Batch>>,
     next_id: u64,
     forward_timeout: Duration,
     connected: bool,
@@ -680,7 +684,11 @@ impl Running {
         self.next_id += 1;
         let outstanding = remote.len();
         for (replica, members) in remote {
-            let (batch, ids) = self.batches.entry(replica).or_default();
+            let open = self.batches.entry(replica).or_default();
+            if open.last().is_none_or(|(batch, _)| batch.len() >= BATCH_BYTES) {
+                open.push((Vec::with_capacity(BATCH_BYTES + 8192), Vec::new()));
+            }
+            let Some((batch, ids)) = open.last_mut() else { continue };
             peerbubble_proto::cluster::encode_forward(batch, id, to_session.map(|s| s.0), &members, text.as_bytes());
             ids.push(id);
         }
@@ -688,38 +696,21 @@ impl Running {
         self.pending.insert(id, Pending { answer: reply, sessions, congested, outstanding, deadline });
     }
 
-    /// Sends the batches of forwarded envelopes, one NATS message per replica (split past [`BATCH_BYTES`]).
+    /// Sends the batches of forwarded envelopes, a NATS message each.
     async fn flush(&mut self) {
         let reply_to = format!("{}.re.{}", self.base, self.replica);
-        for (replica, (batch, ids)) in std::mem::take(&mut self.batches) {
+        for (replica, batches) in std::mem::take(&mut self.batches) {
             let subject = format!("{}.to.{replica}", self.base);
-            // Split on record boundaries: decode what was encoded here and re-batch (cheap, rare).
-            let chunks: Vec<Bytes> = if batch.len() <= BATCH_BYTES {
-                vec![Bytes::from(batch)]
-            } else {
-                let mut chunks = Vec::new();
-                let mut current = Vec::new();
-                for f in peerbubble_proto::cluster::decode_forwards(&batch).unwrap_or_default() {
-                    if current.len() >= BATCH_BYTES {
-                        chunks.push(Bytes::from(std::mem::take(&mut current)));
-                    }
-                    peerbubble_proto::cluster::encode_forward(&mut current, f.id, f.to_session, &f.to, f.frame);
-                }
-                chunks.push(Bytes::from(current));
-                chunks
-            };
-            let mut failed = false;
-            for chunk in chunks {
-                if let Err(err) = self.client.publish_with_reply(subject.clone(), reply_to.clone(), chunk).await {
+            for (batch, ids) in batches {
+                let published =
+                    self.client.publish_with_reply(subject.clone(), reply_to.clone(), Bytes::from(batch)).await;
+                self.state.metrics.forwarded(ids.len() as u64);
+                if let Err(err) = published {
                     tracing::debug!(error = %err, "envelopes not forwarded");
-                    failed = true;
-                }
-            }
-            self.state.metrics.forwarded(ids.len() as u64);
-            if failed {
-                // Counted as reaching no session there; the rest still answer.
-                for id in ids {
-                    self.settle(peerbubble_proto::cluster::ForwardAnswer { id, sessions: 0, congested: false });
+                    // Counted as reaching no session there; the other replicas still answer.
+                    for id in ids {
+                        self.settle(peerbubble_proto::cluster::ForwardAnswer { id, sessions: 0, congested: false });
+                    }
                 }
             }
         }
@@ -741,6 +732,7 @@ impl Running {
             let (mut sessions, mut congested) = (0, false);
             match std::str::from_utf8(forward.frame) {
                 Ok(text) => {
+                    // Copied out of the batch: a frame queued to a slow reader must not keep a whole batch alive.
                     let text = Utf8Bytes::from(text.to_owned());
                     for member in &forward.to {
                         let (n, c) =
