@@ -257,9 +257,14 @@ describe('the administrator console', () => {
     await page.getByText('Events are kept 90 days, then deleted.').waitFor();
     await page.getByLabel('Kind').selectOption({ label: 'Members' });
     await page.getByRole('cell', { name: 'member.revoked' }).first().waitFor();
-    const actions = await page.locator('table.audit tbody tr td:nth-child(4)').allInnerTexts();
-    expect(actions.length).toBeGreaterThan(0);
-    expect(actions.every((a) => a.startsWith('member.'))).toBe(true);
+    // The unfiltered rows stay on screen until the filtered page arrives: wait for the filter to apply.
+    const actions = page.locator('table.audit tbody tr td:nth-child(4)');
+    await expect
+      .poll(async () => {
+        const shown = await actions.allInnerTexts();
+        return shown.length > 0 && shown.every((a) => a.startsWith('member.'));
+      }, { timeout: 10_000 })
+      .toBe(true);
     const href = await page.getByRole('link', { name: 'Export CSV' }).getAttribute('href');
     const csv = await (await page.request.get(`${up.web}${href}`)).text();
     expect(csv.split('\r\n')[0]).toBe('at_utc,at_unix,bubble,actor,action,detail');
