@@ -322,27 +322,38 @@ fn bad_values_are_refused_with_a_reason() {
 
 #[test]
 fn the_examples_are_valid_resources_the_operator_renders() {
-    let text = std::fs::read_to_string(root().join("charts/peerbubble/examples/crisis-cell.yaml")).unwrap();
-    let docs = documents(&text);
-    let mut bubbles: Vec<Bubble> = Vec::new();
-    let mut categories: Vec<Category> = Vec::new();
-    for doc in &docs {
-        match doc["kind"].as_str() {
-            Some("Bubble") => bubbles.push(strict(doc)),
-            Some("Category") => categories.push(strict(doc)),
-            other => panic!("unexpected {other:?}"),
+    for (file, want_categories) in [("crisis-cell.yaml", 3), ("ministry-replicas.yaml", 1)] {
+        let text = std::fs::read_to_string(root().join("charts/peerbubble/examples").join(file)).unwrap();
+        let docs = documents(&text);
+        let mut bubbles: Vec<Bubble> = Vec::new();
+        let mut categories: Vec<Category> = Vec::new();
+        for doc in &docs {
+            match doc["kind"].as_str() {
+                Some("Bubble") => bubbles.push(strict(doc)),
+                Some("Category") => categories.push(strict(doc)),
+                other => panic!("{file}: unexpected {other:?}"),
+            }
+        }
+        assert_eq!((bubbles.len(), categories.len()), (1, want_categories), "{file}");
+        let mut bubble = bubbles.remove(0);
+        bubble.metadata.uid = Some("example".into());
+        assert!(peerbubble_operator::controller::spec_problems(&bubble).is_empty(), "{file}");
+        // The API server's own rules (CEL) accept it.
+        let spec = serde_json::to_value(&bubble.spec).unwrap();
+        assert!(peerbubble_crd::BubbleSpec::validate_cel(&spec, None).is_ok(), "{file}");
+        let settings = peerbubble_operator::render::Settings {
+            image: "img".into(),
+            admin_api_url: "http://admin".into(),
+            admin_api_namespace: "peerbubble".into(),
+        };
+        let rendered = peerbubble_operator::render::render(&bubble, &categories, &settings, &[0; 32]).unwrap();
+        let policy = &rendered.policy.data.unwrap()["policy.yaml"];
+        let replicas = rendered.deployment.spec.as_ref().and_then(|s| s.replicas);
+        assert_eq!(replicas, Some(bubble.spec.replicas), "{file}: every replica asked for runs");
+        if file == "crisis-cell.yaml" {
+            assert!(policy.contains("id: liaisons") && policy.contains("sees: [leads]"), "{policy}");
+        } else {
+            assert!(bubble.spec.nats.is_some() && rendered.pdb.is_some(), "{file}: replicas on NATS, with a PDB");
         }
     }
-    assert_eq!((bubbles.len(), categories.len()), (1, 3));
-    let mut bubble = bubbles.remove(0);
-    bubble.metadata.uid = Some("example".into());
-    assert!(peerbubble_operator::controller::spec_problems(&bubble).is_empty());
-    let settings = peerbubble_operator::render::Settings {
-        image: "img".into(),
-        admin_api_url: "http://admin".into(),
-        admin_api_namespace: "peerbubble".into(),
-    };
-    let rendered = peerbubble_operator::render::render(&bubble, &categories, &settings, &[0; 32]).unwrap();
-    let policy = &rendered.policy.data.unwrap()["policy.yaml"];
-    assert!(policy.contains("id: liaisons") && policy.contains("sees: [leads]"), "{policy}");
 }
