@@ -491,6 +491,21 @@ mod tests {
     }
 
     #[test]
+    fn replicas_on_nats_are_checked_and_refuse_a_mailbox_with_the_reason() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let nats = |url: &str| SignalArgs { nats: Some(url.into()), ..Default::default() };
+        let cluster = Config::resolve(&nats("nats://nats:4222"))?.cluster.ok_or("no cluster link")?;
+        assert_eq!(cluster.url, "nats://nats:4222");
+        let err = Config::resolve(&nats("http://nats:4222"));
+        assert!(matches!(&err, Err(ConfigError::Invalid(m)) if m.contains("nats://")), "{err:?}");
+        // A mailbox is one replica's file: refused with NATS, saying why.
+        let both = SignalArgs { mailbox: Some(dir.path().join("m.sqlite")), ..nats("nats://nats:4222") };
+        let err = Config::resolve(&both);
+        assert!(matches!(&err, Err(ConfigError::Invalid(m)) if m.contains("split it between them")), "{err:?}");
+        Ok(())
+    }
+
+    #[test]
     fn unknown_keys_and_bad_ranges_are_refused() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("c.yaml");

@@ -601,3 +601,53 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// Bad input from NATS (a broken or hostile replica, or anyone holding the bubble's NATS credentials): malformed
+/// presence messages and forward batches are refused whole and counted, the replica keeps working, and nothing
+/// of the garbage reaches a member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_messages_on_nats_are_refused_and_change_nothing() {
+    let nats = Nats::start();
+    let dir = tempfile::tempdir().unwrap();
+    let one = Replica::start(&nats, "alpha", dir.path());
+    let two = Replica::start(&nats, "alpha", dir.path());
+    let mut ann = one.connect(ANN).await;
+    let mut bob = join(&two, BOB, &[ANN]).await;
+    presence(&mut ann, id(BOB), true).await;
+    let replica = (bob.session().0 >> 32) as u32;
+
+    let intruder = nats.client("alpha-capture", "capture-secret").await;
+    let garbage: [&[u8]; 4] = [b"", b"Cxx", &[b'C'; 40], b"{\"type\":\"deliver\"}"];
+    for bytes in garbage {
+        intruder.publish("pb.alpha.presence", bytes.to_vec().into()).await.unwrap();
+        intruder.publish(format!("pb.alpha.to.{replica}"), bytes.to_vec().into()).await.unwrap();
+        intruder.publish(format!("pb.alpha.re.{replica}"), bytes.to_vec().into()).await.unwrap();
+    }
+    intruder.flush().await.unwrap();
+
+    // Still working both ways, and Bob got nothing but Ann's envelope.
+    let sent = ann.send(id(BOB), b"still here").await.unwrap();
+    assert_eq!(answer(&mut ann, sent).await, Ok(1));
+    assert_eq!(delivered(&mut bob).await, (id(ANN), b"still here".to_vec()));
+    let metrics = |replica: &Replica| {
+        let mut stream = TcpStream::connect(replica.addr).unwrap();
+        write!(stream, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).unwrap();
+        text
+    };
+    let text = metrics(&two);
+    let count = |reason: &str| {
+        text.lines()
+            .find(|l| l.starts_with("peerbubble_signal_frame_errors_total") && l.contains(reason))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    assert!(count("cluster_presence") >= 3, "malformed presence refused and counted:\n{text}");
+    assert!(count("cluster_forward") >= 3, "malformed forward batches refused and counted:\n{text}");
+    assert!(count("cluster_answer") >= 3, "malformed answer batches refused and counted:\n{text}");
+    // Presence was not disturbed: Bob is still online for Ann.
+    let sent = bob.send(id(ANN), b"and back").await.unwrap();
+    assert_eq!(answer(&mut bob, sent).await, Ok(1));
+    assert_eq!(delivered(&mut ann).await.1, b"and back".to_vec());
+}
