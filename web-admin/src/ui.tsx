@@ -50,7 +50,7 @@ export interface Loaded<T> {
   reload: () => void;
 }
 
-/** Loads `fetcher()` now, when `deps` change, and every `refreshMs` if given (without flashing the old data away). */
+/** Loads `fetcher()` now, when `deps` change (dropping the old answer), and every `refreshMs` if given (keeping it on screen meanwhile). */
 export function useLoad<T>(fetcher: () => Promise<T>, deps: unknown[], refreshMs?: number): Loaded<T> {
   const [data, setData] = useState<T | undefined>(undefined);
   const [error, setError] = useState<string | null>(null);
@@ -59,8 +59,16 @@ export function useLoad<T>(fetcher: () => Promise<T>, deps: unknown[], refreshMs
   const [transient, setTransient] = useState(false);
   const fetchRef = useRef(fetcher);
   fetchRef.current = fetcher;
+  const lastDeps = useRef<unknown[] | null>(null);
   useEffect(() => {
     let live = true;
+    // New parameters (a filter, a page, another bubble): what was shown answered another question, so it goes
+    // until the new answer comes. A refresh of the same question keeps it on screen.
+    const previous = lastDeps.current;
+    if (previous !== null && (previous.length !== deps.length || deps.some((d, i) => !Object.is(d, previous[i])))) {
+      setData(undefined);
+    }
+    lastDeps.current = deps;
     setLoading(true);
     fetchRef
       .current()
