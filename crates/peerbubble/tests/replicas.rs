@@ -183,18 +183,19 @@ impl Replica {
         replica
     }
 
-    fn status(&self, path: &str) -> Option<u16> {
+    /// GET `path`: (status, whole response).
+    fn get(&self, path: &str) -> Option<(u16, String)> {
         let mut stream = TcpStream::connect(self.addr).ok()?;
         let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
         stream.write_all(request.as_bytes()).ok()?;
         let mut response = String::new();
         stream.read_to_string(&mut response).ok()?;
-        response.split(' ').nth(1)?.parse().ok()
+        Some((response.split(' ').nth(1)?.parse().ok()?, response))
     }
 
     fn wait_ready(&self) {
         let deadline = Instant::now() + WAIT;
-        while self.status("/readyz") != Some(200) {
+        while self.get("/readyz").map(|(status, _)| status) != Some(200) {
             assert!(Instant::now() < deadline, "replica not ready: {}", std::fs::read_to_string(&self.log).unwrap());
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -275,18 +276,23 @@ async fn join(replica: &Replica, seed: u16, others: &[u16]) -> SignalClient {
 
 const GROUP: [u8; 16] = *b"replicated-group";
 
+/// Two replicas of bubble alpha, Ann on the first and Bob on the second, each seeing the other online.
+async fn two_replicas(nats: &Nats, dir: &Path) -> (Replica, Replica, SignalClient, SignalClient) {
+    let one = Replica::start(nats, "alpha", dir);
+    let two = Replica::start(nats, "alpha", dir);
+    let mut ann = one.connect(ANN).await;
+    let bob = join(&two, BOB, &[ANN]).await;
+    presence(&mut ann, id(BOB), true).await;
+    (one, two, ann, bob)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_on_two_replicas_see_reach_and_commit_in_one_order() {
     let nats = Nats::start();
     let dir = tempfile::tempdir().unwrap();
-    let one = Replica::start(&nats, "alpha", dir.path());
-    let two = Replica::start(&nats, "alpha", dir.path());
-
     // Presence crosses replicas both ways: Ann (one) sees Bob (two) come online, and Bob's first directory
     // already shows Ann online.
-    let mut ann = one.connect(ANN).await;
-    let mut bob = join(&two, BOB, &[ANN]).await;
-    presence(&mut ann, id(BOB), true).await;
+    let (one, two, mut ann, mut bob) = two_replicas(&nats, dir.path()).await;
 
     // Relay across replicas, and the ack counts the session on the other replica.
     let sent = ann.send(id(BOB), b"ann to bob").await.unwrap();
@@ -337,11 +343,7 @@ async fn members_on_two_replicas_see_reach_and_commit_in_one_order() {
 async fn a_killed_replica_and_a_restarted_nats_heal_without_losing_what_was_acknowledged() {
     let mut nats = Nats::start();
     let dir = tempfile::tempdir().unwrap();
-    let one = Replica::start(&nats, "alpha", dir.path());
-    let mut two = Replica::start(&nats, "alpha", dir.path());
-    let mut ann = one.connect(ANN).await;
-    let mut bob = join(&two, BOB, &[ANN]).await;
-    presence(&mut ann, id(BOB), true).await;
+    let (one, mut two, mut ann, mut bob) = two_replicas(&nats, dir.path()).await;
     for i in 0..20u32 {
         let sent = ann.send(id(BOB), format!("before {i}").as_bytes()).await.unwrap();
         assert_eq!(answer(&mut ann, sent).await, Ok(1));
@@ -609,11 +611,7 @@ impl Drop for KillOnDrop {
 async fn malformed_messages_on_nats_are_refused_and_change_nothing() {
     let nats = Nats::start();
     let dir = tempfile::tempdir().unwrap();
-    let one = Replica::start(&nats, "alpha", dir.path());
-    let two = Replica::start(&nats, "alpha", dir.path());
-    let mut ann = one.connect(ANN).await;
-    let mut bob = join(&two, BOB, &[ANN]).await;
-    presence(&mut ann, id(BOB), true).await;
+    let (_one, two, mut ann, mut bob) = two_replicas(&nats, dir.path()).await;
     let replica = (bob.session().0 >> 32) as u32;
 
     let intruder = nats.client("alpha-capture", "capture-secret").await;
@@ -629,14 +627,7 @@ async fn malformed_messages_on_nats_are_refused_and_change_nothing() {
     let sent = ann.send(id(BOB), b"still here").await.unwrap();
     assert_eq!(answer(&mut ann, sent).await, Ok(1));
     assert_eq!(delivered(&mut bob).await, (id(ANN), b"still here".to_vec()));
-    let metrics = |replica: &Replica| {
-        let mut stream = TcpStream::connect(replica.addr).unwrap();
-        write!(stream, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
-        let mut text = String::new();
-        stream.read_to_string(&mut text).unwrap();
-        text
-    };
-    let text = metrics(&two);
+    let (_, text) = two.get("/metrics").unwrap();
     let count = |reason: &str| {
         text.lines()
             .find(|l| l.starts_with("peerbubble_signal_frame_errors_total") && l.contains(reason))
