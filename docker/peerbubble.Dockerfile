@@ -1,4 +1,5 @@
-# The `peerbubble` image: admin API (with its console) and bubble-server, one static-ish binary on distroless.
+# The `peerbubble` image: admin API (with its console) and bubble-server, one static-ish binary on distroless,
+# built without the member tools (no MLS, no WebRTC stack: ADR 0025).
 # Build from the repository root:  docker build -f docker/peerbubble.Dockerfile -t peerbubble/peerbubble:0.1.0 .
 # These images cannot be built on the project's CI machines (no container runtime); see docs/kubernetes.md.
 FROM docker.io/library/rust:1.94-bookworm AS build
@@ -6,7 +7,7 @@ WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --package peerbubble \
+    cargo build --release --locked --package peerbubble --no-default-features \
  && install -D -m 0755 target/release/peerbubble /out/peerbubble
 
 FROM gcr.io/distroless/cc-debian12:nonroot

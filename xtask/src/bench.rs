@@ -18,6 +18,8 @@ pub(crate) fn bench(root: &Path, name: Option<&str>, rest: &[String]) -> anyhow:
         Some("operator") => operator(),
         Some("turn") => crate::bench_turn::turn(root, rest),
         Some("e2ee") => e2ee(rest),
+        Some("directory") => directory(rest),
+        Some("micronode") => micronode(rest),
         Some("browser") => crate::web::bench_browser(rest),
         Some("browser-media") => crate::web::bench_browser_media(rest),
         _ => bail!(
@@ -28,6 +30,8 @@ pub(crate) fn bench(root: &Path, name: Option<&str>, rest: &[String]) -> anyhow:
              cargo xtask bench operator\n       \
              cargo xtask bench turn [--clients M] [--messages N] [--length L] [--rounds R] [--allocations A]\n       \
              cargo xtask bench e2ee [--messages N] [--message-bytes B] [--megabytes M] [--rounds R]\n       \
+             cargo xtask bench directory [--members N] [--categories C] [--rounds R]\n       \
+             cargo xtask bench micronode [--rounds R]\n       \
              cargo xtask bench browser [--rounds R] [--messages N]"
         ),
     }
@@ -42,6 +46,88 @@ fn operator() -> anyhow::Result<()> {
 /// (crates/bubble-server/benches/mailbox.rs).
 fn mailbox(rest: &[String]) -> anyhow::Result<()> {
     sh(cargo().args(["bench", "--package", "peerbubble-bubble-server", "--bench", "mailbox", "--"]).args(rest))
+}
+
+/// One member's slice at 100 000 members, and a poll that finds nothing changed against a full read
+/// (crates/admin-api/benches/directory.rs).
+fn directory(rest: &[String]) -> anyhow::Result<()> {
+    sh(cargo().args(["bench", "--package", "peerbubble-admin-api", "--bench", "directory", "--"]).args(rest))
+}
+
+/// `peerbubble up` as the Debian package ships it (server build, `dist` profile): start to ready, idle memory,
+/// binary size. Each round starts on a fresh data directory (the database made, migrations run, demo invites
+/// written: a first start) and once more on the same directory (a restart); ready is when both the signaling
+/// listener and the admin API answer `/readyz`, polled every millisecond.
+fn micronode(rest: &[String]) -> anyhow::Result<()> {
+    let mut rounds = 5;
+    let mut it = rest.iter();
+    while let Some(flag) = it.next() {
+        let value: usize = it.next().with_context(|| format!("{flag} needs a value"))?.parse()?;
+        match flag.as_str() {
+            "--rounds" => rounds = value.max(1),
+            _ => bail!("unknown flag {flag}"),
+        }
+    }
+    crate::web_tools()?;
+    crate::web::build()?;
+    let binary = crate::dist::build(crate::dist::Arch::X86_64)?;
+    let work = std::env::temp_dir().join(format!("peerbubble-micronode-{}", std::process::id()));
+    let (mut first, mut restart, mut rss) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let data = work.join(format!("round-{round}"));
+        for (samples, measure_rss) in [(&mut first, false), (&mut restart, true)] {
+            let (listen, admin) = (free_port()?, free_port()?);
+            let started = Instant::now();
+            let mut node = Guard(
+                Command::new(&binary)
+                    .args(["up", "--listen", &format!("127.0.0.1:{listen}"), "--admin-listen"])
+                    .arg(format!("127.0.0.1:{admin}"))
+                    .args(["--turn-port", "0", "--turn-tls-port", "0", "--data-dir"])
+                    .arg(&data)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()?,
+            );
+            for port in [listen, admin] {
+                wait_ready_fast(SocketAddr::from(([127, 0, 0, 1], port)), started)?;
+            }
+            samples.push(started.elapsed().as_secs_f64() * 1e3);
+            if measure_rss {
+                // Idle: nobody connected, the directory follower and health reporter ticking.
+                std::thread::sleep(Duration::from_secs(3));
+                rss.push(rss_kib(node.0.id())? as f64 * 1024.0 / 1e6);
+            }
+            let _ = Command::new("kill").args(["-TERM", &node.0.id().to_string()]).status();
+            let _ = node.0.wait();
+        }
+    }
+    let _ = std::fs::remove_dir_all(&work);
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let binary_mb = std::fs::metadata(&binary)?.len() as f64 / 1e6;
+    let (first, restart, rss) = (median(&mut first), median(&mut restart), median(&mut rss));
+    println!("  first start {first:.0} ms, restart {restart:.0} ms (medians of {rounds}), {}", binary.display());
+    println!(
+        "bench micronode: idle_rss_mb={rss:.1} ready_ms={first:.0} restart_ready_ms={restart:.0} binary_mb={binary_mb:.1}"
+    );
+    Ok(())
+}
+
+/// Waits for `GET /readyz` to answer 200 on `addr`, polling every millisecond (start-up is what is measured).
+fn wait_ready_fast(addr: SocketAddr, since: Instant) -> anyhow::Result<()> {
+    while since.elapsed() < Duration::from_secs(30) {
+        if let Ok(mut stream) = TcpStream::connect(addr) {
+            let _ = write!(stream, "GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            let mut line = String::new();
+            if BufReader::new(stream).read_line(&mut line).is_ok() && line.contains(" 200 ") {
+                return Ok(());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    bail!("{addr}/readyz did not answer 200 within 30 s")
 }
 
 /// MLS cost per message and encrypted file transfer vs a raw DataChannel (crates/peer/benches/e2ee.rs).

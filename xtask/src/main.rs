@@ -13,6 +13,7 @@ use anyhow::{Context as _, bail};
 
 mod bench;
 mod bench_turn;
+mod dist;
 mod web;
 
 const USAGE: &str = "\
@@ -37,6 +38,10 @@ usage: cargo xtask <command>
   bench browser          web client in Chromium: wasm MLS cost vs native, connect time vs a raw WebRTC page, wasm size
   bench browser-media    a file between two browsers vs a raw DataChannel; call to first video frame vs a raw page;
                          the raw DataChannel relayed through our TURN vs coturn
+  bench directory        one member's slice at 100 000 members; a directory poll that finds nothing changed vs a full read
+  bench micronode        `peerbubble up` (server build): idle memory, start to /readyz, binary size
+  dist                   release `peerbubble` (server build) for x86_64 and aarch64 Linux and a Debian package of
+                         each (systemd unit, /etc/default/peerbubble), in <target>/dist
   fuzz [seconds]         run every fuzz target (default 60 s each)
 ";
 
@@ -65,6 +70,7 @@ fn run_command() -> anyhow::Result<()> {
             web_tools().and_then(|()| debian_packages()).and_then(|()| web::build()).and_then(|_| web::e2e())
         }
         Some("bench") => bench::bench(&root, args.get(1).map(String::as_str), &args[2.min(args.len())..]),
+        Some("dist") => dist::dist(),
         Some("fuzz") => fuzz(args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(60)),
         _ => {
             print!("{USAGE}");
@@ -120,7 +126,7 @@ fn run(extra: &[String]) -> anyhow::Result<()> {
 
 /// What building and testing the wasm needs: the wasm32 target and wasm-bindgen-cli at the crate's version
 /// (wasm-bindgen and wasm-bindgen-test-runner; npm packages come from the committed lockfile).
-fn web_tools() -> anyhow::Result<()> {
+pub(crate) fn web_tools() -> anyhow::Result<()> {
     let targets = Command::new("rustup").args(["target", "list", "--installed"]).output()?;
     if !String::from_utf8_lossy(&targets.stdout).contains("wasm32-unknown-unknown") {
         sh(Command::new("rustup").args(["target", "add", "wasm32-unknown-unknown"]))?;
@@ -148,7 +154,7 @@ fn ensure_tools() -> anyhow::Result<()> {
 /// network-namespace NAT test, Chromium with its WebDriver for the browser tests, and nats-server for the
 /// replica tests.
 pub(crate) fn debian_packages() -> anyhow::Result<()> {
-    let wanted = [
+    debian_packages_for(&[
         ("turnutils_uclient", "coturn"),
         ("ip", "iproute2"),
         ("iptables", "iptables"),
@@ -157,10 +163,18 @@ pub(crate) fn debian_packages() -> anyhow::Result<()> {
         ("chromedriver", "chromium-driver"),
         // NATS with JetStream: the replica tests start their own servers from it.
         ("nats-server", "nats-server"),
-    ];
+    ])
+}
+
+/// Installs the Debian package of each (program or absolute path, package) whose program is not on the PATH
+/// (or whose path does not exist).
+pub(crate) fn debian_packages_for(wanted: &[(&str, &str)]) -> anyhow::Result<()> {
     let missing: Vec<&str> = wanted
         .iter()
         .filter(|(program, _)| {
+            if program.starts_with('/') {
+                return !Path::new(program).exists();
+            }
             !Command::new("sh")
                 .args(["-c", &format!("command -v {program}")])
                 .output()
@@ -307,6 +321,8 @@ fn test() -> anyhow::Result<()> {
     step("web client (wasm32 build, wasm-bindgen, wasm-opt, tsc, eslint, vite)", || web::build().map(drop))?;
     let helm = helm()?;
     step("tests", || sh(cargo().env("PEERBUBBLE_HELM", &helm).args(["test", "--workspace"])))?;
+    step("server build: neither MLS nor WebRTC linked (cargo tree, clippy without the member tools)", server_build)?;
+    step("aarch64 micro-node: cross build, Debian package, run under qemu-user", aarch64_micro_node)?;
     step("client-core in Chromium (wasm32: proto, client-core, client-wasm)", browser_tests)?;
     step("web client end to end in Chromium (Playwright against peerbubble up)", web::e2e)?;
     step("cargo-deny (licences, bans, sources; advisories need the RustSec database from GitHub)", || {
@@ -315,6 +331,67 @@ fn test() -> anyhow::Result<()> {
     step("fuzz smoke", || fuzz(20))?;
     println!("\nall checks passed in {:.0?}", started.elapsed());
     Ok(())
+}
+
+/// The server build (`--no-default-features`: what the image and the Debian packages ship) links neither the MLS
+/// nor the WebRTC stack: `cargo tree` must not find them, while it does find them in the default build (so the
+/// check sees what it looks for), and the server build compiles clean.
+fn server_build() -> anyhow::Result<()> {
+    let tree = |extra: &[&str]| -> anyhow::Result<Vec<String>> {
+        let out = cargo()
+            .args(["tree", "--locked", "--package", "peerbubble", "--edges", "normal", "--prefix", "none"])
+            .args(["--format", "{p}"])
+            .args(extra)
+            .output()?;
+        anyhow::ensure!(out.status.success(), "cargo tree failed: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+            .collect())
+    };
+    let client_stack = |name: &str| {
+        name.starts_with("openmls")
+            || name.starts_with("webrtc")
+            || ["rtc", "peerbubble-peer", "peerbubble-client-core"].contains(&name)
+    };
+    let full = tree(&[])?;
+    for wanted in ["openmls", "webrtc", "peerbubble-client-core"] {
+        anyhow::ensure!(
+            full.iter().any(|c| c == wanted),
+            "the default build should link {wanted}: is the check blind?"
+        );
+    }
+    let mut linked: Vec<String> = tree(&["--no-default-features"])?.into_iter().filter(|c| client_stack(c)).collect();
+    linked.dedup();
+    anyhow::ensure!(linked.is_empty(), "the server build links the client stack: {linked:?}");
+    sh(cargo().args(["clippy", "--locked", "--package", "peerbubble", "--no-default-features", "--", "-D", "warnings"]))
+}
+
+/// The Raspberry Pi build: aarch64 `peerbubble` cross-built, packaged as `cargo xtask dist` does, and the binary
+/// taken out of the package run under qemu-user by crates/peerbubble/tests/aarch64.rs.
+fn aarch64_micro_node() -> anyhow::Result<()> {
+    let binary = dist::build(dist::Arch::Aarch64)?;
+    let out = bench::target_dir(&project_root()).join("dist-test");
+    std::fs::create_dir_all(&out)?;
+    let deb = dist::package(&binary, dist::Arch::Aarch64, &out)?;
+    let unpacked = out.join("unpacked");
+    if unpacked.exists() {
+        std::fs::remove_dir_all(&unpacked)?;
+    }
+    sh(Command::new("dpkg-deb").arg("--extract").arg(&deb).arg(&unpacked))?;
+    let installed = unpacked.join("usr/bin/peerbubble");
+    dist::check_elf(&installed, dist::Arch::Aarch64)?;
+    sh(cargo().env("PEERBUBBLE_AARCH64_BIN", &installed).args([
+        "test",
+        "--locked",
+        "--package",
+        "peerbubble",
+        "--test",
+        "aarch64",
+        "--",
+        "--ignored",
+        "--nocapture",
+    ]))
 }
 
 /// The fuzz targets: (name, what it reads).

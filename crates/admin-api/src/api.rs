@@ -87,6 +87,7 @@ impl utoipa::Modify for SecuritySchemes {
 fn documented() -> (Router<Arc<ApiState>>, utoipa::openapi::OpenApi) {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(create_bubble, list_bubbles))
+        .routes(routes!(delete_bubble))
         .routes(routes!(create_category, list_categories))
         .routes(routes!(crate::console::change_category, crate::console::delete_category))
         .routes(routes!(create_invite, crate::console::list_invites))
@@ -190,6 +191,28 @@ async fn create_bubble(
         .await?;
     applied.map_err(|e| control_failed(&e))?;
     Ok((StatusCode::CREATED, Json(CreatedBubble { id: req.id, display_name: req.display_name, credential })))
+}
+
+/// Deletes a bubble: its directory, invites, policy and health go, its bubble-servers stop serving it and its
+/// members are disconnected; its audit events stay.
+#[utoipa::path(delete, path = "/api/v1/bubbles/{bubble}", tag = "bubbles", params(("bubble" = String, Path, description = "Bubble id")),
+    security(("bearer" = []), ("session" = [])),
+    responses((status = 204, description = "Deleted"), (status = 401, body = ErrorBody),
+        (status = 403, description = "Not an organisation-wide admin", body = ErrorBody),
+        (status = 404, description = "No such bubble", body = ErrorBody)))]
+async fn delete_bubble(
+    State(state): State<Arc<ApiState>>,
+    Caller(who): Caller,
+    Path(bubble): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    who.organisation_admin()?;
+    if !state.store.delete_bubble(&bubble).await? {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such bubble"));
+    }
+    let applied = state.control.bubble_deleted(&bubble).await;
+    audit_event(&state, Some(&bubble), &who.actor(), "bubble.deleted", String::new()).await?;
+    applied.map_err(|e| control_failed(&e))?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// A bubble with its latest health at a glance.
@@ -466,14 +489,19 @@ async fn directory(
     Path(bubble): Path<String>,
 ) -> Result<Response, ApiError> {
     require_bubble(&state, &headers, &bubble).await?;
-    let document = state.store.directory(&bubble).await?.ok_or_else(ApiError::unauthorized)?;
+    let etag = |revision: &str| format!("\"{revision}\"");
+    let asked = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok());
+    if let Some(asked) = asked {
+        // Nothing changed: one row read, no members, no encoding (migration 0006).
+        let revision = state.store.directory_revision(&bubble).await?.ok_or_else(ApiError::unauthorized)?;
+        if asked == etag(&revision) {
+            return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag(&revision))]).into_response());
+        }
+    }
+    let (document, revision) = state.store.directory(&bubble).await?.ok_or_else(ApiError::unauthorized)?;
     let body = serde_json::to_vec(&document)
         .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "encoding failed"))?;
-    let etag = format!("\"{}\"", crate::token::sha256_hex(&body));
-    if headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) == Some(etag.as_str()) {
-        return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
-    }
-    Ok((StatusCode::OK, [(header::ETAG, etag), (header::CONTENT_TYPE, "application/json".to_owned())], body)
+    Ok((StatusCode::OK, [(header::ETAG, etag(&revision)), (header::CONTENT_TYPE, "application/json".to_owned())], body)
         .into_response())
 }
 

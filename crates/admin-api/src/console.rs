@@ -144,7 +144,8 @@ pub(crate) async fn issue_invite(
         .await?;
     audit_event(state, Some(bubble), actor, action, format!("for={display_name} categories={}", categories.join(",")))
         .await?;
-    let link = format!("{}/enroll#{bubble}.{token}", state.public_url.trim_end_matches('/'));
+    let origin = state.control.bubble_origin(bubble).unwrap_or_else(|| state.public_url.clone());
+    let link = format!("{}/enroll#{bubble}.{token}", origin.trim_end_matches('/'));
     let qr_svg = qr_svg(&link)?;
     Ok(CreatedInvite { token, link, qr_svg, id, expires_at })
 }
@@ -332,8 +333,8 @@ pub(crate) async fn view_as_member(
     let row =
         state.store.list_members(&bubble).await?.into_iter().find(|m| m.member == member).ok_or_else(not_found)?;
     let key: PublicKey = row.public_key.parse().map_err(|_| not_found())?;
-    let document = state.store.directory(&bubble).await?.ok_or_else(not_found)?;
-    let directory = Directory::compile(document, String::new()).map_err(|e| {
+    let (document, revision) = state.store.directory(&bubble).await?.ok_or_else(not_found)?;
+    let directory = Directory::compile(document, revision).map_err(|e| {
         ApiError::new(
             StatusCode::CONFLICT,
             "directory_invalid",

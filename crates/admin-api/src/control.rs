@@ -54,6 +54,13 @@ pub trait ControlPlane: Send + Sync + std::fmt::Debug {
     fn category_changed<'a>(&'a self, category: &'a CategorySpec) -> ControlFuture<'a>;
     /// A category was deleted.
     fn category_deleted<'a>(&'a self, bubble: &'a str, id: &'a str) -> ControlFuture<'a>;
+    /// A bubble was deleted (its directory is gone from the store): stop serving it.
+    fn bubble_deleted<'a>(&'a self, bubble: &'a str) -> ControlFuture<'a>;
+    /// Where members of `bubble` open its web client, when the platform serves bubbles at their own addresses
+    /// (a micro-node's port per bubble); None for the API's public URL.
+    fn bubble_origin(&self, _bubble: &str) -> Option<String> {
+        None
+    }
 }
 
 /// All-in-one: bubbles are served by this process from the database.
@@ -71,6 +78,9 @@ impl ControlPlane for Local {
         Box::pin(async { Ok(()) })
     }
     fn category_deleted<'a>(&'a self, _bubble: &'a str, _id: &'a str) -> ControlFuture<'a> {
+        Box::pin(async { Ok(()) })
+    }
+    fn bubble_deleted<'a>(&'a self, _bubble: &'a str) -> ControlFuture<'a> {
         Box::pin(async { Ok(()) })
     }
 }

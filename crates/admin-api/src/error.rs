@@ -75,6 +75,7 @@ impl From<StoreError> for ApiError {
                     InviteRefusal::Expired => (StatusCode::GONE, "invite_expired"),
                     InviteRefusal::Used => (StatusCode::CONFLICT, "invite_used"),
                     InviteRefusal::KeyTaken => (StatusCode::CONFLICT, "key_already_enrolled"),
+                    InviteRefusal::KeyInOtherBubble => (StatusCode::CONFLICT, "key_in_other_bubble"),
                     InviteRefusal::Revoked => (StatusCode::GONE, "invite_revoked"),
                 };
                 Self::new(status, code, format!("this invite {refusal}; ask your administrator for a new one"))

@@ -45,6 +45,8 @@ pub enum InviteRefusal {
     Used,
     /// The key is already a member of the bubble.
     KeyTaken,
+    /// The key is a member of another bubble: a member has one identity per bubble (DESIGN.md invariant 5).
+    KeyInOtherBubble,
     /// An administrator withdrew the invite.
     Revoked,
 }
@@ -56,6 +58,9 @@ impl std::fmt::Display for InviteRefusal {
             InviteRefusal::Expired => "has expired",
             InviteRefusal::Used => "was already used",
             InviteRefusal::KeyTaken => "cannot enroll a key that is already a member",
+            InviteRefusal::KeyInOtherBubble => {
+                "cannot enroll a key that belongs to another bubble: each bubble gets its own key"
+            }
             InviteRefusal::Revoked => "was withdrawn by an administrator",
         })
     }
@@ -86,6 +91,19 @@ fn health_sample(r: &sqlx::any::AnyRow) -> Result<HealthSample, sqlx::Error> {
         turn_allocations: r.try_get("turn_allocations")?,
         turn_bytes_relayed: r.try_get("turn_bytes_relayed")?,
     })
+}
+
+/// Marks the bubble's directory changed, inside the caller's transaction (migration 0006): every write to what
+/// [`Store::directory`] returns calls this before committing, so the revision never lags the content.
+async fn touch_directory(tx: &mut sqlx::AnyConnection, bubble: &str) -> Result<(), StoreError> {
+    let mut revision = [0u8; 12];
+    getrandom::fill(&mut revision).map_err(|e| StoreError::Database(sqlx::Error::Protocol(e.to_string())))?;
+    sqlx::query("UPDATE bubbles SET directory_revision = $1 WHERE id = $2")
+        .bind(crate::token::hex(&revision))
+        .bind(bubble)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
 }
 
 /// Stores what category `id` sees (inside the caller's transaction).
@@ -265,6 +283,33 @@ impl Store {
         Ok(())
     }
 
+    /// Deletes a bubble and everything it holds (directory, invites, policy, health samples); its audit events
+    /// stay, as the trail of what happened. False if there was no such bubble. Children are deleted explicitly,
+    /// not left to `ON DELETE CASCADE`, which SQLite applies only on connections that enabled foreign keys.
+    pub async fn delete_bubble(&self, bubble: &str) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for table in [
+            "member_categories",
+            "category_sees",
+            "members",
+            "categories",
+            "invites",
+            "bubble_policies",
+            "health_samples",
+        ] {
+            sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table} WHERE bubble_id = $1")))
+                .bind(bubble)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let done = sqlx::query("DELETE FROM bubbles WHERE id = $1").bind(bubble).execute(&mut *tx).await?;
+        if done.rows_affected() != 1 {
+            return Ok(false);
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
     /// All bubbles, by id.
     pub async fn list_bubbles(&self) -> Result<Vec<BubbleRow>, StoreError> {
         let rows =
@@ -300,6 +345,7 @@ impl Store {
             .await
             .map_err(|e| classify(e, "category"))?;
         insert_sees(&mut tx, bubble, id, sees).await?;
+        touch_directory(&mut tx, bubble).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -394,6 +440,15 @@ impl Store {
         if claimed.rows_affected() != 1 {
             return Err(StoreError::Invite(InviteRefusal::Used));
         }
+        // One identity per bubble: a key known to another bubble would let the two correlate the person.
+        let elsewhere = sqlx::query("SELECT 1 FROM members WHERE public_key = $1 AND bubble_id <> $2")
+            .bind(public_key)
+            .bind(&bubble)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if elsewhere.is_some() {
+            return Err(StoreError::Invite(InviteRefusal::KeyInOtherBubble));
+        }
         sqlx::query(
             "INSERT INTO members (bubble_id, member_id, public_key, display_name, status, enrolled_at) \
              VALUES ($1, $2, $3, $4, 'active', $5)",
@@ -418,6 +473,7 @@ impl Store {
                 .await
                 .map_err(|e| classify(e, "member category"))?;
         }
+        touch_directory(&mut tx, &bubble).await?;
         tx.commit().await?;
         Ok((bubble, name))
     }
@@ -460,26 +516,44 @@ impl Store {
 
     /// Revokes a member; false if there was no active member with that id.
     pub async fn revoke_member(&self, bubble: &str, member: &str, now: i64) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
         let done = sqlx::query(
             "UPDATE members SET status = 'revoked', revoked_at = $1 WHERE bubble_id = $2 AND member_id = $3 AND status = 'active'",
         )
         .bind(now)
         .bind(bubble)
         .bind(member)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
-        Ok(done.rows_affected() == 1)
+        if done.rows_affected() != 1 {
+            return Ok(false);
+        }
+        touch_directory(&mut tx, bubble).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
-    /// The directory document the bubble's servers follow: categories and active members.
-    pub async fn directory(&self, bubble: &str) -> Result<Option<BubbleFile>, StoreError> {
-        let Some(row) = sqlx::query("SELECT display_name FROM bubbles WHERE id = $1")
+    /// The bubble's directory revision (migration 0006), one indexed row: what a poll reads when nothing changed.
+    pub async fn directory_revision(&self, bubble: &str) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("SELECT directory_revision FROM bubbles WHERE id = $1")
+            .bind(bubble)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?)
+    }
+
+    /// The directory document the bubble's servers follow (categories and active members), with its revision.
+    /// The revision is read first: a change landing during the read leaves an older revision beside newer
+    /// content, which the next poll reads again, never newer revision beside older content, which it would miss.
+    pub async fn directory(&self, bubble: &str) -> Result<Option<(BubbleFile, String)>, StoreError> {
+        let Some(row) = sqlx::query("SELECT display_name, directory_revision FROM bubbles WHERE id = $1")
             .bind(bubble)
             .fetch_optional(&self.pool)
             .await?
         else {
             return Ok(None);
         };
+        let revision: String = row.try_get(1)?;
         let categories = self
             .list_categories(bubble)
             .await?
@@ -494,13 +568,9 @@ impl Store {
             .map(|m| MemberFile { public_key: m.public_key, display_name: m.display_name, categories: m.categories })
             .collect();
         let policy = self.policy(bubble).await?;
-        Ok(Some(BubbleFile {
-            bubble: bubble.to_owned(),
-            display_name: Some(row.try_get(0)?),
-            categories,
-            members,
-            policy,
-        }))
+        let file =
+            BubbleFile { bubble: bubble.to_owned(), display_name: Some(row.try_get(0)?), categories, members, policy };
+        Ok(Some((file, revision)))
     }
 
     /// Records an audit event.

@@ -484,6 +484,7 @@ async fn the_openapi_document_and_reference_describe_every_route() {
         ("/api/v1/bubbles/{bubble}/members", "get"),
         ("/api/v1/bubbles/{bubble}/members/{member}/revoke", "post"),
         ("/api/v1/bubbles/{bubble}/directory", "get"),
+        ("/api/v1/bubbles/{bubble}", "delete"),
         ("/api/v1/bubbles/{bubble}/health", "post"),
         ("/api/v1/bubbles/{bubble}/health", "get"),
         ("/api/v1/audit", "get"),
@@ -598,6 +599,9 @@ impl ControlPlane for RefusingPlatform {
     fn category_deleted<'a>(&'a self, _: &'a str, _: &'a str) -> ControlFuture<'a> {
         Box::pin(async { Err(ControlError("admission webhook denied the request".into())) })
     }
+    fn bubble_deleted<'a>(&'a self, _: &'a str) -> ControlFuture<'a> {
+        Box::pin(async { Err(ControlError("admission webhook denied the request".into())) })
+    }
 }
 
 #[tokio::test]
@@ -618,4 +622,155 @@ async fn a_refusing_control_plane_is_reported_and_the_change_kept() {
     assert_eq!((status, body["error"].as_str()), (StatusCode::BAD_GATEWAY, Some("control_plane_failed")), "{body}");
     assert_eq!(api.get("/api/v1/bubbles/ops/categories", Some(ADMIN)).await.1.as_array().map(Vec::len), Some(1));
     api.finish().await;
+}
+
+/// A bubble-server's poll that finds nothing changed gets `304` and no body; every write to what the directory
+/// holds (a category created, changed or deleted, an enrollment, a revocation, the policy) changes the ETag in
+/// the same transaction, and writes the directory does not hold (invites) leave it alone.
+#[tokio::test]
+async fn directory_polls_answer_not_modified_until_the_directory_changes() {
+    use reqwest::Method;
+    for (backend, api) in backends(100).await {
+        let credential = setup(&api).await;
+        // (status, ETag, body) of a poll that says which version it has.
+        let poll = |etag: Option<String>| {
+            let (api, credential) = (&api, &credential);
+            async move {
+                let mut req =
+                    api.http.get(format!("{}/api/v1/bubbles/ops/directory", api.base)).bearer_auth(credential);
+                if let Some(etag) = etag {
+                    req = req.header(reqwest::header::IF_NONE_MATCH, etag);
+                }
+                let res = req.send().await.unwrap();
+                let etag = res.headers()[reqwest::header::ETAG].to_str().unwrap().to_owned();
+                (res.status(), etag, res.bytes().await.unwrap())
+            }
+        };
+        let (status, mut etag, _) = poll(None).await;
+        assert_eq!(status, StatusCode::OK, "{backend}");
+        let mut seen = vec![etag.clone()];
+        // Unchanged: 304 with no body, as often as asked; a stale or foreign ETag gets the document.
+        for _ in 0..2 {
+            let (status, again, body) = poll(Some(etag.clone())).await;
+            assert_eq!((status, again.as_str(), body.len()), (StatusCode::NOT_MODIFIED, etag.as_str(), 0), "{backend}");
+        }
+        let (status, again, body) = poll(Some("\"not-a-revision\"".into())).await;
+        assert_eq!((status, again), (StatusCode::OK, etag.clone()), "{backend}");
+        assert!(serde_json::from_slice::<Value>(&body).unwrap()["categories"].is_array());
+        // Not the directory's business: still unchanged.
+        let token = invite(&api, "Ann", json!(["medics"])).await;
+        assert_eq!(poll(Some(etag.clone())).await.0, StatusCode::NOT_MODIFIED, "{backend}: an invite is not a change");
+
+        let ann = IdentityKey::generate().unwrap();
+        let member = ann.public_key().member_id().to_string();
+        let policy = json!({"masked_by_default": true, "disappear_within_secs": 0, "files_allowed": true,
+            "max_file_bytes": 1048576, "calls_allowed": true, "relay_only": false});
+        type Change = (&'static str, Method, String, Option<Value>);
+        let changes: Vec<Change> = vec![
+            ("enroll", Method::POST, "/api/v1/enroll".into(), Some(enroll_body(&ann, "ops", &token))),
+            (
+                "category created",
+                Method::POST,
+                "/api/v1/bubbles/ops/categories".into(),
+                Some(json!({"id": "drivers", "display_name": "Drivers", "sees": []})),
+            ),
+            (
+                "category changed",
+                Method::PUT,
+                "/api/v1/bubbles/ops/categories/drivers".into(),
+                Some(json!({"display_name": "Drivers", "sees": ["logistics"]})),
+            ),
+            ("category deleted", Method::DELETE, "/api/v1/bubbles/ops/categories/drivers".into(), None),
+            ("policy", Method::PUT, "/api/v1/bubbles/ops/policy".into(), Some(policy)),
+            ("revoke", Method::POST, format!("/api/v1/bubbles/ops/members/{member}/revoke"), None),
+        ];
+        for (what, method, path, body) in changes {
+            let token = (path != "/api/v1/enroll").then_some(ADMIN);
+            let (status, answer) = api.send(method, &path, token, body).await;
+            assert!(status.is_success(), "{backend}: {what}: {status} {answer}");
+            let (status, next, body) = poll(Some(etag.clone())).await;
+            assert_eq!(status, StatusCode::OK, "{backend}: {what} did not change the directory's ETag");
+            assert!(!seen.contains(&next), "{backend}: {what} reused an ETag");
+            let doc: Value = serde_json::from_slice(&body).unwrap();
+            match what {
+                "enroll" => assert_eq!(doc["members"][0]["public_key"], ann.public_key().to_string()),
+                "category created" | "category changed" => assert!(doc.to_string().contains("Drivers")),
+                "category deleted" => assert!(!doc.to_string().contains("Drivers")),
+                "policy" => assert_eq!(doc["policy"]["masked_by_default"], true),
+                _ => assert_eq!(doc["members"], json!([])),
+            }
+            assert_eq!(poll(Some(next.clone())).await.0, StatusCode::NOT_MODIFIED, "{backend}: after {what}");
+            seen.push(next.clone());
+            etag = next;
+        }
+        api.finish().await;
+    }
+}
+
+/// Deleting a bubble removes its directory, invites and policy and stops its credential working; its audit trail
+/// stays. Only an organisation-wide administrator may; the same key cannot be a member of two bubbles.
+#[tokio::test]
+async fn bubbles_are_deleted_whole_and_keys_stay_in_one_bubble() {
+    use reqwest::Method;
+    for (backend, api) in backends(100).await {
+        let credential = setup(&api).await;
+        let ann = IdentityKey::generate().unwrap();
+        let token = invite(&api, "Ann", json!(["medics"])).await;
+        assert_eq!(api.post("/api/v1/enroll", None, enroll_body(&ann, "ops", &token)).await.0, StatusCode::CREATED);
+        let _pending = invite(&api, "Bob", json!(["logistics"])).await;
+
+        // A second bubble: Ann's key from ops is refused there (one identity per bubble), a new key is welcome.
+        let (status, _) =
+            api.post("/api/v1/bubbles", Some(ADMIN), json!({"id": "relief", "display_name": "Relief"})).await;
+        assert_eq!(status, StatusCode::CREATED, "{backend}");
+        let (_, created) = api
+            .post("/api/v1/bubbles/relief/invites", Some(ADMIN), json!({"display_name": "Ann again", "categories": []}))
+            .await;
+        let relief_token = created["token"].as_str().unwrap().to_owned();
+        let (status, body) = api.post("/api/v1/enroll", None, enroll_body(&ann, "relief", &relief_token)).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (StatusCode::CONFLICT, Some("key_in_other_bubble")),
+            "{backend}: {body}"
+        );
+        assert!(!body.to_string().contains("ops"), "{backend}: the refusal names the other bubble: {body}");
+        let fresh = IdentityKey::generate().unwrap();
+        let (status, body) = api.post("/api/v1/enroll", None, enroll_body(&fresh, "relief", &relief_token)).await;
+        assert_eq!(status, StatusCode::CREATED, "{backend}: the refused attempt used the invite up: {body}");
+
+        // A bubble-scoped token may not delete; an unknown bubble is 404.
+        let (_, scoped) = api
+            .post("/api/v1/tokens", Some(ADMIN), json!({"name": "ops admin", "role": "admin", "bubbles": ["ops"]}))
+            .await;
+        let scoped = scoped["token"].as_str().unwrap().to_owned();
+        assert_eq!(api.send(Method::DELETE, "/api/v1/bubbles/ops", Some(&scoped), None).await.0, StatusCode::FORBIDDEN);
+        assert_eq!(api.send(Method::DELETE, "/api/v1/bubbles/nope", Some(ADMIN), None).await.0, StatusCode::NOT_FOUND);
+
+        assert_eq!(api.send(Method::DELETE, "/api/v1/bubbles/ops", Some(ADMIN), None).await.0, StatusCode::NO_CONTENT);
+        assert_eq!(api.send(Method::DELETE, "/api/v1/bubbles/ops", Some(ADMIN), None).await.0, StatusCode::NOT_FOUND);
+        // Its credential no longer reads anything; nothing of it is listed; the other bubble is untouched.
+        assert_eq!(api.get("/api/v1/bubbles/ops/directory", Some(&credential)).await.0, StatusCode::UNAUTHORIZED);
+        let (_, bubbles) = api.get("/api/v1/bubbles", Some(ADMIN)).await;
+        let ids: Vec<&str> = bubbles.as_array().unwrap().iter().filter_map(|b| b["id"].as_str()).collect();
+        assert_eq!(ids, ["relief"], "{backend}");
+        assert_eq!(api.get("/api/v1/bubbles/ops/members", Some(ADMIN)).await.1, json!([]), "{backend}");
+        assert_eq!(api.get("/api/v1/bubbles/ops/categories", Some(ADMIN)).await.1, json!([]), "{backend}");
+        assert_eq!(api.get("/api/v1/bubbles/relief/members", Some(ADMIN)).await.1.as_array().map(Vec::len), Some(1));
+        // The pending invite died with it.
+        let (status, _) =
+            api.post("/api/v1/enroll", None, enroll_body(&IdentityKey::generate().unwrap(), "ops", &_pending)).await;
+        assert_ne!(status, StatusCode::CREATED, "{backend}");
+        // With ops gone, Ann's key may join relief.
+        let (_, again) = api
+            .post("/api/v1/bubbles/relief/invites", Some(ADMIN), json!({"display_name": "Ann", "categories": []}))
+            .await;
+        let (status, body) =
+            api.post("/api/v1/enroll", None, enroll_body(&ann, "relief", again["token"].as_str().unwrap())).await;
+        assert_eq!(status, StatusCode::CREATED, "{backend}: {body}");
+        // The trail stays.
+        let (_, events) = api.get("/api/v1/audit?bubble=ops", Some(ADMIN)).await;
+        let actions: Vec<&str> = events.as_array().unwrap().iter().filter_map(|e| e["action"].as_str()).collect();
+        assert!(actions.contains(&"bubble.deleted") && actions.contains(&"member.enrolled"), "{backend}: {actions:?}");
+        api.finish().await;
+    }
 }

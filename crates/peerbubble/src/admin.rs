@@ -99,6 +99,7 @@ pub async fn start(
     default_db: String,
     public_url: String,
     console_origin: Option<&str>,
+    control: Option<Arc<dyn peerbubble_admin_api::control::ControlPlane>>,
 ) -> anyhow::Result<RunningAdmin> {
     let url = args.database_url.clone().unwrap_or(default_db);
     let store = Store::connect(&url).await.context("cannot open the admin database")?;
@@ -120,6 +121,9 @@ pub async fn start(
         clock,
     );
     state.audit_retention_days = args.audit_retention_days;
+    if let Some(control) = control {
+        state.control = control;
+    }
     state.session_secs = i64::from(args.admin_session_hours.max(1)) * 3600;
     if let Some(config) = oidc {
         tracing::info!(issuer = %config.issuer, "administrators sign in with OpenID Connect");

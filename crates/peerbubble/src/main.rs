@@ -1,12 +1,20 @@
 //! `peerbubble`: the one binary. `peerbubble up` runs the all-in-one micro-node (admin API + bubble-server on an
 //! embedded SQLite database); other subcommands run one service, or do what a member or an administrator does
 //! from a terminal. Member secrets exist only in key files a member creates on their own machine.
+//!
+//! The member tools (`enroll`, `keygen`, `connect`, `chat`) sit behind the default `member` feature: built
+//! without it (`--no-default-features`, as the server image and the Debian package are), the binary links
+//! neither the MLS nor the WebRTC stack it would never use on a server (ADR 0025).
 
 #![forbid(unsafe_code)]
 
 mod admin;
+mod bubbles;
+#[cfg(feature = "member")]
 mod chat;
+#[cfg(feature = "member")]
 mod keep;
+#[cfg(feature = "member")]
 mod member;
 mod store_source;
 
@@ -20,7 +28,6 @@ use clap::{Parser, Subcommand};
 use peerbubble_bubble_server::{
     AdminApiReporter, AdminApiSource, BubbleCredential, Config, FileSource, Server, SignalArgs, TurnArgs,
 };
-use peerbubble_proto::IdentityKey;
 use serde_json::json;
 
 /// mimalloc: fewer cycles per allocation on the relay path than glibc's allocator (BENCHMARKS.md), and it
@@ -104,6 +111,7 @@ enum Command {
         qr: bool,
     },
     /// Member: makes an identity key on this machine and enrolls it with an invite link.
+    #[cfg(feature = "member")]
     Enroll {
         /// Admin API address.
         #[arg(long, default_value = "http://127.0.0.1:8481")]
@@ -116,6 +124,7 @@ enum Command {
         key_out: PathBuf,
     },
     /// Makes a member identity key and prints its public key (for a hand-written bubble file).
+    #[cfg(feature = "member")]
     Keygen {
         /// Where to write the secret key (created with owner-only permissions; never overwritten).
         #[arg(long)]
@@ -127,11 +136,13 @@ enum Command {
         url: String,
     },
     /// Member: end-to-end-encrypted chat and files with the members you may see (MLS over WebRTC).
+    #[cfg(feature = "member")]
     Chat {
         #[command(flatten)]
         args: chat::ChatArgs,
     },
     /// Member: connects to a bubble and prints what the member may see: directory and presence.
+    #[cfg(feature = "member")]
     Connect {
         /// The member's key file.
         #[arg(long)]
@@ -158,7 +169,7 @@ struct UpTls {
     tls_key: Option<PathBuf>,
     /// A further name or address the self-signed certificate is made for (repeat the flag), e.g. the
     /// machine's LAN address. Used when the certificate is made (delete <data-dir>/tls to make it again).
-    #[arg(long = "tls-name")]
+    #[arg(long = "tls-name", env = "PEERBUBBLE_TLS_NAMES", value_delimiter = ',')]
     tls_names: Vec<String>,
     /// Serve plain HTTP even beyond loopback (behind a reverse proxy that terminates TLS).
     #[arg(long, env = "PEERBUBBLE_PLAIN_HTTP")]
@@ -225,7 +236,8 @@ async fn main() -> anyhow::Result<()> {
         Command::AdminApi { data_dir, admin } => {
             private_data_dir(&data_dir)?;
             let running =
-                admin::start(&admin, sqlite_url(&data_dir), format!("http://{}", admin.admin_listen), None).await?;
+                admin::start(&admin, sqlite_url(&data_dir), format!("http://{}", admin.admin_listen), None, None)
+                    .await?;
             say(&format!(
                 "admin API on http://{}\n{}\n",
                 running.addr,
@@ -243,15 +255,19 @@ async fn main() -> anyhow::Result<()> {
             say(&format!("{link}\n"));
             Ok(())
         }
+        #[cfg(feature = "member")]
         Command::Enroll { api, invite, key_out } => member::enroll(&api, &invite, &key_out).await,
+        #[cfg(feature = "member")]
         Command::Keygen { out } => {
-            let key = IdentityKey::generate()?;
+            let key = peerbubble_proto::IdentityKey::generate()?;
             member::write_secret(&out, &key)?;
             let public = key.public_key();
             say(&format!("public_key: {public}\nmember_id: {}\n", public.member_id()));
             Ok(())
         }
+        #[cfg(feature = "member")]
         Command::Connect { key, url } => member::connect(&key, &url).await,
+        #[cfg(feature = "member")]
         Command::Chat { args } => chat::chat(args).await,
     }
 }
@@ -423,12 +439,19 @@ async fn up(
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let web_addr = listener.local_addr()?;
     let origin = admin_args.public_url.clone().unwrap_or_else(|| public_origin(http, web_addr));
-    let admin = admin::start(admin_args, sqlite_url(data_dir), origin.clone(), Some(&origin)).await?;
+    let turn = TurnArgs { turn_secret_file: Some(turn_secret_file(data_dir)?), ..turn };
+    let settings =
+        bubbles::Settings { data_dir: data_dir.to_path_buf(), listen, tls: tls.clone(), turn, origin: origin.clone() };
+    let bubbles = bubbles::Bubbles::new(settings, listener);
+    let admin =
+        admin::start(admin_args, sqlite_url(data_dir), origin.clone(), Some(&origin), Some(bubbles.control())).await?;
+    bubbles.attach(admin.store.clone(), admin.router.clone());
     let api = format!("http://{}", admin.addr);
-    // First start: a demo bubble made through the admin API itself, with one invite per demo member.
+    // First start (an empty database): a demo bubble made through the admin API itself, with one invite per demo
+    // member. A bubble created this way starts serving at once; so do those the console creates later.
     let mut invites = Vec::new();
     if let Some(token) = admin.bootstrap_token.as_ref()
-        && !admin.store.list_bubbles().await?.iter().any(|b| b.id == DEMO_BUBBLE)
+        && admin.store.list_bubbles().await?.is_empty()
     {
         api_post(
             &api,
@@ -448,19 +471,21 @@ async fn up(
             invites.push((file, make_invite(&api, token, DEMO_BUBBLE, name, &[category.to_owned()]).await?));
         }
     }
-    let turn = TurnArgs { turn_secret_file: Some(turn_secret_file(data_dir)?), ..turn };
-    // Members whose tab is closed get what was sent meanwhile when they come back (the offline mailbox).
-    let mailbox = peerbubble_bubble_server::MailboxConfig::at(data_dir.join("mailbox.sqlite"));
-    let config =
-        Config { listen, turn: turn.resolve(listen)?, tls: tls.clone(), mailbox: Some(mailbox), ..Config::default() };
-    let source = store_source::StoreSource::new(admin.store.clone(), DEMO_BUBBLE.into(), Duration::from_secs(1));
-    let server = Server::start_with_routes(config, source, listener, admin.router.clone()).await?;
-    peerbubble_bubble_server::spawn_reporter(
-        server.health(),
-        store_source::StoreSink::new(admin.store.clone(), DEMO_BUBBLE.into()),
-        REPORT_INTERVAL,
-    );
-    let addr = server.local_addr();
+    bubbles.start_all().await?;
+    let Some((addr, turn_line)) = bubbles.with_primary(|server| (server.local_addr(), turn_banner(server))).await
+    else {
+        // The demo bubble was deleted: the other bubbles serve their members on their own ports.
+        let mut text = format!(
+            "\nPeerBubble micro-node is up (data in {}).\n\n  console     {api}/admin/\n  admin API   {api}\n  {}\n\n",
+            data_dir.display(),
+            sign_in_hint(&admin, &api)
+        );
+        text += &bubbles_banner(&bubbles);
+        text += "Stop with Ctrl-C.\n";
+        say(&text);
+        wait_for_signal().await;
+        return bubbles.stop_all().await;
+    };
     let exe = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "peerbubble".into());
     let host = origin.split_once("://").map_or(origin.as_str(), |(_, h)| h).trim_end_matches('/');
     let mut text = format!(
@@ -488,8 +513,9 @@ async fn up(
             "(sign in with the admin token below)"
         },
         sign_in = sign_in_hint(&admin, &origin),
-        turn = turn_banner(&server),
+        turn = turn_line,
     );
+    text += &bubbles_banner(&bubbles);
     if let Some(tls) = &tls {
         text += &format!(
             "HTTPS certificate{made} — SHA-256 fingerprint:\n  {fingerprint}\n\
@@ -518,20 +544,40 @@ async fn up(
         for (file, link) in &invites {
             text += &format!("  {file:<6} {link}\n");
         }
-        text += "\nOr enroll from a terminal instead (then the link is used up):\n";
-        for (file, link) in invites.iter().take(1) {
-            text += &format!("  {exe} enroll --api {api} --invite '{link}' --key-out {file}.key\n");
-        }
-        if tls.is_none() {
-            text += &format!("\n  {exe} connect --key alice.key --url {ws}://{host}/v1/signal\n");
-        } else {
-            text += "  (terminal members speak plain ws:// only for now: run them against a micro-node without TLS)\n";
+        // The terminal member tools exist only in builds with them (not in the server image or package).
+        if cfg!(feature = "member") {
+            text += "\nOr enroll from a terminal instead (then the link is used up):\n";
+            for (file, link) in invites.iter().take(1) {
+                text += &format!("  {exe} enroll --api {api} --invite '{link}' --key-out {file}.key\n");
+            }
+            if tls.is_none() {
+                text += &format!("\n  {exe} connect --key alice.key --url {ws}://{host}/v1/signal\n");
+            } else {
+                text +=
+                    "  (terminal members speak plain ws:// only for now: run them against a micro-node without TLS)\n";
+            }
         }
         text += "\nThe invites are single-use; make more with `peerbubble invite`.\n";
     }
     text += "Stop with Ctrl-C.\n";
     say(&text);
-    run_until_signal(server).await
+    wait_for_signal().await;
+    tracing::info!("shutting down: telling clients to reconnect");
+    bubbles.stop_all().await
+}
+
+/// The bubbles other than the demo, each on its own port (nothing when there are none).
+fn bubbles_banner(bubbles: &bubbles::Bubbles) -> String {
+    let others: Vec<(String, String)> =
+        bubbles.origins().into_iter().filter(|(id, _)| id != bubbles::PRIMARY).collect();
+    if others.is_empty() {
+        return String::new();
+    }
+    let mut text = "Other bubbles, each with its own web client, signaling and TURN:\n".to_owned();
+    for (id, origin) in others {
+        text += &format!("  {id:<12} {origin}/\n");
+    }
+    text + "\n"
 }
 
 fn turn_banner(server: &Server) -> String {

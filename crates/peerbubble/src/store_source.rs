@@ -23,14 +23,15 @@ impl StoreSource {
 impl DirectorySource for StoreSource {
     async fn load(&self, current: Option<&str>) -> Result<Option<Directory>, DirectoryError> {
         let read_err = |reason: String| DirectoryError::Read { path: format!("store:{}", self.bubble).into(), reason };
-        let document = self.store.directory(&self.bubble).await.map_err(|e| read_err(e.to_string()))?;
-        let document = document.ok_or_else(|| read_err("no such bubble".into()))?;
-        let bytes = serde_json::to_vec(&document).map_err(|e| read_err(e.to_string()))?;
-        let version = peerbubble_admin_api::token::sha256_hex(&bytes);
-        if current == Some(version.as_str()) {
+        // Nothing changed: one row read, not the whole directory (the store's revision, migration 0006).
+        let revision = self.store.directory_revision(&self.bubble).await.map_err(|e| read_err(e.to_string()))?;
+        let revision = revision.ok_or_else(|| read_err("no such bubble".into()))?;
+        if current == Some(revision.as_str()) {
             return Ok(None);
         }
-        Ok(Some(Directory::compile(document, version)?))
+        let document = self.store.directory(&self.bubble).await.map_err(|e| read_err(e.to_string()))?;
+        let (document, revision) = document.ok_or_else(|| read_err("no such bubble".into()))?;
+        Ok(Some(Directory::compile(document, revision)?))
     }
 
     async fn changed(&self) {

@@ -3,75 +3,26 @@
 //! see what they may see; a revoked member is dropped within seconds; SIGTERM stops everything cleanly.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::{BufRead as _, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use peerbubble_peer::SignalClient;
-use peerbubble_proto::{ErrorCode, IdentityKey, ServerFrame};
+use peerbubble_proto::{ErrorCode, ServerFrame};
+
+mod support;
+
+use support::{MicroNode, enroll, read_key};
 
 const WAIT: Duration = Duration::from_secs(10);
-
-fn field(line: &str, label: &str) -> Option<String> {
-    line.trim().strip_prefix(label).map(|rest| rest.split_whitespace().next().unwrap_or_default().to_owned())
-}
-
-fn enroll(api: &str, link: &str, key: &std::path::Path) {
-    let out = Command::new(env!("CARGO_BIN_EXE_peerbubble"))
-        .args(["enroll", "--api", api, "--invite", link, "--key-out"])
-        .arg(key)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-}
 
 #[tokio::test]
 async fn up_enrolls_serves_revokes_and_stops() {
     let data = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_peerbubble"))
-        .args([
-            "up",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--turn-port",
-            "0",
-            "--turn-tls-port",
-            "0",
-            "--data-dir",
-        ])
-        .arg(data.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let banner = tokio::task::spawn_blocking(move || {
-        let mut lines = Vec::new();
-        for line in BufReader::new(stdout).lines() {
-            let line = line.unwrap();
-            let done = line.starts_with("Stop with Ctrl-C");
-            lines.push(line);
-            if done {
-                break;
-            }
-        }
-        lines
-    })
-    .await
-    .unwrap();
-    let find =
-        |label: &str| banner.iter().find_map(|l| field(l, label)).unwrap_or_else(|| panic!("no {label} in {banner:?}"));
-    let (url, api, token) = (find("signaling"), find("admin API"), find("admin token"));
+    let node = MicroNode::start(env!("CARGO_BIN_EXE_peerbubble").as_ref(), &[], &[], data.path()).await;
+    let (url, api, token) = (node.field("signaling"), node.field("admin API"), node.field("admin token"));
     // Each demo invite is printed as a browser link (and the first once more in a CLI example).
-    let mut links: Vec<String> = Vec::new();
-    for word in banner.iter().flat_map(|l| l.split_whitespace()).map(|w| w.trim_matches('\'')) {
-        if word.contains("/enroll#demo.") && !links.iter().any(|l| l == word) {
-            links.push(word.to_owned());
-        }
-    }
-    assert_eq!(links.len(), 3, "{banner:?}");
+    let links = node.invite_links();
+    assert_eq!(links.len(), 3, "{:?}", node.banner);
 
     // `peerbubble probe`, the images' health check: 200 passes, anything else fails with the status.
     let probe = |url: String| Command::new(env!("CARGO_BIN_EXE_peerbubble")).args(["probe", &url]).output().unwrap();
@@ -98,7 +49,7 @@ async fn up_enrolls_serves_revokes_and_stops() {
     );
     assert!(!key_file("mallory").exists(), "a refused enrollment keeps no key");
 
-    let read = |name: &str| IdentityKey::from_seed_base64(&std::fs::read_to_string(key_file(name)).unwrap()).unwrap();
+    let read = |name: &str| read_key(&key_file(name));
     let alice = read("alice");
     // The embedded bubble-server picks enrollments up from the store within its interval.
     let mut client = loop {
@@ -142,7 +93,7 @@ async fn up_enrolls_serves_revokes_and_stops() {
 
     // SIGTERM: clients are told to reconnect, the process exits successfully.
     let carol = SignalClient::connect(&url, &read("carol")).await.unwrap();
-    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    let stopped = tokio::spawn(node.stop());
     let mut carol = carol;
     let notice = loop {
         if let ServerFrame::Error { code, .. } = carol.next_timeout(WAIT).await.unwrap() {
@@ -150,7 +101,7 @@ async fn up_enrolls_serves_revokes_and_stops() {
         }
     };
     assert_eq!(notice, ErrorCode::ServerShutdown);
-    let exit = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
+    let exit = stopped.await.unwrap();
     assert!(exit.success(), "{exit}");
 }
 
@@ -167,20 +118,7 @@ async fn the_data_directory_is_its_owners_alone() {
     // As an earlier version left it: a world-readable file.
     std::fs::write(data.join("turn-secret"), [7u8; 32]).unwrap();
     std::fs::set_permissions(data.join("turn-secret"), std::fs::Permissions::from_mode(0o644)).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_peerbubble"))
-        .args(["up", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-        .args(["--turn-port", "0", "--turn-tls-port", "0", "--data-dir"])
-        .arg(&data)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    tokio::task::spawn_blocking(move || {
-        BufReader::new(stdout).lines().map_while(Result::ok).any(|l| l.starts_with("Stop with Ctrl-C"))
-    })
-    .await
-    .unwrap();
+    let node = MicroNode::start(env!("CARGO_BIN_EXE_peerbubble").as_ref(), &[], &[], &data).await;
     let mode = |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
     let mut seen = Vec::new();
     let mut pending = vec![data.clone()];
@@ -200,6 +138,5 @@ async fn the_data_directory_is_its_owners_alone() {
     for name in ["admin.db", "mailbox.sqlite", "turn-secret"] {
         assert!(seen.iter().any(|s| s == name), "{name} not in {seen:?}");
     }
-    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
-    assert!(child.wait().unwrap().success());
+    assert!(node.stop().await.success());
 }

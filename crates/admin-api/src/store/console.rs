@@ -91,6 +91,7 @@ impl Store {
         .execute(&mut *tx)
         .await
         .map_err(|e| classify(e, "policy"))?;
+        super::touch_directory(&mut tx, bubble).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -119,6 +120,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         super::insert_sees(&mut tx, bubble, id, sees).await?;
+        super::touch_directory(&mut tx, bubble).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -172,6 +174,7 @@ impl Store {
         if done.rows_affected() != 1 {
             return Err(StoreError::NotFound("category"));
         }
+        super::touch_directory(&mut tx, bubble).await?;
         tx.commit().await?;
         Ok(())
     }
