@@ -120,6 +120,23 @@ export function ErrorNote({ error, onRetry }: { error: string | null; onRetry?: 
   );
 }
 
+/** A notice for the next screen (after an action that leaves this one), shown once. */
+let flash: string | null = null;
+
+export function flashNext(text: string): void {
+  flash = text;
+}
+
+/** The notice left by the previous screen, if any (taken once, on the first render). */
+export function useFlash(): string | null {
+  const [text] = useState(() => {
+    const taken = flash;
+    flash = null;
+    return taken;
+  });
+  return text;
+}
+
 export function Done({ text }: { text: string | null }) {
   if (!text) return null;
   return (

@@ -373,6 +373,33 @@ describe('the administrator console', () => {
     expect(await row(p, 'Jonas Weber').getByText('Revoked').count()).toBe(0);
   });
 
+  test('a bubble created in the console is served at once at its own address; deleting it ends it', async () => {
+    await page.getByRole('link', { name: 'Bubbles' }).first().click();
+    await page.getByLabel('Name').fill('Flood relief');
+    await page.getByRole('button', { name: 'Create bubble' }).click();
+    const served = page.getByText(/Bubble flood-relief is served now/);
+    await served.waitFor();
+    const origin = (await served.getByRole('link').innerText()).replace(/\/$/, '');
+    expect(origin).not.toBe(up.web);
+    expect((await fetch(`${origin}/readyz`)).status).toBe(200);
+    await page.getByRole('link', { name: 'Flood relief' }).click();
+    await page.getByText('Members open this bubble at').waitFor();
+    await page.getByRole('heading', { name: 'Delete this bubble' }).waitFor();
+    await shot(page, 'bubble-delete-desktop-en');
+    await page.getByRole('button', { name: 'Delete bubble' }).click();
+    const dialog = page.getByRole('dialog');
+    await dialog.getByText(/Delete Flood relief\? Every member is cut off now/).waitFor();
+    await shot(page, 'bubble-delete-confirm-desktop-en');
+    await axe(page, 'delete a bubble');
+    await dialog.getByRole('button', { name: 'Delete bubble' }).click();
+    await page.getByText('Flood relief was deleted. Its members were disconnected.').waitFor();
+    await page.getByRole('heading', { name: /^Bubbles$/ }).waitFor();
+    expect(await page.getByRole('link', { name: 'Flood relief' }).count()).toBe(0);
+    // Nothing answers at its address any more.
+    await expect.poll(async () => fetch(`${origin}/readyz`).then((r) => r.status, () => 0), { timeout: 10_000 }).toBe(0);
+    await shot(page, 'bubble-deleted-desktop-en');
+  });
+
   test('a session that ends brings the sign-in page back with the reason', async () => {
     await adminUser.context.clearCookies();
     await page.getByRole('link', { name: 'Bubbles' }).first().click();

@@ -157,11 +157,11 @@ const POSTINST: &str = "\
 #!/bin/sh
 set -e
 if [ \"$1\" = configure ]; then
+    install -d -m 0700 /var/lib/peerbubble
     if ! getent passwd peerbubble >/dev/null; then
         adduser --system --group --home /var/lib/peerbubble --no-create-home --gecos 'PeerBubble micro-node' \\
             peerbubble >/dev/null
     fi
-    install -d -o peerbubble -g peerbubble -m 0700 /var/lib/peerbubble
     chown -R peerbubble:peerbubble /var/lib/peerbubble
     chmod -R go-rwx /var/lib/peerbubble
     if [ -d /run/systemd/system ]; then

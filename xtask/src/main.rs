@@ -42,6 +42,8 @@ usage: cargo xtask <command>
   bench micronode        `peerbubble up` (server build): idle memory, start to /readyz, binary size
   dist                   release `peerbubble` (server build) for x86_64 and aarch64 Linux and a Debian package of
                          each (systemd unit, /etc/default/peerbubble), in <target>/dist
+  server-build           only the check that the server build links neither MLS nor WebRTC
+  aarch64                only the arm64 micro-node: cross build, Debian package, run under qemu-user
   fuzz [seconds]         run every fuzz target (default 60 s each)
 ";
 
@@ -71,6 +73,8 @@ fn run_command() -> anyhow::Result<()> {
         }
         Some("bench") => bench::bench(&root, args.get(1).map(String::as_str), &args[2.min(args.len())..]),
         Some("dist") => dist::dist(),
+        Some("server-build") => server_build(),
+        Some("aarch64") => web_tools().and_then(|()| web::build()).and_then(|_| aarch64_micro_node()),
         Some("fuzz") => fuzz(args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(60)),
         _ => {
             print!("{USAGE}");

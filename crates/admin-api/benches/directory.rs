@@ -37,7 +37,8 @@ fn category(c: usize) -> String {
 /// in two), plus one member of a category that sees every other (the worst slice). Inserted in one transaction.
 async fn populate(store: &Store, members: usize, categories: usize) -> IdentityKey {
     store.create_bubble("bench", "Bench", &token::hash_token(CREDENTIAL), 0).await.unwrap();
-    for c in 0..categories {
+    // Last first: a category may only see one that exists.
+    for c in (0..categories).rev() {
         let sees = if c + 1 < categories { vec![category(c + 1)] } else { vec![] };
         store.create_category("bench", &category(c), &format!("Category {c}"), &sees).await.unwrap();
     }

@@ -167,6 +167,10 @@ struct CreatedBubble {
     display_name: String,
     /// Shown once: the bubble-server presents it to fetch this bubble's directory.
     credential: String,
+    /// Where its members open the web client, when this server serves the bubble itself at its own address (a
+    /// micro-node); absent where the platform deploys it (Kubernetes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    origin: Option<String>,
 }
 
 #[utoipa::path(post, path = "/api/v1/bubbles", tag = "bubbles", request_body = CreateBubble,
@@ -190,7 +194,8 @@ async fn create_bubble(
     audit_event(&state, Some(&req.id), &who.actor(), "bubble.created", format!("display_name={}", req.display_name))
         .await?;
     applied.map_err(|e| control_failed(&e))?;
-    Ok((StatusCode::CREATED, Json(CreatedBubble { id: req.id, display_name: req.display_name, credential })))
+    let origin = state.control.bubble_origin(&req.id);
+    Ok((StatusCode::CREATED, Json(CreatedBubble { id: req.id, display_name: req.display_name, credential, origin })))
 }
 
 /// Deletes a bubble: its directory, invites, policy and health go, its bubble-servers stop serving it and its
@@ -222,6 +227,9 @@ struct BubbleSummary {
     bubble: BubbleRow,
     /// The last report of its bubble-server, if any arrived.
     health: Option<HealthSample>,
+    /// Where its members open the web client, when this server serves the bubble itself (a micro-node).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    origin: Option<String>,
 }
 
 #[utoipa::path(get, path = "/api/v1/bubbles", tag = "bubbles", security(("bearer" = []), ("session" = [])),
@@ -234,7 +242,11 @@ async fn list_bubbles(State(state): State<Arc<ApiState>>, Caller(who): Caller) -
         .await?
         .into_iter()
         .filter(|b| who.covers(&b.id))
-        .map(|bubble| BubbleSummary { health: latest.remove(&bubble.id), bubble })
+        .map(|bubble| BubbleSummary {
+            health: latest.remove(&bubble.id),
+            origin: state.control.bubble_origin(&bubble.id),
+            bubble,
+        })
         .collect();
     Ok(Json(visible).into_response())
 }

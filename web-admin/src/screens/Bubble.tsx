@@ -1,8 +1,9 @@
 // One bubble: its health over time (live), members, categories (with who-sees-whom), invites.
+import { useState } from 'react';
 import { useTranslation } from 'react-i18next';
 import type { Who } from '../App';
-import { type Health, api, must } from '../api/client';
-import { ErrorNote, Link, ago, useLoad } from '../ui';
+import { type Health, api, describe, must, ok } from '../api/client';
+import { ErrorNote, Link, ago, flashNext, navigate, useConfirm, useLoad } from '../ui';
 import { healthState } from './Bubbles';
 import { CategoriesTab } from './Categories';
 import { InvitesTab } from './Invites';
@@ -38,6 +39,11 @@ export function BubbleScreen({ who, id, tab }: { who: Who; id: string; tab: stri
           {bubble.health ? t('health.lastReport', { when: ago(bubble.health.at, i18n.language) }) : t('health.noReport')}
         </p>
       )}
+      {bubble?.origin && (
+        <p className="small">
+          {t('bubble.servedAt')} <a href={`${bubble.origin}/`}>{bubble.origin}/</a>
+        </p>
+      )}
       <ErrorNote error={bubbles.error} onRetry={bubbles.reload} />
       <nav className="tabs" aria-label={t('bubble.sections')}>
         {TABS.map((name) => (
@@ -51,7 +57,41 @@ export function BubbleScreen({ who, id, tab }: { who: Who; id: string; tab: stri
       {current === 'categories' && <CategoriesTab who={who} bubble={id} />}
       {current === 'invites' && <InvitesTab who={who} bubble={id} />}
       {current === 'policy' && <PolicyTab who={who} bubble={id} />}
+      {who.orgAdmin && bubble && <DeleteBubble id={id} name={bubble.display_name} />}
     </>
+  );
+}
+
+/** The end of a bubble, asked for in the page: its members are cut off at once and its directory goes. */
+function DeleteBubble({ id, name }: { id: string; name: string }) {
+  const { t } = useTranslation();
+  const [confirm, dialog] = useConfirm();
+  const [error, setError] = useState<string | null>(null);
+  const [busy, setBusy] = useState(false);
+  const remove = async () => {
+    if (!(await confirm(t('bubble.deleteConfirm', { name }), t('bubble.deleteButton')))) return;
+    setError(null);
+    setBusy(true);
+    try {
+      ok(await api.DELETE('/api/v1/bubbles/{bubble}', { params: { path: { bubble: id } } }));
+      flashNext(t('bubble.deleted', { name }));
+      navigate('/');
+    } catch (err) {
+      setError(describe(err));
+    } finally {
+      setBusy(false);
+    }
+  };
+  return (
+    <section className="card" aria-labelledby="delete-bubble">
+      {dialog}
+      <h2 id="delete-bubble">{t('bubble.deleteTitle')}</h2>
+      <p className="small">{t('bubble.deleteHint')}</p>
+      <ErrorNote error={error} />
+      <button type="button" className="danger" disabled={busy} onClick={() => void remove()}>
+        {busy ? t('bubble.deleting') : t('bubble.deleteButton')}
+      </button>
+    </section>
   );
 }
 

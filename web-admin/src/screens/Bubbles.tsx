@@ -4,7 +4,7 @@ import { type FormEvent, useState } from 'react';
 import { useTranslation } from 'react-i18next';
 import type { Who } from '../App';
 import { type Bubble, api, describe, must } from '../api/client';
-import { ErrorNote, Link, ago, useLoad } from '../ui';
+import { Done, ErrorNote, Link, ago, useFlash, useLoad } from '../ui';
 
 /** A report older than this means the bubble-server is not reporting (3 intervals of 10 s, plus slack). */
 export const STALE_SECS = 45;
@@ -28,11 +28,13 @@ export function bytes(n: number): string {
 export function BubblesScreen({ who }: { who: Who }) {
   const { t, i18n } = useTranslation();
   const bubbles = useLoad(async () => must(await api.GET('/api/v1/bubbles')), [], 10_000);
+  const flash = useFlash();
   return (
     <>
       <div className="row">
         <h1>{t('bubbles.title')}</h1>
       </div>
+      <Done text={flash} />
       <ErrorNote error={bubbles.error} onRetry={bubbles.reload} />
       {bubbles.data && bubbles.data.length === 0 && <p className="empty">{who.orgAdmin ? t('bubbles.emptyAdmin') : t('bubbles.empty')}</p>}
       {bubbles.data && bubbles.data.length > 0 && (
@@ -48,6 +50,11 @@ export function BubblesScreen({ who }: { who: Who }) {
                   <span className={`pill ${state}`}>{t(`health.state.${state}`)}</span>
                 </div>
                 <p className="muted mono">{b.id}</p>
+                {b.origin && (
+                  <p className="small">
+                    {t('bubbles.servedAt')} <a href={`${b.origin}/`}>{b.origin}/</a>
+                  </p>
+                )}
                 <dl className="figures">
                   <div>
                     <dt>{t('health.online')}</dt>
@@ -92,7 +99,7 @@ function CreateBubble({ onCreated }: { onCreated: () => void }) {
   const [name, setName] = useState('');
   const [id, setId] = useState('');
   const [error, setError] = useState<string | null>(null);
-  const [credential, setCredential] = useState<{ id: string; credential: string } | null>(null);
+  const [credential, setCredential] = useState<{ id: string; credential: string; origin?: string | null } | null>(null);
   const suggested = name
     .toLowerCase()
     .normalize('NFD')
@@ -105,7 +112,7 @@ function CreateBubble({ onCreated }: { onCreated: () => void }) {
     setError(null);
     try {
       const created = must(await api.POST('/api/v1/bubbles', { body: { id: id || suggested, display_name: name } }));
-      setCredential({ id: created.id, credential: created.credential });
+      setCredential({ id: created.id, credential: created.credential, origin: created.origin });
       setName('');
       setId('');
       onCreated();
@@ -135,6 +142,11 @@ function CreateBubble({ onCreated }: { onCreated: () => void }) {
       </form>
       {credential && (
         <div className="notice done" role="status">
+          {credential.origin && (
+            <p>
+              {t('bubbles.createdServed', { id: credential.id })} <a href={`${credential.origin}/`}>{credential.origin}/</a>
+            </p>
+          )}
           <p>{t('bubbles.created', { id: credential.id })}</p>
           <p className="mono break">{credential.credential}</p>
           <p className="small">{t('bubbles.credentialHint')}</p>
