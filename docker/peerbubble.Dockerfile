@@ -7,7 +7,7 @@ WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --package peerbubble --no-default-features \
+    cargo build --release --locked --package peerbubble --no-default-features --features kubernetes \
  && install -D -m 0755 target/release/peerbubble /out/peerbubble
 
 FROM gcr.io/distroless/cc-debian12:nonroot

@@ -189,7 +189,11 @@ async fn create_bubble(
     check_name(&req.display_name)?;
     let credential = fresh_token()?;
     state.store.create_bubble(&req.id, &req.display_name, &hash_token(&credential), (state.clock)()).await?;
-    let spec = BubbleSpec { id: req.id.clone(), display_name: req.display_name.clone() };
+    let spec = BubbleSpec {
+        id: req.id.clone(),
+        display_name: req.display_name.clone(),
+        credential: Some(crate::control::Credential::new(credential.clone())),
+    };
     let applied = state.control.bubble_created(&spec).await;
     audit_event(&state, Some(&req.id), &who.actor(), "bubble.created", format!("display_name={}", req.display_name))
         .await?;

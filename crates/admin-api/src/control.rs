@@ -21,6 +21,31 @@ pub struct BubbleSpec {
     pub id: String,
     /// Display name.
     pub display_name: String,
+    /// The credential its bubble-servers present, in clear only when the bubble is created (the store keeps its
+    /// hash): a cluster's control plane puts it where the bubble-servers read it.
+    pub credential: Option<Credential>,
+}
+
+/// A bubble credential in clear, on its way to where bubble-servers read it. `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credential(String);
+
+impl Credential {
+    /// Wraps a credential.
+    pub fn new(secret: String) -> Self {
+        Self(secret)
+    }
+
+    /// The credential itself, for the one place it is written to.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Credential(<redacted>)")
+    }
 }
 
 /// A category as the control plane sees it.

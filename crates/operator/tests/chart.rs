@@ -357,3 +357,66 @@ fn the_examples_are_valid_resources_the_operator_renders() {
         }
     }
 }
+
+/// The admin API's Role grants exactly what its Kubernetes control plane asks of the API server
+/// (`peerbubble_control_k8s::RBAC_RULES`), in the bubble namespace, bound to its ServiceAccount, whose token is
+/// mounted only then; with the control plane off there is no Role and no token.
+#[test]
+fn the_admin_apis_role_is_exactly_what_its_control_plane_does() {
+    let rules_of = |docs: &[Value]| -> Vec<(String, String, Vec<String>)> {
+        let role: Role = strict(find(docs, "Role", "pb-peerbubble-admin-api"));
+        let mut out = Vec::new();
+        for rule in role.rules.unwrap_or_default() {
+            for group in rule.api_groups.clone().unwrap_or_default() {
+                for resource in rule.resources.clone().unwrap_or_default() {
+                    let mut verbs = rule.verbs.clone();
+                    verbs.sort();
+                    out.push((group.clone(), resource, verbs));
+                }
+            }
+        }
+        out.sort();
+        out
+    };
+    let mut wanted: Vec<(String, String, Vec<String>)> = peerbubble_control_k8s::RBAC_RULES
+        .iter()
+        .map(|(group, resource, verbs)| {
+            let mut verbs: Vec<String> = verbs.iter().map(|v| (*v).to_owned()).collect();
+            verbs.sort();
+            ((*group).to_owned(), (*resource).to_owned(), verbs)
+        })
+        .collect();
+    wanted.sort();
+
+    let docs = template(&[]).unwrap();
+    assert_eq!(rules_of(&docs), wanted);
+    let role = find(&docs, "Role", "pb-peerbubble-admin-api");
+    assert_eq!(role["metadata"]["namespace"], "peerbubble");
+    let binding = find(&docs, "RoleBinding", "pb-peerbubble-admin-api");
+    assert_eq!(binding["subjects"][0]["name"], "pb-peerbubble-admin-api");
+    assert_eq!(binding["roleRef"]["name"], "pb-peerbubble-admin-api");
+    let admin = find(&docs, "Deployment", "pb-peerbubble-admin-api");
+    assert_eq!(admin["spec"]["template"]["spec"]["automountServiceAccountToken"], true);
+    assert_eq!(env_of(admin, "PEERBUBBLE_KUBERNETES_NAMESPACE").unwrap()["value"], "peerbubble");
+    let egress = find(&docs, "NetworkPolicy", "pb-peerbubble-admin-api")["spec"]["egress"].to_string();
+    assert!(egress.contains("6443"), "the admin API cannot reach the API server: {egress}");
+
+    // Bubbles in another namespace: the Role goes there; the binding names the release's ServiceAccount.
+    let docs = template(&["--set", "adminApi.controlPlane.namespace=missions"]).unwrap();
+    assert_eq!(rules_of(&docs), wanted);
+    let binding = find(&docs, "RoleBinding", "pb-peerbubble-admin-api");
+    assert_eq!(binding["metadata"]["namespace"], "missions");
+    assert_eq!(binding["subjects"][0]["namespace"], "peerbubble");
+    let admin = find(&docs, "Deployment", "pb-peerbubble-admin-api");
+    assert_eq!(env_of(admin, "PEERBUBBLE_KUBERNETES_NAMESPACE").unwrap()["value"], "missions");
+
+    // Off: no Role, no token, no API server egress.
+    let docs = template(&["--set", "adminApi.controlPlane.enabled=false"]).unwrap();
+    assert!(!docs.iter().any(|d| d["kind"] == "Role" && d["metadata"]["name"] == "pb-peerbubble-admin-api"));
+    let admin = find(&docs, "Deployment", "pb-peerbubble-admin-api");
+    assert_eq!(admin["spec"]["template"]["spec"]["automountServiceAccountToken"], false);
+    assert!(env_of(admin, "PEERBUBBLE_KUBERNETES_NAMESPACE").is_none());
+    let egress = find(&docs, "NetworkPolicy", "pb-peerbubble-admin-api")["spec"]["egress"].to_string();
+    assert!(!egress.contains("6443"), "{egress}");
+    assert!(template(&["--set", "adminApi.controlPlane.namespace=Not_A_Namespace"]).is_err());
+}

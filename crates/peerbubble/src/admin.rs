@@ -46,6 +46,28 @@ pub struct AdminArgs {
     /// Hours an administrator session lasts.
     #[arg(long, env = "PEERBUBBLE_ADMIN_SESSION_HOURS", default_value_t = 8)]
     pub admin_session_hours: u32,
+    /// In a cluster: the namespace where each bubble and category created here becomes a Bubble and Category
+    /// resource, with the bubble's credential in its `<bubble>-credential` Secret (`{bubble}` stands for the
+    /// bubble id, for a namespace per bubble). Uses the pod's ServiceAccount.
+    #[cfg(feature = "kubernetes")]
+    #[arg(long, env = "PEERBUBBLE_KUBERNETES_NAMESPACE")]
+    pub kubernetes_namespace: Option<String>,
+}
+
+/// The Kubernetes control plane when `--kubernetes-namespace` is given (ADR 0027).
+#[cfg(feature = "kubernetes")]
+async fn kubernetes(args: &AdminArgs) -> anyhow::Result<Option<Arc<dyn peerbubble_admin_api::control::ControlPlane>>> {
+    let Some(rule) = &args.kubernetes_namespace else { return Ok(None) };
+    let namespaces = peerbubble_control_k8s::Namespaces::new(rule)?;
+    let control = peerbubble_control_k8s::Kubernetes::connect(namespaces).await?;
+    tracing::info!(namespace = %rule, "bubbles and categories are applied to Kubernetes");
+    Ok(Some(Arc::new(control)))
+}
+
+#[cfg(not(feature = "kubernetes"))]
+#[allow(clippy::unused_async)]
+async fn kubernetes(_: &AdminArgs) -> anyhow::Result<Option<Arc<dyn peerbubble_admin_api::control::ControlPlane>>> {
+    Ok(None)
 }
 
 impl AdminArgs {
@@ -121,7 +143,11 @@ pub async fn start(
         clock,
     );
     state.audit_retention_days = args.audit_retention_days;
-    if let Some(control) = control {
+    #[cfg(feature = "kubernetes")]
+    if control.is_some() && args.kubernetes_namespace.is_some() {
+        anyhow::bail!("--kubernetes-namespace is for the admin API in a cluster, not for `peerbubble up`");
+    }
+    if let Some(control) = control.or(kubernetes(args).await?) {
         state.control = control;
     }
     state.session_secs = i64::from(args.admin_session_hours.max(1)) * 3600;

@@ -4,7 +4,9 @@
 //! it shuts the server down (its members are disconnected) and removes its files (ADR 0026).
 //!
 //! The first bubble, `demo`, keeps the main listener (`--listen`) and the files at the top of the data
-//! directory, where earlier versions kept them. Every other bubble lives in `<data-dir>/bubbles/<id>/`: `port`
+//! directory, where earlier versions kept them. The main listener is always served, by `demo`'s server even when
+//! no such bubble exists (on a first start with OpenID Connect, or after it was deleted): it also carries the
+//! console and the sign-in callback, and its server takes `demo`'s directory as soon as one is created. Every other bubble lives in `<data-dir>/bubbles/<id>/`: `port`
 //! (chosen once and kept, so invite links and members' bookmarks stay valid across restarts), `turn-secret` and
 //! `mailbox.sqlite`.
 
@@ -55,8 +57,10 @@ struct Inner {
     /// The admin API's store, and its routes, served beside each web client (enrollment on the bubble's own
     /// origin).
     admin: std::sync::OnceLock<(Store, axum::Router)>,
-    /// The main listener until the primary bubble takes it.
+    /// The main listener until the primary bubble takes it, and its address (to bind again after a restart of
+    /// the primary's server).
     main_listener: std::sync::Mutex<Option<TcpListener>>,
+    main_addr: SocketAddr,
     running: tokio::sync::Mutex<HashMap<String, Running>>,
     origins: RwLock<HashMap<String, String>>,
 }
@@ -68,14 +72,16 @@ impl std::fmt::Debug for Bubbles {
 }
 
 impl Bubbles {
-    pub fn new(settings: Settings, main_listener: TcpListener) -> Self {
-        Self(Arc::new(Inner {
+    pub fn new(settings: Settings, main_listener: TcpListener) -> anyhow::Result<Self> {
+        let main_addr = main_listener.local_addr()?;
+        Ok(Self(Arc::new(Inner {
+            main_addr,
             settings,
             admin: std::sync::OnceLock::new(),
             main_listener: std::sync::Mutex::new(Some(main_listener)),
             running: tokio::sync::Mutex::new(HashMap::new()),
             origins: RwLock::new(HashMap::new()),
-        }))
+        })))
     }
 
     /// Hands over the admin API's store and routes once it runs (before any bubble starts).
@@ -87,8 +93,9 @@ impl Bubbles {
         self.0.admin.get().context("the admin API is not running yet")
     }
 
-    /// Starts a server for every bubble in the store.
+    /// Starts the main listener's server, then a server for every other bubble in the store.
     pub async fn start_all(&self) -> anyhow::Result<()> {
+        self.start(PRIMARY).await?;
         for bubble in self.admin()?.0.list_bubbles().await? {
             self.start(&bubble.id).await?;
         }
@@ -129,7 +136,7 @@ impl Bubbles {
             let listener = self.0.main_listener.lock().unwrap_or_else(|p| p.into_inner()).take();
             let listener = match listener {
                 Some(listener) => listener,
-                None => bind(settings.listen).await?,
+                None => bind(self.0.main_addr).await?,
             };
             (listener, settings.turn.clone())
         } else {
@@ -275,7 +282,14 @@ impl ControlPlane for Control {
     }
 
     fn bubble_deleted<'a>(&'a self, bubble: &'a str) -> ControlFuture<'a> {
-        Box::pin(async move { self.0.stop(bubble, true).await.map_err(|e| ControlError(format!("{e:#}"))) })
+        Box::pin(async move {
+            self.0.stop(bubble, true).await.map_err(|e| ControlError(format!("{e:#}")))?;
+            if bubble == PRIMARY {
+                // The main listener keeps serving the web client and the console, with no bubble behind it.
+                self.0.start(PRIMARY).await.map_err(|e| ControlError(format!("{e:#}")))?;
+            }
+            Ok(())
+        })
     }
 
     fn bubble_origin(&self, bubble: &str) -> Option<String> {

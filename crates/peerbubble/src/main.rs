@@ -442,7 +442,7 @@ async fn up(
     let turn = TurnArgs { turn_secret_file: Some(turn_secret_file(data_dir)?), ..turn };
     let settings =
         bubbles::Settings { data_dir: data_dir.to_path_buf(), listen, tls: tls.clone(), turn, origin: origin.clone() };
-    let bubbles = bubbles::Bubbles::new(settings, listener);
+    let bubbles = bubbles::Bubbles::new(settings, listener)?;
     let admin =
         admin::start(admin_args, sqlite_url(data_dir), origin.clone(), Some(&origin), Some(bubbles.control())).await?;
     bubbles.attach(admin.store.clone(), admin.router.clone());
@@ -472,20 +472,10 @@ async fn up(
         }
     }
     bubbles.start_all().await?;
-    let Some((addr, turn_line)) = bubbles.with_primary(|server| (server.local_addr(), turn_banner(server))).await
-    else {
-        // The demo bubble was deleted: the other bubbles serve their members on their own ports.
-        let mut text = format!(
-            "\nPeerBubble micro-node is up (data in {}).\n\n  console     {api}/admin/\n  admin API   {api}\n  {}\n\n",
-            data_dir.display(),
-            sign_in_hint(&admin, &api)
-        );
-        text += &bubbles_banner(&bubbles);
-        text += "Stop with Ctrl-C.\n";
-        say(&text);
-        wait_for_signal().await;
-        return bubbles.stop_all().await;
-    };
+    let (addr, turn_line) = bubbles
+        .with_primary(|server| (server.local_addr(), turn_banner(server)))
+        .await
+        .context("the main bubble-server did not start")?;
     let exe = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "peerbubble".into());
     let host = origin.split_once("://").map_or(origin.as_str(), |(_, h)| h).trim_end_matches('/');
     let mut text = format!(

@@ -1,0 +1,154 @@
+//! The Kubernetes control plane against a scripted API server (tower-test, as the operator's reconcile tests): the
+//! requests it makes for each admin API change, in order, with their field manager and bodies; the API server's
+//! refusals reaching the administrator in its own words; ids that cannot name a resource refused before any call.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use http::{Request, Response};
+use kube::Client;
+use kube::client::Body;
+use peerbubble_admin_api::control::{BubbleSpec, CategorySpec, ControlPlane, Credential};
+use peerbubble_control_k8s::{Kubernetes, Namespaces};
+use serde_json::{Value, json};
+use tower_test::mock::{Handle, SendResponse};
+
+struct ApiServer(Handle<Request<Body>, Response<Body>>);
+
+struct Call {
+    method: String,
+    path: String,
+    query: String,
+    body: Value,
+    send: SendResponse<Response<Body>>,
+}
+
+impl ApiServer {
+    async fn expect(&mut self, method: &str, path: &str) -> Call {
+        let (request, send) = tokio::time::timeout(Duration::from_secs(10), self.0.next_request())
+            .await
+            .expect("no further request")
+            .expect("the client was dropped");
+        let method_seen = request.method().to_string();
+        let path_seen = request.uri().path().to_owned();
+        let query = request.uri().query().unwrap_or_default().to_owned();
+        let bytes = request.into_body().collect_bytes().await.unwrap();
+        let body = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() };
+        assert_eq!(format!("{method_seen} {path_seen}"), format!("{method} {path}"), "unexpected request");
+        Call { method: method_seen, path: path_seen, query, body, send }
+    }
+
+    /// A server-side apply by the admin API's field manager; answers with what was applied.
+    async fn expect_apply(&mut self, path: &str) -> Value {
+        let call = self.expect("PATCH", path).await;
+        assert!(call.query.contains("fieldManager=peerbubble-admin-api"), "{}: {}", call.path, call.query);
+        assert!(call.query.contains("force=true"), "{}", call.query);
+        let body = call.body.clone();
+        call.reply(200, &body);
+        body
+    }
+}
+
+impl Call {
+    fn reply(self, status: u16, body: &Value) {
+        let response = Response::builder().status(status).body(Body::from(serde_json::to_vec(body).unwrap())).unwrap();
+        self.send.send_response(response);
+    }
+
+    fn refuse(self, code: u16, message: &str) {
+        let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": message,
+            "reason": "Invalid", "code": code});
+        let _ = &self.method;
+        self.reply(code, &status);
+    }
+}
+
+fn control(namespaces: &str) -> (Kubernetes, ApiServer) {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    (Kubernetes::new(client, Namespaces::new(namespaces).unwrap()), ApiServer(handle))
+}
+
+const CRD: &str = "/apis/peerbubble.io/v1alpha1/namespaces/missions";
+
+#[tokio::test]
+async fn a_bubble_and_its_categories_are_applied_then_deleted_with_their_secret() {
+    let (control, mut api) = control("missions");
+    let spec = BubbleSpec {
+        id: "ops".into(),
+        display_name: "Operations".into(),
+        credential: Some(Credential::new("s3cret-credential".into())),
+    };
+    assert!(!format!("{spec:?}").contains("s3cret"), "the credential shows in Debug: {spec:?}");
+    let created = tokio::spawn(async move {
+        let result = control.bubble_created(&spec).await;
+        (control, result)
+    });
+    let secret = api.expect_apply("/api/v1/namespaces/missions/secrets/ops-credential").await;
+    assert_eq!(secret["stringData"]["credential"], "s3cret-credential");
+    assert_eq!(secret["metadata"]["labels"]["peerbubble.io/bubble"], "ops");
+    let bubble = api.expect_apply(&format!("{CRD}/bubbles/ops")).await;
+    assert_eq!(bubble["spec"], json!({"displayName": "Operations"}));
+    assert_eq!(bubble["kind"], "Bubble");
+    let (control, result) = created.await.unwrap();
+    result.unwrap();
+
+    let category = CategorySpec {
+        bubble: "ops".into(),
+        id: "command".into(),
+        display_name: "Command".into(),
+        sees: vec!["medics".into()],
+    };
+    let changed = tokio::spawn(async move {
+        let result = control.category_changed(&category).await;
+        (control, result)
+    });
+    let applied = api.expect_apply(&format!("{CRD}/categories/command")).await;
+    assert_eq!(applied["spec"], json!({"bubble": "ops", "displayName": "Command", "sees": ["medics"]}));
+    let (control, result) = changed.await.unwrap();
+    result.unwrap();
+
+    // Deleting a category the cluster never had is done, not an error.
+    let deleted = tokio::spawn(async move {
+        let result = control.category_deleted("ops", "medics").await;
+        (control, result)
+    });
+    api.expect("DELETE", &format!("{CRD}/categories/medics")).await.refuse(404, "categories \"medics\" not found");
+    let (control, result) = deleted.await.unwrap();
+    result.unwrap();
+
+    // The bubble: its Bubble, then its Categories by label, then its credential.
+    let gone = tokio::spawn(async move { control.bubble_deleted("ops").await });
+    let call = api.expect("DELETE", &format!("{CRD}/bubbles/ops")).await;
+    call.reply(200, &json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}));
+    let call = api.expect("DELETE", &format!("{CRD}/categories")).await;
+    assert!(call.query.contains("labelSelector=peerbubble.io%2Fbubble%3Dops"), "{}", call.query);
+    call.reply(200, &json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}));
+    api.expect("DELETE", "/api/v1/namespaces/missions/secrets/ops-credential").await.refuse(404, "not found");
+    gone.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn refusals_reach_the_administrator_in_the_api_servers_words() {
+    let (control, mut api) = control("mission-{bubble}");
+    let spec = BubbleSpec { id: "relief".into(), display_name: "Relief".into(), credential: None };
+    let created = tokio::spawn(async move { control.bubble_created(&spec).await });
+    // No credential (a bubble-server outside the cluster keeps its own): only the Bubble, in its own namespace.
+    let call = api.expect("PATCH", "/apis/peerbubble.io/v1alpha1/namespaces/mission-relief/bubbles/relief").await;
+    call.refuse(422, "admission webhook \"policy.example\" denied the request: bubbles need an owner label");
+    let err = created.await.unwrap().unwrap_err();
+    assert!(err.to_string().contains("denied the request: bubbles need an owner label"), "{err}");
+}
+
+#[tokio::test]
+async fn ids_that_cannot_name_a_resource_are_refused_before_any_request() {
+    let (control, mut api) = control("missions");
+    let long = "a".repeat(64);
+    let spec = BubbleSpec { id: long.clone(), display_name: "Long".into(), credential: None };
+    let err = control.bubble_created(&spec).await.unwrap_err();
+    assert!(err.to_string().contains("cannot name a Kubernetes resource"), "{err}");
+    let category = CategorySpec { bubble: "ops".into(), id: "-x".into(), display_name: "X".into(), sees: vec![] };
+    assert!(control.category_changed(&category).await.is_err());
+    drop(control);
+    assert!(api.0.next_request().await.is_none(), "a request was made for an invalid name");
+}
