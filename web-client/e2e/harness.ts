@@ -57,6 +57,17 @@ export async function startUp(extra: string[] = [], options: { listen?: string; 
   const logs: string[] = [];
   if (child.stderr) createInterface({ input: child.stderr }).on('line', (l) => logs.push(l));
   const banner: string[] = [];
+  // A start that fails (no banner, an unexpected one) stops the process it made: nothing stays running.
+  try {
+    return await started(child, data, logs, banner);
+  } catch (err) {
+    child.kill('SIGKILL');
+    rmSync(data, { recursive: true, force: true });
+    throw err;
+  }
+}
+
+async function started(child: ChildProcess, data: string, logs: string[], banner: string[]): Promise<Up> {
   await new Promise<void>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`peerbubble up printed no banner: ${banner.join('\n')}`)), 60_000);
     child.on('exit', (code) => reject(new Error(`peerbubble up exited with ${code}: ${logs.slice(-20).join('\n')}`)));
