@@ -234,24 +234,28 @@ struct BubbleSummary {
     /// Where its members open the web client, when this server serves the bubble itself (a micro-node).
     #[serde(skip_serializing_if = "Option::is_none")]
     origin: Option<String>,
+    /// What the platform running it reports (in a cluster: the Bubble's conditions and signaling endpoint).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    platform: Option<crate::control::PlatformStatus>,
 }
 
 #[utoipa::path(get, path = "/api/v1/bubbles", tag = "bubbles", security(("bearer" = []), ("session" = [])),
     responses((status = 200, description = "The bubbles in the caller's scope", body = [BubbleSummary]), (status = 401, body = ErrorBody)))]
 async fn list_bubbles(State(state): State<Arc<ApiState>>, Caller(who): Caller) -> Result<Response, ApiError> {
     let mut latest = state.store.latest_health().await?;
-    let visible: Vec<_> = state
-        .store
-        .list_bubbles()
-        .await?
-        .into_iter()
-        .filter(|b| who.covers(&b.id))
-        .map(|bubble| BubbleSummary {
+    let mut visible = Vec::new();
+    for bubble in state.store.list_bubbles().await?.into_iter().filter(|b| who.covers(&b.id)) {
+        // A platform that does not answer in time leaves the status out, not the list.
+        let platform = tokio::time::timeout(std::time::Duration::from_secs(2), state.control.bubble_status(&bubble.id))
+            .await
+            .unwrap_or(None);
+        visible.push(BubbleSummary {
             health: latest.remove(&bubble.id),
             origin: state.control.bubble_origin(&bubble.id),
+            platform,
             bubble,
-        })
-        .collect();
+        });
+    }
     Ok(Json(visible).into_response())
 }
 

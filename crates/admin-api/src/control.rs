@@ -69,6 +69,35 @@ pub struct ControlError(pub String);
 /// A boxed future (the trait is used as `dyn`).
 pub type ControlFuture<'a> = Pin<Box<dyn Future<Output = Result<(), ControlError>> + Send + 'a>>;
 
+/// What the platform reports about a bubble it runs (in a cluster: the Bubble resource's status).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct PlatformStatus {
+    /// True when every part is ready (the `Ready` condition).
+    pub ready: bool,
+    /// Each condition the platform reports: Ready, SignalingReady, TurnReady, PolicyApplied, …
+    pub conditions: Vec<PlatformCondition>,
+    /// Where members connect for signaling, when the platform says.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signaling: Option<String>,
+}
+
+/// One condition of a bubble on its platform.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct PlatformCondition {
+    /// `Ready`, `SignalingReady`, `TurnReady`, `PolicyApplied`, …
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// True or not.
+    pub status: bool,
+    /// A machine-readable reason (`SecretMissing`, `WaitingForReplicas`, …).
+    pub reason: String,
+    /// What the platform says, for people.
+    pub message: String,
+}
+
+/// A boxed answer with the platform's status of a bubble (None: nothing to report, or unreachable).
+pub type StatusFuture<'a> = Pin<Box<dyn Future<Output = Option<PlatformStatus>> + Send + 'a>>;
+
 /// What the admin API asks of the platform after it stored a change.
 pub trait ControlPlane: Send + Sync + std::fmt::Debug {
     /// A short name for logs (`local`, `kubernetes`).
@@ -85,6 +114,10 @@ pub trait ControlPlane: Send + Sync + std::fmt::Debug {
     /// (a micro-node's port per bubble); None for the API's public URL.
     fn bubble_origin(&self, _bubble: &str) -> Option<String> {
         None
+    }
+    /// What the platform reports about the bubble it runs, if anything (the console shows it).
+    fn bubble_status<'a>(&'a self, _bubble: &'a str) -> StatusFuture<'a> {
+        Box::pin(async { None })
     }
 }
 

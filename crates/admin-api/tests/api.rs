@@ -774,3 +774,70 @@ async fn bubbles_are_deleted_whole_and_keys_stay_in_one_bubble() {
         api.finish().await;
     }
 }
+
+/// A platform that reports a status for `ops` and never answers for `slow`.
+#[derive(Debug)]
+struct ReportingPlatform;
+
+impl ControlPlane for ReportingPlatform {
+    fn name(&self) -> &'static str {
+        "reporting"
+    }
+    fn bubble_created<'a>(&'a self, _: &'a BubbleSpec) -> ControlFuture<'a> {
+        Box::pin(async { Ok(()) })
+    }
+    fn category_changed<'a>(&'a self, _: &'a CategorySpec) -> ControlFuture<'a> {
+        Box::pin(async { Ok(()) })
+    }
+    fn category_deleted<'a>(&'a self, _: &'a str, _: &'a str) -> ControlFuture<'a> {
+        Box::pin(async { Ok(()) })
+    }
+    fn bubble_deleted<'a>(&'a self, _: &'a str) -> ControlFuture<'a> {
+        Box::pin(async { Ok(()) })
+    }
+    fn bubble_status<'a>(&'a self, bubble: &'a str) -> peerbubble_admin_api::control::StatusFuture<'a> {
+        use peerbubble_admin_api::control::{PlatformCondition, PlatformStatus};
+        Box::pin(async move {
+            if bubble == "slow" {
+                std::future::pending::<()>().await;
+            }
+            Some(PlatformStatus {
+                ready: false,
+                conditions: vec![PlatformCondition {
+                    kind: "SignalingReady".into(),
+                    status: false,
+                    reason: "SecretMissing".into(),
+                    message: "Secret ops-credential is missing".into(),
+                }],
+                signaling: Some("wss://ops.example/v1/signal".into()),
+            })
+        })
+    }
+}
+
+/// The bubble list carries what the platform reports of each bubble; a platform that does not answer in time
+/// leaves that bubble's status out, not the list.
+#[tokio::test]
+async fn the_platforms_status_of_each_bubble_is_listed_and_a_silent_one_left_out() {
+    let db = support::sqlite_db().await;
+    let (mut state, now) = support::test_state(db.store.clone(), 100);
+    state.control = std::sync::Arc::new(ReportingPlatform);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = support::serve_on(listener, Some(db), state, now);
+    for id in ["ops", "slow"] {
+        let (status, body) = api.post("/api/v1/bubbles", Some(ADMIN), json!({"id": id, "display_name": id})).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let started = std::time::Instant::now();
+    let (status, list) = api.get("/api/v1/bubbles", Some(ADMIN)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "the list waited for a silent platform");
+    let ops = list.as_array().unwrap().iter().find(|b| b["id"] == "ops").unwrap();
+    assert_eq!(ops["platform"]["ready"], false);
+    assert_eq!(ops["platform"]["signaling"], "wss://ops.example/v1/signal");
+    assert_eq!(ops["platform"]["conditions"][0]["type"], "SignalingReady");
+    assert_eq!(ops["platform"]["conditions"][0]["reason"], "SecretMissing");
+    let slow = list.as_array().unwrap().iter().find(|b| b["id"] == "slow").unwrap();
+    assert!(slow.get("platform").is_none(), "{slow}");
+    api.finish().await;
+}

@@ -9,7 +9,10 @@
 use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
-use peerbubble_admin_api::control::{BubbleSpec, CategorySpec, ControlError, ControlFuture, ControlPlane};
+use peerbubble_admin_api::control::{
+    BubbleSpec, CategorySpec, ControlError, ControlFuture, ControlPlane, PlatformCondition, PlatformStatus,
+    StatusFuture,
+};
 use peerbubble_crd::{Bubble, Category};
 use serde_json::json;
 
@@ -21,7 +24,7 @@ pub const BUBBLE_LABEL: &str = "peerbubble.io/bubble";
 
 /// (API group, resource, verbs): what the admin API asks of the API server, and all the chart grants it.
 pub const RBAC_RULES: [(&str, &str, &[&str]); 3] = [
-    ("peerbubble.io", "bubbles", &["create", "patch", "delete"]),
+    ("peerbubble.io", "bubbles", &["get", "create", "patch", "delete"]),
     ("peerbubble.io", "categories", &["create", "patch", "delete", "deletecollection"]),
     ("", "secrets", &["create", "patch", "delete"]),
 ];
@@ -146,6 +149,31 @@ impl Kubernetes {
         Ok(())
     }
 
+    /// The Bubble's status as the operator wrote it; None when it is absent or the API server does not answer.
+    async fn status(&self, bubble: &str) -> Option<PlatformStatus> {
+        let namespace = self.checked(bubble, "bubble", bubble).ok()?;
+        let found = match Api::<Bubble>::namespaced(self.client.clone(), &namespace).get_opt(bubble).await {
+            Ok(found) => found?,
+            Err(err) => {
+                tracing::warn!(%bubble, error = %err, "cannot read the Bubble's status");
+                return None;
+            }
+        };
+        let status = found.status.unwrap_or_default();
+        let conditions: Vec<PlatformCondition> = status
+            .conditions
+            .iter()
+            .map(|c| PlatformCondition {
+                kind: c.type_.clone(),
+                status: c.status == "True",
+                reason: c.reason.clone(),
+                message: c.message.clone(),
+            })
+            .collect();
+        let ready = conditions.iter().any(|c| c.kind == "Ready" && c.status);
+        Some(PlatformStatus { ready, conditions, signaling: status.endpoints.signaling })
+    }
+
     async fn apply_category(&self, spec: &CategorySpec) -> Result<(), ControlError> {
         let namespace = self.checked(&spec.bubble, "category", &spec.id)?;
         let category = json!({
@@ -216,6 +244,10 @@ impl ControlPlane for Kubernetes {
 
     fn bubble_deleted<'a>(&'a self, bubble: &'a str) -> ControlFuture<'a> {
         Box::pin(self.delete_bubble(bubble))
+    }
+
+    fn bubble_status<'a>(&'a self, bubble: &'a str) -> StatusFuture<'a> {
+        Box::pin(self.status(bubble))
     }
 }
 

@@ -152,3 +152,41 @@ async fn ids_that_cannot_name_a_resource_are_refused_before_any_request() {
     drop(control);
     assert!(api.0.next_request().await.is_none(), "a request was made for an invalid name");
 }
+
+#[tokio::test]
+async fn the_bubbles_conditions_and_endpoint_come_back_from_its_status() {
+    let (control, mut api) = control("missions");
+    let read = tokio::spawn(async move {
+        let status = control.bubble_status("ops").await;
+        let missing = control.bubble_status("gone").await;
+        (status, missing)
+    });
+    let condition = |kind: &str, status: &str, reason: &str, message: &str| {
+        json!({"type": kind, "status": status, "reason": reason, "message": message,
+            "lastTransitionTime": "2026-12-05T10:00:00Z"})
+    };
+    let bubble = json!({
+        "apiVersion": "peerbubble.io/v1alpha1", "kind": "Bubble",
+        "metadata": {"name": "ops", "namespace": "missions"},
+        "spec": {"displayName": "Operations"},
+        "status": {
+            "conditions": [
+                condition("Ready", "False", "SecretMissing", "Secret ops-credential is missing"),
+                condition("SignalingReady", "False", "SecretMissing", "Secret ops-credential is missing"),
+                condition("TurnReady", "True", "Assigned", "TURN at 203.0.113.7"),
+            ],
+            "endpoints": {"signaling": "wss://ops.example/v1/signal"},
+            "readyReplicas": 0,
+        },
+    });
+    api.expect("GET", &format!("{CRD}/bubbles/ops")).await.reply(200, &bubble);
+    api.expect("GET", &format!("{CRD}/bubbles/gone")).await.refuse(404, "bubbles.peerbubble.io \"gone\" not found");
+    let (status, missing) = read.await.unwrap();
+    let status = status.expect("a status");
+    assert!(!status.ready);
+    assert_eq!(status.signaling.as_deref(), Some("wss://ops.example/v1/signal"));
+    let signaling = status.conditions.iter().find(|c| c.kind == "SignalingReady").unwrap();
+    assert_eq!((signaling.status, signaling.reason.as_str()), (false, "SecretMissing"));
+    assert!(status.conditions.iter().any(|c| c.kind == "TurnReady" && c.status));
+    assert_eq!(missing, None, "a Bubble the cluster does not have has no status");
+}
