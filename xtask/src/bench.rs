@@ -89,7 +89,8 @@ fn micronode(rest: &[String]) -> anyhow::Result<()> {
                     .spawn()?,
             );
             for port in [listen, admin] {
-                wait_ready_fast(SocketAddr::from(([127, 0, 0, 1], port)), started)?;
+                // Polled every millisecond: start-up is what is measured.
+                wait_http_ok_every(SocketAddr::from(([127, 0, 0, 1], port)), "/readyz", Duration::from_millis(1))?;
             }
             samples.push(started.elapsed().as_secs_f64() * 1e3);
             if measure_rss {
@@ -113,21 +114,6 @@ fn micronode(rest: &[String]) -> anyhow::Result<()> {
         "bench micronode: idle_rss_mb={rss:.1} ready_ms={first:.0} restart_ready_ms={restart:.0} binary_mb={binary_mb:.1}"
     );
     Ok(())
-}
-
-/// Waits for `GET /readyz` to answer 200 on `addr`, polling every millisecond (start-up is what is measured).
-fn wait_ready_fast(addr: SocketAddr, since: Instant) -> anyhow::Result<()> {
-    while since.elapsed() < Duration::from_secs(30) {
-        if let Ok(mut stream) = TcpStream::connect(addr) {
-            let _ = write!(stream, "GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-            let mut line = String::new();
-            if BufReader::new(stream).read_line(&mut line).is_ok() && line.contains(" 200 ") {
-                return Ok(());
-            }
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    bail!("{addr}/readyz did not answer 200 within 30 s")
 }
 
 /// MLS cost per message and encrypted file transfer vs a raw DataChannel (crates/peer/benches/e2ee.rs).
@@ -189,6 +175,11 @@ pub(crate) fn rss_kib(pid: u32) -> anyhow::Result<u64> {
 }
 
 pub(crate) fn wait_http_ok(addr: SocketAddr, path: &str) -> anyhow::Result<()> {
+    wait_http_ok_every(addr, path, Duration::from_millis(50))
+}
+
+/// Waits up to 30 s for `GET path` to answer 200 on `addr`, trying every `poll`.
+fn wait_http_ok_every(addr: SocketAddr, path: &str, poll: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         if let Ok(mut stream) = TcpStream::connect(addr) {
@@ -198,7 +189,7 @@ pub(crate) fn wait_http_ok(addr: SocketAddr, path: &str) -> anyhow::Result<()> {
                 return Ok(());
             }
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(poll);
     }
     bail!("{addr}{path} did not become ready")
 }

@@ -243,19 +243,22 @@ struct BubbleSummary {
     responses((status = 200, description = "The bubbles in the caller's scope", body = [BubbleSummary]), (status = 401, body = ErrorBody)))]
 async fn list_bubbles(State(state): State<Arc<ApiState>>, Caller(who): Caller) -> Result<Response, ApiError> {
     let mut latest = state.store.latest_health().await?;
-    let mut visible = Vec::new();
-    for bubble in state.store.list_bubbles().await?.into_iter().filter(|b| who.covers(&b.id)) {
-        // A platform that does not answer in time leaves the status out, not the list.
-        let platform = tokio::time::timeout(std::time::Duration::from_secs(2), state.control.bubble_status(&bubble.id))
-            .await
-            .unwrap_or(None);
-        visible.push(BubbleSummary {
+    let bubbles: Vec<BubbleRow> = state.store.list_bubbles().await?.into_iter().filter(|b| who.covers(&b.id)).collect();
+    // Asked of the platform all at once; one that does not answer in time leaves its status out, not the list.
+    let statuses = futures_util::future::join_all(bubbles.iter().map(|bubble| {
+        tokio::time::timeout(std::time::Duration::from_secs(2), state.control.bubble_status(&bubble.id))
+    }))
+    .await;
+    let visible: Vec<BubbleSummary> = bubbles
+        .into_iter()
+        .zip(statuses)
+        .map(|(bubble, platform)| BubbleSummary {
             health: latest.remove(&bubble.id),
             origin: state.control.bubble_origin(&bubble.id),
-            platform,
+            platform: platform.unwrap_or(None),
             bubble,
-        });
-    }
+        })
+        .collect();
     Ok(Json(visible).into_response())
 }
 

@@ -16,7 +16,6 @@ use tower_test::mock::{Handle, SendResponse};
 struct ApiServer(Handle<Request<Body>, Response<Body>>);
 
 struct Call {
-    method: String,
     path: String,
     query: String,
     body: Value,
@@ -35,7 +34,7 @@ impl ApiServer {
         let bytes = request.into_body().collect_bytes().await.unwrap();
         let body = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() };
         assert_eq!(format!("{method_seen} {path_seen}"), format!("{method} {path}"), "unexpected request");
-        Call { method: method_seen, path: path_seen, query, body, send }
+        Call { path: path_seen, query, body, send }
     }
 
     /// A server-side apply by the admin API's field manager; answers with what was applied.
@@ -58,7 +57,6 @@ impl Call {
     fn refuse(self, code: u16, message: &str) {
         let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": message,
             "reason": "Invalid", "code": code});
-        let _ = &self.method;
         self.reply(code, &status);
     }
 }

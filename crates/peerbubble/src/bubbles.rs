@@ -45,7 +45,6 @@ pub struct Settings {
 struct Running {
     server: Server,
     reporter: tokio::task::JoinHandle<()>,
-    origin: String,
 }
 
 /// The bubbles this process serves. Cheap to clone.
@@ -172,8 +171,8 @@ impl Bubbles {
         let origin =
             if bubble == PRIMARY { settings.origin.clone() } else { origin_with_port(&settings.origin, addr.port()) };
         tracing::info!(bubble, %addr, %origin, "bubble served");
-        self.0.origins.write().unwrap_or_else(|p| p.into_inner()).insert(bubble.to_owned(), origin.clone());
-        running.insert(bubble.to_owned(), Running { server, reporter, origin });
+        self.0.origins.write().unwrap_or_else(|p| p.into_inner()).insert(bubble.to_owned(), origin);
+        running.insert(bubble.to_owned(), Running { server, reporter });
         Ok(())
     }
 
@@ -207,11 +206,11 @@ impl Bubbles {
     /// files: mailbox, TURN secret, port.
     pub async fn stop(&self, bubble: &str, remove_files: bool) -> anyhow::Result<()> {
         let removed = self.0.running.lock().await.remove(bubble);
-        self.0.origins.write().unwrap_or_else(|p| p.into_inner()).remove(bubble);
+        let origin = self.0.origins.write().unwrap_or_else(|p| p.into_inner()).remove(bubble);
         if let Some(running) = removed {
             running.reporter.abort();
             running.server.shutdown().await?;
-            tracing::info!(bubble, origin = %running.origin, "bubble no longer served");
+            tracing::info!(bubble, origin = origin.unwrap_or_default(), "bubble no longer served");
         }
         if remove_files {
             if bubble == PRIMARY {
