@@ -20,7 +20,8 @@ export const CHROMIUM_ARGS = [
   '--disable-sync',
   '--disable-features=WebRtcHideLocalIpsWithMdns',
   // pi.lan stands for a micro-node's LAN name: an origin that is not loopback, so only HTTPS makes it secure.
-  '--host-resolver-rules=MAP pi.lan 127.0.0.1, MAP * ~NOTFOUND, EXCLUDE 127.0.0.1',
+  // localhost: a host name on loopback, for WebAuthn (a relying party is a domain, never an IP address).
+  '--host-resolver-rules=MAP pi.lan 127.0.0.1, MAP localhost 127.0.0.1, MAP * ~NOTFOUND, EXCLUDE 127.0.0.1',
   '--allow-loopback-in-peer-connection',
 ];
 

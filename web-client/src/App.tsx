@@ -52,7 +52,7 @@ export function App({ client }: { client: WorkerClient }) {
     case 'enroll':
       return <Enroll client={client} invite={invite} />;
     case 'locked':
-      return <Unlock client={client} bubble={phase.bubble} retryAt={phase.retryAt} inviteIgnored={invite !== ''} />;
+      return <Unlock client={client} bubble={phase.bubble} retryAt={phase.retryAt} securityKey={phase.securityKey} inviteIgnored={invite !== ''} />;
     case 'open':
       return client.view ? <Home client={client} view={client.view} notices={client.notices} /> : <Centered><p role="status">{t('starting')}</p></Centered>;
   }

@@ -87,8 +87,15 @@ export class WorkerClient {
     const id = this.nextId++;
     return new Promise((resolve, reject) => {
       this.pending.set(id, { resolve, reject });
-      // DataChannel bytes are handed over, not copied (the page has no further use for them).
-      const transfer = command.kind === 'channelData' ? [command.bytes.buffer as ArrayBuffer] : [];
+      // DataChannel bytes and a security key's secret are handed over, not copied: the page keeps no copy.
+      const transfer =
+        command.kind === 'channelData'
+          ? [command.bytes.buffer as ArrayBuffer]
+          : command.kind === 'enroll' && command.securityKey
+            ? [command.securityKey.secret.buffer as ArrayBuffer]
+            : command.kind === 'unlock' && command.securitySecret
+              ? [command.securitySecret.buffer as ArrayBuffer]
+              : [];
       this.worker.postMessage({ id, command }, transfer);
     });
   }

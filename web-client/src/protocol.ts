@@ -7,8 +7,9 @@ export type ConversationId = string;
 
 export type Command =
   | { kind: 'hello' }
-  | { kind: 'enroll'; link: string; passphrase: string }
-  | { kind: 'unlock'; passphrase: string }
+  | { kind: 'enroll'; link: string; passphrase: string; securityKey?: NewSecurityKey }
+  /** `securitySecret`: the security key's PRF output, for a key store made with one (handed over, not copied). */
+  | { kind: 'unlock'; passphrase: string; securitySecret?: Uint8Array }
   | { kind: 'lock' }
   | { kind: 'startDirect'; member: MemberId }
   | { kind: 'createGroup'; name: string; members: MemberId[] }
@@ -50,6 +51,18 @@ export type Command =
   /** A decrypted copy of a received file (a disk-backed File, deleted a minute later), to open or save. */
   | { kind: 'openFile'; transfer: string; name: string };
 
+/** Which security key (WebAuthn credential) opens this device's key store, and the PRF input it is asked for.
+ * Neither is secret: they name the key, the key holds the secret. */
+export interface SecurityKeyRef {
+  credential: Uint8Array;
+  salt: Uint8Array;
+}
+
+/** A security key added at enrollment, with its PRF output (32 bytes, the key store's possession segment). */
+export interface NewSecurityKey extends SecurityKeyRef {
+  secret: Uint8Array;
+}
+
 export interface Request {
   id: number;
   command: Command;
@@ -59,7 +72,7 @@ export interface Request {
 export type Phase =
   | { phase: 'starting' }
   | { phase: 'enroll' }
-  | { phase: 'locked'; bubble: string; retryAt: number }
+  | { phase: 'locked'; bubble: string; retryAt: number; securityKey: SecurityKeyRef | null }
   | { phase: 'open' }
   | { phase: 'otherTab' }
   | { phase: 'unsupported'; reason: string };
@@ -176,6 +189,8 @@ const MAX_SDP = 32 * 1024;
 const MAX_CHANNEL_BYTES = 256 * 1024;
 /** A DER certificate. */
 const MAX_CERTIFICATE = 16 * 1024;
+/** A WebAuthn credential id is at most 1023 bytes. */
+const MAX_CREDENTIAL = 1023;
 
 function isObject(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
@@ -188,6 +203,12 @@ function isText(v: unknown, max = MAX_TEXT): v is string {
 }
 function isBytes(v: unknown, max: number): v is Uint8Array {
   return v instanceof Uint8Array && v.byteLength > 0 && v.byteLength <= max;
+}
+function isSecurityKeyRef(v: unknown): v is SecurityKeyRef {
+  return isObject(v) && isBytes(v.credential, MAX_CREDENTIAL) && isBytes(v.salt, 32) && v.salt.byteLength === 32;
+}
+function isSecret(v: unknown): v is Uint8Array {
+  return isBytes(v, 32) && v.byteLength === 32;
 }
 function isFile(v: unknown): v is File {
   return typeof File !== 'undefined' && v instanceof File;
@@ -219,9 +240,13 @@ export function parseRequest(data: unknown): Request | null {
       case 'channelData':
         return isId(c.member) && isBytes(c.bytes, MAX_CHANNEL_BYTES);
       case 'enroll':
-        return isText(c.link, 4096) && isText(c.passphrase, 1024);
+        return (
+          isText(c.link, 4096) &&
+          isText(c.passphrase, 1024) &&
+          (c.securityKey === undefined || (isObject(c.securityKey) && isSecurityKeyRef(c.securityKey) && isSecret(c.securityKey.secret)))
+        );
       case 'unlock':
-        return isText(c.passphrase, 1024);
+        return isText(c.passphrase, 1024) && (c.securitySecret === undefined || isSecret(c.securitySecret));
       case 'startDirect':
       case 'removeContact':
       case 'safetyNumber':
@@ -286,7 +311,7 @@ function isPhase(v: unknown): v is Phase {
     case 'otherTab':
       return true;
     case 'locked':
-      return typeof v.bubble === 'string' && typeof v.retryAt === 'number';
+      return typeof v.bubble === 'string' && typeof v.retryAt === 'number' && (v.securityKey === null || isSecurityKeyRef(v.securityKey));
     case 'unsupported':
       return typeof v.reason === 'string';
     default:

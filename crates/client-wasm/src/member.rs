@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use peerbubble_client_core::files::{FileHasher, TransferConfig, TransferId};
 use peerbubble_client_core::fingerprint::{Fingerprint, sdp_fingerprints};
 use peerbubble_client_core::keystore::{
-    KdfParams, KeyStore, KeyStoreError, KnowledgeKdf, Segment, Storage, StorageError,
+    HEADER_NAME, KdfParams, KeyStore, KeyStoreError, KnowledgeKdf, Segment, SegmentKind, Storage, StorageError,
 };
 use peerbubble_client_core::message::{CallSignal, ConversationKind, EndReason, MessageId, hex, hex16};
 use peerbubble_client_core::session::{Session, SessionEvent};
@@ -98,6 +98,18 @@ fn device_segment(device_secret: &mut [u8]) -> Result<Segment, JsError> {
     Ok(Segment::device(Zeroizing::new(secret)))
 }
 
+/// The possession segment from a security key's WebAuthn PRF output (32 bytes, zeroed here), or none when the
+/// member set no security key (empty).
+fn possession_segment(hardware_secret: &mut [u8]) -> Result<Option<Segment>, JsError> {
+    if hardware_secret.is_empty() {
+        return Ok(None);
+    }
+    let secret: Result<[u8; 32], _> = (&*hardware_secret).try_into();
+    zeroize::Zeroize::zeroize(hardware_secret);
+    let secret = secret.map_err(|_| JsError::new("the security key's secret must be 32 bytes"))?;
+    Ok(Some(Segment::possession(Zeroizing::new(secret))))
+}
+
 /// Enrolling this device: an identity key made here for one invite.
 #[wasm_bindgen]
 #[derive(Debug)]
@@ -129,9 +141,17 @@ impl Enrollment {
     }
 
     /// Creates the key store from the admin API's answer: the device segment (32 bytes the worker keeps wrapped
-    /// by a non-extractable WebCrypto key; zeroed here) and the passphrase (Argon2id with the native client's
-    /// costs). Consumes the enrollment.
-    pub fn finish(self, enrolled: &str, device_secret: &mut [u8], passphrase: &str) -> Result<Member, JsError> {
+    /// by a non-extractable WebCrypto key; zeroed here), the passphrase (Argon2id with the native client's
+    /// costs) and, when the member added a security key, its WebAuthn PRF output (32 bytes, zeroed here; empty
+    /// for none). Consumes the enrollment.
+    pub fn finish(
+        self,
+        enrolled: &str,
+        device_secret: &mut [u8],
+        passphrase: &str,
+        hardware_secret: &mut [u8],
+    ) -> Result<Member, JsError> {
+        let possession = possession_segment(hardware_secret);
         let enrolled: Enrolled =
             serde_json::from_str(enrolled).map_err(|e| JsError::new(&format!("unexpected enrollment answer: {e}")))?;
         let member: MemberId = enrolled.member.parse().map_err(js_error)?;
@@ -140,8 +160,9 @@ impl Enrollment {
         }
         let kdf = KnowledgeKdf::generate(KdfParams::default()).map_err(js_error)?;
         let knowledge = Segment::knowledge(passphrase.as_bytes(), &kdf).map_err(js_error)?;
-        let mut store =
-            KeyStore::create(Recording::default(), &[device_segment(device_secret)?, knowledge]).map_err(js_error)?;
+        let mut segments = vec![device_segment(device_secret)?, knowledge];
+        segments.extend(possession?);
+        let mut store = KeyStore::create(Recording::default(), &segments).map_err(js_error)?;
         let profile = Profile { bubble: enrolled.bubble, member, display_name: enrolled.display_name };
         store.put(RECORD_IDENTITY, &*self.key.to_seed()).map_err(js_error)?;
         store.put(RECORD_PROFILE, &serde_json::to_vec(&profile).map_err(js_error)?).map_err(js_error)?;
@@ -171,13 +192,42 @@ impl Vault {
         self.storage.records.insert(name, value);
     }
 
-    /// Unlocks with the device secret (zeroed here) and the passphrase. A wrong passphrase is an error
-    /// (`wrong_segments` in its text) and changes nothing stored.
-    pub fn unlock(self, device_secret: &mut [u8], passphrase: &str) -> Result<Member, JsError> {
+    /// Whether this key store needs the member's security key to open (its WebAuthn PRF output).
+    #[wasm_bindgen(js_name = needsHardwareKey)]
+    pub fn needs_hardware_key(&self) -> Result<bool, JsError> {
+        // The header says which segments the store needs; the records are not needed for that.
+        let header = self.storage.records.get(HEADER_NAME).map(|h| (HEADER_NAME.to_owned(), h.clone()));
+        let store = KeyStore::open(Recording { records: header.into_iter().collect(), writes: BTreeMap::new() })
+            .map_err(js_error)?;
+        Ok(store.required_kinds().contains(&SegmentKind::Possession))
+    }
+
+    /// Unlocks with the device secret (zeroed here), the passphrase and, for a key store made with a security
+    /// key, its WebAuthn PRF output (zeroed here; empty for none). A wrong passphrase or key is an error
+    /// (`wrong_segments` in its text), a missing key too (`hardware_key_needed`); neither changes anything
+    /// stored.
+    pub fn unlock(
+        self,
+        device_secret: &mut [u8],
+        passphrase: &str,
+        hardware_secret: &mut [u8],
+    ) -> Result<Member, JsError> {
+        let possession = possession_segment(hardware_secret);
         let device = device_segment(device_secret)?;
+        let possession = possession?;
         let mut store = KeyStore::open(self.storage).map_err(js_error)?;
+        let needs_key = store.required_kinds().contains(&SegmentKind::Possession);
+        if needs_key && possession.is_none() {
+            return Err(JsError::new("hardware_key_needed: this device opens only with its security key"));
+        }
         let knowledge = store.knowledge_segment(passphrase.as_bytes()).map_err(js_error)?;
-        store.unlock(&[device, knowledge]).map_err(|e| match e {
+        let mut segments = vec![device, knowledge];
+        // A key offered to a store made without one is not used (nothing of it is kept either).
+        segments.extend(possession.filter(|_| needs_key));
+        store.unlock(&segments).map_err(|e| match e {
+            KeyStoreError::WrongSegments if needs_key => {
+                JsError::new("wrong_segments: the passphrase or the security key is not the one of this device")
+            }
             KeyStoreError::WrongSegments => {
                 JsError::new("wrong_segments: the passphrase is not the one of this device")
             }

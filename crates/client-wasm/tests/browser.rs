@@ -160,11 +160,14 @@ fn a_member_enrolls_locks_and_unlocks_from_the_records_the_worker_keeps() {
     // An answer for another key is refused; the right one creates the key store.
     let wrong = Enrolled { bubble: "ops".into(), member: "00".repeat(16), display_name: "Ann".into() };
     let enrollment2 = Enrollment::new("ops.tok").unwrap();
-    assert!(enrollment2.finish(&serde_json::to_string(&wrong).unwrap(), &mut [1u8; 32], "pass phrase").is_err());
+    assert!(
+        enrollment2.finish(&serde_json::to_string(&wrong).unwrap(), &mut [1u8; 32], "pass phrase", &mut []).is_err()
+    );
     let enrolled = Enrolled { bubble: "ops".into(), member: member.clone(), display_name: "Ann".into() };
     let mut device = [7u8; 32];
-    let mut ann =
-        enrollment.finish(&serde_json::to_string(&enrolled).unwrap(), &mut device, "long pass phrase").unwrap();
+    let mut ann = enrollment
+        .finish(&serde_json::to_string(&enrolled).unwrap(), &mut device, "long pass phrase", &mut [])
+        .unwrap();
     assert_eq!(device, [0u8; 32], "the device secret is zeroed once used");
     assert_eq!(ann.id(), member);
     assert!(ann.view().contains(r#""displayName":"Ann""#));
@@ -189,9 +192,59 @@ fn a_member_enrolls_locks_and_unlocks_from_the_records_the_worker_keeps() {
         }
         vault
     };
-    assert!(vault(&records).unlock(&mut [7u8; 32], "wrong pass phrase").is_err(), "a wrong passphrase");
-    assert!(vault(&records).unlock(&mut [8u8; 32], "long pass phrase").is_err(), "another device's secret");
-    let mut again = vault(&records).unlock(&mut [7u8; 32], "long pass phrase").unwrap();
+    assert!(!vault(&records).needs_hardware_key().unwrap());
+    assert!(vault(&records).unlock(&mut [7u8; 32], "wrong pass phrase", &mut []).is_err(), "a wrong passphrase");
+    assert!(vault(&records).unlock(&mut [8u8; 32], "long pass phrase", &mut []).is_err(), "another device's secret");
+    let mut again = vault(&records).unlock(&mut [7u8; 32], "long pass phrase", &mut []).unwrap();
     assert_eq!(again.id(), member, "the identity key came back from the store");
     assert_eq!(again.next_notice().as_deref(), Some(r#"{"type":"connect"}"#));
+}
+
+#[wasm_bindgen_test]
+fn a_key_store_made_with_a_security_key_opens_only_with_it() {
+    use peerbubble_client_wasm::{Enrollment, Vault};
+    use peerbubble_proto::enroll::{EnrollRequest, Enrolled};
+
+    let enrollment = Enrollment::new("ops.tok-key").unwrap();
+    let request: EnrollRequest = serde_json::from_str(&enrollment.request()).unwrap();
+    let member = request.verify("ops").unwrap().member_id().to_string();
+    let enrolled = Enrolled { bubble: "ops".into(), member: member.clone(), display_name: "Ann".into() };
+    // Not 32 bytes: refused, and zeroed all the same.
+    let mut short = [5u8; 16];
+    let refused = Enrollment::new("ops.tok-key").unwrap();
+    assert!(
+        refused
+            .finish(&serde_json::to_string(&enrolled).unwrap(), &mut [7u8; 32], "long pass phrase", &mut short)
+            .is_err()
+    );
+    assert_eq!(short, [0u8; 16]);
+    let mut prf = [9u8; 32];
+    let mut ann = enrollment
+        .finish(&serde_json::to_string(&enrolled).unwrap(), &mut [7u8; 32], "long pass phrase", &mut prf)
+        .unwrap();
+    assert_eq!(prf, [0u8; 32], "the security key's secret is zeroed once used");
+    let mut records = Vec::new();
+    while let Some(record) = ann.next_write() {
+        records.push((record.name(), record.value().unwrap()));
+    }
+    drop(ann);
+    let vault = || {
+        let mut vault = Vault::new();
+        for (name, value) in &records {
+            vault.add(name.clone(), value.clone());
+        }
+        vault
+    };
+    assert!(vault().needs_hardware_key().unwrap());
+    let error = |result: Result<peerbubble_client_wasm::Member, wasm_bindgen::JsError>| {
+        let value: wasm_bindgen::JsValue = result.err().expect("refused").into();
+        js_sys::Reflect::get(&value, &"message".into()).unwrap().as_string().unwrap()
+    };
+    // Passphrase and device right, but no key, or another key: refused, saying which.
+    assert!(error(vault().unlock(&mut [7u8; 32], "long pass phrase", &mut [])).starts_with("hardware_key_needed"));
+    assert!(error(vault().unlock(&mut [7u8; 32], "long pass phrase", &mut [8u8; 32])).starts_with("wrong_segments"));
+    // The key does not stand in for the passphrase.
+    assert!(error(vault().unlock(&mut [7u8; 32], "wrong pass phrase", &mut [9u8; 32])).starts_with("wrong_segments"));
+    let again = vault().unlock(&mut [7u8; 32], "long pass phrase", &mut [9u8; 32]).unwrap();
+    assert_eq!(again.id(), member);
 }

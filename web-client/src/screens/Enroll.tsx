@@ -2,6 +2,8 @@ import { type FormEvent, useState } from 'react';
 import { useTranslation } from 'react-i18next';
 import type { WorkerClient } from '../client';
 import { Centered, Strength, passphraseBits } from '../components';
+import type { NewSecurityKey } from '../protocol';
+import { SecurityKeyError, addSecurityKey, securityKeyPossible, wipe } from '../securityKey';
 
 /** The shape the admin API gives invite fragments: `<bubble>.<token>`. The worker checks it again in wasm. */
 const INVITE = /^[a-z0-9][a-z0-9-]{0,62}\.[A-Za-z0-9_-]{1,128}$/;
@@ -11,8 +13,10 @@ export function Enroll({ client, invite }: { client: WorkerClient; invite: strin
   const [link, setLink] = useState(invite);
   const [passphrase, setPassphrase] = useState('');
   const [confirm, setConfirm] = useState('');
-  const [busy, setBusy] = useState(false);
+  const [withKey, setWithKey] = useState(false);
+  const [busy, setBusy] = useState<'key' | 'keys' | null>(null);
   const [error, setError] = useState<string | null>(null);
+  const keyPossible = securityKeyPossible();
   const fragment = link.includes('#') ? link.slice(link.lastIndexOf('#') + 1) : link.trim();
   const valid = INVITE.test(fragment);
   const bubble = valid ? fragment.split('.')[0] : null;
@@ -23,16 +27,29 @@ export function Enroll({ client, invite }: { client: WorkerClient; invite: strin
     if (!valid) return setError(t('enroll.badLink'));
     if (passphraseBits(passphrase) < 40) return setError(t('enroll.tooWeak'));
     if (passphrase !== confirm) return setError(t('enroll.mismatch'));
-    setBusy(true);
+    // The security key first: if it cannot be used, the invite is still unused and the member chooses again.
+    let securityKey: NewSecurityKey | undefined;
+    if (withKey) {
+      setBusy('key');
+      try {
+        securityKey = await addSecurityKey(`${bubble ?? 'PeerBubble'}`);
+      } catch (err) {
+        setBusy(null);
+        const problem = err instanceof SecurityKeyError ? err.problem : 'failed';
+        return setError(t(`securityKey.${problem}`));
+      }
+    }
+    setBusy('keys');
     try {
-      await client.send({ kind: 'enroll', link: fragment, passphrase });
+      await client.send({ kind: 'enroll', link: fragment, passphrase, securityKey });
       void navigator.storage?.persist?.();
       history.replaceState(null, '', '/');
     } catch (err) {
       const message = err instanceof Error ? err.message : String(err);
       setError(message.startsWith('enroll_refused') ? t('enroll.refused') : message.includes('invite') ? t('enroll.badLink') : message);
     } finally {
-      setBusy(false);
+      wipe(securityKey?.secret);
+      setBusy(null);
     }
   };
 
@@ -63,13 +80,27 @@ export function Enroll({ client, invite }: { client: WorkerClient; invite: strin
           <input type="password" value={confirm} onChange={(e) => setConfirm(e.target.value)} autoComplete="new-password" required />
         </label>
         <p className="muted small">{t('enroll.explain')}</p>
+        {keyPossible && (
+          <div className="option">
+            <label className="check">
+              <input type="checkbox" checked={withKey} onChange={(e) => setWithKey(e.target.checked)} />
+              {t('securityKey.add')}
+            </label>
+            <p className="muted small">{withKey ? t('securityKey.addWarning') : t('securityKey.addExplain')}</p>
+          </div>
+        )}
         {error && (
           <p className="error" role="alert">
             {error}
           </p>
         )}
-        <button type="submit" className="primary" disabled={busy || !valid}>
-          {busy ? t('enroll.working') : t('enroll.submit')}
+        {busy === 'key' && (
+          <p className="notice" role="status">
+            {t('securityKey.touch')}
+          </p>
+        )}
+        <button type="submit" className="primary" disabled={busy !== null || !valid}>
+          {busy === 'keys' ? t('enroll.working') : busy === 'key' ? t('securityKey.waiting') : t('enroll.submit')}
         </button>
       </form>
     </Centered>

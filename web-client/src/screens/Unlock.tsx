@@ -2,11 +2,19 @@ import { type FormEvent, useEffect, useState } from 'react';
 import { useTranslation } from 'react-i18next';
 import type { WorkerClient } from '../client';
 import { Centered } from '../components';
+import type { SecurityKeyRef } from '../protocol';
+import { SecurityKeyError, securityKeySecret, wipe } from '../securityKey';
 
-export function Unlock(props: { client: WorkerClient; bubble: string; retryAt: number; inviteIgnored: boolean }) {
+export function Unlock(props: {
+  client: WorkerClient;
+  bubble: string;
+  retryAt: number;
+  securityKey: SecurityKeyRef | null;
+  inviteIgnored: boolean;
+}) {
   const { t } = useTranslation();
   const [passphrase, setPassphrase] = useState('');
-  const [busy, setBusy] = useState(false);
+  const [busy, setBusy] = useState<'key' | 'open' | null>(null);
   const [error, setError] = useState<string | null>(null);
   const [now, setNow] = useState(Date.now());
   useEffect(() => {
@@ -18,17 +26,38 @@ export function Unlock(props: { client: WorkerClient; bubble: string; retryAt: n
 
   const submit = async (e: FormEvent) => {
     e.preventDefault();
-    setBusy(true);
     setError(null);
+    // The key is asked first: a member who cannot touch it now has not spent an attempt.
+    let securitySecret: Uint8Array | undefined;
+    if (props.securityKey) {
+      setBusy('key');
+      try {
+        securitySecret = await securityKeySecret(props.securityKey);
+      } catch (err) {
+        setBusy(null);
+        const problem = err instanceof SecurityKeyError ? err.problem : 'failed';
+        return setError(t(`securityKey.unlock.${problem}`));
+      }
+    }
+    setBusy('open');
     try {
-      await props.client.send({ kind: 'unlock', passphrase });
+      await props.client.send({ kind: 'unlock', passphrase, securitySecret });
       setPassphrase('');
     } catch (err) {
       const message = err instanceof Error ? err.message : String(err);
-      setError(message.startsWith('wrong_segments') ? t('unlock.wrong') : message.startsWith('wait') ? t('unlock.wait') : message);
+      setError(
+        message.startsWith('wrong_segments')
+          ? t(props.securityKey ? 'unlock.wrongWithKey' : 'unlock.wrong')
+          : message.startsWith('hardware_key_needed')
+            ? t('securityKey.unlock.needed')
+            : message.startsWith('wait')
+              ? t('unlock.wait')
+              : message,
+      );
       setNow(Date.now());
     } finally {
-      setBusy(false);
+      wipe(securitySecret);
+      setBusy(null);
     }
   };
 
@@ -37,6 +66,7 @@ export function Unlock(props: { client: WorkerClient; bubble: string; retryAt: n
       <h1>{t('unlock.title')}</h1>
       {props.bubble && <p>{t('unlock.intro', { bubble: props.bubble })}</p>}
       {props.inviteIgnored && <p className="notice">{t('unlock.alreadyEnrolled')}</p>}
+      {props.securityKey && <p className="muted">{t('securityKey.unlock.explain')}</p>}
       <form onSubmit={(e) => void submit(e)} className="form">
         <label>
           {t('unlock.passphrase')}
@@ -53,8 +83,13 @@ export function Unlock(props: { client: WorkerClient; bubble: string; retryAt: n
             {t('unlock.retryIn', { seconds: wait })}
           </p>
         )}
-        <button type="submit" className="primary" disabled={busy || wait > 0}>
-          {busy ? t('unlock.working') : t('unlock.submit')}
+        {busy === 'key' && (
+          <p className="notice" role="status">
+            {t('securityKey.touch')}
+          </p>
+        )}
+        <button type="submit" className="primary" disabled={busy !== null || wait > 0}>
+          {busy === 'open' ? t('unlock.working') : busy === 'key' ? t('securityKey.waiting') : t(props.securityKey ? 'unlock.submitWithKey' : 'unlock.submit')}
         </button>
       </form>
     </Centered>

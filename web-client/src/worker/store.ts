@@ -1,6 +1,9 @@
 // IndexedDB for the worker: the key store's encrypted records, the device key (a non-extractable WebCrypto
-// AES-GCM key wrapping the 32-byte device segment) and the unlock back-off. Nothing here is readable without
-// the member's passphrase AND this browser profile's device key.
+// AES-GCM key wrapping the 32-byte device segment), the unlock back-off and, when the member added one, which
+// security key opens the store (its credential id and PRF input; the secret stays in the key). Nothing here is
+// readable without the member's passphrase AND this browser profile's device key (AND the security key).
+
+import type { SecurityKeyRef } from '../protocol';
 
 const DB_NAME = 'peerbubble';
 const DB_VERSION = 1;
@@ -75,6 +78,7 @@ export async function createAccount(
   device: DeviceEntry,
   writes: Array<[string, Uint8Array | undefined]>,
   bubble: string,
+  securityKey: SecurityKeyRef | null,
 ): Promise<void> {
   const tx = db.transaction([RECORDS, DEVICE, META], 'readwrite');
   tx.objectStore(RECORDS).clear();
@@ -84,7 +88,18 @@ export async function createAccount(
   tx.objectStore(DEVICE).put(device, 'device');
   tx.objectStore(META).put({ failures: 0, retryAt: 0 } satisfies Backoff, 'backoff');
   tx.objectStore(META).put(bubble, 'bubble');
+  if (securityKey) tx.objectStore(META).put({ credential: securityKey.credential, salt: securityKey.salt } satisfies SecurityKeyRef, 'securityKey');
+  else tx.objectStore(META).delete('securityKey');
   await done(tx);
+}
+
+/** The security key this device's key store needs, if the member added one at enrollment. */
+export async function readSecurityKey(db: IDBDatabase): Promise<SecurityKeyRef | null> {
+  const tx = db.transaction(META, 'readonly');
+  const value = (await promised(tx.objectStore(META).get('securityKey'))) as unknown;
+  if (typeof value !== 'object' || value === null) return null;
+  const { credential, salt } = value as Record<string, unknown>;
+  return credential instanceof Uint8Array && salt instanceof Uint8Array ? { credential, salt } : null;
 }
 
 export async function readBackoff(db: IDBDatabase): Promise<Backoff> {

@@ -6,7 +6,7 @@
 import init, { Enrollment, FileHash, Member, Vault } from '../wasm/peerbubble_client_wasm.js';
 import wasmUrl from '../wasm/peerbubble_client_wasm_bg.wasm?url';
 import { WASM_INTEGRITY } from '../wasm/integrity';
-import { type Command, type Phase, type Update, type View, parseRequest } from '../protocol';
+import { type Command, type NewSecurityKey, type Phase, type Update, type View, parseRequest } from '../protocol';
 import {
   backoffSeconds,
   createAccount,
@@ -16,6 +16,7 @@ import {
   readBackoff,
   readDevice,
   readRecords,
+  readSecurityKey,
   unwrapDevice,
   writeBackoff,
   writeRecords,
@@ -328,13 +329,15 @@ async function lockedPhase(): Promise<void> {
   const device = await readDevice(db);
   if (!device) return setPhase({ phase: 'enroll' });
   const backoff = await readBackoff(db);
-  setPhase({ phase: 'locked', bubble: await readAccountBubble(db), retryAt: backoff.retryAt });
+  setPhase({ phase: 'locked', bubble: await readAccountBubble(db), retryAt: backoff.retryAt, securityKey: await readSecurityKey(db) });
 }
 
-async function enroll(link: string, passphrase: string): Promise<unknown> {
+async function enroll(link: string, passphrase: string, securityKey: NewSecurityKey | undefined): Promise<unknown> {
   if (!db) throw new Error('storage is not open');
   if (phase.phase !== 'enroll') throw new Error('this device is already enrolled');
   const enrollment = new Enrollment(link);
+  // The security key's secret is handed to the key store and zeroed there; the worker keeps only which key it is.
+  const securitySecret = securityKey?.secret ?? new Uint8Array(0);
   const response = await fetch('/api/v1/enroll', {
     method: 'POST',
     headers: { 'content-type': 'application/json' },
@@ -343,6 +346,7 @@ async function enroll(link: string, passphrase: string): Promise<unknown> {
   const text = await response.text();
   if (!response.ok) {
     enrollment.free();
+    securitySecret.fill(0);
     let message = text;
     try {
       const body = JSON.parse(text) as { error?: string; message?: string };
@@ -353,21 +357,34 @@ async function enroll(link: string, passphrase: string): Promise<unknown> {
     throw new Error(`enroll_refused: ${message}`);
   }
   const { entry, secret } = await newDevice();
-  const m = enrollment.finish(text, secret, passphrase);
-  secret.fill(0);
+  let m: Member;
+  try {
+    m = enrollment.finish(text, secret, passphrase, securitySecret);
+  } finally {
+    secret.fill(0);
+    securitySecret.fill(0);
+  }
   const writes: Array<[string, Uint8Array | undefined]> = [];
   for (let rec = m.nextWrite(); rec !== undefined; rec = m.nextWrite()) {
     writes.push([rec.name, rec.value]);
     rec.free();
   }
-  await createAccount(db, entry, writes, m.bubble);
+  await createAccount(db, entry, writes, m.bubble, securityKey ? { credential: securityKey.credential, salt: securityKey.salt } : null);
   member = m;
   setPhase({ phase: 'open' });
   await step(() => undefined);
   return { member: m.id, bubble: m.bubble };
 }
 
-async function unlock(passphrase: string): Promise<unknown> {
+async function unlock(passphrase: string, securitySecret: Uint8Array = new Uint8Array(0)): Promise<unknown> {
+  try {
+    return await unlockWith(passphrase, securitySecret);
+  } finally {
+    securitySecret.fill(0);
+  }
+}
+
+async function unlockWith(passphrase: string, securitySecret: Uint8Array): Promise<unknown> {
   if (!db) throw new Error('storage is not open');
   if (phase.phase !== 'locked') throw new Error('nothing to unlock');
   const backoff = await readBackoff(db);
@@ -376,14 +393,19 @@ async function unlock(passphrase: string): Promise<unknown> {
   if (!device) throw new Error('no key store on this device');
   const vault = new Vault();
   for (const [name, value] of await readRecords(db)) vault.add(name, value);
+  // Without its security key the store cannot open: say so, and do not count it as a wrong passphrase.
+  if (securitySecret.byteLength === 0 && vault.needsHardwareKey()) {
+    vault.free();
+    throw new Error('hardware_key_needed: this device opens only with its security key');
+  }
   const secret = await unwrapDevice(device);
   try {
-    member = vault.unlock(secret, passphrase);
+    member = vault.unlock(secret, passphrase, securitySecret);
   } catch (err) {
     const failures = backoff.failures + 1;
     const retryAt = Date.now() + backoffSeconds(failures) * 1000;
     await writeBackoff(db, { failures, retryAt });
-    setPhase({ phase: 'locked', bubble: await readAccountBubble(db), retryAt });
+    setPhase({ phase: 'locked', bubble: await readAccountBubble(db), retryAt, securityKey: await readSecurityKey(db) });
     throw err;
   } finally {
     secret.fill(0);
@@ -402,9 +424,9 @@ async function run(command: Command): Promise<unknown> {
       if (member) queueView();
       return null;
     case 'enroll':
-      return enroll(command.link, command.passphrase);
+      return enroll(command.link, command.passphrase, command.securityKey);
     case 'unlock':
-      return unlock(command.passphrase);
+      return unlock(command.passphrase, command.securitySecret);
     case 'lock':
       closeMember();
       await lockedPhase();
