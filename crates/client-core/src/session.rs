@@ -16,7 +16,8 @@ use std::collections::{HashMap, VecDeque};
 
 use peerbubble_proto::{ErrorCode, IdentityKey, MemberId};
 
-use crate::client::{Client, ClientError, Event, Output, Path};
+use crate::client::{Client, ClientError, Event, MAX_RELAY_BODY, Output, Path};
+use crate::files::CHUNK_FRAME_TAG;
 use crate::signaling::{SignalEvent, Signaling, SignalingError};
 
 /// Relay envelopes kept while signaling is down; older ones are dropped first (the client's own retries and
@@ -178,6 +179,19 @@ impl Session {
             self.client.channel_closed(member);
         }
         self.route(now_ms);
+    }
+
+    /// The edge could not put `bytes` (an [`SessionEvent::ChannelSend`]) on the DataChannel with `to`: it closed
+    /// meanwhile. An envelope takes the relay instead — the same MLS bytes, refused as a replay should the
+    /// channel have delivered it after all; a file chunk is not relayed (the receiver asks to resume once a
+    /// channel is back). Returns whether it was relayed.
+    pub fn channel_send_failed(&mut self, to: MemberId, bytes: Vec<u8>, now_ms: u64) -> bool {
+        let relayable = bytes.len() <= MAX_RELAY_BODY && bytes.first() != Some(&CHUNK_FRAME_TAG);
+        if relayable {
+            self.relay(to, bytes, now_ms);
+            self.route(now_ms);
+        }
+        relayable
     }
 
     /// Timers of both machines.

@@ -526,3 +526,35 @@ fn a_member_gone_offline_gets_messages_through_the_mailbox_even_while_its_channe
     // went offline: nothing is lost, in order.
     assert_eq!(b.texts(1), ["over the channel", "kept for later"]);
 }
+
+#[test]
+fn a_channel_send_that_fails_takes_the_relay_and_a_file_chunk_does_not() {
+    let (mut b, conversation) = two_in_a_conversation();
+    let (alice, bob) = (b.peers[0].id, b.peers[1].id);
+    let now = b.now;
+    b.peers[0].session.channel(bob, true, now);
+    b.peers[1].session.channel(alice, true, now);
+    b.peers[0].session.act(b.now, |c| c.send_text(conversation, "the channel just closed")).unwrap();
+    b.run();
+    // The edge could not put it on the channel (closed meanwhile): the same bytes go through the relay.
+    let bytes = b.peers[0]
+        .events
+        .iter()
+        .find_map(|e| match e {
+            SessionEvent::ChannelSend { to, bytes } if *to == bob => Some(bytes.clone()),
+            _ => None,
+        })
+        .expect("sent on the channel");
+    assert!(b.texts(1).is_empty(), "nothing arrived: the channel swallowed it");
+    assert!(b.peers[0].session.channel_send_failed(bob, bytes, now));
+    b.run();
+    assert_eq!(b.texts(1), ["the channel just closed"]);
+    // A file chunk is not relayed (the receiver asks to resume once a channel is back), nor is anything too
+    // large for the relay.
+    let chunk = vec![peerbubble_client_core::files::CHUNK_FRAME_TAG, 1, 2, 3];
+    assert!(!b.peers[0].session.channel_send_failed(bob, chunk, now));
+    let large = vec![0u8; peerbubble_client_core::client::MAX_RELAY_BODY + 1];
+    assert!(!b.peers[0].session.channel_send_failed(bob, large, now));
+    b.run();
+    assert_eq!(b.texts(1), ["the channel just closed"]);
+}

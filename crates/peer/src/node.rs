@@ -1,27 +1,34 @@
-//! The native peer: client-core driven by real IO. One task owns the signaling session, the client state
-//! machine and an RTCPeerConnection per contact; it does what the state machine says (relay this envelope,
-//! order this commit, send this on a DataChannel, accept only this DTLS certificate) and feeds back what the
+//! The native peer: client-core's [`Session`] driven by real IO — the same sans-IO session the browser worker
+//! drives, so routing (relay or DataChannel, commit ordering, need-to-know on deliveries, envelopes held while
+//! signaling reconnects, mailbox acknowledgements after a save) is one tested copy. One task owns the session,
+//! the WebSocket and an RTCPeerConnection per contact; it does what the session says (write this frame, open
+//! or close the socket, send this on a DataChannel, accept only this DTLS certificate) and feeds back what the
 //! network says. A [`Node`] handle sends it commands and receives its events.
 //!
-//! The signaling session reconnects on its own (an open DataChannel keeps working meanwhile); envelopes meant
-//! for the relay wait for it.
+//! The session reconnects on its own with back-off (an open DataChannel keeps working meanwhile).
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use peerbubble_client_core::files::{FileHasher, TransferConfig, TransferId};
 use peerbubble_client_core::message::{CallSignal, ConversationKind, MessageId};
-use peerbubble_client_core::{Client, ConversationId, Event, Output, Path as Via};
-use peerbubble_proto::{DirectoryEntry, ErrorCode, IdentityKey, MemberId, ServerFrame};
+use peerbubble_client_core::session::{Session, SessionEvent};
+use peerbubble_client_core::{Client, ConversationId, Event, SignalEvent};
+use peerbubble_proto::{DirectoryEntry, IdentityKey, MemberId};
+use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use zeroize::Zeroizing;
 
 use crate::rtc::{RtcConfig, RtcEvent, RtcPeer};
-use crate::signal::{ClientError as SignalError, SignalClient};
+use crate::signal::ClientError as SignalError;
 
 /// How a node behaves.
 #[derive(Debug, Clone)]
@@ -154,32 +161,27 @@ impl Node {
     }
 
     /// Like [`Node::start`], from `core` (restored from the key store) and saving it with `saver` whenever it
-    /// changed; what the bubble's mailbox delivered is acknowledged only after that.
+    /// changed; what the bubble's mailbox delivered is acknowledged only after that. Returns once the session
+    /// is authenticated with a complete directory, or with the first refusal or connection error.
     pub async fn start_with(
         config: NodeConfig,
         key: IdentityKey,
         mut core: Client,
         saver: Option<Saver>,
     ) -> Result<Self, NodeError> {
-        let signal = SignalClient::connect(&config.url, &key).await?;
-        let member = signal.member();
-        core.set_directory(signal.directory().values().cloned());
         core.set_file_config(config.files);
+        let member = core.member();
         let (commands, rx) = mpsc::channel(64);
         let (events_tx, events) = mpsc::unbounded_channel();
         let (rtc_tx, rtc_rx) = mpsc::channel(1024);
-        let core_generation = core.mls_generation();
-        let state = State {
+        let mut state = State {
             config,
-            key,
-            core,
-            signal: Some(signal),
-            held: VecDeque::new(),
-            commits: HashMap::new(),
-            relays: HashMap::new(),
-            mailbox_upto: None,
-            saved_generation: core_generation,
-            dirty: false,
+            session: Session::new(key, None, core),
+            ws: None,
+            connecting: None,
+            started: false,
+            up: false,
+            start_error: None,
             saver,
             rtcs: HashMap::new(),
             generation: 0,
@@ -188,6 +190,7 @@ impl Node {
             incoming_files: HashMap::new(),
             events: events_tx,
         };
+        state.handshake().await?;
         tokio::spawn(state.run(rx, rtc_rx));
         Ok(Self { member, commands, events, backlog: VecDeque::new() })
     }
@@ -330,24 +333,25 @@ struct IncomingFile {
     path: PathBuf,
 }
 
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+type Connecting = Pin<Box<dyn Future<Output = Result<Ws, tokio_tungstenite::tungstenite::Error>> + Send>>;
+
+/// How long [`Node::start`] waits for the first session.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
 struct State {
     config: NodeConfig,
-    key: IdentityKey,
-    core: Client,
-    signal: Option<SignalClient>,
-    /// Relay envelopes waiting for signaling to come back.
-    held: VecDeque<(MemberId, Vec<u8>)>,
-    /// Commit frame id -> client token.
-    commits: HashMap<u64, u64>,
-    /// Send frame id -> recipient, until the server answers.
-    relays: HashMap<u64, MemberId>,
-    /// The highest mailbox `seq` handled and not acknowledged yet: acknowledged once the state it changed is
-    /// saved (at once when the node keeps no state).
-    mailbox_upto: Option<u64>,
-    /// The client's MLS generation at the last save.
-    saved_generation: u64,
-    /// Something a save keeps changed since the last save.
-    dirty: bool,
+    session: Session,
+    /// The open WebSocket, once the session asked for it and it opened.
+    ws: Option<Ws>,
+    /// The WebSocket being opened.
+    connecting: Option<Connecting>,
+    /// The first session was ready ([`Node::start`] returned).
+    started: bool,
+    /// The session is ready now (a break is reported once, not at every attempt to come back).
+    up: bool,
+    /// Why the first session did not come up.
+    start_error: Option<SignalError>,
     saver: Option<Saver>,
     rtcs: HashMap<MemberId, Connection>,
     generation: u64,
@@ -357,9 +361,17 @@ struct State {
     events: mpsc::UnboundedSender<NodeEvent>,
 }
 
-async fn next_signal(signal: &mut Option<SignalClient>) -> Result<ServerFrame, SignalError> {
-    match signal {
-        Some(s) => s.next().await,
+async fn next_message(ws: &mut Option<Ws>) -> Option<Result<Message, tokio_tungstenite::tungstenite::Error>> {
+    use futures_util::StreamExt as _;
+    match ws {
+        Some(ws) => ws.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn opened(connecting: &mut Option<Connecting>) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+    match connecting {
+        Some(future) => future.await,
         None => std::future::pending().await,
     }
 }
@@ -369,123 +381,221 @@ fn wall_ms() -> u64 {
 }
 
 impl State {
+    /// Drives the session until it is ready (or refused, or the socket cannot be opened).
+    async fn handshake(&mut self) -> Result<(), NodeError> {
+        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+        loop {
+            self.settle().await;
+            if self.started {
+                return Ok(());
+            }
+            if let Some(e) = self.start_error.take() {
+                self.close_socket().await;
+                return Err(e.into());
+            }
+            let wake = self.wake();
+            tokio::select! {
+                message = next_message(&mut self.ws) => self.on_message(message).await,
+                socket = opened(&mut self.connecting) => self.on_opened(socket),
+                _ = tokio::time::sleep(wake) => self.session.handle_timeout(wall_ms()),
+                _ = tokio::time::sleep_until(deadline) => {
+                    self.close_socket().await;
+                    return Err(SignalError::Timeout.into());
+                }
+            }
+        }
+    }
+
     async fn run(
         mut self,
         mut commands: mpsc::Receiver<Command>,
         mut rtc_rx: mpsc::Receiver<(MemberId, u64, RtcEvent)>,
     ) {
-        let mut ping = tokio::time::interval(Duration::from_secs(10));
-        let mut reconnect = tokio::time::interval(Duration::from_millis(250));
         loop {
             self.settle().await;
-            let wake = self.core.poll_timeout().map(|at| at.saturating_sub(wall_ms())).unwrap_or(60_000);
+            let wake = self.wake();
             tokio::select! {
-                frame = next_signal(&mut self.signal) => self.on_signal(frame),
+                message = next_message(&mut self.ws) => self.on_message(message).await,
+                socket = opened(&mut self.connecting) => self.on_opened(socket),
                 Some((peer, generation, event)) = rtc_rx.recv() => self.on_rtc(peer, generation, event).await,
                 command = commands.recv() => match command {
                     Some(Command::Shutdown(reply)) => {
                         for (_, c) in self.rtcs.drain() {
                             c.rtc.close().await;
                         }
-                        if let Some(s) = self.signal.take() {
-                            let _ = s.close().await;
-                        }
+                        self.close_socket().await;
                         let _ = reply.send(Ok(()));
                         return;
                     }
                     Some(command) => self.on_command(command).await,
                     None => return,
                 },
-                _ = ping.tick() => {
-                    if let Some(s) = &mut self.signal && s.ping().await.is_err() {
-                        self.signal_down();
-                    }
-                }
-                _ = reconnect.tick(), if self.signal.is_none() => self.reconnect().await,
-                _ = tokio::time::sleep(Duration::from_millis(wake)) => self.core.handle_timeout(wall_ms()),
+                _ = tokio::time::sleep(wake) => self.session.handle_timeout(wall_ms()),
             }
         }
+    }
+
+    /// Until the session's next timer.
+    fn wake(&self) -> Duration {
+        let at = self.session.poll_timeout().unwrap_or_else(|| wall_ms() + 60_000);
+        Duration::from_millis(at.saturating_sub(wall_ms()))
     }
 
     fn emit(&self, event: NodeEvent) {
         let _ = self.events.send(event);
     }
 
-    fn signal_down(&mut self) {
-        self.signal = None;
-        // Commits in flight are lost with the session: the client retries them.
-        for (_, token) in self.commits.drain() {
-            self.core.commit_rejected(token);
+    async fn close_socket(&mut self) {
+        self.connecting = None;
+        if let Some(mut ws) = self.ws.take() {
+            let _ = ws.close(None).await;
         }
-        // What the mailbox gave and was not acknowledged comes again on the next session.
-        self.relays.clear();
-        self.mailbox_upto = None;
-        self.core.signaling_lost();
-        self.emit(NodeEvent::SignalingDown);
     }
 
-    async fn reconnect(&mut self) {
-        if let Ok(signal) = SignalClient::connect(&self.config.url, &self.key).await {
-            self.core.set_directory(signal.directory().values().cloned());
-            self.signal = Some(signal);
-            self.emit(NodeEvent::SignalingUp);
-            while let Some((to, body)) = self.held.pop_front() {
-                self.relay(to, body).await;
+    fn on_opened(&mut self, socket: Result<Ws, tokio_tungstenite::tungstenite::Error>) {
+        self.connecting = None;
+        match socket {
+            Ok(ws) => {
+                self.ws = Some(ws);
+                self.session.connected(wall_ms());
+            }
+            Err(e) => {
+                if !self.started {
+                    self.start_error.get_or_insert(SignalError::WebSocket(e));
+                }
+                self.session.disconnected(None, wall_ms());
             }
         }
     }
 
-    fn on_signal(&mut self, frame: Result<ServerFrame, SignalError>) {
+    async fn on_message(&mut self, message: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>) {
         let now = wall_ms();
-        match frame {
-            Ok(ServerFrame::Deliver { from, body, seq, .. }) => {
-                // Need-to-know, checked again on what the server delivers (as client-core's signaling does).
-                let visible = from == self.core.member()
-                    || self.signal.as_ref().is_some_and(|s| s.directory().contains_key(&from));
-                if visible {
-                    self.core.handle_envelope(from, &body.to_bytes(), Via::Relay, now);
+        match message {
+            Some(Ok(Message::Text(text))) => {
+                // A violation queued a Disconnect: handled with the other events.
+                let _ = self.session.handle_text(text.as_bytes(), now);
+            }
+            // Signaling v1 is text only: binary is a violation, the session says so.
+            Some(Ok(Message::Binary(bytes))) => {
+                let _ = self.session.handle_text(&bytes, now);
+            }
+            Some(Ok(Message::Close(frame))) => {
+                self.ws = None;
+                self.session.disconnected(frame.map(|f| u16::from(f.code)), now);
+            }
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => {
+                self.ws = None;
+                self.session.disconnected(None, now);
+            }
+        }
+    }
+
+    /// Everything the session produced, done: the state saved when it changed (before anything that used its
+    /// secrets leaves, and before the mailbox is told it may forget what it delivered), frames written, events
+    /// handled — until the session is quiet.
+    async fn settle(&mut self) {
+        loop {
+            if self.session.take_changed() && self.persist() {
+                self.session.saved(wall_ms());
+            }
+            let mut moved = false;
+            while let Some(frame) = self.session.poll_transmit() {
+                moved = true;
+                self.write(frame).await;
+            }
+            // In batches: what handling an event produces waits for the next save.
+            let batch: Vec<SessionEvent> = std::iter::from_fn(|| self.session.poll_event()).collect();
+            for event in batch {
+                moved = true;
+                self.on_session_event(event).await;
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    async fn write(&mut self, frame: String) {
+        use futures_util::SinkExt as _;
+        let Some(ws) = &mut self.ws else { return };
+        if ws.send(Message::text(frame)).await.is_err() {
+            self.ws = None;
+            self.session.disconnected(None, wall_ms());
+        }
+    }
+
+    /// Saves the client's state (when the node keeps one); false when that failed (nothing is acknowledged to
+    /// the mailbox then: it delivers again on the next connection).
+    fn persist(&mut self) -> bool {
+        let Some(saver) = &mut self.saver else { return true };
+        if let Err(e) = saver(self.session.client()) {
+            self.emit(NodeEvent::Error(format!("cannot save the conversations: {e}")));
+            return false;
+        }
+        true
+    }
+
+    async fn on_session_event(&mut self, event: SessionEvent) {
+        match event {
+            SessionEvent::Signal(SignalEvent::Connect) => {
+                let url = self.config.url.clone();
+                self.connecting = Some(Box::pin(async move {
+                    tokio_tungstenite::connect_async_with_config(url, None, true).await.map(|(ws, _)| ws)
+                }));
+            }
+            SessionEvent::Signal(SignalEvent::Disconnect) => {
+                self.close_socket().await;
+                self.session.disconnected(None, wall_ms());
+            }
+            SessionEvent::Signal(SignalEvent::Ready { .. }) => {
+                if self.started {
+                    self.emit(NodeEvent::SignalingUp);
                 }
-                if seq.is_some() {
-                    self.mailbox_upto = seq.max(self.mailbox_upto);
+                self.started = true;
+                self.up = true;
+            }
+            SessionEvent::Signal(SignalEvent::Closed { code, retry_in_ms }) => {
+                self.ws = None;
+                if !self.started {
+                    self.start_error.get_or_insert(match code {
+                        Some(code) => SignalError::Refused {
+                            code,
+                            message: code.as_str().to_owned(),
+                            retry_after_ms: retry_in_ms,
+                        },
+                        None => SignalError::Closed(None),
+                    });
+                    return;
+                }
+                if std::mem::take(&mut self.up) {
+                    self.emit(NodeEvent::SignalingDown);
+                }
+                if let (Some(code), None) = (code, retry_in_ms) {
+                    self.emit(NodeEvent::Error(format!("the bubble refused this member: {}", code.as_str())));
                 }
             }
-            Ok(ServerFrame::Gap { seq, lost, groups }) => {
-                for group in &groups {
-                    self.core.missed_commits(group.as_bytes());
-                }
-                self.mailbox_upto = Some(seq).max(self.mailbox_upto);
-                self.emit(NodeEvent::MissedWhileAway(lost));
+            SessionEvent::Signal(SignalEvent::Refused { code, .. }) => {
+                self.emit(NodeEvent::Error(format!("server: {}", code.as_str())));
             }
-            Ok(ServerFrame::Directory { part, parts, .. }) if part + 1 == parts => {
-                if let Some(s) = &self.signal {
-                    self.core.set_directory(s.directory().values().cloned());
-                }
-            }
-            // A member coming online gets the KeyPackage requests it missed while offline.
-            Ok(ServerFrame::Presence { member, online: true }) => self.core.member_online(member),
-            Ok(ServerFrame::Presence { member, online: false }) => self.core.member_offline(member),
-            Ok(ServerFrame::Ack { id, stored, .. }) => {
-                if let Some(token) = self.commits.remove(&id) {
-                    self.core.commit_accepted(token);
-                }
-                if let Some(to) = self.relays.remove(&id).filter(|_| stored > 0) {
-                    self.emit(NodeEvent::StoredForLater(to));
+            SessionEvent::Signal(_) => {}
+            SessionEvent::Core(event) => self.on_core_event(event).await,
+            SessionEvent::ChannelSend { to, bytes } => {
+                let rtc = self.rtcs.get(&to).filter(|c| c.open).map(|c| c.rtc.clone());
+                let sent = match rtc {
+                    Some(rtc) => rtc.send(&bytes).await.is_ok(),
+                    None => false,
+                };
+                // The channel went away meanwhile: the session relays an envelope instead.
+                if !sent && !self.session.channel_send_failed(to, bytes, wall_ms()) {
+                    self.emit(NodeEvent::Error("DataChannel message lost".into()));
                 }
             }
-            Ok(ServerFrame::Error { code, id: Some(id), message, .. }) => {
-                self.relays.remove(&id);
-                if let Some(token) = self.commits.remove(&id) {
-                    self.core.commit_rejected(token);
-                }
-                if code != ErrorCode::CommitConflict {
-                    self.emit(NodeEvent::Error(format!("server: {}: {message}", code.as_str())));
-                }
+            SessionEvent::Undeliverable { to, reason } => {
+                self.emit(NodeEvent::Error(format!("not delivered to {to}: {reason}")));
             }
-            Ok(ServerFrame::Error { code, message, .. }) => {
-                self.emit(NodeEvent::Error(format!("server: {}: {message}", code.as_str())))
-            }
-            Ok(_) => {}
-            Err(_) => self.signal_down(),
+            SessionEvent::StoredForLater { to } => self.emit(NodeEvent::StoredForLater(to)),
+            SessionEvent::MissedWhileAway { lost } => self.emit(NodeEvent::MissedWhileAway(lost)),
         }
     }
 
@@ -495,7 +605,7 @@ impl State {
         }
         match event {
             RtcEvent::Connected { remote_fingerprint } => {
-                if !self.core.verify_dtls(peer, &remote_fingerprint) {
+                if !self.session.client_mut().verify_dtls(peer, &remote_fingerprint) {
                     self.close_rtc(peer, false).await;
                     self.emit(NodeEvent::Error("DTLS certificate is not the announced one; call refused".into()));
                 }
@@ -504,10 +614,10 @@ impl State {
                 if let Some(c) = self.rtcs.get_mut(&peer) {
                     c.open = true;
                 }
-                self.core.channel_opened(peer);
+                self.session.channel(peer, true, wall_ms());
                 self.emit(NodeEvent::ChannelOpen(peer));
             }
-            RtcEvent::Message(bytes) => self.core.handle_envelope(peer, &bytes, Via::Channel, wall_ms()),
+            RtcEvent::Message(bytes) => self.session.handle_channel(peer, &bytes, wall_ms()),
             RtcEvent::ChannelClosed | RtcEvent::Failed(_) => {
                 self.close_rtc(peer, true).await;
             }
@@ -519,7 +629,7 @@ impl State {
     async fn close_rtc(&mut self, peer: MemberId, failed: bool) {
         if let Some(c) = self.rtcs.remove(&peer) {
             c.rtc.close().await;
-            self.core.channel_closed(peer);
+            self.session.channel(peer, false, wall_ms());
             if c.open {
                 self.emit(NodeEvent::ChannelClosed(peer));
             } else if failed {
@@ -532,7 +642,7 @@ impl State {
 
     async fn new_rtc(&mut self, peer: MemberId, offerer: bool) -> Result<Arc<RtcPeer>, NodeError> {
         self.close_rtc(peer, false).await;
-        let ice_servers = self.signal.as_ref().map(|s| s.ice_servers().to_vec()).unwrap_or_default();
+        let ice_servers = self.session.signaling().ice_servers().to_vec();
         let (rtc, mut events) = RtcPeer::new(RtcConfig {
             ice_servers,
             relay_only: self.config.relay_only,
@@ -559,35 +669,35 @@ impl State {
     async fn call(&mut self, peer: MemberId) -> Result<(), NodeError> {
         let rtc = self.new_rtc(peer, true).await?;
         let sdp = rtc.create_offer().await?;
-        self.core.start_call(peer, &sdp, &rtc.local_fingerprint())?;
+        self.session.act(wall_ms(), |c| c.start_call(peer, &sdp, &rtc.local_fingerprint()))?;
         Ok(())
     }
 
     async fn on_command(&mut self, command: Command) {
-        self.core.handle_timeout(wall_ms());
+        let now = wall_ms();
         match command {
             Command::StartDirect(peer, r) => {
-                let _ = r.send(self.core.start_direct(peer).map_err(Into::into));
+                let _ = r.send(self.session.act(now, |c| c.start_direct(peer)).map_err(Into::into));
             }
             Command::CreateGroup(name, members, r) => {
-                let _ = r.send(self.core.create_group(&name, &members).map_err(Into::into));
+                let _ = r.send(self.session.act(now, |c| c.create_group(&name, &members)).map_err(Into::into));
             }
-            Command::AddMember(c, m, r) => {
-                let _ = r.send(self.core.add_member(c, m).map_err(Into::into));
+            Command::AddMember(conversation, m, r) => {
+                let _ = r.send(self.session.act(now, |c| c.add_member(conversation, m)).map_err(Into::into));
             }
-            Command::RemoveMember(c, m, r) => {
-                let _ = r.send(self.core.remove_member(c, m).map_err(Into::into));
+            Command::RemoveMember(conversation, m, r) => {
+                let _ = r.send(self.session.act(now, |c| c.remove_member(conversation, m)).map_err(Into::into));
             }
-            Command::Leave(c, r) => {
-                let _ = r.send(self.core.leave(c).map_err(Into::into));
+            Command::Leave(conversation, r) => {
+                let _ = r.send(self.session.act(now, |c| c.leave(conversation)).map_err(Into::into));
             }
             Command::RemoveContact(peer, r) => {
-                let result = self.core.remove_contact(peer).map_err(Into::into);
+                let result = self.session.act(now, |c| c.remove_contact(peer)).map_err(Into::into);
                 self.close_rtc(peer, false).await;
                 let _ = r.send(result);
             }
-            Command::SendText(c, text, r) => {
-                let _ = r.send(self.core.send_text(c, &text).map_err(Into::into));
+            Command::SendText(conversation, text, r) => {
+                let _ = r.send(self.session.act(now, |c| c.send_text(conversation, &text)).map_err(Into::into));
             }
             Command::Connect(peer, r) => {
                 let result = self.call(peer).await;
@@ -595,7 +705,7 @@ impl State {
             }
             Command::DropChannel(peer, r) => {
                 self.close_rtc(peer, false).await;
-                let _ = self.core.hangup(peer);
+                let _ = self.session.act(wall_ms(), |c| c.hangup(peer));
                 let _ = r.send(Ok(()));
             }
             Command::SendFile(peer, path, r) => {
@@ -603,20 +713,16 @@ impl State {
                 let _ = r.send(result);
             }
             Command::Direct(peer, r) => {
-                let _ = r.send(Ok(self.core.direct_conversation(peer)));
+                let _ = r.send(Ok(self.session.client().direct_conversation(peer)));
             }
             Command::Directory(r) => {
-                let _ = r.send(Ok(self
-                    .signal
-                    .as_ref()
-                    .map(|s| s.directory().values().cloned().collect())
-                    .unwrap_or_default()));
+                let _ = r.send(Ok(self.session.signaling().directory().values().cloned().collect()));
             }
-            Command::Members(c, r) => {
-                let _ = r.send(self.core.members(c).map_err(Into::into));
+            Command::Members(conversation, r) => {
+                let _ = r.send(self.session.client().members(conversation).map_err(Into::into));
             }
             Command::Snapshot(r) => {
-                let _ = r.send(Ok(self.core.mls_snapshot()));
+                let _ = r.send(Ok(self.session.client().mls_snapshot()));
             }
             Command::Shutdown(_) => {}
         }
@@ -636,109 +742,9 @@ impl State {
             size += n as u64;
         }
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-        let transfer = self.core.offer_file(peer, name, size, hasher.finalize())?;
+        let transfer = self.session.act(wall_ms(), |c| c.offer_file(peer, name, size, hasher.finalize()))?;
         self.outgoing_files.insert(transfer, file);
         Ok(transfer)
-    }
-
-    /// Sends what the client produced, then handles its events, until both are empty.
-    async fn flush(&mut self) {
-        loop {
-            // Secrets an MLS message used are saved before the message leaves: a restart from an older state
-            // would use them again, and the contact refuses reused secrets.
-            if self.core.mls_generation() != self.saved_generation {
-                self.persist();
-            }
-            let mut progressed = false;
-            while let Some(output) = self.core.poll_output() {
-                progressed = true;
-                match output {
-                    Output::Relay { to, body } => self.relay(to, body).await,
-                    Output::Commit { token, group, epoch, to, body } => {
-                        let sent = match &mut self.signal {
-                            Some(s) => s.commit(&group, epoch, &to, &body).await.ok(),
-                            None => None,
-                        };
-                        match sent {
-                            Some(id) => {
-                                self.commits.insert(id, token);
-                            }
-                            None => self.core.commit_rejected(token),
-                        }
-                    }
-                    Output::Channel { to, bytes } => {
-                        let rtc = self.rtcs.get(&to).filter(|c| c.open).map(|c| c.rtc.clone());
-                        match rtc {
-                            Some(rtc) if rtc.send(&bytes).await.is_ok() => {}
-                            // The channel went away meanwhile: an envelope takes the relay instead (the same
-                            // MLS bytes); a file chunk waits for the receiver's resume.
-                            _ if bytes.len() <= peerbubble_client_core::client::MAX_RELAY_BODY
-                                && bytes.first() != Some(&peerbubble_client_core::files::CHUNK_FRAME_TAG) =>
-                            {
-                                self.relay(to, bytes).await
-                            }
-                            _ => self.emit(NodeEvent::Error("DataChannel message lost".into())),
-                        }
-                    }
-                }
-            }
-            while let Some(event) = self.core.poll_event() {
-                progressed = true;
-                self.on_core_event(event).await;
-            }
-            if !progressed {
-                return;
-            }
-            self.dirty = true;
-        }
-    }
-
-    /// Saves the client's state (when the node keeps one); false when that failed.
-    fn persist(&mut self) -> bool {
-        let Some(saver) = &mut self.saver else {
-            self.saved_generation = self.core.mls_generation();
-            return true;
-        };
-        if let Err(e) = saver(&self.core) {
-            self.emit(NodeEvent::Error(format!("cannot save the conversations: {e}")));
-            return false;
-        }
-        self.dirty = false;
-        self.saved_generation = self.core.mls_generation();
-        true
-    }
-
-    /// Everything routed, the state saved when it changed, then what the mailbox delivered acknowledged.
-    async fn settle(&mut self) {
-        self.flush().await;
-        let changed = self.dirty || self.mailbox_upto.is_some() || self.core.mls_generation() != self.saved_generation;
-        if changed && !self.persist() {
-            // Nothing acknowledged: the mailbox delivers it again on the next connection.
-            self.mailbox_upto = None;
-            return;
-        }
-        self.dirty = false;
-        if let (Some(upto), Some(s)) = (self.mailbox_upto.take(), &mut self.signal)
-            && s.send_frame(&peerbubble_proto::ClientFrame::Received { upto }).await.is_err()
-        {
-            self.signal_down();
-        }
-    }
-
-    async fn relay(&mut self, to: MemberId, body: Vec<u8>) {
-        let Some(s) = &mut self.signal else {
-            self.held.push_back((to, body));
-            return;
-        };
-        match s.send(to, &body).await {
-            Ok(id) => {
-                self.relays.insert(id, to);
-            }
-            Err(_) => {
-                self.held.push_back((to, body));
-                self.signal_down();
-            }
-        }
     }
 
     async fn on_core_event(&mut self, event: Event) {
@@ -746,7 +752,7 @@ impl State {
             Event::ConversationReady { kind: ConversationKind::Direct, members, .. } => {
                 if let [peer] = members.as_slice()
                     && self.config.auto_connect
-                    && self.core.member() < *peer
+                    && self.session.member() < *peer
                     && let Err(e) = self.call(*peer).await
                 {
                     self.emit(NodeEvent::Error(format!("call set-up failed: {e}")));
@@ -776,7 +782,7 @@ impl State {
                             (rtc, answer)
                         }
                     };
-                    self.core.answer_call(from, &answer, &rtc.local_fingerprint())?;
+                    self.session.act(wall_ms(), |c| c.answer_call(from, &answer, &rtc.local_fingerprint()))?;
                     Ok::<_, NodeError>(())
                 }
                 .await;
@@ -792,11 +798,14 @@ impl State {
             // it the native peer has no media and says so.
             Event::Call { from, signal: CallSignal::Ring { ring, .. }, .. } => {
                 let (from, ring) = (*from, *ring);
-                let answered = if self.config.echo {
-                    self.core.answer_ring(from, ring, true)
-                } else {
-                    self.core.end_ring(from, ring, peerbubble_client_core::message::EndReason::Declined)
-                };
+                let echo = self.config.echo;
+                let answered = self.session.act(wall_ms(), |c| {
+                    if echo {
+                        c.answer_ring(from, ring, true)
+                    } else {
+                        c.end_ring(from, ring, peerbubble_client_core::message::EndReason::Declined)
+                    }
+                });
                 if let Err(e) = answered {
                     self.emit(NodeEvent::Error(format!("answering a ring failed: {e}")));
                 }
@@ -816,8 +825,9 @@ impl State {
                 self.close_rtc(from, false).await;
             }
             Event::Call { .. } => {}
-            Event::Message { conversation, text, from, .. } if self.config.echo && *from != self.core.member() => {
-                let _ = self.core.send_text(*conversation, &format!("echo: {text}"));
+            Event::Message { conversation, text, from, .. } if self.config.echo && *from != self.session.member() => {
+                let (conversation, reply) = (*conversation, format!("echo: {text}"));
+                let _ = self.session.act(wall_ms(), |c| c.send_text(conversation, &reply));
             }
             Event::FileOffered { offer, .. } => {
                 if let Some(dir) = self.config.download_dir.clone()
@@ -847,8 +857,9 @@ impl State {
                 if let Some(mut f) = self.incoming_files.remove(transfer) {
                     let _ = f.file.flush();
                     // Saved decrypted (no key store here): the key kept to open sealed bytes has no use.
-                    let _ = self.core.forget_file(*transfer);
-                    self.emit(NodeEvent::FileSaved { transfer: *transfer, path: f.path });
+                    let transfer = *transfer;
+                    let _ = self.session.act(wall_ms(), |c| c.forget_file(transfer));
+                    self.emit(NodeEvent::FileSaved { transfer, path: f.path });
                 }
             }
             Event::FileSent { transfer } | Event::FileCancelled { transfer, .. } => {
@@ -867,25 +878,25 @@ impl State {
             n += 1;
         }
         let file = std::fs::OpenOptions::new().write(true).create_new(true).open(&path)?;
-        self.core.accept_file(transfer)?;
+        self.session.act(wall_ms(), |c| c.accept_file(transfer))?;
         self.incoming_files.insert(transfer, IncomingFile { file, path });
         Ok(())
     }
 
     /// Reads, seals and sends chunks while the transfer's window allows; DataChannel backpressure applies.
     async fn pump(&mut self, transfer: TransferId) -> Result<(), NodeError> {
-        let Some(peer) = self.core.file_peer(transfer) else { return Ok(()) };
+        let Some(peer) = self.session.client().file_peer(transfer) else { return Ok(()) };
         let mut buf = Vec::new();
         loop {
             let Some(rtc) = self.rtcs.get(&peer).filter(|c| c.open).map(|c| c.rtc.clone()) else {
                 return Ok(()); // resumes when the channel is back (the receiver sends Resume)
             };
-            let Some(request) = self.core.next_file_chunk(transfer) else { return Ok(()) };
+            let Some(request) = self.session.client_mut().next_file_chunk(transfer) else { return Ok(()) };
             let Some(f) = self.outgoing_files.get_mut(&transfer) else { return Ok(()) };
             buf.resize(request.len as usize, 0);
             f.seek(SeekFrom::Start(request.offset))?;
             f.read_exact(&mut buf)?;
-            let frame = self.core.seal_file_chunk(transfer, request.index, &buf)?;
+            let frame = self.session.client_mut().seal_file_chunk(transfer, request.index, &buf)?;
             rtc.send(&frame).await?;
         }
     }
@@ -893,6 +904,6 @@ impl State {
 
 impl std::fmt::Debug for State {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("State").field("member", &self.core.member()).finish_non_exhaustive()
+        f.debug_struct("State").field("member", &self.session.member()).finish_non_exhaustive()
     }
 }
