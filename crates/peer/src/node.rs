@@ -21,14 +21,12 @@ use peerbubble_client_core::message::{CallSignal, ConversationKind, MessageId};
 use peerbubble_client_core::session::{Session, SessionEvent};
 use peerbubble_client_core::{Client, ConversationId, Event, SignalEvent};
 use peerbubble_proto::{DirectoryEntry, IdentityKey, MemberId};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use zeroize::Zeroizing;
 
 use crate::rtc::{RtcConfig, RtcEvent, RtcPeer};
-use crate::signal::ClientError as SignalError;
+use crate::signal::{ClientError as SignalError, Ws};
 
 /// How a node behaves.
 #[derive(Debug, Clone)]
@@ -48,6 +46,8 @@ pub struct NodeConfig {
     /// Local UDP addresses for WebRTC: a wildcard means every non-loopback interface (default: those and
     /// loopback).
     pub bind: Vec<SocketAddr>,
+    /// Whom to trust for a `wss://` URL (default: the system's certificate authorities).
+    pub trust: peerbubble_tls_trust::Trust,
 }
 
 impl NodeConfig {
@@ -61,6 +61,7 @@ impl NodeConfig {
             echo: false,
             files: TransferConfig::default(),
             bind: vec![SocketAddr::from(([0, 0, 0, 0], 0)), SocketAddr::from(([127, 0, 0, 1], 0))],
+            trust: peerbubble_tls_trust::Trust::System,
         }
     }
 }
@@ -333,8 +334,7 @@ struct IncomingFile {
     path: PathBuf,
 }
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-type Connecting = Pin<Box<dyn Future<Output = Result<Ws, tokio_tungstenite::tungstenite::Error>> + Send>>;
+type Connecting = Pin<Box<dyn Future<Output = Result<Ws, SignalError>> + Send>>;
 
 /// How long [`Node::start`] waits for the first session.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -369,7 +369,7 @@ async fn next_message(ws: &mut Option<Ws>) -> Option<Result<Message, tokio_tungs
     }
 }
 
-async fn opened(connecting: &mut Option<Connecting>) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+async fn opened(connecting: &mut Option<Connecting>) -> Result<Ws, SignalError> {
     match connecting {
         Some(future) => future.await,
         None => std::future::pending().await,
@@ -452,7 +452,7 @@ impl State {
         }
     }
 
-    fn on_opened(&mut self, socket: Result<Ws, tokio_tungstenite::tungstenite::Error>) {
+    fn on_opened(&mut self, socket: Result<Ws, SignalError>) {
         self.connecting = None;
         match socket {
             Ok(ws) => {
@@ -461,7 +461,7 @@ impl State {
             }
             Err(e) => {
                 if !self.started {
-                    self.start_error.get_or_insert(SignalError::WebSocket(e));
+                    self.start_error.get_or_insert(e);
                 }
                 self.session.disconnected(None, wall_ms());
             }
@@ -539,10 +539,8 @@ impl State {
     async fn on_session_event(&mut self, event: SessionEvent) {
         match event {
             SessionEvent::Signal(SignalEvent::Connect) => {
-                let url = self.config.url.clone();
-                self.connecting = Some(Box::pin(async move {
-                    tokio_tungstenite::connect_async_with_config(url, None, true).await.map(|(ws, _)| ws)
-                }));
+                let (url, trust) = (self.config.url.clone(), self.config.trust);
+                self.connecting = Some(Box::pin(async move { crate::signal::open_socket(&url, trust).await }));
             }
             SessionEvent::Signal(SignalEvent::Disconnect) => {
                 self.close_socket().await;

@@ -11,12 +11,13 @@ use peerbubble_proto::{
     ClientFrame, DirectoryEntry, ErrorCode, IceServer, IdentityKey, Limits, MemberId, ServerFrame, SessionId,
     decode_server_frame, encode_frame,
 };
+use peerbubble_tls_trust::Trust;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// A text message as received, shared rather than copied (see [`SignalClient::next_raw`]).
 pub type RawText = tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -46,6 +47,23 @@ pub enum ClientError {
     /// Nothing arrived in time.
     #[error("timed out waiting for the server")]
     Timeout,
+    /// The TLS configuration for a `wss://` URL could not be made.
+    #[error(transparent)]
+    Tls(#[from] peerbubble_tls_trust::TrustError),
+}
+
+/// Opens the WebSocket to `url`: `ws://` in the clear, `wss://` trusting what `trust` says (the system's
+/// authorities, or exactly the pinned certificate of a self-signed micro-node).
+pub async fn open_socket(url: &str, trust: Trust) -> Result<Ws, ClientError> {
+    let connector = if url.starts_with("wss://") {
+        Some(tokio_tungstenite::Connector::Rustls(std::sync::Arc::new(peerbubble_tls_trust::client_config(trust)?)))
+    } else {
+        None
+    };
+    match tokio_tungstenite::connect_async_tls_with_config(url, None, true, connector).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(e) => Err(peerbubble_tls_trust::not_pinned(&e).map_or(ClientError::WebSocket(e), ClientError::Tls)),
+    }
 }
 
 /// An authenticated signaling session.
@@ -75,9 +93,14 @@ impl SignalClient {
     /// Connects to `url` (e.g. `ws://127.0.0.1:8480/v1/signal`), answers the challenge with `key` and waits
     /// for `welcome` and the complete directory.
     pub async fn connect(url: &str, key: &IdentityKey) -> Result<Self, ClientError> {
+        Self::connect_with(url, key, Trust::System).await
+    }
+
+    /// Like [`SignalClient::connect`], trusting what `trust` says for a `wss://` URL.
+    pub async fn connect_with(url: &str, key: &IdentityKey, trust: Trust) -> Result<Self, ClientError> {
         let clock = Instant::now();
         let mut core = Signaling::new(IdentityKey::from_seed(&key.to_seed()), None);
-        let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true).await?;
+        let mut ws = open_socket(url, trust).await?;
         core.connected(0);
         loop {
             let frame = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_frame(&mut ws))

@@ -47,6 +47,10 @@ pub struct ChatArgs {
     /// Signaling URL.
     #[arg(long, default_value = "ws://127.0.0.1:8480/v1/signal")]
     url: String,
+    /// For `wss://` to a self-signed certificate (a micro-node's): trust exactly the certificate with this
+    /// SHA-256 fingerprint, as `peerbubble up` prints it.
+    #[arg(long, env = "PEERBUBBLE_PIN")]
+    pin: Option<peerbubble_tls_trust::Pin>,
     /// Accept offered files into this directory.
     #[arg(long)]
     download_dir: Option<PathBuf>,
@@ -109,6 +113,7 @@ pub async fn chat(args: ChatArgs) -> anyhow::Result<()> {
         echo: args.echo,
         relay_only: args.relay_only,
         bind: args.rtc_bind.clone(),
+        trust: peerbubble_tls_trust::Trust::from_pin(args.pin),
         ..NodeConfig::new(&args.url)
     };
     let mut node = start(config, &args).await.with_context(|| format!("cannot connect to {}", args.url))?;

@@ -28,6 +28,7 @@ use clap::{Parser, Subcommand};
 use peerbubble_bubble_server::{
     AdminApiReporter, AdminApiSource, BubbleCredential, Config, FileSource, Server, SignalArgs, TurnArgs,
 };
+use peerbubble_tls_trust::{Pin, Trust};
 use serde_json::json;
 
 /// mimalloc: fewer cycles per allocation on the relay path than glibc's allocator (BENCHMARKS.md), and it
@@ -109,6 +110,10 @@ enum Command {
         /// Also print the link as a QR code, to scan from a phone.
         #[arg(long)]
         qr: bool,
+        /// For an HTTPS admin API with a self-signed certificate (a micro-node's): trust exactly the certificate
+        /// with this SHA-256 fingerprint, as `peerbubble up` prints it.
+        #[arg(long, env = "PEERBUBBLE_PIN")]
+        pin: Option<Pin>,
     },
     /// Member: makes an identity key on this machine and enrolls it with an invite link.
     #[cfg(feature = "member")]
@@ -122,6 +127,10 @@ enum Command {
         /// Where to keep the new secret key (created with owner-only permissions).
         #[arg(long)]
         key_out: PathBuf,
+        /// For an HTTPS admin API with a self-signed certificate (a micro-node's): trust exactly the certificate
+        /// with this SHA-256 fingerprint, as `peerbubble up` prints it.
+        #[arg(long, env = "PEERBUBBLE_PIN")]
+        pin: Option<Pin>,
     },
     /// Makes a member identity key and prints its public key (for a hand-written bubble file).
     #[cfg(feature = "member")]
@@ -150,6 +159,10 @@ enum Command {
         /// Signaling URL.
         #[arg(long, default_value = "ws://127.0.0.1:8480/v1/signal")]
         url: String,
+        /// For `wss://` to a self-signed certificate (a micro-node's): trust exactly the certificate with this
+        /// SHA-256 fingerprint, as `peerbubble up` prints it.
+        #[arg(long, env = "PEERBUBBLE_PIN")]
+        pin: Option<Pin>,
     },
 }
 
@@ -247,8 +260,8 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Probe { url } => probe(&url).await,
-        Command::Invite { api, token, bubble, name, categories, qr } => {
-            let link = make_invite(&api, &token, &bubble, &name, &categories).await?;
+        Command::Invite { api, token, bubble, name, categories, qr, pin } => {
+            let link = make_invite(&api, pin, &token, &bubble, &name, &categories).await?;
             if qr {
                 say(&terminal_qr(&link)?);
             }
@@ -256,7 +269,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         #[cfg(feature = "member")]
-        Command::Enroll { api, invite, key_out } => member::enroll(&api, &invite, &key_out).await,
+        Command::Enroll { api, invite, key_out, pin } => member::enroll(&api, pin, &invite, &key_out).await,
         #[cfg(feature = "member")]
         Command::Keygen { out } => {
             let key = peerbubble_proto::IdentityKey::generate()?;
@@ -266,7 +279,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         #[cfg(feature = "member")]
-        Command::Connect { key, url } => member::connect(&key, &url).await,
+        Command::Connect { key, url, pin } => member::connect(&key, &url, pin).await,
         #[cfg(feature = "member")]
         Command::Chat { args } => chat::chat(args).await,
     }
@@ -329,18 +342,44 @@ async fn bubble_server(args: &SignalArgs) -> anyhow::Result<()> {
 }
 
 /// POSTs JSON to the admin API at `api`; a refusal becomes an error carrying the API's own explanation.
+/// POSTs `body` to the admin API at `api`; over HTTPS the system's authorities are trusted, or exactly the
+/// certificate `pin` names.
 pub(crate) async fn api_post(
     api: &str,
+    pin: Option<Pin>,
     path: &str,
     token: Option<&str>,
     body: &serde_json::Value,
     what: &str,
 ) -> anyhow::Result<serde_json::Value> {
-    let mut request = reqwest::Client::new().post(format!("{}{path}", api.trim_end_matches('/'))).json(body);
+    let client = match pin {
+        Some(pin) => reqwest::Client::builder()
+            .use_preconfigured_tls(peerbubble_tls_trust::client_config(Trust::Pinned(pin))?)
+            .build()?,
+        None => reqwest::Client::new(),
+    };
+    let mut request = client.post(format!("{}{path}", api.trim_end_matches('/'))).json(body);
     if let Some(token) = token {
         request = request.bearer_auth(token);
     }
-    let response = request.send().await.with_context(|| format!("cannot reach the admin API at {api}"))?;
+    let response = request.send().await.map_err(|e| {
+        // rustls's reason is at the bottom of the chain; a self-signed micro-node needs its pin.
+        let mut why = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(inner) = source {
+            why = inner.to_string();
+            source = inner.source();
+        }
+        if let Some(refused) = peerbubble_tls_trust::not_pinned(&e) {
+            why = refused.to_string();
+        }
+        let hint = if api.starts_with("https://") && pin.is_none() {
+            "\n(a micro-node's self-signed certificate: pass --pin with the SHA-256 fingerprint `peerbubble up` prints)"
+        } else {
+            ""
+        };
+        anyhow::anyhow!("cannot reach the admin API at {api}: {why}{hint}")
+    })?;
     let status = response.status();
     let answer: serde_json::Value = response.json().await.unwrap_or_default();
     if !status.is_success() {
@@ -351,13 +390,14 @@ pub(crate) async fn api_post(
 
 async fn make_invite(
     api: &str,
+    pin: Option<Pin>,
     token: &str,
     bubble: &str,
     name: &str,
     categories: &[String],
 ) -> anyhow::Result<String> {
     let body = json!({"display_name": name, "categories": categories});
-    let answer = api_post(api, &format!("/api/v1/bubbles/{bubble}/invites"), Some(token), &body, "invite").await?;
+    let answer = api_post(api, pin, &format!("/api/v1/bubbles/{bubble}/invites"), Some(token), &body, "invite").await?;
     answer["link"].as_str().map(str::to_owned).context("the admin API returned no link")
 }
 
@@ -455,6 +495,7 @@ async fn up(
     {
         api_post(
             &api,
+            None,
             "/api/v1/bubbles",
             Some(token),
             &json!({"id": DEMO_BUBBLE, "display_name": "Demo bubble"}),
@@ -465,10 +506,10 @@ async fn up(
             json!({"id": "field-team", "display_name": "Field team"}),
             json!({"id": "command", "display_name": "Command", "sees": ["field-team"]}),
         ] {
-            api_post(&api, "/api/v1/bubbles/demo/categories", Some(token), &category, "demo setup").await?;
+            api_post(&api, None, "/api/v1/bubbles/demo/categories", Some(token), &category, "demo setup").await?;
         }
         for (file, name, category) in DEMO_MEMBERS {
-            invites.push((file, make_invite(&api, token, DEMO_BUBBLE, name, &[category.to_owned()]).await?));
+            invites.push((file, make_invite(&api, None, token, DEMO_BUBBLE, name, &[category.to_owned()]).await?));
         }
     }
     bubbles.start_all().await?;
@@ -536,16 +577,16 @@ async fn up(
         }
         // The terminal member tools exist only in builds with them (not in the server image or package).
         if cfg!(feature = "member") {
+            // Over HTTPS from any machine, trusting exactly this certificate (its pin); in the clear on this one.
+            let (enroll_api, pin) = match &tls {
+                Some(tls) => (origin.trim_end_matches('/').to_owned(), format!(" --pin {}", tls.fingerprint_hex())),
+                None => (api.clone(), String::new()),
+            };
             text += "\nOr enroll from a terminal instead (then the link is used up):\n";
             for (file, link) in invites.iter().take(1) {
-                text += &format!("  {exe} enroll --api {api} --invite '{link}' --key-out {file}.key\n");
+                text += &format!("  {exe} enroll --api {enroll_api}{pin} --invite '{link}' --key-out {file}.key\n");
             }
-            if tls.is_none() {
-                text += &format!("\n  {exe} connect --key alice.key --url {ws}://{host}/v1/signal\n");
-            } else {
-                text +=
-                    "  (terminal members speak plain ws:// only for now: run them against a micro-node without TLS)\n";
-            }
+            text += &format!("\n  {exe} chat --key alice.key --url {ws}://{host}/v1/signal{pin}\n");
         }
         text += "\nThe invites are single-use; make more with `peerbubble invite`.\n";
     }

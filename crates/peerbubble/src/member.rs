@@ -7,6 +7,7 @@ use std::path::Path;
 use anyhow::{Context as _, bail};
 use peerbubble_peer::SignalClient;
 use peerbubble_proto::{EnrollRequest, IdentityKey, Invite, ServerFrame};
+use peerbubble_tls_trust::{Pin, Trust};
 
 use crate::say;
 
@@ -33,7 +34,7 @@ pub fn read_key(path: &Path) -> anyhow::Result<IdentityKey> {
 }
 
 /// Makes a key, proves possession to redeem the invite, and keeps the key in `key_out`.
-pub async fn enroll(api: &str, invite: &str, key_out: &Path) -> anyhow::Result<()> {
+pub async fn enroll(api: &str, pin: Option<Pin>, invite: &str, key_out: &Path) -> anyhow::Result<()> {
     let invite = Invite::parse(invite)?;
     if key_out.exists() {
         bail!("{} exists already; choose another file (one key per member per bubble)", key_out.display());
@@ -41,7 +42,7 @@ pub async fn enroll(api: &str, invite: &str, key_out: &Path) -> anyhow::Result<(
     let key = IdentityKey::generate()?;
     let public_key = key.public_key();
     let body = serde_json::to_value(EnrollRequest::new(&invite, &key))?;
-    let answer = crate::api_post(api, "/api/v1/enroll", None, &body, "enrollment").await?;
+    let answer = crate::api_post(api, pin, "/api/v1/enroll", None, &body, "enrollment").await?;
     let bubble = invite.bubble();
     write_secret(key_out, &key)?;
     say(&format!(
@@ -54,9 +55,9 @@ pub async fn enroll(api: &str, invite: &str, key_out: &Path) -> anyhow::Result<(
 }
 
 /// Connects and prints the directory slice and presence until Ctrl-C.
-pub async fn connect(key: &Path, url: &str) -> anyhow::Result<()> {
+pub async fn connect(key: &Path, url: &str, pin: Option<Pin>) -> anyhow::Result<()> {
     let key = read_key(key)?;
-    let mut client = SignalClient::connect(url, &key).await?;
+    let mut client = SignalClient::connect_with(url, &key, Trust::from_pin(pin)).await?;
     say(&format!("connected to bubble {:?} as {} (session {})\n", client.bubble(), client.member(), client.session()));
     let show = |client: &SignalClient| {
         let mut text = format!("directory ({} visible):\n", client.directory().len());
