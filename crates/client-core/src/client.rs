@@ -1351,7 +1351,15 @@ impl Client {
         let kind = c.kind.clone();
         let timer_secs = c.timer_secs;
         if let (true, Some(kind)) = (first_ready, kind.clone()) {
+            let direct_with = match (&kind, members.as_slice()) {
+                (ConversationKind::Direct, [peer]) => Some(*peer),
+                _ => None,
+            };
             self.events.push_back(Event::ConversationReady { conversation: id, kind, members: members.clone() });
+            // The contact may have started one with us meanwhile (and we joined it): keep one, as the joiner does.
+            if let Some(peer) = direct_with {
+                self.settle_direct(id, peer);
+            }
         } else {
             self.events.push_back(Event::MembersChanged { conversation: id, members });
         }
@@ -1940,6 +1948,8 @@ impl Client {
     }
 
     /// Two 1:1 conversations with the same contact (both started at once): keep the lower id on both sides.
+    /// What we wrote in the other one is written again in the one kept: the contact may have dropped that
+    /// conversation before our messages in it arrived, and either side's copy of it is destroyed here.
     fn settle_direct(&mut self, id: ConversationId, peer: MemberId) {
         let twins: Vec<_> = self
             .conversations
@@ -1950,8 +1960,20 @@ impl Client {
             .map(|(other, _)| *other)
             .collect();
         for other in twins {
-            let loser = id.max(other);
+            let (winner, loser) = (id.min(other), id.max(other));
+            let me = self.me;
+            let ours: Vec<String> = self
+                .conversations
+                .get(&loser)
+                .map(|c| c.history.iter().filter(|m| m.from == me && !m.deleted).map(|m| m.text.clone()).collect())
+                .unwrap_or_default();
             self.destroy(loser, CloseReason::Superseded);
+            for text in ours {
+                if let Err(e) = self.send_text(winner, &text) {
+                    self.events
+                        .push_back(Event::Refused { from: me, reason: format!("writing again after a merge: {e}") });
+                }
+            }
         }
     }
 

@@ -82,6 +82,54 @@ fn both_starting_at_once_converge_on_one_conversation() {
 }
 
 #[test]
+fn what_each_writes_while_both_start_at_once_reaches_the_other_once() {
+    // Whichever conversation wins (their ids are random) and whenever each side writes its first message — as
+    // soon as its own conversation is ready (before it has heard of the other's), or a step later — both
+    // messages end in the one conversation kept, once.
+    for round in 0..32 {
+        let mut net = Net::new(2);
+        let ids = [net.ids[0], net.ids[1]];
+        net.clients[0].start_direct(ids[1]).unwrap();
+        net.clients[1].start_direct(ids[0]).unwrap();
+        let mut sent = [false, false];
+        let write = |net: &mut Net, sent: &mut [bool; 2], step: usize| {
+            for i in 0..2 {
+                let wait = if i == 0 { round % 2 } else { round / 2 % 2 };
+                if !sent[i]
+                    && step >= wait
+                    && let Some(c) = net.clients[i].direct_conversation(ids[1 - i])
+                {
+                    net.clients[i].send_text(c, &format!("from {i}")).unwrap();
+                    sent[i] = true;
+                }
+            }
+        };
+        for step in 0..200 {
+            // The server accepts a commit (the creator's conversation is ready) before the contact's Welcome
+            // for the other conversation arrives: a message written right then is the race.
+            let collected = net.collect();
+            write(&mut net, &mut sent, step);
+            let collected = net.collect() || collected;
+            let delivered = net.deliver();
+            net.drain_events();
+            if !collected && !delivered && sent == [true, true] {
+                break;
+            }
+        }
+        assert_eq!(sent, [true, true], "round {round}: both had a conversation");
+        net.run();
+        let kept = net.clients[0].direct_conversation(ids[1]).expect("a conversation");
+        assert_eq!(net.clients[1].direct_conversation(ids[0]), Some(kept), "round {round}: the same one");
+        for i in 0..2 {
+            assert_eq!(net.clients[i].conversations().len(), 1, "round {round}: one conversation at {i}");
+            let mut texts: Vec<String> = net.clients[i].history(kept).unwrap().iter().map(|m| m.text.clone()).collect();
+            texts.sort();
+            assert_eq!(texts, ["from 0", "from 1"], "round {round}: member {i}'s history");
+        }
+    }
+}
+
+#[test]
 fn group_of_five_added_member_sees_only_later_messages_removed_member_reads_nothing_more() {
     let mut net = Net::new(5);
     let members: Vec<_> = (1..4).map(|i| net.id(i)).collect();
