@@ -37,6 +37,8 @@ use crate::wire::{Envelope, MAX_CHANNEL_MESSAGE};
 
 /// The largest envelope the relay takes (signaling `max_body_bytes`).
 pub const MAX_RELAY_BODY: usize = 32 * 1024;
+/// Dropped twin 1:1 conversations remembered, to redirect a message addressed to one a moment before.
+const MAX_SUPERSEDED: usize = 64;
 /// Chat messages kept per contact until a receipt confirms them (oldest dropped first).
 const MAX_UNCONFIRMED: usize = 256;
 /// Unanswered KeyPackage requests kept at once.
@@ -601,6 +603,9 @@ pub struct Client {
     provider: Provider,
     directory: BTreeMap<MemberId, DirectoryEntry>,
     conversations: BTreeMap<ConversationId, Conversation>,
+    /// 1:1 conversations dropped for their twin (both started at once) → the one kept, so that a message the
+    /// page addressed to the dropped one a moment before goes to the kept one instead of failing. Bounded.
+    superseded: BTreeMap<ConversationId, ConversationId>,
     requests: HashMap<[u8; 16], (MemberId, Purpose, u64)>,
     channels: BTreeSet<MemberId>,
     /// Members signaling says have no session: their DataChannel may be dead without knowing it yet (a closed
@@ -654,6 +659,7 @@ impl Client {
             provider: Provider::default(),
             directory: BTreeMap::new(),
             conversations: BTreeMap::new(),
+            superseded: BTreeMap::new(),
             requests: HashMap::new(),
             channels: BTreeSet::new(),
             away: BTreeSet::new(),
@@ -891,6 +897,7 @@ impl Client {
 
     /// Sends a chat message; returns its id.
     pub fn send_text(&mut self, conversation: ConversationId, text: &str) -> Result<MessageId, ClientError> {
+        let conversation = self.kept(conversation);
         let id = MessageId(random16()?);
         let timer = self.policy.timer(self.conversation(conversation)?.timer_secs);
         let message = AppMessage::Text { id, text: text.to_owned(), sent_at_ms: self.now_ms, expires_in_secs: timer };
@@ -1968,12 +1975,29 @@ impl Client {
                 .map(|c| c.history.iter().filter(|m| m.from == me && !m.deleted).map(|m| m.text.clone()).collect())
                 .unwrap_or_default();
             self.destroy(loser, CloseReason::Superseded);
+            for kept in self.superseded.values_mut().filter(|kept| **kept == loser) {
+                *kept = winner;
+            }
+            if self.superseded.len() >= MAX_SUPERSEDED
+                && let Some(oldest) = self.superseded.keys().next().copied()
+            {
+                self.superseded.remove(&oldest);
+            }
+            self.superseded.insert(loser, winner);
             for text in ours {
                 if let Err(e) = self.send_text(winner, &text) {
                     self.events
                         .push_back(Event::Refused { from: me, reason: format!("writing again after a merge: {e}") });
                 }
             }
+        }
+    }
+
+    /// `id`, or the conversation kept in its place when it was dropped for its twin.
+    fn kept(&self, id: ConversationId) -> ConversationId {
+        match self.superseded.get(&id) {
+            Some(kept) if !self.conversations.contains_key(&id) => *kept,
+            _ => id,
         }
     }
 
