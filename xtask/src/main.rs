@@ -399,8 +399,8 @@ fn aarch64_micro_node() -> anyhow::Result<()> {
 }
 
 /// The fuzz targets: (name, what it reads).
-const FUZZ_TARGETS: [&str; 6] =
-    ["client_frame", "server_frame", "turn_message", "file_chunk", "envelope", "cluster_presence"];
+const FUZZ_TARGETS: [&str; 7] =
+    ["client_frame", "server_frame", "turn_message", "file_chunk", "envelope", "cluster_presence", "ws_frame"];
 
 fn fuzz(seconds: u64) -> anyhow::Result<()> {
     if !have("cargo-fuzz", "--version") {

@@ -13,11 +13,10 @@ use std::time::{Duration, Instant};
 
 use axum::extract::ws::Utf8Bytes;
 use peerbubble_proto::{ErrorCode, GroupId, MemberId, Nonce, Opaque, Recipients, ServerFrame, SessionId, encode_frame};
-use tokio::sync::mpsc;
 
 use crate::cluster::{Answer, CommitJob, Job};
 use crate::directory::Directory;
-use crate::hub::{Hub, Kill, Outbound, Routed, SessionHandle, SliceHash};
+use crate::hub::{Hub, Kill, Routed, SessionHandle, SliceHash};
 use crate::session::{Event, Session};
 use crate::state::AppState;
 
@@ -72,7 +71,6 @@ pub(crate) struct Connection<'a> {
     state: &'a AppState,
     session: Session,
     handle: SessionHandle,
-    out: mpsc::UnboundedSender<Outbound>,
     directory: Arc<Directory>,
     registration: Option<Registration<'a>>,
     closed: bool,
@@ -109,7 +107,6 @@ impl<'a> Connection<'a> {
     pub fn new(
         state: &'a AppState,
         handle: SessionHandle,
-        out: mpsc::UnboundedSender<Outbound>,
         directory: Arc<Directory>,
         host: Option<String>,
         nonce: Nonce,
@@ -121,7 +118,6 @@ impl<'a> Connection<'a> {
             state,
             session,
             handle,
-            out,
             directory,
             registration: None,
             closed: false,
@@ -211,11 +207,7 @@ impl<'a> Connection<'a> {
         self.closed = true;
         self.session.close();
         self.registration = None;
-        let _ = self.out.send(Outbound::Close {
-            frame: error_frame(code, message, None, retry_after),
-            code: close_code,
-            reason,
-        });
+        self.handle.close(error_frame(code, message, None, retry_after), close_code, reason);
         Flow::Close
     }
 
@@ -421,7 +413,6 @@ impl<'a> Connection<'a> {
 #[cfg(test)]
 mod model {
     use std::collections::{BTreeSet, HashSet};
-    use std::sync::atomic::AtomicUsize;
 
     use peerbubble_proto::{ClientFrame, IdentityKey, Purpose, auth_message, decode_server_frame};
     use proptest::prelude::*;
@@ -429,6 +420,7 @@ mod model {
 
     use super::*;
     use crate::config::Config;
+    use crate::hub::{Outbound, Outbox};
     use crate::metrics::Metrics;
 
     const MEMBERS: usize = 4;
@@ -499,8 +491,7 @@ mod model {
 
     struct Client<'a> {
         conn: Option<Connection<'a>>,
-        out: mpsc::UnboundedReceiver<Outbound>,
-        kills: mpsc::Receiver<Kill>,
+        out: Arc<Outbox>,
         member: usize,
         nonce: Nonce,
         /// Registered in the hub, according to the model.
@@ -556,18 +547,15 @@ mod model {
             self.now += Duration::from_millis(10);
             match *op {
                 Op::Connect(m) => {
-                    let (out_tx, out) = mpsc::unbounded_channel();
-                    let (kill_tx, kills) = mpsc::channel(1);
-                    let handle = SessionHandle::new(out_tx.clone(), Arc::new(AtomicUsize::new(0)), 1 << 40, kill_tx);
+                    let out = Arc::new(Outbox::default());
+                    let handle = SessionHandle::new(out.clone(), 1 << 40);
                     self.nonces = self.nonces.wrapping_add(1);
                     let nonce = Nonce::from_bytes([self.nonces; 32]);
                     // Fresh nonces only: the ledger refuses a reused one, and 255 connects is plenty per case.
-                    let conn =
-                        Connection::new(self.state, handle, out_tx, self.current(), None, nonce.clone(), self.now);
+                    let conn = Connection::new(self.state, handle, self.current(), None, nonce.clone(), self.now);
                     self.clients.push(Client {
                         conn: Some(conn),
                         out,
-                        kills,
                         member: m,
                         nonce,
                         registered: false,
@@ -696,8 +684,13 @@ mod model {
         /// Reads what each client was sent.
         fn drain(&mut self) {
             for client in &mut self.clients {
-                assert!(client.kills.try_recv().is_err(), "nothing is slow here");
-                while let Ok(out) = client.out.try_recv() {
+                assert!(client.out.take_kill().is_none(), "nothing is slow here");
+                let mut taken = Vec::new();
+                client.out.take(|out| {
+                    taken.push(out);
+                    true
+                });
+                for out in taken {
                     match out {
                         Outbound::Close { code, .. } => client.closes.push(code),
                         // No mailbox in the model.

@@ -3,8 +3,9 @@
 //! the ordering of MLS commits per group.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::Utf8Bytes;
@@ -23,7 +24,7 @@ use crate::session::{Claim, CommitLedger, TokenBucket};
 /// Session events kept for health reports while the admin API cannot take them.
 const EVENT_BUFFER: usize = 10_000;
 
-/// What a connection's writer task sends.
+/// What a connection writes, in order.
 #[derive(Debug)]
 pub(crate) enum Outbound {
     /// A frame; its length was counted in the session's queued bytes.
@@ -42,14 +43,122 @@ pub(crate) struct Kill {
     pub message: &'static str,
 }
 
+/// One session's outgoing queue, shared by the hub (every sender) and the connection task that writes it.
+///
+/// Costs nothing while empty (an idle connection keeps no buffer); wakes the connection task only when it
+/// asked to be woken, so that a burst of frames costs one wake-up, and a session's own replies, queued while
+/// its task runs, none.
+#[derive(Debug, Default)]
+pub(crate) struct Outbox {
+    inner: Mutex<Queue>,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    frames: VecDeque<Outbound>,
+    /// Bytes of [`Outbound::Text`] frames queued and not yet taken by the writer.
+    queued: usize,
+    /// The first request to close, if any.
+    kill: Option<Kill>,
+    /// The connection task, when it waits.
+    waker: Option<Waker>,
+    /// The connection is gone: nothing more is queued.
+    closed: bool,
+}
+
+impl Outbox {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Queues `out`; a [`Outbound::Text`] frame only if it fits `budget` bytes queued (when given).
+    fn push(&self, out: Outbound, budget: Option<usize>) -> Result<(), Congested> {
+        let mut queue = self.lock();
+        if queue.closed {
+            return Err(Congested);
+        }
+        if let Outbound::Text(text) = &out {
+            let n = text.len();
+            if budget.is_some_and(|budget| queue.queued + n > budget) {
+                return Err(Congested);
+            }
+            queue.queued += n;
+        }
+        queue.frames.push_back(out);
+        let waker = queue.waker.take();
+        drop(queue);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        Ok(())
+    }
+
+    /// Asks the connection to close; the first request wins.
+    fn kill(&self, kill: Kill) {
+        let mut queue = self.lock();
+        if queue.closed || queue.kill.is_some() {
+            return;
+        }
+        queue.kill = Some(kill);
+        let waker = queue.waker.take();
+        drop(queue);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    /// The request to close, if one came.
+    pub fn take_kill(&self) -> Option<Kill> {
+        self.lock().kill.take()
+    }
+
+    /// Takes queued frames, in order, into `each` until it answers false (that frame is taken too).
+    pub fn take(&self, mut each: impl FnMut(Outbound) -> bool) {
+        let mut queue = self.lock();
+        while let Some(out) = queue.frames.pop_front() {
+            if let Outbound::Text(text) = &out {
+                queue.queued -= text.len();
+            }
+            if !each(out) {
+                break;
+            }
+        }
+        if queue.frames.is_empty() && queue.frames.capacity() > 0 {
+            // A burst is over: give its memory back.
+            queue.frames = VecDeque::new();
+        }
+    }
+
+    /// Remembers `waker` to wake when a frame or a kill arrives; true if one is already there (`frames` only
+    /// counts when the caller can take them now).
+    pub fn wait(&self, waker: &Waker, frames: bool) -> bool {
+        let mut queue = self.lock();
+        if queue.kill.is_some() || (frames && !queue.frames.is_empty()) {
+            return true;
+        }
+        match &queue.waker {
+            Some(w) if w.will_wake(waker) => {}
+            _ => queue.waker = Some(waker.clone()),
+        }
+        false
+    }
+
+    /// The connection is gone: refuse what comes next, and free what is queued.
+    pub fn close(&self) {
+        let mut queue = self.lock();
+        queue.closed = true;
+        queue.frames = VecDeque::new();
+        queue.queued = 0;
+        queue.waker = None;
+    }
+}
+
 /// The sending side of one session, held by the hub.
 #[derive(Debug, Clone)]
 pub(crate) struct SessionHandle {
     pub id: SessionId,
-    out: mpsc::UnboundedSender<Outbound>,
-    queued: Arc<AtomicUsize>,
+    outbox: Arc<Outbox>,
     budget: usize,
-    kill: mpsc::Sender<Kill>,
 }
 
 /// The budgeted send failed: the reader is too slow.
@@ -57,35 +166,28 @@ pub(crate) struct SessionHandle {
 pub(crate) struct Congested;
 
 impl SessionHandle {
-    pub fn new(
-        out: mpsc::UnboundedSender<Outbound>,
-        queued: Arc<AtomicUsize>,
-        budget: usize,
-        kill: mpsc::Sender<Kill>,
-    ) -> Self {
-        Self { id: SessionId(0), out, queued, budget, kill }
+    pub fn new(outbox: Arc<Outbox>, budget: usize) -> Self {
+        Self { id: SessionId(0), outbox, budget }
     }
 
     /// Queues `text` if it fits the session's byte budget.
     pub fn try_send(&self, text: &Utf8Bytes) -> Result<(), Congested> {
-        let n = text.len();
-        let before = self.queued.fetch_add(n, Ordering::AcqRel);
-        if before + n > self.budget {
-            self.queued.fetch_sub(n, Ordering::AcqRel);
-            return Err(Congested);
-        }
-        self.out.send(Outbound::Text(text.clone())).map_err(|_| Congested)
+        self.outbox.push(Outbound::Text(text.clone()), Some(self.budget))
     }
 
     /// Queues `text` regardless of the budget (handshake frames the session cannot work without).
     pub fn force_send(&self, text: Utf8Bytes) {
-        self.queued.fetch_add(text.len(), Ordering::AcqRel);
-        let _ = self.out.send(Outbound::Text(text));
+        let _ = self.outbox.push(Outbound::Text(text), None);
     }
 
     /// Queues a frame of the mailbox's backlog, outside the byte budget (see [`Outbound::Backlog`]).
     pub fn send_backlog(&self, text: Utf8Bytes) {
-        let _ = self.out.send(Outbound::Backlog(text));
+        let _ = self.outbox.push(Outbound::Backlog(text), None);
+    }
+
+    /// Queues the last frames: an `error` frame, then the close frame with `code`.
+    pub fn close(&self, frame: Utf8Bytes, code: u16, reason: &'static str) {
+        let _ = self.outbox.push(Outbound::Close { frame, code, reason }, None);
     }
 
     /// Sends a frame that must arrive for the session to stay consistent; a reader that is too slow for it
@@ -97,7 +199,7 @@ impl SessionHandle {
     }
 
     pub fn kill(&self, code: ErrorCode, message: &'static str) {
-        let _ = self.kill.try_send(Kill { code, message });
+        self.outbox.kill(Kill { code, message });
     }
 }
 

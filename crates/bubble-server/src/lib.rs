@@ -7,7 +7,8 @@
 //! credentials over its authenticated session and relays only ciphertext, never to internal addresses.
 //!
 //! Shape: [`session`] is the sans-IO protocol core of one connection; `connection` joins it to the [`hub`],
-//! which holds who is online and routes, and owns each session's registration; `server` is the IO edge (axum); [`turn`] is the IO edge of the
+//! which holds who is online and routes, and owns each session's registration; `server` is the HTTP edge
+//! (axum) and `wire` each connection's IO (WebSocket frames by `peerbubble_ws`, one task); [`turn`] is the IO edge of the
 //! sans-IO `peerbubble_turn::Server`.
 
 #![forbid(unsafe_code)]
@@ -26,6 +27,7 @@ pub mod session;
 mod state;
 pub mod tls;
 pub mod turn;
+mod wire;
 
 /// Log directives every PeerBubble process applies after the user's own (`RUST_LOG`): the WebSocket and HTTP
 /// libraries print whole frames at debug and trace level, and frames carry envelopes and routing metadata

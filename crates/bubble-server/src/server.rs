@@ -1,38 +1,27 @@
-//! The IO edge: axum routes, the WebSocket connection task around the sans-IO [`Session`], health, metrics
+//! The IO edge: axum routes, the WebSocket upgrade (each connection then runs in `wire`), health, metrics
 //! and graceful shutdown.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::State;
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::serve::ListenerExt as _;
-use futures_util::{SinkExt as _, StreamExt as _};
-use peerbubble_proto::{ErrorCode, Nonce};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
-use crate::connection::{Connection, Flow, Input, error_frame};
 use crate::directory::{Directory, DirectorySource, follow};
-use crate::hub::{Kill, Outbound, SessionHandle};
 use crate::metrics::Metrics;
 use crate::state::AppState;
 use crate::turn::{TurnError, TurnRelay};
 
-/// A write that takes longer than this marks the reader as stuck.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Initial WebSocket read buffer per connection (grows for large frames).
-const READ_BUFFER_BYTES: usize = 4096;
-/// Bytes tungstenite gathers before writing to the socket; the writer task flushes after each batch anyway.
-const WRITE_BUFFER_BYTES: usize = 32 * 1024;
 /// How long shutdown waits for connections to say goodbye.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -325,191 +314,56 @@ async fn follow_members(turn: Arc<TurnRelay>, mut directory: watch::Receiver<Opt
     }
 }
 
-async fn signal(State(state): State<Arc<AppState>>, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
+/// The signaling WebSocket: checks the upgrade, answers 101, and serves the connection in its own task.
+async fn signal(State(state): State<Arc<AppState>>, mut request: Request) -> Response {
     if state.shutting_down.load(Ordering::SeqCst) {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down; retry shortly").into_response();
     }
+    let headers = request.headers();
+    let value = |name| headers.get(name).map(HeaderValue::as_bytes);
+    let accept = match peerbubble_ws::accept(
+        value(header::CONNECTION),
+        value(header::UPGRADE),
+        value(header::SEC_WEBSOCKET_VERSION),
+        value(header::SEC_WEBSOCKET_KEY),
+    ) {
+        Ok(accept) => accept,
+        Err(err) => {
+            let status = match err {
+                peerbubble_ws::HandshakeError::Version => StatusCode::UPGRADE_REQUIRED,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            let mut response = (status, err.to_string()).into_response();
+            response.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+            return response;
+        }
+    };
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned);
+    let Some(upgrade) = request.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
+        return (StatusCode::BAD_REQUEST, "this connection cannot be upgraded").into_response();
+    };
     if state.open.fetch_add(1, Ordering::SeqCst) >= state.config.max_connections {
         state.open.fetch_sub(1, Ordering::SeqCst);
         state.metrics.disconnect("max_connections");
         return (StatusCode::SERVICE_UNAVAILABLE, "too many connections; retry later").into_response();
     }
-    // Let oversized messages through the WebSocket layer (up to twice the limit) so that the session core
-    // can answer them with a clear `frame_too_large` instead of a bare protocol error.
-    let ceiling = state.config.max_frame_bytes as usize * 2;
-    // Small read buffers keep idle connections cheap; writes are batched by the writer task.
-    ws.max_message_size(ceiling)
-        .max_frame_size(ceiling)
-        .read_buffer_size(READ_BUFFER_BYTES)
-        .write_buffer_size(WRITE_BUFFER_BYTES)
-        .on_upgrade(move |socket| async move {
+    tokio::spawn(async move {
+        if let Ok(upgraded) = upgrade.await {
             state.metrics.connections().inc();
-            let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned);
-            connection(socket, &state, host).await;
+            crate::wire::serve(hyper_util::rt::TokioIo::new(upgraded), &state, host).await;
             state.metrics.connections().dec();
-            state.open.fetch_sub(1, Ordering::SeqCst);
-        })
-}
-
-/// Writes queued frames: everything already queued is fed in one batch and flushed once, so that a busy
-/// session costs one write per batch rather than one per frame.
-async fn writer(
-    mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
-    mut rx: mpsc::UnboundedReceiver<Outbound>,
-    queued: Arc<AtomicUsize>,
-    metrics: Metrics,
-    kill: mpsc::Sender<Kill>,
-) {
-    const BATCH_BYTES: usize = 64 * 1024;
-    while let Some(first) = rx.recv().await {
-        let mut next = Some(first);
-        let mut batch = 0;
-        let mut closing = None;
-        let fed = tokio::time::timeout(WRITE_TIMEOUT, async {
-            while let Some(out) = next.take() {
-                match out {
-                    Outbound::Text(text) => {
-                        let n = text.len();
-                        let result = sink.feed(Message::Text(text)).await;
-                        queued.fetch_sub(n, Ordering::AcqRel);
-                        result?;
-                        batch += n;
-                    }
-                    Outbound::Backlog(text) => {
-                        let n = text.len();
-                        sink.feed(Message::Text(text)).await?;
-                        batch += n;
-                    }
-                    Outbound::Close { frame, code, reason } => {
-                        closing = Some((frame, code, reason));
-                        break;
-                    }
-                }
-                if batch < BATCH_BYTES {
-                    next = rx.try_recv().ok();
-                }
-            }
-            sink.flush().await
-        })
-        .await;
-        match fed {
-            Ok(Ok(())) => metrics.bytes_out(batch),
-            Ok(Err(_)) => return,
-            Err(_) => {
-                let _ =
-                    kill.try_send(Kill { code: ErrorCode::SlowConsumer, message: "writes to this session stalled" });
-                return;
-            }
         }
-        if let Some((frame, code, reason)) = closing {
-            let send = async {
-                sink.send(Message::Text(frame)).await?;
-                sink.send(Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from_static(reason) }))).await
-            };
-            let _ = tokio::time::timeout(Duration::from_secs(1), send).await;
-            return;
-        }
+        state.open.fetch_sub(1, Ordering::SeqCst);
+    });
+    let mut response = Response::new(axum::body::Body::empty());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(accept) = HeaderValue::from_str(&accept) {
+        headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
     }
-    let _ = sink.close().await;
-}
-
-async fn connection(socket: WebSocket, state: &AppState, host: Option<String>) {
-    let (sink, mut stream) = socket.split();
-    let (out_tx, out_rx) = mpsc::unbounded_channel();
-    let (kill_tx, mut kill_rx) = mpsc::channel(1);
-    let queued = Arc::new(AtomicUsize::new(0));
-    let writer = tokio::spawn(writer(sink, out_rx, queued.clone(), state.metrics.clone(), kill_tx.clone()));
-    let handle = SessionHandle::new(out_tx.clone(), queued, state.config.send_queue_bytes, kill_tx);
-
-    let directory = state.directory.borrow().clone();
-    let (Some(directory), Ok(nonce)) = (directory, Nonce::random()) else {
-        let _ = out_tx.send(Outbound::Close {
-            frame: error_frame(
-                ErrorCode::Internal,
-                "the server has no directory yet; retry shortly",
-                None,
-                Some(Duration::from_secs(1)),
-            ),
-            code: 1013,
-            reason: "not ready",
-        });
-        drop(out_tx);
-        let _ = writer.await;
-        return;
-    };
-    let mut conn = Connection::new(state, handle, out_tx, directory, host, nonce, Instant::now());
-    let mut dir_rx = state.directory.clone();
-    dir_rx.mark_unchanged();
-    let mut shutdown = state.shutdown.clone();
-    // One timer per connection, re-armed only when it fires: the session core says whether anything expired
-    // and when to look next, so a busy connection does not touch the timer wheel for every frame.
-    let timer = tokio::time::sleep_until(tokio::time::Instant::from_std(conn.poll_timeout()));
-    tokio::pin!(timer);
-    let ice_timer = tokio::time::sleep(Duration::from_secs(1 << 30));
-    tokio::pin!(ice_timer);
-    let mut ice_armed = false;
-
-    loop {
-        let flow = tokio::select! {
-            message = stream.next() => match message {
-                Some(Ok(Message::Text(text))) => {
-                    state.metrics.bytes_in(text.len());
-                    conn.input(Input::Text(text.as_bytes()), Instant::now())
-                }
-                Some(Ok(Message::Binary(bytes))) => {
-                    state.metrics.bytes_in(bytes.len());
-                    conn.input(Input::Binary(bytes.len()), Instant::now())
-                }
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => Flow::Continue,
-                Some(Ok(Message::Close(_))) | None => break,
-                // The error's text may quote the message (tungstenite's UTF-8 error does): never log it.
-                Some(Err(err)) => match ws_error(&err) {
-                    Some(input) => conn.input(input, Instant::now()),
-                    None => break,
-                },
-            },
-            () = &mut timer => {
-                let flow = conn.input(Input::Timeout, Instant::now());
-                timer.as_mut().reset(tokio::time::Instant::from_std(conn.poll_timeout()));
-                flow
-            }
-            Some(kill) = kill_rx.recv() => conn.input(Input::Kill(kill), Instant::now()),
-            changed = dir_rx.changed() => match (changed, dir_rx.borrow_and_update().clone()) {
-                (Ok(()), Some(directory)) => conn.input(Input::DirectoryChanged(directory), Instant::now()),
-                _ => Flow::Continue,
-            },
-            () = &mut ice_timer, if ice_armed => {
-                ice_armed = false;
-                conn.input(Input::IceRefresh, Instant::now())
-            }
-            _ = shutdown.wait_for(|s| *s) => conn.input(Input::Shutdown, Instant::now()),
-        };
-        if flow == Flow::Close {
-            break;
-        }
-        if let Some(at) = conn.ice_refresh.take() {
-            ice_timer.as_mut().reset(tokio::time::Instant::from_std(at));
-            ice_armed = true;
-        }
-    }
-    // The client closed or the network dropped, or the server closed the session: either way its
-    // registration ends here if it has not already.
-    drop(conn);
-    let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
-}
-
-/// The WebSocket layer's refusals the client is told about; other errors (reset, protocol violation) end the
-/// connection without a word.
-fn ws_error(err: &axum::Error) -> Option<Input<'static>> {
-    let text = err.to_string();
-    if text.starts_with("UTF-8 encoding error") {
-        Some(Input::InvalidUtf8)
-    } else if text.contains("too long") || text.contains("Space limit") {
-        // tungstenite refuses messages over twice the limit before we see them.
-        Some(Input::TooLong)
-    } else {
-        None
-    }
+    response
 }
 
 /// Serves `app` on `listener` until `stop` turns true.
