@@ -351,7 +351,7 @@ fn signaling(root: &Path, rest: &[String]) -> anyhow::Result<()> {
     println!("| round trip p99 (ms) | {ours_p99:.2} | {peerjs_p99:.2} |");
     println!("| RSS per idle connection (bytes) | {ours_idle:.0} | {peerjs_idle:.0} |\n");
     println!(
-        "bench signaling: ours={ours_rate:.0} peerjs={peerjs_rate:.0} ratio={:.2} p99_ours_ms={ours_p99:.2} p99_peerjs_ms={peerjs_p99:.2}",
+        "bench signaling: ours={ours_rate:.0} peerjs={peerjs_rate:.0} ratio={:.2} p99_ours_ms={ours_p99:.2} p99_peerjs_ms={peerjs_p99:.2} idle_bytes_ours={ours_idle:.0} idle_bytes_peerjs={peerjs_idle:.0}",
         ours_rate / peerjs_rate
     );
     Ok(())

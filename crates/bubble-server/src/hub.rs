@@ -107,7 +107,16 @@ impl Outbox {
         }
     }
 
+    /// The connection task is running: frames queued from now on need not wake it (it looks again before it
+    /// sleeps). Answers the request to close, if one came.
+    pub fn begin(&self) -> Option<Kill> {
+        let mut queue = self.lock();
+        queue.waker = None;
+        queue.kill.take()
+    }
+
     /// The request to close, if one came.
+    #[cfg(test)]
     pub fn take_kill(&self) -> Option<Kill> {
         self.lock().kill.take()
     }
