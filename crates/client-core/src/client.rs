@@ -11,7 +11,7 @@
 //! it never reached asks the sender to add it again with a fresh KeyPackage (`rejoin`); the sender commits its
 //! removal and re-addition, and it reads everything said from then on (ADR 0014).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
 use openmls::prelude::{
@@ -23,6 +23,7 @@ use peerbubble_proto::{DirectoryEntry, IdentityKey, MemberId, PublicKey};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+use crate::calls::{Calls, Verdict};
 use crate::files::{
     ACK_FRAME_TAG, CHUNK_FRAME_TAG, CancelReason, ChunkRequest, FileControl, FileKey, FileOffer, TransferConfig,
     TransferId,
@@ -32,15 +33,14 @@ use crate::group_calls::{GroupCall, GroupCallError, GroupCalls};
 use crate::keystore::{KeyStore, Storage};
 use crate::message::{AppMessage, CallSignal, ConversationKind, MessageId, ReceiptKind, hex};
 use crate::mls::{self, CIPHERSUITE, MlsSigner, Provider};
+use crate::paths::{Paths, Route};
 use crate::transfers::{FileStatus, Transfers};
-use crate::wire::{Envelope, MAX_CHANNEL_MESSAGE};
+use crate::wire::Envelope;
 
 /// The largest envelope the relay takes (signaling `max_body_bytes`).
 pub const MAX_RELAY_BODY: usize = 32 * 1024;
 /// Dropped twin 1:1 conversations remembered, to redirect a message addressed to one a moment before.
 const MAX_SUPERSEDED: usize = 64;
-/// Chat messages kept per contact until a receipt confirms them (oldest dropped first).
-const MAX_UNCONFIRMED: usize = 256;
 /// Unanswered KeyPackage requests kept at once.
 const MAX_PENDING_REQUESTS: usize = 256;
 /// The MLS exporter label of file keys (context: the transfer id).
@@ -569,17 +569,6 @@ struct Conversation {
     ready: bool,
 }
 
-/// The set-up of the RTCPeerConnection with one contact.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum CallState {
-    /// We sent an offer and wait for the answer.
-    Offering { call: MessageId },
-    /// We received an offer (its fingerprint is the one to accept) and owe an answer.
-    Answering { call: MessageId, remote: Fingerprint },
-    /// Offer and answer exchanged; `remote` is the only DTLS certificate to accept.
-    Agreed { call: MessageId, remote: Fingerprint },
-}
-
 #[derive(Debug, Clone, Copy)]
 enum Purpose {
     Direct,
@@ -607,15 +596,10 @@ pub struct Client {
     /// page addressed to the dropped one a moment before goes to the kept one instead of failing. Bounded.
     superseded: BTreeMap<ConversationId, ConversationId>,
     requests: HashMap<[u8; 16], (MemberId, Purpose, u64)>,
-    channels: BTreeSet<MemberId>,
-    /// Members signaling says have no session: their DataChannel may be dead without knowing it yet (a closed
-    /// tab), so messages to them take the relay, where the bubble keeps them until they return.
-    away: BTreeSet<MemberId>,
-    /// Chat messages sent on a DataChannel and not yet confirmed by a receipt, per recipient: if the channel
-    /// closes or the recipient goes offline first, they are sent again through the relay (a closed tab's channel
-    /// swallows what it is sent). A copy that arrives twice is refused as a replay and changes nothing.
-    unconfirmed: BTreeMap<MemberId, VecDeque<(MessageId, Vec<u8>)>>,
-    calls: HashMap<MemberId, CallState>,
+    /// The relay-or-DataChannel choice per contact.
+    paths: Paths,
+    /// The connection set-up with each contact.
+    calls: Calls,
     /// KeyPackages minted per requesting member: (window start, count).
     minted: HashMap<MemberId, (u64, u32)>,
     policy: peerbubble_proto::BubblePolicy,
@@ -661,10 +645,8 @@ impl Client {
             conversations: BTreeMap::new(),
             superseded: BTreeMap::new(),
             requests: HashMap::new(),
-            channels: BTreeSet::new(),
-            away: BTreeSet::new(),
-            unconfirmed: BTreeMap::new(),
-            calls: HashMap::new(),
+            paths: Paths::default(),
+            calls: Calls::default(),
             minted: HashMap::new(),
             policy: peerbubble_proto::BubblePolicy::default(),
             transfers: Transfers::default(),
@@ -698,12 +680,12 @@ impl Client {
     pub fn set_directory(&mut self, entries: impl IntoIterator<Item = DirectoryEntry>) {
         self.directory =
             entries.into_iter().filter(|e| e.public_key.member_id() == e.member).map(|e| (e.member, e)).collect();
-        self.away = self.directory.values().filter(|e| !e.online).map(|e| e.member).collect();
+        self.paths.set_away(self.directory.values().filter(|e| !e.online).map(|e| e.member));
     }
 
     /// A DataChannel with `member` opened (its DTLS fingerprint was the MLS-authenticated one).
     pub fn channel_opened(&mut self, member: MemberId) {
-        self.channels.insert(member);
+        self.paths.channel_opened(member);
         // Transfers cut by a dropped connection (or a restart) continue where the receiver is.
         self.transfers.channel_opened(member);
         let _ = self.send_file_controls();
@@ -718,21 +700,21 @@ impl Client {
     /// `member` went offline (signaling presence, its last session ended): until it comes back, messages to it
     /// take the relay even while a DataChannel with it still looks open (a closed tab's channel dies silently).
     pub fn member_offline(&mut self, member: MemberId) {
-        self.away.insert(member);
-        self.resend_unconfirmed(member);
+        let again = self.paths.offline(member);
+        self.resend(member, again);
     }
 
     /// Our signaling session ended: who is online is not known any more (a server shutting down even reports
     /// everyone going offline first), so open DataChannels are trusted again until the next directory.
     pub fn signaling_lost(&mut self) {
-        self.away.clear();
+        self.paths.signaling_lost();
     }
 
     /// `member` came online (signaling presence): KeyPackage requests it has not answered — sent while it was
     /// offline, so lost — are sent again, and their expiry starts over. A late answer to the first copy is
     /// refused as unsolicited, harmlessly.
     pub fn member_online(&mut self, member: MemberId) {
-        self.away.remove(&member);
+        self.paths.online(member);
         let now = self.now_ms;
         let mut again = Vec::new();
         for (request, (asked, _, at)) in &mut self.requests {
@@ -750,16 +732,14 @@ impl Client {
 
     /// The DataChannel with `member` closed; messages go through the relay again.
     pub fn channel_closed(&mut self, member: MemberId) {
-        self.channels.remove(&member);
-        self.resend_unconfirmed(member);
+        let again = self.paths.channel_closed(member);
+        self.resend(member, again);
     }
 
     /// Sends again, through the relay, the chat messages `member` never confirmed over a channel that is gone.
-    fn resend_unconfirmed(&mut self, member: MemberId) {
-        for (_, body) in self.unconfirmed.remove(&member).unwrap_or_default() {
-            if body.len() <= MAX_RELAY_BODY {
-                self.outputs.push_back(Output::Relay { to: member, body });
-            }
+    fn resend(&mut self, member: MemberId, bodies: Vec<Vec<u8>>) {
+        for body in bodies {
+            self.outputs.push_back(Output::Relay { to: member, body });
         }
     }
 
@@ -987,18 +967,16 @@ impl Client {
         let conversation = self.direct_conversation(peer).ok_or(ClientError::NotAllowed("no 1:1 conversation yet"))?;
         let call = MessageId(random16()?);
         self.send_signal(conversation, CallSignal::Offer { call, sdp: sdp.into(), fingerprint: *fingerprint })?;
-        self.calls.insert(peer, CallState::Offering { call });
+        self.calls.offered(peer, call);
         Ok(call)
     }
 
     /// Answers a contact's offer ([`Event::Call`] with an offer) with our SDP and DTLS fingerprint.
     pub fn answer_call(&mut self, peer: MemberId, sdp: &str, fingerprint: &Fingerprint) -> Result<(), ClientError> {
-        let Some(CallState::Answering { call, remote }) = self.calls.get(&peer).cloned() else {
-            return Err(ClientError::NotAllowed("no offer from this contact to answer"));
-        };
+        let call = self.calls.to_answer(peer).ok_or(ClientError::NotAllowed("no offer from this contact to answer"))?;
         let conversation = self.direct_conversation(peer).ok_or(ClientError::NotAllowed("no 1:1 conversation"))?;
         self.send_signal(conversation, CallSignal::Answer { call, sdp: sdp.into(), fingerprint: *fingerprint })?;
-        self.calls.insert(peer, CallState::Agreed { call, remote });
+        self.calls.answered(peer);
         Ok(())
     }
 
@@ -1109,21 +1087,15 @@ impl Client {
 
     /// Sends a trickled ICE candidate of the current call with `peer`.
     pub fn send_candidate(&mut self, peer: MemberId, candidate: &str) -> Result<(), ClientError> {
-        let call = match self.calls.get(&peer) {
-            Some(CallState::Offering { call } | CallState::Answering { call, .. } | CallState::Agreed { call, .. }) => {
-                *call
-            }
-            None => return Err(ClientError::NotAllowed("no call with this contact")),
-        };
+        let call = self.calls.current(peer).ok_or(ClientError::NotAllowed("no call with this contact"))?;
         let conversation = self.direct_conversation(peer).ok_or(ClientError::NotAllowed("no 1:1 conversation"))?;
         self.send_signal(conversation, CallSignal::Candidate { call, candidate: candidate.into() })
     }
 
     /// Ends the call with `peer` (tells it, forgets the fingerprint).
     pub fn hangup(&mut self, peer: MemberId) -> Result<(), ClientError> {
-        let Some(state) = self.calls.remove(&peer) else { return Ok(()) };
-        let (CallState::Offering { call } | CallState::Answering { call, .. } | CallState::Agreed { call, .. }) = state;
-        self.channels.remove(&peer);
+        let Some(call) = self.calls.end(peer) else { return Ok(()) };
+        self.paths.drop_channel(peer);
         match self.direct_conversation(peer) {
             Some(conversation) => self.send_signal(conversation, CallSignal::Hangup { call }),
             None => Ok(()),
@@ -1133,19 +1105,15 @@ impl Client {
     /// The DTLS fingerprint the contact's MLS-authenticated offer or answer announced: the only certificate
     /// the edge may accept from it.
     pub fn expected_fingerprint(&self, peer: MemberId) -> Option<&Fingerprint> {
-        match self.calls.get(&peer)? {
-            CallState::Answering { remote, .. } | CallState::Agreed { remote, .. } => Some(remote),
-            CallState::Offering { .. } => None,
-        }
+        self.calls.expected(peer)
     }
 
     /// Checks the fingerprint of the certificate the DTLS handshake actually presented; true only if it is the
     /// one the contact announced inside MLS. On false the edge must close the connection.
     pub fn verify_dtls(&mut self, peer: MemberId, actual: &Fingerprint) -> bool {
-        let ok = self.expected_fingerprint(peer) == Some(actual);
+        let ok = self.calls.verify(peer, actual);
         if !ok {
-            self.calls.remove(&peer);
-            self.channels.remove(&peer);
+            self.paths.drop_channel(peer);
             self.events
                 .push_back(Event::Refused { from: peer, reason: "DTLS certificate is not the announced one".into() });
         }
@@ -1271,7 +1239,7 @@ impl Client {
     /// DataChannel with the contact is open (chunks never take the relay; the receiver resumes the transfer
     /// when the channel opens again).
     pub fn next_file_chunk(&mut self, transfer: TransferId) -> Option<ChunkRequest> {
-        if !self.channels.contains(&self.transfers.peer(transfer)?) {
+        if !self.paths.has_channel(self.transfers.peer(transfer)?) {
             return None;
         }
         self.transfers.next_chunk(transfer)
@@ -1826,9 +1794,7 @@ impl Client {
                 }
             }
             AppMessage::Receipt { ids, kind } => {
-                if let Some(waiting) = self.unconfirmed.get_mut(&from) {
-                    waiting.retain(|(mid, _)| !ids.contains(mid));
-                }
+                self.paths.confirmed(from, &ids);
                 for m in c.history.iter_mut().filter(|m| m.from == me && ids.contains(&m.id)) {
                     let slot = m.receipts.entry(from).or_insert(kind);
                     if kind == ReceiptKind::Read {
@@ -1864,55 +1830,20 @@ impl Client {
             return;
         }
         let refuse = |reason: &str| Event::Refused { from, reason: reason.to_owned() };
-        match &signal {
-            CallSignal::Ring { ring, .. } if !self.policy.calls_allowed => {
-                // The bubble forbids calls: the caller hears why, the member is not disturbed.
-                self.events.push_back(refuse("a call rang where the bubble does not allow calls"));
-                let end = CallSignal::End { ring: *ring, reason: crate::message::EndReason::NotAllowed };
-                let _ = self.send_app(conversation, &AppMessage::Call(end));
-                return;
-            }
-            CallSignal::Ring { .. } | CallSignal::Accept { .. } | CallSignal::End { .. } => {}
-            CallSignal::Offer { call, sdp, fingerprint } => {
-                if !sdp_has_only_fingerprint(sdp, fingerprint) {
-                    self.events.push_back(refuse("SDP fingerprint differs from the signed one"));
-                    return;
-                }
-                // Both offered at once: the offer of the lower member id wins.
-                if matches!(self.calls.get(&from), Some(CallState::Offering { .. })) && self.me < from {
-                    return;
-                }
-                self.calls.insert(from, CallState::Answering { call: *call, remote: *fingerprint });
-            }
-            CallSignal::Answer { call, sdp, fingerprint } => {
-                if self.calls.get(&from) != Some(&CallState::Offering { call: *call }) {
-                    self.events.push_back(refuse("answer to no offer of ours"));
-                    return;
-                }
-                if !sdp_has_only_fingerprint(sdp, fingerprint) {
-                    self.events.push_back(refuse("SDP fingerprint differs from the signed one"));
-                    return;
-                }
-                self.calls.insert(from, CallState::Agreed { call: *call, remote: *fingerprint });
-            }
-            CallSignal::Candidate { call, .. } | CallSignal::Hangup { call } => {
-                let current = match self.calls.get(&from) {
-                    Some(
-                        CallState::Offering { call }
-                        | CallState::Answering { call, .. }
-                        | CallState::Agreed { call, .. },
-                    ) => Some(*call),
-                    None => None,
-                };
-                if current != Some(*call) {
-                    self.events.push_back(refuse("signal for another call"));
-                    return;
-                }
-                if matches!(signal, CallSignal::Hangup { .. }) {
-                    self.calls.remove(&from);
-                    self.channels.remove(&from);
-                }
-            }
+        if let CallSignal::Ring { ring, .. } = &signal
+            && !self.policy.calls_allowed
+        {
+            // The bubble forbids calls: the caller hears why, the member is not disturbed.
+            self.events.push_back(refuse("a call rang where the bubble does not allow calls"));
+            let end = CallSignal::End { ring: *ring, reason: crate::message::EndReason::NotAllowed };
+            let _ = self.send_app(conversation, &AppMessage::Call(end));
+            return;
+        }
+        match self.calls.on_signal(self.me, from, &signal) {
+            Err(reason) => return self.events.push_back(refuse(reason)),
+            Ok(Verdict::Ignore) => return,
+            Ok(Verdict::HungUp) => self.paths.drop_channel(from),
+            Ok(Verdict::Pass) => {}
         }
         self.events.push_back(Event::Call { conversation, from, signal });
     }
@@ -2114,19 +2045,10 @@ impl Client {
         self.mls_generation += 1;
         let body = Envelope::Mls { message: out.tls_serialize_detached().map_err(mls_err)? }.encode();
         for m in member_ids(&c.group).into_iter().filter(|m| *m != me) {
-            if self.channels.contains(&m) && !self.away.contains(&m) && body.len() <= MAX_CHANNEL_MESSAGE {
-                self.outputs.push_back(Output::Channel { to: m, bytes: body.clone() });
-                if let Some(mid) = confirm {
-                    let waiting = self.unconfirmed.entry(m).or_default();
-                    if waiting.len() == MAX_UNCONFIRMED {
-                        waiting.pop_front();
-                    }
-                    waiting.push_back((mid, body.clone()));
-                }
-            } else if body.len() <= MAX_RELAY_BODY {
-                self.outputs.push_back(Output::Relay { to: m, body: body.clone() });
-            } else {
-                return Err(ClientError::TooLarge(body.len()));
+            match self.paths.route(m, &body, confirm) {
+                Route::Channel => self.outputs.push_back(Output::Channel { to: m, bytes: body.clone() }),
+                Route::Relay => self.outputs.push_back(Output::Relay { to: m, body: body.clone() }),
+                Route::TooLarge => return Err(ClientError::TooLarge(body.len())),
             }
         }
         Ok(())
@@ -2136,9 +2058,8 @@ impl Client {
         if let Some(mut c) = self.conversations.remove(&id) {
             if c.kind == Some(ConversationKind::Direct) {
                 for peer in others_in(&c.group, self.me) {
-                    self.calls.remove(&peer);
-                    self.channels.remove(&peer);
-                    self.unconfirmed.remove(&peer);
+                    self.calls.end(peer);
+                    self.paths.forget(peer);
                 }
             }
             self.group_calls.forget(id);

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bench;
+mod calls;
 pub mod client;
 pub mod contacts;
 pub mod files;
@@ -16,6 +17,7 @@ pub mod group_calls;
 pub mod keystore;
 pub mod message;
 pub mod mls;
+mod paths;
 pub mod session;
 pub mod signaling;
 pub mod transfers;
