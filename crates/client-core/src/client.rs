@@ -877,8 +877,14 @@ impl Client {
 
     /// Sends a chat message; returns its id.
     pub fn send_text(&mut self, conversation: ConversationId, text: &str) -> Result<MessageId, ClientError> {
-        let conversation = self.kept(conversation);
         let id = MessageId(random16()?);
+        self.write_text(conversation, id, text)?;
+        Ok(id)
+    }
+
+    /// Sends the text message `id` (a new one, or one written again in the conversation kept of two twins).
+    fn write_text(&mut self, conversation: ConversationId, id: MessageId, text: &str) -> Result<(), ClientError> {
+        let conversation = self.kept(conversation);
         let timer = self.policy.timer(self.conversation(conversation)?.timer_secs);
         let message = AppMessage::Text { id, text: text.to_owned(), sent_at_ms: self.now_ms, expires_in_secs: timer };
         message.check()?;
@@ -896,11 +902,12 @@ impl Client {
             expires_at_ms,
             receipts: BTreeMap::new(),
         });
-        Ok(id)
+        Ok(())
     }
 
     /// Edits one of our messages.
     pub fn edit(&mut self, conversation: ConversationId, id: MessageId, text: &str) -> Result<(), ClientError> {
+        let conversation = self.kept(conversation);
         self.own_message(conversation, id)?;
         self.send_app(conversation, &AppMessage::Edit { id, text: text.to_owned() })?;
         if let Some(m) = self.conversation_mut(conversation)?.history.iter_mut().find(|m| m.id == id) {
@@ -912,6 +919,7 @@ impl Client {
 
     /// Deletes one of our messages for everyone.
     pub fn delete(&mut self, conversation: ConversationId, id: MessageId) -> Result<(), ClientError> {
+        let conversation = self.kept(conversation);
         self.own_message(conversation, id)?;
         self.send_app(conversation, &AppMessage::Delete { id })?;
         if let Some(m) = self.conversation_mut(conversation)?.history.iter_mut().find(|m| m.id == id) {
@@ -925,6 +933,7 @@ impl Client {
     /// the member's other screens, and this one after a restart, know what was read). Ids already read, ours or
     /// unknown are skipped; with nothing left, nothing is sent.
     pub fn mark_read(&mut self, conversation: ConversationId, ids: Vec<MessageId>) -> Result<(), ClientError> {
+        let conversation = self.kept(conversation);
         let me = self.me;
         let c = self.conversation_mut(conversation)?;
         let mut fresh = Vec::new();
@@ -942,7 +951,7 @@ impl Client {
 
     /// Sends a typing indicator.
     pub fn typing(&mut self, conversation: ConversationId, typing: bool) -> Result<(), ClientError> {
-        self.send_app(conversation, &AppMessage::Typing { typing })
+        self.send_app(self.kept(conversation), &AppMessage::Typing { typing })
     }
 
     /// Sets the conversation's disappearing timer.
@@ -951,6 +960,7 @@ impl Client {
         if limit > 0 && timer_secs.is_none_or(|t| t > limit) {
             return Err(ClientError::Policy(format!("messages must disappear within {limit} s")));
         }
+        let conversation = self.kept(conversation);
         self.send_app(conversation, &AppMessage::Timer { timer_secs })?;
         self.conversation_mut(conversation)?.timer_secs = timer_secs;
         Ok(())
@@ -1900,10 +1910,14 @@ impl Client {
         for other in twins {
             let (winner, loser) = (id.min(other), id.max(other));
             let me = self.me;
-            let ours: Vec<String> = self
+            // Ours, with their ids: an edit, a deletion or a receipt the page addresses to the dropped twin
+            // finds them in the one kept.
+            let ours: Vec<(MessageId, String)> = self
                 .conversations
                 .get(&loser)
-                .map(|c| c.history.iter().filter(|m| m.from == me && !m.deleted).map(|m| m.text.clone()).collect())
+                .map(|c| {
+                    c.history.iter().filter(|m| m.from == me && !m.deleted).map(|m| (m.id, m.text.clone())).collect()
+                })
                 .unwrap_or_default();
             self.destroy(loser, CloseReason::Superseded);
             for kept in self.superseded.values_mut().filter(|kept| **kept == loser) {
@@ -1915,8 +1929,8 @@ impl Client {
                 self.superseded.remove(&oldest);
             }
             self.superseded.insert(loser, winner);
-            for text in ours {
-                if let Err(e) = self.send_text(winner, &text) {
+            for (id, text) in ours {
+                if let Err(e) = self.write_text(winner, id, &text) {
                     self.events
                         .push_back(Event::Refused { from: me, reason: format!("writing again after a merge: {e}") });
                 }

@@ -127,11 +127,29 @@ fn what_each_writes_while_both_start_at_once_reaches_the_other_once() {
         net.run();
         let kept = net.clients[0].direct_conversation(ids[1]).expect("a conversation");
         assert_eq!(net.clients[1].direct_conversation(ids[0]), Some(kept), "round {round}: the same one");
+        // So may an edit, a read receipt, a typing indicator: they act on the messages as written again.
+        for (i, c) in first.iter().enumerate() {
+            let c = c.expect("written");
+            let history = net.clients[i].history(kept).unwrap();
+            let mine = history.iter().find(|m| m.text == format!("from {i}")).expect("mine, kept").id;
+            let theirs = history.iter().find(|m| m.text == format!("from {}", 1 - i)).expect("theirs, kept").id;
+            net.clients[i].edit(c, mine, &format!("edited {i}")).unwrap();
+            net.clients[i].mark_read(c, vec![theirs]).unwrap();
+            net.clients[i].typing(c, true).unwrap();
+        }
+        net.run();
         for i in 0..2 {
             assert_eq!(net.clients[i].conversations().len(), 1, "round {round}: one conversation at {i}");
-            let mut texts: Vec<String> = net.clients[i].history(kept).unwrap().iter().map(|m| m.text.clone()).collect();
+            let history = net.clients[i].history(kept).unwrap();
+            let mut texts: Vec<String> = history.iter().map(|m| m.text.clone()).collect();
             texts.sort();
-            assert_eq!(texts, ["again 0", "again 1", "from 0", "from 1"], "round {round}: member {i}'s history");
+            assert_eq!(texts, ["again 0", "again 1", "edited 0", "edited 1"], "round {round}: member {i}'s history");
+            let mine = history.iter().find(|m| m.text == format!("edited {i}")).expect("mine");
+            assert_eq!(
+                mine.receipts.get(&ids[1 - i]),
+                Some(&ReceiptKind::Read),
+                "round {round}: member {i}'s message read by the other"
+            );
         }
     }
 }
