@@ -39,6 +39,10 @@ pub struct NodeConfig {
     pub auto_connect: bool,
     /// Accept offered files into this directory.
     pub download_dir: Option<PathBuf>,
+    /// Keep received files encrypted as they arrived (`NAME.sealed` in the download directory, their keys in the
+    /// client's state, which the key store keeps): [`Node::save_file`] decrypts a copy on demand. Without it
+    /// files are saved decrypted (a node without a key store could not open them after a restart).
+    pub keep_sealed: bool,
     /// Answer every chat message with `echo: <text>`.
     pub echo: bool,
     /// File-transfer tuning.
@@ -58,6 +62,7 @@ impl NodeConfig {
             relay_only: false,
             auto_connect: true,
             download_dir: None,
+            keep_sealed: false,
             echo: false,
             files: TransferConfig::default(),
             bind: vec![SocketAddr::from(([0, 0, 0, 0], 0)), SocketAddr::from(([127, 0, 0, 1], 0))],
@@ -81,6 +86,13 @@ pub enum NodeEvent {
     SignalingDown,
     /// A received file is whole, verified and saved here.
     FileSaved {
+        /// Which.
+        transfer: TransferId,
+        /// Where.
+        path: PathBuf,
+    },
+    /// A received file is whole and verified, and kept encrypted here ([`NodeConfig::keep_sealed`]).
+    FileKept {
         /// Which.
         transfer: TransferId,
         /// Where.
@@ -134,6 +146,7 @@ enum Command {
     Connect(MemberId, Reply<()>),
     DropChannel(MemberId, Reply<()>),
     SendFile(MemberId, PathBuf, Reply<TransferId>),
+    SaveFile(PathBuf, PathBuf, Reply<u64>),
     Direct(MemberId, Reply<Option<ConversationId>>),
     Directory(Reply<Vec<DirectoryEntry>>),
     Members(ConversationId, Reply<Vec<MemberId>>),
@@ -257,6 +270,12 @@ impl Node {
         self.ask(|r| Command::SendFile(peer, path.to_owned(), r)).await
     }
 
+    /// Decrypts a received file kept encrypted (`sealed`, as [`NodeEvent::FileKept`] named it) into `to`, which
+    /// must not exist yet; checks the SHA-256 the sender signed. Answers the bytes written.
+    pub async fn save_file(&self, sealed: &Path, to: &Path) -> Result<u64, NodeError> {
+        self.ask(|r| Command::SaveFile(sealed.to_owned(), to.to_owned(), r)).await
+    }
+
     /// The 1:1 conversation with a contact.
     pub async fn direct(&self, peer: MemberId) -> Result<Option<ConversationId>, NodeError> {
         self.ask(|r| Command::Direct(peer, r)).await
@@ -332,6 +351,7 @@ struct Connection {
 struct IncomingFile {
     file: std::fs::File,
     path: PathBuf,
+    sealed: bool,
 }
 
 type Connecting = Pin<Box<dyn Future<Output = Result<Ws, SignalError>> + Send>>;
@@ -710,6 +730,9 @@ impl State {
                 let result = self.offer_file(peer, &path);
                 let _ = r.send(result);
             }
+            Command::SaveFile(sealed, to, r) => {
+                let _ = r.send(sealed::save(self.session.client(), &sealed, &to));
+            }
             Command::Direct(peer, r) => {
                 let _ = r.send(Ok(self.session.client().direct_conversation(peer)));
             }
@@ -840,11 +863,14 @@ impl State {
                     self.emit(NodeEvent::Error(format!("file send paused: {e}")));
                 }
             }
-            Event::FileChunk { transfer, offset, plaintext, .. } => {
-                // The native peer keeps no key store yet, so it saves files decrypted (client-core hands out the
-                // sealed chunks and the key for clients that keep files encrypted at rest).
+            Event::FileChunk { transfer, index, offset, plaintext, sealed } => {
+                // Kept as received (encrypted), or saved decrypted when the node keeps no key store.
                 if let Some(f) = self.incoming_files.get_mut(transfer) {
-                    let written = f.file.seek(SeekFrom::Start(*offset)).and_then(|_| f.file.write_all(plaintext));
+                    let written = if f.sealed {
+                        sealed::append(&mut f.file, *index, sealed)
+                    } else {
+                        f.file.seek(SeekFrom::Start(*offset)).and_then(|_| f.file.write_all(plaintext))
+                    };
                     if let Err(e) = written {
                         self.emit(NodeEvent::Error(format!("cannot write file: {e}")));
                     }
@@ -854,10 +880,15 @@ impl State {
             Event::FileReceived { transfer, .. } => {
                 if let Some(mut f) = self.incoming_files.remove(transfer) {
                     let _ = f.file.flush();
-                    // Saved decrypted (no key store here): the key kept to open sealed bytes has no use.
                     let transfer = *transfer;
-                    let _ = self.session.act(wall_ms(), |c| c.forget_file(transfer));
-                    self.emit(NodeEvent::FileSaved { transfer, path: f.path });
+                    if f.sealed {
+                        // The key stays with the client (and its key store) to open the file later.
+                        self.emit(NodeEvent::FileKept { transfer, path: f.path });
+                    } else {
+                        // Saved decrypted: the key kept to open sealed bytes has no use.
+                        let _ = self.session.act(wall_ms(), |c| c.forget_file(transfer));
+                        self.emit(NodeEvent::FileSaved { transfer, path: f.path });
+                    }
                 }
             }
             Event::FileSent { transfer } | Event::FileCancelled { transfer, .. } => {
@@ -869,15 +900,20 @@ impl State {
     }
 
     fn accept_file(&mut self, dir: &Path, transfer: TransferId, name: &str) -> Result<(), NodeError> {
-        let mut path = dir.join(name);
+        let sealed = self.config.keep_sealed;
+        let name = if sealed { format!("{name}.sealed") } else { name.to_owned() };
+        let mut path = dir.join(&name);
         let mut n = 1;
         while path.exists() {
             path = dir.join(format!("{name}.{n}"));
             n += 1;
         }
-        let file = std::fs::OpenOptions::new().write(true).create_new(true).open(&path)?;
+        let mut file = std::fs::OpenOptions::new().write(true).create_new(true).open(&path)?;
+        if sealed {
+            sealed::header(&mut file, transfer)?;
+        }
         self.session.act(wall_ms(), |c| c.accept_file(transfer))?;
-        self.incoming_files.insert(transfer, IncomingFile { file, path });
+        self.incoming_files.insert(transfer, IncomingFile { file, path, sealed });
         Ok(())
     }
 
@@ -903,5 +939,98 @@ impl State {
 impl std::fmt::Debug for State {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("State").field("member", &self.session.member()).finish_non_exhaustive()
+    }
+}
+
+/// Received files kept encrypted at rest: a header naming the transfer, then each chunk as it arrived (sealed
+/// with the transfer's key, which only the client holds), in arrival order.
+mod sealed {
+    use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
+    use std::path::Path;
+
+    use peerbubble_client_core::Client;
+    use peerbubble_client_core::files::{FileHasher, TransferId};
+
+    use super::NodeError;
+
+    const MAGIC: &[u8; 16] = b"peerbubble-file1";
+
+    pub(super) fn header(file: &mut std::fs::File, transfer: TransferId) -> std::io::Result<()> {
+        file.write_all(MAGIC)?;
+        file.write_all(&transfer.0)
+    }
+
+    pub(super) fn append(file: &mut std::fs::File, index: u32, sealed: &[u8]) -> std::io::Result<()> {
+        let len = u32::try_from(sealed.len()).map_err(|_| std::io::Error::other("chunk too large"))?;
+        file.seek(SeekFrom::End(0))?;
+        file.write_all(&index.to_le_bytes())?;
+        file.write_all(&len.to_le_bytes())?;
+        file.write_all(sealed)
+    }
+
+    fn bad(what: &str) -> NodeError {
+        NodeError::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned()))
+    }
+
+    /// Decrypts `sealed` into `to` (created, never overwritten), chunk by chunk, and checks the whole file's
+    /// SHA-256 against the sender's signed offer; a copy that does not match is removed.
+    pub(super) fn save(client: &Client, sealed: &Path, to: &Path) -> Result<u64, NodeError> {
+        let mut input = std::io::BufReader::new(std::fs::File::open(sealed)?);
+        let mut head = [0u8; 32];
+        input.read_exact(&mut head).map_err(|_| bad("not a file kept by PeerBubble"))?;
+        if &head[..16] != MAGIC {
+            return Err(bad("not a file kept by PeerBubble"));
+        }
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&head[16..]);
+        let transfer = TransferId(id);
+        let offer = client.file_offer(transfer).ok_or_else(|| bad("this member holds no key for that file"))?.clone();
+        let mut out = std::fs::OpenOptions::new().write(true).create_new(true).open(to)?;
+        let result = (|| {
+            let mut seen = 0u32;
+            loop {
+                let mut frame = [0u8; 8];
+                match input.read_exact(&mut frame) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+                    Err(e) => return Err(e.into()),
+                }
+                let index = u32::from_le_bytes([frame[0], frame[1], frame[2], frame[3]]);
+                let len = u32::from_le_bytes([frame[4], frame[5], frame[6], frame[7]]) as usize;
+                if index >= offer.chunks || len > offer.chunk_size as usize + 64 {
+                    return Err(bad("the kept file is damaged"));
+                }
+                let mut chunk = vec![0u8; len];
+                input.read_exact(&mut chunk).map_err(|_| bad("the kept file is cut short"))?;
+                let plain = client.open_stored_chunk(transfer, index, &chunk)?;
+                out.seek(SeekFrom::Start(u64::from(index) * u64::from(offer.chunk_size)))?;
+                out.write_all(&plain)?;
+                seen += 1;
+            }
+            if seen < offer.chunks {
+                return Err(bad("the kept file misses chunks"));
+            }
+            out.flush()?;
+            let mut check = std::fs::File::open(to)?;
+            let mut hasher = FileHasher::new();
+            let mut buf = vec![0u8; 1 << 16];
+            let mut size = 0u64;
+            loop {
+                let n = check.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                size += n as u64;
+                hasher.update(&buf[..n]);
+            }
+            if size != offer.size || hasher.finalize() != offer.sha256 {
+                return Err(bad("the decrypted copy does not match what the sender signed"));
+            }
+            Ok(size)
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(to);
+        }
+        result
     }
 }

@@ -180,6 +180,58 @@ async fn hundred_megabyte_file_survives_a_dropped_connection() {
     bubble.stop().await;
 }
 
+/// A file kept encrypted at rest (issue 17): what lands on disk never holds the plaintext, the decrypted copy is
+/// the file sent (SHA-256 checked), a damaged copy or an existing destination is refused and nothing is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_received_file_is_kept_encrypted_and_decrypted_on_demand() {
+    let mut bubble = Bubble::start(&support::yaml(2)).await;
+    let url = bubble.url();
+    let (a, b) = if id(1) < id(2) { (1, 2) } else { (2, 1) };
+    let dir = tempfile::tempdir().unwrap();
+    let downloads = dir.path().join("downloads");
+    std::fs::create_dir(&downloads).unwrap();
+    let mut alice = node(&url, a, |_| {}).await;
+    let mut bob = node(&url, b, |c| {
+        c.download_dir = Some(downloads.clone());
+        c.keep_sealed = true;
+    })
+    .await;
+    alice.start_direct(id(b)).await.unwrap();
+    wait(&mut alice, "channel", |e| matches!(e, NodeEvent::ChannelOpen(_))).await;
+
+    let canary = "CANARY-bridge-codes-7741 ";
+    let source = dir.path().join("codes.txt");
+    let sent = canary.repeat(40_000).into_bytes();
+    std::fs::write(&source, &sent).unwrap();
+    alice.send_file(id(b), &source).await.unwrap();
+    let kept = wait(&mut bob, "file kept", |e| matches!(e, NodeEvent::FileKept { .. })).await;
+    let NodeEvent::FileKept { path, .. } = kept else { unreachable!() };
+    assert_eq!(path, downloads.join("codes.txt.sealed"));
+    let stored = std::fs::read(&path).unwrap();
+    assert!(stored.len() > sent.len(), "every chunk is there, sealed");
+    assert!(!stored.windows(canary.len()).any(|w| w == canary.as_bytes()), "the plaintext never reaches the disk");
+    assert_eq!(std::fs::read_dir(&downloads).unwrap().count(), 1, "no decrypted copy unless asked");
+
+    let copy = dir.path().join("codes-copy.txt");
+    assert_eq!(bob.save_file(&path, &copy).await.unwrap(), sent.len() as u64);
+    assert_eq!(std::fs::read(&copy).unwrap(), sent);
+    assert!(bob.save_file(&path, &copy).await.is_err(), "an existing file is not overwritten");
+    assert!(alice.save_file(&path, &dir.path().join("alice.txt")).await.is_err(), "only the receiver holds the key");
+
+    // One byte changed in the last chunk: refused, and no partial copy stays behind.
+    let mut damaged = stored.clone();
+    let last = damaged.len() - 1;
+    damaged[last] ^= 1;
+    let damaged_path = dir.path().join("damaged.sealed");
+    std::fs::write(&damaged_path, &damaged).unwrap();
+    let out = dir.path().join("from-damaged.txt");
+    assert!(bob.save_file(&damaged_path, &out).await.is_err());
+    assert!(!out.exists(), "nothing decrypted from a damaged file is left");
+    alice.shutdown().await.unwrap();
+    bob.shutdown().await.unwrap();
+    bubble.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn canary_sdp_fingerprints_and_candidates_never_reach_the_server_in_clear() {
     let logs = support::capture_logs();

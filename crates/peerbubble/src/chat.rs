@@ -25,6 +25,7 @@ const HELP: &str = "commands:
   /group NAME MEMBER, ...   create a group chat and invite members (commas between them)
   /add MEMBER | /remove MEMBER   change the current group
   /file PATH                send a file to the current 1:1 contact
+  /save KEPT DEST           decrypt a copy of a received file kept encrypted (KEPT: the .sealed file)
   /leave                    leave the current conversation (its keys are destroyed)
   /quit
   anything else             is sent to the current conversation
@@ -51,9 +52,14 @@ pub struct ChatArgs {
     /// SHA-256 fingerprint, as `peerbubble up` prints it.
     #[arg(long, env = "PEERBUBBLE_PIN")]
     pin: Option<peerbubble_tls_trust::Pin>,
-    /// Accept offered files into this directory.
+    /// Accept offered files into this directory. With `--store` they are kept encrypted as received
+    /// (`NAME.sealed`; `/save` decrypts a copy), unless `--save-plaintext`.
     #[arg(long)]
     download_dir: Option<PathBuf>,
+    /// Save received files decrypted even with `--store` (without a store they always are: nothing would keep
+    /// their keys).
+    #[arg(long)]
+    save_plaintext: bool,
     /// Answer every message with `echo: <text>` (a bot for tests and demos).
     #[arg(long)]
     echo: bool,
@@ -110,6 +116,7 @@ async fn start(config: NodeConfig, args: &ChatArgs) -> anyhow::Result<Node> {
 pub async fn chat(args: ChatArgs) -> anyhow::Result<()> {
     let config = NodeConfig {
         download_dir: args.download_dir.clone(),
+        keep_sealed: args.store.is_some() && !args.save_plaintext,
         echo: args.echo,
         relay_only: args.relay_only,
         bind: args.rtc_bind.clone(),
@@ -233,6 +240,12 @@ async fn command(
             let [peer] = members.as_slice() else { anyhow::bail!("files go to a 1:1 contact: /open NAME first") };
             node.send_file(*peer, &path).await?;
         }
+        Some("/save") => {
+            let usage = "/save KEPT DEST";
+            let (kept, dest) = rest(line, usage)?.split_once(' ').context(usage)?;
+            let bytes = node.save_file(kept.trim().as_ref(), dest.trim().as_ref()).await?;
+            say(&format!("* decrypted copy saved to {} ({bytes} bytes, SHA-256 checked)\n", dest.trim()));
+        }
         Some(other) if other.starts_with('/') => anyhow::bail!("unknown command {other}; /help"),
         Some(_) => {
             node.send_text(need_current()?, line).await?;
@@ -262,6 +275,9 @@ fn describe(names: &HashMap<MemberId, String>, event: &NodeEvent) -> Option<Stri
         NodeEvent::Core(Event::FileSent { .. }) => "* file delivered and verified\n".into(),
         NodeEvent::Core(Event::Refused { from, reason }) => format!("! refused from {}: {reason}\n", name(from)),
         NodeEvent::FileSaved { path, .. } => format!("* file saved to {}\n", path.display()),
+        NodeEvent::FileKept { path, .. } => {
+            format!("* file kept encrypted in {0}; /save {0} DEST decrypts a copy\n", path.display())
+        }
         NodeEvent::ChannelOpen(m) => format!("* direct connection with {} (DTLS fingerprint verified)\n", name(m)),
         NodeEvent::ChannelClosed(m) => format!("* direct connection with {} closed; using the relay\n", name(m)),
         NodeEvent::SignalingDown => "* signaling lost; reconnecting\n".into(),
