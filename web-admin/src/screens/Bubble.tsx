@@ -4,7 +4,7 @@ import { useTranslation } from 'react-i18next';
 import type { Who } from '../App';
 import { type Health, api, describe, must, ok } from '../api/client';
 import { ErrorNote, Link, ago, flashNext, navigate, useConfirm, useLoad } from '../ui';
-import { healthState } from './Bubbles';
+import { PlatformNote, healthState } from './Bubbles';
 import { CategoriesTab } from './Categories';
 import { InvitesTab } from './Invites';
 import { MembersTab } from './Members';
@@ -44,6 +44,7 @@ export function BubbleScreen({ who, id, tab }: { who: Who; id: string; tab: stri
           {t('bubble.servedAt')} <a href={`${bubble.origin}/`}>{bubble.origin}/</a>
         </p>
       )}
+      {bubble && <PlatformNote platform={bubble.platform} />}
       <ErrorNote error={bubbles.error} onRetry={bubbles.reload} />
       <nav className="tabs" aria-label={t('bubble.sections')}>
         {TABS.map((name) => (

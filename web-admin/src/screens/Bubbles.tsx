@@ -25,6 +25,41 @@ export function bytes(n: number): string {
   return `${n} B`;
 }
 
+/** What the platform running a bubble reports (in a cluster: its Bubble resource's conditions and signaling
+ * endpoint), when there is one: a micro-node runs its bubbles itself and reports nothing here. What is not ready
+ * is named with the platform's own words, so that an administrator knows what to wait for or fix. */
+export function PlatformNote({ platform }: { platform: Bubble['platform'] }) {
+  const { t } = useTranslation();
+  if (!platform) return null;
+  const notReady = platform.conditions.filter((c) => !c.status);
+  // The pill says whether the whole is ready; list the parts that are not (the overall condition only if alone).
+  const shown = notReady.length > 1 ? notReady.filter((c) => c.type !== 'Ready') : notReady;
+  return (
+    <div className="platform">
+      <p className="row">
+        <span className="small">{t('platform.title')}</span>
+        <span className={`pill ${platform.ready ? 'ok' : 'stale'}`}>{platform.ready ? t('platform.ready') : t('platform.notReady')}</span>
+      </p>
+      {shown.length > 0 && (
+        <ul className="conditions small">
+          {shown.map((c) => (
+            <li key={c.type}>
+              <strong>{t(`platform.condition.${c.type}`, { defaultValue: c.type })}</strong>
+              {' — '}
+              {c.message || c.reason}
+            </li>
+          ))}
+        </ul>
+      )}
+      {platform.signaling && (
+        <p className="small muted">
+          {t('platform.signaling')} <span className="mono">{platform.signaling}</span>
+        </p>
+      )}
+    </div>
+  );
+}
+
 export function BubblesScreen({ who }: { who: Who }) {
   const { t, i18n } = useTranslation();
   const bubbles = useLoad(async () => must(await api.GET('/api/v1/bubbles')), [], 10_000);
@@ -55,6 +90,7 @@ export function BubblesScreen({ who }: { who: Who }) {
                     {t('bubbles.servedAt')} <a href={`${b.origin}/`}>{b.origin}/</a>
                   </p>
                 )}
+                <PlatformNote platform={b.platform} />
                 <dl className="figures">
                   <div>
                     <dt>{t('health.online')}</dt>
