@@ -20,7 +20,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 use hmac::{Hmac, Mac as _};
 use sha1::Sha1;
 use stun_types::attribute::{
-    AttributeStaticType as _, AttributeType, ErrorCode, Fingerprint, MessageIntegrity, MessageIntegritySha256, Nonce,
-    Realm, Software, UnknownAttributes, Userhash, Username, XorMappedAddress,
+    AttributeStaticType as _, Fingerprint, MessageIntegrity, MessageIntegritySha256, Nonce, Realm, UnknownAttributes,
+    Userhash, Username, XorMappedAddress,
 };
 use stun_types::message::{
     BINDING, IntegrityAlgorithm, LongTermKeyCredentials, Message, MessageClass, MessageIntegrityCredentials,
@@ -37,14 +37,20 @@ use stun_types::message::{
 };
 use turn_types::AddressFamily;
 use turn_types::attribute::{
-    AdditionalAddressFamily, ChannelNumber, Data, EvenPort, Icmp, Lifetime, RequestedAddressFamily, RequestedTransport,
+    AdditionalAddressFamily, ChannelNumber, Data, EvenPort, Lifetime, RequestedAddressFamily, RequestedTransport,
     ReservationToken, XorPeerAddress, XorRelayedAddress,
 };
-use turn_types::message::{ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION, DATA, REFRESH, SEND};
+use turn_types::message::{ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION, REFRESH, SEND};
 use zeroize::Zeroizing;
 
 use crate::credentials::{CredentialError, Credentials, TurnSecret, Verifier, issue};
 use crate::peer::{PeerPolicy, Refusal};
+
+mod allocation;
+mod encode;
+
+use allocation::{Allocation, Channel, TokenBucket};
+use encode::{add_error, add_software, data_indication, icmp_prohibited, refusal_reason, unknown_attributes};
 
 /// Channel numbers a client may bind: RFC 8656 §12 narrowed them to 0x4000-0x4FFF, but RFC 5766 clients
 /// (coturn's own tools among them) still use up to 0x7FFE, and ChannelData framing tells both apart the same.
@@ -250,67 +256,6 @@ impl Authenticated {
     }
 }
 
-struct TokenBucket {
-    rate: u64,
-    tokens: u64,
-    last: Instant,
-}
-
-impl TokenBucket {
-    fn new(rate: u64, now: Instant) -> Self {
-        Self { rate, tokens: rate, last: now }
-    }
-
-    fn take(&mut self, bytes: usize, now: Instant) -> bool {
-        if self.rate == 0 {
-            return true;
-        }
-        let elapsed = now.saturating_duration_since(self.last);
-        let refill = elapsed.as_nanos().saturating_mul(u128::from(self.rate)) / 1_000_000_000;
-        if refill > 0 {
-            self.tokens = self.rate.min(self.tokens.saturating_add(u64::try_from(refill).unwrap_or(u64::MAX)));
-            self.last = now;
-        }
-        let bytes = bytes as u64;
-        if self.tokens >= bytes {
-            self.tokens -= bytes;
-            true
-        } else {
-            false
-        }
-    }
-}
-
-struct Channel {
-    peer: SocketAddr,
-    expires: Instant,
-}
-
-struct Allocation<R, C> {
-    tuple: FiveTuple,
-    member: Arc<str>,
-    relayed: SocketAddr,
-    bound: SocketAddr,
-    relay: R,
-    client: C,
-    expires: Instant,
-    transaction: TransactionId,
-    permissions: HashMap<IpAddr, Instant>,
-    channels: HashMap<u16, Channel>,
-    channel_of_peer: HashMap<SocketAddr, u16>,
-    bucket: TokenBucket,
-}
-
-impl<R, C> Allocation<R, C> {
-    fn permitted(&self, ip: IpAddr, now: Instant) -> bool {
-        self.permissions.get(&ip).is_some_and(|until| *until > now)
-    }
-
-    fn channel_peer(&self, number: u16, now: Instant) -> Option<SocketAddr> {
-        self.channels.get(&number).filter(|c| c.expires > now).map(|c| c.peer)
-    }
-}
-
 /// The TURN server state machine.
 pub struct Server<R, C> {
     config: Config,
@@ -353,12 +298,6 @@ impl Refuse {
         Self { code, reason, challenge: true }
     }
 }
-
-/// Attributes below 0x8000 this server understands (RFC 8489 §14: others get 420 Unknown Attribute).
-const UNDERSTOOD: [u16; 21] = [
-    0x0001, 0x0006, 0x0008, 0x0009, 0x000a, 0x000c, 0x000d, 0x0012, 0x0013, 0x0014, 0x0015, 0x0016, 0x0017, 0x0018,
-    0x0019, 0x001a, 0x001c, 0x001d, 0x001e, 0x0020, 0x0022,
-];
 
 impl<R: Clone, C: Clone> Server<R, C> {
     /// A server checking credentials with `verifier`, refusing peers per `policy`. `clock` pairs an [`Instant`]
@@ -1183,99 +1122,4 @@ impl<R: Clone, C: Clone> Server<R, C> {
         self.stats.to_client.1 += payload.len() as u64;
         PeerAction::ToClient(client)
     }
-}
-
-fn add_software<B: MessageWrite>(reply: &mut B) {
-    if let Ok(software) = Software::new(concat!("peerbubble ", env!("CARGO_PKG_VERSION"))) {
-        let _ = reply.add_attribute(&software);
-    }
-}
-
-fn add_error<B: MessageWrite>(
-    reply: &mut B,
-    code: u16,
-    reason: &str,
-) -> Result<(), stun_types::message::StunWriteError> {
-    let error = ErrorCode::builder(code).reason(reason).build()?;
-    reply.add_attribute(&error)
-}
-
-fn refusal_reason(refusal: Refusal) -> &'static str {
-    match refusal {
-        Refusal::Unspecified => "Forbidden: unspecified peer address",
-        Refusal::Loopback => "Forbidden: loopback peer address",
-        Refusal::LinkLocal => "Forbidden: link-local peer address",
-        Refusal::Private => "Forbidden: private peer address",
-        Refusal::SharedAddressSpace => "Forbidden: shared (CGNAT) peer address",
-        Refusal::Multicast => "Forbidden: multicast peer address",
-        Refusal::Broadcast => "Forbidden: broadcast peer address",
-        Refusal::Documentation => "Forbidden: documentation peer address",
-        Refusal::Reserved => "Forbidden: reserved peer address",
-        Refusal::Cluster => "Forbidden: cluster peer address",
-    }
-}
-
-fn unknown_attributes(message: &Message<'_>) -> Option<Vec<AttributeType>> {
-    let unknown: Vec<AttributeType> = message
-        .iter_attributes()
-        .map(|(_, raw)| raw.header.get_type())
-        .filter(|t| t.comprehension_required() && !UNDERSTOOD.contains(&t.value()))
-        .collect();
-    (!unknown.is_empty()).then_some(unknown)
-}
-
-fn xor_address(peer: SocketAddr, id: &[u8; 12], out: &mut Vec<u8>) {
-    let cookie = crate::framing::MAGIC_COOKIE;
-    let port = peer.port() ^ 0x2112;
-    match peer.ip() {
-        IpAddr::V4(v4) => {
-            out.extend_from_slice(&[0x00, 0x12, 0x00, 0x08, 0x00, 0x01]);
-            out.extend_from_slice(&port.to_be_bytes());
-            let octets = v4.octets();
-            out.extend(octets.iter().zip(cookie).map(|(a, b)| a ^ b));
-        }
-        IpAddr::V6(v6) => {
-            out.extend_from_slice(&[0x00, 0x12, 0x00, 0x14, 0x00, 0x02]);
-            out.extend_from_slice(&port.to_be_bytes());
-            let key = cookie.iter().chain(id.iter());
-            out.extend(v6.octets().iter().zip(key).map(|(a, b)| a ^ b));
-        }
-    }
-}
-
-/// A Data indication (RFC 8656 §11.4) carrying `payload` from `peer`, written without a builder: this is the
-/// relay's hot path for clients without a channel. `tests::data_indications_parse` holds it to stun-types.
-fn data_indication(peer: SocketAddr, payload: &[u8], id: [u8; 12], out: &mut Vec<u8>) {
-    let addr_len = if peer.is_ipv4() { 12 } else { 24 };
-    let padded = payload.len().next_multiple_of(4);
-    let body = addr_len + 4 + padded;
-    out.reserve(20 + body);
-    out.extend_from_slice(&[0x00, 0x17]);
-    out.extend_from_slice(&(body as u16).to_be_bytes());
-    out.extend_from_slice(&crate::framing::MAGIC_COOKIE);
-    out.extend_from_slice(&id);
-    xor_address(peer, &id, out);
-    out.extend_from_slice(&[0x00, 0x13]);
-    out.extend_from_slice(&(payload.len() as u16).to_be_bytes());
-    out.extend_from_slice(payload);
-    out.resize(20 + body, 0);
-}
-
-/// Tells a client its Send went nowhere because the peer is forbidden: a Data indication with an ICMP
-/// attribute, destination unreachable / administratively prohibited (RFC 8656 §11.5, §18.13).
-fn icmp_prohibited(peer: SocketAddr, id: [u8; 12], out: &mut Vec<u8>) {
-    let mut message = Message::builder(
-        MessageType::from_class_method(MessageClass::Indication, DATA),
-        TransactionId::from(u128::from_be_bytes({
-            let mut full = [0u8; 16];
-            full[4..].copy_from_slice(&id);
-            full
-        })),
-        MessageWriteVec::with_capacity(64),
-    );
-    let txid = message.transaction_id();
-    let _ = message.add_attribute(&XorPeerAddress::new(peer, txid));
-    let (icmp_type, code) = if peer.is_ipv4() { (3, 13) } else { (1, 1) };
-    let _ = message.add_attribute(&Icmp::new(icmp_type, code, 0));
-    *out = message.finish();
 }
