@@ -48,9 +48,11 @@ use crate::peer::{PeerPolicy, Refusal};
 
 mod allocation;
 mod encode;
+mod table;
 
 use allocation::{Allocation, Channel, TokenBucket};
 use encode::{add_error, add_software, data_indication, icmp_prohibited, refusal_reason, unknown_attributes};
+use table::Allocations;
 
 /// Channel numbers a client may bind: RFC 8656 §12 narrowed them to 0x4000-0x4FFF, but RFC 5766 clients
 /// (coturn's own tools among them) still use up to 0x7FFE, and ChannelData framing tells both apart the same.
@@ -264,12 +266,8 @@ pub struct Server<R, C> {
     members: HashSet<String>,
     nonce_key: Zeroizing<[u8; 32]>,
     clock: (Instant, u64),
-    next_id: u64,
     indication_id: u128,
-    allocations: HashMap<AllocationId, Allocation<R, C>>,
-    by_tuple: HashMap<FiveTuple, AllocationId>,
-    by_relay: HashMap<SocketAddr, AllocationId>,
-    per_member: HashMap<Arc<str>, usize>,
+    allocations: Allocations<R, C>,
     events: VecDeque<Event<R>>,
     stats: Stats,
 }
@@ -317,12 +315,8 @@ impl<R: Clone, C: Clone> Server<R, C> {
             members: HashSet::new(),
             nonce_key: Zeroizing::new(nonce_key),
             clock,
-            next_id: 1,
             indication_id: u128::from_be_bytes([nonce_key[0]; 16]),
-            allocations: HashMap::new(),
-            by_tuple: HashMap::new(),
-            by_relay: HashMap::new(),
-            per_member: HashMap::new(),
+            allocations: Allocations::new(),
             events: VecDeque::new(),
             stats: Stats::default(),
         }
@@ -404,22 +398,13 @@ impl<R: Clone, C: Clone> Server<R, C> {
 
     /// A stream connection closed: its allocations end with it (RFC 8656 §3.1).
     pub fn connection_closed(&mut self, tuple: FiveTuple) {
-        if let Some(id) = self.by_tuple.get(&tuple).copied() {
+        if let Some(id) = self.allocations.id_of_tuple(&tuple) {
             self.free(id);
         }
     }
 
     fn free(&mut self, id: AllocationId) {
-        let Some(allocation) = self.allocations.remove(&id) else { return };
-        self.by_tuple.remove(&allocation.tuple);
-        self.by_relay.remove(&allocation.relayed);
-        self.by_relay.remove(&allocation.bound);
-        if let Some(count) = self.per_member.get_mut(&allocation.member) {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                self.per_member.remove(&allocation.member);
-            }
-        }
+        let Some(allocation) = self.allocations.remove(id) else { return };
         self.events.push_back(Event::Freed { id, relay: allocation.relay });
     }
 
@@ -472,7 +457,7 @@ impl<R: Clone, C: Clone> Server<R, C> {
             bump(&mut self.stats.dropped, "malformed");
             return ClientAction::None;
         }
-        let Some(id) = self.by_tuple.get(&tuple).copied() else {
+        let Some(id) = self.allocations.id_of_tuple(&tuple) else {
             bump(&mut self.stats.dropped, "no_allocation");
             return ClientAction::None;
         };
@@ -502,7 +487,7 @@ impl<R: Clone, C: Clone> Server<R, C> {
         let relay = allocation.relay.clone();
         self.stats.to_peer.0 += 1;
         self.stats.to_peer.1 += payload.len() as u64;
-        if let Some(target) = self.by_relay.get(&peer).copied() {
+        if let Some(target) = self.allocations.id_of_relay(&peer) {
             let data = input.get(payload).unwrap_or_default();
             return match self.deliver(now, target, from, data, out) {
                 PeerAction::ToClient(c) => ClientAction::ToClient(c),
@@ -546,7 +531,7 @@ impl<R: Clone, C: Clone> Server<R, C> {
                 }
                 // Credentials that expired during an allocation's life still maintain it (a call outlives them);
                 // a new allocation needs fresh ones.
-                let existing = method != ALLOCATE && self.by_tuple.contains_key(&tuple);
+                let existing = method != ALLOCATE && self.allocations.id_of_tuple(&tuple).is_some();
                 let auth = match self.authenticate(message, now, existing) {
                     Ok(auth) => auth,
                     Err(refuse) => return self.refuse(message, None, refuse, now, out),
@@ -576,7 +561,7 @@ impl<R: Clone, C: Clone> Server<R, C> {
         input: &[u8],
         out: &mut Vec<u8>,
     ) -> ClientAction<R, C> {
-        let Some(id) = self.by_tuple.get(&tuple).copied() else {
+        let Some(id) = self.allocations.id_of_tuple(&tuple) else {
             bump(&mut self.stats.dropped, "no_allocation");
             return ClientAction::None;
         };
@@ -609,7 +594,7 @@ impl<R: Clone, C: Clone> Server<R, C> {
 
     /// Relay-to-relay traffic is allowed whatever the policy says about relay addresses.
     fn check_peer(&self, peer: SocketAddr) -> Result<(), Refusal> {
-        if self.by_relay.contains_key(&peer) {
+        if self.allocations.id_of_relay(&peer).is_some() {
             return Ok(());
         }
         self.policy.check(peer.ip())
@@ -808,7 +793,7 @@ impl<R: Clone, C: Clone> Server<R, C> {
         auth: &Authenticated,
         out: &mut Vec<u8>,
     ) -> Result<ClientAction<R, C>, Refuse> {
-        if let Some(existing) = self.by_tuple.get(&tuple).and_then(|id| self.allocations.get(id)) {
+        if let Some(existing) = self.allocations.id_of_tuple(&tuple).and_then(|id| self.allocations.get(&id)) {
             if existing.transaction == message.transaction_id() && *existing.member == *auth.member {
                 // A retransmitted Allocate: answer it again (RFC 8656 §7.2).
                 let lifetime = existing.expires.saturating_duration_since(now);
@@ -847,7 +832,7 @@ impl<R: Clone, C: Clone> Server<R, C> {
         if self.allocations.len() >= self.config.max_allocations {
             return Err(Refuse::new(508, "Insufficient Capacity"));
         }
-        if self.per_member.get(&auth.member).copied().unwrap_or(0) >= self.config.max_allocations_per_member {
+        if self.allocations.of_member(&auth.member) >= self.config.max_allocations_per_member {
             return Err(Refuse::new(486, "Allocation Quota Reached"));
         }
         Ok(ClientAction::Allocate(PendingAllocation {
@@ -898,37 +883,28 @@ impl<R: Clone, C: Clone> Server<R, C> {
                 return None;
             }
         };
-        let id = AllocationId(self.next_id);
-        self.next_id += 1;
         *out = self.allocate_success(transaction, &auth, fingerprint, advertised, tuple.client, lifetime);
-        *self.per_member.entry(auth.member.clone()).or_default() += 1;
-        self.by_tuple.insert(tuple, id);
-        self.by_relay.insert(advertised, id);
-        self.by_relay.insert(bound, id);
-        self.allocations.insert(
-            id,
-            Allocation {
-                tuple,
-                member: auth.member,
-                relayed: advertised,
-                bound,
-                relay,
-                client,
-                expires: now + lifetime,
-                transaction,
-                permissions: HashMap::new(),
-                channels: HashMap::new(),
-                channel_of_peer: HashMap::new(),
-                bucket: TokenBucket::new(self.config.bandwidth, now),
-            },
-        );
+        let id = self.allocations.insert(Allocation {
+            tuple,
+            member: auth.member,
+            relayed: advertised,
+            bound,
+            relay,
+            client,
+            expires: now + lifetime,
+            transaction,
+            permissions: HashMap::new(),
+            channels: HashMap::new(),
+            channel_of_peer: HashMap::new(),
+            bucket: TokenBucket::new(self.config.bandwidth, now),
+        });
         self.stats.allocations_created += 1;
         Some(id)
     }
 
     /// The allocation on `tuple`, if `auth` is its owner.
     fn owned(&self, tuple: FiveTuple, auth: &Authenticated) -> Result<AllocationId, Refuse> {
-        let Some(id) = self.by_tuple.get(&tuple).copied() else {
+        let Some(id) = self.allocations.id_of_tuple(&tuple) else {
             return Err(Refuse::new(437, "Allocation Mismatch: no allocation on this 5-tuple"));
         };
         match self.allocations.get(&id) {
@@ -1066,7 +1042,11 @@ impl<R: Clone, C: Clone> Server<R, C> {
         out: &mut Vec<u8>,
     ) -> PeerAction<C> {
         // A relay socket of ours sending to another one: the peer is known by its advertised address.
-        let peer = self.by_relay.get(&peer).and_then(|other| self.allocations.get(other)).map_or(peer, |a| a.relayed);
+        let peer = self
+            .allocations
+            .id_of_relay(&peer)
+            .and_then(|other| self.allocations.get(&other))
+            .map_or(peer, |a| a.relayed);
         self.deliver(now, id, peer, payload, out)
     }
 
