@@ -327,3 +327,63 @@ async fn a_restarted_native_peer_keeps_its_conversations_and_reads_what_waited()
     node.shutdown().await.unwrap();
     server.shutdown().await.unwrap();
 }
+
+/// A terminal member with a key store keeps a received file encrypted (issue 17) and decrypts a copy when it
+/// types `/save`: the kept file never holds the plaintext, the copy is the file sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminal_member_keeps_files_encrypted_and_saves_a_copy_on_demand() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ann, bob) = (IdentityKey::from_seed(&[61; 32]), IdentityKey::from_seed(&[62; 32]));
+    let (server, url) = one_category_bubble(dir.path(), &[(&ann, "Ann"), (&bob, "Bob")]).await;
+    let key_file = dir.path().join("bob.key");
+    std::fs::write(&key_file, format!("{}\n", bob.to_seed_base64().as_str())).unwrap();
+    let downloads = dir.path().join("bob-files");
+    std::fs::create_dir(&downloads).unwrap();
+    let mut bob_chat = Typed::new(KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_peerbubble"))
+            .args(["chat", "--rtc-bind", "127.0.0.1:0", "--url", &url, "--key"])
+            .arg(&key_file)
+            .arg("--store")
+            .arg(dir.path().join("bob-store"))
+            .arg("--download-dir")
+            .arg(&downloads)
+            .env("PEERBUBBLE_PASSPHRASE", "amber kites over the harbour")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    ));
+    bob_chat.wait_for("connected as");
+
+    let bob_id = bob.public_key().member_id();
+    let loopback = vec![std::net::SocketAddr::from(([127, 0, 0, 1], 0))];
+    let mut node = Node::start(NodeConfig { bind: loopback, ..NodeConfig::new(&url) }, ann).await.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while node.direct(bob_id).await.unwrap().is_none() {
+        let _ = node.start_direct(bob_id).await;
+        assert!(tokio::time::Instant::now() < deadline, "Bob never answered");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    node.wait_for("channel", WAIT, |e| matches!(e, NodeEvent::ChannelOpen(_))).await.unwrap();
+    let canary = "CANARY-evacuation-route-B ";
+    let sent = canary.repeat(20_000);
+    let file = dir.path().join("route.txt");
+    std::fs::write(&file, &sent).unwrap();
+    node.send_file(bob_id, &file).await.unwrap();
+
+    let line = bob_chat.wait_for("file kept encrypted in");
+    let kept = downloads.join("route.txt.sealed");
+    assert!(line.contains(&kept.display().to_string()), "{line}");
+    let stored = std::fs::read(&kept).unwrap();
+    assert!(!stored.windows(canary.len()).any(|w| w == canary.as_bytes()), "no plaintext on disk");
+    let copy = dir.path().join("route-copy.txt");
+    bob_chat.say(&format!("/save {} {}", kept.display(), copy.display()));
+    bob_chat.wait_for("decrypted copy saved");
+    assert_eq!(std::fs::read_to_string(&copy).unwrap(), sent);
+    bob_chat.say(&format!("/save {} {}", kept.display(), copy.display()));
+    bob_chat.wait_for("exists");
+    bob_chat.quit();
+    node.shutdown().await.unwrap();
+    server.shutdown().await.unwrap();
+}
