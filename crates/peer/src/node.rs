@@ -751,19 +751,9 @@ impl State {
 
     fn offer_file(&mut self, peer: MemberId, path: &Path) -> Result<TransferId, NodeError> {
         let mut file = std::fs::File::open(path)?;
-        let mut hasher = FileHasher::new();
-        let mut buf = vec![0u8; 1 << 20];
-        let mut size = 0u64;
-        loop {
-            let n = file.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            size += n as u64;
-        }
+        let (size, sha256) = hash_file(&mut file)?;
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-        let transfer = self.session.act(wall_ms(), |c| c.offer_file(peer, name, size, hasher.finalize()))?;
+        let transfer = self.session.act(wall_ms(), |c| c.offer_file(peer, name, size, sha256))?;
         self.outgoing_files.insert(transfer, file);
         Ok(transfer)
     }
@@ -942,6 +932,21 @@ impl std::fmt::Debug for State {
     }
 }
 
+/// The size and SHA-256 of what `file` holds from where it is to its end.
+fn hash_file(file: &mut std::fs::File) -> std::io::Result<(u64, [u8; 32])> {
+    let mut hasher = FileHasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            return Ok((size, hasher.finalize()));
+        }
+        hasher.update(&buf[..n]);
+        size += n as u64;
+    }
+}
+
 /// Received files kept encrypted at rest: a header naming the transfer, then each chunk as it arrived (sealed
 /// with the transfer's key, which only the client holds), in arrival order.
 mod sealed {
@@ -949,7 +954,7 @@ mod sealed {
     use std::path::Path;
 
     use peerbubble_client_core::Client;
-    use peerbubble_client_core::files::{FileHasher, TransferId};
+    use peerbubble_client_core::files::TransferId;
 
     use super::NodeError;
 
@@ -1011,19 +1016,8 @@ mod sealed {
                 return Err(bad("the kept file misses chunks"));
             }
             out.flush()?;
-            let mut check = std::fs::File::open(to)?;
-            let mut hasher = FileHasher::new();
-            let mut buf = vec![0u8; 1 << 16];
-            let mut size = 0u64;
-            loop {
-                let n = check.read(&mut buf)?;
-                if n == 0 {
-                    break;
-                }
-                size += n as u64;
-                hasher.update(&buf[..n]);
-            }
-            if size != offer.size || hasher.finalize() != offer.sha256 {
+            let (size, sha256) = super::hash_file(&mut std::fs::File::open(to)?)?;
+            if size != offer.size || sha256 != offer.sha256 {
                 return Err(bad("the decrypted copy does not match what the sender signed"));
             }
             Ok(size)

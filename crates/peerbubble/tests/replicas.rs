@@ -57,19 +57,27 @@ impl Nats {
                 upper = bubble.to_uppercase()
             );
         }
-        let config = format!(
-            "host: 127.0.0.1\nport: {}\njetstream {{ store_dir: \"{}\" }}\naccounts {{\n{accounts}}}\n",
-            nats.port,
-            nats.store().display()
-        );
-        std::fs::write(nats.dir.path().join("nats.conf"), config).unwrap();
         for bubble in BUBBLES {
             let creds = nats.dir.path().join(format!("{bubble}-creds"));
             std::fs::create_dir(&creds).unwrap();
             std::fs::write(creds.join("user"), format!("{bubble}-server\n")).unwrap();
             std::fs::write(creds.join("password"), format!("{bubble}-secret\n")).unwrap();
         }
-        nats.restart();
+        // Another process may take the free port before nats-server binds it (tests run side by side): then
+        // nats-server exits, and another port is tried.
+        for attempt in 0.. {
+            let config = format!(
+                "host: 127.0.0.1\nport: {}\njetstream {{ store_dir: \"{}\" }}\naccounts {{\n{accounts}}}\n",
+                nats.port,
+                nats.store().display()
+            );
+            std::fs::write(nats.dir.path().join("nats.conf"), config).unwrap();
+            if nats.launch() {
+                break;
+            }
+            assert!(attempt < 5, "nats-server did not start: {}", nats.log());
+            nats.port = free_port();
+        }
         nats
     }
 
@@ -87,6 +95,11 @@ impl Nats {
 
     /// Starts (again) on the same port with the same store.
     fn restart(&mut self) {
+        assert!(self.launch(), "nats-server did not start again: {}", self.log());
+    }
+
+    /// Starts nats-server; false if it exited before it was ready (its port was taken).
+    fn launch(&mut self) -> bool {
         self.stop();
         let log = std::fs::File::create(self.dir.path().join("nats.log")).unwrap();
         let child = Command::new(nats_binary())
@@ -98,7 +111,15 @@ impl Nats {
             .unwrap();
         self.child = Some(child);
         let deadline = Instant::now() + WAIT;
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        loop {
+            // Its own log says it is ready: a connection alone could reach whoever else holds the port.
+            if self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_some()) {
+                self.child = None;
+                return false;
+            }
+            if self.log().contains("Server is ready") && TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return true;
+            }
             assert!(Instant::now() < deadline, "nats-server did not start: {}", self.log());
             std::thread::sleep(Duration::from_millis(20));
         }
