@@ -28,7 +28,7 @@ pub(crate) fn bench(root: &Path, name: Option<&str>, rest: &[String]) -> anyhow:
              cargo xtask bench soak [--sessions N] [--seconds S]\n       \
              cargo xtask bench mailbox [--envelopes N] [--bytes B]\n       \
              cargo xtask bench operator\n       \
-             cargo xtask bench turn [--clients M] [--messages N] [--length L] [--rounds R] [--allocations A]\n       \
+             cargo xtask bench turn [--clients M] [--messages N] [--length L] [--rounds R] [--allocations A] [--paced-messages P]\n       \
              cargo xtask bench e2ee [--messages N] [--message-bytes B] [--megabytes M] [--rounds R]\n       \
              cargo xtask bench directory [--members N] [--categories C] [--rounds R]\n       \
              cargo xtask bench micronode [--rounds R]\n       \

@@ -5,7 +5,9 @@
 //! uclient paces itself and waits seconds for stragglers, so wall time says more about the client than about
 //! the server. What the server spends is its CPU time: messages/s is messages echoed (each relayed twice, to the
 //! peer and back) per second of the server process's CPU (user + system, all threads, from /proc), i.e. what
-//! one core of this machine relays. Loss is what uclient counts as sent and never received back.
+//! one core of this machine relays. Loss is what uclient counts as sent and never received back, at full
+//! speed (where the client, the peer and both servers fight for the same cores) and at a paced rate (one message
+//! per millisecond per client), where a relay should lose nothing.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
@@ -23,10 +25,11 @@ struct Settings {
     length: u32,
     rounds: u32,
     allocations: u32,
+    paced: u32,
 }
 
 fn settings(rest: &[String]) -> anyhow::Result<Settings> {
-    let mut s = Settings { clients: 10, messages: 5_000, length: 1000, rounds: 3, allocations: 200 };
+    let mut s = Settings { clients: 10, messages: 5_000, length: 1000, rounds: 3, allocations: 200, paced: 3_000 };
     let mut it = rest.iter();
     while let Some(flag) = it.next() {
         let value: u32 = it.next().with_context(|| format!("{flag} needs a value"))?.parse()?;
@@ -36,6 +39,7 @@ fn settings(rest: &[String]) -> anyhow::Result<Settings> {
             "--length" => s.length = value,
             "--rounds" => s.rounds = value,
             "--allocations" => s.allocations = value,
+            "--paced-messages" => s.paced = value,
             _ => bail!("unknown flag {flag}"),
         }
     }
@@ -45,17 +49,27 @@ fn settings(rest: &[String]) -> anyhow::Result<Settings> {
 /// 40 characters: both servers take it as is (coturn as text, ours as bytes).
 const SECRET: &str = "bench-secret-0123456789abcdef0123456789";
 
+#[derive(Clone, Copy)]
+struct Load {
+    clients: u32,
+    messages: u32,
+    length: u32,
+}
+
 struct Run {
     seconds: f64,
     sent: u64,
     received: u64,
 }
 
-fn uclient(port: u16, peer: u16, user: &str, clients: u32, messages: u32, length: u32) -> anyhow::Result<Run> {
+/// `interval_ms`: each client's pause between messages, 0 for as fast as it can.
+fn uclient(port: u16, peer: u16, user: &str, load: Load, interval_ms: u32) -> anyhow::Result<Run> {
+    let Load { clients, messages, length } = load;
     let started = Instant::now();
     let output = Command::new("turnutils_uclient")
         .args(["-c", "-W", SECRET, "-u", user, "-e", "127.0.0.1", "-r", &peer.to_string(), "-p", &port.to_string()])
-        .args(["-m", &clients.to_string(), "-n", &messages.to_string(), "-l", &length.to_string(), "-z", "0"])
+        .args(["-m", &clients.to_string(), "-n", &messages.to_string(), "-l", &length.to_string()])
+        .args(["-z", &interval_ms.to_string()])
         .arg("127.0.0.1")
         .output()
         .context("turnutils_uclient (Debian package coturn)")?;
@@ -106,9 +120,9 @@ fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     Ok(ticks / hz)
 }
 
-fn measure(pid: u32, port: u16, peer: u16, user: &str, s: &Settings) -> anyhow::Result<Measured> {
+fn measure(pid: u32, port: u16, peer: u16, user: &str, load: Load, interval_ms: u32) -> anyhow::Result<Measured> {
     let before = cpu_seconds(pid)?;
-    let run = uclient(port, peer, user, s.clients, s.messages, s.length)?;
+    let run = uclient(port, peer, user, load, interval_ms)?;
     let cpu = cpu_seconds(pid)? - before;
     if run.received == 0 {
         bail!("nothing relayed through port {port}");
@@ -120,7 +134,7 @@ fn measure(pid: u32, port: u16, peer: u16, user: &str, s: &Settings) -> anyhow::
 /// Measured first, on fresh processes, so that memory freed by earlier runs does not hide it.
 fn memory_per_allocation(pid: u32, port: u16, peer: u16, user: &str, count: u32) -> anyhow::Result<f64> {
     let before = rss_kib(pid)?;
-    uclient(port, peer, user, count, 5, 100)?;
+    uclient(port, peer, user, Load { clients: count, messages: 5, length: 100 }, 0)?;
     std::thread::sleep(Duration::from_millis(500));
     let after = rss_kib(pid)?;
     Ok(after.saturating_sub(before) as f64 * 1024.0 / f64::from(count))
@@ -195,10 +209,11 @@ pub(crate) fn turn(root: &Path, rest: &[String]) -> anyhow::Result<()> {
         "\nrelay: {} clients x {} messages of {} bytes, echoed (channels, UDP, -z 0), {} rounds alternating",
         s.clients, s.messages, s.length, s.rounds
     );
+    let load = Load { clients: s.clients, messages: s.messages, length: s.length };
     let (mut ours_runs, mut coturn_runs) = (Vec::new(), Vec::new());
     for round in 0..s.rounds {
-        let o = measure(ours.0.id(), ours_port, peer_port, &member, &s)?;
-        let c = measure(coturn.0.id(), coturn_port, peer_port, &member, &s)?;
+        let o = measure(ours.0.id(), ours_port, peer_port, &member, load, 0)?;
+        let c = measure(coturn.0.id(), coturn_port, peer_port, &member, load, 0)?;
         println!(
             "round {round}: ours {:.0} msg/s of CPU (lost {}, {:.1} s), coturn {:.0} msg/s of CPU (lost {}, {:.1} s)",
             o.rate, o.lost, o.wall, c.rate, c.lost, c.wall
@@ -211,15 +226,35 @@ pub(crate) fn turn(root: &Path, rest: &[String]) -> anyhow::Result<()> {
     let loss_ours: u64 = ours_runs.iter().map(|r| r.lost).sum();
     let loss_coturn: u64 = coturn_runs.iter().map(|r| r.lost).sum();
 
+    // Paced: what a call does (a message per millisecond per client, well below what either relays), where
+    // nothing should be lost.
+    let paced = Load { messages: s.paced, ..load };
+    println!(
+        "\npaced: {} clients x {} messages of {} bytes, one per millisecond per client",
+        s.clients, s.paced, s.length
+    );
+    let o = measure(ours.0.id(), ours_port, peer_port, &member, paced, 1)?;
+    let c = measure(coturn.0.id(), coturn_port, peer_port, &member, paced, 1)?;
+    println!(
+        "ours lost {} ({:.0} msg/s of CPU, {:.1} s), coturn lost {} ({:.0} msg/s of CPU, {:.1} s)",
+        o.lost, o.rate, o.wall, c.lost, c.rate, c.wall
+    );
+    let (paced_ours, paced_coturn) = (o.lost, c.lost);
+
     drop((ours, coturn));
     let _ = std::fs::remove_dir_all(&work);
 
     println!("\n| | PeerBubble | coturn |\n|---|---|---|");
     println!("| echoed messages per CPU-second | {ours_rate:.0} | {coturn_rate:.0} |");
-    println!("| messages lost | {loss_ours} | {loss_coturn} |");
+    println!(
+        "| messages lost at full speed ({} x {}) | {loss_ours} | {loss_coturn} |",
+        s.rounds,
+        s.clients * s.messages
+    );
+    println!("| messages lost paced ({}) | {paced_ours} | {paced_coturn} |", s.clients * s.paced);
     println!("| RSS per allocation (bytes) | {ours_mem:.0} | {coturn_mem:.0} |\n");
     println!(
-        "bench turn: ours={ours_rate:.0} coturn={coturn_rate:.0} ratio={:.2} loss_ours={loss_ours}",
+        "bench turn: ours={ours_rate:.0} coturn={coturn_rate:.0} ratio={:.2} loss_ours={loss_ours} loss_coturn={loss_coturn} paced_loss_ours={paced_ours} paced_loss_coturn={paced_coturn}",
         ours_rate / coturn_rate
     );
     Ok(())

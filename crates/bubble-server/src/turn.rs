@@ -1,11 +1,20 @@
 //! The IO edge of the embedded TURN relay: UDP, TCP and TLS listeners, one UDP relay socket per allocation,
 //! a timer, and the ICE server list handed to members. Every decision is made by the sans-IO
-//! [`peerbubble_turn::Server`]; this module only moves bytes and never reads them.
+//! [`peerbubble_turn::Server`] and the allocations' [`DataPath`]s; this module only moves bytes and never
+//! reads them.
+//!
+//! The hot path takes no lock shared by every listener: a listener or connection keeps the data path of each
+//! client it relays for and hands it ChannelData directly (only that allocation's own lock is taken), and an
+//! allocation's relay socket task holds its own data path. The server's lock is taken for requests (Allocate,
+//! Refresh, CreatePermission, ChannelBind, Send), for a client's first ChannelData, and for relay-to-relay
+//! traffic. Datagrams are read and written in batches ([`udp`]): one system call reads up to 32 of them,
+//! and what a batch relays to one destination leaves in one segmented send.
 
+use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use peerbubble_proto::IceServer;
@@ -13,7 +22,8 @@ use peerbubble_turn::credentials::{TurnSecret, Verifier};
 use peerbubble_turn::framing::frame_len;
 use peerbubble_turn::peer::{Cidr, PeerPolicy};
 use peerbubble_turn::{
-    AllocationId, BindFailure, ClientAction, Event, FiveTuple, PeerAction, PendingAllocation, Server, Stats, Transport,
+    BindFailure, ClientAction, DataPath, Event, FiveTuple, FromClient, FromPeer, PeerAction, PendingAllocation, Server,
+    Stats, Transport,
 };
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpListener, UdpSocket};
@@ -21,6 +31,10 @@ use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use zeroize::Zeroizing;
+
+mod udp;
+
+use udp::{Batch, RecvBuffers, Udp, Via};
 
 /// Errors starting the relay.
 #[derive(Debug, thiserror::Error)]
@@ -90,34 +104,16 @@ impl std::fmt::Debug for TurnConfig {
     }
 }
 
-/// How to reach a client again.
-#[derive(Clone, Debug)]
-enum ClientSink {
-    Udp(Arc<UdpSocket>, SocketAddr),
-    Stream(mpsc::Sender<Vec<u8>>),
-}
-
-impl ClientSink {
-    /// Sends without waiting: a full socket buffer or queue drops the datagram, as the network would.
-    fn try_send(&self, bytes: &[u8]) {
-        match self {
-            Self::Udp(socket, to) => {
-                let _ = socket.try_send_to(bytes, *to);
-            }
-            Self::Stream(tx) => {
-                let _ = tx.try_send(bytes.to_vec());
-            }
-        }
-    }
-}
-
+/// An allocation's relay socket, and how its task is told the allocation ended.
 #[derive(Clone, Debug)]
 struct RelaySocket {
-    socket: Arc<UdpSocket>,
+    udp: Arc<Udp>,
     closed: Arc<Notify>,
 }
 
-type Core = Server<RelaySocket, ClientSink>;
+/// The way back to a client: a UDP listener and the client's address, or a TCP/TLS connection's write queue.
+type Core = Server<RelaySocket, Via>;
+type Path = DataPath<RelaySocket, Via>;
 
 struct Shared {
     core: Mutex<Core>,
@@ -179,6 +175,7 @@ impl TurnRelay {
         for addr in &config.listen {
             let (socket, tcp) = bind_udp_and_tcp(*addr).await?;
             enlarge_buffers(&socket, LISTENER_SOCKET_BUFFER);
+            let socket = Udp::new(socket).map_err(|source| TurnError::Bind { addr: *addr, source })?;
             let local = socket.local_addr().map_err(|source| TurnError::Bind { addr: *addr, source })?;
             udp.push(local);
             tasks.spawn(udp_listener(shared.clone(), Arc::new(socket), stop_rx.clone()));
@@ -222,7 +219,7 @@ impl TurnRelay {
     /// Counters for metrics.
     pub fn stats(&self) -> (Stats, usize) {
         let core = self.shared.core();
-        (core.stats().clone(), core.allocations())
+        (core.stats(), core.allocations())
     }
 
     /// ICE servers with fresh credentials for `member`, for a client that reached signaling as `host`.
@@ -298,7 +295,6 @@ fn tls_acceptor(source: &TlsSource) -> Result<TlsAcceptor, TurnError> {
     Ok(crate::tls::ServerTls::load(source, &[]).map_err(|e| TurnError::Tls(e.to_string()))?.acceptor())
 }
 
-const BUF: usize = 65_536;
 /// Kernel buffers of the shared UDP listener: a burst from many clients must not overflow the default
 /// 208 KiB while the relay is busy (the kernel caps it at net.core.rmem_max / wmem_max).
 const LISTENER_SOCKET_BUFFER: usize = 4 << 20;
@@ -316,62 +312,135 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-async fn udp_listener(shared: Arc<Shared>, socket: Arc<UdpSocket>, mut stop: watch::Receiver<bool>) {
+/// The data paths a listener or connection relays ChannelData through, by client address. It holds them
+/// weakly: an ended allocation's relay socket closes when the server and its task let go, and its entry is
+/// dropped when next met or swept.
+#[derive(Debug, Default)]
+struct Paths {
+    by_client: HashMap<SocketAddr, Weak<Path>>,
+    sweep_at: usize,
+}
+
+impl Paths {
+    fn get(&self, client: &SocketAddr) -> Option<Arc<Path>> {
+        self.by_client.get(client).and_then(Weak::upgrade)
+    }
+
+    fn forget(&mut self, client: &SocketAddr) {
+        self.by_client.remove(client);
+    }
+
+    fn insert(&mut self, client: SocketAddr, path: &Arc<Path>) {
+        if self.by_client.len() >= self.sweep_at {
+            self.by_client.retain(|_, path| path.strong_count() > 0);
+            self.sweep_at = (2 * self.by_client.len()).max(64);
+        }
+        self.by_client.insert(client, Arc::downgrade(path));
+    }
+}
+
+/// Whether `input` is ChannelData (RFC 8656 §12.4), the data path's message.
+fn is_channel_data(input: &[u8]) -> bool {
+    input.first().is_some_and(|b| b >> 6 == 0b01)
+}
+
+/// Relays one message a client sent over `tuple`: ChannelData through the client's data path where it has
+/// one, everything else (and a first ChannelData) through the server. What it sends goes into `batch`.
+fn from_client(
+    shared: &Arc<Shared>,
+    paths: &mut Paths,
+    tuple: FiveTuple,
+    back: &Via,
+    input: &[u8],
+    out: &mut Vec<u8>,
+    batch: &mut Batch,
+) {
+    let now = Instant::now();
+    let channel_data = is_channel_data(input);
+    if channel_data && let Some(path) = paths.get(&tuple.client) {
+        match path.from_client(now, input) {
+            FromClient::ToPeer { peer, payload } => {
+                let relay = Via::Udp(path.relay().udp.clone(), peer);
+                batch.push(&relay, input.get(payload).unwrap_or_default());
+                return;
+            }
+            FromClient::Drop => return,
+            FromClient::Server if path.is_freed() => paths.forget(&tuple.client),
+            FromClient::Server => {}
+        }
+    }
+    let (action, path) = {
+        let mut core = shared.core();
+        let action = core.handle_client(now, tuple, back, input, out);
+        let path = if channel_data { core.data_path_of(&tuple) } else { None };
+        (action, path)
+    };
+    if let Some(path) = path {
+        paths.insert(tuple.client, &path);
+    }
+    act(shared, action, input, out, back, batch);
+}
+
+async fn udp_listener(shared: Arc<Shared>, socket: Arc<Udp>, mut stop: watch::Receiver<bool>) {
     let Ok(local) = socket.local_addr() else { return };
-    let mut buf = vec![0u8; BUF];
-    let mut out = Vec::with_capacity(BUF);
+    let mut buffers = RecvBuffers::new();
+    let mut out = Vec::new();
+    let mut batch = Batch::default();
+    let mut paths = Paths::default();
     loop {
         tokio::select! {
             ready = socket.readable() => if ready.is_err() { return },
             () = stopped(&mut stop) => return,
         }
-        // Drain the socket without awaiting: every send below is a non-blocking try (UDP may drop anyway).
+        // Drain the socket without awaiting: every send is a non-blocking try (UDP may drop anyway).
         loop {
-            let (n, from) = match socket.try_recv_from(&mut buf) {
-                Ok(received) => received,
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+            let received = buffers.recv(&socket, |from, input| {
+                let tuple = FiveTuple { transport: Transport::Udp, client: from, server: local };
+                let back = Via::Udp(socket.clone(), from);
+                from_client(&shared, &mut paths, tuple, &back, input, &mut out, &mut batch);
+            });
+            batch.flush();
+            match received {
+                Ok(true) => {}
+                Ok(false) => break,
                 // ICMP port unreachable from an earlier send shows up here on some systems; keep serving.
-                Err(_) => continue,
-            };
-            let tuple = FiveTuple { transport: Transport::Udp, client: from, server: local };
-            let sink = ClientSink::Udp(socket.clone(), from);
-            let input = buf.get(..n).unwrap_or_default();
-            let action = shared.core().handle_client(Instant::now(), tuple, &sink, input, &mut out);
-            act(&shared, action, input, &mut out, &sink);
+                Err(_) => {}
+            }
         }
     }
 }
 
-/// Carries out a client action without waiting: every send is a non-blocking try, as UDP may drop anyway.
+/// Carries out a client action into `batch`, so that it keeps its place among the datagrams around it.
 fn act(
     shared: &Arc<Shared>,
-    action: ClientAction<RelaySocket, ClientSink>,
+    action: ClientAction<RelaySocket, Via>,
     input: &[u8],
     out: &mut Vec<u8>,
-    sink: &ClientSink,
+    back: &Via,
+    batch: &mut Batch,
 ) {
     match action {
         ClientAction::None => {}
-        ClientAction::Reply => sink.try_send(out),
+        ClientAction::Reply => batch.push(back, out),
         ClientAction::ToPeer { relay, peer, payload } => {
-            if let Some(bytes) = input.get(payload) {
-                let _ = relay.socket.try_send_to(bytes, peer);
-            }
+            batch.push(&Via::Udp(relay.udp, peer), input.get(payload).unwrap_or_default());
         }
-        ClientAction::ToClient(other) => other.try_send(out),
+        ClientAction::ToClient(other) => batch.push(&other, out),
         ClientAction::Allocate(pending) => {
             allocate(shared, pending, out);
-            sink.try_send(out);
+            batch.push(back, out);
         }
     }
 }
 
-fn allocate(shared: &Arc<Shared>, pending: PendingAllocation<ClientSink>, out: &mut Vec<u8>) {
+fn allocate(shared: &Arc<Shared>, pending: PendingAllocation<Via>, out: &mut Vec<u8>) {
     let bound = bind_relay(&shared.config, pending.ipv6());
-    let socket = bound.as_ref().ok().map(|(_, _, relay)| relay.clone());
-    let id = shared.core().complete_allocation(Instant::now(), pending, bound, out);
-    if let (Some(id), Some(relay)) = (id, socket) {
-        tokio::spawn(relay_task(shared.clone(), id, relay));
+    let path = {
+        let mut core = shared.core();
+        core.complete_allocation(Instant::now(), pending, bound, out).and_then(|id| core.data_path(id))
+    };
+    if let Some(path) = path {
+        tokio::spawn(relay_task(shared.clone(), path));
     }
 }
 
@@ -395,41 +464,80 @@ fn bind_relay(config: &TurnConfig, ipv6: bool) -> Result<(SocketAddr, SocketAddr
         }
         let Ok(socket) = UdpSocket::from_std(std_socket) else { continue };
         enlarge_buffers(&socket, RELAY_SOCKET_BUFFER);
+        let Ok(socket) = Udp::new(socket) else { continue };
         let Ok(bound) = socket.local_addr() else { continue };
         let advertised = external.map_or(bound, |ip| SocketAddr::new(ip, bound.port()));
-        return Ok((bound, advertised, RelaySocket { socket: Arc::new(socket), closed: Arc::new(Notify::new()) }));
+        return Ok((bound, advertised, RelaySocket { udp: Arc::new(socket), closed: Arc::new(Notify::new()) }));
     }
     Err(BindFailure::NoPort)
 }
 
-thread_local! {
-    /// Receive and send buffers shared by every relay socket served on this thread: an idle allocation holds
-    /// no buffer of its own, only its socket and a parked task.
-    static RELAY_BUFFERS: std::cell::RefCell<(Vec<u8>, Vec<u8>)> =
-        std::cell::RefCell::new((vec![0u8; BUF], Vec::with_capacity(BUF)));
+/// What every relay socket served on one thread reads and writes with: an idle allocation holds no buffer of
+/// its own, only its socket and a parked task.
+#[derive(Debug)]
+struct RelayIo {
+    buffers: RecvBuffers,
+    out: Vec<u8>,
+    batch: Batch,
 }
 
-async fn relay_task(shared: Arc<Shared>, id: AllocationId, relay: RelaySocket) {
+thread_local! {
+    static RELAY_IO: std::cell::RefCell<Option<RelayIo>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Whether a datagram from `from` may come from another relay socket of this server bound to an address it
+/// does not advertise: only the server can name such a peer (by its advertised address, which holds the
+/// permission), so the data path leaves it to the server.
+fn maybe_own_relay(config: &TurnConfig, from: SocketAddr) -> bool {
+    !config.external_ips.is_empty()
+        && config.relay_ips.contains(&from.ip())
+        && (config.ports.0..=config.ports.1).contains(&from.port())
+}
+
+async fn relay_task(shared: Arc<Shared>, path: Arc<Path>) {
+    let relay = path.relay().clone();
     loop {
         tokio::select! {
-            ready = relay.socket.readable() => if ready.is_err() { return },
+            ready = relay.udp.readable() => if ready.is_err() { return },
             () = relay.closed.notified() => return,
         }
         // Drain what is there without awaiting, so the thread's buffers are never held across an await.
-        let gone = RELAY_BUFFERS.with(|buffers| {
-            let mut buffers = buffers.borrow_mut();
-            let (buf, out) = &mut *buffers;
+        let gone = RELAY_IO.with(|io| {
+            let mut io = io.borrow_mut();
+            let io = io.get_or_insert_with(|| RelayIo {
+                buffers: RecvBuffers::new(),
+                out: Vec::new(),
+                batch: Batch::default(),
+            });
+            let RelayIo { buffers, out, batch } = io;
+            let mut gone = false;
             loop {
-                let (n, from) = match relay.socket.try_recv_from(buf) {
-                    Ok(received) => received,
-                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => return false,
-                    Err(_) => continue,
-                };
-                let payload = buf.get(..n).unwrap_or_default();
-                match shared.core().handle_peer(Instant::now(), id, from, payload, out) {
-                    PeerAction::ToClient(sink) => sink.try_send(out),
-                    PeerAction::Drop => {}
-                    PeerAction::Gone => return true,
+                let received = buffers.recv(&relay.udp, |from, payload| {
+                    if gone {
+                        return;
+                    }
+                    let now = Instant::now();
+                    out.clear();
+                    let relayed = if maybe_own_relay(&shared.config, from) {
+                        match shared.core().handle_peer(now, path.id(), from, payload, out) {
+                            PeerAction::ToClient(_) => FromPeer::Relay,
+                            PeerAction::Drop => FromPeer::Drop,
+                            PeerAction::Gone => FromPeer::Gone,
+                        }
+                    } else {
+                        path.from_peer(now, from, payload, out)
+                    };
+                    match relayed {
+                        FromPeer::Relay => batch.push(path.client(), out),
+                        FromPeer::Drop => {}
+                        FromPeer::Gone => gone = true,
+                    }
+                });
+                batch.flush();
+                match received {
+                    Ok(true) if !gone => {}
+                    Ok(_) => return gone,
+                    Err(_) => {}
                 }
             }
         });
@@ -522,6 +630,8 @@ async fn stream_listener(
     }
 }
 
+/// Bytes read from a TCP/TLS connection at once.
+const READ: usize = 65_536;
 /// A connection must complete its TLS handshake and first frame within this time (slow-loris).
 const FIRST_FRAME: Duration = Duration::from_secs(10);
 /// A connection silent for longer than an allocation lifetime plus margin is gone.
@@ -542,10 +652,12 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         }
         let _ = writer.shutdown().await;
     });
-    let sink = ClientSink::Stream(tx);
-    let mut buf: Vec<u8> = Vec::with_capacity(BUF);
-    let mut chunk = vec![0u8; BUF];
-    let mut out = Vec::with_capacity(BUF);
+    let back = Via::Stream(tx);
+    let mut buf: Vec<u8> = Vec::with_capacity(READ);
+    let mut chunk = vec![0u8; READ];
+    let mut out = Vec::new();
+    let mut batch = Batch::default();
+    let mut paths = Paths::default();
     let mut deadline = FIRST_FRAME;
     'read: loop {
         let n = match tokio::time::timeout(deadline, reader.read(&mut chunk)).await {
@@ -553,27 +665,31 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
             Ok(Ok(n)) => n,
         };
         buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
+        let mut used = 0;
         loop {
-            let len = match frame_len(&buf) {
-                Ok(Some(len)) if buf.len() >= len => len,
+            let rest = buf.get(used..).unwrap_or_default();
+            let len = match frame_len(rest) {
+                Ok(Some(len)) if rest.len() >= len => len,
                 Ok(_) => break,
                 Err(error) => {
                     tracing::debug!(%error, "TURN stream lost its framing; closing");
+                    batch.flush();
                     break 'read;
                 }
             };
             deadline = IDLE;
-            let frame = buf.get(..len).unwrap_or_default();
-            let action = shared.core().handle_client(Instant::now(), tuple, &sink, frame, &mut out);
-            act(&shared, action, frame, &mut out, &sink);
-            buf.drain(..len);
+            let frame = rest.get(..len).unwrap_or_default();
+            from_client(&shared, &mut paths, tuple, &back, frame, &mut out, &mut batch);
+            used += len;
         }
+        batch.flush();
+        buf.drain(..used);
     }
     {
         let mut core = shared.core();
         core.connection_closed(tuple);
         close_freed(&mut core);
     }
-    drop(sink);
+    drop(back);
     let _ = write.await;
 }

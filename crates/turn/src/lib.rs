@@ -20,6 +20,6 @@ pub mod peer;
 pub mod server;
 
 pub use server::{
-    AllocationId, BindFailure, ClientAction, Config, Event, FiveTuple, PeerAction, PendingAllocation, Server, Stats,
-    Transport,
+    AllocationId, BindFailure, ClientAction, Config, DataPath, Event, FiveTuple, FromClient, FromPeer, PeerAction,
+    PendingAllocation, Server, Stats, Transport,
 };

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use peerbubble_turn::credentials::{TurnSecret, Verifier, issue};
 use peerbubble_turn::peer::{Cidr, PeerPolicy};
 use peerbubble_turn::{
-    AllocationId, BindFailure, ClientAction, Config, Event, FiveTuple, PeerAction, Server, Transport,
+    AllocationId, BindFailure, ClientAction, Config, Event, FiveTuple, FromClient, FromPeer, PeerAction, Server,
+    Transport,
 };
 use stun_types::attribute::{
     AttributeType, AttributeWrite, ErrorCode, Nonce, Realm, UnknownAttributes, Username, XorMappedAddress,
@@ -502,6 +503,62 @@ fn relay_to_relay_inside_the_bubble_passes_although_relay_addresses_are_private(
     // Packets that travel between the two relay sockets are recognised by either address.
     let action = rig.server.handle_peer(rig.now, alice.id.unwrap(), b, b"via sockets", &mut rig.out);
     assert!(matches!(action, PeerAction::ToClient(_)));
+}
+
+#[test]
+fn the_data_path_relays_as_the_server_would_and_learns_when_its_allocation_ends() {
+    let policy = PeerPolicy::new(vec![], vec!["198.18.0.0/15".parse().unwrap()]);
+    let mut rig = Rig::new(Config::default(), policy);
+    let mut alice = rig.client("alice", 40_060, Transport::Udp);
+    let mut bob = rig.client("bob", 40_061, Transport::Udp);
+    assert_eq!(code(&rig.allocate(&mut alice)), None);
+    assert_eq!(code(&rig.allocate(&mut bob)), None);
+    let (peer, stranger) = (addr("198.18.0.7:6000"), addr("198.18.0.8:6000"));
+    assert_eq!(code(&rig.bind_channel(&mut alice, 0x4001, peer)), None);
+    assert_eq!(code(&rig.bind_channel(&mut alice, 0x4002, bob.relayed.unwrap())), None);
+    assert_eq!(code(&rig.permit(&mut bob, alice.relayed.unwrap())), None);
+    let path = rig.server.data_path_of(&alice.tuple).expect("alice's data path");
+    assert_eq!(path.id(), alice.id.unwrap());
+    assert_eq!(path.relayed(), alice.relayed.unwrap());
+    assert_eq!(*path.client(), alice.tuple.client);
+
+    // Client to peer: ChannelData on a bound channel goes out; an unbound one is dropped; what the data path
+    // does not handle (not ChannelData, a channel to another allocation of this server) is left to the server.
+    let frame = channel_data(0x4001, b"fast path");
+    assert_eq!(path.from_client(rig.now, &frame), FromClient::ToPeer { peer, payload: 4..13 });
+    assert_eq!(path.from_client(rig.now, &channel_data(0x4009, b"?")), FromClient::Drop);
+    assert_eq!(path.from_client(rig.now, &[0x40, 0x01, 0x00, 0x10, 1]), FromClient::Server, "lying length");
+    assert_eq!(path.from_client(rig.now, &build(&alice, BINDING, &[])), FromClient::Server);
+    let to_bob = channel_data(0x4002, b"to bob");
+    assert_eq!(path.from_client(rig.now, &to_bob), FromClient::Server);
+    assert!(matches!(rig.send(&alice, &to_bob), ClientAction::ToClient(to) if to == bob.tuple.client));
+
+    // Peer to client: appended to what the edge already gathered, as the server would write it.
+    let mut out = b"earlier".to_vec();
+    assert_eq!(path.from_peer(rig.now, peer, b"back", &mut out), FromPeer::Relay);
+    assert_eq!(out, [&b"earlier"[..], &channel_data(0x4001, b"back")].concat());
+    assert_eq!(path.from_peer(rig.now, stranger, b"in", &mut out), FromPeer::Drop, "no permission");
+    let _ = rig.server.handle_peer(rig.now, alice.id.unwrap(), peer, b"back", &mut rig.out);
+    assert_eq!(rig.out, channel_data(0x4001, b"back"));
+
+    // The server's counters include what data paths relayed and dropped, also once their allocation ended.
+    let count = |rig: &Rig| {
+        let stats = rig.server.stats();
+        (
+            stats.to_peer,
+            stats.to_client,
+            stats.dropped.get("unknown_channel").copied(),
+            stats.dropped.get("no_permission").copied(),
+        )
+    };
+    let before = count(&rig);
+    assert_eq!(before, ((2, 15), (3, 14), Some(1), Some(1)));
+    assert_eq!(code(&rig.request(&mut alice, REFRESH, &[&Lifetime::new(0)])), None);
+    assert!(path.is_freed());
+    assert_eq!(path.from_client(rig.now, &frame), FromClient::Server, "an ended allocation goes back to the server");
+    assert_eq!(path.from_peer(rig.now, peer, b"late", &mut out), FromPeer::Gone);
+    assert!(rig.server.data_path_of(&alice.tuple).is_none());
+    assert_eq!(count(&rig), before);
 }
 
 #[test]

@@ -1,14 +1,14 @@
-//! One allocation's own state (RFC 8656): its relayed address and 5-tuple, its permissions and channels with
-//! their lifetimes, and the bandwidth budget it relays within.
+//! One allocation (RFC 8656): who owns it, on which 5-tuple, and the [`DataPath`] holding its permissions
+//! and channels with their lifetimes and the bandwidth budget it relays within.
 
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use stun_types::message::TransactionId;
 
 use super::FiveTuple;
+use super::path::DataPath;
 
 pub(super) struct TokenBucket {
     pub(super) rate: u64,
@@ -44,29 +44,15 @@ impl TokenBucket {
 pub(super) struct Channel {
     pub(super) peer: SocketAddr,
     pub(super) expires: Instant,
+    /// The peer was another allocation of this server when bound: relayed by the server, not the data path.
+    pub(super) local: bool,
 }
 
+/// An allocation as the server's table holds it: who owns it and on which 5-tuple, and its data path.
 pub(super) struct Allocation<R, C> {
     pub(super) tuple: FiveTuple,
     pub(super) member: Arc<str>,
-    pub(super) relayed: SocketAddr,
     pub(super) bound: SocketAddr,
-    pub(super) relay: R,
-    pub(super) client: C,
-    pub(super) expires: Instant,
     pub(super) transaction: TransactionId,
-    pub(super) permissions: HashMap<IpAddr, Instant>,
-    pub(super) channels: HashMap<u16, Channel>,
-    pub(super) channel_of_peer: HashMap<SocketAddr, u16>,
-    pub(super) bucket: TokenBucket,
-}
-
-impl<R, C> Allocation<R, C> {
-    pub(super) fn permitted(&self, ip: IpAddr, now: Instant) -> bool {
-        self.permissions.get(&ip).is_some_and(|until| *until > now)
-    }
-
-    pub(super) fn channel_peer(&self, number: u16, now: Instant) -> Option<SocketAddr> {
-        self.channels.get(&number).filter(|c| c.expires > now).map(|c| c.peer)
-    }
+    pub(super) path: Arc<DataPath<R, C>>,
 }

@@ -82,6 +82,7 @@ pub(super) fn data_indication(peer: SocketAddr, payload: &[u8], id: [u8; 12], ou
     let addr_len = if peer.is_ipv4() { 12 } else { 24 };
     let padded = payload.len().next_multiple_of(4);
     let body = addr_len + 4 + padded;
+    let start = out.len();
     out.reserve(20 + body);
     out.extend_from_slice(&[0x00, 0x17]);
     out.extend_from_slice(&(body as u16).to_be_bytes());
@@ -91,7 +92,7 @@ pub(super) fn data_indication(peer: SocketAddr, payload: &[u8], id: [u8; 12], ou
     out.extend_from_slice(&[0x00, 0x13]);
     out.extend_from_slice(&(payload.len() as u16).to_be_bytes());
     out.extend_from_slice(payload);
-    out.resize(20 + body, 0);
+    out.resize(start + 20 + body, 0);
 }
 
 /// Tells a client its Send went nowhere because the peer is forbidden: a Data indication with an ICMP

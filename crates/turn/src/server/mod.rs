@@ -48,10 +48,13 @@ use crate::peer::{PeerPolicy, Refusal};
 
 mod allocation;
 mod encode;
+mod path;
 mod table;
 
 use allocation::{Allocation, Channel, TokenBucket};
-use encode::{add_error, add_software, data_indication, icmp_prohibited, refusal_reason, unknown_attributes};
+use encode::{add_error, add_software, icmp_prohibited, refusal_reason, unknown_attributes};
+use path::{Counters, channel_data};
+pub use path::{DataPath, FromClient, FromPeer};
 use table::Allocations;
 
 /// Channel numbers a client may bind: RFC 8656 §12 narrowed them to 0x4000-0x4FFF, but RFC 5766 clients
@@ -270,6 +273,8 @@ pub struct Server<R, C> {
     allocations: Allocations<R, C>,
     events: VecDeque<Event<R>>,
     stats: Stats,
+    /// What the data paths of ended allocations relayed and dropped.
+    retired: Counters,
 }
 
 impl<R, C> fmt::Debug for Server<R, C> {
@@ -319,6 +324,7 @@ impl<R: Clone, C: Clone> Server<R, C> {
             allocations: Allocations::new(),
             events: VecDeque::new(),
             stats: Stats::default(),
+            retired: Counters::default(),
         }
     }
 
@@ -353,9 +359,24 @@ impl<R: Clone, C: Clone> Server<R, C> {
         issue(self.verifier.current(), member, unix, ttl_secs)
     }
 
-    /// Counters for metrics.
-    pub fn stats(&self) -> &Stats {
-        &self.stats
+    /// Counters for metrics: the server's own, and what every data path relayed and dropped.
+    pub fn stats(&self) -> Stats {
+        let mut stats = self.stats.clone();
+        self.retired.add_to(&mut stats);
+        for allocation in self.allocations.values() {
+            allocation.path.state().counters.add_to(&mut stats);
+        }
+        stats
+    }
+
+    /// The data path of allocation `id`, for an edge relaying its datagrams without the server.
+    pub fn data_path(&self, id: AllocationId) -> Option<Arc<DataPath<R, C>>> {
+        self.allocations.get(&id).map(|a| a.path.clone())
+    }
+
+    /// The data path of the allocation on `tuple`.
+    pub fn data_path_of(&self, tuple: &FiveTuple) -> Option<Arc<DataPath<R, C>>> {
+        self.allocations.id_of_tuple(tuple).and_then(|id| self.data_path(id))
     }
 
     /// Allocations alive now.
@@ -370,27 +391,24 @@ impl<R: Clone, C: Clone> Server<R, C> {
 
     /// When [`Self::handle_timeout`] has work next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.allocations.values().map(|a| a.expires).min()
+        self.allocations.values().map(|a| a.path.state().expires).min()
     }
 
     /// Ends expired allocations and forgets expired permissions and channels.
     pub fn handle_timeout(&mut self, now: Instant) {
         let expired: Vec<AllocationId> =
-            self.allocations.iter().filter(|(_, a)| a.expires <= now).map(|(id, _)| *id).collect();
+            self.allocations.iter().filter(|(_, a)| a.path.state().expires <= now).map(|(id, _)| *id).collect();
         for id in expired {
             self.free(id);
         }
-        for allocation in self.allocations.values_mut() {
-            allocation.permissions.retain(|_, until| *until > now);
-            let gone: Vec<u16> = allocation
-                .channels
-                .iter()
-                .filter(|(_, c)| c.expires + CHANNEL_COOLDOWN <= now)
-                .map(|(n, _)| *n)
-                .collect();
+        for allocation in self.allocations.values() {
+            let mut state = allocation.path.state();
+            state.permissions.retain(|_, until| *until > now);
+            let gone: Vec<u16> =
+                state.channels.iter().filter(|(_, c)| c.expires + CHANNEL_COOLDOWN <= now).map(|(n, _)| *n).collect();
             for number in gone {
-                if let Some(channel) = allocation.channels.remove(&number) {
-                    allocation.channel_of_peer.remove(&channel.peer);
+                if let Some(channel) = state.channels.remove(&number) {
+                    state.channel_of_peer.remove(&channel.peer);
                 }
             }
         }
@@ -405,7 +423,13 @@ impl<R: Clone, C: Clone> Server<R, C> {
 
     fn free(&mut self, id: AllocationId) {
         let Some(allocation) = self.allocations.remove(id) else { return };
-        self.events.push_back(Event::Freed { id, relay: allocation.relay });
+        let counters = {
+            let mut state = allocation.path.state();
+            state.freed = true;
+            state.counters
+        };
+        counters.add_into(&mut self.retired);
+        self.events.push_back(Event::Freed { id, relay: allocation.path.relay().clone() });
     }
 
     fn unix(&self, now: Instant) -> u64 {
@@ -447,54 +471,48 @@ impl<R: Clone, C: Clone> Server<R, C> {
         input: &[u8],
         out: &mut Vec<u8>,
     ) -> ClientAction<R, C> {
-        let Some(&[hi, lo, len_hi, len_lo]) = input.first_chunk::<4>() else {
+        let Some((number, payload)) = channel_data(input) else {
             bump(&mut self.stats.dropped, "malformed");
             return ClientAction::None;
         };
-        let number = u16::from_be_bytes([hi, lo]);
-        let len = usize::from(u16::from_be_bytes([len_hi, len_lo]));
-        if input.len() < 4 + len {
-            bump(&mut self.stats.dropped, "malformed");
-            return ClientAction::None;
-        }
-        let Some(id) = self.allocations.id_of_tuple(&tuple) else {
+        let Some(path) = self.data_path_of(&tuple) else {
             bump(&mut self.stats.dropped, "no_allocation");
             return ClientAction::None;
         };
-        let Some(peer) = self.allocations.get(&id).and_then(|a| a.channel_peer(number, now)) else {
-            bump(&mut self.stats.dropped, "unknown_channel");
-            return ClientAction::None;
-        };
-        self.relay_to_peer(now, id, peer, 4..4 + len, input, out)
+        match path.from_client(now, input) {
+            FromClient::ToPeer { peer, payload } => ClientAction::ToPeer { relay: path.relay().clone(), peer, payload },
+            FromClient::Drop => ClientAction::None,
+            // A channel to another allocation of this server (the path saw a well-formed message of a live one).
+            FromClient::Server => {
+                let Some(peer) = path.state().channel(number, now).map(|c| c.peer) else { return ClientAction::None };
+                self.relay_to_peer(now, &path, peer, payload, input, out)
+            }
+        }
     }
 
-    /// Relays `input[payload]` from allocation `id` to `peer`, which holds a permission.
+    /// Relays `input[payload]` from allocation `path` to `peer`, which holds a permission: through the relay
+    /// socket, or straight to the client of the allocation `peer` is the relayed address of.
     fn relay_to_peer(
         &mut self,
         now: Instant,
-        id: AllocationId,
+        path: &DataPath<R, C>,
         peer: SocketAddr,
         payload: Range<usize>,
         input: &[u8],
         out: &mut Vec<u8>,
     ) -> ClientAction<R, C> {
-        let Some(allocation) = self.allocations.get_mut(&id) else { return ClientAction::None };
-        if !allocation.bucket.take(payload.len(), now) {
-            bump(&mut self.stats.dropped, "bandwidth");
+        if !path.state().spend_to_peer(payload.len(), now) {
             return ClientAction::None;
         }
-        let from = allocation.relayed;
-        let relay = allocation.relay.clone();
-        self.stats.to_peer.0 += 1;
-        self.stats.to_peer.1 += payload.len() as u64;
-        if let Some(target) = self.allocations.id_of_relay(&peer) {
+        if let Some(target) = self.allocations.id_of_relay(&peer).and_then(|id| self.data_path(id)) {
             let data = input.get(payload).unwrap_or_default();
-            return match self.deliver(now, target, from, data, out) {
-                PeerAction::ToClient(c) => ClientAction::ToClient(c),
-                PeerAction::Drop | PeerAction::Gone => ClientAction::None,
+            out.clear();
+            return match target.from_peer(now, path.relayed(), data, out) {
+                FromPeer::Relay => ClientAction::ToClient(target.client().clone()),
+                FromPeer::Drop | FromPeer::Gone => ClientAction::None,
             };
         }
-        ClientAction::ToPeer { relay, peer, payload }
+        ClientAction::ToPeer { relay: path.relay().clone(), peer, payload }
     }
 
     fn client_message(
@@ -561,7 +579,7 @@ impl<R: Clone, C: Clone> Server<R, C> {
         input: &[u8],
         out: &mut Vec<u8>,
     ) -> ClientAction<R, C> {
-        let Some(id) = self.allocations.id_of_tuple(&tuple) else {
+        let Some(path) = self.data_path_of(&tuple) else {
             bump(&mut self.stats.dropped, "no_allocation");
             return ClientAction::None;
         };
@@ -574,22 +592,21 @@ impl<R: Clone, C: Clone> Server<R, C> {
         let peer = peer.addr(message.transaction_id());
         let start = offset + 4;
         let payload = start..start + data.value.len();
-        let Some(allocation) = self.allocations.get(&id) else { return ClientAction::None };
-        if !allocation.permitted(peer.ip(), now) {
+        if !path.state().permitted(peer.ip(), now) {
             // A Send to a refused peer never had a permission: count its class, as a CreatePermission would.
             if let Err(refusal) = self.check_peer(peer) {
                 bump(&mut self.stats.refused_peers, refusal.as_str());
                 icmp_prohibited(peer, self.next_indication_id(), out);
                 return ClientAction::Reply;
             }
-            bump(&mut self.stats.dropped, "no_permission");
+            path.state().count_no_permission();
             return ClientAction::None;
         }
         if input.len() < payload.end {
             bump(&mut self.stats.dropped, "malformed");
             return ClientAction::None;
         }
-        self.relay_to_peer(now, id, peer, payload, input, out)
+        self.relay_to_peer(now, &path, peer, payload, input, out)
     }
 
     /// Relay-to-relay traffic is allowed whatever the policy says about relay addresses.
@@ -796,9 +813,10 @@ impl<R: Clone, C: Clone> Server<R, C> {
         if let Some(existing) = self.allocations.id_of_tuple(&tuple).and_then(|id| self.allocations.get(&id)) {
             if existing.transaction == message.transaction_id() && *existing.member == *auth.member {
                 // A retransmitted Allocate: answer it again (RFC 8656 §7.2).
-                let lifetime = existing.expires.saturating_duration_since(now);
+                let lifetime = existing.path.state().expires.saturating_duration_since(now);
                 let (txid, fingerprint) = (message.transaction_id(), message.has_attribute(Fingerprint::TYPE));
-                *out = self.allocate_success(txid, auth, fingerprint, existing.relayed, tuple.client, lifetime);
+                let relayed = existing.path.relayed();
+                *out = self.allocate_success(txid, auth, fingerprint, relayed, tuple.client, lifetime);
                 return Ok(ClientAction::Reply);
             }
             return Err(Refuse::new(437, "Allocation Mismatch"));
@@ -884,19 +902,23 @@ impl<R: Clone, C: Clone> Server<R, C> {
             }
         };
         *out = self.allocate_success(transaction, &auth, fingerprint, advertised, tuple.client, lifetime);
-        let id = self.allocations.insert(Allocation {
+        let _ = self.next_indication_id();
+        let seed = self.indication_id.rotate_left(61);
+        let id = self.allocations.insert_with(|id| Allocation {
             tuple,
             member: auth.member,
-            relayed: advertised,
             bound,
-            relay,
-            client,
-            expires: now + lifetime,
             transaction,
-            permissions: HashMap::new(),
-            channels: HashMap::new(),
-            channel_of_peer: HashMap::new(),
-            bucket: TokenBucket::new(self.config.bandwidth, now),
+            path: Arc::new(DataPath::new(
+                id,
+                relay,
+                client,
+                advertised,
+                tuple.transport.is_stream(),
+                now + lifetime,
+                TokenBucket::new(self.config.bandwidth, now),
+                seed,
+            )),
         });
         self.stats.allocations_created += 1;
         Some(id)
@@ -924,7 +946,7 @@ impl<R: Clone, C: Clone> Server<R, C> {
     ) -> Result<ClientAction<R, C>, Refuse> {
         let id = self.owned(tuple, auth)?;
         let asked = message.attribute::<Lifetime>().map(|l| l.seconds()).ok();
-        let family = self.allocations.get(&id).map(|a| AddressFamily::from(&a.relayed));
+        let family = self.allocations.get(&id).map(|a| AddressFamily::from(&a.path.relayed()));
         if let Ok(requested) = message.attribute::<RequestedAddressFamily>()
             && Some(requested.family()) != family
         {
@@ -935,8 +957,8 @@ impl<R: Clone, C: Clone> Server<R, C> {
             Duration::ZERO
         } else {
             let lifetime = self.lifetime(message);
-            if let Some(allocation) = self.allocations.get_mut(&id) {
-                allocation.expires = now + lifetime;
+            if let Some(allocation) = self.allocations.get(&id) {
+                allocation.path.state().expires = now + lifetime;
             }
             lifetime
         };
@@ -953,7 +975,7 @@ impl<R: Clone, C: Clone> Server<R, C> {
         if peers.is_empty() {
             return Err(Refuse::new(400, "Bad Request: XOR-PEER-ADDRESS is required"));
         }
-        let family = self.allocations.get(&id).map(|a| AddressFamily::from(&a.relayed));
+        let family = self.allocations.get(&id).map(|a| AddressFamily::from(&a.path.relayed()));
         for peer in &peers {
             if Some(AddressFamily::from(peer)) != family {
                 return Err(Refuse::new(443, "Peer Address Family Mismatch"));
@@ -977,17 +999,19 @@ impl<R: Clone, C: Clone> Server<R, C> {
         let id = self.owned(tuple, auth)?;
         let peers = self.checked_peers(id, message)?;
         let max = self.config.max_permissions;
-        let Some(allocation) = self.allocations.get_mut(&id) else {
+        let Some(allocation) = self.allocations.get(&id) else {
             return Err(Refuse::new(437, "Allocation Mismatch"));
         };
-        allocation.permissions.retain(|_, until| *until > now);
-        let new = peers.iter().filter(|p| !allocation.permissions.contains_key(&p.ip())).count();
-        if allocation.permissions.len() + new > max {
+        let mut state = allocation.path.state();
+        state.permissions.retain(|_, until| *until > now);
+        let new = peers.iter().filter(|p| !state.permissions.contains_key(&p.ip())).count();
+        if state.permissions.len() + new > max {
             return Err(Refuse::new(508, "Insufficient Capacity: too many permissions"));
         }
         for peer in peers {
-            allocation.permissions.insert(peer.ip(), now + PERMISSION_LIFETIME);
+            state.permissions.insert(peer.ip(), now + PERMISSION_LIFETIME);
         }
+        drop(state);
         *out = self.success(message, auth, &[]);
         Ok(ClientAction::Reply)
     }
@@ -1012,27 +1036,32 @@ impl<R: Clone, C: Clone> Server<R, C> {
             return Err(Refuse::new(400, "Bad Request: one XOR-PEER-ADDRESS per ChannelBind"));
         };
         let max = self.config.max_permissions;
-        let Some(allocation) = self.allocations.get_mut(&id) else {
+        let local = self.allocations.id_of_relay(&peer).is_some();
+        let Some(allocation) = self.allocations.get(&id) else {
             return Err(Refuse::new(437, "Allocation Mismatch"));
         };
-        let bound_peer = allocation.channels.get(&number).map(|c| c.peer);
-        let bound_number = allocation.channel_of_peer.get(&peer).copied();
+        let mut state = allocation.path.state();
+        let bound_peer = state.channels.get(&number).map(|c| c.peer);
+        let bound_number = state.channel_of_peer.get(&peer).copied();
         if bound_peer.is_some_and(|p| p != peer) || bound_number.is_some_and(|n| n != number) {
             return Err(Refuse::new(400, "Bad Request: channel or peer bound otherwise"));
         }
-        if !allocation.permissions.contains_key(&peer.ip()) && allocation.permissions.len() >= max {
+        if !state.permissions.contains_key(&peer.ip()) && state.permissions.len() >= max {
             return Err(Refuse::new(508, "Insufficient Capacity: too many permissions"));
         }
-        allocation.channels.insert(number, Channel { peer, expires: now + CHANNEL_LIFETIME });
-        allocation.channel_of_peer.insert(peer, number);
-        let until = allocation.permissions.entry(peer.ip()).or_insert(now);
+        state.channels.insert(number, Channel { peer, expires: now + CHANNEL_LIFETIME, local });
+        state.channel_of_peer.insert(peer, number);
+        let until = state.permissions.entry(peer.ip()).or_insert(now);
         *until = (*until).max(now + PERMISSION_LIFETIME);
+        drop(state);
         *out = self.success(message, auth, &[]);
         Ok(ClientAction::Reply)
     }
 
     /// Handles a datagram a peer sent to the relay socket of allocation `id`. `out` receives the ChannelData
-    /// or Data indication for the client.
+    /// or Data indication for the client. An edge holding the allocation's [`DataPath`] may call
+    /// [`DataPath::from_peer`] instead, unless the peer may be a relay socket of this server bound to another
+    /// address than it advertises (then only the server knows the peer by its advertised address).
     pub fn handle_peer(
         &mut self,
         now: Instant,
@@ -1041,65 +1070,15 @@ impl<R: Clone, C: Clone> Server<R, C> {
         payload: &[u8],
         out: &mut Vec<u8>,
     ) -> PeerAction<C> {
-        // A relay socket of ours sending to another one: the peer is known by its advertised address.
-        let peer = self
-            .allocations
-            .id_of_relay(&peer)
-            .and_then(|other| self.allocations.get(&other))
-            .map_or(peer, |a| a.relayed);
-        self.deliver(now, id, peer, payload, out)
-    }
-
-    fn deliver(
-        &mut self,
-        now: Instant,
-        id: AllocationId,
-        peer: SocketAddr,
-        payload: &[u8],
-        out: &mut Vec<u8>,
-    ) -> PeerAction<C> {
         out.clear();
-        let Some(allocation) = self.allocations.get_mut(&id) else { return PeerAction::Gone };
-        if allocation.expires <= now {
-            return PeerAction::Drop;
+        // A relay socket of ours sending to another one: the peer is known by its advertised address.
+        let peer =
+            self.allocations.id_of_relay(&peer).and_then(|other| self.data_path(other)).map_or(peer, |p| p.relayed());
+        let Some(path) = self.data_path(id) else { return PeerAction::Gone };
+        match path.from_peer(now, peer, payload, out) {
+            FromPeer::Relay => PeerAction::ToClient(path.client().clone()),
+            FromPeer::Drop => PeerAction::Drop,
+            FromPeer::Gone => PeerAction::Gone,
         }
-        if !allocation.permitted(peer.ip(), now) {
-            bump(&mut self.stats.dropped, "no_permission");
-            return PeerAction::Drop;
-        }
-        if !allocation.bucket.take(payload.len(), now) {
-            bump(&mut self.stats.dropped, "bandwidth");
-            return PeerAction::Drop;
-        }
-        // The largest UDP payload still fits a Data indication with an IPv6 XOR-PEER-ADDRESS in 65535 bytes.
-        let Some(len) = u16::try_from(payload.len()).ok().filter(|len| *len <= MAX_RELAYED) else {
-            bump(&mut self.stats.dropped, "too_large");
-            return PeerAction::Drop;
-        };
-        let channel = allocation
-            .channel_of_peer
-            .get(&peer)
-            .copied()
-            .filter(|n| allocation.channels.get(n).is_some_and(|c| c.expires > now));
-        let stream = allocation.tuple.transport.is_stream();
-        let client = allocation.client.clone();
-        match channel {
-            Some(number) => {
-                out.reserve(4 + payload.len() + 3);
-                out.extend_from_slice(&number.to_be_bytes());
-                out.extend_from_slice(&len.to_be_bytes());
-                out.extend_from_slice(payload);
-                if stream {
-                    out.resize(out.len().next_multiple_of(4), 0);
-                }
-            }
-            None => {
-                let id = self.next_indication_id();
-                data_indication(peer, payload, id, out);
-            }
-        }
-        self.stats.to_client.0 += 1;
-        self.stats.to_client.1 += payload.len() as u64;
-        PeerAction::ToClient(client)
     }
 }

@@ -50,10 +50,6 @@ impl<R, C> Allocations<R, C> {
         self.by_id.get(id)
     }
 
-    pub(super) fn get_mut(&mut self, id: &AllocationId) -> Option<&mut Allocation<R, C>> {
-        self.by_id.get_mut(id)
-    }
-
     pub(super) fn iter(&self) -> impl Iterator<Item = (&AllocationId, &Allocation<R, C>)> {
         self.by_id.iter()
     }
@@ -62,17 +58,14 @@ impl<R, C> Allocations<R, C> {
         self.by_id.values()
     }
 
-    pub(super) fn values_mut(&mut self) -> impl Iterator<Item = &mut Allocation<R, C>> {
-        self.by_id.values_mut()
-    }
-
-    /// Adds an allocation under a fresh id, found by its 5-tuple and both its relay addresses.
-    pub(super) fn insert(&mut self, allocation: Allocation<R, C>) -> AllocationId {
+    /// Adds the allocation `make` builds with a fresh id, found by its 5-tuple and both its relay addresses.
+    pub(super) fn insert_with(&mut self, make: impl FnOnce(AllocationId) -> Allocation<R, C>) -> AllocationId {
         let id = AllocationId(self.next_id);
         self.next_id += 1;
+        let allocation = make(id);
         *self.per_member.entry(allocation.member.clone()).or_default() += 1;
         self.by_tuple.insert(allocation.tuple, id);
-        self.by_relay.insert(allocation.relayed, id);
+        self.by_relay.insert(allocation.path.relayed(), id);
         self.by_relay.insert(allocation.bound, id);
         self.by_id.insert(id, allocation);
         id
@@ -82,7 +75,7 @@ impl<R, C> Allocations<R, C> {
     pub(super) fn remove(&mut self, id: AllocationId) -> Option<Allocation<R, C>> {
         let allocation = self.by_id.remove(&id)?;
         self.by_tuple.remove(&allocation.tuple);
-        self.by_relay.remove(&allocation.relayed);
+        self.by_relay.remove(&allocation.path.relayed());
         self.by_relay.remove(&allocation.bound);
         if let Some(count) = self.per_member.get_mut(&allocation.member) {
             *count = count.saturating_sub(1);
