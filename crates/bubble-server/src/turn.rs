@@ -383,7 +383,7 @@ fn from_client(
 
 async fn udp_listener(shared: Arc<Shared>, socket: Arc<Udp>, mut stop: watch::Receiver<bool>) {
     let Ok(local) = socket.local_addr() else { return };
-    let mut buffers = RecvBuffers::new();
+    let mut buffers = RecvBuffers::new(udp::BATCH);
     let mut out = Vec::new();
     let mut batch = Batch::default();
     let mut paths = Paths::default();
@@ -505,7 +505,7 @@ async fn relay_task(shared: Arc<Shared>, path: Arc<Path>) {
         let gone = RELAY_IO.with(|io| {
             let mut io = io.borrow_mut();
             let io = io.get_or_insert_with(|| RelayIo {
-                buffers: RecvBuffers::new(),
+                buffers: RecvBuffers::new(udp::BATCH),
                 out: Vec::new(),
                 batch: Batch::default(),
             });

@@ -85,7 +85,9 @@ impl Udp {
 
 /// Receive buffers and their descriptions for one batch.
 pub(super) struct RecvBuffers {
-    bytes: Vec<u8>,
+    bytes: Pages,
+    /// Datagrams read per call, at most [`BATCH`].
+    count: usize,
     meta: [RecvMeta; BATCH],
 }
 
@@ -96,30 +98,52 @@ impl std::fmt::Debug for RecvBuffers {
 }
 
 impl RecvBuffers {
-    /// `BATCH` buffers of the largest datagram: zeroed pages the kernel writes only as far as datagrams reach,
-    /// so small datagrams keep most of it untouched (and out of the resident set).
-    pub(super) fn new() -> Self {
-        Self { bytes: vec![0; BATCH * DATAGRAM], meta: [RecvMeta::default(); BATCH] }
+    /// Buffers for `count` datagrams of the largest size (at most [`BATCH`]).
+    pub(super) fn new(count: usize) -> Self {
+        let count = count.clamp(1, BATCH);
+        Self { bytes: Pages::new(count * DATAGRAM), count, meta: [RecvMeta::default(); BATCH] }
     }
 
     /// Reads a batch from `udp` and calls `each` with every datagram (a GRO-coalesced buffer is cut back into
     /// its datagrams) and its sender. `Ok(false)` when nothing was there.
     pub(super) fn recv(&mut self, udp: &Udp, mut each: impl FnMut(SocketAddr, &[u8])) -> io::Result<bool> {
-        let mut chunks = self.bytes.chunks_mut(DATAGRAM);
+        let mut chunks = self.bytes.as_mut().chunks_mut(DATAGRAM);
         let mut slices: [IoSliceMut<'_>; BATCH] =
             std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()));
-        let count = match udp.try_recv(&mut slices, &mut self.meta) {
+        let slices = slices.get_mut(..self.count).unwrap_or_default();
+        let count = match udp.try_recv(slices, &mut self.meta) {
             Ok(count) => count,
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Ok(false),
             Err(error) => return Err(error),
         };
-        for (meta, slice) in self.meta.iter().zip(&slices).take(count) {
+        for (meta, slice) in self.meta.iter().zip(slices.iter()).take(count) {
             let data = slice.get(..meta.len).unwrap_or_default();
             for datagram in data.chunks(meta.stride.max(1)) {
                 each(meta.addr, datagram);
             }
         }
         Ok(true)
+    }
+}
+
+/// Memory for receive buffers, mapped anonymously: pages become resident only where the kernel writes a
+/// datagram, so 32 buffers of 64 KiB cost a page each while datagrams are small (a zeroed heap allocation may be
+/// written whole by the allocator). On a system that refuses the mapping, the heap.
+enum Pages {
+    Mapped(memmap2::MmapMut),
+    Heap(Vec<u8>),
+}
+
+impl Pages {
+    fn new(len: usize) -> Self {
+        memmap2::MmapMut::map_anon(len).map_or_else(|_| Self::Heap(vec![0; len]), Self::Mapped)
+    }
+
+    fn as_mut(&mut self) -> &mut [u8] {
+        match self {
+            Self::Mapped(map) => map,
+            Self::Heap(bytes) => bytes,
+        }
     }
 }
 
@@ -314,7 +338,7 @@ mod tests {
         }
         batch.flush();
 
-        let mut buffers = RecvBuffers::new();
+        let mut buffers = RecvBuffers::new(BATCH);
         let mut got: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
         let mut calls = 0;
         while got.len() < 45 {
