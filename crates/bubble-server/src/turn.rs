@@ -649,6 +649,10 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
             if writer.write_all(&bytes).await.is_err() {
                 break;
             }
+            // TLS keeps what the socket did not take yet: push it out before waiting for more.
+            if rx.is_empty() && writer.flush().await.is_err() {
+                break;
+            }
         }
         let _ = writer.shutdown().await;
     });

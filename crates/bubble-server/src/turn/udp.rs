@@ -147,29 +147,19 @@ impl Pages {
     }
 }
 
-/// Where a group of datagrams goes.
+/// Where a datagram or frame goes.
 #[derive(Debug, Clone)]
 pub(super) enum Via {
     /// From a UDP socket to an address.
     Udp(Arc<Udp>, SocketAddr),
-    /// Into a TCP/TLS connection's write queue (frames concatenated).
+    /// Into a TCP/TLS connection's write queue.
     Stream(mpsc::Sender<Vec<u8>>),
-}
-
-impl Via {
-    fn same(&self, other: &Self) -> bool {
-        match (self, other) {
-            (Self::Udp(a, to_a), Self::Udp(b, to_b)) => Arc::ptr_eq(a, b) && to_a == to_b,
-            (Self::Stream(a), Self::Stream(b)) => a.same_channel(b),
-            _ => false,
-        }
-    }
 }
 
 #[derive(Debug)]
 struct Group {
-    /// `None` once sent: a slot keeps no socket or connection open.
-    via: Option<Via>,
+    /// The socket and destination; `None` once sent: a slot keeps no socket open.
+    to: Option<(Arc<Udp>, SocketAddr)>,
     /// Size of each datagram but the last.
     segment: usize,
     count: usize,
@@ -179,7 +169,7 @@ struct Group {
 }
 
 /// Datagrams gathered while a batch is handled, sent by [`Batch::flush`]: per destination, equal-sized
-/// datagrams in one segmented send; per stream, one write. A destination's datagrams keep their order.
+/// datagrams in one segmented send. A destination's datagrams keep their order.
 #[derive(Debug, Default)]
 pub(super) struct Batch {
     groups: Vec<Group>,
@@ -187,26 +177,27 @@ pub(super) struct Batch {
 }
 
 impl Batch {
-    /// Queues `data` for `via`.
+    /// Queues `data` for `via`. A frame for a stream goes to its connection's queue at once, one write each:
+    /// coturn's own TLS client reads one frame per TLS record (frames coalesced into one write were lost).
     pub(super) fn push(&mut self, via: &Via, data: &[u8]) {
         if data.is_empty() {
             return;
         }
-        let room = match via {
-            Via::Udp(udp, _) => udp.max_segments().min(MAX_SEGMENTED / data.len()).max(1),
-            Via::Stream(_) => usize::MAX,
+        let (udp, to) = match via {
+            Via::Udp(udp, to) => (udp, *to),
+            Via::Stream(tx) => {
+                let _ = tx.try_send(data.to_vec());
+                return;
+            }
         };
-        let stream = matches!(via, Via::Stream(_));
+        let room = udp.max_segments().min(MAX_SEGMENTED / data.len()).max(1);
+        let same = |group: &&mut Group| group.to.as_ref().is_some_and(|(u, t)| Arc::ptr_eq(u, udp) && *t == to);
         // Only the destination's last group may take more: an earlier one would overtake what follows it.
-        if let Some(group) = self
-            .groups
-            .get_mut(..self.used)
-            .and_then(|g| g.iter_mut().rev().find(|g| g.via.as_ref().is_some_and(|v| v.same(via))))
-            && (stream
-                || (!group.closed
-                    && group.count < room
-                    && data.len() <= group.segment
-                    && group.bytes.len() + data.len() <= MAX_SEGMENTED))
+        if let Some(group) = self.groups.get_mut(..self.used).and_then(|g| g.iter_mut().rev().find(same))
+            && !group.closed
+            && group.count < room
+            && data.len() <= group.segment
+            && group.bytes.len() + data.len() <= MAX_SEGMENTED
         {
             group.bytes.extend_from_slice(data);
             group.count += 1;
@@ -214,15 +205,20 @@ impl Batch {
             return;
         }
         if let Some(group) = self.groups.get_mut(self.used) {
-            group.via = Some(via.clone());
+            group.to = Some((udp.clone(), to));
             group.segment = data.len();
             group.count = 1;
             group.closed = false;
             group.bytes.clear();
             group.bytes.extend_from_slice(data);
         } else {
-            let group =
-                Group { via: Some(via.clone()), segment: data.len(), count: 1, closed: false, bytes: data.to_vec() };
+            let group = Group {
+                to: Some((udp.clone(), to)),
+                segment: data.len(),
+                count: 1,
+                closed: false,
+                bytes: data.to_vec(),
+            };
             self.groups.push(group);
         }
         self.used += 1;
@@ -231,17 +227,11 @@ impl Batch {
     /// Sends every group without waiting.
     pub(super) fn flush(&mut self) {
         for group in self.groups.iter_mut().take(self.used) {
-            match group.via.take() {
-                None => {}
-                Some(Via::Udp(udp, to)) => {
-                    let segment = (group.count > 1).then_some(group.segment);
-                    udp.try_send(to, &group.bytes, segment);
-                    group.bytes.clear();
-                    group.bytes.shrink_to(KEPT_CAPACITY);
-                }
-                Some(Via::Stream(tx)) => {
-                    let _ = tx.try_send(std::mem::take(&mut group.bytes));
-                }
+            if let Some((udp, to)) = group.to.take() {
+                let segment = (group.count > 1).then_some(group.segment);
+                udp.try_send(to, &group.bytes, segment);
+                group.bytes.clear();
+                group.bytes.shrink_to(KEPT_CAPACITY);
             }
         }
         self.used = 0;
@@ -257,8 +247,12 @@ mod tests {
 
     use super::*;
 
+    /// A socket the runtime already knows to be writable (sends are tries: a socket whose readiness the
+    /// reactor has not seen yet drops them, as the server's do until their first event).
     async fn udp() -> Arc<Udp> {
-        Arc::new(Udp::new(UdpSocket::bind("127.0.0.1:0").await.unwrap()).unwrap())
+        let udp = Udp::new(UdpSocket::bind("127.0.0.1:0").await.unwrap()).unwrap();
+        udp.socket.writable().await.unwrap();
+        Arc::new(udp)
     }
 
     fn receiver() -> std::net::UdpSocket {
@@ -269,7 +263,14 @@ mod tests {
 
     fn datagrams(socket: &std::net::UdpSocket, count: usize) -> Vec<Vec<u8>> {
         let mut buf = [0u8; DATAGRAM];
-        (0..count).map(|_| socket.recv(&mut buf).map(|n| buf[..n].to_vec()).expect("a datagram")).collect()
+        let mut got = Vec::new();
+        for _ in 0..count {
+            match socket.recv(&mut buf) {
+                Ok(n) => got.push(buf[..n].to_vec()),
+                Err(e) => panic!("{e}: got {:?}", got.iter().map(|d| (d[0], d.len())).collect::<Vec<_>>()),
+            }
+        }
+        got
     }
 
     /// Datagram `i` of a flow: its number in the first byte, `len` bytes.
@@ -301,8 +302,8 @@ mod tests {
         let sizes_a = [1000, 1000, 1000, 400, 1000, 1200, 1200, 1, 1500];
         let sizes_b = [300, 300, 300, 300];
         let mut batch = Batch::default();
-        for i in 0..sizes_a.len() {
-            batch.push(&to_a, &numbered(i as u8, sizes_a[i]));
+        for (i, &len) in sizes_a.iter().enumerate() {
+            batch.push(&to_a, &numbered(i as u8, len));
             if let Some(&len) = sizes_b.get(i) {
                 batch.push(&to_b, &numbered(100 + i as u8, len));
             }
@@ -318,7 +319,7 @@ mod tests {
             assert_eq!(got, &numbered(100 + i as u8, len), "datagram {i} to b");
         }
         // Nothing is held once sent.
-        assert!(batch.groups.iter().all(|g| g.via.is_none()));
+        assert!(batch.groups.iter().all(|g| g.to.is_none()));
     }
 
     #[tokio::test]
@@ -341,8 +342,10 @@ mod tests {
         let mut buffers = RecvBuffers::new(BATCH);
         let mut got: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
         let mut calls = 0;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while got.len() < 45 {
-            socket.readable().await.unwrap();
+            assert!(tokio::time::Instant::now() < deadline, "{} of 45 datagrams arrived", got.len());
+            let _ = tokio::time::timeout(Duration::from_millis(100), socket.readable()).await;
             if buffers.recv(&socket, |from, data| got.push((from, data.to_vec()))).unwrap() {
                 calls += 1;
             }
