@@ -23,6 +23,14 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- printf "http://%s-admin-api.%s.svc:%d" (include "peerbubble.fullname" .) .Release.Namespace (int .Values.adminApi.service.port) -}}
 {{- end -}}
 
+{{/* The audience of bubble-servers' ServiceAccount tokens; empty when they present the bubble credential. */}}
+{{- define "peerbubble.bubbleTokenAudience" -}}
+{{- $plane := .Values.adminApi.controlPlane -}}
+{{- if and $plane.enabled (eq $plane.bubbleServerAuth "serviceAccountToken") -}}
+{{- default (printf "%s-admin-api.%s" (include "peerbubble.fullname" .) .Release.Namespace) $plane.tokenAudience -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "peerbubble.pod" -}}
 {{- with .Values.image.pullSecrets }}
 imagePullSecrets:

@@ -24,7 +24,7 @@ use crate::auth::{Caller, Role, bearer};
 use crate::console::{
     CreatedInvite, ONLINE_REPORT_SECS, category_applied, check_id, check_name, check_sees, control_failed, issue_invite,
 };
-use crate::control::{BubbleSpec, CategorySpec};
+use crate::control::{AuthError, BubbleAuth, BubbleSpec, CategorySpec};
 use crate::error::{ApiError, Body, ErrorBody, MAX_BODY_BYTES};
 use crate::state::{ApiState, audit_event, fresh_token};
 use crate::store::{AuditEvent, BubbleRow, CategoryRow, HealthSample, InviteRefusal, MemberRow, Store, StoreError};
@@ -39,14 +39,14 @@ pub use crate::console::{HEALTH_KEEP_SECS, MAX_INVITE_SECS};
         title = "PeerBubble admin API",
         description = "The organisation's directory (public keys only), invites and enrollment, categories, audit \
 events and health. Administrators authenticate with a bearer token or an OpenID Connect session cookie (plus \
-`X-CSRF-Token` on changes); bubble-servers with their bubble credential; enrollment is public and rate-limited.",
+`X-CSRF-Token` on changes); bubble-servers with their bubble credential or, in a cluster, their ServiceAccount token; enrollment is public and rate-limited.",
         license(name = "Apache-2.0")
     ),
     modifiers(&SecuritySchemes),
     tags(
         (name = "bubbles", description = "Bubbles and their categories"),
         (name = "members", description = "Invites, enrollment, members and revocation"),
-        (name = "bubble-servers", description = "What bubble-servers fetch and report, with their bubble credential"),
+        (name = "bubble-servers", description = "What bubble-servers fetch and report, with their bubble credential or ServiceAccount token"),
         (name = "audit", description = "Audit trail and health"),
         (name = "sign-in", description = "Administrator sign-in with OpenID Connect"),
         (name = "tokens", description = "Scoped API tokens"),
@@ -76,7 +76,7 @@ impl utoipa::Modify for SecuritySchemes {
             SecurityScheme::Http(
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
-                    .description(Some("The bubble credential returned when the bubble was created"))
+                    .description(Some("The bubble credential returned when the bubble was created, or in a cluster the bubble-server's ServiceAccount token for the admin API's audience"))
                     .build(),
             ),
         );
@@ -420,13 +420,45 @@ async fn revoke_member(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn require_bubble(state: &ApiState, headers: &HeaderMap, bubble: &str) -> Result<(), ApiError> {
+/// Checks that the request's bearer token proves its sender serves `bubble`. A refusal is audited (at most once a
+/// minute for the same bubble, reason and subject, with how often it repeated) and named in the 401; a platform
+/// that cannot check tokens now answers 503 and refuses nobody.
+async fn require_bubble(state: &ApiState, headers: &HeaderMap, bubble: &str, route: &str) -> Result<(), ApiError> {
     let presented = bearer(headers).ok_or_else(ApiError::unauthorized)?;
-    if state.bubble_auth.authenticate(&state.store, bubble, presented).await? {
-        Ok(())
-    } else {
-        Err(ApiError::unauthorized())
+    let refusal = match state.bubble_auth.authenticate(&state.store, bubble, presented).await {
+        Ok(BubbleAuth::Accepted { actor }) => {
+            tracing::trace!(bubble, actor, route, "bubble-server authenticated");
+            return Ok(());
+        }
+        Ok(BubbleAuth::Refused(refusal)) => refusal,
+        Err(AuthError::Store(error)) => return Err(error.into()),
+        Err(AuthError::Unavailable(why)) => {
+            tracing::warn!(bubble, route, %why, "bubble-server tokens cannot be checked");
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "bubble-server tokens cannot be checked now; retry",
+            ));
+        }
+    };
+    let now = (state.clock)();
+    let repeats = state.bubble_refusals.lock().map_or(Some(0), |mut log| log.note(bubble, &refusal, now));
+    if let Some(repeats) = repeats {
+        let mut detail = format!("reason={} route={route}", refusal.reason.as_str());
+        if let Some(subject) = &refusal.subject {
+            detail.push_str(&format!(" subject={subject}"));
+        }
+        if repeats > 0 {
+            detail.push_str(&format!(" repeats={repeats}"));
+        }
+        let actor = refusal.subject.as_deref().unwrap_or("bubble-server");
+        audit_event(state, Some(bubble), actor, "bubble_server.refused", detail).await?;
     }
+    Err(ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        format!("this bubble-server is refused for bubble {bubble}: {}", refusal.reason.as_str()),
+    ))
 }
 
 /// Stores a health report: counts into the bounded time series, session events into the audit trail.
@@ -463,14 +495,15 @@ pub async fn record_health(store: &Store, bubble: &str, now: i64, report: &Healt
 /// become audit events; counts become a bounded time series.
 #[utoipa::path(post, path = "/api/v1/bubbles/{bubble}/health", tag = "bubble-servers", params(("bubble" = String, Path, description = "Bubble id")),
     request_body = HealthReport, security(("bubble" = [])),
-    responses((status = 204, description = "Stored"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+    responses((status = 204, description = "Stored"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 503, description = "Tokens cannot be checked now", body = ErrorBody)))]
 async fn report_health(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
     Path(bubble): Path<String>,
     Body(report): Body<HealthReport>,
 ) -> Result<StatusCode, ApiError> {
-    require_bubble(&state, &headers, &bubble).await?;
+    require_bubble(&state, &headers, &bubble, "health").await?;
     if report.events.len() > MAX_EVENTS_PER_REPORT {
         return Err(ApiError::bad_request(format!("at most {MAX_EVENTS_PER_REPORT} events per report")));
     }
@@ -505,13 +538,13 @@ async fn list_health(
     security(("bubble" = [])),
     responses((status = 200, description = "The bubble's directory (public keys only); ETag set",
         body = peerbubble_proto::directory::BubbleFile), (status = 304, description = "Unchanged (If-None-Match)"),
-        (status = 401, body = ErrorBody)))]
+        (status = 401, body = ErrorBody), (status = 503, description = "Tokens cannot be checked now", body = ErrorBody)))]
 async fn directory(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
     Path(bubble): Path<String>,
 ) -> Result<Response, ApiError> {
-    require_bubble(&state, &headers, &bubble).await?;
+    require_bubble(&state, &headers, &bubble, "directory").await?;
     let etag = |revision: &str| format!("\"{revision}\"");
     let asked = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok());
     if let Some(asked) = asked {

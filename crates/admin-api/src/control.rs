@@ -143,12 +143,82 @@ impl ControlPlane for Local {
     }
 }
 
+/// Why a bubble-server was refused: audited with the subject, and named in the 401 it gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RefusalReason {
+    /// Not the credential of this bubble (nor a token).
+    UnknownCredential,
+    /// A valid token of the ServiceAccount of another bubble (or of this bubble's name in another namespace).
+    OtherBubble,
+    /// A token that has expired.
+    Expired,
+    /// A token for another audience than the admin API's.
+    WrongAudience,
+    /// A token the platform does not recognise (bad signature, deleted ServiceAccount or pod).
+    InvalidToken,
+    /// A valid token of someone who is not a bubble-server's ServiceAccount.
+    NotABubbleServer,
+}
+
+impl RefusalReason {
+    /// The code audited and sent back.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::UnknownCredential => "unknown_credential",
+            Self::OtherBubble => "other_bubble",
+            Self::Expired => "token_expired",
+            Self::WrongAudience => "wrong_audience",
+            Self::InvalidToken => "invalid_token",
+            Self::NotABubbleServer => "not_a_bubble_server",
+        }
+    }
+}
+
+/// A refusal: why, and whose token it was when the platform could tell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BubbleRefusal {
+    /// Why.
+    pub reason: RefusalReason,
+    /// Who the token belongs to (`system:serviceaccount:<namespace>:<name>`), never the token itself.
+    pub subject: Option<String>,
+}
+
+impl BubbleRefusal {
+    /// A refusal without a known subject.
+    pub fn new(reason: RefusalReason) -> Self {
+        Self { reason, subject: None }
+    }
+}
+
+/// What an authenticator decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BubbleAuth {
+    /// The sender serves the bubble; `actor` names it in logs.
+    Accepted {
+        /// `bubble-server`, or the ServiceAccount (and pod) a token was issued to.
+        actor: String,
+    },
+    /// It does not.
+    Refused(BubbleRefusal),
+}
+
+/// Why an authenticator could not decide.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// The database.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The platform that checks tokens cannot be reached or did not answer: nobody is refused for it.
+    #[error("tokens cannot be checked now: {0}")]
+    Unavailable(String),
+}
+
 /// A boxed answer of an authenticator.
-pub type AuthFuture<'a> = Pin<Box<dyn Future<Output = Result<bool, StoreError>> + Send + 'a>>;
+pub type AuthFuture<'a> = Pin<Box<dyn Future<Output = Result<BubbleAuth, AuthError>> + Send + 'a>>;
 
 /// Decides whether `presented` (the bearer token of a request) proves that its sender serves `bubble`.
 pub trait BubbleAuthenticator: Send + Sync + std::fmt::Debug {
-    /// True when it does; an unknown bubble is simply false.
+    /// Accepted when it does; an unknown bubble is refused like a wrong credential.
     fn authenticate<'a>(&'a self, store: &'a Store, bubble: &'a str, presented: &'a str) -> AuthFuture<'a>;
 }
 
@@ -156,11 +226,20 @@ pub trait BubbleAuthenticator: Send + Sync + std::fmt::Debug {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct BubbleCredential;
 
+impl BubbleCredential {
+    /// Checks `presented` against the stored hash of `bubble`'s credential.
+    pub async fn check(store: &Store, bubble: &str, presented: &str) -> Result<BubbleAuth, AuthError> {
+        let expected = store.bubble_credential_hash(bubble).await?;
+        Ok(if expected.is_some_and(|expected| hashes_equal(&hash_token(presented), &expected)) {
+            BubbleAuth::Accepted { actor: "bubble-server".to_owned() }
+        } else {
+            BubbleAuth::Refused(BubbleRefusal::new(RefusalReason::UnknownCredential))
+        })
+    }
+}
+
 impl BubbleAuthenticator for BubbleCredential {
     fn authenticate<'a>(&'a self, store: &'a Store, bubble: &'a str, presented: &'a str) -> AuthFuture<'a> {
-        Box::pin(async move {
-            let expected = store.bubble_credential_hash(bubble).await?;
-            Ok(expected.is_some_and(|expected| hashes_equal(&hash_token(presented), &expected)))
-        })
+        Box::pin(Self::check(store, bubble, presented))
     }
 }

@@ -1,12 +1,13 @@
 //! What every handler shares: the database, time, sign-in, the control plane, metrics.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use axum::http::StatusCode;
 use peerbubble_proto::limits::TokenBucket;
 
-use crate::control::{BubbleAuthenticator, ControlPlane};
+use crate::control::{BubbleAuthenticator, BubbleRefusal, ControlPlane};
 use crate::error::ApiError;
 use crate::oidc::Oidc;
 use crate::store::{AuditEvent, Store};
@@ -38,6 +39,8 @@ pub struct ApiState {
     pub control: Arc<dyn ControlPlane>,
     /// How bubble-servers prove which bubble they serve.
     pub bubble_auth: Arc<dyn BubbleAuthenticator>,
+    /// Refused bubble-servers already audited, so that one polling every second is one event a minute.
+    pub bubble_refusals: Mutex<RefusalLog>,
     /// `peerbubble_admin_*`, served at `/metrics`.
     pub metrics: crate::metrics::AdminMetrics,
     /// Days audit events are kept (shown in the console; the pruning task has its own copy).
@@ -60,6 +63,7 @@ impl ApiState {
             oidc: None,
             control: Arc::new(crate::control::Local),
             bubble_auth: Arc::new(crate::control::BubbleCredential),
+            bubble_refusals: Mutex::new(RefusalLog::default()),
             audit_retention_days: 90,
             session_secs: 8 * 3600,
         }
@@ -69,6 +73,35 @@ impl ApiState {
 impl std::fmt::Debug for ApiState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ApiState").field("public_url", &self.public_url).finish_non_exhaustive()
+    }
+}
+
+/// The same refusal (bubble, reason, subject) is audited at most once per this many seconds.
+pub const REFUSAL_AUDIT_SECS: i64 = 60;
+/// Refusals remembered at most; past it the log starts again (an event too many, never one too few).
+const REFUSALS_KEPT: usize = 1024;
+
+/// When each refusal was last audited and how often it was repeated since.
+#[derive(Debug, Default)]
+pub struct RefusalLog {
+    seen: HashMap<(String, &'static str, Option<String>), (i64, u64)>,
+}
+
+impl RefusalLog {
+    /// Whether to audit this refusal now, and how many like it were left out since the last event.
+    pub fn note(&mut self, bubble: &str, refusal: &BubbleRefusal, now: i64) -> Option<u64> {
+        let key = (bubble.to_owned(), refusal.reason.as_str(), refusal.subject.clone());
+        if let Some((audited_at, repeats)) = self.seen.get_mut(&key)
+            && now - *audited_at < REFUSAL_AUDIT_SECS
+        {
+            *repeats += 1;
+            return None;
+        }
+        if self.seen.len() >= REFUSALS_KEPT {
+            self.seen.clear();
+        }
+        let repeats = self.seen.insert(key, (now, 0)).map_or(0, |(_, repeats)| repeats);
+        Some(repeats)
     }
 }
 

@@ -4,7 +4,11 @@
 
 use std::sync::atomic::Ordering;
 
-use peerbubble_admin_api::control::{BubbleSpec, CategorySpec, ControlError, ControlFuture, ControlPlane};
+use peerbubble_admin_api::control::{
+    AuthError, AuthFuture, BubbleAuth, BubbleAuthenticator, BubbleCredential, BubbleRefusal, BubbleSpec, CategorySpec,
+    ControlError, ControlFuture, ControlPlane, RefusalReason,
+};
+use peerbubble_admin_api::store::Store;
 use peerbubble_proto::{IdentityKey, Purpose, enroll_message};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -621,6 +625,110 @@ async fn a_refusing_control_plane_is_reported_and_the_change_kept() {
         .await;
     assert_eq!((status, body["error"].as_str()), (StatusCode::BAD_GATEWAY, Some("control_plane_failed")), "{body}");
     assert_eq!(api.get("/api/v1/bubbles/ops/categories", Some(ADMIN)).await.1.as_array().map(Vec::len), Some(1));
+    api.finish().await;
+}
+
+/// A platform's verdicts on bubble-server tokens, by token: what a TokenReview would say (crates/control-k8s
+/// tests the review itself against a scripted API server); anything else is a bubble credential.
+#[derive(Debug)]
+struct Reviewing;
+
+impl BubbleAuthenticator for Reviewing {
+    fn authenticate<'a>(&'a self, store: &'a Store, bubble: &'a str, presented: &'a str) -> AuthFuture<'a> {
+        Box::pin(async move {
+            let refused = |reason, subject: Option<&str>| {
+                Ok(BubbleAuth::Refused(BubbleRefusal { reason, subject: subject.map(str::to_owned) }))
+            };
+            match presented {
+                "token-of-relief" => {
+                    refused(RefusalReason::OtherBubble, Some("system:serviceaccount:missions:relief-bubble"))
+                }
+                "expired-token" => refused(RefusalReason::Expired, None),
+                "token-for-vault" => {
+                    refused(RefusalReason::WrongAudience, Some("system:serviceaccount:missions:ops-bubble"))
+                }
+                "api-server-down" => Err(AuthError::Unavailable("connection refused".into())),
+                "token-of-ops" => Ok(BubbleAuth::Accepted { actor: "serviceaccount:missions:ops-bubble".into() }),
+                other => BubbleCredential::check(store, bubble, other).await,
+            }
+        })
+    }
+}
+
+/// Every refusal of a bubble-server is audited with its reason and, for a token, whose it was (never the token),
+/// once a minute for the same bubble, reason and subject however often it polls, with how often it repeated;
+/// the 401 names the reason. A platform that cannot check tokens answers 503 and audits nothing: nobody is
+/// refused for it. The bubble credential still works beside tokens.
+#[tokio::test]
+async fn refused_bubble_servers_are_audited_with_the_reason() {
+    let db = support::sqlite_db().await;
+    let (mut state, now) = support::test_state(db.store.clone(), 100);
+    state.bubble_auth = std::sync::Arc::new(Reviewing);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = support::serve_on(listener, Some(db), state, now.clone());
+    let credential = setup(&api).await;
+    async fn refused(api: &Api) -> Vec<(String, String)> {
+        let (_, events) = api.get("/api/v1/audit?bubble=ops", Some(ADMIN)).await;
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["action"] == "bubble_server.refused")
+            .map(|e| (e["actor"].as_str().unwrap().to_owned(), e["detail"].as_str().unwrap().to_owned()))
+            .collect()
+    }
+
+    for (presented, reason) in [
+        ("token-of-relief", "other_bubble"),
+        ("expired-token", "token_expired"),
+        ("token-for-vault", "wrong_audience"),
+        ("not-the-credential", "unknown_credential"),
+    ] {
+        for _ in 0..3 {
+            let (status, body) = api.get("/api/v1/bubbles/ops/directory", Some(presented)).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{presented}: {body}");
+            assert!(body["message"].as_str().unwrap().ends_with(reason), "{presented}: {body}");
+        }
+    }
+    let report = json!({"online_members": 0, "sessions": 0, "connections": 0, "envelopes_relayed": 0,
+        "envelopes_refused": 0, "auth_failures": 0, "turn_allocations": 0, "events": [], "events_dropped": 0});
+    let (status, body) = api.post("/api/v1/bubbles/ops/health", Some("expired-token"), report).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    let mut events = refused(&api).await;
+    events.sort();
+    let mut wanted = vec![
+        ("bubble-server".to_owned(), "reason=token_expired route=directory".to_owned()),
+        ("bubble-server".to_owned(), "reason=unknown_credential route=directory".to_owned()),
+        (
+            "system:serviceaccount:missions:ops-bubble".to_owned(),
+            "reason=wrong_audience route=directory subject=system:serviceaccount:missions:ops-bubble".to_owned(),
+        ),
+        (
+            "system:serviceaccount:missions:relief-bubble".to_owned(),
+            "reason=other_bubble route=directory subject=system:serviceaccount:missions:relief-bubble".to_owned(),
+        ),
+    ];
+    wanted.sort();
+    assert_eq!(events, wanted, "one event per refusal a minute, whatever the route");
+    assert!(!format!("{events:?}").contains("token-of") && !format!("{events:?}").contains("not-the-credential"));
+
+    // A minute later the same refusal is audited again, with the repeats it stood for.
+    now.fetch_add(61, Ordering::SeqCst);
+    let (status, _) = api.get("/api/v1/bubbles/ops/directory", Some("expired-token")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let events = refused(&api).await;
+    assert!(events.iter().any(|(_, detail)| detail == "reason=token_expired route=directory repeats=3"), "{events:?}");
+
+    // The platform cannot check tokens: 503, nothing audited.
+    let before = refused(&api).await.len();
+    let (status, body) = api.get("/api/v1/bubbles/ops/directory", Some("api-server-down")).await;
+    assert_eq!((status, body["error"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("unavailable")), "{body}");
+    assert_eq!(refused(&api).await.len(), before);
+
+    // The bubble's own ServiceAccount token and its credential are both accepted.
+    assert_eq!(api.get("/api/v1/bubbles/ops/directory", Some("token-of-ops")).await.0, StatusCode::OK);
+    assert_eq!(api.get("/api/v1/bubbles/ops/directory", Some(&credential)).await.0, StatusCode::OK);
+    assert_eq!(refused(&api).await.len(), before);
     api.finish().await;
 }
 

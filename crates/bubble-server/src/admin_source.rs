@@ -17,24 +17,69 @@ use reqwest::header::{ETAG, IF_NONE_MATCH};
 
 use crate::directory::{Directory, DirectoryError, DirectorySource};
 
-/// A bubble's credential for the admin API. `Debug` never prints it.
+/// How a bubble-server proves to the admin API which bubble it serves: the bubble's credential, or in a cluster
+/// the pod's projected ServiceAccount token. `Debug` never prints it.
 #[derive(Clone)]
-pub struct BubbleCredential(String);
+pub enum BubbleCredential {
+    /// A credential given at start.
+    Fixed(String),
+    /// A file read again for every request: the kubelet rotates a projected token (and updates a Secret) in place.
+    File(PathBuf),
+}
+
+/// The largest credential or token file read (a projected token is about 1 KiB).
+const MAX_CREDENTIAL_BYTES: u64 = 16 * 1024;
 
 impl BubbleCredential {
     /// Wraps the credential the admin API issued when the bubble was created.
     pub fn new(secret: String) -> Self {
-        Self(secret)
+        Self::Fixed(secret)
     }
 
-    pub(crate) fn secret(&self) -> &str {
-        &self.0
+    /// A credential or token kept in `path`, read at every request.
+    pub fn from_file(path: PathBuf) -> Self {
+        Self::File(path)
+    }
+
+    /// What to present now.
+    pub async fn bearer(&self) -> Result<String, String> {
+        let path = match self {
+            Self::Fixed(secret) => return Ok(secret.clone()),
+            Self::File(path) => path,
+        };
+        let cannot = |e: &dyn std::fmt::Display| format!("cannot read {}: {e}", path.display());
+        let meta = tokio::fs::metadata(path).await.map_err(|e| cannot(&e))?;
+        if meta.len() > MAX_CREDENTIAL_BYTES {
+            return Err(cannot(&format_args!("larger than {MAX_CREDENTIAL_BYTES} bytes")));
+        }
+        let text = tokio::fs::read_to_string(path).await.map_err(|e| cannot(&e))?;
+        let secret = text.trim();
+        if secret.is_empty() {
+            return Err(cannot(&"it is empty"));
+        }
+        Ok(secret.to_owned())
     }
 }
 
 impl std::fmt::Debug for BubbleCredential {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("BubbleCredential(<redacted>)")
+        match self {
+            Self::Fixed(_) => f.write_str("BubbleCredential(<redacted>)"),
+            Self::File(path) => f.debug_tuple("BubbleCredential").field(path).finish(),
+        }
+    }
+}
+
+/// The admin API's explanation of a refusal (its `message`), or the status alone.
+pub(crate) async fn refusal(response: reqwest::Response) -> String {
+    let status = response.status();
+    let text = response.text().await.unwrap_or_default();
+    let message = serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|body| body.get("message").and_then(|m| m.as_str()).map(str::to_owned));
+    match message {
+        Some(message) => format!("admin API answered {status}: {message}"),
+        None => format!("admin API answered {status}"),
     }
 }
 
@@ -143,7 +188,8 @@ impl DirectorySource for AdminApiSource {
     async fn load(&self, current: Option<&str>) -> Result<Option<Directory>, DirectoryError> {
         let policy = self.policy().await?;
         let policy_version = policy.as_ref().map(|(_, v)| v.clone()).unwrap_or_default();
-        let mut request = self.client.get(&self.url).bearer_auth(self.credential.secret());
+        let bearer = self.credential.bearer().await.map_err(|e| self.error(e))?;
+        let mut request = self.client.get(&self.url).bearer_auth(bearer);
         let known = self.etag.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if let (Some(etag), Some(_)) = (&known, current) {
             request = request.header(IF_NONE_MATCH, etag);
@@ -164,8 +210,7 @@ impl DirectorySource for AdminApiSource {
                 };
             }
             StatusCode::OK => {}
-            StatusCode::UNAUTHORIZED => return Err(self.error("the admin API refused this bubble's credential")),
-            other => return Err(self.error(format!("admin API answered {other}"))),
+            _ => return Err(self.error(refusal(response).await)),
         }
         let etag = response.headers().get(ETAG).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let bytes = response.bytes().await.map_err(|e| self.error(e.to_string()))?;

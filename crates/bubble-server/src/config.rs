@@ -83,14 +83,18 @@ pub struct SignalArgs {
     #[arg(long, env = "PEERBUBBLE_MAX_GROUPS")]
     pub max_groups: Option<usize>,
     /// Follow the directory from this admin API (e.g. `http://admin-api:8481`) instead of a bubble file.
-    #[arg(long, env = "PEERBUBBLE_ADMIN_API_URL", requires_all = ["bubble", "bubble_credential_file"])]
+    #[arg(long, env = "PEERBUBBLE_ADMIN_API_URL", requires = "bubble", requires = "admin_api_proof")]
     pub admin_api_url: Option<String>,
     /// The bubble this server serves (with `--admin-api-url`).
     #[arg(long, env = "PEERBUBBLE_BUBBLE")]
     pub bubble: Option<String>,
     /// File holding the bubble's admin-API credential (a mounted Secret in Kubernetes).
-    #[arg(long, env = "PEERBUBBLE_BUBBLE_CREDENTIAL_FILE")]
+    #[arg(long, env = "PEERBUBBLE_BUBBLE_CREDENTIAL_FILE", group = "admin_api_proof")]
     pub bubble_credential_file: Option<PathBuf>,
+    /// File holding the pod's projected ServiceAccount token for the admin API, instead of a credential (in
+    /// Kubernetes, when the operator and the admin API agree on its audience). Read again at every request.
+    #[arg(long, env = "PEERBUBBLE_BUBBLE_TOKEN_FILE", group = "admin_api_proof")]
+    pub bubble_token_file: Option<PathBuf>,
     /// How often health and session events go to the admin API, in milliseconds (default 10 000; at least 100).
     #[arg(long, env = "PEERBUBBLE_HEALTH_INTERVAL_MS", requires = "admin_api_url", value_parser = clap::value_parser!(u64).range(100..))]
     pub health_interval_ms: Option<u64>,

@@ -54,15 +54,16 @@ impl AdminApiReporter {
 
 impl HealthSink for AdminApiReporter {
     async fn send(&self, report: &HealthReport) -> Result<(), String> {
+        let bearer = self.credential.bearer().await?;
         let response = self
             .client
             .post(&self.url)
-            .bearer_auth(self.credential.secret())
+            .bearer_auth(bearer)
             .timeout(Duration::from_secs(10))
             .json(report)
             .send()
             .await
             .map_err(|e| e.to_string())?;
-        if response.status().is_success() { Ok(()) } else { Err(format!("admin API answered {}", response.status())) }
+        if response.status().is_success() { Ok(()) } else { Err(crate::admin_source::refusal(response).await) }
     }
 }

@@ -4,7 +4,13 @@
 //! Secret the operator mounts into its bubble-servers (`<bubble>-credential`): nothing is made by hand twice.
 //! The admin API itself links no Kubernetes code; the `peerbubble` binary hands it this implementation.
 //!
-//! What it may do in a namespace is exactly [`RBAC_RULES`]; the chart's Role is checked against it.
+//! What it may do in a namespace is exactly [`RBAC_RULES`] ([`TOKEN_RBAC_RULES`] when bubble-servers prove who
+//! they are with ServiceAccount tokens, [`TokenReviewer`], and no credential Secret is written); the chart's Role
+//! is checked against it.
+
+mod token_review;
+
+pub use token_review::{ACCEPTED_FOR_SECS, CLUSTER_RBAC_RULES, TokenReviewer, service_account};
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
@@ -28,6 +34,10 @@ pub const RBAC_RULES: [(&str, &str, &[&str]); 3] = [
     ("peerbubble.io", "categories", &["create", "patch", "delete", "deletecollection"]),
     ("", "secrets", &["create", "patch", "delete"]),
 ];
+
+/// What the admin API asks of the API server in a namespace when bubble-servers present ServiceAccount tokens:
+/// no Secret at all.
+pub const TOKEN_RBAC_RULES: [(&str, &str, &[&str]); 2] = [RBAC_RULES[0], RBAC_RULES[1]];
 
 /// Where bubbles go: one namespace for all, or one per bubble from a template.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,6 +76,9 @@ fn is_dns_label(name: &str) -> bool {
 pub struct Kubernetes {
     client: Client,
     namespaces: Namespaces,
+    /// Whether the bubble's credential goes into `<bubble>-credential` for its bubble-servers (not when they
+    /// present ServiceAccount tokens).
+    credential_secret: bool,
 }
 
 impl std::fmt::Debug for Kubernetes {
@@ -88,7 +101,24 @@ fn not_found(err: &kube::Error) -> bool {
 
 impl Kubernetes {
     pub fn new(client: Client, namespaces: Namespaces) -> Self {
-        Self { client, namespaces }
+        Self { client, namespaces, credential_secret: true }
+    }
+
+    /// Bubble-servers present their ServiceAccount token ([`TokenReviewer`]): no credential Secret is written
+    /// or deleted (the credential is still shown once, for a bubble-server outside the cluster).
+    pub fn with_service_account_tokens(mut self) -> Self {
+        self.credential_secret = false;
+        self
+    }
+
+    /// What this control plane asks of the API server in a namespace.
+    pub fn rbac_rules(&self) -> &'static [(&'static str, &'static str, &'static [&'static str])] {
+        if self.credential_secret { &RBAC_RULES } else { &TOKEN_RBAC_RULES }
+    }
+
+    /// The client and namespaces, for a [`TokenReviewer`] beside this control plane.
+    pub fn token_reviewer(&self, audience: String) -> TokenReviewer {
+        TokenReviewer::new(self.client.clone(), self.namespaces.clone(), audience)
     }
 
     /// With the pod's ServiceAccount in a cluster (or the local kubeconfig elsewhere).
@@ -120,7 +150,7 @@ impl Kubernetes {
     async fn create_bubble(&self, spec: &BubbleSpec) -> Result<(), ControlError> {
         let namespace = self.checked(&spec.id, "bubble", &spec.id)?;
         let apply = PatchParams::apply(FIELD_MANAGER).force();
-        if let Some(credential) = &spec.credential {
+        if let Some(credential) = spec.credential.as_ref().filter(|_| self.credential_secret) {
             // First the credential, so that the bubble-servers the operator starts find it.
             let name = format!("{}-credential", spec.id);
             let secret = json!({
@@ -215,11 +245,13 @@ impl Kubernetes {
             .await
             .map(drop)
             .or_else(gone("the bubble's Categories"))?;
-        Api::<Secret>::namespaced(self.client.clone(), &namespace)
-            .delete(&format!("{bubble}-credential"), &DeleteParams::default())
-            .await
-            .map(drop)
-            .or_else(gone("the bubble's credential Secret"))?;
+        if self.credential_secret {
+            Api::<Secret>::namespaced(self.client.clone(), &namespace)
+                .delete(&format!("{bubble}-credential"), &DeleteParams::default())
+                .await
+                .map(drop)
+                .or_else(gone("the bubble's credential Secret"))?;
+        }
         tracing::info!(%bubble, %namespace, "Bubble deleted");
         Ok(())
     }

@@ -3,63 +3,16 @@
 //! refusals reaching the administrator in its own words; ids that cannot name a resource refused before any call.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::time::Duration;
-
 use http::{Request, Response};
 use kube::Client;
 use kube::client::Body;
 use peerbubble_admin_api::control::{BubbleSpec, CategorySpec, ControlPlane, Credential};
 use peerbubble_control_k8s::{Kubernetes, Namespaces};
-use serde_json::{Value, json};
-use tower_test::mock::{Handle, SendResponse};
+use serde_json::json;
 
-struct ApiServer(Handle<Request<Body>, Response<Body>>);
+mod support;
 
-struct Call {
-    path: String,
-    query: String,
-    body: Value,
-    send: SendResponse<Response<Body>>,
-}
-
-impl ApiServer {
-    async fn expect(&mut self, method: &str, path: &str) -> Call {
-        let (request, send) = tokio::time::timeout(Duration::from_secs(10), self.0.next_request())
-            .await
-            .expect("no further request")
-            .expect("the client was dropped");
-        let method_seen = request.method().to_string();
-        let path_seen = request.uri().path().to_owned();
-        let query = request.uri().query().unwrap_or_default().to_owned();
-        let bytes = request.into_body().collect_bytes().await.unwrap();
-        let body = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() };
-        assert_eq!(format!("{method_seen} {path_seen}"), format!("{method} {path}"), "unexpected request");
-        Call { path: path_seen, query, body, send }
-    }
-
-    /// A server-side apply by the admin API's field manager; answers with what was applied.
-    async fn expect_apply(&mut self, path: &str) -> Value {
-        let call = self.expect("PATCH", path).await;
-        assert!(call.query.contains("fieldManager=peerbubble-admin-api"), "{}: {}", call.path, call.query);
-        assert!(call.query.contains("force=true"), "{}", call.query);
-        let body = call.body.clone();
-        call.reply(200, &body);
-        body
-    }
-}
-
-impl Call {
-    fn reply(self, status: u16, body: &Value) {
-        let response = Response::builder().status(status).body(Body::from(serde_json::to_vec(body).unwrap())).unwrap();
-        self.send.send_response(response);
-    }
-
-    fn refuse(self, code: u16, message: &str) {
-        let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": message,
-            "reason": "Invalid", "code": code});
-        self.reply(code, &status);
-    }
-}
+use support::ApiServer;
 
 fn control(namespaces: &str) -> (Kubernetes, ApiServer) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
@@ -68,6 +21,37 @@ fn control(namespaces: &str) -> (Kubernetes, ApiServer) {
 }
 
 const CRD: &str = "/apis/peerbubble.io/v1alpha1/namespaces/missions";
+
+/// When bubble-servers present ServiceAccount tokens, no credential Secret is written or deleted (the admin
+/// API's Role has no Secret rule then): only the Bubble and its Categories.
+#[tokio::test]
+async fn with_service_account_tokens_a_bubble_is_applied_and_deleted_without_a_credential_secret() {
+    let (control, mut api) = control("missions");
+    let control = control.with_service_account_tokens();
+    assert_eq!(control.rbac_rules(), &peerbubble_control_k8s::TOKEN_RBAC_RULES[..]);
+    let spec = BubbleSpec {
+        id: "ops".into(),
+        display_name: "Operations".into(),
+        credential: Some(Credential::new("s3cret-credential".into())),
+    };
+    let created = tokio::spawn(async move {
+        let result = control.bubble_created(&spec).await;
+        (control, result)
+    });
+    let bubble = api.expect_apply(&format!("{CRD}/bubbles/ops")).await;
+    assert_eq!(bubble["kind"], "Bubble", "the Bubble comes first: no Secret before it");
+    let (control, result) = created.await.unwrap();
+    result.unwrap();
+    let gone = tokio::spawn(async move { control.bubble_deleted("ops").await });
+    api.expect("DELETE", &format!("{CRD}/bubbles/ops"))
+        .await
+        .reply(200, &json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}));
+    api.expect("DELETE", &format!("{CRD}/categories"))
+        .await
+        .reply(200, &json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}));
+    gone.await.unwrap().unwrap();
+    assert!(api.0.next_request().await.is_none(), "a request after the Categories (a Secret?)");
+}
 
 #[tokio::test]
 async fn a_bubble_and_its_categories_are_applied_then_deleted_with_their_secret() {

@@ -137,6 +137,7 @@ async fn main() {
         image: "registry.local/peerbubble/peerbubble:bench".into(),
         admin_api_url: "http://admin.peerbubble.svc:8481".into(),
         admin_api_namespace: "peerbubble".into(),
+        bubble_token_audience: None,
     };
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = Arc::new(Metrics::register(&mut registry));

@@ -26,7 +26,7 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use crate::metrics::Metrics;
-use crate::render::{self, FIELD_MANAGER, RenderError, SIGNAL_PORT, Settings, TURN_SECRET_KEY};
+use crate::render::{self, FIELD_MANAGER, RenderError, SIGNAL_PORT, Settings, TURN_SECRET_KEY, token_audience};
 use crate::status::{Judgement, conditions, is_true};
 use peerbubble_crd::conditions::{POLICY_APPLIED, READY, SCALED, SIGNALING_READY, TURN_READY};
 
@@ -348,7 +348,10 @@ async fn turn_secret(
 /// Secrets the Bubble needs that someone else provides.
 async fn missing_secrets(ctx: &Context, namespace: &str, bubble: &Bubble) -> Result<Vec<String>, Error> {
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
-    let mut needed = vec![format!("{}-credential", bubble.name_any())];
+    let mut needed = Vec::new();
+    if token_audience(bubble, &ctx.settings).is_none() {
+        needed.push(format!("{}-credential", bubble.name_any()));
+    }
     needed.extend(bubble.spec.signaling.tls.iter().map(|t| t.secret_name.clone()));
     needed.extend(bubble.spec.turn.tls.iter().map(|t| t.secret_name.clone()));
     needed.extend(bubble.spec.nats.iter().map(|n| n.credentials_secret.clone()));

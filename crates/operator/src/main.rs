@@ -34,6 +34,10 @@ struct Args {
     /// The namespace of the admin API (bubble pods may reach it).
     #[arg(long, env = "PEERBUBBLE_ADMIN_API_NAMESPACE")]
     admin_api_namespace: String,
+    /// The audience of the ServiceAccount tokens bubble-servers present to the admin API (the admin API's
+    /// --bubble-token-audience); unset to mount each bubble's credential Secret instead.
+    #[arg(long, env = "PEERBUBBLE_BUBBLE_TOKEN_AUDIENCE")]
+    bubble_token_audience: Option<String>,
     /// Where /metrics, /healthz and /readyz are served.
     #[arg(long, env = "PEERBUBBLE_METRICS_LISTEN", default_value = "0.0.0.0:9090")]
     metrics_listen: SocketAddr,
@@ -126,6 +130,7 @@ async fn operate(args: Args) -> anyhow::Result<()> {
         image: args.bubble_image,
         admin_api_url: args.admin_api_url,
         admin_api_namespace: args.admin_api_namespace,
+        bubble_token_audience: args.bubble_token_audience.filter(|a| !a.trim().is_empty()),
     };
     let mut lost = leader.clone();
     let shutdown = async move {

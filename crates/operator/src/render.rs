@@ -14,8 +14,9 @@ use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy,
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, HTTPGetAction,
     PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, Secret, SecretVolumeSource, SecurityContext, Service,
-    ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
+    PodTemplateSpec, Probe, ProjectedVolumeSource, ResourceRequirements, SeccompProfile, Secret, SecretVolumeSource,
+    SecurityContext, Service, ServiceAccount, ServiceAccountTokenProjection, ServicePort, ServiceSpec, Volume,
+    VolumeMount, VolumeProjection, VolumeResourceRequirements,
 };
 use k8s_openapi::api::networking::v1::{
     IPBlock, NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
@@ -47,6 +48,30 @@ pub struct Settings {
     pub admin_api_url: String,
     /// Labels of the admin API's pods and its namespace, for the egress policy.
     pub admin_api_namespace: String,
+    /// The audience of the ServiceAccount token bubble-servers present to the admin API instead of the bubble
+    /// credential (ADR 0032); None to mount the `<bubble>-credential` Secret.
+    pub bubble_token_audience: Option<String>,
+}
+
+/// Where a bubble-server's projected ServiceAccount token is mounted.
+pub const TOKEN_DIR: &str = "/var/run/peerbubble/token";
+/// How long a projected token lives; the kubelet rotates it at 80 % (the shortest the API server allows).
+pub const TOKEN_SECONDS: i64 = 600;
+
+/// The label the admin API's control plane puts on the Bubbles it applies.
+pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "peerbubble-admin-api");
+
+/// The token audience when this bubble's servers present ServiceAccount tokens: the operator's setting, for a
+/// Bubble the admin API applied (it maps the Bubble's namespace to it) that follows the default admin API. A
+/// Bubble made by hand, or following an admin API elsewhere (`spec.directory.adminApiUrl`, which cannot review
+/// this cluster's tokens), keeps its credential Secret.
+pub fn token_audience<'a>(bubble: &Bubble, settings: &'a Settings) -> Option<&'a str> {
+    let applied_by_admin_api =
+        bubble.metadata.labels.as_ref().and_then(|l| l.get(MANAGED_BY.0)).is_some_and(|v| v == MANAGED_BY.1);
+    settings
+        .bubble_token_audience
+        .as_deref()
+        .filter(|_| applied_by_admin_api && bubble.spec.directory.admin_api_url.is_none())
 }
 
 /// Why a Bubble cannot be rendered.
@@ -212,7 +237,10 @@ fn deployment(ctx: &Ctx<'_>, bubble: &Bubble, settings: &Settings, policy_hash: 
             env("PEERBUBBLE_LISTEN", format!("0.0.0.0:{SIGNAL_PORT}")),
             env("PEERBUBBLE_ADMIN_API_URL", admin_api),
             env("PEERBUBBLE_BUBBLE", ctx.name),
-            env("PEERBUBBLE_BUBBLE_CREDENTIAL_FILE", "/var/run/peerbubble/credential/credential"),
+            match token_audience(bubble, settings) {
+                Some(_) => env("PEERBUBBLE_BUBBLE_TOKEN_FILE", format!("{TOKEN_DIR}/token")),
+                None => env("PEERBUBBLE_BUBBLE_CREDENTIAL_FILE", "/var/run/peerbubble/credential/credential"),
+            },
             env("PEERBUBBLE_POLICY_FILE", "/etc/peerbubble/policy/policy.yaml"),
             env("PEERBUBBLE_TURN_SECRET_FILE", format!("/var/run/peerbubble/turn/{TURN_SECRET_KEY}")),
             env("PEERBUBBLE_TURN_UDP_PORT", spec.turn.udp_port.to_string()),
@@ -249,7 +277,10 @@ fn deployment(ctx: &Ctx<'_>, bubble: &Bubble, settings: &Settings, policy_hash: 
         volume_mounts: Some(vec![
             VolumeMount {
                 name: "credential".into(),
-                mount_path: "/var/run/peerbubble/credential".into(),
+                mount_path: match token_audience(bubble, settings) {
+                    Some(_) => TOKEN_DIR.into(),
+                    None => "/var/run/peerbubble/credential".into(),
+                },
                 read_only: Some(true),
                 ..VolumeMount::default()
             },
@@ -295,7 +326,25 @@ fn deployment(ctx: &Ctx<'_>, bubble: &Bubble, settings: &Settings, policy_hash: 
         ..Volume::default()
     };
     let mut volumes = vec![
-        secret_volume("credential", format!("{}-credential", ctx.name)),
+        match token_audience(bubble, settings) {
+            // Bound to the admin API's audience: useless against the API server, and the pod mounts no other token.
+            Some(audience) => Volume {
+                name: "credential".into(),
+                projected: Some(ProjectedVolumeSource {
+                    sources: Some(vec![VolumeProjection {
+                        service_account_token: Some(ServiceAccountTokenProjection {
+                            audience: Some(audience.to_owned()),
+                            expiration_seconds: Some(TOKEN_SECONDS),
+                            path: "token".into(),
+                        }),
+                        ..VolumeProjection::default()
+                    }]),
+                    default_mode: Some(0o440),
+                }),
+                ..Volume::default()
+            },
+            None => secret_volume("credential", format!("{}-credential", ctx.name)),
+        },
         secret_volume("turn", format!("{}-turn", ctx.name)),
         Volume {
             name: "policy".into(),

@@ -345,6 +345,7 @@ fn the_examples_are_valid_resources_the_operator_renders() {
             image: "img".into(),
             admin_api_url: "http://admin".into(),
             admin_api_namespace: "peerbubble".into(),
+            bubble_token_audience: None,
         };
         let rendered = peerbubble_operator::render::render(&bubble, &categories, &settings, &[0; 32]).unwrap();
         let policy = &rendered.policy.data.unwrap()["policy.yaml"];
@@ -358,27 +359,25 @@ fn the_examples_are_valid_resources_the_operator_renders() {
     }
 }
 
-/// The admin API's Role grants exactly what its Kubernetes control plane asks of the API server
-/// (`peerbubble_control_k8s::RBAC_RULES`), in the bubble namespace, bound to its ServiceAccount, whose token is
-/// mounted only then; with the control plane off there is no Role and no token.
-#[test]
-fn the_admin_apis_role_is_exactly_what_its_control_plane_does() {
-    let rules_of = |docs: &[Value]| -> Vec<(String, String, Vec<String>)> {
-        let role: Role = strict(find(docs, "Role", "pb-peerbubble-admin-api"));
-        let mut out = Vec::new();
-        for rule in role.rules.unwrap_or_default() {
-            for group in rule.api_groups.clone().unwrap_or_default() {
-                for resource in rule.resources.clone().unwrap_or_default() {
-                    let mut verbs = rule.verbs.clone();
-                    verbs.sort();
-                    out.push((group.clone(), resource, verbs));
-                }
+type Rules = Vec<(String, String, Vec<String>)>;
+
+fn rules_in(rules: Option<Vec<k8s_openapi::api::rbac::v1::PolicyRule>>) -> Rules {
+    let mut out = Vec::new();
+    for rule in rules.unwrap_or_default() {
+        for group in rule.api_groups.clone().unwrap_or_default() {
+            for resource in rule.resources.clone().unwrap_or_default() {
+                let mut verbs = rule.verbs.clone();
+                verbs.sort();
+                out.push((group.clone(), resource, verbs));
             }
         }
-        out.sort();
-        out
-    };
-    let mut wanted: Vec<(String, String, Vec<String>)> = peerbubble_control_k8s::RBAC_RULES
+    }
+    out.sort();
+    out
+}
+
+fn rules_wanted(rules: &[(&str, &str, &[&str])]) -> Rules {
+    let mut wanted: Rules = rules
         .iter()
         .map(|(group, resource, verbs)| {
             let mut verbs: Vec<String> = verbs.iter().map(|v| (*v).to_owned()).collect();
@@ -387,6 +386,58 @@ fn the_admin_apis_role_is_exactly_what_its_control_plane_does() {
         })
         .collect();
     wanted.sort();
+    wanted
+}
+
+/// The admin API's Role grants exactly what its Kubernetes control plane asks of the API server
+/// (`peerbubble_control_k8s::TOKEN_RBAC_RULES`, or `RBAC_RULES` when bubble-servers present the credential), in
+/// the bubble namespace, bound to its ServiceAccount, whose token is mounted only then; with ServiceAccount tokens
+/// a ClusterRole allows exactly the TokenReview (`CLUSTER_RBAC_RULES`), and the admin API and the operator agree
+/// on the audience; with the control plane off there is no Role and no token.
+#[test]
+fn the_admin_apis_role_is_exactly_what_its_control_plane_does() {
+    let rules_of = |docs: &[Value]| -> Rules {
+        let role: Role = strict(find(docs, "Role", "pb-peerbubble-admin-api"));
+        rules_in(role.rules)
+    };
+    let cluster_rules_of = |docs: &[Value]| -> Rules {
+        let role: ClusterRole = strict(find(docs, "ClusterRole", "pb-peerbubble-admin-api-tokenreview"));
+        least_privilege(&role.rules);
+        rules_in(role.rules)
+    };
+    let audiences = |docs: &[Value]| {
+        let of = |name: &str| {
+            env_of(find(docs, "Deployment", name), "PEERBUBBLE_BUBBLE_TOKEN_AUDIENCE").map(|e| e["value"].clone())
+        };
+        (of("pb-peerbubble-admin-api"), of("pb-peerbubble-operator"))
+    };
+    let wanted = rules_wanted(&peerbubble_control_k8s::TOKEN_RBAC_RULES);
+    let with_credential = rules_wanted(&peerbubble_control_k8s::RBAC_RULES);
+    let cluster_wanted = rules_wanted(&peerbubble_control_k8s::CLUSTER_RBAC_RULES);
+
+    let docs = template(&[]).unwrap();
+    assert_eq!(rules_of(&docs), wanted);
+    assert_eq!(cluster_rules_of(&docs), cluster_wanted);
+    let binding = find(&docs, "ClusterRoleBinding", "pb-peerbubble-admin-api-tokenreview");
+    assert_eq!(binding["subjects"][0]["name"], "pb-peerbubble-admin-api");
+    assert_eq!(binding["subjects"][0]["namespace"], "peerbubble");
+    assert_eq!(binding["roleRef"]["name"], "pb-peerbubble-admin-api-tokenreview");
+    let audience = Value::from("pb-peerbubble-admin-api.peerbubble");
+    assert_eq!(audiences(&docs), (Some(audience.clone()), Some(audience)));
+    let docs = template(&["--set", "adminApi.controlPlane.tokenAudience=peerbubble.ministry.example"]).unwrap();
+    let audience = Value::from("peerbubble.ministry.example");
+    assert_eq!(audiences(&docs), (Some(audience.clone()), Some(audience)));
+
+    // The credential instead: the Secret rule comes back, no ClusterRole, no audience.
+    let docs = template(&["--set", "adminApi.controlPlane.bubbleServerAuth=credential"]).unwrap();
+    assert_eq!(rules_of(&docs), with_credential);
+    assert!(
+        !docs
+            .iter()
+            .any(|d| d["kind"] == "ClusterRole" && d["metadata"]["name"] == "pb-peerbubble-admin-api-tokenreview")
+    );
+    assert_eq!(audiences(&docs), (None, None));
+    assert!(template(&["--set", "adminApi.controlPlane.bubbleServerAuth=shared"]).is_err());
 
     let docs = template(&[]).unwrap();
     assert_eq!(rules_of(&docs), wanted);
@@ -418,5 +469,11 @@ fn the_admin_apis_role_is_exactly_what_its_control_plane_does() {
     assert!(env_of(admin, "PEERBUBBLE_KUBERNETES_NAMESPACE").is_none());
     let egress = find(&docs, "NetworkPolicy", "pb-peerbubble-admin-api")["spec"]["egress"].to_string();
     assert!(!egress.contains("6443"), "{egress}");
+    assert!(
+        !docs
+            .iter()
+            .any(|d| d["kind"] == "ClusterRole" && d["metadata"]["name"] == "pb-peerbubble-admin-api-tokenreview")
+    );
+    assert_eq!(audiences(&docs), (None, None), "Bubbles made by hand: their servers present the credential");
     assert!(template(&["--set", "adminApi.controlPlane.namespace=Not_A_Namespace"]).is_err());
 }

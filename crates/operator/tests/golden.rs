@@ -12,6 +12,7 @@ fn settings() -> Settings {
         image: "registry.example/peerbubble:0.1.0".into(),
         admin_api_url: "http://peerbubble-admin-api.peerbubble-system:8481".into(),
         admin_api_namespace: "peerbubble-system".into(),
+        bubble_token_audience: None,
     }
 }
 
@@ -60,6 +61,47 @@ fn default_bubble() {
     );
     // One replica by default: no PodDisruptionBudget.
     assert!(rendered.pdb.is_none() && rendered.network_policy.is_some());
+}
+
+/// With ServiceAccount tokens (the chart's default when the admin API makes bubbles): the pod mounts a token
+/// projected for the admin API's audience, short-lived, instead of the credential Secret, and still no token for
+/// the API server. A bubble that follows another admin API keeps the credential.
+#[test]
+fn bubble_servers_present_a_projected_token_bound_to_the_admin_apis_audience() {
+    let settings = Settings { bubble_token_audience: Some("pb-peerbubble-admin-api.peerbubble".into()), ..settings() };
+    let mut b = bubble("flood", json!({"displayName": "Flood response"}));
+    // Made by hand: the credential.
+    let rendered = render(&b, &[], &settings, b"0123456789abcdef0123456789abcdef").unwrap();
+    assert!(serde_json::to_string(&rendered.deployment).unwrap().contains("flood-credential"));
+    // Applied by the admin API: the token.
+    let (key, value) = peerbubble_operator::render::MANAGED_BY;
+    assert_eq!(value, peerbubble_control_k8s::FIELD_MANAGER, "the label the admin API puts on its Bubbles");
+    b.metadata.labels = Some([(key.to_owned(), value.to_owned())].into());
+    let rendered = render(&b, &[], &settings, b"0123456789abcdef0123456789abcdef").unwrap();
+    check_golden("token", &rendered.deployment);
+    let pod = rendered.deployment.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    assert_eq!(pod.automount_service_account_token, Some(false));
+    // The ServiceAccount the admin API's TokenReviewer maps to this bubble.
+    assert_eq!(pod.service_account_name, Some(peerbubble_control_k8s::service_account("flood")));
+    let volumes = serde_json::to_value(&pod.volumes).unwrap();
+    let projection = &volumes.as_array().unwrap().iter().find(|v| v["name"] == "credential").unwrap()["projected"];
+    assert_eq!(
+        projection["sources"][0]["serviceAccountToken"],
+        json!({"audience": "pb-peerbubble-admin-api.peerbubble", "expirationSeconds": 600, "path": "token"})
+    );
+    assert!(!volumes.to_string().contains("flood-credential"));
+    let env = serde_json::to_value(&pod.containers[0].env).unwrap().to_string();
+    assert!(
+        env.contains("PEERBUBBLE_BUBBLE_TOKEN_FILE") && !env.contains("PEERBUBBLE_BUBBLE_CREDENTIAL_FILE"),
+        "{env}"
+    );
+
+    let mut elsewhere =
+        bubble("drill", json!({"displayName": "Drill", "directory": {"adminApiUrl": "https://admin.example.org"}}));
+    elsewhere.metadata.labels = b.metadata.labels.clone();
+    let rendered = render(&elsewhere, &[], &settings, b"0123456789abcdef0123456789abcdef").unwrap();
+    let volumes = serde_json::to_value(&rendered.deployment.spec.unwrap().template.spec.unwrap().volumes).unwrap();
+    assert!(volumes.to_string().contains("drill-credential"), "{volumes}");
 }
 
 #[test]

@@ -15,6 +15,7 @@ use peerbubble_operator::controller::{
     self, FINALIZER, NOT_READY_RECHECK, RESYNC, ROTATE_ANNOTATION, error_policy, reconcile_bubble, reconcile_category,
 };
 use peerbubble_operator::metrics::encode;
+use peerbubble_operator::render::Settings;
 use serde_json::{Value, json};
 use support::*;
 
@@ -23,13 +24,27 @@ const NETPOL: &str = "/apis/networking.k8s.io/v1";
 const POLICY: &str = "/apis/policy/v1";
 
 /// What the API server knows around one apply pass.
-#[derive(Default)]
 struct World {
     existing_turn_secret: Option<Vec<u8>>,
     existing_rotation: &'static str,
     ready_replicas: i32,
     lb_ip: Option<&'static str>,
     credential_exists: bool,
+    /// The operator's settings (the harness's).
+    settings: Settings,
+}
+
+impl Default for World {
+    fn default() -> Self {
+        Self {
+            existing_turn_secret: None,
+            existing_rotation: "",
+            ready_replicas: 0,
+            lb_ip: None,
+            credential_exists: false,
+            settings: settings(),
+        }
+    }
 }
 
 /// What the reconciler wrote during one apply pass.
@@ -121,11 +136,14 @@ async fn drive_apply(api: &mut ApiServer, bubble: &Bubble, world: &World, status
     if fresh {
         written.events.push(api.expect_event().await);
     }
-    let credential = api.expect("GET", &core("secrets", &format!("{name}-credential"))).await;
-    if world.credential_exists {
-        credential.reply(200, &meta_only(&format!("{name}-credential")));
-    } else {
-        credential.not_found();
+    // With ServiceAccount tokens the credential Secret is not needed, nor looked for.
+    if peerbubble_operator::render::token_audience(bubble, &world.settings).is_none() {
+        let credential = api.expect("GET", &core("secrets", &format!("{name}-credential"))).await;
+        if world.credential_exists {
+            credential.reply(200, &meta_only(&format!("{name}-credential")));
+        } else {
+            credential.not_found();
+        }
     }
     // The NATS credentials are someone else's Secret too (the NATS administrator's).
     if let Some(nats) = &bubble.spec.nats {
@@ -201,6 +219,33 @@ async fn create_applies_everything_and_says_which_secret_is_missing() {
     assert_eq!(status["endpoints"]["signaling"], "ws://field-signal.crisis.svc:8480/v1/signal");
     assert_eq!(written.events[1].0, "Warning");
     assert_eq!(written.events[1].1, "SecretMissing");
+}
+
+/// With ServiceAccount tokens, a bubble needs no credential Secret: without one it is Ready, and its pods
+/// mount a token for the admin API's audience.
+#[tokio::test]
+async fn with_service_account_tokens_no_credential_secret_is_needed() {
+    let settings = Settings { bubble_token_audience: Some("pb-peerbubble-admin-api.peerbubble".into()), ..settings() };
+    let mut h = harness_with(crisis_categories(), settings.clone());
+    let mut b = bubble("field", json!({"displayName": "Field", "signaling": {"host": "field.example.org"}}));
+    let (key, value) = peerbubble_operator::render::MANAGED_BY;
+    b.metadata.labels = Some([(key.to_owned(), value.to_owned())].into());
+    let world = World {
+        existing_turn_secret: Some(vec![7u8; 32]),
+        ready_replicas: 1,
+        lb_ip: Some("192.0.2.10"),
+        credential_exists: false,
+        settings,
+        ..World::default()
+    };
+    let task = tokio::spawn(reconcile_bubble(Arc::new(b.clone()), h.ctx.clone()));
+    let written = drive_apply(&mut h.api, &b, &world, true).await;
+    assert_eq!(finish(task).await.unwrap(), Action::requeue(RESYNC));
+    let status = written.status.unwrap();
+    assert_eq!(condition(&status, "SignalingReady")["status"], "True", "{status}");
+    assert_eq!(condition(&status, "Ready")["status"], "True", "{status}");
+    let volumes = written.deployment["spec"]["template"]["spec"]["volumes"].to_string();
+    assert!(volumes.contains("serviceAccountToken") && !volumes.contains("field-credential"), "{volumes}");
 }
 
 #[tokio::test]

@@ -52,22 +52,41 @@ pub struct AdminArgs {
     #[cfg(feature = "kubernetes")]
     #[arg(long, env = "PEERBUBBLE_KUBERNETES_NAMESPACE")]
     pub kubernetes_namespace: Option<String>,
+    /// In a cluster: the audience of the ServiceAccount tokens bubble-servers present instead of a credential
+    /// (checked with a TokenReview; the pod's ServiceAccount must be `<bubble>-bubble` in the bubble's namespace).
+    /// No credential Secret is written then. Bubble-servers outside the cluster still present the credential.
+    #[cfg(feature = "kubernetes")]
+    #[arg(long, env = "PEERBUBBLE_BUBBLE_TOKEN_AUDIENCE", requires = "kubernetes_namespace")]
+    pub bubble_token_audience: Option<String>,
 }
+
+/// The platform's parts of the admin API: what else happens when bubbles change, and how bubble-servers prove
+/// which bubble they serve.
+type Platform = (
+    Option<Arc<dyn peerbubble_admin_api::control::ControlPlane>>,
+    Option<Arc<dyn peerbubble_admin_api::control::BubbleAuthenticator>>,
+);
 
 /// The Kubernetes control plane when `--kubernetes-namespace` is given (ADR 0027).
 #[cfg(feature = "kubernetes")]
-async fn kubernetes(args: &AdminArgs) -> anyhow::Result<Option<Arc<dyn peerbubble_admin_api::control::ControlPlane>>> {
-    let Some(rule) = &args.kubernetes_namespace else { return Ok(None) };
+async fn kubernetes(args: &AdminArgs) -> anyhow::Result<Platform> {
+    let Some(rule) = &args.kubernetes_namespace else { return Ok((None, None)) };
     let namespaces = peerbubble_control_k8s::Namespaces::new(rule)?;
-    let control = peerbubble_control_k8s::Kubernetes::connect(namespaces).await?;
+    let mut control = peerbubble_control_k8s::Kubernetes::connect(namespaces).await?;
     tracing::info!(namespace = %rule, "bubbles and categories are applied to Kubernetes");
-    Ok(Some(Arc::new(control)))
+    let Some(audience) = args.bubble_token_audience.clone().filter(|a| !a.trim().is_empty()) else {
+        return Ok((Some(Arc::new(control)), None));
+    };
+    tracing::info!(%audience, "bubble-servers present ServiceAccount tokens, checked with TokenReview");
+    let reviewer = control.token_reviewer(audience);
+    control = control.with_service_account_tokens();
+    Ok((Some(Arc::new(control)), Some(Arc::new(reviewer))))
 }
 
 #[cfg(not(feature = "kubernetes"))]
 #[allow(clippy::unused_async)]
-async fn kubernetes(_: &AdminArgs) -> anyhow::Result<Option<Arc<dyn peerbubble_admin_api::control::ControlPlane>>> {
-    Ok(None)
+async fn kubernetes(_: &AdminArgs) -> anyhow::Result<Platform> {
+    Ok((None, None))
 }
 
 impl AdminArgs {
@@ -147,8 +166,15 @@ pub async fn start(
     if control.is_some() && args.kubernetes_namespace.is_some() {
         anyhow::bail!("--kubernetes-namespace is for the admin API in a cluster, not for `peerbubble up`");
     }
-    if let Some(control) = control.or(kubernetes(args).await?) {
+    let (cluster, bubble_auth) = match control {
+        Some(control) => (Some(control), None),
+        None => kubernetes(args).await?,
+    };
+    if let Some(control) = cluster {
         state.control = control;
+    }
+    if let Some(bubble_auth) = bubble_auth {
+        state.bubble_auth = bubble_auth;
     }
     state.session_secs = i64::from(args.admin_session_hours.max(1)) * 3600;
     if let Some(config) = oidc {

@@ -313,15 +313,13 @@ fn sqlite_url(data_dir: &Path) -> String {
 
 async fn bubble_server(args: &SignalArgs) -> anyhow::Result<()> {
     let config = Config::resolve(args)?;
-    let server = match (&args.admin_api_url, &args.bubble, &args.bubble_credential_file) {
+    let proof = args.bubble_token_file.as_ref().or(args.bubble_credential_file.as_ref());
+    let server = match (&args.admin_api_url, &args.bubble, proof) {
         (Some(url), Some(bubble), Some(file)) => {
-            let secret = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
-            let mut source = AdminApiSource::new(
-                url,
-                bubble,
-                BubbleCredential::new(secret.trim().to_owned()),
-                Duration::from_secs(1),
-            )?;
+            // Read now to fail at start on a missing file; then again at every request (rotation).
+            let credential = BubbleCredential::from_file(file.clone());
+            credential.bearer().await.map_err(|e| anyhow::anyhow!(e))?;
+            let mut source = AdminApiSource::new(url, bubble, credential.clone(), Duration::from_secs(1))?;
             if let Some(policy) = &args.policy_file {
                 source = source.with_policy_file(policy.clone());
             }
@@ -329,7 +327,7 @@ async fn bubble_server(args: &SignalArgs) -> anyhow::Result<()> {
             // Health samples and session events reach the console from every bubble-server the operator runs,
             // not only from `up`.
             let interval = args.health_interval_ms.map_or(REPORT_INTERVAL, Duration::from_millis);
-            let reporter = AdminApiReporter::new(url, bubble, BubbleCredential::new(secret.trim().to_owned()));
+            let reporter = AdminApiReporter::new(url, bubble, credential);
             peerbubble_bubble_server::spawn_reporter(server.health(), reporter, interval);
             server
         }

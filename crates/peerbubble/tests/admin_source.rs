@@ -180,6 +180,49 @@ async fn bubble_server_follows_the_admin_api_and_survives_its_outage() {
     server.shutdown().await.unwrap();
 }
 
+/// A credential or token file is read again for every request, as the kubelet rotates a projected token in place
+/// (an atomic rename): a server that started with a stale one gets its directory once the file holds a good one,
+/// without a restart; an unreadable file is an error of that poll, and the last directory stays.
+#[tokio::test]
+async fn the_credential_file_is_read_again_for_every_request() {
+    let (admin, dir) = admin_api(&[("team", &[])], &[("Ann", &["team"])]).await;
+    let file = dir.path().join("token");
+    let write = |text: &str| {
+        let tmp = dir.path().join("..token.tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &file).unwrap();
+    };
+    write("stale-token\n");
+    let credential = BubbleCredential::from_file(file.clone());
+    assert!(!format!("{credential:?}").contains("stale"), "{credential:?}");
+    let source = AdminApiSource::new(&admin.api, "ops", credential, Duration::from_millis(100)).unwrap();
+    let config = Config { listen: SocketAddr::from(([127, 0, 0, 1], 0)), ..Config::default() };
+    let server = Server::start(config, source).await.unwrap();
+    assert!(tokio::time::timeout(Duration::from_millis(400), server.ready()).await.is_err(), "stale token accepted");
+
+    write(&format!("{}\n", admin.credential));
+    tokio::time::timeout(Duration::from_secs(10), server.ready()).await.expect("the new file was not read");
+    let url = format!("ws://{}/v1/signal", server.local_addr());
+    assert!(SignalClient::connect(&url, &admin.keys[0]).await.is_ok());
+
+    // The file disappears (a broken mount): polls fail, members keep the directory they had.
+    let errors = |server: &Server| -> u64 {
+        let text = server.metrics_text();
+        let line = text.lines().find(|l| l.starts_with("peerbubble_signal_directory_reloads_total{result=\"error\"}"));
+        line.and_then(|l| l.rsplit(' ').next()).and_then(|n| n.parse().ok()).unwrap_or(0)
+    };
+    let before = errors(&server);
+    assert!(before > 0, "the stale token's refusals were counted");
+    std::fs::remove_file(&file).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while errors(&server) <= before {
+        assert!(Instant::now() < deadline, "the missing file was not noticed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(SignalClient::connect(&url, &admin.keys[0]).await.is_ok());
+    server.shutdown().await.unwrap();
+}
+
 /// In Kubernetes the categories come from Category resources: the operator's policy file is laid over the admin
 /// API's document, re-read at every poll; a category the policy drops is taken from its members.
 #[tokio::test]

@@ -32,6 +32,7 @@ pub fn settings() -> Settings {
         image: "registry.local/peerbubble:test".into(),
         admin_api_url: "http://peerbubble-admin-api.peerbubble.svc:8080".into(),
         admin_api_namespace: "peerbubble".into(),
+        bubble_token_audience: None,
     }
 }
 
@@ -72,6 +73,11 @@ pub struct Harness {
 }
 
 pub fn harness(categories: Vec<Category>) -> Harness {
+    harness_with(categories, settings())
+}
+
+/// The same with settings of one's own.
+pub fn harness_with(categories: Vec<Category>, settings: Settings) -> Harness {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
     let (store, mut writer): (Store<Category>, _) = reflector::store();
@@ -80,7 +86,7 @@ pub fn harness(categories: Vec<Category>) -> Harness {
     }
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::register(&mut registry));
-    let ctx = Arc::new(Context::new(client, settings(), store, metrics, Some("operator-0".into())));
+    let ctx = Arc::new(Context::new(client, settings, store, metrics, Some("operator-0".into())));
     Harness { ctx, api: ApiServer(handle), categories: writer, registry }
 }
 
