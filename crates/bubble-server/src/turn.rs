@@ -345,12 +345,13 @@ fn is_channel_data(input: &[u8]) -> bool {
 }
 
 /// Relays one message a client sent over `tuple`: ChannelData through the client's data path where it has
-/// one, everything else (and a first ChannelData) through the server. What it sends goes into `batch`.
+/// one, everything else (and a first ChannelData) through the server. What it sends goes into `batch`. `back`
+/// makes the way back to the client, which only the server's path needs (not cloned per relayed datagram).
 fn from_client(
     shared: &Arc<Shared>,
     paths: &mut Paths,
     tuple: FiveTuple,
-    back: &Via,
+    back: impl FnOnce() -> Via,
     input: &[u8],
     out: &mut Vec<u8>,
     batch: &mut Batch,
@@ -369,16 +370,17 @@ fn from_client(
             FromClient::Server => {}
         }
     }
+    let back = back();
     let (action, path) = {
         let mut core = shared.core();
-        let action = core.handle_client(now, tuple, back, input, out);
+        let action = core.handle_client(now, tuple, &back, input, out);
         let path = if channel_data { core.data_path_of(&tuple) } else { None };
         (action, path)
     };
     if let Some(path) = path {
         paths.insert(tuple.client, &path);
     }
-    act(shared, action, input, out, back, batch);
+    act(shared, action, input, out, &back, batch);
 }
 
 async fn udp_listener(shared: Arc<Shared>, socket: Arc<Udp>, mut stop: watch::Receiver<bool>) {
@@ -396,8 +398,8 @@ async fn udp_listener(shared: Arc<Shared>, socket: Arc<Udp>, mut stop: watch::Re
         loop {
             let received = buffers.recv(&socket, |from, input| {
                 let tuple = FiveTuple { transport: Transport::Udp, client: from, server: local };
-                let back = Via::Udp(socket.clone(), from);
-                from_client(&shared, &mut paths, tuple, &back, input, &mut out, &mut batch);
+                let back = || Via::Udp(socket.clone(), from);
+                from_client(&shared, &mut paths, tuple, back, input, &mut out, &mut batch);
             });
             batch.flush();
             match received {
@@ -683,7 +685,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
             };
             deadline = IDLE;
             let frame = rest.get(..len).unwrap_or_default();
-            from_client(&shared, &mut paths, tuple, &back, frame, &mut out, &mut batch);
+            from_client(&shared, &mut paths, tuple, || back.clone(), frame, &mut out, &mut batch);
             used += len;
         }
         batch.flush();
