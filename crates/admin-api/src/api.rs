@@ -11,7 +11,7 @@ use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use peerbubble_proto::enroll::MAX_INVITE_TOKEN_BYTES;
+use peerbubble_proto::enroll::{ENROLL_BUBBLE_HEADER, MAX_INVITE_TOKEN_BYTES};
 use peerbubble_proto::health::{HealthReport, MAX_EVENTS_PER_REPORT, SessionEventKind};
 use peerbubble_proto::{EnrollRequest, Enrolled};
 use serde::{Deserialize, Serialize};
@@ -342,11 +342,13 @@ async fn create_invite(
     responses((status = 201, description = "Enrolled", body = Enrolled),
         (status = 400, description = "Malformed key or signature", body = ErrorBody),
         (status = 401, description = "The signature does not prove possession of the key", body = ErrorBody),
+        (status = 403, description = "Forwarded by a bubble-server of another bubble than the invite's", body = ErrorBody),
         (status = 404, description = "Unknown invite", body = ErrorBody),
         (status = 409, description = "Invite already used, or key already enrolled", body = ErrorBody),
         (status = 410, description = "Invite expired", body = ErrorBody), (status = 429, description = "Rate-limited", body = ErrorBody)))]
 async fn enroll(
     State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
     Body(req): Body<EnrollRequest>,
 ) -> Result<(StatusCode, Json<Enrolled>), ApiError> {
     if let Err(retry) = state.enroll_limiter.lock().unwrap_or_else(|p| p.into_inner()).take(Instant::now()) {
@@ -364,6 +366,18 @@ async fn enroll(
     }
     let token_hash = hash_token(&req.invite);
     let bubble = state.store.invite_bubble(&token_hash).await?.ok_or(StoreError::Invite(InviteRefusal::Unknown))?;
+    // A bubble-server forwarding enrollments from its own origin names its bubble: an invite of another bubble
+    // opened there would enroll a member whose client then signals to the wrong bubble-server.
+    if let Some(served) = headers.get(ENROLL_BUBBLE_HEADER)
+        && served.as_bytes() != bubble.as_bytes()
+    {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "wrong_bubble",
+            "this invite is for another bubble than the one this address serves: open the link exactly as you \
+             received it",
+        ));
+    }
     // Checked before the invite is used, so that a bad attempt never burns a good invite.
     req.verify(&bubble).map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, "bad_signature", e.to_string()))?;
     let member = public_key.member_id().to_string();

@@ -49,6 +49,14 @@ pub struct SignalArgs {
     /// The bubble file (YAML: bubble, categories, members), reloaded when it changes.
     #[arg(long, env = "PEERBUBBLE_BUBBLE_FILE")]
     pub bubble_file: Option<PathBuf>,
+    /// TLS certificate chain (PEM) for HTTPS and `wss://` on the signaling listener, e.g. a mounted
+    /// kubernetes.io/tls Secret; read again when it changes (a renewal needs no restart). Without it the listener
+    /// speaks plain HTTP (loopback, or behind an Ingress that terminates TLS).
+    #[arg(long, env = "PEERBUBBLE_SIGNAL_TLS_CERT", requires = "signal_tls_key")]
+    pub signal_tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of `--signal-tls-cert`.
+    #[arg(long, env = "PEERBUBBLE_SIGNAL_TLS_KEY", requires = "signal_tls_cert")]
+    pub signal_tls_key: Option<PathBuf>,
     /// Largest frame accepted, in bytes (at most 65536).
     #[arg(long, env = "PEERBUBBLE_MAX_FRAME_BYTES")]
     pub max_frame_bytes: Option<u32>,
@@ -390,7 +398,16 @@ impl Config {
                 .unwrap_or(d.reload_interval),
             max_groups: args.max_groups.or(file.max_groups).unwrap_or(d.max_groups),
             turn: None,
-            tls: None,
+            tls: match (&args.signal_tls_cert, &args.signal_tls_key) {
+                (Some(cert), Some(key)) => Some(
+                    crate::tls::ServerTls::load(
+                        &TlsSource::Files { cert: cert.clone(), key: key.clone() },
+                        &[b"http/1.1"],
+                    )
+                    .map_err(|e| ConfigError::Invalid(format!("signaling TLS: {e}")))?,
+                ),
+                _ => None,
+            },
             mailbox: args.mailbox.clone().or(file.mailbox).map(|path| {
                 let d = crate::mailbox::MailboxConfig::at(path);
                 crate::mailbox::MailboxConfig {

@@ -8,8 +8,10 @@
 //! they are with ServiceAccount tokens, [`TokenReviewer`], and no credential Secret is written); the chart's Role
 //! is checked against it.
 
+mod template;
 mod token_review;
 
+pub use template::BubbleTemplate;
 pub use token_review::{ACCEPTED_FOR_SECS, CLUSTER_RBAC_RULES, TokenReviewer, service_account};
 
 use k8s_openapi::api::core::v1::Secret;
@@ -79,6 +81,8 @@ pub struct Kubernetes {
     /// Whether the bubble's credential goes into `<bubble>-credential` for its bubble-servers (not when they
     /// present ServiceAccount tokens).
     credential_secret: bool,
+    /// What every Bubble gets besides its display name.
+    template: BubbleTemplate,
 }
 
 impl std::fmt::Debug for Kubernetes {
@@ -101,7 +105,15 @@ fn not_found(err: &kube::Error) -> bool {
 
 impl Kubernetes {
     pub fn new(client: Client, namespaces: Namespaces) -> Self {
-        Self { client, namespaces, credential_secret: true }
+        Self { client, namespaces, credential_secret: true, template: BubbleTemplate::default() }
+    }
+
+    /// Every Bubble applied from now on is made from `template` (its host, Ingress, TURN exposure…), and its
+    /// members are sent to its own host when the template gives it one.
+    #[must_use]
+    pub fn with_template(mut self, template: BubbleTemplate) -> Self {
+        self.template = template;
+        self
     }
 
     /// Bubble-servers present their ServiceAccount token ([`TokenReviewer`]): no credential Secret is written
@@ -169,7 +181,7 @@ impl Kubernetes {
             "apiVersion": "peerbubble.io/v1alpha1",
             "kind": "Bubble",
             "metadata": { "name": spec.id, "labels": Self::labels(&spec.id) },
-            "spec": { "displayName": spec.display_name },
+            "spec": self.template.spec_for(&spec.id, &spec.display_name),
         });
         Api::<Bubble>::namespaced(self.client.clone(), &namespace)
             .patch(&spec.id, &apply, &Patch::Apply(&bubble))
@@ -280,6 +292,12 @@ impl ControlPlane for Kubernetes {
 
     fn bubble_status<'a>(&'a self, bubble: &'a str) -> StatusFuture<'a> {
         Box::pin(self.status(bubble))
+    }
+
+    /// The bubble's own host when the template gives it one: the web client, enrollment and signaling are
+    /// served there (the bubble-server passes enrollments on to this admin API).
+    fn bubble_origin(&self, bubble: &str) -> Option<String> {
+        self.template.origin(bubble)
     }
 }
 

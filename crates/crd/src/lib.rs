@@ -148,20 +148,70 @@ pub struct NatsSpec {
     pub credentials_secret: String,
 }
 
-/// Signaling settings.
+/// Signaling settings: where members open the bubble (its web client, enrollment and signaling share one
+/// origin) and who terminates TLS there.
+///
+/// - `ingress` (with `host`): the operator makes an Ingress `<bubble>-signal` for the host; TLS ends at the
+///   Ingress controller, with the Secret `tls` names, or the one cert-manager issues from the Ingress
+///   annotations (`<bubble>-signal-tls` unless `tls` names another), or the controller's default certificate.
+/// - `tls` without `ingress`: the bubble-server itself serves HTTPS with the Secret (a TLS passthrough in front,
+///   or members inside the cluster's network); a renewed Secret is served without a restart.
+/// - neither: plain HTTP on the in-cluster Service (tests, or a platform-managed proxy that terminates TLS).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(
+    cel,
+    validation = Rule::new("!has(self.ingress) || has(self.host)")
+        .message("signaling.ingress needs signaling.host: the Ingress routes that host name to the bubble")
+)]
 pub struct SignalingSpec {
-    /// Public host name (an Ingress is left to the platform; the operator reports it as the endpoint).
+    /// Public host name members open (`https://<host>/enroll#…`); reported in `status.endpoints.signaling`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
         length(max = 253),
         regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
     )]
     pub host: Option<String>,
-    /// TLS for signaling, from a Secret of type kubernetes.io/tls in the bubble's namespace.
+    /// TLS for signaling, from a Secret of type kubernetes.io/tls in the bubble's namespace: the Ingress's
+    /// certificate with `ingress`, else the bubble-server's own. TURN over TLS uses it too unless `turn.tls` is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsSpec>,
+    /// An Ingress for `host` in front of the bubble-server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<IngressSpec>,
+}
+
+/// The Ingress in front of a bubble's signaling.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressSpec {
+    /// The IngressClass (default: the operator's `--ingress-class`, else the cluster's default class).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub class_name: Option<String>,
+    /// Annotations of the Ingress: for cert-manager (`cert-manager.io/cluster-issuer: <issuer>`, which then
+    /// issues the certificate into the TLS Secret), or for the controller (WebSocket timeouts).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub annotations: std::collections::BTreeMap<String, String>,
+}
+
+impl IngressSpec {
+    /// Whether cert-manager is asked to issue the certificate (an annotation of its `cert-manager.io` group).
+    pub fn asks_cert_manager(&self) -> bool {
+        self.annotations.keys().any(|k| k.starts_with("cert-manager.io/"))
+    }
+}
+
+impl SignalingSpec {
+    /// The kubernetes.io/tls Secret of the bubble's signaling certificate, if it has one: the Secret `tls`
+    /// names, or the one cert-manager issues for the Ingress.
+    pub fn tls_secret(&self, bubble: &str) -> Option<String> {
+        match (&self.tls, &self.ingress) {
+            (Some(tls), _) => Some(tls.secret_name.clone()),
+            (None, Some(ingress)) if ingress.asks_cert_manager() => Some(format!("{bubble}-signal-tls")),
+            (None, _) => None,
+        }
+    }
 }
 
 /// A TLS certificate.

@@ -105,4 +105,24 @@ fn cel_rules_refuse_what_they_should() {
     let refused = BubbleSpec::validate_cel(&both, None).unwrap_err();
     assert!(format!("{refused:?}").contains("spec.mailbox and spec.nats"), "{refused:?}");
     assert!(BubbleSpec::validate_cel(&json!({"displayName": "Flood", "mailbox": {}}), None).is_ok());
+    // An Ingress routes a host name: none, refused with the reason.
+    let nameless = json!({"ingress": {"className": "nginx"}});
+    let refused = peerbubble_crd::SignalingSpec::validate_cel(&nameless, None).unwrap_err();
+    assert!(format!("{refused:?}").contains("signaling.ingress needs signaling.host"), "{refused:?}");
+    let named = json!({"host": "flood.example.org", "ingress": {}});
+    assert!(peerbubble_crd::SignalingSpec::validate_cel(&named, None).is_ok());
+}
+
+#[test]
+fn the_signaling_certificate_is_the_named_secret_or_the_one_cert_manager_issues() {
+    let spec = |v: serde_json::Value| serde_json::from_value::<peerbubble_crd::SignalingSpec>(v).unwrap();
+    assert_eq!(spec(json!({})).tls_secret("flood"), None);
+    assert_eq!(spec(json!({"host": "f.example.org", "ingress": {}})).tls_secret("flood"), None);
+    let issued =
+        spec(json!({"host": "f.example.org", "ingress": {"annotations": {"cert-manager.io/cluster-issuer": "pki"}}}));
+    assert_eq!(issued.tls_secret("flood").as_deref(), Some("flood-signal-tls"));
+    let named = spec(json!({"host": "f.example.org", "tls": {"secretName": "wildcard"},
+        "ingress": {"annotations": {"cert-manager.io/cluster-issuer": "pki"}}}));
+    assert_eq!(named.tls_secret("flood").as_deref(), Some("wildcard"));
+    assert_eq!(spec(json!({"tls": {"secretName": "own"}})).tls_secret("flood").as_deref(), Some("own"));
 }

@@ -138,6 +138,7 @@ async fn main() {
         admin_api_url: "http://admin.peerbubble.svc:8481".into(),
         admin_api_namespace: "peerbubble".into(),
         bubble_token_audience: None,
+        ingress_class: None,
     };
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = Arc::new(Metrics::register(&mut registry));

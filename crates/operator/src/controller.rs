@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service, ServiceAccount};
-use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
@@ -26,7 +26,7 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use crate::metrics::Metrics;
-use crate::render::{self, FIELD_MANAGER, RenderError, SIGNAL_PORT, Settings, TURN_SECRET_KEY, token_audience};
+use crate::render::{self, FIELD_MANAGER, RenderError, SIGNAL_PORT, Settings, TURN_SECRET_KEY};
 use crate::status::{Judgement, conditions, is_true};
 use peerbubble_crd::conditions::{POLICY_APPLIED, READY, SCALED, SIGNALING_READY, TURN_READY};
 
@@ -348,14 +348,7 @@ async fn turn_secret(
 /// Secrets the Bubble needs that someone else provides.
 async fn missing_secrets(ctx: &Context, namespace: &str, bubble: &Bubble) -> Result<Vec<String>, Error> {
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
-    let mut needed = Vec::new();
-    if token_audience(bubble, &ctx.settings).is_none() {
-        needed.push(format!("{}-credential", bubble.name_any()));
-    }
-    needed.extend(bubble.spec.signaling.tls.iter().map(|t| t.secret_name.clone()));
-    needed.extend(bubble.spec.turn.tls.iter().map(|t| t.secret_name.clone()));
-    needed.extend(bubble.spec.nats.iter().map(|n| n.credentials_secret.clone()));
-    needed.dedup();
+    let needed = render::needed_secrets(bubble, &ctx.settings);
     let mut missing = Vec::new();
     for name in needed {
         if api.get_metadata_opt(&name).await?.is_none() {
@@ -412,6 +405,8 @@ async fn apply_bubble(bubble: &Bubble, ctx: &Context) -> Result<Action, Error> {
     // Before the Deployment that mounts it. Removing `spec.mailbox` deletes what waited in it.
     let claims = Api::<PersistentVolumeClaim>::namespaced(client.clone(), &namespace);
     apply_or_delete(&claims, rendered.mailbox.as_ref(), &render::mailbox_claim(&name)).await?;
+    let ingresses = Api::<Ingress>::namespaced(client.clone(), &namespace);
+    apply_or_delete(&ingresses, rendered.ingress.as_ref(), &format!("{name}-signal")).await?;
     let deployment =
         apply_one(&Api::<Deployment>::namespaced(client.clone(), &namespace), &rendered.deployment).await?;
     if fresh {
@@ -466,9 +461,12 @@ fn judge(
 ) -> (Vec<Judgement>, Endpoints) {
     let name = bubble.name_any();
     let spec = &bubble.spec;
-    let signaling = match &spec.signaling.host {
-        Some(host) => format!("wss://{host}/v1/signal"),
-        None => format!("ws://{name}-signal.{namespace}.svc:{SIGNAL_PORT}/v1/signal"),
+    // A host is reached over TLS (its Ingress, a passthrough to the bubble-server's own certificate, or a proxy
+    // of the platform); without one, the in-cluster Service, over TLS when the bubble-server has a certificate.
+    let signaling = match (&spec.signaling.host, render::serves_tls(bubble)) {
+        (Some(host), _) => format!("wss://{host}/v1/signal"),
+        (None, true) => format!("wss://{name}-signal.{namespace}.svc:{SIGNAL_PORT}/v1/signal"),
+        (None, false) => format!("ws://{name}-signal.{namespace}.svc:{SIGNAL_PORT}/v1/signal"),
     };
     let find = |suffix: &str| services.iter().find(|s| s.metadata.name.as_deref() == Some(&format!("{name}-{suffix}")));
     let address = turn_address(bubble, find("turn-udp"));
@@ -491,13 +489,22 @@ fn judge(
             ),
         )
     };
+    let issued =
+        spec.signaling.ingress.as_ref().filter(|i| i.asks_cert_manager()).and(spec.signaling.tls_secret(&name));
     let signaling_ready = if !missing.is_empty() {
+        let pending_issue = match &issued {
+            Some(secret) if missing.contains(secret) => format!(
+                "; cert-manager issues {secret} from the Ingress's annotations (`kubectl -n {namespace} describe \
+                 certificate {secret}`)"
+            ),
+            _ => String::new(),
+        };
         Judgement::not(
             SIGNALING_READY,
             "SecretMissing",
             format!(
-                "Secret {} not found in namespace {namespace}; the bubble-server cannot start without it \
-                 (the bubble credential comes from `peerbubble` bubble creation on the admin API)",
+                "Secret {} not found in namespace {namespace}; the bubble cannot serve without it \
+                 (the bubble credential comes from `peerbubble` bubble creation on the admin API){pending_issue}",
                 missing.join(", ")
             ),
         )
@@ -563,6 +570,9 @@ async fn cleanup_bubble(bubble: &Bubble, ctx: &Context) -> Result<Action, Error>
     let client = &ctx.client;
     let mut removed = 0;
     removed += u32::from(delete_if_present(&Api::<Deployment>::namespaced(client.clone(), &namespace), &name).await?);
+    removed += u32::from(
+        delete_if_present(&Api::<Ingress>::namespaced(client.clone(), &namespace), &format!("{name}-signal")).await?,
+    );
     let services = Api::<Service>::namespaced(client.clone(), &namespace);
     for suffix in ["signal", "turn-udp", "turn-tls"] {
         removed += u32::from(delete_if_present(&services, &format!("{name}-{suffix}")).await?);

@@ -38,6 +38,10 @@ struct Args {
     /// --bubble-token-audience); unset to mount each bubble's credential Secret instead.
     #[arg(long, env = "PEERBUBBLE_BUBBLE_TOKEN_AUDIENCE")]
     bubble_token_audience: Option<String>,
+    /// The IngressClass of a Bubble's Ingress when `spec.signaling.ingress.className` is unset; unset for the
+    /// cluster's default IngressClass.
+    #[arg(long, env = "PEERBUBBLE_INGRESS_CLASS")]
+    ingress_class: Option<String>,
     /// Where /metrics, /healthz and /readyz are served.
     #[arg(long, env = "PEERBUBBLE_METRICS_LISTEN", default_value = "0.0.0.0:9090")]
     metrics_listen: SocketAddr,
@@ -131,6 +135,7 @@ async fn operate(args: Args) -> anyhow::Result<()> {
         admin_api_url: args.admin_api_url,
         admin_api_namespace: args.admin_api_namespace,
         bubble_token_audience: args.bubble_token_audience.filter(|a| !a.trim().is_empty()),
+        ingress_class: args.ingress_class.filter(|c| !c.trim().is_empty()),
     };
     let mut lost = leader.clone();
     let shutdown = async move {

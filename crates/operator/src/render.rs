@@ -4,7 +4,8 @@
 //! For a Bubble `b` in namespace `ns`: ServiceAccount `b-bubble`, Secret `b-turn` (TURN HMAC secret, generated
 //! once and kept), ConfigMap `b-policy` (the category policy assembled from the Categories), Deployment `b`
 //! (bubble-server: signaling + TURN), Services `b-signal` (ClusterIP), `b-turn-udp` and `b-turn-tls`,
-//! NetworkPolicy `b` (unless disabled) and a PodDisruptionBudget `b` when there is more than one replica.
+//! NetworkPolicy `b` (unless disabled), a PodDisruptionBudget `b` when there is more than one replica, and an
+//! Ingress `b-signal` when `spec.signaling.ingress` asks for one (ADR 0033).
 //! Every object carries the same labels and an owner reference to the Bubble.
 
 use std::collections::BTreeMap;
@@ -19,8 +20,9 @@ use k8s_openapi::api::core::v1::{
     VolumeMount, VolumeProjection, VolumeResourceRequirements,
 };
 use k8s_openapi::api::networking::v1::{
-    IPBlock, NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
-    NetworkPolicySpec,
+    HTTPIngressPath, HTTPIngressRuleValue, IPBlock, Ingress, IngressBackend, IngressRule, IngressServiceBackend,
+    IngressSpec, IngressTLS, NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer,
+    NetworkPolicyPort, NetworkPolicySpec, ServiceBackendPort,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -51,6 +53,46 @@ pub struct Settings {
     /// The audience of the ServiceAccount token bubble-servers present to the admin API instead of the bubble
     /// credential (ADR 0032); None to mount the `<bubble>-credential` Secret.
     pub bubble_token_audience: Option<String>,
+    /// The IngressClass of a bubble's Ingress when its spec names none (None: the cluster's default class).
+    pub ingress_class: Option<String>,
+}
+
+/// Where the bubble-server's own signaling certificate is mounted (`spec.signaling.tls` without an Ingress).
+const SIGNAL_TLS_DIR: &str = "/var/run/peerbubble/signal-tls";
+/// Where TURN over TLS's certificate is mounted.
+const TURN_TLS_DIR: &str = "/var/run/peerbubble/turn-tls";
+
+/// Whether the bubble-server itself terminates TLS on its signaling listener: a certificate and no Ingress.
+pub fn serves_tls(bubble: &Bubble) -> bool {
+    bubble.spec.signaling.tls.is_some() && bubble.spec.signaling.ingress.is_none()
+}
+
+/// The Secret TURN over TLS serves: `turn.tls`, else the signaling certificate (the CRD's promise), else none
+/// (a self-signed certificate made at start).
+pub fn turn_tls_secret(bubble: &Bubble) -> Option<String> {
+    let name = bubble.metadata.name.as_deref().unwrap_or_default();
+    bubble.spec.turn.tls.as_ref().map(|t| t.secret_name.clone()).or_else(|| bubble.spec.signaling.tls_secret(name))
+}
+
+/// The Secrets the bubble needs and someone else provides: those its pods mount (they cannot start without
+/// them), and the Ingress's certificate when it is named and not issued by cert-manager.
+pub fn needed_secrets(bubble: &Bubble, settings: &Settings) -> Vec<String> {
+    let name = bubble.metadata.name.as_deref().unwrap_or_default();
+    let spec = &bubble.spec;
+    let mut needed = Vec::new();
+    if token_audience(bubble, settings).is_none() {
+        needed.push(format!("{name}-credential"));
+    }
+    if let Some(tls) = &spec.signaling.tls
+        && (serves_tls(bubble) || !spec.signaling.ingress.as_ref().is_some_and(|i| i.asks_cert_manager()))
+    {
+        needed.push(tls.secret_name.clone());
+    }
+    needed.extend(turn_tls_secret(bubble));
+    needed.extend(spec.nats.iter().map(|n| n.credentials_secret.clone()));
+    let mut seen = std::collections::BTreeSet::new();
+    needed.retain(|s| seen.insert(s.clone()));
+    needed
 }
 
 /// Where a bubble-server's projected ServiceAccount token is mounted.
@@ -109,6 +151,8 @@ pub struct Rendered {
     pub pdb: Option<PodDisruptionBudget>,
     /// The offline mailbox's volume (None without `spec.mailbox`).
     pub mailbox: Option<PersistentVolumeClaim>,
+    /// The Ingress in front of signaling (None without `spec.signaling.ingress`).
+    pub ingress: Option<Ingress>,
 }
 
 /// The replicas the bubble actually runs: what its spec asks for once replicas can share one bubble's state
@@ -212,11 +256,12 @@ fn env(name: &str, value: impl Into<String>) -> EnvVar {
     EnvVar { name: name.to_owned(), value: Some(value.into()), ..EnvVar::default() }
 }
 
-fn probe(path: &str, period: i32) -> Probe {
+fn probe(path: &str, period: i32, tls: bool) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.to_owned()),
             port: IntOrString::String("signal".to_owned()),
+            scheme: tls.then(|| "HTTPS".to_owned()),
             ..HTTPGetAction::default()
         }),
         period_seconds: Some(period),
@@ -263,8 +308,8 @@ fn deployment(ctx: &Ctx<'_>, bubble: &Bubble, settings: &Settings, policy_hash: 
                 ..ContainerPort::default()
             },
         ]),
-        readiness_probe: Some(probe("/readyz", 5)),
-        liveness_probe: Some(probe("/healthz", 10)),
+        readiness_probe: Some(probe("/readyz", 5, serves_tls(bubble))),
+        liveness_probe: Some(probe("/healthz", 10, serves_tls(bubble))),
         resources: Some(spec.resources.clone().unwrap_or_else(default_resources)),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
@@ -300,21 +345,28 @@ fn deployment(ctx: &Ctx<'_>, bubble: &Bubble, settings: &Settings, policy_hash: 
         ..Container::default()
     };
     // Members are told the external address in their TURN URLs; a TLS Secret replaces the self-signed
-    // certificate of TURN over TLS.
+    // certificate of TURN over TLS, and without an Ingress the signaling certificate is the bubble-server's own.
+    // Secrets are mounted whole (no subPath), so that a renewal reaches the running pod.
     if let (Some(address), Some(env_vars)) = (&spec.turn.external_address, container.env.as_mut()) {
         env_vars.push(env("PEERBUBBLE_TURN_PUBLIC_HOST", address.clone()));
     }
-    if let (Some(_), Some(env_vars), Some(mounts)) =
-        (&spec.turn.tls, container.env.as_mut(), container.volume_mounts.as_mut())
-    {
-        env_vars.push(env("PEERBUBBLE_TURN_TLS_CERT", "/var/run/peerbubble/turn-tls/tls.crt"));
-        env_vars.push(env("PEERBUBBLE_TURN_TLS_KEY", "/var/run/peerbubble/turn-tls/tls.key"));
-        mounts.push(VolumeMount {
-            name: "turn-tls".into(),
-            mount_path: "/var/run/peerbubble/turn-tls".into(),
-            read_only: Some(true),
-            ..VolumeMount::default()
-        });
+    let turn_tls = turn_tls_secret(bubble);
+    let signal_tls = spec.signaling.tls.as_ref().filter(|_| serves_tls(bubble)).map(|t| t.secret_name.clone());
+    for (dir, volume, cert_env, key_env, wanted) in [
+        (TURN_TLS_DIR, "turn-tls", "PEERBUBBLE_TURN_TLS_CERT", "PEERBUBBLE_TURN_TLS_KEY", turn_tls.is_some()),
+        (SIGNAL_TLS_DIR, "signal-tls", "PEERBUBBLE_SIGNAL_TLS_CERT", "PEERBUBBLE_SIGNAL_TLS_KEY", signal_tls.is_some()),
+    ] {
+        if let (true, Some(env_vars), Some(mounts)) = (wanted, container.env.as_mut(), container.volume_mounts.as_mut())
+        {
+            env_vars.push(env(cert_env, format!("{dir}/tls.crt")));
+            env_vars.push(env(key_env, format!("{dir}/tls.key")));
+            mounts.push(VolumeMount {
+                name: volume.into(),
+                mount_path: dir.into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            });
+        }
     }
     let secret_volume = |name: &str, secret: String| Volume {
         name: name.to_owned(),
@@ -355,8 +407,11 @@ fn deployment(ctx: &Ctx<'_>, bubble: &Bubble, settings: &Settings, policy_hash: 
             ..Volume::default()
         },
     ];
-    if let Some(tls) = &spec.turn.tls {
-        volumes.push(secret_volume("turn-tls", tls.secret_name.clone()));
+    if let Some(secret) = turn_tls {
+        volumes.push(secret_volume("turn-tls", secret));
+    }
+    if let Some(secret) = signal_tls {
+        volumes.push(secret_volume("signal-tls", secret));
     }
     // The offline mailbox on its own volume, the only writable path of the pod.
     if let (Some(mailbox), Some(env_vars), Some(mounts)) =
@@ -472,6 +527,44 @@ fn services(ctx: &Ctx<'_>, bubble: &Bubble) -> Vec<Service> {
         service("turn-udp", service_type, turn.udp_port, "UDP", "turn-udp"),
         service("turn-tls", service_type, turn.tls_port, "TCP", "turn-tls"),
     ]
+}
+
+/// The Ingress for `spec.signaling.host`: everything on that host goes to the bubble-server, which serves the
+/// web client, passes enrollments to the admin API and speaks signaling on one origin.
+fn ingress(ctx: &Ctx<'_>, bubble: &Bubble, settings: &Settings) -> Option<Ingress> {
+    let signaling = &bubble.spec.signaling;
+    let (wanted, host) = (signaling.ingress.as_ref()?, signaling.host.clone()?);
+    let mut metadata = ctx.meta(format!("{}-signal", ctx.name));
+    if !wanted.annotations.is_empty() {
+        metadata.annotations = Some(wanted.annotations.clone());
+    }
+    Some(Ingress {
+        metadata,
+        spec: Some(IngressSpec {
+            ingress_class_name: wanted.class_name.clone().or_else(|| settings.ingress_class.clone()),
+            tls: signaling
+                .tls_secret(ctx.name)
+                .map(|secret| vec![IngressTLS { hosts: Some(vec![host.clone()]), secret_name: Some(secret) }]),
+            rules: Some(vec![IngressRule {
+                host: Some(host),
+                http: Some(HTTPIngressRuleValue {
+                    paths: vec![HTTPIngressPath {
+                        path: Some("/".into()),
+                        path_type: "Prefix".into(),
+                        backend: IngressBackend {
+                            service: Some(IngressServiceBackend {
+                                name: format!("{}-signal", ctx.name),
+                                port: Some(ServiceBackendPort { name: Some("signal".into()), number: None }),
+                            }),
+                            resource: None,
+                        },
+                    }],
+                }),
+            }]),
+            default_backend: None,
+        }),
+        ..Ingress::default()
+    })
 }
 
 fn network_policy(ctx: &Ctx<'_>, bubble: &Bubble, settings: &Settings) -> Option<NetworkPolicy> {
@@ -623,5 +716,6 @@ pub fn render(
         network_policy: network_policy(&ctx, bubble, settings),
         pdb,
         mailbox,
+        ingress: ingress(&ctx, bubble, settings),
     })
 }

@@ -84,6 +84,7 @@ pub async fn run(
         .owns(Api::<ConfigMap>::all(client.clone()), owned.clone())
         .owns(Api::<NetworkPolicy>::all(client.clone()), owned.clone())
         .owns(Api::<PodDisruptionBudget>::all(client.clone()), owned.clone())
+        .owns(Api::<k8s_openapi::api::networking::v1::Ingress>::all(client.clone()), owned.clone())
         .owns(Api::<k8s_openapi::api::core::v1::PersistentVolumeClaim>::all(client.clone()), owned)
         .watches(categories, config, |category: Category| Some(bubble_of(&category)))
         .with_config(kube::runtime::controller::Config::default().concurrency(CONCURRENCY))

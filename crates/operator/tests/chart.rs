@@ -271,6 +271,16 @@ fn production_values_use_postgres_oidc_and_a_service_monitor() {
         .filter(|e| e["name"] == "OTEL_EXPORTER_OTLP_ENDPOINT")
         .count();
     assert_eq!(otlp, 1, "one OTLP endpoint variable");
+    assert_eq!(env_of(operator, "PEERBUBBLE_INGRESS_CLASS").unwrap()["value"], "nginx");
+    // The bubble template reaches the admin API as JSON it accepts: each bubble at its own host.
+    let template = env_of(admin, "PEERBUBBLE_BUBBLE_TEMPLATE").unwrap()["value"].as_str().unwrap();
+    let template = peerbubble_control_k8s::BubbleTemplate::parse(template).unwrap();
+    let spec = template.spec_for("flood", "Flood");
+    assert_eq!(spec["signaling"]["host"], "flood.chat.ministry.example");
+    assert_eq!(template.origin("flood").as_deref(), Some("https://flood.chat.ministry.example"));
+    // The operator may make the Ingresses those Bubbles ask for.
+    let role = find(&docs, "ClusterRole", "pb-peerbubble-operator");
+    assert!(role["rules"].to_string().contains("ingresses"), "{}", role["rules"]);
     let egress = find(&docs, "NetworkPolicy", "pb-peerbubble-operator")["spec"]["egress"].to_string();
     assert!(egress.contains("4318"), "the trace collector is reachable: {egress}");
     let monitor = find(&docs, "ServiceMonitor", "pb-peerbubble");
@@ -346,6 +356,7 @@ fn the_examples_are_valid_resources_the_operator_renders() {
             admin_api_url: "http://admin".into(),
             admin_api_namespace: "peerbubble".into(),
             bubble_token_audience: None,
+            ingress_class: None,
         };
         let rendered = peerbubble_operator::render::render(&bubble, &categories, &settings, &[0; 32]).unwrap();
         let policy = &rendered.policy.data.unwrap()["policy.yaml"];

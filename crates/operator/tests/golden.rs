@@ -13,6 +13,7 @@ fn settings() -> Settings {
         admin_api_url: "http://peerbubble-admin-api.peerbubble-system:8481".into(),
         admin_api_namespace: "peerbubble-system".into(),
         bubble_token_audience: None,
+        ingress_class: None,
     }
 }
 
@@ -170,4 +171,87 @@ fn a_category_seeing_a_missing_category_is_an_error() {
     let mut incomplete = b.clone();
     incomplete.metadata.uid = None;
     assert_eq!(render(&incomplete, &[], &settings(), b"s").unwrap_err(), RenderError::Incomplete("a uid"));
+}
+
+/// Signaling behind an Ingress whose certificate cert-manager issues: the whole host goes to the bubble-server
+/// (web client, enrollment and signaling on one origin), TLS ends at the Ingress, and TURN over TLS serves the
+/// same certificate unless the Bubble names its own.
+#[test]
+fn an_ingress_fronts_signaling_and_turn_over_tls_falls_back_to_its_certificate() {
+    let settings = Settings { ingress_class: Some("nginx".into()), ..settings() };
+    let b = bubble(
+        "flood",
+        json!({"displayName": "Flood", "signaling": {"host": "flood.example.org",
+            "ingress": {"annotations": {"cert-manager.io/cluster-issuer": "org-pki"}}}}),
+    );
+    let rendered = render(&b, &[], &settings, b"s").unwrap();
+    check_golden("ingress", &rendered.ingress);
+    let ingress = serde_json::to_value(rendered.ingress.as_ref().unwrap()).unwrap();
+    assert_eq!(ingress["spec"]["ingressClassName"], "nginx");
+    assert_eq!(ingress["spec"]["rules"][0]["http"]["paths"][0]["path"], "/");
+    assert_eq!(ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"], "flood-signal");
+    let pod = rendered.deployment.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    let env = serde_json::to_value(&pod.containers[0].env).unwrap().to_string();
+    assert!(env.contains("PEERBUBBLE_TURN_TLS_CERT") && !env.contains("PEERBUBBLE_SIGNAL_TLS_CERT"), "{env}");
+    let probe = serde_json::to_value(&pod.containers[0].readiness_probe).unwrap();
+    assert!(probe["httpGet"].get("scheme").is_none(), "plain HTTP behind the Ingress: {probe}");
+    let volumes = serde_json::to_value(&pod.volumes).unwrap();
+    let turn_tls = volumes.as_array().unwrap().iter().find(|v| v["name"] == "turn-tls").unwrap();
+    assert_eq!(turn_tls["secret"]["secretName"], "flood-signal-tls");
+    assert_eq!(
+        peerbubble_operator::render::needed_secrets(&b, &settings),
+        vec!["flood-credential".to_owned(), "flood-signal-tls".to_owned()]
+    );
+
+    // The Bubble's own class wins over the operator's; TURN's own certificate over the signaling one, and then
+    // the issued certificate is the Ingress's business only.
+    let b = bubble(
+        "flood",
+        json!({"displayName": "Flood", "signaling": {"host": "flood.example.org",
+            "ingress": {"className": "traefik", "annotations": {"cert-manager.io/issuer": "local"}}},
+            "turn": {"tls": {"secretName": "turn-cert"}}}),
+    );
+    let rendered = render(&b, &[], &settings, b"s").unwrap();
+    let ingress = serde_json::to_value(rendered.ingress.as_ref().unwrap()).unwrap();
+    assert_eq!(ingress["spec"]["ingressClassName"], "traefik");
+    let volumes = serde_json::to_value(&rendered.deployment.spec.unwrap().template.spec.unwrap().volumes).unwrap();
+    let turn_tls = volumes.as_array().unwrap().iter().find(|v| v["name"] == "turn-tls").unwrap();
+    assert_eq!(turn_tls["secret"]["secretName"], "turn-cert");
+    assert_eq!(
+        peerbubble_operator::render::needed_secrets(&b, &settings),
+        vec!["flood-credential".to_owned(), "turn-cert".to_owned()]
+    );
+
+    // An Ingress without a certificate of its own serves the controller's default one: no TLS section.
+    let b = bubble("flood", json!({"displayName": "Flood", "signaling": {"host": "flood.example.org", "ingress": {}}}));
+    let rendered = render(&b, &[], &settings, b"s").unwrap();
+    assert!(rendered.ingress.unwrap().spec.unwrap().tls.is_none());
+}
+
+/// A certificate and no Ingress: the bubble-server serves HTTPS itself (probes too), with the Secret mounted
+/// whole so that a renewal reaches it; TURN over TLS serves the same certificate.
+#[test]
+fn without_an_ingress_the_bubble_server_serves_its_own_certificate() {
+    let b = bubble("flood", json!({"displayName": "Flood", "signaling": {"tls": {"secretName": "flood-cert"}}}));
+    let rendered = render(&b, &[], &settings(), b"s").unwrap();
+    assert!(rendered.ingress.is_none());
+    let pod = rendered.deployment.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    let container = serde_json::to_value(&pod.containers[0]).unwrap();
+    assert_eq!(container["readinessProbe"]["httpGet"]["scheme"], "HTTPS");
+    assert_eq!(container["livenessProbe"]["httpGet"]["scheme"], "HTTPS");
+    let env = container["env"].as_array().unwrap();
+    let var = |name: &str| env.iter().find(|e| e["name"] == name).map(|e| e["value"].clone());
+    assert_eq!(var("PEERBUBBLE_SIGNAL_TLS_CERT"), Some(json!("/var/run/peerbubble/signal-tls/tls.crt")));
+    assert_eq!(var("PEERBUBBLE_TURN_TLS_KEY"), Some(json!("/var/run/peerbubble/turn-tls/tls.key")));
+    let mount = container["volumeMounts"].as_array().unwrap().iter().find(|m| m["name"] == "signal-tls").unwrap();
+    assert!(mount.get("subPath").is_none() && mount["readOnly"] == true, "{mount}");
+    let volumes = serde_json::to_value(&pod.volumes).unwrap();
+    for name in ["signal-tls", "turn-tls"] {
+        let volume = volumes.as_array().unwrap().iter().find(|v| v["name"] == name).unwrap();
+        assert_eq!(volume["secret"]["secretName"], "flood-cert", "{name}");
+    }
+    assert_eq!(
+        peerbubble_operator::render::needed_secrets(&b, &settings()),
+        vec!["flood-credential".to_owned(), "flood-cert".to_owned()]
+    );
 }

@@ -30,6 +30,8 @@ struct World {
     ready_replicas: i32,
     lb_ip: Option<&'static str>,
     credential_exists: bool,
+    /// Other Secrets the bubble needs that do not exist (yet).
+    missing: Vec<&'static str>,
     /// The operator's settings (the harness's).
     settings: Settings,
 }
@@ -42,6 +44,7 @@ impl Default for World {
             ready_replicas: 0,
             lb_ip: None,
             credential_exists: false,
+            missing: Vec::new(),
             settings: settings(),
         }
     }
@@ -59,6 +62,8 @@ struct Written {
     pdb: Option<Value>,
     pdb_deleted: bool,
     mailbox: Option<Value>,
+    ingress: Option<Value>,
+    ingress_deleted: bool,
     status: Option<Value>,
     events: Vec<(String, String, String)>,
 }
@@ -127,6 +132,13 @@ async fn drive_apply(api: &mut ApiServer, bubble: &Bubble, world: &World, status
     } else {
         api.expect("DELETE", &claim_path).await.not_found();
     }
+    let ingress_path = ns_path(NETPOL, &format!("ingresses/{name}-signal"));
+    if bubble.spec.signaling.ingress.is_some() {
+        written.ingress = Some(api.expect_apply(&ingress_path).await);
+    } else {
+        api.expect("DELETE", &ingress_path).await.not_found();
+        written.ingress_deleted = true;
+    }
     let ready = world.ready_replicas;
     written.deployment = api
         .expect_apply_with(&ns_path(APPS, &format!("deployments/{name}")), |reply| {
@@ -136,19 +148,16 @@ async fn drive_apply(api: &mut ApiServer, bubble: &Bubble, world: &World, status
     if fresh {
         written.events.push(api.expect_event().await);
     }
-    // With ServiceAccount tokens the credential Secret is not needed, nor looked for.
-    if peerbubble_operator::render::token_audience(bubble, &world.settings).is_none() {
-        let credential = api.expect("GET", &core("secrets", &format!("{name}-credential"))).await;
-        if world.credential_exists {
-            credential.reply(200, &meta_only(&format!("{name}-credential")));
+    // Secrets someone else provides: the credential (not with ServiceAccount tokens), certificates, the NATS
+    // administrator's credentials.
+    for secret in peerbubble_operator::render::needed_secrets(bubble, &world.settings) {
+        let call = api.expect("GET", &core("secrets", &secret)).await;
+        let exists = if secret == format!("{name}-credential") {
+            world.credential_exists
         } else {
-            credential.not_found();
-        }
-    }
-    // The NATS credentials are someone else's Secret too (the NATS administrator's).
-    if let Some(nats) = &bubble.spec.nats {
-        let secret = &nats.credentials_secret;
-        api.expect("GET", &core("secrets", secret)).await.reply(200, &meta_only(secret));
+            !world.missing.contains(&secret.as_str())
+        };
+        if exists { call.reply(200, &meta_only(&secret)) } else { call.not_found() }
     }
     if status_changes {
         let call = api.expect("PATCH", &format!("{}/status", bubbles(&name))).await;
@@ -358,6 +367,57 @@ async fn an_update_is_applied_and_a_spec_shrink_deletes_what_is_no_longer_wanted
     assert_eq!(condition(&status, "Scaled")["status"], "True");
 }
 
+/// Signaling behind an Ingress whose certificate cert-manager issues: the Ingress is applied, the bubble says
+/// it waits for the certificate (which TURN over TLS serves too), then is Ready; without the Ingress in the spec
+/// it is deleted.
+#[tokio::test]
+async fn an_ingress_is_applied_the_issued_certificate_awaited_and_the_ingress_deleted_when_no_longer_wanted() {
+    let settings = Settings { ingress_class: Some("nginx".into()), ..settings() };
+    let mut h = harness_with(vec![], settings.clone());
+    let mut b = bubble(
+        "field",
+        json!({"displayName": "Field", "signaling": {"host": "field.example.org",
+            "ingress": {"annotations": {"cert-manager.io/cluster-issuer": "org-pki"}}}}),
+    );
+    let mut world = World {
+        existing_turn_secret: Some(vec![7u8; 32]),
+        ready_replicas: 0,
+        lb_ip: Some("192.0.2.10"),
+        credential_exists: true,
+        missing: vec!["field-signal-tls"],
+        settings,
+        ..World::default()
+    };
+    let task = tokio::spawn(reconcile_bubble(Arc::new(b.clone()), h.ctx.clone()));
+    let written = drive_apply(&mut h.api, &b, &world, true).await;
+    assert_eq!(finish(task).await.unwrap(), Action::requeue(NOT_READY_RECHECK));
+    let ingress = written.ingress.unwrap();
+    assert_eq!(ingress["spec"]["ingressClassName"], "nginx");
+    assert_eq!(ingress["metadata"]["annotations"]["cert-manager.io/cluster-issuer"], "org-pki");
+    assert_eq!(ingress["spec"]["tls"], json!([{"hosts": ["field.example.org"], "secretName": "field-signal-tls"}]));
+    let status = written.status.unwrap();
+    let signaling = condition(&status, "SignalingReady");
+    assert_eq!(signaling["reason"], "SecretMissing");
+    assert!(signaling["message"].as_str().unwrap().contains("cert-manager issues field-signal-tls"), "{signaling}");
+    assert_eq!(status["endpoints"]["signaling"], "wss://field.example.org/v1/signal");
+
+    // Issued, and the pod up: Ready.
+    world.missing.clear();
+    world.ready_replicas = 1;
+    b.status = Some(serde_json::from_value(status).unwrap());
+    let task = tokio::spawn(reconcile_bubble(Arc::new(b.clone()), h.ctx.clone()));
+    let written = drive_apply(&mut h.api, &b, &world, true).await;
+    assert_eq!(finish(task).await.unwrap(), Action::requeue(RESYNC));
+    assert_eq!(condition(written.status.as_ref().unwrap(), "Ready")["status"], "True");
+
+    // No Ingress wanted any more: deleted.
+    b.spec = serde_json::from_value(json!({"displayName": "Field"})).unwrap();
+    let task = tokio::spawn(reconcile_bubble(Arc::new(b.clone()), h.ctx.clone()));
+    let written = drive_apply(&mut h.api, &b, &world, true).await;
+    finish(task).await.unwrap();
+    assert!(written.ingress_deleted && written.ingress.is_none());
+}
+
 #[tokio::test]
 async fn a_rotation_annotation_replaces_the_turn_secret_once() {
     let mut h = harness(vec![]);
@@ -390,6 +450,7 @@ async fn deletion_removes_everything_then_the_finalizer() {
     let gone = json!({"kind": "Status", "apiVersion": "v1", "status": "Success"});
     let expected = [
         ns_path(APPS, "deployments/field"),
+        ns_path(NETPOL, "ingresses/field-signal"),
         core("services", "field-signal"),
         core("services", "field-turn-udp"),
         core("services", "field-turn-tls"),
@@ -402,8 +463,8 @@ async fn deletion_removes_everything_then_the_finalizer() {
     ];
     for (i, path) in expected.iter().enumerate() {
         let call = h.api.expect("DELETE", path).await;
-        // The PDB was never made (one replica at some point): a 404 is fine.
-        if i == 5 { call.not_found() } else { call.reply(200, &gone) }
+        // The Ingress and the PDB were never made (no host, one replica): a 404 is fine.
+        if i == 1 || i == 6 { call.not_found() } else { call.reply(200, &gone) }
     }
     let (_, reason, note) = h.api.expect_event().await;
     // The mailbox's volume goes with the mission: what waited in it too.

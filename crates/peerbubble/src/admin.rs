@@ -58,6 +58,12 @@ pub struct AdminArgs {
     #[cfg(feature = "kubernetes")]
     #[arg(long, env = "PEERBUBBLE_BUBBLE_TOKEN_AUDIENCE", requires = "kubernetes_namespace")]
     pub bubble_token_audience: Option<String>,
+    /// In a cluster: what every Bubble made here gets besides its display name, as a Bubble `spec` in JSON in
+    /// which `{bubble}` stands for the bubble id, e.g. `{"signaling": {"host": "{bubble}.chat.example.org",
+    /// "ingress": {}}}`. With a host, invite links open the bubble's own host (ADR 0033).
+    #[cfg(feature = "kubernetes")]
+    #[arg(long, env = "PEERBUBBLE_BUBBLE_TEMPLATE", requires = "kubernetes_namespace")]
+    pub bubble_template: Option<String>,
 }
 
 /// The platform's parts of the admin API: what else happens when bubbles change, and how bubble-servers prove
@@ -72,7 +78,12 @@ type Platform = (
 async fn kubernetes(args: &AdminArgs) -> anyhow::Result<Platform> {
     let Some(rule) = &args.kubernetes_namespace else { return Ok((None, None)) };
     let namespaces = peerbubble_control_k8s::Namespaces::new(rule)?;
-    let mut control = peerbubble_control_k8s::Kubernetes::connect(namespaces).await?;
+    // Checked before connecting: a mistake in it is an error at start.
+    let template = match args.bubble_template.as_deref().filter(|t| !t.trim().is_empty()) {
+        Some(json) => peerbubble_control_k8s::BubbleTemplate::parse(json)?,
+        None => peerbubble_control_k8s::BubbleTemplate::default(),
+    };
+    let mut control = peerbubble_control_k8s::Kubernetes::connect(namespaces).await?.with_template(template);
     tracing::info!(namespace = %rule, "bubbles and categories are applied to Kubernetes");
     let Some(audience) = args.bubble_token_audience.clone().filter(|a| !a.trim().is_empty()) else {
         return Ok((Some(Arc::new(control)), None));

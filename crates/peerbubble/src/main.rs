@@ -323,7 +323,12 @@ async fn bubble_server(args: &SignalArgs) -> anyhow::Result<()> {
             if let Some(policy) = &args.policy_file {
                 source = source.with_policy_file(policy.clone());
             }
-            let server = Server::start(config, source).await?;
+            // The browser client enrolls on the bubble's own origin, where it then signals.
+            let routes = peerbubble_bubble_server::enroll_forwarding(url, bubble).map_err(|e| anyhow::anyhow!(e))?;
+            let listener = tokio::net::TcpListener::bind(config.listen)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+            let server = Server::start_with_routes(config, source, listener, routes).await?;
             // Health samples and session events reach the console from every bubble-server the operator runs,
             // not only from `up`.
             let interval = args.health_interval_ms.map_or(REPORT_INTERVAL, Duration::from_millis);

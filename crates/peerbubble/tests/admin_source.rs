@@ -288,3 +288,114 @@ async fn a_policy_file_decides_who_sees_whom_and_its_changes_apply_live() {
     server.shutdown().await.unwrap();
     admin.task.abort();
 }
+
+/// A bubble's own origin in a cluster without an Ingress: `peerbubble bubble-server` serves HTTPS with the
+/// mounted certificate, and passes the browser client's enrollment to its admin API for its own bubble only.
+#[tokio::test]
+async fn the_bubble_server_serves_tls_and_passes_on_enrollments_of_its_own_bubble_only() {
+    let (admin, dir) = admin_api(&[("team", &[])], &[("Ann", &["team"])]).await;
+    let http = reqwest::Client::new();
+    let api = admin.api.clone();
+    post(&http, format!("{api}/api/v1/bubbles"), Some("admin"), json!({"id": "other", "display_name": "Other"})).await;
+    let invite = |bubble: &'static str| {
+        let (http, api) = (http.clone(), api.clone());
+        async move {
+            let body = json!({"display_name": "Cy", "categories": []});
+            let invite = post(&http, format!("{api}/api/v1/bubbles/{bubble}/invites"), Some("admin"), body).await;
+            let token = invite["token"].as_str().unwrap().to_owned();
+            let key = IdentityKey::generate().unwrap();
+            let signature = key.sign(Purpose::EnrollInvite, &enroll_message(bubble, &token, &key.public_key()));
+            json!({"invite": token, "public_key": key.public_key().to_string(), "signature": signature.to_string()})
+        }
+    };
+    // A certificate as a mounted Secret would hold it.
+    let tls_dir = dir.path().join("tls");
+    let source = peerbubble_bubble_server::TlsSource::Kept { dir: tls_dir.clone(), names: vec!["localhost".into()] };
+    let pin = peerbubble_tls_trust::Pin::from_bytes(
+        peerbubble_bubble_server::ServerTls::load(&source, &[]).unwrap().fingerprint(),
+    );
+    let credential_file = dir.path().join("credential");
+    std::fs::write(&credential_file, &admin.credential).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_peerbubble"))
+        .args(["--log-format", "json", "bubble-server", "--listen", "127.0.0.1:0", "--admin-api-url", &admin.api])
+        .args(["--bubble", "ops", "--bubble-credential-file"])
+        .arg(&credential_file)
+        .arg("--signal-tls-cert")
+        .arg(tls_dir.join("cert.pem"))
+        .arg("--signal-tls-key")
+        .arg(tls_dir.join("key.pem"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("bubble-server listening") {
+                let log: Value = serde_json::from_str(&line).unwrap();
+                let _ = tx.send(log["fields"]["addr"].as_str().unwrap().to_owned());
+            }
+        }
+    });
+    let addr: SocketAddr =
+        rx.recv_timeout(Duration::from_secs(30)).expect("the bubble-server started").parse().unwrap();
+    let origin = format!("https://localhost:{}", addr.port());
+    let pinned = reqwest::Client::builder()
+        .use_preconfigured_tls(peerbubble_tls_trust::client_config(peerbubble_tls_trust::Trust::Pinned(pin)).unwrap())
+        .resolve("localhost", addr)
+        .build()
+        .unwrap();
+    let health = pinned.get(format!("{origin}/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200, "HTTPS with the mounted certificate");
+    // Plain HTTP is not served on a TLS listener.
+    assert!(http.get(format!("http://{addr}/healthz")).send().await.is_err());
+
+    // An invite of another bubble is refused before it is used: it still enrolls where it belongs.
+    let foreign = invite("other").await;
+    let res = pinned.post(format!("{origin}/api/v1/enroll")).json(&foreign).send().await.unwrap();
+    assert_eq!(res.status(), 403);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"], "wrong_bubble", "{body}");
+    post(&http, format!("{api}/api/v1/enroll"), None, foreign).await;
+
+    // Its own invite enrolls through the bubble's origin.
+    let own = invite("ops").await;
+    let member = own["public_key"].as_str().unwrap().parse::<peerbubble_proto::PublicKey>().unwrap().member_id();
+    let res = pinned.post(format!("{origin}/api/v1/enroll")).json(&own).send().await.unwrap();
+    assert_eq!(res.status(), 201);
+    let enrolled: Value = res.json().await.unwrap();
+    assert_eq!(enrolled["bubble"], "ops");
+    assert_eq!(enrolled["member"], member.to_string());
+    // Replayed: the admin API's own refusal comes back as it is.
+    let res = pinned.post(format!("{origin}/api/v1/enroll")).json(&own).send().await.unwrap();
+    assert_eq!(res.status(), 409);
+    let body: Value = res.json().await.unwrap();
+    assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+
+    // Oversized: refused by the bubble-server, never forwarded.
+    let huge = json!({"invite": "x".repeat(20_000), "public_key": "k", "signature": "s"});
+    let res = pinned.post(format!("{origin}/api/v1/enroll")).json(&huge).send().await.unwrap();
+    assert_eq!(res.status(), 413);
+
+    // Nothing else of the admin API is reachable through the bubble, even with an administrator's token.
+    let res = pinned.get(format!("{origin}/api/v1/bubbles")).bearer_auth("admin").send().await.unwrap();
+    let text = res.text().await.unwrap();
+    assert!(!text.contains("\"ops\"") && !text.contains("credential"), "admin API reached through the bubble: {text}");
+
+    // The directory down: a clear answer, the invite untouched.
+    admin.task.abort();
+    let _ = admin.task.await;
+    let later = invite_while_down(&pinned, &origin).await;
+    assert_eq!(later["error"], "directory_unavailable", "{later}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+async fn invite_while_down(client: &reqwest::Client, origin: &str) -> Value {
+    let body = json!({"invite": "tok", "public_key": "k", "signature": "s"});
+    let res = client.post(format!("{origin}/api/v1/enroll")).json(&body).send().await.unwrap();
+    assert_eq!(res.status(), 503);
+    res.json().await.unwrap()
+}

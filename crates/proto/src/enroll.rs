@@ -13,6 +13,10 @@ use crate::limits::is_valid_id;
 /// Longest invite token accepted.
 pub const MAX_INVITE_TOKEN_BYTES: usize = 128;
 
+/// The header a bubble-server adds when it forwards an enrollment made on its own origin: the bubble it
+/// serves. The admin API refuses an invite of another bubble with `wrong_bubble`.
+pub const ENROLL_BUBBLE_HEADER: &str = "peerbubble-bubble";
+
 /// Why an invite link or an enrollment request was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EnrollError {

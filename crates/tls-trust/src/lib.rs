@@ -73,6 +73,11 @@ impl Pin {
         Self(Sha256::digest(certificate).into())
     }
 
+    /// A fingerprint already computed.
+    pub fn from_bytes(fingerprint: [u8; 32]) -> Self {
+        Self(fingerprint)
+    }
+
     /// The fingerprint's bytes.
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0

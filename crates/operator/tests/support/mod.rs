@@ -33,6 +33,7 @@ pub fn settings() -> Settings {
         admin_api_url: "http://peerbubble-admin-api.peerbubble.svc:8080".into(),
         admin_api_namespace: "peerbubble".into(),
         bubble_token_audience: None,
+        ingress_class: None,
     }
 }
 
