@@ -77,6 +77,22 @@ async function servePages(): Promise<void> {
 /** One round of the web client: two members who see each other; Alice opens Bob. */
 async function ours(round: number): Promise<number> {
   const [alice, bob] = [await newMember(browser), await newMember(browser)];
+  // BENCH_TRACE=1: every signaling frame of both members with its time, printed after the round, to see where the
+  // time goes (in a client, between a frame received and the next sent; in the server, between sent and received).
+  const trace: Array<[number, string]> = [];
+  if (process.env.BENCH_TRACE) {
+    for (const [who, m] of [['alice', alice], ['bob', bob]] as const) {
+      m.page.on('websocket', (ws) => {
+        const line = (dir: string, payload: string | Buffer) => {
+          const text = String(payload);
+          const type = /"type":"([a-z_]+)"/.exec(text)?.[1] ?? '?';
+          trace.push([Date.now(), `${who} ${dir} ${type} ${text.length}B`]);
+        };
+        ws.on('framesent', (f) => line('>', f.payload));
+        ws.on('framereceived', (f) => line('<', f.payload));
+      });
+    }
+  }
   const bobName = `Bob ${round} (bench)`;
   await enroll(alice, await invite(up, `Alice ${round} (bench)`, ['field-team']));
   await enroll(bob, await invite(up, bobName, ['field-team']));
@@ -88,6 +104,10 @@ async function ours(round: number): Promise<number> {
     timeout: 60_000,
   });
   const ms = Date.now() - started;
+  if (process.env.BENCH_TRACE) {
+    for (const [at, what] of trace) if (at >= started - 50) console.log(`  +${String(at - started).padStart(5)} ms ${what}`);
+    console.log(`  +${String(ms).padStart(5)} ms alice: "Direct connection"`);
+  }
   await Promise.all([alice.context.close(), bob.context.close()]);
   return ms;
 }

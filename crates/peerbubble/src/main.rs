@@ -247,6 +247,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::BubbleServer { args } => bubble_server(&args).await,
         Command::AdminApi { data_dir, admin } => {
+            let stop = StopSignals::listen();
             private_data_dir(&data_dir)?;
             let running =
                 admin::start(&admin, sqlite_url(&data_dir), format!("http://{}", admin.admin_listen), None, None)
@@ -256,7 +257,7 @@ async fn main() -> anyhow::Result<()> {
                 running.addr,
                 sign_in_hint(&running, &format!("http://{}", running.addr))
             ));
-            wait_for_signal().await;
+            stop.wait().await;
             Ok(())
         }
         Command::Probe { url } => probe(&url).await,
@@ -312,6 +313,7 @@ fn sqlite_url(data_dir: &Path) -> String {
 }
 
 async fn bubble_server(args: &SignalArgs) -> anyhow::Result<()> {
+    let stop = StopSignals::listen();
     let config = Config::resolve(args)?;
     let proof = args.bubble_token_file.as_ref().or(args.bubble_credential_file.as_ref());
     let server = match (&args.admin_api_url, &args.bubble, proof) {
@@ -341,7 +343,10 @@ async fn bubble_server(args: &SignalArgs) -> anyhow::Result<()> {
             Server::start(config, source).await?
         }
     };
-    run_until_signal(server).await
+    stop.wait().await;
+    tracing::info!("shutting down: telling clients to reconnect");
+    server.shutdown().await?;
+    Ok(())
 }
 
 /// POSTs JSON to the admin API at `api`; a refusal becomes an error carrying the API's own explanation.
@@ -472,6 +477,7 @@ async fn up(
     tls_args: &UpTls,
     admin_args: &admin::AdminArgs,
 ) -> anyhow::Result<()> {
+    let stop = StopSignals::listen();
     private_data_dir(data_dir)?;
     let tls = match tls_args.source(data_dir, listen) {
         Some(source) => Some(peerbubble_bubble_server::ServerTls::load(&source, &[b"http/1.1"])?),
@@ -595,7 +601,7 @@ async fn up(
     }
     text += "Stop with Ctrl-C.\n";
     say(&text);
-    wait_for_signal().await;
+    stop.wait().await;
     tracing::info!("shutting down: telling clients to reconnect");
     bubbles.stop_all().await
 }
@@ -640,26 +646,38 @@ fn sign_in_hint(admin: &admin::RunningAdmin, origin: &str) -> String {
     }
 }
 
-async fn run_until_signal(server: Server) -> anyhow::Result<()> {
-    wait_for_signal().await;
-    tracing::info!("shutting down: telling clients to reconnect");
-    server.shutdown().await?;
-    Ok(())
+/// SIGTERM and SIGINT, listened for from the moment this is made: made before a server says it is up (its banner,
+/// its "listening" line), so that a stop asked right after that shuts it down cleanly instead of meeting the
+/// default action, which kills the process on the spot.
+struct StopSignals {
+    #[cfg(unix)]
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    interrupt: Option<tokio::signal::unix::Signal>,
 }
 
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
+impl StopSignals {
+    fn listen() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Self { term: signal(SignalKind::terminate()).ok(), interrupt: signal(SignalKind::interrupt()).ok() }
+        }
+        #[cfg(not(unix))]
+        Self {}
+    }
+
+    async fn wait(self) {
+        #[cfg(unix)]
+        if let (Some(mut term), Some(mut interrupt)) = (self.term, self.interrupt) {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}
+                _ = interrupt.recv() => {}
             }
             return;
         }
+        let _ = tokio::signal::ctrl_c().await;
     }
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 async fn probe(url: &str) -> anyhow::Result<()> {
