@@ -97,6 +97,13 @@ async function ours(round: number): Promise<number> {
   await enroll(alice, await invite(up, `Alice ${round} (bench)`, ['field-team']));
   await enroll(bob, await invite(up, bobName, ['field-team']));
   await expect.poll(() => alice.page.getByRole('navigation').innerText(), { timeout: 30_000 }).toContain(bobName);
+  // Bob's page is online (its key store opened, its socket authenticated), as both raw pages are before their
+  // clock starts: measured otherwise, the round includes Bob's own start (up to a second here).
+  await alice.page.waitForFunction(
+    (name) => Array.from(document.querySelectorAll('nav button')).some((b) => b.textContent?.includes(name) && b.querySelector('.presence.on')),
+    bobName,
+    { timeout: 30_000 },
+  );
   const started = Date.now();
   await open(alice.page, bobName);
   await alice.page.waitForFunction(() => document.querySelector('.pane-head .tag.link')?.textContent === 'Direct connection', null, {

@@ -28,6 +28,8 @@ interface Link {
   timer: ReturnType<typeof setTimeout>;
   /** What arrived before the certificate was checked: handed to the worker only once it was. */
   early: Uint8Array[];
+  /** Set up ahead of the conversation (`prepare`): its offer waits until the worker asks for it. */
+  held?: boolean;
   /** Tracks the contact sends us during a call. */
   remote: MediaStream;
   /** What we send during a call, by kind ('audio', 'video'). */
@@ -38,6 +40,8 @@ export class PeerLinks {
   private readonly links = new Map<MemberId, Link>();
   /** Failed attempts in a row, per contact (the side that offers retries). */
   private readonly attempts = new Map<MemberId, number>();
+  /** Offers gathered ahead of their conversation, by contact: the link and its SDP, or null if that failed. */
+  private readonly preparing = new Map<MemberId, Promise<{ link: Link; sdp: string } | null>>();
   /** The tracks to answer a contact's offer with, when it adds media and we send none to it yet (the callee's
    * side of a call: set by the call manager). */
   mediaFor: (peer: MemberId) => MediaStream | null = () => null;
@@ -83,10 +87,56 @@ export class PeerLinks {
 
   private reconnectAll(): void {
     // Set up again with the new policy: the side that offered offers again; the other hangs up, and the
-    // offering side, told so, tries again (one side offers, so the two never offer at once).
+    // offering side, told so, tries again (one side offers, so the two never offer at once). An offer held for
+    // a conversation still being set up is dropped: the worker asks for one when it is ready.
     for (const [peer, link] of [...this.links]) {
+      const held = link.held === true;
       this.close(peer, true);
-      if (link.offered) void this.offer(peer);
+      if (link.offered && !held) void this.offer(peer);
+    }
+  }
+
+  /**
+   * Gathers ICE for an offer to `peer` before the worker asks for it: the member opened a contact with whom
+   * there is no conversation yet, and this side will offer once there is one (the lower member id offers). The
+   * MLS conversation and the gathering (TURN allocations included) then take the time of the longer of the two,
+   * not of both. Nothing leaves the page before the worker asks (`rtcWanted`); the offer then goes inside MLS as
+   * any other. Not asked for within CONNECT_TIMEOUT_MS, it is dropped without a word to anyone.
+   */
+  prepare(peer: MemberId): void {
+    if (this.links.has(peer) || this.preparing.has(peer)) return;
+    const ready = (async () => {
+      try {
+        const link = await this.connection(peer, true);
+        link.held = true;
+        this.adopt(peer, link, link.pc.createDataChannel(CHANNEL_LABEL, { ordered: true }));
+        await link.pc.setLocalDescription(await link.pc.createOffer());
+        const sdp = await gathered(link.pc);
+        return this.links.get(peer) === link ? { link, sdp } : null;
+      } catch {
+        return null;
+      }
+    })();
+    this.preparing.set(peer, ready);
+  }
+
+  /** The worker asks for the connection a prepared offer was gathered for: it goes out now. */
+  private async offerPrepared(peer: MemberId, prepared: Promise<{ link: Link; sdp: string } | null>): Promise<void> {
+    const ready = await prepared;
+    if (this.preparing.get(peer) === prepared) this.preparing.delete(peer);
+    if (!ready || this.links.get(peer) !== ready.link) {
+      // Dropped or failed meanwhile: offer as if nothing had been prepared.
+      if (!this.links.has(peer)) {
+        this.attempts.delete(peer);
+        void this.offer(peer);
+      }
+      return;
+    }
+    ready.link.held = false;
+    try {
+      await this.send({ kind: 'rtcOffer', member: peer, sdp: ready.sdp });
+    } catch {
+      this.fail(peer, ready.link);
     }
   }
 
@@ -96,12 +146,18 @@ export class PeerLinks {
 
   handle(notice: RtcNotice): void {
     switch (notice.type) {
-      case 'rtcWanted':
+      case 'rtcWanted': {
+        const prepared = this.preparing.get(notice.peer);
+        if (prepared) {
+          void this.offerPrepared(notice.peer, prepared);
+          return;
+        }
         if (!this.links.has(notice.peer)) {
           this.attempts.delete(notice.peer);
           void this.offer(notice.peer);
         }
         return;
+      }
       case 'rtcOffer': {
         const link = this.links.get(notice.peer);
         // An open connection set up again (a call adds its tracks): same certificate, same ICE.
@@ -222,6 +278,7 @@ export class PeerLinks {
     }
     this.links.clear();
     this.attempts.clear();
+    this.preparing.clear();
     this.changed();
   }
 
@@ -334,8 +391,10 @@ export class PeerLinks {
   /** The connection failed or dropped: end it, tell the contact, and try again if this side offered. */
   private fail(peer: MemberId, link: Link): void {
     if (this.links.get(peer) !== link) return;
+    const held = link.held === true;
     this.close(peer, true);
-    if (link.offered) this.retry(peer);
+    // A prepared offer nobody asked for yet is not retried: the worker asks when the conversation is ready.
+    if (link.offered && !held) this.retry(peer);
   }
 
   /** Offers again after a pause, a few times; then the contact's next presence or reconnection asks again. */
@@ -355,13 +414,16 @@ export class PeerLinks {
     if (!link) return;
     clearTimeout(link.timer);
     this.links.delete(peer);
+    // A prepared offer never reached the contact: nothing to hang up, and nothing prepared any more.
+    const held = link.held === true;
+    if (held) this.preparing.delete(peer);
     link.channel?.close();
     link.pc.close();
     const wasOpen = link.state !== 'connecting';
     for (const track of link.remote.getTracks()) track.stop();
     if (wasOpen) void this.send({ kind: 'channel', member: peer, open: false }).catch(() => undefined);
     this.onClosed(peer);
-    if (hangUp) void this.send({ kind: 'rtcHangup', member: peer }).catch(() => undefined);
+    if (hangUp && !held) void this.send({ kind: 'rtcHangup', member: peer }).catch(() => undefined);
     this.changed();
   }
 }
