@@ -85,23 +85,20 @@ async fn admin_api(categories: &[(&str, &[&str])], members: &[(&str, &[&str])]) 
     (Admin { api, credential, keys, task }, dir)
 }
 
-/// What the operator deploys, started as it starts it: `peerbubble bubble-server` following the admin API
-/// reports health samples and session events with its bubble credential.
-#[tokio::test]
-async fn the_bubble_server_command_reports_health_and_sessions_to_the_admin_api() {
-    let (admin, dir) = admin_api(&[("team", &[])], &[("Ann", &["team"]), ("Bob", &["team"])]).await;
-    let credential_file = dir.path().join("credential");
-    std::fs::write(&credential_file, &admin.credential).unwrap();
+/// `peerbubble bubble-server` for bubble `ops` as the operator starts it (JSON logs, following `api` with the
+/// credential in `credential_file`), with `extra` flags; and the address it listens on, from its own log line (the
+/// rest of the log is drained so that it never blocks).
+fn bubble_server(api: &str, credential_file: &std::path::Path, extra: &[&str]) -> (std::process::Child, String) {
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_peerbubble"))
-        .args(["--log-format", "json", "bubble-server", "--listen", "127.0.0.1:0", "--admin-api-url", &admin.api])
-        .args(["--bubble", "ops", "--health-interval-ms", "200", "--bubble-credential-file"])
-        .arg(&credential_file)
+        .args(["--log-format", "json", "bubble-server", "--listen", "127.0.0.1:0", "--admin-api-url", api])
+        .args(["--bubble", "ops", "--bubble-credential-file"])
+        .arg(credential_file)
+        .args(extra)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let stderr = child.stderr.take().unwrap();
-    // The address it listens on, from its own log line; the rest of the log is drained so it never blocks.
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         use std::io::BufRead as _;
@@ -113,6 +110,17 @@ async fn the_bubble_server_command_reports_health_and_sessions_to_the_admin_api(
         }
     });
     let addr = rx.recv_timeout(Duration::from_secs(30)).expect("the bubble-server started");
+    (child, addr)
+}
+
+/// What the operator deploys, started as it starts it: `peerbubble bubble-server` following the admin API
+/// reports health samples and session events with its bubble credential.
+#[tokio::test]
+async fn the_bubble_server_command_reports_health_and_sessions_to_the_admin_api() {
+    let (admin, dir) = admin_api(&[("team", &[])], &[("Ann", &["team"]), ("Bob", &["team"])]).await;
+    let credential_file = dir.path().join("credential");
+    std::fs::write(&credential_file, &admin.credential).unwrap();
+    let (mut child, addr) = bubble_server(&admin.api, &credential_file, &["--health-interval-ms", "200"]);
     let url = format!("ws://{addr}/v1/signal");
     let deadline = Instant::now() + Duration::from_secs(10);
     // The directory follows the admin API: connect once it has arrived.
@@ -316,31 +324,10 @@ async fn the_bubble_server_serves_tls_and_passes_on_enrollments_of_its_own_bubbl
     );
     let credential_file = dir.path().join("credential");
     std::fs::write(&credential_file, &admin.credential).unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_peerbubble"))
-        .args(["--log-format", "json", "bubble-server", "--listen", "127.0.0.1:0", "--admin-api-url", &admin.api])
-        .args(["--bubble", "ops", "--bubble-credential-file"])
-        .arg(&credential_file)
-        .arg("--signal-tls-cert")
-        .arg(tls_dir.join("cert.pem"))
-        .arg("--signal-tls-key")
-        .arg(tls_dir.join("key.pem"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead as _;
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("bubble-server listening") {
-                let log: Value = serde_json::from_str(&line).unwrap();
-                let _ = tx.send(log["fields"]["addr"].as_str().unwrap().to_owned());
-            }
-        }
-    });
-    let addr: SocketAddr =
-        rx.recv_timeout(Duration::from_secs(30)).expect("the bubble-server started").parse().unwrap();
+    let (cert, key) = (tls_dir.join("cert.pem"), tls_dir.join("key.pem"));
+    let tls_args = ["--signal-tls-cert", cert.to_str().unwrap(), "--signal-tls-key", key.to_str().unwrap()];
+    let (mut child, addr) = bubble_server(&admin.api, &credential_file, &tls_args);
+    let addr: SocketAddr = addr.parse().unwrap();
     let origin = format!("https://localhost:{}", addr.port());
     let pinned = reqwest::Client::builder()
         .use_preconfigured_tls(peerbubble_tls_trust::client_config(peerbubble_tls_trust::Trust::Pinned(pin)).unwrap())
