@@ -5,7 +5,7 @@
 // before the invite is spent; a page opened by IP address does not offer a key (no relying party there).
 import type { Browser, CDPSession } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { type Member, type Up, PASSPHRASE, invite, launch, newMember, open, send, shot, startUp, texts } from './harness';
+import { type Member, type Up, PASSPHRASE, enroll, invite, launch, newMember, open, send, shot, startUp, texts, unlock } from './harness';
 
 let up: Up;
 let browser: Browser;
@@ -206,5 +206,110 @@ describe('a security key as a third key-store segment', () => {
     await unlockWithKey(eve, PASSPHRASE);
     await eve.page.getByRole('navigation').waitFor({ timeout: 60_000 });
     await eve.context.close();
+  });
+});
+
+describe('after enrollment: a new passphrase, then a security key added and removed', () => {
+  const SECOND = 'violet harbour slowly counts eleven herons';
+  let fay: Member;
+  let hal: Member;
+  let key: Authenticator;
+
+  afterAll(async () => {
+    await fay?.context.close();
+    await hal?.context.close();
+  });
+
+  async function openSecurity(m: Member): Promise<void> {
+    await m.page.getByRole('button', { name: /^(Passphrase & key|Phrase secrète et clé)$/ }).click();
+    await m.page.getByTestId('protection-status').waitFor();
+  }
+
+  async function save(m: Member, current: string): Promise<string> {
+    const dialog = m.page.getByRole('dialog');
+    await dialog.getByLabel(/^(Current passphrase|Phrase secrète actuelle)$/).fill(current);
+    await dialog.getByRole('button', { name: /^(Save|Enregistrer)$/ }).click();
+    await expect.poll(() => dialog.locator('.ok, .error').count(), { timeout: 60_000 }).toBeGreaterThan(0);
+    return dialog.locator('.ok, .error').first().innerText();
+  }
+
+  async function lockAndExpectUnlock(m: Member, withKey: boolean): Promise<void> {
+    await m.page.getByRole('dialog').getByRole('button', { name: /^(Close|Fermer)$/ }).click();
+    await m.page.getByRole('button', { name: /^(Lock|Verrouiller)$/ }).click();
+    const name = withKey ? 'Unlock with my security key' : 'Unlock';
+    await m.page.getByRole('button', { name, exact: true }).waitFor();
+  }
+
+  test('a wrong current passphrase changes nothing; a new passphrase replaces the old one and keeps history', async () => {
+    fay = await newMember(browser);
+    hal = await newMember(browser);
+    key = await plugKey(fay);
+    await enroll(fay, onLocalhost(await invite(up, 'Fay (field team)', ['field-team'])));
+    await enroll(hal, await invite(up, 'Hal (field team)', ['field-team']));
+    await expect.poll(() => fay.page.getByRole('navigation').innerText(), { timeout: 30_000 }).toContain('Hal (field team)');
+    await open(fay.page, /Hal \(field team\)/);
+    await send(fay.page, 'Fay checking in before the change');
+    await open(hal.page, /Fay \(field team\)/);
+    await expect.poll(() => texts(hal.page), { timeout: 30_000 }).toContain('Fay checking in before the change');
+
+    await openSecurity(fay);
+    expect(await fay.page.getByTestId('protection-status').innerText()).toBe('This device opens with your passphrase.');
+    await fay.page.getByRole('checkbox', { name: 'Choose a new passphrase' }).check();
+    await fay.page.getByLabel('New passphrase', { exact: true }).fill(SECOND);
+    await fay.page.getByLabel('Type the passphrase again').fill(SECOND);
+    await shot(fay.page, 'security-passphrase-desktop-en');
+    const records = await storedRecords(fay);
+    expect(await save(fay, 'not my passphrase')).toContain('Wrong current passphrase. Nothing was changed.');
+    expect(await storedRecords(fay)).toBe(records);
+    await shot(fay.page, 'security-wrong-desktop-en');
+    expect(await save(fay, PASSPHRASE)).toContain('Next time, unlock with your new passphrase');
+    await shot(fay.page, 'security-done-desktop-en');
+    // The same records, re-encrypted under a new generation (the old ones deleted in the same transaction).
+    expect(await storedRecords(fay)).toBe(records);
+    expect((await credentials(key)).length).toBe(0);
+
+    await lockAndExpectUnlock(fay, false);
+    await unlock(fay, PASSPHRASE);
+    await expect.poll(() => fay.page.getByRole('alert').innerText(), { timeout: 30_000 }).toContain('Wrong passphrase');
+    await unlock(fay, SECOND);
+    await fay.page.getByRole('navigation').waitFor({ timeout: 60_000 });
+    await open(fay.page, /Hal \(field team\)/);
+    await expect.poll(() => texts(fay.page), { timeout: 30_000 }).toContain('Fay checking in before the change');
+  });
+
+  test('a security key added later is then needed; removed, the passphrase alone opens again', async () => {
+    await openSecurity(fay);
+    await fay.page.getByRole('radio', { name: 'Add a security key' }).check();
+    await expect.poll(() => fay.page.getByRole('dialog').innerText()).toContain('only with this passphrase AND this key');
+    await shot(fay.page, 'security-add-key-desktop-en');
+    expect(await save(fay, SECOND)).toContain('only with your passphrase and this security key');
+    expect((await credentials(key)).map((c) => c.rpId)).toEqual(['localhost']);
+    expect(await fay.page.getByTestId('protection-status').innerText()).toContain('and your security key');
+
+    await lockAndExpectUnlock(fay, true);
+    await unlockWithKey(fay, SECOND);
+    await fay.page.getByRole('navigation').waitFor({ timeout: 60_000 });
+
+    // Removing it asks for it (the member proves they hold it), then the store opens without.
+    await openSecurity(fay);
+    await fay.page.getByRole('radio', { name: 'Remove my security key' }).check();
+    await expect.poll(() => fay.page.getByRole('dialog').innerText()).toContain('your passphrase alone will open');
+    expect(await save(fay, SECOND)).toContain('Your passphrase alone now opens PeerBubble');
+    await lockAndExpectUnlock(fay, false);
+    await unlock(fay, SECOND);
+    await fay.page.getByRole('navigation').waitFor({ timeout: 60_000 });
+    await open(fay.page, /Hal \(field team\)/);
+    await expect.poll(() => texts(fay.page), { timeout: 30_000 }).toContain('Fay checking in before the change');
+  });
+
+  test('French at phone width', async () => {
+    const gus = await newMember(browser, { width: 390, height: 844, locale: 'fr-FR' });
+    await plugKey(gus);
+    await enroll(gus, onLocalhost(await invite(up, 'Gus (field team)', ['field-team'])));
+    await openSecurity(gus);
+    await gus.page.getByRole('checkbox', { name: 'Choisir une nouvelle phrase secrète' }).check();
+    await gus.page.getByRole('radio', { name: 'Ajouter une clé de sécurité' }).check();
+    await shot(gus.page, 'security-phone-fr');
+    await gus.context.close();
   });
 });

@@ -95,7 +95,12 @@ export class WorkerClient {
             ? [command.securityKey.secret.buffer as ArrayBuffer]
             : command.kind === 'unlock' && command.securitySecret
               ? [command.securitySecret.buffer as ArrayBuffer]
-              : [];
+              : command.kind === 'changeProtection'
+                ? [
+                    ...(command.securitySecret ? [command.securitySecret.buffer as ArrayBuffer] : []),
+                    ...(typeof command.securityKey === 'object' ? [command.securityKey.secret.buffer as ArrayBuffer] : []),
+                  ]
+                : [];
       this.worker.postMessage({ id, command }, transfer);
     });
   }

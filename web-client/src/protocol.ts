@@ -11,6 +11,19 @@ export type Command =
   /** `securitySecret`: the security key's PRF output, for a key store made with one (handed over, not copied). */
   | { kind: 'unlock'; passphrase: string; securitySecret?: Uint8Array }
   | { kind: 'lock' }
+  /** Whether this device's key store needs a security key, and which (to ask it before a change). */
+  | { kind: 'protection' }
+  /**
+   * Changes the passphrase and/or the security key. The current passphrase (and the current key's PRF output,
+   * when the store has a key) is checked first. `newPassphrase` empty keeps the passphrase.
+   */
+  | {
+      kind: 'changeProtection';
+      passphrase: string;
+      securitySecret?: Uint8Array;
+      newPassphrase: string;
+      securityKey: 'keep' | 'remove' | NewSecurityKey;
+    }
   | { kind: 'startDirect'; member: MemberId }
   | { kind: 'createGroup'; name: string; members: MemberId[] }
   | { kind: 'addMember'; conversation: ConversationId; member: MemberId }
@@ -247,6 +260,18 @@ export function parseRequest(data: unknown): Request | null {
         );
       case 'unlock':
         return isText(c.passphrase, 1024) && (c.securitySecret === undefined || isSecret(c.securitySecret));
+      case 'protection':
+        return true;
+      case 'changeProtection':
+        return (
+          isText(c.passphrase, 1024) &&
+          c.passphrase.length > 0 &&
+          isText(c.newPassphrase, 1024) &&
+          (c.securitySecret === undefined || isSecret(c.securitySecret)) &&
+          (c.securityKey === 'keep' ||
+            c.securityKey === 'remove' ||
+            (isObject(c.securityKey) && isSecurityKeyRef(c.securityKey) && isSecret(c.securityKey.secret)))
+        );
       case 'startDirect':
       case 'removeContact':
       case 'safetyNumber':
@@ -367,6 +392,12 @@ function isPolicy(p: unknown): p is Policy {
 }
 
 /** The page's check of what the worker posts. */
+/** The page's check of the worker's answer to `protection`. */
+export function parseProtection(value: unknown): { securityKey: SecurityKeyRef | null } | null {
+  if (!isObject(value)) return null;
+  return value.securityKey === null || isSecurityKeyRef(value.securityKey) ? { securityKey: value.securityKey } : null;
+}
+
 export function parseUpdate(data: unknown): Update | null {
   if (!isObject(data)) return null;
   switch (data.kind) {

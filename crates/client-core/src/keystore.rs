@@ -478,6 +478,19 @@ impl<S: Storage> KeyStore<S> {
     /// Unlocks with one segment of each required kind, in any order. On failure nothing is stored or changed
     /// and the store stays as it was.
     pub fn unlock(&mut self, segments: &[Segment]) -> Result<(), KeyStoreError> {
+        let (master, root) = self.open_with(segments)?;
+        self.unlocked = Some(Unlocked { master, root });
+        Ok(())
+    }
+
+    /// Whether `segments` are the ones this store is protected by (as [`unlock`](Self::unlock) checks them),
+    /// without unlocking anything or changing the store: asked before a change of passphrase or security key,
+    /// so that an unattended unlocked screen is not enough to change them.
+    pub fn check(&self, segments: &[Segment]) -> Result<(), KeyStoreError> {
+        self.open_with(segments).map(drop)
+    }
+
+    fn open_with(&self, segments: &[Segment]) -> Result<(MasterKey, Zeroizing<[u8; 32]>), KeyStoreError> {
         if segments.is_empty() {
             let first = self.header.kinds.first().copied().unwrap_or(SegmentKind::Device);
             return Err(KeyStoreError::MissingSegment(first));
@@ -491,8 +504,7 @@ impl<S: Storage> KeyStore<S> {
         }
         let master = MasterKey::derive(segments, &self.header.salt)?;
         let root = self.header.open_root(&master)?;
-        self.unlocked = Some(Unlocked { master, root });
-        Ok(())
+        Ok((master, root))
     }
 
     /// Drops the master key and everything derived from it (zeroized).

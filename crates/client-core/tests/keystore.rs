@@ -258,6 +258,29 @@ fn change_segments_replaces_the_passphrase_and_keeps_records() {
     assert_eq!(*store.subkey("files").unwrap(), *files_key, "files kept encrypted at rest would be lost");
 }
 
+#[test]
+fn check_tells_the_right_segments_without_unlocking_or_changing_anything() {
+    let mut store = new_store();
+    store.put("a", b"first").unwrap();
+    let before = store.storage().clone();
+    let right = store.knowledge_segment(PASSPHRASE).unwrap();
+    let wrong = store.knowledge_segment(b"not the passphrase").unwrap();
+    assert!(matches!(store.check(&[device(), wrong]), Err(KeyStoreError::WrongSegments)));
+    assert!(matches!(store.check(&[device()]), Err(KeyStoreError::MissingSegment(SegmentKind::Knowledge))));
+    store.check(&[device(), right]).unwrap();
+    assert_eq!(store.storage(), &before, "a check wrote something");
+
+    // A locked store is checked the same way and stays locked.
+    let mut locked = KeyStore::open(before).unwrap();
+    let right = locked.knowledge_segment(PASSPHRASE).unwrap();
+    locked.check(&[right, device()]).unwrap();
+    assert!(!locked.is_unlocked());
+    assert!(matches!(locked.get("a"), Err(KeyStoreError::Locked)));
+    let right = locked.knowledge_segment(PASSPHRASE).unwrap();
+    locked.unlock(&[right, device()]).unwrap();
+    assert_eq!(locked.get("a").unwrap().unwrap().as_slice(), b"first");
+}
+
 /// Storage whose `put` fails after a number of successful ones.
 #[derive(Clone, Debug, Default)]
 struct FlakyStorage {

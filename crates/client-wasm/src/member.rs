@@ -607,6 +607,78 @@ impl Member {
         self.profile.bubble.clone()
     }
 
+    /// Changes what protects the key store on this device: the passphrase, the security key, or both. The
+    /// current passphrase (and, for a store made with one, the current security key's PRF output) must be given
+    /// and is checked first, so an unlocked screen left unattended is not enough. `new_passphrase` empty keeps
+    /// the passphrase (under a fresh Argon2id salt); `security_key` is `keep`, `remove` or `new` (then
+    /// `new_hardware_secret` is the new key's PRF output). Every secret given is zeroed here. All or nothing:
+    /// the re-encrypted records come out of [`next_write`](Self::next_write) for one IndexedDB transaction, and
+    /// on any error nothing changed. Errors start with `wrong_segments`, `hardware_key_needed` or
+    /// `bad_request`.
+    #[wasm_bindgen(js_name = changeProtection)]
+    pub fn change_protection(
+        &mut self,
+        device_secret: &mut [u8],
+        passphrase: &str,
+        hardware_secret: &mut [u8],
+        new_passphrase: &str,
+        security_key: &str,
+        new_hardware_secret: &mut [u8],
+    ) -> Result<(), JsError> {
+        let device: Result<Zeroizing<[u8; 32]>, _> = (&*device_secret).try_into().map(Zeroizing::new);
+        zeroize::Zeroize::zeroize(device_secret);
+        let current_key: Option<Result<Zeroizing<[u8; 32]>, _>> =
+            (!hardware_secret.is_empty()).then(|| (&*hardware_secret).try_into().map(Zeroizing::new));
+        zeroize::Zeroize::zeroize(hardware_secret);
+        let new_key = possession_segment(new_hardware_secret);
+        let device = device.map_err(|_| JsError::new("bad_request: the device secret must be 32 bytes"))?;
+        let current_key = current_key
+            .transpose()
+            .map_err(|_| JsError::new("bad_request: the security key's secret must be 32 bytes"))?;
+        let new_key = new_key?;
+        let needs_key = self.store.required_kinds().contains(&SegmentKind::Possession);
+        if needs_key && current_key.is_none() {
+            return Err(JsError::new("hardware_key_needed: this device's key store opens only with its security key"));
+        }
+        let possession = match (security_key, new_key) {
+            ("keep", None) if needs_key => current_key.clone().map(Segment::possession),
+            ("keep", None) | ("remove", None) => None,
+            ("new", Some(key)) => Some(key),
+            _ => {
+                return Err(JsError::new(
+                    "bad_request: security_key is keep or remove (no new secret), or new with the new key's secret",
+                ));
+            }
+        };
+        let mut current = vec![
+            Segment::device(device.clone()),
+            self.store.knowledge_segment(passphrase.as_bytes()).map_err(js_error)?,
+        ];
+        current.extend(current_key.filter(|_| needs_key).map(Segment::possession));
+        self.store.check(&current).map_err(|e| match e {
+            KeyStoreError::WrongSegments if needs_key => {
+                JsError::new("wrong_segments: the passphrase or the security key is not the one of this device")
+            }
+            KeyStoreError::WrongSegments => {
+                JsError::new("wrong_segments: the passphrase is not the one of this device")
+            }
+            other => js_error(other),
+        })?;
+        drop(current);
+        let new_passphrase = if new_passphrase.is_empty() { passphrase } else { new_passphrase };
+        let kdf = KnowledgeKdf::generate(KdfParams::default()).map_err(js_error)?;
+        let mut segments =
+            vec![Segment::device(device), Segment::knowledge(new_passphrase.as_bytes(), &kdf).map_err(js_error)?];
+        segments.extend(possession);
+        self.store.change_segments(&segments).map_err(js_error)
+    }
+
+    /// Whether this device's key store needs a security key to open.
+    #[wasm_bindgen(getter, js_name = hasHardwareKey)]
+    pub fn has_hardware_key(&self) -> bool {
+        self.store.required_kinds().contains(&SegmentKind::Possession)
+    }
+
     /// The next encrypted record to write or delete (write them all in one IndexedDB transaction).
     #[wasm_bindgen(js_name = nextWrite)]
     pub fn next_write(&mut self) -> Option<StoredRecord> {

@@ -248,3 +248,117 @@ fn a_key_store_made_with_a_security_key_opens_only_with_it() {
     let again = vault().unlock(&mut [7u8; 32], "long pass phrase", &mut [9u8; 32]).unwrap();
     assert_eq!(again.id(), member);
 }
+
+#[wasm_bindgen_test]
+fn a_member_changes_the_passphrase_then_adds_and_removes_a_security_key() {
+    use std::collections::BTreeMap;
+
+    use peerbubble_client_wasm::{Enrollment, Member, Vault};
+    use peerbubble_proto::enroll::{EnrollRequest, Enrolled};
+
+    // What IndexedDB holds: each step's writes applied, deletions included.
+    fn apply(member: &mut Member, records: &mut BTreeMap<String, Vec<u8>>) -> usize {
+        let mut count = 0;
+        while let Some(record) = member.next_write() {
+            match record.value() {
+                Some(value) => records.insert(record.name(), value),
+                None => records.remove(&record.name()),
+            };
+            count += 1;
+        }
+        count
+    }
+    fn vault(records: &BTreeMap<String, Vec<u8>>) -> Vault {
+        let mut vault = Vault::new();
+        for (name, value) in records {
+            vault.add(name.clone(), value.clone());
+        }
+        vault
+    }
+    fn message<T>(result: Result<T, wasm_bindgen::JsError>) -> String {
+        let value: wasm_bindgen::JsValue = result.err().expect("refused").into();
+        js_sys::Reflect::get(&value, &"message".into()).unwrap().as_string().unwrap()
+    }
+
+    let enrollment = Enrollment::new("ops.tok-change").unwrap();
+    let request: EnrollRequest = serde_json::from_str(&enrollment.request()).unwrap();
+    let member = request.verify("ops").unwrap().member_id().to_string();
+    let enrolled = Enrolled { bubble: "ops".into(), member: member.clone(), display_name: "Ann".into() };
+    let mut ann = enrollment
+        .finish(&serde_json::to_string(&enrolled).unwrap(), &mut [7u8; 32], "first pass phrase", &mut [])
+        .unwrap();
+    let mut records = BTreeMap::new();
+    apply(&mut ann, &mut records);
+    assert!(!ann.has_hardware_key());
+
+    // The current passphrase is asked, and a wrong one changes nothing.
+    let mut device = [7u8; 32];
+    let refused =
+        ann.change_protection(&mut device, "not my pass phrase", &mut [], "second pass phrase", "keep", &mut []);
+    assert!(message(refused).starts_with("wrong_segments"));
+    assert_eq!(device, [0u8; 32], "the device secret is zeroed, refused or not");
+    assert_eq!(apply(&mut ann, &mut records), 0, "a refused change wrote something");
+    // Nonsense is refused before anything is derived.
+    let bad = ann.change_protection(&mut [7u8; 32], "first pass phrase", &mut [], "", "new", &mut []);
+    assert!(message(bad).starts_with("bad_request"));
+    let bad = ann.change_protection(&mut [7u8; 16], "first pass phrase", &mut [], "", "keep", &mut []);
+    assert!(message(bad).starts_with("bad_request"));
+
+    // A new passphrase: the old one no longer opens the store, the new one does, and the member is the same.
+    ann.change_protection(&mut [7u8; 32], "first pass phrase", &mut [], "second pass phrase", "keep", &mut []).unwrap();
+    assert!(apply(&mut ann, &mut records) > 0);
+    assert!(
+        message(vault(&records).unlock(&mut [7u8; 32], "first pass phrase", &mut [])).starts_with("wrong_segments")
+    );
+    assert_eq!(vault(&records).unlock(&mut [7u8; 32], "second pass phrase", &mut []).unwrap().id(), member);
+
+    // A security key added: the store needs it from now on, with the same passphrase.
+    let mut prf = [9u8; 32];
+    ann.change_protection(&mut [7u8; 32], "second pass phrase", &mut [], "", "new", &mut prf).unwrap();
+    assert_eq!(prf, [0u8; 32], "the new key's secret is zeroed once used");
+    apply(&mut ann, &mut records);
+    assert!(ann.has_hardware_key());
+    assert!(vault(&records).needs_hardware_key().unwrap());
+    assert!(
+        message(vault(&records).unlock(&mut [7u8; 32], "second pass phrase", &mut []))
+            .starts_with("hardware_key_needed")
+    );
+    assert_eq!(vault(&records).unlock(&mut [7u8; 32], "second pass phrase", &mut [9u8; 32]).unwrap().id(), member);
+
+    // Changing anything now needs the key too; with it, the passphrase changes and the key stays.
+    let no_key =
+        ann.change_protection(&mut [7u8; 32], "second pass phrase", &mut [], "third pass phrase", "keep", &mut []);
+    assert!(message(no_key).starts_with("hardware_key_needed"));
+    let other_key = ann.change_protection(
+        &mut [7u8; 32],
+        "second pass phrase",
+        &mut [8u8; 32],
+        "third pass phrase",
+        "keep",
+        &mut [],
+    );
+    assert!(message(other_key).starts_with("wrong_segments"));
+    ann.change_protection(&mut [7u8; 32], "second pass phrase", &mut [9u8; 32], "third pass phrase", "keep", &mut [])
+        .unwrap();
+    apply(&mut ann, &mut records);
+    assert!(vault(&records).needs_hardware_key().unwrap());
+    assert_eq!(vault(&records).unlock(&mut [7u8; 32], "third pass phrase", &mut [9u8; 32]).unwrap().id(), member);
+
+    // The key removed: the passphrase alone opens the store again.
+    ann.change_protection(&mut [7u8; 32], "third pass phrase", &mut [9u8; 32], "", "remove", &mut []).unwrap();
+    apply(&mut ann, &mut records);
+    assert!(!ann.has_hardware_key());
+    assert!(!vault(&records).needs_hardware_key().unwrap());
+    let again = vault(&records).unlock(&mut [7u8; 32], "third pass phrase", &mut []).unwrap();
+    assert_eq!(again.id(), member);
+    assert!(again.view().contains(r#""displayName":"Ann""#), "records survived three changes");
+    // Only the last generation is left: the old records were deleted.
+    let header = records.keys().filter(|k| k.as_str() == "keystore/header").count();
+    assert_eq!(header, 1);
+    let generations: std::collections::BTreeSet<&str> = records
+        .keys()
+        .filter_map(|k| k.strip_prefix("keystore/records/"))
+        .filter_map(|k| k.split('/').next())
+        .collect();
+    assert_eq!(generations.len(), 1, "records of older generations remain: {generations:?}");
+}

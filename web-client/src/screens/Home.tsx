@@ -8,6 +8,7 @@ import type { ChatMessage, Conversation, DirectoryEntry, FileItem, View } from '
 import { CallScreen } from './CallScreen';
 import { AttachButton, FileCard, bytes, useDropZone } from './Files';
 import { SafetyNumber } from './SafetyNumber';
+import { Security } from './Security';
 
 /** Conversations this device shows unmasked (all are masked unless the member turned it off). */
 const MASK_KEY = 'peerbubble.unmasked';
@@ -29,6 +30,7 @@ export function Home({ client, view, notices }: { client: WorkerClient; view: Vi
   const [creating, setCreating] = useState(false);
   const [removing, setRemoving] = useState<DirectoryEntry | null>(null);
   const [safety, setSafety] = useState<DirectoryEntry | null>(null);
+  const [security, setSecurity] = useState(false);
   const [error, setError] = useState<string | null>(null);
   const [missedSeen, setMissedSeen] = useState(0);
   const names = useMemo(() => new Map(view.directory.map((e) => [e.member, e.displayName])), [view.directory]);
@@ -87,6 +89,9 @@ export function Home({ client, view, notices }: { client: WorkerClient; view: Vi
         </div>
         <ConnectionBadge state={view.signaling} />
         <LanguageSwitch />
+        <button type="button" onClick={() => setSecurity(true)}>
+          {t('home.security')}
+        </button>
         <button type="button" onClick={() => void client.send({ kind: 'lock' })}>
           {t('home.lock')}
         </button>
@@ -224,6 +229,7 @@ export function Home({ client, view, notices }: { client: WorkerClient; view: Vi
       )}
       <CallScreen client={client} view={view} />
       {safety && <SafetyNumber client={client} entry={safety} me={view.me.displayName} onClose={() => setSafety(null)} />}
+      {security && <Security client={client} label={`${view.me.bubble} ${view.me.displayName}`} onClose={() => setSecurity(false)} />}
     </div>
   );
 }

@@ -93,6 +93,27 @@ export async function createAccount(
   await done(tx);
 }
 
+/**
+ * A change of passphrase or security key: the re-encrypted records and which security key now opens the store
+ * (`null`: none), in one transaction, so the store and the key it asks for never disagree.
+ */
+export async function writeProtection(
+  db: IDBDatabase,
+  writes: Array<[string, Uint8Array | undefined]>,
+  securityKey: SecurityKeyRef | null,
+): Promise<void> {
+  const tx = db.transaction([RECORDS, META], 'readwrite');
+  const records = tx.objectStore(RECORDS);
+  for (const [name, value] of writes) {
+    if (value === undefined) records.delete(name);
+    else records.put(value, name);
+  }
+  if (securityKey) tx.objectStore(META).put({ credential: securityKey.credential, salt: securityKey.salt } satisfies SecurityKeyRef, 'securityKey');
+  else tx.objectStore(META).delete('securityKey');
+  tx.objectStore(META).put({ failures: 0, retryAt: 0 } satisfies Backoff, 'backoff');
+  await done(tx);
+}
+
 /** The security key this device's key store needs, if the member added one at enrollment. */
 export async function readSecurityKey(db: IDBDatabase): Promise<SecurityKeyRef | null> {
   const tx = db.transaction(META, 'readonly');

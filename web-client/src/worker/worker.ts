@@ -19,6 +19,7 @@ import {
   readSecurityKey,
   unwrapDevice,
   writeBackoff,
+  writeProtection,
   writeRecords,
 } from './store';
 import { FileSource, type Layout, SealedFiles } from './files';
@@ -460,6 +461,50 @@ async function answer(id: number, command: Command): Promise<void> {
   }
 }
 
+type ChangeProtection = Extract<Command, { kind: 'changeProtection' }>;
+
+/**
+ * A new passphrase and/or security key. Inside the step queue: the re-encrypted records and the key the store now
+ * asks for are written in one transaction before anything else runs. A wrong current passphrase counts towards
+ * the same back-off as unlocking (the screen is open, but whoever sits at it has not shown they know it).
+ */
+async function changeProtection(m: Member, c: ChangeProtection): Promise<unknown> {
+  const current = c.securitySecret ?? new Uint8Array(0);
+  const fresh = typeof c.securityKey === 'object' ? c.securityKey.secret : new Uint8Array(0);
+  try {
+    if (!db) throw new Error('storage is not open');
+    const backoff = await readBackoff(db);
+    if (backoff.retryAt > Date.now()) throw new Error(`wait: ${Math.ceil((backoff.retryAt - Date.now()) / 1000)}`);
+    const device = await readDevice(db);
+    if (!device) throw new Error('no key store on this device');
+    const before = await readSecurityKey(db);
+    const secret = await unwrapDevice(device);
+    const mode = typeof c.securityKey === 'object' ? 'new' : c.securityKey;
+    try {
+      m.changeProtection(secret, c.passphrase, current, c.newPassphrase, mode, fresh);
+    } catch (err) {
+      if (String(err instanceof Error ? err.message : err).startsWith('wrong_segments')) {
+        const failures = backoff.failures + 1;
+        await writeBackoff(db, { failures, retryAt: Date.now() + backoffSeconds(failures) * 1000 });
+      }
+      throw err;
+    } finally {
+      secret.fill(0);
+    }
+    const writes: Array<[string, Uint8Array | undefined]> = [];
+    for (let rec = m.nextWrite(); rec !== undefined; rec = m.nextWrite()) {
+      writes.push([rec.name, rec.value]);
+      rec.free();
+    }
+    const key = typeof c.securityKey === 'object' ? { credential: c.securityKey.credential, salt: c.securityKey.salt } : c.securityKey === 'keep' ? before : null;
+    await writeProtection(db, writes, key);
+    return { securityKey: key };
+  } finally {
+    current.fill(0);
+    fresh.fill(0);
+  }
+}
+
 /** A member command, inside the step queue: run it, then flush. */
 async function runDirect(command: Command): Promise<unknown> {
   const m = member;
@@ -508,6 +553,12 @@ async function runDirect(command: Command): Promise<unknown> {
       break;
     case 'setVerified':
       m.setVerified(command.member, command.verified);
+      break;
+    case 'protection':
+      value = { securityKey: db ? await readSecurityKey(db) : null };
+      break;
+    case 'changeProtection':
+      value = await changeProtection(m, command);
       break;
     case 'iceServers':
       value = JSON.parse(m.iceServers());
