@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Browser, Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, onTestFailed, test } from 'vitest';
-import { type Member, type Up, enroll, invite, launch, newMember, open, screenshotDir, startUp, unlock } from './harness';
+import { type Member, type Up, createGroup, enroll, invite, launch, newMember, open, screenshotDir, startUp, unlock } from './harness';
 
 let up: Up;
 let browser: Browser;
@@ -241,6 +241,51 @@ test('relay only: a file goes through the bubble TURN (French, phone width)', as
   await dan.page.screenshot({ path: join(screenshotDir(), 'file-received-phone-fr.png') });
   expect(await card(dan.page, 'relais-16.bin').innerText()).toContain('Conservé chiffré sur cet appareil');
   expect(sha256(await saveDecrypted(dan.page, 'relais-16.bin'))).toBe(file.sha256);
+});
+
+test('a file sent to a group reaches every member, each over its own pair connection, and shows in the group', async () => {
+  const erin = await member('Erin (field team)');
+  const finn = await member('Finn (field team)');
+  const gail = await member('Gail (field team)', { locale: 'fr-FR', width: 390, height: 844 });
+  for (const [m, others] of [
+    [erin, ['Finn', 'Gail']],
+    [finn, ['Erin', 'Gail']],
+    [gail, ['Erin', 'Finn']],
+  ] as const) {
+    for (const other of others) {
+      await expect.poll(() => m.page.getByRole('navigation').innerText(), { timeout: 60_000 }).toContain(`${other} (field team)`);
+    }
+  }
+  // Nobody has a 1:1 conversation yet: sending to the group sets each pair's up first.
+  await createGroup(erin.page, 'Convoy', [/Finn \(field team\)/, /Gail \(field team\)/]);
+  await open(erin.page, 'Convoy');
+  await expect.poll(() => erin.page.getByRole('textbox', { name: 'Write a message' }).isEnabled(), { timeout: 60_000 }).toBe(true);
+  await erin.page.getByRole('checkbox', { name: MASK_LABEL }).uncheck();
+  for (const m of [finn, gail]) {
+    await expect.poll(() => m.page.getByRole('navigation').innerText(), { timeout: 60_000 }).toContain('Convoy');
+    await open(m.page, 'Convoy');
+    await m.page.getByRole('checkbox', { name: MASK_LABEL }).uncheck();
+  }
+  const file = makeFile('convoy-route.bin', 4 << 20);
+  await erin.page.locator('input[type=file][aria-label="Send a file"]').setInputFiles(file.path);
+  // One card per member on the sender's side, in the group.
+  await expect.poll(() => card(erin.page, 'convoy-route.bin').count(), { timeout: 90_000 }).toBe(2);
+  await card(finn.page, 'convoy-route.bin').getByRole('button', { name: 'Accept' }).click({ timeout: 90_000 });
+  await card(gail.page, 'convoy-route.bin').getByRole('button', { name: 'Accepter' }).click({ timeout: 90_000 });
+  for (const m of [finn, gail]) {
+    await expect.poll(() => card(m.page, 'convoy-route.bin').getAttribute('data-state'), { timeout: 120_000 }).toBe('done');
+  }
+  await expect
+    .poll(async () => Promise.all([0, 1].map((i) => card(erin.page, 'convoy-route.bin').nth(i).getAttribute('data-state'))), { timeout: 60_000 })
+    .toEqual(['done', 'done']);
+  await erin.page.screenshot({ path: join(screenshotDir(), 'file-group-sent-desktop-en.png') });
+  await gail.page.screenshot({ path: join(screenshotDir(), 'file-group-received-phone-fr.png') });
+  expect(sha256(await saveDecrypted(finn.page, 'convoy-route.bin'))).toBe(file.sha256);
+  expect(sha256(await saveDecrypted(gail.page, 'convoy-route.bin'))).toBe(file.sha256);
+  // Carried by each pair's 1:1 conversation, but shown in the group only.
+  await open(finn.page, /Erin \(field team\)/);
+  await expect.poll(() => finn.page.getByRole('textbox', { name: 'Write a message' }).isEnabled(), { timeout: 60_000 }).toBe(true);
+  expect(await finn.page.locator('.message.file').count()).toBe(0);
 });
 
 test('files both ways with the native peer (peerbubble chat)', async () => {

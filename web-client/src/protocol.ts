@@ -48,6 +48,8 @@ export type Command =
   | { kind: 'channelData'; member: MemberId; bytes: Uint8Array }
   // Files: the page hands the worker the File the member picked (structured clone, read in slices there).
   | { kind: 'sendFile'; member: MemberId; file: File }
+  /** A file to every other member of a group: one transfer each, over each pair's connection. */
+  | { kind: 'sendGroupFile'; group: ConversationId; file: File }
   | { kind: 'resumeFile'; transfer: string; file: File }
   | { kind: 'acceptFile'; transfer: string }
   | { kind: 'cancelFile'; transfer: string }
@@ -146,6 +148,8 @@ export interface Policy {
 export interface FileItem {
   transfer: string;
   conversation: ConversationId;
+  /** The group it was sent to (shown there); null for a 1:1 file. */
+  group: ConversationId | null;
   peer: MemberId;
   outgoing: boolean;
   name: string;
@@ -299,6 +303,8 @@ export function parseRequest(data: unknown): Request | null {
         return isId(c.conversation) && typeof c.seconds === 'number' && Number.isInteger(c.seconds) && c.seconds >= 0;
       case 'sendFile':
         return isId(c.member) && isFile(c.file);
+      case 'sendGroupFile':
+        return isId(c.group) && isFile(c.file);
       case 'resumeFile':
         return isId(c.transfer) && isFile(c.file);
       case 'acceptFile':
@@ -366,6 +372,7 @@ function isFileItem(f: unknown): f is FileItem {
     isObject(f) &&
     isId(f.transfer) &&
     isId(f.conversation) &&
+    (f.group === null || isId(f.group)) &&
     isId(f.peer) &&
     typeof f.outgoing === 'boolean' &&
     typeof f.name === 'string' &&

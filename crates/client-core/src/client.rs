@@ -1165,6 +1165,41 @@ impl Client {
         size: u64,
         sha256: [u8; 32],
     ) -> Result<TransferId, ClientError> {
+        self.offer_file_in(peer, (name, size, sha256), None)
+    }
+
+    /// Offers a file sent to a group to one of its members: the transfer is 1:1, as [`Client::offer_file`]
+    /// (over the pair's conversation and connection; the edge sends one per member), and shown in the group on
+    /// both sides. The group must be one we are in with `peer`.
+    pub fn offer_group_file(
+        &mut self,
+        group: ConversationId,
+        peer: MemberId,
+        name: &str,
+        size: u64,
+        sha256: [u8; 32],
+    ) -> Result<TransferId, ClientError> {
+        if !self.shares_group(group, peer) {
+            return Err(ClientError::NotAllowed("that member is not in this group with us"));
+        }
+        self.offer_file_in(peer, (name, size, sha256), Some(group))
+    }
+
+    /// Whether `group` is a group conversation, set up, with `peer` among its other members.
+    fn shares_group(&self, group: ConversationId, peer: MemberId) -> bool {
+        self.conversations.get(&group).is_some_and(|c| {
+            c.ready
+                && matches!(c.kind, Some(ConversationKind::Group { .. }))
+                && others_in(&c.group, self.me).contains(&peer)
+        })
+    }
+
+    fn offer_file_in(
+        &mut self,
+        peer: MemberId,
+        (name, size, sha256): (&str, u64, [u8; 32]),
+        group: Option<ConversationId>,
+    ) -> Result<TransferId, ClientError> {
         if !self.policy.files_allowed {
             return Err(ClientError::Policy("files cannot be sent".into()));
         }
@@ -1177,7 +1212,9 @@ impl Client {
         }
         let transfer = TransferId::random().map_err(file_err)?;
         let key = FileKey::new(self.export_secret(conversation, FILE_KEY_LABEL, &transfer.0)?);
-        self.transfers.offer(peer, conversation, (transfer, name, size, sha256), key, self.now_ms).map_err(file_err)?;
+        self.transfers
+            .offer(peer, conversation, (transfer, name, size, sha256), group, key, self.now_ms)
+            .map_err(file_err)?;
         self.send_file_controls()?;
         Ok(transfer)
     }
@@ -1299,7 +1336,11 @@ impl Client {
             self.events.push_back(Event::Refused { from, reason: "file transfer outside its 1:1 conversation".into() });
             return;
         }
-        let result = if let FileControl::Offer(offer) = control {
+        let result = if let FileControl::Offer(mut offer) = control {
+            // Shown in a group only if it is one we are in with the sender; otherwise in the 1:1 conversation.
+            if offer.group.is_some_and(|g| !self.shares_group(g, from)) {
+                offer.group = None;
+            }
             match self.export_secret(conversation, FILE_KEY_LABEL, &offer.transfer.0) {
                 Ok(key) => self.transfers.on_offer(from, conversation, offer, FileKey::new(key), self.now_ms),
                 Err(e) => Err(e.to_string()),
@@ -2077,8 +2118,11 @@ impl Client {
                 }
             }
             self.group_calls.forget(id);
-            // Its file keys go with it, and the edge is told to delete the bytes it kept.
+            // Its file keys go with it, and the edge is told to delete the bytes it kept; files sent to a group
+            // that is gone stop (each pair's contact is told) and are forgotten.
             self.transfers.forget_conversation(id);
+            self.transfers.forget_group(&id);
+            let _ = self.send_file_controls();
             while let Some(event) = self.transfers.poll_event() {
                 self.events.push_back(event);
             }

@@ -179,6 +179,10 @@ pub struct FileOffer {
     /// SHA-256 of the whole file.
     #[serde(with = "base64url")]
     pub sha256: [u8; 32],
+    /// The group it was sent to (one transfer per member, each over the pair's own connection), shown there;
+    /// none for a file sent 1:1. The receiver shows it in the group only if it and the sender are both in it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<crate::client::ConversationId>,
 }
 
 /// The file's name is content: `Debug` shows its length only.
@@ -191,6 +195,7 @@ impl fmt::Debug for FileOffer {
             .field("chunk_size", &self.chunk_size)
             .field("chunks", &self.chunks)
             .field("sha256", &self.sha256)
+            .field("group", &self.group)
             .finish()
     }
 }
@@ -207,7 +212,7 @@ impl FileOffer {
     ) -> Result<Self, FileError> {
         let chunks = chunk_count(size, chunk_size).ok_or(FileError::InvalidChunkSize(chunk_size))?;
         let chunks = u32::try_from(chunks).map_err(|_| FileError::TooLarge { size, max: max_file_size })?;
-        let offer = Self { transfer, name: name.into(), size, chunk_size, chunks, sha256 };
+        let offer = Self { transfer, name: name.into(), size, chunk_size, chunks, sha256, group: None };
         offer.validate(max_file_size)?;
         Ok(offer)
     }
@@ -638,6 +643,13 @@ impl OutgoingTransfer {
     /// The offer to send.
     pub fn offer(&self) -> &FileOffer {
         &self.cipher.offer
+    }
+
+    /// The same transfer, offered as part of a file sent to `group` (one transfer per member).
+    #[must_use]
+    pub fn in_group(mut self, group: Option<crate::client::ConversationId>) -> Self {
+        self.cipher.offer.group = group;
+        self
     }
 
     /// The receiver accepted.

@@ -100,6 +100,8 @@ pub struct FileStatus {
     pub transfer: TransferId,
     /// Its 1:1 conversation.
     pub conversation: ConversationId,
+    /// The group it was sent to, where it is shown (checked on arrival: both members are in it).
+    pub group: Option<ConversationId>,
     /// The contact.
     pub peer: MemberId,
     /// We send it.
@@ -256,11 +258,12 @@ impl Transfers {
         peer: MemberId,
         conversation: ConversationId,
         file: (TransferId, &str, u64, [u8; 32]),
+        group: Option<ConversationId>,
         key: FileKey,
         now_ms: u64,
     ) -> Result<(), FileError> {
         let (transfer, name, size, sha256) = file;
-        let outgoing = OutgoingTransfer::new(transfer, name, size, sha256, &key, &self.config)?;
+        let outgoing = OutgoingTransfer::new(transfer, name, size, sha256, &key, &self.config)?.in_group(group);
         self.controls.push_back((conversation, FileControl::Offer(outgoing.offer().clone())));
         self.outgoing.insert(
             transfer,
@@ -396,6 +399,23 @@ impl Transfers {
         self.frames.retain(|(peer, _)| !gone_peers.contains(peer));
         for transfer in gone {
             self.events.push_back(Event::FileForgotten { transfer });
+        }
+    }
+
+    /// A group is gone (left, removed from it, closed): the files sent to it stop, and their senders or
+    /// receivers are told in each pair's 1:1 conversation; the ones kept are forgotten.
+    pub fn forget_group(&mut self, group: &ConversationId) {
+        let of_group = |offer: &FileOffer| offer.group.as_ref() == Some(group);
+        let moving: Vec<TransferId> = (self.asked.iter().filter(|(_, a)| of_group(&a.offer)).map(|(t, _)| *t))
+            .chain(self.incoming.iter().filter(|(_, i)| of_group(i.transfer.offer())).map(|(t, _)| *t))
+            .chain(self.outgoing.iter().filter(|(_, o)| of_group(o.transfer.offer())).map(|(t, _)| *t))
+            .collect();
+        for transfer in moving {
+            let _ = self.cancel(transfer);
+        }
+        let kept: Vec<TransferId> = self.kept.iter().filter(|(_, k)| of_group(&k.offer)).map(|(t, _)| *t).collect();
+        for transfer in kept {
+            let _ = self.forget(transfer);
         }
     }
 
@@ -612,6 +632,7 @@ impl Transfers {
         let status = |transfer: &TransferId, peer, conversation, outgoing, offer: &FileOffer| FileStatus {
             transfer: *transfer,
             conversation,
+            group: offer.group,
             peer,
             outgoing,
             name: offer.name.clone(),

@@ -560,6 +560,72 @@ fn file_transfer_over_the_channel_with_a_drop_and_resume() {
 }
 
 #[test]
+fn a_file_sent_to_a_group_goes_to_each_member_over_the_pair_and_shows_in_the_group() {
+    let mut net = Net::new(4);
+    let (b, c, d) = (net.id(1), net.id(2), net.id(3));
+    let g = net.clients[0].create_group("logistics", &[b, c]).unwrap();
+    net.run();
+    net.direct(0, 1);
+    net.direct(0, 2);
+    net.direct(0, 3);
+    let data = b"manifest: 40 pallets".to_vec();
+    let (size, digest) = (data.len() as u64, FileHasher::digest(&data));
+
+    // One transfer per member, each over the pair's 1:1 conversation, shown in the group on both sides.
+    let to_b = net.clients[0].offer_group_file(g, b, "manifest.txt", size, digest).unwrap();
+    let to_c = net.clients[0].offer_group_file(g, c, "manifest.txt", size, digest).unwrap();
+    // Not to someone outside the group, even a contact.
+    assert!(matches!(
+        net.clients[0].offer_group_file(g, d, "manifest.txt", size, digest),
+        Err(ClientError::NotAllowed(_))
+    ));
+    net.run();
+    for (i, t) in [(1, to_b), (2, to_c)] {
+        let f = net.clients[i].files().into_iter().find(|f| f.transfer == t).expect("offered");
+        assert_eq!(f.group, Some(g), "member {i} shows it in the group");
+        assert_eq!(Some(f.conversation), net.clients[i].direct_conversation(net.ids[0]), "carried 1:1");
+        let mine = net.clients[0].files().into_iter().find(|f| f.transfer == t).expect("ours");
+        assert_eq!(mine.group, Some(g));
+    }
+    assert!(net.clients[3].files().is_empty());
+    // A 1:1 file stays out of the group.
+    let direct = net.clients[0].offer_file(b, "private.txt", size, digest).unwrap();
+    net.run();
+    assert_eq!(net.clients[1].files().into_iter().find(|f| f.transfer == direct).unwrap().group, None);
+
+    // Received and checked as any file.
+    net.clients[2].channel_opened(net.ids[0]);
+    net.clients[0].channel_opened(c);
+    net.clients[2].accept_file(to_c).unwrap();
+    net.run();
+    while let Some(req) = net.clients[0].next_file_chunk(to_c) {
+        let s = req.offset as usize;
+        let frame = net.clients[0].seal_file_chunk(to_c, req.index, &data[s..s + req.len as usize]).unwrap();
+        net.flights.push_back(support::Flight { from: 0, to: 2, bytes: frame, path: Path::Channel });
+        net.run();
+    }
+    assert!(net.events[2].iter().any(|e| matches!(e, Event::FileReceived { sha256, .. } if *sha256 == digest)));
+
+    // An offer naming a group the receiver is no longer in (it left before the offer arrived) is shown in the
+    // 1:1 conversation, not in a group it cannot see.
+    net.clients[2].leave(g).unwrap();
+    let late = net.clients[0].offer_group_file(g, c, "late.txt", size, digest).unwrap();
+    net.run();
+    assert_eq!(net.clients[2].files().into_iter().find(|f| f.transfer == late).expect("offered").group, None);
+    // The file it received in that group went with the group.
+    assert!(net.clients[2].files().iter().all(|f| f.transfer != to_c), "kept after leaving the group");
+
+    // A member removed from the group: the offer waiting there is declined, and the sender is told.
+    net.take_events(0);
+    net.clients[0].remove_member(g, b).unwrap();
+    net.run();
+    assert!(net.clients[1].files().iter().all(|f| f.transfer != to_b));
+    assert!(net.clients[1].files().iter().any(|f| f.transfer == direct), "the 1:1 file is not the group's");
+    assert!(net.take_events(0).iter().any(|e| matches!(e, Event::FileCancelled { transfer, .. } if *transfer == to_b)));
+    assert!(net.clients[0].files().iter().all(|f| f.transfer != to_b));
+}
+
+#[test]
 fn removing_a_contact_destroys_its_state_and_keys() {
     let mut net = Net::new(2);
     let c = net.direct(0, 1);
@@ -707,8 +773,15 @@ fn debug_output_never_shows_what_was_said() {
         text: CANARY.into(),
     };
     let transfer = peerbubble_client_core::files::TransferId([3; 16]);
-    let name_offer =
-        FileOffer { transfer, name: format!("{CANARY}.pdf"), size: 10, chunk_size: 16_384, chunks: 1, sha256: [0; 32] };
+    let name_offer = FileOffer {
+        transfer,
+        name: format!("{CANARY}.pdf"),
+        size: 10,
+        chunk_size: 16_384,
+        chunks: 1,
+        sha256: [0; 32],
+        group: None,
+    };
     let chunk = Event::FileChunk {
         transfer,
         index: 0,

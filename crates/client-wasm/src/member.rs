@@ -960,8 +960,32 @@ impl Member {
         self.act(now_ms, |c| c.end_ring_in(group, ring, EndReason::HungUp))
     }
 
+    /// The other members of a group conversation (hex ids, as a JSON array): the worker offers a file sent to
+    /// the group to each of them.
+    #[wasm_bindgen(js_name = groupMembers)]
+    pub fn group_members(&self, group: &str) -> Result<String, JsError> {
+        let group = conversation(group)?;
+        let client = self.session.client();
+        let is_group = client
+            .conversations()
+            .iter()
+            .any(|(id, kind)| *id == group && matches!(kind, Some(ConversationKind::Group { .. })));
+        if !is_group {
+            return Err(JsError::new("no such group"));
+        }
+        let members = client.members(group).map_err(js_error)?;
+        serde_json::to_string(&members.iter().map(ToString::to_string).collect::<Vec<_>>()).map_err(js_error)
+    }
+
+    /// Whether the 1:1 conversation with `peer` is set up (a file can be offered to them).
+    #[wasm_bindgen(js_name = hasDirect)]
+    pub fn has_direct(&self, peer: &str) -> Result<bool, JsError> {
+        Ok(self.session.client().direct_conversation(member_id(peer)?).is_some())
+    }
+
     /// Offers a file to the contact of a 1:1 conversation: `sha256` (hex) from [`FileHash`] over the same
-    /// bytes. The transfer's id (hex).
+    /// bytes. With `group`, the file is one sent to that group (the worker offers it to each member in turn,
+    /// over each pair's conversation) and shown there. The transfer's id (hex).
     #[wasm_bindgen(js_name = offerFile)]
     pub fn offer_file(
         &mut self,
@@ -969,6 +993,7 @@ impl Member {
         name: &str,
         size: f64,
         sha256: &str,
+        group: Option<String>,
         now_ms: f64,
     ) -> Result<String, JsError> {
         let peer = member_id(peer)?;
@@ -976,7 +1001,15 @@ impl Member {
         if !(0.0..=9.0e15).contains(&size) || size.fract() != 0.0 {
             return Err(JsError::new("a file size is a whole number of bytes"));
         }
-        self.act(now_ms, |c| c.offer_file(peer, name, size as u64, digest)).map(|t| hex(&t.0))
+        let size = size as u64;
+        match group {
+            None => self.act(now_ms, |c| c.offer_file(peer, name, size, digest)),
+            Some(group) => {
+                let group = conversation(&group)?;
+                self.act(now_ms, |c| c.offer_group_file(group, peer, name, size, digest))
+            }
+        }
+        .map(|t| hex(&t.0))
     }
 
     /// Accepts an offered file; its chunks come as [`Member::next_sealed_chunk`].
@@ -1135,6 +1168,7 @@ impl Member {
                 json!({
                     "transfer": hex(&f.transfer.0),
                     "conversation": f.conversation.to_string(),
+                    "group": f.group.map(|g| g.to_string()),
                     "peer": f.peer.to_string(),
                     "outgoing": f.outgoing,
                     "name": f.name,

@@ -271,7 +271,10 @@ function ConversationPane(props: {
   const ready = c !== undefined && c.kind !== 'pending' && !stopped;
   const history = c?.history ?? [];
 
-  const items = history.length + (c ? view.files.filter((f) => f.conversation === c.id).length : 0);
+  // A file sent to a group shows in the group (each member's copy is its own transfer over the pair's
+  // connection); a 1:1 conversation shows the rest of the pair's files.
+  const shownHere = (f: FileItem) => c !== undefined && (c.kind === 'group' ? f.group === c.id : f.conversation === c.id && f.group === null);
+  const items = history.length + view.files.filter(shownHere).length;
   useEffect(() => {
     list.current?.lastElementChild?.scrollIntoView({ block: 'end' });
   }, [items]);
@@ -315,26 +318,32 @@ function ConversationPane(props: {
     }
   };
 
-  // Files: only with a contact (1:1), when the bubble allows them and the conversation is ready.
+  // Files: to a contact, or to every other member of a group, when the bubble allows them and the conversation
+  // is ready.
   const filesAllowed = view.policy.files_allowed;
-  const canSendFiles = ready && props.contact !== undefined && filesAllowed;
+  const isGroup = c?.kind === 'group';
+  const canSendFiles = ready && (props.contact !== undefined || (isGroup && c.members.length > 1)) && filesAllowed;
   const [preparing, setPreparing] = useState<string | null>(null);
   const sendFile = (file: File) => {
     const contact = props.contact;
-    if (!contact || !canSendFiles) return;
+    if (!canSendFiles || !c) return;
     if (file.size > view.policy.max_file_bytes) {
       props.onError(t('file.tooLarge', { name: file.name, size: bytes(view.policy.max_file_bytes) }));
       return;
     }
     setPreparing(file.name);
-    client
-      .send({ kind: 'sendFile', member: contact.member, file })
-      .catch((err: Error) => props.onError(err.message))
-      .finally(() => setPreparing(null));
+    const sent = contact
+      ? client.send({ kind: 'sendFile', member: contact.member, file })
+      : client.send({ kind: 'sendGroupFile', group: c.id, file }).then((value) => {
+          const failed = parseGroupSend(value);
+          if (failed === null) throw new Error('unexpected answer from the worker');
+          if (failed.length > 0) props.onError(t('file.groupPartial', { name: file.name, members: failed.map(props.nameOf).join(', ') }));
+        });
+    sent.catch((err: Error) => props.onError(err.message)).finally(() => setPreparing(null));
   };
   const drop = useDropZone(canSendFiles, sendFile);
   const hashing = props.notices.filter((n) => n.type === 'filePreparing' && n.name === preparing).at(-1);
-  const files = c ? view.files.filter((f) => f.conversation === c.id) : [];
+  const files = view.files.filter(shownHere);
   const timeline: Array<{ at: number; message?: ChatMessage; file?: FileItem }> = [
     ...history.map((m) => ({ at: m.sent_at_ms, message: m })),
     ...files.map((f) => ({ at: f.at, file: f })),
@@ -497,7 +506,7 @@ function ConversationPane(props: {
           disabled={!ready}
           autoComplete="off"
         />
-        {props.contact && (
+        {(props.contact || isGroup) && (
           <AttachButton
             disabled={!canSendFiles || preparing !== null}
             onFile={sendFile}
@@ -511,6 +520,15 @@ function ConversationPane(props: {
       {members && c && <GroupMembers client={client} view={view} conversation={c} nameOf={props.nameOf} onClose={() => setMembers(false)} onError={props.onError} />}
     </section>
   );
+}
+
+/** The members a file sent to a group could not be offered to (the worker's answer, checked), or null. */
+function parseGroupSend(value: unknown): string[] | null {
+  if (typeof value !== 'object' || value === null) return null;
+  const failed = (value as { failed?: unknown }).failed;
+  if (!Array.isArray(failed)) return null;
+  const members = failed.map((f: unknown) => (typeof f === 'object' && f !== null ? (f as { member?: unknown }).member : undefined));
+  return members.every((m): m is string => typeof m === 'string' && /^[0-9a-f]{32}$/.test(m)) ? members : null;
 }
 
 function Message(props: {

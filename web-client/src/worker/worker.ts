@@ -205,12 +205,65 @@ async function sendFile(peer: string, file: File): Promise<unknown> {
   const transfer = await exclusive(async () => {
     const m = member;
     if (!m) throw new Error('locked');
-    const id = m.offerFile(peer, file.name, file.size, digest, Date.now());
+    const id = m.offerFile(peer, file.name, file.size, digest, undefined, Date.now());
     sources.set(id, new FileSource(file));
     await flush();
     return id;
   });
   return transfer;
+}
+
+/** How long a file sent to a group waits for a 1:1 conversation with a member to be set up. */
+const DIRECT_WAIT_MS = 30_000;
+
+/**
+ * A file sent to a group: hashed once, then offered to each other member as its own transfer over the pair's
+ * conversation and connection, shown in the group on both sides. A member with no 1:1 conversation yet gets one
+ * first (they must be online for it). Says who it went to and who it could not.
+ */
+async function sendGroupFile(group: string, file: File): Promise<unknown> {
+  const digest = await hashFile(file, file.name);
+  const m = member;
+  if (!m) throw new Error('locked');
+  const others = JSON.parse(m.groupMembers(group)) as string[];
+  const sent: string[] = [];
+  const failed: Array<{ member: string; reason: string }> = [];
+  await Promise.all(
+    others.map(async (peer) => {
+      try {
+        await directWith(peer);
+        await exclusive(async () => {
+          const m = member;
+          if (!m) throw new Error('locked');
+          const id = m.offerFile(peer, file.name, file.size, digest, group, Date.now());
+          sources.set(id, new FileSource(file));
+          await flush();
+        });
+        sent.push(peer);
+      } catch (err) {
+        failed.push({ member: peer, reason: String(err instanceof Error ? err.message : err) });
+      }
+    }),
+  );
+  return { sent, failed };
+}
+
+/** Waits until a 1:1 conversation with `peer` is set up, starting one if there is none. */
+async function directWith(peer: string): Promise<void> {
+  const ready = () => member?.hasDirect(peer) ?? false;
+  if (ready()) return;
+  await exclusive(async () => {
+    const m = member;
+    if (!m) throw new Error('locked');
+    if (!m.hasDirect(peer)) m.startDirect(peer, Date.now());
+    await flush();
+  });
+  const until = Date.now() + DIRECT_WAIT_MS;
+  while (!ready()) {
+    if (!member) throw new Error('locked');
+    if (Date.now() > until) throw new Error('no_direct: no 1:1 conversation could be set up (is the member online?)');
+    await new Promise((resolve) => setTimeout(resolve, 200));
+  }
 }
 
 /** After a reload the sender picks the file again: it goes on only if it is the same file (same SHA-256). */
@@ -443,6 +496,10 @@ async function answer(id: number, command: Command): Promise<void> {
     // Reading a file to hash it takes a while: not inside a step, so messages keep flowing meanwhile.
     if (member && command.kind === 'sendFile') {
       post({ kind: 'reply', id, ok: true, value: await sendFile(command.member, command.file) });
+      return;
+    }
+    if (member && command.kind === 'sendGroupFile') {
+      post({ kind: 'reply', id, ok: true, value: await sendGroupFile(command.group, command.file) });
       return;
     }
     if (member && command.kind === 'resumeFile') {
