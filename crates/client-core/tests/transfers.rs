@@ -121,7 +121,7 @@ fn controls_from_anyone_but_the_contact_are_refused_and_change_nothing() {
     let t = TransferId([5; 16]);
     let key = FileKey::from_slice(&[1; 32]).unwrap();
     transfers
-        .offer(contact, conversation, (t, "plan.bin", file.len() as u64, FileHasher::digest(&file)), key, 0)
+        .offer(contact, conversation, (t, "plan.bin", file.len() as u64, FileHasher::digest(&file)), None, key, 0)
         .unwrap();
     transfers.on_control(contact, FileControl::Resume(Resume { transfer: t, next_chunk: 0 })).unwrap();
     for control in [
