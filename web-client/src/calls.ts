@@ -212,6 +212,11 @@ export class Calls {
       }
       case 'groupCallLeft': {
         if (!call || call.group !== notice.group || call.ring !== notice.ring) return;
+        // About us: the caller did not count our join (someone took the last seat at the same moment).
+        if (notice.peer === this.me && call.phase !== 'incoming') {
+          this.finish('full');
+          return;
+        }
         call.others = notice.participants.filter((p) => p !== this.me);
         this.media.delete(notice.peer);
         this.links.stopMedia(notice.peer);

@@ -131,7 +131,9 @@ impl Calls {
                 Ok(Verdict::Pass)
             }
             // Media calls ring on an agreed connection; they are the client's and the group calls' business.
-            CallSignal::Ring { .. } | CallSignal::Accept { .. } | CallSignal::End { .. } => Ok(Verdict::Pass),
+            CallSignal::Ring { .. } | CallSignal::Accept { .. } | CallSignal::End { .. } | CallSignal::Full { .. } => {
+                Ok(Verdict::Pass)
+            }
         }
     }
 }

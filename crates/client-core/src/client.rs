@@ -1871,10 +1871,16 @@ impl Client {
     }
 
     fn on_call(&mut self, conversation: ConversationId, from: MemberId, signal: CallSignal) {
-        if matches!(signal, CallSignal::Ring { .. } | CallSignal::Accept { .. } | CallSignal::End { .. })
-            && self.is_group(conversation).unwrap_or(false)
+        if matches!(
+            signal,
+            CallSignal::Ring { .. } | CallSignal::Accept { .. } | CallSignal::End { .. } | CallSignal::Full { .. }
+        ) && self.is_group(conversation).unwrap_or(false)
         {
             return self.on_group_call(conversation, from, signal);
+        }
+        if matches!(signal, CallSignal::Full { .. }) {
+            self.events.push_back(Event::Refused { from, reason: "a group call's refusal outside a group".into() });
+            return;
         }
         if self.direct_conversation(from) != Some(conversation) {
             self.events.push_back(Event::Refused { from, reason: "call set-up outside its 1:1 conversation".into() });
@@ -1917,10 +1923,33 @@ impl Client {
             CallSignal::Accept { ring } => match self.group_calls.joined(conversation, from, *ring) {
                 Ok(_) => {}
                 Err(err) => {
+                    // The caller settles a race for the last seat: everyone else counted the join the server
+                    // ordered first, and the one that came later hears from the caller that it is not in.
+                    let caller = self.group_calls.get(conversation).is_some_and(|c| {
+                        c.ring == *ring && c.caller == self.me && c.participants.contains(&self.me)
+                    });
+                    if caller && matches!(err, crate::group_calls::GroupCallError::Full(_)) {
+                        let full = CallSignal::Full { ring: *ring, member: from };
+                        let _ = self.send_app(conversation, &AppMessage::Call(full));
+                    }
                     self.events.push_back(refuse(&format!("a join not taken: {err}")));
                     return;
                 }
             },
+            CallSignal::Full { ring, member } => {
+                // Only the caller says who is not in; a member it names leaves the call (us included).
+                let from_caller = self.group_calls.get(conversation).is_some_and(|c| c.ring == *ring && c.caller == from);
+                let counted =
+                    self.group_calls.get(conversation).is_some_and(|c| c.participants.contains(member));
+                if !from_caller {
+                    self.events.push_back(refuse("a call's refusal from someone who did not ring it"));
+                    return;
+                }
+                if !counted {
+                    return;
+                }
+                self.group_calls.left(conversation, *member, *ring);
+            }
             CallSignal::End { ring, .. } => {
                 let was_in = self
                     .group_calls

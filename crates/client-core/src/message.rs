@@ -145,6 +145,15 @@ pub enum CallSignal {
         /// Why (a closed set: nothing a peer writes reaches the other's screen).
         reason: EndReason,
     },
+    /// In a group: the call's caller counted `member`'s join after the call was already full, so `member` is
+    /// not in it. Two members taking the last seat at once each count themselves; the others all count the one
+    /// the server ordered first, and the caller (never contested: in from the start) says so to the other one.
+    Full {
+        /// The group's call.
+        ring: CallId,
+        /// The member whose join came too late.
+        member: MemberId,
+    },
 }
 
 /// Why a media call ended.
@@ -258,6 +267,9 @@ impl fmt::Debug for CallSignal {
             CallSignal::End { ring, reason } => {
                 f.debug_struct("End").field("ring", ring).field("reason", reason).finish()
             }
+            CallSignal::Full { ring, member } => {
+                f.debug_struct("Full").field("ring", ring).field("member", member).finish()
+            }
         }
     }
 }
@@ -345,7 +357,8 @@ impl AppMessage {
                 CallSignal::Hangup { .. }
                 | CallSignal::Ring { .. }
                 | CallSignal::Accept { .. }
-                | CallSignal::End { .. },
+                | CallSignal::End { .. }
+                | CallSignal::Full { .. },
             )
             | AppMessage::File(_) => Ok(()),
         }

@@ -110,6 +110,17 @@ fn possession_segment(hardware_secret: &mut [u8]) -> Result<Option<Segment>, JsE
     Ok(Some(Segment::possession(Zeroizing::new(secret))))
 }
 
+/// A key store's refusal of the segments it was given, as the page reads it (`wrong_segments: …`).
+fn segments_error(e: KeyStoreError, needs_key: bool) -> JsError {
+    match e {
+        KeyStoreError::WrongSegments if needs_key => {
+            JsError::new("wrong_segments: the passphrase or the security key is not the one of this device")
+        }
+        KeyStoreError::WrongSegments => JsError::new("wrong_segments: the passphrase is not the one of this device"),
+        other => js_error(other),
+    }
+}
+
 /// Enrolling this device: an identity key made here for one invite.
 #[wasm_bindgen]
 #[derive(Debug)]
@@ -224,15 +235,7 @@ impl Vault {
         let mut segments = vec![device, knowledge];
         // A key offered to a store made without one is not used (nothing of it is kept either).
         segments.extend(possession.filter(|_| needs_key));
-        store.unlock(&segments).map_err(|e| match e {
-            KeyStoreError::WrongSegments if needs_key => {
-                JsError::new("wrong_segments: the passphrase or the security key is not the one of this device")
-            }
-            KeyStoreError::WrongSegments => {
-                JsError::new("wrong_segments: the passphrase is not the one of this device")
-            }
-            other => js_error(other),
-        })?;
+        store.unlock(&segments).map_err(|e| segments_error(e, needs_key))?;
         let seed = store.get(RECORD_IDENTITY).map_err(js_error)?.ok_or_else(|| JsError::new("no identity stored"))?;
         let seed: [u8; 32] = seed.as_slice().try_into().map_err(|_| JsError::new("the stored identity is damaged"))?;
         let key = IdentityKey::from_seed(&seed);
@@ -447,19 +450,26 @@ impl Member {
                 SessionEvent::Core(Event::Call {
                     conversation,
                     from,
-                    signal: signal @ (CallSignal::Ring { .. } | CallSignal::Accept { .. } | CallSignal::End { .. }),
+                    signal:
+                        signal @ (CallSignal::Ring { .. }
+                        | CallSignal::Accept { .. }
+                        | CallSignal::End { .. }
+                        | CallSignal::Full { .. }),
                 }) if self.session.client().direct_conversation(from) != Some(conversation) => {
                     let call = self.session.client().group_call(conversation);
                     let participants: Vec<String> =
                         call.map(|c| c.participants.iter().map(ToString::to_string).collect()).unwrap_or_default();
-                    let (kind, ring, video) = match signal {
-                        CallSignal::Ring { ring, video } => ("groupCallRing", ring, video),
-                        CallSignal::Accept { ring } => ("groupCallJoined", ring, call.is_some_and(|c| c.video)),
-                        CallSignal::End { ring, .. } => ("groupCallLeft", ring, call.is_some_and(|c| c.video)),
+                    let video = call.is_some_and(|c| c.video);
+                    // A join the caller did not count is, for the page, that member leaving (us: the call is full).
+                    let (kind, ring, video, peer) = match signal {
+                        CallSignal::Ring { ring, video } => ("groupCallRing", ring, video, from),
+                        CallSignal::Accept { ring } => ("groupCallJoined", ring, video, from),
+                        CallSignal::End { ring, .. } => ("groupCallLeft", ring, video, from),
+                        CallSignal::Full { ring, member } => ("groupCallLeft", ring, video, member),
                         _ => continue,
                     };
                     self.notices.push(json!({
-                        "type": kind, "group": conversation, "peer": from.to_string(), "ring": ring, "video": video,
+                        "type": kind, "group": conversation, "peer": peer.to_string(), "ring": ring, "video": video,
                         "caller": call.map(|c| c.caller.to_string()), "participants": participants,
                     }));
                 }
@@ -655,15 +665,7 @@ impl Member {
             self.store.knowledge_segment(passphrase.as_bytes()).map_err(js_error)?,
         ];
         current.extend(current_key.filter(|_| needs_key).map(Segment::possession));
-        self.store.check(&current).map_err(|e| match e {
-            KeyStoreError::WrongSegments if needs_key => {
-                JsError::new("wrong_segments: the passphrase or the security key is not the one of this device")
-            }
-            KeyStoreError::WrongSegments => {
-                JsError::new("wrong_segments: the passphrase is not the one of this device")
-            }
-            other => js_error(other),
-        })?;
+        self.store.check(&current).map_err(|e| segments_error(e, needs_key))?;
         drop(current);
         let new_passphrase = if new_passphrase.is_empty() { passphrase } else { new_passphrase };
         let kdf = KnowledgeKdf::generate(KdfParams::default()).map_err(js_error)?;
