@@ -1925,10 +1925,11 @@ impl Client {
                 Err(err) => {
                     // The caller settles a race for the last seat: everyone else counted the join the server
                     // ordered first, and the one that came later hears from the caller that it is not in.
-                    let caller = self.group_calls.get(conversation).is_some_and(|c| {
-                        c.ring == *ring && c.caller == self.me && c.participants.contains(&self.me)
-                    });
-                    if caller && matches!(err, crate::group_calls::GroupCallError::Full(_)) {
+                    let caller = self
+                        .group_calls
+                        .get(conversation)
+                        .is_some_and(|c| c.ring == *ring && c.caller == self.me && c.participants.contains(&self.me));
+                    if caller && matches!(err, GroupCallError::Full(_)) {
                         let full = CallSignal::Full { ring: *ring, member: from };
                         let _ = self.send_app(conversation, &AppMessage::Call(full));
                     }
@@ -1938,9 +1939,9 @@ impl Client {
             },
             CallSignal::Full { ring, member } => {
                 // Only the caller says who is not in; a member it names leaves the call (us included).
-                let from_caller = self.group_calls.get(conversation).is_some_and(|c| c.ring == *ring && c.caller == from);
-                let counted =
-                    self.group_calls.get(conversation).is_some_and(|c| c.participants.contains(member));
+                let from_caller =
+                    self.group_calls.get(conversation).is_some_and(|c| c.ring == *ring && c.caller == from);
+                let counted = self.group_calls.get(conversation).is_some_and(|c| c.participants.contains(member));
                 if !from_caller {
                     self.events.push_back(refuse("a call's refusal from someone who did not ring it"));
                     return;
@@ -1948,7 +1949,11 @@ impl Client {
                 if !counted {
                     return;
                 }
-                self.group_calls.left(conversation, *member, *ring);
+                if *member == self.me {
+                    self.group_calls.turned_out(conversation, self.me, *ring);
+                } else {
+                    self.group_calls.left(conversation, *member, *ring);
+                }
             }
             CallSignal::End { ring, .. } => {
                 let was_in = self

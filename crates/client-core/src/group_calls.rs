@@ -31,6 +31,9 @@ pub struct GroupCall {
     pub video: bool,
     /// Who is in the call now, the caller and this member included once they are in.
     pub participants: BTreeSet<MemberId>,
+    /// Joins refused because the call was full, in the order they came (at most a call's worth): if this
+    /// member's own join turns out to be the one the caller did not count, these are what the others counted.
+    pub turned_away: Vec<MemberId>,
 }
 
 impl GroupCall {
@@ -78,7 +81,7 @@ impl GroupCalls {
         );
         if !keep {
             let participants = BTreeSet::from([caller]);
-            self.calls.insert(conversation, GroupCall { ring, caller, video, participants });
+            self.calls.insert(conversation, GroupCall { ring, caller, video, participants, turned_away: Vec::new() });
         }
         &self.calls[&conversation]
     }
@@ -93,11 +96,30 @@ impl GroupCalls {
         let call = self.calls.get_mut(&conversation).filter(|c| c.ring == ring).ok_or(GroupCallError::NoCall)?;
         if !call.participants.contains(&member) {
             if call.full() {
+                if !call.turned_away.contains(&member) && call.turned_away.len() < MAX_AUDIO_PARTICIPANTS {
+                    call.turned_away.push(member);
+                }
                 return Err(GroupCallError::Full(call.limit()));
             }
             call.participants.insert(member);
         }
         Ok(call)
+    }
+
+    /// The caller did not count our join (`me`): someone took the last seat at the same moment. We leave the
+    /// call, and count, as everyone else did, the joins we turned away while we thought we were in.
+    pub fn turned_out(&mut self, conversation: ConversationId, me: MemberId, ring: MessageId) -> Option<&GroupCall> {
+        let call = self.calls.get_mut(&conversation).filter(|c| c.ring == ring)?;
+        if !call.participants.remove(&me) {
+            return Some(call);
+        }
+        for member in std::mem::take(&mut call.turned_away) {
+            if call.full() {
+                break;
+            }
+            call.participants.insert(member);
+        }
+        Some(call)
     }
 
     /// Whether `member` could join call `ring` now (checked before saying so to the group).
@@ -165,6 +187,29 @@ mod tests {
         calls.left(group, member(2), ring);
         assert!(calls.joined(group, member(5), ring).is_ok());
         assert_eq!(calls.get(group).unwrap().participants.len(), 4);
+    }
+
+    #[test]
+    fn turned_out_of_the_last_seat_we_count_what_the_others_counted() {
+        let mut calls = GroupCalls::default();
+        let group = ConversationId([1; 16]);
+        let ring = MessageId([9; 16]);
+        let me = member(5);
+        calls.rang(group, member(1), ring, true);
+        for n in [2, 3] {
+            calls.joined(group, member(n), ring).unwrap();
+        }
+        // We take the last seat; member 4 took it at the same moment, and member 6 comes later still.
+        calls.joined(group, me, ring).unwrap();
+        assert!(calls.joined(group, member(4), ring).is_err());
+        assert!(calls.joined(group, member(6), ring).is_err());
+        let after = calls.turned_out(group, me, ring).unwrap();
+        assert_eq!(after.participants, BTreeSet::from([member(1), member(2), member(3), member(4)]));
+        assert!(after.turned_away.is_empty());
+        // Told twice, or for another call: nothing more changes.
+        let again = calls.turned_out(group, me, ring).unwrap().participants.clone();
+        assert_eq!(again.len(), 4);
+        assert!(calls.turned_out(group, me, MessageId([8; 16])).is_none());
     }
 
     #[test]

@@ -152,7 +152,7 @@ pub enum CallSignal {
         /// The group's call.
         ring: CallId,
         /// The member whose join came too late.
-        member: MemberId,
+        member: peerbubble_proto::MemberId,
     },
 }
 
