@@ -56,30 +56,56 @@ fn prompt(question: &str) -> anyhow::Result<Zeroizing<String>> {
     Ok(Zeroizing::new(line.trim_end_matches(['\n', '\r']).to_owned()))
 }
 
+/// A new key store's directory, checked empty, and its passphrase, asked before anything is spent (an invite).
+pub struct NewStore {
+    storage: DirStorage,
+    secret: Zeroizing<String>,
+}
+
+/// Prepares a new key store in `dir`: refused if `dir` holds one already or the passphrase is too short.
+pub fn prepare(dir: &Path, passphrase_file: Option<&Path>) -> anyhow::Result<NewStore> {
+    let storage = DirStorage::open(dir).map_err(|e| anyhow::anyhow!("{}: {}", dir.display(), e.0))?;
+    if !storage.is_empty().map_err(|e| anyhow::anyhow!(e.0))? {
+        bail!("{} is not empty: a new key store needs a directory of its own", dir.display());
+    }
+    let secret = passphrase(passphrase_file)?;
+    if secret.len() < 8 {
+        bail!("choose a passphrase of at least 8 characters for the key store");
+    }
+    Ok(NewStore { storage, secret })
+}
+
+/// Creates the prepared store holding `key` (and an empty client): the key is written encrypted only.
+pub fn create(new: NewStore, key: &IdentityKey) -> anyhow::Result<Kept> {
+    let kdf = KnowledgeKdf::generate(KdfParams::default())?;
+    let mut store = KeyStore::create(new.storage, &[Segment::knowledge(new.secret.as_bytes(), &kdf)?])?;
+    store.put(RECORD_IDENTITY, &*key.to_seed())?;
+    Client::new(key).save(&mut store)?;
+    Ok(Arc::new(Mutex::new(store)))
+}
+
 /// Opens (or, with `import`, creates from that key file) the store in `dir`: the identity key and the client as
 /// it was saved.
 pub fn open(dir: &Path, import: Option<&Path>, passphrase_file: Option<&Path>) -> anyhow::Result<(IdentityKey, Kept)> {
     let storage = DirStorage::open(dir).map_err(|e| anyhow::anyhow!("{}: {}", dir.display(), e.0))?;
-    let secret = passphrase(passphrase_file)?;
     if storage.is_empty().map_err(|e| anyhow::anyhow!(e.0))? {
         let Some(key_file) = import else {
-            bail!("{} holds no key store yet: give --key <file> once to import the member's key", dir.display());
+            bail!(
+                "{} holds no key store yet: enroll with --store {0} (or give --key <file> once to import a key file)",
+                dir.display()
+            );
         };
-        if secret.len() < 8 {
-            bail!("choose a passphrase of at least 8 characters for the key store");
-        }
+        let new = prepare(dir, passphrase_file)?;
         let key = crate::member::read_key(key_file)?;
-        let kdf = KnowledgeKdf::generate(KdfParams::default())?;
-        let mut store = KeyStore::create(storage, &[Segment::knowledge(secret.as_bytes(), &kdf)?])?;
-        store.put(RECORD_IDENTITY, &*key.to_seed())?;
-        Client::new(&key).save(&mut store)?;
+        let kept = create(new, &key)?;
         say(&format!(
             "imported {} into the encrypted key store {}; the key file is no longer needed (delete it safely)\n",
             key_file.display(),
             dir.display()
         ));
-        return Ok((key, Arc::new(Mutex::new(store))));
+        return Ok((key, kept));
     }
+    let secret = passphrase(passphrase_file)?;
     let mut store = KeyStore::open(storage)?;
     let knowledge = store.knowledge_segment(secret.as_bytes())?;
     store.unlock(&[knowledge]).context("wrong passphrase for the key store (nothing was changed)")?;

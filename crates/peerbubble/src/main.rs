@@ -124,9 +124,17 @@ enum Command {
         /// The invite link (`…/enroll#<bubble>.<token>`).
         #[arg(long)]
         invite: String,
-        /// Where to keep the new secret key (created with owner-only permissions).
+        /// Where to keep the new secret key in clear (created with owner-only permissions). Prefer `--store`.
+        #[arg(long, required_unless_present = "store", conflicts_with = "store")]
+        key_out: Option<PathBuf>,
+        /// Keep the new key in an encrypted key store instead (a new directory, which `chat --store` opens): the
+        /// key is never written in clear. Its passphrase comes from `--passphrase-file`, `PEERBUBBLE_PASSPHRASE`
+        /// or a prompt, and is asked before the invite is used.
         #[arg(long)]
-        key_out: PathBuf,
+        store: Option<PathBuf>,
+        /// With `--store`: a file holding the key store's passphrase.
+        #[arg(long, requires = "store")]
+        passphrase_file: Option<PathBuf>,
         /// For an HTTPS admin API with a self-signed certificate (a micro-node's): trust exactly the certificate
         /// with this SHA-256 fingerprint, as `peerbubble up` prints it.
         #[arg(long, env = "PEERBUBBLE_PIN")]
@@ -270,7 +278,14 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         #[cfg(feature = "member")]
-        Command::Enroll { api, invite, key_out, pin } => member::enroll(&api, pin, &invite, &key_out).await,
+        Command::Enroll { api, invite, key_out, store, passphrase_file, pin } => {
+            let keep_in = match (key_out, store) {
+                (_, Some(dir)) => member::KeepKey::Store(keep::prepare(&dir, passphrase_file.as_deref())?, dir),
+                (Some(file), None) => member::KeepKey::File(file),
+                (None, None) => anyhow::bail!("give --store <dir> (or --key-out <file>)"),
+            };
+            member::enroll(&api, pin, &invite, keep_in).await
+        }
         #[cfg(feature = "member")]
         Command::Keygen { out } => {
             let key = peerbubble_proto::IdentityKey::generate()?;

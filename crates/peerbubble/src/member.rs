@@ -33,10 +33,21 @@ pub fn read_key(path: &Path) -> anyhow::Result<IdentityKey> {
     IdentityKey::from_seed_base64(&text).with_context(|| format!("{} is not a PeerBubble key file", path.display()))
 }
 
-/// Makes a key, proves possession to redeem the invite, and keeps the key in `key_out`.
-pub async fn enroll(api: &str, pin: Option<Pin>, invite: &str, key_out: &Path) -> anyhow::Result<()> {
+/// Where `enroll` keeps the new key.
+pub enum KeepKey {
+    /// A key file, in clear (owner-only permissions).
+    File(std::path::PathBuf),
+    /// A new encrypted key store (checked empty, passphrase asked) in this directory.
+    Store(crate::keep::NewStore, std::path::PathBuf),
+}
+
+/// Makes a key, proves possession to redeem the invite, and keeps the key where `keep` says. Everything that can
+/// be refused here (an existing file, a store that is not new, a short passphrase) is, before the invite is used.
+pub async fn enroll(api: &str, pin: Option<Pin>, invite: &str, keep: KeepKey) -> anyhow::Result<()> {
     let invite = Invite::parse(invite)?;
-    if key_out.exists() {
+    if let KeepKey::File(key_out) = &keep
+        && key_out.exists()
+    {
         bail!("{} exists already; choose another file (one key per member per bubble)", key_out.display());
     }
     let key = IdentityKey::generate()?;
@@ -44,12 +55,20 @@ pub async fn enroll(api: &str, pin: Option<Pin>, invite: &str, key_out: &Path) -
     let body = serde_json::to_value(EnrollRequest::new(&invite, &key))?;
     let answer = crate::api_post(api, pin, "/api/v1/enroll", None, &body, "enrollment").await?;
     let bubble = invite.bubble();
-    write_secret(key_out, &key)?;
+    let kept = match keep {
+        KeepKey::File(key_out) => {
+            write_secret(&key_out, &key)?;
+            format!("key kept in {}", key_out.display())
+        }
+        KeepKey::Store(new, dir) => {
+            crate::keep::create(new, &key)?;
+            format!("key kept encrypted in the key store {} (open it with `chat --store`)", dir.display())
+        }
+    };
     say(&format!(
-        "enrolled in bubble {bubble} as {} (member {})\nkey kept in {} — it never left this machine\n",
+        "enrolled in bubble {bubble} as {} (member {})\n{kept} — it never left this machine\n",
         answer["display_name"].as_str().unwrap_or("?"),
         public_key.member_id(),
-        key_out.display()
     ));
     Ok(())
 }

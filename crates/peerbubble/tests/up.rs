@@ -105,6 +105,78 @@ async fn up_enrolls_serves_revokes_and_stops() {
     assert!(exit.success(), "{exit}");
 }
 
+/// `enroll --store`: the new key goes straight into an encrypted key store (never written in clear), which
+/// `chat --store` then opens; a store that is not new, or a short passphrase, is refused before the invite is used.
+#[tokio::test]
+async fn enroll_keeps_the_key_in_an_encrypted_store_that_chat_opens() {
+    let data = tempfile::tempdir().unwrap();
+    let node = MicroNode::start(env!("CARGO_BIN_EXE_peerbubble").as_ref(), &[], &[], data.path()).await;
+    let (url, api) = (node.field("signaling"), node.field("admin API"));
+    let links = node.invite_links();
+    let dirs = tempfile::tempdir().unwrap();
+    let enroll_store = |link: &str, dir: &str, passphrase: &str| {
+        Command::new(env!("CARGO_BIN_EXE_peerbubble"))
+            .args(["enroll", "--api", &api, "--invite", link, "--store"])
+            .arg(dirs.path().join(dir))
+            .env("PEERBUBBLE_PASSPHRASE", passphrase)
+            .output()
+            .unwrap()
+    };
+    let stderr = |out: &std::process::Output| String::from_utf8_lossy(&out.stderr).into_owned();
+
+    // Too short a passphrase: refused, and the invite is still good.
+    let short = enroll_store(&links[1], "bob", "short");
+    assert!(!short.status.success());
+    assert!(stderr(&short).contains("at least 8 characters"), "{}", stderr(&short));
+    let made = enroll_store(&links[1], "bob", "harbour lights at dawn");
+    assert!(made.status.success(), "{}", stderr(&made));
+    let said = String::from_utf8_lossy(&made.stdout).into_owned();
+    assert!(said.contains("key kept encrypted"), "{said}");
+    let bob_id = said.split("(member ").nth(1).and_then(|rest| rest.split(')').next()).unwrap().to_owned();
+    // A store that is not new: refused before the invite is spent (it then works elsewhere).
+    let taken = enroll_store(&links[2], "bob", "harbour lights at dawn");
+    assert!(!taken.status.success());
+    assert!(stderr(&taken).contains("not empty"), "{}", stderr(&taken));
+    assert!(enroll_store(&links[2], "carol", "seven lanterns north").status.success());
+
+    // Nothing in the store is the key in clear: no record parses as a key file, and the records are sealed.
+    let records: Vec<Vec<u8>> = std::fs::read_dir(dirs.path().join("bob"))
+        .unwrap()
+        .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+        .collect();
+    assert!(records.len() >= 2, "header and records");
+    for record in &records {
+        let text = String::from_utf8_lossy(record);
+        assert!(peerbubble_proto::IdentityKey::from_seed_base64(text.trim()).is_err(), "a record is a key in clear");
+        assert!(!text.contains("Bob (field team)"), "a record holds plaintext");
+    }
+
+    // `chat --store` opens it as the enrolled member: Bob is seen online by Carol's chat.
+    let chat = |dir: &str, passphrase: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_peerbubble"))
+            .args(["chat", "--rtc-bind", "127.0.0.1:0", "--url", &url, "--store"])
+            .arg(dirs.path().join(dir))
+            .env("PEERBUBBLE_PASSPHRASE", passphrase)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let wrong = chat("bob", "not the passphrase").wait_with_output().unwrap();
+    assert!(!wrong.status.success(), "a wrong passphrase opens nothing");
+    let mut bob = chat("bob", "harbour lights at dawn");
+    let stdout = bob.stdout.take().unwrap();
+    let line = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead as _;
+        std::io::BufReader::new(stdout).lines().map_while(Result::ok).find(|l| l.contains("connected as"))
+    });
+    let line = tokio::time::timeout(WAIT * 3, line).await.expect("bob's chat connects").unwrap();
+    assert!(line.is_some_and(|l| l.contains(&bob_id)), "the store opened as another member than {bob_id}");
+    let _ = bob.kill();
+    let _ = bob.wait();
+}
+
 /// The data directory holds the admin database, the mailbox, the TURN secret and the TLS key: `peerbubble up`
 /// makes it its owner's alone (0700, files 0600), including what an earlier version left world-readable.
 #[cfg(unix)]
