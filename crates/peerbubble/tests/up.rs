@@ -153,7 +153,7 @@ async fn enroll_keeps_the_key_in_an_encrypted_store_that_chat_opens() {
 
     // `chat --store` opens it as the enrolled member: Bob is seen online by Carol's chat.
     let chat = |dir: &str, passphrase: &str| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_peerbubble"))
+        Command::new(env!("CARGO_BIN_EXE_peerbubble"))
             .args(["chat", "--rtc-bind", "127.0.0.1:0", "--url", &url, "--store"])
             .arg(dirs.path().join(dir))
             .env("PEERBUBBLE_PASSPHRASE", passphrase)
