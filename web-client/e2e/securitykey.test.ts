@@ -302,7 +302,7 @@ describe('after enrollment: a new passphrase, then a security key added and remo
     await expect.poll(() => texts(fay.page), { timeout: 30_000 }).toContain('Fay checking in before the change');
   });
 
-  test('French at phone width', async () => {
+  test('French at phone width, and the other two of language and width', async () => {
     const gus = await newMember(browser, { width: 390, height: 844, locale: 'fr-FR' });
     await plugKey(gus);
     await enroll(gus, onLocalhost(await invite(up, 'Gus (field team)', ['field-team'])));
@@ -311,5 +311,17 @@ describe('after enrollment: a new passphrase, then a security key added and remo
     await gus.page.getByRole('radio', { name: 'Ajouter une clé de sécurité' }).check();
     await shot(gus.page, 'security-phone-fr');
     await gus.context.close();
+    // English at phone width, French on a desktop: the same dialog, nothing cut off or untranslated.
+    for (const [locale, width, height, name, who] of [
+      ['en-US', 390, 844, 'security-phone-en', 'Ivy'],
+      ['fr-FR', 1280, 800, 'security-desktop-fr', 'Jon'],
+    ] as const) {
+      const m = await newMember(browser, { width, height, locale });
+      await enroll(m, onLocalhost(await invite(up, `${who} (field team)`, ['field-team'])));
+      await openSecurity(m);
+      await expect.poll(() => m.page.getByTestId('protection-status').innerText()).toMatch(/passphrase|phrase secrète/);
+      await shot(m.page, name);
+      await m.context.close();
+    }
   });
 });
