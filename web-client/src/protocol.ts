@@ -399,6 +399,13 @@ function isPolicy(p: unknown): p is Policy {
 }
 
 /** The page's check of what the worker posts. */
+/** The page's check of the worker's answer to `sendGroupFile`: the members the file could not be offered to. */
+export function parseGroupSend(value: unknown): MemberId[] | null {
+  if (!isObject(value) || !Array.isArray(value.failed)) return null;
+  const members = value.failed.map((f: unknown) => (isObject(f) ? f.member : undefined));
+  return members.every(isId) ? members : null;
+}
+
 /** The page's check of the worker's answer to `protection`. */
 export function parseProtection(value: unknown): { securityKey: SecurityKeyRef | null } | null {
   if (!isObject(value)) return null;

@@ -4,7 +4,7 @@ import { GROUP_AUDIO_LIMIT, GROUP_VIDEO_LIMIT, groupLimit } from '../calls';
 import type { LinkState } from '../rtc';
 import type { WorkerClient } from '../client';
 import { ConfirmDialog, LanguageSwitch, initials, useReveal } from '../components';
-import type { ChatMessage, Conversation, DirectoryEntry, FileItem, View } from '../protocol';
+import { type ChatMessage, type Conversation, type DirectoryEntry, type FileItem, type View, parseGroupSend } from '../protocol';
 import { CallScreen } from './CallScreen';
 import { AttachButton, FileCard, bytes, useDropZone } from './Files';
 import { SafetyNumber } from './SafetyNumber';
@@ -520,15 +520,6 @@ function ConversationPane(props: {
       {members && c && <GroupMembers client={client} view={view} conversation={c} nameOf={props.nameOf} onClose={() => setMembers(false)} onError={props.onError} />}
     </section>
   );
-}
-
-/** The members a file sent to a group could not be offered to (the worker's answer, checked), or null. */
-function parseGroupSend(value: unknown): string[] | null {
-  if (typeof value !== 'object' || value === null) return null;
-  const failed = (value as { failed?: unknown }).failed;
-  if (!Array.isArray(failed)) return null;
-  const members = failed.map((f: unknown) => (typeof f === 'object' && f !== null ? (f as { member?: unknown }).member : undefined));
-  return members.every((m): m is string => typeof m === 'string' && /^[0-9a-f]{32}$/.test(m)) ? members : null;
 }
 
 function Message(props: {

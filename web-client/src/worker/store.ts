@@ -155,6 +155,14 @@ export async function unwrapDevice(entry: DeviceEntry): Promise<Uint8Array> {
   return new Uint8Array(await crypto.subtle.decrypt({ name: 'AES-GCM', iv: entry.iv }, entry.key, entry.wrapped));
 }
 
+/** One more wrong passphrase after `backoff`: the back-off grows and is kept; returns when to try again. */
+export async function countFailure(db: IDBDatabase, backoff: Backoff): Promise<number> {
+  const failures = backoff.failures + 1;
+  const retryAt = Date.now() + backoffSeconds(failures) * 1000;
+  await writeBackoff(db, { failures, retryAt });
+  return retryAt;
+}
+
 /** Seconds to wait before the next unlock attempt after `failures` wrong passphrases in a row. */
 export function backoffSeconds(failures: number): number {
   return failures < 3 ? 0 : Math.min(2 ** (failures - 2), 300);

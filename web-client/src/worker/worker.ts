@@ -8,7 +8,6 @@ import wasmUrl from '../wasm/peerbubble_client_wasm_bg.wasm?url';
 import { WASM_INTEGRITY } from '../wasm/integrity';
 import { type Command, type NewSecurityKey, type Phase, type Update, type View, parseRequest } from '../protocol';
 import {
-  backoffSeconds,
   createAccount,
   newDevice,
   openDb,
@@ -18,6 +17,7 @@ import {
   readRecords,
   readSecurityKey,
   unwrapDevice,
+  countFailure,
   writeBackoff,
   writeProtection,
   writeRecords,
@@ -202,15 +202,19 @@ async function hashFile(file: File, name: string): Promise<string> {
 /** Offers a file the member picked: hashed first, then offered inside the step queue. */
 async function sendFile(peer: string, file: File): Promise<unknown> {
   const digest = await hashFile(file, file.name);
-  const transfer = await exclusive(async () => {
+  return offerFile(peer, file, digest, undefined);
+}
+
+/** Offers a hashed file to `peer` (as part of a file sent to `group`, if given), inside the step queue. */
+function offerFile(peer: string, file: File, digest: string, group: string | undefined): Promise<string> {
+  return exclusive(async () => {
     const m = member;
     if (!m) throw new Error('locked');
-    const id = m.offerFile(peer, file.name, file.size, digest, undefined, Date.now());
+    const id = m.offerFile(peer, file.name, file.size, digest, group, Date.now());
     sources.set(id, new FileSource(file));
     await flush();
     return id;
   });
-  return transfer;
 }
 
 /** How long a file sent to a group waits for a 1:1 conversation with a member to be set up. */
@@ -226,26 +230,18 @@ async function sendGroupFile(group: string, file: File): Promise<unknown> {
   const m = member;
   if (!m) throw new Error('locked');
   const others = JSON.parse(m.groupMembers(group)) as string[];
-  const sent: string[] = [];
   const failed: Array<{ member: string; reason: string }> = [];
   await Promise.all(
     others.map(async (peer) => {
       try {
         await directWith(peer);
-        await exclusive(async () => {
-          const m = member;
-          if (!m) throw new Error('locked');
-          const id = m.offerFile(peer, file.name, file.size, digest, group, Date.now());
-          sources.set(id, new FileSource(file));
-          await flush();
-        });
-        sent.push(peer);
+        await offerFile(peer, file, digest, group);
       } catch (err) {
         failed.push({ member: peer, reason: String(err instanceof Error ? err.message : err) });
       }
     }),
   );
-  return { sent, failed };
+  return { failed };
 }
 
 /** Waits until a 1:1 conversation with `peer` is set up, starting one if there is none. */
@@ -456,9 +452,7 @@ async function unlockWith(passphrase: string, securitySecret: Uint8Array): Promi
   try {
     member = vault.unlock(secret, passphrase, securitySecret);
   } catch (err) {
-    const failures = backoff.failures + 1;
-    const retryAt = Date.now() + backoffSeconds(failures) * 1000;
-    await writeBackoff(db, { failures, retryAt });
+    const retryAt = await countFailure(db, backoff);
     setPhase({ phase: 'locked', bubble: await readAccountBubble(db), retryAt, securityKey: await readSecurityKey(db) });
     throw err;
   } finally {
@@ -540,10 +534,7 @@ async function changeProtection(m: Member, c: ChangeProtection): Promise<unknown
     try {
       m.changeProtection(secret, c.passphrase, current, c.newPassphrase, mode, fresh);
     } catch (err) {
-      if (String(err instanceof Error ? err.message : err).startsWith('wrong_segments')) {
-        const failures = backoff.failures + 1;
-        await writeBackoff(db, { failures, retryAt: Date.now() + backoffSeconds(failures) * 1000 });
-      }
+      if (String(err instanceof Error ? err.message : err).startsWith('wrong_segments')) await countFailure(db, backoff);
       throw err;
     } finally {
       secret.fill(0);
