@@ -17,7 +17,8 @@ use peerbubble_proto::{ErrorCode, GroupId, MemberId, Nonce, Opaque, Recipients, 
 use crate::cluster::{Answer, CommitJob, Job};
 use crate::directory::Directory;
 use crate::hub::{Hub, Kill, Routed, SessionHandle, SliceHash};
-use crate::session::{Event, Session};
+use crate::mailbox::Full;
+use crate::session::{Event, Session, TokenBucket};
 use crate::state::AppState;
 
 /// Close code for a text message that is not UTF-8 (RFC 6455 §7.4.1: inconsistent data).
@@ -80,7 +81,14 @@ pub(crate) struct Connection<'a> {
     host: Option<String>,
     /// When to send fresh TURN credentials; taken by the connection loop to re-arm its timer.
     pub ice_refresh: Option<Instant>,
+    /// KeyPackage claims: each takes a one-time KeyPackage of another member, so a member may not drain them
+    /// all (a group of many absent members is still made at once, from the burst).
+    claims: TokenBucket,
 }
+
+/// KeyPackage claims per second on one connection, sustained, and in a burst.
+const CLAIMS_PER_SECOND: u32 = 1;
+const CLAIM_BURST: u32 = 32;
 
 /// What a refused `send` tells the sender, and when to retry.
 pub(crate) fn refusal(code: ErrorCode) -> (&'static str, Option<Duration>) {
@@ -124,6 +132,7 @@ impl<'a> Connection<'a> {
             sent_slice: 0,
             host,
             ice_refresh: None,
+            claims: TokenBucket::new(CLAIMS_PER_SECOND, CLAIM_BURST, now),
         }
     }
 
@@ -228,6 +237,14 @@ impl<'a> Connection<'a> {
                     }
                     Flow::Continue
                 }
+                Event::PublishKeyPackage { key_package, last_resort } => {
+                    self.publish_key_package(key_package, last_resort);
+                    Flow::Continue
+                }
+                Event::ClaimKeyPackage { id, member } => {
+                    self.claim_key_package(id, member, now);
+                    Flow::Continue
+                }
                 Event::Refuse { code, message, id, retry_after, fatal } => {
                     if fatal {
                         if code.is_frame_error() {
@@ -247,6 +264,44 @@ impl<'a> Connection<'a> {
             }
         }
         Flow::Continue
+    }
+
+    fn publish_key_package(&mut self, key_package: Opaque, last_resort: bool) {
+        let (Some(mailbox), Some((member, _))) = (self.state.hub.mailbox(), self.session.identity()) else {
+            return self.refuse(
+                ErrorCode::InvalidField,
+                "this bubble keeps no KeyPackages (it keeps nothing for absent members)",
+                None,
+                None,
+            );
+        };
+        match mailbox.publish_key_package(member, key_package, last_resort) {
+            Ok(_) => self.state.metrics.mailbox_counts(mailbox.counts()),
+            Err(Full) => self.refuse(
+                ErrorCode::MailboxFull,
+                "the bubble keeps as much as it can for absent members; the KeyPackage was not kept",
+                None,
+                None,
+            ),
+        }
+    }
+
+    fn claim_key_package(&mut self, id: u64, member: MemberId, now: Instant) {
+        if let Err(retry) = self.claims.take(now) {
+            return self.refuse(
+                ErrorCode::RateLimited,
+                "too many KeyPackage claims",
+                Some(id),
+                Some(retry.max(Duration::from_millis(1))),
+            );
+        }
+        let key_package = self.state.hub.mailbox().and_then(|mailbox| {
+            let kp = mailbox.claim_key_package(member);
+            self.state.metrics.mailbox_counts(mailbox.counts());
+            kp
+        });
+        let answer = ServerFrame::ClaimedKeyPackage { id, member, key_package };
+        self.handle.send_or_kill(&Utf8Bytes::from(encode_frame(&answer)));
     }
 
     fn refuse(&mut self, code: ErrorCode, message: &str, id: Option<u64>, retry_after: Option<Duration>) {

@@ -426,6 +426,12 @@ impl Hub {
         for frame in directory_frames(slice, self.max_frame_bytes) {
             handle.force_send(frame);
         }
+        // A bubble that keeps what waits for absent members keeps their KeyPackages too: the member learns its
+        // stock and tops it up.
+        if let Some(mailbox) = &self.mailbox {
+            let (one_time, last_resort) = mailbox.key_package_stock(member);
+            handle.force_send(Utf8Bytes::from(encode_frame(&ServerFrame::KeyPackageStock { one_time, last_resort })));
+        }
         // What waited comes before anything live (nothing can be routed to the session before the lock is
         // released), and only from members the member may still see.
         if let Some(mailbox) = &self.mailbox {

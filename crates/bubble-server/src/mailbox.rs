@@ -12,6 +12,11 @@
 //! the sender its `ack` ("stored for later"). A queue past its quota, or entries past their time to live, turn
 //! into one `gap` entry that says how many were lost and which groups lost a commit (the member rejoins them).
 //! A member removed from the bubble has its queue purged at once.
+//!
+//! The mailbox also keeps the KeyPackages members publish (public data, signed by their identity key): a few
+//! one-time ones, each handed out once, and a last-resort one, handed out when none is left, so that a member
+//! can be added to a group while it is away (the Welcome then waits here with the rest). They count towards the
+//! bubble's quota and go with a removed member's queue.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -19,6 +24,7 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::ws::Utf8Bytes;
+use peerbubble_proto::limits::KEY_PACKAGES_KEPT;
 use peerbubble_proto::{GroupId, MemberId, Opaque, ServerFrame, SessionId, encode_deliver_seq, encode_frame};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use tokio::sync::mpsc;
@@ -141,11 +147,28 @@ struct Queue {
     bytes: usize,
 }
 
+/// One member's published KeyPackages, each with its row id in the store.
+#[derive(Debug, Default)]
+struct Stock {
+    one_time: VecDeque<(u64, Opaque)>,
+    last_resort: Option<(u64, Opaque)>,
+}
+
+impl Stock {
+    fn bytes(&self) -> usize {
+        self.one_time.iter().chain(&self.last_resort).map(|(_, kp)| kp.wire_len()).sum()
+    }
+}
+
 #[derive(Debug, Default)]
 struct Boxes {
     queues: HashMap<MemberId, Queue>,
     bytes: usize,
     next_seq: u64,
+    stocks: HashMap<MemberId, Stock>,
+    /// Bytes of kept KeyPackages (within the bubble's quota, with `bytes`).
+    key_package_bytes: usize,
+    next_key_package: u64,
 }
 
 /// A change for the writer task, applied in the order made.
@@ -155,6 +178,13 @@ enum Write {
     Delete(Vec<u64>),
     DeleteUpTo(MemberId, u64),
     Purge(MemberId),
+    PutKeyPackage {
+        id: u64,
+        member: MemberId,
+        last_resort: bool,
+        key_package: Opaque,
+    },
+    DeleteKeyPackage(u64),
     /// Send `frame` to `to` once everything before it is on disk.
     Then(SessionHandle, Utf8Bytes),
     /// Answer once everything before it is on disk.
@@ -170,6 +200,8 @@ pub struct MailboxCounts {
     pub entries: usize,
     /// Bytes of kept envelopes.
     pub bytes: usize,
+    /// KeyPackages kept (one-time and last-resort).
+    pub key_packages: usize,
 }
 
 /// The bubble's offline mailbox.
@@ -214,7 +246,19 @@ impl Mailbox {
         .execute(&pool)
         .await
         .map_err(open_err)?;
-        let boxes = load(&pool, &config.path).await?;
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS key_packages (
+                id INTEGER PRIMARY KEY,
+                member TEXT NOT NULL,
+                last_resort INTEGER NOT NULL,
+                key_package TEXT NOT NULL
+            )",
+        )
+        .execute(&pool)
+        .await
+        .map_err(open_err)?;
+        let mut boxes = load(&pool, &config.path).await?;
+        load_key_packages(&pool, &config.path, &mut boxes).await?;
         let (writes, rx) = mpsc::unbounded_channel();
         tokio::spawn(writer(pool, rx));
         Ok(Self { config, boxes: Mutex::new(boxes), writes })
@@ -252,7 +296,7 @@ impl Mailbox {
             .queues
             .get(&to)
             .is_some_and(|q| q.bytes + len > self.config.member_bytes || q.entries.len() >= self.config.member_entries);
-        if queue_full || boxes.bytes + len > self.config.total_bytes {
+        if queue_full || boxes.bytes + boxes.key_package_bytes + len > self.config.total_bytes {
             self.lose(&mut boxes, to, 1, group);
             return Err(Full);
         }
@@ -338,10 +382,16 @@ impl Mailbox {
     /// Drops the queues of members `keep` refuses (removed from the bubble, revoked), at once.
     pub fn purge(&self, keep: impl Fn(&MemberId) -> bool) -> usize {
         let mut boxes = self.lock();
-        let gone: Vec<MemberId> = boxes.queues.keys().filter(|m| !keep(m)).copied().collect();
+        let mut gone: Vec<MemberId> =
+            boxes.queues.keys().chain(boxes.stocks.keys()).filter(|m| !keep(m)).copied().collect();
+        gone.sort_unstable();
+        gone.dedup();
         for member in &gone {
             if let Some(queue) = boxes.queues.remove(member) {
                 boxes.bytes -= queue.bytes;
+            }
+            if let Some(stock) = boxes.stocks.remove(member) {
+                boxes.key_package_bytes -= stock.bytes();
             }
             self.write(Write::Purge(*member));
         }
@@ -399,6 +449,61 @@ impl Mailbox {
         dropped_total
     }
 
+    /// Keeps a KeyPackage `member` published: a one-time one joins its stock (the oldest dropped past
+    /// [`KEY_PACKAGES_KEPT`]), a last-resort one replaces the previous. `Full` when the bubble's quota is reached.
+    /// Returns the stock as `key_package_stock` says it.
+    pub fn publish_key_package(
+        &self,
+        member: MemberId,
+        key_package: Opaque,
+        last_resort: bool,
+    ) -> Result<(u32, bool), Full> {
+        let mut boxes = self.lock();
+        let len = key_package.wire_len();
+        if boxes.bytes + boxes.key_package_bytes + len > self.config.total_bytes {
+            return Err(Full);
+        }
+        let id = boxes.next_key_package;
+        boxes.next_key_package += 1;
+        let stock = boxes.stocks.entry(member).or_default();
+        let mut dropped = Vec::new();
+        if last_resort {
+            dropped.extend(stock.last_resort.replace((id, key_package.clone())));
+        } else {
+            stock.one_time.push_back((id, key_package.clone()));
+            while stock.one_time.len() > KEY_PACKAGES_KEPT {
+                dropped.extend(stock.one_time.pop_front());
+            }
+        }
+        let counts = (stock.one_time.len() as u32, stock.last_resort.is_some());
+        let freed: usize = dropped.iter().map(|(_, kp)| kp.wire_len()).sum();
+        boxes.key_package_bytes = boxes.key_package_bytes + len - freed;
+        for (old, _) in dropped {
+            self.write(Write::DeleteKeyPackage(old));
+        }
+        self.write(Write::PutKeyPackage { id, member, last_resort, key_package });
+        Ok(counts)
+    }
+
+    /// `member`'s stock, as `key_package_stock` says it.
+    pub fn key_package_stock(&self, member: MemberId) -> (u32, bool) {
+        let boxes = self.lock();
+        boxes.stocks.get(&member).map_or((0, false), |s| (s.one_time.len() as u32, s.last_resort.is_some()))
+    }
+
+    /// Hands out one of `member`'s KeyPackages: the oldest one-time one (removed), else its last-resort one
+    /// (kept), else none.
+    pub fn claim_key_package(&self, member: MemberId) -> Option<Opaque> {
+        let mut boxes = self.lock();
+        let stock = boxes.stocks.get_mut(&member)?;
+        if let Some((id, kp)) = stock.one_time.pop_front() {
+            boxes.key_package_bytes -= kp.wire_len();
+            self.write(Write::DeleteKeyPackage(id));
+            return Some(kp);
+        }
+        stock.last_resort.as_ref().map(|(_, kp)| kp.clone())
+    }
+
     /// Sends `frame` to `to` once everything kept so far is on disk (the `ack` of a kept envelope).
     pub fn then_send(&self, to: SessionHandle, frame: Utf8Bytes) {
         self.write(Write::Then(to, frame));
@@ -418,6 +523,7 @@ impl Mailbox {
             members: boxes.queues.len(),
             entries: boxes.queues.values().map(|q| q.entries.len()).sum(),
             bytes: boxes.bytes,
+            key_packages: boxes.stocks.values().map(|s| s.one_time.len() + usize::from(s.last_resort.is_some())).sum(),
         }
     }
 }
@@ -461,6 +567,33 @@ async fn load(pool: &SqlitePool, path: &Path) -> Result<Boxes, MailboxError> {
         boxes.next_seq = boxes.next_seq.max(seq + 1);
     }
     Ok(boxes)
+}
+
+async fn load_key_packages(pool: &SqlitePool, path: &Path, boxes: &mut Boxes) -> Result<(), MailboxError> {
+    let rows: Vec<(i64, String, i64, String)> =
+        sqlx::query_as("SELECT id, member, last_resort, key_package FROM key_packages ORDER BY id")
+            .fetch_all(pool)
+            .await
+            .map_err(|source| MailboxError::Open { path: path.into(), source })?;
+    boxes.next_key_package = 1;
+    for (id, member, last_resort, key_package) in rows {
+        let damaged =
+            |reason: &str| MailboxError::Damaged { path: path.into(), seq: id, reason: format!("KeyPackage {reason}") };
+        let member: MemberId = member.parse().map_err(|_| damaged("member id"))?;
+        let key_package = Opaque::try_from(key_package).map_err(|_| damaged("encoding"))?;
+        let id = u64::try_from(id).map_err(|_| damaged("row id"))?;
+        boxes.key_package_bytes += key_package.wire_len();
+        let stock = boxes.stocks.entry(member).or_default();
+        if last_resort != 0 {
+            if let Some((_, old)) = stock.last_resort.replace((id, key_package)) {
+                boxes.key_package_bytes -= old.wire_len();
+            }
+        } else {
+            stock.one_time.push_back((id, key_package));
+        }
+        boxes.next_key_package = boxes.next_key_package.max(id + 1);
+    }
+    Ok(())
 }
 
 /// Applies the changes in order, as many as are waiting per transaction, then sends what waited for them.
@@ -540,6 +673,24 @@ async fn apply(pool: &SqlitePool, batch: &[Write]) -> Result<(), sqlx::Error> {
             }
             Write::Purge(member) => {
                 sqlx::query("DELETE FROM kept WHERE member = ?").bind(member.to_string()).execute(&mut *tx).await?;
+                sqlx::query("DELETE FROM key_packages WHERE member = ?")
+                    .bind(member.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            Write::PutKeyPackage { id, member, last_resort, key_package } => {
+                sqlx::query(
+                    "INSERT OR REPLACE INTO key_packages (id, member, last_resort, key_package) VALUES (?, ?, ?, ?)",
+                )
+                .bind(*id as i64)
+                .bind(member.to_string())
+                .bind(i64::from(*last_resort))
+                .bind(key_package.as_wire())
+                .execute(&mut *tx)
+                .await?;
+            }
+            Write::DeleteKeyPackage(id) => {
+                sqlx::query("DELETE FROM key_packages WHERE id = ?").bind(*id as i64).execute(&mut *tx).await?;
             }
             Write::Then(..) | Write::Flushed(_) => {}
         }

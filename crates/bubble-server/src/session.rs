@@ -171,6 +171,20 @@ pub enum Event {
         /// The highest `seq` handled.
         upto: u64,
     },
+    /// Keep one of the member's own KeyPackages for others to claim.
+    PublishKeyPackage {
+        /// The KeyPackage (public data; its signature is the claimer's to check).
+        key_package: Opaque,
+        /// Whether it is the last-resort one.
+        last_resort: bool,
+    },
+    /// Hand out a KeyPackage of `member`, already checked as visible to the claimer.
+    ClaimKeyPackage {
+        /// The client's `claim_key_package` id.
+        id: u64,
+        /// Whose KeyPackage.
+        member: MemberId,
+    },
     /// Refuse something: send an `error` frame; close the connection when `fatal`.
     Refuse {
         /// Why.
@@ -394,10 +408,26 @@ impl Session {
                 vec![Event::Commit { id, group, epoch, to, body }]
             }
             (State::Authenticated { .. }, ClientFrame::Received { upto }) => vec![Event::Received { upto }],
-            (State::Authenticating { .. }, ClientFrame::Send { id, .. } | ClientFrame::Commit { id, .. }) => {
+            (State::Authenticated { .. }, ClientFrame::PublishKeyPackage { key_package, last_resort }) => {
+                vec![Event::PublishKeyPackage { key_package, last_resort }]
+            }
+            (State::Authenticated { member: me, .. }, ClientFrame::ClaimKeyPackage { id, member }) => {
+                if member == *me || !directory.sees(me, &member) {
+                    return vec![Event::refuse(
+                        ErrorCode::RecipientNotVisible,
+                        "no such member in your directory",
+                        Some(id),
+                    )];
+                }
+                vec![Event::ClaimKeyPackage { id, member }]
+            }
+            (
+                State::Authenticating { .. },
+                ClientFrame::Send { id, .. } | ClientFrame::Commit { id, .. } | ClientFrame::ClaimKeyPackage { id, .. },
+            ) => {
                 vec![Event::refuse(ErrorCode::NotAuthenticated, "the session is not registered yet", Some(id))]
             }
-            (State::Authenticating { .. }, ClientFrame::Received { .. }) => {
+            (State::Authenticating { .. }, ClientFrame::Received { .. } | ClientFrame::PublishKeyPackage { .. }) => {
                 vec![Event::refuse(ErrorCode::NotAuthenticated, "the session is not registered yet", None)]
             }
             (State::Closed, _) => Vec::new(),

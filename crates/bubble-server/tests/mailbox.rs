@@ -275,3 +275,157 @@ async fn a_backlog_larger_than_the_send_budget_does_not_cut_the_returning_member
     answer(&mut ann, live).await.unwrap();
     assert_eq!(next_got(&mut bob).await, Got::Live(b"live".to_vec()));
 }
+
+/// The stock the bubble announces after the directory.
+async fn stock(client: &mut SignalClient) -> (u32, bool) {
+    expect(client, "key_package_stock", |f| match f {
+        ServerFrame::KeyPackageStock { one_time, last_resort } => Some((*one_time, *last_resort)),
+        _ => None,
+    })
+    .await
+}
+
+/// A KeyPackage stand-in: the bubble keeps and hands out bytes it never parses (the claimer checks them).
+fn key_package(label: &str) -> Opaque {
+    Opaque::from_bytes(format!("KP-{label}-{}", "x".repeat(2000)).as_bytes()).unwrap()
+}
+
+async fn publish(client: &mut SignalClient, label: &str, last_resort: bool) {
+    client.send_frame(&ClientFrame::PublishKeyPackage { key_package: key_package(label), last_resort }).await.unwrap();
+}
+
+/// The KeyPackage handed out for claim `id` (its label), or the refusal.
+async fn claimed(client: &mut SignalClient, id: u64) -> Result<Option<String>, ErrorCode> {
+    expect(client, "claimed_key_package or error", |f| match f {
+        ServerFrame::ClaimedKeyPackage { id: answered, key_package, .. } if *answered == id => {
+            Some(Ok(key_package.as_ref().map(|kp| {
+                let text = String::from_utf8(kp.to_bytes()).unwrap();
+                text.trim_start_matches("KP-").split('-').next().unwrap().to_owned()
+            })))
+        }
+        ServerFrame::Error { id: Some(refused), code, .. } if *refused == id => Some(Err(*code)),
+        _ => None,
+    })
+    .await
+}
+
+async fn claim(client: &mut SignalClient, id: u64, of: u16) -> Result<Option<String>, ErrorCode> {
+    client.send_frame(&ClientFrame::ClaimKeyPackage { id, member: support::id(of) }).await.unwrap();
+    claimed(client, id).await
+}
+
+#[tokio::test]
+async fn published_key_packages_are_handed_out_once_each_then_the_last_resort_and_survive_a_restart() {
+    let mut b = bubble(|_| {}).await;
+    let mut cat = b.connect(CAT).await;
+    assert_eq!(stock(&mut cat).await, (0, false), "a bubble with a mailbox tells a member its stock");
+    // One more one-time KeyPackage than kept (the oldest goes), and two last-resort ones (the second replaces).
+    let kept = peerbubble_proto::limits::KEY_PACKAGES_KEPT;
+    for n in 0..=kept {
+        publish(&mut cat, &format!("one{n}"), false).await;
+    }
+    publish(&mut cat, "lastA", true).await;
+    publish(&mut cat, "lastB", true).await;
+    until("the KeyPackages kept", || b.server.as_ref().unwrap().mailbox().unwrap().key_packages == kept + 1).await;
+    drop(cat);
+    let mut cat = b.connect(CAT).await;
+    assert_eq!(stock(&mut cat).await, (kept as u32, true));
+    drop(cat);
+
+    // They are on disk: a restart keeps them.
+    b.stop().await;
+    b.restart().await;
+    assert_eq!(b.server.as_ref().unwrap().mailbox().unwrap().key_packages, kept + 1);
+    let mut ann = b.connect(ANN).await;
+    for n in 1..=kept {
+        assert_eq!(claim(&mut ann, n as u64, CAT).await, Ok(Some(format!("one{n}"))), "oldest first, each once");
+    }
+    assert_eq!(claim(&mut ann, 100, CAT).await, Ok(Some("lastB".into())), "then the last resort");
+    assert_eq!(claim(&mut ann, 101, CAT).await, Ok(Some("lastB".into())), "which stays");
+    // A member that published nothing: an answer with none.
+    assert_eq!(claim(&mut ann, 102, BOB).await, Ok(None));
+    let mut cat = b.connect(CAT).await;
+    assert_eq!(stock(&mut cat).await, (0, true), "the member learns it must top its stock up");
+}
+
+#[tokio::test]
+async fn claims_are_need_to_know_and_bounded_and_bad_key_packages_are_refused() {
+    let mut yaml = bubble_yaml(false);
+    yaml = yaml.replace("  - {id: medics}\n", "  - {id: medics}\n  - {id: logistics}\n");
+    yaml += &member(DAN, "Dan", &["logistics"]);
+    let b = Bubble::start_in(&yaml, |config: &mut Config, dir| {
+        config.mailbox = Some(MailboxConfig::at(dir.join("mailbox.sqlite")));
+        // Frame rates out of the way: the claim budget is what is tested.
+        config.frames_per_second = 1000;
+        config.frame_burst = 1000;
+        config.member_frames_per_second = 1000;
+    })
+    .await;
+    let mut dan = b.connect(DAN).await;
+    publish(&mut dan, "dan", false).await;
+    let mut cat = b.connect(CAT).await;
+    publish(&mut cat, "cat", true).await;
+    until("both kept", || b.server.as_ref().unwrap().mailbox().unwrap().key_packages == 2).await;
+
+    let mut ann = b.connect(ANN).await;
+    // Dan is in another category: Ann may not know of him, so she may not take his KeyPackage.
+    assert_eq!(claim(&mut ann, 1, DAN).await, Err(ErrorCode::RecipientNotVisible));
+    assert_eq!(claim(&mut ann, 2, ANN).await, Err(ErrorCode::RecipientNotVisible), "not one's own");
+    assert_eq!(b.server.as_ref().unwrap().mailbox().unwrap().key_packages, 2, "nothing handed out");
+    // A burst of claims is answered; past it they are refused with a delay, and the connection stays.
+    let mut refused = None;
+    for n in 10..60 {
+        match claim(&mut ann, n, CAT).await {
+            Ok(Some(label)) => assert_eq!(label, "cat"),
+            Err(ErrorCode::RateLimited) => {
+                refused = Some(n);
+                break;
+            }
+            other => panic!("claim {n}: {other:?}"),
+        }
+    }
+    let refused = refused.expect("claims are bounded");
+    assert!(refused >= 10 + 30, "the burst serves a large group at once: refused at claim {}", refused - 10);
+    assert!(ann.ping().await.is_ok());
+
+    // A KeyPackage over its limit is refused (not fatal) and nothing is kept.
+    let big = Opaque::from_bytes(&vec![7u8; peerbubble_proto::limits::MAX_KEY_PACKAGE_BYTES + 1]).unwrap();
+    ann.send_frame(&ClientFrame::PublishKeyPackage { key_package: big, last_resort: false }).await.unwrap();
+    assert_eq!(expect_error(&mut ann).await, ErrorCode::InvalidField);
+    assert!(ann.ping().await.is_ok());
+    assert_eq!(b.server.as_ref().unwrap().mailbox().unwrap().key_packages, 2);
+}
+
+#[tokio::test]
+async fn a_bubble_without_a_mailbox_keeps_no_key_packages_and_says_so() {
+    let b = Bubble::start(&bubble_yaml(true), |_| {}).await;
+    let mut ann = b.connect(ANN).await;
+    publish(&mut ann, "ann", false).await;
+    assert_eq!(expect_error(&mut ann).await, ErrorCode::InvalidField);
+    let mut bob = b.connect(BOB).await;
+    assert_eq!(claim(&mut bob, 1, ANN).await, Ok(None));
+    // No stock is announced: nothing but the answer to a ping follows the directory.
+    drop(ann);
+    let mut ann = b.connect(ANN).await;
+    let ping = ann.ping().await.unwrap();
+    match ann.next().await.unwrap() {
+        ServerFrame::Pong { id } => assert_eq!(id, ping),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_removed_member_s_key_packages_are_purged_from_memory_and_disk() {
+    let b = bubble(|_| {}).await;
+    let mut dan = b.connect(DAN).await;
+    publish(&mut dan, "DANCANARY", false).await;
+    publish(&mut dan, "DANCANARY", true).await;
+    let file = b.dir.path().join("mailbox.sqlite");
+    let needle = key_package("DANCANARY").as_wire().to_owned().into_bytes();
+    let on_disk = || std::fs::read(&file).unwrap_or_default().windows(needle.len()).any(|w| w == needle.as_slice());
+    until("Dan's KeyPackages on disk", on_disk).await;
+    drop(dan);
+    b.write(&bubble_yaml(false));
+    until("Dan's KeyPackages purged", || b.server.as_ref().unwrap().mailbox().unwrap().key_packages == 0).await;
+    until("and gone from the file", || !on_disk()).await;
+}

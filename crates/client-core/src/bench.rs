@@ -62,6 +62,8 @@ fn pump(clients: &mut [Client; 2], received: &mut u32) {
                         }
                         clients[i].commit_accepted(token);
                     }
+                    // No bubble here keeps KeyPackages: neither is made.
+                    Output::PublishKeyPackage { .. } | Output::ClaimKeyPackage { .. } => {}
                 }
             }
             while let Some(event) = clients[i].poll_event() {

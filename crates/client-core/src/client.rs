@@ -19,6 +19,7 @@ use openmls::prelude::{
     ProcessedMessageContent, ProtocolVersion, StagedWelcome,
 };
 use openmls_traits::OpenMlsProvider as _;
+use peerbubble_proto::limits::KEY_PACKAGES_KEPT;
 use peerbubble_proto::{DirectoryEntry, IdentityKey, MemberId, PublicKey};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
@@ -126,6 +127,21 @@ pub enum Output {
         to: MemberId,
         /// Message bytes.
         bytes: Vec<u8>,
+    },
+    /// A signaling `publish_key_package`: one of our KeyPackages for members who add us while we are away. Its
+    /// private keys are in the state a save keeps, and must be saved before it goes out.
+    PublishKeyPackage {
+        /// The TLS-serialized KeyPackage.
+        key_package: Vec<u8>,
+        /// Whether it is our last-resort one.
+        last_resort: bool,
+    },
+    /// A signaling `claim_key_package` for `member` (away); answer with [`Client::claimed_key_package`].
+    ClaimKeyPackage {
+        /// Echo this in the answer.
+        request: [u8; 16],
+        /// Whose KeyPackage.
+        member: MemberId,
     },
 }
 
@@ -596,6 +612,9 @@ pub struct Client {
     /// page addressed to the dropped one a moment before goes to the kept one instead of failing. Bounded.
     superseded: BTreeMap<ConversationId, ConversationId>,
     requests: HashMap<[u8; 16], (MemberId, Purpose, u64)>,
+    /// The bubble keeps KeyPackages (it told us our stock on this signaling session): a member who is away is
+    /// added from one it claims there, instead of waiting for the member to answer a request.
+    bubble_keeps_key_packages: bool,
     /// The relay-or-DataChannel choice per contact.
     paths: Paths,
     /// The connection set-up with each contact.
@@ -645,6 +664,7 @@ impl Client {
             conversations: BTreeMap::new(),
             superseded: BTreeMap::new(),
             requests: HashMap::new(),
+            bubble_keeps_key_packages: false,
             paths: Paths::default(),
             calls: Calls::default(),
             minted: HashMap::new(),
@@ -708,6 +728,50 @@ impl Client {
     /// everyone going offline first), so open DataChannels are trusted again until the next directory.
     pub fn signaling_lost(&mut self) {
         self.paths.signaling_lost();
+        self.bubble_keeps_key_packages = false;
+    }
+
+    /// The bubble keeps `one_time` one-time KeyPackages of ours and (`last_resort`) a last-resort one, for
+    /// members who add us while we are away: fresh ones are made to top the stock up to
+    /// [`KEY_PACKAGES_KEPT`] and one last resort ([`Output::PublishKeyPackage`]). Their private keys join the
+    /// state to save; a one-time one is used once, the last-resort one as often as it is handed out.
+    pub fn key_package_stock(&mut self, one_time: u32, last_resort: bool) -> Result<(), ClientError> {
+        self.bubble_keeps_key_packages = true;
+        let missing = KEY_PACKAGES_KEPT.saturating_sub(one_time as usize);
+        for _ in 0..missing {
+            let key_package = self.fresh_key_package()?;
+            self.outputs.push_back(Output::PublishKeyPackage { key_package, last_resort: false });
+        }
+        if !last_resort {
+            let key_package = self.last_resort_key_package()?;
+            self.outputs.push_back(Output::PublishKeyPackage { key_package, last_resort: true });
+        }
+        Ok(())
+    }
+
+    /// The bubble's answer to [`Output::ClaimKeyPackage`] `request`: `member`'s KeyPackage, checked like one
+    /// the member sent, or none (it published none, the claim was refused or could not be sent): then the
+    /// member is asked directly, and the request waits in the bubble until it returns.
+    pub fn claimed_key_package(&mut self, request: [u8; 16], key_package: Option<&[u8]>) -> Result<(), String> {
+        let Some(&(member, purpose, _)) = self.requests.get(&request) else { return Ok(()) };
+        let Some(bytes) = key_package else {
+            self.outputs
+                .push_back(Output::Relay { to: member, body: Envelope::KeyPackageRequest { request }.encode() });
+            return Ok(());
+        };
+        let key = self.visible_key(member).map_err(|e| e.to_string())?;
+        match self.validate_key_package(bytes, &key) {
+            Ok(kp) => {
+                self.requests.remove(&request);
+                self.on_key_package(member, purpose, kp)
+            }
+            Err(reason) => {
+                // Not what the member signed: ask the member instead.
+                self.outputs
+                    .push_back(Output::Relay { to: member, body: Envelope::KeyPackageRequest { request }.encode() });
+                Err(format!("the bubble handed out a bad KeyPackage for {member}: {reason}"))
+            }
+        }
     }
 
     /// `member` came online (signaling presence): KeyPackage requests it has not answered — sent while it was
@@ -1615,6 +1679,20 @@ impl Client {
         bundle.key_package().tls_serialize_detached().map_err(mls_err)
     }
 
+    /// A KeyPackage that stays usable after it was used (RFC 9420 `last_resort`): its private keys are kept.
+    fn last_resort_key_package(&self) -> Result<Vec<u8>, ClientError> {
+        // RFC 9420 §7.2: an extension in a KeyPackage must be one its leaf says it supports.
+        let capabilities = openmls::prelude::Capabilities::builder()
+            .extensions(vec![openmls::prelude::ExtensionType::LastResort])
+            .build();
+        let bundle = KeyPackage::builder()
+            .leaf_node_capabilities(capabilities)
+            .mark_as_last_resort()
+            .build(CIPHERSUITE, &self.provider, &self.signer, self.signer.credential())
+            .map_err(mls_err)?;
+        bundle.key_package().tls_serialize_detached().map_err(mls_err)
+    }
+
     fn validate_key_package(&self, bytes: &[u8], key: &PublicKey) -> Result<KeyPackage, String> {
         let kp = KeyPackageIn::tls_deserialize_exact(bytes)
             .map_err(|e| format!("malformed KeyPackage: {e}"))?
@@ -2041,7 +2119,12 @@ impl Client {
         }
         let request = random16()?;
         self.requests.insert(request, (member, purpose, self.now_ms));
-        self.outputs.push_back(Output::Relay { to: member, body: Envelope::KeyPackageRequest { request }.encode() });
+        if self.bubble_keeps_key_packages && self.paths.is_away(member) {
+            self.outputs.push_back(Output::ClaimKeyPackage { request, member });
+        } else {
+            self.outputs
+                .push_back(Output::Relay { to: member, body: Envelope::KeyPackageRequest { request }.encode() });
+        }
         Ok(())
     }
 

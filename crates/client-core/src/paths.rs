@@ -67,6 +67,11 @@ impl Paths {
         self.take_unconfirmed(member)
     }
 
+    /// Whether signaling says `member` has no session.
+    pub fn is_away(&self, member: MemberId) -> bool {
+        self.away.contains(&member)
+    }
+
     /// `member` came online.
     pub fn online(&mut self, member: MemberId) {
         self.away.remove(&member);

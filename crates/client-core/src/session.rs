@@ -68,6 +68,8 @@ pub struct Session {
     commits: HashMap<u64, u64>,
     /// Signaling frame id of a relayed envelope → its recipient, until the server answers.
     relays: HashMap<u64, MemberId>,
+    /// Signaling frame id of a KeyPackage claim → the client's request, until the server answers.
+    claims: HashMap<u64, [u8; 16]>,
     /// The mailbox entries the state last handed to a save includes (see [`Session::saved`]).
     saving_upto: Option<u64>,
     events: VecDeque<SessionEvent>,
@@ -98,6 +100,7 @@ impl Session {
             held: VecDeque::new(),
             commits: HashMap::new(),
             relays: HashMap::new(),
+            claims: HashMap::new(),
             saving_upto: None,
             events: VecDeque::new(),
             changed: false,
@@ -319,6 +322,29 @@ impl Session {
                 }
             }
             SignalEvent::Ack { .. } => {}
+            SignalEvent::KeyPackageStock { one_time, last_resort } => {
+                // New KeyPackages leave private keys in the state: saved before they are published.
+                self.changed = true;
+                if let Err(err) = self.client.key_package_stock(one_time, last_resort) {
+                    let (from, reason) = (self.client.member(), format!("cannot make KeyPackages to publish: {err}"));
+                    self.events.push_back(SessionEvent::Core(Event::Refused { from, reason }));
+                }
+            }
+            SignalEvent::ClaimedKeyPackage { id, member, key_package } => {
+                if let Some(request) = self.claims.remove(&id) {
+                    let bytes = key_package.map(|kp| kp.to_bytes());
+                    if let Err(reason) = self.client.claimed_key_package(request, bytes.as_deref()) {
+                        self.events.push_back(SessionEvent::Core(Event::Refused { from: member, reason }));
+                    }
+                }
+            }
+            SignalEvent::Refused { id: Some(id), .. } if self.claims.contains_key(&id) => {
+                // Refused (rate limited, not visible): the member is asked directly instead, which says why if
+                // that is refused too.
+                if let Some(request) = self.claims.remove(&id) {
+                    let _ = self.client.claimed_key_package(request, None);
+                }
+            }
             SignalEvent::Presence { member, online } => {
                 if online {
                     self.client.member_online(member);
@@ -349,6 +375,9 @@ impl Session {
                     self.client.commit_rejected(token);
                 }
                 self.relays.clear();
+                for (_, request) in std::mem::take(&mut self.claims) {
+                    let _ = self.client.claimed_key_package(request, None);
+                }
                 self.client.signaling_lost();
                 self.events.push_back(SessionEvent::Signal(event));
             }
@@ -369,6 +398,18 @@ impl Session {
                 }
             }
             Output::Channel { to, bytes } => self.events.push_back(SessionEvent::ChannelSend { to, bytes }),
+            Output::PublishKeyPackage { key_package, last_resort } => {
+                // Not connected: the stock comes again on the next session, and is topped up then.
+                let _ = self.signaling.publish_key_package(&key_package, last_resort, now_ms);
+            }
+            Output::ClaimKeyPackage { request, member } => match self.signaling.claim_key_package(member, now_ms) {
+                Ok(id) => {
+                    self.claims.insert(id, request);
+                }
+                Err(_) => {
+                    let _ = self.client.claimed_key_package(request, None);
+                }
+            },
         }
     }
 

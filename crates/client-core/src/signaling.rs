@@ -109,6 +109,23 @@ pub enum SignalEvent {
         /// When to retry, if the server said.
         retry_after_ms: Option<u64>,
     },
+    /// The bubble keeps this many of our KeyPackages for members who add us while we are away (it says so once
+    /// per session, and only when it keeps them): top the stock up ([`Signaling::publish_key_package`]).
+    KeyPackageStock {
+        /// One-time KeyPackages kept.
+        one_time: u32,
+        /// Whether our last-resort KeyPackage is kept.
+        last_resort: bool,
+    },
+    /// The answer to [`Signaling::claim_key_package`] `id`: one of `member`'s KeyPackages, or none.
+    ClaimedKeyPackage {
+        /// Our claim's id.
+        id: u64,
+        /// Whose.
+        member: MemberId,
+        /// The KeyPackage (unchecked: the client checks it like any other).
+        key_package: Option<Opaque>,
+    },
     /// The connection ended. With `retry_in_ms`, a [`SignalEvent::Connect`] follows after that delay; without,
     /// the member was refused for good (`code` says why) and nothing more happens.
     Closed {
@@ -511,6 +528,21 @@ impl Signaling {
                 Ok(())
             }
             (State::Ready { .. }, ServerFrame::Pong { .. }) => Ok(()),
+            (
+                State::AwaitDirectory { .. } | State::Ready { .. },
+                ServerFrame::KeyPackageStock { one_time, last_resort },
+            ) => {
+                self.events.push_back(SignalEvent::KeyPackageStock { one_time: *one_time, last_resort: *last_resort });
+                Ok(())
+            }
+            (State::Ready { .. }, ServerFrame::ClaimedKeyPackage { id, member, key_package }) => {
+                self.events.push_back(SignalEvent::ClaimedKeyPackage {
+                    id: *id,
+                    member: *member,
+                    key_package: key_package.clone(),
+                });
+                Ok(())
+            }
             (_, ServerFrame::Error { code, id, retry_after_ms, .. }) => {
                 if code.is_fatal() {
                     self.fatal = Some((*code, *retry_after_ms));
@@ -641,6 +673,35 @@ impl Signaling {
         self.next_id += 1;
         self.transmits.push_back(text);
         self.last_sent = now_ms;
+        Ok(id)
+    }
+
+    /// Publishes one of our KeyPackages (public data) for members who add us while we are away (unanswered
+    /// unless refused).
+    pub fn publish_key_package(
+        &mut self,
+        key_package: &[u8],
+        last_resort: bool,
+        now_ms: u64,
+    ) -> Result<(), SignalingError> {
+        self.ready()?;
+        if key_package.len() > peerbubble_proto::limits::MAX_KEY_PACKAGE_BYTES {
+            return Err(SignalingError::Invalid("the KeyPackage is too large to publish".into()));
+        }
+        let key_package = Opaque::from_bytes(key_package).map_err(|e| SignalingError::Invalid(e.to_string()))?;
+        self.queue(&ClientFrame::PublishKeyPackage { key_package, last_resort }, now_ms);
+        Ok(())
+    }
+
+    /// Asks the bubble for one of `member`'s KeyPackages (to add it while it is away); returns the id its
+    /// [`SignalEvent::ClaimedKeyPackage`] or refusal will carry.
+    pub fn claim_key_package(&mut self, member: MemberId, now_ms: u64) -> Result<u64, SignalingError> {
+        self.ready()?;
+        if !self.directory.contains_key(&member) {
+            return Err(SignalingError::NotVisible(member));
+        }
+        let id = self.take_id();
+        self.queue(&ClientFrame::ClaimKeyPackage { id, member }, now_ms);
         Ok(id)
     }
 

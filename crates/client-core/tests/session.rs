@@ -59,6 +59,12 @@ struct Bubble {
     /// What waits for members with no session: (seq, frame) per member index.
     mailbox: HashMap<usize, Vec<(u64, ServerFrame)>>,
     next_seq: u64,
+    /// The bubble keeps KeyPackages (tells each session its stock, keeps what it publishes, hands them out).
+    keeps_key_packages: bool,
+    /// Per member index: one-time KeyPackages (oldest first) and the last-resort one.
+    key_packages: HashMap<usize, (Vec<peerbubble_proto::Opaque>, Option<peerbubble_proto::Opaque>)>,
+    /// A bubble that cheats: a claim for member `.0` is answered with a KeyPackage of member `.1`.
+    substitute: Option<(usize, usize)>,
 }
 
 impl Bubble {
@@ -79,7 +85,16 @@ impl Bubble {
                 }
             })
             .collect();
-        Self { peers, ordered: BTreeSet::new(), now: 1_000, mailbox: HashMap::new(), next_seq: 1 }
+        Self {
+            peers,
+            ordered: BTreeSet::new(),
+            now: 1_000,
+            mailbox: HashMap::new(),
+            next_seq: 1,
+            keeps_key_packages: false,
+            key_packages: HashMap::new(),
+            substitute: None,
+        }
     }
 
     /// Keeps a `deliver` for member `j` (away); returns its seq.
@@ -191,11 +206,15 @@ impl Bubble {
                     ice_expires_in_ms: None,
                     limits: limits(),
                     policy: Default::default(),
-                    mailbox_ttl_ms: None,
+                    mailbox_ttl_ms: self.keeps_key_packages.then_some(72 * 3600 * 1000),
                 };
                 self.server_says(i, &welcome);
                 let entries = self.peers[i].sees.iter().map(|&j| self.entry(j)).collect();
                 self.server_says(i, &ServerFrame::Directory { part: 0, parts: 1, entries });
+                if self.keeps_key_packages {
+                    let stock = self.stock(i);
+                    self.server_says(i, &stock);
+                }
                 // What waited, in order, before anything live.
                 for (_, frame) in self.mailbox.get(&i).cloned().unwrap_or_default() {
                     self.server_says(i, &frame);
@@ -253,12 +272,41 @@ impl Bubble {
                 }
             }
             ClientFrame::Ping { id } => self.server_says(i, &ServerFrame::Pong { id }),
+            ClientFrame::PublishKeyPackage { key_package, last_resort } => {
+                assert!(self.keeps_key_packages, "published to a bubble that keeps no KeyPackages");
+                let (one_time, last) = self.key_packages.entry(i).or_default();
+                if last_resort {
+                    *last = Some(key_package);
+                } else {
+                    one_time.push(key_package);
+                }
+            }
+            ClientFrame::ClaimKeyPackage { id, member } => {
+                let mut j = self.index(member);
+                assert!(self.peers[i].sees.contains(&j), "a claim for a member it does not see");
+                if let Some((_, instead)) = self.substitute.filter(|(of, _)| *of == j) {
+                    j = instead;
+                }
+                let key_package = self.key_packages.get_mut(&j).and_then(|(one_time, last)| {
+                    if one_time.is_empty() { last.clone() } else { Some(one_time.remove(0)) }
+                });
+                self.server_says(i, &ServerFrame::ClaimedKeyPackage { id, member, key_package });
+            }
             ClientFrame::Received { upto } => {
                 if let Some(kept) = self.mailbox.get_mut(&i) {
                     kept.retain(|(seq, _)| *seq > upto);
                 }
             }
         }
+    }
+
+    fn stock(&self, i: usize) -> ServerFrame {
+        let (one_time, last) = self.key_packages.get(&i).cloned().unwrap_or_default();
+        ServerFrame::KeyPackageStock { one_time: one_time.len() as u32, last_resort: last.is_some() }
+    }
+
+    fn one_time_kept(&self, i: usize) -> usize {
+        self.key_packages.get(&i).map_or(0, |(one_time, _)| one_time.len())
     }
 
     fn texts(&self, i: usize) -> Vec<String> {
@@ -557,4 +605,122 @@ fn a_channel_send_that_fails_takes_the_relay_and_a_file_chunk_does_not() {
     assert!(!b.peers[0].session.channel_send_failed(bob, large, now));
     b.run();
     assert_eq!(b.texts(1), ["the channel just closed"]);
+}
+
+/// Three members who all see each other, in a bubble that keeps KeyPackages, every one connected once (so each
+/// published its stock), then member 2 (Carol) away.
+fn carol_away() -> Bubble {
+    let mut b = Bubble::new(3, |i| (0..3).filter(|j| *j != i).collect());
+    b.keeps_key_packages = true;
+    b.run();
+    for i in 0..3 {
+        assert_eq!(b.one_time_kept(i), peerbubble_proto::limits::KEY_PACKAGES_KEPT, "member {i} topped its stock up");
+        assert!(b.key_packages[&i].1.is_some(), "member {i} published a last-resort KeyPackage");
+    }
+    away(&mut b, 2);
+    b.run();
+    b
+}
+
+fn groups_ready(b: &Bubble, i: usize) -> BTreeSet<ConversationId> {
+    b.ready(i).into_iter().collect()
+}
+
+#[test]
+fn a_member_away_is_added_from_a_key_package_it_published_and_reads_what_waited() {
+    let mut b = carol_away();
+    let (bob, carol) = (b.peers[1].id, b.peers[2].id);
+
+    // Alice makes a group with Bob (online: asked directly) and Carol (away: her KeyPackage claimed from the
+    // bubble), and writes to it at once.
+    let group = b.peers[0].session.act(b.now, |c| c.create_group("night shift", &[bob, carol])).unwrap();
+    b.run();
+    assert_eq!(b.one_time_kept(2), peerbubble_proto::limits::KEY_PACKAGES_KEPT - 1, "one of Carol's was claimed");
+    assert_eq!(b.one_time_kept(1), peerbubble_proto::limits::KEY_PACKAGES_KEPT, "Bob, online, was asked directly");
+    let mut members = b.peers[0].session.client().members(group).unwrap();
+    members.sort_unstable();
+    let mut expected = vec![bob, carol];
+    expected.sort_unstable();
+    assert_eq!(members, expected, "Carol is in the group while away");
+    b.peers[0].session.act(b.now, |c| c.send_text(group, "muster at the north gate")).unwrap();
+    b.run();
+    assert!(b.ready(2).is_empty());
+    assert!(b.kept(2) >= 3, "her Welcome, the commit adding Bob or her and the message wait: {}", b.kept(2));
+
+    // Carol returns: she joins from the Welcome, reads the message, and tops her stock up again.
+    b.peers[2].offline = false;
+    b.run();
+    assert!(b.ready(2).contains(&group));
+    assert_eq!(b.texts(2), ["muster at the north gate"]);
+    assert_eq!(b.peers[2].session.client().epoch(group).unwrap(), b.peers[0].session.client().epoch(group).unwrap());
+    assert_eq!(b.one_time_kept(2), peerbubble_proto::limits::KEY_PACKAGES_KEPT, "topped up on return");
+    assert_eq!(b.kept(2), 0);
+    b.peers[2].session.act(b.now, |c| c.send_text(group, "on my way")).unwrap();
+    b.run();
+    assert_eq!(b.texts(0), ["on my way"]);
+    assert_eq!(b.texts(1), ["muster at the north gate", "on my way"]);
+}
+
+#[test]
+fn the_last_resort_key_package_serves_when_the_one_time_ones_are_gone_and_serves_again() {
+    let mut b = carol_away();
+    let carol = b.peers[2].id;
+    let n = peerbubble_proto::limits::KEY_PACKAGES_KEPT;
+    // More groups than Carol left one-time KeyPackages: the last ones are made from her last-resort one, which
+    // stays in the bubble.
+    let mut groups = BTreeSet::new();
+    for g in 0..n + 2 {
+        groups.insert(b.peers[0].session.act(b.now, |c| c.create_group(&format!("team {g}"), &[carol])).unwrap());
+        b.run();
+    }
+    assert_eq!(b.one_time_kept(2), 0);
+    assert!(b.key_packages[&2].1.is_some(), "the last resort is not handed out once only");
+    for g in &groups {
+        assert_eq!(b.peers[0].session.client().members(*g).unwrap(), [carol], "Carol added to {g:?} while away");
+    }
+    assert!(
+        !b.peers[0].events.iter().any(|e| matches!(e, SessionEvent::Core(Event::Refused { .. }))),
+        "no KeyPackage refused"
+    );
+    // And Bob opens a 1:1 conversation with her, from the last resort too.
+    b.peers[1].session.act(b.now, |c| c.start_direct(carol)).unwrap();
+    b.run();
+    let direct = b.peers[1].session.client().direct_conversation(carol);
+    let direct = direct.unwrap_or_else(|| panic!("set up while Carol is away: {:?}", b.peers[1].events));
+    b.peers[1].session.act(b.now, |c| c.send_text(direct, "call me when you are back")).unwrap();
+    b.run();
+
+    b.peers[2].offline = false;
+    b.run();
+    let joined = groups_ready(&b, 2);
+    assert!(groups.is_subset(&joined), "Carol is in every group: {} of {}", joined.len(), groups.len());
+    assert!(joined.contains(&direct));
+    assert_eq!(b.texts(2), ["call me when you are back"]);
+    assert_eq!(b.one_time_kept(2), n, "topped up on return");
+}
+
+#[test]
+fn a_key_package_the_bubble_substitutes_is_refused_and_the_member_is_asked_itself() {
+    let mut b = carol_away();
+    let (bob, carol) = (b.peers[1].id, b.peers[2].id);
+    // The bubble answers a claim for Carol with one of Bob's KeyPackages (it cannot forge Carol's signature).
+    b.substitute = Some((2, 1));
+    let group = b.peers[0].session.act(b.now, |c| c.create_group("cell", &[carol])).unwrap();
+    b.run();
+    assert!(b.peers[0].session.client().members(group).unwrap().is_empty(), "nobody added from a forged KeyPackage");
+    assert!(
+        b.peers[0]
+            .events
+            .iter()
+            .any(|e| matches!(e, SessionEvent::Core(Event::Refused { from, .. }) if *from == carol)),
+        "the refusal names whose KeyPackage it claimed to be"
+    );
+    assert!(!b.ready(1).contains(&group), "Bob was not added in Carol's place");
+    let _ = bob;
+    // Carol was asked herself (the request waits for her); she answers when she returns and is added.
+    b.substitute = None;
+    b.peers[2].offline = false;
+    b.run();
+    assert!(b.ready(2).contains(&group));
+    assert_eq!(b.peers[0].session.client().members(group).unwrap(), [carol]);
 }

@@ -136,6 +136,12 @@ pub(crate) fn event_json(event: &SignalEvent) -> serde_json::Value {
         SignalEvent::Closed { code, retry_in_ms } => {
             json!({"type": "closed", "code": code.map(|c| c.as_str()), "retryInMs": retry_in_ms})
         }
+        // A member's session consumes these (it publishes and claims); a bare signaling session only reports them.
+        SignalEvent::KeyPackageStock { one_time, last_resort } => {
+            json!({"type": "keyPackageStock", "oneTime": one_time, "lastResort": last_resort})
+        }
+        SignalEvent::ClaimedKeyPackage { id, member, key_package } => json!({"type": "claimedKeyPackage", "id": id,
+            "member": member.to_string(), "found": key_package.is_some()}),
     }
 }
 

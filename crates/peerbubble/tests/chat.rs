@@ -387,3 +387,157 @@ async fn a_terminal_member_keeps_files_encrypted_and_saves_a_copy_on_demand() {
     node.shutdown().await.unwrap();
     server.shutdown().await.unwrap();
 }
+
+/// Issue 17's offline scenario, with real processes: Bob and Carol (terminal members with encrypted key stores)
+/// connect once, which publishes their KeyPackages, then their machines go down. Ann writes 100 messages to a
+/// group with Bob, the bubble-server restarting halfway, and adds Carol — from her last-resort KeyPackage, the
+/// one-time ones having been taken meanwhile. Bob returns and reads all 100 in order, then a message of the new
+/// epoch; Carol returns, joins from the Welcome that waited for her, reads and answers. Nothing kept on disk by
+/// the bubble holds a message in clear.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_away_read_everything_in_order_and_one_added_while_away_joins_from_her_last_resort_key_package() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ann, bob, carol) =
+        (IdentityKey::from_seed(&[61; 32]), IdentityKey::from_seed(&[62; 32]), IdentityKey::from_seed(&[63; 32]));
+    let (bob_id, carol_id) = (bob.public_key().member_id(), carol.public_key().member_id());
+    let mut yaml = String::from("bubble: cli\ncategories:\n  - {id: c}\nmembers:\n");
+    for (key, name) in [(&ann, "Ann"), (&bob, "Bob"), (&carol, "Carol")] {
+        yaml += &format!("  - {{public_key: {}, display_name: {name}, categories: [c]}}\n", key.public_key());
+    }
+    std::fs::write(dir.path().join("bubble.yaml"), yaml).unwrap();
+    let mut config = Config {
+        listen: ([127, 0, 0, 1], 0).into(),
+        bubble_file: dir.path().join("bubble.yaml"),
+        mailbox: Some(peerbubble_bubble_server::MailboxConfig::at(dir.path().join("mailbox.sqlite"))),
+        // Ann writes her 100 at once.
+        frames_per_second: 1000,
+        frame_burst: 1000,
+        member_frames_per_second: 1000,
+        ..Config::default()
+    };
+    let start = |config: Config| async move {
+        let server = Server::start(config.clone(), FileSource::new(config.bubble_file.clone(), config.reload_interval))
+            .await
+            .unwrap();
+        server.ready().await;
+        server
+    };
+    let server = start(config.clone()).await;
+    config.listen = server.local_addr();
+    let url = format!("ws://{}/v1/signal", server.local_addr());
+
+    // A terminal member with its own encrypted store; the first run imports its key.
+    let member = |name: &'static str, key: &IdentityKey, run: u32| {
+        let store = dir.path().join(format!("{name}-store"));
+        let mut command = Command::new(env!("CARGO_BIN_EXE_peerbubble"));
+        command.args(["chat", "--rtc-bind", "127.0.0.1:0", "--url", &url, "--store"]).arg(&store);
+        if run == 1 {
+            let key_file = dir.path().join(format!("{name}.key"));
+            std::fs::write(&key_file, format!("{}\n", key.to_seed_base64().as_str())).unwrap();
+            command.arg("--key").arg(&key_file);
+        }
+        let log = std::fs::File::create(dir.path().join(format!("{name}-{run}.log"))).unwrap();
+        Typed::new(KillOnDrop(
+            command
+                .env("PEERBUBBLE_PASSPHRASE", "seven lanterns over the north gate")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        ))
+    };
+    let bob_1 = member("bob", &bob, 1);
+    let carol_1 = member("carol", &carol, 1);
+    bob_1.wait_for("connected as");
+    carol_1.wait_for("connected as");
+    // Each tops its stock up: four one-time KeyPackages and a last-resort one.
+    let stock = 1 + peerbubble_proto::limits::KEY_PACKAGES_KEPT;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while server.mailbox().unwrap().key_packages != 2 * stock {
+        assert!(tokio::time::Instant::now() < deadline, "KeyPackages published: {:?}", server.mailbox());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let loopback = vec![std::net::SocketAddr::from(([127, 0, 0, 1], 0))];
+    let node = Node::start(NodeConfig { bind: loopback, auto_connect: false, ..NodeConfig::new(&url) }, ann.clone())
+        .await
+        .unwrap();
+    let group = node.create_group("ops", &[bob_id]).await.unwrap();
+    bob_1.wait_for("group ops ready");
+
+    // Carol's one-time KeyPackages are taken meanwhile (someone adding her elsewhere; here a raw session of Ann's).
+    let mut raw = peerbubble_peer::SignalClient::connect(&url, &ann).await.unwrap();
+    for id in 0..peerbubble_proto::limits::KEY_PACKAGES_KEPT as u64 {
+        raw.send_frame(&peerbubble_proto::ClientFrame::ClaimKeyPackage { id, member: carol_id }).await.unwrap();
+        loop {
+            match raw.next_timeout(WAIT).await.unwrap() {
+                peerbubble_proto::ServerFrame::ClaimedKeyPackage { id: answered, key_package, .. }
+                    if answered == id =>
+                {
+                    assert!(key_package.is_some());
+                    break;
+                }
+                _ => {}
+            }
+        }
+    }
+    drop(raw);
+    assert_eq!(server.mailbox().unwrap().key_packages, stock + 1, "Bob's stock and Carol's last resort");
+
+    // Bob's and Carol's machines go down hard.
+    drop(bob_1);
+    drop(carol_1);
+    until_online(&server, 1, "Bob and Carol away").await;
+
+    // Ann writes 50, the bubble-server restarts (what it kept is on disk), she writes 50 more.
+    let text = |n: u32| format!("sealed-canary {n:03}");
+    for n in 0..50 {
+        node.send_text(group, &text(n)).await.unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while server.mailbox().unwrap().entries < 50 {
+        assert!(tokio::time::Instant::now() < deadline, "kept: {:?}", server.mailbox());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.shutdown().await.unwrap();
+    let server = start(config.clone()).await;
+    until_online(&server, 1, "Ann back after the restart").await;
+    for n in 50..100 {
+        node.send_text(group, &text(n)).await.unwrap();
+    }
+    // Carol, away, is added from the KeyPackage the bubble keeps: her last-resort one.
+    node.add_member(group, carol_id).await.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !node.members(group).await.unwrap().contains(&carol_id) {
+        assert!(tokio::time::Instant::now() < deadline, "Carol was never added while away");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(server.mailbox().unwrap().key_packages, stock + 1, "the last resort stays in the bubble");
+    node.send_text(group, "after carol").await.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while server.mailbox().unwrap().entries < 105 {
+        assert!(tokio::time::Instant::now() < deadline, "kept: {:?}", server.mailbox());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let kept = std::fs::read(dir.path().join("mailbox.sqlite")).unwrap();
+    assert!(!String::from_utf8_lossy(&kept).contains("sealed-canary"), "a message in clear in the mailbox");
+
+    // Bob returns from his store: all 100 in order, then the message of the epoch that added Carol.
+    let bob_2 = member("bob", &bob, 2);
+    for n in 0..100 {
+        assert_eq!(bob_2.wait_for("[Ann] "), format!("[Ann] {}", text(n)));
+    }
+    assert_eq!(bob_2.wait_for("[Ann] "), "[Ann] after carol");
+
+    // Carol returns: she joins from the Welcome that waited, reads, and answers.
+    let mut carol_2 = member("carol", &carol, 2);
+    carol_2.wait_for("group ops ready");
+    assert_eq!(carol_2.wait_for("[Ann] "), "[Ann] after carol", "Carol sees only what was said after she joined");
+    carol_2.say("carol here");
+    let from_carol = |e: &NodeEvent| matches!(e, NodeEvent::Core(Event::Message { from, text, .. }) if *from == carol_id && text == "carol here");
+    node.wait_for("Carol's answer", WAIT, from_carol).await.unwrap();
+    bob_2.wait_for("[Carol] carol here");
+    node.shutdown().await.unwrap();
+    server.shutdown().await.unwrap();
+}

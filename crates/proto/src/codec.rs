@@ -397,6 +397,49 @@ mod tests {
     }
 
     #[test]
+    fn key_package_frames_are_checked_like_the_others() {
+        let kp = Opaque::from_bytes(&[1; 100]).unwrap_or_else(|_| unreachable!());
+        let publish =
+            format!(r#"{{"type":"publish_key_package","key_package":"{}","last_resort":true}}"#, kp.as_wire());
+        assert!(matches!(
+            decode_client_frame(publish.as_bytes(), MAX_FRAME_BYTES),
+            Ok(ClientFrame::PublishKeyPackage { last_resort: true, .. })
+        ));
+        // Over the KeyPackage limit (though under the body limit): a field error, named.
+        let big = Opaque::from_bytes(&[1; crate::limits::MAX_KEY_PACKAGE_BYTES + 1]).unwrap_or_else(|_| unreachable!());
+        let publish =
+            format!(r#"{{"type":"publish_key_package","key_package":"{}","last_resort":false}}"#, big.as_wire());
+        match decode_client_frame(publish.as_bytes(), MAX_FRAME_BYTES) {
+            Err(CodecError::Malformed { reason, field_error: true }) => {
+                assert!(reason.contains("key_package"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+        // Missing, foreign and mistyped fields are refused.
+        for frame in [
+            format!(r#"{{"type":"publish_key_package","key_package":"{}"}}"#, kp.as_wire()),
+            format!(r#"{{"type":"publish_key_package","key_package":"{}","last_resort":false,"id":3}}"#, kp.as_wire()),
+            r#"{"type":"claim_key_package","id":1}"#.to_owned(),
+            r#"{"type":"claim_key_package","id":1,"member":"zz"}"#.to_owned(),
+            format!(r#"{{"type":"claim_key_package","id":1,"member":"{}","body":"{}"}}"#, member(1), kp.as_wire()),
+            format!(r#"{{"type":"send","id":1,"to":"{}","body":"{}","last_resort":true}}"#, member(1), kp.as_wire()),
+        ] {
+            assert!(decode_client_frame(frame.as_bytes(), MAX_FRAME_BYTES).is_err(), "{frame}");
+        }
+        let claim = format!(r#"{{"type":"claim_key_package","id":9,"member":"{}"}}"#, member(1));
+        assert_eq!(
+            decode_client_frame(claim.as_bytes(), MAX_FRAME_BYTES).ok(),
+            Some(ClientFrame::ClaimKeyPackage { id: 9, member: member(1) })
+        );
+        // The server's answers decode; a claim answered with nothing has no key_package field.
+        let none = ServerFrame::ClaimedKeyPackage { id: 9, member: member(1), key_package: None };
+        assert!(!encode_frame(&none).contains(r#""key_package""#));
+        assert_eq!(decode_server_frame(encode_frame(&none).as_bytes()).ok(), Some(none));
+        let stock = ServerFrame::KeyPackageStock { one_time: 2, last_resort: true };
+        assert_eq!(decode_server_frame(encode_frame(&stock).as_bytes()).ok(), Some(stock));
+    }
+
+    #[test]
     fn error_reasons_do_not_echo_content() {
         let frame = r#"{"type":"ping","id":1,"canary-field-xyz":"canary-value-xyz"}"#;
         let err = decode_client_frame(frame.as_bytes(), MAX_FRAME_BYTES).err().map(|e| e.to_string());
@@ -427,6 +470,9 @@ mod tests {
             ),
             any::<u64>().prop_map(|id| ClientFrame::Ping { id }),
             any::<u64>().prop_map(|upto| ClientFrame::Received { upto }),
+            (body.clone(), any::<bool>())
+                .prop_map(|(key_package, last_resort)| ClientFrame::PublishKeyPackage { key_package, last_resort }),
+            (any::<u64>(), any::<u8>()).prop_map(|(id, m)| ClientFrame::ClaimKeyPackage { id, member: member(m) }),
             (
                 any::<u64>(),
                 proptest::collection::vec(any::<u8>(), 16..=32),

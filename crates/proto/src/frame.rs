@@ -85,6 +85,25 @@ pub enum ClientFrame {
         /// The highest `seq` handled.
         upto: u64,
     },
+    /// Publishes one of this member's own MLS KeyPackages (public data, signed by its identity) so that others
+    /// can add it to a group while it is away; the Welcome then waits in its mailbox. A one-time KeyPackage is
+    /// handed out once; a last-resort one (RFC 9420's `last_resort` extension) replaces the previous one and is
+    /// handed out when no one-time KeyPackage is left. Not answered, unless refused (`mailbox_full`). Only
+    /// bubbles with a mailbox keep KeyPackages (they say so with `key_package_stock` after the directory).
+    PublishKeyPackage {
+        /// The TLS-serialized KeyPackage, at most [`crate::limits::MAX_KEY_PACKAGE_BYTES`].
+        key_package: Opaque,
+        /// Whether it is the member's last-resort KeyPackage.
+        last_resort: bool,
+    },
+    /// Asks for a KeyPackage of `member` (who must be in the asker's directory), to add it to a group while it
+    /// is away. Answered by `claimed_key_package` with the same id.
+    ClaimKeyPackage {
+        /// Client-chosen id echoed in `claimed_key_package` or `error`.
+        id: u64,
+        /// Whose KeyPackage.
+        member: MemberId,
+    },
 }
 
 /// The recipients of a `commit`: at most [`MAX_COMMIT_RECIPIENTS`] members, no duplicates, in the sender's
@@ -139,6 +158,8 @@ enum ClientKind {
     Ping,
     Commit,
     Received,
+    PublishKeyPackage,
+    ClaimKeyPackage,
 }
 
 /// `to` as sent: one member id (`send`) or a list of them (`commit`); which one a type allows is checked by
@@ -193,6 +214,9 @@ struct WireClientFrame {
     group: Option<GroupId>,
     epoch: Option<u64>,
     upto: Option<u64>,
+    key_package: Option<Opaque>,
+    last_resort: Option<bool>,
+    member: Option<MemberId>,
 }
 
 /// A field missing from, or not allowed in, a client frame of a given type. The wording matches serde's own
@@ -228,6 +252,9 @@ impl TryFrom<WireClientFrame> for ClientFrame {
         match w.kind {
             ClientKind::Auth => {
                 let k = "auth";
+                absent(&w.key_package, "key_package", k)?;
+                absent(&w.last_resort, "last_resort", k)?;
+                absent(&w.member, "member", k)?;
                 absent(&w.upto, "upto", k)?;
                 absent(&w.id, "id", k)?;
                 absent(&w.to, "to", k)?;
@@ -244,6 +271,9 @@ impl TryFrom<WireClientFrame> for ClientFrame {
             }
             ClientKind::Send => {
                 let k = "send";
+                absent(&w.key_package, "key_package", k)?;
+                absent(&w.last_resort, "last_resort", k)?;
+                absent(&w.member, "member", k)?;
                 absent(&w.upto, "upto", k)?;
                 absent(&w.public_key, "public_key", k)?;
                 absent(&w.nonce, "nonce", k)?;
@@ -264,6 +294,9 @@ impl TryFrom<WireClientFrame> for ClientFrame {
             }
             ClientKind::Ping => {
                 let k = "ping";
+                absent(&w.key_package, "key_package", k)?;
+                absent(&w.last_resort, "last_resort", k)?;
+                absent(&w.member, "member", k)?;
                 absent(&w.upto, "upto", k)?;
                 absent(&w.to, "to", k)?;
                 absent(&w.to_session, "to_session", k)?;
@@ -278,6 +311,9 @@ impl TryFrom<WireClientFrame> for ClientFrame {
             }
             ClientKind::Commit => {
                 let k = "commit";
+                absent(&w.key_package, "key_package", k)?;
+                absent(&w.last_resort, "last_resort", k)?;
+                absent(&w.member, "member", k)?;
                 absent(&w.upto, "upto", k)?;
                 absent(&w.to_session, "to_session", k)?;
                 absent(&w.from, "from", k)?;
@@ -301,6 +337,9 @@ impl TryFrom<WireClientFrame> for ClientFrame {
             }
             ClientKind::Received => {
                 let k = "received";
+                absent(&w.key_package, "key_package", k)?;
+                absent(&w.last_resort, "last_resort", k)?;
+                absent(&w.member, "member", k)?;
                 absent(&w.id, "id", k)?;
                 absent(&w.to, "to", k)?;
                 absent(&w.to_session, "to_session", k)?;
@@ -312,6 +351,51 @@ impl TryFrom<WireClientFrame> for ClientFrame {
                 absent(&w.group, "group", k)?;
                 absent(&w.epoch, "epoch", k)?;
                 Ok(ClientFrame::Received { upto: required(w.upto, "upto", k)? })
+            }
+            ClientKind::PublishKeyPackage => {
+                let k = "publish_key_package";
+                absent(&w.id, "id", k)?;
+                absent(&w.upto, "upto", k)?;
+                absent(&w.to, "to", k)?;
+                absent(&w.to_session, "to_session", k)?;
+                absent(&w.from, "from", k)?;
+                absent(&w.body, "body", k)?;
+                absent(&w.public_key, "public_key", k)?;
+                absent(&w.nonce, "nonce", k)?;
+                absent(&w.signature, "signature", k)?;
+                absent(&w.group, "group", k)?;
+                absent(&w.epoch, "epoch", k)?;
+                absent(&w.member, "member", k)?;
+                let key_package = required(w.key_package, "key_package", k)?;
+                if key_package.wire_len() > crate::opaque::encoded_len(crate::limits::MAX_KEY_PACKAGE_BYTES) {
+                    return Err(WireError(format!(
+                        "key_package exceeds {} bytes in {k}",
+                        crate::limits::MAX_KEY_PACKAGE_BYTES
+                    )));
+                }
+                Ok(ClientFrame::PublishKeyPackage {
+                    key_package,
+                    last_resort: required(w.last_resort, "last_resort", k)?,
+                })
+            }
+            ClientKind::ClaimKeyPackage => {
+                let k = "claim_key_package";
+                absent(&w.upto, "upto", k)?;
+                absent(&w.to, "to", k)?;
+                absent(&w.to_session, "to_session", k)?;
+                absent(&w.from, "from", k)?;
+                absent(&w.body, "body", k)?;
+                absent(&w.public_key, "public_key", k)?;
+                absent(&w.nonce, "nonce", k)?;
+                absent(&w.signature, "signature", k)?;
+                absent(&w.group, "group", k)?;
+                absent(&w.epoch, "epoch", k)?;
+                absent(&w.key_package, "key_package", k)?;
+                absent(&w.last_resort, "last_resort", k)?;
+                Ok(ClientFrame::ClaimKeyPackage {
+                    id: required(w.id, "id", k)?,
+                    member: required(w.member, "member", k)?,
+                })
             }
         }
     }
@@ -446,6 +530,27 @@ pub enum ServerFrame {
         /// Number of recipients with no session for whom it waits in the bubble's mailbox ("stored for later").
         #[serde(default, skip_serializing_if = "is_zero")]
         stored: u32,
+    },
+    /// How many of this member's KeyPackages the bubble keeps for others to add it while it is away: sent once
+    /// per session, after the directory, when the bubble keeps KeyPackages (it has a mailbox). The client tops
+    /// the stock up to [`crate::limits::KEY_PACKAGES_KEPT`] one-time KeyPackages and one last resort.
+    KeyPackageStock {
+        /// One-time KeyPackages kept.
+        one_time: u32,
+        /// Whether a last-resort KeyPackage is kept.
+        last_resort: bool,
+    },
+    /// Answer to `claim_key_package`: one of `member`'s KeyPackages (a one-time one, removed from the stock, or
+    /// else its last-resort one), or none when it published none. Check it like any KeyPackage: signed by the
+    /// member's key in the directory, in the bubble's ciphersuite.
+    ClaimedKeyPackage {
+        /// The `claim_key_package` id.
+        id: u64,
+        /// Whose KeyPackage.
+        member: MemberId,
+        /// The KeyPackage, absent when the bubble keeps none for `member`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key_package: Option<Opaque>,
     },
     /// Answer to `ping`.
     Pong {

@@ -23,6 +23,11 @@ pub const NONCE_BYTES: usize = 32;
 pub const MIN_GROUP_ID_BYTES: usize = 16;
 /// Longest MLS group id a `commit` may name, in bytes.
 pub const MAX_GROUP_ID_BYTES: usize = 32;
+/// Largest KeyPackage a member may publish, in bytes (an X-Wing KeyPackage is about 2.6 KB).
+pub const MAX_KEY_PACKAGE_BYTES: usize = 8 * 1024;
+/// One-time KeyPackages a bubble keeps per member (besides one last-resort KeyPackage); older ones are dropped
+/// when a member publishes more.
+pub const KEY_PACKAGES_KEPT: usize = 4;
 /// Most recipients one `commit` may name. A protocol constant rather than a field of [`Limits`]: clients
 /// decode `welcome.limits` strictly, so a new field there would break every client already deployed.
 pub const MAX_COMMIT_RECIPIENTS: usize = 256;

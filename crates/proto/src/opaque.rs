@@ -33,7 +33,7 @@ pub enum OpaqueError {
 pub struct Opaque(String);
 
 /// Base64url length of `n` bytes without padding.
-const fn encoded_len(n: usize) -> usize {
+pub(crate) const fn encoded_len(n: usize) -> usize {
     (n * 4).div_ceil(3)
 }
 

@@ -108,6 +108,10 @@ impl Net {
                             self.clients[i].commit_rejected(token);
                         }
                     }
+                    // Only a client told its stock (`Client::key_package_stock`) makes these; none is here.
+                    Output::PublishKeyPackage { .. } | Output::ClaimKeyPackage { .. } => {
+                        panic!("no bubble in this model keeps KeyPackages")
+                    }
                 }
             }
         }
