@@ -460,9 +460,12 @@ async fn members_away_read_everything_in_order_and_one_added_while_away_joins_fr
     }
 
     let loopback = vec![std::net::SocketAddr::from(([127, 0, 0, 1], 0))];
-    let node = Node::start(NodeConfig { bind: loopback, auto_connect: false, ..NodeConfig::new(&url) }, ann.clone())
-        .await
-        .unwrap();
+    let mut node = Node::start(
+        NodeConfig { bind: loopback, auto_connect: false, ..NodeConfig::new(&url) },
+        IdentityKey::from_seed(&[61; 32]),
+    )
+    .await
+    .unwrap();
     let group = node.create_group("ops", &[bob_id]).await.unwrap();
     bob_1.wait_for("group ops ready");
 
@@ -483,7 +486,7 @@ async fn members_away_read_everything_in_order_and_one_added_while_away_joins_fr
         }
     }
     drop(raw);
-    assert_eq!(server.mailbox().unwrap().key_packages, stock + 1, "Bob's stock and Carol's last resort");
+    assert_eq!(server.mailbox().unwrap().key_packages, 2 * stock + 1, "Ann's and Bob's stocks and Carol's last resort");
 
     // Bob's and Carol's machines go down hard.
     drop(bob_1);
@@ -513,7 +516,7 @@ async fn members_away_read_everything_in_order_and_one_added_while_away_joins_fr
         assert!(tokio::time::Instant::now() < deadline, "Carol was never added while away");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(server.mailbox().unwrap().key_packages, stock + 1, "the last resort stays in the bubble");
+    assert_eq!(server.mailbox().unwrap().key_packages, 2 * stock + 1, "the last resort stays in the bubble");
     node.send_text(group, "after carol").await.unwrap();
     let deadline = tokio::time::Instant::now() + WAIT;
     while server.mailbox().unwrap().entries < 105 {
