@@ -40,7 +40,7 @@ fn test_vectors_match_the_implementation() {
 #[test]
 fn every_example_frame_decodes_and_reencodes_as_written() {
     let doc = doc();
-    let client_types = ["auth", "send", "commit", "ping", "received"];
+    let client_types = ["auth", "send", "commit", "ping", "received", "publish_key_package", "claim_key_package"];
     let mut seen = Vec::new();
     for line in doc.lines().filter(|l| l.starts_with(r#"{"type":""#)) {
         let kind = line.split('"').nth(3).unwrap();
