@@ -6,7 +6,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Browser } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { type Member, type Up, enroll, launch, newMember, open, send, shot, startUp, texts, unlock } from './harness';
+import { type Member, type Up, createGroup, enroll, invite, launch, newMember, open, send, shot, startUp, texts, unlock } from './harness';
 
 let up: Up;
 let browser: Browser;
@@ -108,5 +108,59 @@ describe('messages for a member who is away', () => {
     await bob.page.getByRole('navigation').waitFor({ timeout: 60_000 });
     await open(bob.page, /Alice \(field team\)/);
     await expect.poll(() => texts(bob.page), { timeout: 30_000 }).toEqual(['Are you on shift tonight?', ...sent]);
+  });
+});
+
+/** What `/metrics` says about the KeyPackages the bubble keeps. */
+async function keyPackages(): Promise<number> {
+  const text = await (await fetch(`${up.web}/metrics`)).text();
+  const line = text.split('\n').find((l) => l.startsWith('peerbubble_signal_mailbox_key_packages '));
+  return Number(line?.split(' ')[1] ?? 'NaN');
+}
+
+describe('a member who is away is added from the KeyPackages it left in the bubble', () => {
+  test('a group and a 1:1 set up while Dana is away; she joins both when she comes back', async () => {
+    const alice = await newMember(browser);
+    const dana = await newMember(browser);
+    const base = await keyPackages();
+    await enroll(alice, await invite(up, 'Alice (night shift)', ['field-team']));
+    await enroll(dana, await invite(up, 'Dana (night shift)', ['field-team']));
+    // Each device published its KeyPackages (four one-time, one last-resort; their private keys saved first).
+    await expect.poll(() => keyPackages(), { timeout: 30_000 }).toBe(base + 2 * 5);
+
+    // Dana closes her tab. Alice makes a group with her and writes at once: no waiting for Dana to come online.
+    await dana.page.close();
+    await open(alice.page, /Dana \(night shift\)/);
+    const away = alice.page.locator('p.away');
+    await expect.poll(() => away.innerText(), { timeout: 30_000 }).toContain('Dana (night shift) is away');
+    await send(alice.page, 'Call me when you are back');
+    const mine = alice.page.locator('li.message.mine');
+    await expect.poll(() => mine.last().innerText(), { timeout: 30_000 }).toContain('waiting in the bubble');
+    await createGroup(alice.page, 'Night shift', [/Dana \(night shift\)/]);
+    // Dana is in the group at once (added from a KeyPackage she left in the bubble).
+    await alice.page.getByRole('button', { name: 'Members' }).click();
+    const members = alice.page.getByRole('dialog', { name: 'Members' });
+    await expect.poll(() => members.locator('ul').first().innerText(), { timeout: 30_000 }).toContain('Dana (night shift)');
+    await members.getByRole('button', { name: 'Close' }).click();
+    await send(alice.page, 'Muster at the north gate at six');
+    await expect.poll(() => mine.last().innerText(), { timeout: 30_000 }).toContain('waiting in the bubble');
+    // Two of Dana's one-time KeyPackages were taken (the 1:1 and the group).
+    expect(await keyPackages()).toBe(base + 2 * 5 - 2);
+    await shot(alice.page, 'away-group-created-desktop-en');
+
+    // Dana comes back: unlock (her KeyPackages' private keys were in her store), and both conversations are there.
+    dana.page = await dana.context.newPage();
+    await dana.page.goto(up.web);
+    await unlock(dana);
+    await dana.page.getByRole('navigation').waitFor({ timeout: 60_000 });
+    await open(dana.page, /Night shift/);
+    await expect.poll(() => texts(dana.page), { timeout: 30_000 }).toEqual(['Muster at the north gate at six']);
+    await shot(dana.page, 'away-group-joined-desktop-en');
+    await send(dana.page, 'On my way');
+    await expect.poll(() => texts(alice.page), { timeout: 30_000 }).toEqual(['Muster at the north gate at six', 'On my way']);
+    await open(dana.page, /Alice \(night shift\)/);
+    await expect.poll(() => texts(dana.page), { timeout: 30_000 }).toEqual(['Call me when you are back']);
+    // Back online, Dana tops her stock up again.
+    await expect.poll(() => keyPackages(), { timeout: 30_000 }).toBe(base + 2 * 5);
   });
 });

@@ -31,6 +31,15 @@ export class WorkerClient {
 
   constructor() {
     this.worker = new Worker(new URL('./worker/worker.ts', import.meta.url), { type: 'module', name: 'peerbubble' });
+    this.links.handOver = (member, channel) => {
+      // Synchronous, in the task that made the channel (a transfer requires it); unanswered.
+      try {
+        this.worker.postMessage({ id: this.nextId++, command: { kind: 'adoptChannel', member, channel } satisfies Command }, [channel]);
+        return true;
+      } catch {
+        return false;
+      }
+    };
     this.worker.onmessage = (e: MessageEvent) => this.receive(e.data);
     this.worker.onerror = () => {
       this.phase = { phase: 'unsupported', reason: 'worker' };
@@ -64,6 +73,9 @@ export class WorkerClient {
         break;
       case 'channelSend':
         this.links.deliver(update.to, update.bytes);
+        return;
+      case 'channelEvent':
+        this.links.channelEvent(update.member, update.event);
         return;
       case 'view':
         this.view = update.view;

@@ -46,6 +46,10 @@ export type Command =
   | { kind: 'rtcHangup'; member: MemberId }
   | { kind: 'channel'; member: MemberId; open: boolean }
   | { kind: 'channelData'; member: MemberId; bytes: Uint8Array }
+  /** The DataChannel with `member`, transferred: the worker carries its bytes from now on. */
+  | { kind: 'adoptChannel'; member: MemberId; channel: RTCDataChannel }
+  /** The connection with `member` ended before its channel opened: the worker closes the channel it holds. */
+  | { kind: 'dropChannel'; member: MemberId }
   // Files: the page hands the worker the File the member picked (structured clone, read in slices there).
   | { kind: 'sendFile'; member: MemberId; file: File }
   /** A file to every other member of a group: one transfer each, over each pair's connection. */
@@ -186,8 +190,10 @@ export type Update =
   | { kind: 'phase'; phase: Phase }
   | { kind: 'view'; view: View }
   | { kind: 'notice'; notice: { type: string; [key: string]: unknown } }
-  /** An envelope (MLS ciphertext) for the DataChannel with `to`. */
-  | { kind: 'channelSend'; to: MemberId; bytes: Uint8Array };
+  /** An envelope (MLS ciphertext) for the DataChannel with `to`, when the page carries it. */
+  | { kind: 'channelSend'; to: MemberId; bytes: Uint8Array }
+  /** The DataChannel the worker holds opened, closed, or refused a send (its buffer full). */
+  | { kind: 'channelEvent'; member: MemberId; event: 'open' | 'closed' | 'failed' };
 
 /** What the worker asks of the page's WebRTC side (notices of these types, checked by {@link parseRtcNotice}). */
 export type RtcNotice =
@@ -256,6 +262,10 @@ export function parseRequest(data: unknown): Request | null {
         return isId(c.member) && typeof c.open === 'boolean';
       case 'channelData':
         return isId(c.member) && isBytes(c.bytes, MAX_CHANNEL_BYTES);
+      case 'adoptChannel':
+        return isId(c.member) && typeof RTCDataChannel !== 'undefined' && c.channel instanceof RTCDataChannel;
+      case 'dropChannel':
+        return isId(c.member);
       case 'enroll':
         return (
           isText(c.link, 4096) &&
@@ -427,6 +437,10 @@ export function parseUpdate(data: unknown): Update | null {
       return isObject(data.notice) && typeof data.notice.type === 'string' ? (data as unknown as Update) : null;
     case 'channelSend':
       return isId(data.to) && isBytes(data.bytes, MAX_CHANNEL_BYTES) ? (data as unknown as Update) : null;
+    case 'channelEvent':
+      return isId(data.member) && (data.event === 'open' || data.event === 'closed' || data.event === 'failed')
+        ? (data as unknown as Update)
+        : null;
     default:
       return null;
   }

@@ -1,5 +1,7 @@
 // The page's side of WebRTC. RTCPeerConnection exists only in windows, so the page makes the connections the
-// worker asks for and carries their DataChannel bytes, which are MLS ciphertext the worker made or will open.
+// worker asks for. Each DataChannel is handed to the worker as soon as it exists (transferred, where the browser
+// can: Chromium and WebKit), so its bytes — MLS ciphertext the worker made or will open — never pass through the
+// page; where it cannot, the page carries them.
 // What a connection is bound to is decided in the worker: the SDP travels inside MLS, and the certificate the
 // DTLS handshake presented is checked there against the one the contact announced before the channel is used.
 import type { Command, MemberId, RtcNotice } from './protocol';
@@ -20,7 +22,10 @@ const RELAY_ONLY_KEY = 'peerbubble.relayOnly';
 
 interface Link {
   pc: RTCPeerConnection;
+  /** The DataChannel, while the page carries its bytes. */
   channel?: RTCDataChannel;
+  /** The DataChannel was handed to the worker: it carries the bytes, the page hears of it opening and closing. */
+  inWorker?: boolean;
   state: LinkState;
   /** This side offered (the worker asked it to): it is the one that tries again after a failure. */
   offered: boolean;
@@ -50,6 +55,10 @@ export class PeerLinks {
   onMediaAnswered: (peer: MemberId) => void = () => undefined;
   /** Told when the connection with a contact ends (a call on it ends too). */
   onClosed: (peer: MemberId) => void = () => undefined;
+  /** Hands a DataChannel to the worker (transferred); false where the browser cannot transfer one. */
+  handOver: (peer: MemberId, channel: RTCDataChannel) => boolean = () => false;
+  /** Whether DataChannels go to the worker (until a transfer fails once). */
+  private transfers = true;
 
   constructor(
     private readonly send: (command: Command) => Promise<unknown>,
@@ -302,7 +311,7 @@ export class PeerLinks {
       this.changed();
     };
     pc.ondatachannel = (e) => {
-      if (e.channel.label === CHANNEL_LABEL && !link.channel) this.adopt(peer, link, e.channel);
+      if (e.channel.label === CHANNEL_LABEL && !link.channel && !link.inWorker) this.adopt(peer, link, e.channel);
       else e.channel.close();
     };
     this.changed();
@@ -350,7 +359,23 @@ export class PeerLinks {
     }
   }
 
+  /** What the worker says of a DataChannel it holds. */
+  channelEvent(peer: MemberId, event: 'open' | 'closed' | 'failed'): void {
+    const link = this.links.get(peer);
+    if (!link?.inWorker) return;
+    if (event === 'open') void this.opened(peer, link);
+    else if (event === 'closed') this.fail(peer, link);
+    // A send the channel's buffer refused: the connection is ended (the worker relays what it had not confirmed).
+    else this.close(peer, true);
+  }
+
+  /** Takes a new DataChannel: to the worker (in the task that made it, as a transfer requires), else here. */
   private adopt(peer: MemberId, link: Link, channel: RTCDataChannel): void {
+    if (this.transfers && this.handOver(peer, channel)) {
+      link.inWorker = true;
+      return;
+    }
+    this.transfers = false;
     link.channel = channel;
     channel.binaryType = 'arraybuffer';
     channel.onopen = () => void this.opened(peer, link);
@@ -418,6 +443,7 @@ export class PeerLinks {
     const held = link.held === true;
     if (held) this.preparing.delete(peer);
     link.channel?.close();
+    if (link.inWorker) void this.send({ kind: 'dropChannel', member: peer }).catch(() => undefined);
     link.pc.close();
     const wasOpen = link.state !== 'connecting';
     for (const track of link.remote.getTracks()) track.stop();

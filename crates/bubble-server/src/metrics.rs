@@ -47,6 +47,7 @@ struct Inner {
     mailbox_lost: Counter,
     mailbox_entries: Gauge,
     mailbox_bytes: Gauge,
+    mailbox_key_packages: Gauge,
     replicas: Gauge,
     forwarded: Counter,
     turn: OnceLock<Arc<TurnRelay>>,
@@ -96,6 +97,12 @@ impl Metrics {
         registry.register("mailbox_lost", "Kept envelopes dropped past their time to live", mailbox_lost.clone());
         registry.register("mailbox_entries", "Entries waiting in the mailbox", mailbox_entries.clone());
         registry.register("mailbox_bytes", "Bytes waiting in the mailbox", mailbox_bytes.clone());
+        let mailbox_key_packages = Gauge::default();
+        registry.register(
+            "mailbox_key_packages",
+            "KeyPackages kept for adding absent members (one-time and last-resort)",
+            mailbox_key_packages.clone(),
+        );
         let (replicas, forwarded) = (Gauge::default(), Counter::default());
         registry.register("replicas", "Replicas of the bubble this one hears from, itself included", replicas.clone());
         registry.register("forwarded", "Envelopes forwarded to other replicas (NATS messages)", forwarded.clone());
@@ -121,6 +128,7 @@ impl Metrics {
                 mailbox_lost,
                 mailbox_entries,
                 mailbox_bytes,
+                mailbox_key_packages,
                 replicas,
                 forwarded,
                 turn: OnceLock::new(),
@@ -170,6 +178,7 @@ impl Metrics {
     pub(crate) fn mailbox_counts(&self, counts: crate::mailbox::MailboxCounts) {
         self.inner.mailbox_entries.set(counts.entries as i64);
         self.inner.mailbox_bytes.set(counts.bytes as i64);
+        self.inner.mailbox_key_packages.set(counts.key_packages as i64);
     }
     pub(crate) fn connections(&self) -> &Gauge {
         &self.inner.connections

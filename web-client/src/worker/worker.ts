@@ -40,6 +40,12 @@ const sealed = new SealedFiles();
 const sources = new Map<string, FileSource>();
 /** How each transfer's file is cut (asked of the core once). */
 const layouts = new Map<string, Layout>();
+/**
+ * DataChannels the page handed over (transferred), by contact: their bytes go between the channel and the core
+ * here, never through the page. Until the page says the DTLS certificate is the contact's (`channel` open), what
+ * arrives is held and nothing is sent.
+ */
+const channels = new Map<string, { dc: RTCDataChannel; verified: boolean; early: Uint8Array[] }>();
 /** How long a reloaded page waits for the lock of the page it replaced. */
 const LOCK_WAIT_MS = 5_000;
 /** A view at most this often while bytes are moving (each is the whole screen's state). */
@@ -109,6 +115,17 @@ async function flush(): Promise<void> {
     if (socket?.readyState === WebSocket.OPEN) socket.send(frame);
   }
   for (const { to, bytes } of outs) {
+    const held = channels.get(to);
+    if (held) {
+      if (!held.verified || held.dc.readyState !== 'open') continue;
+      try {
+        held.dc.send(bytes as Uint8Array<ArrayBuffer>);
+      } catch {
+        // Buffer full or closing: the page ends the connection, and what the contact did not confirm is relayed.
+        post({ kind: 'channelEvent', member: to, event: 'failed' });
+      }
+      continue;
+    }
     self.postMessage({ kind: 'channelSend', to, bytes } satisfies Update, [bytes.buffer]);
   }
   const sendable: string[] = [];
@@ -341,7 +358,38 @@ function openSocket(): void {
   };
 }
 
+/** Takes the DataChannel the page handed over; the page hears when it opens or closes. */
+function adoptChannel(peer: string, dc: RTCDataChannel): void {
+  dropChannel(peer);
+  const held = { dc, verified: false, early: [] as Uint8Array[] };
+  channels.set(peer, held);
+  dc.binaryType = 'arraybuffer';
+  dc.onopen = () => post({ kind: 'channelEvent', member: peer, event: 'open' });
+  dc.onmessage = (e: MessageEvent) => {
+    if (!(e.data instanceof ArrayBuffer) || e.data.byteLength === 0) return;
+    const bytes = new Uint8Array(e.data);
+    if (!held.verified) {
+      if (held.early.length < 64) held.early.push(bytes);
+      return;
+    }
+    void step((m) => m.handleChannel(peer, bytes, Date.now()));
+  };
+  dc.onclose = () => {
+    if (channels.get(peer) !== held) return;
+    channels.delete(peer);
+    post({ kind: 'channelEvent', member: peer, event: 'closed' });
+  };
+  if (dc.readyState === 'open') post({ kind: 'channelEvent', member: peer, event: 'open' });
+}
+
+function dropChannel(peer: string): void {
+  const held = channels.get(peer);
+  channels.delete(peer);
+  held?.dc.close();
+}
+
 function closeMember(): void {
+  for (const peer of [...channels.keys()]) dropChannel(peer);
   sealed.closeAll();
   sources.clear();
   layouts.clear();
@@ -487,6 +535,13 @@ async function run(command: Command): Promise<unknown> {
 // A command's errors are answered to it; step() reports errors of network events as notices instead.
 async function answer(id: number, command: Command): Promise<void> {
   try {
+    // In the task the channel arrived in: its events are not missed.
+    if (command.kind === 'adoptChannel' || command.kind === 'dropChannel') {
+      if (command.kind === 'adoptChannel') adoptChannel(command.member, command.channel);
+      else dropChannel(command.member);
+      post({ kind: 'reply', id, ok: true, value: null });
+      return;
+    }
     // Reading a file to hash it takes a while: not inside a step, so messages keep flowing meanwhile.
     if (member && command.kind === 'sendFile') {
       post({ kind: 'reply', id, ok: true, value: await sendFile(command.member, command.file) });
@@ -623,9 +678,18 @@ async function runDirect(command: Command): Promise<unknown> {
     case 'rtcHangup':
       m.hangup(command.member, now);
       break;
-    case 'channel':
+    case 'channel': {
       m.channel(command.member, command.open, now);
+      const held = channels.get(command.member);
+      if (held && command.open) {
+        // The certificate is the contact's: what arrived meanwhile is read now, in order, and sending starts.
+        held.verified = true;
+        for (const bytes of held.early.splice(0)) m.handleChannel(command.member, bytes, now);
+      } else if (!command.open) {
+        dropChannel(command.member);
+      }
       break;
+    }
     case 'channelData':
       m.handleChannel(command.member, command.bytes, now);
       break;
