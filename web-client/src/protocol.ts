@@ -197,7 +197,7 @@ export type Update =
 
 /** What the worker asks of the page's WebRTC side (notices of these types, checked by {@link parseRtcNotice}). */
 export type RtcNotice =
-  | { type: 'rtcWanted'; peer: MemberId }
+  | { type: 'rtcWanted'; peer: MemberId; afterMs?: number }
   | { type: 'rtcOffer'; peer: MemberId; sdp: string }
   | { type: 'rtcAnswer'; peer: MemberId; sdp: string }
   | { type: 'rtcHangup'; peer: MemberId };
@@ -491,6 +491,10 @@ export function parseCallNotice(notice: { type: string; [key: string]: unknown }
 export function parseRtcNotice(notice: { type: string; [key: string]: unknown }): RtcNotice | null {
   switch (notice.type) {
     case 'rtcWanted':
+      return isId(notice.peer) &&
+        (notice.afterMs === undefined || (typeof notice.afterMs === 'number' && notice.afterMs >= 0 && notice.afterMs <= 60_000))
+        ? (notice as unknown as RtcNotice)
+        : null;
     case 'rtcHangup':
       return isId(notice.peer) ? (notice as unknown as RtcNotice) : null;
     case 'rtcOffer':

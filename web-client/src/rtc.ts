@@ -107,7 +107,7 @@ export class PeerLinks {
 
   /**
    * Gathers ICE for an offer to `peer` before the worker asks for it: the member opened a contact with whom
-   * there is no conversation yet, and this side will offer once there is one (the lower member id offers). The
+   * there is no conversation yet, and this side, which opens it, offers once there is one. The
    * MLS conversation and the gathering (TURN allocations included) then take the time of the longer of the two,
    * not of both. Nothing leaves the page before the worker asks (`rtcWanted`); the offer then goes inside MLS as
    * any other. Not asked for within CONNECT_TIMEOUT_MS, it is dropped without a word to anyone.
@@ -156,6 +156,14 @@ export class PeerLinks {
   handle(notice: RtcNotice): void {
     switch (notice.type) {
       case 'rtcWanted': {
+        if (notice.afterMs !== undefined) {
+          // The contact should offer: only if nothing came from it (or from us) meanwhile.
+          const peer = notice.peer;
+          setTimeout(() => {
+            if (!this.links.has(peer) && !this.preparing.has(peer)) this.handle({ type: 'rtcWanted', peer });
+          }, notice.afterMs);
+          return;
+        }
         const prepared = this.preparing.get(notice.peer);
         if (prepared) {
           void this.offerPrepared(notice.peer, prepared);

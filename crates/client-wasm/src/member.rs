@@ -32,6 +32,9 @@ const RECORD_PROFILE: &str = "member/profile";
 /// browser takes to keep 16 chunks (written and flushed to OPFS) and acknowledge them, well below the 16 MiB a
 /// Chromium DataChannel buffers.
 const FILE_WINDOW: u32 = 256;
+/// A 1:1 conversation the contact opened: the contact offers the connection; if no offer has come by then (an
+/// older client, whose rule is that the lower id offers), the lower id offers.
+const JOINER_OFFERS_AFTER_MS: u64 = 3_000;
 /// Contacts whose safety number the member compared: member id → the public key it was compared for.
 const RECORD_VERIFIED: &str = "member/verified";
 
@@ -274,6 +277,9 @@ pub struct Member {
     stored_out: std::collections::VecDeque<SealedChunk>,
     /// Contacts for whom something we sent waits in the bubble's mailbox (until they come online).
     waiting: std::collections::BTreeSet<MemberId>,
+    /// Contacts this member opened a 1:1 conversation with (`startDirect`) that is not ready yet: this side
+    /// offers the connection once it is, whatever the ids (the page gathered the offer meanwhile).
+    opened: std::collections::BTreeSet<MemberId>,
     /// Envelopes sent to us that the bubble lost while we were away (this page's life).
     missed: u64,
 }
@@ -414,6 +420,7 @@ impl Member {
             channel_out: std::collections::VecDeque::new(),
             stored_out: std::collections::VecDeque::new(),
             waiting: std::collections::BTreeSet::new(),
+            opened: std::collections::BTreeSet::new(),
             missed: 0,
         };
         // The session's first event (connect) becomes the first notice. Nothing changed yet, so nothing is saved.
@@ -477,7 +484,14 @@ impl Member {
                     kind: ConversationKind::Direct, ref members, ..
                 }) => {
                     if let [peer] = members.as_slice() {
-                        self.want_channel(*peer);
+                        if self.opened.remove(peer) {
+                            // We opened it: we offer now (gathered while the conversation was set up).
+                            self.offer_channel(*peer, None);
+                        } else {
+                            // The contact opened it and offers; should it not (an older client leaves it to the
+                            // lower id), the lower id offers after a pause.
+                            self.want_channel_after(*peer, Some(JOINER_OFFERS_AFTER_MS));
+                        }
                     }
                     self.notices.push(notice_json(event));
                 }
@@ -511,9 +525,25 @@ impl Member {
     /// the native peer does), the contact is online and we share a 1:1 conversation. The page ignores the ask
     /// while a connection with `peer` is being set up or open.
     fn want_channel(&mut self, peer: MemberId) {
+        self.want_channel_after(peer, None);
+    }
+
+    /// [`Member::want_channel`], the page waiting `after_ms` first (and offering only if no connection with
+    /// `peer` exists or is being set up by then).
+    fn want_channel_after(&mut self, peer: MemberId, after_ms: Option<u64>) {
+        if self.profile.member < peer {
+            self.offer_channel(peer, after_ms);
+        }
+    }
+
+    /// Asks the page to offer a DataChannel to `peer` (online, with a 1:1 conversation), now or after `after_ms`.
+    fn offer_channel(&mut self, peer: MemberId, after_ms: Option<u64>) {
         let online = self.session.signaling().directory().get(&peer).is_some_and(|e| e.online);
-        if self.profile.member < peer && online && self.session.client().direct_conversation(peer).is_some() {
-            self.notices.push(json!({"type": "rtcWanted", "peer": peer.to_string()}));
+        if online && self.session.client().direct_conversation(peer).is_some() {
+            self.notices.push(match after_ms {
+                Some(after) => json!({"type": "rtcWanted", "peer": peer.to_string(), "afterMs": after}),
+                None => json!({"type": "rtcWanted", "peer": peer.to_string()}),
+            });
         }
     }
 
@@ -751,6 +781,7 @@ impl Member {
         if self.session.client().direct_conversation(peer).is_some() {
             return Ok(());
         }
+        self.opened.insert(peer);
         self.act(now_ms, |c| c.start_direct(peer))
     }
 

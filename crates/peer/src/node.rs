@@ -35,7 +35,8 @@ pub struct NodeConfig {
     pub url: String,
     /// Only relayed (TURN) candidates: the contact never learns this host's addresses.
     pub relay_only: bool,
-    /// Open a DataChannel as soon as a 1:1 conversation is ready (the member with the lower id calls).
+    /// Open a DataChannel as soon as a 1:1 conversation is ready (the member that opened it calls; the other, if
+    /// it has the lower id, calls after a pause should no call come).
     pub auto_connect: bool,
     /// Accept offered files into this directory.
     pub download_dir: Option<PathBuf>,
@@ -198,6 +199,8 @@ impl Node {
             start_error: None,
             saver,
             rtcs: HashMap::new(),
+            opened: std::collections::HashSet::new(),
+            fallbacks: Vec::new(),
             generation: 0,
             rtc_tx,
             outgoing_files: HashMap::new(),
@@ -358,6 +361,8 @@ type Connecting = Pin<Box<dyn Future<Output = Result<Ws, SignalError>> + Send>>;
 
 /// How long [`Node::start`] waits for the first session.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// A 1:1 conversation a contact opened: how long its offer may take before this side (the lower id) offers.
+const JOINER_OFFERS_AFTER_MS: u64 = 3_000;
 
 struct State {
     config: NodeConfig,
@@ -374,6 +379,12 @@ struct State {
     start_error: Option<SignalError>,
     saver: Option<Saver>,
     rtcs: HashMap<MemberId, Connection>,
+    /// Contacts this node opened a 1:1 conversation with that is not ready yet: it offers the connection once
+    /// it is, whatever the ids.
+    opened: std::collections::HashSet<MemberId>,
+    /// A 1:1 conversation a contact opened: the contact offers; if no connection exists by the time (wall ms),
+    /// this node offers (it has the lower id; an older contact leaves it to the lower id).
+    fallbacks: Vec<(u64, MemberId)>,
     generation: u64,
     rtc_tx: mpsc::Sender<(MemberId, u64, RtcEvent)>,
     outgoing_files: HashMap<TransferId, std::fs::File>,
@@ -450,15 +461,33 @@ impl State {
                     Some(command) => self.on_command(command).await,
                     None => return,
                 },
-                _ = tokio::time::sleep(wake) => self.session.handle_timeout(wall_ms()),
+                _ = tokio::time::sleep(wake) => {
+                    self.session.handle_timeout(wall_ms());
+                    self.offer_fallbacks().await;
+                }
             }
         }
     }
 
-    /// Until the session's next timer.
+    /// Until the session's next timer (or a fallback offer).
     fn wake(&self) -> Duration {
         let at = self.session.poll_timeout().unwrap_or_else(|| wall_ms() + 60_000);
+        let at = self.fallbacks.iter().map(|(due, _)| *due).fold(at, u64::min);
         Duration::from_millis(at.saturating_sub(wall_ms()))
+    }
+
+    /// Offers to the contacts whose own offer did not come in time.
+    async fn offer_fallbacks(&mut self) {
+        let now = wall_ms();
+        let (due, later): (Vec<_>, Vec<_>) = self.fallbacks.drain(..).partition(|(at, _)| *at <= now);
+        self.fallbacks = later;
+        for (_, peer) in due {
+            if !self.rtcs.contains_key(&peer)
+                && let Err(e) = self.call(peer).await
+            {
+                self.emit(NodeEvent::Error(format!("call set-up failed: {e}")));
+            }
+        }
     }
 
     fn emit(&self, event: NodeEvent) {
@@ -695,6 +724,9 @@ impl State {
         let now = wall_ms();
         match command {
             Command::StartDirect(peer, r) => {
+                if self.session.client().direct_conversation(peer).is_none() {
+                    self.opened.insert(peer);
+                }
                 let _ = r.send(self.session.act(now, |c| c.start_direct(peer)).map_err(Into::into));
             }
             Command::CreateGroup(name, members, r) => {
@@ -763,10 +795,16 @@ impl State {
             Event::ConversationReady { kind: ConversationKind::Direct, members, .. } => {
                 if let [peer] = members.as_slice()
                     && self.config.auto_connect
-                    && self.session.member() < *peer
-                    && let Err(e) = self.call(*peer).await
                 {
-                    self.emit(NodeEvent::Error(format!("call set-up failed: {e}")));
+                    // The side that opened the conversation offers; the other, if it has the lower id, offers
+                    // after a pause should no offer come (a contact with the older rule: the lower id offers).
+                    if self.opened.remove(peer) {
+                        if let Err(e) = self.call(*peer).await {
+                            self.emit(NodeEvent::Error(format!("call set-up failed: {e}")));
+                        }
+                    } else if self.session.member() < *peer {
+                        self.fallbacks.push((wall_ms() + JOINER_OFFERS_AFTER_MS, *peer));
+                    }
                 }
             }
             Event::Call { from, signal: CallSignal::Offer { sdp, fingerprint, .. }, .. } => {

@@ -62,9 +62,9 @@ export function Home({ client, view, notices }: { client: WorkerClient; view: Vi
   const openContact = (member: string) => {
     setSelection({ kind: 'contact', member });
     if (!direct(member)) {
-      // This side offers once the conversation exists (the lower member id): the connection gathers meanwhile.
+      // This side, which opens the conversation, offers once it exists: the connection gathers meanwhile.
       const online = view.directory.find((e) => e.member === member)?.online ?? false;
-      if (online && view.me.member < member) client.links.prepare(member);
+      if (online) client.links.prepare(member);
       void run(() => client.send({ kind: 'startDirect', member }));
     }
   };
