@@ -143,10 +143,21 @@ describe('a member who is away is added from the KeyPackages it left in the bubb
     await expect.poll(() => members.locator('ul').first().innerText(), { timeout: 30_000 }).toContain('Dana (night shift)');
     await members.getByRole('button', { name: 'Close' }).click();
     await send(alice.page, 'Muster at the north gate at six');
-    await expect.poll(() => mine.last().innerText(), { timeout: 30_000 }).toContain('waiting in the bubble');
+    // Sent to the group (what waits for whom is said per contact, in the 1:1 conversations).
+    await expect.poll(() => mine.last().innerText(), { timeout: 30_000 }).toContain('sent');
     // Two of Dana's one-time KeyPackages were taken (the 1:1 and the group).
     expect(await keyPackages()).toBe(base + 2 * 5 - 2);
+    // The group says who is away and that what is sent waits for them.
+    await expect.poll(() => away.innerText(), { timeout: 30_000 }).toContain('Dana (night shift) is away. What you send waits');
     await shot(alice.page, 'away-group-created-desktop-en');
+    await alice.page.setViewportSize({ width: 390, height: 844 });
+    await shot(alice.page, 'away-group-created-phone-en');
+    await alice.page.getByRole('combobox', { name: 'Language' }).selectOption('fr');
+    await expect.poll(() => away.innerText()).toContain('Dana (night shift) est absent·e');
+    await shot(alice.page, 'away-group-created-phone-fr');
+    await alice.page.setViewportSize({ width: 1280, height: 800 });
+    await shot(alice.page, 'away-group-created-desktop-fr');
+    await alice.page.getByRole('combobox', { name: 'Langue' }).selectOption('en');
 
     // Dana comes back: unlock (her KeyPackages' private keys were in her store), and both conversations are there.
     dana.page = await dana.context.newPage();
@@ -158,6 +169,7 @@ describe('a member who is away is added from the KeyPackages it left in the bubb
     await shot(dana.page, 'away-group-joined-desktop-en');
     await send(dana.page, 'On my way');
     await expect.poll(() => texts(alice.page), { timeout: 30_000 }).toEqual(['Muster at the north gate at six', 'On my way']);
+    await expect.poll(() => away.count(), { timeout: 30_000 }).toBe(0);
     await open(dana.page, /Alice \(night shift\)/);
     await expect.poll(() => texts(dana.page), { timeout: 30_000 }).toEqual(['Call me when you are back']);
     // Back online, Dana tops her stock up again.

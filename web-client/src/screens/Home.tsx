@@ -454,6 +454,7 @@ function ConversationPane(props: {
             : t('chat.awayNotKept', { name: props.title })}
         </p>
       )}
+      {ready && isGroup && c && <GroupAway view={view} members={c.members} nameOf={props.nameOf} />}
       <ol className="messages" ref={list} aria-live="polite">
         {ready && timeline.length === 0 && <li className="muted empty">{t('chat.empty')}</li>}
         {timeline.map(({ message: m, file: f }) =>
@@ -685,6 +686,21 @@ function NewGroup({ view, onCancel, onCreate }: { view: View; onCancel: () => vo
         </div>
       </form>
     </div>
+  );
+}
+
+/** Which members of a group are away, and whether what is sent waits for them in the bubble. */
+function GroupAway({ view, members, nameOf }: { view: View; members: string[]; nameOf: (id: string) => string }) {
+  const { t } = useTranslation();
+  const away = members.filter((m) => !(view.directory.find((e) => e.member === m)?.online ?? false));
+  if (away.length === 0) return null;
+  const names = away.map(nameOf).join(', ');
+  return (
+    <p className="away" role="status">
+      {view.mailboxTtlMs
+        ? t('chat.groupAway', { count: away.length, names, duration: duration(Math.round(view.mailboxTtlMs / 1000), t) })
+        : t('chat.groupAwayNotKept', { count: away.length, names })}
+    </p>
   );
 }
 
