@@ -70,6 +70,10 @@ test('a browser member and peerbubble chat --echo talk over a DataChannel', asyn
   await send(alice.page, 'radio check two');
   await expect.poll(() => texts(alice.page), { timeout: 30_000 }).toContain('echo: radio check two');
   expect(relayed(alice.sent)).toBe(before);
+  // The channel's bytes go between the channel and the worker: the page handed the channel over.
+  const inWorker = () =>
+    alice.page.evaluate(() => (window as unknown as { peerbubbleDiagnostics: { channelsInWorker: () => number } }).peerbubbleDiagnostics.channelsInWorker());
+  expect(await inWorker()).toBe(1);
   await alice.page.screenshot({ path: join(screenshotDir(), 'chat-direct-desktop-en.png') });
   // A video call: the echo (webrtc-rs) picks up and sends every track back; the browser decodes its own
   // camera and hears its own microphone, echoed, with frames and bytes rising.

@@ -47,7 +47,11 @@ export class WorkerClient {
     };
     void this.send({ kind: 'hello' }).catch(() => undefined);
     Object.defineProperty(window, 'peerbubbleDiagnostics', {
-      value: { callStats: (peer?: string) => this.calls.stats(peer), callOthers: () => [...(this.calls.call?.others ?? [])] },
+      value: {
+        callStats: (peer?: string) => this.calls.stats(peer),
+        callOthers: () => [...(this.calls.call?.others ?? [])],
+        channelsInWorker: () => this.links.channelsInWorker(),
+      },
     });
   }
 

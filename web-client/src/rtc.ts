@@ -203,6 +203,11 @@ export class PeerLinks {
     return key ? (senders?.has(key) ?? false) : (senders?.size ?? 0) > 0;
   }
 
+  /** How many open connections have their DataChannel in the worker (diagnostics; tests read it). */
+  channelsInWorker(): number {
+    return [...this.links.values()].filter((l) => l.inWorker && l.state !== 'connecting').length;
+  }
+
   /** Whether the connection with `peer` is open (media can be added to it). */
   isOpen(peer: MemberId): boolean {
     const state = this.links.get(peer)?.state;
