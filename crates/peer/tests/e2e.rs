@@ -322,3 +322,32 @@ async fn a_signaling_server_that_tampers_or_replays_is_detected_and_the_call_ref
     bob.shutdown().await.unwrap();
     bubble.stop().await;
 }
+
+/// The member who opens a 1:1 conversation offers the connection once it is ready, whatever the ids; the contact
+/// offers only if it has the lower id and no offer came within a pause (a contact whose rule is "the lower id
+/// offers", here one that does not connect on its own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_member_who_opens_the_conversation_connects_and_the_lower_id_steps_in_when_it_does_not() {
+    let bubble = Bubble::start(&support::yaml(2)).await;
+    let url = bubble.url();
+    let (low, high) = if id(1) < id(2) { (1, 2) } else { (2, 1) };
+    let opened = |e: &NodeEvent| matches!(e, NodeEvent::ChannelOpen(_));
+
+    // The higher id opens it and connects (the contact, which does not connect on its own here, only answers).
+    let mut opener = node(&url, high, |_| {}).await;
+    let mut contact = node(&url, low, |c| c.auto_connect = false).await;
+    opener.start_direct(id(low)).await.unwrap();
+    wait(&mut opener, "channel offered by the opener", opened).await;
+    wait(&mut contact, "channel", opened).await;
+    opener.shutdown().await.unwrap();
+    contact.shutdown().await.unwrap();
+
+    // An opener that does not connect (another rule): the lower id offers after its pause.
+    let bubble = Bubble::start(&support::yaml(2)).await;
+    let url = bubble.url();
+    let mut opener = node(&url, high, |c| c.auto_connect = false).await;
+    let mut contact = node(&url, low, |_| {}).await;
+    opener.start_direct(id(low)).await.unwrap();
+    wait(&mut contact, "channel offered by the lower id", opened).await;
+    wait(&mut opener, "channel", opened).await;
+}
