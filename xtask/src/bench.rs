@@ -428,20 +428,39 @@ fn signaling_replicas(root: &Path, s: &Settings) -> anyhow::Result<()> {
         "--mailbox-total-bytes",
         &(256u64 << 20).to_string(),
     ])?;
-    let output = Command::new(&loadgen)
-        .args(["drain", "--url", &keeper_url, "--count", &s.drain.to_string(), "--window", "256"])
-        .output()?;
-    if !output.status.success() {
-        bail!("loadgen drain failed: {}", String::from_utf8_lossy(&output.stderr));
-    }
-    let line = String::from_utf8_lossy(&output.stdout).trim().to_owned();
-    println!("  {line}");
-    let drain_per_s = json_number(&line, "per_s")?;
+    let drain = |url: &str, what: &str| -> anyhow::Result<f64> {
+        let output = Command::new(&loadgen)
+            .args(["drain", "--url", url, "--count", &s.drain.to_string(), "--window", "256"])
+            .output()?;
+        if !output.status.success() {
+            bail!("loadgen drain ({what}) failed: {}", String::from_utf8_lossy(&output.stderr));
+        }
+        let line = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+        println!("  {what}: {line}");
+        json_number(&line, "per_s")
+    };
+    let drain_file = drain(&keeper_url, "one bubble-server, SQLite file")?;
+    // The replicas' mailbox: in the bubble's JetStream stream (ADR 0024 decision 9), kept through one replica,
+    // read back through the same.
+    let (_shared, shared_url) = start(&[
+        "--nats",
+        &nats_url,
+        "--mailbox-jetstream",
+        "--mailbox-member-entries",
+        &s.drain.max(20_000).to_string(),
+        "--mailbox-total-bytes",
+        &(256u64 << 20).to_string(),
+    ])?;
+    let drain_per_s = drain(&shared_url, "replica, JetStream")?;
     let _ = std::fs::remove_dir_all(&work);
 
     println!("\n| | one bubble-server | two replicas on NATS |\n|---|---|---|");
     println!("| envelopes/s | {single:.0} | {cross:.0} |");
-    println!("| round trip p99 (ms) | {p99_single:.2} | {p99_cross:.2} |\n");
+    println!("| round trip p99 (ms) | {p99_single:.2} | {p99_cross:.2} |");
+    println!(
+        "| mailbox drain, {} envelopes (/s) | {drain_file:.0} (SQLite) | {drain_per_s:.0} (JetStream) |\n",
+        s.drain
+    );
     println!(
         "bench signaling-replicas: single={single:.0} cross={cross:.0} ratio={:.2} p99_cross_ms={p99_cross:.2} \
          drain_per_s={drain_per_s:.0}",

@@ -35,6 +35,7 @@ use zeroize::Zeroizing;
 use crate::connection::{error_frame, refusal};
 use crate::hub::{LocalPresence, Routed, SessionHandle};
 use crate::session::Claim;
+use crate::shared_mailbox::{Keep, KeepDone};
 use crate::state::AppState;
 
 /// A batch of forwarded envelopes is closed past this many bytes (NATS's default limit is 1 MiB; batches that fit
@@ -477,6 +478,9 @@ pub(crate) async fn run(state: Arc<AppState>, config: ClusterConfig, tasks: Link
         forward_tx,
         ledger_ready.clone(),
     ));
+    let mailbox = state.hub.shared_mailbox().cloned().map(|mailbox| {
+        tokio::spawn(crate::shared_mailbox::run(state.clone(), mailbox, client.clone(), bubble.clone()))
+    });
     let (snap_tx, mut snap_rx) = mpsc::unbounded_channel::<(u32, Option<Bytes>)>();
     let mut link = Running {
         state,
@@ -566,7 +570,8 @@ pub(crate) async fn run(state: Arc<AppState>, config: ClusterConfig, tasks: Link
                         link.act(actions, &snap_tx);
                     }
                 }
-                ready.store(connected && ledger_ready.load(Ordering::SeqCst), Ordering::SeqCst);
+                let mailbox_ready = link.state.hub.shared_mailbox().is_none_or(|m| m.ready());
+                ready.store(connected && ledger_ready.load(Ordering::SeqCst) && mailbox_ready, Ordering::SeqCst);
                 if connected && now.duration_since(last_beat) >= config.heartbeat {
                     last_beat = now;
                     link.publish_presence(PresenceMessage::Heartbeat { replica, seq: link.seq }).await;
@@ -589,6 +594,9 @@ pub(crate) async fn run(state: Arc<AppState>, config: ClusterConfig, tasks: Link
     }
     ready.store(false, Ordering::SeqCst);
     ledger.abort();
+    if let Some(mailbox) = mailbox {
+        mailbox.abort();
+    }
 }
 
 /// Encoded forwarded envelopes for one replica, and their ids.
@@ -675,7 +683,7 @@ impl Running {
     /// nowhere to go.
     fn job(&mut self, job: Job) {
         let Job::Forward { reply, text, to_session, routed } = job else { return };
-        let Routed { sessions, stored, congested, remote } = routed;
+        let Routed { sessions, stored, congested, remote, .. } = routed;
         if !self.connected || remote.is_empty() {
             reply.send(&self.state, sessions, stored, congested);
             return;
@@ -802,6 +810,17 @@ async fn open_ledger(
     bucket: &str,
     max_age: Duration,
 ) -> Result<kv::Store, async_nats::Error> {
+    open_bucket(client, bucket, "PeerBubble: the next MLS epoch of each group (first commit wins)", max_age, -1).await
+}
+
+/// Opens (or makes) a key-value bucket with one value per key.
+pub(crate) async fn open_bucket(
+    client: &async_nats::Client,
+    bucket: &str,
+    description: &str,
+    max_age: Duration,
+    max_value_size: i64,
+) -> Result<kv::Store, async_nats::Error> {
     let jetstream = async_nats::jetstream::new(client.clone());
     if let Ok(store) = jetstream.get_key_value(bucket).await {
         return Ok(store);
@@ -812,10 +831,11 @@ async fn open_ledger(
     jetstream
         .get_or_create_stream(stream::Config {
             name: format!("KV_{bucket}"),
-            description: Some("PeerBubble: the next MLS epoch of each group (first commit wins)".into()),
+            description: Some(description.into()),
             subjects: vec![format!("$KV.{bucket}.>")],
             max_messages_per_subject: 1,
             max_age,
+            max_message_size: max_value_size.try_into().unwrap_or(-1),
             storage: stream::StorageType::File,
             allow_rollup: true,
             deny_delete: true,
@@ -889,7 +909,22 @@ async fn order_commits(
         let CommitJob { reply, from, from_session, group, epoch, to, body } = job;
         match claim(&store, &group, epoch).await {
             Ok(Claim::Accepted) => {
-                let routed = state.hub.deliver_commit(from, from_session, group, &to, &body);
+                let mut routed = state.hub.deliver_commit(from, from_session, group, &to, &body);
+                if let Some(mailbox) = state.hub.shared_mailbox().filter(|_| !routed.keep.is_empty()) {
+                    // Kept for the members away everywhere before the `ack` counts them (in commit order).
+                    let (done, stored) = tokio::sync::oneshot::channel();
+                    let to = std::mem::take(&mut routed.keep);
+                    let body = body.clone();
+                    mailbox.keep(Keep {
+                        from,
+                        from_session,
+                        body,
+                        group: Some(group),
+                        to,
+                        done: KeepDone::Commit(done),
+                    });
+                    routed.stored += stored.await.unwrap_or(0);
+                }
                 let text = Utf8Bytes::from(peerbubble_proto::encode_deliver(&from, from_session, &body));
                 let _ = forward.send(Job::Forward { reply, text, to_session: None, routed });
             }

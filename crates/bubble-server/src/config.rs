@@ -114,6 +114,10 @@ pub struct SignalArgs {
     /// they come back. Without it an envelope to an absent member is refused with `recipient_offline`.
     #[arg(long, env = "PEERBUBBLE_MAILBOX")]
     pub mailbox: Option<PathBuf>,
+    /// Keep the offline mailbox (and the KeyPackages members publish) in the bubble's JetStream stream on the
+    /// NATS server of `--nats`, shared by all its replicas, instead of one replica's file.
+    #[arg(long, env = "PEERBUBBLE_MAILBOX_JETSTREAM", requires = "nats", conflicts_with = "mailbox")]
+    pub mailbox_jetstream: bool,
     /// How long the mailbox keeps an envelope, in seconds (default 259 200 = 72 h; at most 14 days).
     #[arg(long, env = "PEERBUBBLE_MAILBOX_TTL_SECS")]
     pub mailbox_ttl_secs: Option<u64>,
@@ -283,6 +287,7 @@ struct FileConfig {
     reload_interval_ms: Option<u64>,
     max_groups: Option<usize>,
     mailbox: Option<PathBuf>,
+    mailbox_jetstream: Option<bool>,
     mailbox_ttl_secs: Option<u64>,
     mailbox_member_bytes: Option<usize>,
     mailbox_member_entries: Option<usize>,
@@ -408,23 +413,27 @@ impl Config {
                 ),
                 _ => None,
             },
-            mailbox: args.mailbox.clone().or(file.mailbox).map(|path| {
-                let d = crate::mailbox::MailboxConfig::at(path);
-                crate::mailbox::MailboxConfig {
-                    ttl: args.mailbox_ttl_secs.or(file.mailbox_ttl_secs).map(Duration::from_secs).unwrap_or(d.ttl),
-                    member_bytes: args.mailbox_member_bytes.or(file.mailbox_member_bytes).unwrap_or(d.member_bytes),
-                    member_entries: args
-                        .mailbox_member_entries
-                        .or(file.mailbox_member_entries)
-                        .unwrap_or(d.member_entries),
-                    total_bytes: args.mailbox_total_bytes.or(file.mailbox_total_bytes).unwrap_or(d.total_bytes),
-                    sweep_interval: args
-                        .mailbox_sweep_ms
-                        .or(file.mailbox_sweep_ms)
-                        .map(Duration::from_millis)
-                        .unwrap_or(d.sweep_interval),
-                    ..d
-                }
+            mailbox: match (
+                args.mailbox.clone().or(file.mailbox),
+                args.mailbox_jetstream || file.mailbox_jetstream == Some(true),
+            ) {
+                (None, false) => None,
+                (path, jetstream) => Some(match path {
+                    Some(path) if !jetstream => crate::mailbox::MailboxConfig::at(path),
+                    _ => crate::mailbox::MailboxConfig::on_jetstream(),
+                }),
+            }
+            .map(|d| crate::mailbox::MailboxConfig {
+                ttl: args.mailbox_ttl_secs.or(file.mailbox_ttl_secs).map(Duration::from_secs).unwrap_or(d.ttl),
+                member_bytes: args.mailbox_member_bytes.or(file.mailbox_member_bytes).unwrap_or(d.member_bytes),
+                member_entries: args.mailbox_member_entries.or(file.mailbox_member_entries).unwrap_or(d.member_entries),
+                total_bytes: args.mailbox_total_bytes.or(file.mailbox_total_bytes).unwrap_or(d.total_bytes),
+                sweep_interval: args
+                    .mailbox_sweep_ms
+                    .or(file.mailbox_sweep_ms)
+                    .map(Duration::from_millis)
+                    .unwrap_or(d.sweep_interval),
+                ..d
             }),
             cluster: args.nats.clone().or(file.nats).map(|url| {
                 let mut cluster = crate::cluster::ClusterConfig::new(url);
@@ -466,11 +475,12 @@ impl Config {
         }
         if let Some(cluster) = &self.cluster {
             cluster.validate().map_err(ConfigError::Invalid)?;
-            if self.mailbox.is_some() {
-                return bad("the offline mailbox (mailbox) is kept in one bubble-server's file, and replicas sharing \
-                    state over NATS (nats) would split it between them: run one replica without NATS to keep a \
-                    mailbox (the JetStream mailbox for replicas is not built yet)");
+            if self.mailbox.as_ref().is_some_and(|m| !m.jetstream) {
+                return bad("the offline mailbox file (mailbox) is one bubble-server's, and replicas sharing state \
+                    over NATS (nats) would split it between them: keep it in JetStream (mailbox_jetstream) instead");
             }
+        } else if self.mailbox.as_ref().is_some_and(|m| m.jetstream) {
+            return bad("the JetStream mailbox (mailbox_jetstream) needs the NATS server of the replicas (nats)");
         }
         Ok(())
     }
@@ -519,10 +529,20 @@ mod tests {
         assert_eq!(cluster.url, "nats://nats:4222");
         let err = Config::resolve(&nats("http://nats:4222"));
         assert!(matches!(&err, Err(ConfigError::Invalid(m)) if m.contains("nats://")), "{err:?}");
-        // A mailbox is one replica's file: refused with NATS, saying why.
+        // A mailbox file is one replica's: refused with NATS, saying why and what to use instead.
         let both = SignalArgs { mailbox: Some(dir.path().join("m.sqlite")), ..nats("nats://nats:4222") };
         let err = Config::resolve(&both);
         assert!(matches!(&err, Err(ConfigError::Invalid(m)) if m.contains("split it between them")), "{err:?}");
+        assert!(matches!(&err, Err(ConfigError::Invalid(m)) if m.contains("mailbox_jetstream")), "{err:?}");
+        let shared = SignalArgs { mailbox_jetstream: true, mailbox_ttl_secs: Some(3600), ..nats("nats://nats:4222") };
+        let mailbox = Config::resolve(&shared)?.mailbox.ok_or("no mailbox")?;
+        assert!(mailbox.jetstream);
+        assert_eq!(mailbox.ttl, Duration::from_secs(3600));
+        // Without NATS there is no JetStream to keep it in.
+        let path = dir.path().join("c.yaml");
+        std::fs::write(&path, "mailbox_jetstream: true\n")?;
+        let err = Config::resolve(&SignalArgs { config_file: Some(path), ..Default::default() });
+        assert!(matches!(&err, Err(ConfigError::Invalid(m)) if m.contains("needs the NATS server")), "{err:?}");
         Ok(())
     }
 

@@ -19,6 +19,7 @@ use crate::directory::Directory;
 use crate::hub::{Hub, Kill, Routed, SessionHandle, SliceHash};
 use crate::mailbox::Full;
 use crate::session::{Event, Session, TokenBucket};
+use crate::shared_mailbox::{Keep, KeepDone};
 use crate::state::AppState;
 
 /// Close code for a text message that is not UTF-8 (RFC 6455 §7.4.1: inconsistent data).
@@ -235,6 +236,11 @@ impl<'a> Connection<'a> {
                         mailbox.received(member, upto);
                         self.state.metrics.mailbox_counts(mailbox.counts());
                     }
+                    if let (Some(mailbox), Some((member, _))) =
+                        (self.state.hub.shared_mailbox(), self.session.identity())
+                    {
+                        mailbox.received(member, upto);
+                    }
                     Flow::Continue
                 }
                 Event::PublishKeyPackage { key_package, last_resort } => {
@@ -267,6 +273,9 @@ impl<'a> Connection<'a> {
     }
 
     fn publish_key_package(&mut self, key_package: Opaque, last_resort: bool) {
+        if let (Some(mailbox), Some((member, _))) = (self.state.hub.shared_mailbox(), self.session.identity()) {
+            return mailbox.publish_key_package(member, key_package, last_resort, self.handle.clone());
+        }
         let (Some(mailbox), Some((member, _))) = (self.state.hub.mailbox(), self.session.identity()) else {
             return self.refuse(
                 ErrorCode::InvalidField,
@@ -276,7 +285,7 @@ impl<'a> Connection<'a> {
             );
         };
         match mailbox.publish_key_package(member, key_package, last_resort) {
-            Ok(_) => self.state.metrics.mailbox_counts(mailbox.counts()),
+            Ok(()) => self.state.metrics.mailbox_counts(mailbox.counts()),
             Err(Full) => self.refuse(
                 ErrorCode::MailboxFull,
                 "the bubble keeps as much as it can for absent members; the KeyPackage was not kept",
@@ -294,6 +303,9 @@ impl<'a> Connection<'a> {
                 Some(id),
                 Some(retry.max(Duration::from_millis(1))),
             );
+        }
+        if let Some(mailbox) = self.state.hub.shared_mailbox() {
+            return mailbox.claim_key_package(id, member, self.handle.clone());
         }
         let key_package = self.state.hub.mailbox().and_then(|mailbox| {
             let kp = mailbox.claim_key_package(member);
@@ -333,7 +345,7 @@ impl<'a> Connection<'a> {
             None => (Vec::new(), None),
         };
         let policy = *self.directory.policy();
-        let mailbox_ttl_ms = self.state.hub.mailbox().map(|m| m.config().ttl.as_millis() as u64);
+        let mailbox_ttl_ms = self.state.hub.mailbox_ttl().map(|ttl| ttl.as_millis() as u64);
         let welcome = |session| ServerFrame::Welcome {
             member,
             session,
@@ -394,6 +406,13 @@ impl<'a> Connection<'a> {
                     let text = Utf8Bytes::from(peerbubble_proto::encode_deliver(&member, session, &body));
                     let reply = Answer { handle: self.handle.clone(), id, commit: false };
                     link.submit(Job::Forward { reply, text, to_session, routed });
+                }
+            }
+            Ok(routed) if !routed.keep.is_empty() => {
+                if let Some(mailbox) = self.state.hub.shared_mailbox() {
+                    let done = KeepDone::Send { handle: self.handle.clone(), id };
+                    let keep = Keep { from: member, from_session: session, body, group: None, to: routed.keep, done };
+                    mailbox.keep(keep);
                 }
             }
             Ok(routed) => self.ack(id, &routed),
@@ -807,7 +826,7 @@ mod model {
             max_frame_bytes: 1024,
             ..Config::default()
         };
-        let state = AppState::new(config, Metrics::new(), directory_rx, shutdown, None, None, None);
+        let state = AppState::new(config, Metrics::new(), directory_rx, shutdown, None, None, None, None);
         let mut world = World {
             state: &state,
             publish: &publish,

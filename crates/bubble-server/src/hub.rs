@@ -20,6 +20,7 @@ use crate::directory::Directory;
 use crate::mailbox::{Full, Mailbox};
 use crate::metrics::Metrics;
 use crate::session::{Claim, CommitLedger, TokenBucket};
+use crate::shared_mailbox::SharedMailbox;
 
 /// Session events kept for health reports while the admin API cannot take them.
 const EVENT_BUFFER: usize = 10_000;
@@ -64,6 +65,9 @@ struct Queue {
     waker: Option<Waker>,
     /// The connection is gone: nothing more is queued.
     closed: bool,
+    /// Live frames held while the mailbox's backlog is read (a session that registered with a shared mailbox):
+    /// what waited comes first.
+    held: Option<VecDeque<Outbound>>,
 }
 
 impl Outbox {
@@ -83,6 +87,10 @@ impl Outbox {
                 return Err(Congested);
             }
             queue.queued += n;
+            if let Some(held) = &mut queue.held {
+                held.push_back(out);
+                return Ok(());
+            }
         }
         queue.frames.push_back(out);
         let waker = queue.waker.take();
@@ -152,10 +160,33 @@ impl Outbox {
         false
     }
 
+    /// Holds live frames from now on (see [`Queue::held`]).
+    fn hold(&self) {
+        self.lock().held.get_or_insert_with(VecDeque::new);
+    }
+
+    /// Lets the held frames go, after what was queued meanwhile outside the hold.
+    fn release(&self) {
+        let mut queue = self.lock();
+        if let Some(held) = queue.held.take() {
+            queue.frames.extend(held);
+        }
+        let waker = queue.waker.take();
+        drop(queue);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
     /// The connection is gone: refuse what comes next, and free what is queued.
     pub fn close(&self) {
         let mut queue = self.lock();
         queue.closed = true;
+        queue.held = None;
         queue.frames = VecDeque::new();
         queue.queued = 0;
         queue.waker = None;
@@ -192,6 +223,21 @@ impl SessionHandle {
     /// Queues a frame of the mailbox's backlog, outside the byte budget (see [`Outbound::Backlog`]).
     pub fn send_backlog(&self, text: Utf8Bytes) {
         let _ = self.outbox.push(Outbound::Backlog(text), None);
+    }
+
+    /// Holds live frames until [`SessionHandle::release`]; frames of the backlog and the close still go.
+    pub fn hold(&self) {
+        self.outbox.hold();
+    }
+
+    /// Lets the held frames go.
+    pub fn release(&self) {
+        self.outbox.release();
+    }
+
+    /// The connection is gone.
+    pub fn is_closed(&self) -> bool {
+        self.outbox.is_closed()
     }
 
     /// Queues the last frames: an `error` frame, then the close frame with `code`.
@@ -270,8 +316,10 @@ pub(crate) struct Hub {
     /// The newest directory. Presence and slices always use it, never a connection's older snapshot: during
     /// a reload, a member who just became visible must also be told when it leaves.
     directory: watch::Receiver<Option<Arc<Directory>>>,
-    /// What waits for members with no session, when the bubble keeps it.
+    /// What waits for members with no session, when the bubble keeps it in a file.
     mailbox: Option<Mailbox>,
+    /// What waits for members with no session on any replica, when the bubble's replicas keep it in JetStream.
+    shared: Option<Arc<SharedMailbox>>,
 }
 
 /// Where a `send` or `commit` went.
@@ -286,6 +334,8 @@ pub(crate) struct Routed {
     /// Other replicas holding recipient sessions, with the recipients each holds: the cluster link forwards
     /// the envelope to them and completes the `ack`.
     pub remote: Vec<(u32, Vec<MemberId>)>,
+    /// Recipients with no session anywhere, for the shared mailbox to keep it for (then counted in `stored`).
+    pub keep: Vec<MemberId>,
 }
 
 impl Routed {
@@ -307,11 +357,13 @@ impl Hub {
         metrics: Metrics,
         directory: watch::Receiver<Option<Arc<Directory>>>,
         mailbox: Option<Mailbox>,
+        shared: Option<Arc<SharedMailbox>>,
         cluster: Option<(u32, mpsc::UnboundedSender<LocalPresence>)>,
     ) -> Self {
         let replica = cluster.as_ref().map_or(0, |(replica, _)| *replica & MAX_REPLICA);
         Self {
             mailbox,
+            shared,
             replica,
             cluster: cluster.map(|(_, tx)| tx),
             commits: Mutex::new(CommitLedger::new(max_groups)),
@@ -356,6 +408,22 @@ impl Hub {
     /// The offline mailbox, when the bubble keeps one.
     pub fn mailbox(&self) -> Option<&Mailbox> {
         self.mailbox.as_ref()
+    }
+
+    /// The mailbox shared by the bubble's replicas in JetStream, when it keeps one.
+    pub fn shared_mailbox(&self) -> Option<&Arc<SharedMailbox>> {
+        self.shared.as_ref()
+    }
+
+    /// How long what waits for an absent member is kept, when the bubble keeps it.
+    pub fn mailbox_ttl(&self) -> Option<Duration> {
+        let file = self.mailbox.as_ref().map(|m| m.config().ttl);
+        file.or_else(|| self.shared.as_ref().map(|m| m.config().ttl))
+    }
+
+    /// Whether `member` has a session on this replica or, as last heard, on another.
+    pub fn is_online(&self, member: &MemberId) -> bool {
+        self.read().is_online(member)
     }
 
     /// Turns envelopes kept past their time to live into gap markers, for members with no session (under the
@@ -438,6 +506,11 @@ impl Hub {
             for frame in mailbox.backlog(member, |from| directory.sees(&member, from)) {
                 handle.send_backlog(frame);
             }
+        }
+        // Read from JetStream, it comes later: live frames are held until it is queued.
+        if let Some(shared) = &self.shared {
+            handle.hold();
+            shared.attach(member, handle.clone());
         }
         let now = Instant::now();
         map.local
@@ -567,6 +640,7 @@ impl Hub {
                     }
                 }
                 None if map.remote.contains_key(member) => {}
+                None if self.shared.is_some() => routed.keep.push(*member),
                 None => {
                     // Over quota, the member's queue ends with a gap naming the group: it rejoins on return.
                     if let Some(mailbox) = &self.mailbox
@@ -612,6 +686,9 @@ impl Hub {
                 return Ok(routed);
             }
             // No session: kept for later when the bubble has a mailbox (a named session cannot wait).
+            if self.shared.is_some() && to_session.is_none() && !map.remote.contains_key(&to) {
+                return Ok(Routed { keep: vec![to], ..Routed::default() });
+            }
             let mailbox = self.mailbox.as_ref().filter(|_| to_session.is_none() && !map.remote.contains_key(&to));
             let Some(mailbox) = mailbox else { return Err(ErrorCode::RecipientOffline) };
             let kept = mailbox.keep(to, from, from_session, body, None);
@@ -807,7 +884,7 @@ mod event_tests {
     #[test]
     fn session_events_are_bounded_and_reported_in_chunks() {
         let (_tx, rx) = watch::channel(None);
-        let hub = Hub::new(4, 10, 4096, 16, Metrics::new(), rx, None, None);
+        let hub = Hub::new(4, 10, 4096, 16, Metrics::new(), rx, None, None, None);
         let member = IdentityKey::from_seed(&[1; 32]).public_key().member_id();
         for _ in 0..EVENT_BUFFER + 5 {
             hub.record(member, SessionEventKind::Opened);

@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod reporter;
 mod server;
 pub mod session;
+mod shared_mailbox;
 mod state;
 pub mod tls;
 pub mod turn;

@@ -37,8 +37,10 @@ pub const MAX_TTL: Duration = Duration::from_secs(14 * 24 * 3600);
 /// Where and how much the mailbox keeps.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MailboxConfig {
-    /// The SQLite file (created when missing).
+    /// The SQLite file (created when missing); unused when `jetstream`.
     pub path: PathBuf,
+    /// Kept in the bubble's JetStream stream instead, shared by its replicas (needs the cluster link).
+    pub jetstream: bool,
     /// How long an envelope waits for its recipient (default 72 h, at most 14 days).
     pub ttl: Duration,
     /// Bytes kept for one member (default 16 MiB).
@@ -56,12 +58,18 @@ impl MailboxConfig {
     pub fn at(path: impl Into<PathBuf>) -> Self {
         Self {
             path: path.into(),
+            jetstream: false,
             ttl: Duration::from_secs(72 * 3600),
             member_bytes: 16 << 20,
             member_entries: 20_000,
             total_bytes: 128 << 20,
             sweep_interval: Duration::from_secs(60),
         }
+    }
+
+    /// The defaults, in the bubble's JetStream stream.
+    pub fn on_jetstream() -> Self {
+        Self { jetstream: true, ..Self::at(PathBuf::new()) }
     }
 
     /// Checks ranges.
@@ -451,13 +459,7 @@ impl Mailbox {
 
     /// Keeps a KeyPackage `member` published: a one-time one joins its stock (the oldest dropped past
     /// [`KEY_PACKAGES_KEPT`]), a last-resort one replaces the previous. `Full` when the bubble's quota is reached.
-    /// Returns the stock as `key_package_stock` says it.
-    pub fn publish_key_package(
-        &self,
-        member: MemberId,
-        key_package: Opaque,
-        last_resort: bool,
-    ) -> Result<(u32, bool), Full> {
+    pub fn publish_key_package(&self, member: MemberId, key_package: Opaque, last_resort: bool) -> Result<(), Full> {
         let mut boxes = self.lock();
         let len = key_package.wire_len();
         if boxes.bytes + boxes.key_package_bytes + len > self.config.total_bytes {
@@ -475,14 +477,13 @@ impl Mailbox {
                 dropped.extend(stock.one_time.pop_front());
             }
         }
-        let counts = (stock.one_time.len() as u32, stock.last_resort.is_some());
         let freed: usize = dropped.iter().map(|(_, kp)| kp.wire_len()).sum();
         boxes.key_package_bytes = boxes.key_package_bytes + len - freed;
         for (old, _) in dropped {
             self.write(Write::DeleteKeyPackage(old));
         }
         self.write(Write::PutKeyPackage { id, member, last_resort, key_package });
-        Ok(counts)
+        Ok(())
     }
 
     /// `member`'s stock, as `key_package_stock` says it.

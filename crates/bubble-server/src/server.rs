@@ -109,9 +109,13 @@ impl Server {
             metrics.set_turn(turn.clone());
             tokio::spawn(follow_members(turn.clone(), dir_rx.clone()))
         });
-        let mailbox = match &config.mailbox {
-            Some(mailbox) => Some(crate::mailbox::Mailbox::open(mailbox.clone()).await?),
-            None => None,
+        let (mailbox, shared) = match &config.mailbox {
+            Some(mailbox) if mailbox.jetstream => {
+                let shared = crate::shared_mailbox::SharedMailbox::new(mailbox.clone(), dir_rx.clone());
+                (None, Some(Arc::new(shared)))
+            }
+            Some(mailbox) => (Some(crate::mailbox::Mailbox::open(mailbox.clone()).await?), None),
+            None => (None, None),
         };
         let cluster = config.cluster.clone().map(|config| {
             let (link, presence, tasks) = crate::cluster::Link::new();
@@ -121,7 +125,8 @@ impl Server {
             Some((config, link, presence, tasks)) => (Some((config, tasks, link.replica)), Some((link, presence))),
             None => (None, None),
         };
-        let state = Arc::new(AppState::new(config, metrics, dir_rx, shutdown_rx.clone(), turn, mailbox, cluster));
+        let state =
+            Arc::new(AppState::new(config, metrics, dir_rx, shutdown_rx.clone(), turn, mailbox, shared, cluster));
         let cluster_link = cluster_run.map(|(config, tasks, replica)| {
             tracing::info!(replica, nats = ?config, "sharing state with the bubble's other replicas");
             tokio::spawn(crate::cluster::run(state.clone(), config, tasks, replica))
@@ -197,7 +202,12 @@ impl Server {
 
     /// What the offline mailbox keeps now (None without one).
     pub fn mailbox(&self) -> Option<crate::mailbox::MailboxCounts> {
-        self.state.0.hub.mailbox().map(crate::mailbox::Mailbox::counts)
+        let state = &self.state.0;
+        state
+            .hub
+            .mailbox()
+            .map(crate::mailbox::Mailbox::counts)
+            .or_else(|| state.hub.shared_mailbox().map(|m| m.counts()))
     }
 
     /// The metrics, in text exposition format.

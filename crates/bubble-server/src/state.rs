@@ -31,6 +31,7 @@ pub(crate) struct AppState {
 }
 
 impl AppState {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: Config,
         metrics: Metrics,
@@ -38,6 +39,7 @@ impl AppState {
         shutdown: watch::Receiver<bool>,
         turn: Option<Arc<TurnRelay>>,
         mailbox: Option<crate::mailbox::Mailbox>,
+        shared: Option<Arc<crate::shared_mailbox::SharedMailbox>>,
         cluster: Option<(crate::cluster::Link, tokio::sync::mpsc::UnboundedSender<crate::hub::LocalPresence>)>,
     ) -> Self {
         let (cluster, presence) = match cluster {
@@ -60,6 +62,7 @@ impl AppState {
                 metrics.clone(),
                 directory.clone(),
                 mailbox,
+                shared,
                 cluster.as_ref().map(|link| link.replica).zip(presence),
             ),
             nonces: NonceLedger::new(config.challenge_ttl),

@@ -357,7 +357,7 @@ mod tests {
     fn a_connection_task_stays_small() {
         let (_publish, directory) = watch::channel(None);
         let (_stop, shutdown) = watch::channel(false);
-        let state = AppState::new(Config::default(), Metrics::new(), directory, shutdown, None, None, None);
+        let state = AppState::new(Config::default(), Metrics::new(), directory, shutdown, None, None, None, None);
         let (io, _peer) = tokio::io::duplex(64);
         let future = serve(io, &state, None);
         let size = size_of_val(&future);

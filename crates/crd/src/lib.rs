@@ -64,11 +64,6 @@ pub const REPLICAS_SHARE_STATE: bool = true;
     validation = Rule::new("self.replicas <= 1 || has(self.nats)").message(
         "replicas above 1 need spec.nats: replicas share presence, routing and the commit ledger through NATS \
          JetStream, and without it two replicas would split the bubble in two"
-    ),
-    validation = Rule::new("!has(self.mailbox) || !has(self.nats)").message(
-        "spec.mailbox and spec.nats cannot be combined yet: the offline mailbox is kept by one bubble-server on \
-         its own volume, and replicas on NATS would split it between them; remove spec.nats (one replica) to keep \
-         a mailbox"
     )
 )]
 pub struct BubbleSpec {
@@ -97,9 +92,10 @@ pub struct BubbleSpec {
     /// The NATS (with JetStream) that several replicas of this bubble share. Not needed with one replica.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nats: Option<NatsSpec>,
-    /// The offline mailbox: what is sent to a member with no session waits (end-to-end encrypted) on a volume
-    /// until the member comes back. Absent: nothing is kept, and a message to an absent member is refused.
-    /// Not with `nats` yet (one replica keeps it).
+    /// The offline mailbox: what is sent to a member with no session waits (end-to-end encrypted) until the
+    /// member comes back: on a volume of the one replica, or, with `nats`, in the bubble's JetStream stream shared
+    /// by its replicas (no volume; `size` and `storageClassName` unused). Absent: nothing is kept, and a message
+    /// to an absent member is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mailbox: Option<MailboxSpec>,
 }

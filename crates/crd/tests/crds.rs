@@ -56,7 +56,8 @@ fn the_schema_carries_the_validation() {
     let rules = &schema["openAPIV3Schema"]["properties"]["spec"]["x-kubernetes-validations"];
     assert_eq!(rules[0]["rule"], "self.replicas <= 1 || has(self.nats)", "{rules}");
     assert!(rules[0]["message"].as_str().unwrap().contains("spec.nats"), "{rules}");
-    assert_eq!(rules[1]["rule"], "!has(self.mailbox) || !has(self.nats)", "{rules}");
+    // A mailbox goes with NATS too (in JetStream): no rule keeps them apart any more.
+    assert_eq!(rules.as_array().map(Vec::len), Some(1), "{rules}");
     let nats = &spec["nats"]["properties"];
     assert_eq!(nats["url"]["pattern"], r"^(nats|tls)://[^\s/@]+(:[0-9]{1,5})?$");
     assert_eq!(nats["credentialsSecret"]["maxLength"], 253);
@@ -99,11 +100,10 @@ fn cel_rules_refuse_what_they_should() {
     let shared = json!({"displayName": "Flood", "replicas": 2,
         "nats": {"url": "nats://nats:4222", "credentialsSecret": "flood-nats"}});
     assert!(BubbleSpec::validate_cel(&shared, None).is_ok());
-    // The mailbox is one replica's file: not with NATS (yet), refused with the reason.
-    let both = json!({"displayName": "Flood", "replicas": 1, "mailbox": {},
+    // With NATS the mailbox lives in JetStream, shared by the replicas: allowed.
+    let both = json!({"displayName": "Flood", "replicas": 2, "mailbox": {},
         "nats": {"url": "nats://nats:4222", "credentialsSecret": "flood-nats"}});
-    let refused = BubbleSpec::validate_cel(&both, None).unwrap_err();
-    assert!(format!("{refused:?}").contains("spec.mailbox and spec.nats"), "{refused:?}");
+    assert!(BubbleSpec::validate_cel(&both, None).is_ok());
     assert!(BubbleSpec::validate_cel(&json!({"displayName": "Flood", "mailbox": {}}), None).is_ok());
     // An Ingress routes a host name: none, refused with the reason.
     let nameless = json!({"ingress": {"className": "nginx"}});

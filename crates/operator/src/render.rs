@@ -413,9 +413,14 @@ fn deployment(ctx: &Ctx<'_>, bubble: &Bubble, settings: &Settings, policy_hash: 
     if let Some(secret) = signal_tls {
         volumes.push(secret_volume("signal-tls", secret));
     }
-    // The offline mailbox on its own volume, the only writable path of the pod.
-    if let (Some(mailbox), Some(env_vars), Some(mounts)) =
-        (&spec.mailbox, container.env.as_mut(), container.volume_mounts.as_mut())
+    // The offline mailbox in the bubble's JetStream stream, shared by the replicas, when they share NATS.
+    if let (Some(mailbox), Some(_), Some(env_vars)) = (&spec.mailbox, &spec.nats, container.env.as_mut()) {
+        env_vars.push(env("PEERBUBBLE_MAILBOX_JETSTREAM", "true"));
+        env_vars.push(env("PEERBUBBLE_MAILBOX_TTL_SECS", (u64::from(mailbox.ttl_hours) * 3600).to_string()));
+    }
+    // Otherwise on its own volume, the only writable path of the pod.
+    if let (Some(mailbox), None, Some(env_vars), Some(mounts)) =
+        (&spec.mailbox, &spec.nats, container.env.as_mut(), container.volume_mounts.as_mut())
     {
         env_vars.push(env("PEERBUBBLE_MAILBOX", format!("{MAILBOX_DIR}/mailbox.sqlite")));
         env_vars.push(env("PEERBUBBLE_MAILBOX_TTL_SECS", (u64::from(mailbox.ttl_hours) * 3600).to_string()));
@@ -444,9 +449,9 @@ fn deployment(ctx: &Ctx<'_>, bubble: &Bubble, settings: &Settings, policy_hash: 
         volumes.push(secret_volume("nats", nats.credentials_secret.clone()));
     }
     // A ReadWriteOnce volume cannot be attached to a second pod on another node: the old pod goes first.
-    let strategy = match spec.mailbox {
-        Some(_) => DeploymentStrategy { type_: Some("Recreate".into()), rolling_update: None },
-        None => DeploymentStrategy {
+    let strategy = match (&spec.mailbox, &spec.nats) {
+        (Some(_), None) => DeploymentStrategy { type_: Some("Recreate".into()), rolling_update: None },
+        _ => DeploymentStrategy {
             type_: Some("RollingUpdate".into()),
             rolling_update: Some(RollingUpdateDeployment {
                 max_unavailable: Some(IntOrString::Int(0)),
@@ -672,7 +677,8 @@ pub fn render(
         use sha2::Digest as _;
         sha2::Sha256::digest(policy.as_bytes()).iter().map(|b| format!("{b:02x}")).collect::<String>()
     };
-    let mailbox = bubble.spec.mailbox.as_ref().map(|m| PersistentVolumeClaim {
+    // A volume only for the one replica's file: with NATS the mailbox is in JetStream.
+    let mailbox = bubble.spec.mailbox.as_ref().filter(|_| bubble.spec.nats.is_none()).map(|m| PersistentVolumeClaim {
         metadata: ctx.meta(mailbox_claim(name)),
         spec: Some(PersistentVolumeClaimSpec {
             access_modes: Some(vec!["ReadWriteOnce".into()]),

@@ -127,7 +127,7 @@ async fn drive_apply(api: &mut ApiServer, bubble: &Bubble, world: &World, status
         written.pdb_deleted = true;
     }
     let claim_path = core("persistentvolumeclaims", &format!("{name}-mailbox"));
-    if bubble.spec.mailbox.is_some() {
+    if bubble.spec.mailbox.is_some() && bubble.spec.nats.is_none() {
         written.mailbox = Some(api.expect_apply(&claim_path).await);
     } else {
         api.expect("DELETE", &claim_path).await.not_found();
@@ -297,12 +297,25 @@ async fn an_update_is_applied_and_a_spec_shrink_deletes_what_is_no_longer_wanted
     let world = World { existing_turn_secret: Some(vec![1u8; 32]), credential_exists: true, ..World::default() };
     let mut b = bubble(
         "field",
-        json!({"displayName": "Field", "replicas": 3,
+        json!({"displayName": "Field", "replicas": 3, "mailbox": {"ttlHours": 48},
             "nats": {"url": "nats://nats.peerbubble-system:4223", "credentialsSecret": "field-nats"}}),
     );
     let task = tokio::spawn(reconcile_bubble(Arc::new(b.clone()), h.ctx.clone()));
     let written = drive_apply(&mut h.api, &b, &world, true).await;
     finish(task).await.unwrap();
+    // With NATS the offline mailbox is the bubble's JetStream stream, shared by the replicas: no volume (the
+    // claim is deleted), the servers told to keep it there, and pods replaced one by one.
+    assert!(written.mailbox.is_none());
+    {
+        let pod = &written.deployment["spec"]["template"]["spec"];
+        let env = pod["containers"][0]["env"].as_array().unwrap();
+        let var = |name: &str| env.iter().find(|e| e["name"] == name).map(|e| e["value"].clone());
+        assert_eq!(var("PEERBUBBLE_MAILBOX_JETSTREAM"), Some(json!("true")));
+        assert_eq!(var("PEERBUBBLE_MAILBOX_TTL_SECS"), Some(json!("172800")));
+        assert_eq!(var("PEERBUBBLE_MAILBOX"), None);
+        assert!(!pod["volumes"].as_array().unwrap().iter().any(|v| v["name"] == "mailbox"));
+        assert_eq!(written.deployment["spec"]["strategy"]["type"], "RollingUpdate");
+    }
     // Replicas share the bubble through NATS: all three run, with a disruption budget, the NATS address and the
     // bubble's own credentials (mounted read-only), and a way out to NATS's port only.
     assert_eq!(written.deployment["spec"]["replicas"], 3);

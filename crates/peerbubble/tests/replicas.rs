@@ -52,7 +52,7 @@ impl Nats {
             accounts += &format!(
                 "  {upper} {{\n    jetstream: enabled\n    users = [\n      {{ user: {bubble}-server, password: \
                  {bubble}-secret, permissions: {{ publish: [\"pb.{bubble}.>\", \"$JS.API.>\", \
-                 \"$KV.pb-ledger-{bubble}.>\", \"_INBOX.>\"], subscribe: [\"pb.{bubble}.>\", \"_INBOX.>\"] }} }}\n      \
+                 \"$KV.pb-ledger-{bubble}.>\", \"$KV.pb-gaps-{bubble}.>\", \"$KV.pb-kp-{bubble}.>\", \"_INBOX.>\"], subscribe: [\"pb.{bubble}.>\", \"_INBOX.>\"] }} }}\n      \
                  {{ user: {bubble}-capture, password: capture-secret }}\n    ]\n  }}\n",
                 upper = bubble.to_uppercase()
             );
@@ -185,6 +185,11 @@ struct Replica {
 
 impl Replica {
     fn start(nats: &Nats, bubble: &str, dir: &Path) -> Self {
+        Self::start_with(nats, bubble, dir, &[])
+    }
+
+    /// A replica with more arguments (the JetStream mailbox and its settings).
+    fn start_with(nats: &Nats, bubble: &str, dir: &Path, more: &[&str]) -> Self {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let log = dir.join(format!("{bubble}-{}.log", addr.port()));
         let child = Command::new(env!("CARGO_BIN_EXE_peerbubble"))
@@ -194,6 +199,7 @@ impl Replica {
             .arg(bubble_file(dir, bubble))
             .arg("--nats-credentials")
             .arg(nats.credentials(bubble))
+            .args(more)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -662,4 +668,256 @@ async fn malformed_messages_on_nats_are_refused_and_change_nothing() {
     let sent = bob.send(id(ANN), b"and back").await.unwrap();
     assert_eq!(answer(&mut bob, sent).await, Ok(1));
     assert_eq!(delivered(&mut ann).await.1, b"and back".to_vec());
+}
+
+/// The shared mailbox's settings for a replica (and room for Ann's bursts: a connection may send 100 frames at
+/// once by default).
+const MAILBOX: [&str; 7] = [
+    "--mailbox-jetstream",
+    "--mailbox-member-entries",
+    "110",
+    "--frame-burst",
+    "400",
+    "--member-frames-per-second",
+    "400",
+];
+
+/// The `ack` of frame `id`: (sessions, stored), or the error code.
+async fn stored(client: &mut SignalClient, id: u64) -> Result<(u32, u32), ErrorCode> {
+    expect(client, "ack or error", |f| match f {
+        ServerFrame::Ack { id: acked, sessions, stored } if *acked == id => Some(Ok((*sessions, *stored))),
+        ServerFrame::Error { id: Some(refused), code, .. } if *refused == id => Some(Err(*code)),
+        _ => None,
+    })
+    .await
+}
+
+/// What a returning member reads: kept envelopes (seq, body), live ones, gaps (seq, lost, groups).
+#[derive(Debug, PartialEq, Eq)]
+enum Got {
+    Kept(u64, Vec<u8>),
+    Live(Vec<u8>),
+    Gap(u64, u64, Vec<peerbubble_proto::GroupId>),
+}
+
+async fn got(client: &mut SignalClient) -> Got {
+    expect(client, "deliver or gap", |f| match f {
+        ServerFrame::Deliver { body, seq: Some(seq), .. } => Some(Got::Kept(*seq, body.to_bytes())),
+        ServerFrame::Deliver { body, seq: None, .. } => Some(Got::Live(body.to_bytes())),
+        ServerFrame::Gap { seq, lost, groups } => Some(Got::Gap(*seq, *lost, groups.clone())),
+        _ => None,
+    })
+    .await
+}
+
+async fn stock(client: &mut SignalClient) -> (u32, bool) {
+    expect(client, "key_package_stock", |f| match f {
+        ServerFrame::KeyPackageStock { one_time, last_resort } => Some((*one_time, *last_resort)),
+        _ => None,
+    })
+    .await
+}
+
+/// Nothing more is delivered for a while.
+async fn nothing_delivered(client: &mut SignalClient) {
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(800);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match client.next_timeout(left).await {
+            Ok(frame @ (ServerFrame::Deliver { .. } | ServerFrame::Gap { .. })) => panic!("delivered again: {frame:?}"),
+            Ok(_) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+fn key_package(label: &str) -> peerbubble_proto::Opaque {
+    peerbubble_proto::Opaque::from_bytes(format!("KP-{label}-{}", "x".repeat(2000)).as_bytes()).unwrap()
+}
+
+/// The label of the KeyPackage handed out for claim `id`, or none.
+async fn claim(client: &mut SignalClient, id: u64, of: u16) -> Option<String> {
+    client.send_frame(&peerbubble_proto::ClientFrame::ClaimKeyPackage { id, member: self::id(of) }).await.unwrap();
+    expect(client, "claimed_key_package", |f| match f {
+        ServerFrame::ClaimedKeyPackage { id: answered, key_package, .. } if *answered == id => {
+            Some(key_package.as_ref().map(|kp| {
+                let text = String::from_utf8(kp.to_bytes()).unwrap();
+                text.trim_start_matches("KP-").split('-').next().unwrap().to_owned()
+            }))
+        }
+        _ => None,
+    })
+    .await
+}
+
+/// The messages JetStream keeps for `member` in bubble alpha's mailbox, as a user of alpha's account sees them.
+async fn kept_in_jetstream(nats: &Nats, member: MemberId) -> usize {
+    let capture = nats.client("alpha-capture", "capture-secret").await;
+    let js = async_nats::jetstream::new(capture);
+    let stream = js.get_stream("pb-mbox-alpha").await.unwrap();
+    let mut subjects = stream.info_with_subjects(format!("pb.alpha.mbox.{member}")).await.unwrap();
+    let mut count = 0;
+    while let Some(item) = subjects.next().await {
+        count += item.unwrap().1;
+    }
+    count
+}
+
+/// The offline mailbox of a bubble with two replicas lives in JetStream (issue 17): what is sent to a member away
+/// from every replica is acknowledged as stored, survives the replica that kept it, and reaches the member in
+/// order and before live traffic from whichever replica it returns to; acknowledged entries are deleted; a full
+/// queue refuses (the sender knows) and leaves a gap; KeyPackages published on one replica are claimed on
+/// another, each one-time one once, then the last-resort one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_waits_for_an_absent_member_is_shared_by_the_replicas_in_jetstream() {
+    let nats = Nats::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut one = Replica::start_with(&nats, "alpha", dir.path(), &MAILBOX);
+    let two = Replica::start_with(&nats, "alpha", dir.path(), &MAILBOX);
+    let mut ann = one.connect(ANN).await;
+    assert_eq!(stock(&mut ann).await, (0, false), "a bubble with a mailbox announces the stock");
+    // Bob is away from both replicas: 50 envelopes kept by replica one, each acknowledged as stored.
+    for n in 0..50u32 {
+        let sent = ann.send(id(BOB), format!("sealed {n}").as_bytes()).await.unwrap();
+        assert_eq!(stored(&mut ann, sent).await, Ok((0, 1)), "envelope {n}");
+    }
+    // Replica one dies; Ann goes on through a new replica: 50 more and a commit of a group Bob is in.
+    one.kill();
+    let three = Replica::start_with(&nats, "alpha", dir.path(), &MAILBOX);
+    let mut ann = three.connect(ANN).await;
+    for n in 50..100u32 {
+        let sent = ann.send(id(BOB), format!("sealed {n}").as_bytes()).await.unwrap();
+        assert_eq!(stored(&mut ann, sent).await, Ok((0, 1)), "envelope {n}");
+    }
+    let commit = ann.commit(&GROUP, 0, &[id(BOB)], b"sealed commit").await.unwrap();
+    assert_eq!(stored(&mut ann, commit).await, Ok((0, 1)));
+    assert_eq!(kept_in_jetstream(&nats, id(BOB)).await, 101);
+
+    // Bob returns to replica two, which kept none of it: the 101 in order with growing seq, then live traffic
+    // Ann sends once she sees him online.
+    let mut bob = two.connect(BOB).await;
+    assert_eq!(stock(&mut bob).await, (0, false));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !ann.online().contains(&id(BOB)) {
+        assert!(tokio::time::Instant::now() < deadline, "Ann never saw Bob come back");
+        let _ = ann.next_timeout(Duration::from_millis(50)).await;
+    }
+    let live = ann.send(id(BOB), b"live after return").await.unwrap();
+    assert_eq!(stored(&mut ann, live).await, Ok((1, 0)));
+    let mut last = 0;
+    for n in 0..100u32 {
+        match got(&mut bob).await {
+            Got::Kept(seq, body) if seq > last && body == format!("sealed {n}").into_bytes() => last = seq,
+            other => panic!("envelope {n} after seq {last}: {other:?}"),
+        }
+    }
+    match got(&mut bob).await {
+        Got::Kept(seq, body) if seq > last && body == b"sealed commit" => last = seq,
+        other => panic!("the commit: {other:?}"),
+    }
+    assert_eq!(got(&mut bob).await, Got::Live(b"live after return".to_vec()));
+
+    // Not acknowledged: still there. Acknowledged: deleted from JetStream, not delivered again.
+    drop(bob);
+    let mut bob = three.connect(BOB).await;
+    assert!(matches!(got(&mut bob).await, Got::Kept(_, body) if body == b"sealed 0"), "unacknowledged comes again");
+    bob.send_frame(&peerbubble_proto::ClientFrame::Received { upto: last }).await.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while kept_in_jetstream(&nats, id(BOB)).await > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "acknowledged entries were not deleted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(bob);
+    let mut bob = two.connect(BOB).await;
+    nothing_delivered(&mut bob).await;
+
+    // A full queue (110 here): the sender is refused, and Cat finds what was kept, then a gap counting the rest.
+    for n in 0..112u32 {
+        let sent = ann.send(id(CAT), format!("to Cat {n}").as_bytes()).await.unwrap();
+        let expected = if n < 110 { Ok((0, 1)) } else { Err(ErrorCode::MailboxFull) };
+        assert_eq!(stored(&mut ann, sent).await, expected, "envelope {n} to Cat");
+    }
+    let mut cat = two.connect(CAT).await;
+    for n in 0..110u32 {
+        assert!(matches!(got(&mut cat).await, Got::Kept(_, body) if body == format!("to Cat {n}").into_bytes()));
+    }
+    assert!(matches!(got(&mut cat).await, Got::Gap(_, 2, groups) if groups.is_empty()));
+
+    // KeyPackages published through replica two are claimed through replica three: the one-time ones once
+    // each, oldest first, then the last-resort one as often as asked; the stock is told on return.
+    for (label, last_resort) in [("first", false), ("second", false), ("spare", true)] {
+        let key_package = key_package(label);
+        bob.send_frame(&peerbubble_proto::ClientFrame::PublishKeyPackage { key_package, last_resort }).await.unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let mut again = two.connect(BOB).await;
+        if stock(&mut again).await == (2, true) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the KeyPackages were not kept");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(claim(&mut ann, 900, BOB).await.as_deref(), Some("first"));
+    assert_eq!(claim(&mut ann, 901, BOB).await.as_deref(), Some("second"));
+    assert_eq!(claim(&mut ann, 902, BOB).await.as_deref(), Some("spare"));
+    assert_eq!(claim(&mut ann, 903, BOB).await.as_deref(), Some("spare"));
+    assert_eq!(claim(&mut ann, 904, DAN).await, None, "Dan published none");
+    let mut bob_again = three.connect(BOB).await;
+    assert_eq!(stock(&mut bob_again).await, (0, true));
+}
+
+/// Expiry and removal in the shared mailbox: envelopes a member stays away past the time to live from become
+/// one gap marker naming the group that lost a commit (counted once, though every replica sweeps), and a member
+/// removed from the bubble has what waited for it purged from JetStream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_envelopes_become_one_gap_and_a_removed_members_queue_leaves_jetstream() {
+    let nats = Nats::start();
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["--mailbox-jetstream", "--mailbox-ttl-secs", "1", "--mailbox-sweep-ms", "200"];
+    let one = Replica::start_with(&nats, "alpha", dir.path(), &args);
+    let two = Replica::start_with(&nats, "alpha", dir.path(), &args);
+    let mut ann = one.connect(ANN).await;
+    for body in [&b"one"[..], b"two"] {
+        let sent = ann.send(id(DAN), body).await.unwrap();
+        assert_eq!(stored(&mut ann, sent).await, Ok((0, 1)));
+    }
+    let commit = ann.commit(&GROUP, 3, &[id(DAN)], b"a commit Dan misses").await.unwrap();
+    assert_eq!(stored(&mut ann, commit).await, Ok((0, 1)));
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let mut dan = two.connect(DAN).await;
+    let group = peerbubble_proto::GroupId::from_bytes(&GROUP).unwrap();
+    assert!(matches!(got(&mut dan).await, Got::Gap(_, 3, groups) if groups == vec![group]));
+    nothing_delivered(&mut dan).await;
+    assert_eq!(kept_in_jetstream(&nats, id(DAN)).await, 0);
+    let lost: u64 = [&one, &two]
+        .iter()
+        .filter_map(|r| r.get("/metrics"))
+        .flat_map(|(_, text)| {
+            text.lines()
+                .filter_map(|l| {
+                    l.strip_prefix("peerbubble_signal_mailbox_lost_total ").map(|v| v.trim().parse::<u64>().unwrap())
+                })
+                .collect::<Vec<_>>()
+        })
+        .sum();
+    assert_eq!(lost, 3, "counted once across the replicas");
+
+    // Cat is away with something kept, then removed from the bubble: what waited for her goes at once.
+    let sent = ann.send(id(CAT), b"for Cat").await.unwrap();
+    assert_eq!(stored(&mut ann, sent).await, Ok((0, 1)));
+    assert_eq!(kept_in_jetstream(&nats, id(CAT)).await, 1);
+    let path = dir.path().join("alpha.yaml");
+    let without_cat: String = std::fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.contains("Cat"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&path, without_cat).unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while kept_in_jetstream(&nats, id(CAT)).await > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "a removed member's queue stayed in JetStream");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

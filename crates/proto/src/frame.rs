@@ -234,10 +234,34 @@ fn required<T>(value: Option<T>, field: &str, kind: &str) -> Result<T, WireError
     value.ok_or_else(|| WireError(format!("missing field `{field}` in {kind}")))
 }
 
-fn absent<T>(value: &Option<T>, field: &str, kind: &str) -> Result<(), WireError> {
-    match value {
-        Some(_) => Err(WireError(format!("unknown field `{field}` in {kind}"))),
-        None => Ok(()),
+impl WireClientFrame {
+    /// Which fields the frame has, in declaration order.
+    fn present(&self) -> [(&'static str, bool); 14] {
+        [
+            ("id", self.id.is_some()),
+            ("to", self.to.is_some()),
+            ("to_session", self.to_session.is_some()),
+            ("from", self.from.is_some()),
+            ("body", self.body.is_some()),
+            ("public_key", self.public_key.is_some()),
+            ("nonce", self.nonce.is_some()),
+            ("signature", self.signature.is_some()),
+            ("group", self.group.is_some()),
+            ("epoch", self.epoch.is_some()),
+            ("upto", self.upto.is_some()),
+            ("key_package", self.key_package.is_some()),
+            ("last_resort", self.last_resort.is_some()),
+            ("member", self.member.is_some()),
+        ]
+    }
+
+    /// Refuses any field a frame of type `kind` does not have (`allowed` lists those it may have; which of them
+    /// it must have is checked by [`required`]).
+    fn only(&self, allowed: &[&str], kind: &str) -> Result<(), WireError> {
+        match self.present().into_iter().find(|(name, present)| *present && !allowed.contains(name)) {
+            Some((field, _)) => Err(WireError(format!("unknown field `{field}` in {kind}"))),
+            None => Ok(()),
+        }
     }
 }
 
@@ -252,17 +276,7 @@ impl TryFrom<WireClientFrame> for ClientFrame {
         match w.kind {
             ClientKind::Auth => {
                 let k = "auth";
-                absent(&w.key_package, "key_package", k)?;
-                absent(&w.last_resort, "last_resort", k)?;
-                absent(&w.member, "member", k)?;
-                absent(&w.upto, "upto", k)?;
-                absent(&w.id, "id", k)?;
-                absent(&w.to, "to", k)?;
-                absent(&w.to_session, "to_session", k)?;
-                absent(&w.from, "from", k)?;
-                absent(&w.body, "body", k)?;
-                absent(&w.group, "group", k)?;
-                absent(&w.epoch, "epoch", k)?;
+                w.only(&["public_key", "nonce", "signature"], k)?;
                 Ok(ClientFrame::Auth {
                     public_key: required(w.public_key, "public_key", k)?,
                     nonce: required(w.nonce, "nonce", k)?,
@@ -271,15 +285,7 @@ impl TryFrom<WireClientFrame> for ClientFrame {
             }
             ClientKind::Send => {
                 let k = "send";
-                absent(&w.key_package, "key_package", k)?;
-                absent(&w.last_resort, "last_resort", k)?;
-                absent(&w.member, "member", k)?;
-                absent(&w.upto, "upto", k)?;
-                absent(&w.public_key, "public_key", k)?;
-                absent(&w.nonce, "nonce", k)?;
-                absent(&w.signature, "signature", k)?;
-                absent(&w.group, "group", k)?;
-                absent(&w.epoch, "epoch", k)?;
+                w.only(&["id", "to", "to_session", "from", "body"], k)?;
                 let to = match required(w.to, "to", k)? {
                     WireTo::One(member) => member,
                     WireTo::Many(_) => return Err(wrong_type("sequence", "a member id", k)),
@@ -294,32 +300,12 @@ impl TryFrom<WireClientFrame> for ClientFrame {
             }
             ClientKind::Ping => {
                 let k = "ping";
-                absent(&w.key_package, "key_package", k)?;
-                absent(&w.last_resort, "last_resort", k)?;
-                absent(&w.member, "member", k)?;
-                absent(&w.upto, "upto", k)?;
-                absent(&w.to, "to", k)?;
-                absent(&w.to_session, "to_session", k)?;
-                absent(&w.from, "from", k)?;
-                absent(&w.body, "body", k)?;
-                absent(&w.public_key, "public_key", k)?;
-                absent(&w.nonce, "nonce", k)?;
-                absent(&w.signature, "signature", k)?;
-                absent(&w.group, "group", k)?;
-                absent(&w.epoch, "epoch", k)?;
+                w.only(&["id"], k)?;
                 Ok(ClientFrame::Ping { id: required(w.id, "id", k)? })
             }
             ClientKind::Commit => {
                 let k = "commit";
-                absent(&w.key_package, "key_package", k)?;
-                absent(&w.last_resort, "last_resort", k)?;
-                absent(&w.member, "member", k)?;
-                absent(&w.upto, "upto", k)?;
-                absent(&w.to_session, "to_session", k)?;
-                absent(&w.from, "from", k)?;
-                absent(&w.public_key, "public_key", k)?;
-                absent(&w.nonce, "nonce", k)?;
-                absent(&w.signature, "signature", k)?;
+                w.only(&["id", "to", "body", "group", "epoch"], k)?;
                 let (id, group, epoch) =
                     (required(w.id, "id", k)?, required(w.group, "group", k)?, required(w.epoch, "epoch", k)?);
                 let (to, body) = (required(w.to, "to", k)?, required(w.body, "body", k)?);
@@ -337,35 +323,12 @@ impl TryFrom<WireClientFrame> for ClientFrame {
             }
             ClientKind::Received => {
                 let k = "received";
-                absent(&w.key_package, "key_package", k)?;
-                absent(&w.last_resort, "last_resort", k)?;
-                absent(&w.member, "member", k)?;
-                absent(&w.id, "id", k)?;
-                absent(&w.to, "to", k)?;
-                absent(&w.to_session, "to_session", k)?;
-                absent(&w.from, "from", k)?;
-                absent(&w.body, "body", k)?;
-                absent(&w.public_key, "public_key", k)?;
-                absent(&w.nonce, "nonce", k)?;
-                absent(&w.signature, "signature", k)?;
-                absent(&w.group, "group", k)?;
-                absent(&w.epoch, "epoch", k)?;
+                w.only(&["upto"], k)?;
                 Ok(ClientFrame::Received { upto: required(w.upto, "upto", k)? })
             }
             ClientKind::PublishKeyPackage => {
                 let k = "publish_key_package";
-                absent(&w.id, "id", k)?;
-                absent(&w.upto, "upto", k)?;
-                absent(&w.to, "to", k)?;
-                absent(&w.to_session, "to_session", k)?;
-                absent(&w.from, "from", k)?;
-                absent(&w.body, "body", k)?;
-                absent(&w.public_key, "public_key", k)?;
-                absent(&w.nonce, "nonce", k)?;
-                absent(&w.signature, "signature", k)?;
-                absent(&w.group, "group", k)?;
-                absent(&w.epoch, "epoch", k)?;
-                absent(&w.member, "member", k)?;
+                w.only(&["key_package", "last_resort"], k)?;
                 let key_package = required(w.key_package, "key_package", k)?;
                 if key_package.wire_len() > crate::opaque::encoded_len(crate::limits::MAX_KEY_PACKAGE_BYTES) {
                     return Err(WireError(format!(
@@ -380,18 +343,7 @@ impl TryFrom<WireClientFrame> for ClientFrame {
             }
             ClientKind::ClaimKeyPackage => {
                 let k = "claim_key_package";
-                absent(&w.upto, "upto", k)?;
-                absent(&w.to, "to", k)?;
-                absent(&w.to_session, "to_session", k)?;
-                absent(&w.from, "from", k)?;
-                absent(&w.body, "body", k)?;
-                absent(&w.public_key, "public_key", k)?;
-                absent(&w.nonce, "nonce", k)?;
-                absent(&w.signature, "signature", k)?;
-                absent(&w.group, "group", k)?;
-                absent(&w.epoch, "epoch", k)?;
-                absent(&w.key_package, "key_package", k)?;
-                absent(&w.last_resort, "last_resort", k)?;
+                w.only(&["id", "member"], k)?;
                 Ok(ClientFrame::ClaimKeyPackage {
                     id: required(w.id, "id", k)?,
                     member: required(w.member, "member", k)?,
