@@ -781,6 +781,11 @@ async fn what_waits_for_an_absent_member_is_shared_by_the_replicas_in_jetstream(
         let sent = ann.send(id(BOB), format!("sealed {n}").as_bytes()).await.unwrap();
         assert_eq!(stored(&mut ann, sent).await, Ok((0, 1)), "envelope {n}");
     }
+    // Bad input from NATS: an entry in Bob's queue that no replica wrote (no sender, a body that is not one) is
+    // skipped, not delivered, and changes nothing else.
+    let capture = async_nats::jetstream::new(nats.client("alpha-capture", "capture-secret").await);
+    let forged = capture.publish(format!("pb.alpha.mbox.{}", id(BOB)), "not an envelope {".into()).await.unwrap();
+    forged.await.unwrap();
     // Replica one dies; Ann goes on through a new replica: 50 more and a commit of a group Bob is in.
     one.kill();
     let three = Replica::start_with(&nats, "alpha", dir.path(), &MAILBOX);
@@ -791,7 +796,7 @@ async fn what_waits_for_an_absent_member_is_shared_by_the_replicas_in_jetstream(
     }
     let commit = ann.commit(&GROUP, 0, &[id(BOB)], b"sealed commit").await.unwrap();
     assert_eq!(stored(&mut ann, commit).await, Ok((0, 1)));
-    assert_eq!(kept_in_jetstream(&nats, id(BOB)).await, 101);
+    assert_eq!(kept_in_jetstream(&nats, id(BOB)).await, 102, "101 and the forged one");
 
     // Bob returns to replica two, which kept none of it: the 101 in order with growing seq, then live traffic
     // Ann sends once she sees him online.
