@@ -262,7 +262,13 @@ impl SharedMailbox {
                 first = false;
                 handle.release();
             }
-            let _ = tokio::time::timeout(SESSION_CHECK, woken).await;
+            // Read again only when woken; meanwhile look now and then whether the session is gone (an idle
+            // session costs NATS nothing).
+            while tokio::time::timeout(SESSION_CHECK, woken.as_mut()).await.is_err() {
+                if handle.is_closed() {
+                    return;
+                }
+            }
             if handle.is_closed() {
                 return;
             }
