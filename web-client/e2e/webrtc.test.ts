@@ -41,6 +41,13 @@ async function received(page: Page): Promise<{ frames: number; audio: number }> 
   return { frames: stats?.videoFrames[0] ?? 0, audio: stats?.inbound.audio?.bytes ?? 0 };
 }
 
+/** Candidates the page trickled to its contacts, and received from them. */
+function trickled(m: { page: Page }): Promise<{ sent: number; received: number }> {
+  return m.page.evaluate(() =>
+    (window as unknown as { peerbubbleDiagnostics: { trickled: () => { sent: number; received: number } } }).peerbubbleDiagnostics.trickled(),
+  );
+}
+
 /** Frames of type `send` (relayed envelopes) the page has sent so far. */
 function relayed(sent: string[]): number {
   return sent.filter((f) => f.includes('"type":"send"')).length;
@@ -111,5 +118,11 @@ test('relay only: the channel opens through the bubble TURN and getStats shows a
   await send(dan.page, 'Bien reçu par le relais');
   await expect.poll(() => texts(carol.page), { timeout: 30_000 }).toContain('Bien reçu par le relais');
   expect(relayed(dan.sent)).toBe(before);
+  // Dan answered as soon as he had an answer: the candidates he gathered afterwards (his TURN allocation at
+  // least) followed it, each inside MLS, and Carol got every one.
+  const sent = (await trickled(dan)).sent;
+  expect(sent).toBeGreaterThan(0);
+  await expect.poll(async () => (await trickled(carol)).received, { timeout: 10_000 }).toBe(sent);
+  expect([...carol.frames, ...dan.frames].join('\n')).not.toMatch(/candidate:|a=fingerprint| typ (host|relay|srflx)/);
   await Promise.all([carol.context.close(), dan.context.close()]);
 });

@@ -51,6 +51,7 @@ export class WorkerClient {
         callStats: (peer?: string) => this.calls.stats(peer),
         callOthers: () => [...(this.calls.call?.others ?? [])],
         channelsInWorker: () => this.links.channelsInWorker(),
+        trickled: () => ({ ...this.links.trickled }),
       },
     });
   }

@@ -42,6 +42,8 @@ export type Command =
   | { kind: 'iceServers' }
   | { kind: 'rtcOffer'; member: MemberId; sdp: string }
   | { kind: 'rtcAnswer'; member: MemberId; sdp: string }
+  /** A candidate gathered after the offer or answer left (trickled, inside MLS as the SDP). */
+  | { kind: 'rtcCandidate'; member: MemberId; candidate: string }
   | { kind: 'rtcVerify'; member: MemberId; certificate: Uint8Array }
   | { kind: 'rtcHangup'; member: MemberId }
   | { kind: 'channel'; member: MemberId; open: boolean }
@@ -200,6 +202,7 @@ export type RtcNotice =
   | { type: 'rtcWanted'; peer: MemberId; afterMs?: number }
   | { type: 'rtcOffer'; peer: MemberId; sdp: string }
   | { type: 'rtcAnswer'; peer: MemberId; sdp: string }
+  | { type: 'rtcCandidate'; peer: MemberId; candidate: string }
   | { type: 'rtcHangup'; peer: MemberId };
 
 // ---- run-time checks ----
@@ -208,6 +211,8 @@ const HEX32 = /^[0-9a-f]{32}$/;
 const MAX_TEXT = 64 * 1024;
 /** A complete SDP with gathered candidates stays well below this. */
 const MAX_SDP = 32 * 1024;
+/** One ICE `candidate:` line (client-core refuses more than 1 KiB, or anything that could be another SDP line). */
+const CANDIDATE = /^candidate:[\x21-\x7e ]{1,1014}$/;
 /** The largest envelope either side puts on a DataChannel (client-core's file chunks included). */
 const MAX_CHANNEL_BYTES = 256 * 1024;
 /** A DER certificate. */
@@ -223,6 +228,9 @@ function isId(v: unknown): v is string {
 }
 function isText(v: unknown, max = MAX_TEXT): v is string {
   return typeof v === 'string' && v.length <= max;
+}
+function isCandidate(v: unknown): v is string {
+  return typeof v === 'string' && CANDIDATE.test(v);
 }
 function isBytes(v: unknown, max: number): v is Uint8Array {
   return v instanceof Uint8Array && v.byteLength > 0 && v.byteLength <= max;
@@ -254,6 +262,8 @@ export function parseRequest(data: unknown): Request | null {
       case 'rtcOffer':
       case 'rtcAnswer':
         return isId(c.member) && isText(c.sdp, MAX_SDP) && c.sdp.length > 0;
+      case 'rtcCandidate':
+        return isId(c.member) && isCandidate(c.candidate);
       case 'rtcVerify':
         return isId(c.member) && isBytes(c.certificate, MAX_CERTIFICATE);
       case 'rtcHangup':
@@ -500,6 +510,8 @@ export function parseRtcNotice(notice: { type: string; [key: string]: unknown })
     case 'rtcOffer':
     case 'rtcAnswer':
       return isId(notice.peer) && isText(notice.sdp, MAX_SDP) ? (notice as unknown as RtcNotice) : null;
+    case 'rtcCandidate':
+      return isId(notice.peer) && isCandidate(notice.candidate) ? (notice as unknown as RtcNotice) : null;
     default:
       return null;
   }

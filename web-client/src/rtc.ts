@@ -11,8 +11,8 @@ export type LinkState = 'connecting' | 'direct' | 'relayed';
 
 /** The one DataChannel a PeerBubble connection carries (the native peer's label). */
 const CHANNEL_LABEL = 'peerbubble';
-/** ICE gathering (TURN allocations included) gets this long before the offer or answer goes out. */
-const GATHER_TIMEOUT_MS = 15_000;
+/** Candidates of the contact that came before its offer or answer was applied, kept until it is (per contact). */
+const MAX_EARLY_CANDIDATES = 32;
 /** A connection not open by then is given up (and tried again by the side that offered). */
 const CONNECT_TIMEOUT_MS = 30_000;
 /** The side that offered tries again after these pauses, then waits for the contact's next presence. */
@@ -35,6 +35,9 @@ interface Link {
   early: Uint8Array[];
   /** Set up ahead of the conversation (`prepare`): its offer waits until the worker asks for it. */
   held?: boolean;
+  /** Our offer or answer left: candidates gathered from now on are trickled to the contact (inside MLS). Those
+   * gathered before are in the description that left. */
+  described?: boolean;
   /** Tracks the contact sends us during a call. */
   remote: MediaStream;
   /** What we send during a call, by kind ('audio', 'video'). */
@@ -45,8 +48,8 @@ export class PeerLinks {
   private readonly links = new Map<MemberId, Link>();
   /** Failed attempts in a row, per contact (the side that offers retries). */
   private readonly attempts = new Map<MemberId, number>();
-  /** Offers gathered ahead of their conversation, by contact: the link and its SDP, or null if that failed. */
-  private readonly preparing = new Map<MemberId, Promise<{ link: Link; sdp: string } | null>>();
+  /** Offers set up ahead of their conversation, by contact: the link, or null if that failed. */
+  private readonly preparing = new Map<MemberId, Promise<{ link: Link } | null>>();
   /** The tracks to answer a contact's offer with, when it adds media and we send none to it yet (the callee's
    * side of a call: set by the call manager). */
   mediaFor: (peer: MemberId) => MediaStream | null = () => null;
@@ -59,6 +62,10 @@ export class PeerLinks {
   handOver: (peer: MemberId, channel: RTCDataChannel) => boolean = () => false;
   /** Whether DataChannels go to the worker (until a transfer fails once). */
   private transfers = true;
+  /** The contact's trickled candidates that came before its description was applied here. */
+  private readonly earlyCandidates = new Map<MemberId, string[]>();
+  /** Candidates trickled, both ways (diagnostics; tests read it). */
+  readonly trickled = { sent: 0, received: 0 };
 
   constructor(
     private readonly send: (command: Command) => Promise<unknown>,
@@ -108,9 +115,10 @@ export class PeerLinks {
   /**
    * Gathers ICE for an offer to `peer` before the worker asks for it: the member opened a contact with whom
    * there is no conversation yet, and this side, which opens it, offers once there is one. The
-   * MLS conversation and the gathering (TURN allocations included) then take the time of the longer of the two,
-   * not of both. Nothing leaves the page before the worker asks (`rtcWanted`); the offer then goes inside MLS as
-   * any other. Not asked for within CONNECT_TIMEOUT_MS, it is dropped without a word to anyone.
+   * MLS conversation and the gathering (TURN allocations included) then go on at the same time. Nothing leaves
+   * the page before the worker asks (`rtcWanted`); the offer then goes inside MLS as any other, with what was
+   * gathered by then, and what is gathered later follows it. Not asked for within CONNECT_TIMEOUT_MS, it is
+   * dropped without a word to anyone.
    */
   prepare(peer: MemberId): void {
     if (this.links.has(peer) || this.preparing.has(peer)) return;
@@ -120,8 +128,7 @@ export class PeerLinks {
         link.held = true;
         this.adopt(peer, link, link.pc.createDataChannel(CHANNEL_LABEL, { ordered: true }));
         await link.pc.setLocalDescription(await link.pc.createOffer());
-        const sdp = await gathered(link.pc);
-        return this.links.get(peer) === link ? { link, sdp } : null;
+        return this.links.get(peer) === link ? { link } : null;
       } catch {
         return null;
       }
@@ -129,8 +136,8 @@ export class PeerLinks {
     this.preparing.set(peer, ready);
   }
 
-  /** The worker asks for the connection a prepared offer was gathered for: it goes out now. */
-  private async offerPrepared(peer: MemberId, prepared: Promise<{ link: Link; sdp: string } | null>): Promise<void> {
+  /** The worker asks for the connection an offer was prepared for: it goes out now. */
+  private async offerPrepared(peer: MemberId, prepared: Promise<{ link: Link } | null>): Promise<void> {
     const ready = await prepared;
     if (this.preparing.get(peer) === prepared) this.preparing.delete(peer);
     if (!ready || this.links.get(peer) !== ready.link) {
@@ -143,7 +150,7 @@ export class PeerLinks {
     }
     ready.link.held = false;
     try {
-      await this.send({ kind: 'rtcOffer', member: peer, sdp: ready.sdp });
+      await this.describe(peer, ready.link, 'rtcOffer');
     } catch {
       this.fail(peer, ready.link);
     }
@@ -185,7 +192,23 @@ export class PeerLinks {
       case 'rtcAnswer': {
         const link = this.links.get(notice.peer);
         if (!link || link.pc.signalingState !== 'have-local-offer') return;
-        link.pc.setRemoteDescription({ type: 'answer', sdp: notice.sdp }).catch(() => this.fail(notice.peer, link));
+        link.pc
+          .setRemoteDescription({ type: 'answer', sdp: notice.sdp })
+          .then(() => this.applyEarlyCandidates(notice.peer, link))
+          .catch(() => this.fail(notice.peer, link));
+        return;
+      }
+      case 'rtcCandidate': {
+        this.trickled.received++;
+        const link = this.links.get(notice.peer);
+        if (link?.pc.remoteDescription) {
+          this.addCandidate(link, notice.candidate);
+          return;
+        }
+        // The contact's description is still being applied (or its offer is about to be): kept until it is.
+        const early = this.earlyCandidates.get(notice.peer) ?? [];
+        if (early.length < MAX_EARLY_CANDIDATES) early.push(notice.candidate);
+        this.earlyCandidates.set(notice.peer, early);
         return;
       }
       case 'rtcHangup': {
@@ -301,6 +324,7 @@ export class PeerLinks {
     this.links.clear();
     this.attempts.clear();
     this.preparing.clear();
+    this.earlyCandidates.clear();
     this.changed();
   }
 
@@ -313,6 +337,13 @@ export class PeerLinks {
     }, CONNECT_TIMEOUT_MS);
     const link: Link = { pc, state: 'connecting', offered, timer, early: [], remote: new MediaStream(), senders: new Map() };
     this.links.set(peer, link);
+    pc.onicecandidate = (e: RTCPeerConnectionIceEvent) => {
+      // Gathered after our description left: it follows, inside MLS. Before, it is in the description.
+      const candidate = e.candidate?.candidate;
+      if (!candidate || !link.described || this.links.get(peer) !== link) return;
+      this.trickled.sent++;
+      void this.send({ kind: 'rtcCandidate', member: peer, candidate }).catch(() => undefined);
+    };
     pc.onconnectionstatechange = () => {
       if ((pc.connectionState === 'failed' || pc.connectionState === 'closed') && this.links.get(peer) === link) {
         this.fail(peer, link);
@@ -336,8 +367,7 @@ export class PeerLinks {
       const link = await this.connection(peer, true);
       this.adopt(peer, link, link.pc.createDataChannel(CHANNEL_LABEL, { ordered: true }));
       await link.pc.setLocalDescription(await link.pc.createOffer());
-      const sdp = await gathered(link.pc);
-      if (this.links.get(peer) === link) await this.send({ kind: 'rtcOffer', member: peer, sdp });
+      if (this.links.get(peer) === link) await this.describe(peer, link, 'rtcOffer');
     } catch {
       const link = this.links.get(peer);
       if (link) this.fail(peer, link);
@@ -348,9 +378,9 @@ export class PeerLinks {
     try {
       const link = await this.connection(peer, false);
       await link.pc.setRemoteDescription({ type: 'offer', sdp });
+      this.applyEarlyCandidates(peer, link);
       await link.pc.setLocalDescription(await link.pc.createAnswer());
-      const answer = await gathered(link.pc);
-      if (this.links.get(peer) === link) await this.send({ kind: 'rtcAnswer', member: peer, sdp: answer });
+      if (this.links.get(peer) === link) await this.describe(peer, link, 'rtcAnswer');
     } catch {
       this.close(peer, true);
     }
@@ -426,6 +456,31 @@ export class PeerLinks {
     }
   }
 
+  /**
+   * Sends our offer or answer as it is now, with the candidates gathered so far: the rest follow as they come
+   * (`onicecandidate`), so neither side waits for the other's gathering (TURN allocations included). The
+   * description is read and `described` set in one go, so a candidate is either in it or trickled, never lost.
+   */
+  private describe(peer: MemberId, link: Link, kind: 'rtcOffer' | 'rtcAnswer'): Promise<unknown> {
+    const sdp = link.pc.localDescription?.sdp;
+    if (!sdp) return Promise.reject(new Error('no local description'));
+    link.described = true;
+    return this.send({ kind, member: peer, sdp });
+  }
+
+  /** The contact's candidates that came before its description was applied. */
+  private applyEarlyCandidates(peer: MemberId, link: Link): void {
+    const early = this.earlyCandidates.get(peer);
+    this.earlyCandidates.delete(peer);
+    for (const candidate of early ?? []) this.addCandidate(link, candidate);
+  }
+
+  /** One trickled candidate of the contact (a bundled connection: all of them belong to its first section). */
+  private addCandidate(link: Link, candidate: string): void {
+    // One the browser cannot use (another address family, a closed connection) changes nothing else.
+    link.pc.addIceCandidate({ candidate, sdpMLineIndex: 0 }).catch(() => undefined);
+  }
+
   /** The connection failed or dropped: end it, tell the contact, and try again if this side offered. */
   private fail(peer: MemberId, link: Link): void {
     if (this.links.get(peer) !== link) return;
@@ -452,6 +507,7 @@ export class PeerLinks {
     if (!link) return;
     clearTimeout(link.timer);
     this.links.delete(peer);
+    this.earlyCandidates.delete(peer);
     // A prepared offer never reached the contact: nothing to hang up, and nothing prepared any more.
     const held = link.held === true;
     if (held) this.preparing.delete(peer);
@@ -465,24 +521,6 @@ export class PeerLinks {
     if (hangUp && !held) void this.send({ kind: 'rtcHangup', member: peer }).catch(() => undefined);
     this.changed();
   }
-}
-
-/** The local description once ICE gathering completed (or timed out: what was gathered by then). */
-async function gathered(pc: RTCPeerConnection): Promise<string> {
-  if (pc.iceGatheringState !== 'complete') {
-    await new Promise<void>((resolve) => {
-      const timer = setTimeout(resolve, GATHER_TIMEOUT_MS);
-      pc.addEventListener('icegatheringstatechange', () => {
-        if (pc.iceGatheringState === 'complete') {
-          clearTimeout(timer);
-          resolve();
-        }
-      });
-    });
-  }
-  const sdp = pc.localDescription?.sdp;
-  if (!sdp) throw new Error('no local description');
-  return sdp;
 }
 
 /** Whether the selected candidate pair goes through a TURN relay. */

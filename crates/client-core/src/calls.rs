@@ -124,6 +124,11 @@ impl Calls {
                 if self.current(from) != Some(*call) {
                     return Err("signal for another call");
                 }
+                if let CallSignal::Candidate { candidate, .. } = signal
+                    && !is_candidate_line(candidate)
+                {
+                    return Err("not one ICE candidate line");
+                }
                 if matches!(signal, CallSignal::Hangup { .. }) {
                     self.calls.remove(&from);
                     return Ok(Verdict::HungUp);
@@ -136,6 +141,12 @@ impl Calls {
             }
         }
     }
+}
+
+/// One `candidate:` attribute value (RFC 8839), as `RTCIceCandidate.candidate` gives it: nothing an edge could
+/// read as another SDP line. An empty value (end of candidates) is not sent.
+pub(crate) fn is_candidate_line(candidate: &str) -> bool {
+    candidate.starts_with("candidate:") && candidate.chars().all(|c| c.is_ascii_graphic() || c == ' ')
 }
 
 #[cfg(test)]
@@ -195,6 +206,13 @@ mod tests {
         assert_eq!(calls.to_answer(low), Some(theirs));
         let stray = CallSignal::Candidate { call: ours, candidate: "candidate:1".into() };
         assert_eq!(calls.on_signal(high, low, &stray), Err("signal for another call"));
+        let trickled = |candidate: &str| CallSignal::Candidate { call: theirs, candidate: candidate.into() };
+        let host = "candidate:1 1 udp 2122260223 127.0.0.1 50000 typ host generation 0";
+        assert_eq!(calls.on_signal(high, low, &trickled(host)), Ok(Verdict::Pass));
+        for bad in ["", "a=fingerprint:sha-256 00", "candidate:1 1 udp 1 127.0.0.1 1 typ host\r\na=fingerprint:x"] {
+            assert_eq!(calls.on_signal(high, low, &trickled(bad)), Err("not one ICE candidate line"), "{bad:?}");
+        }
+        assert_eq!(calls.to_answer(low), Some(theirs), "a refused candidate leaves the set-up as it was");
         assert_eq!(calls.on_signal(high, low, &CallSignal::Hangup { call: theirs }), Ok(Verdict::HungUp));
         assert_eq!(calls.current(low), None);
     }

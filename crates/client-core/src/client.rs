@@ -1159,8 +1159,12 @@ impl Client {
         Ok(matches!(c.kind, Some(ConversationKind::Group { .. })))
     }
 
-    /// Sends a trickled ICE candidate of the current call with `peer`.
+    /// Sends a trickled ICE candidate of the current call with `peer`: one `candidate:` line gathered after the
+    /// offer or answer left (an edge sends its description as soon as it has one, and what it gathers later this way).
     pub fn send_candidate(&mut self, peer: MemberId, candidate: &str) -> Result<(), ClientError> {
+        if !crate::calls::is_candidate_line(candidate) || candidate.len() > crate::message::MAX_CANDIDATE {
+            return Err(ClientError::NotAllowed("not one ICE candidate line"));
+        }
         let call = self.calls.current(peer).ok_or(ClientError::NotAllowed("no call with this contact"))?;
         let conversation = self.direct_conversation(peer).ok_or(ClientError::NotAllowed("no 1:1 conversation"))?;
         self.send_signal(conversation, CallSignal::Candidate { call, candidate: candidate.into() })

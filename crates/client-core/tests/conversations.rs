@@ -465,6 +465,22 @@ fn call_set_up_is_inside_mls_and_binds_the_dtls_fingerprint() {
     net.clients[1].answer_call(net.ids[0], &sdp_b, &fp_b).unwrap();
     net.run();
     assert_eq!(net.clients[0].expected_fingerprint(net.ids[1]), Some(&fp_b));
+    // The answer left with no candidate: those gathered afterwards trickle, inside MLS too.
+    let relay = "candidate:2 1 udp 41885439 198.51.100.9 3478 typ relay raddr 0.0.0.0 rport 0";
+    net.clients[1].send_candidate(net.ids[0], relay).unwrap();
+    for bad in ["a=fingerprint:sha-256 00", "candidate:3 1 udp 1 198.51.100.9 1 typ host\r\na=fingerprint:x"] {
+        assert!(net.clients[1].send_candidate(net.ids[0], bad).is_err(), "{bad:?} is not one candidate line");
+    }
+    net.run();
+    assert!(net.relay_log.iter().all(|body| !String::from_utf8_lossy(body).contains("198.51.100.9")));
+    let trickled: Vec<&str> = net.events[0]
+        .iter()
+        .filter_map(|e| match e {
+            Event::Call { signal: CallSignal::Candidate { candidate, .. }, .. } => Some(candidate.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(trickled, [relay]);
     // The DTLS certificate actually presented must be the announced one.
     assert!(net.clients[0].verify_dtls(net.ids[1], &fp_b));
     assert!(!net.clients[1].verify_dtls(net.ids[0], &other));

@@ -594,8 +594,8 @@ fn core_json(event: &Event) -> Value {
             json!({"type": "typing", "conversation": conversation, "from": from.to_string(), "typing": typing})
         }
         // Call set-up for the page's RTCPeerConnection: the SDP came MLS-authenticated from the contact, with its
-        // `a=fingerprint` already checked against the announced one. Candidates travel inside the SDP (both
-        // edges gather before they offer or answer), so trickled ones are not used.
+        // `a=fingerprint` already checked against the announced one; candidates gathered after it left follow,
+        // each checked to be one `candidate:` line.
         Event::Call { from, signal: CallSignal::Offer { sdp, .. }, .. } => {
             json!({"type": "rtcOffer", "peer": from.to_string(), "sdp": sdp})
         }
@@ -604,6 +604,9 @@ fn core_json(event: &Event) -> Value {
         }
         Event::Call { from, signal: CallSignal::Hangup { .. }, .. } => {
             json!({"type": "rtcHangup", "peer": from.to_string()})
+        }
+        Event::Call { from, signal: CallSignal::Candidate { candidate, .. }, .. } => {
+            json!({"type": "rtcCandidate", "peer": from.to_string(), "candidate": candidate})
         }
         // Media calls: who rings, picks up or ends, for the page's call screen.
         Event::Call { from, signal: CallSignal::Ring { ring, video }, .. } => {
@@ -894,7 +897,8 @@ impl Member {
         Value::Array(servers).to_string()
     }
 
-    /// Offers a connection to `peer`: `sdp` is the page's complete offer (candidates gathered); its single
+    /// Offers a connection to `peer`: `sdp` is the page's offer with the candidates gathered so far (the rest
+    /// follow with [`Member::send_candidate`]); its single
     /// `a=fingerprint` is announced inside MLS as the only certificate the contact may accept from us.
     #[wasm_bindgen(js_name = startCall)]
     pub fn start_call(&mut self, peer: &str, sdp: &str, now_ms: f64) -> Result<(), JsError> {
@@ -902,11 +906,18 @@ impl Member {
         self.act(now_ms, |c| c.start_call(peer, sdp, &fingerprint)).map(drop)
     }
 
-    /// Answers the contact's offer with the page's complete answer.
+    /// Answers the contact's offer with the page's answer (candidates gathered later follow).
     #[wasm_bindgen(js_name = answerCall)]
     pub fn answer_call(&mut self, peer: &str, sdp: &str, now_ms: f64) -> Result<(), JsError> {
         let (peer, fingerprint) = (member_id(peer)?, single_fingerprint(sdp)?);
         self.act(now_ms, |c| c.answer_call(peer, sdp, &fingerprint))
+    }
+
+    /// A candidate the page gathered after its offer or answer left (one `candidate:` line), for `peer`.
+    #[wasm_bindgen(js_name = sendCandidate)]
+    pub fn send_candidate(&mut self, peer: &str, candidate: &str, now_ms: f64) -> Result<(), JsError> {
+        let peer = member_id(peer)?;
+        self.act(now_ms, |c| c.send_candidate(peer, candidate))
     }
 
     /// The certificate (DER) the contact's DTLS handshake presented: true only if it is the one announced

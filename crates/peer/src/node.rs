@@ -869,6 +869,17 @@ impl State {
                     self.emit(NodeEvent::Error(format!("call answer refused: {e}")));
                 }
             }
+            // A candidate the contact gathered after its offer or answer left (the browser sends its description
+            // at once and trickles the rest); core already checked it is one `candidate:` line of this call.
+            Event::Call { from, signal: CallSignal::Candidate { candidate, .. }, .. } => {
+                let rtc = self.rtcs.get(from).map(|c| c.rtc.clone());
+                if let Some(rtc) = rtc
+                    && rtc.add_remote_candidate(candidate).await.is_err()
+                {
+                    // One unusable candidate (another address family) leaves the others to connect.
+                    tracing::debug!(peer = %from, "a trickled candidate could not be used");
+                }
+            }
             Event::Call { from, signal: CallSignal::Hangup { .. }, .. } => {
                 let from = *from;
                 self.close_rtc(from, false).await;

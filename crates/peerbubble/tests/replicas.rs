@@ -621,6 +621,155 @@ async fn an_encrypted_conversation_across_replicas_leaves_nothing_readable_on_na
     }
 }
 
+/// Every file under `dir`, concatenated (deleted JetStream messages may still sit in a block file: read too).
+fn all_bytes(dir: &Path) -> Vec<u8> {
+    let (mut bytes, mut dirs) = (Vec::new(), vec![dir.to_path_buf()]);
+    while let Some(d) = dirs.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                bytes.extend(std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    bytes
+}
+
+/// The canary over a real conversation that waited in JetStream (issue 17): the native peer publishes its
+/// KeyPackages and goes down; Ann, on the other replica, starts a conversation with it from a KeyPackage claimed
+/// in the bucket and writes; the Welcome and her message wait in the bot's JetStream queue; the bot comes back
+/// from its key store, joins and answers. Neither NATS traffic (an eavesdropper in the account, reading from the
+/// start) nor JetStream's files (read while the entries wait and at the end) hold the text, an SDP, a candidate
+/// or a key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conversation_that_waited_in_jetstream_leaves_only_ciphertext_there() {
+    use peerbubble_client_core::Event;
+    use peerbubble_peer::node::{Node, NodeConfig, NodeEvent};
+    use std::sync::{Arc, Mutex};
+
+    let nats = Nats::start();
+    let dir = tempfile::tempdir().unwrap();
+    // The eavesdropper reads in a task of its own from the first message on: a subscription read only at the end
+    // overflows and drops what matters.
+    let capture = nats.client("alpha-capture", "capture-secret").await;
+    let mut everything = capture.subscribe(">").await.unwrap();
+    capture.flush().await.unwrap();
+    let heard = Arc::new(Mutex::new(Vec::<u8>::new()));
+    let listening = {
+        let heard = heard.clone();
+        tokio::spawn(async move {
+            while let Some(message) = everything.next().await {
+                let mut heard = heard.lock().unwrap();
+                heard.extend_from_slice(message.subject.as_bytes());
+                heard.extend_from_slice(format!("{:?}", message.headers).as_bytes());
+                heard.extend_from_slice(&message.payload);
+            }
+        })
+    };
+    let one = Replica::start_with(&nats, "alpha", dir.path(), &MAILBOX);
+    let two = Replica::start_with(&nats, "alpha", dir.path(), &MAILBOX);
+
+    let bot = key(BOB);
+    let bot_id = id(BOB);
+    let key_file = dir.path().join("bot.key");
+    std::fs::write(&key_file, format!("{}\n", bot.to_seed_base64().as_str())).unwrap();
+    let store = dir.path().join("bot-store");
+    let bot_process = |import: bool| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_peerbubble"));
+        command.args(["chat", "--echo", "--rtc-bind", "127.0.0.1:0", "--url", &two.url(), "--store"]).arg(&store);
+        if import {
+            command.arg("--key").arg(&key_file);
+        }
+        let log = std::fs::File::create(dir.path().join(if import { "bot-1.log" } else { "bot-2.log" })).unwrap();
+        KillOnDrop(
+            command
+                .env("PEERBUBBLE_PASSPHRASE", "nine ravens over the west quay")
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        )
+    };
+    // The bot connects once (its KeyPackages go to the bucket), then its machine goes down hard.
+    let mut first = bot_process(true);
+    let kv = async_nats::jetstream::new(nats.client("alpha-capture", "capture-secret").await);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Ok(bucket) = kv.get_key_value("pb-kp-alpha").await
+            && bucket.get(bot_id.to_string()).await.ok().flatten().is_some()
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the bot never published its KeyPackages");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = first.0.kill();
+    let _ = first.0.wait();
+
+    let loopback = vec![SocketAddr::from(([127, 0, 0, 1], 0))];
+    let mut node =
+        Node::start(NodeConfig { bind: loopback, auto_connect: false, ..NodeConfig::new(one.url()) }, key(ANN))
+            .await
+            .unwrap();
+    let deadline = Instant::now() + WAIT;
+    while node.directory().await.unwrap().iter().any(|e| e.member == bot_id && e.online) {
+        assert!(Instant::now() < deadline, "the bot's session never ended");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The bot is away from every replica: its KeyPackage is claimed in the bucket, the Welcome waits.
+    node.start_direct(bot_id).await.unwrap();
+    let deadline = Instant::now() + WAIT;
+    let conversation = loop {
+        if let Some(c) = node.direct(bot_id).await.unwrap() {
+            break c;
+        }
+        assert!(Instant::now() < deadline, "no conversation from a claimed KeyPackage");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    const CANARY: &str = "CANARY-jetstream-mailbox-91c4-the-ferry-leaves-at-six";
+    node.send_text(conversation, CANARY).await.unwrap();
+    node.wait_for("stored for later", WAIT, |e| matches!(e, NodeEvent::StoredForLater(m) if *m == bot_id))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
+    while kept_in_jetstream(&nats, bot_id).await < 2 {
+        assert!(Instant::now() < deadline, "the Welcome and the message do not wait in JetStream");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let waiting = String::from_utf8_lossy(&all_bytes(&nats.store())).into_owned();
+    assert!(waiting.contains("pb.alpha.mbox.") && waiting.contains("Pb-From"), "the waiting entries were read");
+
+    // The bot comes back from its key store alone: it joins from the Welcome and answers what waited.
+    let _second = bot_process(false);
+    let echoed = format!("echo: {CANARY}");
+    if let Err(e) = node
+        .wait_for("echo", WAIT * 2, |e| matches!(e, NodeEvent::Core(Event::Message { text, .. }) if *text == echoed))
+        .await
+    {
+        let logs = ["bot-1.log", "bot-2.log"].map(|f| std::fs::read_to_string(dir.path().join(f)).unwrap_or_default());
+        panic!("{e}\nfirst run:\n{}\nafter the restart:\n{}", logs[0], logs[1]);
+    }
+    node.shutdown().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    listening.abort();
+
+    let heard = String::from_utf8_lossy(&heard.lock().unwrap()).into_owned();
+    let store = String::from_utf8_lossy(&all_bytes(&nats.store())).into_owned();
+    // The scans can fail: the capture heard the envelope kept for the bot, the files hold its queue and the bucket.
+    assert!(heard.contains("pb.alpha.mbox.") && heard.contains("\"type\":\"deliver\""), "the capture heard the mailbox");
+    assert!(store.contains("KV_pb-kp-alpha"), "the JetStream store was read");
+    let wire = String::from(peerbubble_proto::Opaque::from_bytes(CANARY.as_bytes()).unwrap());
+    let seeds = [key(ANN).to_seed_base64().as_str().to_owned(), bot.to_seed_base64().as_str().to_owned()];
+    for needle in [CANARY, wire.as_str(), "echo: CANARY", "a=fingerprint", "candidate:", "v=0\r\n", &seeds[0], &seeds[1]] {
+        assert!(!heard.contains(needle), "{needle} crossed NATS readably");
+        assert!(!store.contains(needle), "{needle} reached JetStream's files");
+        assert!(!waiting.contains(needle), "{needle} waited in JetStream readably");
+    }
+}
+
 /// A child process stopped with the test, whatever happens.
 struct KillOnDrop(Child);
 

@@ -672,6 +672,9 @@ async function runDirect(command: Command): Promise<unknown> {
     case 'rtcAnswer':
       m.answerCall(command.member, command.sdp, now);
       break;
+    case 'rtcCandidate':
+      m.sendCandidate(command.member, command.candidate, now);
+      break;
     case 'rtcVerify':
       value = m.verifyDtls(command.member, command.certificate, now);
       break;
