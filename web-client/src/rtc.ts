@@ -13,6 +13,10 @@ export type LinkState = 'connecting' | 'direct' | 'relayed';
 const CHANNEL_LABEL = 'peerbubble';
 /** Candidates of the contact that came before its offer or answer was applied, kept until it is (per contact). */
 const MAX_EARLY_CANDIDATES = 32;
+/** An offer or answer waits for its first candidate at most this long (TURN allocation for a relay-only device). */
+const FIRST_CANDIDATE_MS = 500;
+/** A connection not yet open that ICE reports failed gets this long for the contact's trickled candidates. */
+const FAILED_GRACE_MS = 5_000;
 /** A connection not open by then is given up (and tried again by the side that offered). */
 const CONNECT_TIMEOUT_MS = 30_000;
 /** The side that offered tries again after these pauses, then waits for the contact's next presence. */
@@ -38,6 +42,10 @@ interface Link {
   /** Our offer or answer left: candidates gathered from now on are trickled to the contact (inside MLS). Those
    * gathered before are in the description that left. */
   described?: boolean;
+  /** At least one candidate was gathered. */
+  gatheredOne?: boolean;
+  /** Ends the connection if ICE still reports it failed (see FAILED_GRACE_MS). */
+  failedTimer?: ReturnType<typeof setTimeout>;
   /** Tracks the contact sends us during a call. */
   remote: MediaStream;
   /** What we send during a call, by kind ('audio', 'video'). */
@@ -318,6 +326,7 @@ export class PeerLinks {
   closeAll(): void {
     for (const link of this.links.values()) {
       clearTimeout(link.timer);
+      clearTimeout(link.failedTimer);
       link.channel?.close();
       link.pc.close();
     }
@@ -340,12 +349,24 @@ export class PeerLinks {
     pc.onicecandidate = (e: RTCPeerConnectionIceEvent) => {
       // Gathered after our description left: it follows, inside MLS. Before, it is in the description.
       const candidate = e.candidate?.candidate;
+      if (candidate) link.gatheredOne = true;
       if (!candidate || !link.described || this.links.get(peer) !== link) return;
       this.trickled.sent++;
       void this.send({ kind: 'rtcCandidate', member: peer, candidate }).catch(() => undefined);
     };
     pc.onconnectionstatechange = () => {
-      if ((pc.connectionState === 'failed' || pc.connectionState === 'closed') && this.links.get(peer) === link) {
+      if (this.links.get(peer) !== link) return;
+      clearTimeout(link.failedTimer);
+      if (pc.connectionState === 'closed') this.fail(peer, link);
+      if (pc.connectionState !== 'failed') return;
+      // A connection being set up fails at once when ICE has no pair yet (a relay-only device, whose only
+      // candidate cannot reach what the contact's description named): the contact's trickled candidates may
+      // still make one, and ICE then checks again. An open connection that fails ends at once.
+      if (link.state === 'connecting') {
+        link.failedTimer = setTimeout(() => {
+          if (this.links.get(peer) === link && pc.connectionState === 'failed') this.fail(peer, link);
+        }, FAILED_GRACE_MS);
+      } else {
         this.fail(peer, link);
       }
     };
@@ -461,9 +482,12 @@ export class PeerLinks {
    * (`onicecandidate`), so neither side waits for the other's gathering (TURN allocations included). The
    * description is read and `described` set in one go, so a candidate is either in it or trickled, never lost.
    */
-  private describe(peer: MemberId, link: Link, kind: 'rtcOffer' | 'rtcAnswer'): Promise<unknown> {
+  private async describe(peer: MemberId, link: Link, kind: 'rtcOffer' | 'rtcAnswer'): Promise<unknown> {
+    // Not without any candidate: the contact's ICE would have nothing to check until the first one trickled.
+    await firstCandidate(link);
+    if (this.links.get(peer) !== link) return null;
     const sdp = link.pc.localDescription?.sdp;
-    if (!sdp) return Promise.reject(new Error('no local description'));
+    if (!sdp) throw new Error('no local description');
     link.described = true;
     return this.send({ kind, member: peer, sdp });
   }
@@ -506,6 +530,7 @@ export class PeerLinks {
     const link = this.links.get(peer);
     if (!link) return;
     clearTimeout(link.timer);
+    clearTimeout(link.failedTimer);
     this.links.delete(peer);
     this.earlyCandidates.delete(peer);
     // A prepared offer never reached the contact: nothing to hang up, and nothing prepared any more.
@@ -521,6 +546,29 @@ export class PeerLinks {
     if (hangUp && !held) void this.send({ kind: 'rtcHangup', member: peer }).catch(() => undefined);
     this.changed();
   }
+}
+
+/** Resolves once `link` gathered a candidate or finished gathering, or after FIRST_CANDIDATE_MS. */
+function firstCandidate(link: Link): Promise<void> {
+  const pc = link.pc;
+  const ready = () => link.gatheredOne === true || pc.iceGatheringState === 'complete' || pc.signalingState === 'closed';
+  if (ready()) return Promise.resolve();
+  return new Promise((resolve) => {
+    const finish = () => {
+      clearTimeout(timer);
+      pc.removeEventListener('icecandidate', check);
+      pc.removeEventListener('icegatheringstatechange', check);
+      pc.removeEventListener('signalingstatechange', check);
+      resolve();
+    };
+    const check = () => {
+      if (ready()) finish();
+    };
+    const timer = setTimeout(finish, FIRST_CANDIDATE_MS);
+    pc.addEventListener('icecandidate', check);
+    pc.addEventListener('icegatheringstatechange', check);
+    pc.addEventListener('signalingstatechange', check);
+  });
 }
 
 /** Whether the selected candidate pair goes through a TURN relay. */

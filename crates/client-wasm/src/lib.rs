@@ -152,6 +152,17 @@ extern "C" {
     fn performance_now() -> f64;
 }
 
+/// Sets up a 1:1 conversation between two throw-away clients made for it and exchanges two texts, in memory:
+/// the engine compiles the MLS code (KeyPackage, commit, Welcome, messages) now, while the member reads the lock
+/// screen, instead of inside their first conversation. Cold, the step that adds a contact took 40–54 ms in the
+/// worker and the Welcome 25–33 ms; warm, 5–10 ms each (BENCHMARKS.md, `bench browser`). Touches no member's
+/// keys, storage or network; whatever fails here changes nothing (the member's own set-up runs as before).
+#[wasm_bindgen(js_name = warmUp)]
+pub fn warm_up() {
+    let mut clock = performance_now;
+    let _ = peerbubble_client_core::bench::message_cost(2, 256, &mut clock);
+}
+
 /// Microseconds per MLS message (encrypt + decrypt) over `n` texts of `bytes` bytes and their receipts, between
 /// two throw-away clients in this module: `cargo xtask bench browser` compares it with the same code run
 /// natively (`peerbubble_client_core::bench`). Touches no member's keys or storage.

@@ -759,11 +759,16 @@ async fn a_conversation_that_waited_in_jetstream_leaves_only_ciphertext_there() 
     let heard = String::from_utf8_lossy(&heard.lock().unwrap()).into_owned();
     let store = String::from_utf8_lossy(&all_bytes(&nats.store())).into_owned();
     // The scans can fail: the capture heard the envelope kept for the bot, the files hold its queue and the bucket.
-    assert!(heard.contains("pb.alpha.mbox.") && heard.contains("\"type\":\"deliver\""), "the capture heard the mailbox");
+    assert!(
+        heard.contains("pb.alpha.mbox.") && heard.contains("\"type\":\"deliver\""),
+        "the capture heard the mailbox"
+    );
     assert!(store.contains("KV_pb-kp-alpha"), "the JetStream store was read");
     let wire = String::from(peerbubble_proto::Opaque::from_bytes(CANARY.as_bytes()).unwrap());
     let seeds = [key(ANN).to_seed_base64().as_str().to_owned(), bot.to_seed_base64().as_str().to_owned()];
-    for needle in [CANARY, wire.as_str(), "echo: CANARY", "a=fingerprint", "candidate:", "v=0\r\n", &seeds[0], &seeds[1]] {
+    for needle in
+        [CANARY, wire.as_str(), "echo: CANARY", "a=fingerprint", "candidate:", "v=0\r\n", &seeds[0], &seeds[1]]
+    {
         assert!(!heard.contains(needle), "{needle} crossed NATS readably");
         assert!(!store.contains(needle), "{needle} reached JetStream's files");
         assert!(!waiting.contains(needle), "{needle} waited in JetStream readably");
