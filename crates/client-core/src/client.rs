@@ -736,6 +736,21 @@ impl Client {
     /// [`KEY_PACKAGES_KEPT`] and one last resort ([`Output::PublishKeyPackage`]). Their private keys join the
     /// state to save; a one-time one is used once, the last-resort one as often as it is handed out.
     pub fn key_package_stock(&mut self, one_time: u32, last_resort: bool) -> Result<(), ClientError> {
+        if !self.bubble_keeps_key_packages {
+            // Asked before the bubble said it keeps KeyPackages (a conversation started right after connecting):
+            // a member away got the request in its mailbox, answered only when it returns. Claim one now too;
+            // its late answer is then refused as unsolicited, harmlessly.
+            let mut away: Vec<([u8; 16], MemberId)> = self
+                .requests
+                .iter()
+                .filter(|(_, (member, _, _))| self.paths.is_away(*member))
+                .map(|(request, (member, _, _))| (*request, *member))
+                .collect();
+            away.sort_unstable();
+            for (request, member) in away {
+                self.outputs.push_back(Output::ClaimKeyPackage { request, member });
+            }
+        }
         self.bubble_keeps_key_packages = true;
         let missing = KEY_PACKAGES_KEPT.saturating_sub(one_time as usize);
         for _ in 0..missing {

@@ -1002,3 +1002,43 @@ fn a_group_call_rings_everyone_counts_who_joins_stops_at_the_mesh_limit_and_goes
     assert!(!net.take_events(3).iter().any(|e| matches!(e, Event::Call { signal: CallSignal::Ring { .. }, .. })));
     assert!(net.clients[3].group_call(g).is_none());
 }
+
+/// A conversation started with an away member before the bubble said it keeps KeyPackages (right after
+/// connecting): the request waits in the member's mailbox, and once the stock frame comes a KeyPackage is claimed
+/// for it as well, so the conversation does not wait for the member to return.
+#[test]
+fn a_request_made_before_the_bubble_said_it_keeps_key_packages_is_claimed_when_it_does() {
+    let (ann, bob) = (IdentityKey::generate().unwrap(), IdentityKey::generate().unwrap());
+    let bob_id = bob.public_key().member_id();
+    let mut client = Client::new(&ann);
+    let entry = |key: &IdentityKey, online: bool| DirectoryEntry {
+        member: key.public_key().member_id(),
+        public_key: key.public_key(),
+        display_name: "Bob".into(),
+        categories: vec!["cell".into()],
+        online,
+    };
+    client.set_directory([entry(&bob, false)]);
+    client.start_direct(bob_id).unwrap();
+    let mut asked = None;
+    while let Some(out) = client.poll_output() {
+        if let Output::Relay { to, body } = out
+            && let Ok(Envelope::KeyPackageRequest { request }) = Envelope::decode(&body)
+        {
+            assert_eq!(to, bob_id);
+            asked = Some(request);
+        }
+    }
+    let asked = asked.expect("the member is asked directly while nothing says the bubble keeps KeyPackages");
+    client.key_package_stock(0, false).unwrap();
+    let claims: Vec<_> = std::iter::from_fn(|| client.poll_output())
+        .filter_map(|out| match out {
+            Output::ClaimKeyPackage { request, member } => Some((request, member)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(claims, [(asked, bob_id)], "the same request, claimed in the bubble");
+    // Told again (a new signaling session), nothing is claimed twice.
+    client.key_package_stock(5, true).unwrap();
+    assert!(std::iter::from_fn(|| client.poll_output()).all(|out| !matches!(out, Output::ClaimKeyPackage { .. })));
+}
