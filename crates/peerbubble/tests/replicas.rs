@@ -595,18 +595,7 @@ async fn an_encrypted_conversation_across_replicas_leaves_nothing_readable_on_na
         heard.extend_from_slice(message.subject.as_bytes());
         heard.extend_from_slice(&message.payload);
     }
-    let mut store = Vec::new();
-    let mut dirs = vec![nats.store()];
-    while let Some(d) = dirs.pop() {
-        for entry in std::fs::read_dir(&d).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                dirs.push(path);
-            } else {
-                store.extend(std::fs::read(&path).unwrap());
-            }
-        }
-    }
+    let store = all_bytes(&nats.store());
     let (heard, store) = (String::from_utf8_lossy(&heard), String::from_utf8_lossy(&store));
     // The scans can fail: the capture heard the conversation's envelopes, the store holds the ledger.
     assert!(heard.contains("\"type\":\"deliver\""), "the capture heard forwarded envelopes");
