@@ -193,6 +193,16 @@ test('bench browser', async () => {
   await cost(MESSAGES);
   const wasmRuns: number[] = [];
   for (let i = 0; i < 5; i++) wasmRuns.push(await cost(MESSAGES));
+  // A file transfer's chunk work in the same module (16 KiB chunks through the real state machines).
+  const chunks = (n: number) =>
+    page.evaluate(`(async () => {
+      const m = await import('/${js}');
+      await m.default({ module_or_path: '/${wasm}' });
+      return JSON.parse(m.benchFileChunks(${n}));
+    })()`) as Promise<{ seal: number; open: number; sha256: number }>;
+  await chunks(2048);
+  const chunkRuns: Array<{ seal: number; open: number; sha256: number }> = [];
+  for (let i = 0; i < 3; i++) chunkRuns.push(await chunks(4096));
   await page.context().close();
 
   const oursMs: number[] = [];
@@ -207,6 +217,9 @@ test('bench browser', async () => {
   const wasmGzKb = gzipSync(readFileSync(join(WASM_DIR, wasm ?? ''))).length / 1024;
   const result = {
     wasm_msg_us: median(wasmRuns),
+    wasm_chunk_seal_us: median(chunkRuns.map((c) => c.seal)),
+    wasm_chunk_open_us: median(chunkRuns.map((c) => c.open)),
+    wasm_chunk_sha256_us: median(chunkRuns.map((c) => c.sha256)),
     ours_median_ms: median(oursMs),
     raw_median_ms: median(rawMs),
     wasm_gz_kb: wasmGzKb,

@@ -24,6 +24,8 @@ import { CHROMIUM_ARGS, type Up, enroll, invite, newMember, open, startUp } from
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
 const FILE_MB = Number(process.env.BENCH_FILE_MB ?? 256);
 const FILE_BYTES = FILE_MB << 20;
+/** `BENCH_ONLY=file`: only the two file transfers (to look into one figure); the result then lacks the others. */
+const ONLY_FILE = process.env.BENCH_ONLY === 'file';
 /** The web client's chunk frames are 16 KiB; the raw pages send messages of the same size. */
 const MESSAGE = 16 * 1024;
 const scratch = mkdtempSync(join(tmpdir(), 'peerbubble-bench-media-'));
@@ -118,7 +120,7 @@ beforeAll(async () => {
   pages = `http://127.0.0.1:${(server.address() as AddressInfo).port}/`;
   [up, , browser] = await Promise.all([
     startUp(),
-    startRelays(),
+    ONLY_FILE ? Promise.resolve() : startRelays(),
     chromium.launch({
       executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
       args: [...CHROMIUM_ARGS, '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream'],
@@ -284,8 +286,14 @@ test('bench browser-media', async () => {
   const rawCallMs: number[] = [];
   const relayOursMs: number[] = [];
   const relayCoturnMs: number[] = [];
-  if (!relays) throw new Error('the relays did not start');
-  for (let round = 1; round <= ROUNDS; round++) {
+  for (let round = 1; round <= ROUNDS && ONLY_FILE; round++) {
+    if (round % 2 === 0) oursFileMs.push(await oursFile(round, path));
+    rawFileMs.push(await rawFile());
+    if (round % 2 === 1) oursFileMs.push(await oursFile(round, path));
+    console.log(`round ${round}: file ours ${oursFileMs.at(-1)} ms, raw ${rawFileMs.at(-1)} ms`);
+  }
+  for (let round = 1; round <= ROUNDS && !ONLY_FILE; round++) {
+    if (!relays) throw new Error('the relays did not start');
     // Relayed: the same raw pages through our TURN and through coturn, alternating which goes first.
     if (round % 2 === 0) relayCoturnMs.push(await rawFile(relays.coturn));
     relayOursMs.push(await rawFile(relays.ours));

@@ -156,6 +156,16 @@ pub(crate) fn bench_browser(rest: &[String]) -> anyhow::Result<()> {
         .lines()
         .find_map(|l| l.strip_prefix("mls: ")?.split_whitespace().next()?.parse().ok())
         .context("the native bench printed no `mls:` line")?;
+    let chunk_native = |what: &str| -> anyhow::Result<f64> {
+        let line = native.lines().find_map(|l| l.strip_prefix("chunk: ")).context("no native `chunk:` line")?;
+        let mut words = line.split_whitespace();
+        while let Some(word) = words.next() {
+            if word == what {
+                return words.next().and_then(|v| v.parse().ok()).context("a number after it");
+            }
+        }
+        anyhow::bail!("the native `chunk:` line has no {what}")
+    };
     let web = root.join("web-client");
     let out = target_dir().join("bench-browser.json");
     let _ = std::fs::remove_file(&out);
@@ -172,6 +182,15 @@ pub(crate) fn bench_browser(rest: &[String]) -> anyhow::Result<()> {
     println!(
         "connect (median of {rounds}): web client {ours:.0} ms, raw RTCPeerConnection page {raw:.0} ms; \
          MLS 1 KiB message: wasm {wasm_us:.1} us, native {native_us:.1} us"
+    );
+    let (seal, open, sha) =
+        (number("wasm_chunk_seal_us")?, number("wasm_chunk_open_us")?, number("wasm_chunk_sha256_us")?);
+    println!(
+        "file chunk of 16 KiB: wasm seal {seal:.0} us, open {open:.0} us, SHA-256 alone {sha:.0} us; native seal \
+         {:.0} us, open {:.0} us, SHA-256 alone {:.0} us",
+        chunk_native("seal")?,
+        chunk_native("open")?,
+        chunk_native("sha256")?
     );
     println!(
         "bench browser: wasm_msg_us={wasm_us:.1} native_msg_us={native_us:.1} wasm_ratio={:.2} connect_ratio={:.2} \

@@ -6,8 +6,10 @@
 //!
 //! - **Kept means durable.** One stream per bubble, `pb-mbox-<bubble>`, one subject per recipient
 //!   (`pb.<bubble>.mbox.<member>`), file storage. The sender's `ack` says "stored" only once JetStream
-//!   acknowledged the publish. The quotas are the stream's own limits (envelopes per member, bytes per bubble),
-//!   refusing new entries rather than dropping old ones, so a refusal is known and turned into a gap.
+//!   acknowledged the publish. Envelopes per member and bytes per bubble are the stream's own limits, refusing
+//!   new entries rather than dropping old ones, so a refusal is known and turned into a gap. Bytes per member
+//!   (JetStream has no such limit) are counted in a header: each entry carries `Pb-Upto`, the bytes kept for
+//!   its member through it, so the last entry and the first say how much the queue holds ([`Held`]).
 //! - **Order.** An envelope's `seq` is twice its stream sequence; a gap marker placed after stream sequence `s`
 //!   has `seq` `2s + 1`. Both grow per member, which is all the client needs.
 //! - **Gaps.** What a member lost (a refused entry, or entries past the time to live) is recorded in the key-value
@@ -19,7 +21,7 @@
 //! - **Returning.** A session that registers holds its live frames; a task sends the KeyPackage stock and the
 //!   backlog (direct gets of the member's subject, in order, with the gaps at their place), then releases them.
 //!   The task stays while the session lives: a replica that keeps an envelope for a member then says so on
-//!   `pb.<bubble>.kept` (the member's id only), and a replica holding that member's sessions reads on. So an
+//!   `pb.<bubble>.kept` (the member's id and its own number), and a replica holding that member's sessions reads on. So an
 //!   envelope kept by a replica that had not yet heard the member come back is delivered at once, not at the
 //!   next visit.
 //! - **Received.** `received {upto}` purges the member's subject up to that point and drops the gaps before it.
@@ -130,6 +132,25 @@ struct Losses {
 struct Stock {
     one_time: Vec<String>,
     last_resort: Option<String>,
+}
+
+/// Header of an entry: the body bytes kept for its member through this entry, a running count that goes on
+/// from the member's previous entry. The last entry's count minus what came before the first is the queue.
+const UPTO: &str = "Pb-Upto";
+
+/// What a replica knows of a member's queue, in body bytes: the running count through its last entry and
+/// before its first. Another replica keeping for the member invalidates it (`kept` pings); acknowledgements
+/// only shrink the queue, so a stale `start` can only overstate it, and is read again before a refusal.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Held {
+    end: u64,
+    start: u64,
+}
+
+impl Held {
+    fn bytes(self) -> u64 {
+        self.end.saturating_sub(self.start)
+    }
 }
 
 fn now_secs() -> u64 {
@@ -350,14 +371,25 @@ fn not_found(err: &stream::DirectGetError) -> bool {
     err.kind() == stream::DirectGetErrorKind::NotFound
 }
 
+/// An entry's [`UPTO`] count (0 for an entry without one: it was not written by a replica).
+fn upto(headers: &HeaderMap) -> u64 {
+    headers.get(UPTO).and_then(|v| v.as_str().parse().ok()).unwrap_or(0)
+}
+
 impl Store {
     fn subject(&self, member: &MemberId) -> String {
         format!("{}.mbox.{member}", self.base)
     }
 
     /// Publishes an envelope for `to`; the returned future resolves with its stream sequence once stored.
-    async fn publish(&self, to: &MemberId, keep: &Keep) -> Result<jetstream::context::PublishAckFuture, NotKept> {
+    async fn publish(
+        &self,
+        to: &MemberId,
+        keep: &Keep,
+        upto: u64,
+    ) -> Result<jetstream::context::PublishAckFuture, NotKept> {
         let mut headers = HeaderMap::new();
+        headers.insert(UPTO, upto.to_string().as_str());
         headers.insert("Pb-From", keep.from.to_string().as_str());
         headers.insert("Pb-Session", keep.from_session.0.to_string().as_str());
         headers.insert("Pb-At", now_secs().to_string().as_str());
@@ -369,6 +401,54 @@ impl Store {
             tracing::warn!(error = %err, "mailbox: JetStream refused a publish");
             NotKept::Unavailable
         })
+    }
+
+    /// The running count of `member`'s queue before its first entry (`None`: the queue is empty).
+    async fn first_start(&self, member: &MemberId) -> Result<Option<u64>, BoxError> {
+        match self.stream.direct_get_next_for_subject(self.subject(member), None).await {
+            Ok(first) => Ok(Some(upto(&first.headers).saturating_sub(first.payload.len() as u64))),
+            Err(err) if not_found(&err) => Ok(None),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// What `member`'s queue holds, read from its last and first entries.
+    async fn held(&self, member: &MemberId) -> Result<Held, BoxError> {
+        let end = match self.stream.direct_get_last_for_subject(self.subject(member)).await {
+            Ok(last) => upto(&last.headers),
+            Err(err) if not_found(&err) => return Ok(Held::default()),
+            Err(err) => return Err(err.into()),
+        };
+        Ok(Held { end, start: self.first_start(member).await?.unwrap_or(end) })
+    }
+
+    /// Makes room for `len` more bytes in `to`'s queue within `quota`: the running count the new entry carries,
+    /// or `Full`. `known` is this replica's view, read from JetStream when it has none.
+    async fn room(
+        &self,
+        known: &mut HashMap<MemberId, Held>,
+        to: &MemberId,
+        len: u64,
+        quota: u64,
+    ) -> Result<u64, NotKept> {
+        let unavailable = |err: BoxError| {
+            tracing::warn!(error = %err, "mailbox: cannot read a member's queue in JetStream");
+            NotKept::Unavailable
+        };
+        let mut held = match known.get(to) {
+            Some(held) => *held,
+            None => self.held(to).await.map_err(unavailable)?,
+        };
+        if held.bytes() + len > quota {
+            // The member may have acknowledged its first entries since: look again before refusing.
+            held.start = self.first_start(to).await.map_err(unavailable)?.unwrap_or(held.end);
+        }
+        let room = held.bytes() + len <= quota;
+        if room {
+            held.end += len;
+        }
+        known.insert(*to, held);
+        if room { Ok(held.end) } else { Err(NotKept::Full) }
     }
 
     /// Reads a record of `bucket`, changes it with `change` (None: leave it), and writes it back naming the
@@ -617,31 +697,34 @@ impl Store {
         Ok(handed.and_then(|wire| Opaque::try_from(wire).ok()))
     }
 
-    /// Members with something kept (envelopes or KeyPackages).
-    async fn members(&self) -> Result<Vec<(MemberId, usize)>, BoxError> {
+    /// Who has something kept: members with envelopes (and how many) and members with KeyPackages. Listed once
+    /// per sweep or directory change and used for both the purge of removed members and the counts.
+    async fn listing(&self) -> Result<Listing, BoxError> {
         let prefix = format!("{}.mbox.", self.base);
-        let mut out = Vec::new();
+        let mut queues = Vec::new();
         let mut subjects = self.stream.info_with_subjects(format!("{prefix}*")).await?;
         while let Some(item) = subjects.next().await {
             let (subject, count) = item?;
             if let Some(member) = subject.strip_prefix(&prefix).and_then(|m| m.parse::<MemberId>().ok()) {
-                out.push((member, count));
+                queues.push((member, count));
             }
         }
-        Ok(out)
+        let mut stocks = Vec::new();
+        let mut keys = self.key_packages.keys().await?;
+        while let Some(k) = keys.next().await {
+            if let Ok(member) = k?.parse::<MemberId>() {
+                stocks.push(member);
+            }
+        }
+        Ok(Listing { queues, stocks })
     }
 
-    async fn counts(&self) -> Result<MailboxCounts, BoxError> {
+    /// What is kept, for the metrics: `listing` says who, the stream and buckets say how much.
+    async fn counts(&self, listing: &Listing) -> Result<MailboxCounts, BoxError> {
         let info = self.stream.get_info().await?;
-        let members = self.members().await?;
         let mut key_packages = 0;
-        let mut keys = self.key_packages.keys().await?;
-        let mut holders = Vec::new();
-        while let Some(k) = keys.next().await {
-            holders.push(k?);
-        }
-        for holder in holders {
-            if let Some(entry) = self.key_packages.entry(holder).await?
+        for member in &listing.stocks {
+            if let Some(entry) = self.key_packages.entry(key(member)).await?
                 && let Ok(stock) = serde_json::from_slice::<Stock>(&entry.value)
             {
                 key_packages += stock.one_time.len() + usize::from(stock.last_resort.is_some());
@@ -649,12 +732,21 @@ impl Store {
         }
         let gaps = self.gaps.keys().await?.count().await;
         Ok(MailboxCounts {
-            members: members.len(),
+            members: listing.queues.iter().filter(|(_, count)| *count > 0).count(),
             entries: info.state.messages as usize + gaps,
             bytes: info.state.bytes as usize,
             key_packages,
         })
     }
+}
+
+/// Who has something kept in the shared mailbox.
+#[derive(Debug, Default)]
+struct Listing {
+    /// Members with a queue, and its entries.
+    queues: Vec<(MemberId, usize)>,
+    /// Members with published KeyPackages.
+    stocks: Vec<MemberId>,
 }
 
 fn add_group(groups: &mut Vec<String>, group: Option<GroupId>) {
@@ -766,13 +858,21 @@ pub(crate) async fn run(state: Arc<AppState>, mailbox: Arc<SharedMailbox>, clien
     let mut sweep = tokio::time::interval(mailbox.config.sweep_interval);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut inflight = FuturesOrdered::new();
+    let mut held = HashMap::new();
+    let member_bytes = mailbox.config.member_bytes as u64;
+    let replica = state.hub.replica();
     loop {
         tokio::select! {
             keep = keeps.recv() => {
                 let Some(keep) = keep else { break };
                 let mut acks = Vec::with_capacity(keep.to.len());
+                let len = keep.body.as_wire().len() as u64;
                 for to in &keep.to {
-                    acks.push((*to, store.publish(to, &keep).await));
+                    let ack = match store.room(&mut held, to, len, member_bytes).await {
+                        Ok(upto) => store.publish(to, &keep, upto).await,
+                        Err(not) => Err(not),
+                    };
+                    acks.push((*to, ack));
                 }
                 inflight.push_back(async move {
                     let mut outcome = Vec::with_capacity(acks.len());
@@ -804,9 +904,12 @@ pub(crate) async fn run(state: Arc<AppState>, mailbox: Arc<SharedMailbox>, clien
                         Ok(()) => {
                             stored += 1;
                             mailbox.wake(&to);
-                            let _ = store.client.publish(format!("{}.kept", store.base), Bytes::from(to.to_string())).await;
+                            let ping = Bytes::from(format!("{to} {replica}"));
+                            let _ = store.client.publish(format!("{}.kept", store.base), ping).await;
                         }
                         Err(not) => {
+                            // What this replica counted for the entry was not kept: read the queue again next time.
+                            held.remove(&to);
                             if not == NotKept::Full {
                                 state.metrics.mailbox_lost(1);
                                 if let Err(err) = store.lose(&to, keep.group).await {
@@ -823,7 +926,13 @@ pub(crate) async fn run(state: Arc<AppState>, mailbox: Arc<SharedMailbox>, clien
                 answer_keep(Some(&state), keep.done, stored, failed);
             }
             Some(message) = pings.next() => {
-                if let Some(member) = std::str::from_utf8(&message.payload).ok().and_then(|m| m.parse::<MemberId>().ok()) {
+                // `<member> <replica>`: another replica's entry makes this one's count of that queue stale.
+                let text = std::str::from_utf8(&message.payload).unwrap_or_default();
+                let (member, from) = text.split_once(' ').unwrap_or((text, ""));
+                if let Ok(member) = member.parse::<MemberId>() {
+                    if from != replica.to_string() {
+                        held.remove(&member);
+                    }
                     mailbox.wake(&member);
                 }
             }
@@ -837,6 +946,8 @@ pub(crate) async fn run(state: Arc<AppState>, mailbox: Arc<SharedMailbox>, clien
                 }
             }
             _ = sweep.tick() => {
+                // Counts of queues nobody kept for lately are read again when needed: the map stays small.
+                held.clear();
                 tokio::spawn(sweep_once(state.clone(), mailbox.clone(), store.clone()));
             }
         }
@@ -846,23 +957,27 @@ pub(crate) async fn run(state: Arc<AppState>, mailbox: Arc<SharedMailbox>, clien
     }
 }
 
-/// Drops what is kept for members the directory no longer has (removed, revoked).
+/// Drops what is kept for members the directory no longer has (removed, revoked), then refreshes the counts.
 async fn purge_removed(state: Arc<AppState>, mailbox: Arc<SharedMailbox>, store: Store, directory: Arc<Directory>) {
-    let mut gone: Vec<MemberId> = match store.members().await {
-        Ok(members) => members.into_iter().map(|(m, _)| m).filter(|m| directory.member(m).is_none()).collect(),
-        Err(err) => {
-            tracing::warn!(error = %err, "mailbox: cannot list what is kept; the next sweep purges");
-            return;
-        }
-    };
-    if let Ok(mut keys) = store.key_packages.keys().await {
-        while let Some(Ok(k)) = keys.next().await {
-            if let Ok(member) = k.parse::<MemberId>()
-                && directory.member(&member).is_none()
-                && !gone.contains(&member)
-            {
-                gone.push(member);
-            }
+    match store.listing().await {
+        Ok(listing) => purge_and_count(&state, &mailbox, &store, Some(&directory), listing).await,
+        Err(err) => tracing::warn!(error = %err, "mailbox: cannot list what is kept; the next sweep purges"),
+    }
+}
+
+async fn purge_and_count(
+    state: &AppState,
+    mailbox: &SharedMailbox,
+    store: &Store,
+    directory: Option<&Directory>,
+    mut listing: Listing,
+) {
+    // Without a directory yet, nobody is known to be removed.
+    let removed = |m: &MemberId| directory.is_some_and(|d| d.member(m).is_none());
+    let mut gone: Vec<MemberId> = listing.queues.iter().map(|(m, _)| *m).filter(|m| removed(m)).collect();
+    for member in &listing.stocks {
+        if removed(member) && !gone.contains(member) {
+            gone.push(*member);
         }
     }
     for member in &gone {
@@ -872,43 +987,45 @@ async fn purge_removed(state: Arc<AppState>, mailbox: Arc<SharedMailbox>, store:
     }
     if !gone.is_empty() {
         tracing::info!(members = gone.len(), "mailbox: purged what waited for members no longer in the bubble");
+        listing.queues.retain(|(m, _)| !gone.contains(m));
+        listing.stocks.retain(|m| !gone.contains(m));
     }
-    refresh_counts(&state, &mailbox, &store).await;
-}
-
-/// Expires what outlived the time to live for absent members, purges removed members, refreshes the counts.
-async fn sweep_once(state: Arc<AppState>, mailbox: Arc<SharedMailbox>, store: Store) {
-    let oldest = now_secs().saturating_sub(mailbox.config.ttl.as_secs());
-    if let Ok(members) = store.members().await {
-        for (member, _) in members {
-            if state.hub.is_online(&member) {
-                continue;
-            }
-            match store.expire(member, oldest).await {
-                Ok(0) => {}
-                Ok(lost) => {
-                    state.metrics.mailbox_lost(lost);
-                    tracing::info!(envelopes = lost, "mailbox: envelopes expired before their recipient came back");
-                }
-                Err(err) => tracing::warn!(error = %err, "mailbox: expiry not done (next sweep)"),
-            }
-        }
-    }
-    let directory = state.directory.borrow().clone();
-    match directory {
-        Some(directory) => purge_removed(state, mailbox, store, directory).await,
-        None => refresh_counts(&state, &mailbox, &store).await,
-    }
-}
-
-async fn refresh_counts(state: &AppState, mailbox: &SharedMailbox, store: &Store) {
-    match store.counts().await {
+    match store.counts(&listing).await {
         Ok(counts) => {
             *mailbox.counts.lock().unwrap_or_else(|p| p.into_inner()) = counts;
             state.metrics.mailbox_counts(counts);
         }
         Err(err) => tracing::debug!(error = %err, "mailbox: counts not refreshed"),
     }
+}
+
+/// Expires what outlived the time to live for absent members, purges removed members, refreshes the counts:
+/// from one listing of who has something kept.
+async fn sweep_once(state: Arc<AppState>, mailbox: Arc<SharedMailbox>, store: Store) {
+    let mut listing = match store.listing().await {
+        Ok(listing) => listing,
+        Err(err) => {
+            tracing::warn!(error = %err, "mailbox: cannot list what is kept (next sweep)");
+            return;
+        }
+    };
+    let oldest = now_secs().saturating_sub(mailbox.config.ttl.as_secs());
+    for (member, count) in &mut listing.queues {
+        if state.hub.is_online(member) {
+            continue;
+        }
+        match store.expire(*member, oldest).await {
+            Ok(0) => {}
+            Ok(lost) => {
+                *count = count.saturating_sub(lost as usize);
+                state.metrics.mailbox_lost(lost);
+                tracing::info!(envelopes = lost, "mailbox: envelopes expired before their recipient came back");
+            }
+            Err(err) => tracing::warn!(error = %err, "mailbox: expiry not done (next sweep)"),
+        }
+    }
+    let directory = state.directory.borrow().clone();
+    purge_and_count(&state, &mailbox, &store, directory.as_deref(), listing).await;
 }
 
 #[cfg(test)]

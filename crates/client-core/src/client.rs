@@ -1375,6 +1375,15 @@ impl Client {
         self.transfers.next_chunk(transfer)
     }
 
+    /// What [`next_file_chunk`](Self::next_file_chunk) would hand out, without handing it out (to read its
+    /// bytes first, asynchronously).
+    pub fn peek_file_chunk(&self, transfer: TransferId) -> Option<ChunkRequest> {
+        if !self.paths.has_channel(self.transfers.peer(transfer)?) {
+            return None;
+        }
+        self.transfers.peek_chunk(transfer)
+    }
+
     /// Seals a chunk into a DataChannel message for the transfer's contact.
     pub fn seal_file_chunk(
         &mut self,

@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::aead::{Aead, AeadInPlace, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Nonce};
 use hkdf::Hkdf;
 use serde::{Deserialize, Serialize};
@@ -549,11 +549,20 @@ impl ChunkCipher {
         Ok(())
     }
 
-    fn seal(&self, index: u32, plaintext: &[u8]) -> Result<Vec<u8>, FileError> {
+    /// Chunk `index` sealed into its frame (see [`ChunkFrame`]), encrypted in place in the frame's buffer.
+    fn seal_frame(&self, index: u32, plaintext: &[u8]) -> Result<Vec<u8>, FileError> {
         self.check_len(index, plaintext.len())?;
-        self.aead
-            .encrypt(&Self::nonce(index), Payload { msg: plaintext, aad: &self.aad(index) })
-            .map_err(|_| FileError::KeyDerivation)
+        let mut frame = Vec::with_capacity(FRAME_OVERHEAD + plaintext.len());
+        frame.push(CHUNK_FRAME_TAG);
+        frame.extend_from_slice(&self.offer.transfer.0);
+        frame.extend_from_slice(&index.to_be_bytes());
+        frame.extend_from_slice(plaintext);
+        let tag = self
+            .aead
+            .encrypt_in_place_detached(&Self::nonce(index), &self.aad(index), &mut frame[FRAME_HEADER_LEN..])
+            .map_err(|_| FileError::KeyDerivation)?;
+        frame.extend_from_slice(&tag);
+        Ok(frame)
     }
 
     fn open(&self, index: u32, sealed: &[u8]) -> Result<Vec<u8>, FileError> {
@@ -598,8 +607,9 @@ pub struct OutgoingTransfer {
     acked: u32,
     /// The next chunk to hand out.
     next: u32,
-    /// SHA-256 of each chunk sealed but not yet acknowledged, so a resend cannot reuse a nonce for other bytes.
-    sealed: BTreeMap<u32, [u8; 32]>,
+    /// The AEAD tag of each chunk sealed but not yet acknowledged, so a resend cannot reuse a nonce for other
+    /// bytes (it is compared before the frame leaves).
+    sealed: BTreeMap<u32, [u8; AEAD_TAG_LEN]>,
 }
 
 impl fmt::Debug for OutgoingTransfer {
@@ -665,12 +675,19 @@ impl OutgoingTransfer {
     /// The next chunk to read and seal, or `None` if the window is full, everything is out, or the receiver
     /// has not accepted yet.
     pub fn next_chunk(&mut self) -> Option<ChunkRequest> {
+        let request = self.peek_chunk()?;
+        self.next += 1;
+        Some(request)
+    }
+
+    /// What [`next_chunk`](Self::next_chunk) would hand out, without handing it out: an edge that reads the file
+    /// asynchronously takes a chunk only once its bytes are at hand, so chunks are still sealed in order.
+    pub fn peek_chunk(&self) -> Option<ChunkRequest> {
         if self.state != State::Active || self.next - self.acked >= self.window {
             return None;
         }
         let index = self.next;
         let len = self.offer().chunk_len(index)?;
-        self.next += 1;
         Some(ChunkRequest { index, offset: self.offer().chunk_offset(index), len })
     }
 
@@ -680,13 +697,16 @@ impl OutgoingTransfer {
         if self.state != State::Active || !(self.acked..self.next).contains(&index) {
             return Err(FileError::NotRequested { index });
         }
-        let digest = FileHasher::digest(plaintext);
-        if self.sealed.get(&index).is_some_and(|d| *d != digest) {
+        let frame = self.cipher.seal_frame(index, plaintext)?;
+        // Same key, same nonce: the same plaintext gives the same tag, other bytes another one (but for a
+        // 2^-100 chance). A chunk sealed again with other bytes is dropped here, before anyone sees it.
+        let mut tag = [0u8; AEAD_TAG_LEN];
+        tag.copy_from_slice(&frame[frame.len() - AEAD_TAG_LEN..]);
+        if self.sealed.get(&index).is_some_and(|t| *t != tag) {
             return Err(FileError::ChunkChanged { index });
         }
-        let sealed = self.cipher.seal(index, plaintext)?;
-        self.sealed.insert(index, digest);
-        Ok(ChunkFrame { transfer: self.offer().transfer, index, sealed: &sealed }.to_bytes())
+        self.sealed.insert(index, tag);
+        Ok(frame)
     }
 
     /// The receiver has the first `ack.received` chunks; frees window space. Stale acks are ignored.

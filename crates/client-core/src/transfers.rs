@@ -586,6 +586,15 @@ impl Transfers {
         o.transfer.next_chunk()
     }
 
+    /// What [`next_chunk`](Self::next_chunk) would hand out, without handing it out.
+    pub fn peek_chunk(&self, transfer: TransferId) -> Option<ChunkRequest> {
+        let o = self.outgoing.get(&transfer)?;
+        if o.holds.any() {
+            return None;
+        }
+        o.transfer.peek_chunk()
+    }
+
     /// Seals a chunk into a DataChannel frame.
     pub fn seal(&mut self, transfer: TransferId, index: u32, plaintext: &[u8]) -> Result<Vec<u8>, FileError> {
         let o = self.outgoing.get_mut(&transfer).ok_or(FileError::UnexpectedControl("no such transfer"))?;

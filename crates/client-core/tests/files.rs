@@ -499,3 +499,21 @@ fn acknowledgement_frames_authenticate_and_a_forged_one_changes_nothing() {
     sender.on_ack_frame(&again).unwrap();
     assert_eq!(sender.in_flight(), 24);
 }
+
+#[test]
+fn a_peeked_chunk_is_not_handed_out_and_the_window_still_holds() {
+    let file = file_bytes(64 * 1024, 9);
+    let config = TransferConfig { chunk_size: 1024, window: 16, ..TransferConfig::default() };
+    let (mut sender, receiver) = pair(&file, &config);
+    assert_eq!(sender.peek_chunk(), None, "nothing before the accept");
+    sender.on_accept(receiver.accept()).unwrap();
+    for index in 0..16u32 {
+        let peeked = sender.peek_chunk().unwrap();
+        assert_eq!(sender.peek_chunk(), Some(peeked), "peeking twice hands out nothing");
+        let taken = sender.next_chunk().unwrap();
+        assert_eq!((taken.index, taken.offset, taken.len), (index, u64::from(index) * 1024, 1024));
+        assert_eq!(peeked, taken);
+    }
+    assert_eq!(sender.peek_chunk(), None, "the window is full");
+    assert_eq!(sender.seal(16, &file[16 * 1024..17 * 1024]), Err(FileError::NotRequested { index: 16 }));
+}

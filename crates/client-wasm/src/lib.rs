@@ -171,3 +171,13 @@ pub fn bench_messages(n: u32, bytes: u32) -> Result<f64, JsError> {
     let mut clock = performance_now;
     peerbubble_client_core::bench::message_cost(n, bytes as usize, &mut clock).map_err(|e| JsError::new(&e.to_string()))
 }
+
+/// What one 16 KiB chunk of a file transfer costs in this module, in microseconds, as JSON `{seal, open, sha256}`
+/// over `n` chunks through the real transfer state machines: `cargo xtask bench browser-media` compares it with
+/// the same code run natively. Touches no member's keys, storage or network.
+#[wasm_bindgen(js_name = benchFileChunks)]
+pub fn bench_file_chunks(n: u32) -> Result<String, JsError> {
+    let mut clock = performance_now;
+    let cost = peerbubble_client_core::bench::chunk_cost(n, &mut clock).map_err(|e| JsError::new(&e.to_string()))?;
+    serde_json::to_string(&cost).map_err(|e| JsError::new(&e.to_string()))
+}

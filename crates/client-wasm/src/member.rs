@@ -1096,6 +1096,18 @@ impl Member {
         }))
     }
 
+    /// The chunk [`Member::next_file_chunk`] would hand out, without handing it out: the worker reads the file
+    /// ahead asynchronously and takes a chunk only once its bytes are in memory.
+    #[wasm_bindgen(js_name = peekFileChunk)]
+    pub fn peek_file_chunk(&self, transfer: &str) -> Result<Option<ChunkWanted>, JsError> {
+        let t = transfer_id(transfer)?;
+        Ok(self.session.client().peek_file_chunk(t).map(|r| ChunkWanted {
+            index: r.index,
+            offset: r.offset as f64,
+            len: r.len,
+        }))
+    }
+
     /// Seals chunk `index` (asked by [`Member::next_file_chunk`]) for the contact's DataChannel: it comes out
     /// of [`Member::next_channel_send`].
     #[wasm_bindgen(js_name = sealFileChunk)]

@@ -133,6 +133,13 @@ async fn main() {
         "mls: {msg_us:.1} us per message (encrypt + decrypt), {messages} texts of {message_bytes} bytes and their \
          receipts"
     );
+    let start = Instant::now();
+    let mut clock = || start.elapsed().as_secs_f64() * 1000.0;
+    let chunk = peerbubble_client_core::bench::chunk_cost(8192, &mut clock).expect("chunks move");
+    println!(
+        "chunk: seal {:.1} us open {:.1} us sha256 {:.1} us per 16 KiB file chunk (8192 chunks)",
+        chunk.seal, chunk.open, chunk.sha256
+    );
     if std::env::args().any(|a| a == "--messages-only") {
         return;
     }

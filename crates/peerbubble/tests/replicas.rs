@@ -1069,3 +1069,66 @@ async fn expired_envelopes_become_one_gap_and_a_removed_members_queue_leaves_jet
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// The per-member byte quota holds in JetStream as in the SQLite mailbox, whichever replica keeps: 8 envelopes
+/// of 8 000 wire bytes fill Bob's 64 KiB queue on replica one; a ninth is refused there, and on replica two
+/// (which kept nothing for Bob yet and reads his queue in JetStream) a large one is refused and a small one
+/// still fits. Bob finds what was kept with the gaps at their place; once he acknowledges, his queue has room
+/// again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_members_byte_quota_holds_in_jetstream_across_replicas() {
+    let nats = Nats::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = MAILBOX.to_vec();
+    args.extend(["--mailbox-member-bytes", "65536"]);
+    let one = Replica::start_with(&nats, "alpha", dir.path(), &args);
+    let two = Replica::start_with(&nats, "alpha", dir.path(), &args);
+    let mut ann = one.connect(ANN).await;
+    let mut dan = two.connect(DAN).await;
+    // 6 000 bytes are 8 000 in the body's wire form: 8 fit in 65 536, a ninth does not.
+    let large = |n: u8| vec![n; 6_000];
+    for n in 0..9u8 {
+        let sent = ann.send(id(BOB), &large(n)).await.unwrap();
+        let expected = if n < 8 { Ok((0, 1)) } else { Err(ErrorCode::MailboxFull) };
+        assert_eq!(stored(&mut ann, sent).await, expected, "large envelope {n} through replica one");
+    }
+    let sent = dan.send(id(BOB), &large(9)).await.unwrap();
+    assert_eq!(stored(&mut dan, sent).await, Err(ErrorCode::MailboxFull), "replica two reads the queue as full");
+    let sent = dan.send(id(BOB), b"small").await.unwrap();
+    assert_eq!(stored(&mut dan, sent).await, Ok((0, 1)), "bytes are counted, not entries");
+    let sent = ann.send(id(BOB), &large(10)).await.unwrap();
+    assert_eq!(stored(&mut ann, sent).await, Err(ErrorCode::MailboxFull), "replica one counts replica two's entry");
+    assert_eq!(kept_in_jetstream(&nats, id(BOB)).await, 9);
+
+    let mut bob = two.connect(BOB).await;
+    for n in 0..8u8 {
+        assert!(matches!(got(&mut bob).await, Got::Kept(_, body) if body == large(n)), "large envelope {n}");
+    }
+    assert!(matches!(got(&mut bob).await, Got::Gap(_, 2, _)), "the two refused after the eighth");
+    let last = match got(&mut bob).await {
+        Got::Kept(seq, body) if body == b"small" => seq,
+        other => panic!("the small one: {other:?}"),
+    };
+    let last = match got(&mut bob).await {
+        Got::Gap(seq, 1, _) if seq > last => seq,
+        other => panic!("the last refused: {other:?}"),
+    };
+    bob.send_frame(&peerbubble_proto::ClientFrame::Received { upto: last }).await.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while kept_in_jetstream(&nats, id(BOB)).await > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "acknowledged entries were not deleted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(bob);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while ann.online().contains(&id(BOB)) {
+        assert!(tokio::time::Instant::now() < deadline, "Ann never saw Bob leave");
+        let _ = ann.next_timeout(Duration::from_millis(50)).await;
+    }
+    for n in 11..19u8 {
+        let sent = ann.send(id(BOB), &large(n)).await.unwrap();
+        assert_eq!(stored(&mut ann, sent).await, Ok((0, 1)), "after the acknowledgement, large envelope {n}");
+    }
+    let sent = ann.send(id(BOB), &large(19)).await.unwrap();
+    assert_eq!(stored(&mut ann, sent).await, Err(ErrorCode::MailboxFull), "and full again at the quota");
+}

@@ -63,6 +63,9 @@ export class SealedFiles {
     }
   }
 
+  /** Transfers whose file was given its full size (one allocation rather than one per write). */
+  private readonly sized = new Set<string>();
+
   /** Chunks written since the last flush, per transfer: contiguous runs go to disk in one write. */
   private readonly pending = new Map<string, { at: number; parts: Uint8Array[]; bytes: number }>();
 
@@ -72,6 +75,15 @@ export class SealedFiles {
    */
   write(transfer: string, layout: Layout, index: number, sealed: Uint8Array): void {
     if (sealed.byteLength !== sealedLen(layout, index)) throw new Error('sealed chunk of the wrong length');
+    if (!this.sized.has(transfer)) {
+      // The whole file's room at once: growing it write by write cost Chromium a storage allocation each (about
+      // a third of the time the receiving worker spent writing). Past the last kept chunk it reads as zeros,
+      // which do not open: a replay stops there, as at a torn write.
+      const handle = this.handles.get(transfer);
+      const full = sealedAt(layout, layout.chunks);
+      if (handle && handle.getSize() < full) handle.truncate(full);
+      this.sized.add(transfer);
+    }
     const at = sealedAt(layout, index);
     const run = this.pending.get(transfer);
     if (run && run.at + run.bytes === at) {
@@ -120,12 +132,14 @@ export class SealedFiles {
     }
     handle.truncate(sealedAt(layout, index));
     handle.flush();
+    this.sized.delete(transfer);
     return index;
   }
 
   /** Closes a finished file's handle (its bytes stay, pending ones written first). */
   close(transfer: string): void {
     this.flushRun(transfer);
+    this.sized.delete(transfer);
     this.handles.get(transfer)?.flush();
     this.handles.get(transfer)?.close();
     this.handles.delete(transfer);
@@ -133,6 +147,7 @@ export class SealedFiles {
 
   closeAll(): void {
     this.flush();
+    this.sized.clear();
     for (const handle of this.handles.values()) handle.close();
     this.handles.clear();
   }
@@ -180,24 +195,72 @@ export class SealedFiles {
 }
 
 /**
- * Reads an outgoing file in 1 MiB slices (FileReaderSync: synchronous in workers, so a step can read, seal and
- * queue a window of chunks without yielding), never the whole file at once.
+ * Reads an outgoing file ahead of the chunks asked for, in 1 MiB blocks read asynchronously (never the whole file
+ * at once, at most {@link FileSource.AHEAD} blocks in memory). A synchronous read (FileReaderSync) blocked the
+ * worker on the browser's disk for each block, and with it the acknowledgements that let the window go on: the
+ * transfer stalled on every block. `ready` is called when a block lands (the worker pumps again).
  */
 export class FileSource {
-  private static readonly BLOCK = 1 << 20;
-  private readonly reader = new FileReaderSync();
-  private blockAt = -1;
-  private block = new Uint8Array(0);
+  static readonly BLOCK = 1 << 20;
+  static readonly AHEAD = 8;
+  private readonly blocks = new Map<number, Uint8Array>();
+  private readonly loading = new Set<number>();
+  private failed: unknown;
 
-  constructor(readonly file: File) {}
+  constructor(
+    readonly file: File,
+    private readonly ready: () => void,
+  ) {}
 
-  read(offset: number, len: number): Uint8Array {
-    const end = offset + len;
-    if (offset < this.blockAt || end > this.blockAt + this.block.byteLength) {
-      this.blockAt = offset - (offset % FileSource.BLOCK);
-      const blockEnd = Math.min(this.file.size, Math.max(this.blockAt + FileSource.BLOCK, end));
-      this.block = new Uint8Array(this.reader.readAsArrayBuffer(this.file.slice(this.blockAt, blockEnd)));
+  /**
+   * Bytes `offset..offset + len` if they are in memory (reading on ahead), or `undefined` while they are being
+   * read. Throws if the file could not be read (moved, changed or deleted since it was picked).
+   */
+  read(offset: number, len: number): Uint8Array | undefined {
+    if (this.failed !== undefined) throw new Error(`the file can no longer be read: ${String(this.failed)}`);
+    const first = Math.floor(offset / FileSource.BLOCK);
+    const last = Math.floor((offset + len - 1) / FileSource.BLOCK);
+    for (const block of [...this.blocks.keys()]) if (block < first) this.blocks.delete(block);
+    this.readAhead(first);
+    const parts: Uint8Array[] = [];
+    for (let block = first; block <= last; block++) {
+      const bytes = this.blocks.get(block);
+      if (!bytes) return undefined;
+      parts.push(bytes);
     }
-    return this.block.subarray(offset - this.blockAt, end - this.blockAt);
+    const start = offset - first * FileSource.BLOCK;
+    if (parts.length === 1) return parts[0]?.subarray(start, start + len);
+    const out = new Uint8Array(len);
+    let at = 0;
+    let from = start;
+    for (const part of parts) {
+      const piece = part.subarray(from, Math.min(part.byteLength, from + len - at));
+      out.set(piece, at);
+      at += piece.byteLength;
+      from = 0;
+    }
+    return out;
+  }
+
+  private readAhead(from: number): void {
+    const end = Math.min(from + FileSource.AHEAD, Math.ceil(this.file.size / FileSource.BLOCK));
+    for (let block = from; block < end; block++) {
+      if (this.blocks.has(block) || this.loading.has(block)) continue;
+      this.loading.add(block);
+      const at = block * FileSource.BLOCK;
+      this.file
+        .slice(at, Math.min(this.file.size, at + FileSource.BLOCK))
+        .arrayBuffer()
+        .then(
+          (buffer) => this.blocks.set(block, new Uint8Array(buffer)),
+          (err: unknown) => {
+            this.failed = err instanceof Error ? err.message : err;
+          },
+        )
+        .finally(() => {
+          this.loading.delete(block);
+          this.ready();
+        });
+    }
   }
 }

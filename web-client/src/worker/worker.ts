@@ -185,9 +185,15 @@ function queuePump(transfer: string): void {
     const source = sources.get(transfer);
     if (!source) return;
 
-    for (let want = m.nextFileChunk(transfer); want !== undefined; want = m.nextFileChunk(transfer)) {
-      m.sealFileChunk(transfer, want.index, source.read(want.offset, want.len));
+    // A chunk is taken from the core only once its bytes are read, so chunks still leave in order; a block
+    // still being read pumps again when it lands.
+    for (let want = m.peekFileChunk(transfer); want !== undefined; want = m.peekFileChunk(transfer)) {
+      const { index, offset, len } = want;
       want.free();
+      const bytes = source.read(offset, len);
+      if (!bytes) break;
+      m.nextFileChunk(transfer)?.free();
+      m.sealFileChunk(transfer, index, bytes);
     }
   });
 }
@@ -228,7 +234,7 @@ function offerFile(peer: string, file: File, digest: string, group: string | und
     const m = member;
     if (!m) throw new Error('locked');
     const id = m.offerFile(peer, file.name, file.size, digest, group, Date.now());
-    sources.set(id, new FileSource(file));
+    sources.set(id, new FileSource(file, () => queuePump(id)));
     await flush();
     return id;
   });
@@ -287,7 +293,7 @@ async function resumeFile(transfer: string, file: File): Promise<unknown> {
   if (file.size !== expected.size || (await hashFile(file, file.name)) !== expected.sha256) {
     throw new Error('file_mismatch: this is not the file that was offered');
   }
-  sources.set(transfer, new FileSource(file));
+  sources.set(transfer, new FileSource(file, () => queuePump(transfer)));
   queuePump(transfer);
   return null;
 }
