@@ -21,9 +21,9 @@
 //! - **Returning.** A session that registers holds its live frames; a task sends the KeyPackage stock and the
 //!   backlog (direct gets of the member's subject, in order, with the gaps at their place), then releases them.
 //!   The task stays while the session lives: a replica that keeps an envelope for a member then says so on
-//!   `pb.<bubble>.kept` (the member's id and its own number), and a replica holding that member's sessions reads on. So an
-//!   envelope kept by a replica that had not yet heard the member come back is delivered at once, not at the
-//!   next visit.
+//!   `pb.<bubble>.kept` (the member's id and its own number), and a replica holding that member's sessions
+//!   reads on. So an envelope kept by a replica that had not yet heard the member come back is delivered at
+//!   once, not at the next visit.
 //! - **Received.** `received {upto}` purges the member's subject up to that point and drops the gaps before it.
 //! - **Revoked.** A member the directory no longer has loses its subject, gap record and KeyPackages, on every
 //!   directory change and every sweep, by whichever replica sees it first (idempotent).

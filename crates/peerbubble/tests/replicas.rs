@@ -1101,6 +1101,13 @@ async fn a_members_byte_quota_holds_in_jetstream_across_replicas() {
     assert_eq!(kept_in_jetstream(&nats, id(BOB)).await, 9);
 
     let mut bob = two.connect(BOB).await;
+    // Ann's replica must have heard Bob come (and then go): a send racing his departure across replicas is
+    // forwarded to a replica that no longer has him, and refused as offline rather than kept.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !ann.online().contains(&id(BOB)) {
+        assert!(tokio::time::Instant::now() < deadline, "Ann never saw Bob come");
+        let _ = ann.next_timeout(Duration::from_millis(50)).await;
+    }
     for n in 0..8u8 {
         assert!(matches!(got(&mut bob).await, Got::Kept(_, body) if body == large(n)), "large envelope {n}");
     }
