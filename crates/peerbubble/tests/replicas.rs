@@ -906,6 +906,16 @@ async fn kept_in_jetstream(nats: &Nats, member: MemberId) -> usize {
     count
 }
 
+/// Bob acknowledges everything up to `upto`; waits until JetStream has deleted all of it.
+async fn acknowledge_all(nats: &Nats, bob: &mut SignalClient, upto: u64) {
+    bob.send_frame(&peerbubble_proto::ClientFrame::Received { upto }).await.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while kept_in_jetstream(nats, id(BOB)).await > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "acknowledged entries were not deleted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The offline mailbox of a bubble with two replicas lives in JetStream (issue 17): what is sent to a member away
 /// from every replica is acknowledged as stored, survives the replica that kept it, and reaches the member in
 /// order and before live traffic from whichever replica it returns to; acknowledged entries are deleted; a full
@@ -969,12 +979,7 @@ async fn what_waits_for_an_absent_member_is_shared_by_the_replicas_in_jetstream(
     drop(bob);
     let mut bob = three.connect(BOB).await;
     assert!(matches!(got(&mut bob).await, Got::Kept(_, body) if body == b"sealed 0"), "unacknowledged comes again");
-    bob.send_frame(&peerbubble_proto::ClientFrame::Received { upto: last }).await.unwrap();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while kept_in_jetstream(&nats, id(BOB)).await > 0 {
-        assert!(tokio::time::Instant::now() < deadline, "acknowledged entries were not deleted");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    acknowledge_all(&nats, &mut bob, last).await;
     drop(bob);
     let mut bob = two.connect(BOB).await;
     nothing_delivered(&mut bob).await;
@@ -1120,12 +1125,7 @@ async fn a_members_byte_quota_holds_in_jetstream_across_replicas() {
         Got::Gap(seq, 1, _) if seq > last => seq,
         other => panic!("the last refused: {other:?}"),
     };
-    bob.send_frame(&peerbubble_proto::ClientFrame::Received { upto: last }).await.unwrap();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while kept_in_jetstream(&nats, id(BOB)).await > 0 {
-        assert!(tokio::time::Instant::now() < deadline, "acknowledged entries were not deleted");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    acknowledge_all(&nats, &mut bob, last).await;
     drop(bob);
     let deadline = tokio::time::Instant::now() + WAIT;
     while ann.online().contains(&id(BOB)) {
