@@ -364,6 +364,34 @@ function openSocket(): void {
   };
 }
 
+/**
+ * What arrived on the DataChannels and waits for a step, in arrival order. One step takes all of it: a file's
+ * chunks come faster than one step each could follow (each step ends in a flush: records, frames, the timer, the
+ * view), so under load the worker reads many chunks per step, and the disk is flushed and acknowledgements sent
+ * once for all of them.
+ */
+const inbox: Array<[string, Uint8Array]> = [];
+/** A step to read the inbox is queued. */
+let inboxQueued = false;
+
+function receive(peer: string, bytes: Uint8Array): void {
+  inbox.push([peer, bytes]);
+  if (inboxQueued) return;
+  inboxQueued = true;
+  void step((m) => {
+    inboxQueued = false;
+    const now = Date.now();
+    for (const [from, frame] of inbox.splice(0)) {
+      try {
+        m.handleChannel(from, frame, now);
+      } catch (err) {
+        // One refused frame does not drop the ones after it.
+        post({ kind: 'notice', notice: { type: 'error', message: String(err instanceof Error ? err.message : err) } });
+      }
+    }
+  });
+}
+
 /** Takes the DataChannel the page handed over; the page hears when it opens or closes. */
 function adoptChannel(peer: string, dc: RTCDataChannel): void {
   dropChannel(peer);
@@ -378,7 +406,7 @@ function adoptChannel(peer: string, dc: RTCDataChannel): void {
       if (held.early.length < 64) held.early.push(bytes);
       return;
     }
-    void step((m) => m.handleChannel(peer, bytes, Date.now()));
+    receive(peer, bytes);
   };
   dc.onclose = () => {
     if (channels.get(peer) !== held) return;
@@ -396,6 +424,8 @@ function dropChannel(peer: string): void {
 
 function closeMember(): void {
   for (const peer of [...channels.keys()]) dropChannel(peer);
+  inbox.length = 0;
+  inboxQueued = false;
   sealed.closeAll();
   sources.clear();
   layouts.clear();
