@@ -6,20 +6,23 @@
 // - call: from clicking "Video call" (the callee's page accepts as soon as it rings) to the caller's first decoded
 //   remote video frame, against two raw pages that open an RTCPeerConnection with the same fake tracks (offer and
 //   answer handed over directly) until their first decoded frame.
+// Both file transfers run between two browser profiles on disk (a persistent context each, as a member's browser
+// is), not in incognito contexts: there OPFS lives in memory behind the browser process, and writing the received
+// file cost the receiving worker a third of the transfer (a cost members do not have).
 // - relay: the same raw DataChannel pages, both forced through a TURN relay (iceTransportPolicy "relay"), once
 //   through PeerBubble's embedded TURN (a release `peerbubble bubble-server`) and once through coturn, both on
 //   loopback with the same shared-secret credentials and the same openings (loopback peers, no bandwidth cap).
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { createHmac } from 'node:crypto';
 import { createSocket } from 'node:dgram';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { type Server, createServer } from 'node:http';
 import { type AddressInfo, createServer as createTcpServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { type Browser, type Page, chromium } from 'playwright-core';
+import { type Browser, type BrowserContext, type Page, chromium } from 'playwright-core';
 import { afterAll, beforeAll, expect, test } from 'vitest';
-import { CHROMIUM_ARGS, type Up, enroll, invite, newMember, open, startUp } from '../e2e/harness';
+import { CHROMIUM_ARGS, type Member, type Up, enroll, invite, newMember, open, startUp } from '../e2e/harness';
 
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
 const FILE_MB = Number(process.env.BENCH_FILE_MB ?? 256);
@@ -136,14 +139,38 @@ afterAll(async () => {
   rmSync(scratch, { recursive: true, force: true });
 });
 
+/** The machine's busy CPU time so far, in seconds (/proc/stat: every state but idle and iowait). */
+function busySeconds(): number {
+  const fields = (readFileSync('/proc/stat', 'utf8').split('\n')[0] ?? '').trim().split(/\s+/).slice(1, 9).map(Number);
+  const idle = (fields[3] ?? 0) + (fields[4] ?? 0);
+  return (fields.reduce((a, b) => a + b, 0) - idle) / 100;
+}
+/** CPU seconds the whole machine spent on each file transfer (both browsers, every process). */
+const fileCpuS: { ours: number[]; raw: number[] } = { ours: [], raw: [] };
+
 function median(values: number[]): number {
   const sorted = [...values].sort((a, b) => a - b);
   return sorted[Math.floor(sorted.length / 2)] ?? NaN;
 }
 
-/** Two members of the web client with a direct link open between them. */
-async function members(round: number) {
-  const [a, b] = [await newMember(browser), await newMember(browser)];
+/** A browser profile on disk (its own Chromium), as a member's browser is; closing the context ends it. */
+async function profile(): Promise<BrowserContext> {
+  return chromium.launchPersistentContext(mkdtempSync(join(scratch, 'profile-')), {
+    executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
+    args: CHROMIUM_ARGS,
+    viewport: { width: 1280, height: 800 },
+    locale: 'en-US',
+  });
+}
+
+async function profileMember(): Promise<Member> {
+  const context = await profile();
+  return { context, page: context.pages()[0] ?? (await context.newPage()), frames: [], sent: [] };
+}
+
+/** Two members of the web client with a direct link open between them (in profiles on disk with `onDisk`). */
+async function members(round: number, onDisk = false) {
+  const [a, b] = onDisk ? [await profileMember(), await profileMember()] : [await newMember(browser), await newMember(browser)];
   const bName = `Bob ${round} (bench)`;
   const aName = `Alice ${round} (bench)`;
   await enroll(a, await invite(up, aName, ['field-team']));
@@ -157,25 +184,31 @@ async function members(round: number) {
 }
 
 async function oursFile(round: number, path: string): Promise<number> {
-  const [a, b] = await members(round);
+  const [a, b] = await members(round, true);
   await a.page.locator('input[type=file][aria-label="Send a file"]').setInputFiles(path);
   const accept = b.page.locator('.message.file').getByRole('button', { name: 'Accept' });
   await accept.waitFor({ timeout: 120_000 });
   const started = Date.now();
+  const cpu = busySeconds();
   await accept.click();
   await b.page.waitForFunction(() => document.querySelector('.message.file')?.getAttribute('data-state') === 'done', null, {
     polling: 100,
     timeout: 1_200_000,
   });
   const ms = Date.now() - started;
+  fileCpuS.ours.push(busySeconds() - cpu);
   await Promise.all([a.context.close(), b.context.close()]);
   return ms;
 }
 
-/** Two raw pages with one RTCPeerConnection between them (offer and answer handed over by the bench). */
-async function rawPair(media: boolean, relay?: RTCIceServer): Promise<[Page, Page]> {
+/**
+ * Two raw pages with one RTCPeerConnection between them (offer and answer handed over by the bench), in the shared
+ * browser's contexts or (`onDisk`) in two browser profiles on disk, as the web client's file rounds run.
+ */
+async function rawPair(media: boolean, relay?: RTCIceServer, onDisk = false): Promise<[Page, Page]> {
   const config = JSON.stringify(relay ? { iceServers: [relay], iceTransportPolicy: 'relay' } : {});
-  const [p1, p2] = [await (await browser.newContext()).newPage(), await (await browser.newContext()).newPage()];
+  const context = () => (onDisk ? profile() : browser.newContext());
+  const [p1, p2] = [await (await context()).newPage(), await (await context()).newPage()];
   await Promise.all([p1.goto(pages), p2.goto(pages)]);
   const setup = `window.gathered = (pc) => new Promise((r) => {
     if (pc.iceGatheringState === 'complete') return r();
@@ -203,7 +236,7 @@ async function rawPair(media: boolean, relay?: RTCIceServer): Promise<[Page, Pag
 }
 
 async function rawFile(relay?: RTCIceServer): Promise<number> {
-  const [p1, p2] = await rawPair(false, relay);
+  const [p1, p2] = await rawPair(false, relay, !relay);
   if (relay) {
     // Both ends must really be relayed: the selected pair's local candidate is a relay one on each page.
     for (const page of [p1, p2]) {
@@ -214,6 +247,7 @@ async function rawFile(relay?: RTCIceServer): Promise<number> {
     }
   }
   const started = Date.now();
+  const cpu = busySeconds();
   await p1.evaluate(`(async () => {
     const ch = window.ch; const message = new Uint8Array(${MESSAGE}); let sent = 0;
     ch.bufferedAmountLowThreshold = 1 << 20;
@@ -224,6 +258,7 @@ async function rawFile(relay?: RTCIceServer): Promise<number> {
   })()`);
   await p2.waitForFunction(`window.got >= ${FILE_BYTES}`, null, { polling: 50, timeout: 1_200_000 });
   const ms = Date.now() - started;
+  if (!relay) fileCpuS.raw.push(busySeconds() - cpu);
   await Promise.all([p1.context().close(), p2.context().close()]);
   return ms;
 }
@@ -290,7 +325,9 @@ test('bench browser-media', async () => {
     if (round % 2 === 0) oursFileMs.push(await oursFile(round, path));
     rawFileMs.push(await rawFile());
     if (round % 2 === 1) oursFileMs.push(await oursFile(round, path));
-    console.log(`round ${round}: file ours ${oursFileMs.at(-1)} ms, raw ${rawFileMs.at(-1)} ms`);
+    console.log(
+      `round ${round}: file ours ${oursFileMs.at(-1)} ms (${fileCpuS.ours.at(-1)?.toFixed(1)} CPU s), raw ${rawFileMs.at(-1)} ms (${fileCpuS.raw.at(-1)?.toFixed(1)} CPU s)`,
+    );
   }
   for (let round = 1; round <= ROUNDS && !ONLY_FILE; round++) {
     if (!relays) throw new Error('the relays did not start');
@@ -305,7 +342,7 @@ test('bench browser-media', async () => {
     rawCallMs.push(await rawCall());
     if (round % 2 === 1) oursCallMs.push(await oursCall(100 + round));
     console.log(
-      `round ${round}: file ours ${oursFileMs.at(-1)} ms, raw ${rawFileMs.at(-1)} ms; call ours ${oursCallMs.at(-1)} ms, raw ${rawCallMs.at(-1)} ms; ` +
+      `round ${round}: file ours ${oursFileMs.at(-1)} ms (${fileCpuS.ours.at(-1)?.toFixed(1)} CPU s), raw ${rawFileMs.at(-1)} ms (${fileCpuS.raw.at(-1)?.toFixed(1)} CPU s); call ours ${oursCallMs.at(-1)} ms, raw ${rawCallMs.at(-1)} ms; ` +
         `relayed raw channel: our TURN ${relayOursMs.at(-1)} ms, coturn ${relayCoturnMs.at(-1)} ms`,
     );
   }
@@ -318,7 +355,8 @@ test('bench browser-media', async () => {
     call_raw_ms: median(rawCallMs),
     relay_ours_mb_s: mbs(median(relayOursMs)),
     relay_coturn_mb_s: mbs(median(relayCoturnMs)),
-    runs: { oursFileMs, rawFileMs, oursCallMs, rawCallMs, relayOursMs, relayCoturnMs },
+    file_cpu_s: { ours: median(fileCpuS.ours), raw: median(fileCpuS.raw) },
+    runs: { oursFileMs, rawFileMs, oursCallMs, rawCallMs, relayOursMs, relayCoturnMs, fileCpuS },
   };
   console.log(JSON.stringify(result));
   for (const v of [...oursFileMs, ...rawFileMs, ...oursCallMs, ...rawCallMs, ...relayOursMs, ...relayCoturnMs]) expect(v).toBeGreaterThan(0);
