@@ -61,6 +61,7 @@ pub(crate) fn build() -> anyhow::Result<PathBuf> {
             "--enable-sign-ext",
             "--enable-reference-types",
             "--enable-multivalue",
+            "--enable-simd",
         ])
         .arg(&wasm)
         .arg("-o")

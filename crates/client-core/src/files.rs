@@ -17,7 +17,7 @@ use chacha20poly1305::aead::{Aead, AeadInPlace, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Nonce};
 use hkdf::Hkdf;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 use zeroize::Zeroizing;
 
 /// First byte of a chunk frame.
@@ -133,9 +133,9 @@ impl TransferId {
     }
 }
 
-/// SHA-256 over a file, fed in pieces.
+/// SHA-256 over a file, fed in pieces (sha2 0.11: in the browser, its WebAssembly SIMD backend).
 #[derive(Clone, Default)]
-pub struct FileHasher(Sha256);
+pub struct FileHasher(sha2_next::Sha256);
 
 impl FileHasher {
     /// An empty hash state.
@@ -144,15 +144,15 @@ impl FileHasher {
     }
     /// Feeds the next bytes of the file.
     pub fn update(&mut self, bytes: &[u8]) {
-        self.0.update(bytes);
+        sha2_next::Digest::update(&mut self.0, bytes);
     }
     /// The SHA-256 of everything fed.
     pub fn finalize(self) -> [u8; 32] {
-        self.0.finalize().into()
+        sha2_next::Digest::finalize(self.0).into()
     }
     /// SHA-256 of `bytes` in one go.
     pub fn digest(bytes: &[u8]) -> [u8; 32] {
-        Sha256::digest(bytes).into()
+        <sha2_next::Sha256 as sha2_next::Digest>::digest(bytes).into()
     }
 }
 
