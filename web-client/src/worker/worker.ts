@@ -85,6 +85,11 @@ async function flush(): Promise<void> {
   if (!m) return;
   // Chunks of incoming files are kept (and flushed) before the acknowledgements that go with them leave.
   let wrote = false;
+  for (const { transfer, index, bytes } of arrived.splice(0)) {
+    await sealed.handle(transfer);
+    sealed.write(transfer, layout(m, transfer), index, bytes);
+    wrote = true;
+  }
   for (let chunk = m.nextSealedChunk(); chunk !== undefined; chunk = m.nextSealedChunk()) {
     const { transfer, index } = chunk;
     const bytes = chunk.sealed;
@@ -373,6 +378,25 @@ function openSocket(): void {
 const inbox: Array<[string, Uint8Array]> = [];
 /** A step to read the inbox is queued. */
 let inboxQueued = false;
+/**
+ * Chunks the core accepted from the inbox, to keep: their sealed bytes are the end of the frame that brought them
+ * (`0xF1 || transfer (16) || index (4, BE) || ciphertext and tag`), so they are not copied back out of wasm.
+ */
+const arrived: Array<{ transfer: string; index: number; bytes: Uint8Array }> = [];
+const CHUNK_HEADER = 1 + 16 + 4;
+
+/** After `frame` was handled: the chunk it brought, if the core accepted one, goes to {@link arrived}. */
+function keepArrived(m: Member, frame: Uint8Array): void {
+  const chunk = m.nextSealedChunk();
+  if (!chunk) return;
+  const { transfer, index } = chunk;
+  const header = new DataView(frame.buffer, frame.byteOffset, Math.min(frame.byteLength, CHUNK_HEADER));
+  // The chunk is this frame's (the core hands out one per chunk frame, when it opens): checked, never assumed.
+  const fromFrame = frame.byteLength > CHUNK_HEADER && header.getUint32(CHUNK_HEADER - 4) === index;
+  const bytes = fromFrame ? frame.subarray(CHUNK_HEADER) : chunk.sealed;
+  chunk.free();
+  arrived.push({ transfer, index, bytes });
+}
 
 function receive(peer: string, bytes: Uint8Array): void {
   inbox.push([peer, bytes]);
@@ -384,6 +408,7 @@ function receive(peer: string, bytes: Uint8Array): void {
     for (const [from, frame] of inbox.splice(0)) {
       try {
         m.handleChannel(from, frame, now);
+        keepArrived(m, frame);
       } catch (err) {
         // One refused frame does not drop the ones after it.
         post({ kind: 'notice', notice: { type: 'error', message: String(err instanceof Error ? err.message : err) } });
@@ -426,6 +451,7 @@ function closeMember(): void {
   for (const peer of [...channels.keys()]) dropChannel(peer);
   inbox.length = 0;
   inboxQueued = false;
+  arrived.length = 0;
   sealed.closeAll();
   sources.clear();
   layouts.clear();
