@@ -286,6 +286,14 @@ describe('screens at phone width and in French', () => {
     await shot(phone.page, 'enroll-phone-en');
     await enroll(phone, phone.page.url());
     await shot(phone.page, 'home-phone-en');
+    await open(phone.page, /Alice/);
+    await expect.poll(() => phone.page.getByRole('button', { name: 'Back to contacts' }).isVisible()).toBe(true);
+    // Every action of the conversation's header is on screen (they wrap at phone width, never off the edge).
+    for (const name of ['Call', 'Video call']) {
+      const box = await phone.page.getByRole('button', { name, exact: true }).boundingBox();
+      expect(box && box.x >= 0 && box.x + box.width <= 390).toBe(true);
+    }
+    await shot(phone.page, 'chat-phone-en');
     await phone.context.close();
 
     const desk = await newMember(browser, { locale: 'fr-FR' });
