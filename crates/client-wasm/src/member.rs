@@ -331,10 +331,24 @@ impl ChannelSend {
         self.to.clone()
     }
 
-    /// The bytes (MLS ciphertext).
+    /// The bytes (MLS ciphertext, or a file chunk frame), copied out.
     #[wasm_bindgen(getter)]
     pub fn bytes(&self) -> Vec<u8> {
         self.bytes.clone()
+    }
+
+    /// Where the bytes are in the module's memory, with [`ChannelSend::byte_len`]: the worker hands the
+    /// DataChannel a view of them (the channel copies what it sends) rather than copying them out first. Valid
+    /// until this object is freed.
+    #[wasm_bindgen(getter)]
+    pub fn ptr(&self) -> u32 {
+        self.bytes.as_ptr() as u32
+    }
+
+    /// How many bytes there are at [`ChannelSend::ptr`].
+    #[wasm_bindgen(getter, js_name = byteLength)]
+    pub fn byte_len(&self) -> u32 {
+        self.bytes.len() as u32
     }
 }
 

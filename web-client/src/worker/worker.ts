@@ -3,7 +3,7 @@
 // unlocked key store, the signaling WebSocket and IndexedDB. The page sends commands (checked here) and gets
 // one stream of updates: the phase, the view of the screen, and notices. No key ever crosses to the page.
 
-import init, { Enrollment, FileHash, Member, Vault, warmUp } from '../wasm/peerbubble_client_wasm.js';
+import init, { type ChannelSend, Enrollment, FileHash, Member, Vault, warmUp } from '../wasm/peerbubble_client_wasm.js';
 import wasmUrl from '../wasm/peerbubble_client_wasm_bg.wasm?url';
 import { WASM_INTEGRITY } from '../wasm/integrity';
 import { type Command, type NewSecurityKey, type Phase, type Update, type View, parseRequest } from '../protocol';
@@ -34,6 +34,8 @@ let phase: Phase = { phase: 'starting' };
 let viewQueued = false;
 let lastView = 0;
 let busy: Promise<void> = Promise.resolve();
+/** The module's memory: what goes on a DataChannel is sent from a view of it. */
+let wasmMemory: WebAssembly.Memory | undefined;
 /** Received files, kept sealed in OPFS. */
 const sealed = new SealedFiles();
 /** Files the member is sending, by transfer (lost with the page: the member picks the file again to go on). */
@@ -109,29 +111,32 @@ async function flush(): Promise<void> {
   m.saved(Date.now());
   const frames: string[] = [];
   for (let frame = m.pollTransmit(); frame !== undefined; frame = m.pollTransmit()) frames.push(frame);
-  const outs: Array<{ to: string; bytes: Uint8Array }> = [];
-  for (let out = m.nextChannelSend(); out !== undefined; out = m.nextChannelSend()) {
-    outs.push({ to: out.to, bytes: out.bytes });
-    out.free();
-  }
+  const outs: ChannelSend[] = [];
+  for (let out = m.nextChannelSend(); out !== undefined; out = m.nextChannelSend()) outs.push(out);
   // Flushed to disk once per step that sends something (an acknowledgement goes with every 16th chunk).
   if (wrote && (frames.length > 0 || outs.length > 0)) sealed.flush();
   for (const frame of frames) {
     if (socket?.readyState === WebSocket.OPEN) socket.send(frame);
   }
-  for (const { to, bytes } of outs) {
+  for (const out of outs) {
+    const to = out.to;
     const held = channels.get(to);
     if (held) {
-      if (!held.verified || held.dc.readyState !== 'open') continue;
-      try {
-        held.dc.send(bytes as Uint8Array<ArrayBuffer>);
-      } catch {
-        // Buffer full or closing: the page ends the connection, and what the contact did not confirm is relayed.
-        post({ kind: 'channelEvent', member: to, event: 'failed' });
+      if (held.verified && held.dc.readyState === 'open' && wasmMemory) {
+        try {
+          // A view of the bytes where they are (the channel copies them): a 16 KiB chunk frame is not copied out
+          // of the module first. No call into the module comes between the view and the send.
+          held.dc.send(new Uint8Array(wasmMemory.buffer, out.ptr, out.byteLength));
+        } catch {
+          // Buffer full or closing: the page ends the connection, and what the contact did not confirm is relayed.
+          post({ kind: 'channelEvent', member: to, event: 'failed' });
+        }
       }
-      continue;
+    } else {
+      const bytes = out.bytes;
+      self.postMessage({ kind: 'channelSend', to, bytes } satisfies Update, [bytes.buffer]);
     }
-    self.postMessage({ kind: 'channelSend', to, bytes } satisfies Update, [bytes.buffer]);
+    out.free();
   }
   const sendable: string[] = [];
   for (let text = m.nextNotice(); text !== undefined; text = m.nextNotice()) {
@@ -467,7 +472,7 @@ function closeMember(): void {
 async function start(): Promise<void> {
   void SealedFiles.clearExports();
   const response = fetch(wasmUrl, { integrity: WASM_INTEGRITY });
-  await init({ module_or_path: response });
+  wasmMemory = (await init({ module_or_path: response })).memory;
   db = await openDb();
   // One tab at a time opens the key store: the lock is held for the worker's life. After a reload the page
   // before it may still be ending (its worker busy with a transfer, say): wait a few seconds for its lock before

@@ -6,10 +6,20 @@ use std::io::{BufRead as _, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-/// A running micro-node and what it printed.
+/// A running micro-node and what it printed. Dropped without [`MicroNode::stop`] (a test that ends or fails
+/// early), it is killed: a node left running outlived the test run.
 pub struct MicroNode {
-    pub child: Child,
+    child: Option<Child>,
     pub banner: Vec<String>,
+}
+
+impl Drop for MicroNode {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 impl MicroNode {
@@ -41,7 +51,7 @@ impl MicroNode {
         })
         .await
         .unwrap();
-        MicroNode { child, banner }
+        MicroNode { child: Some(child), banner }
     }
 
     /// The first word after `label` on a banner line (e.g. "signaling", "admin API", "admin token").
@@ -66,8 +76,9 @@ impl MicroNode {
 
     /// SIGTERM, and the process's exit status.
     pub async fn stop(mut self) -> std::process::ExitStatus {
-        assert!(Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap().success());
-        tokio::task::spawn_blocking(move || self.child.wait()).await.unwrap().unwrap()
+        let mut child = self.child.take().expect("the node runs until stopped");
+        assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+        tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap()
     }
 }
 
