@@ -6,12 +6,12 @@
 // - call: from clicking "Video call" (the callee's page accepts as soon as it rings) to the caller's first decoded
 //   remote video frame, against two raw pages that open an RTCPeerConnection with the same fake tracks (offer and
 //   answer handed over directly) until their first decoded frame.
-// Both file transfers run between two browser profiles on disk (a persistent context each, as a member's browser
-// is), not in incognito contexts: there OPFS lives in memory behind the browser process, and writing the received
-// file cost the receiving worker a third of the transfer (a cost members do not have).
 // - relay: the same raw DataChannel pages, both forced through a TURN relay (iceTransportPolicy "relay"), once
 //   through PeerBubble's embedded TURN (a release `peerbubble bubble-server`) and once through coturn, both on
 //   loopback with the same shared-secret credentials and the same openings (loopback peers, no bandwidth cap).
+// Both file transfers run between two browser profiles on disk (a persistent context each, as a member's browser
+// is), not in incognito contexts: there OPFS lives in memory behind the browser process, and writing the received
+// file cost the receiving worker a third of the transfer (a cost members do not have).
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { createHmac } from 'node:crypto';
 import { createSocket } from 'node:dgram';
@@ -22,7 +22,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { type Browser, type BrowserContext, type Page, chromium } from 'playwright-core';
 import { afterAll, beforeAll, expect, test } from 'vitest';
-import { CHROMIUM_ARGS, type Member, type Up, enroll, invite, newMember, open, startUp } from '../e2e/harness';
+import { CHROMIUM_ARGS, CHROMIUM_PATH, type Member, type Up, enroll, invite, newMember, open, startUp } from '../e2e/harness';
 
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
 const FILE_MB = Number(process.env.BENCH_FILE_MB ?? 256);
@@ -125,7 +125,7 @@ beforeAll(async () => {
     startUp(),
     ONLY_FILE ? Promise.resolve() : startRelays(),
     chromium.launch({
-      executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
+      executablePath: CHROMIUM_PATH,
       args: [...CHROMIUM_ARGS, '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream'],
     }),
   ]);
@@ -156,16 +156,22 @@ function median(values: number[]): number {
 /** A browser profile on disk (its own Chromium), as a member's browser is; closing the context ends it. */
 async function profile(): Promise<BrowserContext> {
   return chromium.launchPersistentContext(mkdtempSync(join(scratch, 'profile-')), {
-    executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
+    executablePath: CHROMIUM_PATH,
     args: CHROMIUM_ARGS,
     viewport: { width: 1280, height: 800 },
     locale: 'en-US',
   });
 }
 
-async function profileMember(): Promise<Member> {
+/** The page a new profile opens with. */
+async function profilePage(): Promise<Page> {
   const context = await profile();
-  return { context, page: context.pages()[0] ?? (await context.newPage()), frames: [], sent: [] };
+  return context.pages()[0] ?? context.newPage();
+}
+
+async function profileMember(): Promise<Member> {
+  const page = await profilePage();
+  return { context: page.context(), page, frames: [], sent: [] };
 }
 
 /** Two members of the web client with a direct link open between them (in profiles on disk with `onDisk`). */
@@ -207,8 +213,8 @@ async function oursFile(round: number, path: string): Promise<number> {
  */
 async function rawPair(media: boolean, relay?: RTCIceServer, onDisk = false): Promise<[Page, Page]> {
   const config = JSON.stringify(relay ? { iceServers: [relay], iceTransportPolicy: 'relay' } : {});
-  const context = () => (onDisk ? profile() : browser.newContext());
-  const [p1, p2] = [await (await context()).newPage(), await (await context()).newPage()];
+  const page = async () => (onDisk ? profilePage() : (await browser.newContext()).newPage());
+  const [p1, p2] = [await page(), await page()];
   await Promise.all([p1.goto(pages), p2.goto(pages)]);
   const setup = `window.gathered = (pc) => new Promise((r) => {
     if (pc.iceGatheringState === 'complete') return r();

@@ -6,7 +6,7 @@
 import { join } from 'node:path';
 import { type Browser, type Page, chromium } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { CHROMIUM_ARGS, type Member, type Up, admin, createGroup, enroll, invite, newMember, open, screenshotDir, startUp, unlock } from './harness';
+import { CHROMIUM_ARGS, CHROMIUM_PATH, type Member, type Up, admin, createGroup, enroll, invite, newMember, open, screenshotDir, startUp, unlock } from './harness';
 
 let up: Up;
 let browser: Browser;
@@ -27,7 +27,7 @@ beforeAll(async () => {
   [up, browser] = await Promise.all([
     startUp(),
     chromium.launch({
-      executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
+      executablePath: CHROMIUM_PATH,
       args: [...CHROMIUM_ARGS, '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream', '--autoplay-policy=no-user-gesture-required'],
     }),
   ]);

@@ -127,8 +127,11 @@ export async function invite(up: Up, name: string, categories: string[]): Promis
   return String(answer.link);
 }
 
+/** The Chromium the tests drive (xtask installs Debian's). */
+export const CHROMIUM_PATH = process.env.CHROMIUM ?? '/usr/bin/chromium';
+
 export async function launch(extra: string[] = []): Promise<Browser> {
-  return chromium.launch({ executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium', args: [...CHROMIUM_ARGS, ...extra] });
+  return chromium.launch({ executablePath: CHROMIUM_PATH, args: [...CHROMIUM_ARGS, ...extra] });
 }
 
 /** Chromium's fake camera and microphone, allowed without asking. */
