@@ -181,9 +181,35 @@ pub(crate) struct Answer {
     pub id: u64,
     /// A commit is acknowledged even when it reached no session (its epoch is taken); a `send` is refused.
     pub commit: bool,
+    /// A `send` to a member's every session, to keep in the shared mailbox if the replicas it was forwarded to
+    /// all say the member has no session there any more (it left while the envelope was on its way).
+    pub keep: Option<Absent>,
+}
+
+/// A `send` to keep for its recipient if every replica it was forwarded to answers that the member left.
+#[derive(Debug, Clone)]
+pub(crate) struct Absent {
+    pub from: MemberId,
+    pub from_session: SessionId,
+    pub to: MemberId,
+    pub body: Opaque,
 }
 
 impl Answer {
+    /// Answers a forward every replica answered: a `send` that reached no session (and no slow one) is kept
+    /// for its recipient when the bubble has a shared mailbox, as if the sender's replica had seen the member
+    /// away; otherwise as [`send`](Self::send).
+    fn settled(self, state: &AppState, sessions: u32, congested: bool) {
+        let mailbox = state.hub.shared_mailbox().filter(|_| sessions == 0 && !congested);
+        match (mailbox, self.keep) {
+            (Some(mailbox), Some(Absent { from, from_session, to, body })) => {
+                let done = KeepDone::Send { handle: self.handle, id: self.id };
+                mailbox.keep(Keep { from, from_session, body, group: None, to: vec![to], done });
+            }
+            (_, keep) => Self { keep, ..self }.send(state, sessions, 0, congested),
+        }
+    }
+
     fn send(&self, state: &AppState, sessions: u32, stored: u32, congested: bool) {
         if sessions > 0 || stored > 0 || self.commit {
             let ack = ServerFrame::Ack { id: self.id, sessions, stored };
@@ -785,11 +811,12 @@ impl Running {
         if pending.outstanding == 0
             && let Some(done) = self.pending.remove(&answer.id)
         {
-            done.answer.send(&self.state, done.sessions, 0, done.congested);
+            done.answer.settled(&self.state, done.sessions, done.congested);
         }
     }
 
-    /// Answers what waited too long for another replica (it reached no session there).
+    /// Answers what waited too long for another replica (it reached no session there). Not kept in the
+    /// mailbox: the replica may have delivered it and only its answer be late.
     fn expire(&mut self, now: Instant) {
         let late: Vec<u64> = self.pending.iter().filter(|(_, p)| p.deadline <= now).map(|(id, _)| *id).collect();
         for id in late {

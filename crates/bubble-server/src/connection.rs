@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use axum::extract::ws::Utf8Bytes;
 use peerbubble_proto::{ErrorCode, GroupId, MemberId, Nonce, Opaque, Recipients, ServerFrame, SessionId, encode_frame};
 
-use crate::cluster::{Answer, CommitJob, Job};
+use crate::cluster::{Absent, Answer, CommitJob, Job};
 use crate::directory::Directory;
 use crate::hub::{Hub, Kill, Routed, SessionHandle, SliceHash};
 use crate::mailbox::Full;
@@ -404,7 +404,9 @@ impl<'a> Connection<'a> {
             Ok(routed) if !routed.remote.is_empty() => {
                 if let Some(link) = &self.state.cluster {
                     let text = Utf8Bytes::from(peerbubble_proto::encode_deliver(&member, session, &body));
-                    let reply = Answer { handle: self.handle.clone(), id, commit: false };
+                    // A named session cannot wait; the member's every session can, if it left meanwhile.
+                    let keep = to_session.is_none().then_some(Absent { from: member, from_session: session, to, body });
+                    let reply = Answer { handle: self.handle.clone(), id, commit: false, keep };
                     link.submit(Job::Forward { reply, text, to_session, routed });
                 }
             }
@@ -436,7 +438,7 @@ impl<'a> Connection<'a> {
             return Flow::Continue;
         }
         if let Some(link) = &self.state.cluster {
-            let reply = Answer { handle: self.handle.clone(), id, commit: true };
+            let reply = Answer { handle: self.handle.clone(), id, commit: true, keep: None };
             let (to, body) = (to.clone(), body.clone());
             link.submit(Job::Commit(CommitJob { reply, from: member, from_session: session, group, epoch, to, body }));
             return Flow::Continue;

@@ -1139,3 +1139,68 @@ async fn a_members_byte_quota_holds_in_jetstream_across_replicas() {
     let sent = ann.send(id(BOB), &large(19)).await.unwrap();
     assert_eq!(stored(&mut ann, sent).await, Err(ErrorCode::MailboxFull), "and full again at the quota");
 }
+
+/// A `send` racing its recipient's departure: replica one still believes Bob is on another replica when Ann sends,
+/// and that replica answers that Bob has no session there any more. The envelope is kept in the shared mailbox
+/// (Ann's `ack` says stored) and reaches Bob when he returns, rather than being refused as if Bob were gone for
+/// good; one answered "over its budget" (Bob is there, slow) is still refused as congested, not kept.
+///
+/// The other replica is played by the test on NATS (as a user of the bubble's account), so the race happens every
+/// run: it announces Bob, answers the snapshot request, and answers each forward with no session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_racing_its_recipients_departure_is_kept_in_the_shared_mailbox() {
+    use peerbubble_proto::cluster::{ForwardAnswer, PresenceMessage, decode_forwards, encode_answer};
+    const FAKE: u32 = 777_777;
+    let nats = Nats::start();
+    let dir = tempfile::tempdir().unwrap();
+    let one = Replica::start_with(&nats, "alpha", dir.path(), &MAILBOX);
+    let two = Replica::start_with(&nats, "alpha", dir.path(), &MAILBOX);
+    let mut ann = one.connect(ANN).await;
+    assert_eq!(stock(&mut ann).await, (0, false));
+
+    let fake = nats.client("alpha-capture", "capture-secret").await;
+    let mut snapshots = fake.subscribe(format!("pb.alpha.snap.{FAKE}")).await.unwrap();
+    let mut forwards = fake.subscribe(format!("pb.alpha.to.{FAKE}")).await.unwrap();
+    fake.flush().await.unwrap();
+    let announce = PresenceMessage::Change { replica: FAKE, seq: 1, member: id(BOB), online: true };
+    fake.publish("pb.alpha.presence", announce.encode().into()).await.unwrap();
+    // Both replicas ask for a snapshot: each is answered.
+    let answering = fake.clone();
+    let snapshotter = tokio::spawn(async move {
+        while let Some(request) = snapshots.next().await {
+            let snapshot = PresenceMessage::Snapshot { replica: FAKE, seq: 1, members: vec![id(BOB)] };
+            answering.publish(request.reply.unwrap(), snapshot.encode().into()).await.unwrap();
+        }
+    });
+    presence(&mut ann, id(BOB), true).await;
+
+    // Answers the next batch of forwards: each reached no session (congested or not); returns how many.
+    let mut answer_forwards = async |congested: bool| {
+        let batch = tokio::time::timeout(WAIT, forwards.next()).await.expect("nothing forwarded").unwrap();
+        let mut answers = Vec::new();
+        let decoded = decode_forwards(&batch.payload).unwrap();
+        for forward in &decoded {
+            assert_eq!(forward.to, vec![id(BOB)]);
+            encode_answer(&mut answers, ForwardAnswer { id: forward.id, sessions: 0, congested });
+        }
+        fake.publish(batch.reply.unwrap(), answers.into()).await.unwrap();
+        decoded.len()
+    };
+
+    let sent = ann.send(id(BOB), b"sealed while Bob was leaving").await.unwrap();
+    assert_eq!(answer_forwards(false).await, 1);
+    assert_eq!(stored(&mut ann, sent).await, Ok((0, 1)), "kept for Bob, not refused as offline");
+    let slow = ann.send(id(BOB), b"to a slow Bob").await.unwrap();
+    assert_eq!(answer_forwards(true).await, 1);
+    assert_eq!(stored(&mut ann, slow).await, Err(ErrorCode::RecipientCongested), "a slow reader is not away");
+
+    // The other replica leaves; Bob returns through replica two and finds the envelope kept, and only it.
+    fake.publish("pb.alpha.presence", PresenceMessage::Leaving { replica: FAKE }.encode().into()).await.unwrap();
+    fake.flush().await.unwrap();
+    presence(&mut ann, id(BOB), false).await;
+    assert_eq!(kept_in_jetstream(&nats, id(BOB)).await, 1);
+    let mut bob = two.connect(BOB).await;
+    assert!(matches!(got(&mut bob).await, Got::Kept(_, body) if body == b"sealed while Bob was leaving"));
+    nothing_delivered(&mut bob).await;
+    snapshotter.abort();
+}
