@@ -289,9 +289,12 @@ describe('screens at phone width and in French', () => {
     await open(phone.page, /Alice/);
     await expect.poll(() => phone.page.getByRole('button', { name: 'Back to contacts' }).isVisible()).toBe(true);
     // Every action of the conversation's header is on screen (they wrap at phone width, never off the edge).
+    // (They show once the conversation is set up: waited for, as the member does.)
     for (const name of ['Call', 'Video call']) {
-      const box = await phone.page.getByRole('button', { name, exact: true }).boundingBox();
-      expect(box && box.x >= 0 && box.x + box.width <= 390).toBe(true);
+      const button = phone.page.getByRole('button', { name, exact: true });
+      await button.waitFor({ timeout: 60_000 });
+      const box = await button.boundingBox();
+      expect(box && box.x >= 0 && box.x + box.width <= 390, `${name} at ${JSON.stringify(box)}`).toBe(true);
     }
     await shot(phone.page, 'chat-phone-en');
     await phone.context.close();
