@@ -240,12 +240,15 @@ pub(crate) fn bench_browser_media(rest: &[String]) -> anyhow::Result<()> {
     let result = std::fs::read_to_string(&out).context("the browser-media bench wrote no result")?;
     let number = |key: &str| crate::bench::json_number(&result, key);
     let (ours, raw) = (number("file_ours_mb_s")?, number("file_raw_mb_s")?);
+    let raw_disk = number("file_raw_disk_mb_s")?;
     let (call_ours, call_raw) = (number("call_ours_ms")?, number("call_raw_ms")?);
     let (relay_ours, relay_coturn) = (number("relay_ours_mb_s")?, number("relay_coturn_mb_s")?);
     println!(
-        "file of {file_mb} MiB (median of {rounds}): web client {ours:.1} MB/s, raw DataChannel {raw:.1} MB/s; \
+        "file of {file_mb} MiB (median of {rounds}): web client {ours:.1} MB/s, raw DataChannel {raw:.1} MB/s, raw \
+         DataChannel reading and storing the file {raw_disk:.1} MB/s (web client {:.2}x); \
          call to first remote video frame: web client {call_ours:.0} ms, raw RTCPeerConnection {call_raw:.0} ms; \
-         raw DataChannel relayed: through our TURN {relay_ours:.1} MB/s, through coturn {relay_coturn:.1} MB/s"
+         raw DataChannel relayed: through our TURN {relay_ours:.1} MB/s, through coturn {relay_coturn:.1} MB/s",
+        ours / raw_disk
     );
     println!(
         "bench browser-media: file_ratio={:.2} relay_ratio={:.2} call_ratio={:.2} file_mb_s={ours:.1} \
