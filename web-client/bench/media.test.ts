@@ -184,14 +184,73 @@ function median(values: number[]): number {
   return sorted[Math.floor(sorted.length / 2)] ?? NaN;
 }
 
+/**
+ * `BENCH_PROFILE=<dir>` (run with `NODE_OPTIONS=--experimental-websocket` on Node 20): the web client's file rounds
+ * write a CPU profile (`.cpuprofile`, for Chromium's DevTools) of every page and worker of both browsers to `dir`,
+ * and `node bench/profile-summary.mjs <dir>` sums them by function. Not for figures: the profiler costs time.
+ */
+const PROFILE_DIR = process.env.BENCH_PROFILE;
+/** The DevTools endpoint of each browser profile, by its context (only with {@link PROFILE_DIR}). */
+const devtools = new WeakMap<BrowserContext, string>();
+
 /** A browser profile on disk (its own Chromium), as a member's browser is; closing the context ends it. */
 async function profile(): Promise<BrowserContext> {
-  return chromium.launchPersistentContext(mkdtempSync(join(scratch, 'profile-')), {
+  const dir = mkdtempSync(join(scratch, 'profile-'));
+  const context = await chromium.launchPersistentContext(dir, {
     executablePath: CHROMIUM_PATH,
-    args: CHROMIUM_ARGS,
+    args: PROFILE_DIR ? [...CHROMIUM_ARGS, '--remote-debugging-port=0'] : CHROMIUM_ARGS,
     viewport: { width: 1280, height: 800 },
     locale: 'en-US',
   });
+  if (PROFILE_DIR) {
+    const [port, path] = readFileSync(join(dir, 'DevToolsActivePort'), 'utf8').split('\n');
+    devtools.set(context, `ws://127.0.0.1:${port}${path}`);
+  }
+  return context;
+}
+
+/**
+ * Starts Chromium's sampling profiler on every page and worker of `context`'s browser; the function returned stops
+ * them and writes their profiles to {@link PROFILE_DIR} as `<label>-<type>-<n>.cpuprofile`.
+ */
+async function startProfiling(context: BrowserContext, label: string): Promise<() => Promise<void>> {
+  const endpoint = devtools.get(context);
+  if (!endpoint || !PROFILE_DIR) return async () => {};
+  const ws = new WebSocket(endpoint);
+  await new Promise((resolve, reject) => {
+    ws.onopen = resolve;
+    ws.onerror = reject;
+  });
+  let next = 0;
+  const waiting = new Map<number, [(result: Record<string, unknown>) => void, (err: Error) => void]>();
+  ws.onmessage = (e: MessageEvent) => {
+    const message = JSON.parse(String(e.data)) as { id?: number; result?: Record<string, unknown>; error?: unknown };
+    const [resolve, reject] = waiting.get(message.id ?? -1) ?? [];
+    if (message.error) reject?.(new Error(`DevTools: ${JSON.stringify(message.error)}`));
+    else resolve?.(message.result ?? {});
+  };
+  const send = (method: string, params: object = {}, sessionId?: string) =>
+    new Promise<Record<string, unknown>>((resolve, reject) => {
+      const id = ++next;
+      waiting.set(id, [resolve, reject]);
+      ws.send(JSON.stringify({ id, method, params, sessionId }));
+    });
+  const { targetInfos } = (await send('Target.getTargets')) as { targetInfos: Array<{ targetId: string; type: string }> };
+  const sessions: Array<[string, string]> = [];
+  for (const target of targetInfos.filter((t) => t.type === 'page' || t.type === 'worker')) {
+    const { sessionId } = (await send('Target.attachToTarget', { targetId: target.targetId, flatten: true })) as { sessionId: string };
+    await send('Profiler.enable', {}, sessionId);
+    await send('Profiler.setSamplingInterval', { interval: 200 }, sessionId);
+    await send('Profiler.start', {}, sessionId);
+    sessions.push([target.type, sessionId]);
+  }
+  return async () => {
+    for (const [n, [type, sessionId]] of sessions.entries()) {
+      const { profile } = await send('Profiler.stop', {}, sessionId);
+      writeFileSync(join(PROFILE_DIR, `${label}-${type}-${n}.cpuprofile`), JSON.stringify(profile));
+    }
+    ws.close();
+  };
 }
 
 /** The page a new profile opens with. */
@@ -225,6 +284,7 @@ async function oursFile(round: number, path: string): Promise<number> {
   await a.page.locator('input[type=file][aria-label="Send a file"]').setInputFiles(path);
   const accept = b.page.locator('.message.file').getByRole('button', { name: 'Accept' });
   await accept.waitFor({ timeout: 120_000 });
+  const stop = [await startProfiling(a.context, `round${round}-sender`), await startProfiling(b.context, `round${round}-receiver`)];
   const started = Date.now();
   const cpu = busySeconds();
   const processes = chromiumCpu();
@@ -234,6 +294,7 @@ async function oursFile(round: number, path: string): Promise<number> {
     timeout: 1_200_000,
   });
   const ms = Date.now() - started;
+  for (const end of stop) await end();
   fileCpuS.ours.push(busySeconds() - cpu);
   fileCpuByProcess.ours.push(chromiumCpuSince(processes));
   await Promise.all([a.context.close(), b.context.close()]);
@@ -274,6 +335,9 @@ async function rawPair(media: boolean, relay?: RTCIceServer, onDisk = false): Pr
   return [p1, p2];
 }
 
+/** Raw file rounds so far (the profiles' names). */
+let rawRounds = 0;
+
 async function rawFile(relay?: RTCIceServer): Promise<number> {
   const [p1, p2] = await rawPair(false, relay, !relay);
   if (relay) {
@@ -285,6 +349,8 @@ async function rawFile(relay?: RTCIceServer): Promise<number> {
       expect(type).toBe('relay');
     }
   }
+  const label = `raw${++rawRounds}`;
+  const stop = relay ? [] : [await startProfiling(p1.context(), `${label}-sender`), await startProfiling(p2.context(), `${label}-receiver`)];
   const started = Date.now();
   const cpu = busySeconds();
   const processes = chromiumCpu();
@@ -298,6 +364,7 @@ async function rawFile(relay?: RTCIceServer): Promise<number> {
   })()`);
   await p2.waitForFunction(`window.got >= ${FILE_BYTES}`, null, { polling: 50, timeout: 1_200_000 });
   const ms = Date.now() - started;
+  for (const end of stop) await end();
   if (!relay) fileCpuS.raw.push(busySeconds() - cpu);
   if (!relay) fileCpuByProcess.raw.push(chromiumCpuSince(processes));
   await Promise.all([p1.context().close(), p2.context().close()]);
@@ -339,6 +406,8 @@ async function rawFileWithDisk(path: string): Promise<number> {
   }).then(() => window.diskReady); 0`);
   await p1.evaluate(`new Promise((r) => { const ch = window.pc.createDataChannel('file', { ordered: true }); ch.onopen = r; window.fileCh = ch; })`);
   await p2.evaluate('window.diskChannel');
+  const label = `rawdisk${++rawRounds}`;
+  const stop = [await startProfiling(p1.context(), `${label}-sender`), await startProfiling(p2.context(), `${label}-receiver`)];
   const started = Date.now();
   const cpu = busySeconds();
   const processes = chromiumCpu();
@@ -358,6 +427,7 @@ async function rawFileWithDisk(path: string): Promise<number> {
   })()`);
   await p2.waitForFunction(`window.got >= ${FILE_BYTES}`, null, { polling: 50, timeout: 1_200_000 });
   const ms = Date.now() - started;
+  for (const end of stop) await end();
   fileCpuS.rawDisk.push(busySeconds() - cpu);
   fileCpuByProcess.rawDisk.push(chromiumCpuSince(processes));
   await Promise.all([p1.context().close(), p2.context().close()]);

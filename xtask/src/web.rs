@@ -52,7 +52,12 @@ pub(crate) fn build() -> anyhow::Result<PathBuf> {
         .arg(&built))?;
     crate::npm_ci(&web)?;
     let wasm = wasm_out(&root);
-    sh(npx(&web, "wasm-opt")
+    let mut opt = npx(&web, "wasm-opt");
+    if std::env::var_os("PEERBUBBLE_WASM_NAMES").is_some() {
+        // For CPU profiles (BENCHMARKS.md, "Profiling a transfer"): the functions keep their names.
+        opt.arg("--debuginfo");
+    }
+    sh(opt
         .args([
             "-Oz",
             "--enable-bulk-memory",

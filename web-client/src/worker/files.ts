@@ -4,9 +4,12 @@
 // per transfer, chunk i at i × (chunk size + 16). Nothing is ever written there in clear, except a decrypted
 // copy the member asked for (under exports/), deleted a minute later and at every start.
 //
-// Synchronous access handles (worker-only) let chunks be written as they arrive and flushed, in the step that
-// sends an acknowledgement, before that acknowledgement leaves (one flush per batch of chunks rather than per
-// chunk): what the sender believes kept is kept.
+// Synchronous access handles (worker-only) let chunks be written as they arrive, in the step that sends an
+// acknowledgement, before that acknowledgement leaves (one write per batch of chunks rather than per chunk): what
+// the sender believes kept survives a reload, a closed tab or a crashed browser. Syncing to the disk itself
+// (`flush`, an fsync) is slower and comes at most once a second, and always before the transfer completes: a power
+// cut loses at most the last second, which the receiver asks for again (the sender keeps every chunk's tag, so the
+// bytes sent again under a nonce must be the same).
 
 const SEALED_DIR = 'sealed';
 const EXPORT_DIR = 'exports';
@@ -63,6 +66,9 @@ export class SealedFiles {
     }
   }
 
+  /** Written chunks are synced to disk at most this often (and whenever {@link flush} is asked to). */
+  static readonly SYNC_EVERY_MS = 1000;
+
   /** Transfers whose file was given its full size (one allocation rather than one per write). */
   private readonly sized = new Set<string>();
 
@@ -109,11 +115,22 @@ export class SealedFiles {
     if (handle.write(all, { at: run.at }) !== all.byteLength) throw new Error('the device is out of storage space');
   }
 
-  /** Writes what is pending and makes it durable. */
-  flush(): void {
+  /** When the files were last synced to disk ({@link flush}). */
+  private synced = 0;
+
+  /**
+   * Writes what is pending; syncs it to disk (fsync) if `sync`, or if the last sync is {@link SealedFiles.SYNC_EVERY_MS} old.
+   * A sync per acknowledgement (every 256 KiB) took about a tenth of a transfer's time on a 2-core machine
+   * (BENCHMARKS.md, `bench browser-media`, 2026-12-07, night).
+   */
+  flush(sync = false): void {
     for (const transfer of [...this.pending.keys()]) this.flushRun(transfer);
+    const now = performance.now();
+    if (!sync && now - this.synced < SealedFiles.SYNC_EVERY_MS) return;
+    this.synced = now;
     for (const handle of this.handles.values()) handle.flush();
   }
+
 
   /**
    * Feeds `replay` the chunks kept of an incoming transfer, in order, until one is missing or refused; the
@@ -146,7 +163,7 @@ export class SealedFiles {
   }
 
   closeAll(): void {
-    this.flush();
+    this.flush(true);
     this.sized.clear();
     for (const handle of this.handles.values()) handle.close();
     this.handles.clear();

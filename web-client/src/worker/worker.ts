@@ -85,7 +85,7 @@ function signalUrl(): string {
 async function flush(): Promise<void> {
   const m = member;
   if (!m) return;
-  // Chunks of incoming files are kept (and flushed) before the acknowledgements that go with them leave.
+  // Chunks of incoming files are written before the acknowledgements that go with them leave.
   let wrote = false;
   for (const { transfer, index, bytes } of arrived.splice(0)) {
     await sealed.handle(transfer);
@@ -113,8 +113,11 @@ async function flush(): Promise<void> {
   for (let frame = m.pollTransmit(); frame !== undefined; frame = m.pollTransmit()) frames.push(frame);
   const outs: ChannelSend[] = [];
   for (let out = m.nextChannelSend(); out !== undefined; out = m.nextChannelSend()) outs.push(out);
-  // Flushed to disk once per step that sends something (an acknowledgement goes with every 16th chunk).
-  if (wrote && (frames.length > 0 || outs.length > 0)) sealed.flush();
+  const notices: Array<{ type: string; [key: string]: unknown }> = [];
+  for (let text = m.nextNotice(); text !== undefined; text = m.nextNotice()) notices.push(JSON.parse(text));
+  // Written once per step that sends something (an acknowledgement goes with every 16th chunk); synced to disk
+  // now and then, and before a file's completion leaves (see SealedFiles).
+  if (wrote && (frames.length > 0 || outs.length > 0)) sealed.flush(notices.some((n) => n.type === 'fileReceived'));
   for (const frame of frames) {
     if (socket?.readyState === WebSocket.OPEN) socket.send(frame);
   }
@@ -139,8 +142,7 @@ async function flush(): Promise<void> {
     out.free();
   }
   const sendable: string[] = [];
-  for (let text = m.nextNotice(); text !== undefined; text = m.nextNotice()) {
-    const notice = JSON.parse(text) as { type: string; [key: string]: unknown };
+  for (const notice of notices) {
     const transfer = typeof notice.transfer === 'string' ? notice.transfer : '';
     switch (notice.type) {
       case 'connect':
