@@ -119,9 +119,9 @@ export class SealedFiles {
   private synced = 0;
 
   /**
-   * Writes what is pending; syncs it to disk (fsync) if `sync`, or if the last sync is {@link SealedFiles.SYNC_EVERY_MS} old.
-   * A sync per acknowledgement (every 256 KiB) took about a tenth of a transfer's time on a 2-core machine
-   * (BENCHMARKS.md, `bench browser-media`, 2026-12-07, night).
+   * Writes what is pending; syncs it to disk (fsync) if `sync`, or if the last sync is
+   * {@link SealedFiles.SYNC_EVERY_MS} old. A sync per acknowledgement (every 256 KiB) was the receiving worker's
+   * largest cost on a 2-core machine (BENCHMARKS.md, `bench browser-media`, 2026-12-07, night).
    */
   flush(sync = false): void {
     for (const transfer of [...this.pending.keys()]) this.flushRun(transfer);
@@ -130,7 +130,6 @@ export class SealedFiles {
     this.synced = now;
     for (const handle of this.handles.values()) handle.flush();
   }
-
 
   /**
    * Feeds `replay` the chunks kept of an incoming transfer, in order, until one is missing or refused; the
