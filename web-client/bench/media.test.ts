@@ -253,6 +253,14 @@ async function startProfiling(context: BrowserContext, label: string): Promise<(
   };
 }
 
+/** {@link startProfiling} on both ends of a transfer, `<label>-sender` and `<label>-receiver`; the function returned stops both. */
+async function profileTransfer(sender: BrowserContext, receiver: BrowserContext, label: string): Promise<() => Promise<void>> {
+  const stops = [await startProfiling(sender, `${label}-sender`), await startProfiling(receiver, `${label}-receiver`)];
+  return async () => {
+    for (const stop of stops) await stop();
+  };
+}
+
 /** The page a new profile opens with. */
 async function profilePage(): Promise<Page> {
   const context = await profile();
@@ -284,7 +292,7 @@ async function oursFile(round: number, path: string): Promise<number> {
   await a.page.locator('input[type=file][aria-label="Send a file"]').setInputFiles(path);
   const accept = b.page.locator('.message.file').getByRole('button', { name: 'Accept' });
   await accept.waitFor({ timeout: 120_000 });
-  const stop = [await startProfiling(a.context, `round${round}-sender`), await startProfiling(b.context, `round${round}-receiver`)];
+  const stopProfiling = await profileTransfer(a.context, b.context, `round${round}`);
   const started = Date.now();
   const cpu = busySeconds();
   const processes = chromiumCpu();
@@ -294,7 +302,7 @@ async function oursFile(round: number, path: string): Promise<number> {
     timeout: 1_200_000,
   });
   const ms = Date.now() - started;
-  for (const end of stop) await end();
+  await stopProfiling();
   fileCpuS.ours.push(busySeconds() - cpu);
   fileCpuByProcess.ours.push(chromiumCpuSince(processes));
   await Promise.all([a.context.close(), b.context.close()]);
@@ -349,8 +357,7 @@ async function rawFile(relay?: RTCIceServer): Promise<number> {
       expect(type).toBe('relay');
     }
   }
-  const label = `raw${++rawRounds}`;
-  const stop = relay ? [] : [await startProfiling(p1.context(), `${label}-sender`), await startProfiling(p2.context(), `${label}-receiver`)];
+  const stopProfiling = relay ? async () => {} : await profileTransfer(p1.context(), p2.context(), `raw${++rawRounds}`);
   const started = Date.now();
   const cpu = busySeconds();
   const processes = chromiumCpu();
@@ -364,7 +371,7 @@ async function rawFile(relay?: RTCIceServer): Promise<number> {
   })()`);
   await p2.waitForFunction(`window.got >= ${FILE_BYTES}`, null, { polling: 50, timeout: 1_200_000 });
   const ms = Date.now() - started;
-  for (const end of stop) await end();
+  await stopProfiling();
   if (!relay) fileCpuS.raw.push(busySeconds() - cpu);
   if (!relay) fileCpuByProcess.raw.push(chromiumCpuSince(processes));
   await Promise.all([p1.context().close(), p2.context().close()]);
@@ -406,8 +413,7 @@ async function rawFileWithDisk(path: string): Promise<number> {
   }).then(() => window.diskReady); 0`);
   await p1.evaluate(`new Promise((r) => { const ch = window.pc.createDataChannel('file', { ordered: true }); ch.onopen = r; window.fileCh = ch; })`);
   await p2.evaluate('window.diskChannel');
-  const label = `rawdisk${++rawRounds}`;
-  const stop = [await startProfiling(p1.context(), `${label}-sender`), await startProfiling(p2.context(), `${label}-receiver`)];
+  const stopProfiling = await profileTransfer(p1.context(), p2.context(), `rawdisk${++rawRounds}`);
   const started = Date.now();
   const cpu = busySeconds();
   const processes = chromiumCpu();
@@ -427,7 +433,7 @@ async function rawFileWithDisk(path: string): Promise<number> {
   })()`);
   await p2.waitForFunction(`window.got >= ${FILE_BYTES}`, null, { polling: 50, timeout: 1_200_000 });
   const ms = Date.now() - started;
-  for (const end of stop) await end();
+  await stopProfiling();
   fileCpuS.rawDisk.push(busySeconds() - cpu);
   fileCpuByProcess.rawDisk.push(chromiumCpuSince(processes));
   await Promise.all([p1.context().close(), p2.context().close()]);

@@ -19,8 +19,11 @@ for (const file of readdirSync(dir).filter((f) => f.endsWith('.cpuprofile')).sor
   for (const [id, us] of selfUs) {
     const { functionName, url, lineNumber } = nodes.get(id).callFrame;
     const name = functionName || '(anonymous)';
-    if (name === '(idle)' || name === '(program)') idle += us;
-    else total += us;
+    if (name === '(idle)' || name === '(program)') {
+      idle += us; // in the header only: shares are of the busy time
+      continue;
+    }
+    total += us;
     const key = `${name} ${url ? `${url.split('/').pop()}:${lineNumber + 1}` : ''}`;
     byFunction.set(key, (byFunction.get(key) ?? 0) + us);
   }
